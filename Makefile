@@ -1,0 +1,52 @@
+# nnprobe developer commands. Every target creates the virtual environment (.venv/) when missing.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install protos check-protos lint format test test-unit test-service test-system up demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements-dev.txt sdk/pyproject.toml services/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt \
+		--config-settings editable_mode=compat -e ./sdk -e ./services
+	touch $(STAMP)
+
+protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+check-protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py --check
+	$(BIN)/buf lint
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy sdk/nnprobe services/nnprobe_services scripts bench demo
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: check-protos
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit test-service test-system: test-%: $(STAMP)
+	$(BIN)/pytest tests/$* $(PYTEST_ARGS)
+
+up: $(STAMP)
+	$(BIN)/nnprobe serve all
+
+demo: $(STAMP)
+	$(BIN)/python demo/walkthrough.py
+
+bench: $(STAMP)
+	$(BIN)/python bench/attention.py
+
+clean:
+	rm -rf $(VENV) demo-output bench-output .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,122 @@
+"""The base every service client is built on: channel, deadlines, retries, errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from nnprobe.config import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, TlsConfig, default_address
+from nnprobe.errors import NnprobeError
+
+
+class _Default:
+    """Marks "use the client's default deadline" (``None`` means no deadline at all)."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT = _Default()
+
+
+def _service_config(full_service_name: str) -> str:
+    """Retry only on UNAVAILABLE (the server not reachable yet, or restarting)."""
+    return json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": [{"service": full_service_name}, {"service": "grpc.health.v1.Health"}],
+                    "retryPolicy": {
+                        "maxAttempts": 4,
+                        "initialBackoff": "0.2s",
+                        "maxBackoff": "2s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
+        }
+    )
+
+
+class BaseClient:
+    """Shared plumbing. Subclasses set ``SERVICE`` (``attention``) and ``FULL_NAME`` and a stub."""
+
+    SERVICE = ""
+    FULL_NAME = ""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        tls: TlsConfig | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.address = address or default_address(self.SERVICE)
+        self.timeout = timeout
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", _service_config(self.FULL_NAME)),
+        ]
+        if tls is not None:
+            self._channel = grpc.secure_channel(self.address, tls.credentials(), options=options)
+        else:
+            self._channel = grpc.insecure_channel(self.address, options=options)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the channel. The client is unusable afterwards."""
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.address!r})"
+
+    # -- calls ---------------------------------------------------------------------------------------
+    def _deadline(self, timeout: float | _Default | None) -> float | None:
+        return self.timeout if isinstance(timeout, _Default) else timeout
+
+    def _unary(self, method: Any, request: Any, timeout: float | _Default | None = DEFAULT) -> Any:
+        try:
+            return method(request, timeout=self._deadline(timeout), metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise NnprobeError.from_rpc_error(error) from error
+
+    def _stream(self, method: Any, request: Any, timeout: float | _Default | None = DEFAULT) -> Iterator[Any]:
+        call = method(request, timeout=self._deadline(timeout), metadata=self._metadata)
+        try:
+            yield from call
+        except grpc.RpcError as error:
+            raise NnprobeError.from_rpc_error(error) from error
+        finally:
+            call.cancel()
+
+    def health(self, *, timeout: float | None = 5.0) -> str:
+        """The server's health status for this service: ``SERVING``, ``NOT_SERVING``, ..."""
+        request = health_pb2.HealthCheckRequest(service=self.FULL_NAME)
+        response = self._unary(self._health.Check, request, timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def wait_until_ready(self, timeout: float = 30.0) -> None:
+        """Block until the channel connects, or raise ``NnprobeError(UNAVAILABLE)``."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError as error:
+            raise NnprobeError(
+                grpc.StatusCode.UNAVAILABLE, f"no server answered at {self.address} within {timeout:g}s"
+            ) from error

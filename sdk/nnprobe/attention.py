@@ -1,0 +1,296 @@
+"""Client for AttentionService: numerical checks of self-attention."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nnprobe import tensors
+from nnprobe._client import DEFAULT, BaseClient, _Default
+from nnprobe._proto.attention.v1 import attention_pb2 as pb
+from nnprobe._proto.attention.v1 import attention_pb2_grpc
+from nnprobe._proto.common.v1 import common_pb2
+
+_DTYPES = {
+    None: common_pb2.DTYPE_UNSPECIFIED,
+    "float32": common_pb2.DTYPE_FLOAT32,
+    "float64": common_pb2.DTYPE_FLOAT64,
+}
+_SOFTMAX = {"row": pb.SOFTMAX_MODE_ROW, "matrix": pb.SOFTMAX_MODE_MATRIX}
+_POSITIONAL = {
+    None: pb.POSITIONAL_ENCODING_NONE,
+    "none": pb.POSITIONAL_ENCODING_NONE,
+    "sinusoidal": pb.POSITIONAL_ENCODING_SINUSOIDAL,
+}
+_STRATEGY = {
+    "auto": pb.PERMUTATION_STRATEGY_UNSPECIFIED,
+    "exhaustive": pb.PERMUTATION_STRATEGY_EXHAUSTIVE,
+    "sampled": pb.PERMUTATION_STRATEGY_SAMPLED,
+}
+_POOLING = {
+    "mean": pb.POOLING_MEAN,
+    "sum": pb.POOLING_SUM,
+    "max": pb.POOLING_MAX,
+    "first_token": pb.POOLING_FIRST_TOKEN,
+}
+_ACTIVATION = {
+    "between": pb.ACTIVATION_PLACEMENT_BETWEEN,
+    "after_every_layer": pb.ACTIVATION_PLACEMENT_AFTER_EVERY_LAYER,
+}
+
+SOFTMAX_MODES = tuple(_SOFTMAX)
+STRATEGIES = tuple(_STRATEGY)
+POOLINGS = tuple(_POOLING)
+ACTIVATIONS = tuple(_ACTIVATION)
+
+
+def _choice(table: dict, value: Any, name: str) -> int:
+    try:
+        return table[value]
+    except KeyError:
+        raise ValueError(
+            f"{name} must be one of {[k for k in table if k is not None]}, not {value!r}"
+        ) from None
+
+
+@dataclass
+class PermutationCheckResult:
+    """Outcome of a permutation check (equivariance or pooling invariance)."""
+
+    holds: bool
+    permutations_checked: int
+    exhaustive: bool
+    max_deviation: float
+    mean_deviation: float
+    worst_permutation: list[int]
+    tolerance: float
+    #: s(X) for the equivariance check, pool(s(X)) for the pooling check.
+    output: np.ndarray
+    seconds: float
+    raw: Any = field(repr=False, default=None)
+
+    @classmethod
+    def _from(cls, response: Any, output: common_pb2.Tensor) -> PermutationCheckResult:
+        return cls(
+            holds=response.holds,
+            permutations_checked=response.permutations_checked,
+            exhaustive=response.exhaustive,
+            max_deviation=response.max_deviation,
+            mean_deviation=response.mean_deviation,
+            worst_permutation=list(response.worst_permutation),
+            tolerance=response.tolerance,
+            output=tensors.to_numpy(output),
+            seconds=response.seconds,
+            raw=response,
+        )
+
+
+@dataclass
+class FeedForwardResult:
+    """Outcome of the Linear-vs-Conv1d feed-forward comparison."""
+
+    equivalent: bool
+    max_deviation: float
+    linear_parameters: int
+    conv_parameters: int
+    linear_forward_seconds: float
+    conv_forward_seconds: float
+    tolerance: float
+    widths: list[int]
+    output: np.ndarray
+    raw: Any = field(repr=False, default=None)
+
+
+class AttentionClient(BaseClient):
+    """``AttentionClient("localhost:50053")``; see each method for its options.
+
+    Every method takes ``timeout`` (seconds; ``None`` for no deadline) overriding the client default,
+    and raises ``nnprobe.NnprobeError`` on failure.
+    """
+
+    SERVICE = "attention"
+    FULL_NAME = "nnprobe.attention.v1.AttentionService"
+
+    def __init__(self, address: str | None = None, **kwargs: Any) -> None:
+        super().__init__(address, **kwargs)
+        self._stub = attention_pb2_grpc.AttentionServiceStub(self._channel)
+
+    @staticmethod
+    def _spec(
+        x: np.ndarray | None,
+        sequence_length: int,
+        model_dim: int,
+        seed: int,
+        weights: Sequence[np.ndarray] | None,
+        heads: int,
+        scale: float | None,
+        softmax: str,
+        positional_encoding: str | None,
+        causal_mask: bool,
+        dtype: str | None,
+    ) -> pb.SelfAttention:
+        spec = pb.SelfAttention(
+            sequence_length=sequence_length,
+            model_dim=model_dim,
+            seed=seed,
+            heads=heads,
+            scale=scale or 0.0,
+            softmax=_choice(_SOFTMAX, softmax, "softmax"),
+            positional_encoding=_choice(_POSITIONAL, positional_encoding, "positional_encoding"),
+            causal_mask=causal_mask,
+            dtype=_choice(_DTYPES, dtype, "dtype"),
+        )
+        if x is not None:
+            spec.x.CopyFrom(tensors.to_tensor(x))
+        if weights is not None:
+            if len(weights) != 3:
+                raise ValueError("weights must be (w_query, w_key, w_value)")
+            for name, w in zip(("w_query", "w_key", "w_value"), weights, strict=True):
+                getattr(spec, name).CopyFrom(tensors.to_tensor(w))
+        return spec
+
+    @staticmethod
+    def _options(strategy: str, num_samples: int, tolerance: float | None) -> pb.PermutationOptions:
+        return pb.PermutationOptions(
+            strategy=_choice(_STRATEGY, strategy, "strategy"),
+            num_samples=num_samples,
+            tolerance=tolerance or 0.0,
+        )
+
+    def check_permutation_equivariance(
+        self,
+        x: np.ndarray | None = None,
+        *,
+        sequence_length: int = 0,
+        model_dim: int = 0,
+        seed: int = 0,
+        weights: Sequence[np.ndarray] | None = None,
+        heads: int = 1,
+        scale: float | None = None,
+        softmax: str = "row",
+        positional_encoding: str | None = None,
+        causal_mask: bool = False,
+        dtype: str | None = None,
+        strategy: str = "auto",
+        num_samples: int = 0,
+        tolerance: float | None = None,
+        timeout: float | _Default | None = DEFAULT,
+    ) -> PermutationCheckResult:
+        """Is s(PX) == P s(X)? Give ``x`` (T, D) or ``sequence_length``/``model_dim`` and a ``seed``.
+
+        ``weights`` = (Wq, Wk, Wv), each (D, D), or drawn from ``seed``. ``scale`` defaults to
+        sqrt(D/heads). ``softmax``: ``row`` or ``matrix`` (the original notebook's). ``positional_encoding``:
+        ``none`` or ``sinusoidal``. ``strategy``: ``auto`` (all T! when T <= 8), ``exhaustive``, ``sampled``.
+        """
+        request = pb.CheckPermutationEquivarianceRequest(
+            attention=self._spec(
+                x,
+                sequence_length,
+                model_dim,
+                seed,
+                weights,
+                heads,
+                scale,
+                softmax,
+                positional_encoding,
+                causal_mask,
+                dtype,
+            ),
+            permutations=self._options(strategy, num_samples, tolerance),
+        )
+        response = self._unary(self._stub.CheckPermutationEquivariance, request, timeout)
+        return PermutationCheckResult._from(response, response.output)
+
+    def check_pooling_invariance(
+        self,
+        x: np.ndarray | None = None,
+        *,
+        pooling: str = "mean",
+        sequence_length: int = 0,
+        model_dim: int = 0,
+        seed: int = 0,
+        weights: Sequence[np.ndarray] | None = None,
+        heads: int = 1,
+        scale: float | None = None,
+        softmax: str = "row",
+        positional_encoding: str | None = None,
+        causal_mask: bool = False,
+        dtype: str | None = None,
+        strategy: str = "auto",
+        num_samples: int = 0,
+        tolerance: float | None = None,
+        timeout: float | _Default | None = DEFAULT,
+    ) -> PermutationCheckResult:
+        """Is pool(s(PX)) == pool(s(X))? ``pooling``: ``mean``, ``sum``, ``max`` or ``first_token``.
+
+        The other options are those of ``check_permutation_equivariance``.
+        """
+        request = pb.CheckPoolingInvarianceRequest(
+            attention=self._spec(
+                x,
+                sequence_length,
+                model_dim,
+                seed,
+                weights,
+                heads,
+                scale,
+                softmax,
+                positional_encoding,
+                causal_mask,
+                dtype,
+            ),
+            permutations=self._options(strategy, num_samples, tolerance),
+            pooling=_choice(_POOLING, pooling, "pooling"),
+        )
+        response = self._unary(self._stub.CheckPoolingInvariance, request, timeout)
+        return PermutationCheckResult._from(response, response.pooled)
+
+    def check_feed_forward_equivalence(
+        self,
+        x: np.ndarray | None = None,
+        *,
+        widths: Sequence[int] = (),
+        batch_size: int = 0,
+        sequence_length: int = 0,
+        model_dim: int = 0,
+        activation: str = "between",
+        seed: int = 0,
+        dtype: str | None = None,
+        tolerance: float | None = None,
+        timing_repeats: int = 0,
+        timeout: float | _Default | None = DEFAULT,
+    ) -> FeedForwardResult:
+        """nn.Linear stack vs nn.Conv1d(kernel_size=1) stack with the same weights.
+
+        ``widths``: input, hidden..., output (default [D, 4D, D]). ``x``: (B, T, widths[0]) or drawn from
+        ``seed``. ``activation``: ``between`` (standard) or ``after_every_layer`` (the notebook's).
+        """
+        request = pb.CheckFeedForwardEquivalenceRequest(
+            widths=list(widths),
+            batch_size=batch_size,
+            sequence_length=sequence_length,
+            model_dim=model_dim,
+            activation=_choice(_ACTIVATION, activation, "activation"),
+            seed=seed,
+            dtype=_choice(_DTYPES, dtype, "dtype"),
+            tolerance=tolerance or 0.0,
+            timing_repeats=timing_repeats,
+        )
+        if x is not None:
+            request.x.CopyFrom(tensors.to_tensor(x))
+        r = self._unary(self._stub.CheckFeedForwardEquivalence, request, timeout)
+        return FeedForwardResult(
+            equivalent=r.equivalent,
+            max_deviation=r.max_deviation,
+            linear_parameters=r.linear_parameters,
+            conv_parameters=r.conv_parameters,
+            linear_forward_seconds=r.linear_forward_seconds,
+            conv_forward_seconds=r.conv_forward_seconds,
+            tolerance=r.tolerance,
+            widths=list(r.widths),
+            output=tensors.to_numpy(r.output),
+            raw=r,
+        )

@@ -1,0 +1,43 @@
+"""The ``nnprobe`` command line: one sub-command per service, plus ``serve`` and ``health``.
+
+Each module in this package adds its sub-commands with ``add_commands(subparsers)``; a command is a
+function ``run(args) -> int`` stored as the parser's ``handler`` default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from nnprobe.cli import attention, health, serve
+from nnprobe.cli.output import fail
+from nnprobe.errors import NnprobeError
+
+COMMAND_MODULES = [serve, health, attention]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnprobe", description="Classic analyses of deep networks, as a service."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.add_commands(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except NnprobeError as error:
+        return fail(str(error))
+    except (ValueError, OSError) as error:
+        return fail(f"error: {error}")
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

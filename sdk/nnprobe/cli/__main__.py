@@ -1,0 +1,5 @@
+import sys
+
+from nnprobe.cli import main
+
+sys.exit(main())

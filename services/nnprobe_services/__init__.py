@@ -1,0 +1,1 @@
+"""The nnprobe gRPC servers."""

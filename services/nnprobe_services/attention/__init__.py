@@ -1,0 +1,1 @@
+"""AttentionService: numerical checks of self-attention."""

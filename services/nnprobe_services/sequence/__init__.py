@@ -1,0 +1,1 @@
+"""SequenceService: recurrent networks, gradient flow, LSTM language models."""

@@ -1,0 +1,143 @@
+"""Server configuration: typed defaults, overridden by ``NNPROBE_*`` variables, overridden by flags.
+
+One parser serves the three servers; only the default port differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_PORTS = {"vision": 50051, "sequence": 50052, "attention": 50053}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything a server needs to start. Each field has an ``NNPROBE_<FIELD>`` variable and a flag."""
+
+    #: Which service this process serves: ``vision``, ``sequence`` or ``attention``.
+    service: str = "attention"
+    #: Interface to bind.
+    host: str = "[::]"
+    #: Port to bind; 0 picks a free one (``create_server`` returns it).
+    port: int = 50053
+    #: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+    device: str = "auto"
+    #: Durable data: corpora, job database, checkpoints.
+    data_dir: Path = field(default_factory=lambda: Path.home() / ".local/share/nnprobe")
+    #: Re-creatable downloads and caches.
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache/nnprobe")
+    #: Largest request or response message, in bytes; larger requests get RESOURCE_EXHAUSTED undecoded.
+    max_message_bytes: int = 64 * 1024 * 1024
+    #: Threads serving requests.
+    workers: int = 8
+    #: Concurrent RPCs accepted before new ones get RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = 64
+    #: Largest tensor (in elements) any request may carry or make the server allocate.
+    max_tensor_elements: int = 50_000_000
+    #: Most permutations one attention check may evaluate.
+    max_permutations: int = 1_000_000
+    #: Seconds in-flight calls get to finish after SIGTERM.
+    grace_seconds: float = 10.0
+    #: ``debug``, ``info``, ``warning`` or ``error``.
+    log_level: str = "info"
+    #: ``text`` or ``json`` (one object per line).
+    log_format: str = "text"
+
+    def validate(self) -> ServerConfig:
+        """Return self, or raise ``ValueError`` naming the bad setting."""
+        if self.service not in DEFAULT_PORTS:
+            raise ValueError(f"service must be one of {sorted(DEFAULT_PORTS)}, not {self.service!r}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, not {self.port}")
+        for name in (
+            "max_message_bytes",
+            "workers",
+            "max_concurrent_rpcs",
+            "max_tensor_elements",
+            "max_permutations",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.grace_seconds < 0:
+            raise ValueError(f"grace_seconds must be >= 0, not {self.grace_seconds}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {LOG_LEVELS}, not {self.log_level!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {LOG_FORMATS}, not {self.log_format!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _is_cuda_index(device: str) -> bool:
+    prefix, _, index = device.partition(":")
+    return prefix == "cuda" and index.isdigit()
+
+
+_PARSERS = {"int": int, "float": float, "str": str, "Path": lambda raw: Path(raw).expanduser()}
+
+
+def _fields() -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(ServerConfig) if f.name != "service"]
+
+
+def _convert(f: dataclasses.Field, raw: str):
+    kind = _PARSERS[str(f.type)]
+    return kind(raw)
+
+
+def build_parser(service: str) -> argparse.ArgumentParser:
+    """Flags for every ``ServerConfig`` field (``--max-message-bytes``...); unset flags stay ``None``."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m nnprobe_services.{service}",
+        description=f"Run the nnprobe {service} server. Every flag also reads NNPROBE_<NAME>.",
+    )
+    add_server_flags(parser)
+    return parser
+
+
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    for f in _fields():
+        flag = "--" + f.name.replace("_", "-")
+        doc = f"(env NNPROBE_{f.name.upper()})"
+        choices = {"log_level": LOG_LEVELS, "log_format": LOG_FORMATS}.get(f.name)
+        parser.add_argument(
+            flag, dest=f.name, default=None, choices=choices, type=lambda raw, f=f: _convert(f, raw), help=doc
+        )
+
+
+def load_config(
+    service: str,
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    flags: argparse.Namespace | None = None,
+) -> ServerConfig:
+    """Defaults < ``NNPROBE_*`` environment < flags. Raises ``ValueError`` on a bad value."""
+    environ = os.environ if environ is None else environ
+    values: dict = {"service": service, "port": DEFAULT_PORTS[service]}
+    for f in _fields():
+        raw = environ.get(f"NNPROBE_{f.name.upper()}")
+        if raw:
+            try:
+                values[f.name] = _convert(f, raw)
+            except ValueError as error:
+                raise ValueError(f"NNPROBE_{f.name.upper()}={raw!r}: {error}") from None
+    if flags is None:
+        flags = build_parser(service).parse_args(argv)
+    for f in _fields():
+        value = getattr(flags, f.name, None)
+        if value is not None:
+            values[f.name] = value
+    return ServerConfig(**values).validate()

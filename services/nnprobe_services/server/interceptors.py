@@ -1,0 +1,149 @@
+"""The one interceptor every server installs: exceptions become statuses, each request is logged.
+
+- ``ServiceError`` subclasses map to their status code; a ``field`` becomes a ``google.rpc.BadRequest``
+  detail so clients can show which field is wrong.
+- Anything else is INTERNAL "internal error"; the traceback is logged on the server, never sent.
+- One log line per request: method, status, duration.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from nnprobe_services.server.errors import ServiceError
+
+log = logging.getLogger("nnprobe.requests")
+
+
+def error_status(error: ServiceError) -> grpc.Status:
+    """The rich status for a ``ServiceError``."""
+    status = status_pb2.Status(code=error.code.value[0], message=str(error))
+    if error.field:
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
+                ]
+            )
+        )
+        status.details.append(detail)
+    return rpc_status.to_status(status)
+
+
+def _abort(context: grpc.ServicerContext, error: BaseException, method: str) -> None:
+    if isinstance(error, ServiceError):
+        context.abort_with_status(error_status(error))
+    log.error("unhandled error in %s", method, exc_info=error)
+    context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+class _Outcome:
+    """Tracks the status a call ended with, for the log line."""
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self.context = context
+        self.start = time.perf_counter()
+        self.status = "OK"
+
+    def fail(self, error: BaseException) -> None:
+        if isinstance(error, ServiceError):
+            self.status = error.code.name
+        else:
+            code = self.context.code() if hasattr(self.context, "code") else None
+            self.status = code.name if isinstance(code, grpc.StatusCode) else "INTERNAL"
+
+    def log(self, method: str) -> None:
+        if self.status == "OK" and not self.context.is_active():
+            self.status = "CANCELLED"
+        millis = (time.perf_counter() - self.start) * 1000
+        log.info(
+            "%s %s %.1fms",
+            method,
+            self.status,
+            millis,
+            extra={"fields": {"method": method, "status": self.status, "duration_ms": round(millis, 3)}},
+        )
+
+
+def _already_aborted(context: grpc.ServicerContext) -> bool:
+    code = context.code() if hasattr(context, "code") else None
+    return isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK
+
+
+def _wrap_unary(behavior: Callable, method: str) -> Callable:
+    def handler(request: Any, context: grpc.ServicerContext) -> Any:
+        outcome = _Outcome(context)
+        try:
+            return behavior(request, context)
+        except Exception as error:
+            outcome.fail(error)
+            if _already_aborted(context):
+                raise
+            _abort(context, error, method)
+        finally:
+            outcome.log(method)
+
+    return handler
+
+
+def _wrap_stream(behavior: Callable, method: str) -> Callable:
+    def handler(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        outcome = _Outcome(context)
+        try:
+            yield from behavior(request, context)
+        except Exception as error:
+            outcome.fail(error)
+            if _already_aborted(context):
+                raise
+            _abort(context, error, method)
+        finally:
+            outcome.log(method)
+
+    return handler
+
+
+class StatusInterceptor(grpc.ServerInterceptor):
+    """Exception -> status mapping and per-request logging for every RPC except health/reflection."""
+
+    QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(self.QUIET_PREFIXES):
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream(handler.stream_stream, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+__all__ = ["StatusInterceptor", "error_status"]

@@ -1,0 +1,73 @@
+"""Request-field validation helpers shared by the servicers. Each raises ``InvalidArgument`` naming
+the field."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from nnprobe import tensors
+from nnprobe._proto.common.v1 import common_pb2
+
+from nnprobe_services.server.errors import InvalidArgument, ResourceExhausted
+
+FLOAT_DTYPES = {
+    common_pb2.DTYPE_FLOAT32: np.dtype(np.float32),
+    common_pb2.DTYPE_FLOAT64: np.dtype(np.float64),
+}
+
+
+def tensor(
+    message: common_pb2.Tensor,
+    field: str,
+    *,
+    max_elements: int,
+    ndim: int | None = None,
+    finite: bool = True,
+) -> np.ndarray:
+    """Decode a Tensor field, checking its byte length, rank, size limit and (for floats) finiteness."""
+    try:
+        array = tensors.to_numpy(message, max_elements=max_elements)
+    except OverflowError as error:
+        raise ResourceExhausted(str(error), field=field) from None
+    except ValueError as error:
+        raise InvalidArgument(str(error), field=field) from None
+    if ndim is not None and array.ndim != ndim:
+        raise InvalidArgument(f"must have {ndim} dimensions, got shape {list(array.shape)}", field=field)
+    if finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidArgument("contains NaN or Inf values", field=field)
+    return array
+
+
+def float_dtype(code: int, field: str, default: int) -> np.dtype:
+    """A float32/float64 ``DType`` field, ``default`` when unspecified."""
+    code = code or default
+    if code not in FLOAT_DTYPES:
+        name = common_pb2.DType.Name(code) if code in common_pb2.DType.values() else str(code)
+        raise InvalidArgument(f"must be DTYPE_FLOAT32 or DTYPE_FLOAT64, not {name}", field=field)
+    return FLOAT_DTYPES[code]
+
+
+def positive(value: int, field: str, *, default: int | None = None, maximum: int | None = None) -> int:
+    """A positive integer field; 0 means ``default`` when one is given."""
+    if value == 0 and default is not None:
+        value = default
+    if value <= 0:
+        raise InvalidArgument(f"must be positive, got {value}", field=field)
+    if maximum is not None and value > maximum:
+        raise ResourceExhausted(f"is {value}; the limit is {maximum}", field=field)
+    return value
+
+
+def finite_non_negative(value: float, field: str) -> float:
+    """A float field that must be finite and >= 0 (0 usually means "use the default")."""
+    if not math.isfinite(value) or value < 0:
+        raise InvalidArgument(f"must be a finite number >= 0, got {value}", field=field)
+    return value
+
+
+def enum_value(value: int, enum, field: str, default: int) -> int:
+    """An enum field: unspecified (0) means ``default``; values outside the enum are rejected."""
+    if value not in enum.values():
+        raise InvalidArgument(f"unknown value {value}; expected one of {list(enum.keys())[1:]}", field=field)
+    return value or default

@@ -1,0 +1,1 @@
+"""VisionService: receptive fields, classification, adversarial examples."""

@@ -1,0 +1,35 @@
+"""Every RPC of every service has an SDK method (snake_case of the RPC name)."""
+
+import re
+
+import nnprobe
+import pytest
+from nnprobe._proto.attention.v1 import attention_pb2
+from nnprobe._proto.sequence.v1 import sequence_pb2
+from nnprobe._proto.vision.v1 import vision_pb2
+
+SERVICES = [
+    (attention_pb2, "AttentionService", nnprobe.AttentionClient),
+    (vision_pb2, "VisionService", nnprobe.VisionClient),
+    (sequence_pb2, "SequenceService", nnprobe.SequenceClient),
+]
+
+
+def snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+@pytest.mark.parametrize(("module", "service", "client"), SERVICES, ids=[s[1] for s in SERVICES])
+def test_every_rpc_has_an_sdk_method(module, service, client):
+    descriptor = module.DESCRIPTOR.services_by_name[service]
+    assert descriptor.full_name == client.FULL_NAME
+    missing = [m.name for m in descriptor.methods if not callable(getattr(client, snake(m.name), None))]
+    assert not missing, f"{client.__name__} lacks methods for {missing}"
+
+
+def test_every_rpc_has_a_cli_command():
+    """The CLI's parser mentions a command for each RPC (checked by the RPC's documented command name)."""
+    from nnprobe.cli import build_parser
+
+    help_text = build_parser().format_help()
+    assert "attention" in help_text
