@@ -47,9 +47,9 @@ def to_numpy(tensor: common_pb2.Tensor, *, max_elements: int | None = None) -> n
     """
     dt = _TO_NUMPY.get(tensor.dtype)
     if dt is None:
-        raise ValueError(
-            f"dtype {common_pb2.DType.Name(tensor.dtype) if tensor.dtype in common_pb2.DType.values() else tensor.dtype} is not supported"
-        )
+        known = tensor.dtype in common_pb2.DType.values()
+        name = common_pb2.DType.Name(tensor.dtype) if known else str(tensor.dtype)
+        raise ValueError(f"dtype {name} is not supported")
     shape = tuple(int(s) for s in tensor.shape)
     if any(s < 0 for s in shape):
         raise ValueError(f"shape {list(shape)} has a negative dimension")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import grpc
@@ -89,7 +90,7 @@ class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
             valid.positive(w, f"widths[{i}]", maximum=limit)
         if x_np is not None and widths[0] != d:
             raise InvalidArgument(f"widths[0]={widths[0]} but x has last dimension {d}", field="widths")
-        parameters = sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
+        parameters = sum(a * b + b for a, b in itertools.pairwise(widths))
         if parameters > limit:
             raise ResourceExhausted(
                 f"would need {parameters} parameters; the limit is {limit}", field="widths"
