@@ -1,23 +1,455 @@
-"""SequenceService servicer. The service is declared; its RPCs are registered here as they land."""
+"""SequenceService: validate the request, convert it, call the core (``rnn``, ``gradients``,
+``truncation``), convert back. The language-model RPCs live under ``sequence/lm/``."""
 
 from __future__ import annotations
 
-import grpc
-import torch
-from nnprobe._proto.sequence.v1 import sequence_pb2, sequence_pb2_grpc
+import math
+import time
+from collections.abc import Iterator, Mapping
 
+import grpc
+import numpy as np
+import torch
+from nnprobe import tensors
+from nnprobe._proto.common.v1 import common_pb2
+from nnprobe._proto.sequence.v1 import sequence_pb2 as pb
+from nnprobe._proto.sequence.v1 import sequence_pb2_grpc
+
+from nnprobe_services.sequence import gradients, plots, rnn, truncation
+from nnprobe_services.server import validation as valid
 from nnprobe_services.server.config import ServerConfig
+from nnprobe_services.server.errors import Cancelled, InvalidArgument, ResourceExhausted
+
+CELLS = {
+    pb.CELL_TYPE_RNN_TANH: "rnn_tanh",
+    pb.CELL_TYPE_RNN_RELU: "rnn_relu",
+    pb.CELL_TYPE_RNN_LINEAR: "rnn_linear",
+    pb.CELL_TYPE_LSTM: "lstm",
+    pb.CELL_TYPE_GRU: "gru",
+}
+CELL_CODES = {name: code for code, name in CELLS.items()}
+INIT = {
+    pb.INIT_SCHEME_PYTORCH: "pytorch",
+    pb.INIT_SCHEME_NORMAL: "normal",
+    pb.INIT_SCHEME_ORTHOGONAL: "orthogonal",
+}
+INPUTS = {
+    pb.INPUT_DISTRIBUTION_NORMAL: "normal",
+    pb.INPUT_DISTRIBUTION_UNIFORM: "uniform",
+    pb.INPUT_DISTRIBUTION_CONSTANT: "constant",
+    pb.INPUT_DISTRIBUTION_ZERO: "zero",
+}
+REGIMES = {"vanishing": pb.REGIME_VANISHING, "stable": pb.REGIME_STABLE, "exploding": pb.REGIME_EXPLODING}
+MODES = {"truncated": pb.TRUNCATION_MODE_TRUNCATED, "full": pb.TRUNCATION_MODE_FULL}
+TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+#: Longest sequence AnalyzeGradients accepts.
+MAX_SEQUENCE_LENGTH = 10_000
+#: Most (cell, spectral radius) runs in one AnalyzeGradients request.
+MAX_RUNS = 64
+#: Largest K in CompareTruncation.
+MAX_CHUNK_COUNT = 256
 
 
 class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
-    """Thin layer: validate, convert, call the core, convert back."""
+    """Thin layer over ``rnn``, ``gradients`` and ``truncation``."""
 
     def __init__(self, config: ServerConfig, device: torch.device) -> None:
         self.config = config
         self.device = device
 
+    # -- RPCs ----------------------------------------------------------------------------------------
+    def RunRecurrent(self, request: pb.RunRecurrentRequest, context: grpc.ServicerContext):
+        limit = self.config.max_tensor_elements
+        dtype = TORCH_DTYPES[valid.float_dtype(request.dtype, "dtype", common_pb2.DTYPE_FLOAT64)]
+        spec = request.cell
+        kind = self._cell_kind(spec.cell, "cell.cell")
+        if not request.HasField("inputs"):
+            raise InvalidArgument("is required: a (T, B, D) tensor", field="inputs")
+        x = self._float_tensor(request.inputs, "inputs", ndim=3)
+        steps, batch, width = x.shape
+        if steps == 0 or batch == 0 or width == 0:
+            raise InvalidArgument(f"must have T, B, D >= 1, got shape {list(x.shape)}", field="inputs")
+        if spec.input_size and spec.input_size != width:
+            raise InvalidArgument(f"is {spec.input_size} but inputs has D = {width}", field="cell.input_size")
+        weights = self._cell_weights(spec, kind, width, "cell")
+        cell = rnn.Cell(kind, {k: v.to(self.device, dtype) for k, v in weights.items()})
+        hidden = cell.hidden_size
+        elements = steps * batch * max(_gate_rows(kind, hidden), width, self._output_size(cell))
+        if elements > limit:
+            raise ResourceExhausted(
+                f"T*B*max(G*H, D, O) = {elements} elements exceed the limit {limit}", field="inputs"
+            )
+        h0 = self._state(request, "initial_hidden", batch, hidden)
+        c0 = self._state(request, "initial_cell", batch, hidden)
+        if c0 is not None and kind != "lstm":
+            raise InvalidArgument("is only used by CELL_TYPE_LSTM", field="initial_cell")
+        tolerance = valid.finite_non_negative(request.settle_tolerance, "settle_tolerance") or 1e-6
+        initial = cell.initial_state(
+            None if h0 is None else h0.to(self.device, dtype),
+            None if c0 is None else c0.to(self.device, dtype),
+            batch,
+        )
+        trajectory = self._run(
+            context, rnn.run, cell, x.to(self.device, dtype), initial, settle_tolerance=tolerance
+        )
+        response = pb.RunRecurrentResponse(
+            hidden_states=_wire(trajectory.hidden),
+            step_changes=_wire(trajectory.step_changes),
+            settled_at=trajectory.settled_at,
+            settle_tolerance=tolerance,
+        )
+        if trajectory.cell is not None:
+            response.cell_states.CopyFrom(_wire(trajectory.cell))
+        if trajectory.outputs is not None:
+            response.outputs.CopyFrom(_wire(trajectory.outputs))
+        for name, value in cell.weights.items():
+            response.weights[name].CopyFrom(_wire(value))
+        return response
+
+    def AnalyzeGradients(self, request: pb.AnalyzeGradientsRequest, context: grpc.ServicerContext):
+        dtype = TORCH_DTYPES[valid.float_dtype(request.dtype, "dtype", common_pb2.DTYPE_FLOAT64)]
+        kinds = [self._cell_kind(code, f"cells[{i}]") for i, code in enumerate(request.cells)] or ["rnn_tanh"]
+        if request.weights and len(kinds) > 1:
+            raise InvalidArgument("given weights fit one cell type; give a single cell", field="cells")
+        for i, radius in enumerate(request.spectral_radii):
+            if not math.isfinite(radius) or radius <= 0:
+                raise InvalidArgument(
+                    f"must be a finite number > 0, got {radius}", field=f"spectral_radii[{i}]"
+                )
+        if not request.spectral_radii and not request.weights:
+            raise InvalidArgument(
+                "is empty: give at least one spectral radius (or give weights to analyse as they are)",
+                field="spectral_radii",
+            )
+        targets = list(request.spectral_radii) or [0.0]
+        runs = len(kinds) * len(targets)
+        if runs > MAX_RUNS:
+            raise ResourceExhausted(
+                f"asks for {runs} runs (cells x radii); the limit is {MAX_RUNS}", field="spectral_radii"
+            )
+        steps = valid.positive(request.sequence_length, "sequence_length", maximum=MAX_SEQUENCE_LENGTH)
+        scale = _scale(request.input_scale, "input_scale")
+        tolerance = valid.finite_non_negative(request.regime_tolerance, "regime_tolerance") or 0.01
+        distribution = INPUTS[
+            valid.enum_value(
+                request.input_distribution,
+                pb.InputDistribution,
+                "input_distribution",
+                pb.INPUT_DISTRIBUTION_NORMAL,
+            )
+        ]
+        if request.weights:
+            if request.input_size < 0:
+                raise InvalidArgument(f"must be >= 0, got {request.input_size}", field="input_size")
+            weights = self._given_weights(
+                request.weights,
+                kinds[0],
+                "weights",
+                request.input_size,
+                request.hidden_size,
+                "bias_ih_l0" in request.weights,
+            )
+            base = [weights]
+            hidden, width = weights["weight_hh_l0"].shape[1], weights["weight_ih_l0"].shape[1]
+        else:
+            limit = self.config.max_tensor_elements
+            hidden = valid.positive(request.hidden_size, "hidden_size", maximum=limit)
+            width = valid.positive(request.input_size, "input_size", default=hidden, maximum=limit)
+            spec = pb.RecurrentCell(
+                hidden_size=hidden,
+                init=request.init,
+                init_scale=request.init_scale,
+                seed=request.seed,
+                forget_bias=request.forget_bias,
+            )
+            base = [self._cell_weights(spec, kind, width, "request") for kind in kinds]
+        for kind in kinds:
+            state = 2 * hidden if kind == "lstm" else hidden
+            if steps * state * state > self.config.max_tensor_elements:
+                raise ResourceExhausted(
+                    f"T * S^2 = {steps * state * state} (S = state width {state}) exceeds the limit "
+                    f"{self.config.max_tensor_elements}",
+                    field="sequence_length",
+                )
+        cells = [
+            rnn.Cell(kind, {k: v.to(self.device, dtype) for k, v in w.items()})
+            for kind, w in zip(kinds, base, strict=True)
+        ]
+        inputs = gradients.draw_inputs(steps, width, distribution, scale, request.seed, dtype).to(self.device)
+        initials = [
+            (
+                gradients.draw_initial_state(c.state_size, request.seed, dtype)
+                if request.random_initial_state
+                else torch.zeros(c.state_size, dtype=dtype)
+            ).to(self.device)
+            for c in cells
+        ]
+        for cell in cells:
+            for target in targets:
+                if target and rnn.spectral_radius(cell.weights["weight_hh_l0"]) == 0:
+                    raise InvalidArgument(
+                        f"{cell.kind}: weight_hh_l0 has spectral radius 0 and cannot be rescaled",
+                        field="spectral_radii",
+                    )
+        start = time.perf_counter()
+        events = gradients.sweep(
+            cells,
+            targets,
+            inputs,
+            initials,
+            regime_tolerance=tolerance,
+            forget_bias=request.forget_bias if not request.weights else 0.0,
+            should_stop=lambda: not context.is_active(),
+        )
+        for event in self._stream(context, events):
+            if isinstance(event, gradients.Progress):
+                yield pb.AnalyzeGradientsResponse(
+                    progress=pb.Progress(done=event.done, total=event.total, message=event.message)
+                )
+                continue
+            result = pb.GradientAnalysis(
+                runs=[_gradient_run(run) for run in event.runs],
+                sequence_length=steps,
+                hidden_size=hidden,
+                input_size=width,
+                regime_tolerance=tolerance,
+                plot_png=plots.gradient_flow(event.runs, steps) if request.plot else b"",
+                seconds=time.perf_counter() - start,
+            )
+            yield pb.AnalyzeGradientsResponse(result=result)
+
+    def CompareTruncation(self, request: pb.CompareTruncationRequest, context: grpc.ServicerContext):
+        limit = self.config.max_tensor_elements
+        vocab = valid.positive(request.vocab_size, "vocab_size", default=10_000, maximum=limit)
+        embed = valid.positive(request.embed_size, "embed_size", default=128, maximum=limit)
+        hidden = valid.positive(request.hidden_size, "hidden_size", default=1024, maximum=limit)
+        batch = valid.positive(request.batch_size, "batch_size", default=20, maximum=limit)
+        length = valid.positive(request.chunk_length, "chunk_length", default=30, maximum=limit)
+        counts = [
+            valid.positive(k, f"chunk_counts[{i}]", maximum=MAX_CHUNK_COUNT)
+            for i, k in enumerate(request.chunk_counts)
+        ] or [1, 2, 4, 8]
+        parameters = vocab * embed + 4 * hidden * (embed + hidden + 2) + vocab * (hidden + 1)
+        if parameters > limit:
+            raise ResourceExhausted(
+                f"the model would have {parameters} parameters; the limit is {limit}", field="hidden_size"
+            )
+        activations = max(counts) * length * batch * max(vocab, 4 * hidden)
+        if activations > limit:
+            raise ResourceExhausted(
+                f"max(K)*L*B*max(vocab, 4H) = {activations} activation elements exceed the limit {limit}",
+                field="chunk_counts",
+            )
+        events = truncation.compare(
+            vocab,
+            embed,
+            hidden,
+            batch,
+            length,
+            counts,
+            seed=request.seed,
+            device=self.device,
+            should_stop=lambda: not context.is_active(),
+        )
+        for event in self._stream(context, events):
+            if isinstance(event, truncation.Progress):
+                yield pb.CompareTruncationResponse(
+                    progress=pb.Progress(done=event.done, total=event.total, message=event.message)
+                )
+                continue
+            result = pb.TruncationComparison(
+                points=[
+                    pb.TruncationPoint(
+                        chunk_count=p.chunk_count,
+                        mode=MODES[p.mode],
+                        saved_bytes=p.saved_bytes,
+                        peak_device_bytes=p.peak_device_bytes,
+                        seconds=p.seconds,
+                        loss=p.loss,
+                        backward_passes=p.backward_passes,
+                    )
+                    for p in event.points
+                ],
+                truncated_slope_bytes=event.truncated_slope_bytes,
+                full_slope_bytes=event.full_slope_bytes,
+                device=str(self.device),
+                plot_png=plots.truncation_memory(event) if request.plot else b"",
+                parameters=event.parameters,
+            )
+            yield pb.CompareTruncationResponse(result=result)
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def _run(self, context: grpc.ServicerContext, fn, *args, **kwargs):
+        try:
+            return fn(*args, should_stop=lambda: not context.is_active(), **kwargs)
+        except rnn.Stopped as stopped:
+            raise Cancelled(f"the client cancelled or its deadline passed: {stopped}") from None
+
+    def _stream(self, context: grpc.ServicerContext, events: Iterator) -> Iterator:
+        try:
+            yield from events
+        except rnn.Stopped as stopped:
+            raise Cancelled(f"the client cancelled or its deadline passed: {stopped}") from None
+
+    @staticmethod
+    def _cell_kind(code: int, field: str) -> str:
+        valid.enum_value(code, pb.CellType, field, pb.CELL_TYPE_UNSPECIFIED)
+        if code == pb.CELL_TYPE_UNSPECIFIED:
+            raise InvalidArgument(f"is required: one of {list(pb.CellType.keys())[1:]}", field=field)
+        return CELLS[code]
+
+    def _float_tensor(self, message: common_pb2.Tensor, field: str, *, ndim: int) -> torch.Tensor:
+        array = valid.tensor(message, field, max_elements=self.config.max_tensor_elements, ndim=ndim)
+        if array.dtype.kind != "f":
+            raise InvalidArgument(f"must be float32 or float64, not {array.dtype}", field=field)
+        return torch.from_numpy(array)
+
+    def _state(self, request, name: str, batch: int, hidden: int) -> torch.Tensor | None:
+        if not request.HasField(name):
+            return None
+        state = self._float_tensor(getattr(request, name), name, ndim=2)
+        if tuple(state.shape) != (batch, hidden):
+            raise InvalidArgument(
+                f"must have shape [{batch}, {hidden}] (B, H), got {list(state.shape)}", field=name
+            )
+        return state
+
+    @staticmethod
+    def _output_size(cell: rnn.Cell) -> int:
+        return cell.weights["output.weight"].shape[0] if cell.has_output else 0
+
+    def _cell_weights(self, spec: pb.RecurrentCell, kind: str, input_size: int, prefix: str):
+        """Validate the given weights of ``spec`` or draw them; float64 CPU tensors."""
+        if spec.weights:
+            return self._given_weights(
+                spec.weights, kind, f"{prefix}.weights", input_size, spec.hidden_size, not spec.no_bias
+            )
+        limit = self.config.max_tensor_elements
+        hidden = valid.positive(spec.hidden_size, f"{prefix}.hidden_size", maximum=limit)
+        output_size = spec.output_size
+        if output_size < 0:
+            raise InvalidArgument(f"must be >= 0, got {output_size}", field=f"{prefix}.output_size")
+        self._check_weight_budget(kind, input_size, hidden, output_size, f"{prefix}.hidden_size")
+        scale = _scale(spec.init_scale, f"{prefix}.init_scale")
+        if not math.isfinite(spec.forget_bias):
+            raise InvalidArgument(f"must be finite, got {spec.forget_bias}", field=f"{prefix}.forget_bias")
+        scheme = INIT[valid.enum_value(spec.init, pb.InitScheme, f"{prefix}.init", pb.INIT_SCHEME_PYTORCH)]
+        return rnn.init_weights(
+            kind,
+            input_size,
+            hidden,
+            seed=spec.seed,
+            scheme=scheme,
+            scale=scale,
+            bias=not spec.no_bias,
+            output_size=output_size,
+            forget_bias=spec.forget_bias,
+        )
+
+    def _check_weight_budget(self, kind: str, input_size: int, hidden: int, output: int, field: str) -> None:
+        limit = self.config.max_tensor_elements
+        count = _gate_rows(kind, hidden) * (input_size + hidden + 2) + output * (hidden + 1)
+        if count > limit:
+            raise ResourceExhausted(
+                f"the weights would have {count} elements; the limit is {limit}", field=field
+            )
+
+    def _given_weights(
+        self,
+        given: Mapping[str, common_pb2.Tensor],
+        kind: str,
+        field: str,
+        input_size: int,
+        hidden_size: int,
+        bias: bool,
+    ) -> dict[str, torch.Tensor]:
+        allowed = (*rnn.CELL_WEIGHTS, *rnn.CELL_BIASES, *rnn.OUTPUT_WEIGHTS)
+        for name in given:
+            if name not in allowed:
+                raise InvalidArgument(
+                    f"unknown weight {name!r}; expected names from {list(allowed)}", field=field
+                )
+        required = rnn.CELL_WEIGHTS + (rnn.CELL_BIASES if bias else ())
+        missing = [name for name in required if name not in given]
+        if missing:
+            raise InvalidArgument(
+                f"missing {missing}: give all of {list(required)} or none "
+                "(set no_bias for a cell without biases)",
+                field=f"{field}[{missing[0]}]",
+            )
+        if not bias and any(name in given for name in rnn.CELL_BIASES):
+            raise InvalidArgument("no_bias is set but biases were given", field=f"{field}[bias_ih_l0]")
+        weights = {}
+        for name in given:
+            ndim = 1 if "bias" in name else 2
+            weights[name] = self._float_tensor(given[name], f"{field}[{name}]", ndim=ndim).to(torch.float64)
+        w_hh = weights["weight_hh_l0"]
+        hidden = w_hh.shape[1]
+        if hidden == 0:
+            raise InvalidArgument("must have H >= 1", field=f"{field}[weight_hh_l0]")
+        if hidden_size and hidden_size != hidden:
+            raise InvalidArgument(f"is {hidden_size} but weight_hh_l0 has H = {hidden}", field="hidden_size")
+        input_size = input_size or weights["weight_ih_l0"].shape[1]
+        shapes = rnn.expected_shapes(kind, input_size, hidden)
+        for name, shape in shapes.items():
+            if name in weights and tuple(weights[name].shape) != shape:
+                raise InvalidArgument(
+                    f"must have shape {list(shape)} for {kind} with D={input_size}, H={hidden}, "
+                    f"got {list(weights[name].shape)}",
+                    field=f"{field}[{name}]",
+                )
+        if "output.bias" in weights and "output.weight" not in weights:
+            raise InvalidArgument("output.bias given without output.weight", field=f"{field}[output.weight]")
+        if "output.weight" in weights:
+            out = weights["output.weight"]
+            if out.shape[1] != hidden or out.shape[0] == 0:
+                raise InvalidArgument(
+                    f"must have shape [O, {hidden}] with O >= 1, got {list(out.shape)}",
+                    field=f"{field}[output.weight]",
+                )
+            if "output.bias" in weights and tuple(weights["output.bias"].shape) != (out.shape[0],):
+                raise InvalidArgument(
+                    f"must have shape [{out.shape[0]}], got {list(weights['output.bias'].shape)}",
+                    field=f"{field}[output.bias]",
+                )
+        return weights
+
+
+def _gradient_run(run: gradients.GradientRun) -> pb.GradientRun:
+    return pb.GradientRun(
+        cell=CELL_CODES[run.cell],
+        target_spectral_radius=run.target_spectral_radius,
+        spectral_radius=run.spectral_radius,
+        weight_norm=run.weight_norm,
+        derivative_bound=run.derivative_bound or 0.0,
+        has_bound=run.derivative_bound is not None,
+        distances=run.distances,
+        jacobian_norms=run.jacobian_norms,
+        bounds=run.bounds,
+        state_jacobian_norms=run.state_jacobian_norms,
+        input_gradient_norms=run.input_gradient_norms,
+        growth_rate=run.growth_rate,
+        regime=REGIMES[run.regime],
+        loss=run.loss,
+        forget_bias=run.forget_bias,
+    )
+
+
+def _gate_rows(kind: str, hidden: int) -> int:
+    return rnn.GATES[kind] * hidden
+
+
+def _scale(value: float, field: str) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise InvalidArgument(f"must be a finite number > 0 (or 0 for 1), got {value}", field=field)
+    return value or 1.0
+
+
+def _wire(value: torch.Tensor) -> common_pb2.Tensor:
+    return tensors.to_tensor(value.detach().cpu().numpy())
+
 
 def register(server: grpc.Server, config: ServerConfig, device: torch.device) -> list[str]:
-    """Add the servicer to `server`; return the full names of the services added."""
+    """Add the servicer to ``server``; return the full names of the services added."""
     sequence_pb2_grpc.add_SequenceServiceServicer_to_server(SequenceServicer(config, device), server)
-    return [sequence_pb2.DESCRIPTOR.services_by_name["SequenceService"].full_name]
+    return [pb.DESCRIPTOR.services_by_name["SequenceService"].full_name]

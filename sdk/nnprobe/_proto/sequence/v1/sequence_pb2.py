@@ -22,15 +22,62 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from nnprobe._proto.common.v1 import common_pb2 as nnprobe_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nnprobe/sequence/v1/sequence.proto\x12\x13nnprobe.sequence.v12\x11\n\x0fSequenceServiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nnprobe/sequence/v1/sequence.proto\x12\x13nnprobe.sequence.v1\x1a\x1ennprobe/common/v1/common.proto\"\xfe\x02\n\rRecurrentCell\x12+\n\x04\x63\x65ll\x18\x01 \x01(\x0e\x32\x1d.nnprobe.sequence.v1.CellType\x12\x12\n\ninput_size\x18\x02 \x01(\x03\x12\x13\n\x0bhidden_size\x18\x03 \x01(\x03\x12\x0f\n\x07no_bias\x18\x04 \x01(\x08\x12@\n\x07weights\x18\x05 \x03(\x0b\x32/.nnprobe.sequence.v1.RecurrentCell.WeightsEntry\x12-\n\x04init\x18\x06 \x01(\x0e\x32\x1f.nnprobe.sequence.v1.InitScheme\x12\x12\n\ninit_scale\x18\x07 \x01(\x01\x12\x0c\n\x04seed\x18\x08 \x01(\x04\x12\x13\n\x0boutput_size\x18\t \x01(\x03\x12\x13\n\x0b\x66orget_bias\x18\n \x01(\x01\x1aI\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.nnprobe.common.v1.Tensor:\x02\x38\x01\"\x99\x02\n\x13RunRecurrentRequest\x12\x30\n\x04\x63\x65ll\x18\x01 \x01(\x0b\x32\".nnprobe.sequence.v1.RecurrentCell\x12)\n\x06inputs\x18\x02 \x01(\x0b\x32\x19.nnprobe.common.v1.Tensor\x12\x31\n\x0einitial_hidden\x18\x03 \x01(\x0b\x32\x19.nnprobe.common.v1.Tensor\x12/\n\x0cinitial_cell\x18\x04 \x01(\x0b\x32\x19.nnprobe.common.v1.Tensor\x12\'\n\x05\x64type\x18\x05 \x01(\x0e\x32\x18.nnprobe.common.v1.DType\x12\x18\n\x10settle_tolerance\x18\x06 \x01(\x01\"\x97\x03\n\x14RunRecurrentResponse\x12\x30\n\rhidden_states\x18\x01 \x01(\x0b\x32\x19.nnprobe.common.v1.Tensor\x12.\n\x0b\x63\x65ll_states\x18\x02 \x01(\x0b\x32\x19.nnprobe.common.v1.Tensor\x12*\n\x07outputs\x18\x03 \x01(\x0b\x32\x19.nnprobe.common.v1.Tensor\x12/\n\x0cstep_changes\x18\x04 \x01(\x0b\x32\x19.nnprobe.common.v1.Tensor\x12\x12\n\nsettled_at\x18\x05 \x03(\x03\x12G\n\x07weights\x18\x06 \x03(\x0b\x32\x36.nnprobe.sequence.v1.RunRecurrentResponse.WeightsEntry\x12\x18\n\x10settle_tolerance\x18\x07 \x01(\x01\x1aI\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.nnprobe.common.v1.Tensor:\x02\x38\x01\"\xe6\x04\n\x17\x41nalyzeGradientsRequest\x12,\n\x05\x63\x65lls\x18\x01 \x03(\x0e\x32\x1d.nnprobe.sequence.v1.CellType\x12\x13\n\x0bhidden_size\x18\x02 \x01(\x03\x12\x12\n\ninput_size\x18\x03 \x01(\x03\x12\x17\n\x0fsequence_length\x18\x04 \x01(\x03\x12\x42\n\x12input_distribution\x18\x05 \x01(\x0e\x32&.nnprobe.sequence.v1.InputDistribution\x12\x13\n\x0binput_scale\x18\x06 \x01(\x01\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x12\x16\n\x0espectral_radii\x18\x08 \x03(\x01\x12J\n\x07weights\x18\t \x03(\x0b\x32\x39.nnprobe.sequence.v1.AnalyzeGradientsRequest.WeightsEntry\x12-\n\x04init\x18\n \x01(\x0e\x32\x1f.nnprobe.sequence.v1.InitScheme\x12\x12\n\ninit_scale\x18\x0b \x01(\x01\x12\x13\n\x0b\x66orget_bias\x18\x0c \x01(\x01\x12\'\n\x05\x64type\x18\r \x01(\x0e\x32\x18.nnprobe.common.v1.DType\x12\x18\n\x10regime_tolerance\x18\x0e \x01(\x01\x12\x0c\n\x04plot\x18\x0f \x01(\x08\x12\x1c\n\x14random_initial_state\x18\x10 \x01(\x08\x1aI\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.nnprobe.common.v1.Tensor:\x02\x38\x01\"8\n\x08Progress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x91\x03\n\x0bGradientRun\x12+\n\x04\x63\x65ll\x18\x01 \x01(\x0e\x32\x1d.nnprobe.sequence.v1.CellType\x12\x1e\n\x16target_spectral_radius\x18\x02 \x01(\x01\x12\x17\n\x0fspectral_radius\x18\x03 \x01(\x01\x12\x13\n\x0bweight_norm\x18\x04 \x01(\x01\x12\x18\n\x10\x64\x65rivative_bound\x18\x05 \x01(\x01\x12\x11\n\thas_bound\x18\x06 \x01(\x08\x12\x11\n\tdistances\x18\x07 \x03(\x03\x12\x16\n\x0ejacobian_norms\x18\x08 \x03(\x01\x12\x0e\n\x06\x62ounds\x18\t \x03(\x01\x12\x1c\n\x14state_jacobian_norms\x18\n \x03(\x01\x12\x1c\n\x14input_gradient_norms\x18\x0b \x03(\x01\x12\x13\n\x0bgrowth_rate\x18\x0c \x01(\x01\x12+\n\x06regime\x18\r \x01(\x0e\x32\x1b.nnprobe.sequence.v1.Regime\x12\x0c\n\x04loss\x18\x0e \x01(\x01\x12\x13\n\x0b\x66orget_bias\x18\x0f \x01(\x01\"\xc1\x01\n\x10GradientAnalysis\x12.\n\x04runs\x18\x01 \x03(\x0b\x32 .nnprobe.sequence.v1.GradientRun\x12\x17\n\x0fsequence_length\x18\x02 \x01(\x03\x12\x13\n\x0bhidden_size\x18\x03 \x01(\x03\x12\x12\n\ninput_size\x18\x04 \x01(\x03\x12\x18\n\x10regime_tolerance\x18\x05 \x01(\x01\x12\x10\n\x08plot_png\x18\x06 \x01(\x0c\x12\x0f\n\x07seconds\x18\x07 \x01(\x01\"\x8f\x01\n\x18\x41nalyzeGradientsResponse\x12\x31\n\x08progress\x18\x01 \x01(\x0b\x32\x1d.nnprobe.sequence.v1.ProgressH\x00\x12\x37\n\x06result\x18\x02 \x01(\x0b\x32%.nnprobe.sequence.v1.GradientAnalysisH\x00\x42\x07\n\x05\x65vent\"\xb3\x01\n\x18\x43ompareTruncationRequest\x12\x12\n\nvocab_size\x18\x01 \x01(\x03\x12\x12\n\nembed_size\x18\x02 \x01(\x03\x12\x13\n\x0bhidden_size\x18\x03 \x01(\x03\x12\x12\n\nbatch_size\x18\x04 \x01(\x03\x12\x14\n\x0c\x63hunk_length\x18\x05 \x01(\x03\x12\x14\n\x0c\x63hunk_counts\x18\x06 \x03(\x03\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x12\x0c\n\x04plot\x18\x08 \x01(\x08\"\xc1\x01\n\x0fTruncationPoint\x12\x13\n\x0b\x63hunk_count\x18\x01 \x01(\x03\x12\x31\n\x04mode\x18\x02 \x01(\x0e\x32#.nnprobe.sequence.v1.TruncationMode\x12\x13\n\x0bsaved_bytes\x18\x03 \x01(\x03\x12\x19\n\x11peak_device_bytes\x18\x04 \x01(\x03\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x17\n\x0f\x62\x61\x63kward_passes\x18\x07 \x01(\x03\"\xbb\x01\n\x14TruncationComparison\x12\x34\n\x06points\x18\x01 \x03(\x0b\x32$.nnprobe.sequence.v1.TruncationPoint\x12\x1d\n\x15truncated_slope_bytes\x18\x02 \x01(\x01\x12\x18\n\x10\x66ull_slope_bytes\x18\x03 \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x10\n\x08plot_png\x18\x05 \x01(\x0c\x12\x12\n\nparameters\x18\x06 \x01(\x03\"\x94\x01\n\x19\x43ompareTruncationResponse\x12\x31\n\x08progress\x18\x01 \x01(\x0b\x32\x1d.nnprobe.sequence.v1.ProgressH\x00\x12;\n\x06result\x18\x02 \x01(\x0b\x32).nnprobe.sequence.v1.TruncationComparisonH\x00\x42\x07\n\x05\x65vent*\x96\x01\n\x08\x43\x65llType\x12\x19\n\x15\x43\x45LL_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x45LL_TYPE_RNN_TANH\x10\x01\x12\x16\n\x12\x43\x45LL_TYPE_RNN_RELU\x10\x02\x12\x12\n\x0e\x43\x45LL_TYPE_LSTM\x10\x03\x12\x11\n\rCELL_TYPE_GRU\x10\x04\x12\x18\n\x14\x43\x45LL_TYPE_RNN_LINEAR\x10\x05*v\n\nInitScheme\x12\x1b\n\x17INIT_SCHEME_UNSPECIFIED\x10\x00\x12\x17\n\x13INIT_SCHEME_PYTORCH\x10\x01\x12\x16\n\x12INIT_SCHEME_NORMAL\x10\x02\x12\x1a\n\x16INIT_SCHEME_ORTHOGONAL\x10\x03*\xb4\x01\n\x11InputDistribution\x12\"\n\x1eINPUT_DISTRIBUTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19INPUT_DISTRIBUTION_NORMAL\x10\x01\x12\x1e\n\x1aINPUT_DISTRIBUTION_UNIFORM\x10\x02\x12\x1f\n\x1bINPUT_DISTRIBUTION_CONSTANT\x10\x03\x12\x1b\n\x17INPUT_DISTRIBUTION_ZERO\x10\x04*_\n\x06Regime\x12\x16\n\x12REGIME_UNSPECIFIED\x10\x00\x12\x14\n\x10REGIME_VANISHING\x10\x01\x12\x11\n\rREGIME_STABLE\x10\x02\x12\x14\n\x10REGIME_EXPLODING\x10\x03*j\n\x0eTruncationMode\x12\x1f\n\x1bTRUNCATION_MODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19TRUNCATION_MODE_TRUNCATED\x10\x01\x12\x18\n\x14TRUNCATION_MODE_FULL\x10\x02\x32\xdf\x02\n\x0fSequenceService\x12\x63\n\x0cRunRecurrent\x12(.nnprobe.sequence.v1.RunRecurrentRequest\x1a).nnprobe.sequence.v1.RunRecurrentResponse\x12q\n\x10\x41nalyzeGradients\x12,.nnprobe.sequence.v1.AnalyzeGradientsRequest\x1a-.nnprobe.sequence.v1.AnalyzeGradientsResponse0\x01\x12t\n\x11\x43ompareTruncation\x12-.nnprobe.sequence.v1.CompareTruncationRequest\x1a..nnprobe.sequence.v1.CompareTruncationResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nnprobe.sequence.v1.sequence_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEQUENCESERVICE']._serialized_start=59
-  _globals['_SEQUENCESERVICE']._serialized_end=76
+  _globals['_RECURRENTCELL_WEIGHTSENTRY']._loaded_options = None
+  _globals['_RECURRENTCELL_WEIGHTSENTRY']._serialized_options = b'8\001'
+  _globals['_RUNRECURRENTRESPONSE_WEIGHTSENTRY']._loaded_options = None
+  _globals['_RUNRECURRENTRESPONSE_WEIGHTSENTRY']._serialized_options = b'8\001'
+  _globals['_ANALYZEGRADIENTSREQUEST_WEIGHTSENTRY']._loaded_options = None
+  _globals['_ANALYZEGRADIENTSREQUEST_WEIGHTSENTRY']._serialized_options = b'8\001'
+  _globals['_CELLTYPE']._serialized_start=3311
+  _globals['_CELLTYPE']._serialized_end=3461
+  _globals['_INITSCHEME']._serialized_start=3463
+  _globals['_INITSCHEME']._serialized_end=3581
+  _globals['_INPUTDISTRIBUTION']._serialized_start=3584
+  _globals['_INPUTDISTRIBUTION']._serialized_end=3764
+  _globals['_REGIME']._serialized_start=3766
+  _globals['_REGIME']._serialized_end=3861
+  _globals['_TRUNCATIONMODE']._serialized_start=3863
+  _globals['_TRUNCATIONMODE']._serialized_end=3969
+  _globals['_RECURRENTCELL']._serialized_start=92
+  _globals['_RECURRENTCELL']._serialized_end=474
+  _globals['_RECURRENTCELL_WEIGHTSENTRY']._serialized_start=401
+  _globals['_RECURRENTCELL_WEIGHTSENTRY']._serialized_end=474
+  _globals['_RUNRECURRENTREQUEST']._serialized_start=477
+  _globals['_RUNRECURRENTREQUEST']._serialized_end=758
+  _globals['_RUNRECURRENTRESPONSE']._serialized_start=761
+  _globals['_RUNRECURRENTRESPONSE']._serialized_end=1168
+  _globals['_RUNRECURRENTRESPONSE_WEIGHTSENTRY']._serialized_start=401
+  _globals['_RUNRECURRENTRESPONSE_WEIGHTSENTRY']._serialized_end=474
+  _globals['_ANALYZEGRADIENTSREQUEST']._serialized_start=1171
+  _globals['_ANALYZEGRADIENTSREQUEST']._serialized_end=1785
+  _globals['_ANALYZEGRADIENTSREQUEST_WEIGHTSENTRY']._serialized_start=401
+  _globals['_ANALYZEGRADIENTSREQUEST_WEIGHTSENTRY']._serialized_end=474
+  _globals['_PROGRESS']._serialized_start=1787
+  _globals['_PROGRESS']._serialized_end=1843
+  _globals['_GRADIENTRUN']._serialized_start=1846
+  _globals['_GRADIENTRUN']._serialized_end=2247
+  _globals['_GRADIENTANALYSIS']._serialized_start=2250
+  _globals['_GRADIENTANALYSIS']._serialized_end=2443
+  _globals['_ANALYZEGRADIENTSRESPONSE']._serialized_start=2446
+  _globals['_ANALYZEGRADIENTSRESPONSE']._serialized_end=2589
+  _globals['_COMPARETRUNCATIONREQUEST']._serialized_start=2592
+  _globals['_COMPARETRUNCATIONREQUEST']._serialized_end=2771
+  _globals['_TRUNCATIONPOINT']._serialized_start=2774
+  _globals['_TRUNCATIONPOINT']._serialized_end=2967
+  _globals['_TRUNCATIONCOMPARISON']._serialized_start=2970
+  _globals['_TRUNCATIONCOMPARISON']._serialized_end=3157
+  _globals['_COMPARETRUNCATIONRESPONSE']._serialized_start=3160
+  _globals['_COMPARETRUNCATIONRESPONSE']._serialized_end=3308
+  _globals['_SEQUENCESERVICE']._serialized_start=3972
+  _globals['_SEQUENCESERVICE']._serialized_end=4323
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,904 @@
 isort:skip_file
 SequenceService: recurrent networks, gradient flow and an LSTM language model."""
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from nnprobe._proto.common.v1 import common_pb2 as _common_pb2
+import builtins as _builtins
+import sys
+import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
+else:
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _CellType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CellTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CellType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CELL_TYPE_UNSPECIFIED: _CellType.ValueType  # 0
+    """Not set. RunRecurrent rejects it; AnalyzeGradients treats an empty `cells` list as [RNN_TANH]."""
+    CELL_TYPE_RNN_TANH: _CellType.ValueType  # 1
+    """h' = tanh(W_ih x + b_ih + W_hh h + b_hh), as torch.nn.RNN(nonlinearity="tanh")."""
+    CELL_TYPE_RNN_RELU: _CellType.ValueType  # 2
+    """h' = relu(W_ih x + b_ih + W_hh h + b_hh), as torch.nn.RNN(nonlinearity="relu")."""
+    CELL_TYPE_LSTM: _CellType.ValueType  # 3
+    """torch.nn.LSTM: gates i, f, g, o (in that order); c' = f * c + i * g, h' = o * tanh(c')."""
+    CELL_TYPE_GRU: _CellType.ValueType  # 4
+    """torch.nn.GRU: gates r, z, n (in that order); h' = (1 - z) * n + z * h."""
+    CELL_TYPE_RNN_LINEAR: _CellType.ValueType  # 5
+    """h' = W_ih x + b_ih + W_hh h + b_hh: the identity nonlinearity, whose Jacobian product is a matrix
+    power of W_hh.
+    """
+
+class CellType(_CellType, metaclass=_CellTypeEnumTypeWrapper):
+    """The recurrence a cell computes. h is the hidden state, x the input, W_ih/W_hh/b_ih/b_hh the weights
+    in PyTorch's layout (gates stacked along the first dimension of W_ih and W_hh).
+    """
+
+CELL_TYPE_UNSPECIFIED: CellType.ValueType  # 0
+"""Not set. RunRecurrent rejects it; AnalyzeGradients treats an empty `cells` list as [RNN_TANH]."""
+CELL_TYPE_RNN_TANH: CellType.ValueType  # 1
+"""h' = tanh(W_ih x + b_ih + W_hh h + b_hh), as torch.nn.RNN(nonlinearity="tanh")."""
+CELL_TYPE_RNN_RELU: CellType.ValueType  # 2
+"""h' = relu(W_ih x + b_ih + W_hh h + b_hh), as torch.nn.RNN(nonlinearity="relu")."""
+CELL_TYPE_LSTM: CellType.ValueType  # 3
+"""torch.nn.LSTM: gates i, f, g, o (in that order); c' = f * c + i * g, h' = o * tanh(c')."""
+CELL_TYPE_GRU: CellType.ValueType  # 4
+"""torch.nn.GRU: gates r, z, n (in that order); h' = (1 - z) * n + z * h."""
+CELL_TYPE_RNN_LINEAR: CellType.ValueType  # 5
+"""h' = W_ih x + b_ih + W_hh h + b_hh: the identity nonlinearity, whose Jacobian product is a matrix
+power of W_hh.
+"""
+Global___CellType: _TypeAlias = CellType  # noqa: Y015
+
+class _InitScheme:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InitSchemeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InitScheme.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INIT_SCHEME_UNSPECIFIED: _InitScheme.ValueType  # 0
+    """Defaults to INIT_SCHEME_PYTORCH."""
+    INIT_SCHEME_PYTORCH: _InitScheme.ValueType  # 1
+    """PyTorch's default for nn.RNN/LSTM/GRU: every weight and bias from U(-1/sqrt(H), 1/sqrt(H)),
+    multiplied by `init_scale`.
+    """
+    INIT_SCHEME_NORMAL: _InitScheme.ValueType  # 2
+    """Weights from N(0, init_scale^2 / fan_in) (fan_in = D for W_ih, H for W_hh); biases zero."""
+    INIT_SCHEME_ORTHOGONAL: _InitScheme.ValueType  # 3
+    """Each H x H gate block of W_hh a random orthogonal matrix times `init_scale`; W_ih from
+    N(0, 1 / D); biases zero.
+    """
+
+class InitScheme(_InitScheme, metaclass=_InitSchemeEnumTypeWrapper):
+    """How weights are drawn when they are not given."""
+
+INIT_SCHEME_UNSPECIFIED: InitScheme.ValueType  # 0
+"""Defaults to INIT_SCHEME_PYTORCH."""
+INIT_SCHEME_PYTORCH: InitScheme.ValueType  # 1
+"""PyTorch's default for nn.RNN/LSTM/GRU: every weight and bias from U(-1/sqrt(H), 1/sqrt(H)),
+multiplied by `init_scale`.
+"""
+INIT_SCHEME_NORMAL: InitScheme.ValueType  # 2
+"""Weights from N(0, init_scale^2 / fan_in) (fan_in = D for W_ih, H for W_hh); biases zero."""
+INIT_SCHEME_ORTHOGONAL: InitScheme.ValueType  # 3
+"""Each H x H gate block of W_hh a random orthogonal matrix times `init_scale`; W_ih from
+N(0, 1 / D); biases zero.
+"""
+Global___InitScheme: _TypeAlias = InitScheme  # noqa: Y015
+
+class _InputDistribution:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InputDistributionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InputDistribution.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INPUT_DISTRIBUTION_UNSPECIFIED: _InputDistribution.ValueType  # 0
+    """Defaults to INPUT_DISTRIBUTION_NORMAL."""
+    INPUT_DISTRIBUTION_NORMAL: _InputDistribution.ValueType  # 1
+    """Every element from N(0, input_scale^2), independently at every step."""
+    INPUT_DISTRIBUTION_UNIFORM: _InputDistribution.ValueType  # 2
+    """Every element from U(-input_scale, input_scale), independently at every step."""
+    INPUT_DISTRIBUTION_CONSTANT: _InputDistribution.ValueType  # 3
+    """One vector drawn from N(0, input_scale^2), fed at every step."""
+    INPUT_DISTRIBUTION_ZERO: _InputDistribution.ValueType  # 4
+    """x_t = 0 at every step."""
+
+class InputDistribution(_InputDistribution, metaclass=_InputDistributionEnumTypeWrapper):
+    """How the inputs x_1..x_T of AnalyzeGradients are drawn (with the request's seed)."""
+
+INPUT_DISTRIBUTION_UNSPECIFIED: InputDistribution.ValueType  # 0
+"""Defaults to INPUT_DISTRIBUTION_NORMAL."""
+INPUT_DISTRIBUTION_NORMAL: InputDistribution.ValueType  # 1
+"""Every element from N(0, input_scale^2), independently at every step."""
+INPUT_DISTRIBUTION_UNIFORM: InputDistribution.ValueType  # 2
+"""Every element from U(-input_scale, input_scale), independently at every step."""
+INPUT_DISTRIBUTION_CONSTANT: InputDistribution.ValueType  # 3
+"""One vector drawn from N(0, input_scale^2), fed at every step."""
+INPUT_DISTRIBUTION_ZERO: InputDistribution.ValueType  # 4
+"""x_t = 0 at every step."""
+Global___InputDistribution: _TypeAlias = InputDistribution  # noqa: Y015
+
+class _Regime:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RegimeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Regime.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REGIME_UNSPECIFIED: _Regime.ValueType  # 0
+    """Not determined."""
+    REGIME_VANISHING: _Regime.ValueType  # 1
+    """The fitted per-step rate is below 1 - regime_tolerance (or a Jacobian product is exactly zero)."""
+    REGIME_STABLE: _Regime.ValueType  # 2
+    """The fitted per-step rate is within regime_tolerance of 1."""
+    REGIME_EXPLODING: _Regime.ValueType  # 3
+    """The fitted per-step rate is above 1 + regime_tolerance (or a norm overflowed)."""
+
+class Regime(_Regime, metaclass=_RegimeEnumTypeWrapper):
+    """Whether gradients shrink or grow with the distance T - k."""
+
+REGIME_UNSPECIFIED: Regime.ValueType  # 0
+"""Not determined."""
+REGIME_VANISHING: Regime.ValueType  # 1
+"""The fitted per-step rate is below 1 - regime_tolerance (or a Jacobian product is exactly zero)."""
+REGIME_STABLE: Regime.ValueType  # 2
+"""The fitted per-step rate is within regime_tolerance of 1."""
+REGIME_EXPLODING: Regime.ValueType  # 3
+"""The fitted per-step rate is above 1 + regime_tolerance (or a norm overflowed)."""
+Global___Regime: _TypeAlias = Regime  # noqa: Y015
+
+class _TruncationMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TruncationModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TruncationMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRUNCATION_MODE_UNSPECIFIED: _TruncationMode.ValueType  # 0
+    """Not set."""
+    TRUNCATION_MODE_TRUNCATED: _TruncationMode.ValueType  # 1
+    """The state is detached between chunks and each chunk has its own backward (truncated BPTT)."""
+    TRUNCATION_MODE_FULL: _TruncationMode.ValueType  # 2
+    """The graph spans all chunks; one backward runs after the last chunk."""
+
+class TruncationMode(_TruncationMode, metaclass=_TruncationModeEnumTypeWrapper):
+    """Whether the hidden state is detached between chunks."""
+
+TRUNCATION_MODE_UNSPECIFIED: TruncationMode.ValueType  # 0
+"""Not set."""
+TRUNCATION_MODE_TRUNCATED: TruncationMode.ValueType  # 1
+"""The state is detached between chunks and each chunk has its own backward (truncated BPTT)."""
+TRUNCATION_MODE_FULL: TruncationMode.ValueType  # 2
+"""The graph spans all chunks; one backward runs after the last chunk."""
+Global___TruncationMode: _TypeAlias = TruncationMode  # noqa: Y015
+
+@_typing.final
+class RecurrentCell(_message.Message):
+    """A single-layer recurrent cell: its type, sizes and weights (given, or drawn from a seed)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class WeightsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _common_pb2.Tensor: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _common_pb2.Tensor | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CELL_FIELD_NUMBER: _builtins.int
+    INPUT_SIZE_FIELD_NUMBER: _builtins.int
+    HIDDEN_SIZE_FIELD_NUMBER: _builtins.int
+    NO_BIAS_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    INIT_FIELD_NUMBER: _builtins.int
+    INIT_SCALE_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    OUTPUT_SIZE_FIELD_NUMBER: _builtins.int
+    FORGET_BIAS_FIELD_NUMBER: _builtins.int
+    cell: Global___CellType.ValueType
+    """The recurrence."""
+    input_size: _builtins.int
+    """D, the input width. 0 means: taken from `weights` (weight_ih_l0) or from the input tensor."""
+    hidden_size: _builtins.int
+    """H, the hidden width. 0 means: taken from `weights` (weight_hh_l0)."""
+    no_bias: _builtins.bool
+    """When true the cell has no biases (PyTorch's bias=False)."""
+    init: Global___InitScheme.ValueType
+    """How to draw the weights when `weights` is empty."""
+    init_scale: _builtins.float
+    """Multiplies the drawn weights; 0 means 1."""
+    seed: _builtins.int
+    """Seed for the drawn weights."""
+    output_size: _builtins.int
+    """O, the width of an output layer y_t = W_out h_t + b_out drawn with PyTorch's nn.Linear
+    initialisation. 0 means no output layer (unless output.weight is given).
+    """
+    forget_bias: _builtins.float
+    """Added to the LSTM forget-gate bias (bias_ih_l0[H:2H]) after the weights are drawn; ignored for other
+    cells and for given weights. 1 is the common choice that keeps the forget gate open.
+    """
+    @_builtins.property
+    def weights(self) -> _containers.MessageMap[_builtins.str, _common_pb2.Tensor]:
+        """The weights under PyTorch's names: weight_ih_l0 (G*H, D), weight_hh_l0 (G*H, H), bias_ih_l0 (G*H),
+        bias_hh_l0 (G*H), with G = 1 (RNN), 4 (LSTM) or 3 (GRU). An output layer may be added as
+        output.weight (O, H) and output.bias (O). Either all cell weights are given or none; when none, they
+        are drawn with `init`, `init_scale` and `seed`.
+        """
+
+    def __init__(
+        self,
+        *,
+        cell: Global___CellType.ValueType = ...,
+        input_size: _builtins.int = ...,
+        hidden_size: _builtins.int = ...,
+        no_bias: _builtins.bool = ...,
+        weights: _abc.Mapping[_builtins.str, _common_pb2.Tensor] | None = ...,
+        init: Global___InitScheme.ValueType = ...,
+        init_scale: _builtins.float = ...,
+        seed: _builtins.int = ...,
+        output_size: _builtins.int = ...,
+        forget_bias: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell", b"cell", "forget_bias", b"forget_bias", "hidden_size", b"hidden_size", "init", b"init", "init_scale", b"init_scale", "input_size", b"input_size", "no_bias", b"no_bias", "output_size", b"output_size", "seed", b"seed", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecurrentCell: _TypeAlias = RecurrentCell  # noqa: Y015
+
+@_typing.final
+class RunRecurrentRequest(_message.Message):
+    """Request of RunRecurrent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CELL_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    INITIAL_HIDDEN_FIELD_NUMBER: _builtins.int
+    INITIAL_CELL_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    SETTLE_TOLERANCE_FIELD_NUMBER: _builtins.int
+    dtype: _common_pb2.DType.ValueType
+    """DTYPE_FLOAT32 or DTYPE_FLOAT64; unspecified means float64. Given tensors are converted to it."""
+    settle_tolerance: _builtins.float
+    """A sequence has settled from the first step after which every change |h_t - h_(t-1)| is at most
+    this. 0 means 1e-6.
+    """
+    @_builtins.property
+    def cell(self) -> Global___RecurrentCell:
+        """The cell."""
+
+    @_builtins.property
+    def inputs(self) -> _common_pb2.Tensor:
+        """The inputs, a (T, B, D) float tensor (sequence first, as PyTorch's default batch_first=False)."""
+
+    @_builtins.property
+    def initial_hidden(self) -> _common_pb2.Tensor:
+        """Initial hidden state h_0, (B, H). Absent means zeros."""
+
+    @_builtins.property
+    def initial_cell(self) -> _common_pb2.Tensor:
+        """Initial cell state c_0 for an LSTM, (B, H). Absent means zeros."""
+
+    def __init__(
+        self,
+        *,
+        cell: Global___RecurrentCell | None = ...,
+        inputs: _common_pb2.Tensor | None = ...,
+        initial_hidden: _common_pb2.Tensor | None = ...,
+        initial_cell: _common_pb2.Tensor | None = ...,
+        dtype: _common_pb2.DType.ValueType = ...,
+        settle_tolerance: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cell", b"cell", "initial_cell", b"initial_cell", "initial_hidden", b"initial_hidden", "inputs", b"inputs"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell", b"cell", "dtype", b"dtype", "initial_cell", b"initial_cell", "initial_hidden", b"initial_hidden", "inputs", b"inputs", "settle_tolerance", b"settle_tolerance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunRecurrentRequest: _TypeAlias = RunRecurrentRequest  # noqa: Y015
+
+@_typing.final
+class RunRecurrentResponse(_message.Message):
+    """Response of RunRecurrent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class WeightsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _common_pb2.Tensor: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _common_pb2.Tensor | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    HIDDEN_STATES_FIELD_NUMBER: _builtins.int
+    CELL_STATES_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    STEP_CHANGES_FIELD_NUMBER: _builtins.int
+    SETTLED_AT_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    SETTLE_TOLERANCE_FIELD_NUMBER: _builtins.int
+    settle_tolerance: _builtins.float
+    """The settle tolerance applied."""
+    @_builtins.property
+    def hidden_states(self) -> _common_pb2.Tensor:
+        """h_1..h_T, a (T, B, H) tensor (equal to the `output` of torch.nn.RNN/LSTM/GRU)."""
+
+    @_builtins.property
+    def cell_states(self) -> _common_pb2.Tensor:
+        """c_1..c_T for an LSTM, (T, B, H); absent for other cells."""
+
+    @_builtins.property
+    def outputs(self) -> _common_pb2.Tensor:
+        """y_1..y_T = W_out h_t + b_out, (T, B, O), when the cell has an output layer."""
+
+    @_builtins.property
+    def step_changes(self) -> _common_pb2.Tensor:
+        """|h_t - h_(t-1)|_2 for t = 1..T and each sequence, (T, B); the first row compares with h_0."""
+
+    @_builtins.property
+    def settled_at(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """For each sequence, the first step t (1-based) from which every later change is within
+        settle_tolerance; -1 when the state is still moving at step T.
+        """
+
+    @_builtins.property
+    def weights(self) -> _containers.MessageMap[_builtins.str, _common_pb2.Tensor]:
+        """The weights used (given or drawn), under the names of RecurrentCell.weights."""
+
+    def __init__(
+        self,
+        *,
+        hidden_states: _common_pb2.Tensor | None = ...,
+        cell_states: _common_pb2.Tensor | None = ...,
+        outputs: _common_pb2.Tensor | None = ...,
+        step_changes: _common_pb2.Tensor | None = ...,
+        settled_at: _abc.Iterable[_builtins.int] | None = ...,
+        weights: _abc.Mapping[_builtins.str, _common_pb2.Tensor] | None = ...,
+        settle_tolerance: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cell_states", b"cell_states", "hidden_states", b"hidden_states", "outputs", b"outputs", "step_changes", b"step_changes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell_states", b"cell_states", "hidden_states", b"hidden_states", "outputs", b"outputs", "settle_tolerance", b"settle_tolerance", "settled_at", b"settled_at", "step_changes", b"step_changes", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunRecurrentResponse: _TypeAlias = RunRecurrentResponse  # noqa: Y015
+
+@_typing.final
+class AnalyzeGradientsRequest(_message.Message):
+    """Request of AnalyzeGradients. Runs every cell of `cells` at every radius of `spectral_radii`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class WeightsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _common_pb2.Tensor: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _common_pb2.Tensor | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CELLS_FIELD_NUMBER: _builtins.int
+    HIDDEN_SIZE_FIELD_NUMBER: _builtins.int
+    INPUT_SIZE_FIELD_NUMBER: _builtins.int
+    SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
+    INPUT_DISTRIBUTION_FIELD_NUMBER: _builtins.int
+    INPUT_SCALE_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    SPECTRAL_RADII_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    INIT_FIELD_NUMBER: _builtins.int
+    INIT_SCALE_FIELD_NUMBER: _builtins.int
+    FORGET_BIAS_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    REGIME_TOLERANCE_FIELD_NUMBER: _builtins.int
+    PLOT_FIELD_NUMBER: _builtins.int
+    RANDOM_INITIAL_STATE_FIELD_NUMBER: _builtins.int
+    hidden_size: _builtins.int
+    """H, the hidden width. 0 means: taken from `weights`."""
+    input_size: _builtins.int
+    """D, the input width; 0 means H (or the width of the given weight_ih_l0)."""
+    sequence_length: _builtins.int
+    """T, the number of steps. Bounded by the server's limit."""
+    input_distribution: Global___InputDistribution.ValueType
+    """How the inputs are drawn."""
+    input_scale: _builtins.float
+    """Standard deviation (normal, constant) or half-width (uniform) of the inputs; 0 means 1."""
+    seed: _builtins.int
+    """Seed for the weights, the inputs and the initial state."""
+    init: Global___InitScheme.ValueType
+    """How to draw the weights when none are given."""
+    init_scale: _builtins.float
+    """Multiplies the drawn weights before the rescaling to rho; 0 means 1."""
+    forget_bias: _builtins.float
+    """Added to the drawn LSTM forget-gate bias (see RecurrentCell.forget_bias)."""
+    dtype: _common_pb2.DType.ValueType
+    """DTYPE_FLOAT32 or DTYPE_FLOAT64; unspecified means float64."""
+    regime_tolerance: _builtins.float
+    """Half-width of the band around a per-step rate of 1 called stable; 0 means 0.01."""
+    plot: _builtins.bool
+    """When true, the response carries a PNG of log |dh_T/dh_k| against T - k."""
+    random_initial_state: _builtins.bool
+    """When true the initial state h_0 (and c_0) is drawn from N(0, 1) with the seed; otherwise zeros."""
+    @_builtins.property
+    def cells(self) -> _containers.RepeatedScalarFieldContainer[Global___CellType.ValueType]:
+        """The cells to compare; empty means [CELL_TYPE_RNN_TANH]."""
+
+    @_builtins.property
+    def spectral_radii(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Target spectral radii rho: each H x H gate block of W_hh is rescaled so that its largest
+        |eigenvalue| is rho (one run per value). Every entry must be > 0. May be empty only when `weights`
+        are given, which are then analysed as they are.
+        """
+
+    @_builtins.property
+    def weights(self) -> _containers.MessageMap[_builtins.str, _common_pb2.Tensor]:
+        """Given weights under PyTorch's names (see RecurrentCell.weights); only with a single cell."""
+
+    def __init__(
+        self,
+        *,
+        cells: _abc.Iterable[Global___CellType.ValueType] | None = ...,
+        hidden_size: _builtins.int = ...,
+        input_size: _builtins.int = ...,
+        sequence_length: _builtins.int = ...,
+        input_distribution: Global___InputDistribution.ValueType = ...,
+        input_scale: _builtins.float = ...,
+        seed: _builtins.int = ...,
+        spectral_radii: _abc.Iterable[_builtins.float] | None = ...,
+        weights: _abc.Mapping[_builtins.str, _common_pb2.Tensor] | None = ...,
+        init: Global___InitScheme.ValueType = ...,
+        init_scale: _builtins.float = ...,
+        forget_bias: _builtins.float = ...,
+        dtype: _common_pb2.DType.ValueType = ...,
+        regime_tolerance: _builtins.float = ...,
+        plot: _builtins.bool = ...,
+        random_initial_state: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "dtype", b"dtype", "forget_bias", b"forget_bias", "hidden_size", b"hidden_size", "init", b"init", "init_scale", b"init_scale", "input_distribution", b"input_distribution", "input_scale", b"input_scale", "input_size", b"input_size", "plot", b"plot", "random_initial_state", b"random_initial_state", "regime_tolerance", b"regime_tolerance", "seed", b"seed", "sequence_length", b"sequence_length", "spectral_radii", b"spectral_radii", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnalyzeGradientsRequest: _TypeAlias = AnalyzeGradientsRequest  # noqa: Y015
+
+@_typing.final
+class Progress(_message.Message):
+    """Progress of a streamed computation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DONE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    done: _builtins.int
+    """Units of work finished."""
+    total: _builtins.int
+    """Units of work in all."""
+    message: _builtins.str
+    """What is being computed."""
+    def __init__(
+        self,
+        *,
+        done: _builtins.int = ...,
+        total: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "message", b"message", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Progress: _TypeAlias = Progress  # noqa: Y015
+
+@_typing.final
+class GradientRun(_message.Message):
+    """The gradient flow of one cell at one spectral radius. Index k runs over 0..T-1 (h_0 is the initial
+    state); the distance is T - k.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CELL_FIELD_NUMBER: _builtins.int
+    TARGET_SPECTRAL_RADIUS_FIELD_NUMBER: _builtins.int
+    SPECTRAL_RADIUS_FIELD_NUMBER: _builtins.int
+    WEIGHT_NORM_FIELD_NUMBER: _builtins.int
+    DERIVATIVE_BOUND_FIELD_NUMBER: _builtins.int
+    HAS_BOUND_FIELD_NUMBER: _builtins.int
+    DISTANCES_FIELD_NUMBER: _builtins.int
+    JACOBIAN_NORMS_FIELD_NUMBER: _builtins.int
+    BOUNDS_FIELD_NUMBER: _builtins.int
+    STATE_JACOBIAN_NORMS_FIELD_NUMBER: _builtins.int
+    INPUT_GRADIENT_NORMS_FIELD_NUMBER: _builtins.int
+    GROWTH_RATE_FIELD_NUMBER: _builtins.int
+    REGIME_FIELD_NUMBER: _builtins.int
+    LOSS_FIELD_NUMBER: _builtins.int
+    FORGET_BIAS_FIELD_NUMBER: _builtins.int
+    cell: Global___CellType.ValueType
+    """The cell."""
+    target_spectral_radius: _builtins.float
+    """The requested spectral radius; 0 when the given weights were analysed as they are."""
+    spectral_radius: _builtins.float
+    """rho(W_hh): the largest |eigenvalue| of W_hh (for gated cells, the largest over the H x H gate
+    blocks).
+    """
+    weight_norm: _builtins.float
+    """gamma_W = |W_hh|_2, the spectral norm (largest singular value) of the whole W_hh."""
+    derivative_bound: _builtins.float
+    """gamma_h, the bound on |phi'|: 1 for tanh, ReLU and the identity. 0 for LSTM and GRU, which have no
+    bound of the form (gamma_W gamma_h)^(T-k).
+    """
+    has_bound: _builtins.bool
+    """True when `bounds` holds the bound (RNN_TANH, RNN_RELU, RNN_LINEAR)."""
+    growth_rate: _builtins.float
+    """exp(slope) of a least-squares line through log |dh_T/dh_k| against T - k (finite, positive norms
+    only): the per-step growth (> 1) or decay (< 1) factor.
+    """
+    regime: Global___Regime.ValueType
+    """Vanishing, stable or exploding, from growth_rate."""
+    loss: _builtins.float
+    """L = |h_T|^2 / 2."""
+    forget_bias: _builtins.float
+    """The forget-gate bias added (LSTM only)."""
+    @_builtins.property
+    def distances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """T - k for k = 0..T-1, that is T, T-1, ..., 1."""
+
+    @_builtins.property
+    def jacobian_norms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """|dh_T/dh_k|_2 for k = 0..T-1: the spectral norm of the exact product of the per-step Jacobians
+        dh_(j+1)/dh_j (each computed with autograd). For an LSTM this is the h-block of the product of the
+        (h, c) state Jacobians, i.e. the sensitivity to h_k with c_k held fixed.
+        """
+
+    @_builtins.property
+    def bounds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """(gamma_W gamma_h)^(T-k) for k = 0..T-1; empty when has_bound is false."""
+
+    @_builtins.property
+    def state_jacobian_norms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """For an LSTM, |d(h_T, c_T)/d(h_k, c_k)|_2 of the full state; empty for other cells."""
+
+    @_builtins.property
+    def input_gradient_norms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """|dL/dx_k|_2 for k = 1..T with L = |h_T|^2 / 2, by one backward pass."""
+
+    def __init__(
+        self,
+        *,
+        cell: Global___CellType.ValueType = ...,
+        target_spectral_radius: _builtins.float = ...,
+        spectral_radius: _builtins.float = ...,
+        weight_norm: _builtins.float = ...,
+        derivative_bound: _builtins.float = ...,
+        has_bound: _builtins.bool = ...,
+        distances: _abc.Iterable[_builtins.int] | None = ...,
+        jacobian_norms: _abc.Iterable[_builtins.float] | None = ...,
+        bounds: _abc.Iterable[_builtins.float] | None = ...,
+        state_jacobian_norms: _abc.Iterable[_builtins.float] | None = ...,
+        input_gradient_norms: _abc.Iterable[_builtins.float] | None = ...,
+        growth_rate: _builtins.float = ...,
+        regime: Global___Regime.ValueType = ...,
+        loss: _builtins.float = ...,
+        forget_bias: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bounds", b"bounds", "cell", b"cell", "derivative_bound", b"derivative_bound", "distances", b"distances", "forget_bias", b"forget_bias", "growth_rate", b"growth_rate", "has_bound", b"has_bound", "input_gradient_norms", b"input_gradient_norms", "jacobian_norms", b"jacobian_norms", "loss", b"loss", "regime", b"regime", "spectral_radius", b"spectral_radius", "state_jacobian_norms", b"state_jacobian_norms", "target_spectral_radius", b"target_spectral_radius", "weight_norm", b"weight_norm"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GradientRun: _TypeAlias = GradientRun  # noqa: Y015
+
+@_typing.final
+class GradientAnalysis(_message.Message):
+    """The final result of AnalyzeGradients."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
+    HIDDEN_SIZE_FIELD_NUMBER: _builtins.int
+    INPUT_SIZE_FIELD_NUMBER: _builtins.int
+    REGIME_TOLERANCE_FIELD_NUMBER: _builtins.int
+    PLOT_PNG_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    sequence_length: _builtins.int
+    """T."""
+    hidden_size: _builtins.int
+    """H."""
+    input_size: _builtins.int
+    """D."""
+    regime_tolerance: _builtins.float
+    """The regime tolerance applied."""
+    plot_png: _builtins.bytes
+    """PNG of log |dh_T/dh_k| against T - k, one line per run, bounds dashed; empty unless requested."""
+    seconds: _builtins.float
+    """Server-side compute time in seconds."""
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___GradientRun]:
+        """One run per (cell, spectral radius), cells outer."""
+
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[Global___GradientRun] | None = ...,
+        sequence_length: _builtins.int = ...,
+        hidden_size: _builtins.int = ...,
+        input_size: _builtins.int = ...,
+        regime_tolerance: _builtins.float = ...,
+        plot_png: _builtins.bytes = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hidden_size", b"hidden_size", "input_size", b"input_size", "plot_png", b"plot_png", "regime_tolerance", b"regime_tolerance", "runs", b"runs", "seconds", b"seconds", "sequence_length", b"sequence_length"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GradientAnalysis: _TypeAlias = GradientAnalysis  # noqa: Y015
+
+@_typing.final
+class AnalyzeGradientsResponse(_message.Message):
+    """One event of the AnalyzeGradients stream: progress events, then exactly one result."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> Global___Progress:
+        """Work done so far (one unit per step of the forward passes and Jacobian products)."""
+
+    @_builtins.property
+    def result(self) -> Global___GradientAnalysis:
+        """The final result; the last message of the stream."""
+
+    def __init__(
+        self,
+        *,
+        progress: Global___Progress | None = ...,
+        result: Global___GradientAnalysis | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "progress", b"progress", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "progress", b"progress", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["progress", "result"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___AnalyzeGradientsResponse: _TypeAlias = AnalyzeGradientsResponse  # noqa: Y015
+
+@_typing.final
+class CompareTruncationRequest(_message.Message):
+    """Request of CompareTruncation. Token ids are drawn uniformly from the vocabulary with the seed; the
+    loss is the cross-entropy of predicting each next token.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOCAB_SIZE_FIELD_NUMBER: _builtins.int
+    EMBED_SIZE_FIELD_NUMBER: _builtins.int
+    HIDDEN_SIZE_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    CHUNK_LENGTH_FIELD_NUMBER: _builtins.int
+    CHUNK_COUNTS_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    PLOT_FIELD_NUMBER: _builtins.int
+    vocab_size: _builtins.int
+    """Vocabulary size; 0 means 10000."""
+    embed_size: _builtins.int
+    """Embedding width; 0 means 128."""
+    hidden_size: _builtins.int
+    """LSTM hidden width; 0 means 1024."""
+    batch_size: _builtins.int
+    """Sequences per batch; 0 means 20."""
+    chunk_length: _builtins.int
+    """L, tokens per chunk; 0 means 30."""
+    seed: _builtins.int
+    """Seed for the model weights and the tokens."""
+    plot: _builtins.bool
+    """When true, the response carries a PNG of memory against K for both modes."""
+    @_builtins.property
+    def chunk_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The values of K (consecutive chunks) to measure; empty means [1, 2, 4, 8]. Each must be > 0."""
+
+    def __init__(
+        self,
+        *,
+        vocab_size: _builtins.int = ...,
+        embed_size: _builtins.int = ...,
+        hidden_size: _builtins.int = ...,
+        batch_size: _builtins.int = ...,
+        chunk_length: _builtins.int = ...,
+        chunk_counts: _abc.Iterable[_builtins.int] | None = ...,
+        seed: _builtins.int = ...,
+        plot: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "chunk_counts", b"chunk_counts", "chunk_length", b"chunk_length", "embed_size", b"embed_size", "hidden_size", b"hidden_size", "plot", b"plot", "seed", b"seed", "vocab_size", b"vocab_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompareTruncationRequest: _TypeAlias = CompareTruncationRequest  # noqa: Y015
+
+@_typing.final
+class TruncationPoint(_message.Message):
+    """One measurement: K chunks in one mode."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_COUNT_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    SAVED_BYTES_FIELD_NUMBER: _builtins.int
+    PEAK_DEVICE_BYTES_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    LOSS_FIELD_NUMBER: _builtins.int
+    BACKWARD_PASSES_FIELD_NUMBER: _builtins.int
+    chunk_count: _builtins.int
+    """K."""
+    mode: Global___TruncationMode.ValueType
+    """Truncated or full."""
+    saved_bytes: _builtins.int
+    """Peak bytes of the distinct tensors autograd held for backward (counted with
+    torch.autograd.graph.saved_tensors_hooks at each backward; parameters excluded).
+    """
+    peak_device_bytes: _builtins.int
+    """Peak bytes allocated on the GPU during the run (torch.cuda.max_memory_allocated minus the bytes
+    allocated before it); 0 on a CPU server.
+    """
+    seconds: _builtins.float
+    """Wall time of the K forward and backward passes, seconds."""
+    loss: _builtins.float
+    """Mean cross-entropy over all K chunks (identical in both modes: detach() changes no forward value)."""
+    backward_passes: _builtins.int
+    """Number of backward passes run (K when truncated, 1 when full)."""
+    def __init__(
+        self,
+        *,
+        chunk_count: _builtins.int = ...,
+        mode: Global___TruncationMode.ValueType = ...,
+        saved_bytes: _builtins.int = ...,
+        peak_device_bytes: _builtins.int = ...,
+        seconds: _builtins.float = ...,
+        loss: _builtins.float = ...,
+        backward_passes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backward_passes", b"backward_passes", "chunk_count", b"chunk_count", "loss", b"loss", "mode", b"mode", "peak_device_bytes", b"peak_device_bytes", "saved_bytes", b"saved_bytes", "seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TruncationPoint: _TypeAlias = TruncationPoint  # noqa: Y015
+
+@_typing.final
+class TruncationComparison(_message.Message):
+    """The final result of CompareTruncation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINTS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_SLOPE_BYTES_FIELD_NUMBER: _builtins.int
+    FULL_SLOPE_BYTES_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    PLOT_PNG_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    truncated_slope_bytes: _builtins.float
+    """Least-squares slope of saved_bytes against K, truncated (close to 0: flat)."""
+    full_slope_bytes: _builtins.float
+    """Least-squares slope of saved_bytes against K, full (the bytes each chunk adds)."""
+    device: _builtins.str
+    """The device the model ran on ("cpu", "cuda:0")."""
+    plot_png: _builtins.bytes
+    """PNG of saved bytes against K, both modes; empty unless requested."""
+    parameters: _builtins.int
+    """Number of model parameters."""
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___TruncationPoint]:
+        """Every K in both modes, K outer, truncated first."""
+
+    def __init__(
+        self,
+        *,
+        points: _abc.Iterable[Global___TruncationPoint] | None = ...,
+        truncated_slope_bytes: _builtins.float = ...,
+        full_slope_bytes: _builtins.float = ...,
+        device: _builtins.str = ...,
+        plot_png: _builtins.bytes = ...,
+        parameters: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "full_slope_bytes", b"full_slope_bytes", "parameters", b"parameters", "plot_png", b"plot_png", "points", b"points", "truncated_slope_bytes", b"truncated_slope_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TruncationComparison: _TypeAlias = TruncationComparison  # noqa: Y015
+
+@_typing.final
+class CompareTruncationResponse(_message.Message):
+    """One event of the CompareTruncation stream: progress events, then exactly one result."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> Global___Progress:
+        """Measurements done so far (one unit per chunk processed)."""
+
+    @_builtins.property
+    def result(self) -> Global___TruncationComparison:
+        """The final result; the last message of the stream."""
+
+    def __init__(
+        self,
+        *,
+        progress: Global___Progress | None = ...,
+        result: Global___TruncationComparison | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "progress", b"progress", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "progress", b"progress", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["progress", "result"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___CompareTruncationResponse: _TypeAlias = CompareTruncationResponse  # noqa: Y015

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from nnprobe._proto.sequence.v1 import sequence_pb2 as nnprobe_dot_sequence_dot_v1_dot_sequence__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -25,8 +26,7 @@ if _version_not_supported:
 
 
 class SequenceServiceStub:
-    """Analyses of recurrent sequence models. The service is declared here so that its server starts and
-    answers health checks; its RPCs are added as they are implemented.
+    """Analyses of recurrent sequence models.
     """
 
     def __init__(self, channel):
@@ -35,16 +35,71 @@ class SequenceServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.RunRecurrent = channel.unary_unary(
+                '/nnprobe.sequence.v1.SequenceService/RunRecurrent',
+                request_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.RunRecurrentRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.RunRecurrentResponse.FromString,
+                _registered_method=True)
+        self.AnalyzeGradients = channel.unary_stream(
+                '/nnprobe.sequence.v1.SequenceService/AnalyzeGradients',
+                request_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.AnalyzeGradientsRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.AnalyzeGradientsResponse.FromString,
+                _registered_method=True)
+        self.CompareTruncation = channel.unary_stream(
+                '/nnprobe.sequence.v1.SequenceService/CompareTruncation',
+                request_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.CompareTruncationRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.CompareTruncationResponse.FromString,
+                _registered_method=True)
 
 
 class SequenceServiceServicer:
-    """Analyses of recurrent sequence models. The service is declared here so that its server starts and
-    answers health checks; its RPCs are added as they are implemented.
+    """Analyses of recurrent sequence models.
     """
+
+    def RunRecurrent(self, request, context):
+        """Runs a single-layer recurrent cell over an input sequence and returns the state at every step, the
+        output projection at every step (when an output layer is given) and the per-step state change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AnalyzeGradients(self, request, context):
+        """Measures gradient flow through time: the spectral norm of the exact Jacobian product dh_T/dh_k for
+        every k, the bound (gamma_W gamma_h)^(T-k), the fitted per-step rate and |dL/dx_k|, for every cell and
+        spectral radius of a sweep. Streams progress events, then one result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompareTruncation(self, request, context):
+        """Measures the memory autograd holds for backward, and the time, when an embedding -> LSTM -> linear
+        language model runs K chunks with the hidden state detached between chunks (truncated BPTT) and
+        without (one graph over all chunks). Streams progress events, then one result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
 
 def add_SequenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'RunRecurrent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunRecurrent,
+                    request_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.RunRecurrentRequest.FromString,
+                    response_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.RunRecurrentResponse.SerializeToString,
+            ),
+            'AnalyzeGradients': grpc.unary_stream_rpc_method_handler(
+                    servicer.AnalyzeGradients,
+                    request_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.AnalyzeGradientsRequest.FromString,
+                    response_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.AnalyzeGradientsResponse.SerializeToString,
+            ),
+            'CompareTruncation': grpc.unary_stream_rpc_method_handler(
+                    servicer.CompareTruncation,
+                    request_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.CompareTruncationRequest.FromString,
+                    response_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.CompareTruncationResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'nnprobe.sequence.v1.SequenceService', rpc_method_handlers)
@@ -54,6 +109,86 @@ def add_SequenceServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SequenceService:
-    """Analyses of recurrent sequence models. The service is declared here so that its server starts and
-    answers health checks; its RPCs are added as they are implemented.
+    """Analyses of recurrent sequence models.
     """
+
+    @staticmethod
+    def RunRecurrent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.sequence.v1.SequenceService/RunRecurrent',
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.RunRecurrentRequest.SerializeToString,
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.RunRecurrentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnalyzeGradients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nnprobe.sequence.v1.SequenceService/AnalyzeGradients',
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.AnalyzeGradientsRequest.SerializeToString,
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.AnalyzeGradientsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareTruncation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nnprobe.sequence.v1.SequenceService/CompareTruncation',
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.CompareTruncationRequest.SerializeToString,
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.CompareTruncationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -5,6 +5,7 @@ SequenceService: recurrent networks, gradient flow and an LSTM language model.""
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from nnprobe._proto.sequence.v1 import sequence_pb2 as _sequence_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -26,28 +27,80 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class SequenceServiceStub:
-    """Analyses of recurrent sequence models. The service is declared here so that its server starts and
-    answers health checks; its RPCs are added as they are implemented.
-    """
+    """Analyses of recurrent sequence models."""
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SequenceServiceAsyncStub: ...
+    RunRecurrent: _grpc.UnaryUnaryMultiCallable[_sequence_pb2.RunRecurrentRequest, _sequence_pb2.RunRecurrentResponse]
+    """Runs a single-layer recurrent cell over an input sequence and returns the state at every step, the
+    output projection at every step (when an output layer is given) and the per-step state change.
+    """
+    AnalyzeGradients: _grpc.UnaryStreamMultiCallable[_sequence_pb2.AnalyzeGradientsRequest, _sequence_pb2.AnalyzeGradientsResponse]
+    """Measures gradient flow through time: the spectral norm of the exact Jacobian product dh_T/dh_k for
+    every k, the bound (gamma_W gamma_h)^(T-k), the fitted per-step rate and |dL/dx_k|, for every cell and
+    spectral radius of a sweep. Streams progress events, then one result.
+    """
+    CompareTruncation: _grpc.UnaryStreamMultiCallable[_sequence_pb2.CompareTruncationRequest, _sequence_pb2.CompareTruncationResponse]
+    """Measures the memory autograd holds for backward, and the time, when an embedding -> LSTM -> linear
+    language model runs K chunks with the hidden state detached between chunks (truncated BPTT) and
+    without (one graph over all chunks). Streams progress events, then one result.
+    """
 
 @_typing.type_check_only
 class SequenceServiceAsyncStub(SequenceServiceStub):
-    """Analyses of recurrent sequence models. The service is declared here so that its server starts and
-    answers health checks; its RPCs are added as they are implemented.
-    """
+    """Analyses of recurrent sequence models."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-
-class SequenceServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Analyses of recurrent sequence models. The service is declared here so that its server starts and
-    answers health checks; its RPCs are added as they are implemented.
+    RunRecurrent: _aio.UnaryUnaryMultiCallable[_sequence_pb2.RunRecurrentRequest, _sequence_pb2.RunRecurrentResponse]  # type: ignore[assignment]
+    """Runs a single-layer recurrent cell over an input sequence and returns the state at every step, the
+    output projection at every step (when an output layer is given) and the per-step state change.
+    """
+    AnalyzeGradients: _aio.UnaryStreamMultiCallable[_sequence_pb2.AnalyzeGradientsRequest, _sequence_pb2.AnalyzeGradientsResponse]  # type: ignore[assignment]
+    """Measures gradient flow through time: the spectral norm of the exact Jacobian product dh_T/dh_k for
+    every k, the bound (gamma_W gamma_h)^(T-k), the fitted per-step rate and |dL/dx_k|, for every cell and
+    spectral radius of a sweep. Streams progress events, then one result.
+    """
+    CompareTruncation: _aio.UnaryStreamMultiCallable[_sequence_pb2.CompareTruncationRequest, _sequence_pb2.CompareTruncationResponse]  # type: ignore[assignment]
+    """Measures the memory autograd holds for backward, and the time, when an embedding -> LSTM -> linear
+    language model runs K chunks with the hidden state detached between chunks (truncated BPTT) and
+    without (one graph over all chunks). Streams progress events, then one result.
     """
 
-    ...
+class SequenceServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Analyses of recurrent sequence models."""
+
+    @_abc_1.abstractmethod
+    def RunRecurrent(
+        self,
+        request: _sequence_pb2.RunRecurrentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sequence_pb2.RunRecurrentResponse, _abc.Awaitable[_sequence_pb2.RunRecurrentResponse]]:
+        """Runs a single-layer recurrent cell over an input sequence and returns the state at every step, the
+        output projection at every step (when an output layer is given) and the per-step state change.
+        """
+
+    @_abc_1.abstractmethod
+    def AnalyzeGradients(
+        self,
+        request: _sequence_pb2.AnalyzeGradientsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sequence_pb2.AnalyzeGradientsResponse], _abc.AsyncIterator[_sequence_pb2.AnalyzeGradientsResponse]]:
+        """Measures gradient flow through time: the spectral norm of the exact Jacobian product dh_T/dh_k for
+        every k, the bound (gamma_W gamma_h)^(T-k), the fitted per-step rate and |dL/dx_k|, for every cell and
+        spectral radius of a sweep. Streams progress events, then one result.
+        """
+
+    @_abc_1.abstractmethod
+    def CompareTruncation(
+        self,
+        request: _sequence_pb2.CompareTruncationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sequence_pb2.CompareTruncationResponse], _abc.AsyncIterator[_sequence_pb2.CompareTruncationResponse]]:
+        """Measures the memory autograd holds for backward, and the time, when an embedding -> LSTM -> linear
+        language model runs K chunks with the hidden state detached between chunks (truncated BPTT) and
+        without (one graph over all chunks). Streams progress events, then one result.
+        """
 
 def add_SequenceServiceServicer_to_server(servicer: SequenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
