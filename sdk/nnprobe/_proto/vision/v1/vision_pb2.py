@@ -22,15 +22,52 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from nnprobe._proto.common.v1 import common_pb2 as nnprobe_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ennprobe/vision/v1/vision.proto\x12\x11nnprobe.vision.v12\x0f\n\rVisionServiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ennprobe/vision/v1/vision.proto\x12\x11nnprobe.vision.v1\x1a\x1ennprobe/common/v1/common.proto\"\'\n\x06\x45xtent\x12\x0e\n\x06height\x18\x01 \x01(\x03\x12\r\n\x05width\x18\x02 \x01(\x03\"C\n\x07Padding\x12\x0b\n\x03top\x18\x01 \x01(\x03\x12\x0e\n\x06\x62ottom\x18\x02 \x01(\x03\x12\x0c\n\x04left\x18\x03 \x01(\x03\x12\r\n\x05right\x18\x04 \x01(\x03\"\xbe\x02\n\tLayerSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.nnprobe.vision.v1.LayerKind\x12)\n\x06kernel\x18\x03 \x01(\x0b\x32\x19.nnprobe.vision.v1.Extent\x12)\n\x06stride\x18\x04 \x01(\x0b\x32\x19.nnprobe.vision.v1.Extent\x12+\n\x08\x64ilation\x18\x05 \x01(\x0b\x32\x19.nnprobe.vision.v1.Extent\x12+\n\x07padding\x18\x06 \x01(\x0b\x32\x1a.nnprobe.vision.v1.Padding\x12\x34\n\x0cpadding_mode\x18\x07 \x01(\x0e\x32\x1e.nnprobe.vision.v1.PaddingMode\x12\x11\n\tceil_mode\x18\x08 \x01(\x08\"\'\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\x04\"0\n\tUnitQuery\x12\r\n\x05layer\x18\x01 \x01(\t\x12\t\n\x01x\x18\x02 \x01(\x03\x12\t\n\x01y\x18\x03 \x01(\x03\"f\n\x15\x45\x66\x66\x65\x63tiveFieldOptions\x12\x13\n\x0bnum_samples\x18\x01 \x01(\x05\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12*\n\x04unit\x18\x03 \x01(\x0b\x32\x1c.nnprobe.vision.v1.UnitQuery\"6\n\x0bPlotOptions\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.nnprobe.common.v1.Image\"\xa1\x03\n\x1c\x43omputeReceptiveFieldRequest\x12,\n\x06layers\x18\x01 \x03(\x0b\x32\x1c.nnprobe.vision.v1.LayerSpec\x12+\n\x05model\x18\x02 \x01(\x0b\x32\x1c.nnprobe.vision.v1.ModelSpec\x12\x11\n\tend_point\x18\x03 \x01(\t\x12-\n\ninput_size\x18\x04 \x01(\x0b\x32\x19.nnprobe.vision.v1.Extent\x12\x1f\n\x12\x66irst_pixel_center\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12+\n\x05units\x18\x06 \x03(\x0b\x32\x1c.nnprobe.vision.v1.UnitQuery\x12\x0e\n\x06verify\x18\x07 \x01(\x08\x12\x41\n\x0f\x65\x66\x66\x65\x63tive_field\x18\x08 \x01(\x0b\x32(.nnprobe.vision.v1.EffectiveFieldOptions\x12,\n\x04plot\x18\t \x01(\x0b\x32\x1e.nnprobe.vision.v1.PlotOptionsB\x15\n\x13_first_pixel_center\"i\n\tAxisField\x12\x0c\n\x04size\x18\x01 \x01(\x03\x12\x0c\n\x04jump\x18\x02 \x01(\x03\x12\x16\n\x0ereceptive_size\x18\x03 \x01(\x03\x12\r\n\x05start\x18\x04 \x01(\x01\x12\x19\n\x11\x65\x66\x66\x65\x63tive_padding\x18\x05 \x01(\x01\"\x81\x02\n\nLayerField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.nnprobe.vision.v1.LayerKind\x12\x11\n\toperation\x18\x03 \x01(\t\x12\x0e\n\x06module\x18\x04 \x01(\t\x12\x0e\n\x06inputs\x18\x05 \x03(\t\x12,\n\x06height\x18\x06 \x01(\x0b\x32\x1c.nnprobe.vision.v1.AxisField\x12+\n\x05width\x18\x07 \x01(\x0b\x32\x1c.nnprobe.vision.v1.AxisField\x12+\n\x07padding\x18\x08 \x01(\x0b\x32\x1a.nnprobe.vision.v1.Padding\"6\n\x08Interval\x12\r\n\x05start\x18\x01 \x01(\x01\x12\x0e\n\x06\x63\x65nter\x18\x02 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x01\")\n\nPixelRange\x12\r\n\x05\x66irst\x18\x01 \x01(\x03\x12\x0c\n\x04last\x18\x02 \x01(\x03\"|\n\x0cVerification\x12+\n\x04rows\x18\x01 \x01(\x0b\x32\x1d.nnprobe.vision.v1.PixelRange\x12.\n\x07\x63olumns\x18\x02 \x01(\x0b\x32\x1d.nnprobe.vision.v1.PixelRange\x12\x0f\n\x07matches\x18\x03 \x01(\x08\"\x9b\x03\n\tUnitField\x12*\n\x04unit\x18\x01 \x01(\x0b\x32\x1c.nnprobe.vision.v1.UnitQuery\x12-\n\x08vertical\x18\x02 \x01(\x0b\x32\x1b.nnprobe.vision.v1.Interval\x12/\n\nhorizontal\x18\x03 \x01(\x0b\x32\x1b.nnprobe.vision.v1.Interval\x12\x35\n\x10vertical_clipped\x18\x04 \x01(\x0b\x32\x1b.nnprobe.vision.v1.Interval\x12\x37\n\x12horizontal_clipped\x18\x05 \x01(\x0b\x32\x1b.nnprobe.vision.v1.Interval\x12+\n\x04rows\x18\x06 \x01(\x0b\x32\x1d.nnprobe.vision.v1.PixelRange\x12.\n\x07\x63olumns\x18\x07 \x01(\x0b\x32\x1d.nnprobe.vision.v1.PixelRange\x12\x35\n\x0cverification\x18\x08 \x01(\x0b\x32\x1f.nnprobe.vision.v1.Verification\"\xd5\x02\n\x0e\x45\x66\x66\x65\x63tiveField\x12*\n\x04unit\x18\x01 \x01(\x0b\x32\x1c.nnprobe.vision.v1.UnitQuery\x12/\n\x0cgradient_map\x18\x02 \x01(\x0b\x32\x19.nnprobe.common.v1.Tensor\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x05\x12\x14\n\x0csigma_height\x18\x04 \x01(\x01\x12\x13\n\x0bsigma_width\x18\x05 \x01(\x01\x12\x17\n\x0f\x63\x65nter_vertical\x18\x06 \x01(\x01\x12\x19\n\x11\x63\x65nter_horizontal\x18\x07 \x01(\x01\x12\x1d\n\x15pixels_for_95_percent\x18\x08 \x01(\x03\x12\x1a\n\x12theoretical_pixels\x18\t \x01(\x03\x12\x1c\n\x14share_for_95_percent\x18\n \x01(\x01\x12\x19\n\x11mass_inside_field\x18\x0b \x01(\x01\"\xc8\x02\n\x1d\x43omputeReceptiveFieldResponse\x12-\n\x06layers\x18\x01 \x03(\x0b\x32\x1d.nnprobe.vision.v1.LayerField\x12\x11\n\tend_point\x18\x02 \x01(\t\x12-\n\ninput_size\x18\x03 \x01(\x0b\x32\x19.nnprobe.vision.v1.Extent\x12\x1a\n\x12\x66irst_pixel_center\x18\x04 \x01(\x01\x12+\n\x05units\x18\x05 \x03(\x0b\x32\x1c.nnprobe.vision.v1.UnitField\x12\x10\n\x08verified\x18\x06 \x01(\x08\x12:\n\x0f\x65\x66\x66\x65\x63tive_field\x18\x07 \x01(\x0b\x32!.nnprobe.vision.v1.EffectiveField\x12\x10\n\x08plot_png\x18\x08 \x01(\x0c\x12\r\n\x05model\x18\t \x01(\t*\x93\x01\n\tLayerKind\x12\x1a\n\x16LAYER_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fLAYER_KIND_CONV\x10\x01\x12\x13\n\x0fLAYER_KIND_POOL\x10\x02\x12\x14\n\x10LAYER_KIND_OTHER\x10\x03\x12\x14\n\x10LAYER_KIND_INPUT\x10\x04\x12\x14\n\x10LAYER_KIND_MERGE\x10\x05*u\n\x0bPaddingMode\x12\x1c\n\x18PADDING_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15PADDING_MODE_EXPLICIT\x10\x01\x12\x15\n\x11PADDING_MODE_SAME\x10\x02\x12\x16\n\x12PADDING_MODE_VALID\x10\x03\x32\x8b\x01\n\rVisionService\x12z\n\x15\x43omputeReceptiveField\x12/.nnprobe.vision.v1.ComputeReceptiveFieldRequest\x1a\x30.nnprobe.vision.v1.ComputeReceptiveFieldResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nnprobe.vision.v1.vision_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VISIONSERVICE']._serialized_start=53
-  _globals['_VISIONSERVICE']._serialized_end=68
+  _globals['_LAYERKIND']._serialized_start=2869
+  _globals['_LAYERKIND']._serialized_end=3016
+  _globals['_PADDINGMODE']._serialized_start=3018
+  _globals['_PADDINGMODE']._serialized_end=3135
+  _globals['_EXTENT']._serialized_start=85
+  _globals['_EXTENT']._serialized_end=124
+  _globals['_PADDING']._serialized_start=126
+  _globals['_PADDING']._serialized_end=193
+  _globals['_LAYERSPEC']._serialized_start=196
+  _globals['_LAYERSPEC']._serialized_end=514
+  _globals['_MODELSPEC']._serialized_start=516
+  _globals['_MODELSPEC']._serialized_end=555
+  _globals['_UNITQUERY']._serialized_start=557
+  _globals['_UNITQUERY']._serialized_end=605
+  _globals['_EFFECTIVEFIELDOPTIONS']._serialized_start=607
+  _globals['_EFFECTIVEFIELDOPTIONS']._serialized_end=709
+  _globals['_PLOTOPTIONS']._serialized_start=711
+  _globals['_PLOTOPTIONS']._serialized_end=765
+  _globals['_COMPUTERECEPTIVEFIELDREQUEST']._serialized_start=768
+  _globals['_COMPUTERECEPTIVEFIELDREQUEST']._serialized_end=1185
+  _globals['_AXISFIELD']._serialized_start=1187
+  _globals['_AXISFIELD']._serialized_end=1292
+  _globals['_LAYERFIELD']._serialized_start=1295
+  _globals['_LAYERFIELD']._serialized_end=1552
+  _globals['_INTERVAL']._serialized_start=1554
+  _globals['_INTERVAL']._serialized_end=1608
+  _globals['_PIXELRANGE']._serialized_start=1610
+  _globals['_PIXELRANGE']._serialized_end=1651
+  _globals['_VERIFICATION']._serialized_start=1653
+  _globals['_VERIFICATION']._serialized_end=1777
+  _globals['_UNITFIELD']._serialized_start=1780
+  _globals['_UNITFIELD']._serialized_end=2191
+  _globals['_EFFECTIVEFIELD']._serialized_start=2194
+  _globals['_EFFECTIVEFIELD']._serialized_end=2535
+  _globals['_COMPUTERECEPTIVEFIELDRESPONSE']._serialized_start=2538
+  _globals['_COMPUTERECEPTIVEFIELDRESPONSE']._serialized_end=2866
+  _globals['_VISIONSERVICE']._serialized_start=3138
+  _globals['_VISIONSERVICE']._serialized_end=3277
 # @@protoc_insertion_point(module_scope)

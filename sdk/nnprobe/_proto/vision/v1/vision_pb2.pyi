@@ -3,6 +3,798 @@
 isort:skip_file
 VisionService: receptive fields, ImageNet classification and adversarial examples for CNNs."""
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from nnprobe._proto.common.v1 import common_pb2 as _common_pb2
+import builtins as _builtins
+import sys
+import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
+else:
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _LayerKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LayerKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LayerKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LAYER_KIND_UNSPECIFIED: _LayerKind.ValueType  # 0
+    """In a request: LAYER_KIND_CONV. Never in a response."""
+    LAYER_KIND_CONV: _LayerKind.ValueType  # 1
+    """A convolution."""
+    LAYER_KIND_POOL: _LayerKind.ValueType  # 2
+    """A pooling window (max or average). Its stride defaults to its kernel, as in PyTorch."""
+    LAYER_KIND_OTHER: _LayerKind.ValueType  # 3
+    """Any other operation with a sliding-window geometry; in a traced graph, a point-wise operation
+    (activation, normalisation, dropout) or an adaptive pooling.
+    """
+    LAYER_KIND_INPUT: _LayerKind.ValueType  # 4
+    """The input image (responses only)."""
+    LAYER_KIND_MERGE: _LayerKind.ValueType  # 5
+    """A node joining branches: addition, multiplication or channel concatenation (responses only)."""
+
+class LayerKind(_LayerKind, metaclass=_LayerKindEnumTypeWrapper):
+    """What a layer of a layer list or of a traced graph does."""
+
+LAYER_KIND_UNSPECIFIED: LayerKind.ValueType  # 0
+"""In a request: LAYER_KIND_CONV. Never in a response."""
+LAYER_KIND_CONV: LayerKind.ValueType  # 1
+"""A convolution."""
+LAYER_KIND_POOL: LayerKind.ValueType  # 2
+"""A pooling window (max or average). Its stride defaults to its kernel, as in PyTorch."""
+LAYER_KIND_OTHER: LayerKind.ValueType  # 3
+"""Any other operation with a sliding-window geometry; in a traced graph, a point-wise operation
+(activation, normalisation, dropout) or an adaptive pooling.
+"""
+LAYER_KIND_INPUT: LayerKind.ValueType  # 4
+"""The input image (responses only)."""
+LAYER_KIND_MERGE: LayerKind.ValueType  # 5
+"""A node joining branches: addition, multiplication or channel concatenation (responses only)."""
+Global___LayerKind: _TypeAlias = LayerKind  # noqa: Y015
+
+class _PaddingMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PaddingModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PaddingMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PADDING_MODE_UNSPECIFIED: _PaddingMode.ValueType  # 0
+    """The explicit `padding` of the layer (zero when absent)."""
+    PADDING_MODE_EXPLICIT: _PaddingMode.ValueType  # 1
+    """The explicit `padding` of the layer."""
+    PADDING_MODE_SAME: _PaddingMode.ValueType  # 2
+    """TensorFlow's SAME: output size ceil(n / stride); the total padding max((out-1)*stride + extent - n, 0)
+    is split with the odd pixel at the bottom/right.
+    """
+    PADDING_MODE_VALID: _PaddingMode.ValueType  # 3
+    """No padding."""
+
+class PaddingMode(_PaddingMode, metaclass=_PaddingModeEnumTypeWrapper):
+    """How a layer of a layer list pads its input."""
+
+PADDING_MODE_UNSPECIFIED: PaddingMode.ValueType  # 0
+"""The explicit `padding` of the layer (zero when absent)."""
+PADDING_MODE_EXPLICIT: PaddingMode.ValueType  # 1
+"""The explicit `padding` of the layer."""
+PADDING_MODE_SAME: PaddingMode.ValueType  # 2
+"""TensorFlow's SAME: output size ceil(n / stride); the total padding max((out-1)*stride + extent - n, 0)
+is split with the odd pixel at the bottom/right.
+"""
+PADDING_MODE_VALID: PaddingMode.ValueType  # 3
+"""No padding."""
+Global___PaddingMode: _TypeAlias = PaddingMode  # noqa: Y015
+
+@_typing.final
+class Extent(_message.Message):
+    """A pair of integers along the two spatial axes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    height: _builtins.int
+    """Along the height (rows, y)."""
+    width: _builtins.int
+    """Along the width (columns, x)."""
+    def __init__(
+        self,
+        *,
+        height: _builtins.int = ...,
+        width: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Extent: _TypeAlias = Extent  # noqa: Y015
+
+@_typing.final
+class Padding(_message.Message):
+    """Zero padding on the four sides, in input pixels of the layer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOP_FIELD_NUMBER: _builtins.int
+    BOTTOM_FIELD_NUMBER: _builtins.int
+    LEFT_FIELD_NUMBER: _builtins.int
+    RIGHT_FIELD_NUMBER: _builtins.int
+    top: _builtins.int
+    """Rows added above."""
+    bottom: _builtins.int
+    """Rows added below."""
+    left: _builtins.int
+    """Columns added on the left."""
+    right: _builtins.int
+    """Columns added on the right."""
+    def __init__(
+        self,
+        *,
+        top: _builtins.int = ...,
+        bottom: _builtins.int = ...,
+        left: _builtins.int = ...,
+        right: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bottom", b"bottom", "left", b"left", "right", b"right", "top", b"top"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Padding: _TypeAlias = Padding  # noqa: Y015
+
+@_typing.final
+class LayerSpec(_message.Message):
+    """One layer of a layer list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    KERNEL_FIELD_NUMBER: _builtins.int
+    STRIDE_FIELD_NUMBER: _builtins.int
+    DILATION_FIELD_NUMBER: _builtins.int
+    PADDING_FIELD_NUMBER: _builtins.int
+    PADDING_MODE_FIELD_NUMBER: _builtins.int
+    CEIL_MODE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Unique name of the layer (for example `conv1`); units are queried by it. Must not be `input`."""
+    kind: Global___LayerKind.ValueType
+    """Convolution, pooling or other."""
+    padding_mode: Global___PaddingMode.ValueType
+    """Explicit, SAME or VALID."""
+    ceil_mode: _builtins.bool
+    """Round the output size up instead of down (PyTorch's pooling `ceil_mode`: a last window that would
+    start in the bottom/right padding is dropped).
+    """
+    @_builtins.property
+    def kernel(self) -> Global___Extent:
+        """Kernel size; both entries must be >= 1."""
+
+    @_builtins.property
+    def stride(self) -> Global___Extent:
+        """Stride; both entries >= 1. When absent: the kernel for LAYER_KIND_POOL, 1 otherwise."""
+
+    @_builtins.property
+    def dilation(self) -> Global___Extent:
+        """Dilation; both entries >= 1. When absent: 1."""
+
+    @_builtins.property
+    def padding(self) -> Global___Padding:
+        """Explicit padding (every side >= 0); used with PADDING_MODE_UNSPECIFIED or PADDING_MODE_EXPLICIT."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: Global___LayerKind.ValueType = ...,
+        kernel: Global___Extent | None = ...,
+        stride: Global___Extent | None = ...,
+        dilation: Global___Extent | None = ...,
+        padding: Global___Padding | None = ...,
+        padding_mode: Global___PaddingMode.ValueType = ...,
+        ceil_mode: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dilation", b"dilation", "kernel", b"kernel", "padding", b"padding", "stride", b"stride"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ceil_mode", b"ceil_mode", "dilation", b"dilation", "kernel", b"kernel", "kind", b"kind", "name", b"name", "padding", b"padding", "padding_mode", b"padding_mode", "stride", b"stride"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LayerSpec: _TypeAlias = LayerSpec  # noqa: Y015
+
+@_typing.final
+class ModelSpec(_message.Message):
+    """A network the server builds with random weights and traces into a graph."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """torchvision name (alexnet, vgg11, vgg13, vgg16, vgg19, resnet18, resnet34, resnet50, resnet101,
+    resnet152, mobilenet_v2, densenet121, googlenet, inception_v3) or a timm model name, optionally
+    prefixed `timm/`. Unknown names get NOT_FOUND.
+    """
+    seed: _builtins.int
+    """Seed of the random weights; used by the effective receptive field only."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        seed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelSpec: _TypeAlias = ModelSpec  # noqa: Y015
+
+@_typing.final
+class UnitQuery(_message.Message):
+    """One unit whose field is wanted: a position in the output map of a layer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAYER_FIELD_NUMBER: _builtins.int
+    X_FIELD_NUMBER: _builtins.int
+    Y_FIELD_NUMBER: _builtins.int
+    layer: _builtins.str
+    """Layer name: a name from the response's `layers`, a module path of a traced model (`layer4.1.conv2`,
+    or `layer4` for the output of that block) or, for ResNets, `conv1` ... `conv5` for the stages.
+    """
+    x: _builtins.int
+    """Column index in the layer's output, 0-based."""
+    y: _builtins.int
+    """Row index in the layer's output, 0-based."""
+    def __init__(
+        self,
+        *,
+        layer: _builtins.str = ...,
+        x: _builtins.int = ...,
+        y: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["layer", b"layer", "x", b"x", "y", b"y"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnitQuery: _TypeAlias = UnitQuery  # noqa: Y015
+
+@_typing.final
+class EffectiveFieldOptions(_message.Message):
+    """Options of the effective receptive field (Luo et al., NeurIPS 2016)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUM_SAMPLES_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    num_samples: _builtins.int
+    """Number of random inputs, N(0, 1) per pixel and channel; 0 means 16. At most 256."""
+    seed: _builtins.int
+    """Seed of the random inputs."""
+    @_builtins.property
+    def unit(self) -> Global___UnitQuery:
+        """The unit whose input gradient is averaged. When absent: the centre unit (row h // 2, column w // 2)
+        of the end point.
+        """
+
+    def __init__(
+        self,
+        *,
+        num_samples: _builtins.int = ...,
+        seed: _builtins.int = ...,
+        unit: Global___UnitQuery | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["unit", b"unit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["num_samples", b"num_samples", "seed", b"seed", "unit", b"unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EffectiveFieldOptions: _TypeAlias = EffectiveFieldOptions  # noqa: Y015
+
+@_typing.final
+class PlotOptions(_message.Message):
+    """Options of the picture."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def image(self) -> _common_pb2.Image:
+        """Background image. When absent a blank canvas of the input size is drawn. When `input_size` is absent
+        the image's size is used; otherwise the image is resized to it for display.
+        """
+
+    def __init__(
+        self,
+        *,
+        image: _common_pb2.Image | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlotOptions: _TypeAlias = PlotOptions  # noqa: Y015
+
+@_typing.final
+class ComputeReceptiveFieldRequest(_message.Message):
+    """Request of ComputeReceptiveField. Give exactly one of `layers` and `model`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAYERS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    END_POINT_FIELD_NUMBER: _builtins.int
+    INPUT_SIZE_FIELD_NUMBER: _builtins.int
+    FIRST_PIXEL_CENTER_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    VERIFY_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FIELD_FIELD_NUMBER: _builtins.int
+    PLOT_FIELD_NUMBER: _builtins.int
+    end_point: _builtins.str
+    """The last layer analysed (a layer name as in UnitQuery.layer). Default: the last layer of a list, or
+    the last spatial feature map of a model (before global pooling and the classifier).
+    """
+    first_pixel_center: _builtins.float
+    """Coordinate of the first pixel's centre; pixel i is centred on first_pixel_center + i. Default 0.5
+    (pixel i spans [i, i + 1)); the receptive-field guide's notebook uses 1.
+    """
+    verify: _builtins.bool
+    """Prove each unit's box by back-propagating from the unit through a gradient-transparent copy of the
+    network (activations removed, max-pooling replaced by average pooling of the same geometry, positive
+    constant weights) and returning the box of non-zero input gradient. When no units are given the end
+    point's centre unit is used.
+    """
+    @_builtins.property
+    def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerSpec]:
+        """The network as a list of layers applied in order."""
+
+    @_builtins.property
+    def model(self) -> Global___ModelSpec:
+        """The network as a model to build and trace."""
+
+    @_builtins.property
+    def input_size(self) -> Global___Extent:
+        """Input image size. Required with `layers` (unless a plot image gives it); for models it defaults to
+        224 x 224 (299 x 299 for inception_v3).
+        """
+
+    @_builtins.property
+    def units(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnitQuery]:
+        """Units whose fields are wanted."""
+
+    @_builtins.property
+    def effective_field(self) -> Global___EffectiveFieldOptions:
+        """When present, the effective receptive field is computed."""
+
+    @_builtins.property
+    def plot(self) -> Global___PlotOptions:
+        """When present, a PNG picture of the units' boxes is rendered (and of the effective field when asked).
+        When no units are given the end point's centre unit is drawn.
+        """
+
+    def __init__(
+        self,
+        *,
+        layers: _abc.Iterable[Global___LayerSpec] | None = ...,
+        model: Global___ModelSpec | None = ...,
+        end_point: _builtins.str = ...,
+        input_size: Global___Extent | None = ...,
+        first_pixel_center: _builtins.float | None = ...,
+        units: _abc.Iterable[Global___UnitQuery] | None = ...,
+        verify: _builtins.bool = ...,
+        effective_field: Global___EffectiveFieldOptions | None = ...,
+        plot: Global___PlotOptions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_first_pixel_center", b"_first_pixel_center", "effective_field", b"effective_field", "first_pixel_center", b"first_pixel_center", "input_size", b"input_size", "model", b"model", "plot", b"plot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_pixel_center", b"_first_pixel_center", "effective_field", b"effective_field", "end_point", b"end_point", "first_pixel_center", b"first_pixel_center", "input_size", b"input_size", "layers", b"layers", "model", b"model", "plot", b"plot", "units", b"units", "verify", b"verify"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__first_pixel_center: _TypeAlias = _typing.Literal["first_pixel_center"]  # noqa: Y015
+    _WhichOneofArgType__first_pixel_center: _TypeAlias = _typing.Literal["_first_pixel_center", b"_first_pixel_center"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__first_pixel_center) -> _WhichOneofReturnType__first_pixel_center | None: ...
+
+Global___ComputeReceptiveFieldRequest: _TypeAlias = ComputeReceptiveFieldRequest  # noqa: Y015
+
+@_typing.final
+class AxisField(_message.Message):
+    """Receptive-field geometry of a layer along one axis, in input-pixel coordinates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_FIELD_NUMBER: _builtins.int
+    JUMP_FIELD_NUMBER: _builtins.int
+    RECEPTIVE_SIZE_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_PADDING_FIELD_NUMBER: _builtins.int
+    size: _builtins.int
+    """Output size n of the layer along this axis."""
+    jump: _builtins.int
+    """Jump j (effective stride): distance between adjacent units' centres, in input pixels."""
+    receptive_size: _builtins.int
+    """Receptive size r: extent of a unit's field, in input pixels (the largest over branches)."""
+    start: _builtins.float
+    """Centre of the first unit's field (the `start` of the receptive-field guide)."""
+    effective_padding: _builtins.float
+    """Effective padding: how many input pixels the first unit's field reaches before the first pixel,
+    first_pixel_center + (r - 1) / 2 - start.
+    """
+    def __init__(
+        self,
+        *,
+        size: _builtins.int = ...,
+        jump: _builtins.int = ...,
+        receptive_size: _builtins.int = ...,
+        start: _builtins.float = ...,
+        effective_padding: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_padding", b"effective_padding", "jump", b"jump", "receptive_size", b"receptive_size", "size", b"size", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AxisField: _TypeAlias = AxisField  # noqa: Y015
+
+@_typing.final
+class LayerField(_message.Message):
+    """Receptive-field geometry of one layer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
+    MODULE_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    PADDING_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Layer name (for traced models the graph node's name)."""
+    kind: Global___LayerKind.ValueType
+    """What the layer does."""
+    operation: _builtins.str
+    """The operation in words, for example `Conv2d k=(7, 7) s=(2, 2) p=(3, 3, 3, 3)` or `add`."""
+    module: _builtins.str
+    """For traced models, the module path of the node (`layer1.0.conv1`); empty for functions."""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the layers feeding this one."""
+
+    @_builtins.property
+    def height(self) -> Global___AxisField:
+        """Geometry along the height."""
+
+    @_builtins.property
+    def width(self) -> Global___AxisField:
+        """Geometry along the width."""
+
+    @_builtins.property
+    def padding(self) -> Global___Padding:
+        """Padding actually applied (resolved from SAME/VALID), in the layer's input pixels."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: Global___LayerKind.ValueType = ...,
+        operation: _builtins.str = ...,
+        module: _builtins.str = ...,
+        inputs: _abc.Iterable[_builtins.str] | None = ...,
+        height: Global___AxisField | None = ...,
+        width: Global___AxisField | None = ...,
+        padding: Global___Padding | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "padding", b"padding", "width", b"width"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "inputs", b"inputs", "kind", b"kind", "module", b"module", "name", b"name", "operation", b"operation", "padding", b"padding", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LayerField: _TypeAlias = LayerField  # noqa: Y015
+
+@_typing.final
+class Interval(_message.Message):
+    """An interval along one axis, in input-pixel coordinates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    CENTER_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    start: _builtins.float
+    """Lower edge."""
+    center: _builtins.float
+    """Middle of [start, end]."""
+    end: _builtins.float
+    """Upper edge."""
+    def __init__(
+        self,
+        *,
+        start: _builtins.float = ...,
+        center: _builtins.float = ...,
+        end: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["center", b"center", "end", b"end", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Interval: _TypeAlias = Interval  # noqa: Y015
+
+@_typing.final
+class PixelRange(_message.Message):
+    """A run of whole pixels along one axis: 0-based indices first..last, both included."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRST_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    first: _builtins.int
+    """First pixel index."""
+    last: _builtins.int
+    """Last pixel index (first > last means no pixel)."""
+    def __init__(
+        self,
+        *,
+        first: _builtins.int = ...,
+        last: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first", b"first", "last", b"last"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PixelRange: _TypeAlias = PixelRange  # noqa: Y015
+
+@_typing.final
+class Verification(_message.Message):
+    """The back-propagation proof of one unit's box."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    MATCHES_FIELD_NUMBER: _builtins.int
+    matches: _builtins.bool
+    """True when rows and columns equal the analytic clipped box exactly."""
+    @_builtins.property
+    def rows(self) -> Global___PixelRange:
+        """Rows whose input gradient is non-zero (their bounding range)."""
+
+    @_builtins.property
+    def columns(self) -> Global___PixelRange:
+        """Columns whose input gradient is non-zero."""
+
+    def __init__(
+        self,
+        *,
+        rows: Global___PixelRange | None = ...,
+        columns: Global___PixelRange | None = ...,
+        matches: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "rows", b"rows"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "matches", b"matches", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Verification: _TypeAlias = Verification  # noqa: Y015
+
+@_typing.final
+class UnitField(_message.Message):
+    """The field of one queried unit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNIT_FIELD_NUMBER: _builtins.int
+    VERTICAL_FIELD_NUMBER: _builtins.int
+    HORIZONTAL_FIELD_NUMBER: _builtins.int
+    VERTICAL_CLIPPED_FIELD_NUMBER: _builtins.int
+    HORIZONTAL_CLIPPED_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    VERIFICATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def unit(self) -> Global___UnitQuery:
+        """The query, with `layer` resolved to the layer name used in `layers`."""
+
+    @_builtins.property
+    def vertical(self) -> Global___Interval:
+        """Rows spanned: start = centre - r/2, end = centre + r/2, not clipped to the image."""
+
+    @_builtins.property
+    def horizontal(self) -> Global___Interval:
+        """Columns spanned, not clipped."""
+
+    @_builtins.property
+    def vertical_clipped(self) -> Global___Interval:
+        """Rows spanned, clipped to the image [first_pixel_center - 0.5, first_pixel_center - 0.5 + height];
+        its centre is the middle of the clipped interval.
+        """
+
+    @_builtins.property
+    def horizontal_clipped(self) -> Global___Interval:
+        """Columns spanned, clipped to the image."""
+
+    @_builtins.property
+    def rows(self) -> Global___PixelRange:
+        """Pixel rows inside the clipped box."""
+
+    @_builtins.property
+    def columns(self) -> Global___PixelRange:
+        """Pixel columns inside the clipped box."""
+
+    @_builtins.property
+    def verification(self) -> Global___Verification:
+        """Present when the request asked to verify."""
+
+    def __init__(
+        self,
+        *,
+        unit: Global___UnitQuery | None = ...,
+        vertical: Global___Interval | None = ...,
+        horizontal: Global___Interval | None = ...,
+        vertical_clipped: Global___Interval | None = ...,
+        horizontal_clipped: Global___Interval | None = ...,
+        rows: Global___PixelRange | None = ...,
+        columns: Global___PixelRange | None = ...,
+        verification: Global___Verification | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "horizontal", b"horizontal", "horizontal_clipped", b"horizontal_clipped", "rows", b"rows", "unit", b"unit", "verification", b"verification", "vertical", b"vertical", "vertical_clipped", b"vertical_clipped"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "horizontal", b"horizontal", "horizontal_clipped", b"horizontal_clipped", "rows", b"rows", "unit", b"unit", "verification", b"verification", "vertical", b"vertical", "vertical_clipped", b"vertical_clipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnitField: _TypeAlias = UnitField  # noqa: Y015
+
+@_typing.final
+class EffectiveField(_message.Message):
+    """The effective receptive field of one unit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNIT_FIELD_NUMBER: _builtins.int
+    GRADIENT_MAP_FIELD_NUMBER: _builtins.int
+    NUM_SAMPLES_FIELD_NUMBER: _builtins.int
+    SIGMA_HEIGHT_FIELD_NUMBER: _builtins.int
+    SIGMA_WIDTH_FIELD_NUMBER: _builtins.int
+    CENTER_VERTICAL_FIELD_NUMBER: _builtins.int
+    CENTER_HORIZONTAL_FIELD_NUMBER: _builtins.int
+    PIXELS_FOR_95_PERCENT_FIELD_NUMBER: _builtins.int
+    THEORETICAL_PIXELS_FIELD_NUMBER: _builtins.int
+    SHARE_FOR_95_PERCENT_FIELD_NUMBER: _builtins.int
+    MASS_INSIDE_FIELD_FIELD_NUMBER: _builtins.int
+    num_samples: _builtins.int
+    """Number of random inputs averaged."""
+    sigma_height: _builtins.float
+    """Standard deviation of the Gaussian fitted to the map by moments, along the height, in pixels."""
+    sigma_width: _builtins.float
+    """Standard deviation along the width, in pixels."""
+    center_vertical: _builtins.float
+    """Centre (mean) of the fitted Gaussian along the height, in input coordinates."""
+    center_horizontal: _builtins.float
+    """Centre along the width, in input coordinates."""
+    pixels_for_95_percent: _builtins.int
+    """Fewest pixels of the theoretical (clipped) field that together hold 95% of the gradient mass."""
+    theoretical_pixels: _builtins.int
+    """Pixels in the theoretical (clipped) field."""
+    share_for_95_percent: _builtins.float
+    """pixels_for_95_percent / theoretical_pixels."""
+    mass_inside_field: _builtins.float
+    """Share of the total gradient mass that lies inside the theoretical field (1 up to rounding)."""
+    @_builtins.property
+    def unit(self) -> Global___UnitQuery:
+        """The unit."""
+
+    @_builtins.property
+    def gradient_map(self) -> _common_pb2.Tensor:
+        """Mean over samples and input channels of |d y / d x|, where y is the unit's output summed over its
+        channels: a (height, width) float64 tensor over the input image.
+        """
+
+    def __init__(
+        self,
+        *,
+        unit: Global___UnitQuery | None = ...,
+        gradient_map: _common_pb2.Tensor | None = ...,
+        num_samples: _builtins.int = ...,
+        sigma_height: _builtins.float = ...,
+        sigma_width: _builtins.float = ...,
+        center_vertical: _builtins.float = ...,
+        center_horizontal: _builtins.float = ...,
+        pixels_for_95_percent: _builtins.int = ...,
+        theoretical_pixels: _builtins.int = ...,
+        share_for_95_percent: _builtins.float = ...,
+        mass_inside_field: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gradient_map", b"gradient_map", "unit", b"unit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["center_horizontal", b"center_horizontal", "center_vertical", b"center_vertical", "gradient_map", b"gradient_map", "mass_inside_field", b"mass_inside_field", "num_samples", b"num_samples", "pixels_for_95_percent", b"pixels_for_95_percent", "share_for_95_percent", b"share_for_95_percent", "sigma_height", b"sigma_height", "sigma_width", b"sigma_width", "theoretical_pixels", b"theoretical_pixels", "unit", b"unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EffectiveField: _TypeAlias = EffectiveField  # noqa: Y015
+
+@_typing.final
+class ComputeReceptiveFieldResponse(_message.Message):
+    """Response of ComputeReceptiveField."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAYERS_FIELD_NUMBER: _builtins.int
+    END_POINT_FIELD_NUMBER: _builtins.int
+    INPUT_SIZE_FIELD_NUMBER: _builtins.int
+    FIRST_PIXEL_CENTER_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    VERIFIED_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FIELD_FIELD_NUMBER: _builtins.int
+    PLOT_PNG_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    end_point: _builtins.str
+    """Name of the end point."""
+    first_pixel_center: _builtins.float
+    """The coordinate of the first pixel's centre used."""
+    verified: _builtins.bool
+    """True when verification ran and every unit's gradient box matched."""
+    plot_png: _builtins.bytes
+    """PNG picture, when a plot was asked for."""
+    model: _builtins.str
+    """The model analysed (empty for a layer list)."""
+    @_builtins.property
+    def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerField]:
+        """Every layer up to the end point, in topological order, the input first."""
+
+    @_builtins.property
+    def input_size(self) -> Global___Extent:
+        """The input size used."""
+
+    @_builtins.property
+    def units(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnitField]:
+        """The fields of the queried units (or of the default unit when verify or plot needed one)."""
+
+    @_builtins.property
+    def effective_field(self) -> Global___EffectiveField:
+        """Present when the effective field was asked for."""
+
+    def __init__(
+        self,
+        *,
+        layers: _abc.Iterable[Global___LayerField] | None = ...,
+        end_point: _builtins.str = ...,
+        input_size: Global___Extent | None = ...,
+        first_pixel_center: _builtins.float = ...,
+        units: _abc.Iterable[Global___UnitField] | None = ...,
+        verified: _builtins.bool = ...,
+        effective_field: Global___EffectiveField | None = ...,
+        plot_png: _builtins.bytes = ...,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_field", b"effective_field", "input_size", b"input_size"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_field", b"effective_field", "end_point", b"end_point", "first_pixel_center", b"first_pixel_center", "input_size", b"input_size", "layers", b"layers", "model", b"model", "plot_png", b"plot_png", "units", b"units", "verified", b"verified"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComputeReceptiveFieldResponse: _TypeAlias = ComputeReceptiveFieldResponse  # noqa: Y015

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from nnprobe._proto.vision.v1 import vision_pb2 as nnprobe_dot_vision_dot_v1_dot_vision__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -25,8 +26,7 @@ if _version_not_supported:
 
 
 class VisionServiceStub:
-    """Analyses of convolutional vision models. The service is declared here so that its server starts and
-    answers health checks; its RPCs are added as they are implemented.
+    """Analyses of convolutional vision models.
     """
 
     def __init__(self, channel):
@@ -35,16 +35,35 @@ class VisionServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.ComputeReceptiveField = channel.unary_unary(
+                '/nnprobe.vision.v1.VisionService/ComputeReceptiveField',
+                request_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ComputeReceptiveFieldRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ComputeReceptiveFieldResponse.FromString,
+                _registered_method=True)
 
 
 class VisionServiceServicer:
-    """Analyses of convolutional vision models. The service is declared here so that its server starts and
-    answers health checks; its RPCs are added as they are implemented.
+    """Analyses of convolutional vision models.
     """
+
+    def ComputeReceptiveField(self, request, context):
+        """Computes the receptive field of every layer of a convolutional network, given as a list of layers
+        or as a model name that the server traces into a graph (branches are handled per path and checked
+        for alignment). Optionally proves the analytic boxes by back-propagation, estimates the effective
+        receptive field and renders a picture.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
 
 def add_VisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'ComputeReceptiveField': grpc.unary_unary_rpc_method_handler(
+                    servicer.ComputeReceptiveField,
+                    request_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ComputeReceptiveFieldRequest.FromString,
+                    response_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ComputeReceptiveFieldResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'nnprobe.vision.v1.VisionService', rpc_method_handlers)
@@ -54,6 +73,32 @@ def add_VisionServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class VisionService:
-    """Analyses of convolutional vision models. The service is declared here so that its server starts and
-    answers health checks; its RPCs are added as they are implemented.
+    """Analyses of convolutional vision models.
     """
+
+    @staticmethod
+    def ComputeReceptiveField(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.vision.v1.VisionService/ComputeReceptiveField',
+            nnprobe_dot_vision_dot_v1_dot_vision__pb2.ComputeReceptiveFieldRequest.SerializeToString,
+            nnprobe_dot_vision_dot_v1_dot_vision__pb2.ComputeReceptiveFieldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

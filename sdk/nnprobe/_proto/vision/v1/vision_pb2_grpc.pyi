@@ -5,6 +5,7 @@ VisionService: receptive fields, ImageNet classification and adversarial example
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from nnprobe._proto.vision.v1 import vision_pb2 as _vision_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -26,28 +27,44 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class VisionServiceStub:
-    """Analyses of convolutional vision models. The service is declared here so that its server starts and
-    answers health checks; its RPCs are added as they are implemented.
-    """
+    """Analyses of convolutional vision models."""
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> VisionServiceAsyncStub: ...
+    ComputeReceptiveField: _grpc.UnaryUnaryMultiCallable[_vision_pb2.ComputeReceptiveFieldRequest, _vision_pb2.ComputeReceptiveFieldResponse]
+    """Computes the receptive field of every layer of a convolutional network, given as a list of layers
+    or as a model name that the server traces into a graph (branches are handled per path and checked
+    for alignment). Optionally proves the analytic boxes by back-propagation, estimates the effective
+    receptive field and renders a picture.
+    """
 
 @_typing.type_check_only
 class VisionServiceAsyncStub(VisionServiceStub):
-    """Analyses of convolutional vision models. The service is declared here so that its server starts and
-    answers health checks; its RPCs are added as they are implemented.
-    """
+    """Analyses of convolutional vision models."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-
-class VisionServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Analyses of convolutional vision models. The service is declared here so that its server starts and
-    answers health checks; its RPCs are added as they are implemented.
+    ComputeReceptiveField: _aio.UnaryUnaryMultiCallable[_vision_pb2.ComputeReceptiveFieldRequest, _vision_pb2.ComputeReceptiveFieldResponse]  # type: ignore[assignment]
+    """Computes the receptive field of every layer of a convolutional network, given as a list of layers
+    or as a model name that the server traces into a graph (branches are handled per path and checked
+    for alignment). Optionally proves the analytic boxes by back-propagation, estimates the effective
+    receptive field and renders a picture.
     """
 
-    ...
+class VisionServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Analyses of convolutional vision models."""
+
+    @_abc_1.abstractmethod
+    def ComputeReceptiveField(
+        self,
+        request: _vision_pb2.ComputeReceptiveFieldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vision_pb2.ComputeReceptiveFieldResponse, _abc.Awaitable[_vision_pb2.ComputeReceptiveFieldResponse]]:
+        """Computes the receptive field of every layer of a convolutional network, given as a list of layers
+        or as a model name that the server traces into a graph (branches are handled per path and checked
+        for alignment). Optionally proves the analytic boxes by back-propagation, estimates the effective
+        receptive field and renders a picture.
+        """
 
 def add_VisionServiceServicer_to_server(servicer: VisionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

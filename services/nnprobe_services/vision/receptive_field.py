@@ -1,0 +1,319 @@
+"""Receptive-field arithmetic, exactly (rational numbers), separately along each spatial axis.
+
+For a layer with kernel k, dilation d (extent e = d*(k-1) + 1), stride s and padding p_before/p_after on an
+input with n units, jump j, receptive size r and first centre `start` (Dumoulin & Visin; Araujo et al.):
+
+    n_out     = floor((n + p_before + p_after - e) / s) + 1      (ceil with ceil_mode)
+    j_out     = j * s
+    r_out     = r + (e - 1) * j
+    start_out = start + ((e - 1) / 2 - p_before) * j
+
+Unit i of a layer is centred on start + i*j and spans [centre - r/2, centre + r/2] in input coordinates,
+where pixel m of the image is centred on origin + m (origin 0.5: pixel m spans [m, m + 1)).
+
+Branches join (addition, concatenation) only when every path gives the same size, jump and start; the
+joined field is then the largest of the paths' fields (they share a centre).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+Pads = tuple[int, int, int, int]  # top, bottom, left, right
+KINDS = ("input", "conv", "pool", "other", "merge")
+
+
+class FieldError(Exception):
+    """Base of the errors of this package. ``field`` names the request field at fault, if any."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidSpec(FieldError):
+    """The layers, sizes or units asked for are impossible (bad numbers, empty output, unknown layer)."""
+
+
+class UnknownName(FieldError):
+    """A model name that is not available."""
+
+
+class Unsupported(FieldError):
+    """A valid network whose field cannot be computed: an unmappable operation or misaligned branches."""
+
+
+@dataclass(frozen=True)
+class Axis:
+    """Field of a layer along one axis."""
+
+    size: int
+    jump: int
+    receptive: int
+    start: Fraction
+
+    def effective_padding(self, origin: Fraction) -> Fraction:
+        """Input pixels the first unit's field reaches before the first pixel."""
+        return origin + Fraction(self.receptive - 1, 2) - self.start
+
+
+@dataclass(frozen=True)
+class Window:
+    """A sliding window along one axis."""
+
+    kernel: int
+    stride: int = 1
+    dilation: int = 1
+    pad_before: int = 0
+    pad_after: int = 0
+    ceil_mode: bool = False
+
+    @property
+    def extent(self) -> int:
+        return self.dilation * (self.kernel - 1) + 1
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer of a layer list. ``padding`` is (top, bottom, left, right), ``"same"`` or ``"valid"``."""
+
+    name: str
+    kind: str = "conv"
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] | None = None
+    dilation: tuple[int, int] = (1, 1)
+    padding: Pads | str = (0, 0, 0, 0)
+    ceil_mode: bool = False
+
+
+@dataclass(frozen=True)
+class LayerField:
+    """Field of one layer along both axes."""
+
+    name: str
+    kind: str
+    operation: str
+    height: Axis
+    width: Axis
+    inputs: tuple[str, ...] = ()
+    padding: Pads = (0, 0, 0, 0)
+    module: str = ""
+
+
+@dataclass(frozen=True)
+class Span:
+    """An interval [start, end] along one axis; ``first``/``last`` are the whole pixels inside it."""
+
+    start: Fraction
+    end: Fraction
+    first: int
+    last: int
+
+    @property
+    def center(self) -> Fraction:
+        return (self.start + self.end) / 2
+
+
+@dataclass(frozen=True)
+class UnitField:
+    """The field of one unit: unclipped and clipped spans along each axis."""
+
+    layer: str
+    x: int
+    y: int
+    vertical: Span
+    horizontal: Span
+    vertical_clipped: Span
+    horizontal_clipped: Span
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+def input_axis(size: int, origin: Fraction) -> Axis:
+    return Axis(size=size, jump=1, receptive=1, start=origin)
+
+
+def same_padding(n: int, window: Window) -> tuple[int, int]:
+    """TensorFlow's SAME padding for an input of ``n``: (before, after), the odd pixel after."""
+    out = -(-n // window.stride)
+    total = max((out - 1) * window.stride + window.extent - n, 0)
+    return total // 2, total - total // 2
+
+
+def output_size(n: int, window: Window) -> int:
+    """Output length as PyTorch computes it (may be < 1 when the window does not fit)."""
+    span = n + window.pad_before + window.pad_after - window.extent
+    if span < 0:
+        return 0
+    if not window.ceil_mode:
+        return span // window.stride + 1
+    out = -(-span // window.stride) + 1
+    if (out - 1) * window.stride >= n + window.pad_before:
+        out -= 1  # the last window would start in the trailing padding
+    return out
+
+
+def apply(axis: Axis, window: Window, *, where: str, field: str | None = None) -> Axis:
+    """The field after ``window``; raises ``InvalidSpec`` naming ``where`` when no output is left."""
+    n_out = output_size(axis.size, window)
+    if n_out < 1:
+        padded = axis.size + window.pad_before + window.pad_after
+        raise InvalidSpec(
+            f"{where}: the window extent {window.extent} (kernel {window.kernel}, dilation "
+            f"{window.dilation}) exceeds the padded input of {padded} "
+            f"({axis.size} + padding {window.pad_before}+{window.pad_after}); output size would be < 1",
+            field=field,
+        )
+    return Axis(
+        size=n_out,
+        jump=axis.jump * window.stride,
+        receptive=axis.receptive + (window.extent - 1) * axis.jump,
+        start=axis.start + (Fraction(window.extent - 1, 2) - window.pad_before) * axis.jump,
+    )
+
+
+def merge(inputs: list[tuple[str, Axis]], *, where: str, axis_name: str) -> Axis:
+    """Join branches: equal size, jump and start required; the field is the largest one."""
+    first_name, first = inputs[0]
+    for name, other in inputs[1:]:
+        for attribute in ("size", "jump", "start"):
+            a, b = getattr(first, attribute), getattr(other, attribute)
+            if a != b:
+                raise Unsupported(
+                    f"misaligned branches at {where}: along the {axis_name} the {attribute} is "
+                    f"{_text(a)} through {first_name} but {_text(b)} through {name}, so the units of the "
+                    f"two paths are not centred on the same input pixels",
+                    field="model.name" if attribute != "size" else None,
+                )
+    return Axis(first.size, first.jump, max(a.receptive for _, a in inputs), first.start)
+
+
+def _text(value: Fraction | int) -> str:
+    return str(float(value)) if isinstance(value, Fraction) else str(value)
+
+
+def _pair(value: tuple[int, int] | None, name: str, field: str, default: tuple[int, int]) -> tuple[int, int]:
+    if value is None:
+        return default
+    h, w = value
+    if h < 1 or w < 1:
+        raise InvalidSpec(f"{name} must be >= 1 along both axes, got ({h}, {w})", field=field)
+    return int(h), int(w)
+
+
+def windows(spec: LayerSpec, size: tuple[int, int], index: int) -> tuple[Window, Window]:
+    """Validate one layer spec and resolve its padding for an input of ``size``; (height, width)."""
+    base = f"layers[{index}]"
+    kernel = _pair(spec.kernel, "kernel", f"{base}.kernel", (1, 1))
+    default_stride = kernel if spec.kind == "pool" else (1, 1)
+    stride = _pair(spec.stride, "stride", f"{base}.stride", default_stride)
+    dilation = _pair(spec.dilation, "dilation", f"{base}.dilation", (1, 1))
+    result = []
+    for axis in range(2):
+        window = Window(kernel[axis], stride[axis], dilation[axis], ceil_mode=spec.ceil_mode)
+        if spec.padding == "same":
+            before, after = same_padding(size[axis], window)
+        elif spec.padding == "valid":
+            before, after = 0, 0
+        elif isinstance(spec.padding, tuple):
+            before, after = spec.padding[2 * axis], spec.padding[2 * axis + 1]
+            if before < 0 or after < 0:
+                raise InvalidSpec(
+                    f"padding must be >= 0 on every side, got {spec.padding} (top, bottom, left, right)",
+                    field=f"{base}.padding",
+                )
+        else:
+            raise InvalidSpec(f"unknown padding {spec.padding!r}", field=f"{base}.padding_mode")
+        result.append(
+            Window(window.kernel, window.stride, window.dilation, before, after, ceil_mode=spec.ceil_mode)
+        )
+    return result[0], result[1]
+
+
+def describe(kind: str, height: Window, width: Window, label: str = "") -> str:
+    """``conv k=(11, 11) s=(4, 4) p=(0, 0, 0, 0)``, plus dilation and ceil_mode when they matter."""
+    text = f"{label or kind} k=({height.kernel}, {width.kernel}) s=({height.stride}, {width.stride})"
+    text += f" p=({height.pad_before}, {height.pad_after}, {width.pad_before}, {width.pad_after})"
+    if height.dilation != 1 or width.dilation != 1:
+        text += f" d=({height.dilation}, {width.dilation})"
+    if height.ceil_mode:
+        text += " ceil"
+    return text
+
+
+def analyse_layers(specs: list[LayerSpec], input_size: tuple[int, int], origin: Fraction) -> list[LayerField]:
+    """Fields of a plain chain of layers; the first entry is the input."""
+    if not specs:
+        raise InvalidSpec("give at least one layer", field="layers")
+    names: set[str] = {"input"}
+    current = LayerField(
+        "input", "input", "input image", input_axis(input_size[0], origin), input_axis(input_size[1], origin)
+    )
+    fields = [current]
+    for index, spec in enumerate(specs):
+        if not spec.name:
+            raise InvalidSpec("every layer needs a name", field=f"layers[{index}].name")
+        if spec.name in names:
+            raise InvalidSpec(f"duplicate layer name {spec.name!r}", field=f"layers[{index}].name")
+        if spec.kind not in ("conv", "pool", "other"):
+            raise InvalidSpec(
+                f"kind must be conv, pool or other, not {spec.kind!r}", field=f"layers[{index}].kind"
+            )
+        names.add(spec.name)
+        h, w = windows(spec, (current.height.size, current.width.size), index)
+        where = f"layer {spec.name!r} (layers[{index}])"
+        field = f"layers[{index}].kernel"
+        height = apply(current.height, h, where=f"{where} along the height", field=field)
+        width = apply(current.width, w, where=f"{where} along the width", field=field)
+        current = LayerField(
+            spec.name,
+            spec.kind,
+            describe(spec.kind, h, w),
+            height,
+            width,
+            inputs=(current.name,),
+            padding=(h.pad_before, h.pad_after, w.pad_before, w.pad_after),
+        )
+        fields.append(current)
+    return fields
+
+
+def _span(
+    center: Fraction, receptive: int, lo: Fraction, hi: Fraction, origin: Fraction
+) -> tuple[Span, Span]:
+    """Unclipped and clipped spans of a field of ``receptive`` pixels centred on ``center``."""
+    start, end = center - Fraction(receptive, 2), center + Fraction(receptive, 2)
+    first = start + Fraction(1, 2) - origin  # an integer: field edges fall on pixel edges
+    assert first.denominator == 1, (start, origin)
+    unclipped = Span(start, end, int(first), int(first) + receptive - 1)
+    c_start, c_end = max(start, lo), min(end, hi)
+    if c_start > c_end:  # the field lies wholly in the padding
+        c_start = c_end = min(max(center, lo), hi)
+    n = int(hi - lo)
+    clipped = Span(c_start, c_end, max(unclipped.first, 0), min(unclipped.last, n - 1))
+    return unclipped, clipped
+
+
+def unit_field(
+    layer: LayerField, x: int, y: int, input_size: tuple[int, int], origin: Fraction, *, field: str = "units"
+) -> UnitField:
+    """The field of unit (x, y) (column, row; 0-based) of ``layer``."""
+    for value, axis, name in ((x, layer.width, "x"), (y, layer.height, "y")):
+        if not 0 <= value < axis.size:
+            raise InvalidSpec(
+                f"{name}={value} is outside layer {layer.name!r}, whose output has {axis.size} "
+                f"{'columns' if name == 'x' else 'rows'} (valid: 0..{axis.size - 1})",
+                field=f"{field}.{name}",
+            )
+    spans = []
+    for index, axis, size in ((y, layer.height, input_size[0]), (x, layer.width, input_size[1])):
+        lo = origin - Fraction(1, 2)
+        spans.append(_span(axis.start + index * axis.jump, axis.receptive, lo, lo + size, origin))
+    (vertical, vertical_clipped), (horizontal, horizontal_clipped) = spans
+    return UnitField(layer.name, x, y, vertical, horizontal, vertical_clipped, horizontal_clipped)
+
+
+def center_unit(layer: LayerField) -> tuple[int, int]:
+    """(x, y) of the centre unit of a layer's output: (w // 2, h // 2)."""
+    return layer.width.size // 2, layer.height.size // 2

@@ -1,0 +1,172 @@
+"""Receptive-field arithmetic against the guide's notebook table, closed forms and brute force."""
+
+from fractions import Fraction
+
+import pytest
+from nnprobe_services.vision.receptive_field import (
+    InvalidSpec,
+    LayerSpec,
+    Window,
+    analyse_layers,
+    output_size,
+    same_padding,
+    unit_field,
+)
+
+# (name, kernel, stride, padding) of the notebook's AlexNet-style list; input 227, first pixel centre 1.
+NOTEBOOK = [
+    ("conv1", 11, 4, 0),
+    ("pool1", 3, 2, 0),
+    ("conv2", 5, 1, 2),
+    ("pool2", 3, 2, 0),
+    ("conv3", 3, 1, 1),
+    ("conv4", 3, 1, 1),
+    ("conv5", 3, 1, 1),
+    ("pool5", 3, 2, 0),
+    ("fc6-conv", 6, 1, 0),
+    ("fc7-conv", 1, 1, 0),
+]
+# n, jump, receptive size, start, exactly as the notebook printed them.
+NOTEBOOK_TABLE = [
+    ("input", 227, 1, 1, 1),
+    ("conv1", 55, 4, 11, 6.0),
+    ("pool1", 27, 8, 19, 10.0),
+    ("conv2", 27, 8, 51, 10.0),
+    ("pool2", 13, 16, 67, 18.0),
+    ("conv3", 13, 16, 99, 18.0),
+    ("conv4", 13, 16, 131, 18.0),
+    ("conv5", 13, 16, 163, 18.0),
+    ("pool5", 6, 32, 195, 34.0),
+    ("fc6-conv", 1, 32, 355, 114.0),
+    ("fc7-conv", 1, 32, 355, 114.0),
+]
+# Unit (1, 1): start, centre, end.
+NOTEBOOK_UNITS = {
+    "conv1": (4.5, 10.0, 15.5),
+    "pool1": (8.5, 18.0, 27.5),
+    "conv2": (-7.5, 18.0, 43.5),
+    "pool2": (0.5, 34.0, 67.5),
+}
+
+
+def notebook_specs():
+    return [
+        LayerSpec(name, "pool" if name.startswith("pool") else "conv", (k, k), (s, s), padding=(p, p, p, p))
+        for name, k, s, p in NOTEBOOK
+    ]
+
+
+def test_notebook_table_exactly():
+    fields = analyse_layers(notebook_specs(), (227, 227), Fraction(1))
+    for field, (name, n, jump, r, start) in zip(fields, NOTEBOOK_TABLE, strict=True):
+        for axis in (field.height, field.width):
+            assert (field.name, axis.size, axis.jump, axis.receptive, axis.start) == (name, n, jump, r, start)
+
+
+def test_notebook_units_exactly():
+    fields = {f.name: f for f in analyse_layers(notebook_specs(), (227, 227), Fraction(1))}
+    for name, (start, center, end) in NOTEBOOK_UNITS.items():
+        unit = unit_field(fields[name], 1, 1, (227, 227), Fraction(1))
+        for span in (unit.vertical, unit.horizontal):
+            assert (span.start, span.center, span.end) == (start, center, end)
+    conv2 = unit_field(fields["conv2"], 1, 1, (227, 227), Fraction(1))
+    # Clipped to the image [0.5, 227.5]: 0.5 .. 43.5, pixels 0..42 (0-based).
+    assert (conv2.vertical_clipped.start, conv2.vertical_clipped.end) == (0.5, 43.5)
+    assert (conv2.vertical.first, conv2.vertical.last) == (-8, 42)
+    assert (conv2.vertical_clipped.first, conv2.vertical_clipped.last) == (0, 42)
+    assert conv2.vertical_clipped.center == 22.0
+
+
+def test_effective_padding_is_the_sum_of_paddings_times_jumps():
+    fields = analyse_layers(notebook_specs(), (227, 227), Fraction(1))
+    # Araujo et al.: P = sum_l p_l * prod_{i<l} s_i: conv2 2*8, conv3..5 1*16 each.
+    assert [int(f.height.effective_padding(Fraction(1))) for f in fields] == [
+        0,
+        0,
+        0,
+        16,
+        16,
+        32,
+        48,
+        64,
+        64,
+        64,
+        64,
+    ]
+
+
+def test_default_origin_shifts_start_by_half_a_pixel():
+    fields = analyse_layers(notebook_specs(), (227, 227), Fraction(1, 2))
+    assert [float(f.height.start) for f in fields][:3] == [0.5, 5.5, 9.5]
+
+
+def brute_force_support(specs, size, x_index):
+    """First and last input index under output unit ``x_index`` of a 1-D chain, by enumerating every tap.
+
+    Padded positions are followed like image positions: this is the unclipped field."""
+    reach = {x_index}
+    sizes = [size]
+    windows = []
+    for kernel, stride, dilation, before, after, ceil in specs:
+        w = Window(kernel, stride, dilation, before, after, ceil)
+        windows.append(w)
+        sizes.append(output_size(sizes[-1], w))
+    for w in reversed(windows):
+        reach = {i * w.stride - w.pad_before + t * w.dilation for i in reach for t in range(w.kernel)}
+    return min(reach), max(reach)
+
+
+@pytest.mark.parametrize(
+    "chain",
+    [
+        [(3, 2, 1, 1, 1, False), (3, 1, 2, 2, 2, False), (5, 3, 1, 0, 2, False)],
+        [(7, 2, 1, 3, 3, False), (3, 2, 1, 1, 1, True), (1, 2, 1, 0, 0, False), (3, 1, 3, 3, 3, False)],
+        [(2, 2, 1, 0, 0, True), (4, 3, 2, 1, 0, False)],
+    ],
+)
+def test_unit_spans_match_brute_force(chain):
+    size = 53
+    specs = [
+        LayerSpec(f"l{i}", "conv", (k, k), (s, s), (d, d), (b, a, b, a), ceil)
+        for i, (k, s, d, b, a, ceil) in enumerate(chain)
+    ]
+    last = analyse_layers(specs, (size, size), Fraction(1, 2))[-1]
+    for x in range(last.width.size):
+        unit = unit_field(last, x, 0, (size, size), Fraction(1, 2))
+        assert (unit.horizontal.first, unit.horizontal.last) == brute_force_support(chain, size, x)
+
+
+def test_same_padding_and_output_sizes():
+    assert same_padding(224, Window(7, 2)) == (2, 3)
+    assert same_padding(5, Window(3, 1)) == (1, 1)
+    assert output_size(112, Window(3, 2, 1, 0, 0, ceil_mode=True)) == 56
+    assert output_size(112, Window(3, 2, 1, 0, 0, ceil_mode=False)) == 55
+    # PyTorch drops a last window that would start in the trailing padding.
+    assert output_size(5, Window(2, 2, 1, 1, 1, ceil_mode=True)) == 3
+    specs = [LayerSpec("c", "conv", (7, 3), (2, 1), padding="same")]
+    field = analyse_layers(specs, (224, 10), Fraction(1, 2))[-1]
+    assert (field.height.size, field.width.size, field.padding) == (112, 10, (2, 3, 1, 1))
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "words"),
+    [
+        (LayerSpec("c", kernel=(0, 3)), "layers[0].kernel", "kernel must be >= 1"),
+        (LayerSpec("c", kernel=(3, 3), stride=(1, 0)), "layers[0].stride", "stride must be >= 1"),
+        (LayerSpec("c", kernel=(3, 3), dilation=(-1, 1)), "layers[0].dilation", "dilation"),
+        (LayerSpec("c", kernel=(3, 3), padding=(0, -1, 0, 0)), "layers[0].padding", "padding must be >= 0"),
+        (LayerSpec("c", kernel=(40, 3)), "layers[0].kernel", "exceeds the padded input"),
+        (LayerSpec("input", kernel=(3, 3)), "layers[0].name", "duplicate"),
+        (LayerSpec("", kernel=(3, 3)), "layers[0].name", "needs a name"),
+    ],
+)
+def test_invalid_layers_name_the_field(spec, field, words):
+    with pytest.raises(InvalidSpec) as error:
+        analyse_layers([spec], (32, 32), Fraction(1, 2))
+    assert error.value.field == field and words in error.value.message
+
+
+def test_unit_outside_layer_is_rejected():
+    last = analyse_layers(notebook_specs(), (227, 227), Fraction(1))[1]
+    with pytest.raises(InvalidSpec, match="x=55 is outside layer 'conv1'"):
+        unit_field(last, 55, 0, (227, 227), Fraction(1))
