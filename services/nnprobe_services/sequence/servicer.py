@@ -388,10 +388,14 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
         if hidden == 0:
             raise InvalidArgument("must have H >= 1", field=f"{field}[weight_hh_l0]")
         if hidden_size and hidden_size != hidden:
-            raise InvalidArgument(f"is {hidden_size} but weight_hh_l0 has H = {hidden}", field="hidden_size")
+            raise InvalidArgument(
+                f"is {hidden_size} but weight_hh_l0 has H = {hidden}",
+                field=field.replace("weights", "hidden_size"),
+            )
         input_size = input_size or weights["weight_ih_l0"].shape[1]
         shapes = rnn.expected_shapes(kind, input_size, hidden)
-        for name, shape in shapes.items():
+        for name in ("weight_hh_l0", "weight_ih_l0", *rnn.CELL_BIASES):
+            shape = shapes[name]
             if name in weights and tuple(weights[name].shape) != shape:
                 raise InvalidArgument(
                     f"must have shape {list(shape)} for {kind} with D={input_size}, H={hidden}, "
