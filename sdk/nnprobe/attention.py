@@ -47,7 +47,7 @@ POOLINGS = tuple(_POOLING)
 ACTIVATIONS = tuple(_ACTIVATION)
 
 
-def _choice(table: dict, value: Any, name: str) -> int:
+def _choice(table: dict, value: Any, name: str) -> Any:
     try:
         return table[value]
     except KeyError:

@@ -7,12 +7,13 @@ The wire format is little-endian, row-major, with no strides: ``data`` holds exa
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from nnprobe._proto.common.v1 import common_pb2
 
-_TO_NUMPY: dict[int, np.dtype] = {
+_TO_NUMPY: dict[Any, np.dtype] = {
     common_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
     common_pb2.DTYPE_FLOAT64: np.dtype("<f8"),
     common_pb2.DTYPE_INT64: np.dtype("<i8"),

@@ -12,15 +12,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="run a server (or all three) until SIGTERM/SIGINT",
         description="Run nnprobe servers. Every flag also reads NNPROBE_<NAME>; with `all`, each server "
-        "listens on its own default port (vision 50051, sequence 50052, attention 50053) unless --port "
-        "is given, which then applies to the single service only.",
+        "listens on its own default port (vision 50051, sequence 50052, attention 50053); with `all` and "
+        "--port P they listen on P, P+1 and P+2.",
     )
     parser.add_argument("service", choices=[*SERVICES, "all"])
     try:
         from nnprobe_services.server.config import add_server_flags
-    except ImportError:
-        add_server_flags = None
-    if add_server_flags is not None:
+    except ImportError:  # the SDK alone: `run` explains what to install
+        pass
+    else:
         add_server_flags(parser)
     parser.set_defaults(handler=run)
 
@@ -34,9 +34,14 @@ def run(args: argparse.Namespace) -> int:
             "`nnprobe serve` needs the server package: pip install nnprobe-services "
             "(or run the containers in deploy/)"
         ) from None
-    services = SERVICES if args.service == "all" else (args.service,)
-    if args.service == "all" and getattr(args, "port", None) is not None:
-        raise ValueError("--port applies to a single service; with `all` use NNPROBE_*_ADDR defaults")
-    configs = [load_config(name, flags=args) for name in services]
+    if args.service != "all":
+        serve(load_config(args.service, flags=args))
+        return 0
+    base = getattr(args, "port", None)
+    configs = []
+    for offset, name in enumerate(SERVICES):
+        if base is not None:
+            args.port = base + offset
+        configs.append(load_config(name, flags=args))
     serve(configs)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import grpc
 import numpy as np
@@ -18,15 +19,18 @@ from nnprobe_services.server import validation as valid
 from nnprobe_services.server.config import ServerConfig
 from nnprobe_services.server.errors import Cancelled, InvalidArgument, ResourceExhausted
 
-SOFTMAX = {pb.SOFTMAX_MODE_ROW: "row", pb.SOFTMAX_MODE_MATRIX: "matrix"}
-POSITIONAL = {pb.POSITIONAL_ENCODING_NONE: "none", pb.POSITIONAL_ENCODING_SINUSOIDAL: "sinusoidal"}
-POOLING = {
+SOFTMAX: dict[Any, str] = {pb.SOFTMAX_MODE_ROW: "row", pb.SOFTMAX_MODE_MATRIX: "matrix"}
+POSITIONAL: dict[Any, str] = {
+    pb.POSITIONAL_ENCODING_NONE: "none",
+    pb.POSITIONAL_ENCODING_SINUSOIDAL: "sinusoidal",
+}
+POOLING: dict[Any, str] = {
     pb.POOLING_MEAN: "mean",
     pb.POOLING_SUM: "sum",
     pb.POOLING_MAX: "max",
     pb.POOLING_FIRST_TOKEN: "first_token",
 }
-ACTIVATION = {
+ACTIVATION: dict[Any, str] = {
     pb.ACTIVATION_PLACEMENT_BETWEEN: "between",
     pb.ACTIVATION_PLACEMENT_AFTER_EVERY_LAYER: "after_every_layer",
 }
@@ -175,8 +179,11 @@ class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
                 f"must be a finite number > 0 (or 0 for sqrt(D/heads)), got {spec.scale}",
                 field="attention.scale",
             )
+        wq, wk, wv = (w.to(self.device) for w in weights)
         layer = checks.SelfAttention(
-            *(w.to(self.device) for w in weights),
+            wq,
+            wk,
+            wv,
             heads=heads,
             scale=spec.scale or None,
             softmax=SOFTMAX[
@@ -231,9 +238,11 @@ class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
             )
         return checks.random_input(t, d, spec.seed, torch.float64)
 
-    def _weights(self, spec: pb.SelfAttention, d: int, limit: int, dtype: torch.dtype):
+    def _weights(
+        self, spec: pb.SelfAttention, d: int, limit: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, ...] | list[torch.Tensor]:
         names = ("w_query", "w_key", "w_value")
-        given = [spec.HasField(n) for n in names]
+        given = [spec.HasField(n) for n in names]  # type: ignore[arg-type]
         if not any(given):
             if d * d > limit:
                 raise ResourceExhausted(

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_PORTS = {"vision": 50051, "sequence": 50052, "attention": 50053}
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -85,7 +87,12 @@ def _is_cuda_index(device: str) -> bool:
     return prefix == "cuda" and index.isdigit()
 
 
-_PARSERS = {"int": int, "float": float, "str": str, "Path": lambda raw: Path(raw).expanduser()}
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "Path": lambda raw: Path(raw).expanduser(),
+}
 
 
 def _fields() -> list[dataclasses.Field]:
@@ -113,7 +120,7 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
         doc = f"(env NNPROBE_{f.name.upper()})"
         choices = {"log_level": LOG_LEVELS, "log_format": LOG_FORMATS}.get(f.name)
         parser.add_argument(
-            flag, dest=f.name, default=None, choices=choices, type=lambda raw, f=f: _convert(f, raw), help=doc
+            flag, dest=f.name, default=None, choices=choices, type=functools.partial(_convert, f), help=doc
         )
 
 

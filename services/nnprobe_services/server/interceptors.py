@@ -49,10 +49,11 @@ def _abort(context: grpc.ServicerContext, error: BaseException, method: str) -> 
 class _Outcome:
     """Tracks the status a call ended with, for the log line."""
 
-    def __init__(self, context: grpc.ServicerContext) -> None:
+    def __init__(self, context: grpc.ServicerContext, method: str) -> None:
         self.context = context
         self.start = time.perf_counter()
         self.status = "OK"
+        log.debug("%s started", method, extra={"fields": {"method": method, "event": "started"}})
 
     def fail(self, error: BaseException) -> None:
         if isinstance(error, ServiceError):
@@ -81,7 +82,7 @@ def _already_aborted(context: grpc.ServicerContext) -> bool:
 
 def _wrap_unary(behavior: Callable, method: str) -> Callable:
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
-        outcome = _Outcome(context)
+        outcome = _Outcome(context, method)
         try:
             return behavior(request, context)
         except Exception as error:
@@ -97,7 +98,7 @@ def _wrap_unary(behavior: Callable, method: str) -> Callable:
 
 def _wrap_stream(behavior: Callable, method: str) -> Callable:
     def handler(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        outcome = _Outcome(context)
+        outcome = _Outcome(context, method)
         try:
             yield from behavior(request, context)
         except Exception as error:

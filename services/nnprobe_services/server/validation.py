@@ -4,6 +4,7 @@ the field."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from nnprobe import tensors
@@ -11,7 +12,7 @@ from nnprobe._proto.common.v1 import common_pb2
 
 from nnprobe_services.server.errors import InvalidArgument, ResourceExhausted
 
-FLOAT_DTYPES = {
+FLOAT_DTYPES: dict[Any, np.dtype] = {
     common_pb2.DTYPE_FLOAT32: np.dtype(np.float32),
     common_pb2.DTYPE_FLOAT64: np.dtype(np.float64),
 }
@@ -43,7 +44,7 @@ def float_dtype(code: int, field: str, default: int) -> np.dtype:
     """A float32/float64 ``DType`` field, ``default`` when unspecified."""
     code = code or default
     if code not in FLOAT_DTYPES:
-        name = common_pb2.DType.Name(code) if code in common_pb2.DType.values() else str(code)
+        name = common_pb2.DType.Name(code) if code in common_pb2.DType.values() else str(code)  # type: ignore[arg-type]
         raise InvalidArgument(f"must be DTYPE_FLOAT32 or DTYPE_FLOAT64, not {name}", field=field)
     return FLOAT_DTYPES[code]
 
