@@ -17,10 +17,12 @@ joined field is then the largest of the paths' fields (they share a centre).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 
 Pads = tuple[int, int, int, int]  # top, bottom, left, right
+Range = tuple[int, int]  # first, last pixel index (0-based, inclusive); first > last when empty
 KINDS = ("input", "conv", "pool", "other", "merge")
 
 
@@ -100,6 +102,7 @@ class LayerField:
     inputs: tuple[str, ...] = ()
     padding: Pads = (0, 0, 0, 0)
     module: str = ""
+    windows: tuple[Window, Window] | None = None  # (height, width) for conv and pooling layers
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,8 @@ class UnitField:
     horizontal: Span
     vertical_clipped: Span
     horizontal_clipped: Span
-    extra: dict = field(default_factory=dict, compare=False)
+    rows: Range  # input pixel rows connected to the unit (see ``connected_pixels``)
+    columns: Range
 
 
 def input_axis(size: int, origin: Fraction) -> Axis:
@@ -274,6 +278,7 @@ def analyse_layers(specs: list[LayerSpec], input_size: tuple[int, int], origin: 
             width,
             inputs=(current.name,),
             padding=(h.pad_before, h.pad_after, w.pad_before, w.pad_after),
+            windows=(h, w),
         )
         fields.append(current)
     return fields
@@ -282,7 +287,7 @@ def analyse_layers(specs: list[LayerSpec], input_size: tuple[int, int], origin: 
 def _span(
     center: Fraction, receptive: int, lo: Fraction, hi: Fraction, origin: Fraction
 ) -> tuple[Span, Span]:
-    """Unclipped and clipped spans of a field of ``receptive`` pixels centred on ``center``."""
+    """Unclipped and image-clipped spans of a field of ``receptive`` pixels centred on ``center``."""
     start, end = center - Fraction(receptive, 2), center + Fraction(receptive, 2)
     first = start + Fraction(1, 2) - origin  # an integer: field edges fall on pixel edges
     assert first.denominator == 1, (start, origin)
@@ -295,23 +300,67 @@ def _span(
     return unclipped, clipped
 
 
+def connected_pixels(fields: Sequence[LayerField], name: str, x: int, y: int) -> tuple[Range, Range]:
+    """Input rows and columns (first, last; first > last when none) connected to unit (x, y) of ``name``.
+
+    The unit's index range is carried back through every path to the input, clamped at each layer to
+    the positions that exist there: padding is not image, and pixels that a layer's windows never read
+    (a stride that does not divide the input) are not connected either. Exact for networks without
+    dilation or stride > kernel; with those the field has holes and this is its bounding range.
+    """
+    by_name = {f.name: f for f in fields}
+    result = []
+    for axis_index, index in ((0, y), (1, x)):
+        need: dict[str, Range] = {name: (index, index)}
+        for f in reversed(fields):
+            if f.name not in need or not f.inputs:
+                continue
+            a, b = need[f.name]
+            for source_name in f.inputs:
+                source = by_name[source_name]
+                n_in = (source.height, source.width)[axis_index].size
+                if f.windows is not None:
+                    w = f.windows[axis_index]
+                    a_in, b_in = a * w.stride - w.pad_before, b * w.stride - w.pad_before + w.extent - 1
+                else:
+                    a_in, b_in = a, b
+                a_in, b_in = max(a_in, 0), min(b_in, n_in - 1)
+                if a_in > b_in:
+                    continue
+                old = need.get(source_name)
+                need[source_name] = (a_in, b_in) if old is None else (min(old[0], a_in), max(old[1], b_in))
+        result.append(need.get(fields[0].name, (0, -1)))
+    return result[0], result[1]
+
+
 def unit_field(
-    layer: LayerField, x: int, y: int, input_size: tuple[int, int], origin: Fraction, *, field: str = "units"
+    fields: Sequence[LayerField],
+    name: str,
+    x: int,
+    y: int,
+    input_size: tuple[int, int],
+    origin: Fraction,
+    *,
+    field: str = "units",
 ) -> UnitField:
-    """The field of unit (x, y) (column, row; 0-based) of ``layer``."""
-    for value, axis, name in ((x, layer.width, "x"), (y, layer.height, "y")):
+    """The field of unit (x, y) (column, row; 0-based) of layer ``name`` among ``fields``."""
+    layer = next(f for f in fields if f.name == name)
+    for value, axis, label in ((x, layer.width, "x"), (y, layer.height, "y")):
         if not 0 <= value < axis.size:
             raise InvalidSpec(
-                f"{name}={value} is outside layer {layer.name!r}, whose output has {axis.size} "
-                f"{'columns' if name == 'x' else 'rows'} (valid: 0..{axis.size - 1})",
-                field=f"{field}.{name}",
+                f"{label}={value} is outside layer {layer.name!r}, whose output has {axis.size} "
+                f"{'columns' if label == 'x' else 'rows'} (valid: 0..{axis.size - 1})",
+                field=f"{field}.{label}",
             )
     spans = []
     for index, axis, size in ((y, layer.height, input_size[0]), (x, layer.width, input_size[1])):
         lo = origin - Fraction(1, 2)
         spans.append(_span(axis.start + index * axis.jump, axis.receptive, lo, lo + size, origin))
     (vertical, vertical_clipped), (horizontal, horizontal_clipped) = spans
-    return UnitField(layer.name, x, y, vertical, horizontal, vertical_clipped, horizontal_clipped)
+    rows, columns = connected_pixels(fields, name, x, y)
+    return UnitField(
+        layer.name, x, y, vertical, horizontal, vertical_clipped, horizontal_clipped, rows, columns
+    )
 
 
 def center_unit(layer: LayerField) -> tuple[int, int]:

@@ -8,6 +8,7 @@ shapes the trace produces are checked against the arithmetic at every node.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import operator
 from collections.abc import Callable
@@ -25,8 +26,8 @@ from nnprobe_services.vision.receptive_field import (
     FieldError,
     InvalidSpec,
     LayerField,
-    Unsupported,
     UnknownName,
+    Unsupported,
     Window,
     apply,
     describe,
@@ -444,7 +445,7 @@ class _FieldInterpreter(fx.Interpreter):
         height = apply(first.height, windows[0], where=f"{where} along the height", field="input_size")
         width = apply(first.width, windows[1], where=f"{where} along the width", field="input_size")
         pads = (windows[0].pad_before, windows[0].pad_after, windows[1].pad_before, windows[1].pad_after)
-        return LayerField(n.name, op.kind, label, height, width, names, pads, module=path)
+        return LayerField(n.name, op.kind, label, height, width, names, pads, module=path, windows=windows)
 
     @staticmethod
     def _adaptive(n: fx.Node, op: Op, src: LayerField) -> tuple[Window, Window]:
@@ -526,7 +527,7 @@ def _resolver(
         if inside:
             return inside[-1]
         top = [name for name, _ in gm.named_children()]
-        hint = f"; stages conv1..conv5 are also accepted" if resnet else ""
+        hint = "; stages conv1..conv5 are also accepted" if resnet else ""
         raise InvalidSpec(
             f"no layer {name!r} in {model}: use a node name from the response's layers, a module path, or a "
             f"top-level module ({', '.join(top)}){hint}",
@@ -542,10 +543,9 @@ def analyse_model(
     """Fields of every node of model ``name`` up to ``end_point`` (default: last spatial feature map)."""
     gm = traced_meta(name)
     run = _FieldInterpreter(gm, origin)
-    try:
+    # When the meta forward fails, nodes from run.halted on have no field; an end point before is fine.
+    with contextlib.suppress(_Halt):
         run.run(torch.empty(1, input_channels(gm), *input_size, device="meta"))
-    except _Halt:
-        pass  # nodes from run.halted on have no field; an end point before it is still fine
     resolve_node = _resolver(gm, run.fields, name)
     end = resolve_node(end_point, "end_point") if end_point else _default_end_point(gm, run)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}

@@ -1,12 +1,57 @@
-"""VisionService servicer. The service is declared; its RPCs are registered here as they land."""
+"""VisionService servicer: validate, convert protobuf to plain types, call the cores, convert back."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from fractions import Fraction
+
 import grpc
 import torch
-from nnprobe._proto.vision.v1 import vision_pb2, vision_pb2_grpc
+from nnprobe import tensors
+from nnprobe._proto.vision.v1 import vision_pb2 as pb
+from nnprobe._proto.vision.v1 import vision_pb2_grpc
 
+from nnprobe_services.server import validation as valid
 from nnprobe_services.server.config import ServerConfig
+from nnprobe_services.server.errors import (
+    Cancelled,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+)
+from nnprobe_services.vision import receptive_field as rf
+from nnprobe_services.vision import rf_empirical, rf_graph, rf_plot
+
+KINDS = {
+    pb.LAYER_KIND_UNSPECIFIED: "conv",
+    pb.LAYER_KIND_CONV: "conv",
+    pb.LAYER_KIND_POOL: "pool",
+    pb.LAYER_KIND_OTHER: "other",
+}
+KIND_CODES = {
+    "input": pb.LAYER_KIND_INPUT,
+    "conv": pb.LAYER_KIND_CONV,
+    "pool": pb.LAYER_KIND_POOL,
+    "other": pb.LAYER_KIND_OTHER,
+    "merge": pb.LAYER_KIND_MERGE,
+}
+ERRORS: dict[type[rf.FieldError], type[ServiceError]] = {
+    rf.InvalidSpec: InvalidArgument,
+    rf.UnknownName: NotFound,
+    rf.Unsupported: FailedPrecondition,
+}
+#: Largest input (height * width) the back-propagation checks run on.
+MAX_EMPIRICAL_PIXELS = 1024 * 1024
+#: Most random inputs one effective-field estimate may average.
+MAX_ERF_SAMPLES = 256
+DEFAULT_ERF_SAMPLES = 16
+
+
+def _service_error(error: rf.FieldError) -> ServiceError:
+    return ERRORS.get(type(error), FailedPrecondition)(error.message, field=error.field)
 
 
 class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
@@ -16,8 +61,294 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         self.config = config
         self.device = device
 
+    # -- RPCs ----------------------------------------------------------------------------------------
+    def ComputeReceptiveField(self, request: pb.ComputeReceptiveFieldRequest, context):
+        try:
+            return self._receptive_field(request, lambda: not context.is_active())
+        except rf.FieldError as error:
+            raise _service_error(error) from None
+        except rf_empirical.Stopped as stopped:
+            raise Cancelled(f"the client cancelled or its deadline passed: {stopped}") from None
+
+    # -- receptive fields ----------------------------------------------------------------------------
+    def _receptive_field(self, request: pb.ComputeReceptiveFieldRequest, should_stop: Callable[[], bool]):
+        has_model = request.HasField("model")
+        if has_model == bool(request.layers):
+            raise InvalidArgument("give exactly one of `layers` and `model`", field="layers")
+        origin = self._origin(request)
+        image = self._plot_image(request)
+        input_size = self._input_size(request, image)
+        if has_model:
+            name = request.model.name.strip()
+            if not name:
+                raise InvalidArgument("must name a model", field="model.name")
+            graph = rf_graph.analyse_model(name, input_size, origin, request.end_point or None)
+            fields, end, resolve = graph.fields, graph.end_point, graph.resolve
+        else:
+            specs = [self._layer_spec(layer, i) for i, layer in enumerate(request.layers)]
+            fields = rf.analyse_layers(specs, input_size, origin)
+            resolve = self._list_resolver(fields)
+            end = resolve(request.end_point, "end_point") if request.end_point else fields[-1].name
+            fields = fields[: [f.name for f in fields].index(end) + 1]
+        by_name = {f.name: f for f in fields}
+        queries = [(resolve(u.layer, f"units[{i}].layer"), u.x, u.y, i) for i, u in enumerate(request.units)]
+        if not queries and (request.verify or request.HasField("plot")):
+            x, y = rf.center_unit(by_name[end])
+            queries = [(end, x, y, -1)]
+        units = [
+            rf.unit_field(fields, layer, x, y, input_size, origin, field=f"units[{i}]" if i >= 0 else "units")
+            for layer, x, y, i in queries
+        ]
+        response = pb.ComputeReceptiveFieldResponse(
+            layers=[self._layer_message(f, origin) for f in fields],
+            end_point=end,
+            input_size=pb.Extent(height=input_size[0], width=input_size[1]),
+            first_pixel_center=float(origin),
+            units=[self._unit_message(u) for u in units],
+            model=request.model.name.strip() if has_model else "",
+        )
+        empirical = request.verify or request.HasField("effective_field")
+        if empirical and input_size[0] * input_size[1] > MAX_EMPIRICAL_PIXELS:
+            raise ResourceExhausted(
+                f"is {input_size[0]} x {input_size[1]}; back-propagation checks allow at most "
+                f"{MAX_EMPIRICAL_PIXELS} pixels",
+                field="input_size",
+            )
+
+        def probe(layers: list[str], weights: str, seed: int = 0):
+            if has_model:
+                return rf_empirical.model_probe(
+                    request.model.name.strip(), layers, self.device, weights=weights, seed=seed
+                )
+            return rf_empirical.chain_probe(specs, input_size, self.device, weights=weights, seed=seed)
+
+        if request.verify:
+            self._verify(response, units, probe, input_size, should_stop)
+        gradient_map = gradient_unit = None
+        if request.HasField("effective_field"):
+            gradient_map, gradient_unit = self._effective_field(
+                request.effective_field,
+                request.model.seed if has_model else request.effective_field.seed,
+                response,
+                fields,
+                resolve,
+                end,
+                probe,
+                input_size,
+                origin,
+                should_stop,
+            )
+        if request.HasField("plot"):
+            title = f"{response.model or 'layer list'}: receptive fields (dashed: unclipped)"
+            response.plot_png = rf_plot.render(
+                input_size,
+                float(origin),
+                units,
+                image=image,
+                gradient_map=gradient_map,
+                gradient_unit=gradient_unit,
+                title=title,
+            )
+        return response
+
+    def _verify(self, response, units, probe, input_size, should_stop) -> None:
+        network, channels = probe(sorted({u.layer for u in units}), "transparent")
+        boxes = rf_empirical.gradient_boxes(
+            network, channels, input_size, self.device, [(u.layer, u.x, u.y) for u in units], should_stop
+        )
+        all_match = True
+        for message, unit, box in zip(response.units, units, boxes, strict=True):
+            matches = (box.first_row, box.last_row, box.first_column, box.last_column) == (
+                *unit.rows,
+                *unit.columns,
+            )
+            all_match = all_match and matches
+            message.verification.CopyFrom(
+                pb.Verification(
+                    rows=pb.PixelRange(first=box.first_row, last=box.last_row),
+                    columns=pb.PixelRange(first=box.first_column, last=box.last_column),
+                    matches=matches,
+                )
+            )
+        response.verified = all_match
+
+    def _effective_field(
+        self, options, weight_seed, response, fields, resolve, end, probe, input_size, origin, should_stop
+    ):
+        samples = valid.positive(
+            options.num_samples,
+            "effective_field.num_samples",
+            default=DEFAULT_ERF_SAMPLES,
+            maximum=MAX_ERF_SAMPLES,
+        )
+        if options.HasField("unit"):
+            layer = resolve(options.unit.layer, "effective_field.unit.layer")
+            x, y = options.unit.x, options.unit.y
+        else:
+            layer = end
+            x, y = rf.center_unit(next(f for f in fields if f.name == end))
+        unit = rf.unit_field(fields, layer, x, y, input_size, origin, field="effective_field.unit")
+        network, channels = probe([layer], "random", weight_seed)
+        grad_map = rf_empirical.gradient_map(
+            network, channels, input_size, self.device, (layer, x, y), samples, options.seed, should_stop
+        )
+        summary = rf_empirical.summarise(grad_map, (*unit.rows, *unit.columns), samples)
+        response.effective_field.CopyFrom(
+            pb.EffectiveField(
+                unit=pb.UnitQuery(layer=layer, x=x, y=y),
+                gradient_map=tensors.to_tensor(summary.gradient_map),
+                num_samples=samples,
+                sigma_height=summary.sigma_height,
+                sigma_width=summary.sigma_width,
+                center_vertical=float(origin) + summary.mean_row,
+                center_horizontal=float(origin) + summary.mean_column,
+                pixels_for_95_percent=summary.pixels_for_95_percent,
+                theoretical_pixels=summary.theoretical_pixels,
+                share_for_95_percent=summary.pixels_for_95_percent / summary.theoretical_pixels,
+                mass_inside_field=summary.mass_inside_field,
+            )
+        )
+        return grad_map, unit
+
+    # -- conversion ----------------------------------------------------------------------------------
+    @staticmethod
+    def _origin(request: pb.ComputeReceptiveFieldRequest) -> Fraction:
+        if not request.HasField("first_pixel_center"):
+            return Fraction(1, 2)
+        value = request.first_pixel_center
+        if not math.isfinite(value):
+            raise InvalidArgument(f"must be a finite number, got {value}", field="first_pixel_center")
+        return Fraction(value)
+
+    def _plot_image(self, request: pb.ComputeReceptiveFieldRequest):
+        if not request.HasField("plot") or not request.plot.HasField("image"):
+            return None
+        image = request.plot.image
+        if image.encoded:
+            try:
+                return rf_plot.decode_image(image.encoded)
+            except ValueError as error:
+                raise InvalidArgument(str(error), field="plot.image.encoded") from None
+        if image.HasField("pixels"):
+            pixels = valid.tensor(
+                image.pixels, "plot.image.pixels", max_elements=self.config.max_tensor_elements, ndim=3
+            )
+            if pixels.shape[2] not in (1, 3, 4) or pixels.dtype.kind not in "uf":
+                raise InvalidArgument(
+                    f"must be (H, W, C) with C in 1, 3, 4 of uint8 or float, got {list(pixels.shape)} {pixels.dtype}",
+                    field="plot.image.pixels",
+                )
+            return pixels
+        raise InvalidArgument("give `encoded` bytes or `pixels`", field="plot.image")
+
+    def _input_size(self, request: pb.ComputeReceptiveFieldRequest, image) -> tuple[int, int]:
+        if request.HasField("input_size"):
+            size = (
+                valid.positive(request.input_size.height, "input_size.height"),
+                valid.positive(request.input_size.width, "input_size.width"),
+            )
+        elif image is not None:
+            size = (int(image.shape[0]), int(image.shape[1]))
+        elif request.HasField("model"):
+            side = rf_graph.default_input_size(request.model.name.strip())
+            size = (side, side)
+        else:
+            raise InvalidArgument(
+                "is required with `layers` (height and width of the input)", field="input_size"
+            )
+        limit = self.config.max_tensor_elements
+        if size[0] * size[1] * 3 > limit:
+            raise ResourceExhausted(
+                f"{size[0]} x {size[1]} x 3 exceeds the limit of {limit} elements", field="input_size"
+            )
+        return size
+
+    @staticmethod
+    def _layer_spec(layer: pb.LayerSpec, index: int) -> rf.LayerSpec:
+        base = f"layers[{index}]"
+        kind = KINDS.get(layer.kind)
+        if kind is None:
+            raise InvalidArgument(f"must be conv, pool or other, not {layer.kind}", field=f"{base}.kind")
+        if not layer.HasField("kernel"):
+            raise InvalidArgument("is required", field=f"{base}.kernel")
+
+        def pair(message: pb.Extent, present: bool) -> tuple[int, int] | None:
+            return (int(message.height), int(message.width)) if present else None
+
+        mode = valid.enum_value(
+            layer.padding_mode, pb.PaddingMode, f"{base}.padding_mode", pb.PADDING_MODE_EXPLICIT
+        )
+        padding: rf.Pads | str
+        if mode == pb.PADDING_MODE_SAME:
+            padding = "same"
+        elif mode == pb.PADDING_MODE_VALID:
+            padding = "valid"
+        else:
+            p = layer.padding
+            padding = (int(p.top), int(p.bottom), int(p.left), int(p.right))
+        if mode in (pb.PADDING_MODE_SAME, pb.PADDING_MODE_VALID) and layer.HasField("padding"):
+            raise InvalidArgument("must be absent with SAME or VALID padding_mode", field=f"{base}.padding")
+        return rf.LayerSpec(
+            name=layer.name,
+            kind=kind,
+            kernel=(int(layer.kernel.height), int(layer.kernel.width)),
+            stride=pair(layer.stride, layer.HasField("stride")),
+            dilation=pair(layer.dilation, layer.HasField("dilation")) or (1, 1),
+            padding=padding,
+            ceil_mode=layer.ceil_mode,
+        )
+
+    @staticmethod
+    def _list_resolver(fields: list[rf.LayerField]) -> Callable[[str, str], str]:
+        names = [f.name for f in fields]
+
+        def resolve(name: str, field: str) -> str:
+            if name not in names:
+                raise InvalidArgument(f"no layer {name!r}; the layers are {', '.join(names)}", field=field)
+            return name
+
+        return resolve
+
+    @staticmethod
+    def _layer_message(field: rf.LayerField, origin: Fraction) -> pb.LayerField:
+        def axis(a: rf.Axis) -> pb.AxisField:
+            return pb.AxisField(
+                size=a.size,
+                jump=a.jump,
+                receptive_size=a.receptive,
+                start=float(a.start),
+                effective_padding=float(a.effective_padding(origin)),
+            )
+
+        top, bottom, left, right = field.padding
+        return pb.LayerField(
+            name=field.name,
+            kind=KIND_CODES[field.kind],
+            operation=field.operation,
+            module=field.module,
+            inputs=list(field.inputs),
+            height=axis(field.height),
+            width=axis(field.width),
+            padding=pb.Padding(top=top, bottom=bottom, left=left, right=right),
+        )
+
+    @staticmethod
+    def _unit_message(unit: rf.UnitField) -> pb.UnitField:
+        def interval(span: rf.Span) -> pb.Interval:
+            return pb.Interval(start=float(span.start), center=float(span.center), end=float(span.end))
+
+        return pb.UnitField(
+            unit=pb.UnitQuery(layer=unit.layer, x=unit.x, y=unit.y),
+            vertical=interval(unit.vertical),
+            horizontal=interval(unit.horizontal),
+            vertical_clipped=interval(unit.vertical_clipped),
+            horizontal_clipped=interval(unit.horizontal_clipped),
+            rows=pb.PixelRange(first=unit.rows[0], last=unit.rows[1]),
+            columns=pb.PixelRange(first=unit.columns[0], last=unit.columns[1]),
+        )
+
 
 def register(server: grpc.Server, config: ServerConfig, device: torch.device) -> list[str]:
     """Add the servicer to `server`; return the full names of the services added."""
     vision_pb2_grpc.add_VisionServiceServicer_to_server(VisionServicer(config, device), server)
-    return [vision_pb2.DESCRIPTOR.services_by_name["VisionService"].full_name]
+    return [pb.DESCRIPTOR.services_by_name["VisionService"].full_name]
