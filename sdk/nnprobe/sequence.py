@@ -51,7 +51,7 @@ INPUT_DISTRIBUTIONS = tuple(_INPUTS)
 ProgressCallback = Callable[[int, int, str], None]
 
 
-def _choice(table: Mapping, value: Any, name: str) -> int:
+def _choice(table: Mapping, value: Any, name: str) -> Any:
     try:
         return table[value]
     except KeyError:

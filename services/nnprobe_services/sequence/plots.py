@@ -41,8 +41,9 @@ def gradient_flow(runs: list[GradientRun], sequence_length: int) -> bytes:
             label += f", forget bias {run.forget_bias:g}"
         log10 = [v / math.log(10) for v in run.log_jacobian_norms]
         axes.plot(run.distances, log10, color=color, label=f"{label} (rate {run.growth_rate:.3g}/step)")
-        if run.bounds and run.weight_norm > 0:
-            bound = [d * math.log10(run.weight_norm * run.derivative_bound) for d in run.distances]
+        if run.bounds and run.derivative_bound and run.weight_norm > 0:
+            gamma = run.weight_norm * run.derivative_bound
+            bound = [d * math.log10(gamma) for d in run.distances]
             axes.plot(run.distances, bound, color=color, linestyle="--", linewidth=1)
     axes.set_xlabel("T − k (steps back)")
     axes.set_ylabel("log₁₀ ‖∂h_T/∂h_k‖₂")

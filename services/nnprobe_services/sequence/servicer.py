@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import grpc
 import numpy as np
@@ -20,20 +21,20 @@ from nnprobe_services.server import validation as valid
 from nnprobe_services.server.config import ServerConfig
 from nnprobe_services.server.errors import Cancelled, InvalidArgument, ResourceExhausted
 
-CELLS = {
+CELLS: dict[int, str] = {
     pb.CELL_TYPE_RNN_TANH: "rnn_tanh",
     pb.CELL_TYPE_RNN_RELU: "rnn_relu",
     pb.CELL_TYPE_RNN_LINEAR: "rnn_linear",
     pb.CELL_TYPE_LSTM: "lstm",
     pb.CELL_TYPE_GRU: "gru",
 }
-CELL_CODES = {name: code for code, name in CELLS.items()}
-INIT = {
+CELL_CODES: dict[str, Any] = {name: code for code, name in CELLS.items()}
+INIT: dict[int, str] = {
     pb.INIT_SCHEME_PYTORCH: "pytorch",
     pb.INIT_SCHEME_NORMAL: "normal",
     pb.INIT_SCHEME_ORTHOGONAL: "orthogonal",
 }
-INPUTS = {
+INPUTS: dict[int, str] = {
     pb.INPUT_DISTRIBUTION_NORMAL: "normal",
     pb.INPUT_DISTRIBUTION_UNIFORM: "uniform",
     pb.INPUT_DISTRIBUTION_CONSTANT: "constant",
