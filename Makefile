@@ -46,7 +46,7 @@ demo: $(STAMP)
 	$(BIN)/python demo/walkthrough.py
 
 bench: $(STAMP)
-	$(BIN)/python bench/attention.py
+	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) demo-output bench-output .pytest_cache .mypy_cache .ruff_cache

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +29,7 @@ def _service_config(full_service_name: str) -> str:
     """Retry only on UNAVAILABLE (the server not reachable yet, or restarting)."""
     return json.dumps(
         {
+            "loadBalancingConfig": [{"round_robin": {}}],
             "methodConfig": [
                 {
                     "name": [{"service": full_service_name}, {"service": "grpc.health.v1.Health"}],
@@ -38,9 +41,48 @@ def _service_config(full_service_name: str) -> str:
                         "retryableStatusCodes": ["UNAVAILABLE"],
                     },
                 }
-            ]
+            ],
         }
     )
+
+
+def channel_target(address: str) -> tuple[str, str | None]:
+    """The gRPC target for an address, and the TLS host name to verify when it is not the target's.
+
+    ``host:port`` and ``dns:///host:port`` pass through (DNS may return several replicas, for example a
+    headless Kubernetes Service). A comma-separated list ``host1:port,host2:port`` is resolved here into one
+    ``ipv4:``/``ipv6:`` target, and calls are spread over all of them (round robin).
+    """
+    if "," not in address:
+        return address, None
+    ipv4: list[str] = []
+    ipv6: list[str] = []
+    names: list[str] = []
+    for part in (p.strip() for p in address.split(",")):
+        if not part:
+            continue
+        host, sep, port = part.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"address list entries must be host:port, not {part!r}")
+        host = host.strip("[]")
+        try:
+            ips = [str(ipaddress.ip_address(host))]
+        except ValueError:
+            names.append(host)
+            try:
+                infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            except socket.gaierror as error:
+                raise ValueError(f"cannot resolve {host!r} in the address list: {error}") from None
+            ips = sorted({str(info[4][0]) for info in infos})
+        for ip in ips:
+            if ":" in ip:
+                ipv6.append(f"[{ip}]:{port}")
+            else:
+                ipv4.append(f"{ip}:{port}")
+    if not ipv4 and not ipv6:
+        raise ValueError(f"empty address list {address!r}")
+    target = "ipv4:" + ",".join(ipv4) if ipv4 else "ipv6:" + ",".join(ipv6)
+    return target, (names[0] if names else None)
 
 
 class BaseClient:
@@ -61,16 +103,19 @@ class BaseClient:
         self.address = address or default_address(self.SERVICE)
         self.timeout = timeout
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
-        options = [
+        target, tls_name = channel_target(self.address)
+        options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.enable_retries", 1),
             ("grpc.service_config", _service_config(self.FULL_NAME)),
         ]
         if tls is not None:
-            self._channel = grpc.secure_channel(self.address, tls.credentials(), options=options)
+            if tls_name:
+                options.append(("grpc.ssl_target_name_override", tls_name))
+            self._channel = grpc.secure_channel(target, tls.credentials(), options=options)
         else:
-            self._channel = grpc.insecure_channel(self.address, options=options)
+            self._channel = grpc.insecure_channel(target, options=options)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     # -- lifecycle -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="run a server (or all three) until SIGTERM/SIGINT",
         description="Run nnprobe servers. Every flag also reads NNPROBE_<NAME>; with `all`, each server "
         "listens on its own default port (vision 50051, sequence 50052, attention 50053); with `all` and "
-        "--port P they listen on P, P+1 and P+2.",
+        "--port P they listen on P, P+1 and P+2 (and --metrics-port M gives M, M+1, M+2).",
     )
     parser.add_argument("service", choices=[*SERVICES, "all"])
     try:
@@ -37,11 +37,18 @@ def run(args: argparse.Namespace) -> int:
     if args.service != "all":
         serve(load_config(args.service, flags=args))
         return 0
+    import dataclasses
+
+    configs = [load_config(name, flags=args) for name in SERVICES]
     base = getattr(args, "port", None)
-    configs = []
-    for offset, name in enumerate(SERVICES):
-        if base is not None:
-            args.port = base + offset
-        configs.append(load_config(name, flags=args))
+    metrics = configs[0].metrics_port
+    configs = [
+        dataclasses.replace(
+            config,
+            port=config.port if base is None else base + offset,
+            metrics_port=metrics + offset if metrics else 0,
+        )
+        for offset, config in enumerate(configs)
+    ]
     serve(configs)
     return 0

@@ -14,10 +14,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from nnprobe_services.server.auth import TokenAuthInterceptor
 from nnprobe_services.server.config import ServerConfig
 from nnprobe_services.server.device import resolve_device
 from nnprobe_services.server.interceptors import StatusInterceptor
 from nnprobe_services.server.logs import configure_logging
+from nnprobe_services.server.metrics import metrics_for
 
 log = logging.getLogger("nnprobe.server")
 
@@ -48,6 +50,8 @@ class Server:
         self.config = config
         self.service_names = service_names
         self.port = 0
+        self.metrics_port = 0
+        self.metrics = metrics_for(config.service)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.grpc_server, name)
@@ -55,7 +59,22 @@ class Server:
     def shutdown(self, grace: float | None = None) -> threading.Event:
         """Refuse new calls (health NOT_SERVING, then stop) and give in-flight calls ``grace`` seconds."""
         self.health.enter_graceful_shutdown()
-        return self.grpc_server.stop(self.config.grace_seconds if grace is None else grace)
+        done = self.grpc_server.stop(self.config.grace_seconds if grace is None else grace)
+        threading.Thread(target=self._stop_metrics_after, args=(done,), daemon=True).start()
+        return done
+
+    def start(self) -> None:
+        """Start serving RPCs, and metrics over HTTP when ``metrics_port`` is set."""
+        self.grpc_server.start()
+        if self.config.metrics_port:
+            self.metrics_port = self.metrics.serve_http(self.config.host, self.config.metrics_port)
+            log.info(
+                "%s metrics on http://%s:%d/metrics", self.config.service, self.config.host, self.metrics_port
+            )
+
+    def _stop_metrics_after(self, done: threading.Event) -> None:
+        done.wait()
+        self.metrics.stop_http()
 
 
 def create_server(config: ServerConfig) -> tuple[Server, int]:
@@ -64,9 +83,13 @@ def create_server(config: ServerConfig) -> tuple[Server, int]:
     The server has the service, grpc.health.v1 (SERVING) and reflection registered, and is not started.
     """
     device = resolve_device(config.device)
+    interceptors: list[grpc.ServerInterceptor] = [StatusInterceptor(metrics_for(config.service))]
+    tokens = config.tokens()
+    if tokens:
+        interceptors.append(TokenAuthInterceptor(tokens))
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix=f"{config.service}-rpc"),
-        interceptors=[StatusInterceptor()],
+        interceptors=interceptors,
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -84,14 +107,31 @@ def create_server(config: ServerConfig) -> tuple[Server, int]:
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], grpc_server)
 
     try:
-        port = grpc_server.add_insecure_port(config.address)
+        if config.tls_cert is not None and config.tls_key is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())],
+                root_certificates=config.tls_client_ca.read_bytes() if config.tls_client_ca else None,
+                require_client_auth=config.tls_client_ca is not None,
+            )
+            port = grpc_server.add_secure_port(config.address, credentials)
+        else:
+            port = grpc_server.add_insecure_port(config.address)
     except RuntimeError as error:
         raise OSError(f"could not bind {config.address}: {error}") from None
     if port == 0:
         raise OSError(f"could not bind {config.address}")
     server = Server(grpc_server, health_servicer, config, names)
     server.port = port
-    log.info("%s service on %s:%d, device %s", config.service, config.host, port, device)
+    security = ("mutual TLS" if config.tls_client_ca else "TLS") if config.tls_cert else "plain text"
+    log.info(
+        "%s service on %s:%d, device %s, %s, %s",
+        config.service,
+        config.host,
+        port,
+        device,
+        security,
+        f"{len(tokens)} bearer token(s)" if tokens else "no authentication",
+    )
     return server, port
 
 

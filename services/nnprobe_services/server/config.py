@@ -47,6 +47,18 @@ class ServerConfig:
     max_permutations: int = 1_000_000
     #: Seconds in-flight calls get to finish after SIGTERM.
     grace_seconds: float = 10.0
+    #: HTTP port serving Prometheus metrics at /metrics; 0 turns metrics off.
+    metrics_port: int = 0
+    #: PEM certificate chain; with ``tls_key`` the server speaks TLS only.
+    tls_cert: Path | None = None
+    #: PEM private key of ``tls_cert``.
+    tls_key: Path | None = None
+    #: PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).
+    tls_client_ca: Path | None = None
+    #: A bearer token every call (but health checks) must carry. Never logged.
+    auth_token: str | None = field(default=None, repr=False)
+    #: A file of accepted bearer tokens, one per line (``#`` comments allowed). Never logged.
+    auth_token_file: Path | None = None
     #: ``debug``, ``info``, ``warning`` or ``error``.
     log_level: str = "info"
     #: ``text`` or ``json`` (one object per line).
@@ -73,6 +85,18 @@ class ServerConfig:
             raise ValueError(f"log_level must be one of {LOG_LEVELS}, not {self.log_level!r}")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log_format must be one of {LOG_FORMATS}, not {self.log_format!r}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be in 0..65535, not {self.metrics_port}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_token_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file {path}")
+        if self.auth_token is not None and not self.auth_token.strip():
+            raise ValueError("auth_token must not be empty")
         if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         return self
@@ -80,6 +104,16 @@ class ServerConfig:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def tokens(self) -> list[str]:
+        """Accepted bearer tokens (empty: authentication off)."""
+        tokens = [self.auth_token.strip()] if self.auth_token else []
+        if self.auth_token_file is not None:
+            for line in Path(self.auth_token_file).read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    tokens.append(line)
+        return tokens
 
 
 def _is_cuda_index(device: str) -> bool:
@@ -91,7 +125,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "int": int,
     "float": float,
     "str": str,
+    "str | None": str,
     "Path": lambda raw: Path(raw).expanduser(),
+    "Path | None": lambda raw: Path(raw).expanduser(),
 }
 
 

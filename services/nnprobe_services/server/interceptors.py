@@ -19,6 +19,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from nnprobe_services.server.errors import ServiceError
+from nnprobe_services.server.metrics import ServiceMetrics
 
 log = logging.getLogger("nnprobe.requests")
 
@@ -47,12 +48,16 @@ def _abort(context: grpc.ServicerContext, error: BaseException, method: str) -> 
 
 
 class _Outcome:
-    """Tracks the status a call ended with, for the log line."""
+    """Tracks one call from start to finish: in-flight gauge, final status, log line, metrics."""
 
-    def __init__(self, context: grpc.ServicerContext, method: str) -> None:
+    def __init__(self, context: grpc.ServicerContext, method: str, metrics: ServiceMetrics | None) -> None:
         self.context = context
+        self.method = method
+        self.metrics = metrics
         self.start = time.perf_counter()
         self.status = "OK"
+        if metrics is not None:
+            metrics.in_flight.labels(method=method).inc()
         log.debug("%s started", method, extra={"fields": {"method": method, "event": "started"}})
 
     def fail(self, error: BaseException) -> None:
@@ -62,10 +67,15 @@ class _Outcome:
             code = self.context.code() if hasattr(self.context, "code") else None
             self.status = code.name if isinstance(code, grpc.StatusCode) else "INTERNAL"
 
-    def log(self, method: str) -> None:
+    def finish(self) -> None:
+        method = self.method
         if self.status == "OK" and not self.context.is_active():
             self.status = "CANCELLED"
-        millis = (time.perf_counter() - self.start) * 1000
+        seconds = time.perf_counter() - self.start
+        if self.metrics is not None:
+            self.metrics.in_flight.labels(method=method).dec()
+            self.metrics.observe(method, self.status, seconds)
+        millis = seconds * 1000
         log.info(
             "%s %s %.1fms",
             method,
@@ -80,9 +90,9 @@ def _already_aborted(context: grpc.ServicerContext) -> bool:
     return isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK
 
 
-def _wrap_unary(behavior: Callable, method: str) -> Callable:
+def _wrap_unary(behavior: Callable, method: str, metrics: ServiceMetrics | None) -> Callable:
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
-        outcome = _Outcome(context, method)
+        outcome = _Outcome(context, method, metrics)
         try:
             return behavior(request, context)
         except Exception as error:
@@ -91,14 +101,14 @@ def _wrap_unary(behavior: Callable, method: str) -> Callable:
                 raise
             _abort(context, error, method)
         finally:
-            outcome.log(method)
+            outcome.finish()
 
     return handler
 
 
-def _wrap_stream(behavior: Callable, method: str) -> Callable:
+def _wrap_stream(behavior: Callable, method: str, metrics: ServiceMetrics | None) -> Callable:
     def handler(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        outcome = _Outcome(context, method)
+        outcome = _Outcome(context, method, metrics)
         try:
             yield from behavior(request, context)
         except Exception as error:
@@ -107,7 +117,7 @@ def _wrap_stream(behavior: Callable, method: str) -> Callable:
                 raise
             _abort(context, error, method)
         finally:
-            outcome.log(method)
+            outcome.finish()
 
     return handler
 
@@ -117,6 +127,9 @@ class StatusInterceptor(grpc.ServerInterceptor):
 
     QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
+    def __init__(self, metrics: ServiceMetrics | None = None) -> None:
+        self.metrics = metrics
+
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         method = handler_call_details.method
@@ -124,24 +137,24 @@ class StatusInterceptor(grpc.ServerInterceptor):
             return handler
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
+                _wrap_unary(handler.unary_unary, method, self.metrics),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
+                _wrap_stream(handler.unary_stream, method, self.metrics),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method),
+                _wrap_unary(handler.stream_unary, method, self.metrics),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(handler.stream_stream, method),
+            _wrap_stream(handler.stream_stream, method, self.metrics),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

@@ -1,0 +1,70 @@
+"""Prometheus metrics, one registry per service so that `nnprobe serve all` keeps them apart.
+
+Request metrics are recorded by the status interceptor; services add their own (the vision batcher, training
+jobs) through ``metrics_for(service)``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class ServiceMetrics:
+    """The metrics of one service. Create through ``metrics_for``."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "nnprobe_requests",
+            "Finished RPCs by method and status code.",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "nnprobe_request_duration_seconds",
+            "RPC latency by method.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "nnprobe_requests_in_flight",
+            "RPCs being served now, by method.",
+            ["method"],
+            registry=self.registry,
+        )
+        self._http: Any = None
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        self.requests.labels(method=method, code=code).inc()
+        self.latency.labels(method=method).observe(seconds)
+
+    def serve_http(self, host: str, port: int) -> int:
+        """Serve /metrics on ``port`` (0: any free port); returns the port."""
+        server, _thread = start_http_server(port, addr=host.strip("[]") or "0.0.0.0", registry=self.registry)
+        self._http = server
+        return server.server_port
+
+    def stop_http(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+
+_lock = threading.Lock()
+_by_service: dict[str, ServiceMetrics] = {}
+
+
+def metrics_for(service: str) -> ServiceMetrics:
+    """The process-wide metrics of ``service`` (created on first use)."""
+    with _lock:
+        if service not in _by_service:
+            _by_service[service] = ServiceMetrics(service)
+        return _by_service[service]
