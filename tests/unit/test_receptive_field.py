@@ -64,17 +64,18 @@ def test_notebook_table_exactly():
 
 
 def test_notebook_units_exactly():
-    fields = {f.name: f for f in analyse_layers(notebook_specs(), (227, 227), Fraction(1))}
+    fields = analyse_layers(notebook_specs(), (227, 227), Fraction(1))
     for name, (start, center, end) in NOTEBOOK_UNITS.items():
-        unit = unit_field(fields[name], 1, 1, (227, 227), Fraction(1))
+        unit = unit_field(fields, name, 1, 1, (227, 227), Fraction(1))
         for span in (unit.vertical, unit.horizontal):
             assert (span.start, span.center, span.end) == (start, center, end)
-    conv2 = unit_field(fields["conv2"], 1, 1, (227, 227), Fraction(1))
+    conv2 = unit_field(fields, "conv2", 1, 1, (227, 227), Fraction(1))
     # Clipped to the image [0.5, 227.5]: 0.5 .. 43.5, pixels 0..42 (0-based).
     assert (conv2.vertical_clipped.start, conv2.vertical_clipped.end) == (0.5, 43.5)
     assert (conv2.vertical.first, conv2.vertical.last) == (-8, 42)
     assert (conv2.vertical_clipped.first, conv2.vertical_clipped.last) == (0, 42)
     assert conv2.vertical_clipped.center == 22.0
+    assert conv2.rows == conv2.columns == (0, 42)
 
 
 def test_effective_padding_is_the_sum_of_paddings_times_jumps():
@@ -130,9 +131,9 @@ def test_unit_spans_match_brute_force(chain):
         LayerSpec(f"l{i}", "conv", (k, k), (s, s), (d, d), (b, a, b, a), ceil)
         for i, (k, s, d, b, a, ceil) in enumerate(chain)
     ]
-    last = analyse_layers(specs, (size, size), Fraction(1, 2))[-1]
-    for x in range(last.width.size):
-        unit = unit_field(last, x, 0, (size, size), Fraction(1, 2))
+    fields = analyse_layers(specs, (size, size), Fraction(1, 2))
+    for x in range(fields[-1].width.size):
+        unit = unit_field(fields, fields[-1].name, x, 0, (size, size), Fraction(1, 2))
         assert (unit.horizontal.first, unit.horizontal.last) == brute_force_support(chain, size, x)
 
 
@@ -167,6 +168,21 @@ def test_invalid_layers_name_the_field(spec, field, words):
 
 
 def test_unit_outside_layer_is_rejected():
-    last = analyse_layers(notebook_specs(), (227, 227), Fraction(1))[1]
+    fields = analyse_layers(notebook_specs(), (227, 227), Fraction(1))
     with pytest.raises(InvalidSpec, match="x=55 is outside layer 'conv1'"):
-        unit_field(last, 55, 0, (227, 227), Fraction(1))
+        unit_field(fields, "conv1", 55, 0, (227, 227), Fraction(1))
+
+
+def test_pixels_a_stride_never_reads_are_not_connected():
+    # 10 pixels, kernel 3 stride 2 without padding: windows 0-2, 2-4, 4-6, 6-8; pixel 9 is never read.
+    fields = analyse_layers([LayerSpec("c", "conv", (3, 3), (2, 2))], (10, 10), Fraction(1, 2))
+    unit = unit_field(fields, "c", 3, 3, (10, 10), Fraction(1, 2))
+    assert (unit.horizontal.first, unit.horizontal.last, unit.columns) == (6, 8, (6, 8))
+    deeper = analyse_layers(
+        [LayerSpec("c", "conv", (3, 3), (2, 2)), LayerSpec("d", "conv", (3, 3), padding=(1, 1, 1, 1))],
+        (10, 10),
+        Fraction(1, 2),
+    )
+    last = unit_field(deeper, "d", 3, 3, (10, 10), Fraction(1, 2))
+    # Unclipped the field runs to pixel 10; connected are 4..8 (pixel 9 is never read, 10 is padding).
+    assert (last.horizontal.first, last.horizontal.last, last.columns) == (4, 10, (4, 8))

@@ -485,6 +485,8 @@ class _Halt(Exception):
 
 def _default_end_point(gm: fx.GraphModule, run: _FieldInterpreter) -> fx.Node:
     """The last spatial feature map: the last 4-D node before the head, adaptive pooling excluded."""
+    if run.halted is not None:  # the network does not run on this input at all
+        raise run.problems[run.halted]
     candidates = []
     for node in gm.graph.nodes:
         if node.op in ("get_attr", "output"):
@@ -541,7 +543,13 @@ def analyse_model(
     name: str, input_size: tuple[int, int], origin: Fraction, end_point: str | None
 ) -> GraphField:
     """Fields of every node of model ``name`` up to ``end_point`` (default: last spatial feature map)."""
-    gm = traced_meta(name)
+    return analyse_graph(traced_meta(name), name, input_size, origin, end_point)
+
+
+def analyse_graph(
+    gm: fx.GraphModule, name: str, input_size: tuple[int, int], origin: Fraction, end_point: str | None
+) -> GraphField:
+    """Fields of the nodes of a traced graph (on the meta device) up to ``end_point``."""
     run = _FieldInterpreter(gm, origin)
     # When the meta forward fails, nodes from run.halted on have no field; an end point before is fine.
     with contextlib.suppress(_Halt):

@@ -235,7 +235,8 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             )
             if pixels.shape[2] not in (1, 3, 4) or pixels.dtype.kind not in "uf":
                 raise InvalidArgument(
-                    f"must be (H, W, C) with C in 1, 3, 4 of uint8 or float, got {list(pixels.shape)} {pixels.dtype}",
+                    f"must be (H, W, C) with C in 1, 3, 4 of uint8 or float, "
+                    f"got {list(pixels.shape)} {pixels.dtype}",
                     field="plot.image.pixels",
                 )
             return pixels

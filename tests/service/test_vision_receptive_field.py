@@ -1,0 +1,288 @@
+"""The SDK against an in-process VisionService: ComputeReceptiveField, every option and error path."""
+
+import io
+
+import grpc
+import numpy as np
+import pytest
+from nnprobe import NnprobeError
+from nnprobe.vision import Layer
+
+from tests.conftest import start_server
+
+NOTEBOOK = [
+    Layer("conv1", 11, 4, 0),
+    Layer("pool1", 3, 2, 0, kind="pool"),
+    Layer("conv2", 5, 1, 2),
+    Layer("pool2", 3, 2, 0, kind="pool"),
+    Layer("conv3", 3, 1, 1),
+    Layer("conv4", 3, 1, 1),
+    Layer("conv5", 3, 1, 1),
+    Layer("pool5", 3, 2, 0, kind="pool"),
+    Layer("fc6-conv", 6, 1, 0),
+    Layer("fc7-conv", 1, 1, 0),
+]
+TABLE = [
+    ("input", 227, 1, 1, 1.0),
+    ("conv1", 55, 4, 11, 6.0),
+    ("pool1", 27, 8, 19, 10.0),
+    ("conv2", 27, 8, 51, 10.0),
+    ("pool2", 13, 16, 67, 18.0),
+    ("conv3", 13, 16, 99, 18.0),
+    ("conv4", 13, 16, 131, 18.0),
+    ("conv5", 13, 16, 163, 18.0),
+    ("pool5", 6, 32, 195, 34.0),
+    ("fc6-conv", 1, 32, 355, 114.0),
+    ("fc7-conv", 1, 32, 355, 114.0),
+]
+UNITS = {
+    "conv1": (4.5, 10.0, 15.5),
+    "pool1": (8.5, 18.0, 27.5),
+    "conv2": (-7.5, 18.0, 43.5),
+    "pool2": (0.5, 34.0, 67.5),
+}
+
+
+@pytest.fixture(scope="module")
+def vision(tmp_path_factory):
+    from nnprobe import VisionClient
+
+    server, address = start_server("vision", tmp_path_factory.mktemp("vision"))
+    with VisionClient(address, timeout=120) as client:
+        yield client
+    server.shutdown(0).wait()
+
+
+def test_notebook_table_through_the_sdk(vision):
+    result = vision.compute_receptive_field(
+        NOTEBOOK,
+        input_size=227,
+        first_pixel_center=1,
+        units=[(name, 1, 1) for name in UNITS],
+        verify=True,
+    )
+    rows = [
+        (f.name, f.height.size, f.height.jump, f.height.receptive_size, f.height.start) for f in result.layers
+    ]
+    assert rows == TABLE
+    assert [f.width == f.height for f in result.layers] == [True] * 11
+    assert result.end_point == "fc7-conv" and result.first_pixel_center == 1.0
+    for unit in result.units:
+        for interval in (unit.vertical, unit.horizontal):
+            assert (interval.start, interval.center, interval.end) == UNITS[unit.layer]
+        assert unit.verification.matches and unit.verification.rows == unit.rows
+    conv2 = result.units[2]
+    assert (conv2.vertical_clipped.start, conv2.vertical_clipped.end, conv2.rows) == (0.5, 43.5, (0, 42))
+    assert result.verified
+
+
+def test_padding_forms_end_point_and_default_origin(vision):
+    layers = [
+        Layer("a", (7, 3), (2, 1), "same"),
+        Layer("b", 3, 2, (0, 1, 1, 0), kind="pool", ceil_mode=True),
+        Layer("c", 3, 1, "valid", dilation=2),
+    ]
+    result = vision.compute_receptive_field(layers, input_size=(32, 20), end_point="b", verify=True)
+    a, b = result.layer("a"), result.layer("b")
+    assert a.padding == (2, 3, 1, 1) and (a.height.size, a.width.size) == (16, 20)
+    assert (b.height.size, b.width.size, b.height.jump, b.width.jump) == (8, 10, 4, 2)
+    assert (b.height.receptive_size, b.width.receptive_size) == (11, 5)
+    assert [f.name for f in result.layers] == ["input", "a", "b"] and result.end_point == "b"
+    assert result.first_pixel_center == 0.5 and result.layers[0].height.start == 0.5
+    assert result.units[0].layer == "b" and result.units[0].verification.matches  # centre unit by default
+
+
+@pytest.mark.parametrize(
+    ("model", "size", "units"),
+    [
+        ("resnet18", 48, [("conv5", 0, 0), ("layer2", 5, 2), ("maxpool", 11, 0)]),
+        ("inception_v3", 79, [("Mixed_5b", 0, 0), ("Mixed_7c", 0, 0), ("Conv2d_4a_3x3", 13, 13)]),
+        ("googlenet", 64, [("inception3a", 7, 0), ("inception5b", 1, 1)]),
+        ("densenet121", 40, [("features.denseblock2", 0, 4), ("features.transition1", 4, 4)]),
+        ("alexnet", 80, [("features.5", 1, 3), ("features.12", 0, 0)]),
+    ],
+)
+def test_verify_on_torchvision_models(vision, model, size, units):
+    result = vision.compute_receptive_field(model=model, input_size=size, units=units, verify=True)
+    assert result.verified and result.model == model
+    for unit in result.units:
+        assert unit.verification.matches
+        assert (unit.verification.rows, unit.verification.columns) == (unit.rows, unit.columns)
+
+
+def test_model_defaults(vision):
+    result = vision.compute_receptive_field(model="resnet50")
+    assert result.input_size == (224, 224) and result.end_point == "layer4_2_relu_2"
+    last = result.layers[-1]
+    assert (
+        last.height.size,
+        last.height.jump,
+        last.height.receptive_size,
+        last.height.effective_padding,
+    ) == (
+        7,
+        32,
+        427,
+        213.0,
+    )
+    assert result.units == [] and not result.verified and result.plot_png == b""
+    assert vision.receptive_field(model="inception_v3").input_size == (299, 299)
+
+
+def test_effective_field_is_deterministic_and_inside_the_field(vision):
+    kwargs = dict(
+        model="resnet18", input_size=40, effective_field=True, erf_samples=3, erf_seed=5, model_seed=2
+    )
+    first = vision.compute_receptive_field(**kwargs)
+    second = vision.compute_receptive_field(**kwargs)
+    assert first.raw.SerializeToString() == second.raw.SerializeToString()
+    erf = first.effective_field
+    assert erf.gradient_map.shape == (40, 40) and erf.gradient_map.dtype == np.float64
+    assert (erf.layer, erf.x, erf.y, erf.num_samples) == ("layer4_1_relu_1", 1, 1, 3)
+    assert erf.mass_inside_field == 1.0 and erf.theoretical_pixels == 40 * 40
+    # Recompute the summary from the returned map.
+    m = erf.gradient_map
+    rows = np.arange(40)
+    mean_row = (m.sum(1) / m.sum()) @ rows
+    assert erf.center_vertical == pytest.approx(0.5 + mean_row, abs=1e-12)
+    assert erf.sigma_height == pytest.approx(
+        np.sqrt((m.sum(1) / m.sum()) @ (rows - mean_row) ** 2), abs=1e-12
+    )
+    ordered = np.sort(m, axis=None)[::-1]
+    needed = int(np.argmax(np.cumsum(ordered) >= 0.95 * m.sum())) + 1
+    assert erf.pixels_for_95_percent == needed and erf.share_for_95_percent == needed / 1600
+    other = vision.compute_receptive_field(**{**kwargs, "erf_seed": 6}).effective_field
+    assert not np.array_equal(other.gradient_map, erf.gradient_map)
+
+
+def test_effective_field_of_a_uniform_chain_is_exact(vision):
+    # Two 3-tap averaging pools: the gradient of the centre unit is the 5-tap triangle (1,2,3,2,1)/9 per
+    # axis, whatever the inputs.
+    layers = [Layer("p1", 3, 1, 0, kind="pool"), Layer("p2", 3, 1, 0, kind="pool")]
+    result = vision.compute_receptive_field(layers, input_size=9, effective_field=True, erf_samples=2)
+    erf = result.effective_field
+    tri = np.array([0, 0, 1, 2, 3, 2, 1, 0, 0]) / 9
+    np.testing.assert_allclose(erf.gradient_map, np.outer(tri, tri), rtol=1e-6, atol=1e-12)  # float32
+    assert erf.sigma_height == pytest.approx(np.sqrt(2 * (1 * 4 + 2 * 1) / 9), rel=1e-6)
+    assert erf.center_vertical == pytest.approx(4.5, abs=1e-6) and erf.theoretical_pixels == 25
+    assert erf.pixels_for_95_percent == 21  # all but the four corners (1/81 each) hold 77/81 > 95%
+
+
+def test_plot_is_a_png_on_a_canvas_or_an_image(vision):
+    from PIL import Image
+
+    canvas = vision.compute_receptive_field(NOTEBOOK[:3], input_size=227, units=[("conv2", 1, 1)], plot=True)
+    assert canvas.plot_png.startswith(b"\x89PNG")
+    picture = np.zeros((30, 40, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    on_image = vision.compute_receptive_field(NOTEBOOK[:1], image=buffer.getvalue(), units=[("conv1", 2, 1)])
+    assert on_image.input_size == (30, 40) and on_image.plot_png.startswith(b"\x89PNG")
+    raw = vision.compute_receptive_field(NOTEBOOK[:1], image=picture, units=[("conv1", 2, 1)])
+    assert raw.plot_png == on_image.plot_png
+
+
+def expect(vision, code, field, words, *args, **kwargs):
+    with pytest.raises(NnprobeError) as caught:
+        vision.compute_receptive_field(*args, **kwargs)
+    error = caught.value
+    assert error.code == code, error
+    assert words in error.message, error.message
+    if field is not None:
+        assert [v.field for v in error.field_violations] == [field], error
+    return error
+
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_errors_in_layer_lists(vision):
+    expect(vision, INVALID, "layers", "exactly one of", input_size=8)
+    expect(vision, INVALID, "layers", "exactly one of", [Layer("a", 3)], model="resnet18", input_size=8)
+    expect(vision, INVALID, "input_size", "is required", [Layer("a", 3)])
+    expect(
+        vision,
+        INVALID,
+        "layers[1].kernel",
+        "kernel must be >= 1",
+        [Layer("a", 3), Layer("b", 0)],
+        input_size=8,
+    )
+    expect(vision, INVALID, "layers[0].stride", "stride must be >= 1", [Layer("a", 3, (1, 0))], input_size=8)
+    expect(vision, INVALID, "layers[0].padding", "padding must be >= 0", [Layer("a", 3, 1, -1)], input_size=8)
+    expect(
+        vision,
+        INVALID,
+        "layers[1].kernel",
+        "layer 'b' (layers[1]) along the height: the window extent 5",
+        [Layer("a", 3, 2), Layer("b", 5)],
+        input_size=8,
+    )
+    expect(vision, INVALID, "layers[1].name", "duplicate", [Layer("a", 3), Layer("a", 1)], input_size=8)
+    expect(vision, INVALID, "input_size.height", "must be positive", [Layer("a", 3)], input_size=(0, 4))
+    expect(
+        vision, INVALID, "units[0].layer", "no layer 'z'", [Layer("a", 3)], input_size=8, units=[("z", 0, 0)]
+    )
+    expect(
+        vision, INVALID, "units[0].x", "x=6 is outside", [Layer("a", 3)], input_size=8, units=[("a", 6, 0)]
+    )
+    expect(
+        vision, INVALID, "units[0].y", "y=-1 is outside", [Layer("a", 3)], input_size=8, units=[("a", 0, -1)]
+    )
+    expect(vision, INVALID, "end_point", "no layer 'q'", [Layer("a", 3)], input_size=8, end_point="q")
+    expect(
+        vision,
+        INVALID,
+        "first_pixel_center",
+        "finite",
+        [Layer("a", 3)],
+        input_size=8,
+        first_pixel_center=np.nan,
+    )
+    expect(vision, INVALID, "plot.image.encoded", "cannot decode", [Layer("a", 3)], image=b"not an image")
+    expect(
+        vision,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "effective_field.num_samples",
+        "the limit is 256",
+        [Layer("a", 3)],
+        input_size=8,
+        effective_field=True,
+        erf_samples=1000,
+    )
+    expect(
+        vision,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "input_size",
+        "at most",
+        [Layer("a", 3)],
+        input_size=2000,
+        verify=True,
+    )
+
+
+def test_errors_with_models(vision):
+    error = expect(
+        vision, grpc.StatusCode.NOT_FOUND, "model.name", "unknown model 'resnet5'", model="resnet5"
+    )
+    assert "inception_v3" in error.message
+    expect(vision, INVALID, "model.name", "must name a model", model=" ")
+    expect(
+        vision,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "model.name",
+        "broadcasts the 1 x 1 map",
+        model="efficientnet_b0",
+        input_size=64,
+    )
+    expect(vision, INVALID, "input_size", "exceeds the padded input", model="inception_v3", input_size=40)
+    expect(vision, INVALID, "end_point", "no layer 'layer9'", model="resnet18", end_point="layer9")
+    expect(
+        vision,
+        INVALID,
+        "units[0].layer",
+        "is not on the way to the end point",
+        model="resnet18",
+        end_point="layer1",
+        units=[("layer3", 0, 0)],
+    )
