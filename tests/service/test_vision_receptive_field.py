@@ -1,6 +1,7 @@
 """The SDK against an in-process VisionService: ComputeReceptiveField, every option and error path."""
 
 import io
+import json
 
 import grpc
 import numpy as np
@@ -286,3 +287,28 @@ def test_errors_with_models(vision):
         end_point="layer1",
         units=[("layer3", 0, 0)],
     )
+
+
+def test_cli_layer_syntax_table_json_and_plot(vision, capsys, tmp_path):
+    from nnprobe.cli import main
+    from nnprobe.cli.vision import parse_layer
+
+    assert parse_layer("pool1:k3,s2") == Layer("pool1", 3, 2, kind="pool")
+    assert parse_layer("c:k3x5,s1x2,p0-1-2-3,d2,other,ceil") == Layer(
+        "c", (3, 5), (1, 2), (0, 1, 2, 3), 2, kind="other", ceil_mode=True
+    )
+    assert parse_layer("c:k7,psame").padding == "same"
+    with pytest.raises(ValueError, match="needs a kernel"):
+        parse_layer("c:s2")
+    tokens = [f"{f.name}:k{f.kernel},s{f.stride},p{f.padding}" for f in NOTEBOOK]
+    common = ["rf", "--address", vision.address, "--layers", *tokens, "--input-size", "227", "--origin", "1"]
+    assert main([*common, "--unit", "conv2:1,1", "--verify", "--plot", str(tmp_path / "rf.png")]) == 0
+    out = capsys.readouterr().out
+    assert "fc6-conv  conv      1    32        355    114            64" in out
+    assert "conv2 (1,1)  -7.5 / 18 / 43.5" in out and "yes" in out
+    assert (tmp_path / "rf.png").read_bytes().startswith(b"\x89PNG")
+    assert main([*common, "--unit", "pool2:1,1", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["units"][0]["vertical"] == {"start": 0.5, "center": 34.0, "end": 67.5}
+    assert main(["rf", "--address", vision.address, "--model", "resnet5"]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err

@@ -1,0 +1,218 @@
+"""``nnprobe rf``: receptive fields of a layer list or a model (VisionService)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from nnprobe.cli.output import (
+    add_client_options,
+    client_kwargs,
+    format_value,
+    print_json,
+    print_table,
+    to_jsonable,
+)
+from nnprobe.vision import Layer, VisionClient
+
+LAYERS_HELP = """\
+layer list: NAME:OPTIONS ..., OPTIONS comma-separated: kN or kHxW (kernel), sN (stride), dN (dilation),
+pN, pHxW, pT-B-L-R, psame or pvalid (padding), conv|pool|other (kind; default pool when the name starts
+with 'pool'), ceil. Example: conv1:k11,s4,p0 pool1:k3,s2 conv2:k5,p2"""
+
+
+def _numbers(text: str, token: str) -> list[int]:
+    if not re.fullmatch(r"-?\d+([x-]-?\d+)*", text):
+        raise ValueError(f"bad numbers {text!r} in {token!r}")
+    return [int(v) for v in re.split(r"(?<=\d)[x-]", text)]
+
+
+def parse_layer(token: str) -> Layer:
+    """``conv1:k11,s4,p0`` -> ``Layer``."""
+    name, _, options = token.partition(":")
+    if not name:
+        raise ValueError(f"layer {token!r} has no name")
+    values: dict = {"kind": "pool" if name.lower().startswith("pool") else "conv"}
+    for option in filter(None, options.split(",")):
+        key, rest = option[0], option[1:]
+        if option in ("conv", "pool", "other"):
+            values["kind"] = option
+        elif option == "ceil":
+            values["ceil_mode"] = True
+        elif key == "p" and rest in ("same", "valid"):
+            values["padding"] = rest
+        elif key in "ksdp" and rest:
+            numbers = _numbers(rest, token)
+            if (key == "p" and len(numbers) not in (1, 2, 4)) or (key != "p" and len(numbers) not in (1, 2)):
+                raise ValueError(f"wrong number of values in {option!r} of {token!r}")
+            field = {"k": "kernel", "s": "stride", "d": "dilation", "p": "padding"}[key]
+            values[field] = numbers[0] if len(numbers) == 1 else tuple(numbers)
+        else:
+            raise ValueError(f"unknown option {option!r} in {token!r}")
+    if "kernel" not in values:
+        raise ValueError(f"layer {token!r} needs a kernel (kN)")
+    return Layer(name=name, **values)
+
+
+def load_layers(path: str) -> list[Layer]:
+    """A JSON file: a list of objects with the fields of ``nnprobe.vision.Layer``."""
+    entries = json.loads(Path(path).read_text())
+    if not isinstance(entries, list):
+        raise ValueError(f"{path} must hold a JSON list of layers")
+    layers = []
+    for entry in entries:
+        entry = dict(entry)
+        for key in ("kernel", "stride", "dilation", "padding"):
+            if isinstance(entry.get(key), list):
+                entry[key] = tuple(entry[key])
+        layers.append(Layer(**entry))
+    return layers
+
+
+def parse_unit(text: str) -> tuple[str, int, int]:
+    """``conv5:6,6`` -> (layer, x, y)."""
+    layer, _, position = text.rpartition(":")
+    match = re.fullmatch(r"(-?\d+),(-?\d+)", position)
+    if not layer or not match:
+        raise ValueError(f"a unit is LAYER:X,Y (x the column, y the row), not {text!r}")
+    return layer, int(match.group(1)), int(match.group(2))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    numbers = _numbers(text, text)
+    if len(numbers) not in (1, 2):
+        raise ValueError(f"an input size is N or HxW, not {text!r}")
+    return (numbers[0], numbers[0]) if len(numbers) == 1 else (numbers[0], numbers[1])
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "rf",
+        help="receptive fields of a layer list or a model (VisionService.ComputeReceptiveField)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=LAYERS_HELP,
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--layers", nargs="+", metavar="NAME:OPTIONS", help="a layer list (see below)")
+    source.add_argument("--layers-file", metavar="JSON", help="a JSON list of layers")
+    source.add_argument("--model", help="resnet50, inception_v3, vgg16, ... or a timm model name")
+    p.add_argument("--end-point", help="last layer analysed (default: last layer / last spatial feature map)")
+    p.add_argument("--input-size", type=parse_size, metavar="N|HxW", help="input size (models: 224, 299)")
+    p.add_argument("--origin", type=float, help="coordinate of the first pixel's centre (default 0.5)")
+    p.add_argument("--unit", action="append", type=parse_unit, default=[], metavar="LAYER:X,Y")
+    p.add_argument("--verify", action="store_true", help="prove each unit's box by back-propagation")
+    p.add_argument("--erf", action="store_true", help="estimate the effective receptive field")
+    p.add_argument("--erf-samples", type=int, default=0, help="random inputs for --erf (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --erf inputs and weights")
+    p.add_argument("--plot", metavar="FILE.png", help="save a picture of the units' fields")
+    p.add_argument("--image", help="draw the picture on this image (its size is the input size)")
+    p.add_argument("--all-layers", action="store_true", help="list point-wise layers of models too")
+    add_client_options(p, "vision")
+    p.set_defaults(handler=run_rf)
+
+
+def _axis_text(height: float, width: float) -> str:
+    return format_value(height) if height == width else f"{format_value(height)}x{format_value(width)}"
+
+
+def run_rf(args: argparse.Namespace) -> int:
+    layers = None
+    if args.layers:
+        layers = [parse_layer(token) for token in args.layers]
+    elif args.layers_file:
+        layers = load_layers(args.layers_file)
+    with VisionClient(args.address, **client_kwargs(args)) as client:
+        result = client.compute_receptive_field(
+            layers,
+            model=args.model,
+            end_point=args.end_point,
+            input_size=args.input_size,
+            first_pixel_center=args.origin,
+            units=args.unit,
+            verify=args.verify,
+            effective_field=args.erf,
+            erf_samples=args.erf_samples,
+            erf_seed=args.seed,
+            model_seed=args.seed,
+            plot=bool(args.plot),
+            image=args.image,
+        )
+    if args.plot:
+        result.save_plot(args.plot)
+    if args.json:
+        data = to_jsonable(result)
+        data["plot_png"] = args.plot  # the picture's file, not its bytes
+        print_json(data)
+        return 0
+    _print_result(result, args)
+    return 0
+
+
+def _print_result(result, args: argparse.Namespace) -> None:
+    h, w = result.input_size
+    source = result.model or "layer list"
+    print(f"{source}: input {h}x{w}, first pixel centre {format_value(result.first_pixel_center)}")
+    shown = [
+        f
+        for f in result.layers
+        if args.all_layers or not result.model or f.kind != "other" or f.name == result.end_point
+    ]
+    print_table(
+        [
+            (
+                f.name,
+                f.kind,
+                _axis_text(f.height.size, f.width.size),
+                _axis_text(f.height.jump, f.width.jump),
+                _axis_text(f.height.receptive_size, f.width.receptive_size),
+                _axis_text(f.height.start, f.width.start),
+                _axis_text(f.height.effective_padding, f.width.effective_padding),
+            )
+            for f in shown
+        ],
+        ["layer", "kind", "size", "jump", "receptive", "start", "eff. padding"],
+    )
+    if len(shown) < len(result.layers):
+        print(f"({len(result.layers) - len(shown)} point-wise layers hidden; --all-layers shows them)")
+    if result.units:
+        print()
+        rows = []
+        for u in result.units:
+            v = u.verification
+            rows.append(
+                (
+                    f"{u.layer} ({u.x},{u.y})",
+                    f"{format_value(u.vertical.start)} / {format_value(u.vertical.center)} / "
+                    f"{format_value(u.vertical.end)}",
+                    f"{format_value(u.horizontal.start)} / {format_value(u.horizontal.center)} / "
+                    f"{format_value(u.horizontal.end)}",
+                    f"{u.rows[0]}..{u.rows[1]}",
+                    f"{u.columns[0]}..{u.columns[1]}",
+                    "-" if v is None else ("yes" if v.matches else f"NO: {v.rows} {v.columns}"),
+                )
+            )
+        print_table(
+            rows,
+            [
+                "unit (x,y)",
+                "rows start/center/end",
+                "cols start/center/end",
+                "pixel rows",
+                "pixel cols",
+                "verified",
+            ],
+        )
+    erf = result.effective_field
+    if erf is not None:
+        print()
+        print(
+            f"effective field of {erf.layer} ({erf.x},{erf.y}) over {erf.num_samples} inputs: "
+            f"sigma {erf.sigma_height:.2f} x {erf.sigma_width:.2f} px, centre "
+            f"({erf.center_vertical:.2f}, {erf.center_horizontal:.2f}); 95% of the gradient in "
+            f"{erf.pixels_for_95_percent} of {erf.theoretical_pixels} pixels "
+            f"({100 * erf.share_for_95_percent:.1f}% of the theoretical field)"
+        )
+    if args.plot:
+        print(f"picture saved to {args.plot}")
