@@ -182,6 +182,182 @@ TRUNCATION_MODE_FULL: TruncationMode.ValueType  # 2
 """The graph spans all chunks; one backward runs after the last chunk."""
 Global___TruncationMode: _TypeAlias = TruncationMode  # noqa: Y015
 
+class _CorpusSplit:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CorpusSplitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CorpusSplit.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CORPUS_SPLIT_UNSPECIFIED: _CorpusSplit.ValueType  # 0
+    """Not set; where a split is optional this means CORPUS_SPLIT_VALID."""
+    CORPUS_SPLIT_TRAIN: _CorpusSplit.ValueType  # 1
+    """The training split (the vocabulary is built from it)."""
+    CORPUS_SPLIT_VALID: _CorpusSplit.ValueType  # 2
+    """The validation split."""
+    CORPUS_SPLIT_TEST: _CorpusSplit.ValueType  # 3
+    """The test split."""
+
+class CorpusSplit(_CorpusSplit, metaclass=_CorpusSplitEnumTypeWrapper):
+    """A split of a corpus."""
+
+CORPUS_SPLIT_UNSPECIFIED: CorpusSplit.ValueType  # 0
+"""Not set; where a split is optional this means CORPUS_SPLIT_VALID."""
+CORPUS_SPLIT_TRAIN: CorpusSplit.ValueType  # 1
+"""The training split (the vocabulary is built from it)."""
+CORPUS_SPLIT_VALID: CorpusSplit.ValueType  # 2
+"""The validation split."""
+CORPUS_SPLIT_TEST: CorpusSplit.ValueType  # 3
+"""The test split."""
+Global___CorpusSplit: _TypeAlias = CorpusSplit  # noqa: Y015
+
+class _Optimizer:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OptimizerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Optimizer.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OPTIMIZER_UNSPECIFIED: _Optimizer.ValueType  # 0
+    """Defaults to OPTIMIZER_ADAM."""
+    OPTIMIZER_ADAM: _Optimizer.ValueType  # 1
+    """torch.optim.Adam (default betas and eps)."""
+    OPTIMIZER_SGD: _Optimizer.ValueType  # 2
+    """Plain torch.optim.SGD (no momentum)."""
+
+class Optimizer(_Optimizer, metaclass=_OptimizerEnumTypeWrapper):
+    """The optimizer of a training job."""
+
+OPTIMIZER_UNSPECIFIED: Optimizer.ValueType  # 0
+"""Defaults to OPTIMIZER_ADAM."""
+OPTIMIZER_ADAM: Optimizer.ValueType  # 1
+"""torch.optim.Adam (default betas and eps)."""
+OPTIMIZER_SGD: Optimizer.ValueType  # 2
+"""Plain torch.optim.SGD (no momentum)."""
+Global___Optimizer: _TypeAlias = Optimizer  # noqa: Y015
+
+class _JobState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_STATE_UNSPECIFIED: _JobState.ValueType  # 0
+    """Not set; in ListJobs filters, any state."""
+    JOB_STATE_QUEUED: _JobState.ValueType  # 1
+    """Waiting for its device (one training job per device runs at a time)."""
+    JOB_STATE_RUNNING: _JobState.ValueType  # 2
+    """Training."""
+    JOB_STATE_SUCCEEDED: _JobState.ValueType  # 3
+    """Finished all epochs or max_steps; the final model is saved."""
+    JOB_STATE_FAILED: _JobState.ValueType  # 4
+    """Stopped by an error (see Job.error)."""
+    JOB_STATE_CANCELLED: _JobState.ValueType  # 5
+    """Cancelled by CancelJob; its last checkpoint is kept and ResumeJob continues it."""
+    JOB_STATE_INTERRUPTED: _JobState.ValueType  # 6
+    """The server stopped (crash or restart) while the job was queued or running; ResumeJob continues it
+    from its last checkpoint.
+    """
+
+class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper):
+    """The state of a training job."""
+
+JOB_STATE_UNSPECIFIED: JobState.ValueType  # 0
+"""Not set; in ListJobs filters, any state."""
+JOB_STATE_QUEUED: JobState.ValueType  # 1
+"""Waiting for its device (one training job per device runs at a time)."""
+JOB_STATE_RUNNING: JobState.ValueType  # 2
+"""Training."""
+JOB_STATE_SUCCEEDED: JobState.ValueType  # 3
+"""Finished all epochs or max_steps; the final model is saved."""
+JOB_STATE_FAILED: JobState.ValueType  # 4
+"""Stopped by an error (see Job.error)."""
+JOB_STATE_CANCELLED: JobState.ValueType  # 5
+"""Cancelled by CancelJob; its last checkpoint is kept and ResumeJob continues it."""
+JOB_STATE_INTERRUPTED: JobState.ValueType  # 6
+"""The server stopped (crash or restart) while the job was queued or running; ResumeJob continues it
+from its last checkpoint.
+"""
+Global___JobState: _TypeAlias = JobState  # noqa: Y015
+
+class _JobEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JobEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOB_EVENT_KIND_UNSPECIFIED: _JobEventKind.ValueType  # 0
+    """Not set."""
+    JOB_EVENT_KIND_STEP: _JobEventKind.ValueType  # 1
+    """A training step: step, epoch, loss, perplexity, learning rate, tokens/s, elapsed."""
+    JOB_EVENT_KIND_EVALUATION: _JobEventKind.ValueType  # 2
+    """An evaluation at an epoch end (or at the end of the run): validation and test perplexity."""
+    JOB_EVENT_KIND_STATE: _JobEventKind.ValueType  # 3
+    """A state change: state and message."""
+    JOB_EVENT_KIND_CHECKPOINT: _JobEventKind.ValueType  # 4
+    """A checkpoint was written at `step`."""
+
+class JobEventKind(_JobEventKind, metaclass=_JobEventKindEnumTypeWrapper):
+    """What a job event reports."""
+
+JOB_EVENT_KIND_UNSPECIFIED: JobEventKind.ValueType  # 0
+"""Not set."""
+JOB_EVENT_KIND_STEP: JobEventKind.ValueType  # 1
+"""A training step: step, epoch, loss, perplexity, learning rate, tokens/s, elapsed."""
+JOB_EVENT_KIND_EVALUATION: JobEventKind.ValueType  # 2
+"""An evaluation at an epoch end (or at the end of the run): validation and test perplexity."""
+JOB_EVENT_KIND_STATE: JobEventKind.ValueType  # 3
+"""A state change: state and message."""
+JOB_EVENT_KIND_CHECKPOINT: JobEventKind.ValueType  # 4
+"""A checkpoint was written at `step`."""
+Global___JobEventKind: _TypeAlias = JobEventKind  # noqa: Y015
+
+class _SamplingStrategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SamplingStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SamplingStrategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SAMPLING_STRATEGY_UNSPECIFIED: _SamplingStrategy.ValueType  # 0
+    """Defaults to SAMPLING_STRATEGY_MULTINOMIAL."""
+    SAMPLING_STRATEGY_MULTINOMIAL: _SamplingStrategy.ValueType  # 1
+    """Draw from softmax(logits / temperature), restricted to the top_k words and the top_p nucleus."""
+    SAMPLING_STRATEGY_GREEDY: _SamplingStrategy.ValueType  # 2
+    """Always the most probable word (argmax)."""
+
+class SamplingStrategy(_SamplingStrategy, metaclass=_SamplingStrategyEnumTypeWrapper):
+    """How Sample picks each next word."""
+
+SAMPLING_STRATEGY_UNSPECIFIED: SamplingStrategy.ValueType  # 0
+"""Defaults to SAMPLING_STRATEGY_MULTINOMIAL."""
+SAMPLING_STRATEGY_MULTINOMIAL: SamplingStrategy.ValueType  # 1
+"""Draw from softmax(logits / temperature), restricted to the top_k words and the top_p nucleus."""
+SAMPLING_STRATEGY_GREEDY: SamplingStrategy.ValueType  # 2
+"""Always the most probable word (argmax)."""
+Global___SamplingStrategy: _TypeAlias = SamplingStrategy  # noqa: Y015
+
+class _DistanceMetric:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DistanceMetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DistanceMetric.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DISTANCE_METRIC_UNSPECIFIED: _DistanceMetric.ValueType  # 0
+    """Defaults to DISTANCE_METRIC_EUCLIDEAN."""
+    DISTANCE_METRIC_EUCLIDEAN: _DistanceMetric.ValueType  # 1
+    """|e_a - e_b|_2."""
+    DISTANCE_METRIC_COSINE: _DistanceMetric.ValueType  # 2
+    """1 - cosine similarity."""
+
+class DistanceMetric(_DistanceMetric, metaclass=_DistanceMetricEnumTypeWrapper):
+    """A distance between embeddings."""
+
+DISTANCE_METRIC_UNSPECIFIED: DistanceMetric.ValueType  # 0
+"""Defaults to DISTANCE_METRIC_EUCLIDEAN."""
+DISTANCE_METRIC_EUCLIDEAN: DistanceMetric.ValueType  # 1
+"""|e_a - e_b|_2."""
+DISTANCE_METRIC_COSINE: DistanceMetric.ValueType  # 2
+"""1 - cosine similarity."""
+Global___DistanceMetric: _TypeAlias = DistanceMetric  # noqa: Y015
+
 @_typing.final
 class RecurrentCell(_message.Message):
     """A single-layer recurrent cell: its type, sizes and weights (given, or drawn from a seed)."""
@@ -904,3 +1080,1112 @@ class CompareTruncationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___CompareTruncationResponse: _TypeAlias = CompareTruncationResponse  # noqa: Y015
+
+@_typing.final
+class UploadCorpusRequest(_message.Message):
+    """One chunk of UploadCorpus. Chunks of one split are concatenated in order; splits may interleave."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """A name for the corpus (taken from the first message that sets it); informational."""
+    split: Global___CorpusSplit.ValueType
+    """The split this chunk belongs to; required."""
+    text: _builtins.str
+    """UTF-8 text: whitespace-separated words, one sentence per line."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        split: Global___CorpusSplit.ValueType = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "split", b"split", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadCorpusRequest: _TypeAlias = UploadCorpusRequest  # noqa: Y015
+
+@_typing.final
+class SplitSummary(_message.Message):
+    """Token counts of one split."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPLIT_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    UNKNOWN_TOKENS_FIELD_NUMBER: _builtins.int
+    split: Global___CorpusSplit.ValueType
+    """The split."""
+    tokens: _builtins.int
+    """Tokens, `<eos>` included."""
+    lines: _builtins.int
+    """Lines (sentences)."""
+    unknown_tokens: _builtins.int
+    """Tokens that were not in the train vocabulary and became `<unk>`."""
+    def __init__(
+        self,
+        *,
+        split: Global___CorpusSplit.ValueType = ...,
+        tokens: _builtins.int = ...,
+        lines: _builtins.int = ...,
+        unknown_tokens: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines", "split", b"split", "tokens", b"tokens", "unknown_tokens", b"unknown_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SplitSummary: _TypeAlias = SplitSummary  # noqa: Y015
+
+@_typing.final
+class CorpusInfo(_message.Message):
+    """A corpus the server knows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORPUS_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VOCAB_SIZE_FIELD_NUMBER: _builtins.int
+    SPLITS_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
+    corpus_id: _builtins.str
+    """The id to train on: "ptb", or "corpus-" and 16 hex digits of the content's SHA-256."""
+    name: _builtins.str
+    """The name given at upload ("Penn Treebank" for ptb)."""
+    vocab_size: _builtins.int
+    """Vocabulary size, `<eos>` (and `<unk>` for uploads) included."""
+    location: _builtins.str
+    """Where the corpus files were read from (ptb) or stored (uploads), on the server."""
+    @_builtins.property
+    def splits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SplitSummary]:
+        """One entry per split present, train first."""
+
+    def __init__(
+        self,
+        *,
+        corpus_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        vocab_size: _builtins.int = ...,
+        splits: _abc.Iterable[Global___SplitSummary] | None = ...,
+        location: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corpus_id", b"corpus_id", "location", b"location", "name", b"name", "splits", b"splits", "vocab_size", b"vocab_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CorpusInfo: _TypeAlias = CorpusInfo  # noqa: Y015
+
+@_typing.final
+class UploadCorpusResponse(_message.Message):
+    """Response of UploadCorpus."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORPUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def corpus(self) -> Global___CorpusInfo:
+        """The stored corpus. Uploading the same text again returns the same id."""
+
+    def __init__(
+        self,
+        *,
+        corpus: Global___CorpusInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadCorpusResponse: _TypeAlias = UploadCorpusResponse  # noqa: Y015
+
+@_typing.final
+class TrainingConfig(_message.Message):
+    """Hyperparameters of an LSTM language model and its training: embedding -> LSTM layers -> linear over
+    the vocabulary, truncated backpropagation through time (the state is carried across chunks of
+    `sequence_length` tokens and detached between them). Zero means the default, which is the course
+    notebook's setting.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMBED_SIZE_FIELD_NUMBER: _builtins.int
+    HIDDEN_SIZE_FIELD_NUMBER: _builtins.int
+    NUM_LAYERS_FIELD_NUMBER: _builtins.int
+    EPOCHS_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    SEQUENCE_LENGTH_FIELD_NUMBER: _builtins.int
+    LEARNING_RATE_FIELD_NUMBER: _builtins.int
+    CLIP_NORM_FIELD_NUMBER: _builtins.int
+    OPTIMIZER_FIELD_NUMBER: _builtins.int
+    DROPOUT_FIELD_NUMBER: _builtins.int
+    TIE_WEIGHTS_FIELD_NUMBER: _builtins.int
+    MAX_STEPS_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    LR_DECAY_FIELD_NUMBER: _builtins.int
+    LR_DECAY_START_EPOCH_FIELD_NUMBER: _builtins.int
+    INIT_RANGE_FIELD_NUMBER: _builtins.int
+    LOG_INTERVAL_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_INTERVAL_FIELD_NUMBER: _builtins.int
+    EVAL_BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
+    embed_size: _builtins.int
+    """Embedding width; 0 means 128."""
+    hidden_size: _builtins.int
+    """LSTM hidden width; 0 means 1024."""
+    num_layers: _builtins.int
+    """LSTM layers; 0 means 1."""
+    epochs: _builtins.int
+    """Passes over the train split; 0 means 5."""
+    batch_size: _builtins.int
+    """Parallel token streams (the train split is cut into this many contiguous rows); 0 means 20."""
+    sequence_length: _builtins.int
+    """Tokens per chunk (truncated BPTT length); 0 means 30."""
+    learning_rate: _builtins.float
+    """Learning rate; unset means 0.002 (Adam) or 20 (SGD). Must be > 0."""
+    clip_norm: _builtins.float
+    """Largest gradient norm (torch.nn.utils.clip_grad_norm_); unset means 0.5; 0 turns clipping off."""
+    optimizer: Global___Optimizer.ValueType
+    """Adam or SGD."""
+    dropout: _builtins.float
+    """Dropout probability on the embeddings, between LSTM layers and before the output layer; in [0, 1)."""
+    tie_weights: _builtins.bool
+    """Share the embedding matrix with the output layer (needs embed_size == hidden_size)."""
+    max_steps: _builtins.int
+    """Stop after this many optimizer steps in all (0: no limit); validation and test are evaluated then."""
+    seed: _builtins.int
+    """Seed for the weights and dropout. Same seed, same config, same corpus: the same model."""
+    device: _builtins.str
+    """"cpu", "cuda" or "cuda:N"; empty means the server's device."""
+    lr_decay: _builtins.float
+    """Learning rate multiplier applied per epoch after `lr_decay_start_epoch` (epoch e trains with
+    lr * lr_decay^max(0, e - lr_decay_start_epoch)); 0 means 1 (no decay). In (0, 1].
+    """
+    lr_decay_start_epoch: _builtins.int
+    """The last epoch trained at the full learning rate (1-based); 0 means decay from the second epoch on."""
+    init_range: _builtins.float
+    """When > 0 every weight is drawn from U(-init_range, init_range); 0 means PyTorch's default
+    initialisation (embeddings N(0, 1), LSTM and linear U(-1/sqrt(H), 1/sqrt(H))).
+    """
+    log_interval: _builtins.int
+    """Record a step event every this many steps (and at the last step); 0 means 10."""
+    checkpoint_interval: _builtins.int
+    """Write a checkpoint every this many steps (and at every epoch end and at the end); 0 means 200."""
+    eval_batch_size: _builtins.int
+    """Streams for validation and test evaluation; 0 means 10."""
+    workers: _builtins.int
+    """Data-parallel worker processes (torch.distributed, gloo on CPU, NCCL on GPU); each takes a
+    contiguous slice of the batch's streams. 0 means 1 (in the server process).
+    """
+    def __init__(
+        self,
+        *,
+        embed_size: _builtins.int = ...,
+        hidden_size: _builtins.int = ...,
+        num_layers: _builtins.int = ...,
+        epochs: _builtins.int = ...,
+        batch_size: _builtins.int = ...,
+        sequence_length: _builtins.int = ...,
+        learning_rate: _builtins.float | None = ...,
+        clip_norm: _builtins.float | None = ...,
+        optimizer: Global___Optimizer.ValueType = ...,
+        dropout: _builtins.float = ...,
+        tie_weights: _builtins.bool = ...,
+        max_steps: _builtins.int = ...,
+        seed: _builtins.int = ...,
+        device: _builtins.str = ...,
+        lr_decay: _builtins.float = ...,
+        lr_decay_start_epoch: _builtins.int = ...,
+        init_range: _builtins.float = ...,
+        log_interval: _builtins.int = ...,
+        checkpoint_interval: _builtins.int = ...,
+        eval_batch_size: _builtins.int = ...,
+        workers: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_clip_norm", b"_clip_norm", "_learning_rate", b"_learning_rate", "clip_norm", b"clip_norm", "learning_rate", b"learning_rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_clip_norm", b"_clip_norm", "_learning_rate", b"_learning_rate", "batch_size", b"batch_size", "checkpoint_interval", b"checkpoint_interval", "clip_norm", b"clip_norm", "device", b"device", "dropout", b"dropout", "embed_size", b"embed_size", "epochs", b"epochs", "eval_batch_size", b"eval_batch_size", "hidden_size", b"hidden_size", "init_range", b"init_range", "learning_rate", b"learning_rate", "log_interval", b"log_interval", "lr_decay", b"lr_decay", "lr_decay_start_epoch", b"lr_decay_start_epoch", "max_steps", b"max_steps", "num_layers", b"num_layers", "optimizer", b"optimizer", "seed", b"seed", "sequence_length", b"sequence_length", "tie_weights", b"tie_weights", "workers", b"workers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__clip_norm: _TypeAlias = _typing.Literal["clip_norm"]  # noqa: Y015
+    _WhichOneofArgType__clip_norm: _TypeAlias = _typing.Literal["_clip_norm", b"_clip_norm"]  # noqa: Y015
+    _WhichOneofReturnType__learning_rate: _TypeAlias = _typing.Literal["learning_rate"]  # noqa: Y015
+    _WhichOneofArgType__learning_rate: _TypeAlias = _typing.Literal["_learning_rate", b"_learning_rate"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__clip_norm) -> _WhichOneofReturnType__clip_norm | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__learning_rate) -> _WhichOneofReturnType__learning_rate | None: ...
+
+Global___TrainingConfig: _TypeAlias = TrainingConfig  # noqa: Y015
+
+@_typing.final
+class StartTrainingRequest(_message.Message):
+    """Request of StartTraining."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORPUS_ID_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    corpus_id: _builtins.str
+    """"ptb" (Penn Treebank, Mikolov's split) or an id returned by UploadCorpus."""
+    name: _builtins.str
+    """A label for the job; informational."""
+    @_builtins.property
+    def config(self) -> Global___TrainingConfig:
+        """Hyperparameters; unset fields take the defaults."""
+
+    def __init__(
+        self,
+        *,
+        corpus_id: _builtins.str = ...,
+        config: Global___TrainingConfig | None = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "corpus_id", b"corpus_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartTrainingRequest: _TypeAlias = StartTrainingRequest  # noqa: Y015
+
+@_typing.final
+class Job(_message.Message):
+    """A training job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CORPUS_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    TOTAL_STEPS_FIELD_NUMBER: _builtins.int
+    STEPS_PER_EPOCH_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    LOSS_FIELD_NUMBER: _builtins.int
+    VALID_PERPLEXITY_FIELD_NUMBER: _builtins.int
+    TEST_PERPLEXITY_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_STEP_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    ELAPSED_SECONDS_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    VOCAB_SIZE_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    QUEUE_POSITION_FIELD_NUMBER: _builtins.int
+    LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job id (also the id of its model)."""
+    name: _builtins.str
+    """The label given at start."""
+    corpus_id: _builtins.str
+    """The corpus trained on."""
+    state: Global___JobState.ValueType
+    """The current state."""
+    step: _builtins.int
+    """Optimizer steps done (for a queued or interrupted job, those of its last checkpoint)."""
+    total_steps: _builtins.int
+    """Steps the job will run in all: min(epochs * steps_per_epoch, max_steps)."""
+    steps_per_epoch: _builtins.int
+    """Steps in one epoch."""
+    epoch: _builtins.int
+    """The epoch (1-based) of the last step."""
+    loss: _builtins.float
+    """Training loss (mean cross-entropy, nats) of the last recorded step."""
+    valid_perplexity: _builtins.float
+    """Validation perplexity at the last evaluation; 0 when none yet."""
+    test_perplexity: _builtins.float
+    """Test perplexity at the last evaluation; 0 when none yet."""
+    checkpoint_step: _builtins.int
+    """The step of the last checkpoint; -1 when none has been written."""
+    device: _builtins.str
+    """The device the job runs (or ran) on."""
+    error: _builtins.str
+    """Why the job failed or was interrupted."""
+    created_at: _builtins.float
+    """Creation time, seconds since the Unix epoch."""
+    updated_at: _builtins.float
+    """Last state change or progress, seconds since the Unix epoch."""
+    elapsed_seconds: _builtins.float
+    """Seconds spent training, summed over resumes."""
+    tokens_per_second: _builtins.float
+    """Training throughput of the last recorded step window, tokens per second."""
+    vocab_size: _builtins.int
+    """Vocabulary size of the corpus."""
+    parameters: _builtins.int
+    """Number of model parameters."""
+    queue_position: _builtins.int
+    """For a queued job, how many jobs wait before it on its device (0: next); -1 otherwise."""
+    last_sequence: _builtins.int
+    """The sequence number of the job's last event (a WatchJob cursor)."""
+    @_builtins.property
+    def config(self) -> Global___TrainingConfig:
+        """The hyperparameters with every default filled in."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        corpus_id: _builtins.str = ...,
+        state: Global___JobState.ValueType = ...,
+        config: Global___TrainingConfig | None = ...,
+        step: _builtins.int = ...,
+        total_steps: _builtins.int = ...,
+        steps_per_epoch: _builtins.int = ...,
+        epoch: _builtins.int = ...,
+        loss: _builtins.float = ...,
+        valid_perplexity: _builtins.float = ...,
+        test_perplexity: _builtins.float = ...,
+        checkpoint_step: _builtins.int = ...,
+        device: _builtins.str = ...,
+        error: _builtins.str = ...,
+        created_at: _builtins.float = ...,
+        updated_at: _builtins.float = ...,
+        elapsed_seconds: _builtins.float = ...,
+        tokens_per_second: _builtins.float = ...,
+        vocab_size: _builtins.int = ...,
+        parameters: _builtins.int = ...,
+        queue_position: _builtins.int = ...,
+        last_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_step", b"checkpoint_step", "config", b"config", "corpus_id", b"corpus_id", "created_at", b"created_at", "device", b"device", "elapsed_seconds", b"elapsed_seconds", "epoch", b"epoch", "error", b"error", "job_id", b"job_id", "last_sequence", b"last_sequence", "loss", b"loss", "name", b"name", "parameters", b"parameters", "queue_position", b"queue_position", "state", b"state", "step", b"step", "steps_per_epoch", b"steps_per_epoch", "test_perplexity", b"test_perplexity", "tokens_per_second", b"tokens_per_second", "total_steps", b"total_steps", "updated_at", b"updated_at", "valid_perplexity", b"valid_perplexity", "vocab_size", b"vocab_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class StartTrainingResponse(_message.Message):
+    """Response of StartTraining."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """The new job, queued or running."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartTrainingResponse: _TypeAlias = StartTrainingResponse  # noqa: Y015
+
+@_typing.final
+class JobEvent(_message.Message):
+    """One event of a job's history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    LOSS_FIELD_NUMBER: _builtins.int
+    PERPLEXITY_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    ELAPSED_SECONDS_FIELD_NUMBER: _builtins.int
+    LEARNING_RATE_FIELD_NUMBER: _builtins.int
+    VALID_PERPLEXITY_FIELD_NUMBER: _builtins.int
+    TEST_PERPLEXITY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    TOTAL_STEPS_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Position in the job's history, from 1; a WatchJob cursor."""
+    kind: Global___JobEventKind.ValueType
+    """What the event reports."""
+    step: _builtins.int
+    """Optimizer steps done."""
+    epoch: _builtins.int
+    """The epoch (1-based)."""
+    loss: _builtins.float
+    """Mean training cross-entropy (nats) over the steps since the previous step event."""
+    perplexity: _builtins.float
+    """exp(loss)."""
+    tokens_per_second: _builtins.float
+    """Training tokens per second over the steps since the previous step event."""
+    elapsed_seconds: _builtins.float
+    """Seconds of training so far, summed over resumes."""
+    learning_rate: _builtins.float
+    """The learning rate of the step."""
+    valid_perplexity: _builtins.float
+    """Validation perplexity (EVALUATION events)."""
+    test_perplexity: _builtins.float
+    """Test perplexity (EVALUATION events)."""
+    state: Global___JobState.ValueType
+    """The new state (STATE events)."""
+    message: _builtins.str
+    """A human-readable note (STATE events: why)."""
+    total_steps: _builtins.int
+    """Steps the job will run in all."""
+    time: _builtins.float
+    """Seconds since the Unix epoch when the event was recorded."""
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        kind: Global___JobEventKind.ValueType = ...,
+        step: _builtins.int = ...,
+        epoch: _builtins.int = ...,
+        loss: _builtins.float = ...,
+        perplexity: _builtins.float = ...,
+        tokens_per_second: _builtins.float = ...,
+        elapsed_seconds: _builtins.float = ...,
+        learning_rate: _builtins.float = ...,
+        valid_perplexity: _builtins.float = ...,
+        test_perplexity: _builtins.float = ...,
+        state: Global___JobState.ValueType = ...,
+        message: _builtins.str = ...,
+        total_steps: _builtins.int = ...,
+        time: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed_seconds", b"elapsed_seconds", "epoch", b"epoch", "kind", b"kind", "learning_rate", b"learning_rate", "loss", b"loss", "message", b"message", "perplexity", b"perplexity", "sequence", b"sequence", "state", b"state", "step", b"step", "test_perplexity", b"test_perplexity", "time", b"time", "tokens_per_second", b"tokens_per_second", "total_steps", b"total_steps", "valid_perplexity", b"valid_perplexity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobEvent: _TypeAlias = JobEvent  # noqa: Y015
+
+@_typing.final
+class WatchJobRequest(_message.Message):
+    """Request of WatchJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job."""
+    after_sequence: _builtins.int
+    """Send the events whose sequence number is greater than this (0: the whole history)."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchJobRequest: _TypeAlias = WatchJobRequest  # noqa: Y015
+
+@_typing.final
+class WatchJobResponse(_message.Message):
+    """One event of the WatchJob stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___JobEvent:
+        """The event."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___JobEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchJobResponse: _TypeAlias = WatchJobResponse  # noqa: Y015
+
+@_typing.final
+class ListJobsRequest(_message.Message):
+    """Request of ListJobs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATES_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """At most this many jobs; 0 means 100."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___JobState.ValueType]:
+        """Only jobs in one of these states; empty means all."""
+
+    def __init__(
+        self,
+        *,
+        states: _abc.Iterable[Global___JobState.ValueType] | None = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobsRequest: _TypeAlias = ListJobsRequest  # noqa: Y015
+
+@_typing.final
+class ListJobsResponse(_message.Message):
+    """Response of ListJobs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
+        """Jobs, newest first."""
+
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___Job] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListJobsResponse: _TypeAlias = ListJobsResponse  # noqa: Y015
+
+@_typing.final
+class GetJobRequest(_message.Message):
+    """Request of GetJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    PLOT_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job."""
+    history: _builtins.bool
+    """Include the event history."""
+    plot: _builtins.bool
+    """Include a PNG of training loss, training and validation perplexity against the step."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        history: _builtins.bool = ...,
+        plot: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["history", b"history", "job_id", b"job_id", "plot", b"plot"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobRequest: _TypeAlias = GetJobRequest  # noqa: Y015
+
+@_typing.final
+class GetJobResponse(_message.Message):
+    """Response of GetJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    PLOT_PNG_FIELD_NUMBER: _builtins.int
+    plot_png: _builtins.bytes
+    """The curve PNG, when requested."""
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """The job."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobEvent]:
+        """Its events in order, when requested."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+        events: _abc.Iterable[Global___JobEvent] | None = ...,
+        plot_png: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "job", b"job", "plot_png", b"plot_png"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJobResponse: _TypeAlias = GetJobResponse  # noqa: Y015
+
+@_typing.final
+class CancelJobRequest(_message.Message):
+    """Request of CancelJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJobRequest: _TypeAlias = CancelJobRequest  # noqa: Y015
+
+@_typing.final
+class CancelJobResponse(_message.Message):
+    """Response of CancelJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """The job, now CANCELLED."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelJobResponse: _TypeAlias = CancelJobResponse  # noqa: Y015
+
+@_typing.final
+class ResumeJobRequest(_message.Message):
+    """Request of ResumeJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """An INTERRUPTED or CANCELLED job."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeJobRequest: _TypeAlias = ResumeJobRequest  # noqa: Y015
+
+@_typing.final
+class ResumeJobResponse(_message.Message):
+    """Response of ResumeJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """The job, queued or running again."""
+
+    def __init__(
+        self,
+        *,
+        job: Global___Job | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeJobResponse: _TypeAlias = ResumeJobResponse  # noqa: Y015
+
+@_typing.final
+class EvaluatePerplexityRequest(_message.Message):
+    """Request of EvaluatePerplexity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job whose model to evaluate (its final model, or its last checkpoint)."""
+    split: Global___CorpusSplit.ValueType
+    """The split of the job's corpus; unspecified means valid."""
+    batch_size: _builtins.int
+    """Parallel streams; 0 means the job's eval_batch_size."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        split: Global___CorpusSplit.ValueType = ...,
+        batch_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "job_id", b"job_id", "split", b"split"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluatePerplexityRequest: _TypeAlias = EvaluatePerplexityRequest  # noqa: Y015
+
+@_typing.final
+class EvaluatePerplexityResponse(_message.Message):
+    """Response of EvaluatePerplexity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERPLEXITY_FIELD_NUMBER: _builtins.int
+    LOSS_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    perplexity: _builtins.float
+    """exp(mean cross-entropy) over every predicted token of the split."""
+    loss: _builtins.float
+    """Mean cross-entropy, nats per token."""
+    tokens: _builtins.int
+    """Tokens predicted."""
+    step: _builtins.int
+    """The step of the model evaluated."""
+    split: Global___CorpusSplit.ValueType
+    """The split evaluated."""
+    seconds: _builtins.float
+    """Seconds the evaluation took on the server."""
+    def __init__(
+        self,
+        *,
+        perplexity: _builtins.float = ...,
+        loss: _builtins.float = ...,
+        tokens: _builtins.int = ...,
+        step: _builtins.int = ...,
+        split: Global___CorpusSplit.ValueType = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loss", b"loss", "perplexity", b"perplexity", "seconds", b"seconds", "split", b"split", "step", b"step", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluatePerplexityResponse: _TypeAlias = EvaluatePerplexityResponse  # noqa: Y015
+
+@_typing.final
+class SampleRequest(_message.Message):
+    """Request of Sample."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    START_WORD_ID_FIELD_NUMBER: _builtins.int
+    NUM_WORDS_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    TOP_K_FIELD_NUMBER: _builtins.int
+    TOP_P_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job whose model to sample from."""
+    prompt: _builtins.str
+    """Words fed to the model first (whitespace-separated; "<eos>" allowed). Empty: start from
+    start_word_id.
+    """
+    start_word_id: _builtins.int
+    """The first word's id when there is no prompt (the course notebook used 100); unset means `<eos>`'s id."""
+    num_words: _builtins.int
+    """Words to generate; 0 means 50."""
+    strategy: Global___SamplingStrategy.ValueType
+    """Multinomial or greedy."""
+    temperature: _builtins.float
+    """Softmax temperature (multinomial); 0 means 1. Must be > 0."""
+    top_k: _builtins.int
+    """Keep only the k most probable words (multinomial); 0 keeps all."""
+    top_p: _builtins.float
+    """Keep the smallest set of words whose probability reaches top_p (multinomial); 0 means 1 (all)."""
+    seed: _builtins.int
+    """Seed of the draws: same request, same words."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        prompt: _builtins.str = ...,
+        start_word_id: _builtins.int | None = ...,
+        num_words: _builtins.int = ...,
+        strategy: Global___SamplingStrategy.ValueType = ...,
+        temperature: _builtins.float = ...,
+        top_k: _builtins.int = ...,
+        top_p: _builtins.float = ...,
+        seed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_start_word_id", b"_start_word_id", "start_word_id", b"start_word_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_start_word_id", b"_start_word_id", "job_id", b"job_id", "num_words", b"num_words", "prompt", b"prompt", "seed", b"seed", "start_word_id", b"start_word_id", "strategy", b"strategy", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__start_word_id: _TypeAlias = _typing.Literal["start_word_id"]  # noqa: Y015
+    _WhichOneofArgType__start_word_id: _TypeAlias = _typing.Literal["_start_word_id", b"_start_word_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_word_id) -> _WhichOneofReturnType__start_word_id | None: ...
+
+Global___SampleRequest: _TypeAlias = SampleRequest  # noqa: Y015
+
+@_typing.final
+class SampleResponse(_message.Message):
+    """Response of Sample."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORDS_FIELD_NUMBER: _builtins.int
+    WORD_IDS_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    PROMPT_IDS_FIELD_NUMBER: _builtins.int
+    LOG_PROBABILITY_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The words joined by spaces, with a line break for every `<eos>` (as the notebook wrote them)."""
+    log_probability: _builtins.float
+    """Sum of the log-probabilities (natural log, at temperature 1) of the generated words."""
+    step: _builtins.int
+    """The step of the model used."""
+    @_builtins.property
+    def words(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The generated words."""
+
+    @_builtins.property
+    def word_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Their ids."""
+
+    @_builtins.property
+    def prompt_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The ids fed before generation (the prompt, or the start word)."""
+
+    def __init__(
+        self,
+        *,
+        words: _abc.Iterable[_builtins.str] | None = ...,
+        word_ids: _abc.Iterable[_builtins.int] | None = ...,
+        text: _builtins.str = ...,
+        prompt_ids: _abc.Iterable[_builtins.int] | None = ...,
+        log_probability: _builtins.float = ...,
+        step: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_probability", b"log_probability", "prompt_ids", b"prompt_ids", "step", b"step", "text", b"text", "word_ids", b"word_ids", "words", b"words"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SampleResponse: _TypeAlias = SampleResponse  # noqa: Y015
+
+@_typing.final
+class EmbeddingDistanceRequest(_message.Message):
+    """Request of EmbeddingDistance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    WORD_A_FIELD_NUMBER: _builtins.int
+    WORD_B_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job whose model's input embeddings to compare."""
+    word_a: _builtins.str
+    """The first word."""
+    word_b: _builtins.str
+    """The second word."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        word_a: _builtins.str = ...,
+        word_b: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "word_a", b"word_a", "word_b", b"word_b"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbeddingDistanceRequest: _TypeAlias = EmbeddingDistanceRequest  # noqa: Y015
+
+@_typing.final
+class EmbeddingDistanceResponse(_message.Message):
+    """Response of EmbeddingDistance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EUCLIDEAN_FIELD_NUMBER: _builtins.int
+    COSINE_SIMILARITY_FIELD_NUMBER: _builtins.int
+    COSINE_DISTANCE_FIELD_NUMBER: _builtins.int
+    ID_A_FIELD_NUMBER: _builtins.int
+    ID_B_FIELD_NUMBER: _builtins.int
+    NORM_A_FIELD_NUMBER: _builtins.int
+    NORM_B_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    euclidean: _builtins.float
+    """|e_a - e_b|_2."""
+    cosine_similarity: _builtins.float
+    """e_a . e_b / (|e_a| |e_b|)."""
+    cosine_distance: _builtins.float
+    """1 - cosine_similarity."""
+    id_a: _builtins.int
+    """Id of word_a."""
+    id_b: _builtins.int
+    """Id of word_b."""
+    norm_a: _builtins.float
+    """|e_a|_2."""
+    norm_b: _builtins.float
+    """|e_b|_2."""
+    step: _builtins.int
+    """The step of the model used."""
+    def __init__(
+        self,
+        *,
+        euclidean: _builtins.float = ...,
+        cosine_similarity: _builtins.float = ...,
+        cosine_distance: _builtins.float = ...,
+        id_a: _builtins.int = ...,
+        id_b: _builtins.int = ...,
+        norm_a: _builtins.float = ...,
+        norm_b: _builtins.float = ...,
+        step: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosine_distance", b"cosine_distance", "cosine_similarity", b"cosine_similarity", "euclidean", b"euclidean", "id_a", b"id_a", "id_b", b"id_b", "norm_a", b"norm_a", "norm_b", b"norm_b", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbeddingDistanceResponse: _TypeAlias = EmbeddingDistanceResponse  # noqa: Y015
+
+@_typing.final
+class NearestWordsRequest(_message.Message):
+    """Request of NearestWords."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    WORD_FIELD_NUMBER: _builtins.int
+    K_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job whose model's input embeddings to search."""
+    word: _builtins.str
+    """The query word."""
+    k: _builtins.int
+    """How many neighbours; 0 means 10."""
+    metric: Global___DistanceMetric.ValueType
+    """Euclidean or cosine."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        word: _builtins.str = ...,
+        k: _builtins.int = ...,
+        metric: Global___DistanceMetric.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "k", b"k", "metric", b"metric", "word", b"word"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NearestWordsRequest: _TypeAlias = NearestWordsRequest  # noqa: Y015
+
+@_typing.final
+class Neighbor(_message.Message):
+    """A vocabulary word and its distance to the query."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORD_FIELD_NUMBER: _builtins.int
+    WORD_ID_FIELD_NUMBER: _builtins.int
+    DISTANCE_FIELD_NUMBER: _builtins.int
+    word: _builtins.str
+    """The word."""
+    word_id: _builtins.int
+    """Its id."""
+    distance: _builtins.float
+    """Its distance to the query word under the request's metric."""
+    def __init__(
+        self,
+        *,
+        word: _builtins.str = ...,
+        word_id: _builtins.int = ...,
+        distance: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance", b"distance", "word", b"word", "word_id", b"word_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Neighbor: _TypeAlias = Neighbor  # noqa: Y015
+
+@_typing.final
+class NearestWordsResponse(_message.Message):
+    """Response of NearestWords."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEIGHBORS_FIELD_NUMBER: _builtins.int
+    WORD_ID_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    word_id: _builtins.int
+    """Id of the query word."""
+    metric: Global___DistanceMetric.ValueType
+    """The metric used."""
+    step: _builtins.int
+    """The step of the model used."""
+    @_builtins.property
+    def neighbors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Neighbor]:
+        """The k nearest words, nearest first (the query word itself excluded)."""
+
+    def __init__(
+        self,
+        *,
+        neighbors: _abc.Iterable[Global___Neighbor] | None = ...,
+        word_id: _builtins.int = ...,
+        metric: Global___DistanceMetric.ValueType = ...,
+        step: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metric", b"metric", "neighbors", b"neighbors", "step", b"step", "word_id", b"word_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NearestWordsResponse: _TypeAlias = NearestWordsResponse  # noqa: Y015

@@ -50,6 +50,61 @@ class SequenceServiceStub:
                 request_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.CompareTruncationRequest.SerializeToString,
                 response_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.CompareTruncationResponse.FromString,
                 _registered_method=True)
+        self.UploadCorpus = channel.stream_unary(
+                '/nnprobe.sequence.v1.SequenceService/UploadCorpus',
+                request_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.UploadCorpusRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.UploadCorpusResponse.FromString,
+                _registered_method=True)
+        self.StartTraining = channel.unary_unary(
+                '/nnprobe.sequence.v1.SequenceService/StartTraining',
+                request_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.StartTrainingRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.StartTrainingResponse.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/nnprobe.sequence.v1.SequenceService/WatchJob',
+                request_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.WatchJobResponse.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/nnprobe.sequence.v1.SequenceService/ListJobs',
+                request_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/nnprobe.sequence.v1.SequenceService/GetJob',
+                request_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.GetJobResponse.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/nnprobe.sequence.v1.SequenceService/CancelJob',
+                request_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.CancelJobResponse.FromString,
+                _registered_method=True)
+        self.ResumeJob = channel.unary_unary(
+                '/nnprobe.sequence.v1.SequenceService/ResumeJob',
+                request_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.ResumeJobRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.ResumeJobResponse.FromString,
+                _registered_method=True)
+        self.EvaluatePerplexity = channel.unary_unary(
+                '/nnprobe.sequence.v1.SequenceService/EvaluatePerplexity',
+                request_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.EvaluatePerplexityRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.EvaluatePerplexityResponse.FromString,
+                _registered_method=True)
+        self.Sample = channel.unary_unary(
+                '/nnprobe.sequence.v1.SequenceService/Sample',
+                request_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.SampleRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.SampleResponse.FromString,
+                _registered_method=True)
+        self.EmbeddingDistance = channel.unary_unary(
+                '/nnprobe.sequence.v1.SequenceService/EmbeddingDistance',
+                request_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.EmbeddingDistanceRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.EmbeddingDistanceResponse.FromString,
+                _registered_method=True)
+        self.NearestWords = channel.unary_unary(
+                '/nnprobe.sequence.v1.SequenceService/NearestWords',
+                request_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.NearestWordsRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.NearestWordsResponse.FromString,
+                _registered_method=True)
 
 
 class SequenceServiceServicer:
@@ -82,6 +137,89 @@ class SequenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadCorpus(self, request_iterator, context):
+        """Uploads a text corpus (train, valid and test splits streamed as text chunks) for language-model
+        training; returns its id. Whitespace-separated words, one sentence per line; the vocabulary comes from
+        the train split and `<eos>` ends every line. The total size is limited by the server
+        (RESOURCE_EXHAUSTED when over).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartTraining(self, request, context):
+        """Starts training an LSTM language model as a durable job; returns the job (queued or running).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """Streams a job's events from a cursor: training steps, evaluations at each epoch end and state
+        changes. Ends when the job finishes, fails, is cancelled or interrupted. Watch again from the last
+        sequence number seen to continue after a disconnect.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """Lists training jobs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """Returns one job, optionally with its event history and a PNG of its loss and perplexity curves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Cancels a queued or running job (a running job stops at the next step and keeps its last checkpoint).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJob(self, request, context):
+        """Continues an interrupted or cancelled job from its last checkpoint, with the same data order, reaching
+        the same result as an uninterrupted run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluatePerplexity(self, request, context):
+        """Computes the perplexity of a job's model (final or last checkpoint) on a split of its corpus.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Sample(self, request, context):
+        """Generates words from a job's model, multinomial (temperature, top-k, top-p) or greedy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EmbeddingDistance(self, request, context):
+        """Euclidean and cosine distance between the input embeddings of two words.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NearestWords(self, request, context):
+        """The k vocabulary words whose embeddings are nearest to a word's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SequenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +237,61 @@ def add_SequenceServiceServicer_to_server(servicer, server):
                     servicer.CompareTruncation,
                     request_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.CompareTruncationRequest.FromString,
                     response_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.CompareTruncationResponse.SerializeToString,
+            ),
+            'UploadCorpus': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadCorpus,
+                    request_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.UploadCorpusRequest.FromString,
+                    response_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.UploadCorpusResponse.SerializeToString,
+            ),
+            'StartTraining': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartTraining,
+                    request_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.StartTrainingRequest.FromString,
+                    response_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.StartTrainingResponse.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.WatchJobRequest.FromString,
+                    response_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.WatchJobResponse.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.ListJobsRequest.FromString,
+                    response_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.GetJobRequest.FromString,
+                    response_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.GetJobResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.CancelJobRequest.FromString,
+                    response_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.CancelJobResponse.SerializeToString,
+            ),
+            'ResumeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJob,
+                    request_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.ResumeJobRequest.FromString,
+                    response_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.ResumeJobResponse.SerializeToString,
+            ),
+            'EvaluatePerplexity': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluatePerplexity,
+                    request_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.EvaluatePerplexityRequest.FromString,
+                    response_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.EvaluatePerplexityResponse.SerializeToString,
+            ),
+            'Sample': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sample,
+                    request_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.SampleRequest.FromString,
+                    response_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.SampleResponse.SerializeToString,
+            ),
+            'EmbeddingDistance': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbeddingDistance,
+                    request_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.EmbeddingDistanceRequest.FromString,
+                    response_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.EmbeddingDistanceResponse.SerializeToString,
+            ),
+            'NearestWords': grpc.unary_unary_rpc_method_handler(
+                    servicer.NearestWords,
+                    request_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.NearestWordsRequest.FromString,
+                    response_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.NearestWordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,6 +376,303 @@ class SequenceService:
             '/nnprobe.sequence.v1.SequenceService/CompareTruncation',
             nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.CompareTruncationRequest.SerializeToString,
             nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.CompareTruncationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadCorpus(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/nnprobe.sequence.v1.SequenceService/UploadCorpus',
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.UploadCorpusRequest.SerializeToString,
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.UploadCorpusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartTraining(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.sequence.v1.SequenceService/StartTraining',
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.StartTrainingRequest.SerializeToString,
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.StartTrainingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nnprobe.sequence.v1.SequenceService/WatchJob',
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.WatchJobRequest.SerializeToString,
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.WatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.sequence.v1.SequenceService/ListJobs',
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.ListJobsRequest.SerializeToString,
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.sequence.v1.SequenceService/GetJob',
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.GetJobRequest.SerializeToString,
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.GetJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.sequence.v1.SequenceService/CancelJob',
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.CancelJobRequest.SerializeToString,
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.CancelJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.sequence.v1.SequenceService/ResumeJob',
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.ResumeJobRequest.SerializeToString,
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.ResumeJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluatePerplexity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.sequence.v1.SequenceService/EvaluatePerplexity',
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.EvaluatePerplexityRequest.SerializeToString,
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.EvaluatePerplexityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sample(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.sequence.v1.SequenceService/Sample',
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.SampleRequest.SerializeToString,
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.SampleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbeddingDistance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.sequence.v1.SequenceService/EmbeddingDistance',
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.EmbeddingDistanceRequest.SerializeToString,
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.EmbeddingDistanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NearestWords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.sequence.v1.SequenceService/NearestWords',
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.NearestWordsRequest.SerializeToString,
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.NearestWordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

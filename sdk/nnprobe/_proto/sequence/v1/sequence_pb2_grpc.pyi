@@ -47,6 +47,37 @@ class SequenceServiceStub:
     language model runs K chunks with the hidden state detached between chunks (truncated BPTT) and
     without (one graph over all chunks). Streams progress events, then one result.
     """
+    UploadCorpus: _grpc.StreamUnaryMultiCallable[_sequence_pb2.UploadCorpusRequest, _sequence_pb2.UploadCorpusResponse]
+    """Uploads a text corpus (train, valid and test splits streamed as text chunks) for language-model
+    training; returns its id. Whitespace-separated words, one sentence per line; the vocabulary comes from
+    the train split and `<eos>` ends every line. The total size is limited by the server
+    (RESOURCE_EXHAUSTED when over).
+    """
+    StartTraining: _grpc.UnaryUnaryMultiCallable[_sequence_pb2.StartTrainingRequest, _sequence_pb2.StartTrainingResponse]
+    """Starts training an LSTM language model as a durable job; returns the job (queued or running)."""
+    WatchJob: _grpc.UnaryStreamMultiCallable[_sequence_pb2.WatchJobRequest, _sequence_pb2.WatchJobResponse]
+    """Streams a job's events from a cursor: training steps, evaluations at each epoch end and state
+    changes. Ends when the job finishes, fails, is cancelled or interrupted. Watch again from the last
+    sequence number seen to continue after a disconnect.
+    """
+    ListJobs: _grpc.UnaryUnaryMultiCallable[_sequence_pb2.ListJobsRequest, _sequence_pb2.ListJobsResponse]
+    """Lists training jobs, newest first."""
+    GetJob: _grpc.UnaryUnaryMultiCallable[_sequence_pb2.GetJobRequest, _sequence_pb2.GetJobResponse]
+    """Returns one job, optionally with its event history and a PNG of its loss and perplexity curves."""
+    CancelJob: _grpc.UnaryUnaryMultiCallable[_sequence_pb2.CancelJobRequest, _sequence_pb2.CancelJobResponse]
+    """Cancels a queued or running job (a running job stops at the next step and keeps its last checkpoint)."""
+    ResumeJob: _grpc.UnaryUnaryMultiCallable[_sequence_pb2.ResumeJobRequest, _sequence_pb2.ResumeJobResponse]
+    """Continues an interrupted or cancelled job from its last checkpoint, with the same data order, reaching
+    the same result as an uninterrupted run.
+    """
+    EvaluatePerplexity: _grpc.UnaryUnaryMultiCallable[_sequence_pb2.EvaluatePerplexityRequest, _sequence_pb2.EvaluatePerplexityResponse]
+    """Computes the perplexity of a job's model (final or last checkpoint) on a split of its corpus."""
+    Sample: _grpc.UnaryUnaryMultiCallable[_sequence_pb2.SampleRequest, _sequence_pb2.SampleResponse]
+    """Generates words from a job's model, multinomial (temperature, top-k, top-p) or greedy."""
+    EmbeddingDistance: _grpc.UnaryUnaryMultiCallable[_sequence_pb2.EmbeddingDistanceRequest, _sequence_pb2.EmbeddingDistanceResponse]
+    """Euclidean and cosine distance between the input embeddings of two words."""
+    NearestWords: _grpc.UnaryUnaryMultiCallable[_sequence_pb2.NearestWordsRequest, _sequence_pb2.NearestWordsResponse]
+    """The k vocabulary words whose embeddings are nearest to a word's."""
 
 @_typing.type_check_only
 class SequenceServiceAsyncStub(SequenceServiceStub):
@@ -67,6 +98,37 @@ class SequenceServiceAsyncStub(SequenceServiceStub):
     language model runs K chunks with the hidden state detached between chunks (truncated BPTT) and
     without (one graph over all chunks). Streams progress events, then one result.
     """
+    UploadCorpus: _aio.StreamUnaryMultiCallable[_sequence_pb2.UploadCorpusRequest, _sequence_pb2.UploadCorpusResponse]  # type: ignore[assignment]
+    """Uploads a text corpus (train, valid and test splits streamed as text chunks) for language-model
+    training; returns its id. Whitespace-separated words, one sentence per line; the vocabulary comes from
+    the train split and `<eos>` ends every line. The total size is limited by the server
+    (RESOURCE_EXHAUSTED when over).
+    """
+    StartTraining: _aio.UnaryUnaryMultiCallable[_sequence_pb2.StartTrainingRequest, _sequence_pb2.StartTrainingResponse]  # type: ignore[assignment]
+    """Starts training an LSTM language model as a durable job; returns the job (queued or running)."""
+    WatchJob: _aio.UnaryStreamMultiCallable[_sequence_pb2.WatchJobRequest, _sequence_pb2.WatchJobResponse]  # type: ignore[assignment]
+    """Streams a job's events from a cursor: training steps, evaluations at each epoch end and state
+    changes. Ends when the job finishes, fails, is cancelled or interrupted. Watch again from the last
+    sequence number seen to continue after a disconnect.
+    """
+    ListJobs: _aio.UnaryUnaryMultiCallable[_sequence_pb2.ListJobsRequest, _sequence_pb2.ListJobsResponse]  # type: ignore[assignment]
+    """Lists training jobs, newest first."""
+    GetJob: _aio.UnaryUnaryMultiCallable[_sequence_pb2.GetJobRequest, _sequence_pb2.GetJobResponse]  # type: ignore[assignment]
+    """Returns one job, optionally with its event history and a PNG of its loss and perplexity curves."""
+    CancelJob: _aio.UnaryUnaryMultiCallable[_sequence_pb2.CancelJobRequest, _sequence_pb2.CancelJobResponse]  # type: ignore[assignment]
+    """Cancels a queued or running job (a running job stops at the next step and keeps its last checkpoint)."""
+    ResumeJob: _aio.UnaryUnaryMultiCallable[_sequence_pb2.ResumeJobRequest, _sequence_pb2.ResumeJobResponse]  # type: ignore[assignment]
+    """Continues an interrupted or cancelled job from its last checkpoint, with the same data order, reaching
+    the same result as an uninterrupted run.
+    """
+    EvaluatePerplexity: _aio.UnaryUnaryMultiCallable[_sequence_pb2.EvaluatePerplexityRequest, _sequence_pb2.EvaluatePerplexityResponse]  # type: ignore[assignment]
+    """Computes the perplexity of a job's model (final or last checkpoint) on a split of its corpus."""
+    Sample: _aio.UnaryUnaryMultiCallable[_sequence_pb2.SampleRequest, _sequence_pb2.SampleResponse]  # type: ignore[assignment]
+    """Generates words from a job's model, multinomial (temperature, top-k, top-p) or greedy."""
+    EmbeddingDistance: _aio.UnaryUnaryMultiCallable[_sequence_pb2.EmbeddingDistanceRequest, _sequence_pb2.EmbeddingDistanceResponse]  # type: ignore[assignment]
+    """Euclidean and cosine distance between the input embeddings of two words."""
+    NearestWords: _aio.UnaryUnaryMultiCallable[_sequence_pb2.NearestWordsRequest, _sequence_pb2.NearestWordsResponse]  # type: ignore[assignment]
+    """The k vocabulary words whose embeddings are nearest to a word's."""
 
 class SequenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Analyses of recurrent sequence models."""
@@ -102,5 +164,102 @@ class SequenceServiceServicer(metaclass=_abc_1.ABCMeta):
         language model runs K chunks with the hidden state detached between chunks (truncated BPTT) and
         without (one graph over all chunks). Streams progress events, then one result.
         """
+
+    @_abc_1.abstractmethod
+    def UploadCorpus(
+        self,
+        request_iterator: _MaybeAsyncIterator[_sequence_pb2.UploadCorpusRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_sequence_pb2.UploadCorpusResponse, _abc.Awaitable[_sequence_pb2.UploadCorpusResponse]]:
+        """Uploads a text corpus (train, valid and test splits streamed as text chunks) for language-model
+        training; returns its id. Whitespace-separated words, one sentence per line; the vocabulary comes from
+        the train split and `<eos>` ends every line. The total size is limited by the server
+        (RESOURCE_EXHAUSTED when over).
+        """
+
+    @_abc_1.abstractmethod
+    def StartTraining(
+        self,
+        request: _sequence_pb2.StartTrainingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sequence_pb2.StartTrainingResponse, _abc.Awaitable[_sequence_pb2.StartTrainingResponse]]:
+        """Starts training an LSTM language model as a durable job; returns the job (queued or running)."""
+
+    @_abc_1.abstractmethod
+    def WatchJob(
+        self,
+        request: _sequence_pb2.WatchJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sequence_pb2.WatchJobResponse], _abc.AsyncIterator[_sequence_pb2.WatchJobResponse]]:
+        """Streams a job's events from a cursor: training steps, evaluations at each epoch end and state
+        changes. Ends when the job finishes, fails, is cancelled or interrupted. Watch again from the last
+        sequence number seen to continue after a disconnect.
+        """
+
+    @_abc_1.abstractmethod
+    def ListJobs(
+        self,
+        request: _sequence_pb2.ListJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sequence_pb2.ListJobsResponse, _abc.Awaitable[_sequence_pb2.ListJobsResponse]]:
+        """Lists training jobs, newest first."""
+
+    @_abc_1.abstractmethod
+    def GetJob(
+        self,
+        request: _sequence_pb2.GetJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sequence_pb2.GetJobResponse, _abc.Awaitable[_sequence_pb2.GetJobResponse]]:
+        """Returns one job, optionally with its event history and a PNG of its loss and perplexity curves."""
+
+    @_abc_1.abstractmethod
+    def CancelJob(
+        self,
+        request: _sequence_pb2.CancelJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sequence_pb2.CancelJobResponse, _abc.Awaitable[_sequence_pb2.CancelJobResponse]]:
+        """Cancels a queued or running job (a running job stops at the next step and keeps its last checkpoint)."""
+
+    @_abc_1.abstractmethod
+    def ResumeJob(
+        self,
+        request: _sequence_pb2.ResumeJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sequence_pb2.ResumeJobResponse, _abc.Awaitable[_sequence_pb2.ResumeJobResponse]]:
+        """Continues an interrupted or cancelled job from its last checkpoint, with the same data order, reaching
+        the same result as an uninterrupted run.
+        """
+
+    @_abc_1.abstractmethod
+    def EvaluatePerplexity(
+        self,
+        request: _sequence_pb2.EvaluatePerplexityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sequence_pb2.EvaluatePerplexityResponse, _abc.Awaitable[_sequence_pb2.EvaluatePerplexityResponse]]:
+        """Computes the perplexity of a job's model (final or last checkpoint) on a split of its corpus."""
+
+    @_abc_1.abstractmethod
+    def Sample(
+        self,
+        request: _sequence_pb2.SampleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sequence_pb2.SampleResponse, _abc.Awaitable[_sequence_pb2.SampleResponse]]:
+        """Generates words from a job's model, multinomial (temperature, top-k, top-p) or greedy."""
+
+    @_abc_1.abstractmethod
+    def EmbeddingDistance(
+        self,
+        request: _sequence_pb2.EmbeddingDistanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sequence_pb2.EmbeddingDistanceResponse, _abc.Awaitable[_sequence_pb2.EmbeddingDistanceResponse]]:
+        """Euclidean and cosine distance between the input embeddings of two words."""
+
+    @_abc_1.abstractmethod
+    def NearestWords(
+        self,
+        request: _sequence_pb2.NearestWordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sequence_pb2.NearestWordsResponse, _abc.Awaitable[_sequence_pb2.NearestWordsResponse]]:
+        """The k vocabulary words whose embeddings are nearest to a word's."""
 
 def add_SequenceServiceServicer_to_server(servicer: SequenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,1 @@
+"""The LSTM language model of SequenceService: corpora, model, training, jobs, sampling, embeddings."""

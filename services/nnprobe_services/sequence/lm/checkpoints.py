@@ -1,0 +1,44 @@
+"""Checkpoints: ``torch.save`` bytes written atomically (temp file, fsync, rename) with a sha256 header.
+
+File layout: ``NNPROBE-CKPT1 <sha256 hex>\\n`` followed by the ``torch.save`` payload. A file whose payload
+does not match its checksum is refused (a torn or tampered file never loads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nnprobe_services.sequence.lm.corpus import atomic_write
+from nnprobe_services.server.errors import FailedPrecondition
+
+MAGIC = b"NNPROBE-CKPT1 "
+
+
+def save(path: Path, payload: dict[str, Any]) -> str:
+    """Write ``payload`` to ``path`` atomically; return the payload's sha256."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    atomic_write(path, MAGIC + digest.encode() + b"\n" + data)
+    return digest
+
+
+def load(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a checkpoint after verifying its checksum; FailedPrecondition when missing or corrupted."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FailedPrecondition(f"checkpoint {path} is missing") from None
+    header, _, data = raw.partition(b"\n")
+    if not header.startswith(MAGIC):
+        raise FailedPrecondition(f"checkpoint {path} is not an nnprobe checkpoint")
+    expected = header[len(MAGIC) :].decode()
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise FailedPrecondition(f"checkpoint {path} is corrupted (sha256 mismatch)")
+    return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
