@@ -231,7 +231,7 @@ def _method_op(node: fx.Node, tensor_inputs: int) -> Op:
     if name in POINTWISE_METHODS:
         return Op("pointwise", "other", name)
     if name == "mean":
-        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims: Any = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
         if (
             keep
@@ -368,6 +368,7 @@ class _FieldInterpreter(fx.Interpreter):
         self.halted: fx.Node | None = None
 
     def run_node(self, n: fx.Node) -> Any:
+        assert isinstance(self.module, fx.GraphModule)
         op = classify(n, self.module)
         self.ops[n] = op
         if n.op in ("output", "get_attr"):

@@ -126,4 +126,4 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if image.dtype != np.uint8:
         image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
     squeezed = image[..., 0] if image.shape[-1] == 1 else image
-    return np.asarray(Image.fromarray(squeezed).resize((size[1], size[0]), Image.BILINEAR))
+    return np.asarray(Image.fromarray(squeezed).resize((size[1], size[0]), Image.Resampling.BILINEAR))
