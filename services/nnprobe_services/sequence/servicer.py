@@ -17,6 +17,7 @@ from nnprobe._proto.sequence.v1 import sequence_pb2 as pb
 from nnprobe._proto.sequence.v1 import sequence_pb2_grpc
 
 from nnprobe_services.sequence import gradients, plots, rnn, truncation
+from nnprobe_services.sequence.lm.service import LanguageModelService
 from nnprobe_services.server import validation as valid
 from nnprobe_services.server.config import ServerConfig
 from nnprobe_services.server.errors import Cancelled, InvalidArgument, ResourceExhausted
@@ -57,6 +58,7 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
     def __init__(self, config: ServerConfig, device: torch.device) -> None:
         self.config = config
         self.device = device
+        self.lm = LanguageModelService(config, device)
 
     # -- RPCs ----------------------------------------------------------------------------------------
     def RunRecurrent(self, request: pb.RunRecurrentRequest, context: grpc.ServicerContext):
@@ -278,6 +280,40 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
                 parameters=event.parameters,
             )
             yield pb.CompareTruncationResponse(result=result)
+
+    # -- language model (sequence/lm/service.py) -----------------------------------------------------
+    def UploadCorpus(self, request_iterator, context: grpc.ServicerContext):
+        return self.lm.upload_corpus(request_iterator, context)
+
+    def StartTraining(self, request: pb.StartTrainingRequest, context: grpc.ServicerContext):
+        return self.lm.start_training(request, context)
+
+    def WatchJob(self, request: pb.WatchJobRequest, context: grpc.ServicerContext):
+        yield from self.lm.watch_job(request, context)
+
+    def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext):
+        return self.lm.list_jobs(request, context)
+
+    def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext):
+        return self.lm.get_job(request, context)
+
+    def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext):
+        return self.lm.cancel_job(request, context)
+
+    def ResumeJob(self, request: pb.ResumeJobRequest, context: grpc.ServicerContext):
+        return self.lm.resume_job(request, context)
+
+    def EvaluatePerplexity(self, request: pb.EvaluatePerplexityRequest, context: grpc.ServicerContext):
+        return self.lm.evaluate_perplexity(request, context)
+
+    def Sample(self, request: pb.SampleRequest, context: grpc.ServicerContext):
+        return self.lm.sample(request, context)
+
+    def EmbeddingDistance(self, request: pb.EmbeddingDistanceRequest, context: grpc.ServicerContext):
+        return self.lm.embedding_distance(request, context)
+
+    def NearestWords(self, request: pb.NearestWordsRequest, context: grpc.ServicerContext):
+        return self.lm.nearest_words(request, context)
 
     # -- helpers -------------------------------------------------------------------------------------
     def _run(self, context: grpc.ServicerContext, fn, *args, **kwargs):

@@ -63,6 +63,17 @@ class ServerConfig:
     log_level: str = "info"
     #: ``text`` or ``json`` (one object per line).
     log_format: str = "text"
+    #: Folder holding ptb.{train,valid,test}.txt.gz, searched before <data_dir>/ptb, <cache_dir>/ptb and
+    #: the repository's sibling shared/data/ptb.
+    ptb_dir: Path | None = None
+    #: Seconds to wait for the canonical PTB source when the files are missing; 0 never downloads.
+    ptb_download_timeout: float = 10.0
+    #: Largest corpus UploadCorpus accepts, in bytes of text over all splits.
+    max_corpus_bytes: int = 64 * 1024 * 1024
+    #: Training jobs that may wait in the queues (over all devices) before StartTraining is refused.
+    max_queued_jobs: int = 16
+    #: Most words one Sample request may generate.
+    max_sample_words: int = 10_000
 
     def validate(self) -> ServerConfig:
         """Return self, or raise ``ValueError`` naming the bad setting."""
@@ -76,9 +87,14 @@ class ServerConfig:
             "max_concurrent_rpcs",
             "max_tensor_elements",
             "max_permutations",
+            "max_corpus_bytes",
+            "max_queued_jobs",
+            "max_sample_words",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.ptb_download_timeout < 0:
+            raise ValueError(f"ptb_download_timeout must be >= 0, not {self.ptb_download_timeout}")
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds must be >= 0, not {self.grace_seconds}")
         if self.log_level not in LOG_LEVELS:

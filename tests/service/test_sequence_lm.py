@@ -1,0 +1,281 @@
+"""The SDK against an in-process SequenceService: the LSTM language model (corpora, training jobs,
+perplexity, sampling, embeddings) and every error path."""
+
+import math
+
+import grpc
+import pytest
+from nnprobe import NnprobeError, SequenceClient
+
+from tests.conftest import start_server
+
+WORDS = [f"w{i}" for i in range(20)]
+
+
+def pattern_text(lines: int, offset: int = 0) -> str:
+    """Line k is 6 consecutive words starting at word 3(k + offset) mod 20: fully predictable from the
+    previous word (and, after <eos>, from the previous line), so a trained model's perplexity tends to 1."""
+    return "".join(
+        " ".join(WORDS[(3 * (k + offset) + j) % 20] for j in range(6)) + "\n" for k in range(lines)
+    )
+
+
+TINY = dict(
+    embed_size=16,
+    hidden_size=32,
+    batch_size=4,
+    sequence_length=8,
+    learning_rate=0.01,
+    eval_batch_size=2,
+    log_interval=5,
+    checkpoint_interval=20,
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server, _ = start_server(
+        "sequence", tmp_path_factory.mktemp("lm"), max_corpus_bytes=200_000, max_queued_jobs=2
+    )
+    yield server
+    server.shutdown(0).wait()
+
+
+@pytest.fixture(scope="module")
+def lm(server):
+    address = f"127.0.0.1:{server.port}"
+    with SequenceClient(address, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def corpus(lm):
+    return lm.upload_corpus(pattern_text(120), pattern_text(20, 120), pattern_text(20, 140) + "w1 zebra\n")
+
+
+@pytest.fixture(scope="module")
+def trained(lm, corpus):
+    job = lm.start_training(corpus.corpus_id, epochs=3, seed=7, **TINY)
+    events = list(lm.watch(job.job_id))
+    return lm.get_job(job.job_id), events
+
+
+def error_of(call, *args, **kwargs) -> NnprobeError:
+    with pytest.raises(NnprobeError) as info:
+        call(*args, **kwargs)
+    return info.value
+
+
+def test_upload_builds_the_vocabulary_from_train(lm, corpus):
+    assert corpus.vocab_size == 22  # 20 words, <eos>, and <unk> for "zebra" in the test split
+    assert corpus.tokens == {"train": 120 * 7, "valid": 20 * 7, "test": 20 * 7 + 3}
+    assert corpus.unknown_tokens == {"train": 0, "valid": 0, "test": 1}
+    again = lm.upload_corpus(pattern_text(120), pattern_text(20, 120), pattern_text(20, 140) + "w1 zebra\n")
+    assert again.corpus_id == corpus.corpus_id
+
+
+def test_training_reaches_a_low_perplexity_and_reports_every_epoch(trained, corpus):
+    job, events = trained
+    assert job.state == "succeeded"
+    per_epoch = len(range(0, 840 // 4 - 8, 8))  # 26 steps, as the notebook's loop counts them
+    assert job.steps_per_epoch == per_epoch and job.total_steps == 3 * per_epoch == job.step
+    steps = [e for e in events if e.kind == "step"]
+    evaluations = [e for e in events if e.kind == "evaluation"]
+    assert [e.step for e in evaluations] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+    assert steps[0].perplexity == pytest.approx(math.exp(steps[0].loss))
+    assert steps[0].perplexity > 15  # about the vocabulary size (22) at the start
+    assert evaluations[-1].valid_perplexity < 2.0  # from about 22: the pattern is learnt
+    assert job.valid_perplexity == evaluations[-1].valid_perplexity
+    assert [e.state for e in events if e.kind == "state"] == ["queued", "running", "succeeded"]
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert job.checkpoint_step == job.step and job.parameters > 0
+
+
+def test_watch_resumes_from_a_cursor(lm, trained):
+    job, events = trained
+    tail = list(lm.watch(job.job_id, after_sequence=events[9].sequence))
+    assert tail == events[10:]
+
+
+def test_same_seed_same_model(lm, corpus, trained):
+    job, events = trained
+    again = lm.start_training(corpus.corpus_id, epochs=3, seed=7, **TINY)
+    replay = list(lm.watch(again.job_id))
+    assert [e.loss for e in replay if e.kind == "step"] == [e.loss for e in events if e.kind == "step"]
+    a = lm.evaluate_perplexity(job.job_id, split="test")
+    b = lm.evaluate_perplexity(again.job_id, split="test")
+    assert a.perplexity == b.perplexity and a.tokens == b.tokens
+
+
+def test_evaluate_perplexity_matches_the_last_evaluation(lm, trained):
+    job, _ = trained
+    result = lm.evaluate_perplexity(job.job_id, split="valid")
+    assert result.perplexity == pytest.approx(job.valid_perplexity, rel=1e-12)
+    assert result.tokens == (140 // 2 - 1) * 2 and result.step == job.step
+    assert result.loss == pytest.approx(math.log(result.perplexity))
+
+
+def test_sampling_is_deterministic_and_greedy_follows_the_pattern(lm, trained):
+    job, _ = trained
+    first = lm.sample(job.job_id, start_word_id=0, num_words=30, seed=3)
+    assert lm.sample(job.job_id, start_word_id=0, num_words=30, seed=3).raw == first.raw
+    assert first.prompt_ids == [0] and len(first.words) == 30
+    greedy = lm.sample(job.job_id, prompt="w3 w4", num_words=3, strategy="greedy")
+    assert greedy.words[0] == "w5"
+    assert greedy.text.startswith("w5 ")
+    top1 = lm.sample(job.job_id, prompt="w3 w4", num_words=5, top_k=1, seed=9)
+    assert top1.words == lm.sample(job.job_id, prompt="w3 w4", num_words=5, strategy="greedy").words
+
+
+def test_embedding_distance_and_nearest_words_agree(lm, trained):
+    job, _ = trained
+    d = lm.distance(job.job_id, "w1", "w2")
+    assert d.euclidean**2 == pytest.approx(
+        d.norm_a**2 + d.norm_b**2 - 2 * d.norm_a * d.norm_b * d.cosine_similarity
+    )
+    assert d.cosine_distance == pytest.approx(1 - d.cosine_similarity)
+    assert lm.distance(job.job_id, "w1", "w1").euclidean == 0.0
+    near = lm.nearest(job.job_id, "w1", k=21)
+    assert len(near.neighbors) == 21 and "w1" not in [w for w, _, _ in near.neighbors]
+    distances = [dist for _, _, dist in near.neighbors]
+    assert distances == sorted(distances)
+    assert dict((w, dist) for w, _, dist in near.neighbors)["w2"] == pytest.approx(d.euclidean)
+    cosine = lm.nearest(job.job_id, "w1", k=3, metric="cosine")
+    assert cosine.metric == "cosine" and cosine.neighbors[0][2] <= cosine.neighbors[1][2]
+
+
+def test_job_listing_history_and_plot(lm, trained):
+    job, events = trained
+    assert job.job_id in [j.job_id for j in lm.list_jobs(states=["succeeded"])]
+    assert lm.list_jobs(states=["failed"]) == []
+    full = lm.get_job(job.job_id, history=True, plot=True)
+    assert full.events == events
+    assert full.plot_png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cancel_then_resume_equals_an_uninterrupted_run(lm, corpus, trained):
+    job, events = trained
+    config = dict(TINY, checkpoint_interval=5)
+    running = lm.start_training(corpus.corpus_id, epochs=3, seed=7, **config)
+    for event in lm.watch(running.job_id):
+        if event.kind == "checkpoint" and event.step >= 10:
+            break
+    cancelled = lm.cancel_job(running.job_id)
+    assert cancelled.state == "cancelled" and 10 <= cancelled.checkpoint_step < cancelled.total_steps
+    assert error_of(lm.cancel_job, running.job_id).code == grpc.StatusCode.FAILED_PRECONDITION
+    resumed = lm.resume_job(running.job_id)
+    assert resumed.state in ("queued", "running")
+    final = lm.wait_job(running.job_id)
+    assert final.state == "succeeded"
+    history = lm.get_job(running.job_id, history=True).events
+    assert [e.loss for e in history if e.kind == "step"] == [e.loss for e in events if e.kind == "step"]
+    assert final.valid_perplexity == job.valid_perplexity and final.test_perplexity == job.test_perplexity
+    a = lm.distance(job.job_id, "w1", "w7")
+    b = lm.distance(running.job_id, "w1", "w7")
+    assert (a.euclidean, a.cosine_similarity) == (b.euclidean, b.cosine_similarity)
+
+
+def test_ptb_short_run_starts_near_the_vocabulary_size(lm):
+    job = lm.start_training(
+        "ptb", embed_size=16, hidden_size=32, max_steps=3, log_interval=1, eval_batch_size=40, seed=1
+    )
+    events = list(lm.watch(job.job_id))
+    final = lm.get_job(job.job_id)
+    assert final.state == "succeeded", final.error
+    assert final.vocab_size == 10_000 and final.steps_per_epoch == 1549
+    first = next(e for e in events if e.kind == "step")
+    assert 9.0 < first.loss < 9.6  # ln 10000 = 9.21: a fresh model is close to uniform
+    evaluation = next(e for e in events if e.kind == "evaluation")
+    assert 2_000 < evaluation.valid_perplexity < 20_000
+    assert lm.evaluate_perplexity(job.job_id, split="valid", batch_size=40).tokens == (73_760 // 40 - 1) * 40
+
+
+# -- errors --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"hidden_size": -1}, "config.hidden_size"),
+        ({"embed_size": -5}, "config.embed_size"),
+        ({"batch_size": -1}, "config.batch_size"),
+        ({"learning_rate": 0.0}, "config.learning_rate"),
+        ({"learning_rate": -0.1}, "config.learning_rate"),
+        ({"clip_norm": -1.0}, "config.clip_norm"),
+        ({"dropout": 1.0}, "config.dropout"),
+        ({"tie_weights": True}, "config.tie_weights"),
+        ({"max_steps": -1}, "config.max_steps"),
+        ({"batch_size": 100, "sequence_length": 30}, "config.batch_size"),
+        ({"batch_size": 840}, "config.batch_size"),
+        ({"eval_batch_size": 100}, "config.eval_batch_size"),
+        ({"device": "tpu"}, "config.device"),
+        ({"workers": 3}, "config.workers"),
+        ({"lr_decay": 2.0}, "config.lr_decay"),
+    ],
+)
+def test_bad_hyperparameters_name_the_field(lm, corpus, options, field):
+    settings = dict(TINY, **options)
+    error = error_of(lm.start_training, corpus.corpus_id, **settings)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert field in str(error)
+
+
+def test_unknown_corpus_and_job(lm):
+    error = error_of(lm.start_training, "corpus-0000000000000000", **TINY)
+    assert error.code == grpc.StatusCode.NOT_FOUND and "corpus_id" in str(error)
+    assert error_of(lm.start_training, "", **TINY).code == grpc.StatusCode.INVALID_ARGUMENT
+    for call in (lm.get_job, lm.cancel_job, lm.resume_job, lm.evaluate_perplexity, lm.sample):
+        error = error_of(call, "job-missing")
+        assert error.code == grpc.StatusCode.NOT_FOUND and "job-missing" in str(error)
+    assert error_of(lambda: list(lm.watch("job-missing"))).code == grpc.StatusCode.NOT_FOUND
+
+
+def test_unknown_words_suggest_close_spellings(lm, trained):
+    job, _ = trained
+    error = error_of(lm.distance, job.job_id, "w1", "w21")
+    assert error.code == grpc.StatusCode.NOT_FOUND
+    assert "word_b" in str(error) and "'w21'" in str(error) and "w2" in str(error)
+    assert error_of(lm.nearest, job.job_id, "W3").code == grpc.StatusCode.NOT_FOUND
+    assert "try 'w3'" in str(error_of(lm.nearest, job.job_id, "W3"))
+    assert error_of(lm.sample, job.job_id, prompt="w1 qq").code == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"start_word_id": 22}, "start_word_id"),
+        ({"start_word_id": -1}, "start_word_id"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_k": -2}, "top_k"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"num_words": -3}, "num_words"),
+        ({"prompt": "w1", "start_word_id": 1}, "start_word_id"),
+    ],
+)
+def test_bad_sampling_options(lm, trained, options, field):
+    job, _ = trained
+    error = error_of(lm.sample, job.job_id, **options)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT and field in str(error)
+
+
+def test_corpus_errors(lm):
+    assert error_of(lm.upload_corpus, "").code == grpc.StatusCode.INVALID_ARGUMENT
+    error = error_of(lm.upload_corpus, "word " * 50_000)
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_corpus_bytes" in str(error)
+    few = lm.upload_corpus("a b\n", "a\n", "b\n")
+    error = error_of(lm.start_training, few.corpus_id, **TINY)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT and "config.batch_size" in str(error)
+
+
+def test_queue_limit_and_cancelling_a_queued_job(lm, corpus):
+    long_run = dict(TINY, hidden_size=64)
+    first = lm.start_training(corpus.corpus_id, epochs=10_000, **long_run)
+    queued = [lm.start_training(corpus.corpus_id, epochs=1, **TINY) for _ in range(2)]
+    assert [j.state for j in queued] == ["queued", "queued"]
+    assert [lm.get_job(j.job_id).queue_position for j in queued] == [0, 1]
+    error = error_of(lm.start_training, corpus.corpus_id, **TINY)
+    assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_queued_jobs" in str(error)
+    error = error_of(lm.evaluate_perplexity, queued[0].job_id)
+    assert error.code == grpc.StatusCode.FAILED_PRECONDITION and "no checkpoint" in str(error)
+    for job in queued:
+        assert lm.cancel_job(job.job_id).state == "cancelled"
+    assert lm.cancel_job(first.job_id).state == "cancelled"
+    assert error_of(lm.resume_job, first.job_id.replace("job-", "job-x")).code == grpc.StatusCode.NOT_FOUND
