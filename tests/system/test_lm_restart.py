@@ -1,0 +1,131 @@
+"""A sequence server process killed (SIGKILL) mid-training: after a restart the job is INTERRUPTED, and
+ResumeJob finishes it with exactly the result of an uninterrupted run. The CLI drives the end of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from nnprobe import SequenceClient
+
+pytestmark = pytest.mark.system
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(tmp_path: Path, port: int) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "NNPROBE_DATA_DIR": str(tmp_path / "data"),
+        "NNPROBE_CACHE_DIR": str(tmp_path / "cache"),
+        "NNPROBE_HOST": "127.0.0.1",
+        "NNPROBE_DEVICE": "cpu",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "nnprobe_services.sequence", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def text(lines: int, offset: int = 0) -> str:
+    words = [f"w{i}" for i in range(20)]
+    return "".join(
+        " ".join(words[(3 * (k + offset) + j) % 20] for j in range(6)) + "\n" for k in range(lines)
+    )
+
+
+CONFIG = dict(
+    embed_size=16,
+    hidden_size=48,
+    batch_size=4,
+    sequence_length=8,
+    epochs=6,
+    learning_rate=0.01,
+    eval_batch_size=2,
+    log_interval=2,
+    checkpoint_interval=4,
+    seed=11,
+)
+
+
+def test_killed_server_job_is_interrupted_and_resumes_exactly(tmp_path):
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    proc = start(tmp_path, port)
+    try:
+        with SequenceClient(address, timeout=60) as client:
+            client.wait_until_ready(timeout=120)
+            corpus = client.upload_corpus(text(120), text(20, 120), text(20, 140))
+            reference = client.start_training(corpus.corpus_id, **CONFIG)
+            reference = client.wait_job(reference.job_id)
+            assert reference.state == "succeeded"
+            job = client.start_training(corpus.corpus_id, **CONFIG)
+            for event in client.watch(job.job_id):
+                if event.kind == "checkpoint" and event.step >= 8:
+                    break
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    proc = start(tmp_path, port)
+    try:
+        with SequenceClient(address, timeout=60) as client:
+            client.wait_until_ready(timeout=120)
+            interrupted = client.get_job(job.job_id)
+            assert interrupted.state == "interrupted"
+            assert "server stopped" in interrupted.error
+            assert 8 <= interrupted.checkpoint_step < interrupted.total_steps
+            assert client.get_job(reference.job_id).state == "succeeded"
+            cli = subprocess.run(
+                [str(BIN / "nnprobe"), "lm", "resume", job.job_id, "--watch", "--json", "--address", address],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert cli.returncode == 0, cli.stderr
+            final = client.get_job(job.job_id, history=True)
+            assert final.state == "succeeded"
+            assert (final.valid_perplexity, final.test_perplexity) == (
+                reference.valid_perplexity,
+                reference.test_perplexity,
+            )
+            expected = client.get_job(reference.job_id, history=True).events
+            assert [e.loss for e in final.events if e.kind == "step"] == [
+                e.loss for e in expected if e.kind == "step"
+            ]
+            jobs = subprocess.run(
+                [str(BIN / "nnprobe"), "lm", "jobs", "--json", "--address", address],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert {j["job_id"]: j["state"] for j in json.loads(jobs.stdout)} == {
+                job.job_id: "succeeded",
+                reference.job_id: "succeeded",
+            }
+            a = client.distance(job.job_id, "w1", "w9")
+            b = client.distance(reference.job_id, "w1", "w9")
+            assert a.euclidean == b.euclidean
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
