@@ -15,6 +15,7 @@ $(STAMP): requirements-dev.txt sdk/pyproject.toml services/pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt \
 		--config-settings editable_mode=compat -e ./sdk -e ./services
+	$(BIN)/pip install --quiet --no-deps torchattacks==3.5.1
 	touch $(STAMP)
 
 protos: $(STAMP)
