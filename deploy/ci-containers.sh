@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# CI container stage: build the three images from deploy/Dockerfile, run them with deploy/compose.yaml,
+# wait until healthy, ask them over the compose network (`nnprobe health` in a container), run
+# deploy/smoke.py through the SDK from the host, stop them (SIGTERM must give exit code 0), tear down.
+#
+# Runs as root on a machine without a Docker engine or registry: ../shared/tools/local-docker.sh starts a
+# private dockerd with a stand-in python:3.11-slim and a local wheel index, and is stopped on exit.
+#
+#   deploy/ci-containers.sh                                  # cold: fresh Docker data dir, removed after
+#   NNPROBE_CI_DOCKER_DIR=/var/tmp/nnprobe-docker deploy/ci-containers.sh   # kept: warm layer cache
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+LOCAL_DOCKER=${LOCAL_DOCKER:-../shared/tools/local-docker.sh}
+PROJECT=${NNPROBE_CI_PROJECT:-nnprobe-ci}
+HEALTHY_TIMEOUT=${NNPROBE_CI_HEALTHY_TIMEOUT:-240}
+SERVICES=(vision sequence attention)
+COMPOSE=(docker-compose --project-name "$PROJECT" --file deploy/compose.yaml)
+
+if [ -n "${NNPROBE_CI_DOCKER_DIR:-}" ]; then
+  DOCKER_DIR=$NNPROBE_CI_DOCKER_DIR KEEP_DOCKER_DIR=1
+else
+  DOCKER_DIR=$(mktemp -d /tmp/nnprobe-ci.XXXXXX) KEEP_DOCKER_DIR=0
+fi
+
+declare -A TIMES=()
+STARTED=$SECONDS PHASE_START=$SECONDS
+log() { printf '[ci-containers %4ss] %s\n' "$((SECONDS - STARTED))" "$*" >&2; }
+phase() { PHASE_START=$SECONDS; log "$*"; }
+took() { TIMES[$1]=$((SECONDS - PHASE_START)); log "$1: ${TIMES[$1]} s"; }
+
+cleanup() {
+  local rc=$?
+  trap - EXIT
+  set +e
+  if [ -n "${DOCKER_HOST:-}" ] && docker info >/dev/null 2>&1; then
+    if [ "$rc" -ne 0 ]; then
+      log "FAILED (rc=$rc): container states and logs follow"
+      "${COMPOSE[@]}" ps
+      "${COMPOSE[@]}" logs --no-color --tail 60
+    fi
+    phase "compose down -v"
+    "${COMPOSE[@]}" down --volumes --remove-orphans --timeout 20
+    took down
+  fi
+  "$LOCAL_DOCKER" down "$DOCKER_DIR"
+  [ "$KEEP_DOCKER_DIR" = 1 ] || rm -rf "$DOCKER_DIR"
+  log "timings (s): $(for k in up build start healthy health smoke stop down; do
+    [ -n "${TIMES[$k]:-}" ] && printf '%s=%s ' "$k" "${TIMES[$k]}"; done)total=$((SECONDS - STARTED))"
+  exit "$rc"
+}
+trap cleanup EXIT
+
+[ -x .venv/bin/python ] || make install
+
+phase "local-docker up ($DOCKER_DIR)"
+eval "$("$LOCAL_DOCKER" up "$DOCKER_DIR")"
+took up
+
+# Host ports: free ones, so the stage runs next to anything else on the machine (`make up` included).
+read -r -a PORTS <<<"$(.venv/bin/python -c '
+import socket
+socks = [socket.socket() for _ in range(6)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))')"
+export NNPROBE_VISION_HOST_PORT=${PORTS[0]} NNPROBE_SEQUENCE_HOST_PORT=${PORTS[1]}
+export NNPROBE_ATTENTION_HOST_PORT=${PORTS[2]} NNPROBE_VISION_METRICS_HOST_PORT=${PORTS[3]}
+export NNPROBE_SEQUENCE_METRICS_HOST_PORT=${PORTS[4]} NNPROBE_ATTENTION_METRICS_HOST_PORT=${PORTS[5]}
+
+phase "building the images (docker-compose build)"
+"${COMPOSE[@]}" build
+took build
+docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^nnprobe/' >&2
+
+phase "starting ${SERVICES[*]}"
+"${COMPOSE[@]}" up --detach "${SERVICES[@]}"
+took start
+
+phase "waiting for healthy (at most ${HEALTHY_TIMEOUT} s)"
+deadline=$((SECONDS + HEALTHY_TIMEOUT))
+while :; do
+  states=()
+  for service in "${SERVICES[@]}"; do
+    id=$("${COMPOSE[@]}" ps -q "$service")
+    states+=("$service=$(docker inspect -f '{{.State.Status}}/{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id")")
+  done
+  case " ${states[*]} " in
+    *=exited/* | *=dead/* | */unhealthy\ *) log "a server failed: ${states[*]}"; exit 1 ;;
+    *=running/starting\ * | *=created/* | *=restarting/*) ;;
+    *) break ;;
+  esac
+  [ "$SECONDS" -lt "$deadline" ] || { log "not healthy in time: ${states[*]}"; exit 1; }
+  sleep 1
+done
+log "healthy: ${states[*]}"
+took healthy
+
+phase "nnprobe health over the compose network (depends_on: service_healthy)"
+"${COMPOSE[@]}" run --rm health
+took health
+
+phase "smoke test through the SDK"
+.venv/bin/python deploy/smoke.py --vision "127.0.0.1:$NNPROBE_VISION_HOST_PORT" \
+  --sequence "127.0.0.1:$NNPROBE_SEQUENCE_HOST_PORT" --attention "127.0.0.1:$NNPROBE_ATTENTION_HOST_PORT"
+took smoke
+for service in "${SERVICES[@]}"; do # informative only until every server serves metrics
+  var=NNPROBE_${service^^}_METRICS_HOST_PORT
+  if curl -fsS --max-time 3 "http://127.0.0.1:${!var}/metrics" -o /dev/null; then
+    log "metrics: $service serves /metrics"
+  else
+    log "metrics: $service does not serve /metrics (yet)"
+  fi
+done
+
+phase "stopping (SIGTERM; each server must drain and exit 0)"
+"${COMPOSE[@]}" stop --timeout 20
+took stop
+for service in "${SERVICES[@]}"; do
+  code=$(docker inspect -f '{{.State.ExitCode}}' "$("${COMPOSE[@]}" ps -q "$service")")
+  [ "$code" = 0 ] || { log "$service exited with $code after SIGTERM"; exit 1; }
+done
+log "all servers stopped cleanly; container stage passed"

@@ -1,0 +1,106 @@
+"""Smoke test of a deployment through the SDK: health plus one real call per service.
+
+    .venv/bin/python deploy/smoke.py                      # localhost:50051, :50052, :50053
+    NNPROBE_VISION_ADDR=host:port ... deploy/smoke.py     # or --vision/--sequence/--attention
+    deploy/smoke.py --tls-ca ca.crt --token TOKEN         # TLS and a bearer token (or NNPROBE_TOKEN)
+
+Exits 0 when every check passes; prints one line per check either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from nnprobe import AttentionClient, SequenceClient, TlsConfig, VisionClient
+from nnprobe.config import default_address
+from nnprobe.vision import Layer
+
+
+def check_attention(address: str, options: dict[str, Any]) -> str:
+    with AttentionClient(address, **options) as client:
+        assert client.health() == "SERVING", client.health()
+        r = client.check_permutation_equivariance(sequence_length=5, model_dim=8, seed=0)
+        assert r.holds, r
+        assert r.permutations_checked == 120, r.permutations_checked
+        assert r.max_deviation <= 1e-12, r.max_deviation
+        n, deviation = r.permutations_checked, r.max_deviation
+        return f"equivariance holds over {n} permutations, max deviation {deviation:.1e}"
+
+
+def check_sequence(address: str, options: dict[str, Any]) -> str:
+    with SequenceClient(address, **options) as client:
+        assert client.health() == "SERVING", client.health()
+        # A linear RNN with W_ih = I, W_hh = I/2 and no bias on a constant input x = (1, 2):
+        # h_t = x + h_(t-1) / 2, so h = (1, 2), (1.5, 3), (1.75, 3.5).
+        inputs = np.tile(np.array([1.0, 2.0]), (3, 1, 1))
+        weights = {"weight_ih_l0": np.eye(2), "weight_hh_l0": 0.5 * np.eye(2)}
+        r = client.run_recurrent(inputs, cell="rnn_linear", weights=weights, no_bias=True)
+        expected = np.array([[[1.0, 2.0]], [[1.5, 3.0]], [[1.75, 3.5]]])
+        np.testing.assert_allclose(r.hidden_states, expected, atol=1e-12)
+        return f"linear RNN forward pass exact, hidden states {r.hidden_states.shape}"
+
+
+def check_vision(address: str, options: dict[str, Any]) -> str:
+    with VisionClient(address, **options) as client:
+        assert client.health() == "SERVING", client.health()
+        # conv 3x3 -> max-pool 2x2 -> conv 3x3 on 32x32: receptive field 3, then 4 (jump 2), then 8; the
+        # server proves the box of one unit by back-propagation.
+        layers = [
+            Layer("conv1", kernel=3, padding=1),
+            Layer("pool1", kernel=2, kind="pool"),
+            Layer("conv2", kernel=3, padding=1),
+        ]
+        r = client.compute_receptive_field(layers, input_size=32, units=[("conv2", 8, 8)], verify=True)
+        last = r.layer("conv2")
+        got = (last.height.receptive_size, last.height.jump, last.width.size)
+        assert got == (8, 2, 16), got
+        (unit,) = r.units
+        assert unit.verification is not None and unit.verification.matches, unit
+        rows = unit.rows
+        assert rows[1] - rows[0] + 1 == 8, rows
+        return f"receptive field of conv2: size 8, jump 2; unit (8, 8) sees rows {rows}, proven"
+
+
+CHECKS: dict[str, Callable[[str, dict[str, Any]], str]] = {
+    "vision": check_vision,
+    "sequence": check_sequence,
+    "attention": check_attention,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in CHECKS:
+        parser.add_argument(f"--{name}", default=default_address(name), help=f"address of the {name} server")
+    parser.add_argument("--timeout", type=float, default=60.0, help="deadline of each call, in seconds")
+    parser.add_argument("--token", default=os.environ.get("NNPROBE_TOKEN"), help="bearer token")
+    parser.add_argument("--tls-ca", help="PEM CA bundle: connect with TLS, trusting this CA")
+    parser.add_argument("--tls-cert", help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", help="PEM key of --tls-cert")
+    args = parser.parse_args(argv)
+    tls = None
+    if args.tls_ca or args.tls_cert:
+        tls = TlsConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    options: dict[str, Any] = {"timeout": args.timeout, "token": args.token, "tls": tls}
+    failures = 0
+    for name, check in CHECKS.items():
+        address = getattr(args, name)
+        start = time.perf_counter()
+        try:
+            detail = check(address, options)
+        except Exception as error:  # report every service, then fail
+            failures += 1
+            print(f"FAIL {name:9} {address}: {type(error).__name__}: {error}")
+        else:
+            print(f"ok   {name:9} {address}: {detail} ({time.perf_counter() - start:.2f} s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
