@@ -1285,8 +1285,9 @@ class TrainingConfig(_message.Message):
     eval_batch_size: _builtins.int
     """Streams for validation and test evaluation; 0 means 10."""
     workers: _builtins.int
-    """Data-parallel worker processes (torch.distributed, gloo on CPU, NCCL on GPU); each takes a
-    contiguous slice of the batch's streams. 0 means 1 (in the server process).
+    """Data-parallel worker processes, each taking a contiguous slice of the batch's streams; must divide
+    batch_size. 0 means 1 (in the server process). Servers without data-parallel support (this release)
+    refuse values > 1 with FAILED_PRECONDITION.
     """
     def __init__(
         self,
