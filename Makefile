@@ -6,7 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install protos check-protos lint format test test-unit test-service test-system up demo bench clean
+.PHONY: install protos check-protos lint format test test-unit test-service test-system up demo bench \
+	bench-load deploy-lint test-containers clean
 
 install: $(STAMP)
 
@@ -28,7 +29,7 @@ check-protos: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy sdk/nnprobe services/nnprobe_services scripts bench demo
+	$(BIN)/mypy sdk/nnprobe services/nnprobe_services scripts bench demo deploy
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
@@ -47,7 +48,17 @@ demo: $(STAMP)
 	$(BIN)/python demo/walkthrough.py
 
 bench: $(STAMP)
-	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in $(filter-out bench/load.py,$(wildcard bench/*.py)); do \
+		echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+bench-load: $(STAMP)
+	$(BIN)/python bench/load.py
+
+deploy-lint: $(STAMP)
+	deploy/lint.sh
+
+test-containers: $(STAMP)
+	deploy/ci-containers.sh
 
 clean:
 	rm -rf $(VENV) demo-output bench-output .pytest_cache .mypy_cache .ruff_cache

@@ -24,7 +24,10 @@ from nnprobe import AttentionClient, NnprobeError, SequenceClient, VisionClient 
 #: (section module, service it talks to), in the order of the original course notebook.
 SECTIONS = [
     ("demo.receptive_field", "vision"),
+    ("demo.classification", "vision"),
+    ("demo.adversarial", "vision"),
     ("demo.recurrent", "sequence"),
+    ("demo.language_model", "sequence"),
     ("demo.attention", "attention"),
 ]
 CLIENTS = {"vision": VisionClient, "sequence": SequenceClient, "attention": AttentionClient}
