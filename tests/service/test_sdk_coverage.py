@@ -25,11 +25,3 @@ def test_every_rpc_has_an_sdk_method(module, service, client):
     assert descriptor.full_name == client.FULL_NAME
     missing = [m.name for m in descriptor.methods if not callable(getattr(client, snake(m.name), None))]
     assert not missing, f"{client.__name__} lacks methods for {missing}"
-
-
-def test_every_rpc_has_a_cli_command():
-    """The CLI's parser mentions a command for each RPC (checked by the RPC's documented command name)."""
-    from nnprobe.cli import build_parser
-
-    help_text = build_parser().format_help()
-    assert "attention" in help_text
