@@ -24,15 +24,33 @@ from nnprobe_services.server.metrics import ServiceMetrics
 log = logging.getLogger("nnprobe.requests")
 
 
+#: Most UTF-8 bytes of a status message or field-violation text sent. Messages often quote the request (an
+#: unknown job id, a word); message and details travel as trailing metadata (the message percent-encoded),
+#: and a client drops trailers over its limit (8 KiB soft, 16 KiB hard by default) and reports
+#: RESOURCE_EXHAUSTED instead of the real status.
+MAX_DETAIL_BYTES = 1000
+
+
+def shorten(text: str, limit: int = MAX_DETAIL_BYTES) -> str:
+    """``text``, cut to at most ``limit`` UTF-8 bytes with a note of its original length."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    note = f"... [{len(text)} characters in all]"
+    return data[: limit - len(note)].decode("utf-8", errors="ignore") + note
+
+
 def error_status(error: ServiceError) -> grpc.Status:
-    """The rich status for a ``ServiceError``."""
-    status = status_pb2.Status(code=error.code.value[0], message=str(error))
+    """The rich status for a ``ServiceError``; long texts are shortened to fit in the trailers."""
+    status = status_pb2.Status(code=error.code.value[0], message=shorten(str(error)))
     if error.field:
         detail = any_pb2.Any()
         detail.Pack(
             error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=shorten(error.field, 256), description=shorten(error.message)
+                    )
                 ]
             )
         )
