@@ -19,13 +19,25 @@ from nnprobe_services.server.errors import FailedPrecondition
 MAGIC = b"NNPROBE-CKPT1 "
 
 
+class WriteFailed(OSError):
+    """A checkpoint could not be written (disk full, folder unwritable...); the previous file is intact."""
+
+
 def save(path: Path, payload: dict[str, Any]) -> str:
-    """Write ``payload`` to ``path`` atomically; return the payload's sha256."""
+    """Write ``payload`` to ``path`` atomically; return the payload's sha256.
+
+    Raises ``WriteFailed`` naming the file and the cause when the write fails; the file at ``path`` is then
+    the previous checkpoint (or absent), and no temporary file is left behind.
+    """
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
-    atomic_write(path, MAGIC + digest.encode() + b"\n" + data)
+    try:
+        atomic_write(path, MAGIC + digest.encode() + b"\n" + data)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise WriteFailed(error.errno, f"could not write checkpoint {path}: {reason}") from error
     return digest
 
 

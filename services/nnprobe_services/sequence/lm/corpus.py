@@ -259,6 +259,24 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def remove_partial_writes(folder: Path, older_than: float) -> list[Path]:
+    """Delete the temporary files ``atomic_write`` leaves behind when its process is killed between
+    creating and renaming one (``.<name>.<random>.tmp``), anywhere under ``folder``, when last modified
+    before ``older_than`` (a Unix time: files that a live writer is still writing are newer). Returns
+    the files removed."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.rglob(".*.tmp"):
+        try:
+            if path.is_file() and path.stat().st_mtime < older_than:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:
+            continue
+    return removed
+
+
 def content_id(texts: dict[str, str]) -> str:
     digest = hashlib.sha256()
     for split in SPLITS:

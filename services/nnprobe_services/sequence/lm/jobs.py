@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from nnprobe_services.sequence.lm import checkpoints
-from nnprobe_services.sequence.lm.corpus import CorpusStore
+from nnprobe_services.sequence.lm.corpus import CorpusStore, remove_partial_writes
 from nnprobe_services.sequence.lm.model import TrainingConfig, parameter_count
 from nnprobe_services.sequence.lm.store import (
     ACTIVE,
@@ -87,9 +87,17 @@ class JobManager:
         self._queues: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
         self._running: dict[str, _Running] = {}
         self._models: dict[str, tuple[tuple[int, int], LoadedModel]] = {}
+        self._remove_partial_writes()
         self._mark_interrupted()
 
     # -- startup -------------------------------------------------------------------------------------
+    def _remove_partial_writes(self) -> None:
+        """Delete the temporary files of checkpoint or corpus writes that a killed server left behind."""
+        started = time.time()
+        for folder in (self.root, self.corpora.root):
+            for path in remove_partial_writes(folder, older_than=started):
+                log.warning("removed %s, the partial write of a server that stopped", path)
+
     def _mark_interrupted(self) -> None:
         for job in self.store.jobs((QUEUED, RUNNING), limit=1_000_000):
             where = f"at step {job.checkpoint_step}" if job.checkpoint_step >= 0 else "none yet"
@@ -284,7 +292,17 @@ class JobManager:
         job = self.get(job_id)
         payload["sequence"] = job.last_sequence
         payload["corpus_id"] = job.corpus_id
-        digest = checkpoints.save(self.checkpoint_path(job_id), payload)
+        try:
+            digest = checkpoints.save(self.checkpoint_path(job_id), payload)
+        except checkpoints.WriteFailed as error:
+            kept = (
+                f"the checkpoint of step {job.checkpoint_step} is kept"
+                if job.checkpoint_step >= 0
+                else "no earlier checkpoint exists"
+            )
+            raise checkpoints.WriteFailed(
+                error.errno, f"step {payload['step']}: {error.strerror}; {kept}"
+            ) from error
         self._event(
             job_id,
             "checkpoint",
