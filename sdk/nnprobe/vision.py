@@ -1,4 +1,4 @@
-"""Client for VisionService: receptive fields of convolutional networks."""
+"""Client for VisionService: receptive fields, ImageNet classification and adversarial examples."""
 
 from __future__ import annotations
 
@@ -283,6 +283,162 @@ def _result(r: pb.ComputeReceptiveFieldResponse) -> ReceptiveFieldResult:
     )
 
 
+@dataclass
+class Preprocessing:
+    """A model's preprocessing: shorter side to ``resize``, centre crop ``crop`` (h, w), /255, normalise."""
+
+    resize: int
+    crop: tuple[int, int]
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass
+class ModelInfo:
+    """One classifier the server can serve."""
+
+    name: str
+    architecture: str
+    source: str
+    weights_present: bool
+    weights_path: str
+    weights_file_name: str
+    searched: list[str]
+    #: sha256 of the weights file ("" when absent).
+    version: str
+    preprocessing: Preprocessing
+    num_classes: int
+    is_default: bool
+    raw: Any = field(repr=False, default=None)
+
+
+@dataclass
+class ClassScore:
+    """A class and its softmax probability."""
+
+    index: int
+    label: str
+    probability: float
+
+
+@dataclass
+class Classification:
+    """The classification of one image: ``top`` most probable first."""
+
+    name: str
+    top: list[ClassScore]
+    #: (num_classes,) float32 logits when asked for, else None.
+    logits: np.ndarray | None
+    batch_size: int
+    queue_seconds: float
+    inference_seconds: float
+
+    @property
+    def label(self) -> str:
+        """The top-1 label."""
+        return self.top[0].label
+
+    @property
+    def index(self) -> int:
+        """The top-1 class index."""
+        return self.top[0].index
+
+    @property
+    def probability(self) -> float:
+        """The top-1 probability."""
+        return self.top[0].probability
+
+
+@dataclass
+class ClassifyResult:
+    """Outcome of ``classify``: one ``Classification`` per image, in order."""
+
+    results: list[Classification]
+    model: str
+    model_version: str
+    preprocess_seconds: float
+    total_seconds: float
+    raw: Any = field(repr=False, default=None)
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> Classification:
+        return self.results[index]
+
+
+#: What ``classify`` accepts as one image: a file path, encoded bytes, a PIL image or an (H, W[, C]) array
+#: (uint8 in [0, 255] or float in [0, 1]).
+ImageLike = Any
+
+
+def image_message(image: ImageLike, name: str = "") -> common_pb2.Image:
+    """One image as an ``Image`` message (PIL images are sent as PNG; PIL itself is optional)."""
+    if isinstance(image, common_pb2.Image):
+        return image
+    if isinstance(image, np.ndarray):
+        pixels = image[:, :, None] if image.ndim == 2 else image
+        return common_pb2.Image(pixels=tensors.to_tensor(np.ascontiguousarray(pixels)), name=name)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return common_pb2.Image(encoded=bytes(image), name=name)
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        return common_pb2.Image(encoded=path.read_bytes(), name=name or path.name)
+    if hasattr(image, "save") and hasattr(image, "mode"):  # a PIL image
+        import io
+
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return common_pb2.Image(encoded=buffer.getvalue(), name=name)
+    raise TypeError(f"an image is a path, bytes, a PIL image or a numpy array, not {type(image).__name__}")
+
+
+def _images(images: ImageLike | Iterable[ImageLike]) -> list[common_pb2.Image]:
+    single = isinstance(images, (str, Path, bytes, bytearray, memoryview, np.ndarray, common_pb2.Image))
+    if single or (hasattr(images, "save") and hasattr(images, "mode")):
+        return [image_message(images)]
+    return [image_message(image) for image in images]  # type: ignore[union-attr]
+
+
+def _model_info(m: Any) -> ModelInfo:
+    p = m.preprocessing
+    return ModelInfo(
+        name=m.name,
+        architecture=m.architecture,
+        source=m.source,
+        weights_present=m.weights_present,
+        weights_path=m.weights_path,
+        weights_file_name=m.weights_file_name,
+        searched=list(m.searched),
+        version=m.version,
+        preprocessing=Preprocessing(
+            p.resize, (p.crop.height, p.crop.width), p.interpolation, tuple(p.mean), tuple(p.std)
+        ),
+        num_classes=m.num_classes,
+        is_default=m.is_default,
+        raw=m,
+    )
+
+
+def _scores(messages: Iterable[Any]) -> list[ClassScore]:
+    return [ClassScore(c.index, c.label, c.probability) for c in messages]
+
+
+def _classification(c: Any) -> Classification:
+    return Classification(
+        name=c.name,
+        top=_scores(c.top),
+        logits=tensors.to_numpy(c.logits) if c.HasField("logits") else None,
+        batch_size=c.batch_size,
+        queue_seconds=c.queue_seconds,
+        inference_seconds=c.inference_seconds,
+    )
+
+
 class VisionClient(BaseClient):
     """``VisionClient("localhost:50051")``; see each method for its options.
 
@@ -355,11 +511,52 @@ class VisionClient(BaseClient):
     #: A friendlier name for ``compute_receptive_field``.
     receptive_field = compute_receptive_field
 
+    def list_models(self, *, timeout: float | _Default | None = DEFAULT) -> list[ModelInfo]:
+        """Every classifier the server can serve, the default first."""
+        response = self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return [_model_info(m) for m in response.models]
+
+    def classify(
+        self,
+        images: ImageLike | Iterable[ImageLike],
+        *,
+        model: str | None = None,
+        top_k: int = 5,
+        skip_resize: bool = False,
+        return_logits: bool = False,
+        names: Sequence[str] | None = None,
+        timeout: float | _Default | None = DEFAULT,
+    ) -> ClassifyResult:
+        """ImageNet top-``top_k`` classes of one image or a list of them.
+
+        An image is a file path, encoded bytes (JPEG, PNG, WebP, BMP), a PIL image or an (H, W[, C]) numpy
+        array (uint8, or float in [0, 1]). ``model``: a name from ``list_models`` (default: the server's
+        default). ``skip_resize``: the images already have the model's input size (no resize or crop).
+        ``names`` label the images in the results (file names are used for paths).
+        """
+        messages = _images(images)
+        if names is not None:
+            if len(names) != len(messages):
+                raise ValueError(f"got {len(names)} names for {len(messages)} images")
+            for message, name in zip(messages, names, strict=True):
+                message.name = name
+        request = pb.ClassifyRequest(
+            images=messages,
+            model=model or "",
+            top_k=top_k,
+            skip_resize=skip_resize,
+            return_logits=return_logits,
+        )
+        r = self._unary(self._stub.Classify, request, timeout)
+        return ClassifyResult(
+            results=[_classification(c) for c in r.results],
+            model=r.model,
+            model_version=r.model_version,
+            preprocess_seconds=r.preprocess_seconds,
+            total_seconds=r.total_seconds,
+            raw=r,
+        )
+
 
 def _image(image: bytes | str | Path | np.ndarray) -> common_pb2.Image:
-    if isinstance(image, np.ndarray):
-        return common_pb2.Image(pixels=tensors.to_tensor(image))
-    if isinstance(image, bytes):
-        return common_pb2.Image(encoded=image)
-    path = Path(image)
-    return common_pb2.Image(encoded=path.read_bytes(), name=path.name)
+    return image_message(image)

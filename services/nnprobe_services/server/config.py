@@ -74,6 +74,30 @@ class ServerConfig:
     max_queued_jobs: int = 16
     #: Most words one Sample request may generate.
     max_sample_words: int = 10_000
+    #: Classifier used when a vision request names none.
+    default_model: str = "efficientnet_lite0"
+    #: Folder of classifier weights with torchvision's file names (``alexnet-owt-7be5be79.pth``), searched
+    #: after ``model_weights`` and before the torch hub cache (``$TORCH_HOME/hub/checkpoints``).
+    weights_dir: Path | None = None
+    #: Explicit weights files, ``name=path`` pairs separated by commas (``alexnet=/w/alexnet.pth``).
+    model_weights: str | None = None
+    #: Seconds to wait for a missing weights file's download into the hub cache; 0 never downloads.
+    weights_download_timeout: float = 5.0
+    #: Gather concurrent Classify calls into batches (``false``: each call runs its own forward pass).
+    dynamic_batching: bool = True
+    #: Most images in one batched forward pass; 0 picks 16 on a CPU and 64 on a GPU.
+    batch_max_size: int = 0
+    #: Longest wait, in milliseconds, for a batch to fill once its first image is queued; unset picks
+    #: 5 on a CPU and 2 on a GPU.
+    batch_max_delay_ms: float | None = None
+    #: Most images waiting in a model's batching queue before Classify gets RESOURCE_EXHAUSTED.
+    batch_queue_size: int = 256
+    #: Largest encoded image, in bytes.
+    max_image_bytes: int = 32 * 1024 * 1024
+    #: Largest image, in pixels (width * height), checked from the header before decoding.
+    max_image_pixels: int = 89_478_485
+    #: Most iterations one adversarial attack may run.
+    max_attack_steps: int = 1000
 
     def validate(self) -> ServerConfig:
         """Return self, or raise ``ValueError`` naming the bad setting."""
@@ -90,11 +114,28 @@ class ServerConfig:
             "max_corpus_bytes",
             "max_queued_jobs",
             "max_sample_words",
+            "batch_queue_size",
+            "max_image_bytes",
+            "max_image_pixels",
+            "max_attack_steps",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
         if self.ptb_download_timeout < 0:
             raise ValueError(f"ptb_download_timeout must be >= 0, not {self.ptb_download_timeout}")
+        if self.batch_max_size < 0:
+            raise ValueError(f"batch_max_size must be >= 0, not {self.batch_max_size}")
+        if self.batch_max_delay_ms is not None and not 0 <= self.batch_max_delay_ms <= 60_000:
+            raise ValueError(f"batch_max_delay_ms must be in 0..60000, not {self.batch_max_delay_ms}")
+        if self.weights_download_timeout < 0:
+            raise ValueError(f"weights_download_timeout must be >= 0, not {self.weights_download_timeout}")
+        if not self.default_model.strip():
+            raise ValueError("default_model must not be empty")
+        if self.weights_dir is not None and not Path(self.weights_dir).is_dir():
+            raise ValueError(f"weights_dir: no such folder {self.weights_dir}")
+        for name, path in self.weights_files().items():
+            if not name or not path.name:
+                raise ValueError(f"model_weights entries are name=path, got {self.model_weights!r}")
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds must be >= 0, not {self.grace_seconds}")
         if self.log_level not in LOG_LEVELS:
@@ -121,6 +162,16 @@ class ServerConfig:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def weights_files(self) -> dict[str, Path]:
+        """``model_weights`` as {model name: path}."""
+        files: dict[str, Path] = {}
+        for entry in filter(None, (e.strip() for e in (self.model_weights or "").split(","))):
+            name, sep, path = entry.partition("=")
+            if not sep:
+                raise ValueError(f"model_weights entries are name=path, not {entry!r}")
+            files[name.strip()] = Path(path.strip()).expanduser()
+        return files
+
     def tokens(self) -> list[str]:
         """Accepted bearer tokens (empty: authentication off)."""
         tokens = [self.auth_token.strip()] if self.auth_token else []
@@ -144,7 +195,18 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "str | None": str,
     "Path": lambda raw: Path(raw).expanduser(),
     "Path | None": lambda raw: Path(raw).expanduser(),
+    "float | None": float,
+    "bool": lambda raw: _parse_bool(raw),
 }
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, not {raw!r}")
 
 
 def _fields() -> list[dataclasses.Field]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from fractions import Fraction
 
 import grpc
 import torch
 from nnprobe import tensors
+from nnprobe._proto.common.v1 import common_pb2
 from nnprobe._proto.vision.v1 import vision_pb2 as pb
 from nnprobe._proto.vision.v1 import vision_pb2_grpc
 
@@ -22,8 +24,10 @@ from nnprobe_services.server.errors import (
     ResourceExhausted,
     ServiceError,
 )
+from nnprobe_services.server.metrics import metrics_for
+from nnprobe_services.vision import classify, models, preprocess, rf_empirical, rf_graph, rf_plot
 from nnprobe_services.vision import receptive_field as rf
-from nnprobe_services.vision import rf_empirical, rf_graph, rf_plot
+from nnprobe_services.vision.batcher import QueueFull, batcher_metrics
 
 KINDS = {
     pb.LAYER_KIND_UNSPECIFIED: "conv",
@@ -60,8 +64,101 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
     def __init__(self, config: ServerConfig, device: torch.device) -> None:
         self.config = config
         self.device = device
+        self.models = models.ModelStore(
+            device,
+            explicit=config.weights_files(),
+            weights_dir=config.weights_dir,
+            download_timeout=config.weights_download_timeout,
+        )
+        gpu = device.type == "cuda"
+        self.classifier = classify.Classifier(
+            self.models,
+            classify.BatchingSettings(
+                enabled=config.dynamic_batching,
+                max_size=config.batch_max_size or (64 if gpu else 16),
+                max_delay=(
+                    config.batch_max_delay_ms
+                    if config.batch_max_delay_ms is not None
+                    else 2.0
+                    if gpu
+                    else 5.0
+                )
+                / 1000.0,
+                queue_size=config.batch_queue_size,
+            ),
+            batcher_metrics(metrics_for("vision").registry),
+        )
 
     # -- RPCs ----------------------------------------------------------------------------------------
+    def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        default = self._model_name("")
+        response = pb.ListModelsResponse(default_model=default)
+        names = sorted(models.records(), key=lambda n: n != default)
+        for name in names:
+            record = models.records()[name]
+            where = self.models.location(name)
+            prep = record.preprocessing
+            response.models.append(
+                pb.ModelInfo(
+                    name=name,
+                    architecture=record.architecture,
+                    source=record.source,
+                    weights_present=where.path is not None,
+                    weights_path=str(where.path or ""),
+                    weights_file_name=record.file_name,
+                    searched=list(where.searched),
+                    version=models.sha256_of(where.path) if where.path is not None else "",
+                    preprocessing=pb.Preprocessing(
+                        resize=prep.resize,
+                        crop=pb.Extent(height=prep.crop[0], width=prep.crop[1]),
+                        interpolation=prep.interpolation,
+                        mean=list(prep.mean),
+                        std=list(prep.std),
+                    ),
+                    num_classes=record.num_classes,
+                    is_default=name == default,
+                )
+            )
+        return response
+
+    def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
+        start = time.monotonic()
+        name = self._model_name(request.model)
+        record = models.records()[name]
+        top_k = request.top_k or 5
+        if not 1 <= top_k <= record.num_classes:
+            raise InvalidArgument(f"must be in 1..{record.num_classes}, got {request.top_k}", field="top_k")
+        pixels = self._pixels(request.images, record.preprocessing, request.skip_resize)
+        loaded = self._load(name)
+        prepared = time.monotonic()
+        try:
+            results = self.classifier.run(
+                loaded, pixels, deadline=self._deadline(context), is_active=context.is_active
+            )
+        except QueueFull as error:
+            raise ResourceExhausted(str(error), field="images") from None
+        except classify.Stopped as error:
+            raise Cancelled(f"the client cancelled or its deadline passed: {error}") from None
+        response = pb.ClassifyResponse(
+            model=name, model_version=loaded.version, preprocess_seconds=prepared - start
+        )
+        for image, result in zip(request.images, results, strict=True):
+            message = pb.Classification(
+                name=image.name,
+                top=[
+                    pb.ClassScore(index=c.index, label=c.label, probability=c.probability)
+                    for c in classify.top_k(result.logits, top_k)
+                ],
+                batch_size=result.batch_size,
+                queue_seconds=result.queue_seconds,
+                inference_seconds=result.inference_seconds,
+            )
+            if request.return_logits:
+                message.logits.CopyFrom(tensors.to_tensor(result.logits))
+            response.results.append(message)
+        response.total_seconds = time.monotonic() - start
+        return response
+
     def ComputeReceptiveField(self, request: pb.ComputeReceptiveFieldRequest, context):
         try:
             return self._receptive_field(request, lambda: not context.is_active())
@@ -69,6 +166,62 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             raise _service_error(error) from None
         except rf_empirical.Stopped as stopped:
             raise Cancelled(f"the client cancelled or its deadline passed: {stopped}") from None
+
+    # -- classification ------------------------------------------------------------------------------
+    def _model_name(self, requested: str, field: str = "model") -> str:
+        name = requested.strip() or self.config.default_model
+        if name not in models.records():
+            raise NotFound(
+                f"no model {name!r}; the available models are {', '.join(models.records())}", field=field
+            )
+        return name
+
+    def _load(self, name: str, field: str = "model") -> models.LoadedModel:
+        try:
+            return self.models.get(name)
+        except models.WeightsMissing as error:
+            raise FailedPrecondition(str(error), field=field) from None
+
+    @staticmethod
+    def _deadline(context) -> float | None:
+        remaining = context.time_remaining()
+        if remaining is None or remaining > 1e8:
+            return None
+        return time.monotonic() + remaining
+
+    def _pixels(
+        self, images, prep: models.Preprocessing, skip_resize: bool, field: str = "images"
+    ) -> torch.Tensor:
+        """Decode and preprocess every image to (N, 3, H, W) in [0, 1]; errors name the image index."""
+        if not images:
+            raise InvalidArgument("give at least one image", field=field)
+        if len(images) > self.config.batch_queue_size:
+            raise ResourceExhausted(
+                f"holds {len(images)} images; the limit is {self.config.batch_queue_size}", field=field
+            )
+        batch = []
+        for i, image in enumerate(images):
+            part = (
+                f"{field}[{i}].encoded"
+                if image.encoded or not image.HasField("pixels")
+                else f"{field}[{i}].pixels"
+            )
+            label = f"image {i}" + (f" ({image.name})" if image.name else "")
+            try:
+                batch.append(preprocess.model_input(self._decode(image, part), prep, skip_resize=skip_resize))
+            except preprocess.ImageError as error:
+                kind = ResourceExhausted if error.kind == "too_large" else InvalidArgument
+                raise kind(f"{label} {error}", field=part) from None
+        return torch.stack(batch)
+
+    def _decode(self, image: common_pb2.Image, part: str):
+        limit_pixels = self.config.max_image_pixels
+        if image.encoded or not image.HasField("pixels"):
+            return preprocess.decode(
+                image.encoded, max_bytes=self.config.max_image_bytes, max_pixels=limit_pixels
+            )
+        pixels = valid.tensor(image.pixels, part, max_elements=self.config.max_tensor_elements)
+        return preprocess.from_pixels(pixels, max_pixels=limit_pixels)
 
     # -- receptive fields ----------------------------------------------------------------------------
     def _receptive_field(self, request: pb.ComputeReceptiveFieldRequest, should_stop: Callable[[], bool]):

@@ -798,3 +798,322 @@ class ComputeReceptiveFieldResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ComputeReceptiveFieldResponse: _TypeAlias = ComputeReceptiveFieldResponse  # noqa: Y015
+
+@_typing.final
+class Preprocessing(_message.Message):
+    """The preprocessing a classifier expects, from the model's own configuration. Images are converted to
+    RGB, resized so that the shorter side is `resize`, centre-cropped to `crop`, scaled to [0, 1]
+    (value / 255) and normalised per channel as (x - mean) / std inside the model.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESIZE_FIELD_NUMBER: _builtins.int
+    CROP_FIELD_NUMBER: _builtins.int
+    INTERPOLATION_FIELD_NUMBER: _builtins.int
+    MEAN_FIELD_NUMBER: _builtins.int
+    STD_FIELD_NUMBER: _builtins.int
+    resize: _builtins.int
+    """Length of the shorter side after resizing, in pixels."""
+    interpolation: _builtins.str
+    """Resampling filter of the resize: `bilinear` or `bicubic` (with antialiasing, as PIL does)."""
+    @_builtins.property
+    def crop(self) -> Global___Extent:
+        """Height and width of the centre crop: the model's input size."""
+
+    @_builtins.property
+    def mean(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per-channel mean (R, G, B) subtracted from [0, 1] pixels."""
+
+    @_builtins.property
+    def std(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per-channel standard deviation (R, G, B) dividing the centred pixels."""
+
+    def __init__(
+        self,
+        *,
+        resize: _builtins.int = ...,
+        crop: Global___Extent | None = ...,
+        interpolation: _builtins.str = ...,
+        mean: _abc.Iterable[_builtins.float] | None = ...,
+        std: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["crop", b"crop"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crop", b"crop", "interpolation", b"interpolation", "mean", b"mean", "resize", b"resize", "std", b"std"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Preprocessing: _TypeAlias = Preprocessing  # noqa: Y015
+
+@_typing.final
+class ModelInfo(_message.Message):
+    """One classifier the server knows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ARCHITECTURE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    WEIGHTS_PRESENT_FIELD_NUMBER: _builtins.int
+    WEIGHTS_PATH_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FILE_NAME_FIELD_NUMBER: _builtins.int
+    SEARCHED_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PREPROCESSING_FIELD_NUMBER: _builtins.int
+    NUM_CLASSES_FIELD_NUMBER: _builtins.int
+    IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name to pass as `model` (for example `efficientnet_lite0`, `alexnet`, `resnet50`)."""
+    architecture: _builtins.str
+    """The network's architecture (for example timm's `tf_efficientnet_lite0`, torchvision's `alexnet`)."""
+    source: _builtins.str
+    """Where the weights come from, in words (a Python package, torchvision's published weights)."""
+    weights_present: _builtins.bool
+    """True when the weights file was found (or can be loaded without a download)."""
+    weights_path: _builtins.str
+    """The weights file used, when present."""
+    weights_file_name: _builtins.str
+    """The file name looked for (torchvision's standard name, for example `alexnet-owt-7be5be79.pth`)."""
+    version: _builtins.str
+    """sha256 of the weights file (hex), when present: the weights' version."""
+    num_classes: _builtins.int
+    """Number of output classes."""
+    is_default: _builtins.bool
+    """True for the model used when a request names none."""
+    @_builtins.property
+    def searched(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Places searched for the file, in order."""
+
+    @_builtins.property
+    def preprocessing(self) -> Global___Preprocessing:
+        """Preprocessing the model expects."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        architecture: _builtins.str = ...,
+        source: _builtins.str = ...,
+        weights_present: _builtins.bool = ...,
+        weights_path: _builtins.str = ...,
+        weights_file_name: _builtins.str = ...,
+        searched: _abc.Iterable[_builtins.str] | None = ...,
+        version: _builtins.str = ...,
+        preprocessing: Global___Preprocessing | None = ...,
+        num_classes: _builtins.int = ...,
+        is_default: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["preprocessing", b"preprocessing"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "is_default", b"is_default", "name", b"name", "num_classes", b"num_classes", "preprocessing", b"preprocessing", "searched", b"searched", "source", b"source", "version", b"version", "weights_file_name", b"weights_file_name", "weights_path", b"weights_path", "weights_present", b"weights_present"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    """Request of ListModels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    """Response of ListModels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    DEFAULT_MODEL_FIELD_NUMBER: _builtins.int
+    default_model: _builtins.str
+    """Name of the default model."""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInfo]:
+        """Every model the server can serve, the default first."""
+
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___ModelInfo] | None = ...,
+        default_model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_model", b"default_model", "models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class ClassifyRequest(_message.Message):
+    """Request of Classify."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGES_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    TOP_K_FIELD_NUMBER: _builtins.int
+    SKIP_RESIZE_FIELD_NUMBER: _builtins.int
+    RETURN_LOGITS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Model name from ListModels; empty means the default model. Unknown names get NOT_FOUND."""
+    top_k: _builtins.int
+    """Number of classes returned per image, most probable first; 0 means 5. At most the number of classes."""
+    skip_resize: _builtins.bool
+    """The images are already at the model's input size (for example adversarial examples): skip the
+    resize and crop, only scale to [0, 1] and normalise. Images of another size get INVALID_ARGUMENT.
+    """
+    return_logits: _builtins.bool
+    """Also return the full logit vector of every image."""
+    @_builtins.property
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]:
+        """The images: encoded JPEG, PNG, WebP or BMP bytes, or raw (H, W, C) pixels (uint8 in [0, 255] or
+        float in [0, 1]; C = 1, 3 or 4). Grayscale, palette, CMYK and alpha images are converted to RGB
+        (transparent pixels over white). At least one.
+        """
+
+    def __init__(
+        self,
+        *,
+        images: _abc.Iterable[_common_pb2.Image] | None = ...,
+        model: _builtins.str = ...,
+        top_k: _builtins.int = ...,
+        skip_resize: _builtins.bool = ...,
+        return_logits: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "model", b"model", "return_logits", b"return_logits", "skip_resize", b"skip_resize", "top_k", b"top_k"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClassifyRequest: _TypeAlias = ClassifyRequest  # noqa: Y015
+
+@_typing.final
+class ClassScore(_message.Message):
+    """One class and its probability."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    PROBABILITY_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """ImageNet class index, 0-based."""
+    label: _builtins.str
+    """Class name (torchvision's ImageNet category names)."""
+    probability: _builtins.float
+    """Softmax probability."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        label: _builtins.str = ...,
+        probability: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "label", b"label", "probability", b"probability"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClassScore: _TypeAlias = ClassScore  # noqa: Y015
+
+@_typing.final
+class Classification(_message.Message):
+    """The classification of one image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TOP_FIELD_NUMBER: _builtins.int
+    LOGITS_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    QUEUE_SECONDS_FIELD_NUMBER: _builtins.int
+    INFERENCE_SECONDS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The image's name, echoed from the request."""
+    batch_size: _builtins.int
+    """Number of images in the forward pass that computed this one (dynamic batching; 1 when off)."""
+    queue_seconds: _builtins.float
+    """Seconds the image waited in the batching queue."""
+    inference_seconds: _builtins.float
+    """Seconds of the forward pass that computed it."""
+    @_builtins.property
+    def top(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClassScore]:
+        """The top-k classes, most probable first."""
+
+    @_builtins.property
+    def logits(self) -> _common_pb2.Tensor:
+        """The logits (num_classes, float32), when `return_logits` was set."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        top: _abc.Iterable[Global___ClassScore] | None = ...,
+        logits: _common_pb2.Tensor | None = ...,
+        batch_size: _builtins.int = ...,
+        queue_seconds: _builtins.float = ...,
+        inference_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["logits", b"logits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "inference_seconds", b"inference_seconds", "logits", b"logits", "name", b"name", "queue_seconds", b"queue_seconds", "top", b"top"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Classification: _TypeAlias = Classification  # noqa: Y015
+
+@_typing.final
+class ClassifyResponse(_message.Message):
+    """Response of Classify."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    PREPROCESS_SECONDS_FIELD_NUMBER: _builtins.int
+    TOTAL_SECONDS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model used."""
+    model_version: _builtins.str
+    """sha256 of the model's weights file (its version)."""
+    preprocess_seconds: _builtins.float
+    """Seconds spent decoding and preprocessing the images."""
+    total_seconds: _builtins.float
+    """Seconds from receiving the request to answering it."""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___Classification]:
+        """One result per request image, in order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___Classification] | None = ...,
+        model: _builtins.str = ...,
+        model_version: _builtins.str = ...,
+        preprocess_seconds: _builtins.float = ...,
+        total_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "model_version", b"model_version", "preprocess_seconds", b"preprocess_seconds", "results", b"results", "total_seconds", b"total_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClassifyResponse: _TypeAlias = ClassifyResponse  # noqa: Y015

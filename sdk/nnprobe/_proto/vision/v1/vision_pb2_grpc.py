@@ -40,6 +40,16 @@ class VisionServiceStub:
                 request_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ComputeReceptiveFieldRequest.SerializeToString,
                 response_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ComputeReceptiveFieldResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/nnprobe.vision.v1.VisionService/ListModels',
+                request_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.Classify = channel.unary_unary(
+                '/nnprobe.vision.v1.VisionService/Classify',
+                request_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
 
 
 class VisionServiceServicer:
@@ -56,6 +66,22 @@ class VisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """Lists every ImageNet classifier the server can serve, with its weights' presence, version and
+        preprocessing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Classify(self, request, context):
+        """Classifies a batch of images with an ImageNet classifier (the default model when none is named).
+        Concurrent calls are gathered into batches on the server (dynamic batching).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -63,6 +89,16 @@ def add_VisionServiceServicer_to_server(servicer, server):
                     servicer.ComputeReceptiveField,
                     request_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ComputeReceptiveFieldRequest.FromString,
                     response_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ComputeReceptiveFieldResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ListModelsRequest.FromString,
+                    response_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Classify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Classify,
+                    request_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ClassifyRequest.FromString,
+                    response_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ClassifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,6 +129,60 @@ class VisionService:
             '/nnprobe.vision.v1.VisionService/ComputeReceptiveField',
             nnprobe_dot_vision_dot_v1_dot_vision__pb2.ComputeReceptiveFieldRequest.SerializeToString,
             nnprobe_dot_vision_dot_v1_dot_vision__pb2.ComputeReceptiveFieldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.vision.v1.VisionService/ListModels',
+            nnprobe_dot_vision_dot_v1_dot_vision__pb2.ListModelsRequest.SerializeToString,
+            nnprobe_dot_vision_dot_v1_dot_vision__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Classify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.vision.v1.VisionService/Classify',
+            nnprobe_dot_vision_dot_v1_dot_vision__pb2.ClassifyRequest.SerializeToString,
+            nnprobe_dot_vision_dot_v1_dot_vision__pb2.ClassifyResponse.FromString,
             options,
             channel_credentials,
             insecure,

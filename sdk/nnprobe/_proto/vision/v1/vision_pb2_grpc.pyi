@@ -39,6 +39,14 @@ class VisionServiceStub:
     for alignment). Optionally proves the analytic boxes by back-propagation, estimates the effective
     receptive field and renders a picture.
     """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_vision_pb2.ListModelsRequest, _vision_pb2.ListModelsResponse]
+    """Lists every ImageNet classifier the server can serve, with its weights' presence, version and
+    preprocessing.
+    """
+    Classify: _grpc.UnaryUnaryMultiCallable[_vision_pb2.ClassifyRequest, _vision_pb2.ClassifyResponse]
+    """Classifies a batch of images with an ImageNet classifier (the default model when none is named).
+    Concurrent calls are gathered into batches on the server (dynamic batching).
+    """
 
 @_typing.type_check_only
 class VisionServiceAsyncStub(VisionServiceStub):
@@ -50,6 +58,14 @@ class VisionServiceAsyncStub(VisionServiceStub):
     or as a model name that the server traces into a graph (branches are handled per path and checked
     for alignment). Optionally proves the analytic boxes by back-propagation, estimates the effective
     receptive field and renders a picture.
+    """
+    ListModels: _aio.UnaryUnaryMultiCallable[_vision_pb2.ListModelsRequest, _vision_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """Lists every ImageNet classifier the server can serve, with its weights' presence, version and
+    preprocessing.
+    """
+    Classify: _aio.UnaryUnaryMultiCallable[_vision_pb2.ClassifyRequest, _vision_pb2.ClassifyResponse]  # type: ignore[assignment]
+    """Classifies a batch of images with an ImageNet classifier (the default model when none is named).
+    Concurrent calls are gathered into batches on the server (dynamic batching).
     """
 
 class VisionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -65,6 +81,26 @@ class VisionServiceServicer(metaclass=_abc_1.ABCMeta):
         or as a model name that the server traces into a graph (branches are handled per path and checked
         for alignment). Optionally proves the analytic boxes by back-propagation, estimates the effective
         receptive field and renders a picture.
+        """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _vision_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vision_pb2.ListModelsResponse, _abc.Awaitable[_vision_pb2.ListModelsResponse]]:
+        """Lists every ImageNet classifier the server can serve, with its weights' presence, version and
+        preprocessing.
+        """
+
+    @_abc_1.abstractmethod
+    def Classify(
+        self,
+        request: _vision_pb2.ClassifyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vision_pb2.ClassifyResponse, _abc.Awaitable[_vision_pb2.ClassifyResponse]]:
+        """Classifies a batch of images with an ImageNet classifier (the default model when none is named).
+        Concurrent calls are gathered into batches on the server (dynamic batching).
         """
 
 def add_VisionServiceServicer_to_server(servicer: VisionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

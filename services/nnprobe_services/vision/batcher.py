@@ -1,0 +1,199 @@
+"""Dynamic batching, in the manner of Triton's dynamic batcher.
+
+Requests put their images into a model's queue; one worker thread per model takes the oldest image,
+waits up to ``max_delay`` seconds for the batch to fill to ``max_size``, drops images whose request has
+been cancelled or whose deadline has passed (they are never computed), runs one forward pass over the
+rest and hands each image its row of logits. A full queue refuses new images (``QueueFull``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+DELAY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class QueueFull(Exception):
+    """The queue cannot take the images now."""
+
+
+class BatcherMetrics:
+    """Batch sizes, queue delays, queue depth, computed and dropped images, per model."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batch_size = Histogram(
+            "nnprobe_batch_size",
+            "Images per batched forward pass.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.queue_delay = Histogram(
+            "nnprobe_batch_queue_delay_seconds",
+            "Seconds an image waited in the batching queue.",
+            ["model"],
+            buckets=DELAY_BUCKETS,
+            registry=registry,
+        )
+        self.queued = Gauge(
+            "nnprobe_batch_queue_images", "Images waiting in the queue.", ["model"], registry=registry
+        )
+        self.computed = Counter(
+            "nnprobe_batch_images_computed",
+            "Images computed by batched forward passes.",
+            ["model"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "nnprobe_batch_images_dropped",
+            "Images dropped from the queue before computing, by reason (deadline, cancelled).",
+            ["model", "reason"],
+            registry=registry,
+        )
+
+
+_metrics_lock = threading.Lock()
+_metrics: dict[int, BatcherMetrics] = {}
+
+
+def batcher_metrics(registry: CollectorRegistry) -> BatcherMetrics:
+    """The batcher metrics registered in ``registry`` (created once per registry)."""
+    with _metrics_lock:
+        if id(registry) not in _metrics:
+            _metrics[id(registry)] = BatcherMetrics(registry)
+        return _metrics[id(registry)]
+
+
+@dataclass(eq=False)
+class Pending:
+    """One image in flight. ``done`` is set when ``logits`` (or ``error``, or ``dropped``) is known."""
+
+    pixels: torch.Tensor
+    deadline: float | None
+    is_active: Callable[[], bool]
+    enqueued: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    logits: torch.Tensor | None = None
+    error: BaseException | None = None
+    dropped: str = ""
+    batch_size: int = 0
+    queue_seconds: float = 0.0
+    inference_seconds: float = 0.0
+
+
+class DynamicBatcher:
+    """Gathers images for one model into batches; ``forward`` maps (N, 3, H, W) to (N, classes)."""
+
+    def __init__(
+        self,
+        name: str,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        max_size: int,
+        max_delay: float,
+        queue_size: int,
+        metrics: BatcherMetrics,
+    ) -> None:
+        self.name = name
+        self.forward = forward
+        self.max_size = max_size
+        self.max_delay = max_delay
+        self.queue_size = queue_size
+        self.metrics = metrics
+        self._queue: deque[Pending] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self, images: torch.Tensor, *, deadline: float | None, is_active: Callable[[], bool]
+    ) -> list[Pending]:
+        """Queue every image of ``images`` (N, 3, H, W); all or none. ``deadline``: ``time.monotonic()``."""
+        items = [Pending(image, deadline, is_active) for image in images]
+        with self._cond:
+            if self._closed:
+                raise QueueFull("the batcher is shutting down")
+            if len(self._queue) + len(items) > self.queue_size:
+                raise QueueFull(
+                    f"{len(self._queue)} images are queued for {self.name}; {len(items)} more would exceed "
+                    f"the queue size {self.queue_size}"
+                )
+            self._queue.extend(items)
+            self.metrics.queued.labels(model=self.name).set(len(self._queue))
+            self._cond.notify()
+        return items
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _take(self) -> list[Pending]:
+        """Wait for the oldest image, then for a full batch or the oldest image's delay to pass."""
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return []
+            flush_at = self._queue[0].enqueued + self.max_delay
+            while len(self._queue) < self.max_size and not self._closed:
+                remaining = flush_at - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch = [self._queue.popleft() for _ in range(min(self.max_size, len(self._queue)))]
+            self.metrics.queued.labels(model=self.name).set(len(self._queue))
+            return batch
+
+    def _drop_stale(self, batch: list[Pending]) -> list[Pending]:
+        now = time.monotonic()
+        live = []
+        for item in batch:
+            if item.deadline is not None and now >= item.deadline:
+                item.dropped = "deadline"
+            elif not item.is_active():
+                item.dropped = "cancelled"
+            else:
+                live.append(item)
+                continue
+            self.metrics.dropped.labels(model=self.name, reason=item.dropped).inc()
+            item.done.set()
+        return live
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if not batch:
+                if self._closed:
+                    return
+                continue
+            batch = self._drop_stale(batch)
+            if not batch:
+                continue
+            start = time.monotonic()
+            try:
+                logits = self.forward(torch.stack([item.pixels for item in batch]))
+            except Exception as error:  # handed to each waiting request, which reports it
+                for item in batch:
+                    item.error = error
+                    item.done.set()
+                continue
+            seconds = time.monotonic() - start
+            self.metrics.batch_size.labels(model=self.name).observe(len(batch))
+            self.metrics.computed.labels(model=self.name).inc(len(batch))
+            for row, item in zip(logits, batch, strict=True):
+                item.logits = row
+                item.batch_size = len(batch)
+                item.queue_seconds = start - item.enqueued
+                item.inference_seconds = seconds
+                self.metrics.queue_delay.labels(model=self.name).observe(item.queue_seconds)
+                item.done.set()

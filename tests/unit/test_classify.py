@@ -1,0 +1,204 @@
+"""Classification core: the offline default model against its reference implementation, preprocessing,
+decoding limits and conversions, weights resolution."""
+
+import hashlib
+import io
+
+import numpy as np
+import pytest
+import torch
+from nnprobe_services.vision import classify, models, preprocess
+from PIL import Image
+
+SEED_TOP1 = {
+    "snake": (58, "water snake"),
+    "lizard": (42, "agama"),
+    "scorpion": (71, "scorpion"),
+    "lion": (291, "lion"),
+    "tiger": (292, "tiger"),
+}
+LITE0 = models.records()["efficientnet_lite0"]
+
+
+def _seed_files(shared_dir):
+    return sorted((shared_dir / "data" / "seed-images").glob("*.jpg"), key=lambda p: p.stem.split("_")[-1])
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return models.ModelStore(torch.device("cpu")).get("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def seed_pixels(shared_dir):
+    files = _seed_files(shared_dir)
+    images = [preprocess.decode(f.read_bytes(), max_bytes=1 << 26, max_pixels=1 << 26) for f in files]
+    return [f.stem.split("_")[-1] for f in files], torch.stack(
+        [preprocess.model_input(image, LITE0.preprocessing) for image in images]
+    )
+
+
+def test_positional_mapping_reproduces_the_reference_logits(lite0, seed_pixels):
+    from efficientnet_lite_pytorch import EfficientNet
+
+    reference = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(lite0.path)).eval()
+    _, pixels = seed_pixels
+    normalised = (pixels - torch.tensor(models.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        models.IMAGENET_STD
+    ).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = reference(normalised)
+    ours = classify.logits_of(lite0, pixels)
+    assert float((ours - expected).abs().max()) == 0.0
+    assert lite0.version == models.sha256_of(lite0.path) and len(lite0.version) == 64
+
+
+def test_preprocessing_matches_torchvision_transforms(shared_dir, seed_pixels):
+    from torchvision import transforms
+
+    pipeline = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
+    first = _seed_files(shared_dir)[0]
+    expected = pipeline(Image.open(first).convert("RGB"))
+    assert torch.equal(seed_pixels[1][0], expected)
+
+
+def test_seed_images_and_chelsea_top1(lite0, seed_pixels):
+    from skimage.data import chelsea
+
+    names, pixels = seed_pixels
+    logits = classify.logits_of(lite0, pixels).numpy()
+    got = {
+        name: (top[0].index, top[0].label)
+        for name, top in zip(names, (classify.top_k(r, 1) for r in logits), strict=True)
+    }
+    assert got == SEED_TOP1
+    cat = preprocess.model_input(preprocess.from_pixels(chelsea(), max_pixels=1 << 26), LITE0.preprocessing)
+    top3 = classify.top_k(classify.logits_of(lite0, cat[None]).numpy()[0], 3)
+    assert [c.label for c in top3] == ["Egyptian cat", "tabby", "tiger cat"]
+    assert all(281 <= c.index <= 285 for c in top3)
+
+
+def test_top_k_is_a_sorted_softmax():
+    logits = np.array([1.0, 3.0, 2.0, 3.0], dtype=np.float32)
+    top = classify.top_k(logits, 4)
+    assert [c.index for c in top] == [1, 3, 2, 0]  # ties by index
+    p = np.exp(logits.astype(np.float64) - 3.0)
+    p /= p.sum()
+    assert [c.probability for c in top] == pytest.approx([p[1], p[3], p[2], p[0]], abs=1e-15)
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _decode(data: bytes, max_pixels: int = 1 << 26, max_bytes: int = 1 << 26) -> Image.Image:
+    return preprocess.decode(data, max_bytes=max_bytes, max_pixels=max_pixels)
+
+
+def test_modes_are_converted_to_rgb():
+    gray = Image.new("L", (4, 3), 77)
+    assert np.asarray(_decode(_encode(gray, "PNG"))).tolist() == [[[77] * 3] * 4] * 3
+    palette = Image.new("P", (2, 2))
+    palette.putpalette([10, 20, 30] + [0] * 765)
+    assert _decode(_encode(palette, "BMP")).getpixel((0, 0)) == (10, 20, 30)
+    rgba = Image.new("RGBA", (2, 2), (200, 100, 0, 0))  # fully transparent: white
+    rgba.putpixel((1, 1), (200, 100, 0, 255))
+    out = _decode(_encode(rgba, "PNG"))
+    assert out.getpixel((0, 0)) == (255, 255, 255) and out.getpixel((1, 1)) == (200, 100, 0)
+    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # red
+    red = np.asarray(_decode(_encode(cmyk, "JPEG", quality=100))).astype(int)
+    assert abs(red[..., 0] - 255).max() <= 2 and red[..., 1:].max() <= 2
+    deep = Image.fromarray(np.full((2, 2), 65535, dtype=np.uint16))
+    assert _decode(_encode(deep, "PNG")).getpixel((0, 0)) == (255, 255, 255)
+    webp = _decode(_encode(Image.new("RGB", (3, 3), (0, 128, 255)), "WEBP", lossless=True))
+    assert webp.getpixel((1, 1)) == (0, 128, 255)
+
+
+@pytest.mark.parametrize(
+    ("data", "limits", "message", "kind"),
+    [
+        (b"", {}, "is empty", "invalid"),
+        (b"not an image at all", {}, "is not a readable image", "invalid"),
+        ("gif", {}, "has format GIF", "invalid"),
+        ("truncated", {}, "is corrupt or truncated", "invalid"),
+        ("png", {"max_bytes": 10}, "bytes; the limit is 10", "too_large"),
+        (
+            "big",
+            {"max_pixels": 1_000_000},
+            "is 2000 x 2000 = 4000000 pixels; the limit is 1000000",
+            "too_large",
+        ),
+    ],
+)
+def test_bad_bytes(data, limits, message, kind):
+    sample = Image.new("RGB", (16, 16), (1, 2, 3))
+    payloads = {
+        "gif": _encode(sample, "GIF"),
+        "png": _encode(sample, "PNG"),
+        "truncated": _encode(Image.effect_noise((64, 64), 50).convert("RGB"), "PNG")[:200],
+        "big": _encode(Image.new("L", (2000, 2000)), "PNG"),
+    }
+    with pytest.raises(preprocess.ImageError, match=message) as caught:
+        _decode(payloads.get(data, data) if isinstance(data, str) else data, **limits)
+    assert caught.value.kind == kind
+
+
+def test_raw_pixels():
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    assert np.asarray(preprocess.from_pixels(rgb, max_pixels=100)).tolist() == rgb.tolist()
+    floats = preprocess.from_pixels(np.full((2, 2, 1), 0.25), max_pixels=100)
+    assert isinstance(floats, torch.Tensor) and floats.shape == (3, 2, 2) and float(floats.max()) == 0.25
+    rgba = preprocess.from_pixels(np.array([[[1.0, 0.0, 0.0, 0.5]]]), max_pixels=100)
+    assert rgba[:, 0, 0].tolist() == [1.0, 0.5, 0.5]
+    for bad, message in [
+        (np.zeros((0, 4, 3), np.uint8), "zero size"),
+        (np.zeros((4, 4, 2), np.uint8), "C in 1, 3, 4"),
+        (np.full((4, 4, 3), 1.5), r"lie in \[0, 1\]"),
+        (np.zeros((4, 4, 3), np.int32), "uint8 or float"),
+        (np.zeros((20, 20, 3), np.uint8), "the limit is 100"),
+    ]:
+        with pytest.raises(preprocess.ImageError, match=message):
+            preprocess.from_pixels(bad, max_pixels=100)
+
+
+def test_skip_resize_needs_the_input_size():
+    prep = LITE0.preprocessing
+    exact = preprocess.model_input(Image.new("RGB", (224, 224), (255, 0, 0)), prep, skip_resize=True)
+    assert exact.shape == (3, 224, 224) and float(exact[0].min()) == 1.0
+    with pytest.raises(preprocess.ImageError, match="must be 224 x 224"):
+        preprocess.model_input(Image.new("RGB", (300, 224)), prep, skip_resize=True)
+
+
+def test_weights_resolution_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    record = models.records()["alexnet"]
+    hub = tmp_path / "torch" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    folder, explicit = tmp_path / "weights", tmp_path / "mine.pth"
+    absent = models.locate(record, explicit, folder)
+    assert absent.path is None
+    assert absent.searched == (str(explicit), str(folder / record.file_name), str(hub))
+    hub.parent.mkdir(parents=True)
+    hub.write_bytes(b"hub")
+    assert models.locate(record, explicit, folder).path == hub
+    folder.mkdir()
+    (folder / record.file_name).write_bytes(b"folder")
+    assert models.locate(record, explicit, folder).path == folder / record.file_name
+    explicit.write_bytes(b"explicit")
+    assert models.locate(record, explicit, folder).path == explicit
+    with pytest.raises(models.WeightsMissing, match="downloads are off"):
+        models.download(record, 0)
+    assert models.sha256_of(explicit) == hashlib.sha256(b"explicit").hexdigest()
+
+
+def test_records_carry_their_own_preprocessing():
+    names = list(models.records())
+    assert names[:2] == ["efficientnet_lite0", "alexnet"] and {"vgg16", "resnet18", "resnet50"} <= set(names)
+    for record in models.records().values():
+        assert record.preprocessing == models.Preprocessing(
+            256, (224, 224), "bilinear", models.IMAGENET_MEAN, models.IMAGENET_STD
+        )
+        assert record.num_classes == 1000
+    assert models.records()["resnet50"].file_name == "resnet50-0676ba61.pth"
+    assert len(models.imagenet_labels()) == 1000 and models.imagenet_labels()[292] == "tiger"
