@@ -309,7 +309,7 @@ def test_run_recurrent_input_errors(sequence):
         (
             {"weights": {"weight_ih_l0": np.zeros((4, 4)), "weight_hh_l0": np.zeros((4, 4))}},
             INVALID,
-            "spectral_radii",
+            "weights[weight_hh_l0]",
         ),
     ],
 )
@@ -364,3 +364,46 @@ def test_deadline_stops_long_work(sequence):
     assert caught.value.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
     again = sequence.analyze_gradients(spectral_radii=[0.5], hidden_size=4, sequence_length=3)
     assert again.runs[0].regime == "vanishing"
+
+
+def test_a_gate_block_without_spectral_radius_cannot_be_rescaled(sequence):
+    """Only one LSTM gate block is zero: the largest radius is fine, the block is not."""
+    hidden = 3
+    lstm = torch.nn.LSTM(2, hidden)
+    weights = {k: v.detach().double().numpy().copy() for k, v in lstm.state_dict().items()}
+    weights["weight_hh_l0"][:hidden] = 0
+    check_error(
+        lambda: sequence.analyze_gradients(
+            cells=["lstm"], weights=weights, spectral_radii=[1.0], sequence_length=4
+        ),
+        INVALID,
+        "weights[weight_hh_l0]",
+    )
+    as_given = sequence.analyze_gradients(cells=["lstm"], weights=weights, sequence_length=4)
+    assert len(as_given.runs) == 1  # analysed as given, no rescaling needed
+
+
+def test_decomposition_cost_is_bounded(sequence):
+    check_error(
+        lambda: sequence.analyze_gradients(
+            spectral_radii=[0.9], hidden_size=1025, input_size=1, sequence_length=1
+        ),
+        EXHAUSTED,
+        "hidden_size",
+    )
+
+
+def test_recurrent_reply_larger_than_the_message_limit_is_refused_before_running(tmp_path):
+    server, address = start_server("sequence", tmp_path, max_message_bytes=200_000)
+    try:
+        with SequenceClient(address) as client:
+            check_error(
+                lambda: client.run_recurrent(np.zeros((100, 50, 1)), hidden_size=10), EXHAUSTED, "inputs"
+            )
+            ok = client.run_recurrent(np.zeros((10, 5, 1)), hidden_size=10)
+            assert ok.hidden_states.shape == (10, 5, 10)
+            check_error(
+                lambda: client.run_recurrent(np.zeros((10_001, 1, 1)), hidden_size=1), EXHAUSTED, "inputs"
+            )
+    finally:
+        server.shutdown(0).wait()

@@ -254,10 +254,13 @@ def sweep(
     result = Sweep()
     done = 0
     for cell, initial in zip(cells, initials, strict=True):
+        radii = rnn.block_radii(cell.weights["weight_hh_l0"]) if any(targets) else None
         for target in targets:
+            if should_stop():  # the decompositions below are not interruptible: check before them
+                raise rnn.Stopped(f"stopped after {done} of {total} Jacobian steps")
             weights = dict(cell.weights)
             if target:
-                weights["weight_hh_l0"] = rnn.rescale_spectral_radius(weights["weight_hh_l0"], target)
+                weights["weight_hh_l0"] = rnn.rescale_spectral_radius(weights["weight_hh_l0"], target, radii)
             label = f"{cell.kind} rho={target:g}" if target else cell.kind
             run = analyze(
                 rnn.Cell(cell.kind, weights),

@@ -5,10 +5,7 @@ from __future__ import annotations
 import io
 import math
 
-import matplotlib
-
-matplotlib.use("Agg")
-from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
 
 from nnprobe_services.sequence.gradients import GradientRun
 from nnprobe_services.sequence.truncation import Comparison
@@ -25,13 +22,13 @@ LABELS = {
 def _png(figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    plt.close(figure)
     return buffer.getvalue()
 
 
 def gradient_flow(runs: list[GradientRun], sequence_length: int) -> bytes:
     """log10 |dh_T/dh_k| against T - k, one line per run, its bound dashed in the same colour."""
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure = Figure(figsize=(7, 4.5))  # no pyplot: its global state is not thread-safe
+    axes = figure.subplots()
     for index, run in enumerate(runs):
         color = f"C{index % 10}"
         label = LABELS[run.cell]
@@ -56,7 +53,8 @@ def gradient_flow(runs: list[GradientRun], sequence_length: int) -> bytes:
 
 def truncation_memory(comparison: Comparison) -> bytes:
     """Saved bytes for backward against K, truncated and full."""
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure = Figure(figsize=(7, 4.5))  # no pyplot: its global state is not thread-safe
+    axes = figure.subplots()
     for mode, label in (
         ("truncated", "truncated (detach between chunks)"),
         ("full", "full BPTT (no detach)"),

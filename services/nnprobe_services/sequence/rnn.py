@@ -235,19 +235,27 @@ def gate_blocks(w_hh: torch.Tensor) -> list[torch.Tensor]:
     return list(w_hh.split(hidden, dim=0))
 
 
+def block_radii(w_hh: torch.Tensor) -> list[float]:
+    """|largest eigenvalue| of each gate block of W_hh."""
+    return [float(torch.linalg.eigvals(b).abs().max()) for b in gate_blocks(w_hh)]
+
+
 def spectral_radius(w_hh: torch.Tensor) -> float:
     """Largest |eigenvalue| over the gate blocks of W_hh."""
-    return max(float(torch.linalg.eigvals(b).abs().max()) for b in gate_blocks(w_hh))
+    return max(block_radii(w_hh))
 
 
-def rescale_spectral_radius(w_hh: torch.Tensor, target: float) -> torch.Tensor:
-    """W_hh with each gate block scaled so that its spectral radius is ``target``.
+def rescale_spectral_radius(
+    w_hh: torch.Tensor, target: float, radii: list[float] | None = None
+) -> torch.Tensor:
+    """W_hh with each gate block scaled so that its spectral radius is ``target``. ``radii``: the blocks'
+    radii when already known (``block_radii``), to skip the eigen-decompositions.
 
     Raises ``ValueError`` when a block has spectral radius 0 (nilpotent or zero) and cannot be scaled.
     """
+    radii = block_radii(w_hh) if radii is None else radii
     scaled = []
-    for index, block in enumerate(gate_blocks(w_hh)):
-        radius = float(torch.linalg.eigvals(block).abs().max())
+    for index, (block, radius) in enumerate(zip(gate_blocks(w_hh), radii, strict=True)):
         if radius == 0.0 or not math.isfinite(radius):
             raise ValueError(
                 f"gate block {index} of weight_hh_l0 has spectral radius {radius}; cannot rescale"

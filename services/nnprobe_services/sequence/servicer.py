@@ -44,10 +44,13 @@ INPUTS: dict[int, str] = {
 REGIMES = {"vanishing": pb.REGIME_VANISHING, "stable": pb.REGIME_STABLE, "exploding": pb.REGIME_EXPLODING}
 MODES = {"truncated": pb.TRUNCATION_MODE_TRUNCATED, "full": pb.TRUNCATION_MODE_FULL}
 TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
-#: Longest sequence AnalyzeGradients accepts.
+#: Longest sequence RunRecurrent and AnalyzeGradients accept.
 MAX_SEQUENCE_LENGTH = 10_000
 #: Most (cell, spectral radius) runs in one AnalyzeGradients request.
 MAX_RUNS = 64
+#: Largest hidden size AnalyzeGradients accepts: its eigen- and singular-value decompositions cost H^3
+#: and cannot be interrupted half-way.
+MAX_ANALYZED_HIDDEN = 1024
 #: Largest K in CompareTruncation.
 MAX_CHUNK_COUNT = 256
 
@@ -74,13 +77,24 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
             raise InvalidArgument(f"must have T, B, D >= 1, got shape {list(x.shape)}", field="inputs")
         if spec.input_size and spec.input_size != width:
             raise InvalidArgument(f"is {spec.input_size} but inputs has D = {width}", field="cell.input_size")
-        weights = self._cell_weights(spec, kind, width, "cell")
+        weights = self._cell_weights(spec, kind, width, "cell.")
         cell = rnn.Cell(kind, {k: v.to(self.device, dtype) for k, v in weights.items()})
         hidden = cell.hidden_size
         elements = steps * batch * max(_gate_rows(kind, hidden), width, self._output_size(cell))
         if elements > limit:
             raise ResourceExhausted(
                 f"T*B*max(G*H, D, O) = {elements} elements exceed the limit {limit}", field="inputs"
+            )
+        if steps > MAX_SEQUENCE_LENGTH:
+            raise ResourceExhausted(f"T = {steps} exceeds the limit {MAX_SEQUENCE_LENGTH}", field="inputs")
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        states = 2 if kind == "lstm" else 1
+        reply_bytes = steps * batch * ((states * hidden + self._output_size(cell)) * itemsize + 8)
+        if reply_bytes > self.config.max_message_bytes:
+            raise ResourceExhausted(
+                f"the states of every step would take {reply_bytes} bytes, more than the message limit "
+                f"{self.config.max_message_bytes}; send fewer steps or sequences",
+                field="inputs",
             )
         h0 = self._state(request, "initial_hidden", batch, hidden)
         c0 = self._state(request, "initial_cell", batch, hidden)
@@ -165,7 +179,12 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
                 seed=request.seed,
                 forget_bias=request.forget_bias,
             )
-            base = [self._cell_weights(spec, kind, width, "request") for kind in kinds]
+            base = [self._cell_weights(spec, kind, width, "") for kind in kinds]
+        if hidden > MAX_ANALYZED_HIDDEN:
+            raise ResourceExhausted(
+                f"hidden size {hidden} exceeds the limit {MAX_ANALYZED_HIDDEN} of gradient analysis",
+                field="weights" if request.weights else "hidden_size",
+            )
         for kind in kinds:
             state = 2 * hidden if kind == "lstm" else hidden
             if steps * state * state > self.config.max_tensor_elements:
@@ -187,13 +206,15 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
             ).to(self.device)
             for c in cells
         ]
-        for cell in cells:
-            for target in targets:
-                if target and rnn.spectral_radius(cell.weights["weight_hh_l0"]) == 0:
-                    raise InvalidArgument(
-                        f"{cell.kind}: weight_hh_l0 has spectral radius 0 and cannot be rescaled",
-                        field="spectral_radii",
-                    )
+        if any(targets):
+            for cell in cells:
+                for block, radius in enumerate(rnn.block_radii(cell.weights["weight_hh_l0"])):
+                    if radius == 0 or not math.isfinite(radius):
+                        raise InvalidArgument(
+                            f"{cell.kind}: gate block {block} of weight_hh_l0 has spectral radius {radius} "
+                            "and cannot be rescaled to a target",
+                            field="weights[weight_hh_l0]" if request.weights else "spectral_radii",
+                        )
         start = time.perf_counter()
         events = gradients.sweep(
             cells,
@@ -356,21 +377,22 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
         return cell.weights["output.weight"].shape[0] if cell.has_output else 0
 
     def _cell_weights(self, spec: pb.RecurrentCell, kind: str, input_size: int, prefix: str):
-        """Validate the given weights of ``spec`` or draw them; float64 CPU tensors."""
+        """Validate the given weights of ``spec`` or draw them; float64 CPU tensors. ``prefix`` names the
+        message holding the cell's fields (``cell.``; empty when they are top-level request fields)."""
         if spec.weights:
             return self._given_weights(
-                spec.weights, kind, f"{prefix}.weights", input_size, spec.hidden_size, not spec.no_bias
+                spec.weights, kind, f"{prefix}weights", input_size, spec.hidden_size, not spec.no_bias
             )
         limit = self.config.max_tensor_elements
-        hidden = valid.positive(spec.hidden_size, f"{prefix}.hidden_size", maximum=limit)
+        hidden = valid.positive(spec.hidden_size, f"{prefix}hidden_size", maximum=limit)
         output_size = spec.output_size
         if output_size < 0:
-            raise InvalidArgument(f"must be >= 0, got {output_size}", field=f"{prefix}.output_size")
-        self._check_weight_budget(kind, input_size, hidden, output_size, f"{prefix}.hidden_size")
-        scale = _scale(spec.init_scale, f"{prefix}.init_scale")
+            raise InvalidArgument(f"must be >= 0, got {output_size}", field=f"{prefix}output_size")
+        self._check_weight_budget(kind, input_size, hidden, output_size, f"{prefix}hidden_size")
+        scale = _scale(spec.init_scale, f"{prefix}init_scale")
         if not math.isfinite(spec.forget_bias):
-            raise InvalidArgument(f"must be finite, got {spec.forget_bias}", field=f"{prefix}.forget_bias")
-        scheme = INIT[valid.enum_value(spec.init, pb.InitScheme, f"{prefix}.init", pb.INIT_SCHEME_PYTORCH)]
+            raise InvalidArgument(f"must be finite, got {spec.forget_bias}", field=f"{prefix}forget_bias")
+        scheme = INIT[valid.enum_value(spec.init, pb.InitScheme, f"{prefix}init", pb.INIT_SCHEME_PYTORCH)]
         return rnn.init_weights(
             kind,
             input_size,
