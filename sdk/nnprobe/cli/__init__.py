@@ -10,11 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from nnprobe.cli import attention, classify, health, lm, sequence, serve, vision
+from nnprobe.cli import attack, attention, classify, health, lm, sequence, serve, vision
 from nnprobe.cli.output import fail
 from nnprobe.errors import NnprobeError
 
-COMMAND_MODULES = [serve, health, attention, sequence, vision, classify, lm]
+COMMAND_MODULES = [serve, health, attention, sequence, vision, classify, attack, lm]
 
 
 def build_parser() -> argparse.ArgumentParser:

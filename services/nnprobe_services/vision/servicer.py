@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from fractions import Fraction
@@ -25,7 +27,17 @@ from nnprobe_services.server.errors import (
     ServiceError,
 )
 from nnprobe_services.server.metrics import metrics_for
-from nnprobe_services.vision import classify, models, preprocess, rf_empirical, rf_graph, rf_plot
+from nnprobe_services.vision import (
+    adversarial,
+    attacks,
+    classify,
+    models,
+    preprocess,
+    rf_empirical,
+    rf_graph,
+    rf_plot,
+    transfer,
+)
 from nnprobe_services.vision import receptive_field as rf
 from nnprobe_services.vision.batcher import QueueFull, batcher_metrics
 
@@ -47,6 +59,18 @@ ERRORS: dict[type[rf.FieldError], type[ServiceError]] = {
     rf.UnknownName: NotFound,
     rf.Unsupported: FailedPrecondition,
 }
+log = logging.getLogger("nnprobe.vision")
+METHODS = {
+    pb.ATTACK_METHOD_UNSPECIFIED: "pgd",
+    pb.ATTACK_METHOD_ADAM: "adam",
+    pb.ATTACK_METHOD_FGSM: "fgsm",
+    pb.ATTACK_METHOD_BIM: "bim",
+    pb.ATTACK_METHOD_PGD: "pgd",
+    pb.ATTACK_METHOD_MI_FGSM: "mi_fgsm",
+    pb.ATTACK_METHOD_CW_L2: "cw_l2",
+}
+NORMS: dict[int, str] = {pb.ATTACK_NORM_LINF: "linf", pb.ATTACK_NORM_L2: "l2"}
+LINF_ONLY = ("fgsm", "bim", "mi_fgsm")
 #: Largest input (height * width) the back-propagation checks run on.
 MAX_EMPIRICAL_PIXELS = 1024 * 1024
 #: Most random inputs one effective-field estimate may average.
@@ -166,6 +190,187 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             raise _service_error(error) from None
         except rf_empirical.Stopped as stopped:
             raise Cancelled(f"the client cancelled or its deadline passed: {stopped}") from None
+
+    def GenerateAdversarial(self, request: pb.GenerateAdversarialRequest, context):
+        name = self._model_name(request.model)
+        record = models.records()[name]
+        k = request.top_k or 5
+        if not 1 <= k <= record.num_classes:
+            raise InvalidArgument(f"must be in 1..{record.num_classes}, got {request.top_k}", field="top_k")
+        target = self._attack_target(request, record.num_classes)
+        spec = self._attack_spec(request)
+        for i, other in enumerate(request.transfer_models):
+            self._model_name(other or "-", field=f"transfer_models[{i}]")
+        pixels = attacks.quantize(self._pixels(request.images, record.preprocessing, False))
+        loaded = self._load(name)
+        targeted = target is not None
+        token = self._bearer(context)
+        stopped = _StopTracker(context)
+        events = adversarial.generate(loaded, pixels, target, spec, k=k, should_stop=stopped)
+        try:
+            for event in events:
+                if isinstance(event, attacks.Progress):
+                    stopped.iteration = event.iteration
+                    yield pb.GenerateAdversarialResponse(progress=self._progress_message(event))
+                    continue
+                for other in request.transfer_models:
+                    event.transfers.append(self._local_transfer(other, event, targeted))
+                for address in request.transfer_addresses:
+                    event.transfers.append(
+                        transfer.remote_transfer(
+                            address, event, targeted, token=token, timeout=self._remaining(context)
+                        )
+                    )
+                yield pb.GenerateAdversarialResponse(result=self._result_message(event, request))
+        except attacks.Stopped as error:
+            stopped.record(error.iteration, spec.steps)
+            raise Cancelled(f"the client cancelled or its deadline passed: attack {error}") from None
+        except GeneratorExit:
+            stopped.record(stopped.iteration, spec.steps)
+            raise
+
+    # -- adversarial examples --------------------------------------------------------------------------
+    def _attack_target(self, request: pb.GenerateAdversarialRequest, classes: int) -> int | None:
+        goal = valid.enum_value(request.goal, pb.AttackGoal, "goal", pb.ATTACK_GOAL_UNSPECIFIED)
+        has_target = request.HasField("target") and request.target.WhichOneof("target") is not None
+        if goal == pb.ATTACK_GOAL_UNTARGETED and has_target:
+            raise InvalidArgument("must be absent with an untargeted goal", field="target")
+        if goal == pb.ATTACK_GOAL_TARGETED and not has_target:
+            raise InvalidArgument("is required with a targeted goal", field="target")
+        if not has_target:
+            return None
+        if request.target.WhichOneof("target") == "class_index":
+            index = request.target.class_index
+            if not 0 <= index < classes:
+                raise InvalidArgument(f"must be in 0..{classes - 1}, got {index}", field="target.class_index")
+            return index
+        wanted = request.target.label.strip().lower()
+        labels = [label.lower() for label in models.imagenet_labels()]
+        if wanted not in labels:
+            raise InvalidArgument(
+                f"no ImageNet class is called {request.target.label!r}", field="target.label"
+            )
+        return labels.index(wanted)
+
+    def _attack_spec(self, r: pb.GenerateAdversarialRequest) -> attacks.AttackSpec:
+        method = METHODS.get(r.method)
+        if method is None:
+            raise InvalidArgument(f"unknown value {r.method}", field="method")
+        norm_code = valid.enum_value(r.norm, pb.AttackNorm, "norm", pb.ATTACK_NORM_UNSPECIFIED)
+        norm = NORMS.get(norm_code, "l2" if method == "cw_l2" else "linf")
+        if method in LINF_ONLY and norm != "linf":
+            raise InvalidArgument(f"{method} supports the L-infinity norm only", field="norm")
+        if method == "cw_l2":
+            if norm != "l2":
+                raise InvalidArgument("cw_l2 is an L2 attack", field="norm")
+            if r.HasField("epsilon"):
+                raise InvalidArgument("cw_l2 has no epsilon budget; leave it out", field="epsilon")
+        epsilon = r.epsilon if r.HasField("epsilon") else 8 / 255
+        if not (math.isfinite(epsilon) and 0 < epsilon <= 1):
+            raise InvalidArgument(f"must be in (0, 1] pixel units, got {epsilon}", field="epsilon")
+        default_steps = {"fgsm": 1, "cw_l2": 100}.get(method, 10)
+        steps = r.steps or default_steps
+        if steps <= 0 or steps > self.config.max_attack_steps:
+            raise InvalidArgument(
+                f"must be in 1..{self.config.max_attack_steps}, got {r.steps}", field="steps"
+            )
+        if method == "fgsm" and steps != 1:
+            raise InvalidArgument("fgsm takes exactly one step", field="steps")
+        step_size = r.step_size if r.HasField("step_size") else epsilon / (4 if norm == "linf" else 5)
+        if not (math.isfinite(step_size) and 0 < step_size <= 1):
+            raise InvalidArgument(f"must be in (0, 1] pixel units, got {step_size}", field="step_size")
+        if r.HasField("random_start") and r.random_start and method != "pgd":
+            raise InvalidArgument("only pgd has a random start", field="random_start")
+        if not 0 <= r.refine_steps <= self.config.max_attack_steps:
+            raise InvalidArgument(
+                f"must be in 0..{self.config.max_attack_steps}, got {r.refine_steps}", field="refine_steps"
+            )
+        positives = {"learning_rate": 0.01, "momentum_decay": 1.0, "cw_c": 1.0}
+        values = {}
+        for key, default in positives.items():
+            value = getattr(r, key) if r.HasField(key) else default  # type: ignore[arg-type]
+            if not (math.isfinite(value) and value > 0):
+                raise InvalidArgument(f"must be a positive number, got {value}", field=key)
+            values[key] = value
+        valid.finite_non_negative(r.cw_confidence, "cw_confidence")
+        return attacks.AttackSpec(
+            method=method,
+            norm=norm,
+            epsilon=epsilon,
+            step_size=step_size,
+            steps=steps,
+            seed=r.seed,
+            random_start=r.random_start if r.HasField("random_start") else method == "pgd",
+            early_stop=r.early_stop if r.HasField("early_stop") else True,
+            refine_steps=r.refine_steps,
+            learning_rate=values["learning_rate"],
+            momentum_decay=values["momentum_decay"],
+            cw_c=values["cw_c"],
+            cw_confidence=r.cw_confidence,
+        )
+
+    def _local_transfer(self, name: str, result: adversarial.AdversarialImage, targeted: bool):
+        try:
+            other = self.models.get(self._model_name(name))
+        except models.WeightsMissing as error:
+            return adversarial.Transfer(name, "", None, False, str(error))
+        return adversarial.local_transfer(other, result, targeted)
+
+    @staticmethod
+    def _bearer(context) -> str | None:
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                return value[len("Bearer ") :].strip()
+        return None
+
+    @staticmethod
+    def _remaining(context) -> float | None:
+        remaining = context.time_remaining()
+        return None if remaining is None or remaining > 1e8 else max(remaining, 0.001)
+
+    @staticmethod
+    def _score(score) -> pb.ClassScore:
+        return pb.ClassScore(index=score.index, label=score.label, probability=score.probability)
+
+    def _progress_message(self, event: attacks.Progress) -> pb.AttackProgress:
+        labels = models.imagenet_labels()
+        return pb.AttackProgress(
+            image=event.image,
+            iteration=event.iteration,
+            loss=event.loss,
+            goal_probability=event.goal_probability,
+            top1=pb.ClassScore(
+                index=event.top1, label=labels[event.top1], probability=event.top1_probability
+            ),
+        )
+
+    def _result_message(self, r: adversarial.AdversarialImage, request) -> pb.AdversarialResult:
+        return pb.AdversarialResult(
+            image=r.image,
+            name=request.images[r.image].name,
+            original_png=adversarial.png(r.original),
+            adversarial_png=adversarial.png(r.adversarial),
+            perturbation=tensors.to_tensor(r.perturbation),
+            l0=r.l0,
+            l2=r.l2,
+            linf=r.linf,
+            original_top=[self._score(s) for s in r.original_top],
+            final_top=[self._score(s) for s in r.final_top],
+            success=r.success,
+            iterations=r.iterations,
+            seconds=r.seconds,
+            goal_class=r.goal_class,
+            transfers=[
+                pb.TransferResult(
+                    model=t.model,
+                    address=t.address,
+                    top1=self._score(t.top1) if t.top1 is not None else None,
+                    fooled=t.fooled,
+                    error=t.error,
+                )
+                for t in r.transfers
+            ],
+        )
 
     # -- classification ------------------------------------------------------------------------------
     def _model_name(self, requested: str, field: str = "model") -> str:
@@ -500,6 +705,54 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             rows=pb.PixelRange(first=unit.rows[0], last=unit.rows[1]),
             columns=pb.PixelRange(first=unit.columns[0], last=unit.columns[1]),
         )
+
+
+class _StopTracker:
+    """``should_stop`` for the attack loop; records where an attack stopped (log line and metrics)."""
+
+    def __init__(self, context) -> None:
+        self.context = context
+        self.iteration = 0
+        self.recorded = False
+
+    def __call__(self) -> bool:
+        return not self.context.is_active()
+
+    def record(self, iteration: int, steps: int) -> None:
+        if self.recorded:
+            return
+        self.recorded = True
+        stops = _attack_stop_metrics()
+        stops[0].inc()
+        stops[1].set(iteration)
+        log.info(
+            "GenerateAdversarial stopped after iteration %d of %d: the client went away", iteration, steps
+        )
+
+
+_stop_metrics_lock = threading.Lock()
+
+
+def _attack_stop_metrics():
+    from prometheus_client import Counter, Gauge
+
+    holder = metrics_for("vision")
+    with _stop_metrics_lock:
+        if hasattr(holder, "attack_stops"):
+            return holder.attack_stops  # type: ignore[attr-defined]
+        holder.attack_stops = (  # type: ignore[attr-defined]
+            Counter(
+                "nnprobe_attack_stopped",
+                "Attacks stopped by cancellation or deadline.",
+                registry=holder.registry,
+            ),
+            Gauge(
+                "nnprobe_attack_stopped_at_iteration",
+                "The last iteration finished by the most recently stopped attack.",
+                registry=holder.registry,
+            ),
+        )
+    return holder.attack_stops  # type: ignore[attr-defined]
 
 
 def register(server: grpc.Server, config: ServerConfig, device: torch.device) -> list[str]:

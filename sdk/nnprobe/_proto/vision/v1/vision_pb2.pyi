@@ -92,6 +92,98 @@ PADDING_MODE_VALID: PaddingMode.ValueType  # 3
 """No padding."""
 Global___PaddingMode: _TypeAlias = PaddingMode  # noqa: Y015
 
+class _AttackGoal:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AttackGoalEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AttackGoal.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ATTACK_GOAL_UNSPECIFIED: _AttackGoal.ValueType  # 0
+    """Targeted when a target is given, untargeted otherwise."""
+    ATTACK_GOAL_TARGETED: _AttackGoal.ValueType  # 1
+    """Make the model's top-1 class the target class."""
+    ATTACK_GOAL_UNTARGETED: _AttackGoal.ValueType  # 2
+    """Make the model's top-1 class differ from its top-1 class on the original image."""
+
+class AttackGoal(_AttackGoal, metaclass=_AttackGoalEnumTypeWrapper):
+    """What an attack aims for."""
+
+ATTACK_GOAL_UNSPECIFIED: AttackGoal.ValueType  # 0
+"""Targeted when a target is given, untargeted otherwise."""
+ATTACK_GOAL_TARGETED: AttackGoal.ValueType  # 1
+"""Make the model's top-1 class the target class."""
+ATTACK_GOAL_UNTARGETED: AttackGoal.ValueType  # 2
+"""Make the model's top-1 class differ from its top-1 class on the original image."""
+Global___AttackGoal: _TypeAlias = AttackGoal  # noqa: Y015
+
+class _AttackMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AttackMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AttackMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ATTACK_METHOD_UNSPECIFIED: _AttackMethod.ValueType  # 0
+    """ATTACK_METHOD_PGD."""
+    ATTACK_METHOD_ADAM: _AttackMethod.ValueType  # 1
+    """Adam on the input perturbation minimising the cross-entropy of the logits (towards the target, or
+    maximising it away from the original class), projected into the epsilon ball after each step.
+    """
+    ATTACK_METHOD_FGSM: _AttackMethod.ValueType  # 2
+    """Fast gradient sign method: one step of size epsilon (L-infinity only)."""
+    ATTACK_METHOD_BIM: _AttackMethod.ValueType  # 3
+    """Basic iterative method: sign steps of step_size, clipped to the epsilon ball (L-infinity only)."""
+    ATTACK_METHOD_PGD: _AttackMethod.ValueType  # 4
+    """Projected gradient descent with an optional random start in the ball (L-infinity or L2)."""
+    ATTACK_METHOD_MI_FGSM: _AttackMethod.ValueType  # 5
+    """Momentum iterative FGSM (Dong et al. 2018): L1-normalised gradients with momentum (L-infinity only)."""
+    ATTACK_METHOD_CW_L2: _AttackMethod.ValueType  # 6
+    """Carlini-Wagner L2: Adam in tanh space on |delta|_2^2 + c * max(margin, -confidence); no epsilon."""
+
+class AttackMethod(_AttackMethod, metaclass=_AttackMethodEnumTypeWrapper):
+    """The attack algorithm. Every method works on [0, 1] pixels at the model's input size."""
+
+ATTACK_METHOD_UNSPECIFIED: AttackMethod.ValueType  # 0
+"""ATTACK_METHOD_PGD."""
+ATTACK_METHOD_ADAM: AttackMethod.ValueType  # 1
+"""Adam on the input perturbation minimising the cross-entropy of the logits (towards the target, or
+maximising it away from the original class), projected into the epsilon ball after each step.
+"""
+ATTACK_METHOD_FGSM: AttackMethod.ValueType  # 2
+"""Fast gradient sign method: one step of size epsilon (L-infinity only)."""
+ATTACK_METHOD_BIM: AttackMethod.ValueType  # 3
+"""Basic iterative method: sign steps of step_size, clipped to the epsilon ball (L-infinity only)."""
+ATTACK_METHOD_PGD: AttackMethod.ValueType  # 4
+"""Projected gradient descent with an optional random start in the ball (L-infinity or L2)."""
+ATTACK_METHOD_MI_FGSM: AttackMethod.ValueType  # 5
+"""Momentum iterative FGSM (Dong et al. 2018): L1-normalised gradients with momentum (L-infinity only)."""
+ATTACK_METHOD_CW_L2: AttackMethod.ValueType  # 6
+"""Carlini-Wagner L2: Adam in tanh space on |delta|_2^2 + c * max(margin, -confidence); no epsilon."""
+Global___AttackMethod: _TypeAlias = AttackMethod  # noqa: Y015
+
+class _AttackNorm:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AttackNormEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AttackNorm.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ATTACK_NORM_UNSPECIFIED: _AttackNorm.ValueType  # 0
+    """ATTACK_NORM_LINF (ATTACK_NORM_L2 for CW_L2)."""
+    ATTACK_NORM_LINF: _AttackNorm.ValueType  # 1
+    """Largest change of any pixel channel."""
+    ATTACK_NORM_L2: _AttackNorm.ValueType  # 2
+    """Euclidean length of the whole perturbation."""
+
+class AttackNorm(_AttackNorm, metaclass=_AttackNormEnumTypeWrapper):
+    """The norm of the perturbation budget."""
+
+ATTACK_NORM_UNSPECIFIED: AttackNorm.ValueType  # 0
+"""ATTACK_NORM_LINF (ATTACK_NORM_L2 for CW_L2)."""
+ATTACK_NORM_LINF: AttackNorm.ValueType  # 1
+"""Largest change of any pixel channel."""
+ATTACK_NORM_L2: AttackNorm.ValueType  # 2
+"""Euclidean length of the whole perturbation."""
+Global___AttackNorm: _TypeAlias = AttackNorm  # noqa: Y015
+
 @_typing.final
 class Extent(_message.Message):
     """A pair of integers along the two spatial axes."""
@@ -1117,3 +1209,370 @@ class ClassifyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClassifyResponse: _TypeAlias = ClassifyResponse  # noqa: Y015
+
+@_typing.final
+class AttackTarget(_message.Message):
+    """The class a targeted attack aims for: an index or a label."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLASS_INDEX_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    class_index: _builtins.int
+    """ImageNet class index, 0-based."""
+    label: _builtins.str
+    """Class label exactly as ListModels' labels spell it (for example `tiger`), case-insensitive."""
+    def __init__(
+        self,
+        *,
+        class_index: _builtins.int = ...,
+        label: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["class_index", b"class_index", "label", b"label", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_index", b"class_index", "label", b"label", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["class_index", "label"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___AttackTarget: _TypeAlias = AttackTarget  # noqa: Y015
+
+@_typing.final
+class GenerateAdversarialRequest(_message.Message):
+    """Request of GenerateAdversarial."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    GOAL_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    NORM_FIELD_NUMBER: _builtins.int
+    EPSILON_FIELD_NUMBER: _builtins.int
+    STEP_SIZE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    RANDOM_START_FIELD_NUMBER: _builtins.int
+    EARLY_STOP_FIELD_NUMBER: _builtins.int
+    REFINE_STEPS_FIELD_NUMBER: _builtins.int
+    LEARNING_RATE_FIELD_NUMBER: _builtins.int
+    MOMENTUM_DECAY_FIELD_NUMBER: _builtins.int
+    CW_C_FIELD_NUMBER: _builtins.int
+    CW_CONFIDENCE_FIELD_NUMBER: _builtins.int
+    TOP_K_FIELD_NUMBER: _builtins.int
+    TRANSFER_MODELS_FIELD_NUMBER: _builtins.int
+    TRANSFER_ADDRESSES_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Model attacked; empty means the default model."""
+    goal: Global___AttackGoal.ValueType
+    """Targeted or untargeted."""
+    method: Global___AttackMethod.ValueType
+    """The algorithm."""
+    norm: Global___AttackNorm.ValueType
+    """The budget's norm. FGSM, BIM and MI-FGSM support L-infinity only; CW_L2 only L2."""
+    epsilon: _builtins.float
+    """Budget in [0, 1] pixel units, in (0, 1]; default 8/255. Must be absent for CW_L2."""
+    step_size: _builtins.float
+    """Step size in pixel units; default epsilon / 4 (L-infinity) or epsilon / 5 (L2). Not used by FGSM."""
+    steps: _builtins.int
+    """Iterations; 0 means 10 (1 for FGSM, 100 for CW_L2). At most the server's limit."""
+    seed: _builtins.int
+    """Seed of the random start."""
+    random_start: _builtins.bool
+    """PGD's random start in the ball; default true. Only PGD has one."""
+    early_stop: _builtins.bool
+    """Stop an image as soon as its 8-bit version meets the goal; default true."""
+    refine_steps: _builtins.int
+    """Extra sign steps of one 8-bit level when the quantized image misses the goal; default 0."""
+    learning_rate: _builtins.float
+    """Adam's learning rate (ADAM and CW_L2); default 0.01."""
+    momentum_decay: _builtins.float
+    """MI-FGSM's momentum decay; default 1.0."""
+    cw_c: _builtins.float
+    """CW_L2's trade-off constant c; default 1.0."""
+    cw_confidence: _builtins.float
+    """CW_L2's confidence (kappa); default 0."""
+    top_k: _builtins.int
+    """Classes reported for the original and final images; 0 means 5."""
+    @_builtins.property
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]:
+        """The images (as in Classify). Each is resized and centre-cropped to the model's input size and
+        rounded to 8 bits: those pixels are attacked. At least one.
+        """
+
+    @_builtins.property
+    def target(self) -> Global___AttackTarget:
+        """Required with a targeted goal; must be absent with an untargeted one."""
+
+    @_builtins.property
+    def transfer_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Other local models to classify the final images with (transfer check)."""
+
+    @_builtins.property
+    def transfer_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Addresses of other VisionService servers to classify the final images with, through the SDK, with
+        this call's deadline and bearer token.
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        images: _abc.Iterable[_common_pb2.Image] | None = ...,
+        goal: Global___AttackGoal.ValueType = ...,
+        target: Global___AttackTarget | None = ...,
+        method: Global___AttackMethod.ValueType = ...,
+        norm: Global___AttackNorm.ValueType = ...,
+        epsilon: _builtins.float | None = ...,
+        step_size: _builtins.float | None = ...,
+        steps: _builtins.int = ...,
+        seed: _builtins.int = ...,
+        random_start: _builtins.bool | None = ...,
+        early_stop: _builtins.bool | None = ...,
+        refine_steps: _builtins.int = ...,
+        learning_rate: _builtins.float | None = ...,
+        momentum_decay: _builtins.float | None = ...,
+        cw_c: _builtins.float | None = ...,
+        cw_confidence: _builtins.float = ...,
+        top_k: _builtins.int = ...,
+        transfer_models: _abc.Iterable[_builtins.str] | None = ...,
+        transfer_addresses: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cw_c", b"_cw_c", "_early_stop", b"_early_stop", "_epsilon", b"_epsilon", "_learning_rate", b"_learning_rate", "_momentum_decay", b"_momentum_decay", "_random_start", b"_random_start", "_step_size", b"_step_size", "cw_c", b"cw_c", "early_stop", b"early_stop", "epsilon", b"epsilon", "learning_rate", b"learning_rate", "momentum_decay", b"momentum_decay", "random_start", b"random_start", "step_size", b"step_size", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cw_c", b"_cw_c", "_early_stop", b"_early_stop", "_epsilon", b"_epsilon", "_learning_rate", b"_learning_rate", "_momentum_decay", b"_momentum_decay", "_random_start", b"_random_start", "_step_size", b"_step_size", "cw_c", b"cw_c", "cw_confidence", b"cw_confidence", "early_stop", b"early_stop", "epsilon", b"epsilon", "goal", b"goal", "images", b"images", "learning_rate", b"learning_rate", "method", b"method", "model", b"model", "momentum_decay", b"momentum_decay", "norm", b"norm", "random_start", b"random_start", "refine_steps", b"refine_steps", "seed", b"seed", "step_size", b"step_size", "steps", b"steps", "target", b"target", "top_k", b"top_k", "transfer_addresses", b"transfer_addresses", "transfer_models", b"transfer_models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cw_c: _TypeAlias = _typing.Literal["cw_c"]  # noqa: Y015
+    _WhichOneofArgType__cw_c: _TypeAlias = _typing.Literal["_cw_c", b"_cw_c"]  # noqa: Y015
+    _WhichOneofReturnType__early_stop: _TypeAlias = _typing.Literal["early_stop"]  # noqa: Y015
+    _WhichOneofArgType__early_stop: _TypeAlias = _typing.Literal["_early_stop", b"_early_stop"]  # noqa: Y015
+    _WhichOneofReturnType__epsilon: _TypeAlias = _typing.Literal["epsilon"]  # noqa: Y015
+    _WhichOneofArgType__epsilon: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon"]  # noqa: Y015
+    _WhichOneofReturnType__learning_rate: _TypeAlias = _typing.Literal["learning_rate"]  # noqa: Y015
+    _WhichOneofArgType__learning_rate: _TypeAlias = _typing.Literal["_learning_rate", b"_learning_rate"]  # noqa: Y015
+    _WhichOneofReturnType__momentum_decay: _TypeAlias = _typing.Literal["momentum_decay"]  # noqa: Y015
+    _WhichOneofArgType__momentum_decay: _TypeAlias = _typing.Literal["_momentum_decay", b"_momentum_decay"]  # noqa: Y015
+    _WhichOneofReturnType__random_start: _TypeAlias = _typing.Literal["random_start"]  # noqa: Y015
+    _WhichOneofArgType__random_start: _TypeAlias = _typing.Literal["_random_start", b"_random_start"]  # noqa: Y015
+    _WhichOneofReturnType__step_size: _TypeAlias = _typing.Literal["step_size"]  # noqa: Y015
+    _WhichOneofArgType__step_size: _TypeAlias = _typing.Literal["_step_size", b"_step_size"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cw_c) -> _WhichOneofReturnType__cw_c | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__early_stop) -> _WhichOneofReturnType__early_stop | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__epsilon) -> _WhichOneofReturnType__epsilon | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__learning_rate) -> _WhichOneofReturnType__learning_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__momentum_decay) -> _WhichOneofReturnType__momentum_decay | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__random_start) -> _WhichOneofReturnType__random_start | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__step_size) -> _WhichOneofReturnType__step_size | None: ...
+
+Global___GenerateAdversarialRequest: _TypeAlias = GenerateAdversarialRequest  # noqa: Y015
+
+@_typing.final
+class AttackProgress(_message.Message):
+    """Progress of one image after one iteration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    ITERATION_FIELD_NUMBER: _builtins.int
+    LOSS_FIELD_NUMBER: _builtins.int
+    GOAL_PROBABILITY_FIELD_NUMBER: _builtins.int
+    TOP1_FIELD_NUMBER: _builtins.int
+    image: _builtins.int
+    """Index of the image in the request."""
+    iteration: _builtins.int
+    """Iteration just finished, 1-based."""
+    loss: _builtins.float
+    """The image's loss before the step (cross-entropy to the target or from the original class; CW's
+    objective for CW_L2).
+    """
+    goal_probability: _builtins.float
+    """Probability of the goal class (the target, or the original class when untargeted) after the step."""
+    @_builtins.property
+    def top1(self) -> Global___ClassScore:
+        """The current top-1 class after the step."""
+
+    def __init__(
+        self,
+        *,
+        image: _builtins.int = ...,
+        iteration: _builtins.int = ...,
+        loss: _builtins.float = ...,
+        goal_probability: _builtins.float = ...,
+        top1: Global___ClassScore | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["top1", b"top1"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["goal_probability", b"goal_probability", "image", b"image", "iteration", b"iteration", "loss", b"loss", "top1", b"top1"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttackProgress: _TypeAlias = AttackProgress  # noqa: Y015
+
+@_typing.final
+class TransferResult(_message.Message):
+    """How another model classifies an adversarial image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    TOP1_FIELD_NUMBER: _builtins.int
+    FOOLED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model (a local name, or the remote server's answering model)."""
+    address: _builtins.str
+    """The remote address; empty for a local model."""
+    fooled: _builtins.bool
+    """True when that model is fooled too (targeted: its top-1 is the target; untargeted: its top-1 differs
+    from the attacked model's original class).
+    """
+    error: _builtins.str
+    """Why the check failed (missing weights, an unreachable server); empty on success."""
+    @_builtins.property
+    def top1(self) -> Global___ClassScore:
+        """Its top-1 class."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        address: _builtins.str = ...,
+        top1: Global___ClassScore | None = ...,
+        fooled: _builtins.bool = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["top1", b"top1"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "error", b"error", "fooled", b"fooled", "model", b"model", "top1", b"top1"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferResult: _TypeAlias = TransferResult  # noqa: Y015
+
+@_typing.final
+class AdversarialResult(_message.Message):
+    """The outcome for one image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ORIGINAL_PNG_FIELD_NUMBER: _builtins.int
+    ADVERSARIAL_PNG_FIELD_NUMBER: _builtins.int
+    PERTURBATION_FIELD_NUMBER: _builtins.int
+    L0_FIELD_NUMBER: _builtins.int
+    L2_FIELD_NUMBER: _builtins.int
+    LINF_FIELD_NUMBER: _builtins.int
+    ORIGINAL_TOP_FIELD_NUMBER: _builtins.int
+    FINAL_TOP_FIELD_NUMBER: _builtins.int
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    ITERATIONS_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    GOAL_CLASS_FIELD_NUMBER: _builtins.int
+    TRANSFERS_FIELD_NUMBER: _builtins.int
+    image: _builtins.int
+    """Index of the image in the request."""
+    name: _builtins.str
+    """The image's name, echoed."""
+    original_png: _builtins.bytes
+    """The attacked pixels (the model's input size, 8 bits) as PNG."""
+    adversarial_png: _builtins.bytes
+    """The adversarial image as PNG: the attacked pixels plus the perturbation, rounded to 8 bits."""
+    l0: _builtins.int
+    """Number of changed pixel channels."""
+    l2: _builtins.float
+    """Euclidean norm of the perturbation, in pixel units."""
+    linf: _builtins.float
+    """Largest absolute change of a pixel channel, in pixel units."""
+    success: _builtins.bool
+    """True when the 8-bit adversarial image meets the goal."""
+    iterations: _builtins.int
+    """Iterations run (including refinement steps)."""
+    seconds: _builtins.float
+    """Seconds spent on this request until this result."""
+    goal_class: _builtins.int
+    """The goal class: the target, or the original top-1 class when untargeted."""
+    @_builtins.property
+    def perturbation(self) -> _common_pb2.Tensor:
+        """adversarial - original as a (H, W, 3) float32 tensor in [-1, 1] pixel units (multiples of 1/255)."""
+
+    @_builtins.property
+    def original_top(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClassScore]:
+        """Top-k classes of the original image."""
+
+    @_builtins.property
+    def final_top(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClassScore]:
+        """Top-k classes of the 8-bit adversarial image."""
+
+    @_builtins.property
+    def transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransferResult]:
+        """Transfer checks, in the order asked."""
+
+    def __init__(
+        self,
+        *,
+        image: _builtins.int = ...,
+        name: _builtins.str = ...,
+        original_png: _builtins.bytes = ...,
+        adversarial_png: _builtins.bytes = ...,
+        perturbation: _common_pb2.Tensor | None = ...,
+        l0: _builtins.int = ...,
+        l2: _builtins.float = ...,
+        linf: _builtins.float = ...,
+        original_top: _abc.Iterable[Global___ClassScore] | None = ...,
+        final_top: _abc.Iterable[Global___ClassScore] | None = ...,
+        success: _builtins.bool = ...,
+        iterations: _builtins.int = ...,
+        seconds: _builtins.float = ...,
+        goal_class: _builtins.int = ...,
+        transfers: _abc.Iterable[Global___TransferResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["perturbation", b"perturbation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adversarial_png", b"adversarial_png", "final_top", b"final_top", "goal_class", b"goal_class", "image", b"image", "iterations", b"iterations", "l0", b"l0", "l2", b"l2", "linf", b"linf", "name", b"name", "original_png", b"original_png", "original_top", b"original_top", "perturbation", b"perturbation", "seconds", b"seconds", "success", b"success", "transfers", b"transfers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdversarialResult: _TypeAlias = AdversarialResult  # noqa: Y015
+
+@_typing.final
+class GenerateAdversarialResponse(_message.Message):
+    """One event of the GenerateAdversarial stream: progress events, then one result per image."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> Global___AttackProgress:
+        """Progress of one image."""
+
+    @_builtins.property
+    def result(self) -> Global___AdversarialResult:
+        """The final result of one image."""
+
+    def __init__(
+        self,
+        *,
+        progress: Global___AttackProgress | None = ...,
+        result: Global___AdversarialResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "progress", b"progress", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "progress", b"progress", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["progress", "result"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___GenerateAdversarialResponse: _TypeAlias = GenerateAdversarialResponse  # noqa: Y015

@@ -50,6 +50,11 @@ class VisionServiceStub:
                 request_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ClassifyRequest.SerializeToString,
                 response_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ClassifyResponse.FromString,
                 _registered_method=True)
+        self.GenerateAdversarial = channel.unary_stream(
+                '/nnprobe.vision.v1.VisionService/GenerateAdversarial',
+                request_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.GenerateAdversarialRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.GenerateAdversarialResponse.FromString,
+                _registered_method=True)
 
 
 class VisionServiceServicer:
@@ -82,6 +87,14 @@ class VisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateAdversarial(self, request, context):
+        """Crafts adversarial examples for one or more images, targeted or untargeted, streaming progress
+        events and then one result per image. Success is judged on the image rounded to 8 bits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +112,11 @@ def add_VisionServiceServicer_to_server(servicer, server):
                     servicer.Classify,
                     request_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ClassifyRequest.FromString,
                     response_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.ClassifyResponse.SerializeToString,
+            ),
+            'GenerateAdversarial': grpc.unary_stream_rpc_method_handler(
+                    servicer.GenerateAdversarial,
+                    request_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.GenerateAdversarialRequest.FromString,
+                    response_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.GenerateAdversarialResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,6 +201,33 @@ class VisionService:
             '/nnprobe.vision.v1.VisionService/Classify',
             nnprobe_dot_vision_dot_v1_dot_vision__pb2.ClassifyRequest.SerializeToString,
             nnprobe_dot_vision_dot_v1_dot_vision__pb2.ClassifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateAdversarial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nnprobe.vision.v1.VisionService/GenerateAdversarial',
+            nnprobe_dot_vision_dot_v1_dot_vision__pb2.GenerateAdversarialRequest.SerializeToString,
+            nnprobe_dot_vision_dot_v1_dot_vision__pb2.GenerateAdversarialResponse.FromString,
             options,
             channel_credentials,
             insecure,

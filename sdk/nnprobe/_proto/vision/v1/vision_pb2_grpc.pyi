@@ -47,6 +47,10 @@ class VisionServiceStub:
     """Classifies a batch of images with an ImageNet classifier (the default model when none is named).
     Concurrent calls are gathered into batches on the server (dynamic batching).
     """
+    GenerateAdversarial: _grpc.UnaryStreamMultiCallable[_vision_pb2.GenerateAdversarialRequest, _vision_pb2.GenerateAdversarialResponse]
+    """Crafts adversarial examples for one or more images, targeted or untargeted, streaming progress
+    events and then one result per image. Success is judged on the image rounded to 8 bits.
+    """
 
 @_typing.type_check_only
 class VisionServiceAsyncStub(VisionServiceStub):
@@ -66,6 +70,10 @@ class VisionServiceAsyncStub(VisionServiceStub):
     Classify: _aio.UnaryUnaryMultiCallable[_vision_pb2.ClassifyRequest, _vision_pb2.ClassifyResponse]  # type: ignore[assignment]
     """Classifies a batch of images with an ImageNet classifier (the default model when none is named).
     Concurrent calls are gathered into batches on the server (dynamic batching).
+    """
+    GenerateAdversarial: _aio.UnaryStreamMultiCallable[_vision_pb2.GenerateAdversarialRequest, _vision_pb2.GenerateAdversarialResponse]  # type: ignore[assignment]
+    """Crafts adversarial examples for one or more images, targeted or untargeted, streaming progress
+    events and then one result per image. Success is judged on the image rounded to 8 bits.
     """
 
 class VisionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -101,6 +109,16 @@ class VisionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_vision_pb2.ClassifyResponse, _abc.Awaitable[_vision_pb2.ClassifyResponse]]:
         """Classifies a batch of images with an ImageNet classifier (the default model when none is named).
         Concurrent calls are gathered into batches on the server (dynamic batching).
+        """
+
+    @_abc_1.abstractmethod
+    def GenerateAdversarial(
+        self,
+        request: _vision_pb2.GenerateAdversarialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_vision_pb2.GenerateAdversarialResponse], _abc.AsyncIterator[_vision_pb2.GenerateAdversarialResponse]]:
+        """Crafts adversarial examples for one or more images, targeted or untargeted, streaming progress
+        events and then one result per image. Success is judged on the image rounded to 8 bits.
         """
 
 def add_VisionServiceServicer_to_server(servicer: VisionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,134 @@
+"""``nnprobe attack``: adversarial examples that survive being saved (VisionService.GenerateAdversarial)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import numpy as np
+
+from nnprobe.cli.output import ProgressBar, add_client_options, client_kwargs, print_json, print_table
+from nnprobe.vision import ATTACK_METHODS, AttackProgress, VisionClient, parse_epsilon
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("attack", help="adversarial examples (VisionService.GenerateAdversarial)")
+    p.add_argument("images", nargs="+", metavar="IMG", help="image files")
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--target", help="target class index or label (targeted attack)")
+    goal.add_argument("--untargeted", action="store_true", help="move away from the original class")
+    p.add_argument("--method", choices=ATTACK_METHODS, default="pgd")
+    p.add_argument("--norm", choices=("linf", "l2"))
+    p.add_argument("--eps", type=parse_epsilon, help="budget in pixel units, e.g. 4/255 (default 8/255)")
+    p.add_argument("--step-size", type=parse_epsilon, help="step in pixel units (default eps/4)")
+    p.add_argument("--steps", type=int, default=0, help="iterations (default 10; FGSM 1; CW 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-random-start", action="store_true", help="PGD: start at the image")
+    p.add_argument("--no-early-stop", action="store_true", help="run every iteration")
+    p.add_argument("--refine-steps", type=int, default=0, help="8-bit lattice steps after rounding")
+    p.add_argument("--lr", type=float, help="Adam's learning rate (adam, cw_l2)")
+    p.add_argument("--model", help="model attacked (default: the server's default)")
+    p.add_argument("--transfer-model", action="append", default=[], help="another local model to check")
+    p.add_argument("--transfer-address", action="append", default=[], help="another VisionService to check")
+    p.add_argument("--save-dir", type=Path, help="write original | perturbation | adversarial PNGs here")
+    add_client_options(p, "vision")
+    p.set_defaults(handler=run_attack)
+
+
+def run_attack(args: argparse.Namespace) -> int:
+    options = {
+        "target": args.target,
+        "untargeted": args.untargeted,
+        "method": args.method,
+        "norm": args.norm,
+        "eps": args.eps,
+        "step_size": args.step_size,
+        "steps": args.steps,
+        "seed": args.seed,
+        "random_start": False if args.no_random_start else None,
+        "early_stop": False if args.no_early_stop else None,
+        "refine_steps": args.refine_steps,
+        "learning_rate": args.lr,
+        "model": args.model,
+        "transfer_models": args.transfer_model,
+        "transfer_addresses": args.transfer_address,
+    }
+    total = args.steps or {"fgsm": 1, "cw_l2": 100}.get(args.method, 10)
+    bar = ProgressBar(total * len(args.images), f"{args.method} attack")
+    done: dict[int, int] = {}
+
+    def progress(event: AttackProgress) -> None:
+        done[event.image] = event.iteration
+        bar.update(
+            sum(done.values()),
+            f"image {event.image}: top-1 {event.top1.label} p(goal) {event.goal_probability:.3f}",
+        )
+
+    with VisionClient(args.address, **client_kwargs(args)) as client:
+        try:
+            results = client.attack(args.images, on_progress=progress, **options)
+        finally:
+            bar.close()
+    saved = []
+    if args.save_dir is not None:
+        args.save_dir.mkdir(parents=True, exist_ok=True)
+        for result in results:
+            path = args.save_dir / f"{Path(result.name or str(result.image)).stem}-adversarial.png"
+            path.write_bytes(triptych(result.original_png, result.perturbation, result.adversarial_png))
+            saved.append(str(path))
+    if args.json:
+        data = [
+            {
+                k: v
+                for k, v in vars(r).items()
+                if k not in ("raw", "original_png", "adversarial_png", "perturbation")
+            }
+            for r in results
+        ]
+        print_json({"results": data, "saved": saved})
+        return 0
+    print_table(
+        [
+            (
+                r.name,
+                f"{r.original_top[0].label} ({r.original_top[0].probability:.3f})",
+                f"{r.final_top[0].label} ({r.final_top[0].probability:.3f})",
+                r.success,
+                r.iterations,
+                f"{r.linf * 255:.0f}/255",
+                f"{r.l2:.3f}",
+                r.l0,
+            )
+            for r in results
+        ],
+        ["image", "original", "adversarial (8-bit)", "success", "iterations", "L-inf", "L2", "L0"],
+    )
+    for r in results:
+        for t in r.transfers:
+            where = t.address or "local"
+            verdict = (
+                t.error or f"{t.top1.label if t.top1 else '?'}: {'fooled' if t.fooled else 'not fooled'}"
+            )
+            print(f"transfer {r.name} -> {t.model or '?'} ({where}): {verdict}")
+    for path in saved:
+        print(f"saved {path}")
+    return 0
+
+
+def triptych(original_png: bytes, perturbation: np.ndarray, adversarial_png: bytes) -> bytes:
+    """original | perturbation (amplified to the full range) | adversarial, side by side, as PNG."""
+    from PIL import Image
+
+    original = Image.open(io.BytesIO(original_png)).convert("RGB")
+    adversarial = Image.open(io.BytesIO(adversarial_png)).convert("RGB")
+    peak = float(np.abs(perturbation).max()) or 1.0
+    amplified = np.clip(np.rint((perturbation / peak * 0.5 + 0.5) * 255), 0, 255).astype(np.uint8)
+    width, height = original.size
+    canvas = Image.new("RGB", (3 * width + 8, height), (255, 255, 255))
+    canvas.paste(original, (0, 0))
+    canvas.paste(Image.fromarray(amplified), (width + 4, 0))
+    canvas.paste(adversarial, (2 * width + 8, 0))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,265 @@
+"""Adversarial attacks in [0, 1] pixel space on a model that normalises inside (``PixelClassifier``).
+
+Methods: ADAM (Adam on the input, cross-entropy on the logits), FGSM, BIM, PGD (L-infinity and L2, random
+start), MI-FGSM and Carlini-Wagner L2. Every image's result is judged after rounding to 8 bits: an image
+meets its goal only when its quantized version does. The formulas of FGSM, BIM, PGD and MI-FGSM follow
+Goodfellow et al. 2015, Kurakin et al. 2017, Madry et al. 2018 and Dong et al. 2018 (and torchattacks).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+METHODS = ("adam", "fgsm", "bim", "pgd", "mi_fgsm", "cw_l2")
+NORMS = ("linf", "l2")
+
+
+class Stopped(Exception):
+    """The caller cancelled or its deadline passed; ``iteration`` is the last one finished."""
+
+    def __init__(self, iteration: int) -> None:
+        super().__init__(f"stopped after iteration {iteration}")
+        self.iteration = iteration
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    method: str = "pgd"
+    norm: str = "linf"
+    #: Budget in pixel units (L-infinity: per pixel; L2: of the whole perturbation). CW ignores it.
+    epsilon: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 10
+    seed: int = 0
+    random_start: bool = True
+    early_stop: bool = True
+    #: Extra sign steps of one 8-bit level when the quantized image misses the goal.
+    refine_steps: int = 0
+    learning_rate: float = 0.01
+    momentum_decay: float = 1.0
+    cw_c: float = 1.0
+    cw_confidence: float = 0.0
+
+
+@dataclass
+class Progress:
+    image: int
+    iteration: int
+    loss: float
+    goal_probability: float
+    top1: int
+    top1_probability: float
+
+
+@dataclass
+class Outcome:
+    """One image's final state. ``adversarial`` is quantized to 8 bits; ``float_adversarial`` is the attack's
+    own output before rounding."""
+
+    adversarial: torch.Tensor
+    float_adversarial: torch.Tensor
+    success: bool
+    iterations: int
+
+
+def quantize(pixels: torch.Tensor) -> torch.Tensor:
+    """Round [0, 1] pixels to the 8-bit lattice k / 255."""
+    return torch.round(pixels.clamp(0, 1) * 255) / 255
+
+
+def goal_met(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+    top1 = logits.argmax(1)
+    return top1 == labels if targeted else top1 != labels
+
+
+def project(delta: torch.Tensor, spec: AttackSpec) -> torch.Tensor:
+    """Into the ε-ball of the norm."""
+    if spec.norm == "linf":
+        return delta.clamp(-spec.epsilon, spec.epsilon)
+    norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    return delta * torch.clamp(spec.epsilon / norms, max=1.0)
+
+
+def _l2_step(grad: torch.Tensor, size: float) -> torch.Tensor:
+    norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    return size * grad / norms
+
+
+def _random_start(images: torch.Tensor, spec: AttackSpec, generator: torch.Generator) -> torch.Tensor:
+    if spec.norm == "linf":
+        noise = torch.empty_like(images).uniform_(-spec.epsilon, spec.epsilon, generator=generator)
+    else:  # uniform in the L2 ball
+        direction = torch.empty_like(images).normal_(generator=generator)
+        direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        radius = torch.empty(len(images), 1, 1, 1, device=images.device).uniform_(generator=generator)
+        noise = direction * spec.epsilon * radius ** (1 / images[0].numel())
+    return torch.clamp(images + noise, 0, 1).detach()
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """The quantity each step ascends: -CE(target) when targeted, CE(original) otherwise (batch mean)."""
+    loss = F.cross_entropy(logits, labels)
+    return -loss if targeted else loss
+
+
+def attack(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    targeted: bool,
+    spec: AttackSpec,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Iterator[Progress | tuple[int, Outcome]]:
+    """Attack ``images`` (N, 3, H, W) in [0, 1]; ``labels``: the targets, or the original classes.
+
+    Yields ``Progress`` for every active image after every iteration, and ``(index, Outcome)`` once per
+    image, when it meets its goal (with early stop) or when the iterations run out. Raises ``Stopped``.
+    """
+    generator = torch.Generator(device=images.device).manual_seed(spec.seed)
+    images = images.detach()
+    active = torch.ones(len(images), dtype=torch.bool, device=images.device)
+    state = _State(model, images, labels, targeted, spec, generator)
+    iterations = 1 if spec.method == "fgsm" else spec.steps
+    for iteration in range(1, iterations + 1):
+        if should_stop():
+            raise Stopped(iteration - 1)
+        index = active.nonzero().flatten()
+        _, loss_rows = state.step(index)
+        current = state.adversarial[index]
+        with torch.no_grad():
+            after = model(current)
+        probabilities = after.softmax(1)
+        for row, i in enumerate(index.tolist()):
+            top1 = int(probabilities[row].argmax())
+            yield Progress(
+                i,
+                iteration,
+                float(loss_rows[row]),
+                float(probabilities[row, labels[i]]),
+                top1,
+                float(probabilities[row, top1]),
+            )
+        if spec.early_stop:
+            met = goal_met(after, labels[index], targeted)
+            if met.any():
+                quantized = quantize(current[met])
+                with torch.no_grad():
+                    kept = goal_met(model(quantized), labels[index][met], targeted)
+                for row, i in enumerate(index[met].tolist()):
+                    if kept[row]:
+                        active[i] = False
+                        yield i, Outcome(quantized[row], current[met][row], True, iteration)
+        if not active.any():
+            return
+    for i in active.nonzero().flatten().tolist():
+        final = state.adversarial[i : i + 1]
+        quantized, success, used = refine(model, images[i : i + 1], final, labels[i : i + 1], targeted, spec)
+        yield i, Outcome(quantized[0], final[0], success, iterations + used)
+
+
+class _State:
+    """The running adversarial images and each method's extra state (momentum, Adam, CW variables)."""
+
+    def __init__(self, model, images, labels, targeted, spec: AttackSpec, generator) -> None:
+        self.model, self.images, self.labels, self.targeted, self.spec = model, images, labels, targeted, spec
+        start = spec.random_start and spec.method == "pgd"
+        self.adversarial = _random_start(images, spec, generator) if start else images.clone()
+        self.momentum = torch.zeros_like(images)
+        if spec.method == "adam":
+            self.delta = (self.adversarial - images).clone().requires_grad_(True)
+            self.optimizer = torch.optim.Adam([self.delta], lr=spec.learning_rate)
+        if spec.method == "cw_l2":
+            w = torch.atanh(torch.clamp(images * 2 - 1, -1 + 1e-6, 1 - 1e-6))
+            self.w = w.clone().requires_grad_(True)
+            self.optimizer = torch.optim.Adam([self.w], lr=spec.learning_rate)
+
+    def step(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One iteration on the rows ``index``; returns their logits before the step and per-row losses."""
+        method = self.spec.method
+        if method in ("adam", "cw_l2"):
+            return self._optimizer_step(index)
+        x = self.adversarial[index].clone().requires_grad_(True)
+        logits = self.model(x)
+        cost = _loss(logits, self.labels[index], self.targeted)
+        grad = torch.autograd.grad(cost, x)[0]
+        rows = F.cross_entropy(logits.detach(), self.labels[index], reduction="none")
+        original = self.images[index]
+        spec = self.spec
+        with torch.no_grad():
+            if method == "fgsm":
+                new = torch.clamp(x + spec.epsilon * grad.sign(), 0, 1)
+            else:
+                if method == "mi_fgsm":
+                    grad = grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True)
+                    grad = self.momentum[index] * spec.momentum_decay + grad
+                    self.momentum[index] = grad
+                move = grad.sign() if spec.norm == "linf" else _l2_step(grad, spec.step_size)
+                stepped = x + (spec.step_size * move if spec.norm == "linf" else move)
+                new = torch.clamp(original + project(stepped - original, spec), 0, 1)
+            self.adversarial[index] = new.detach()
+        return logits.detach(), rows
+
+    def _optimizer_step(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        spec, labels = self.spec, self.labels[index]
+        self.optimizer.zero_grad()
+        if spec.method == "adam":
+            x = torch.clamp(self.images + self.delta, 0, 1)
+            logits = self.model(x[index])
+            ce = F.cross_entropy(logits, labels, reduction="none")
+            rows = ce if self.targeted else -ce
+            rows.sum().backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                self.delta.copy_(torch.clamp(self.images + project(self.delta, spec), 0, 1) - self.images)
+                self.adversarial[index] = (self.images + self.delta)[index]
+            return logits.detach(), ce.detach()
+        x = (torch.tanh(self.w) + 1) / 2
+        logits = self.model(x[index])
+        one_hot = F.one_hot(labels, logits.shape[1]).bool()
+        real = logits[one_hot]
+        other = logits.masked_fill(one_hot, -math.inf).amax(1)
+        margin = other - real if self.targeted else real - other
+        f = torch.clamp(margin, min=-spec.cw_confidence)
+        distance = (x[index] - self.images[index]).flatten(1).pow(2).sum(1)
+        rows = distance + spec.cw_c * f
+        rows.sum().backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            self.adversarial[index] = ((torch.tanh(self.w) + 1) / 2)[index]
+        return logits.detach(), rows.detach()
+
+
+def refine(
+    model: nn.Module,
+    original: torch.Tensor,
+    adversarial: torch.Tensor,
+    labels: torch.Tensor,
+    targeted: bool,
+    spec: AttackSpec,
+) -> tuple[torch.Tensor, bool, int]:
+    """Quantize; while the goal is missed, take up to ``refine_steps`` sign steps of one 8-bit level,
+    staying inside the ε-ball on the lattice. Returns (quantized image, success, refinement steps used)."""
+    limit = math.floor(spec.epsilon * 255 + 1e-6) / 255 if spec.norm == "linf" else None
+    current = _lattice_project(quantize(adversarial), original, limit)
+    for used in range(spec.refine_steps + 1):
+        x = current.clone().requires_grad_(True)
+        logits = model(x)
+        if bool(goal_met(logits.detach(), labels, targeted).all()):
+            return current.detach(), True, used
+        if used == spec.refine_steps:
+            break
+        grad = torch.autograd.grad(_loss(logits, labels, targeted), x)[0]
+        current = _lattice_project(quantize(current + grad.sign() / 255), original, limit)
+    return current.detach(), False, spec.refine_steps
+
+
+def _lattice_project(pixels: torch.Tensor, original: torch.Tensor, limit: float | None) -> torch.Tensor:
+    if limit is None:
+        return pixels
+    return quantize(original + torch.clamp(pixels - original, -limit, limit))
