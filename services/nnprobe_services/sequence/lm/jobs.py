@@ -303,11 +303,15 @@ class JobManager:
             raise checkpoints.WriteFailed(
                 error.errno, f"step {payload['step']}: {error.strerror}; {kept}"
             ) from error
+        self.record_checkpoint(job_id, payload["step"], digest)
+
+    def record_checkpoint(self, job_id: str, step: int, digest: str) -> None:
+        """Record a checkpoint already written to ``checkpoint_path(job_id)`` (event + job row)."""
         self._event(
             job_id,
             "checkpoint",
-            {"step": payload["step"], "epoch": job.epoch, "sha256": digest},
-            checkpoint_step=payload["step"],
+            {"step": step, "epoch": self.get(job_id).epoch, "sha256": digest},
+            checkpoint_step=step,
             checkpoint_sha256=digest,
         )
 

@@ -12,7 +12,7 @@ import grpc
 import torch
 from nnprobe._proto.sequence.v1 import sequence_pb2 as pb
 
-from nnprobe_services.sequence.lm import embeddings, plots, sampling
+from nnprobe_services.sequence.lm import distributed, embeddings, plots, sampling
 from nnprobe_services.sequence.lm.corpus import EOS, SPLITS, Corpus, CorpusStore
 from nnprobe_services.sequence.lm.jobs import JobManager
 from nnprobe_services.sequence.lm.model import TrainingConfig
@@ -60,7 +60,13 @@ class LanguageModelService:
         self.corpora = CorpusStore(
             config.data_dir, config.cache_dir, config.ptb_dir, config.ptb_download_timeout
         )
-        self.jobs = JobManager(config.data_dir, self.corpora, device, max_queued=config.max_queued_jobs)
+        self.jobs = JobManager(
+            config.data_dir,
+            self.corpora,
+            device,
+            max_queued=config.max_queued_jobs,
+            runner=distributed.run_job,
+        )
 
     # -- corpora -------------------------------------------------------------------------------------
     def upload_corpus(self, requests: Iterator[pb.UploadCorpusRequest], context: grpc.ServicerContext):
@@ -351,6 +357,8 @@ class LanguageModelService:
                 device = resolve_device(message.device)
             except (ValueError, RuntimeError) as error:
                 raise InvalidArgument(str(error), field=f + "device") from None
+        if workers > 1:
+            _check_workers_fit(workers, device, f + "workers")
         train = corpus.splits["train"].tokens
         if steps_per_epoch(train, batch, length) < 1:
             raise InvalidArgument(
@@ -401,6 +409,19 @@ class LanguageModelService:
             workers=workers,
         )
         return config, device
+
+
+def _check_workers_fit(workers: int, device: torch.device, field: str) -> None:
+    """Data-parallel workers run on the CPU (gloo) or one GPU each (NCCL)."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        first = device.index or 0
+        if first + workers > count:
+            raise FailedPrecondition(
+                f"{workers} workers need one GPU each from {device}, and this server has {count}", field=field
+            )
+    elif device.type != "cpu":
+        raise FailedPrecondition(f"data-parallel workers run on cpu or cuda, not {device}", field=field)
 
 
 def _config_message(config: TrainingConfig) -> pb.TrainingConfig:

@@ -6,10 +6,16 @@ chunks of ``sequence_length`` columns left to right, starting from a zero state;
 reads columns [k L, (k + 1) L) and predicts the columns one to the right. A checkpoint holds the model,
 the optimizer, the dropout generator's state, the position (epoch, chunk) and the carried LSTM state,
 so a resumed run repeats the uninterrupted run bit for bit (on the same device and thread count).
+
+Data-parallel (``reducer`` given, W processes): rank r owns the contiguous streams
+[r B/W, (r + 1) B/W) of the batch; gradients and the loss are averaged over the ranks before clipping, so
+each update is the single-process update on the global batch. Stopping, evaluation and checkpoints are
+collective: every rank calls them at the same steps (see ``distributed``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -45,14 +51,31 @@ class Event:
 
 
 class Reducer(Protocol):
-    """What data-parallel training needs from its process group (see ``distributed``)."""
+    """What data-parallel training needs from its process group (see ``distributed``). Every method is
+    a collective: all ranks call it, in the same order."""
 
     rank: int
     world_size: int
 
-    def average_gradients(self, model: nn.Module) -> None: ...
+    def average_gradients(self, model: nn.Module) -> None:
+        """Replace every gradient by its mean over the ranks."""
+        ...
 
-    def average(self, value: torch.Tensor) -> torch.Tensor: ...
+    def average(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of ``value`` over the ranks."""
+        ...
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """The sum of ``value`` over the ranks."""
+        ...
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on some rank."""
+        ...
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable), in rank order."""
+        ...
 
 
 def steps_per_epoch(train_tokens: int, batch_size: int, sequence_length: int) -> int:
@@ -81,17 +104,36 @@ def evaluate(
 ) -> tuple[float, int]:
     """Mean cross-entropy (nats) over every predicted token of ``ids`` cut into ``batch_size`` rows and
     read in chunks of ``sequence_length`` with the state carried; returns (loss, tokens predicted)."""
+    total, count = loss_sum(model, batchify(ids, batch_size), sequence_length, device, should_stop)
+    if count == 0:
+        raise ValueError(f"the split has too few tokens ({ids.numel()}) for {batch_size} streams")
+    return total.item() / count, count
+
+
+@torch.no_grad()
+def loss_sum(
+    model: LanguageModel,
+    rows: torch.Tensor,
+    sequence_length: int,
+    device: torch.device,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy (float64) and token count over the streams ``rows`` (R, columns), read in
+    chunks with the state carried. ``should_stop`` is called once per chunk even when R is 0, so ranks
+    holding different numbers of streams call it equally often."""
     was_training = model.training
     model.eval()
-    data = batchify(ids, batch_size).to(device)
+    data = rows.to(device)
     columns = data.shape[1]
-    state = model.initial_state(batch_size, device)
+    state = model.initial_state(data.shape[0], device)
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     try:
         for i in range(0, columns - 1, sequence_length):
             if should_stop():
                 raise Stopped("evaluation stopped")
+            if data.shape[0] == 0:
+                continue
             length = min(sequence_length, columns - 1 - i)
             logits, state = model(data[:, i : i + length], state)
             targets = data[:, i + 1 : i + 1 + length].reshape(-1)
@@ -99,9 +141,7 @@ def evaluate(
             count += targets.numel()
     finally:
         model.train(was_training)
-    if count == 0:
-        raise ValueError(f"the split has too few tokens ({ids.numel()}) for {batch_size} streams")
-    return total.item() / count, count
+    return total, count
 
 
 def make_optimizer(config: TrainingConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -151,8 +191,26 @@ class Trainer:
             self._restore(checkpoint)
 
     # -- checkpoints ---------------------------------------------------------------------------------
-    def checkpoint(self, extra_generators: list[torch.Tensor] | None = None) -> dict[str, Any]:
-        """Everything needed to continue exactly (tensors moved to the CPU)."""
+    @property
+    def distributed(self) -> bool:
+        return self.reducer is not None and self.reducer.world_size > 1
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (tensors moved to the CPU). Data-parallel: a collective
+        that gathers every rank's dropout generator (``generators[r]``) and carried state (``hidden``
+        holds all B streams, rank order), so every rank gets the whole payload."""
+        generators = [self.generator.get_state().clone()]
+        hidden = [(h.detach().cpu().clone(), c.detach().cpu().clone()) for h, c in self.state]
+        if self.reducer is not None and self.distributed:
+            parts = self.reducer.gather((generators[0], hidden))
+            generators = [generator for generator, _ in parts]
+            hidden = [
+                (
+                    torch.cat([part[layer][0] for _, part in parts], dim=1),
+                    torch.cat([part[layer][1] for _, part in parts], dim=1),
+                )
+                for layer in range(len(hidden))
+            ]
         return {
             "format": 1,
             "config": self.config.to_dict(),
@@ -162,8 +220,9 @@ class Trainer:
             "finished": self.finished,
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "optimizer": _to_cpu(self.optimizer.state_dict()),
-            "generators": extra_generators or [self.generator.get_state().clone()],
-            "hidden": [(h.cpu().clone(), c.cpu().clone()) for h, c in self.state],
+            "workers": self.reducer.world_size if self.reducer else 1,
+            "generators": generators,
+            "hidden": hidden,
             "window": (self.window_loss.item(), self.window_steps, self.window_seconds),
             "last_evaluation": self.last_evaluation,
             "pending_evaluation": self.pending_evaluation,
@@ -173,14 +232,17 @@ class Trainer:
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         rank = self.reducer.rank if self.reducer else 0
+        if len(payload["generators"]) != (self.reducer.world_size if self.reducer else 1):
+            raise ValueError(
+                f"the checkpoint was written by {len(payload['generators'])} workers; resume it with as many"
+            )
         self.generator.set_state(payload["generators"][rank])
         self.step = payload["step"]
         self.elapsed = payload["elapsed"]
         self.finished = payload["finished"]
         self.state = [(h.to(self.device), c.to(self.device)) for h, c in payload["hidden"]]
-        if self.reducer and self.reducer.world_size > 1:
+        if self.distributed:
             rows = self.train.shape[0]
-            rank = self.reducer.rank
             self.state = [
                 (
                     h[:, rank * rows : (rank + 1) * rows].contiguous(),
@@ -208,8 +270,11 @@ class Trainer:
         """Train until ``total`` steps are done (True) or ``should_stop`` (False, after the current step).
 
         ``on_checkpoint(trainer)`` is called every ``checkpoint_interval`` steps, at every epoch end and at
-        the end; it writes ``trainer.checkpoint()`` somewhere durable.
+        the end; it writes ``trainer.checkpoint()`` somewhere durable. Data-parallel: every rank runs
+        this with its own ``should_stop``; the ranks stop together when any of them asks to.
         """
+        if self.reducer is not None and self.distributed:
+            should_stop = functools.partial(_any_rank, self.reducer, should_stop)
         try:
             return self._loop(on_event, should_stop, on_checkpoint)
         except Stopped:
@@ -245,7 +310,7 @@ class Trainer:
             loss = nn.functional.cross_entropy(logits, targets)
             self.optimizer.zero_grad()
             loss.backward()
-            if self.reducer is not None and self.reducer.world_size > 1:
+            if self.reducer is not None and self.distributed:
                 self.reducer.average_gradients(self.model)
                 loss = self.reducer.average(loss.detach())
             if config.clip_norm > 0:
@@ -320,17 +385,38 @@ class Trainer:
             if split not in self.splits:
                 results.append(0.0)
                 continue
-            loss, _ = evaluate(
-                self.model,
-                self.splits[split],
-                self.config.eval_batch_size,
-                self.config.sequence_length,
-                self.device,
-                should_stop,
-            )
+            if self.reducer is not None and self.distributed:
+                loss = self._evaluate_shared(self.splits[split], should_stop)
+            else:
+                loss, _ = evaluate(
+                    self.model,
+                    self.splits[split],
+                    self.config.eval_batch_size,
+                    self.config.sequence_length,
+                    self.device,
+                    should_stop,
+                )
             results.append(perplexity(loss))
         self.model.train()
         return results[0], results[1]
+
+    def _evaluate_shared(self, ids: torch.Tensor, should_stop: Callable[[], bool]) -> float:
+        """Data-parallel evaluation: rank r reads streams [r E / W, (r + 1) E / W) of the ``eval_batch_size``
+        E streams; the summed losses and counts are added over the ranks."""
+        assert self.reducer is not None
+        streams, world, rank = self.config.eval_batch_size, self.reducer.world_size, self.reducer.rank
+        rows = batchify(ids, streams)[rank * streams // world : (rank + 1) * streams // world]
+        total, count = loss_sum(self.model, rows, self.config.sequence_length, self.device, should_stop)
+        summed = self.reducer.sum(
+            torch.stack([total, torch.tensor(float(count), dtype=torch.float64, device=total.device)])
+        )
+        if summed[1].item() == 0:
+            raise ValueError(f"the split has too few tokens ({ids.numel()}) for {streams} streams")
+        return summed[0].item() / summed[1].item()
+
+
+def _any_rank(reducer: Reducer, should_stop: Callable[[], bool]) -> bool:
+    return reducer.any(should_stop())
 
 
 def _to_cpu(value: Any) -> Any:

@@ -1285,9 +1285,14 @@ class TrainingConfig(_message.Message):
     eval_batch_size: _builtins.int
     """Streams for validation and test evaluation; 0 means 10."""
     workers: _builtins.int
-    """Data-parallel worker processes, each taking a contiguous slice of the batch's streams; must divide
-    batch_size. 0 means 1 (in the server process). Servers without data-parallel support (this release)
-    refuse values > 1 with FAILED_PRECONDITION.
+    """Data-parallel worker processes (torch.distributed: gloo on CPU, NCCL with one GPU per worker on
+    CUDA). 0 means 1: the job trains in the server process. With W > 1 the server starts W processes;
+    worker r takes the contiguous streams [r * batch_size / W, (r + 1) * batch_size / W) and gradients
+    are averaged over the workers before clipping, so each update equals the single-process update on
+    the whole batch (the losses agree up to float rounding; with dropout each worker draws its own
+    masks). Must divide batch_size (INVALID_ARGUMENT otherwise); more CUDA workers than GPUs from the
+    chosen one is FAILED_PRECONDITION. Cancel, resume and checkpoints work as for one process; resume
+    uses the same number of workers.
     """
     def __init__(
         self,
