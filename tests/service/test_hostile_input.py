@@ -360,6 +360,9 @@ def hints(job_id: str, corpus_id: str) -> dict[str, list[Any]]:
         "key": ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "output.weight"],
         "text": [_text(4), "a b\nc\n"],
         "device": ["cpu", "cuda", "cuda:7", "tpu"],
+        "label": ["tabby", "goldfish", "no such class"],
+        "transfer_models": ["alexnet", "efficientnet_lite0", "nope"],
+        "transfer_addresses": ["127.0.0.1:1", "", "not an address"],
     }
 
 
@@ -385,6 +388,12 @@ def seeds(job_id: str, corpus_id: str) -> dict[str, Any]:
         ),
         "ListModels": v.ListModelsRequest(),
         "Classify": v.ClassifyRequest(images=[common_pb2.Image(encoded=SMALL_PNG, name="small")], top_k=3),
+        "GenerateAdversarial": v.GenerateAdversarialRequest(
+            images=[common_pb2.Image(encoded=_png(224, 224), name="flat")],
+            goal=v.ATTACK_GOAL_UNTARGETED,
+            method=v.ATTACK_METHOD_FGSM,
+            top_k=2,
+        ),
         "RunRecurrent": s.RunRecurrentRequest(
             cell=s.RecurrentCell(cell=s.CELL_TYPE_LSTM, hidden_size=3, seed=1, output_size=2),
             inputs=_f64((3, 2, 2)),
@@ -629,3 +638,77 @@ def test_every_seed_request_is_valid(servers):
         assert code == grpc.StatusCode.OK, f"{method.name}: {code.name} {details}"
         if method.name == "StartTraining":
             stop_active_jobs(servers["channels"][service])
+
+
+def _huge(shape: tuple[int, ...]) -> common_pb2.Tensor:
+    return common_pb2.Tensor(
+        dtype=common_pb2.DTYPE_FLOAT64, shape=list(shape), data=np.full(shape, 1e300).tobytes()
+    )
+
+
+SEQUENCE_REGRESSIONS = {
+    # float64 weights that overflow float32 reached LAPACK's eigen-solver as inf: the process crashed.
+    "float32 init_scale 1e300 (crashed the server)": (
+        "AnalyzeGradients",
+        sequence_pb2.AnalyzeGradientsRequest(
+            hidden_size=4,
+            sequence_length=6,
+            spectral_radii=[0.9],
+            init_scale=1e300,
+            dtype=common_pb2.DTYPE_FLOAT32,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    "float32 given weights 1e300 (crashed the server)": (
+        "AnalyzeGradients",
+        sequence_pb2.AnalyzeGradientsRequest(
+            cells=[sequence_pb2.CELL_TYPE_RNN_LINEAR],
+            sequence_length=5,
+            dtype=common_pb2.DTYPE_FLOAT32,
+            weights={"weight_ih_l0": _huge((2, 2)), "weight_hh_l0": _huge((2, 2))},
+            spectral_radii=[],
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    # Inputs that overflow float32 made the SVD fail: INTERNAL.
+    "float32 input_scale 1e300 (was INTERNAL)": (
+        "AnalyzeGradients",
+        sequence_pb2.AnalyzeGradientsRequest(
+            hidden_size=4,
+            sequence_length=6,
+            spectral_radii=[0.9],
+            input_scale=1e300,
+            dtype=common_pb2.DTYPE_FLOAT32,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    # A subnormal radius made the Jacobian product's exponent too large for one power of two: INTERNAL.
+    "spectral radius 5e-324 (was INTERNAL)": (
+        "AnalyzeGradients",
+        sequence_pb2.AnalyzeGradientsRequest(hidden_size=4, sequence_length=6, spectral_radii=[5e-324]),
+        grpc.StatusCode.OK,
+    ),
+    "RunRecurrent float32 with float64 weights 1e300": (
+        "RunRecurrent",
+        sequence_pb2.RunRecurrentRequest(
+            cell=sequence_pb2.RecurrentCell(
+                cell=sequence_pb2.CELL_TYPE_RNN_TANH,
+                no_bias=True,
+                weights={"weight_ih_l0": _huge((2, 2)), "weight_hh_l0": _huge((2, 2))},
+            ),
+            inputs=_f64((3, 1, 2)),
+            dtype=common_pb2.DTYPE_FLOAT32,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SEQUENCE_REGRESSIONS))
+def test_values_that_overflow_the_working_precision_are_refused(servers, case):
+    method_name, request, expected = SEQUENCE_REGRESSIONS[case]
+    (service,) = sequence_pb2.DESCRIPTOR.services_by_name.values()
+    channel = servers["channels"]["sequence"]
+    code, details = call_details(channel, service.methods_by_name[method_name], request)
+    assert code == expected, details
+    assert serving(channel)

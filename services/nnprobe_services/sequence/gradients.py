@@ -183,12 +183,21 @@ def _normalise(product: torch.Tensor) -> int:
     if peak == 0.0 or not math.isfinite(peak):
         return 0
     exponent = math.frexp(peak)[1]
-    product.mul_(2.0**-exponent)
+    # Scale by 2**-exponent in factors of at most 2**100 each: a single factor overflows (a Python float
+    # for |exponent| > 1023, a float32 tensor's scalar for > 127) when the product is tiny or huge.
+    remaining = -exponent
+    while remaining:
+        factor = max(-100, min(100, remaining))
+        product.mul_(2.0**factor)
+        remaining -= factor
     return exponent
 
 
 def _log_norm(matrix: torch.Tensor, exponent: int) -> float:
-    """log(|matrix * 2**exponent|_2), -inf for a zero matrix."""
+    """log(|matrix * 2**exponent|_2), -inf for a zero matrix, inf when an entry overflowed (the SVD must
+    not see inf or NaN)."""
+    if not bool(torch.isfinite(matrix).all()):
+        return math.inf
     norm = float(torch.linalg.matrix_norm(matrix, ord=2))
     return math.log(norm) + exponent * math.log(2.0) if norm > 0 else -math.inf
 

@@ -236,8 +236,12 @@ def gate_blocks(w_hh: torch.Tensor) -> list[torch.Tensor]:
 
 
 def block_radii(w_hh: torch.Tensor) -> list[float]:
-    """|largest eigenvalue| of each gate block of W_hh."""
-    return [float(torch.linalg.eigvals(b).abs().max()) for b in gate_blocks(w_hh)]
+    """|largest eigenvalue| of each gate block of W_hh; inf for a block holding inf or NaN (LAPACK's
+    eigen-solver must never see one: it can crash the process)."""
+    return [
+        float(torch.linalg.eigvals(b).abs().max()) if bool(torch.isfinite(b).all()) else math.inf
+        for b in gate_blocks(w_hh)
+    ]
 
 
 def spectral_radius(w_hh: torch.Tensor) -> float:

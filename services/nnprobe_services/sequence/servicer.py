@@ -78,7 +78,9 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
         if spec.input_size and spec.input_size != width:
             raise InvalidArgument(f"is {spec.input_size} but inputs has D = {width}", field="cell.input_size")
         weights = self._cell_weights(spec, kind, width, "cell.")
-        cell = rnn.Cell(kind, {k: v.to(self.device, dtype) for k, v in weights.items()})
+        finite = _finite_in(dtype, weights, "cell.weights" if spec.weights else "cell.init_scale")
+        cell = rnn.Cell(kind, {k: v.to(self.device) for k, v in finite.items()})
+        x = _finite_in(dtype, {"inputs": x}, "inputs")["inputs"]
         hidden = cell.hidden_size
         elements = steps * batch * max(_gate_rows(kind, hidden), width, self._output_size(cell))
         if elements > limit:
@@ -101,14 +103,15 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
         if c0 is not None and kind != "lstm":
             raise InvalidArgument("is only used by CELL_TYPE_LSTM", field="initial_cell")
         tolerance = valid.finite_non_negative(request.settle_tolerance, "settle_tolerance") or 1e-6
+        given = _finite_in(
+            dtype, {k: v for k, v in (("initial_hidden", h0), ("initial_cell", c0)) if v is not None}
+        )
         initial = cell.initial_state(
-            None if h0 is None else h0.to(self.device, dtype),
-            None if c0 is None else c0.to(self.device, dtype),
+            None if h0 is None else given["initial_hidden"].to(self.device),
+            None if c0 is None else given["initial_cell"].to(self.device),
             batch,
         )
-        trajectory = self._run(
-            context, rnn.run, cell, x.to(self.device, dtype), initial, settle_tolerance=tolerance
-        )
+        trajectory = self._run(context, rnn.run, cell, x.to(self.device), initial, settle_tolerance=tolerance)
         response = pb.RunRecurrentResponse(
             hidden_states=_wire(trajectory.hidden),
             step_changes=_wire(trajectory.step_changes),
@@ -193,11 +196,12 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
                     f"{self.config.max_tensor_elements}",
                     field="sequence_length",
                 )
-        cells = [
-            rnn.Cell(kind, {k: v.to(self.device, dtype) for k, v in w.items()})
-            for kind, w in zip(kinds, base, strict=True)
-        ]
-        inputs = gradients.draw_inputs(steps, width, distribution, scale, request.seed, dtype).to(self.device)
+        cells = []
+        for kind, w in zip(kinds, base, strict=True):
+            finite = _finite_in(dtype, w, "weights" if request.weights else "init_scale")
+            cells.append(rnn.Cell(kind, {k: v.to(self.device) for k, v in finite.items()}))
+        drawn = gradients.draw_inputs(steps, width, distribution, scale, request.seed, dtype)
+        inputs = _finite_in(dtype, {"input_scale": drawn}, "input_scale")["input_scale"].to(self.device)
         initials = [
             (
                 gradients.draw_initial_state(c.state_size, request.seed, dtype)
@@ -506,6 +510,26 @@ def _scale(value: float, field: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise InvalidArgument(f"must be a finite number > 0 (or 0 for 1), got {value}", field=field)
     return value or 1.0
+
+
+def _finite_in(
+    dtype: torch.dtype, tensors: Mapping[str, torch.Tensor], field: str | None = None
+) -> dict[str, torch.Tensor]:
+    """``tensors`` converted to ``dtype`` (on the CPU), refused when a value is not finite there: a huge
+    weight or scale that float64 holds overflows float32, and inf or NaN must not reach the linear algebra
+    (LAPACK can crash on it). ``field``: the request field to name; default: each tensor's own name."""
+    converted = {}
+    for name, value in tensors.items():
+        value = value.to(dtype)
+        if not bool(torch.isfinite(value).all()):
+            where = name if field is None or field == name else f"{name} (from {field})"
+            raise InvalidArgument(
+                f"{where} holds values that are not finite in {str(dtype).removeprefix('torch.')}; "
+                "use smaller values or DTYPE_FLOAT64",
+                field=field or name,
+            )
+        converted[name] = value
+    return converted
 
 
 def _wire(value: torch.Tensor) -> common_pb2.Tensor:
