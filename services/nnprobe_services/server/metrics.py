@@ -40,10 +40,21 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self._http: Any = None
+        self._collectors: dict[str, Any] = {}
 
     def observe(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method=method, code=code).inc()
         self.latency.labels(method=method).observe(seconds)
+
+    def replace_collector(self, name: str, collector: Any) -> None:
+        """Register ``collector`` under ``name``, unregistering the one a previous server of this service
+        in the same process left there."""
+        with _lock:
+            old = self._collectors.pop(name, None)
+            if old is not None:
+                self.registry.unregister(old)
+            self.registry.register(collector)
+            self._collectors[name] = collector
 
     def serve_http(self, host: str, port: int) -> int:
         """Serve /metrics on ``port`` (0: any free port); returns the port."""

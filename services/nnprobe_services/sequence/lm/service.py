@@ -15,6 +15,7 @@ from nnprobe._proto.sequence.v1 import sequence_pb2 as pb
 from nnprobe_services.sequence.lm import distributed, embeddings, plots, sampling
 from nnprobe_services.sequence.lm.corpus import EOS, SPLITS, Corpus, CorpusStore
 from nnprobe_services.sequence.lm.jobs import JobManager
+from nnprobe_services.sequence.lm.metrics import JobCollector
 from nnprobe_services.sequence.lm.model import TrainingConfig
 from nnprobe_services.sequence.lm.store import EventRecord, JobRecord
 from nnprobe_services.sequence.lm.training import evaluate, perplexity, steps_per_epoch
@@ -22,6 +23,7 @@ from nnprobe_services.server import validation as valid
 from nnprobe_services.server.config import ServerConfig
 from nnprobe_services.server.device import resolve_device
 from nnprobe_services.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from nnprobe_services.server.metrics import metrics_for
 
 SPLIT_NAMES: dict[int, str] = {
     pb.CORPUS_SPLIT_TRAIN: "train",
@@ -67,6 +69,7 @@ class LanguageModelService:
             max_queued=config.max_queued_jobs,
             runner=distributed.run_job,
         )
+        metrics_for(config.service).replace_collector("training_jobs", JobCollector(self.jobs.store))
 
     # -- corpora -------------------------------------------------------------------------------------
     def upload_corpus(self, requests: Iterator[pb.UploadCorpusRequest], context: grpc.ServicerContext):

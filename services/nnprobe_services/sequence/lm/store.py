@@ -156,6 +156,12 @@ class JobStore:
             ).fetchall()
         return [self._job(row) for row in rows]
 
+    def count_by_state(self) -> dict[str, int]:
+        """Number of jobs in each state (states without jobs are absent)."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return {state: count for state, count in rows}
+
     def add_event(self, job_id: str, kind: str, payload: dict[str, Any], **job_changes: Any) -> int:
         """Append an event and apply ``job_changes`` in one transaction; return its sequence number."""
         now = time.time()
