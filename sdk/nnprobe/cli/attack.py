@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ def run_attack(args: argparse.Namespace) -> int:
         "transfer_addresses": args.transfer_address,
     }
     total = args.steps or {"fgsm": 1, "cw_l2": 100}.get(args.method, 10)
-    bar = ProgressBar(total * len(args.images), f"{args.method} attack")
+    bar = ProgressBar(total * len(args.images), f"{args.method} attack", out=sys.stderr)
     done: dict[int, int] = {}
 
     def progress(event: AttackProgress) -> None:
@@ -86,7 +87,7 @@ def run_attack(args: argparse.Namespace) -> int:
             }
             for r in results
         ]
-        print_json({"results": data, "saved": saved})
+        print_json({"results": data, "saved": saved}, out=sys.stdout)
         return 0
     print_table(
         [
@@ -103,6 +104,7 @@ def run_attack(args: argparse.Namespace) -> int:
             for r in results
         ],
         ["image", "original", "adversarial (8-bit)", "success", "iterations", "L-inf", "L2", "L0"],
+        out=sys.stdout,
     )
     for r in results:
         for t in r.transfers:

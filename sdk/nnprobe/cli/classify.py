@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from nnprobe.cli.output import add_client_options, client_kwargs, print_json, print_table
 from nnprobe.vision import VisionClient
@@ -25,7 +26,7 @@ def run_classify(args: argparse.Namespace) -> int:
     with VisionClient(args.address, **client_kwargs(args)) as client:
         result = client.classify(args.images, model=args.model, top_k=args.top_k)
     if args.json:
-        print_json(result)
+        print_json(result, out=sys.stdout)
         return 0
     print(f"model {result.model} (sha256 {result.model_version[:12]}), {result.total_seconds:.3f}s")
     rows = []
@@ -34,7 +35,7 @@ def run_classify(args: argparse.Namespace) -> int:
             rows.append(
                 (image.name if rank == 1 else "", rank, score.index, score.label, f"{score.probability:.4f}")
             )
-    print_table(rows, ["image", "rank", "class", "label", "probability"])
+    print_table(rows, ["image", "rank", "class", "label", "probability"], out=sys.stdout)
     return 0
 
 
@@ -42,7 +43,7 @@ def run_models(args: argparse.Namespace) -> int:
     with VisionClient(args.address, **client_kwargs(args)) as client:
         models = client.list_models()
     if args.json:
-        print_json(models)
+        print_json(models, out=sys.stdout)
         return 0
     rows = []
     for m in models:
@@ -58,7 +59,8 @@ def run_models(args: argparse.Namespace) -> int:
                 m.version[:12] or "-",
             )
         )
-    print_table(rows, ["model", "architecture", "weights", "input", "preprocessing", "classes", "sha256"])
+    headers = ["model", "architecture", "weights", "input", "preprocessing", "classes", "sha256"]
+    print_table(rows, headers, out=sys.stdout)
     missing = [m for m in models if not m.weights_present]
     if missing:
         print(f"\nmissing weights are looked for in: {', '.join(missing[0].searched)}")

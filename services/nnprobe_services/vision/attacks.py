@@ -126,41 +126,55 @@ def attack(
     active = torch.ones(len(images), dtype=torch.bool, device=images.device)
     state = _State(model, images, labels, targeted, spec, generator)
     iterations = 1 if spec.method == "fgsm" else spec.steps
-    for iteration in range(1, iterations + 1):
-        if should_stop():
-            raise Stopped(iteration - 1)
+    # Step t's forward pass also gives the state after step t - 1 (its progress and early stop), so each
+    # iteration costs one forward and one backward pass; one more forward pass reports the last step.
+    for iteration in range(1, iterations + 2):
         index = active.nonzero().flatten()
-        _, loss_rows = state.step(index)
-        current = state.adversarial[index]
-        with torch.no_grad():
-            after = model(current)
-        probabilities = after.softmax(1)
-        for row, i in enumerate(index.tolist()):
-            top1 = int(probabilities[row].argmax())
-            yield Progress(
-                i,
-                iteration,
-                float(loss_rows[row]),
-                float(probabilities[row, labels[i]]),
-                top1,
-                float(probabilities[row, top1]),
-            )
+        before = state.adversarial[index].clone()
+        if iteration <= iterations:
+            if should_stop():
+                raise Stopped(iteration - 1)
+            logits, loss_rows = state.step(index)
+        else:
+            with torch.no_grad():
+                logits = model(before)
+                loss_rows = state.objective(index, before, logits)
+        if iteration == 1:
+            continue
+        done = iteration - 1
+        yield from _report(done, index, logits, loss_rows, labels)
         if spec.early_stop:
-            met = goal_met(after, labels[index], targeted)
+            met = goal_met(logits, labels[index], targeted)
             if met.any():
-                quantized = quantize(current[met])
+                quantized = quantize(before[met])
                 with torch.no_grad():
                     kept = goal_met(model(quantized), labels[index][met], targeted)
                 for row, i in enumerate(index[met].tolist()):
                     if kept[row]:
                         active[i] = False
-                        yield i, Outcome(quantized[row], current[met][row], True, iteration)
+                        yield i, Outcome(quantized[row], before[met][row], True, done)
         if not active.any():
             return
     for i in active.nonzero().flatten().tolist():
         final = state.adversarial[i : i + 1]
         quantized, success, used = refine(model, images[i : i + 1], final, labels[i : i + 1], targeted, spec)
         yield i, Outcome(quantized[0], final[0], success, iterations + used)
+
+
+def _report(
+    iteration: int, index: torch.Tensor, logits: torch.Tensor, losses: torch.Tensor, labels: torch.Tensor
+) -> Iterator[Progress]:
+    probabilities = logits.detach().softmax(1)
+    for row, i in enumerate(index.tolist()):
+        top1 = int(probabilities[row].argmax())
+        yield Progress(
+            i,
+            iteration,
+            float(losses[row]),
+            float(probabilities[row, labels[i]]),
+            top1,
+            float(probabilities[row, top1]),
+        )
 
 
 class _State:
@@ -178,9 +192,25 @@ class _State:
             w = torch.atanh(torch.clamp(images * 2 - 1, -1 + 1e-6, 1 - 1e-6))
             self.w = w.clone().requires_grad_(True)
             self.optimizer = torch.optim.Adam([self.w], lr=spec.learning_rate)
+            self.adversarial = ((torch.tanh(self.w) + 1) / 2).detach()
+
+    def objective(self, index: torch.Tensor, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Per-row loss at ``x``: cross-entropy to the goal class (CW: its own objective)."""
+        if self.spec.method == "cw_l2":
+            return self._cw_rows(index, x, logits)
+        return F.cross_entropy(logits, self.labels[index], reduction="none")
+
+    def _cw_rows(self, index: torch.Tensor, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        one_hot = F.one_hot(self.labels[index], logits.shape[1]).bool()
+        real = logits[one_hot]
+        other = logits.masked_fill(one_hot, -math.inf).amax(1)
+        margin = other - real if self.targeted else real - other
+        f = torch.clamp(margin, min=-self.spec.cw_confidence)
+        distance = (x - self.images[index]).flatten(1).pow(2).sum(1)
+        return distance + self.spec.cw_c * f
 
     def step(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One iteration on the rows ``index``; returns their logits before the step and per-row losses."""
+        """One iteration on the rows ``index``; returns their logits and per-row losses before the step."""
         method = self.spec.method
         if method in ("adam", "cw_l2"):
             return self._optimizer_step(index)
@@ -221,13 +251,7 @@ class _State:
             return logits.detach(), ce.detach()
         x = (torch.tanh(self.w) + 1) / 2
         logits = self.model(x[index])
-        one_hot = F.one_hot(labels, logits.shape[1]).bool()
-        real = logits[one_hot]
-        other = logits.masked_fill(one_hot, -math.inf).amax(1)
-        margin = other - real if self.targeted else real - other
-        f = torch.clamp(margin, min=-spec.cw_confidence)
-        distance = (x[index] - self.images[index]).flatten(1).pow(2).sum(1)
-        rows = distance + spec.cw_c * f
+        rows = self._cw_rows(index, x[index], logits)
         rows.sum().backward()
         self.optimizer.step()
         with torch.no_grad():

@@ -669,7 +669,7 @@ class Verification(_message.Message):
     COLUMNS_FIELD_NUMBER: _builtins.int
     MATCHES_FIELD_NUMBER: _builtins.int
     matches: _builtins.bool
-    """True when rows and columns equal the analytic clipped box exactly."""
+    """True when rows and columns equal the unit's analytic connected pixels (UnitField.rows/columns) exactly."""
     @_builtins.property
     def rows(self) -> Global___PixelRange:
         """Rows whose input gradient is non-zero (their bounding range)."""
@@ -731,11 +731,11 @@ class UnitField(_message.Message):
 
     @_builtins.property
     def rows(self) -> Global___PixelRange:
-        """Pixel rows inside the clipped box."""
+        """Input pixel rows connected to the unit: the clipped box, less the pixels no window ever reads."""
 
     @_builtins.property
     def columns(self) -> Global___PixelRange:
-        """Pixel columns inside the clipped box."""
+        """Input pixel columns connected to the unit (as rows)."""
 
     @_builtins.property
     def verification(self) -> Global___Verification:
@@ -1391,14 +1391,14 @@ class AttackProgress(_message.Message):
     iteration: _builtins.int
     """Iteration just finished, 1-based."""
     loss: _builtins.float
-    """The image's loss before the step (cross-entropy to the target or from the original class; CW's
-    objective for CW_L2).
+    """The image's loss after this iteration: cross-entropy to the goal class (the target, or the original
+    class when untargeted); CW's objective for CW_L2.
     """
     goal_probability: _builtins.float
-    """Probability of the goal class (the target, or the original class when untargeted) after the step."""
+    """Probability of the goal class after this iteration."""
     @_builtins.property
     def top1(self) -> Global___ClassScore:
-        """The current top-1 class after the step."""
+        """The top-1 class after this iteration."""
 
     def __init__(
         self,
