@@ -55,7 +55,8 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def print_json(value: Any, out: TextIO = sys.stdout) -> None:
+def print_json(value: Any, out: TextIO | None = None) -> None:
+    out = out or sys.stdout  # looked up at call time: the stream may have been replaced
     json.dump(to_jsonable(value), out, indent=2)
     out.write("\n")
 
@@ -72,8 +73,9 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def print_table(rows: Iterable[Sequence[Any]], headers: Sequence[str], out: TextIO = sys.stdout) -> None:
+def print_table(rows: Iterable[Sequence[Any]], headers: Sequence[str], out: TextIO | None = None) -> None:
     """A plain aligned table; numbers right-aligned."""
+    out = out or sys.stdout
     cells = [[format_value(v) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     numeric = [all(_is_number(r[i]) for r in cells) and bool(cells) for i in range(len(headers))]
@@ -88,8 +90,9 @@ def print_table(rows: Iterable[Sequence[Any]], headers: Sequence[str], out: Text
         out.write(line(row) + "\n")
 
 
-def print_fields(pairs: Iterable[tuple[str, Any]], out: TextIO = sys.stdout) -> None:
+def print_fields(pairs: Iterable[tuple[str, Any]], out: TextIO | None = None) -> None:
     """``name  value`` lines for a single result."""
+    out = out or sys.stdout
     pairs = list(pairs)
     width = max(len(k) for k, _ in pairs)
     for key, value in pairs:
@@ -107,11 +110,11 @@ def _is_number(text: str) -> bool:
 class ProgressBar:
     """A one-line progress bar on stderr (silent when stderr is not a terminal unless forced)."""
 
-    def __init__(self, total: int, label: str = "", *, out: TextIO = sys.stderr, force: bool = False):
+    def __init__(self, total: int, label: str = "", *, out: TextIO | None = None, force: bool = False):
         self.total = max(total, 1)
         self.label = label
-        self.out = out
-        self.enabled = force or out.isatty()
+        self.out = out or sys.stderr
+        self.enabled = force or self.out.isatty()
         self.start = time.monotonic()
 
     def update(self, done: int, note: str = "") -> None:
