@@ -2,10 +2,15 @@
 
 import io
 import json
+import struct
+import threading
+import time
+import zlib
 
 import grpc
 import numpy as np
 import pytest
+import torch
 from nnprobe import NnprobeError
 from nnprobe.vision import Layer
 
@@ -312,3 +317,175 @@ def test_cli_layer_syntax_table_json_and_plot(vision, capsys, tmp_path):
     assert data["units"][0]["vertical"] == {"start": 0.5, "center": 34.0, "end": 67.5}
     assert main(["rf", "--address", vision.address, "--model", "resnet5"]) == 1
     assert "NOT_FOUND" in capsys.readouterr().err
+
+
+# -- concurrency, limits, deadlines -------------------------------------------------------------------
+ORIGINAL_MODULE_CALL = torch.nn.Module.__call__
+ORIGINAL_MODULE_GETATTR = torch.nn.Module.__getattr__
+
+
+@pytest.fixture
+def traces_in_this_process(monkeypatch):
+    """Every torch.fx trace started in this process (the in-process server's threads included)."""
+    from torch.fx._symbolic_trace import Tracer
+
+    calls = []
+    original = Tracer.trace
+
+    def spy(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Tracer, "trace", spy)
+    return calls
+
+
+def test_concurrent_model_requests_never_trace_in_the_server(vision, traces_in_this_process):
+    requests = {
+        "vgg11": dict(model="vgg11"),
+        "mobilenet_v2": dict(model="mobilenet_v2", input_size=96),
+        "googlenet": dict(model="googlenet", input_size=64, units=[("inception4a", 1, 1)]),
+        "densenet121": dict(model="densenet121", input_size=64),
+        "resnet18 verify": dict(model="resnet18", input_size=48, units=[("layer2", 5, 2)], verify=True),
+        "alexnet erf": dict(
+            model="alexnet", input_size=80, effective_field=True, erf_samples=2, model_seed=3
+        ),
+    }
+    results, errors = {}, {}
+
+    def call(key):
+        try:
+            results[key] = vision.compute_receptive_field(**requests[key])
+        except Exception as error:  # reported below with its request
+            errors[key] = error
+
+    threads = [threading.Thread(target=call, args=(key,)) for key in requests]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert errors == {}
+    assert traces_in_this_process == [], "torch.fx traced in the server process"
+    assert torch.nn.Module.__call__ is ORIGINAL_MODULE_CALL
+    assert torch.nn.Module.__getattr__ is ORIGINAL_MODULE_GETATTR
+    assert torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3))(torch.zeros(1, 3, 8, 8)).shape == (1, 3, 6, 6)
+    assert results["resnet18 verify"].verified
+    assert results["vgg11"].layers[-1].height.receptive_size == 150  # 3x3 convs and 2x2 pools by hand
+    for key, request in requests.items():  # the same answers, byte for byte, one at a time
+        again = vision.compute_receptive_field(**request)
+        assert again.raw.SerializeToString() == results[key].raw.SerializeToString(), key
+
+
+def png_header(width, height):
+    """A small 1-bit PNG whose header announces width x height (all zeros, so it compresses well)."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\x00" * ((1 + (width + 7) // 8) * height), 9)
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_oversized_requests_are_refused_with_their_field(vision):
+    for width, height in ((20000, 10000), (5000, 4000)):  # above PIL's own bomb limit, and below it
+        start = time.monotonic()
+        expect(
+            vision,
+            EXHAUSTED,
+            "plot.image.encoded",
+            "too large" if width == 20000 else "the limit is",
+            [Layer("a", 3)],
+            image=png_header(width, height),
+        )
+        assert time.monotonic() - start < 5, "refused from the header, before decoding"
+    expect(
+        vision,
+        EXHAUSTED,
+        "layers[0].kernel",
+        "too large for the back-propagation check",
+        [Layer("a", 60001, 1, 30000)],
+        input_size=8,
+        verify=True,
+    )
+    expect(
+        vision,
+        EXHAUSTED,
+        "layers[0].padding",
+        "padded input of 2000008 x 2000008",
+        [Layer("a", 1, 1, 10**6)],
+        input_size=8,
+        verify=True,
+    )
+    expect(
+        vision,
+        EXHAUSTED,
+        "layers[1].kernel",
+        "multiply-adds",
+        [Layer("a", 1), Layer("b", 301, 1, 150)],
+        input_size=1000,
+        effective_field=True,
+    )
+    expect(
+        vision,
+        INVALID,
+        "layers[0].stride",
+        "stride must be <= 1048576",
+        [Layer("a", 1, 2**40), Layer("b", 1, 2**40)],
+        input_size=4,
+    )
+    expect(
+        vision,
+        INVALID,
+        "layers[3].stride",
+        "more than a 64-bit integer holds",
+        [Layer(f"s{i}", 1, 2**20) for i in range(4)],
+        input_size=4,
+    )
+    expect(
+        vision,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "end_point",
+        "choose an earlier end_point",
+        model="resnet18",
+        end_point="fc",
+    )
+
+
+def test_many_units_with_a_plot_are_quick_and_bounded(vision):
+    layers = [Layer("c", 3)]
+    units = [("c", i % 60, (i // 60) % 60) for i in range(1024)]
+    start = time.monotonic()
+    result = vision.compute_receptive_field(layers, input_size=64, units=units, plot=True)
+    assert time.monotonic() - start < 20 and len(result.units) == 1024
+    assert result.plot_png.startswith(b"\x89PNG")
+    expect(
+        vision,
+        EXHAUSTED,
+        "units",
+        "more than 1024 units",
+        layers,
+        input_size=64,
+        units=[*units, ("c", 0, 0)],
+        plot=True,
+    )
+
+
+def test_deadline_stops_the_server_work(vision, caplog):
+    """An effective field that would run for a minute stops soon after the client's deadline."""
+    import logging
+
+    vision.compute_receptive_field(model="resnet18", input_size=224)  # traced and cached beforehand
+    caplog.set_level(logging.INFO, logger="nnprobe.requests")
+    with pytest.raises(NnprobeError) as info:
+        vision.compute_receptive_field(
+            model="resnet18", input_size=224, effective_field=True, erf_samples=256, timeout=1.5
+        )
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 30
+    while "ComputeReceptiveField CANCELLED" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = [r for r in caplog.records if "ComputeReceptiveField CANCELLED" in r.getMessage()]
+    assert lines, caplog.text
+    assert lines[-1].fields["duration_ms"] < 15_000  # the whole estimate takes far longer on CPU

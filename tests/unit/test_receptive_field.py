@@ -3,7 +3,10 @@
 from fractions import Fraction
 
 import pytest
+from nnprobe_services.server.errors import ResourceExhausted
 from nnprobe_services.vision.receptive_field import (
+    MAX_UNITS,
+    MAX_WINDOW,
     InvalidSpec,
     LayerSpec,
     Window,
@@ -159,6 +162,10 @@ def test_same_padding_and_output_sizes():
         (LayerSpec("c", kernel=(40, 3)), "layers[0].kernel", "exceeds the padded input"),
         (LayerSpec("input", kernel=(3, 3)), "layers[0].name", "duplicate"),
         (LayerSpec("", kernel=(3, 3)), "layers[0].name", "needs a name"),
+        (LayerSpec("c", kernel=(3, MAX_WINDOW + 1)), "layers[0].kernel", f"kernel must be <= {MAX_WINDOW}"),
+        (LayerSpec("c", kernel=(1, 1), stride=(2**40, 1)), "layers[0].stride", "stride must be <="),
+        (LayerSpec("c", kernel=(3, 3), dilation=(1, 2**21)), "layers[0].dilation", "dilation must be <="),
+        (LayerSpec("c", kernel=(1, 1), padding=(0, 10**7, 0, 0)), "layers[0].padding", "padding must be <="),
     ],
 )
 def test_invalid_layers_name_the_field(spec, field, words):
@@ -186,3 +193,28 @@ def test_pixels_a_stride_never_reads_are_not_connected():
     last = unit_field(deeper, "d", 3, 3, (10, 10), Fraction(1, 2))
     # Unclipped the field runs to pixel 10; connected are 4..8 (pixel 9 is never read, 10 is padding).
     assert (last.horizontal.first, last.horizontal.last, last.columns) == (4, 10, (4, 8))
+
+
+def test_jump_and_receptive_size_must_fit_in_int64():
+    stride = [LayerSpec(f"s{i}", "conv", (1, 1), (MAX_WINDOW, MAX_WINDOW)) for i in range(4)]
+    with pytest.raises(InvalidSpec, match="the jump reaches 1208925819614629174706176") as error:
+        analyse_layers(stride, (4, 4), Fraction(1, 2))
+    assert error.value.field == "layers[3].stride" and "layer 's3' (layers[3]) along the height" in str(
+        error.value
+    )
+    wide = [*stride[:3], LayerSpec("k", "conv", (9, 9), padding=(4, 4, 4, 4))]
+    with pytest.raises(InvalidSpec, match="receptive size reaches") as error:
+        analyse_layers(wide, (4, 4), Fraction(1, 2))
+    assert error.value.field == "layers[3].kernel"
+    fits = analyse_layers(stride[:3], (4, 4), Fraction(1, 2))[-1]
+    assert fits.height.jump == 2**60
+
+
+def test_too_many_units_are_refused_on_units():
+    fields = analyse_layers([LayerSpec("c", "conv", (3, 3))], (64, 64), Fraction(1, 2))
+    assert (
+        unit_field(fields, "c", 0, 0, (64, 64), Fraction(1, 2), field=f"units[{MAX_UNITS - 1}]").layer == "c"
+    )
+    with pytest.raises(ResourceExhausted, match=f"more than {MAX_UNITS} units") as error:
+        unit_field(fields, "c", 0, 0, (64, 64), Fraction(1, 2), field=f"units[{MAX_UNITS}]")
+    assert error.value.field == "units"

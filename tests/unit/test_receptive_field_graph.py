@@ -1,13 +1,19 @@
 """Traced models: published receptive fields, branch alignment, unmappable operations, the proof."""
 
+import copy
+import os
+import threading
 from fractions import Fraction
 
 import pytest
 import torch
 import torch.fx as fx
-from nnprobe_services.vision import rf_empirical, rf_graph
+from nnprobe_services.vision import rf_empirical, rf_graph, rf_trace_worker
 from nnprobe_services.vision.receptive_field import InvalidSpec, UnknownName, Unsupported, unit_field
 from torch import nn
+from torch.fx._symbolic_trace import Tracer
+
+CPU = torch.device("cpu")
 
 HALF = Fraction(1, 2)
 
@@ -41,6 +47,7 @@ def test_stage_aliases_and_module_paths_resolve():
     graph = rf_graph.analyse_model("resnet50", (224, 224), HALF, None)
     assert graph.resolve("conv5", "units") == graph.resolve("layer4", "units") == "layer4_2_relu_2"
     assert graph.resolve("layer1.0.conv1", "units") == "layer1_0_conv1"
+    assert graph.resolve("conv1", "units") == "conv1" and "conv1" not in rf_graph.RESNET_STAGES
     with pytest.raises(InvalidSpec, match="no layer 'layer9'") as error:
         graph.resolve("layer9", "units[0].layer")
     assert error.value.field == "units[0].layer"
@@ -125,3 +132,142 @@ def test_gradient_box_equals_connected_pixels(name, size):
     for (layer, x, y), box in zip(units, boxes, strict=True):
         unit = unit_field(graph.fields, layer, x, y, (size, size), HALF)
         assert (box.first_row, box.last_row, box.first_column, box.last_column) == (*unit.rows, *unit.columns)
+
+
+def test_an_end_point_past_the_feature_maps_is_named_as_such():
+    with pytest.raises(Unsupported, match="choose an earlier end_point") as error:
+        rf_graph.analyse_model("resnet18", (224, 224), HALF, "fc")
+    assert error.value.field == "end_point"
+
+
+# -- tracing in a worker process --------------------------------------------------------------------
+@pytest.fixture
+def no_tracing_here(monkeypatch):
+    """Records every torch.fx trace started in this process (any thread)."""
+    calls = []
+    original = Tracer.trace
+
+    def spy(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Tracer, "trace", spy)
+    yield calls
+    assert calls == [], "torch.fx traced in the server process"
+
+
+def test_models_are_traced_in_a_worker_process_only(no_tracing_here):
+    gm = rf_graph.traced_meta("vgg13")
+    assert rf_graph.traced_meta("vgg13") is gm and all(p.is_meta for p in gm.parameters())
+    assert [n.name for n in gm.graph.nodes][:3] == ["x", "features_0", "features_1"]
+    assert rf_graph.analyse_model("vgg13", (64, 64), HALF, None).fields[-1].height.receptive == 156
+    probe, channels = rf_empirical.model_probe("vgg13", ["features_4"], CPU, weights="transparent")
+    assert channels == 3 and probe(torch.ones(1, 3, 8, 8))["features_4"].shape == (1, 64, 4, 4)
+    assert all(p.is_meta for p in gm.parameters()), "the cached graph must stay untouched"
+    for _ in range(2):  # the cached error comes back as the same exception, field included
+        with pytest.raises(UnknownName, match="unknown model 'resnet5000'") as error:
+            rf_graph.traced_meta("resnet5000")
+        assert error.value.field == "model.name"
+    # inception_v3 calls F.max_pool2d (a closure that does not pickle): the target comes back as itself.
+    targets = {n.target for n in rf_graph.traced_meta("inception_v3").graph.nodes}
+    assert torch.nn.functional.max_pool2d in targets
+
+
+def test_concurrent_first_requests_trace_once(monkeypatch):
+    rf_trace_worker.forget("vgg19")
+    submitted = []
+    original = rf_trace_worker._submit
+    monkeypatch.setattr(rf_trace_worker, "_submit", lambda name: submitted.append(name) or original(name))
+    results = [None] * 4
+
+    def work(i):
+        results[i] = rf_graph.traced_meta("vgg19")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert submitted == ["vgg19"] and all(r is results[0] for r in results) and results[0] is not None
+
+
+def test_a_dead_worker_fails_one_request_and_is_replaced(monkeypatch):
+    # A worker of its own (the shared one stays up), given tasks that import nothing heavy: the "model
+    # name" is a shell command that kills the worker process, then one whose length is the answer.
+    monkeypatch.setattr(rf_trace_worker, "_pool", None)
+    monkeypatch.setattr(rf_trace_worker, "_task", os.system)
+    try:
+        with pytest.raises(
+            rf_trace_worker.TracerUnavailable, match="stopped unexpectedly while tracing"
+        ) as error:
+            rf_trace_worker.traced("kill -9 $PPID")
+        assert error.value.field == "model.name" and error.value.code.name == "UNAVAILABLE"
+        assert rf_trace_worker._pool is None
+        monkeypatch.setattr(rf_trace_worker, "_task", len)
+        pool, future = rf_trace_worker._submit("four")  # the next request starts a new worker
+        assert future.result(timeout=60) == 4 and rf_trace_worker._pool is pool
+    finally:
+        rf_trace_worker.shutdown()
+
+
+# -- seeded random weights --------------------------------------------------------------------------
+def test_seeded_random_weights_ignore_other_threads():
+    """Two seeds on two threads, next to a thread that keeps using torch's global generator, give the
+    bytes that sequential runs give."""
+    layer = "layer1_0_relu"
+
+    def run(seed):
+        probe, channels = rf_empirical.model_probe("resnet18", [layer], CPU, weights="random", seed=seed)
+        weights = b"".join(p.detach().numpy().tobytes() for p in probe.parameters())
+        grad = rf_empirical.gradient_map(
+            probe, channels, (20, 20), CPU, (layer, 2, 2), 3, seed, lambda: False, 2
+        )
+        return weights, grad.tobytes()
+
+    expected = {seed: run(seed) for seed in (1, 2)}
+    results = {}
+    stop = threading.Event()
+
+    def global_generator_user():
+        while not stop.is_set():
+            torch.manual_seed(0)
+            torch.rand(1000)
+
+    noise = threading.Thread(target=global_generator_user)
+    workers = [threading.Thread(target=lambda s=s: results.__setitem__(s, run(s))) for s in (1, 2)]
+    noise.start()
+    [t.start() for t in workers]
+    [t.join() for t in workers]
+    stop.set()
+    noise.join()
+    assert results.keys() == expected.keys()
+    for seed in expected:
+        assert results[seed][0] == expected[seed][0], f"weights of seed {seed} changed"
+        assert results[seed][1] == expected[seed][1], f"gradient map of seed {seed} changed"
+
+
+def test_private_initialisation_is_pytorch_default():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.GroupNorm(2, 8),
+        nn.Conv2d(8, 4, 1, bias=False),
+        nn.Flatten(),
+        nn.LayerNorm(4),
+        nn.Linear(4, 2),
+    )
+    reference = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        for module in reference.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.zero_()
+    rf_empirical.initialise(model, 7)
+    for (name, ours), theirs in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
+        assert torch.equal(ours, theirs), name
+    # Other modules fall back to their own reset_parameters, still determined by the seed.
+    embeddings = [nn.Embedding(5, 3) for _ in range(2)]
+    for e in embeddings:
+        rf_empirical.initialise(e, 3)
+    assert torch.equal(embeddings[0].weight, embeddings[1].weight)

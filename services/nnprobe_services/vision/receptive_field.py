@@ -17,13 +17,22 @@ joined field is then the largest of the paths' fields (they share a centre).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
+from nnprobe_services.server.errors import ResourceExhausted
+
 Pads = tuple[int, int, int, int]  # top, bottom, left, right
 Range = tuple[int, int]  # first, last pixel index (0-based, inclusive); first > last when empty
 KINDS = ("input", "conv", "pool", "other", "merge")
+#: Largest kernel, stride, dilation and padding of a layer-list layer, along one axis.
+MAX_WINDOW = 1 << 20
+#: Sizes, jumps and receptive sizes travel as int64.
+MAX_INT64 = (1 << 63) - 1
+#: Most units one request may ask for (each has a field, a proof and a box in the picture).
+MAX_UNITS = 1024
 
 
 class FieldError(Exception):
@@ -203,6 +212,8 @@ def _pair(value: tuple[int, int] | None, name: str, field: str, default: tuple[i
     h, w = value
     if h < 1 or w < 1:
         raise InvalidSpec(f"{name} must be >= 1 along both axes, got ({h}, {w})", field=field)
+    if h > MAX_WINDOW or w > MAX_WINDOW:
+        raise InvalidSpec(f"{name} must be <= {MAX_WINDOW} along both axes, got ({h}, {w})", field=field)
     return int(h), int(w)
 
 
@@ -225,6 +236,12 @@ def windows(spec: LayerSpec, size: tuple[int, int], index: int) -> tuple[Window,
             if before < 0 or after < 0:
                 raise InvalidSpec(
                     f"padding must be >= 0 on every side, got {spec.padding} (top, bottom, left, right)",
+                    field=f"{base}.padding",
+                )
+            if before > MAX_WINDOW or after > MAX_WINDOW:
+                raise InvalidSpec(
+                    f"padding must be <= {MAX_WINDOW} on every side, got {spec.padding} "
+                    f"(top, bottom, left, right)",
                     field=f"{base}.padding",
                 )
         else:
@@ -270,6 +287,8 @@ def analyse_layers(specs: list[LayerSpec], input_size: tuple[int, int], origin: 
         field = f"layers[{index}].kernel"
         height = apply(current.height, h, where=f"{where} along the height", field=field)
         width = apply(current.width, w, where=f"{where} along the width", field=field)
+        _check_int64(height, f"{where} along the height", f"layers[{index}]")
+        _check_int64(width, f"{where} along the width", f"layers[{index}]")
         current = LayerField(
             spec.name,
             spec.kind,
@@ -282,6 +301,16 @@ def analyse_layers(specs: list[LayerSpec], input_size: tuple[int, int], origin: 
         )
         fields.append(current)
     return fields
+
+
+def _check_int64(axis: Axis, where: str, base: str) -> None:
+    """The jump (product of strides) and receptive size must fit the response's int64 fields."""
+    for value, what, field in ((axis.jump, "jump", "stride"), (axis.receptive, "receptive size", "kernel")):
+        if value > MAX_INT64:
+            raise InvalidSpec(
+                f"{where}: the {what} reaches {value}, more than a 64-bit integer holds",
+                field=f"{base}.{field}",
+            )
 
 
 def _span(
@@ -343,7 +372,15 @@ def unit_field(
     *,
     field: str = "units",
 ) -> UnitField:
-    """The field of unit (x, y) (column, row; 0-based) of layer ``name`` among ``fields``."""
+    """The field of unit (x, y) (column, row; 0-based) of layer ``name`` among ``fields``.
+
+    ``field`` is the request field of the unit; for ``units[i]``, an ``i`` of ``MAX_UNITS`` or more raises
+    ``ResourceExhausted`` on ``units`` (the request asks for too many units)."""
+    index = _unit_index(field)
+    if index is not None and index >= MAX_UNITS:
+        raise ResourceExhausted(
+            f"asks for more than {MAX_UNITS} units; the limit is {MAX_UNITS}", field="units"
+        )
     layer = next(f for f in fields if f.name == name)
     for value, axis, label in ((x, layer.width, "x"), (y, layer.height, "y")):
         if not 0 <= value < axis.size:
@@ -361,6 +398,11 @@ def unit_field(
     return UnitField(
         layer.name, x, y, vertical, horizontal, vertical_clipped, horizontal_clipped, rows, columns
     )
+
+
+def _unit_index(field: str) -> int | None:
+    match = re.fullmatch(r"units\[(\d+)\]", field)
+    return int(match.group(1)) if match else None
 
 
 def center_unit(layer: LayerField) -> tuple[int, int]:

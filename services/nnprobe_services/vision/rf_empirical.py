@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import copy
+import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +23,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from nnprobe_services.server.errors import ResourceExhausted
 from nnprobe_services.vision import rf_graph
 from nnprobe_services.vision.receptive_field import LayerSpec, Unsupported, Window, output_size, windows
 
@@ -76,6 +79,57 @@ class _Chain(nn.Module):
         return outputs
 
 
+#: Bounds on the single-channel float64 network that checks a layer list by back-propagation: one layer's
+#: padded input, one layer's kernel (k_h * k_w), all maps kept for the backward pass, multiply-adds of one
+#: forward pass. Within them a check takes at most a few hundred megabytes and a few seconds per pass.
+MAX_CHAIN_MAP = 1 << 24
+MAX_CHAIN_KERNEL = 1 << 20
+MAX_CHAIN_ELEMENTS = 1 << 25
+MAX_CHAIN_WORK = 1 << 31
+
+
+def check_chain_size(specs: Sequence[LayerSpec], input_size: tuple[int, int]) -> None:
+    """Raise ``ResourceExhausted`` naming ``layers[i].kernel`` or ``layers[i].padding`` when the network
+    built for ``specs`` would exceed the bounds above (from the analytic sizes, before any allocation)."""
+    size, elements, work = input_size, input_size[0] * input_size[1], 0
+    for index, spec in enumerate(specs):
+        h, w = windows(spec, size, index)
+        out = (output_size(size[0], h), output_size(size[1], w))
+        padded = [
+            max(n + win.pad_before + win.pad_after, (o - 1) * win.stride + win.extent)
+            for o, win, n in zip(out, (h, w), size, strict=True)
+        ]
+        where = f"layer {spec.name!r} (layers[{index}])"
+        kernel = h.kernel * w.kernel
+        if kernel > MAX_CHAIN_KERNEL:
+            raise ResourceExhausted(
+                f"{where}: a kernel of {h.kernel} x {w.kernel} = {kernel} weights is too large for the "
+                f"back-propagation check (at most {MAX_CHAIN_KERNEL})",
+                field=f"layers[{index}].kernel",
+            )
+        if padded[0] * padded[1] > MAX_CHAIN_MAP:
+            raise ResourceExhausted(
+                f"{where}: its padded input of {padded[0]} x {padded[1]} values is too large for the "
+                f"back-propagation check (at most {MAX_CHAIN_MAP})",
+                field=f"layers[{index}].padding",
+            )
+        elements += padded[0] * padded[1] + out[0] * out[1]
+        work += out[0] * out[1] * kernel
+        if elements > MAX_CHAIN_ELEMENTS:
+            raise ResourceExhausted(
+                f"{where}: the feature maps up to this layer hold {elements} values, too many for the "
+                f"back-propagation check (at most {MAX_CHAIN_ELEMENTS})",
+                field=f"layers[{index}].padding",
+            )
+        if work > MAX_CHAIN_WORK:
+            raise ResourceExhausted(
+                f"{where}: a forward pass up to this layer takes {work} multiply-adds, too many for the "
+                f"back-propagation check (at most {MAX_CHAIN_WORK})",
+                field=f"layers[{index}].kernel",
+            )
+        size = out
+
+
 def chain_probe(
     specs: Sequence[LayerSpec],
     input_size: tuple[int, int],
@@ -84,7 +138,9 @@ def chain_probe(
     weights: str,
     seed: int = 0,
 ) -> tuple[Probe, int]:
-    """A probe over a layer list (``weights``: ``transparent`` or ``random``) and its input channels."""
+    """A probe over a layer list (``weights``: ``transparent`` or ``random``) and its input channels.
+    Raises ``ResourceExhausted`` when it would be too large (``check_chain_size``)."""
+    check_chain_size(specs, input_size)
     return _Chain(specs, input_size, weights, seed).to(device), 1
 
 
@@ -162,10 +218,11 @@ def model_probe(
     """A probe over model ``name`` returning the named nodes.
 
     ``weights``: ``transparent`` (see the module docstring) or ``random``: PyTorch's default initialisation
-    of each remaining layer (``reset_parameters``) drawn with ``seed``. The model is built on the meta
-    device and cut at the requested layers first, so the classifier never costs memory.
+    of each remaining layer drawn from a private generator seeded with ``seed`` (see ``initialise``). The
+    model is a copy of the traced graph on the meta device (never traced again here), cut at the requested
+    layers first, so the classifier never costs memory.
     """
-    gm = _truncate(rf_graph.trace(rf_graph.build(name, "meta"), name), layers)
+    gm = _truncate(copy.deepcopy(rf_graph.traced_meta(name)), layers)
     gm = gm.to_empty(device="cpu")
     with torch.no_grad():
         for tensor in [*gm.parameters(), *gm.buffers()]:
@@ -173,15 +230,62 @@ def model_probe(
     if weights == "transparent":
         _make_transparent(gm)
     else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for module in gm.modules():
-                reset = getattr(module, "reset_parameters", None)
-                if callable(reset):
-                    reset()
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.reset_running_stats()
+        initialise(gm, seed)
     return gm.to(device).eval(), rf_graph.input_channels(gm)
+
+
+#: Serialises the modules whose own initialisation draws from torch's global generator.
+_GLOBAL_RNG_LOCK = threading.Lock()
+#: Initialisations without randomness (ones, zeros, running statistics reset): safe to call as they are.
+_DETERMINISTIC_RESETS = (
+    nn.modules.batchnorm._NormBase.reset_parameters,
+    nn.LayerNorm.reset_parameters,
+    nn.GroupNorm.reset_parameters,
+)
+
+
+def initialise(model: nn.Module, seed: int) -> None:
+    """PyTorch's default initialisation of every module of ``model``, in module order, drawn from a private
+    generator seeded with ``seed``, so that other threads using torch's global generator neither change the
+    result nor are changed by it. Convolutions and linear layers: weight kaiming_uniform(a=sqrt(5)), bias
+    U(+-1/sqrt(fan_in)); normalisation layers: weight 1, bias 0, running statistics reset. Any other module
+    with ``reset_parameters`` runs it on the global generator, seeded from the private one, under a lock."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        reset = getattr(type(module), "reset_parameters", None)
+        if reset is None:
+            continue
+        if reset is nn.modules.conv._ConvNd.reset_parameters or reset is nn.Linear.reset_parameters:
+            _default_weight_and_bias(module, generator)
+        elif reset in _DETERMINISTIC_RESETS:
+            reset(module)
+        else:
+            derived = int(torch.randint(0, 2**62, (1,), generator=generator))
+            with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derived)
+                reset(module)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+
+
+def _default_weight_and_bias(module: nn.Module, generator: torch.Generator) -> None:
+    """What ``_ConvNd.reset_parameters`` and ``Linear.reset_parameters`` do, with ``generator``."""
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    with torch.no_grad():
+        target = (
+            weight
+            if weight.is_contiguous()
+            else torch.empty_like(weight, memory_format=torch.contiguous_format)
+        )
+        nn.init.kaiming_uniform_(target, a=math.sqrt(5), generator=generator)
+        if target is not weight:
+            weight.copy_(target)
+        bias = module.bias
+        if isinstance(bias, torch.Tensor):
+            fan_in, _ = nn.init._calculate_fan_in_and_fan_out(weight)
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(bias, -bound, bound, generator=generator)
 
 
 # -- the proof ----------------------------------------------------------------------------------------
@@ -253,14 +357,15 @@ def gradient_map(
     batch: int = 4,
 ) -> np.ndarray:
     """Mean over ``num_samples`` N(0, 1) inputs and over input channels of |d y / d x|, float64 (H, W)."""
-    generator = torch.Generator().manual_seed(seed)
-    inputs = torch.randn(num_samples, channels, *input_size, generator=generator)
+    generator = torch.Generator().manual_seed(seed)  # private: other threads cannot disturb the draws
     layer, ux, uy = unit
     total = torch.zeros(input_size, dtype=torch.float64)
     for start in range(0, num_samples, batch):
         if should_stop():
             raise Stopped(f"stopped after {start} of {num_samples} samples")
-        x = inputs[start : start + batch].to(device).requires_grad_(True)
+        count = min(batch, num_samples - start)  # one batch in memory at a time
+        inputs = torch.randn(count, channels, *input_size, generator=generator)
+        x = inputs.to(device).requires_grad_(True)
         y = probe(x)[layer][:, :, uy, ux].sum()
         (grad,) = torch.autograd.grad(y, x)
         total += grad.abs().to(torch.float64).sum(dim=(0, 1)).cpu()

@@ -9,7 +9,6 @@ shapes the trace produces are checked against the arithmetic at every node.
 from __future__ import annotations
 
 import contextlib
-import functools
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from nnprobe_services.vision import rf_trace_worker
 from nnprobe_services.vision.receptive_field import (
     FieldError,
     InvalidSpec,
@@ -52,8 +52,9 @@ TORCHVISION: dict[str, tuple[dict[str, Any], int]] = {
     "googlenet": ({"aux_logits": False, "init_weights": False}, 224),
     "inception_v3": ({"aux_logits": False, "init_weights": False}, 299),
 }
-#: The stages of the ResNet paper (conv1, conv2_x ... conv5_x) by the modules that end them.
-RESNET_STAGES = {"conv1": "relu", "conv2": "layer1", "conv3": "layer2", "conv4": "layer3", "conv5": "layer4"}
+#: The stages of the ResNet paper (conv2_x ... conv5_x) by the modules that end them. Stage conv1 needs no
+#: alias: the module ``conv1`` is that stage's convolution, and the ReLU after it has the same field.
+RESNET_STAGES = {"conv2": "layer1", "conv3": "layer2", "conv4": "layer3", "conv5": "layer4"}
 
 POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm2d,
@@ -327,10 +328,19 @@ def trace(model: nn.Module, name: str) -> fx.GraphModule:
         ) from None
 
 
-@functools.lru_cache(maxsize=8)
-def traced_meta(name: str) -> fx.GraphModule:
-    """The traced graph of ``name`` on the meta device (cached; never run with real data)."""
-    return trace(build(name, "meta"), name)
+class _TracedGraphs:
+    """``traced_meta(name)``: the traced graph of ``name`` on the meta device, shared between requests: never
+    run it with real data, and ``copy.deepcopy`` it before changing it. Traced in a child process (see
+    ``rf_trace_worker``); ``traced_meta.cache_clear()`` forgets every model, as with ``functools`` caches."""
+
+    def __call__(self, name: str) -> fx.GraphModule:
+        return rf_trace_worker.traced(name)
+
+    def cache_clear(self) -> None:
+        rf_trace_worker.forget()
+
+
+traced_meta = _TracedGraphs()
 
 
 def input_channels(gm: fx.GraphModule) -> int:
@@ -530,7 +540,7 @@ def _resolver(
         if inside:
             return inside[-1]
         top = [name for name, _ in gm.named_children()]
-        hint = "; stages conv1..conv5 are also accepted" if resnet else ""
+        hint = "; the stages conv1..conv5 are also accepted" if resnet else ""
         raise InvalidSpec(
             f"no layer {name!r} in {model}: use a node name from the response's layers, a module path, or a "
             f"top-level module ({', '.join(top)}){hint}",
@@ -564,10 +574,12 @@ def analyse_graph(
             problem = run.problems.get(node) or Unsupported(
                 f"node {node.name!r} was not reached", field="model.name"
             )
-            problem.message = (
-                f"cannot compute the receptive field of {end.name!r} in {name}: {problem.message}"
-            )
-            raise problem
+            message = f"cannot compute the receptive field of {end.name!r} in {name}: {problem.message}"
+            field = problem.field
+            if end_point and field == "model.name":  # the end point asked for lies beyond what maps
+                field = "end_point"
+                message += "; choose an earlier end_point"
+            raise type(problem)(message, field=field)
     names = {run.fields[n].name for n in chosen}
 
     def resolve(layer: str, request_field: str) -> str:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from nnprobe_services.server.errors import ResourceExhausted
 from nnprobe_services.vision.receptive_field import UnitField
+from nnprobe_services.vision.rf_empirical import Stopped
 
+IMAGE_FIELD = "plot.image.encoded"
+#: Units drawn (and named in the legend); the response still lists every unit asked for.
+MAX_DRAWN_UNITS = 24
 COLORS = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#999999"]
 
 
@@ -24,9 +29,14 @@ def render(
     gradient_map: np.ndarray | None = None,
     gradient_unit: UnitField | None = None,
     title: str = "",
+    should_stop: Callable[[], bool] | None = None,
 ) -> bytes:
     """The image (or a blank canvas) with each unit's field: the clipped box filled, the unclipped box
-    dashed, the centre marked. With ``gradient_map``, a second panel shows the effective field."""
+    dashed, the centre marked; the first ``MAX_DRAWN_UNITS`` units only, the legend says how many more.
+    With ``gradient_map``, a second panel shows the effective field. ``should_stop`` is asked before
+    drawing and before encoding; when it answers true, ``Stopped`` is raised."""
+    _check(should_stop)
+    drawn, hidden = units[:MAX_DRAWN_UNITS], len(units) - MAX_DRAWN_UNITS
     h, w = input_size
     panels = 2 if gradient_map is not None else 1
     figure = Figure(figsize=(6 * panels, 6), dpi=100)
@@ -39,7 +49,7 @@ def render(
     else:
         ax.add_patch(Rectangle((lo, lo), w, h, facecolor="#f0f0f0", edgecolor="black", linewidth=1))
     bounds = [lo, lo + w, lo, lo + h]
-    for index, unit in enumerate(units):
+    for index, unit in enumerate(drawn):
         color = COLORS[index % len(COLORS)]
         v, hz = unit.vertical, unit.horizontal
         vc, hc = unit.vertical_clipped, unit.horizontal_clipped
@@ -80,6 +90,8 @@ def render(
     ax.set_xlabel("x (columns)")
     ax.set_ylabel("y (rows)")
     ax.set_title(title or "receptive fields (dashed: unclipped)")
+    if hidden > 0:
+        ax.plot([], [], linestyle="none", label=f"... {hidden} more units, not drawn")
     if units:
         ax.legend(loc="upper right", fontsize=8)
     if gradient_map is not None:
@@ -100,30 +112,46 @@ def render(
             )
         erf.set_title("effective receptive field (box: theoretical)")
         erf.set_xlabel("x (columns)")
+    _check(should_stop)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})
     return buffer.getvalue()
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded image bytes to an (H, W, 3) uint8 array; ``ValueError`` when unreadable."""
+#: Largest image (width x height) a picture is drawn on: as many pixels as the default tensor limit allows
+#: for an RGB input (50 million values). Checked from the header, before decoding.
+MAX_IMAGE_PIXELS = 50_000_000 // 3
+
+
+def _check(should_stop: Callable[[], bool] | None) -> None:
+    if should_stop is not None and should_stop():
+        raise Stopped("stopped before drawing the picture")
+
+
+def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Encoded image bytes to an (H, W, 3) uint8 array; ``ValueError`` when unreadable, ``ResourceExhausted``
+    on ``plot.image.encoded`` when the header announces more than ``max_pixels`` pixels (nothing decoded)."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as picture:
-            return np.asarray(picture.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below decides
+            picture = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as error:
+        raise ResourceExhausted(f"the image is too large to draw on: {error}", field=IMAGE_FIELD) from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ValueError(f"cannot decode the image: {error}") from None
-
-
-def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an (H, W, C) uint8 or float image to ``size`` (H, W) for display."""
-    from PIL import Image
-
-    if image.shape[:2] == size:
-        return image
-    if image.dtype != np.uint8:
-        image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-    squeezed = image[..., 0] if image.shape[-1] == 1 else image
-    return np.asarray(Image.fromarray(squeezed).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+    with picture:
+        width, height = picture.size
+        if width * height > max_pixels:
+            raise ResourceExhausted(
+                f"the image is {width} x {height} = {width * height} pixels; the limit is {max_pixels}",
+                field=IMAGE_FIELD,
+            )
+        try:
+            return np.asarray(picture.convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as error:
+            raise ValueError(f"cannot decode the image: {error}") from None
