@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 LOCAL_DOCKER=${LOCAL_DOCKER:-../shared/tools/local-docker.sh}
 PROJECT=${NNPROBE_CI_PROJECT:-nnprobe-ci}
 HEALTHY_TIMEOUT=${NNPROBE_CI_HEALTHY_TIMEOUT:-240}
-SERVICES=(vision sequence attention)
+SERVICES=(vision sequence attention vision-peer)
 COMPOSE=(docker-compose --project-name "$PROJECT" --file deploy/compose.yaml)
 
 if [ -n "${NNPROBE_CI_DOCKER_DIR:-}" ]; then
@@ -102,15 +102,16 @@ took health
 
 phase "smoke test through the SDK"
 .venv/bin/python deploy/smoke.py --vision "127.0.0.1:$NNPROBE_VISION_HOST_PORT" \
-  --sequence "127.0.0.1:$NNPROBE_SEQUENCE_HOST_PORT" --attention "127.0.0.1:$NNPROBE_ATTENTION_HOST_PORT"
+  --sequence "127.0.0.1:$NNPROBE_SEQUENCE_HOST_PORT" --attention "127.0.0.1:$NNPROBE_ATTENTION_HOST_PORT" \
+  --transfer-peer vision-peer:50051
 took smoke
-for service in "${SERVICES[@]}"; do # informative only until every server serves metrics
+for service in vision sequence attention; do
   var=NNPROBE_${service^^}_METRICS_HOST_PORT
-  if curl -fsS --max-time 3 "http://127.0.0.1:${!var}/metrics" -o /dev/null; then
-    log "metrics: $service serves /metrics"
-  else
-    log "metrics: $service does not serve /metrics (yet)"
-  fi
+  metrics=$(curl -fsS --max-time 5 "http://127.0.0.1:${!var}/metrics") || {
+    log "metrics: $service does not serve /metrics"; exit 1; }
+  grep -q '^nnprobe_requests_total{.*code="OK"' <<<"$metrics" || {
+    log "metrics: $service counted no successful request"; exit 1; }
+  log "metrics: $service serves /metrics and counted the smoke test's calls"
 done
 
 phase "stopping (SIGTERM; each server must drain and exit 0)"

@@ -67,6 +67,26 @@ def check_vision(address: str, options: dict[str, Any]) -> str:
         return f"receptive field of conv2: size 8, jump 2; unit (8, 8) sees rows {rows}, proven"
 
 
+def check_transfer(address: str, peer: str, options: dict[str, Any]) -> str:
+    """Service to service: the vision server attacks an image, then asks the vision server at ``peer`` (an
+    address as the first server sees it) to classify the result. Both serve the same default model with the
+    same weights, so the peer must see exactly the class the attacked model ends on."""
+    pixels = np.random.default_rng(0).integers(0, 256, size=(224, 224, 3), dtype=np.uint8)
+    with VisionClient(address, **options) as client:
+        (result,) = client.attack(
+            pixels, target=15, method="pgd", eps="8/255", steps=10, seed=0, transfer_addresses=[peer]
+        )
+    (transfer,) = result.transfers
+    assert transfer.address == peer and not transfer.error, transfer
+    assert transfer.top1 is not None and transfer.top1.index == result.final_top[0].index, (transfer, result)
+    assert transfer.fooled == result.success, (transfer, result)
+    verdict = "fooled" if transfer.fooled else "not fooled"
+    return (
+        f"PGD towards class 15: success {result.success} after {result.iterations} iterations; peer {peer} "
+        f"sees class {transfer.top1.index} ({verdict})"
+    )
+
+
 CHECKS: dict[str, Callable[[str, dict[str, Any]], str]] = {
     "vision": check_vision,
     "sequence": check_sequence,
@@ -79,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in CHECKS:
         parser.add_argument(f"--{name}", default=default_address(name), help=f"address of the {name} server")
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline of each call, in seconds")
+    parser.add_argument(
+        "--transfer-peer",
+        help="address of a second vision server as the first one reaches it (e.g. vision-peer:50051): "
+        "also check the service-to-service transfer of an adversarial image",
+    )
     parser.add_argument("--token", default=os.environ.get("NNPROBE_TOKEN"), help="bearer token")
     parser.add_argument("--tls-ca", help="PEM CA bundle: connect with TLS, trusting this CA")
     parser.add_argument("--tls-cert", help="PEM client certificate (mutual TLS)")
@@ -99,6 +124,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAIL {name:9} {address}: {type(error).__name__}: {error}")
         else:
             print(f"ok   {name:9} {address}: {detail} ({time.perf_counter() - start:.2f} s)")
+    if args.transfer_peer:
+        start = time.perf_counter()
+        try:
+            detail = check_transfer(args.vision, args.transfer_peer, options)
+        except Exception as error:
+            failures += 1
+            print(f"FAIL transfer  {args.vision} -> {args.transfer_peer}: {type(error).__name__}: {error}")
+        else:
+            print(
+                f"ok   transfer  {args.vision} -> {args.transfer_peer}: {detail} "
+                f"({time.perf_counter() - start:.2f} s)"
+            )
     return 1 if failures else 0
 
 
