@@ -389,8 +389,9 @@ EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_oversized_requests_are_refused_with_their_field(vision):
-    for width, height in ((20000, 10000), (5000, 4000)):  # above PIL's own bomb limit, and below it
-        start = time.monotonic()
+    # Above PIL's own bomb limit, and below it. The image data is a stub, so only a refusal from the header
+    # gives this answer (decoding would fail as corrupt).
+    for width, height in ((20000, 10000), (5000, 4000)):
         expect(
             vision,
             EXHAUSTED,
@@ -399,7 +400,6 @@ def test_oversized_requests_are_refused_with_their_field(vision):
             [Layer("a", 3)],
             image=png_header(width, height),
         )
-        assert time.monotonic() - start < 5, "refused from the header, before decoding"
     expect(
         vision,
         EXHAUSTED,
@@ -453,18 +453,17 @@ def test_oversized_requests_are_refused_with_their_field(vision):
     )
 
 
-def test_many_units_with_a_plot_are_quick_and_bounded(vision):
+def test_many_units_with_a_plot_are_bounded(vision):
     layers = [Layer("c", 3)]
     units = [("c", i % 60, (i // 60) % 60) for i in range(1024)]
-    start = time.monotonic()
     result = vision.compute_receptive_field(layers, input_size=64, units=units, plot=True)
-    assert time.monotonic() - start < 20 and len(result.units) == 1024
+    assert len(result.units) == 1024
     assert result.plot_png.startswith(b"\x89PNG")
     expect(
         vision,
         EXHAUSTED,
         "units",
-        "more than 1024 units",
+        "asks for 1025 units; the limit is 1024",
         layers,
         input_size=64,
         units=[*units, ("c", 0, 0)],

@@ -3,9 +3,7 @@
 from fractions import Fraction
 
 import pytest
-from nnprobe_services.server.errors import ResourceExhausted
 from nnprobe_services.vision.receptive_field import (
-    MAX_UNITS,
     MAX_WINDOW,
     InvalidSpec,
     LayerSpec,
@@ -210,11 +208,3 @@ def test_jump_and_receptive_size_must_fit_in_int64():
     assert fits.height.jump == 2**60
 
 
-def test_too_many_units_are_refused_on_units():
-    fields = analyse_layers([LayerSpec("c", "conv", (3, 3))], (64, 64), Fraction(1, 2))
-    assert (
-        unit_field(fields, "c", 0, 0, (64, 64), Fraction(1, 2), field=f"units[{MAX_UNITS - 1}]").layer == "c"
-    )
-    with pytest.raises(ResourceExhausted, match=f"more than {MAX_UNITS} units") as error:
-        unit_field(fields, "c", 0, 0, (64, 64), Fraction(1, 2), field=f"units[{MAX_UNITS}]")
-    assert error.value.field == "units"

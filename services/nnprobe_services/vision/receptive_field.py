@@ -17,12 +17,9 @@ joined field is then the largest of the paths' fields (they share a centre).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-
-from nnprobe_services.server.errors import ResourceExhausted
 
 Pads = tuple[int, int, int, int]  # top, bottom, left, right
 Range = tuple[int, int]  # first, last pixel index (0-based, inclusive); first > last when empty
@@ -372,15 +369,8 @@ def unit_field(
     *,
     field: str = "units",
 ) -> UnitField:
-    """The field of unit (x, y) (column, row; 0-based) of layer ``name`` among ``fields``.
-
-    ``field`` is the request field of the unit; for ``units[i]``, an ``i`` of ``MAX_UNITS`` or more raises
-    ``ResourceExhausted`` on ``units`` (the request asks for too many units)."""
-    index = _unit_index(field)
-    if index is not None and index >= MAX_UNITS:
-        raise ResourceExhausted(
-            f"asks for more than {MAX_UNITS} units; the limit is {MAX_UNITS}", field="units"
-        )
+    """The field of unit (x, y) (column, row; 0-based) of layer ``name`` among ``fields``; ``field`` is
+    the request field of the unit, named in errors."""
     layer = next(f for f in fields if f.name == name)
     for value, axis, label in ((x, layer.width, "x"), (y, layer.height, "y")):
         if not 0 <= value < axis.size:
@@ -398,11 +388,6 @@ def unit_field(
     return UnitField(
         layer.name, x, y, vertical, horizontal, vertical_clipped, horizontal_clipped, rows, columns
     )
-
-
-def _unit_index(field: str) -> int | None:
-    match = re.fullmatch(r"units\[(\d+)\]", field)
-    return int(match.group(1)) if match else None
 
 
 def center_unit(layer: LayerField) -> tuple[int, int]:

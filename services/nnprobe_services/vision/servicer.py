@@ -449,6 +449,10 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             end = resolve(request.end_point, "end_point") if request.end_point else fields[-1].name
             fields = fields[: [f.name for f in fields].index(end) + 1]
         by_name = {f.name: f for f in fields}
+        if len(request.units) > rf.MAX_UNITS:
+            raise ResourceExhausted(
+                f"asks for {len(request.units)} units; the limit is {rf.MAX_UNITS}", field="units"
+            )
         queries = [(resolve(u.layer, f"units[{i}].layer"), u.x, u.y, i) for i, u in enumerate(request.units)]
         if not queries and (request.verify or request.HasField("plot")):
             x, y = rf.center_unit(by_name[end])
@@ -506,6 +510,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 gradient_map=gradient_map,
                 gradient_unit=gradient_unit,
                 title=title,
+                should_stop=should_stop,
             )
         return response
 

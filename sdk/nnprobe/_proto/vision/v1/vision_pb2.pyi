@@ -789,9 +789,11 @@ class EffectiveField(_message.Message):
     center_horizontal: _builtins.float
     """Centre along the width, in input coordinates."""
     pixels_for_95_percent: _builtins.int
-    """Fewest pixels of the theoretical (clipped) field that together hold 95% of the gradient mass."""
+    """Fewest pixels of the theoretical field (the pixels connected to the unit) that together hold 95% of the
+    gradient mass.
+    """
     theoretical_pixels: _builtins.int
-    """Pixels in the theoretical (clipped) field."""
+    """Pixels in the theoretical field (the pixels connected to the unit)."""
     share_for_95_percent: _builtins.float
     """pixels_for_95_percent / theoretical_pixels."""
     mass_inside_field: _builtins.float
