@@ -69,6 +69,7 @@ def progress(message: str) -> tuple[int, int]:
 
 @pytest.fixture
 def requests_log(caplog):
+    caplog.set_level(logging.INFO)
     caplog.set_level(logging.DEBUG, logger="nnprobe.requests")
     return caplog
 
@@ -171,6 +172,46 @@ def test_cancelled_watch_ends_on_the_server_while_the_job_runs(servers, requests
         assert running.state == "running" and running.step < running.total_steps
         print(f"WatchJob cancelled; job still running at step {running.step} of {running.total_steps}")
         assert client.cancel_job(job.job_id).state == "cancelled"
+
+
+def test_cancelled_adversarial_attack_stops_between_iterations(servers, requests_log):
+    import io
+
+    from nnprobe._proto.common.v1 import common_pb2
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (224, 224), (90, 140, 200)).save(buffer, format="PNG")
+    stub = vision_pb2_grpc.VisionServiceStub(servers["vision"])
+    request = vision_pb2.GenerateAdversarialRequest(
+        images=[common_pb2.Image(encoded=buffer.getvalue())],
+        goal=vision_pb2.ATTACK_GOAL_UNTARGETED,
+        method=vision_pb2.ATTACK_METHOD_PGD,
+        steps=1000,
+        early_stop=False,
+    )
+    stream = stub.GenerateAdversarial(request, timeout=600)
+    for response in stream:
+        if response.WhichOneof("event") == "progress":
+            break
+    stream.cancel()
+    wait_for(requests_log, "GenerateAdversarial CANCELLED")
+    deadline = time.monotonic() + WAIT_SECONDS
+    stop_line = None
+    while stop_line is None and time.monotonic() < deadline:
+        stop_line = next(
+            (
+                r.getMessage()
+                for r in list(requests_log.records)
+                if "stopped after iteration" in r.getMessage()
+            ),
+            None,
+        )
+        time.sleep(0.02)
+    assert stop_line is not None, requests_log.text
+    done, total = progress(stop_line)
+    assert done < total == 1000
+    print(f"GenerateAdversarial cancelled: server {stop_line}")
 
 
 def _text(lines: int, offset: int = 0) -> str:

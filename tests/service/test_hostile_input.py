@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -45,7 +46,7 @@ DOCUMENTED = {
 }
 #: Seconds one fuzzed call may run; an expensive but valid request ends as DEADLINE_EXCEEDED.
 CALL_TIMEOUT = 4.0
-EXAMPLES = 50
+EXAMPLES = int(os.environ.get("NNPROBE_FUZZ_EXAMPLES", "50"))
 #: Server limits lowered so that valid-but-huge requests are refused (or finish) quickly.
 LIMITS: dict[str, Any] = dict(
     max_tensor_elements=60_000,
