@@ -1,6 +1,6 @@
 """Load benchmark: N concurrent SDK clients against each real server process.
 
-    .venv/bin/python bench/load.py [--seconds 5] [--clients 1 8 32 64] [--limit 16] [--long 0]
+    .venv/bin/python bench/load.py [--seconds 5] [--clients 1 8 16 32 64] [--limit 16] [--long 0]
 
 For each service and each N: requests/s, p50/p99/max latency, errors by status, and the server's RSS at start
 and end. The servers run with --max-concurrent-rpcs LIMIT, so levels above it show how the overflow is
@@ -90,7 +90,8 @@ def run_level(address: str, service: str, clients: int, seconds: float) -> dict[
             client.wait_until_ready(timeout=60)  # connect outside the measured window
             start_gate.wait()
             go.wait()
-            mine, codes = [], collections.Counter()
+            mine: list[float] = []
+            codes: collections.Counter[str] = collections.Counter()
             while time.perf_counter() < stop_at[0]:
                 begin = time.perf_counter()
                 try:
@@ -126,7 +127,7 @@ def run_level(address: str, service: str, clients: int, seconds: float) -> dict[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 16, 32, 64])
     parser.add_argument("--limit", type=int, default=16, help="server --max-concurrent-rpcs")
     parser.add_argument("--long", type=float, default=0.0, help="seconds of a leak run at 8 clients")
     parser.add_argument("--services", nargs="+", default=list(SERVICES), choices=list(SERVICES))
@@ -179,12 +180,12 @@ def main() -> int:
                         f"{before:>8.0f}Mi {after:>6.0f}Mi  {errors}"
                     )
                 if args.long > 0:
-                    samples = []
+                    samples, served = [], 0.0
                     for _ in range(10):
-                        run_level(address, service, 8, args.long / 10)
+                        served += run_level(address, service, 8, args.long / 10)["rps"] * args.long / 10
                         samples.append(rss_mib(proc.pid))
                     print(
-                        f"  leak run, 8 clients, {args.long:g}s: RSS MiB "
+                        f"  leak run, 8 clients, {args.long:g}s, {served:.0f} requests: RSS MiB "
                         + " ".join(f"{s:.0f}" for s in samples)
                     )
             finally:
