@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from nnprobe_services.sequence.lm.model import LanguageModel
+from nnprobe_services.server.errors import FailedPrecondition
 
 
 @dataclass
@@ -22,7 +23,10 @@ class Sampled:
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """Log-probabilities of softmax(logits / T) with everything outside the top ``top_k`` words and the
     ``top_p`` nucleus set to -inf (the most probable word always survives)."""
-    scores = torch.log_softmax(logits.double() / temperature, dim=-1)
+    logits = logits.double()
+    # Shift so the largest logit is 0 before dividing: the same distribution, and a tiny temperature then
+    # gives 0 and -inf (the argmax) instead of overflowing to inf - inf = NaN.
+    scores = torch.log_softmax((logits - logits.max()) / temperature, dim=-1)
     if 0 < top_k < scores.numel():
         threshold = torch.topk(scores, top_k).values[-1]
         scores = scores.masked_fill(scores < threshold, float("-inf"))
@@ -57,6 +61,11 @@ def sample(
     words: list[int] = []
     total = 0.0
     for _ in range(num_words):
+        if not bool(torch.isfinite(last).all()):
+            raise FailedPrecondition(
+                "the model's outputs are not finite (its training diverged); it cannot be sampled",
+                field="job_id",
+            )
         if greedy:
             word = int(torch.argmax(last))
         else:
