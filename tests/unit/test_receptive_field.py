@@ -206,5 +206,3 @@ def test_jump_and_receptive_size_must_fit_in_int64():
     assert error.value.field == "layers[3].kernel"
     fits = analyse_layers(stride[:3], (4, 4), Fraction(1, 2))[-1]
     assert fits.height.jump == 2**60
-
-
