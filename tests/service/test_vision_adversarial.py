@@ -174,6 +174,13 @@ def test_remote_transfer_carries_the_token(tmp_path, photos):
         ({"target": 5, "step_size": -0.1}, "step_size", "must be in (0, 1] pixel units"),
         ({"target": 5, "method": "adam", "learning_rate": 0.0}, "learning_rate", "must be a positive number"),
         ({"target": 5, "top_k": 1001}, "top_k", "must be in 1..1000"),
+        (
+            {"target": 5, "transfer_addresses": ["h#V\u00c1{\u00dfF"]},
+            "transfer_addresses[0]",
+            "not a host:port",
+        ),
+        ({"target": 5, "transfer_addresses": [""]}, "transfer_addresses[0]", "is empty"),
+        ({"target": 5, "transfer_addresses": ["127.0.0.1:1"] * 9}, "transfer_addresses", "at most 8"),
     ],
 )
 def test_bad_requests(vision, photos, options, field, message):

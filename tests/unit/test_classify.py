@@ -202,3 +202,15 @@ def test_records_carry_their_own_preprocessing():
         assert record.num_classes == 1000
     assert models.records()["resnet50"].file_name == "resnet50-0676ba61.pth"
     assert len(models.imagenet_labels()) == 1000 and models.imagenet_labels()[292] == "tiger"
+
+
+def test_remote_transfer_calls_are_capped_within_the_request_deadline():
+    from nnprobe_services.vision import transfer
+
+    assert transfer.call_timeout(None) == transfer.REMOTE_TIMEOUT_SECONDS
+    assert transfer.call_timeout(3.5) == 3.5
+    assert transfer.call_timeout(1e6) == transfer.REMOTE_TIMEOUT_SECONDS
+    assert transfer.address_problem("vision-peer:50051") == ""
+    assert transfer.address_problem("dns:///vision.nnprobe.svc:50051") == ""
+    assert transfer.address_problem("[::1]:50051") == ""
+    assert "not a host:port" in transfer.address_problem("a b:1")

@@ -201,6 +201,15 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         spec = self._attack_spec(request)
         for i, other in enumerate(request.transfer_models):
             self._model_name(other or "-", field=f"transfer_models[{i}]")
+        if len(request.transfer_models) + len(request.transfer_addresses) > transfer.MAX_TARGETS:
+            raise InvalidArgument(
+                f"at most {transfer.MAX_TARGETS} transfer models and addresses together",
+                field="transfer_addresses" if request.transfer_addresses else "transfer_models",
+            )
+        for i, address in enumerate(request.transfer_addresses):
+            problem = transfer.address_problem(address)
+            if problem:
+                raise InvalidArgument(problem, field=f"transfer_addresses[{i}]")
         pixels = attacks.quantize(self._pixels(request.images, record.preprocessing, False))
         loaded = self._load(name)
         targeted = target is not None
@@ -218,7 +227,11 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 for address in request.transfer_addresses:
                     event.transfers.append(
                         transfer.remote_transfer(
-                            address, event, targeted, token=token, timeout=self._remaining(context)
+                            address,
+                            event,
+                            targeted,
+                            token=token,
+                            timeout=transfer.call_timeout(self._remaining(context)),
                         )
                     )
                 yield pb.GenerateAdversarialResponse(result=self._result_message(event, request))
