@@ -83,14 +83,18 @@ def create_server(config: ServerConfig) -> tuple[Server, int]:
     The server has the service, grpc.health.v1 (SERVING) and reflection registered, and is not started.
     """
     device = resolve_device(config.device)
-    interceptors: list[grpc.ServerInterceptor] = [StatusInterceptor(metrics_for(config.service))]
+    interceptors: list[grpc.ServerInterceptor] = [
+        StatusInterceptor(metrics_for(config.service), config.max_concurrent_rpcs)
+    ]
     tokens = config.tokens()
     if tokens:
         interceptors.append(TokenAuthInterceptor(tokens))
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix=f"{config.service}-rpc"),
         interceptors=interceptors,
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        # The interceptor enforces the limit exactly; gRPC's own count lasts until an answer is sent, so a
+        # client calling again at once briefly holds two places there: give it room for that.
+        maximum_concurrent_rpcs=2 * config.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),

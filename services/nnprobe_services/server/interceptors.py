@@ -4,11 +4,13 @@
   detail so clients can show which field is wrong.
 - Anything else is INTERNAL "internal error"; the traceback is logged on the server, never sent.
 - One log line per request: method, status, duration.
+- At most ``max_concurrent_rpcs`` calls are handled at once; one more is RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +20,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from nnprobe_services.server.errors import ServiceError
+from nnprobe_services.server.errors import ResourceExhausted, ServiceError
 from nnprobe_services.server.metrics import ServiceMetrics
 
 log = logging.getLogger("nnprobe.requests")
@@ -108,10 +110,45 @@ def _already_aborted(context: grpc.ServicerContext) -> bool:
     return isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK
 
 
-def _wrap_unary(behavior: Callable, method: str, metrics: ServiceMetrics | None) -> Callable:
+class _Limiter:
+    """Counts the calls being handled; refuses one more than ``limit`` (None: no limit).
+
+    A call counts from its handler's start to its return, not until gRPC has sent the answer (as
+    ``maximum_concurrent_rpcs`` does), so a client that calls again as soon as it has an answer never
+    holds two places: below the limit nothing is refused.
+    """
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self.limit is not None and self.count >= self.limit:
+                return False
+            self.count += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.count -= 1
+
+    def busy(self) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"the server is busy: {self.limit} calls are being handled, its limit; retry later"
+        )
+
+
+def _wrap_unary(
+    behavior: Callable, method: str, metrics: ServiceMetrics | None, limiter: _Limiter
+) -> Callable:
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
         outcome = _Outcome(context, method, metrics)
+        admitted = limiter.acquire()
         try:
+            if not admitted:
+                raise limiter.busy()
             return behavior(request, context)
         except Exception as error:
             outcome.fail(error)
@@ -119,15 +156,22 @@ def _wrap_unary(behavior: Callable, method: str, metrics: ServiceMetrics | None)
                 raise
             _abort(context, error, method)
         finally:
+            if admitted:
+                limiter.release()
             outcome.finish()
 
     return handler
 
 
-def _wrap_stream(behavior: Callable, method: str, metrics: ServiceMetrics | None) -> Callable:
+def _wrap_stream(
+    behavior: Callable, method: str, metrics: ServiceMetrics | None, limiter: _Limiter
+) -> Callable:
     def handler(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         outcome = _Outcome(context, method, metrics)
+        admitted = limiter.acquire()
         try:
+            if not admitted:
+                raise limiter.busy()
             yield from behavior(request, context)
         except Exception as error:
             outcome.fail(error)
@@ -135,6 +179,8 @@ def _wrap_stream(behavior: Callable, method: str, metrics: ServiceMetrics | None
                 raise
             _abort(context, error, method)
         finally:
+            if admitted:
+                limiter.release()
             outcome.finish()
 
     return handler
@@ -145,8 +191,9 @@ class StatusInterceptor(grpc.ServerInterceptor):
 
     QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
-    def __init__(self, metrics: ServiceMetrics | None = None) -> None:
+    def __init__(self, metrics: ServiceMetrics | None = None, max_concurrent_rpcs: int | None = None) -> None:
         self.metrics = metrics
+        self.limiter = _Limiter(max_concurrent_rpcs)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -155,24 +202,24 @@ class StatusInterceptor(grpc.ServerInterceptor):
             return handler
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method, self.metrics),
+                _wrap_unary(handler.unary_unary, method, self.metrics, self.limiter),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method, self.metrics),
+                _wrap_stream(handler.unary_stream, method, self.metrics, self.limiter),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method, self.metrics),
+                _wrap_unary(handler.stream_unary, method, self.metrics, self.limiter),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(handler.stream_stream, method, self.metrics),
+            _wrap_stream(handler.stream_stream, method, self.metrics, self.limiter),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
