@@ -21,6 +21,9 @@ TARGETS = (5, 10, 15)
 
 
 def run(address: str, out_dir: Path) -> None:
+    if not SEED_DIR.is_dir():
+        print(f"skipped: the seed photos are not at {SEED_DIR}")
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [SEED_DIR / name for name, _ in PHOTOS]
     names = [short for _, short in PHOTOS]

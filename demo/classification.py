@@ -20,6 +20,9 @@ PHOTOS = [
 
 
 def run(address: str, out_dir: Path) -> None:
+    if not SEED_DIR.is_dir():
+        print(f"skipped: the seed photos are not at {SEED_DIR}")
+        return
     from skimage.data import chelsea
 
     out_dir.mkdir(parents=True, exist_ok=True)
