@@ -12,6 +12,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LOCAL_DOCKER=${LOCAL_DOCKER:-../shared/tools/local-docker.sh}
+# Without the local-docker tool, use a Docker engine that is already running (a developer's machine with
+# a registry); with neither, there is nothing to run containers on: say so loudly and stop.
+USE_LOCAL_DOCKER=1
+if [ ! -x "$LOCAL_DOCKER" ]; then
+  USE_LOCAL_DOCKER=0
+  if ! docker info >/dev/null 2>&1; then
+    echo "[ci-containers] SKIPPED: no Docker engine is running and $LOCAL_DOCKER is not there to start one" >&2
+    exit 0
+  fi
+fi
 PROJECT=${NNPROBE_CI_PROJECT:-nnprobe-ci}
 HEALTHY_TIMEOUT=${NNPROBE_CI_HEALTHY_TIMEOUT:-240}
 SERVICES=(vision sequence attention vision-peer)
@@ -33,7 +43,7 @@ cleanup() {
   local rc=$?
   trap - EXIT
   set +e
-  if [ -n "${DOCKER_HOST:-}" ] && docker info >/dev/null 2>&1; then
+  if docker info >/dev/null 2>&1; then
     if [ "$rc" -ne 0 ]; then
       log "FAILED (rc=$rc): container states and logs follow"
       "${COMPOSE[@]}" ps
@@ -43,7 +53,9 @@ cleanup() {
     "${COMPOSE[@]}" down --volumes --remove-orphans --timeout 20
     took down
   fi
-  "$LOCAL_DOCKER" down "$DOCKER_DIR"
+  if [ "$USE_LOCAL_DOCKER" = 1 ]; then
+    "$LOCAL_DOCKER" down "$DOCKER_DIR"
+  fi
   [ "$KEEP_DOCKER_DIR" = 1 ] || rm -rf "$DOCKER_DIR"
   log "timings (s): $(for k in up build start healthy health smoke stop down; do
     [ -n "${TIMES[$k]:-}" ] && printf '%s=%s ' "$k" "${TIMES[$k]}"; done)total=$((SECONDS - STARTED))"
@@ -53,8 +65,12 @@ trap cleanup EXIT
 
 [ -x .venv/bin/python ] || make install
 
-phase "local-docker up ($DOCKER_DIR)"
-eval "$("$LOCAL_DOCKER" up "$DOCKER_DIR")"
+if [ "$USE_LOCAL_DOCKER" = 1 ]; then
+  phase "local-docker up ($DOCKER_DIR)"
+  eval "$("$LOCAL_DOCKER" up "$DOCKER_DIR")"
+else
+  phase "using the running Docker engine (no $LOCAL_DOCKER)"
+fi
 took up
 
 # Host ports: free ones, so the stage runs next to anything else on the machine (`make up` included).
