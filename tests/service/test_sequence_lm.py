@@ -7,7 +7,7 @@ import grpc
 import pytest
 from nnprobe import NnprobeError, SequenceClient
 
-from tests.conftest import start_server
+from tests.conftest import SHARED, start_server
 
 WORDS = [f"w{i}" for i in range(20)]
 
@@ -34,8 +34,13 @@ TINY = dict(
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    ptb = SHARED / "data" / "ptb"
     server, _ = start_server(
-        "sequence", tmp_path_factory.mktemp("lm"), max_corpus_bytes=200_000, max_queued_jobs=2
+        "sequence",
+        tmp_path_factory.mktemp("lm"),
+        max_corpus_bytes=200_000,
+        max_queued_jobs=2,
+        ptb_dir=ptb if ptb.is_dir() else None,
     )
     yield server
     server.shutdown(0).wait()
@@ -175,7 +180,7 @@ def test_cancel_then_resume_equals_an_uninterrupted_run(lm, corpus, trained):
     assert (a.euclidean, a.cosine_similarity) == (b.euclidean, b.cosine_similarity)
 
 
-def test_ptb_short_run_starts_near_the_vocabulary_size(lm):
+def test_ptb_short_run_starts_near_the_vocabulary_size(lm, shared_dir):
     job = lm.start_training(
         "ptb", embed_size=16, hidden_size=32, max_steps=3, log_interval=1, eval_batch_size=40, seed=1
     )
