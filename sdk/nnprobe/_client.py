@@ -5,14 +5,32 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from nnprobe._proto.common.v1 import common_pb2
 from nnprobe.config import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, TlsConfig, default_address
 from nnprobe.errors import NnprobeError
+
+#: The float dtypes a request may ask for (``None``: the server's default).
+FLOAT_DTYPES = {
+    None: common_pb2.DTYPE_UNSPECIFIED,
+    "float32": common_pb2.DTYPE_FLOAT32,
+    "float64": common_pb2.DTYPE_FLOAT64,
+}
+
+
+def choice(table: Mapping[Any, Any], value: Any, name: str) -> Any:
+    """``table[value]``, or ``ValueError`` listing the accepted values of option ``name``."""
+    try:
+        return table[value]
+    except KeyError:
+        raise ValueError(
+            f"{name} must be one of {[k for k in table if k is not None]}, not {value!r}"
+        ) from None
 
 
 class _Default:

@@ -9,16 +9,11 @@ from typing import Any
 import numpy as np
 
 from nnprobe import tensors
-from nnprobe._client import DEFAULT, BaseClient, _Default
+from nnprobe._client import DEFAULT, FLOAT_DTYPES, BaseClient, _Default, choice
 from nnprobe._proto.attention.v1 import attention_pb2 as pb
 from nnprobe._proto.attention.v1 import attention_pb2_grpc
 from nnprobe._proto.common.v1 import common_pb2
 
-_DTYPES = {
-    None: common_pb2.DTYPE_UNSPECIFIED,
-    "float32": common_pb2.DTYPE_FLOAT32,
-    "float64": common_pb2.DTYPE_FLOAT64,
-}
 _SOFTMAX = {"row": pb.SOFTMAX_MODE_ROW, "matrix": pb.SOFTMAX_MODE_MATRIX}
 _POSITIONAL = {
     None: pb.POSITIONAL_ENCODING_NONE,
@@ -45,15 +40,6 @@ SOFTMAX_MODES = tuple(_SOFTMAX)
 STRATEGIES = tuple(_STRATEGY)
 POOLINGS = tuple(_POOLING)
 ACTIVATIONS = tuple(_ACTIVATION)
-
-
-def _choice(table: dict, value: Any, name: str) -> Any:
-    try:
-        return table[value]
-    except KeyError:
-        raise ValueError(
-            f"{name} must be one of {[k for k in table if k is not None]}, not {value!r}"
-        ) from None
 
 
 @dataclass
@@ -138,10 +124,10 @@ class AttentionClient(BaseClient):
             seed=seed,
             heads=heads,
             scale=scale or 0.0,
-            softmax=_choice(_SOFTMAX, softmax, "softmax"),
-            positional_encoding=_choice(_POSITIONAL, positional_encoding, "positional_encoding"),
+            softmax=choice(_SOFTMAX, softmax, "softmax"),
+            positional_encoding=choice(_POSITIONAL, positional_encoding, "positional_encoding"),
             causal_mask=causal_mask,
-            dtype=_choice(_DTYPES, dtype, "dtype"),
+            dtype=choice(FLOAT_DTYPES, dtype, "dtype"),
         )
         if x is not None:
             spec.x.CopyFrom(tensors.to_tensor(x))
@@ -155,7 +141,7 @@ class AttentionClient(BaseClient):
     @staticmethod
     def _options(strategy: str, num_samples: int, tolerance: float | None) -> pb.PermutationOptions:
         return pb.PermutationOptions(
-            strategy=_choice(_STRATEGY, strategy, "strategy"),
+            strategy=choice(_STRATEGY, strategy, "strategy"),
             num_samples=num_samples,
             tolerance=tolerance or 0.0,
         )
@@ -243,7 +229,7 @@ class AttentionClient(BaseClient):
                 dtype,
             ),
             permutations=self._options(strategy, num_samples, tolerance),
-            pooling=_choice(_POOLING, pooling, "pooling"),
+            pooling=choice(_POOLING, pooling, "pooling"),
         )
         response = self._unary(self._stub.CheckPoolingInvariance, request, timeout)
         return PermutationCheckResult._from(response, response.pooled)
@@ -273,9 +259,9 @@ class AttentionClient(BaseClient):
             batch_size=batch_size,
             sequence_length=sequence_length,
             model_dim=model_dim,
-            activation=_choice(_ACTIVATION, activation, "activation"),
+            activation=choice(_ACTIVATION, activation, "activation"),
             seed=seed,
-            dtype=_choice(_DTYPES, dtype, "dtype"),
+            dtype=choice(FLOAT_DTYPES, dtype, "dtype"),
             tolerance=tolerance or 0.0,
             timing_repeats=timing_repeats,
         )

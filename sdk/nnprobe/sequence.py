@@ -10,17 +10,11 @@ import grpc
 import numpy as np
 
 from nnprobe import tensors
-from nnprobe._client import DEFAULT, BaseClient, _Default
-from nnprobe._proto.common.v1 import common_pb2
+from nnprobe._client import DEFAULT, FLOAT_DTYPES, BaseClient, _Default, choice
 from nnprobe._proto.sequence.v1 import sequence_pb2 as pb
 from nnprobe._proto.sequence.v1 import sequence_pb2_grpc
 from nnprobe.errors import NnprobeError
 
-_DTYPES = {
-    None: common_pb2.DTYPE_UNSPECIFIED,
-    "float32": common_pb2.DTYPE_FLOAT32,
-    "float64": common_pb2.DTYPE_FLOAT64,
-}
 _CELLS = {
     "rnn_tanh": pb.CELL_TYPE_RNN_TANH,
     "rnn_relu": pb.CELL_TYPE_RNN_RELU,
@@ -49,15 +43,6 @@ INPUT_DISTRIBUTIONS = tuple(_INPUTS)
 
 #: ``on_progress(done, total, message)`` for streamed calls.
 ProgressCallback = Callable[[int, int, str], None]
-
-
-def _choice(table: Mapping, value: Any, name: str) -> Any:
-    try:
-        return table[value]
-    except KeyError:
-        raise ValueError(
-            f"{name} must be one of {[k for k in table if k is not None]}, not {value!r}"
-        ) from None
 
 
 def _optional(message: Any, name: str) -> np.ndarray | None:
@@ -229,11 +214,11 @@ class _SequenceClient(BaseClient):
         of ``output_size``. ``initial_hidden``/``initial_cell``: (B, H). ``dtype`` defaults to float64.
         """
         spec = pb.RecurrentCell(
-            cell=_choice(_CELLS, cell, "cell"),
+            cell=choice(_CELLS, cell, "cell"),
             input_size=0,
             hidden_size=hidden_size,
             no_bias=no_bias,
-            init=_choice(_INIT, init, "init"),
+            init=choice(_INIT, init, "init"),
             init_scale=init_scale,
             seed=seed,
             output_size=output_size,
@@ -244,7 +229,7 @@ class _SequenceClient(BaseClient):
         request = pb.RunRecurrentRequest(
             cell=spec,
             inputs=tensors.to_tensor(inputs),
-            dtype=_choice(_DTYPES, dtype, "dtype"),
+            dtype=choice(FLOAT_DTYPES, dtype, "dtype"),
             settle_tolerance=settle_tolerance or 0.0,
         )
         if initial_hidden is not None:
@@ -294,18 +279,18 @@ class _SequenceClient(BaseClient):
         ``plot=True`` returns a PNG of log |dh_T/dh_k| against T - k.
         """
         request = pb.AnalyzeGradientsRequest(
-            cells=[_choice(_CELLS, c, "cells") for c in cells],
+            cells=[choice(_CELLS, c, "cells") for c in cells],
             hidden_size=hidden_size,
             input_size=input_size,
             sequence_length=sequence_length,
-            input_distribution=_choice(_INPUTS, input_distribution, "input_distribution"),
+            input_distribution=choice(_INPUTS, input_distribution, "input_distribution"),
             input_scale=input_scale,
             seed=seed,
             spectral_radii=list(spectral_radii),
-            init=_choice(_INIT, init, "init"),
+            init=choice(_INIT, init, "init"),
             init_scale=init_scale,
             forget_bias=forget_bias,
-            dtype=_choice(_DTYPES, dtype, "dtype"),
+            dtype=choice(FLOAT_DTYPES, dtype, "dtype"),
             regime_tolerance=regime_tolerance or 0.0,
             plot=plot,
             random_initial_state=random_initial_state,
@@ -697,7 +682,7 @@ class _LanguageModelMethods:
             epochs=epochs,
             batch_size=batch_size,
             sequence_length=sequence_length,
-            optimizer=_choice(_OPTIMIZERS, optimizer, "optimizer"),
+            optimizer=choice(_OPTIMIZERS, optimizer, "optimizer"),
             dropout=dropout,
             tie_weights=tie_weights,
             max_steps=max_steps,
@@ -733,7 +718,7 @@ class _LanguageModelMethods:
         self, *, states: Sequence[str] = (), limit: int = 0, timeout: float | _Default | None = DEFAULT
     ) -> list[TrainingJob]:
         """Jobs, newest first; ``states`` filters (``queued``, ``running``, ``succeeded``, ...)."""
-        request = pb.ListJobsRequest(states=[_choice(_JOB_STATES, s, "states") for s in states], limit=limit)
+        request = pb.ListJobsRequest(states=[choice(_JOB_STATES, s, "states") for s in states], limit=limit)
         return [_training_job(j) for j in self._unary(self._stub.ListJobs, request, timeout).jobs]
 
     def get_job(
@@ -780,7 +765,7 @@ class _LanguageModelMethods:
     ) -> Perplexity:
         """Perplexity of the job's model (final, or last checkpoint) on ``split`` of its corpus."""
         request = pb.EvaluatePerplexityRequest(
-            job_id=job_id, split=_choice(_SPLITS, split, "split"), batch_size=batch_size
+            job_id=job_id, split=choice(_SPLITS, split, "split"), batch_size=batch_size
         )
         r = self._unary(self._stub.EvaluatePerplexity, request, timeout)
         return Perplexity(
@@ -807,7 +792,7 @@ class _LanguageModelMethods:
             job_id=job_id,
             prompt=prompt,
             num_words=num_words,
-            strategy=_choice(_STRATEGIES, strategy, "strategy"),
+            strategy=choice(_STRATEGIES, strategy, "strategy"),
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
@@ -853,7 +838,7 @@ class _LanguageModelMethods:
     ) -> NearestWords:
         """The ``k`` words whose embeddings are nearest to ``word``'s (``euclidean`` or ``cosine``)."""
         request = pb.NearestWordsRequest(
-            job_id=job_id, word=word, k=k, metric=_choice(_METRICS, metric, "metric")
+            job_id=job_id, word=word, k=k, metric=choice(_METRICS, metric, "metric")
         )
         r = self._unary(self._stub.NearestWords, request, timeout)
         return NearestWords(
