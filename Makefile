@@ -43,7 +43,7 @@ test-unit test-service test-system: test-%: $(STAMP)
 	$(BIN)/pytest tests/$* $(PYTEST_ARGS)
 
 up: $(STAMP)
-	$(BIN)/nnprobe serve all
+	$(BIN)/python scripts/up.py
 
 demo: $(STAMP)
 	$(BIN)/python demo/walkthrough.py
