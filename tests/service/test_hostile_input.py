@@ -47,6 +47,8 @@ DOCUMENTED = {
 #: Seconds one fuzzed call may run; an expensive but valid request ends as DEADLINE_EXCEEDED.
 CALL_TIMEOUT = 4.0
 EXAMPLES = int(os.environ.get("NNPROBE_FUZZ_EXAMPLES", "50"))
+#: The default run draws the same examples every time (a stable gate); NNPROBE_FUZZ_RANDOM=1 explores anew.
+DERANDOMIZE = os.environ.get("NNPROBE_FUZZ_RANDOM", "") in ("", "0")
 #: Server limits lowered so that valid-but-huge requests are refused (or finish) quickly.
 LIMITS: dict[str, Any] = dict(
     max_tensor_elements=60_000,
@@ -542,6 +544,7 @@ def test_every_rpc_answers_hostile_requests_with_documented_statuses(
         max_examples=EXAMPLES,
         deadline=None,
         database=None,
+        derandomize=DERANDOMIZE,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
     @given(strategy)

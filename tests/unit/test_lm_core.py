@@ -143,3 +143,14 @@ def test_embedding_distances_closed_form():
     assert embeddings.nearest(table, 0, 2, "euclidean") == [(1, 5.0), (2, 5.0)]
     with pytest.raises(NotFound, match="army"):
         embeddings.word_id({"army": 0, "arms": 1}, "armyy", "word_a")
+
+
+def test_the_largest_seed_is_accepted():
+    """Seeds are uint64 on the wire; the per-rank mixing must not overflow the generator's seed."""
+    from nnprobe_services.sequence.lm.model import TrainingConfig
+    from nnprobe_services.sequence.lm.training import Trainer
+
+    words = ["a", "b", "c", "<eos>"] * 50
+    ids = torch.tensor([i % 4 for i in range(200)])
+    config = TrainingConfig(embed_size=4, hidden_size=4, batch_size=2, sequence_length=3, seed=2**64 - 1)
+    Trainer(config, words[:4], {"train": ids, "valid": ids, "test": ids}, torch.device("cpu"), None)

@@ -177,7 +177,9 @@ class Trainer:
         self.model.initialise(config.seed, config.init_range)
         self.model.to(device)
         self.optimizer = make_optimizer(config, self.model)
-        self.generator = torch.Generator(device=device).manual_seed(config.seed * 1_000_003 + 7919 * rank + 1)
+        self.generator = torch.Generator(device=device).manual_seed(
+            (config.seed * 1_000_003 + 7919 * rank + 1) % 2**64  # any uint64 seed, mixed per rank
+        )
         self.step = 0
         self.elapsed = 0.0
         self.state: State = self.model.initial_state(rows, device)
