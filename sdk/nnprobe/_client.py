@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from nnprobe._proto.common.v1 import common_pb2
+from nnprobe.api.common.v1 import common_pb2
 from nnprobe.config import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, TlsConfig, default_address
 from nnprobe.errors import NnprobeError
 

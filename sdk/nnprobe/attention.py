@@ -10,9 +10,9 @@ import numpy as np
 
 from nnprobe import tensors
 from nnprobe._client import DEFAULT, FLOAT_DTYPES, BaseClient, _Default, choice
-from nnprobe._proto.attention.v1 import attention_pb2 as pb
-from nnprobe._proto.attention.v1 import attention_pb2_grpc
-from nnprobe._proto.common.v1 import common_pb2
+from nnprobe.api.attention.v1 import attention_pb2 as pb
+from nnprobe.api.attention.v1 import attention_pb2_grpc
+from nnprobe.api.common.v1 import common_pb2
 
 _SOFTMAX = {"row": pb.SOFTMAX_MODE_ROW, "matrix": pb.SOFTMAX_MODE_MATRIX}
 _POSITIONAL = {

@@ -11,8 +11,8 @@ import numpy as np
 
 from nnprobe import tensors
 from nnprobe._client import DEFAULT, FLOAT_DTYPES, BaseClient, _Default, choice
-from nnprobe._proto.sequence.v1 import sequence_pb2 as pb
-from nnprobe._proto.sequence.v1 import sequence_pb2_grpc
+from nnprobe.api.sequence.v1 import sequence_pb2 as pb
+from nnprobe.api.sequence.v1 import sequence_pb2_grpc
 from nnprobe.errors import NnprobeError
 
 _CELLS = {

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from nnprobe._proto.common.v1 import common_pb2
+from nnprobe.api.common.v1 import common_pb2
 
 _TO_NUMPY: dict[Any, np.dtype] = {
     common_pb2.DTYPE_FLOAT32: np.dtype("<f4"),

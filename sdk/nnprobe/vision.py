@@ -11,9 +11,9 @@ import numpy as np
 
 from nnprobe import tensors
 from nnprobe._client import DEFAULT, BaseClient, _Default
-from nnprobe._proto.common.v1 import common_pb2
-from nnprobe._proto.vision.v1 import vision_pb2 as pb
-from nnprobe._proto.vision.v1 import vision_pb2_grpc
+from nnprobe.api.common.v1 import common_pb2
+from nnprobe.api.vision.v1 import vision_pb2 as pb
+from nnprobe.api.vision.v1 import vision_pb2_grpc
 
 _KINDS = {"conv": pb.LAYER_KIND_CONV, "pool": pb.LAYER_KIND_POOL, "other": pb.LAYER_KIND_OTHER}
 _KIND_NAMES = {

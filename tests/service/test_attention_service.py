@@ -4,9 +4,9 @@ import grpc
 import numpy as np
 import pytest
 from nnprobe import NnprobeError
-from nnprobe._proto.attention.v1 import attention_pb2 as pb
-from nnprobe._proto.attention.v1 import attention_pb2_grpc
-from nnprobe._proto.common.v1 import common_pb2
+from nnprobe.api.attention.v1 import attention_pb2 as pb
+from nnprobe.api.attention.v1 import attention_pb2_grpc
+from nnprobe.api.common.v1 import common_pb2
 
 
 def test_equivariance_holds_exhaustively_float64(attention):

@@ -4,9 +4,9 @@ import contextlib
 import io
 
 import pytest
-from nnprobe._proto.attention.v1 import attention_pb2
-from nnprobe._proto.sequence.v1 import sequence_pb2
-from nnprobe._proto.vision.v1 import vision_pb2
+from nnprobe.api.attention.v1 import attention_pb2
+from nnprobe.api.sequence.v1 import sequence_pb2
+from nnprobe.api.vision.v1 import vision_pb2
 from nnprobe.cli import build_parser
 
 #: RPC -> the CLI command that calls it.

@@ -1,7 +1,7 @@
 """Faults against in-process servers: a client that cancels (or whose deadline passes) stops the server's
 work, and a checkpoint that cannot be written fails the job cleanly with the previous checkpoint intact.
 
-"Stopped early" is measured on the server, by counts: the work loop's own ``Stopped`` exception records
+"Stopped early" is measured on the server, by counts: the work loop's ``Cancelled`` exception records
 how far it got ("stopped after 512 of 1000032 permutations"), and the request log line says CANCELLED.
 """
 
@@ -20,9 +20,10 @@ from typing import Any
 import grpc
 import pytest
 from nnprobe import SequenceClient
-from nnprobe._proto.attention.v1 import attention_pb2, attention_pb2_grpc
-from nnprobe._proto.sequence.v1 import sequence_pb2, sequence_pb2_grpc
-from nnprobe._proto.vision.v1 import vision_pb2, vision_pb2_grpc
+from nnprobe.api.attention.v1 import attention_pb2, attention_pb2_grpc
+from nnprobe.api.sequence.v1 import sequence_pb2, sequence_pb2_grpc
+from nnprobe.api.vision.v1 import vision_pb2, vision_pb2_grpc
+from nnprobe_services.errors import Cancelled
 
 from tests.conftest import start_server
 
@@ -32,20 +33,15 @@ WAIT_SECONDS = 120.0
 
 @pytest.fixture
 def stops(monkeypatch) -> list[str]:
-    """Messages of every ``Stopped`` raised by a server work loop during the test."""
-    from nnprobe_services.attention import checks
-    from nnprobe_services.sequence import rnn
-    from nnprobe_services.sequence.lm import training
-    from nnprobe_services.vision import rf_empirical
-
+    """Messages of every ``Cancelled`` raised by a server work loop during the test."""
     messages: list[str] = []
+    original = Cancelled.__init__
 
-    def recording_init(self, *args):
+    def recording_init(self, *args, **kwargs):
         messages.append(str(args[0]) if args else "")
-        Exception.__init__(self, *args)
+        original(self, *args, **kwargs)
 
-    for cls in (checks.Stopped, rnn.Stopped, training.Stopped, rf_empirical.Stopped):
-        monkeypatch.setattr(cls, "__init__", recording_init)
+    monkeypatch.setattr(Cancelled, "__init__", recording_init)
     return messages
 
 
@@ -61,7 +57,7 @@ def wait_for(caplog, pattern: str) -> logging.LogRecord:
 
 
 def progress(message: str) -> tuple[int, int]:
-    """(done, total) from a Stopped message such as "stopped after 4 of 64 units"."""
+    """(done, total) from a ``Cancelled`` message such as "stopped after 4 of 64 units"."""
     match = re.search(r"(\d+) (?:of|Jacobians of) (\d+)", message)
     assert match, message
     return int(match.group(1)), int(match.group(2))
@@ -177,7 +173,7 @@ def test_cancelled_watch_ends_on_the_server_while_the_job_runs(servers, requests
 def test_cancelled_adversarial_attack_stops_between_iterations(servers, requests_log):
     import io
 
-    from nnprobe._proto.common.v1 import common_pb2
+    from nnprobe.api.common.v1 import common_pb2
     from PIL import Image
 
     buffer = io.BytesIO()

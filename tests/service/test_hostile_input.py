@@ -23,10 +23,10 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nnprobe import SequenceClient
-from nnprobe._proto.attention.v1 import attention_pb2
-from nnprobe._proto.common.v1 import common_pb2
-from nnprobe._proto.sequence.v1 import sequence_pb2
-from nnprobe._proto.vision.v1 import vision_pb2
+from nnprobe.api.attention.v1 import attention_pb2
+from nnprobe.api.common.v1 import common_pb2
+from nnprobe.api.sequence.v1 import sequence_pb2
+from nnprobe.api.vision.v1 import vision_pb2
 
 from tests.conftest import start_server
 

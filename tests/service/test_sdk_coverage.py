@@ -4,9 +4,9 @@ import re
 
 import nnprobe
 import pytest
-from nnprobe._proto.attention.v1 import attention_pb2
-from nnprobe._proto.sequence.v1 import sequence_pb2
-from nnprobe._proto.vision.v1 import vision_pb2
+from nnprobe.api.attention.v1 import attention_pb2
+from nnprobe.api.sequence.v1 import sequence_pb2
+from nnprobe.api.vision.v1 import vision_pb2
 
 SERVICES = [
     (attention_pb2, "AttentionService", nnprobe.AttentionClient),

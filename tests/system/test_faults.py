@@ -24,7 +24,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nnprobe import SequenceClient, VisionClient
-from nnprobe._proto.vision.v1 import vision_pb2, vision_pb2_grpc
+from nnprobe.api.vision.v1 import vision_pb2, vision_pb2_grpc
 
 from tests.system.test_processes import free_port
 

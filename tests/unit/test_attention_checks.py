@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from nnprobe_services.attention import checks
+from nnprobe_services.errors import Cancelled
 
 
 def layer_and_input(t=5, d=8, seed=0, dtype=torch.float64, **options):
@@ -140,7 +141,7 @@ def test_should_stop_interrupts_between_chunks(monkeypatch):
         calls.append(1)
         return len(calls) > 3
 
-    with pytest.raises(checks.Stopped, match="after 3 of 120"):
+    with pytest.raises(Cancelled, match="after 3 of 120"):
         run(x, layer, should_stop=stop)
 
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from nnprobe_services.errors import Cancelled
 from nnprobe_services.sequence import gradients, rnn
 
 F64 = torch.float64
@@ -151,5 +152,5 @@ def test_inputs_are_deterministic():
 def test_should_stop_raises():
     cell = rnn.Cell("rnn_tanh", rnn.init_weights("rnn_tanh", 3, 3, seed=0))
     x = gradients.draw_inputs(10, 3, "normal", 1.0, 0, F64)
-    with pytest.raises(rnn.Stopped):
+    with pytest.raises(Cancelled):
         list(gradients.sweep([cell], [0.5], x, [torch.zeros(3, dtype=F64)], should_stop=lambda: True))

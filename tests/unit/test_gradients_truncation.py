@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from nnprobe_services.sequence import rnn, truncation
+from nnprobe_services.errors import Cancelled
+from nnprobe_services.sequence import truncation
 
 CPU = torch.device("cpu")
 
@@ -43,5 +44,5 @@ def test_slope():
 
 
 def test_should_stop_raises():
-    with pytest.raises(rnn.Stopped):
+    with pytest.raises(Cancelled):
         list(truncation.compare(10, 2, 2, 1, 2, [2], seed=0, device=CPU, should_stop=lambda: True))

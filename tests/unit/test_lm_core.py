@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from nnprobe_services.errors import FailedPrecondition, NotFound
 from nnprobe_services.sequence.lm import checkpoints, corpus, embeddings, sampling
 from nnprobe_services.sequence.lm.model import LanguageModel, TrainingConfig
 from nnprobe_services.sequence.lm.training import Trainer, evaluate, steps_per_epoch
-from nnprobe_services.server.errors import FailedPrecondition, NotFound
 
 
 def test_tokenisation_follows_the_notebook():

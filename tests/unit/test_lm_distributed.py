@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import torch
+from nnprobe_services.errors import FailedPrecondition
 from nnprobe_services.sequence.lm.model import TrainingConfig
 from nnprobe_services.sequence.lm.service import _check_workers_fit
 from nnprobe_services.sequence.lm.training import Event, Trainer
-from nnprobe_services.server.errors import FailedPrecondition
 from torch import nn
 
 CONFIG = TrainingConfig(

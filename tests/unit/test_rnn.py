@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from nnprobe_services.errors import Cancelled
 from nnprobe_services.sequence import rnn
 
 MODULES = {
@@ -99,7 +100,7 @@ def test_rescale_spectral_radius():
 
 def test_should_stop_raises():
     cell = rnn.Cell("gru", rnn.init_weights("gru", 2, 2, seed=0))
-    with pytest.raises(rnn.Stopped):
+    with pytest.raises(Cancelled):
         rnn.run(
             cell,
             torch.zeros(5, 1, 2, dtype=torch.float64),

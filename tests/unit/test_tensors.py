@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 from nnprobe import tensors
-from nnprobe._proto.common.v1 import common_pb2
+from nnprobe.api.common.v1 import common_pb2
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int64", "int32", "uint8", "bool"])

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from nnprobe_services.errors import Cancelled
+
 #: Largest T for which all T! permutations may be checked (8! = 40,320).
 MAX_EXHAUSTIVE_T = 8
 #: Elements of intermediate tensors per chunk of permutations (bounds memory at ~16 MB in float64).
@@ -25,10 +27,6 @@ SOFTMAX_MODES = ("row", "matrix")
 POSITIONAL_ENCODINGS = ("none", "sinusoidal")
 POOLINGS = ("mean", "sum", "max", "first_token")
 ACTIVATIONS = ("between", "after_every_layer")
-
-
-class Stopped(Exception):
-    """Raised when ``should_stop()`` turned true between chunks (client cancelled, deadline passed)."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +169,7 @@ def _scan(
     perms = perms.to(x.device)
     for start in range(0, len(perms), chunk):
         if should_stop is not None and should_stop():
-            raise Stopped(f"stopped after {start} of {len(perms)} permutations")
+            raise Cancelled(f"stopped after {start} of {len(perms)} permutations")
         block = perms[start : start + chunk]
         out[start : start + len(block)] = deviation(block).to("cpu", torch.float64)
     return out

@@ -10,14 +10,14 @@ import grpc
 import numpy as np
 import torch
 from nnprobe import tensors
-from nnprobe._proto.attention.v1 import attention_pb2 as pb
-from nnprobe._proto.attention.v1 import attention_pb2_grpc
-from nnprobe._proto.common.v1 import common_pb2
+from nnprobe.api.attention.v1 import attention_pb2 as pb
+from nnprobe.api.attention.v1 import attention_pb2_grpc
+from nnprobe.api.common.v1 import common_pb2
 
 from nnprobe_services.attention import checks
+from nnprobe_services.errors import Cancelled, InvalidArgument, ResourceExhausted
 from nnprobe_services.server import validation as valid
 from nnprobe_services.server.config import ServerConfig
-from nnprobe_services.server.errors import Cancelled, InvalidArgument, ResourceExhausted
 
 SOFTMAX: dict[Any, str] = {pb.SOFTMAX_MODE_ROW: "row", pb.SOFTMAX_MODE_MATRIX: "matrix"}
 POSITIONAL: dict[Any, str] = {
@@ -145,8 +145,8 @@ class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
     def _run(self, context, fn, *args, **kwargs):
         try:
             return fn(*args, should_stop=lambda: not context.is_active(), **kwargs)
-        except checks.Stopped as stopped:
-            raise Cancelled(f"the client cancelled or its deadline passed: {stopped}") from None
+        except Cancelled:
+            raise
 
     @staticmethod
     def _common_fields(result: checks.PermutationCheck) -> dict:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from nnprobe_services.errors import Cancelled
 from nnprobe_services.sequence import rnn
 
 #: sup |phi'| of the nonlinearity, for cells whose Jacobian is diag(phi') W_hh.
@@ -117,7 +118,7 @@ def analyze(
     jacobian = torch.func.jacrev(cell.step)
     for k in range(steps - 1, -1, -1):
         if should_stop():
-            raise rnn.Stopped(f"stopped with {k + 1} Jacobians of {steps} left")
+            raise Cancelled(f"stopped with {k + 1} Jacobians of {steps} left")
         with torch.no_grad():
             product = product @ jacobian(states[k], inputs[k])
             exponent += _normalise(product)
@@ -157,7 +158,7 @@ def _forward(
     with torch.no_grad():
         for t in range(inputs.shape[0] - 1):
             if should_stop():
-                raise rnn.Stopped(f"stopped at forward step {t} of {inputs.shape[0]}")
+                raise Cancelled(f"stopped at forward step {t} of {inputs.shape[0]}")
             states.append(cell.step(states[-1], inputs[t]))
     return states
 
@@ -266,7 +267,7 @@ def sweep(
         radii = rnn.block_radii(cell.weights["weight_hh_l0"]) if any(targets) else None
         for target in targets:
             if should_stop():  # the decompositions below are not interruptible: check before them
-                raise rnn.Stopped(f"stopped after {done} of {total} Jacobian steps")
+                raise Cancelled(f"stopped after {done} of {total} Jacobian steps")
             weights = dict(cell.weights)
             if target:
                 weights["weight_hh_l0"] = rnn.rescale_spectral_radius(weights["weight_hh_l0"], target, radii)

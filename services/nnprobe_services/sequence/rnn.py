@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nnprobe_services.errors import Cancelled
+
 CELLS = ("rnn_tanh", "rnn_relu", "rnn_linear", "lstm", "gru")
 INIT_SCHEMES = ("pytorch", "normal", "orthogonal")
 #: Gate blocks stacked in W_ih / W_hh.
@@ -20,10 +22,6 @@ GATES = {"rnn_tanh": 1, "rnn_relu": 1, "rnn_linear": 1, "lstm": 4, "gru": 3}
 CELL_WEIGHTS = ("weight_ih_l0", "weight_hh_l0")
 CELL_BIASES = ("bias_ih_l0", "bias_hh_l0")
 OUTPUT_WEIGHTS = ("output.weight", "output.bias")
-
-
-class Stopped(Exception):
-    """Raised when ``should_stop()`` turned true between steps (client cancelled, deadline passed)."""
 
 
 def _never() -> bool:
@@ -129,7 +127,7 @@ def run(
     with torch.no_grad():
         for t in range(inputs.shape[0]):
             if should_stop():
-                raise Stopped(f"stopped at step {t} of {inputs.shape[0]}")
+                raise Cancelled(f"stopped at step {t} of {inputs.shape[0]}")
             state = cell.step(state, inputs[t])
             states.append(state)
         stacked = torch.stack(states) if states else initial.new_zeros((0, *initial.shape))

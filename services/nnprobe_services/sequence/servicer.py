@@ -12,15 +12,15 @@ import grpc
 import numpy as np
 import torch
 from nnprobe import tensors
-from nnprobe._proto.common.v1 import common_pb2
-from nnprobe._proto.sequence.v1 import sequence_pb2 as pb
-from nnprobe._proto.sequence.v1 import sequence_pb2_grpc
+from nnprobe.api.common.v1 import common_pb2
+from nnprobe.api.sequence.v1 import sequence_pb2 as pb
+from nnprobe.api.sequence.v1 import sequence_pb2_grpc
 
+from nnprobe_services.errors import Cancelled, InvalidArgument, ResourceExhausted
 from nnprobe_services.sequence import gradients, plots, rnn, truncation
 from nnprobe_services.sequence.lm.service import LanguageModelService
 from nnprobe_services.server import validation as valid
 from nnprobe_services.server.config import ServerConfig
-from nnprobe_services.server.errors import Cancelled, InvalidArgument, ResourceExhausted
 
 CELLS: dict[int, str] = {
     pb.CELL_TYPE_RNN_TANH: "rnn_tanh",
@@ -344,14 +344,14 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
     def _run(self, context: grpc.ServicerContext, fn, *args, **kwargs):
         try:
             return fn(*args, should_stop=lambda: not context.is_active(), **kwargs)
-        except rnn.Stopped as stopped:
-            raise Cancelled(f"the client cancelled or its deadline passed: {stopped}") from None
+        except Cancelled:
+            raise
 
     def _stream(self, context: grpc.ServicerContext, events: Iterator) -> Iterator:
         try:
             yield from events
-        except rnn.Stopped as stopped:
-            raise Cancelled(f"the client cancelled or its deadline passed: {stopped}") from None
+        except Cancelled:
+            raise
 
     @staticmethod
     def _cell_kind(code: int, field: str) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from nnprobe_services.sequence import rnn
+from nnprobe_services.errors import Cancelled
 
 MODES = ("truncated", "full")
 
@@ -158,7 +158,7 @@ def measure(
     with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
         for i in range(chunk_count):
             if should_stop():
-                raise rnn.Stopped(f"stopped at chunk {i} of {chunk_count} ({mode})")
+                raise Cancelled(f"stopped at chunk {i} of {chunk_count} ({mode})")
             inputs = tokens[:, i * chunk_length : (i + 1) * chunk_length]
             targets = tokens[:, i * chunk_length + 1 : (i + 1) * chunk_length + 1]
             if mode == "truncated":

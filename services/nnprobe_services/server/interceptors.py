@@ -20,7 +20,15 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from nnprobe_services.server.errors import ResourceExhausted, ServiceError
+from nnprobe_services.errors import (
+    Cancelled,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
 from nnprobe_services.server.metrics import ServiceMetrics
 
 log = logging.getLogger("nnprobe.requests")
@@ -42,9 +50,30 @@ def shorten(text: str, limit: int = MAX_DETAIL_BYTES) -> str:
     return data[: limit - len(note)].decode("utf-8", errors="ignore") + note
 
 
+#: The one table from domain errors to gRPC status codes (cores know nothing of gRPC).
+STATUS_OF: dict[type[ServiceError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Cancelled: grpc.StatusCode.CANCELLED,
+}
+
+
+def status_code(error: ServiceError) -> grpc.StatusCode:
+    """The status code of ``error`` (its nearest class in ``STATUS_OF``; INTERNAL for the bare base)."""
+    if isinstance(error, Cancelled) and error.deadline:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    for cls in type(error).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return grpc.StatusCode.INTERNAL
+
+
 def error_status(error: ServiceError) -> grpc.Status:
     """The rich status for a ``ServiceError``; long texts are shortened to fit in the trailers."""
-    status = status_pb2.Status(code=error.code.value[0], message=shorten(str(error)))
+    status = status_pb2.Status(code=status_code(error).value[0], message=shorten(str(error)))
     if error.field:
         detail = any_pb2.Any()
         detail.Pack(
@@ -82,7 +111,7 @@ class _Outcome:
 
     def fail(self, error: BaseException) -> None:
         if isinstance(error, ServiceError):
-            self.status = error.code.name
+            self.status = status_code(error).name
         else:
             code = self.context.code() if hasattr(self.context, "code") else None
             self.status = code.name if isinstance(code, grpc.StatusCode) else "INTERNAL"

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 from nnprobe import tensors
-from nnprobe._proto.common.v1 import common_pb2
+from nnprobe.api.common.v1 import common_pb2
 
-from nnprobe_services.server.errors import InvalidArgument, ResourceExhausted
+from nnprobe_services.errors import InvalidArgument, ResourceExhausted
 
 FLOAT_DTYPES: dict[Any, np.dtype] = {
     common_pb2.DTYPE_FLOAT32: np.dtype(np.float32),

@@ -16,16 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnprobe_services.errors import Cancelled
+
 METHODS = ("adam", "fgsm", "bim", "pgd", "mi_fgsm", "cw_l2")
 NORMS = ("linf", "l2")
-
-
-class Stopped(Exception):
-    """The caller cancelled or its deadline passed; ``iteration`` is the last one finished."""
-
-    def __init__(self, iteration: int) -> None:
-        super().__init__(f"stopped after iteration {iteration}")
-        self.iteration = iteration
 
 
 @dataclass(frozen=True)
@@ -119,7 +113,7 @@ def attack(
     """Attack ``images`` (N, 3, H, W) in [0, 1]; ``labels``: the targets, or the original classes.
 
     Yields ``Progress`` for every active image after every iteration, and ``(index, Outcome)`` once per
-    image, when it meets its goal (with early stop) or when the iterations run out. Raises ``Stopped``.
+    image, when it meets its goal (with early stop) or when the iterations run out. Raises ``Cancelled``.
     """
     generator = torch.Generator(device=images.device).manual_seed(spec.seed)
     images = images.detach()
@@ -133,7 +127,7 @@ def attack(
         before = state.adversarial[index].clone()
         if iteration <= iterations:
             if should_stop():
-                raise Stopped(iteration - 1)
+                raise Cancelled(f"stopped after iteration {iteration - 1}", done=iteration - 1)
             logits, loss_rows = state.step(index)
         else:
             with torch.no_grad():

@@ -10,12 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from nnprobe_services.errors import Cancelled
 from nnprobe_services.vision.batcher import BatcherMetrics, DynamicBatcher, Pending
 from nnprobe_services.vision.models import LoadedModel, ModelStore, imagenet_labels
-
-
-class Stopped(Exception):
-    """The caller went away or its deadline passed before the result was ready."""
 
 
 @dataclass
@@ -94,7 +91,7 @@ class Classifier:
         deadline: float | None,
         is_active: Callable[[], bool],
     ) -> list[ImageResult]:
-        """Logits for every image of ``pixels`` (N, 3, H, W). Raises ``QueueFull`` or ``Stopped``."""
+        """Logits for every image of ``pixels`` (N, 3, H, W). Raises ``QueueFull`` or ``Cancelled``."""
         if not self.settings.enabled:
             results: list[ImageResult] = []
             for chunk in pixels.split(self.settings.max_size):
@@ -112,7 +109,7 @@ class Classifier:
             if not is_active() or (deadline is not None and time.monotonic() >= deadline):
                 break
         if item.dropped or not item.done.is_set():
-            raise Stopped(f"the request was dropped before computing ({item.dropped or 'stopped waiting'})")
+            raise Cancelled(f"the request was dropped before computing ({item.dropped or 'stopped waiting'})")
         if item.error is not None:
             raise item.error
         assert item.logits is not None

@@ -23,15 +23,11 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from nnprobe_services.server.errors import ResourceExhausted
+from nnprobe_services.errors import Cancelled, ResourceExhausted
 from nnprobe_services.vision import rf_graph
 from nnprobe_services.vision.receptive_field import LayerSpec, Unsupported, Window, output_size, windows
 
 Probe = Callable[[torch.Tensor], dict[str, torch.Tensor]]
-
-
-class Stopped(Exception):
-    """The caller asked to stop (client gone or deadline passed)."""
 
 
 # -- networks that return the outputs of chosen layers ---------------------------------------------
@@ -316,7 +312,7 @@ def gradient_boxes(
     boxes = []
     for index, (layer, ux, uy) in enumerate(units):
         if should_stop():
-            raise Stopped(f"stopped after {index} of {len(units)} units")
+            raise Cancelled(f"stopped after {index} of {len(units)} units")
         y = outputs[layer][0, :, uy, ux].sum()
         (grad,) = torch.autograd.grad(y, x, retain_graph=index + 1 < len(units))
         support = (grad.abs().sum(dim=(0, 1)) > 0).cpu()
@@ -362,7 +358,7 @@ def gradient_map(
     total = torch.zeros(input_size, dtype=torch.float64)
     for start in range(0, num_samples, batch):
         if should_stop():
-            raise Stopped(f"stopped after {start} of {num_samples} samples")
+            raise Cancelled(f"stopped after {start} of {num_samples} samples")
         count = min(batch, num_samples - start)  # one batch in memory at a time
         inputs = torch.randn(count, channels, *input_size, generator=generator)
         x = inputs.to(device).requires_grad_(True)

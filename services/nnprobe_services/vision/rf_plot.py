@@ -10,9 +10,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from nnprobe_services.server.errors import ResourceExhausted
+from nnprobe_services.errors import Cancelled, ResourceExhausted
 from nnprobe_services.vision.receptive_field import UnitField
-from nnprobe_services.vision.rf_empirical import Stopped
 
 IMAGE_FIELD = "plot.image.encoded"
 #: Units drawn (and named in the legend); the response still lists every unit asked for.
@@ -34,7 +33,7 @@ def render(
     """The image (or a blank canvas) with each unit's field: the clipped box filled, the unclipped box
     dashed, the centre marked; the first ``MAX_DRAWN_UNITS`` units only, the legend says how many more.
     With ``gradient_map``, a second panel shows the effective field. ``should_stop`` is asked before
-    drawing and before encoding; when it answers true, ``Stopped`` is raised."""
+    drawing and before encoding; when it answers true, ``Cancelled`` is raised."""
     _check(should_stop)
     drawn, hidden = units[:MAX_DRAWN_UNITS], len(units) - MAX_DRAWN_UNITS
     h, w = input_size
@@ -126,7 +125,7 @@ MAX_IMAGE_PIXELS = 50_000_000 // 3
 
 def _check(should_stop: Callable[[], bool] | None) -> None:
     if should_stop is not None and should_stop():
-        raise Stopped("stopped before drawing the picture")
+        raise Cancelled("stopped before drawing the picture")
 
 
 def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:

@@ -27,20 +27,17 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import torch.fx as fx
 
-from nnprobe_services.server.errors import ServiceError
+from nnprobe_services.errors import Unavailable
 from nnprobe_services.vision.receptive_field import FieldError, Unsupported
 
 #: Traced models kept per process (a graph on the meta device costs tens of kilobytes).
 CACHE_SIZE = 16
 
 
-class TracerUnavailable(ServiceError):
+class TracerUnavailable(Unavailable):
     """The tracing process stopped while it worked (UNAVAILABLE: the next request starts a new one)."""
-
-    code = grpc.StatusCode.UNAVAILABLE
 
 
 @dataclass(frozen=True)

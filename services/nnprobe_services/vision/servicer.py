@@ -12,13 +12,11 @@ from fractions import Fraction
 import grpc
 import torch
 from nnprobe import tensors
-from nnprobe._proto.common.v1 import common_pb2
-from nnprobe._proto.vision.v1 import vision_pb2 as pb
-from nnprobe._proto.vision.v1 import vision_pb2_grpc
+from nnprobe.api.common.v1 import common_pb2
+from nnprobe.api.vision.v1 import vision_pb2 as pb
+from nnprobe.api.vision.v1 import vision_pb2_grpc
 
-from nnprobe_services.server import validation as valid
-from nnprobe_services.server.config import ServerConfig
-from nnprobe_services.server.errors import (
+from nnprobe_services.errors import (
     Cancelled,
     FailedPrecondition,
     InvalidArgument,
@@ -26,6 +24,8 @@ from nnprobe_services.server.errors import (
     ResourceExhausted,
     ServiceError,
 )
+from nnprobe_services.server import validation as valid
+from nnprobe_services.server.config import ServerConfig
 from nnprobe_services.server.metrics import metrics_for
 from nnprobe_services.vision import (
     adversarial,
@@ -161,8 +161,8 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             )
         except QueueFull as error:
             raise ResourceExhausted(str(error), field="images") from None
-        except classify.Stopped as error:
-            raise Cancelled(f"the client cancelled or its deadline passed: {error}") from None
+        except Cancelled:
+            raise
         response = pb.ClassifyResponse(
             model=name, model_version=loaded.version, preprocess_seconds=prepared - start
         )
@@ -188,8 +188,8 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             return self._receptive_field(request, lambda: not context.is_active())
         except rf.FieldError as error:
             raise _service_error(error) from None
-        except rf_empirical.Stopped as stopped:
-            raise Cancelled(f"the client cancelled or its deadline passed: {stopped}") from None
+        except Cancelled:
+            raise
 
     def GenerateAdversarial(self, request: pb.GenerateAdversarialRequest, context):
         name = self._model_name(request.model)
@@ -235,9 +235,9 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                         )
                     )
                 yield pb.GenerateAdversarialResponse(result=self._result_message(event, request))
-        except attacks.Stopped as error:
-            stopped.record(error.iteration, spec.steps)
-            raise Cancelled(f"the client cancelled or its deadline passed: attack {error}") from None
+        except Cancelled as error:
+            stopped.record(error.done if error.done is not None else stopped.iteration, spec.steps)
+            raise
         except GeneratorExit:
             stopped.record(stopped.iteration, spec.steps)
             raise

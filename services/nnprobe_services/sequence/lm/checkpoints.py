@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from nnprobe_services.errors import FailedPrecondition
 from nnprobe_services.sequence.lm.corpus import atomic_write
-from nnprobe_services.server.errors import FailedPrecondition
 
 MAGIC = b"NNPROBE-CKPT1 "
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from nnprobe_services.server.errors import FailedPrecondition, InvalidArgument, NotFound
+from nnprobe_services.errors import FailedPrecondition, InvalidArgument, NotFound
 
 EOS = "<eos>"
 UNK = "<unk>"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nnprobe_services.server.errors import NotFound
+from nnprobe_services.errors import NotFound
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from nnprobe_services.errors import FailedPrecondition, NotFound, ResourceExhausted
 from nnprobe_services.sequence.lm import checkpoints
 from nnprobe_services.sequence.lm.corpus import CorpusStore, remove_partial_writes
 from nnprobe_services.sequence.lm.model import TrainingConfig, parameter_count
@@ -36,7 +37,6 @@ from nnprobe_services.sequence.lm.store import (
     JobStore,
 )
 from nnprobe_services.sequence.lm.training import Event, Trainer, load_model, steps_per_epoch, total_steps
-from nnprobe_services.server.errors import FailedPrecondition, NotFound, ResourceExhausted
 
 log = logging.getLogger("nnprobe.sequence.lm")
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nnprobe_services.errors import FailedPrecondition
 from nnprobe_services.sequence.lm.model import LanguageModel
-from nnprobe_services.server.errors import FailedPrecondition
 
 
 @dataclass

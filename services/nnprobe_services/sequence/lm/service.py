@@ -10,8 +10,9 @@ from typing import Any
 
 import grpc
 import torch
-from nnprobe._proto.sequence.v1 import sequence_pb2 as pb
+from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 
+from nnprobe_services.errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted
 from nnprobe_services.sequence.lm import distributed, embeddings, plots, sampling
 from nnprobe_services.sequence.lm.corpus import EOS, SPLITS, Corpus, CorpusStore
 from nnprobe_services.sequence.lm.jobs import JobManager
@@ -22,7 +23,6 @@ from nnprobe_services.sequence.lm.training import evaluate, perplexity, steps_pe
 from nnprobe_services.server import validation as valid
 from nnprobe_services.server.config import ServerConfig
 from nnprobe_services.server.device import resolve_device
-from nnprobe_services.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from nnprobe_services.server.metrics import metrics_for
 
 SPLIT_NAMES: dict[int, str] = {
@@ -160,12 +160,7 @@ class LanguageModelService:
                 self.device,
                 lambda: not context.is_active(),
             )
-        except Exception as error:
-            from nnprobe_services.sequence.lm.training import Stopped
-            from nnprobe_services.server.errors import Cancelled
-
-            if isinstance(error, Stopped):
-                raise Cancelled("the client cancelled or its deadline passed") from None
+        except Cancelled:
             raise
         return pb.EvaluatePerplexityResponse(
             perplexity=perplexity(loss),

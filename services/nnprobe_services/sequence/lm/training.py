@@ -25,12 +25,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from nnprobe_services.errors import Cancelled
 from nnprobe_services.sequence.lm.corpus import batchify
 from nnprobe_services.sequence.lm.model import LanguageModel, State, TrainingConfig, detach
-
-
-class Stopped(Exception):
-    """Raised inside the loop when ``should_stop`` turns true."""
 
 
 @dataclass
@@ -131,7 +128,7 @@ def loss_sum(
     try:
         for i in range(0, columns - 1, sequence_length):
             if should_stop():
-                raise Stopped("evaluation stopped")
+                raise Cancelled("evaluation stopped")
             if data.shape[0] == 0:
                 continue
             length = min(sequence_length, columns - 1 - i)
@@ -279,7 +276,7 @@ class Trainer:
             should_stop = functools.partial(_any_rank, self.reducer, should_stop)
         try:
             return self._loop(on_event, should_stop, on_checkpoint)
-        except Stopped:
+        except Cancelled:
             return False
 
     def _loop(

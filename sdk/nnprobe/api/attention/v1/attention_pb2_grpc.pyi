@@ -5,7 +5,7 @@ AttentionService: numerical checks of self-attention and of the position-wise fe
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from nnprobe._proto.attention.v1 import attention_pb2 as _attention_pb2
+from nnprobe.api.attention.v1 import attention_pb2 as _attention_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

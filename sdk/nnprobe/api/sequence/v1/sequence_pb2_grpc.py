@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from nnprobe._proto.sequence.v1 import sequence_pb2 as nnprobe_dot_sequence_dot_v1_dot_sequence__pb2
+from nnprobe.api.sequence.v1 import sequence_pb2 as nnprobe_dot_sequence_dot_v1_dot_sequence__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -5,7 +5,7 @@ SequenceService: recurrent networks, gradient flow and an LSTM language model.""
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from nnprobe._proto.sequence.v1 import sequence_pb2 as _sequence_pb2
+from nnprobe.api.sequence.v1 import sequence_pb2 as _sequence_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

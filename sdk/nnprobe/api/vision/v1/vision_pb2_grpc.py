@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from nnprobe._proto.vision.v1 import vision_pb2 as nnprobe_dot_vision_dot_v1_dot_vision__pb2
+from nnprobe.api.vision.v1 import vision_pb2 as nnprobe_dot_vision_dot_v1_dot_vision__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -5,7 +5,7 @@ VisionService: receptive fields, ImageNet classification and adversarial example
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from nnprobe._proto.vision.v1 import vision_pb2 as _vision_pb2
+from nnprobe.api.vision.v1 import vision_pb2 as _vision_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
