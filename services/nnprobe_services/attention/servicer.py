@@ -15,9 +15,9 @@ from nnprobe.api.attention.v1 import attention_pb2_grpc
 from nnprobe.api.common.v1 import common_pb2
 
 from nnprobe_services.attention import checks
-from nnprobe_services.errors import Cancelled, InvalidArgument, ResourceExhausted
+from nnprobe_services.errors import InvalidArgument, ResourceExhausted
 from nnprobe_services.server import validation as valid
-from nnprobe_services.server.config import ServerConfig
+from nnprobe_services.server.app import Registration, Runtime
 
 SOFTMAX: dict[Any, str] = {pb.SOFTMAX_MODE_ROW: "row", pb.SOFTMAX_MODE_MATRIX: "matrix"}
 POSITIONAL: dict[Any, str] = {
@@ -41,38 +41,38 @@ TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch
 class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
     """Thin layer over ``nnprobe_services.attention.checks``."""
 
-    def __init__(self, config: ServerConfig, device: torch.device) -> None:
-        self.config = config
-        self.device = device
+    def __init__(self, runtime: Runtime) -> None:
+        self.config = runtime.config
+        self.device = runtime.device
+        self.compute = runtime.compute
 
     # -- RPCs ----------------------------------------------------------------------------------------
-    def CheckPermutationEquivariance(self, request, context):
+    async def CheckPermutationEquivariance(self, request, context):
         x, layer, perms, exhaustive, tolerance = self._prepare(request.attention, request.permutations)
-        result = self._run(
-            context, checks.check_equivariance, x, layer, perms, tolerance=tolerance, exhaustive=exhaustive
+        result = await self.compute.run(
+            context,
+            lambda stop: checks.check_equivariance(
+                x, layer, perms, tolerance=tolerance, exhaustive=exhaustive, should_stop=stop
+            ),
         )
         return pb.CheckPermutationEquivarianceResponse(
             **self._common_fields(result), output=tensors.to_tensor(result.reference)
         )
 
-    def CheckPoolingInvariance(self, request, context):
+    async def CheckPoolingInvariance(self, request, context):
         pooling = POOLING[valid.enum_value(request.pooling, pb.Pooling, "pooling", pb.POOLING_MEAN)]
         x, layer, perms, exhaustive, tolerance = self._prepare(request.attention, request.permutations)
-        result = self._run(
+        result = await self.compute.run(
             context,
-            checks.check_pooling,
-            x,
-            layer,
-            perms,
-            pooling,
-            tolerance=tolerance,
-            exhaustive=exhaustive,
+            lambda stop: checks.check_pooling(
+                x, layer, perms, pooling, tolerance=tolerance, exhaustive=exhaustive, should_stop=stop
+            ),
         )
         return pb.CheckPoolingInvarianceResponse(
             **self._common_fields(result), pooled=tensors.to_tensor(result.reference)
         )
 
-    def CheckFeedForwardEquivalence(self, request, context):
+    async def CheckFeedForwardEquivalence(self, request, context):
         dtype = valid.float_dtype(request.dtype, "dtype", common_pb2.DTYPE_FLOAT32)
         limit = self.config.max_tensor_elements
         if request.HasField("x"):
@@ -121,13 +121,17 @@ class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
                     field="batch_size",
                 )
             x = checks.random_batch(b, t, d, request.seed, torch_dtype)
-        result = checks.check_feed_forward(
-            widths,
-            x.to(self.device),
-            activation=activation,
-            seed=request.seed,
-            tolerance=tolerance,
-            repeats=repeats,
+        result = await self.compute.run(
+            context,
+            lambda stop: checks.check_feed_forward(
+                widths,
+                x.to(self.device),
+                activation=activation,
+                seed=request.seed,
+                tolerance=tolerance,
+                repeats=repeats,
+                should_stop=stop,
+            ),
         )
         return pb.CheckFeedForwardEquivalenceResponse(
             equivalent=result.equivalent,
@@ -142,12 +146,6 @@ class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
         )
 
     # -- helpers -------------------------------------------------------------------------------------
-    def _run(self, context, fn, *args, **kwargs):
-        try:
-            return fn(*args, should_stop=lambda: not context.is_active(), **kwargs)
-        except Cancelled:
-            raise
-
     @staticmethod
     def _common_fields(result: checks.PermutationCheck) -> dict:
         return {
@@ -297,7 +295,7 @@ class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
         return checks.sampled_permutations(t, samples, seed), False
 
 
-def register(server: grpc.Server, config: ServerConfig, device: torch.device) -> list[str]:
+def register(server: grpc.aio.Server, runtime: Runtime) -> Registration:
     """Add the servicer to ``server``; return the full names of the services added."""
-    attention_pb2_grpc.add_AttentionServiceServicer_to_server(AttentionServicer(config, device), server)
-    return [pb.DESCRIPTOR.services_by_name["AttentionService"].full_name]
+    attention_pb2_grpc.add_AttentionServiceServicer_to_server(AttentionServicer(runtime), server)
+    return Registration([pb.DESCRIPTOR.services_by_name["AttentionService"].full_name])
