@@ -104,6 +104,7 @@ def test_cancelled_permutation_check_stops_the_server_loop(servers, stops, reque
     wait_for(requests_log, "CheckPermutationEquivariance started")
     future.cancel()
     wait_for(requests_log, "CheckPermutationEquivariance CANCELLED")
+    wait_for_stops(stops, 1)
     done, total = progress(stops[-1])
     assert total == 1_000_000 + 32 and done < total
     print(f"CheckPermutationEquivariance cancelled: server {stops[-1]}")
