@@ -15,11 +15,12 @@ from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe_services.errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted
 from nnprobe_services.sequence.lm import distributed, embeddings, plots, sampling
 from nnprobe_services.sequence.lm.corpus import EOS, SPLITS, Corpus, CorpusStore
+from nnprobe_services.sequence.lm.evaluation import check_streams, evaluate, perplexity
 from nnprobe_services.sequence.lm.jobs import JobManager
 from nnprobe_services.sequence.lm.metrics import JobCollector
 from nnprobe_services.sequence.lm.model import TrainingConfig
 from nnprobe_services.sequence.lm.store import EventRecord, JobRecord
-from nnprobe_services.sequence.lm.training import evaluate, perplexity, steps_per_epoch
+from nnprobe_services.sequence.lm.training import steps_per_epoch
 from nnprobe_services.server import validation as valid
 from nnprobe_services.server.config import ServerConfig
 from nnprobe_services.server.device import resolve_device
@@ -145,11 +146,7 @@ class LanguageModelService:
         corpus = self.corpora.get(loaded.corpus_id)
         split = corpus.split(SPLIT_NAMES[code])
         batch = valid.positive(request.batch_size, "batch_size", default=loaded.config.eval_batch_size)
-        if split.tokens < 2 * batch:
-            raise InvalidArgument(
-                f"the {SPLIT_NAMES[code]} split has {split.tokens} tokens, too few for {batch} streams",
-                field="batch_size",
-            )
+        check_streams(split.tokens, batch, "batch_size", f"the {SPLIT_NAMES[code]} split")
         started = time.perf_counter()
         try:
             loss, tokens = evaluate(
@@ -179,15 +176,12 @@ class LanguageModelService:
         strategy = valid.enum_value(
             request.strategy, pb.SamplingStrategy, "strategy", pb.SAMPLING_STRATEGY_MULTINOMIAL
         )
-        temperature = request.temperature or 1.0
-        if not math.isfinite(temperature) or temperature <= 0:
-            raise InvalidArgument(
-                f"must be a finite number > 0, got {request.temperature}", field="temperature"
-            )
-        if request.top_k < 0:
-            raise InvalidArgument(f"must be >= 0 (0 keeps all words), got {request.top_k}", field="top_k")
-        if not 0 <= request.top_p <= 1:
-            raise InvalidArgument(f"must be in [0, 1] (0 means 1), got {request.top_p}", field="top_p")
+        options = sampling.sampling_options(
+            greedy=strategy == pb.SAMPLING_STRATEGY_GREEDY,
+            temperature=request.temperature if request.HasField("temperature") else None,
+            top_k=request.top_k,
+            top_p=request.top_p if request.HasField("top_p") else None,
+        )
         if request.prompt.strip():
             if request.HasField("start_word_id"):
                 raise InvalidArgument(
@@ -206,10 +200,7 @@ class LanguageModelService:
             loaded.model,
             prompt,
             num_words,
-            greedy=strategy == pb.SAMPLING_STRATEGY_GREEDY,
-            temperature=temperature,
-            top_k=request.top_k,
-            top_p=request.top_p or 1.0,
+            options,
             seed=request.seed,
             device=self.device,
         )
@@ -365,11 +356,8 @@ class LanguageModelService:
                 field=f + "batch_size",
             )
         for name in ("valid", "test"):
-            if name in corpus.splits and corpus.splits[name].tokens < 2 * eval_batch:
-                raise InvalidArgument(
-                    f"{name} has {corpus.splits[name].tokens} tokens: too few for {eval_batch} streams",
-                    field=f + "eval_batch_size",
-                )
+            if name in corpus.splits:
+                check_streams(corpus.splits[name].tokens, eval_batch, f + "eval_batch_size", name)
         vocab = corpus.vocab_size
         parameters = vocab * embed + layers * 4 * hidden * (embed + hidden + 2) + vocab * (hidden + 1)
         if parameters > limit:
