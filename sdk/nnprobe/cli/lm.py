@@ -136,7 +136,15 @@ def _client(args: argparse.Namespace) -> SequenceClient:
 
 def _job_rows(jobs: list[TrainingJob]) -> list[list]:
     return [
-        [j.job_id, j.state, j.corpus_id, f"{j.step}/{j.total_steps}", j.loss, _ppl(j.valid_perplexity), j.name]
+        [
+            j.job_id,
+            j.state,
+            j.corpus_id,
+            f"{j.step}/{j.total_steps}",
+            j.loss,
+            _ppl(j.valid_perplexity),
+            j.name,
+        ]
         for j in jobs
     ]
 
@@ -301,7 +309,15 @@ def run_job(args: argparse.Namespace) -> int:
     if job.events:
         print_table(
             [
-                [e.sequence, e.kind, e.step, e.loss, e.perplexity, _ppl(e.valid_perplexity), e.state or e.message]
+                [
+                    e.sequence,
+                    e.kind,
+                    e.step,
+                    e.loss,
+                    e.perplexity,
+                    _ppl(e.valid_perplexity),
+                    e.state or e.message,
+                ]
                 for e in job.events
             ],
             ["seq", "kind", "step", "loss", "ppl", "valid ppl", "state"],
