@@ -30,7 +30,7 @@ from nnprobe.api.vision.v1 import vision_pb2
 
 from tests.conftest import start_server
 
-hypothesis = pytest.importorskip("hypothesis")
+import hypothesis  # noqa: E402  (a development requirement: never skipped)
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 

@@ -64,7 +64,7 @@ def server(tmp_path_factory):
         client.close()
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
