@@ -82,9 +82,8 @@ class ChannelPool(grpc.Channel):
     def __enter__(self) -> ChannelPool:
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> None:
         self.close()
-        return False
 
 
 def _ignore(state: grpc.ChannelConnectivity) -> None:

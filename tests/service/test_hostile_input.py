@@ -22,6 +22,8 @@ import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nnprobe import SequenceClient
 from nnprobe.api.attention.v1 import attention_pb2
 from nnprobe.api.common.v1 import common_pb2
@@ -29,10 +31,6 @@ from nnprobe.api.sequence.v1 import sequence_pb2
 from nnprobe.api.vision.v1 import vision_pb2
 
 from tests.conftest import start_server
-
-import hypothesis  # noqa: E402  (a development requirement: never skipped)
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 #: Statuses a server may answer to a hostile request.
 DOCUMENTED = {
