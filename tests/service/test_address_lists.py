@@ -9,9 +9,6 @@ from hypothesis import strategies as st
 from nnprobe import AttentionClient, TlsConfig
 from nnprobe._client import channel_targets
 
-from tests.certs import make_pki
-from tests.conftest import start_server
-
 ports = st.integers(1, 65535)
 hosts = st.one_of(
     st.ip_addresses(v=4).map(str),
@@ -40,38 +37,25 @@ def check(client: AttentionClient) -> bool:
     return client.check_feed_forward_equivalence(widths=[2, 4, 2], timing_repeats=1).equivalent
 
 
-def test_ipv4_and_ipv6_entries_are_both_used(tmp_path):
+def test_ipv4_and_ipv6_entries_are_both_used(server_factory):
     """Regression: a list mixing families kept only its IPv4 entries."""
-    v4, _ = start_server("attention", tmp_path / "a")
-    v6, _ = start_server("attention", tmp_path / "b", host="::1")
-    try:
-        with AttentionClient(f"127.0.0.1:{v4.port},[::1]:{v6.port}", timeout=20) as client:
-            client.wait_until_ready(timeout=20)
-            assert all(check(client) for _ in range(4))
-            v4.shutdown(0).wait()
-            assert all(check(client) for _ in range(4))  # only the IPv6 replica is left
-    finally:
-        v4.shutdown(0).wait()
-        v6.shutdown(0).wait()
+    v4, _ = server_factory("attention")
+    v6, _ = server_factory("attention", host="::1")
+    with AttentionClient(f"127.0.0.1:{v4.port},[::1]:{v6.port}", timeout=20) as client:
+        client.wait_until_ready(timeout=20)
+        assert all(check(client) for _ in range(4))
+        v4.shutdown(0).wait(60)
+        assert all(check(client) for _ in range(4))  # only the IPv6 replica is left
 
 
-def test_tls_checks_each_host_against_its_own_name(tmp_path):
+def test_tls_checks_each_host_against_its_own_name(server_factory, pki):
     """Regression: the first host name of the list was the TLS name of every entry, so a server whose
     certificate names only 127.0.0.1 was refused when the list began with localhost."""
-    pki = make_pki(tmp_path)
-    by_name, _ = start_server(
-        "attention", tmp_path / "n", tls_cert=pki["name_only_cert"], tls_key=pki["name_only_key"]
-    )
-    by_ip, _ = start_server(
-        "attention", tmp_path / "i", tls_cert=pki["ip_only_cert"], tls_key=pki["ip_only_key"]
-    )
+    by_name, _ = server_factory("attention", tls_cert=pki["name_only_cert"], tls_key=pki["name_only_key"])
+    by_ip, _ = server_factory("attention", tls_cert=pki["ip_only_cert"], tls_key=pki["ip_only_key"])
     address = f"localhost:{by_name.port},127.0.0.1:{by_ip.port}"
-    try:
-        with AttentionClient(address, timeout=20, tls=TlsConfig(ca=pki["ca"])) as client:
-            client.wait_until_ready(timeout=20)  # both handshakes succeed
-            assert all(check(client) for _ in range(4))
-            by_name.shutdown(0).wait()
-            assert all(check(client) for _ in range(4))  # 127.0.0.1 verified against its own certificate
-    finally:
-        by_name.shutdown(0).wait()
-        by_ip.shutdown(0).wait()
+    with AttentionClient(address, timeout=20, tls=TlsConfig(ca=pki["ca"])) as client:
+        client.wait_until_ready(timeout=20)  # both handshakes succeed
+        assert all(check(client) for _ in range(4))
+        by_name.shutdown(0).wait(60)
+        assert all(check(client) for _ in range(4))  # 127.0.0.1 verified against its own certificate

@@ -16,9 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import start_server
-from tests.service.test_sequence_lm import TINY, pattern_text
-
 pytestmark = pytest.mark.system
 SDK = Path(__file__).resolve().parents[2] / "sdk"
 
@@ -49,14 +46,11 @@ def alone(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    started = {
-        name: start_server(name, tmp_path_factory.mktemp(name), weights_download_timeout=0.0)
+def servers(module_server_factory) -> dict[str, str]:
+    return {
+        name: module_server_factory(name, weights_download_timeout=0.0)[1]
         for name in ("vision", "sequence", "attention")
     }
-    yield {name: address for name, (_, address) in started.items()}
-    for server, _ in started.values():
-        server.shutdown(0).wait()
 
 
 def run(bin_dir: Path, servers: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess:
@@ -83,7 +77,7 @@ def test_the_environment_holds_the_sdk_alone(alone):
     assert out.stdout.strip() == "[]", out
 
 
-def test_every_command_runs_from_the_sdk_alone(alone, servers, tmp_path):
+def test_every_command_runs_from_the_sdk_alone(alone, servers, tmp_path, tiny_lm, pattern_text):
     photo = tmp_path / "photo.png"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(photo)
@@ -125,7 +119,7 @@ def test_every_command_runs_from_the_sdk_alone(alone, servers, tmp_path):
         splits[split] = tmp_path / f"{split}.txt"
         splits[split].write_text(text)
     corpus = nnprobe("lm", "upload", str(splits["train"]), "--valid", str(splits["valid"]))
-    options = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "learning_rate"]
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in tiny_lm.items() if k != "learning_rate"]
     job = nnprobe("lm", "train", "--corpus", corpus["corpus_id"], "--max-steps", "10", *options)["job_id"]
     watched = nnprobe("lm", "watch", job)
     assert watched["job"]["state"] == "succeeded" and watched["events"][-1]["state"] == "succeeded"

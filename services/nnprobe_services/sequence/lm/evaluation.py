@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from nnprobe_services.errors import Cancelled, InvalidArgument
+from nnprobe_services.errors import Cancelled, InvalidArgument, never
 from nnprobe_services.sequence.lm.model import LanguageModel
 
 #: Target id of padding positions; ``torch.nn.functional.cross_entropy`` skips it (its default).
@@ -80,7 +80,7 @@ def loss_sum(
     targets: torch.Tensor,
     sequence_length: int,
     device: torch.device,
-    should_stop: Callable[[], bool] = lambda: False,
+    should_stop: Callable[[], bool] = never,
 ) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy (nats, float64 scalar) and the number of counted targets over the streams
     ``inputs``/``targets`` (R, columns), read in chunks of ``sequence_length`` with the state carried.
@@ -118,7 +118,7 @@ def evaluate(
     streams: int,
     sequence_length: int,
     device: torch.device,
-    should_stop: Callable[[], bool] = lambda: False,
+    should_stop: Callable[[], bool] = never,
 ) -> tuple[float, int]:
     """Mean cross-entropy (nats per token) over every predicted token of ``ids`` (1-D int64, N tokens)
     read as ``streams`` contiguous streams; returns (loss, N - 1).
@@ -129,3 +129,6 @@ def evaluate(
     inputs, targets = streams_of(ids, streams)
     total, count = loss_sum(model, inputs, targets, sequence_length, device, should_stop)
     return total.item() / count, count
+
+
+__all__ = ["IGNORE", "check_streams", "evaluate", "loss_sum", "perplexity", "stream_bounds", "streams_of"]
