@@ -81,7 +81,7 @@ def test_killed_server_job_is_interrupted_and_resumes_exactly(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=60)
 
     proc = start(tmp_path, port)
     try:
@@ -128,4 +128,4 @@ def test_killed_server_job_is_interrupted_and_resumes_exactly(tmp_path):
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=60)

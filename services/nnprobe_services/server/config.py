@@ -167,7 +167,9 @@ class ServerConfig:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        """``host:port`` to bind, an IPv6 host in brackets (``[::1]:50051``, ``[::]:50051``)."""
+        host = self.host.strip("[]")
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     def weights_files(self) -> dict[str, Path]:
         """``model_weights`` as {model name: path}."""
