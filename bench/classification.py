@@ -25,7 +25,7 @@ from nnprobe import VisionClient
 from nnprobe.cli.output import print_table
 from nnprobe_services.server import ServerConfig, create_server
 from nnprobe_services.server.device import resolve_device
-from nnprobe_services.vision import classify, models, preprocess
+from nnprobe_services.vision import classify, models, preprocess, store
 from PIL import Image
 
 SEED_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed-images"
@@ -52,7 +52,7 @@ def in_process(images: list[bytes], device: torch.device) -> float:
 
 @functools.cache
 def _model(device: torch.device) -> models.LoadedModel:
-    return models.ModelStore(device).get(models.DEFAULT_MODEL)
+    return store.ModelStore(device).get(models.DEFAULT_MODEL)
 
 
 def _in_process(images: list[bytes], device: torch.device) -> float:

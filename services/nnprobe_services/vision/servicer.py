@@ -36,6 +36,7 @@ from nnprobe_services.vision import (
     rf_empirical,
     rf_graph,
     rf_plot,
+    store,
     transfer,
 )
 from nnprobe_services.vision import receptive_field as rf
@@ -88,7 +89,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
     def __init__(self, config: ServerConfig, device: torch.device) -> None:
         self.config = config
         self.device = device
-        self.models = models.ModelStore(
+        self.models = store.ModelStore(
             device,
             explicit=config.weights_files(),
             weights_dir=config.weights_dir,
