@@ -142,12 +142,16 @@ def test_effective_field_of_a_uniform_chain_is_exact(vision):
 def test_plot_is_a_png_on_a_canvas_or_an_image(vision, notebook_layers):
     from PIL import Image
 
-    canvas = vision.compute_receptive_field(notebook_layers[:3], input_size=227, units=[("conv2", 1, 1)], plot=True)
+    canvas = vision.compute_receptive_field(
+        notebook_layers[:3], input_size=227, units=[("conv2", 1, 1)], plot=True
+    )
     assert canvas.plot_png.startswith(b"\x89PNG")
     picture = np.zeros((30, 40, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(picture).save(buffer, format="PNG")
-    on_image = vision.compute_receptive_field(notebook_layers[:1], image=buffer.getvalue(), units=[("conv1", 2, 1)])
+    on_image = vision.compute_receptive_field(
+        notebook_layers[:1], image=buffer.getvalue(), units=[("conv1", 2, 1)]
+    )
     assert on_image.input_size == (30, 40) and on_image.plot_png.startswith(b"\x89PNG")
     raw = vision.compute_receptive_field(notebook_layers[:1], image=picture, units=[("conv1", 2, 1)])
     assert raw.plot_png == on_image.plot_png

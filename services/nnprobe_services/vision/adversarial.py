@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from nnprobe_services.errors import InvalidArgument
 from nnprobe_services.vision import attacks
 from nnprobe_services.vision.classify import ClassScore, top_k
 from nnprobe_services.vision.models import LoadedModel
@@ -90,6 +91,9 @@ def generate(
     with torch.no_grad():
         original_logits = model.module(images).float().cpu().numpy()
     original_tops = [top_k(row, k, model.labels) for row in original_logits]
+    classes = original_logits.shape[1]
+    if target is not None and not 0 <= target < classes:
+        raise InvalidArgument(f"must be in 0..{classes - 1}, got {target}", field="target.class_index")
     if target is None:
         labels = torch.tensor([int(row.argmax()) for row in original_logits], device=device)
     else:

@@ -34,14 +34,15 @@ class ImageResult:
     inference_seconds: float
 
 
-def load_model(store: ModelStore, name: str, field: str = "model") -> LoadedModel:
-    """The loaded model ``name`` (a key of ``models.records()``); loading may read or download weights.
+def load_model(store: ModelStore, name: str, version: int | None = None, field: str = "model") -> LoadedModel:
+    """The loaded model ``name`` (built in, or a repository model at ``version``, default its default
+    version); loading may read or download weights.
 
     Raises ``FailedPrecondition`` on ``field`` when its weights cannot be had (the message names the file
     and the places searched).
     """
     try:
-        return store.get(name)
+        return store.get(name, version, field)
     except WeightsMissing as error:
         raise FailedPrecondition(str(error), field=field) from None
 

@@ -20,7 +20,7 @@ from nnprobe_services.errors import FailedPrecondition, InvalidArgument, NotFoun
 from nnprobe_services.vision import artifacts, backends, models
 from nnprobe_services.vision.model_config import ModelConfig
 from nnprobe_services.vision.models import LoadedModel, ModelRecord, Preprocessing, WeightsMissing
-from nnprobe_services.vision.repository import ModelRepository, VersionEntry
+from nnprobe_services.vision.repository import ModelRepository, Upload, VersionEntry
 
 log = logging.getLogger("nnprobe.vision.models")
 BUILTIN_BACKENDS = ("auto", "onnxruntime", "pytorch")
@@ -163,6 +163,63 @@ class ModelStore:
             for key in [k for k in self._loaded if k[0] == name]:
                 del self._loaded[key]
 
+    def describe(self, name: str, field: str = "model") -> tuple[ModelRecord, tuple[str, ...]]:
+        """The model's record and labels without loading it (``num_classes`` 0: known once loaded).
+
+        Raises ``NotFound`` for a name that is neither built in nor in the repository.
+        """
+        if self.is_builtin(name):
+            record = models.records()[name]
+            return record, models.imagenet_labels() if record.num_classes == 1000 else ()
+        repository = self._repository(field, missing=NotFound)
+        entry = repository.get(name, field)
+        loaded = self.loaded(name, entry.default_version.version)
+        if loaded is not None:
+            return loaded.record, loaded.labels
+        config = entry.config
+        record = ModelRecord(
+            name=name,
+            architecture="ONNX graph" if entry.default_version.format == "onnx" else "torch.export program",
+            source="model repository",
+            file_name=entry.default_version.path.name,
+            preprocessing=Preprocessing(
+                config.resize, (config.height, config.width), config.interpolation, config.mean, config.std
+            ),
+            num_classes=len(entry.labels),
+        )
+        return record, entry.labels
+
+    def _repository(self, field: str, missing: type[Exception] = FailedPrecondition) -> ModelRepository:
+        if self.repository is None:
+            if missing is NotFound:
+                raise NotFound(
+                    f"no such model; the built-in models are {', '.join(models.records())}",
+                    field=field,
+                )
+            raise FailedPrecondition("this server has no model repository", field=field)
+        return self.repository
+
+    # -- repository changes ----------------------------------------------------------------------------
+    def begin_upload(self, name: str, **metadata) -> Upload:
+        """Open an upload (``ModelRepository.begin_upload``); built-in names are refused."""
+        if self.is_builtin(name):
+            raise InvalidArgument(f"{name!r} is a built-in model; choose another name", field="metadata.name")
+        return self._repository("metadata.name").begin_upload(name, **metadata)
+
+    def install(self, upload: Upload) -> VersionEntry:
+        """Check, load and publish an upload; the new version is served from then on."""
+        installed = self._repository("metadata.name").install(upload, self.validate)
+        self.forget(installed.name)
+        return installed
+
+    def delete(self, name: str, version: int | None) -> list[int]:
+        """Remove a repository model or version and unload it."""
+        if self.is_builtin(name):
+            raise FailedPrecondition(f"{name!r} is a built-in model; it cannot be deleted", field="name")
+        removed = self._repository("name", missing=NotFound).delete(name, version)
+        self.forget(name)
+        return removed
+
     # -- loading ---------------------------------------------------------------------------------------
     def get(self, name: str, version: int | None = None, field: str = "model") -> LoadedModel:
         """The loaded model ``name`` (a repository ``version``, default its default version).
@@ -234,13 +291,14 @@ class ModelStore:
                     f"{', '.join(where.searched)}; {error}"
                 ) from None
         loaded = models.load(record, path, self.device)
-        if self._builtin_onnx():
+        if self.builtin_uses_onnx():
             onnx_backend = self._onnx_builtin(loaded)
             if onnx_backend is not None:
                 loaded.backend = onnx_backend
         return loaded
 
-    def _builtin_onnx(self) -> bool:
+    def builtin_uses_onnx(self) -> bool:
+        """Whether built-in models are served by ONNX Runtime (see ``builtin_backend``)."""
         if self.builtin_backend == "pytorch" or self.onnx_cache is None:
             return False
         if self.builtin_backend == "onnxruntime":
