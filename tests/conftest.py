@@ -10,8 +10,9 @@ import dataclasses
 import os
 import socket
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -109,9 +110,9 @@ def ptb_dir() -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def tiny_lm() -> dict[str, Any]:
-    """``start_training`` keyword arguments of the tiny LSTM (a copy each time it is asked for)."""
-    return dict(TINY_LM)
+def tiny_lm() -> Mapping[str, Any]:
+    """``start_training`` keyword arguments of the tiny LSTM (read-only: ``dict(tiny_lm, epochs=3)``)."""
+    return MappingProxyType(TINY_LM)
 
 
 @pytest.fixture(scope="session")

@@ -252,15 +252,12 @@ class JobManager:
             elif cancelled:
                 self._event(job_id, "state", {"state": CANCELLED, "message": "cancelled"}, state=CANCELLED)
             else:
-                job = self.get(job_id)
-                message = (
-                    f"the server stopped (shutdown) at step {job.step}; resume the job from its checkpoint "
-                    f"at step {job.checkpoint_step}"
-                )
+                step = self.get(job_id).checkpoint_step
+                message = f"the server stopped (shutdown); the job resumes from its checkpoint at step {step}"
                 self._event(
                     job_id,
                     "state",
-                    {"state": INTERRUPTED, "message": message, "step": job.step},
+                    {"state": INTERRUPTED, "message": message, "step": step},
                     state=INTERRUPTED,
                     error=message,
                 )
