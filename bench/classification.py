@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             server.shutdown(0).wait()
     print(
-        f"{models.DEFAULT_MODEL} on {device}, {len(images)} images, {torch.get_num_threads()} threads"
+        f"{models.DEFAULT_MODEL} ({path.name}) on {device}, {len(images)} images, "
+        f"{torch.get_num_threads()} threads"
     )
     print_table(rows, ["path", "concurrency", "images/s", "vs (a)", "vs (b)", "p50 s", "p99 s"])
     print("\nwhere the time goes in-process (ms per image):")

@@ -1,6 +1,6 @@
-"""Bring your own model, through the SDK: a small CNN made here, exported to ONNX and torch.export, uploaded,
-classified (logits equal to onnxruntime and PyTorch run here), attacked, kept across a restart, deleted; hostile
-uploads refused with clear statuses and nothing left behind."""
+"""Bring your own model, through the SDK: a small CNN made here, exported to ONNX and torch.export,
+uploaded, classified (logits equal to onnxruntime and PyTorch run here), attacked, kept across a restart,
+deleted; hostile uploads refused with clear statuses and nothing left behind."""
 
 from __future__ import annotations
 
