@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
             service="vision",
             host="127.0.0.1",
             port=0,
+            compute_queue=64,
             max_concurrent_rpcs=256,
             cache_dir=cache,
             data_dir=Path(folder) / "data",

@@ -54,6 +54,15 @@ def wait_for(caplog, pattern: str) -> logging.LogRecord:
     raise AssertionError(f"no log line matching {pattern!r}:\n{caplog.text}")
 
 
+def wait_for_stops(stops: list[str], count: int) -> None:
+    """Wait until ``count`` work loops have stopped: a call's log line comes when its handler ends, and its
+    compute thread stops at the next check after that."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while len(stops) < count:
+        assert time.monotonic() < deadline, f"only {len(stops)} of {count} work loops stopped: {stops}"
+        time.sleep(0.02)
+
+
 def progress(message: str) -> tuple[int, int]:
     """(done, total) from a ``Cancelled`` message such as "stopped after 4 of 64 units"."""
     match = re.search(r"(\d+) (?:of|Jacobians of) (\d+)", message)
@@ -136,6 +145,7 @@ def test_cancelled_receptive_field_verification_and_effective_field_stop(servers
         wait_for(requests_log, "ComputeReceptiveField started")
         future.cancel()
         wait_for(requests_log, "ComputeReceptiveField CANCELLED")
+        wait_for_stops(stops, before + 1)
         assert len(stops) == before + 1, stops
         assert unit in stops[-1]
         done, total = progress(stops[-1])
