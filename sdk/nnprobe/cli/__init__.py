@@ -10,11 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from nnprobe.cli import attack, attention, classify, extras, health, lm, sequence, serve, vision
+from nnprobe.cli import attack, attention, classify, extras, health, lm, models, sequence, serve, vision
 from nnprobe.cli.output import fail
 from nnprobe.errors import NnprobeError
 
-COMMAND_MODULES = [serve, health, attention, sequence, vision, classify, attack, lm]
+COMMAND_MODULES = [serve, health, attention, sequence, vision, classify, models, attack, lm]
 
 
 def build_parser() -> argparse.ArgumentParser:

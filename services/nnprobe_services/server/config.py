@@ -100,6 +100,17 @@ class ServerConfig:
     max_image_pixels: int = 89_478_485
     #: Most iterations one adversarial attack may run.
     max_attack_steps: int = 1000
+    #: The model repository (Triton's layout: ``<name>/config.yaml``, ``<name>/<version>/model.onnx`` or
+    #: ``model.pt2``); unset: ``<data_dir>/models``. Replicas that mount one folder share it.
+    model_repository: Path | None = None
+    #: Largest model file UploadModel accepts (and repository model with its external data), in bytes.
+    max_model_bytes: int = 1 << 30
+    #: Most graph nodes a repository model may have.
+    max_model_nodes: int = 100_000
+    #: Engine of the built-in classifiers: ``auto`` (ONNX Runtime on a CPU through an export made once and
+    #: cached under ``cache_dir``, or on a GPU its CUDA provider supports; else PyTorch), ``onnxruntime`` or
+    #: ``pytorch``.
+    builtin_backend: str = "auto"
 
     def validate(self) -> ServerConfig:
         """Return self, or raise ``ValueError`` naming the bad setting."""
@@ -119,6 +130,8 @@ class ServerConfig:
             "max_image_bytes",
             "max_image_pixels",
             "max_attack_steps",
+            "max_model_bytes",
+            "max_model_nodes",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
@@ -130,6 +143,10 @@ class ServerConfig:
             raise ValueError(f"batch_max_delay_ms must be in 0..60000, not {self.batch_max_delay_ms}")
         if self.weights_download_timeout < 0:
             raise ValueError(f"weights_download_timeout must be >= 0, not {self.weights_download_timeout}")
+        if self.builtin_backend not in ("auto", "onnxruntime", "pytorch"):
+            raise ValueError(
+                f"builtin_backend must be auto, onnxruntime or pytorch, not {self.builtin_backend!r}"
+            )
         if not self.default_model.strip():
             raise ValueError("default_model must not be empty")
         if self.weights_dir is not None and not Path(self.weights_dir).is_dir():
@@ -164,6 +181,11 @@ class ServerConfig:
         if not (self.device in ("auto", "cpu", "cuda") or _is_cuda_index(self.device)):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         return self
+
+    @property
+    def model_repository_dir(self) -> Path:
+        """The model repository folder (``model_repository``, else ``<data_dir>/models``)."""
+        return Path(self.model_repository or Path(self.data_dir) / "models").expanduser()
 
     @property
     def address(self) -> str:
