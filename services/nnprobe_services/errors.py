@@ -54,6 +54,10 @@ class Unavailable(ServiceError):
     """A helper the request needs (a worker process, a peer server) is not reachable now (UNAVAILABLE)."""
 
 
+class Unimplemented(ServiceError):
+    """The server does not offer this operation (UNIMPLEMENTED): an optional part of a protocol."""
+
+
 class Cancelled(ServiceError):
     """The one cancellation type: the client went away, its deadline passed, or the server is shutting down,
     and the work stopped at its next check (CANCELLED, or DEADLINE_EXCEEDED when ``deadline`` is true)."""
@@ -119,5 +123,6 @@ __all__ = [
     "ShouldStop",
     "StopSignal",
     "Unavailable",
+    "Unimplemented",
     "never",
 ]

@@ -152,4 +152,4 @@ def test_metrics_endpoint_counts_requests(server_factory, tmp_path):
     assert counter(after, method, "OK") - counter(before, method, "OK") == 3
     assert counter(after, method, "INVALID_ARGUMENT") - counter(before, method, "INVALID_ARGUMENT") == 1
     assert f'nnprobe_request_duration_seconds_count{{method="{method}"}}' in after
-    assert f'nnprobe_requests_in_flight{{method="{method}"}} 0.0' in after
+    assert f'nnprobe_requests_in_flight{{method="{method}",protocol="nnprobe"}} 0.0' in after

@@ -33,8 +33,9 @@ from nnprobe_services.errors import (
     ResourceExhausted,
     ServiceError,
     Unavailable,
+    Unimplemented,
 )
-from nnprobe_services.server.metrics import ServiceMetrics
+from nnprobe_services.server.metrics import ServiceMetrics, protocol_of
 
 log = logging.getLogger("nnprobe.requests")
 
@@ -63,6 +64,7 @@ STATUS_OF: dict[type[ServiceError], grpc.StatusCode] = {
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Cancelled: grpc.StatusCode.CANCELLED,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 
@@ -120,7 +122,7 @@ class _Outcome:
         self.start = time.perf_counter()
         self.status = "OK"
         if metrics is not None:
-            metrics.in_flight.labels(method=method).inc()
+            metrics.in_flight.labels(method=method, protocol=protocol_of(method)).inc()
         log.debug("%s started", method, extra={"fields": {"method": method, "event": "started"}})
 
     def fail(self, error: BaseException) -> None:
@@ -139,7 +141,7 @@ class _Outcome:
         method = self.method
         seconds = time.perf_counter() - self.start
         if self.metrics is not None:
-            self.metrics.in_flight.labels(method=method).dec()
+            self.metrics.in_flight.labels(method=method, protocol=protocol_of(method)).dec()
             self.metrics.observe(method, self.status, seconds)
         millis = seconds * 1000
         log.info(

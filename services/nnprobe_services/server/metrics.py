@@ -11,6 +11,15 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+#: The ``protocol`` label of request metrics: the Open Inference Protocol's calls, or nnprobe's own.
+OPEN_INFERENCE_PREFIX = "/inference."
+
+
+def protocol_of(method: str) -> str:
+    """``open_inference`` for ``/inference.GRPCInferenceService/...`` methods, else ``nnprobe``."""
+    return "open_inference" if method.startswith(OPEN_INFERENCE_PREFIX) else "nnprobe"
+
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -22,29 +31,30 @@ class ServiceMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "nnprobe_requests",
-            "Finished RPCs by method and status code.",
-            ["method", "code"],
+            "Finished RPCs by method, status code and protocol (nnprobe, open_inference).",
+            ["method", "code", "protocol"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "nnprobe_request_duration_seconds",
-            "RPC latency by method.",
-            ["method"],
+            "RPC latency by method and protocol.",
+            ["method", "protocol"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.in_flight = Gauge(
             "nnprobe_requests_in_flight",
-            "RPCs being served now, by method.",
-            ["method"],
+            "RPCs being served now, by method and protocol.",
+            ["method", "protocol"],
             registry=self.registry,
         )
         self._http: Any = None
         self._collectors: dict[str, Any] = {}
 
     def observe(self, method: str, code: str, seconds: float) -> None:
-        self.requests.labels(method=method, code=code).inc()
-        self.latency.labels(method=method).observe(seconds)
+        protocol = protocol_of(method)
+        self.requests.labels(method=method, code=code, protocol=protocol).inc()
+        self.latency.labels(method=method, protocol=protocol).observe(seconds)
 
     def replace_collector(self, name: str, collector: Any) -> None:
         """Register ``collector`` under ``name``, unregistering the one a previous server of this service

@@ -44,6 +44,7 @@ from nnprobe_services.vision import (
     images,
     model_messages,
     models,
+    oip_servicer,
     rf_messages,
     rf_request,
     store,
@@ -328,10 +329,13 @@ def _attack_stop_metrics():
 
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> Registration:
-    """Add the servicer to ``server``; its batchers close when the server stops."""
+    """Add VisionService and ``inference.GRPCInferenceService`` to ``server``; the batchers close when the
+    server stops."""
     models.records(), models.imagenet_labels()  # built once here, never on the event loop
     servicer = VisionServicer(runtime)
     vision_pb2_grpc.add_VisionServiceServicer_to_server(servicer, server)
+    inference = oip_servicer.add_to_server(servicer, server)  # the Open Inference Protocol, same port
     return Registration(
-        [pb.DESCRIPTOR.services_by_name["VisionService"].full_name], closers=[servicer.classifier.close]
+        [pb.DESCRIPTOR.services_by_name["VisionService"].full_name, oip_servicer.SERVICE_NAME],
+        closers=[servicer.classifier.close, inference.close],
     )
