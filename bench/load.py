@@ -135,7 +135,9 @@ def timed(call: Callable[[], object], samples: int) -> dict[str, list[float]]:
 def in_flight(metrics_port: int, method: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
         text = response.read().decode()
-    match = re.search(rf'nnprobe_requests_in_flight{{method="{re.escape(method)}",protocol="nnprobe"}} (\S+)', text)
+    match = re.search(
+        rf'nnprobe_requests_in_flight{{method="{re.escape(method)}",protocol="nnprobe"}} (\S+)', text
+    )
     return float(match.group(1)) if match else 0.0
 
 

@@ -100,7 +100,13 @@ def render(descriptor, version: str) -> str:
     proto = descriptor_pb2.FileDescriptorProto()
     descriptor.CopyToProto(proto)
     package = proto.package
-    lines = [HEADER.format(name=proto.name, version=version), 'syntax = "proto3";', "", f"package {package};", ""]
+    lines = [
+        HEADER.format(name=proto.name, version=version),
+        'syntax = "proto3";',
+        "",
+        f"package {package};",
+        "",
+    ]
     for dependency in proto.dependency:
         lines.append(f'import "{package}/{dependency}";')
     if proto.dependency:

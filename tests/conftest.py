@@ -260,3 +260,37 @@ def vision(vision_server):
 
     with VisionClient(vision_server, timeout=120) as client:
         yield client
+
+
+# -- Triton's client, in its own environment ---------------------------------------------------------------
+@pytest.fixture(scope="session")
+def triton() -> Callable[..., dict]:
+    """``triton(scenario, **arguments) -> dict``: a scenario of ``tests/triton_client.py`` run with the real
+    ``tritonclient[grpc]`` in .venv-triton (made on first use by ``scripts/triton_env.py``)."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    made = subprocess.run(
+        [sys.executable, str(root / "scripts" / "triton_env.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if made.returncode != 0:
+        pytest.fail(f"could not make .venv-triton: {made.stderr[-2000:]}")
+    python = made.stdout.strip().splitlines()[-1]
+
+    def run(scenario: str, **arguments: Any) -> dict:
+        done = subprocess.run(
+            [python, str(root / "tests" / "triton_client.py"), scenario],
+            input=json.dumps(arguments),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, f"{scenario} failed: {done.stderr[-3000:]}"
+        return json.loads(done.stdout)
+
+    return run

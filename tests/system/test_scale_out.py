@@ -17,7 +17,9 @@ METHOD = "/nnprobe.attention.v1.AttentionService/CheckFeedForwardEquivalence"
 def served(metrics_port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
         text = response.read().decode()
-    match = re.search(rf'nnprobe_requests_total{{code="OK",method="{re.escape(METHOD)}",protocol="nnprobe"}} (\S+)', text)
+    match = re.search(
+        rf'nnprobe_requests_total{{code="OK",method="{re.escape(METHOD)}",protocol="nnprobe"}} (\S+)', text
+    )
     return float(match.group(1)) if match else 0.0
 
 

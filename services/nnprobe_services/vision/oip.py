@@ -55,7 +55,7 @@ LOGITS, PROBABILITIES = "logits", "probabilities"
 READY, LOADING, UNAVAILABLE = "READY", "LOADING", "UNAVAILABLE"
 #: Bytes per element of the numeric datatypes a request may use (BYTES elements are length-prefixed).
 ELEMENT_BYTES = {"UINT8": 1, "FP32": 4}
-DTYPES = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
+DTYPES: dict[str, np.dtype] = {"UINT8": np.dtype("<u1"), "FP32": np.dtype("<f4")}
 
 
 @dataclass(frozen=True)
@@ -115,10 +115,32 @@ class OutputTensor:
     strings: list[bytes] | None = None
 
 
+class _TritonWording:
+    """Errors whose message is Triton's text as it is (clients match its start); the field still travels
+    as the ``google.rpc.BadRequest`` detail."""
+
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ProtocolInvalidArgument(_TritonWording, InvalidArgument):
+    """INVALID_ARGUMENT in Triton's wording."""
+
+
+class ProtocolNotFound(_TritonWording, NotFound):
+    """NOT_FOUND in Triton's wording."""
+
+
+class ProtocolUnavailable(_TritonWording, Unavailable):
+    """UNAVAILABLE in Triton's wording."""
+
+
 def unknown_model(name: str, version: str = "") -> NotFound:
     """Triton's NOT_FOUND for a model (and version) it does not have."""
     which = f"'{name}'" + (f" version {version}" if version else "")
-    return NotFound(f"Request for unknown model: {which} is not found", field="model_name")
+    return ProtocolNotFound(f"Request for unknown model: {which} is not found", field="model_name")
 
 
 def classification(values: np.ndarray, count: int, labels: Sequence[str]) -> list[bytes]:
@@ -126,9 +148,7 @@ def classification(values: np.ndarray, count: int, labels: Sequence[str]) -> lis
     first, ties by lower index; ``"%f:<index>:<label>"`` (no label part when ``labels`` is empty)."""
     order = np.lexsort((np.arange(len(values)), -values.astype(np.float64)))[:count]
     named = len(labels) == len(values)
-    return [
-        (f"{float(values[i]):f}:{int(i)}" + (f":{labels[i]}" if named else "")).encode() for i in order
-    ]
+    return [(f"{float(values[i]):f}:{int(i)}" + (f":{labels[i]}" if named else "")).encode() for i in order]
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:
@@ -199,9 +219,13 @@ class OpenInference:
         else:
             assert self.store.repository is not None
             fmt = self.store.repository.resolve(name, version)[1].format
-            backend, platform = ("onnxruntime", "onnxruntime_onnx") if fmt == "onnx" else (
-                "pytorch",
-                "pytorch_torch_export",
+            backend, platform = (
+                ("onnxruntime", "onnxruntime_onnx")
+                if fmt == "onnx"
+                else (
+                    "pytorch",
+                    "pytorch_torch_export",
+                )
             )
         c = classes or -1
         return Signature(
@@ -283,7 +307,7 @@ class OpenInference:
                 self.store, name, None if self.store.is_builtin(name) else version, "model_name"
             )
         except (FailedPrecondition, InvalidArgument) as error:
-            raise Unavailable(
+            raise ProtocolUnavailable(
                 f"Request for unknown model: '{name}' has no available versions: {error.message}",
                 field="model_name",
             ) from None
@@ -294,18 +318,18 @@ class OpenInference:
         seen: set[str] = set()
         for i, output in enumerate(requested):
             if output.name not in known:
-                raise InvalidArgument(
+                raise ProtocolInvalidArgument(
                     f"unexpected inference output '{output.name}' for model '{signature.name}'",
                     field=f"outputs[{i}].name",
                 )
             if output.name in seen:
-                raise InvalidArgument(
+                raise ProtocolInvalidArgument(
                     f"output '{output.name}' is requested more than once for model '{signature.name}'",
                     field=f"outputs[{i}].name",
                 )
             seen.add(output.name)
             if output.class_count is not None and output.class_count < 1:
-                raise InvalidArgument(
+                raise ProtocolInvalidArgument(
                     f"classification count for output '{output.name}' must be positive, got "
                     f"{output.class_count}",
                     field=f"outputs[{i}].parameters.classification",
@@ -319,13 +343,13 @@ class OpenInference:
         specs = {spec.name: spec for spec in signature.inputs}
         for i, tensor in enumerate(inputs):
             if tensor.name not in specs:
-                raise InvalidArgument(
+                raise ProtocolInvalidArgument(
                     f"unexpected inference input '{tensor.name}' for model '{model}'",
                     field=f"inputs[{i}].name",
                 )
         names = [tensor.name for tensor in inputs]
         if len(inputs) != 1:
-            raise InvalidArgument(
+            raise ProtocolInvalidArgument(
                 f"expected 1 inputs but got {len(inputs)} inputs for model '{model}'. Got input(s) "
                 f"{names}; give exactly one of {', '.join(specs)}",
                 field="inputs",
@@ -333,7 +357,7 @@ class OpenInference:
         tensor = inputs[0]
         spec = specs[tensor.name]
         if tensor.datatype != spec.datatype:
-            raise InvalidArgument(
+            raise ProtocolInvalidArgument(
                 f"inference input '{tensor.name}' data-type is '{tensor.datatype}', but model '{model}' "
                 f"expects '{spec.datatype}'",
                 field="inputs[0].datatype",
@@ -343,14 +367,14 @@ class OpenInference:
             want == -1 or got == want for got, want in zip(shape, spec.shape, strict=True)
         )
         if not fits or any(d < 0 for d in shape):
-            raise InvalidArgument(
+            raise ProtocolInvalidArgument(
                 f"unexpected shape for input '{tensor.name}' for model '{model}'. Expected "
                 f"{_dims(spec.shape)}, got {_dims(shape)}",
                 field="inputs[0].shape",
             )
         batch = shape[0]
         if not 1 <= batch <= self.max_batch_size:
-            raise InvalidArgument(
+            raise ProtocolInvalidArgument(
                 f"inference request batch-size must be <= {self.max_batch_size} (and >= 1) for '{model}', "
                 f"got {batch}",
                 field="inputs[0].shape",

@@ -15,9 +15,9 @@ import numpy as np
 from nnprobe.api.inference import grpc_service_pb2 as pb
 from nnprobe.api.inference import model_config_pb2 as config_pb
 
-from nnprobe_services.errors import InvalidArgument
 from nnprobe_services.vision import oip
 
+FORMATS = {oip.PIXELS: config_pb.ModelInput.FORMAT_NCHW}
 CONFIG_TYPES = {"FP32": config_pb.TYPE_FP32, "UINT8": config_pb.TYPE_UINT8, "BYTES": config_pb.TYPE_STRING}
 
 
@@ -31,18 +31,20 @@ def unpack_bytes(raw: bytes, count: int, where: str, field: str) -> list[bytes]:
     offset = 0
     while offset < len(raw):
         if offset + 4 > len(raw):
-            raise InvalidArgument(f"{where}: element {len(items)} has a truncated length prefix", field=field)
+            raise oip.ProtocolInvalidArgument(
+                f"{where}: element {len(items)} has a truncated length prefix", field=field
+            )
         (size,) = struct.unpack_from("<I", raw, offset)
         offset += 4
         if offset + size > len(raw):
-            raise InvalidArgument(
+            raise oip.ProtocolInvalidArgument(
                 f"{where}: element {len(items)} declares {size} bytes but {len(raw) - offset} remain",
                 field=field,
             )
         items.append(raw[offset : offset + size])
         offset += size
     if len(items) != count:
-        raise InvalidArgument(
+        raise oip.ProtocolInvalidArgument(
             f"{where}: expected {count} string elements, got {len(items)}", field=field
         )
     return items
@@ -59,7 +61,7 @@ def infer_inputs(request: pb.ModelInferRequest) -> list[oip.InputTensor]:
     model = request.model_name
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
-        raise InvalidArgument(
+        raise oip.ProtocolInvalidArgument(
             f"expected {len(request.inputs)} raw input contents (one per input) for model '{model}', "
             f"got {len(raw)}",
             field="raw_input_contents",
@@ -72,7 +74,7 @@ def infer_inputs(request: pb.ModelInferRequest) -> list[oip.InputTensor]:
         where = f"input '{name}' for model '{model}'"
         data: np.ndarray | list[bytes]
         if raw and message.HasField("contents"):
-            raise InvalidArgument(
+            raise oip.ProtocolInvalidArgument(
                 f"contents field must not be specified when using raw_input_contents for {where}",
                 field=f"inputs[{i}].contents",
             )
@@ -84,7 +86,7 @@ def infer_inputs(request: pb.ModelInferRequest) -> list[oip.InputTensor]:
             else:
                 expected = count * oip.ELEMENT_BYTES[datatype]
                 if len(raw[i]) != expected:
-                    raise InvalidArgument(
+                    raise oip.ProtocolInvalidArgument(
                         f"input byte size mismatch for {where}. Expected {expected}, got {len(raw[i])}",
                         field=f"raw_input_contents[{i}]",
                     )
@@ -106,10 +108,12 @@ def _typed(
     else:
         wide = np.asarray(contents.uint_contents, dtype=np.uint32)
         if wide.size and int(wide.max()) > 255:
-            raise InvalidArgument(f"{where}: UINT8 values must be in 0..255", field=f"{field}.uint_contents")
+            raise oip.ProtocolInvalidArgument(
+                f"{where}: UINT8 values must be in 0..255", field=f"{field}.uint_contents"
+            )
         values = wide.astype(np.uint8)
     if len(values) != count:
-        raise InvalidArgument(
+        raise oip.ProtocolInvalidArgument(
             f"unexpected number of elements for {where}: the shape holds {count}, the contents {len(values)}",
             field=field,
         )
@@ -124,7 +128,7 @@ def requested_outputs(request: pb.ModelInferRequest) -> list[oip.RequestedOutput
         if "classification" in message.parameters:
             parameter = message.parameters["classification"]
             if parameter.WhichOneof("parameter_choice") != "int64_param":
-                raise InvalidArgument(
+                raise oip.ProtocolInvalidArgument(
                     "the classification parameter must be an int64", field=f"outputs[{i}].parameters"
                 )
             count = parameter.int64_param
@@ -176,7 +180,9 @@ def config_response(signature: oip.Signature, batch_delay_us: int | None) -> pb.
             data_type=CONFIG_TYPES[spec.datatype],
             dims=list(spec.shape[1:]),
             optional=spec.optional,
-            format=config_pb.ModelInput.FORMAT_NCHW if spec.name == oip.PIXELS else config_pb.ModelInput.FORMAT_NONE,
+            format=config_pb.ModelInput.FORMAT_NCHW
+            if spec.name == oip.PIXELS
+            else config_pb.ModelInput.FORMAT_NONE,
         )
     for spec in signature.outputs:
         config.output.add(

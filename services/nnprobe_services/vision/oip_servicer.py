@@ -85,7 +85,9 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         signature = await asyncio.to_thread(self._signature, request.name, request.version)
         return oip_messages.config_response(signature, self.batch_delay_us)
 
-    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context) -> pb.RepositoryIndexResponse:
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context
+    ) -> pb.RepositoryIndexResponse:
         rows = await asyncio.to_thread(self.core.index)
         if request.ready:
             rows = [row for row in rows if row[2] == oip.READY]
@@ -98,9 +100,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
         return await self._infer(request, context)
 
-    async def ModelStreamInfer(
-        self, request_iterator, context
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Each request's response in order; a failed request answers ``error_message`` and the stream
         goes on, as Triton's does."""
         async for request in request_iterator:
