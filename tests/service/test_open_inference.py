@@ -225,7 +225,8 @@ def test_errors_follow_tritons_conventions(served, triton):
         (
             dict(model="tiny", inputs=[dict(pixels, shape=[1, 3, side * side, 1])]),
             "INVALID_ARGUMENT",
-            f"unexpected shape for input 'pixels' for model 'tiny'. Expected [-1,3,{side},{side}], got [1,3,{side * side},1]",
+            f"unexpected shape for input 'pixels' for model 'tiny'. Expected [-1,3,{side},{side}], "
+            f"got [1,3,{side * side},1]",
         ),
         (
             dict(model="tiny", inputs=[dict(pixels, name="x")]),
@@ -276,8 +277,8 @@ def test_errors_follow_tritons_conventions(served, triton):
     )
     assert short["error"]["status"] == "INVALID_ARGUMENT"
     assert (
-        f"input byte size mismatch for input 'pixels' for model 'tiny'. Expected {3 * side * side * 4}, got 12"
-        in short["error"]["message"]
+        "input byte size mismatch for input 'pixels' for model 'tiny'. "
+        f"Expected {3 * side * side * 4}, got 12" in short["error"]["message"]
     )
     both = triton("infer_typed", address=address, model="tiny", inputs=[pixels], raw_too=True)
     assert "contents field must not be specified when using raw_input_contents" in both["error"]["message"]
@@ -311,7 +312,8 @@ def test_metrics_are_labelled_by_protocol(served, triton, scrape):
     triton("status", address=address, wait=60)
     text = scrape(metrics)
     infer = re.search(
-        r'nnprobe_requests_total\{code="OK",method="/inference.GRPCInferenceService/ServerLive",protocol="open_inference"\} (\S+)',
+        r'nnprobe_requests_total\{code="OK",method="/inference.GRPCInferenceService/ServerLive",'
+        r'protocol="open_inference"\} (\S+)',
         text,
     )
     assert infer is not None and float(infer.group(1)) >= 1
