@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: install protos check-protos lint format test test-unit test-service test-system up demo bench \
-	bench-load gpu-check deploy-lint test-containers clean
+	bench-load gpu-check deploy-lint test-containers triton-env clean
 
 install: $(STAMP)
 
@@ -52,6 +52,10 @@ bench: $(STAMP)
 	@for script in $(filter-out bench/load.py,$(wildcard bench/*.py)); do \
 		echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
+# Triton's tritonclient and perf_analyzer in .venv-triton/ (they need protobuf < 7; the tests make it too).
+triton-env: $(STAMP)
+	$(BIN)/python scripts/triton_env.py --perf-analyzer
+
 gpu-check: $(STAMP)
 	$(BIN)/python scripts/gpu_check.py
 
@@ -65,4 +69,4 @@ test-containers: $(STAMP)
 	deploy/ci-containers.sh
 
 clean:
-	rm -rf $(VENV) demo-output bench-output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-triton .venv-triton.lock demo-output bench-output .pytest_cache .mypy_cache .ruff_cache
