@@ -488,3 +488,14 @@ def test_deadline_stops_the_server_work(vision, caplog):
     lines = [r for r in caplog.records if "ComputeReceptiveField CANCELLED" in r.getMessage()]
     assert lines, caplog.text
     assert lines[-1].fields["duration_ms"] < 15_000  # the whole estimate takes far longer on CPU
+
+
+def test_verify_follows_the_taps_of_a_dilated_kernel(vision):
+    # Kernel 3, dilation 2, padding 1 on 8 pixels: unit (0, 0) reads pixels -1 (padding), 1 and 3.
+    result = vision.compute_receptive_field(
+        [Layer("c", 3, 1, 1, dilation=2)], input_size=(8, 8), units=[("c", 0, 0)], verify=True
+    )
+    (unit,) = result.units
+    assert (unit.rows, unit.columns) == ((1, 3), (1, 3))
+    assert (unit.verification.rows, unit.verification.columns) == ((1, 3), (1, 3))
+    assert unit.verification.matches and result.verified
