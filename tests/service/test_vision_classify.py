@@ -165,9 +165,9 @@ def _noise_png():
     return buffer.getvalue()
 
 
-def _gif():
+def _ppm():
     buffer = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buffer, format="GIF")
+    Image.new("RGB", (8, 8)).save(buffer, format="PPM")
     return buffer.getvalue()
 
 
@@ -182,7 +182,7 @@ def _gif():
             "images[0].encoded",
             "is not a readable image",
         ),
-        ({"images": [_png(), _png(), _gif()]}, "INVALID_ARGUMENT", "images[2].encoded", "has format GIF"),
+        ({"images": [_png(), _png(), _ppm()]}, "INVALID_ARGUMENT", "images[2].encoded", "has format PPM"),
         (
             {"images": [_noise_png()[:300]]},
             "INVALID_ARGUMENT",

@@ -12,7 +12,6 @@ from fractions import Fraction
 import grpc
 import torch
 from nnprobe import tensors
-from nnprobe.api.common.v1 import common_pb2
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 from nnprobe.api.vision.v1 import vision_pb2_grpc
 
@@ -417,29 +416,23 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             raise ResourceExhausted(
                 f"holds {len(images)} images; the limit is {self.config.batch_queue_size}", field=field
             )
+        limits = preprocess.ImageLimits(self.config.max_image_bytes, self.config.max_image_pixels)
         batch = []
         for i, image in enumerate(images):
-            part = (
-                f"{field}[{i}].encoded"
-                if image.encoded or not image.HasField("pixels")
-                else f"{field}[{i}].pixels"
-            )
+            encoded = bool(image.encoded) or not image.HasField("pixels")
+            part = f"{field}[{i}].encoded" if encoded else f"{field}[{i}].pixels"
             label = f"image {i}" + (f" ({image.name})" if image.name else "")
-            try:
-                batch.append(preprocess.model_input(self._decode(image, part), prep, skip_resize=skip_resize))
-            except preprocess.ImageError as error:
-                kind = ResourceExhausted if error.kind == "too_large" else InvalidArgument
-                raise kind(f"{label} {error}", field=part) from None
-        return torch.stack(batch)
-
-    def _decode(self, image: common_pb2.Image, part: str):
-        limit_pixels = self.config.max_image_pixels
-        if image.encoded or not image.HasField("pixels"):
-            return preprocess.decode(
-                image.encoded, max_bytes=self.config.max_image_bytes, max_pixels=limit_pixels
+            source = (
+                image.encoded
+                if encoded
+                else valid.tensor(image.pixels, part, max_elements=self.config.max_tensor_elements)
             )
-        pixels = valid.tensor(image.pixels, part, max_elements=self.config.max_tensor_elements)
-        return preprocess.from_pixels(pixels, max_pixels=limit_pixels)
+            batch.append(
+                preprocess.prepare(
+                    source, prep, field=part, limits=limits, label=label, skip_resize=skip_resize
+                )
+            )
+        return torch.stack(batch)
 
     # -- receptive fields ----------------------------------------------------------------------------
     def _receptive_field(self, request: pb.ComputeReceptiveFieldRequest, should_stop: Callable[[], bool]):
@@ -601,10 +594,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             return None
         image = request.plot.image
         if image.encoded:
-            try:
-                return rf_plot.decode_image(image.encoded)
-            except ValueError as error:
-                raise InvalidArgument(str(error), field="plot.image.encoded") from None
+            return rf_plot.decode_image(image.encoded, max_bytes=self.config.max_image_bytes)
         if image.HasField("pixels"):
             pixels = valid.tensor(
                 image.pixels, "plot.image.pixels", max_elements=self.config.max_tensor_elements, ndim=3
