@@ -15,9 +15,13 @@ SHARED = Path(os.environ.get("NNPROBE_SHARED_DIR") or Path(__file__).resolve().p
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    """The repository's sibling data folder (Penn Treebank, seed images), when present."""
+    """The repository's sibling data folder (Penn Treebank, seed images): skipped when absent, except under
+    ``CI=true``, where a missing folder fails the tests that need it."""
     if not SHARED.is_dir():
-        pytest.skip(f"shared data folder {SHARED} not present")
+        message = f"shared data folder {SHARED} not present"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     return SHARED
 
 
