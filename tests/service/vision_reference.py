@@ -35,3 +35,16 @@ def probabilities(network: torch.nn.Module, png: bytes) -> np.ndarray:
     with torch.no_grad():
         logits = network(normalised).double()[0]
     return torch.softmax(logits, 0).numpy()
+
+
+def photo_probabilities(path) -> np.ndarray:
+    """The default model's softmax on a photo, preprocessed here with PIL alone: the shorter side to 256
+    (bilinear, antialiased), the centre 224 x 224, then ``probabilities``."""
+    image = Image.open(path).convert("RGB")
+    width, height = image.size
+    size = (int(256 * width / height), 256) if height <= width else (256, int(256 * height / width))
+    resized = image.resize(size, Image.Resampling.BILINEAR)
+    left, top = round((size[0] - 224) / 2), round((size[1] - 224) / 2)
+    buffer = io.BytesIO()
+    resized.crop((left, top, left + 224, top + 224)).save(buffer, format="PNG")
+    return probabilities(lite0(), buffer.getvalue())
