@@ -14,7 +14,6 @@ from nnprobe.vision import AdversarialResult, AttackProgress
 from nnprobe_services.server.metrics import metrics_for
 from PIL import Image
 
-from tests.conftest import start_server
 from tests.service import vision_reference
 
 PHOTOS = [
@@ -43,11 +42,11 @@ def resnet18_weights(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory, resnet18_weights):
-    first, address = start_server(
+def servers(module_server_factory, tmp_path_factory, resnet18_weights):
+    first, address = module_server_factory(
         "vision", tmp_path_factory.mktemp("a"), weights_download_timeout=0.0, weights_dir=resnet18_weights
     )
-    second, other = start_server(
+    second, other = module_server_factory(
         "vision",
         tmp_path_factory.mktemp("b"),
         max_attack_steps=50,
@@ -165,9 +164,9 @@ def test_cancellation_stops_the_attack_loop(vision, photos):
     assert caught.value.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
-def test_remote_transfer_carries_the_token(tmp_path, photos):
-    secured, secured_address = start_server("vision", tmp_path / "s", auth_token="s3cret")
-    attacker, address = start_server("vision", tmp_path / "a", auth_token="s3cret")
+def test_remote_transfer_carries_the_token(server_factory, tmp_path, photos):
+    secured, secured_address = server_factory("vision", tmp_path / "s", auth_token="s3cret")
+    attacker, address = server_factory("vision", tmp_path / "a", auth_token="s3cret")
     try:
         with VisionClient(address, token="s3cret", timeout=300) as client:
             (r,) = client.attack(

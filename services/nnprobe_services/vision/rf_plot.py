@@ -126,13 +126,3 @@ MAX_IMAGE_PIXELS = 50_000_000 // 3
 def _check(should_stop: Callable[[], bool] | None) -> None:
     if should_stop is not None and should_stop():
         raise Cancelled("stopped before drawing the picture")
-
-
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Encoded image bytes to an (H, W, 3) uint8 array, decoded as for classification (``preprocess``):
-    ``InvalidArgument`` when unreadable, ``ResourceExhausted`` on ``plot.image.encoded`` when the header
-    announces more than ``max_pixels`` pixels (nothing decoded)."""
-    from nnprobe_services.vision import preprocess
-
-    limits = preprocess.ImageLimits(max_bytes, max_pixels)
-    return preprocess.decode_array(data, field=IMAGE_FIELD, limits=limits, label="the image")

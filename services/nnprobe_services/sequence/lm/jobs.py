@@ -1,8 +1,13 @@
 """Training jobs: a durable queue per device, one running job per device, checkpoints, resume.
 
-Lifecycle: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED. A server that stops while a job is
-queued or running finds it at its next start and marks it INTERRUPTED; ``resume`` queues an INTERRUPTED
-or CANCELLED job again and it continues from its last checkpoint with the same data order.
+Lifecycle: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED. A server that shuts down (``shutdown``)
+stops its running job at the next step boundary, checkpoints it and marks it INTERRUPTED, and marks its
+queued jobs INTERRUPTED; one that was killed finds its jobs at the next start and marks them INTERRUPTED.
+``resume`` queues an INTERRUPTED or CANCELLED job again and it continues from its last checkpoint with the
+same data order.
+
+Every recorded event is announced to the listeners (``add_listener``), from the thread that recorded it,
+so an event loop can wake its watchers without polling.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,22 +26,21 @@ from typing import Any
 import torch
 
 from nnprobe_services.errors import FailedPrecondition, NotFound, ResourceExhausted
+from nnprobe_services.files import remove_partial_writes
 from nnprobe_services.sequence.lm import checkpoints
-from nnprobe_services.sequence.lm.corpus import CorpusStore, remove_partial_writes
+from nnprobe_services.sequence.lm.corpus import CorpusStore
 from nnprobe_services.sequence.lm.model import TrainingConfig, parameter_count
 from nnprobe_services.sequence.lm.store import (
-    ACTIVE,
     CANCELLED,
     FAILED,
     INTERRUPTED,
     QUEUED,
     RUNNING,
     SUCCEEDED,
-    EventRecord,
     JobRecord,
     JobStore,
 )
-from nnprobe_services.sequence.lm.training import Event, Trainer, load_model, steps_per_epoch, total_steps
+from nnprobe_services.sequence.lm.training import Event, Trainer, steps_per_epoch, total_steps
 
 log = logging.getLogger("nnprobe.sequence.lm")
 
@@ -44,22 +48,19 @@ log = logging.getLogger("nnprobe.sequence.lm")
 CANCEL_WAIT_SECONDS = 120.0
 
 
-@dataclass
-class LoadedModel:
-    """A model read from a job's checkpoint."""
+class JobStop(threading.Event):
+    """The stop flag of a running job; ``deadline`` (a ``time.monotonic()`` value, or None) is when the work
+    must have ended, for runners that have to force an end (data-parallel workers are killed then)."""
 
-    model: Any
-    vocab: list[str]
-    index: dict[str, int]
-    step: int
-    config: TrainingConfig
-    corpus_id: str
+    def __init__(self) -> None:
+        super().__init__()
+        self.deadline: float | None = None
 
 
 @dataclass
 class _Running:
     device: str
-    stop: threading.Event
+    stop: JobStop
     thread: threading.Thread
     cancel: bool = False
 
@@ -83,10 +84,10 @@ class JobManager:
         self.max_queued = max_queued
         self.runner = runner
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
         self._queues: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
         self._running: dict[str, _Running] = {}
-        self._models: dict[str, tuple[tuple[int, int], LoadedModel]] = {}
+        self._listeners: list[Callable[[str], None]] = []
+        self._closing = False
         self._remove_partial_writes()
         self._mark_interrupted()
 
@@ -167,7 +168,10 @@ class JobManager:
                 field="corpus_id",
             )
 
-    def cancel(self, job_id: str) -> JobRecord:
+    def request_cancel(self, job_id: str) -> bool:
+        """Cancel a queued job at once, or ask a running one to stop at its next step boundary (it then
+        saves a checkpoint and becomes CANCELLED). True when the job is running and still has to stop.
+        Raises NotFound, or FailedPrecondition when the job is neither queued nor running."""
         job = self.get(job_id)
         with self._lock:
             running = self._running.get(job_id)
@@ -175,23 +179,28 @@ class JobManager:
                 queue = self._queues.get(job.device)
                 if queue is not None and job_id in queue:
                     queue.remove(job_id)
-                cancel_now = True
             elif running is not None:
                 running.cancel = True
                 running.stop.set()
-                cancel_now = False
             else:
                 raise FailedPrecondition(
                     f"job {job_id} is {job.state}; only queued or running jobs can be cancelled",
                     field="job_id",
                 )
-        if cancel_now:
+        if running is None:
             self._event(
                 job_id, "state", {"state": CANCELLED, "message": "cancelled while queued"}, state=CANCELLED
             )
-        else:
-            assert running is not None
-            running.thread.join(CANCEL_WAIT_SECONDS)
+            return False
+        return True
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """``request_cancel``, then wait (at most ``CANCEL_WAIT_SECONDS``) for a running job to stop."""
+        if self.request_cancel(job_id):
+            with self._lock:
+                running = self._running.get(job_id)
+            if running is not None:
+                running.thread.join(CANCEL_WAIT_SECONDS)
         return self.get(job_id)
 
     def resume(self, job_id: str) -> JobRecord:
@@ -218,18 +227,18 @@ class JobManager:
     # -- running -------------------------------------------------------------------------------------
     def _dispatch(self, device: str) -> None:
         with self._lock:
-            if any(running.device == device for running in self._running.values()):
+            if self._closing or any(running.device == device for running in self._running.values()):
                 return
             queue = self._queues.get(device)
             if not queue:
                 return
             job_id = queue.popleft()
-            stop = threading.Event()
+            stop = JobStop()
             thread = threading.Thread(target=self._run, args=(job_id, stop), name=f"lm-{job_id}", daemon=True)
             self._running[job_id] = _Running(device, stop, thread)
         thread.start()
 
-    def _run(self, job_id: str, stop: threading.Event) -> None:
+    def _run(self, job_id: str, stop: JobStop) -> None:
         job = self.get(job_id)
         try:
             self._event(
@@ -243,8 +252,15 @@ class JobManager:
             elif cancelled:
                 self._event(job_id, "state", {"state": CANCELLED, "message": "cancelled"}, state=CANCELLED)
             else:
-                message = "stopped by the server"
-                self._event(job_id, "state", {"state": INTERRUPTED, "message": message}, state=INTERRUPTED)
+                step = self.get(job_id).checkpoint_step
+                message = f"the server stopped (shutdown); the job resumes from its checkpoint at step {step}"
+                self._event(
+                    job_id,
+                    "state",
+                    {"state": INTERRUPTED, "message": message, "step": step},
+                    state=INTERRUPTED,
+                    error=message,
+                )
         except Exception as error:  # recorded on the job; the server keeps running
             log.exception("job %s failed", job_id)
             message = f"{type(error).__name__}: {error}"
@@ -254,7 +270,7 @@ class JobManager:
                 self._running.pop(job_id, None)
             self._dispatch(job.device)
 
-    def _train(self, job: JobRecord, stop: threading.Event) -> bool:
+    def _train(self, job: JobRecord, stop: JobStop) -> bool:
         config = TrainingConfig.from_dict(job.config)
         corpus = self.corpora.get(job.corpus_id)
         path = self.checkpoint_path(job.job_id)
@@ -317,65 +333,46 @@ class JobManager:
 
     def _event(self, job_id: str, kind: str, payload: dict[str, Any], **changes: Any) -> int:
         sequence = self.store.add_event(job_id, kind, payload, **changes)
-        with self._changed:
-            self._changed.notify_all()
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(job_id)
+            except Exception:  # a listener's failure must not fail the job
+                log.exception("job listener failed")
         return sequence
 
-    # -- watching ------------------------------------------------------------------------------------
-    def watch(self, job_id: str, after: int, is_active: Callable[[], bool]) -> Iterator[EventRecord]:
-        """The job's events after sequence ``after``, following it until it leaves QUEUED/RUNNING."""
-        self.get(job_id)
-        cursor = after
-        while is_active():
-            events = self.store.events(job_id, cursor)
-            yield from events
-            if events:
-                cursor = events[-1].sequence
-                continue
-            if self.get(job_id).state not in ACTIVE:
-                if not self.store.events(job_id, cursor, limit=1):
-                    return
-                continue
-            with self._changed:
-                self._changed.wait(0.5)
-
-    def wait(self, job_id: str, timeout: float) -> JobRecord:
-        """Block until the job leaves QUEUED/RUNNING (or ``timeout`` passes); return it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            job = self.get(job_id)
-            if job.state not in ACTIVE or time.monotonic() > deadline:
-                return job
-            with self._changed:
-                self._changed.wait(0.2)
-
-    # -- models --------------------------------------------------------------------------------------
-    def model(self, job_id: str, device: torch.device) -> LoadedModel:
-        """The job's last checkpointed model (cached while the file is unchanged)."""
-        self.get(job_id)
-        path = self.checkpoint_path(job_id)
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            raise FailedPrecondition(
-                f"job {job_id} has no checkpoint yet; wait for its first checkpoint or for it to finish",
-                field="job_id",
-            ) from None
-        key = (stat.st_mtime_ns, stat.st_size)
+    def add_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(job_id)`` after every event recorded from now on (from the recording thread;
+        it must be quick and must not block)."""
         with self._lock:
-            cached = self._models.get(job_id)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        payload = checkpoints.load(path)
-        vocab = payload["vocab"]
-        loaded = LoadedModel(
-            model=load_model(payload, device),
-            vocab=vocab,
-            index={w: i for i, w in enumerate(vocab)},
-            step=payload["step"],
-            config=TrainingConfig.from_dict(payload["config"]),
-            corpus_id=payload["corpus_id"],
-        )
+            self._listeners.append(listener)
+
+    def running(self) -> list[str]:
+        """Ids of the jobs running now."""
         with self._lock:
-            self._models[job_id] = (key, loaded)
-        return loaded
+            return list(self._running)
+
+    # -- shutdown ------------------------------------------------------------------------------------
+    def shutdown(self, grace: float) -> list[str]:
+        """Stop every job for a server shutdown, within ``grace`` seconds: queued jobs become INTERRUPTED
+        at once; running ones stop at their next step boundary, write a checkpoint and become INTERRUPTED
+        (resumable). No job starts afterwards. Returns the ids of jobs still running when ``grace`` ran out
+        (their threads could not be joined)."""
+        deadline = time.monotonic() + grace
+        with self._lock:
+            self._closing = True
+            queued = [job_id for queue in self._queues.values() for job_id in queue]
+            self._queues.clear()
+            running = list(self._running.values())
+            for job in running:
+                job.stop.deadline = deadline - min(1.0, grace / 4)  # leave time to record the outcome
+                job.stop.set()
+        for job_id in queued:
+            message = "the server stopped (shutdown) before the job started; resume it to queue it again"
+            self._event(
+                job_id, "state", {"state": INTERRUPTED, "message": message}, state=INTERRUPTED, error=message
+            )
+        for job in running:
+            job.thread.join(max(0.0, deadline - time.monotonic()))
+        return [job.thread.name.removeprefix("lm-") for job in running if job.thread.is_alive()]
