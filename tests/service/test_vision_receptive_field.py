@@ -214,7 +214,14 @@ def test_errors_in_layer_lists(vision):
         input_size=8,
         first_pixel_center=np.nan,
     )
-    expect(vision, INVALID, "plot.image.encoded", "cannot decode", [Layer("a", 3)], image=b"not an image")
+    expect(
+        vision,
+        INVALID,
+        "plot.image.encoded",
+        "is not a readable image",
+        [Layer("a", 3)],
+        image=b"not an image",
+    )
     expect(
         vision,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
