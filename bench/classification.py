@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     images = load_images(args.images)
     limit = in_process(images, device)
     rows: list[tuple] = [("in-process, batches of 16", "-", f"{limit:.2f}", "1.00", "-", "-")]
-    base = ServerConfig(service="vision", host="127.0.0.1", port=0, workers=64, max_concurrent_rpcs=256)
+    base = ServerConfig(service="vision", host="127.0.0.1", port=0, compute_queue=64, max_concurrent_rpcs=256)
     for batching in (True, False):
         server, port = create_server(dataclasses.replace(base, dynamic_batching=batching).validate())
         server.start()

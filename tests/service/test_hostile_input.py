@@ -60,7 +60,7 @@ LIMITS: dict[str, Any] = dict(
     batch_queue_size=4,
     weights_download_timeout=0.0,
     ptb_download_timeout=0.0,
-    workers=4,
+    compute_workers=4,
 )
 MODULES = {"vision": vision_pb2, "sequence": sequence_pb2, "attention": attention_pb2}
 

@@ -107,6 +107,21 @@ def test_concurrent_calls_equal_sequential_ones(vision, seed_files):
         assert [c.probability for c in one.top] == pytest.approx([c.probability for c in many.top], abs=1e-6)
 
 
+def test_waiting_for_a_batch_holds_no_compute_thread(server_factory):
+    """One compute thread, four concurrent calls: they still meet in one batch of four, because a call gives
+    its thread back once its image is decoded and waits for its batch on the event loop. (Were the thread
+    held while waiting, the other calls could not be decoded until the first batch had left alone.)"""
+    _, address = server_factory(
+        "vision", compute_workers=1, compute_queue=8, batch_max_size=4, batch_max_delay_ms=60_000.0
+    )
+    image = np.zeros((224, 224, 3), np.uint8)
+    with VisionClient(address, timeout=120) as client:
+        assert [r.batch_size for r in client.classify([image] * 4, top_k=1)] == [4] * 4  # loads the model
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: client.classify(image, top_k=1)[0], range(4)))
+    assert [r.batch_size for r in results] == [4] * 4
+
+
 def test_batching_off_gives_the_same_classes(server_factory, tmp_path, seed_files):
     server, address = server_factory("vision", tmp_path, dynamic_batching=False)
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -25,6 +25,8 @@ from nnprobe_services.errors import InvalidArgument, ResourceExhausted, ShouldSt
 DEFAULT_SAMPLES = 1000
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 STRATEGIES = ("auto", "exhaustive", "sampled")
+#: Most timing repeats one request may ask for.
+MAX_TIMING_REPEATS = 1000
 
 
 @dataclass(frozen=True)
@@ -326,11 +328,8 @@ class FeedForwardPlan:
     widths: list[int]
     tolerance: float
     repeats: int
-    batch: tuple[int, int] = field(default=(0, 0))
-
-
-#: Most timing repeats one request may ask for.
-MAX_TIMING_REPEATS = 1000
+    #: (B, T) of the drawn input; (0, 0) when x is given.
+    batch: tuple[int, int]
 
 
 def _feed_forward_widths(spec: FeedForwardSpec, limit: int) -> list[int]:

@@ -145,8 +145,8 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
     async def StartTraining(self, request, context):
         if not request.corpus_id:
             raise InvalidArgument("is required: 'ptb' or an id from UploadCorpus", field="corpus_id")
-        given = messages.given_config(request.config)
         valid.enum_value(request.config.optimizer, pb.Optimizer, "config.optimizer", pb.OPTIMIZER_ADAM)
+        given = messages.given_config(request.config)
 
         def start(_stop: ShouldStop) -> pb.StartTrainingResponse:
             corpus = self.corpora.get(request.corpus_id)
