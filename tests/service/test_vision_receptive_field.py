@@ -214,7 +214,14 @@ def test_errors_in_layer_lists(vision):
         input_size=8,
         first_pixel_center=np.nan,
     )
-    expect(vision, INVALID, "plot.image.encoded", "cannot decode", [Layer("a", 3)], image=b"not an image")
+    expect(
+        vision,
+        INVALID,
+        "plot.image.encoded",
+        "is not a readable image",
+        [Layer("a", 3)],
+        image=b"not an image",
+    )
     expect(
         vision,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -469,3 +476,14 @@ def test_deadline_stops_the_server_work(vision, caplog, monkeypatch):
         time.sleep(0.05)
     done, total = map(int, re.search(r"stopped after (\d+) of (\d+) samples", stops[-1]).groups())
     assert total == 256 and done < total
+
+
+def test_verify_follows_the_taps_of_a_dilated_kernel(vision):
+    # Kernel 3, dilation 2, padding 1 on 8 pixels: unit (0, 0) reads pixels -1 (padding), 1 and 3.
+    result = vision.compute_receptive_field(
+        [Layer("c", 3, 1, 1, dilation=2)], input_size=(8, 8), units=[("c", 0, 0)], verify=True
+    )
+    (unit,) = result.units
+    assert (unit.rows, unit.columns) == ((1, 3), (1, 3))
+    assert (unit.verification.rows, unit.verification.columns) == ((1, 3), (1, 3))
+    assert unit.verification.matches and result.verified

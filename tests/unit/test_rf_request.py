@@ -104,7 +104,7 @@ def test_the_picture_sets_the_input_size():
             {"picture": ImageInput(b"not an image", None, "plot.image.encoded")},
             InvalidArgument,
             "plot.image.encoded",
-            "cannot decode the image",
+            "is not a readable image",
         ),
     ],
 )

@@ -1,8 +1,9 @@
 """Request images to arrays, in one place (no gRPC): the images a model classifies or attacks, and the
 picture a receptive-field plot is drawn on. Every failure names the request field at fault.
 
-An image arrives either as encoded bytes (JPEG, PNG, WebP, BMP) or as a raw (H, W, C) pixel array that the
-servicer has already decoded from its ``Tensor`` message; ``ImageInput`` holds one of the two.
+An image arrives either as encoded bytes (JPEG, PNG, WebP, BMP, TIFF, GIF) or as a raw (H, W, C) pixel array
+that the servicer has already decoded from its ``Tensor`` message; ``ImageInput`` holds one of the two.
+Decoding, conversion, resize and crop live in ``preprocess``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 
 from nnprobe_services.errors import InvalidArgument, ResourceExhausted
 from nnprobe_services.vision import preprocess, rf_plot
@@ -31,12 +31,8 @@ class ImageInput:
     name: str = ""
 
 
-@dataclass(frozen=True)
-class ImageLimits:
-    """Most encoded bytes and most pixels (width * height) one image may have."""
-
-    max_bytes: int
-    max_pixels: int
+#: Most encoded bytes and most pixels (width * height) one image, or one resize of it, may have.
+ImageLimits = preprocess.ImageLimits
 
 
 def count_images(count: int, field: str, maximum: int) -> None:
@@ -59,33 +55,25 @@ def model_inputs(
     batch = []
     for i, image in enumerate(images):
         label = f"image {i}" + (f" ({image.name})" if image.name else "")
-        decoded: Image.Image | torch.Tensor
-        try:
-            if image.encoded or image.pixels is None:
-                decoded = preprocess.decode(
-                    image.encoded, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels
-                )
-            else:
-                decoded = preprocess.from_pixels(image.pixels, max_pixels=limits.max_pixels)
-            batch.append(preprocess.model_input(decoded, prep, skip_resize=skip_resize))
-        except preprocess.ImageError as error:
-            kind = ResourceExhausted if error.kind == "too_large" else InvalidArgument
-            raise kind(f"{label} {error}", field=image.field) from None
+        source = image.encoded if image.encoded or image.pixels is None else image.pixels
+        batch.append(
+            preprocess.prepare(
+                source, prep, field=image.field, limits=limits, label=label, skip_resize=skip_resize
+            )
+        )
     return torch.stack(batch)
 
 
-def plot_picture(image: ImageInput) -> np.ndarray:
+def plot_picture(image: ImageInput, max_bytes: int = 32 * 1024 * 1024) -> np.ndarray:
     """The picture a receptive-field plot is drawn on: (H, W, 3) uint8 from encoded bytes, or the given
     (H, W, C) pixels with C in 1, 3, 4 of uint8 or float.
 
     Raises ``InvalidArgument`` on ``image.field`` when it cannot be used, ``ResourceExhausted`` on
     ``plot.image.encoded`` when the header announces too many pixels.
     """
-    if image.encoded:
-        try:
-            return rf_plot.decode_image(image.encoded)
-        except ValueError as error:
-            raise InvalidArgument(str(error), field=image.field) from None
+    if image.encoded:  # decoded as for classification, every pixel (no draft, no resize)
+        limits = ImageLimits(max_bytes, rf_plot.MAX_IMAGE_PIXELS)
+        return preprocess.decode_array(image.encoded, field=image.field, limits=limits)
     pixels = image.pixels
     if pixels is None:
         raise InvalidArgument("give `encoded` bytes or `pixels`", field=image.field)

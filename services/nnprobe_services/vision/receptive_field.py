@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
+import numpy as np
+
 Pads = tuple[int, int, int, int]  # top, bottom, left, right
 Range = tuple[int, int]  # first, last pixel index (0-based, inclusive); first > last when empty
 KINDS = ("input", "conv", "pool", "other", "merge")
@@ -326,37 +328,95 @@ def _span(
     return unclipped, clipped
 
 
-def connected_pixels(fields: Sequence[LayerField], name: str, x: int, y: int) -> tuple[Range, Range]:
-    """Input rows and columns (first, last; first > last when none) connected to unit (x, y) of ``name``.
+#: One axis's connected positions of a layer: (offset, mask); position ``offset + i`` is connected when
+#: ``mask[i]``. Paths through a network: pairs (rows, columns) whose product is connected.
+_Positions = tuple[int, np.ndarray]
 
-    The unit's index range is carried back through every path to the input, clamped at each layer to
-    the positions that exist there: padding is not image, and pixels that a layer's windows never read
-    (a stride that does not divide the input) are not connected either. Exact for networks without
-    dilation or stride > kernel; with those the field has holes and this is its bounding range.
+
+def _taps_back(positions: _Positions, window: Window | None, n_in: int) -> _Positions:
+    """The input positions read by ``positions`` of a layer's output: output i reads the real taps
+    i*stride - pad_before + dilation*t (t = 0..kernel-1) that lie inside the input (0..n_in-1); padding is
+    not image and the holes between dilated taps are not read."""
+    offset, mask = positions
+    if window is None:  # an operation without a window keeps positions
+        lo, hi = max(offset, 0), min(offset + len(mask), n_in)
+        return (lo, mask[lo - offset : hi - offset]) if lo < hi else (0, mask[:0])
+    s, d, k, p = window.stride, window.dilation, window.kernel, window.pad_before
+    index = offset + np.flatnonzero(mask)
+    if index.size == 0:
+        return 0, mask[:0]
+    lo = max(int(index[0]) * s - p, 0)
+    hi = min(int(index[-1]) * s - p + window.extent - 1, n_in - 1)
+    if lo > hi:
+        return 0, mask[:0]
+    # Input u reads output i when u - (i*s - p) is a multiple of d in 0..d*(k-1): find, for every u, the
+    # nearest first tap at or below it in u's residue class modulo d (a sorted search, memory O(span)).
+    first = index * s - p
+    size = max(hi, int(first[-1])) + 1 - min(lo, int(first[0])) + 1
+    shift = -min(lo, int(first[0]))
+    keys = np.sort((first % d) * size + first + shift)
+    u = np.arange(lo, hi + 1, dtype=np.int64)
+    query = (u % d) * size + u + shift
+    at = np.searchsorted(keys, query, side="right") - 1
+    found = keys[np.maximum(at, 0)]
+    same_class = (at >= 0) & (found // size == u % d)
+    gap = u + shift - found % size
+    return lo, same_class & (gap <= d * (k - 1))
+
+
+def _dominated(a: tuple[_Positions, _Positions], b: tuple[_Positions, _Positions]) -> bool:
+    """Whether every position of pair ``a`` is in pair ``b`` along both axes."""
+    return all(_subset(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _subset(a: _Positions, b: _Positions) -> bool:
+    (ao, am), (bo, bm) = a, b
+    inside = np.flatnonzero(am) + ao
+    if inside.size == 0:
+        return True
+    if inside[0] < bo or inside[-1] >= bo + len(bm):
+        return False
+    return bool(bm[inside - bo].all())
+
+
+def connected_pixels(fields: Sequence[LayerField], name: str, x: int, y: int) -> tuple[Range, Range]:
+    """Input rows and columns (first, last; first > last when none) connected to unit (x, y) of ``name``:
+    the bounding range of the pixels whose value reaches the unit through some path of non-zero weights.
+
+    Every layer is followed back through its real taps (``_taps_back``): padding is not image, pixels a
+    stride never reads and the holes between dilated taps are not connected. Windows are rectangular, so
+    along one path the connected pixels are a product of rows and columns; branches keep one (rows,
+    columns) pair per distinct path, so a path whose field lies wholly in padding along one axis connects
+    nothing along the other either. Exact for every layer kind with a window (convolution, pooling) and
+    for element-wise and merging operations.
     """
     by_name = {f.name: f for f in fields}
-    result = []
-    for axis_index, index in ((0, y), (1, x)):
-        need: dict[str, Range] = {name: (index, index)}
-        for f in reversed(fields):
-            if f.name not in need or not f.inputs:
-                continue
-            a, b = need[f.name]
-            for source_name in f.inputs:
-                source = by_name[source_name]
-                n_in = (source.height, source.width)[axis_index].size
-                if f.windows is not None:
-                    w = f.windows[axis_index]
-                    a_in, b_in = a * w.stride - w.pad_before, b * w.stride - w.pad_before + w.extent - 1
-                else:
-                    a_in, b_in = a, b
-                a_in, b_in = max(a_in, 0), min(b_in, n_in - 1)
-                if a_in > b_in:
+    one = np.ones(1, dtype=bool)
+    need: dict[str, list[tuple[_Positions, _Positions]]] = {name: [((y, one), (x, one))]}
+    for f in reversed(fields):
+        if f.name not in need or not f.inputs:
+            continue
+        for source_name in f.inputs:
+            source = by_name[source_name]
+            sizes = (source.height.size, source.width.size)
+            for rows, columns in need[f.name]:
+                windows = f.windows or (None, None)
+                pair = (_taps_back(rows, windows[0], sizes[0]), _taps_back(columns, windows[1], sizes[1]))
+                if not (pair[0][1].any() and pair[1][1].any()):
                     continue
-                old = need.get(source_name)
-                need[source_name] = (a_in, b_in) if old is None else (min(old[0], a_in), max(old[1], b_in))
-        result.append(need.get(fields[0].name, (0, -1)))
-    return result[0], result[1]
+                kept = need.setdefault(source_name, [])
+                if any(_dominated(pair, other) for other in kept):
+                    continue
+                kept[:] = [other for other in kept if not _dominated(other, pair)] + [pair]
+    pairs = need.get(fields[0].name, [])
+    if not pairs:
+        return (0, -1), (0, -1)
+    ranges = []
+    for axis in range(2):
+        firsts = [p[axis][0] + int(np.flatnonzero(p[axis][1])[0]) for p in pairs]
+        lasts = [p[axis][0] + int(np.flatnonzero(p[axis][1])[-1]) for p in pairs]
+        ranges.append((min(firsts), max(lasts)))
+    return ranges[0], ranges[1]
 
 
 def unit_field(
