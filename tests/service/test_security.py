@@ -131,7 +131,7 @@ def scrape(port: int) -> str:
 
 
 def counter(text: str, method: str, code: str) -> float:
-    pattern = rf'nnprobe_requests_total{{code="{code}",method="{re.escape(method)}"}} (\S+)'
+    pattern = rf'nnprobe_requests_total{{code="{code}",method="{re.escape(method)}",protocol="nnprobe"}} (\S+)'
     match = re.search(pattern, text)
     return float(match.group(1)) if match else 0.0
 
@@ -151,5 +151,5 @@ def test_metrics_endpoint_counts_requests(server_factory, tmp_path):
         server.shutdown(0).wait()
     assert counter(after, method, "OK") - counter(before, method, "OK") == 3
     assert counter(after, method, "INVALID_ARGUMENT") - counter(before, method, "INVALID_ARGUMENT") == 1
-    assert f'nnprobe_request_duration_seconds_count{{method="{method}"}}' in after
+    assert f'nnprobe_request_duration_seconds_count{{method="{method}",protocol="nnprobe"}}' in after
     assert f'nnprobe_requests_in_flight{{method="{method}",protocol="nnprobe"}} 0.0' in after

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-import grpc
 import numpy as np
 from nnprobe.api.inference import grpc_service_pb2 as pb
 from nnprobe.api.inference import grpc_service_pb2_grpc
@@ -175,8 +174,8 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self.core.close()
 
 
-def add_to_server(vision: Any, server: grpc.aio.Server) -> InferenceServicer:
-    """Register the protocol beside ``vision`` (a ``VisionServicer``) on ``server``."""
+def add_to_server(vision: Any, server: Any) -> InferenceServicer:
+    """Register the protocol beside ``vision`` (a ``VisionServicer``) on ``server`` (``grpc.aio.Server``)."""
     servicer = InferenceServicer(vision)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     return servicer
