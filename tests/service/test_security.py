@@ -131,7 +131,8 @@ def scrape(port: int) -> str:
 
 
 def counter(text: str, method: str, code: str) -> float:
-    pattern = rf'nnprobe_requests_total{{code="{code}",method="{re.escape(method)}",protocol="nnprobe"}} (\S+)'
+    labels = f'code="{code}",method="{re.escape(method)}",protocol="nnprobe"'
+    pattern = rf"nnprobe_requests_total{{{labels}}} (\S+)"
     match = re.search(pattern, text)
     return float(match.group(1)) if match else 0.0
 
