@@ -153,7 +153,7 @@ def test_expired_lease_is_taken_over_and_the_old_owner_is_fenced(store):
     assert (second.job.owner, second.job.attempt, second.job.takeovers) == ("r2", 2, 1)
     # The first owner's writes and renewals no longer reach the job.
     assert store.add_event("job-a", "step", {"step": 2}, expect=fence1, step=2) is None
-    assert not store.truncate_events("job-a", 0, expect=fence1)
+    assert not store.supersede_events("job-a", 0, expect=fence1)
     assert store.renew_lease("job-a", "r1", 1, 60) is None
     assert store.renew_lease("job-a", "r2", 2, 60) is False
     assert store.claim_next("r3", ["cpu"], 60, 3) is None  # r2's lease holds
@@ -238,7 +238,7 @@ def test_concurrent_events_get_consecutive_sequences(database_url):
 operations = st.lists(
     st.one_of(
         st.tuples(st.just("add"), st.integers(0, 1000)),
-        st.tuples(st.just("truncate"), st.integers(0, 30)),
+        st.tuples(st.just("supersede"), st.integers(0, 30)),
         st.tuples(st.just("read"), st.integers(0, 30)),
     ),
     max_size=25,
@@ -248,23 +248,24 @@ operations = st.lists(
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=operations)
 def test_event_log_behaves_like_a_list(store, ops):
-    """Any mix of appends, truncations and cursor reads matches a plain list's behaviour: sequences are
-    1, 2, ... without gaps, truncation drops exactly the tail, and a cursor read returns the tail."""
+    """Any mix of appends, supersessions and cursor reads matches a plain list model: sequences only grow
+    (1, 2, ... over every append, superseded or not), superseding drops exactly the visible tail after a
+    sequence, and a cursor read returns the visible events after it."""
     job_id = f"job-{time.monotonic_ns()}"
     store.insert(new_job(job_id))
-    model: list[int] = []
+    model: list[tuple[int, int]] = []  # the visible (sequence, value) pairs
+    appended = 0
     for op, value in ops:
         if op == "add":
-            assert store.add_event(job_id, "step", {"v": value}) == len(model) + 1
-            model.append(value)
-        elif op == "truncate":
-            after = min(value, len(model))
-            assert store.truncate_events(job_id, after)
-            del model[after:]
+            appended += 1
+            assert store.add_event(job_id, "step", {"v": value}) == appended
+            model.append((appended, value))
+        elif op == "supersede":
+            assert store.supersede_events(job_id, value)
+            model = [(seq, v) for seq, v in model if seq <= value]
         else:
-            assert [e.payload["v"] for e in store.events(job_id, after=value)] == model[value:]
+            got = [(e.sequence, e.payload["v"]) for e in store.events(job_id, after=value)]
+            assert got == [(seq, v) for seq, v in model if seq > value]
     job = store.get(job_id)
-    assert job is not None and job.last_sequence == len(model)
-    assert [(e.sequence, e.payload["v"]) for e in store.events(job_id)] == list(
-        enumerate(model, start=1)
-    )
+    assert job is not None and job.last_sequence == appended
+    assert [(e.sequence, e.payload["v"]) for e in store.events(job_id)] == model

@@ -1,26 +1,31 @@
-"""Training jobs: a durable queue per device, one running job per device, checkpoints, resume.
+"""Training jobs on a queue that every replica of the sequence server shares.
 
-Lifecycle: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED. A server that stops while a job is
-queued or running finds it at its next start and marks it INTERRUPTED; ``resume`` queues an INTERRUPTED
-or CANCELLED job again and it continues from its last checkpoint with the same data order.
+Lifecycle: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED | INTERRUPTED. Each replica runs at most
+one job per device. Its supervisor thread claims queued jobs for its free devices from the job store,
+renews the lease of each job it runs (the heartbeat, which also reads cancel requests sent to any
+replica), and takes over jobs whose owner's lease expired: the owner died (``kill -9``, a lost node), so
+the job continues from its last checkpoint with the same data order and finishes with the same result as
+an uninterrupted run. A replica that stops on request marks its running jobs INTERRUPTED after saving a
+checkpoint; ``resume`` queues an INTERRUPTED or CANCELLED job again.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nnprobe_services.errors import FailedPrecondition, NotFound, ResourceExhausted
+from nnprobe_services.errors import FailedPrecondition, NotFound
 from nnprobe_services.sequence.lm import checkpoints
 from nnprobe_services.sequence.lm.corpus import CorpusStore, remove_partial_writes
 from nnprobe_services.sequence.lm.model import TrainingConfig, parameter_count
@@ -32,9 +37,12 @@ from nnprobe_services.sequence.lm.store import (
     QUEUED,
     RUNNING,
     SUCCEEDED,
+    Claim,
     EventRecord,
     JobRecord,
     JobStore,
+    LeaseLost,
+    redacted,
 )
 from nnprobe_services.sequence.lm.training import Event, Trainer, load_model, steps_per_epoch, total_steps
 
@@ -42,6 +50,26 @@ log = logging.getLogger("nnprobe.sequence.lm")
 
 #: How long CancelJob waits for a running job to reach a step boundary and save its checkpoint.
 CANCEL_WAIT_SECONDS = 120.0
+#: How often a watcher or waiter reads the store for events written by other replicas.
+WATCH_POLL_SECONDS = 0.5
+
+
+def default_replica_id() -> str:
+    """``<host name>-<process id>``: unique among live replicas (a pod's host name is its own)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def device_slot(device: str) -> str:
+    """The device a job occupies: ``cuda`` is ``cuda:0``."""
+    return "cuda:0" if device == "cuda" else device
+
+
+def local_devices() -> list[str]:
+    """The job device names this process can run: ``cpu`` and each visible GPU."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    return names
 
 
 @dataclass
@@ -58,14 +86,33 @@ class LoadedModel:
 
 @dataclass
 class _Running:
-    device: str
-    stop: threading.Event
-    thread: threading.Thread
+    """A job this replica runs, under the lease of claim number ``attempt``."""
+
+    slot: str
+    attempt: int
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
     cancel: bool = False
+    lost: bool = False
+    renewed_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Leases:
+    """How this replica takes part in the shared queue."""
+
+    #: This replica's name in the store (``owner`` of the jobs it runs).
+    replica_id: str
+    #: Seconds a claim or a renewal holds a job; another replica takes the job over after that.
+    lease_seconds: float = 30.0
+    #: Seconds between the supervisor's rounds (claims and lease renewals).
+    poll_seconds: float = 1.0
+    #: Takeovers after which a job is left INTERRUPTED instead of claimed again.
+    max_takeovers: int = 3
 
 
 class JobManager:
-    """Owns the job database, the per-device queues and the runner threads."""
+    """Owns the job store, this replica's runner threads and its supervisor thread."""
 
     def __init__(
         self,
@@ -75,41 +122,63 @@ class JobManager:
         *,
         max_queued: int,
         runner: Callable[..., bool] | None = None,
+        database_url: str | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self.root = data_dir / "jobs"
-        self.store = JobStore(data_dir / "jobs.sqlite3")
+        self.store = JobStore(database_url or f"sqlite:///{data_dir / 'jobs.sqlite3'}")
         self.corpora = corpora
         self.default_device = default_device
         self.max_queued = max_queued
         self.runner = runner
+        self.leases = leases or Leases(default_replica_id())
+        self.replica_id = self.leases.replica_id
+        self.devices = local_devices()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._queues: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
         self._running: dict[str, _Running] = {}
         self._models: dict[str, tuple[tuple[int, int], LoadedModel]] = {}
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        log.info(
+            "job store %s (schema version %d), replica %s",
+            redacted(self.store.url),
+            self.store.schema_versions[1],
+            self.replica_id,
+        )
         self._remove_partial_writes()
-        self._mark_interrupted()
+        expired = self.store.expire_leases(self.replica_id)
+        if expired:
+            log.warning(
+                "replica %s restarted: its %d running job(s) will be taken over", self.replica_id, expired
+            )
+        self._supervisor = threading.Thread(target=self._supervise, name="lm-supervisor", daemon=True)
+        self._supervisor.start()
 
-    # -- startup -------------------------------------------------------------------------------------
+    # -- startup and shutdown ------------------------------------------------------------------------
     def _remove_partial_writes(self) -> None:
-        """Delete the temporary files of checkpoint or corpus writes that a killed server left behind."""
-        started = time.time()
+        """Delete the temporary files of checkpoint or corpus writes that a killed server left behind
+        (older than one lease: another replica sharing the folder may be writing newer ones)."""
+        older_than = time.time() - self.leases.lease_seconds
         for folder in (self.root, self.corpora.root):
-            for path in remove_partial_writes(folder, older_than=started):
+            for path in remove_partial_writes(folder, older_than=older_than):
                 log.warning("removed %s, the partial write of a server that stopped", path)
 
-    def _mark_interrupted(self) -> None:
-        for job in self.store.jobs((QUEUED, RUNNING), limit=1_000_000):
-            where = f"at step {job.checkpoint_step}" if job.checkpoint_step >= 0 else "none yet"
-            message = f"the server stopped while the job was {job.state} (last checkpoint: {where})"
-            self.store.add_event(
-                job.job_id,
-                "state",
-                {"state": INTERRUPTED, "message": message, "step": job.step, "epoch": job.epoch},
-                state=INTERRUPTED,
-                error=message,
-            )
-            log.warning("job %s interrupted: %s", job.job_id, message)
+    def close(self, timeout: float = CANCEL_WAIT_SECONDS) -> None:
+        """Stop claiming; stop the running jobs at a step boundary (each saves a checkpoint and is marked
+        INTERRUPTED), wait up to ``timeout`` seconds for them, then release the store."""
+        self._closed.set()
+        self._wake.set()
+        self._supervisor.join(timeout)
+        with self._lock:
+            running = list(self._running.values())
+        for job in running:
+            job.stop.set()
+        deadline = time.monotonic() + timeout
+        for job in running:
+            if job.thread is not None:
+                job.thread.join(max(0.0, deadline - time.monotonic()))
+        self.store.close()
 
     # -- paths ---------------------------------------------------------------------------------------
     def checkpoint_path(self, job_id: str) -> Path:
@@ -122,11 +191,8 @@ class JobManager:
         return job
 
     def queue_position(self, job: JobRecord) -> int:
-        with self._lock:
-            queue = self._queues.get(job.device)
-            if job.state != QUEUED or queue is None or job.job_id not in queue:
-                return -1
-            return list(queue).index(job.job_id)
+        """Queued jobs for the same device ahead of ``job`` over all replicas; -1 unless it is queued."""
+        return self.store.queue_position(job)
 
     # -- start, cancel, resume -----------------------------------------------------------------------
     def start(self, corpus_id: str, config: TrainingConfig, name: str, device: torch.device) -> JobRecord:
@@ -150,49 +216,31 @@ class JobManager:
             steps_per_epoch=per_epoch,
             vocab_size=corpus.vocab_size,
             parameters=parameters,
+            queued_at=now,
         )
-        with self._lock:
-            self._check_queue_room()
-            self.store.insert(job)
-            self._queues[job.device].append(job.job_id)
+        self.store.insert(job, max_queued=self.max_queued)
         self._event(job.job_id, "state", {"state": QUEUED, "message": "queued"})
-        self._dispatch(job.device)
+        self._wake.set()
         return self.get(job.job_id)
 
-    def _check_queue_room(self) -> None:
-        queued = sum(len(q) for q in self._queues.values())
-        if queued >= self.max_queued:
-            raise ResourceExhausted(
-                f"{queued} jobs are already queued; the limit is {self.max_queued} (max_queued_jobs)",
-                field="corpus_id",
-            )
-
     def cancel(self, job_id: str) -> JobRecord:
-        job = self.get(job_id)
+        """Cancel a queued job at once; ask the owner of a running one (on any replica) to stop it at a
+        step boundary with a checkpoint, and wait up to ``CANCEL_WAIT_SECONDS`` for that."""
+        self.get(job_id)
+        found = self.store.request_cancel(job_id)
+        if found == QUEUED:
+            self._notify()
+            return self.get(job_id)
+        if found != RUNNING:
+            raise FailedPrecondition(
+                f"job {job_id} is {found}; only queued or running jobs can be cancelled", field="job_id"
+            )
         with self._lock:
             running = self._running.get(job_id)
-            if job.state == QUEUED and running is None:
-                queue = self._queues.get(job.device)
-                if queue is not None and job_id in queue:
-                    queue.remove(job_id)
-                cancel_now = True
-            elif running is not None:
+            if running is not None:  # this replica owns it: no need to wait for the heartbeat
                 running.cancel = True
                 running.stop.set()
-                cancel_now = False
-            else:
-                raise FailedPrecondition(
-                    f"job {job_id} is {job.state}; only queued or running jobs can be cancelled",
-                    field="job_id",
-                )
-        if cancel_now:
-            self._event(
-                job_id, "state", {"state": CANCELLED, "message": "cancelled while queued"}, state=CANCELLED
-            )
-        else:
-            assert running is not None
-            running.thread.join(CANCEL_WAIT_SECONDS)
-        return self.get(job_id)
+        return self.wait(job_id, CANCEL_WAIT_SECONDS)
 
     def resume(self, job_id: str) -> JobRecord:
         job = self.get(job_id)
@@ -201,65 +249,159 @@ class JobManager:
                 f"job {job_id} is {job.state}; only interrupted or cancelled jobs can be resumed",
                 field="job_id",
             )
-        path = self.checkpoint_path(job_id)
-        with self._lock:
-            self._check_queue_room()
-            if path.is_file():
-                payload = checkpoints.load(path)
-                sequence, step = payload["sequence"], payload["step"]
-            else:
-                sequence, step = 0, 0
-            self.store.truncate_events(job_id, sequence, state=QUEUED, step=step, error="")
-            self._queues[job.device].append(job_id)
+        queued = self.store.count_by_state().get(QUEUED, 0)
+        if queued >= self.max_queued:
+            from nnprobe_services.errors import ResourceExhausted
+
+            raise ResourceExhausted(
+                f"{queued} jobs are already queued; the limit is {self.max_queued} (max_queued_jobs)",
+                field="job_id",
+            )
+        sequence, step = self._checkpoint_position(job_id)
+        resumed = self.store.supersede_events(
+            job_id,
+            sequence,
+            expect={"state": job.state, "attempt": job.attempt},
+            state=QUEUED,
+            step=step,
+            error="",
+            owner="",
+            takeovers=0,
+            cancel_requested=False,
+            queued_at=time.time(),
+        )
+        if not resumed:
+            raise FailedPrecondition(f"job {job_id} changed while being resumed; try again", field="job_id")
         self._event(job_id, "state", {"state": QUEUED, "message": f"resumed from step {step}", "step": step})
-        self._dispatch(job.device)
+        self._wake.set()
         return self.get(job_id)
 
-    # -- running -------------------------------------------------------------------------------------
-    def _dispatch(self, device: str) -> None:
-        with self._lock:
-            if any(running.device == device for running in self._running.values()):
-                return
-            queue = self._queues.get(device)
-            if not queue:
-                return
-            job_id = queue.popleft()
-            stop = threading.Event()
-            thread = threading.Thread(target=self._run, args=(job_id, stop), name=f"lm-{job_id}", daemon=True)
-            self._running[job_id] = _Running(device, stop, thread)
-        thread.start()
+    def _checkpoint_position(self, job_id: str) -> tuple[int, int]:
+        """(event sequence, step) the job's checkpoint continues from; (0, 0) without one."""
+        path = self.checkpoint_path(job_id)
+        if not path.is_file():
+            return 0, 0
+        payload = checkpoints.load(path)
+        return payload["sequence"], payload["step"]
 
-    def _run(self, job_id: str, stop: threading.Event) -> None:
-        job = self.get(job_id)
-        try:
-            self._event(
-                job_id, "state", {"state": RUNNING, "message": f"running on {job.device}"}, state=RUNNING
-            )
-            finished = self._train(job, stop)
+    # -- the supervisor: claims, heartbeats, takeovers -----------------------------------------------
+    def _supervise(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self._heartbeat()
+                if not self._closed.is_set():
+                    self._claim()
+            except Exception:  # a database outage: the next round tries again
+                log.exception("replica %s could not reach the job store", self.replica_id)
+            self._wake.wait(self.leases.poll_seconds)
+            self._wake.clear()
+
+    def _heartbeat(self) -> None:
+        """Renew the lease of every job running here; stop those cancelled elsewhere or lost."""
+        with self._lock:
+            running = dict(self._running)
+        for job_id, job in running.items():
+            try:
+                requested = self.store.renew_lease(
+                    job_id, self.replica_id, job.attempt, self.leases.lease_seconds
+                )
+            except Exception:
+                if time.monotonic() - job.renewed_at > self.leases.lease_seconds:
+                    log.warning("job %s: lease not renewed for a whole lease; stopping it", job_id)
+                    job.lost = True
+                    job.stop.set()
+                raise
+            job.renewed_at = time.monotonic()
+            if requested is None:
+                log.warning("job %s: lease lost (another replica took it over); stopping it", job_id)
+                job.lost = True
+                job.stop.set()
+            elif requested and not job.cancel:
+                job.cancel = True
+                job.stop.set()
+
+    def _claim(self) -> None:
+        while True:
             with self._lock:
-                cancelled = self._running[job_id].cancel
+                busy = {job.slot for job in self._running.values()}
+            free = [d for d in self.devices if device_slot(d) not in busy]
+            claim = self.store.claim_next(
+                self.replica_id, free, self.leases.lease_seconds, self.leases.max_takeovers
+            )
+            if claim is None:
+                return
+            job = claim.job
+            running = _Running(device_slot(job.device), job.attempt, cancel=job.cancel_requested)
+            thread = threading.Thread(target=self._run, args=(claim, running), name=f"lm-{job.job_id}")
+            thread.daemon = True
+            running.thread = thread
+            with self._lock:
+                self._running[job.job_id] = running
+            thread.start()
+
+    # -- running -------------------------------------------------------------------------------------
+    def _run(self, claim: Claim, running: _Running) -> None:
+        job = claim.job
+        job_id = job.job_id
+        try:
+            if claim.takeover:
+                sequence, step = self._checkpoint_position(job_id)
+                if not self.store.supersede_events(job_id, sequence, expect=self._fence(running), step=step):
+                    raise LeaseLost(job_id)
+                message = (
+                    f"taken over by replica {self.replica_id} from {claim.previous_owner}, whose lease "
+                    f"expired; resuming from step {step}"
+                )
+                self._event(job_id, "state", {"state": RUNNING, "message": message, "step": step})
+                log.warning("job %s: %s", job_id, message)
+            message = f"running on {job.device} (replica {self.replica_id})"
+            self._event(job_id, "state", {"state": RUNNING, "message": message})
+            finished = False if running.cancel else self._train(self.get(job_id), running)
+            if running.lost:
+                raise LeaseLost(job_id)
+            release = {"owner": "", "lease_expires_at": 0.0, "cancel_requested": False}
             if finished:
-                self._event(job_id, "state", {"state": SUCCEEDED, "message": "finished"}, state=SUCCEEDED)
-            elif cancelled:
-                self._event(job_id, "state", {"state": CANCELLED, "message": "cancelled"}, state=CANCELLED)
+                self._event(
+                    job_id, "state", {"state": SUCCEEDED, "message": "finished"}, state=SUCCEEDED, **release
+                )
+            elif running.cancel:
+                payload = {"state": CANCELLED, "message": "cancelled"}
+                self._event(job_id, "state", payload, state=CANCELLED, **release)
             else:
-                message = "stopped by the server"
-                self._event(job_id, "state", {"state": INTERRUPTED, "message": message}, state=INTERRUPTED)
+                message = f"stopped by the server (replica {self.replica_id})"
+                payload = {"state": INTERRUPTED, "message": message}
+                self._event(job_id, "state", payload, state=INTERRUPTED, error=message, **release)
+        except LeaseLost:
+            log.warning("job %s: another replica owns it now; this replica stopped running it", job_id)
         except Exception as error:  # recorded on the job; the server keeps running
             log.exception("job %s failed", job_id)
             message = f"{type(error).__name__}: {error}"
-            self._event(job_id, "state", {"state": FAILED, "message": message}, state=FAILED, error=message)
+            try:
+                self._event(
+                    job_id,
+                    "state",
+                    {"state": FAILED, "message": message},
+                    state=FAILED,
+                    error=message,
+                    owner="",
+                )
+            except LeaseLost:
+                log.warning("job %s: failed after another replica took it over", job_id)
         finally:
             with self._lock:
                 self._running.pop(job_id, None)
-            self._dispatch(job.device)
+            self._wake.set()
 
-    def _train(self, job: JobRecord, stop: threading.Event) -> bool:
+    def _fence(self, running: _Running) -> dict[str, Any]:
+        return {"owner": self.replica_id, "attempt": running.attempt, "state": RUNNING}
+
+    def _train(self, job: JobRecord, running: _Running) -> bool:
         config = TrainingConfig.from_dict(job.config)
         corpus = self.corpora.get(job.corpus_id)
         path = self.checkpoint_path(job.job_id)
         payload = checkpoints.load(path) if path.is_file() else None
         splits = {name: split.ids for name, split in corpus.splits.items()}
+        stop = running.stop
         if self.runner is not None and config.workers > 1:
             return self.runner(self, job, config, splits, corpus.words, payload, stop)
         trainer = Trainer(config, corpus.words, splits, torch.device(job.device), payload)
@@ -268,7 +410,7 @@ class JobManager:
             should_stop=stop.is_set,
             on_checkpoint=lambda t: self.save_checkpoint(job.job_id, t.checkpoint()),
         )
-        if not finished and stop.is_set():
+        if not finished and stop.is_set() and not running.lost:
             self.save_checkpoint(job.job_id, trainer.checkpoint())
         return finished
 
@@ -288,8 +430,13 @@ class JobManager:
         self._event(job_id, kind, payload, **changes)
 
     def save_checkpoint(self, job_id: str, payload: dict[str, Any]) -> None:
-        """Write the checkpoint atomically, then record it (event + job row)."""
+        """Write the checkpoint atomically, then record it (event + job row). Raises ``LeaseLost`` and
+        writes nothing when another replica owns the job now."""
         job = self.get(job_id)
+        with self._lock:
+            running = self._running.get(job_id)
+        if running is None or running.lost or (job.owner, job.attempt) != (self.replica_id, running.attempt):
+            raise LeaseLost(job_id)
         payload["sequence"] = job.last_sequence
         payload["corpus_id"] = job.corpus_id
         try:
@@ -316,10 +463,20 @@ class JobManager:
         )
 
     def _event(self, job_id: str, kind: str, payload: dict[str, Any], **changes: Any) -> int:
-        sequence = self.store.add_event(job_id, kind, payload, **changes)
+        """Append an event; for a job this replica runs, only while it still holds the lease (else
+        ``LeaseLost``)."""
+        with self._lock:
+            running = self._running.get(job_id)
+        expect = self._fence(running) if running is not None else None
+        sequence = self.store.add_event(job_id, kind, payload, expect=expect, **changes)
+        if sequence is None:
+            raise LeaseLost(job_id)
+        self._notify()
+        return sequence
+
+    def _notify(self) -> None:
         with self._changed:
             self._changed.notify_all()
-        return sequence
 
     # -- watching ------------------------------------------------------------------------------------
     def watch(self, job_id: str, after: int, is_active: Callable[[], bool]) -> Iterator[EventRecord]:
@@ -337,7 +494,7 @@ class JobManager:
                     return
                 continue
             with self._changed:
-                self._changed.wait(0.5)
+                self._changed.wait(WATCH_POLL_SECONDS)
 
     def wait(self, job_id: str, timeout: float) -> JobRecord:
         """Block until the job leaves QUEUED/RUNNING (or ``timeout`` passes); return it."""
@@ -347,7 +504,7 @@ class JobManager:
             if job.state not in ACTIVE or time.monotonic() > deadline:
                 return job
             with self._changed:
-                self._changed.wait(0.2)
+                self._changed.wait(WATCH_POLL_SECONDS)
 
     # -- models --------------------------------------------------------------------------------------
     def model(self, job_id: str, device: torch.device) -> LoadedModel:

@@ -7,8 +7,8 @@ migrations not yet recorded, each in the same transaction as its record, so repl
 apply each migration exactly once. A database written by a newer server (a higher version) is refused.
 
 Version 1 is the schema of the embedded store before replicas shared it (a database without
-``schema_migrations`` but with ``jobs`` is at version 1); version 2 adds ownership, leases, takeovers and
-cancellation requests.
+``schema_migrations`` but with ``jobs`` is at version 1); version 2 adds ownership, leases, takeovers,
+cancellation requests and superseded events.
 """
 
 from __future__ import annotations
@@ -88,7 +88,14 @@ jobs = sa.Table(
         for name, type_, default in LEASE_COLUMNS
     ),
 )
-events = sa.Table("events", metadata, *_event_columns())
+events = sa.Table(
+    "events",
+    metadata,
+    *_event_columns(),
+    # A resumed or taken-over run replays the events after its checkpoint; the earlier run's are kept
+    # under their sequence numbers (sequences only grow) but no longer belong to the job's history.
+    sa.Column("superseded", sa.Boolean, nullable=False, server_default=sa.text("false")),
+)
 
 migrations_table = sa.Table(
     "schema_migrations",
@@ -115,6 +122,7 @@ def _add_leases(conn: Connection) -> None:
     for name, type_, default in LEASE_COLUMNS:
         sql_type = type_.compile(dialect=conn.dialect)
         conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type} NOT NULL DEFAULT {default}"))
+    conn.execute(sa.text("ALTER TABLE events ADD COLUMN superseded BOOLEAN NOT NULL DEFAULT false"))
     conn.execute(sa.text("UPDATE jobs SET queued_at = created_at"))
     conn.execute(sa.text("CREATE INDEX jobs_queue ON jobs (state, device, queued_at)"))
 

@@ -15,7 +15,7 @@ from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe_services.errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted
 from nnprobe_services.sequence.lm import distributed, embeddings, plots, sampling
 from nnprobe_services.sequence.lm.corpus import EOS, SPLITS, Corpus, CorpusStore
-from nnprobe_services.sequence.lm.jobs import JobManager
+from nnprobe_services.sequence.lm.jobs import JobManager, Leases, default_replica_id
 from nnprobe_services.sequence.lm.metrics import JobCollector
 from nnprobe_services.sequence.lm.model import TrainingConfig
 from nnprobe_services.sequence.lm.store import EventRecord, JobRecord
@@ -68,6 +68,13 @@ class LanguageModelService:
             device,
             max_queued=config.max_queued_jobs,
             runner=distributed.run_job,
+            database_url=config.database_url,
+            leases=Leases(
+                config.replica_id or default_replica_id(),
+                config.job_lease_seconds,
+                config.job_poll_seconds,
+                config.max_job_takeovers,
+            ),
         )
         metrics_for(config.service).replace_collector("training_jobs", JobCollector(self.jobs.store))
 

@@ -299,11 +299,11 @@ class JobStore:
         return int(sequence)
 
     def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[EventRecord]:
-        """Up to ``limit`` events of the job with sequence > ``after``, in order."""
+        """Up to ``limit`` events of the job's history with sequence > ``after``, in order."""
         e = events_table.c
         query = (
             sa.select(events_table)
-            .where(e.job_id == job_id, e.sequence > after)
+            .where(e.job_id == job_id, e.sequence > after, e.superseded == sa.false())
             .order_by(e.sequence)
             .limit(limit)
         )
@@ -313,22 +313,27 @@ class JobStore:
                 for r in conn.execute(query)
             ]
 
-    def truncate_events(
+    def supersede_events(
         self, job_id: str, after: int, *, expect: dict[str, Any] | None = None, **job_changes: Any
     ) -> bool:
-        """Drop the events after sequence ``after`` (those a resumed run will record again) and apply
-        ``job_changes``; False (nothing written) when the job does not hold the values in ``expect``."""
+        """Take the events after sequence ``after`` out of the job's history (a resumed run records them
+        again, under new, higher sequence numbers) and apply ``job_changes``; False (nothing written) when
+        the job does not hold the values in ``expect``."""
         c = jobs_table.c
         with self._write() as conn:
             changed = conn.execute(
                 jobs_table.update()
                 .where(c.job_id == job_id, *(c[name] == value for name, value in (expect or {}).items()))
-                .values(**self._values({"last_sequence": after, "updated_at": time.time(), **job_changes}))
+                .values(**self._values({"updated_at": time.time(), **job_changes}))
             ).rowcount
             if not changed:
                 return False
             e = events_table.c
-            conn.execute(events_table.delete().where(e.job_id == job_id, e.sequence > after))
+            conn.execute(
+                events_table.update()
+                .where(e.job_id == job_id, e.sequence > after, e.superseded == sa.false())
+                .values(superseded=True)
+            )
         return True
 
     # -- the shared queue ----------------------------------------------------------------------------
