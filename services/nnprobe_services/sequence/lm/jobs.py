@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from nnprobe_services.errors import FailedPrecondition, NotFound
 from nnprobe_services.sequence.lm import checkpoints
 from nnprobe_services.sequence.lm.corpus import CorpusStore, remove_partial_writes
 from nnprobe_services.sequence.lm.model import TrainingConfig, parameter_count
+from nnprobe_services.sequence.lm.replica import Leases, RunningJob, Supervisor, default_replica_id
 from nnprobe_services.sequence.lm.store import (
     ACTIVE,
     CANCELLED,
@@ -54,24 +53,6 @@ CANCEL_WAIT_SECONDS = 120.0
 WATCH_POLL_SECONDS = 0.5
 
 
-def default_replica_id() -> str:
-    """``<host name>-<process id>``: unique among live replicas (a pod's host name is its own)."""
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def device_slot(device: str) -> str:
-    """The device a job occupies: ``cuda`` is ``cuda:0``."""
-    return "cuda:0" if device == "cuda" else device
-
-
-def local_devices() -> list[str]:
-    """The job device names this process can run: ``cpu`` and each visible GPU."""
-    names = ["cpu"]
-    if torch.cuda.is_available():
-        names += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
-    return names
-
-
 @dataclass
 class LoadedModel:
     """A model read from a job's checkpoint."""
@@ -82,33 +63,6 @@ class LoadedModel:
     step: int
     config: TrainingConfig
     corpus_id: str
-
-
-@dataclass
-class _Running:
-    """A job this replica runs, under the lease of claim number ``attempt``."""
-
-    slot: str
-    attempt: int
-    stop: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-    cancel: bool = False
-    lost: bool = False
-    renewed_at: float = field(default_factory=time.monotonic)
-
-
-@dataclass(frozen=True)
-class Leases:
-    """How this replica takes part in the shared queue."""
-
-    #: This replica's name in the store (``owner`` of the jobs it runs).
-    replica_id: str
-    #: Seconds a claim or a renewal holds a job; another replica takes the job over after that.
-    lease_seconds: float = 30.0
-    #: Seconds between the supervisor's rounds (claims and lease renewals).
-    poll_seconds: float = 1.0
-    #: Takeovers after which a job is left INTERRUPTED instead of claimed again.
-    max_takeovers: int = 3
 
 
 class JobManager:
@@ -133,13 +87,10 @@ class JobManager:
         self.runner = runner
         self.leases = leases or Leases(default_replica_id())
         self.replica_id = self.leases.replica_id
-        self.devices = local_devices()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._running: dict[str, _Running] = {}
         self._models: dict[str, tuple[tuple[int, int], LoadedModel]] = {}
-        self._wake = threading.Event()
-        self._closed = threading.Event()
+        self.supervisor = Supervisor(self.store, self.leases, self._run)
         log.info(
             "job store %s (schema version %d), replica %s",
             redacted(self.store.url),
@@ -152,8 +103,7 @@ class JobManager:
             log.warning(
                 "replica %s restarted: its %d running job(s) will be taken over", self.replica_id, expired
             )
-        self._supervisor = threading.Thread(target=self._supervise, name="lm-supervisor", daemon=True)
-        self._supervisor.start()
+        self.supervisor.start()
 
     # -- startup and shutdown ------------------------------------------------------------------------
     def _remove_partial_writes(self) -> None:
@@ -167,17 +117,7 @@ class JobManager:
     def close(self, timeout: float = CANCEL_WAIT_SECONDS) -> None:
         """Stop claiming; stop the running jobs at a step boundary (each saves a checkpoint and is marked
         INTERRUPTED), wait up to ``timeout`` seconds for them, then release the store."""
-        self._closed.set()
-        self._wake.set()
-        self._supervisor.join(timeout)
-        with self._lock:
-            running = list(self._running.values())
-        for job in running:
-            job.stop.set()
-        deadline = time.monotonic() + timeout
-        for job in running:
-            if job.thread is not None:
-                job.thread.join(max(0.0, deadline - time.monotonic()))
+        self.supervisor.close(timeout)
         self.store.close()
 
     # -- paths ---------------------------------------------------------------------------------------
@@ -220,7 +160,7 @@ class JobManager:
         )
         self.store.insert(job, max_queued=self.max_queued)
         self._event(job.job_id, "state", {"state": QUEUED, "message": "queued"})
-        self._wake.set()
+        self.supervisor.wake.set()
         return self.get(job.job_id)
 
     def cancel(self, job_id: str) -> JobRecord:
@@ -235,11 +175,10 @@ class JobManager:
             raise FailedPrecondition(
                 f"job {job_id} is {found}; only queued or running jobs can be cancelled", field="job_id"
             )
-        with self._lock:
-            running = self._running.get(job_id)
-            if running is not None:  # this replica owns it: no need to wait for the heartbeat
-                running.cancel = True
-                running.stop.set()
+        running = self.supervisor.get(job_id)
+        if running is not None:  # this replica owns it: no need to wait for the heartbeat
+            running.cancel = True
+            running.stop.set()
         return self.wait(job_id, CANCEL_WAIT_SECONDS)
 
     def resume(self, job_id: str) -> JobRecord:
@@ -273,7 +212,7 @@ class JobManager:
         if not resumed:
             raise FailedPrecondition(f"job {job_id} changed while being resumed; try again", field="job_id")
         self._event(job_id, "state", {"state": QUEUED, "message": f"resumed from step {step}", "step": step})
-        self._wake.set()
+        self.supervisor.wake.set()
         return self.get(job_id)
 
     def _checkpoint_position(self, job_id: str) -> tuple[int, int]:
@@ -284,63 +223,8 @@ class JobManager:
         payload = checkpoints.load(path)
         return payload["sequence"], payload["step"]
 
-    # -- the supervisor: claims, heartbeats, takeovers -----------------------------------------------
-    def _supervise(self) -> None:
-        while not self._closed.is_set():
-            try:
-                self._heartbeat()
-                if not self._closed.is_set():
-                    self._claim()
-            except Exception:  # a database outage: the next round tries again
-                log.exception("replica %s could not reach the job store", self.replica_id)
-            self._wake.wait(self.leases.poll_seconds)
-            self._wake.clear()
-
-    def _heartbeat(self) -> None:
-        """Renew the lease of every job running here; stop those cancelled elsewhere or lost."""
-        with self._lock:
-            running = dict(self._running)
-        for job_id, job in running.items():
-            try:
-                requested = self.store.renew_lease(
-                    job_id, self.replica_id, job.attempt, self.leases.lease_seconds
-                )
-            except Exception:
-                if time.monotonic() - job.renewed_at > self.leases.lease_seconds:
-                    log.warning("job %s: lease not renewed for a whole lease; stopping it", job_id)
-                    job.lost = True
-                    job.stop.set()
-                raise
-            job.renewed_at = time.monotonic()
-            if requested is None:
-                log.warning("job %s: lease lost (another replica took it over); stopping it", job_id)
-                job.lost = True
-                job.stop.set()
-            elif requested and not job.cancel:
-                job.cancel = True
-                job.stop.set()
-
-    def _claim(self) -> None:
-        while True:
-            with self._lock:
-                busy = {job.slot for job in self._running.values()}
-            free = [d for d in self.devices if device_slot(d) not in busy]
-            claim = self.store.claim_next(
-                self.replica_id, free, self.leases.lease_seconds, self.leases.max_takeovers
-            )
-            if claim is None:
-                return
-            job = claim.job
-            running = _Running(device_slot(job.device), job.attempt, cancel=job.cancel_requested)
-            thread = threading.Thread(target=self._run, args=(claim, running), name=f"lm-{job.job_id}")
-            thread.daemon = True
-            running.thread = thread
-            with self._lock:
-                self._running[job.job_id] = running
-            thread.start()
-
     # -- running -------------------------------------------------------------------------------------
-    def _run(self, claim: Claim, running: _Running) -> None:
+    def _run(self, claim: Claim, running: RunningJob) -> None:
         job = claim.job
         job_id = job.job_id
         try:
@@ -388,14 +272,12 @@ class JobManager:
             except LeaseLost:
                 log.warning("job %s: failed after another replica took it over", job_id)
         finally:
-            with self._lock:
-                self._running.pop(job_id, None)
-            self._wake.set()
+            self.supervisor.finished(job_id)
 
-    def _fence(self, running: _Running) -> dict[str, Any]:
+    def _fence(self, running: RunningJob) -> dict[str, Any]:
         return {"owner": self.replica_id, "attempt": running.attempt, "state": RUNNING}
 
-    def _train(self, job: JobRecord, running: _Running) -> bool:
+    def _train(self, job: JobRecord, running: RunningJob) -> bool:
         config = TrainingConfig.from_dict(job.config)
         corpus = self.corpora.get(job.corpus_id)
         path = self.checkpoint_path(job.job_id)
@@ -433,8 +315,7 @@ class JobManager:
         """Write the checkpoint atomically, then record it (event + job row). Raises ``LeaseLost`` and
         writes nothing when another replica owns the job now."""
         job = self.get(job_id)
-        with self._lock:
-            running = self._running.get(job_id)
+        running = self.supervisor.get(job_id)
         if running is None or running.lost or (job.owner, job.attempt) != (self.replica_id, running.attempt):
             raise LeaseLost(job_id)
         payload["sequence"] = job.last_sequence
@@ -465,8 +346,7 @@ class JobManager:
     def _event(self, job_id: str, kind: str, payload: dict[str, Any], **changes: Any) -> int:
         """Append an event; for a job this replica runs, only while it still holds the lease (else
         ``LeaseLost``)."""
-        with self._lock:
-            running = self._running.get(job_id)
+        running = self.supervisor.get(job_id)
         expect = self._fence(running) if running is not None else None
         sequence = self.store.add_event(job_id, kind, payload, expect=expect, **changes)
         if sequence is None:

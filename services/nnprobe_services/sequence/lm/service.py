@@ -78,6 +78,10 @@ class LanguageModelService:
         )
         metrics_for(config.service).replace_collector("training_jobs", JobCollector(self.jobs.store))
 
+    def close(self) -> None:
+        """Stop this replica's jobs at a step boundary (checkpointed, INTERRUPTED) and release the store."""
+        self.jobs.close()
+
     # -- corpora -------------------------------------------------------------------------------------
     def upload_corpus(self, requests: Iterator[pb.UploadCorpusRequest], context: grpc.ServicerContext):
         parts: dict[str, list[str]] = {}
