@@ -7,40 +7,15 @@ import grpc
 import pytest
 from nnprobe import NnprobeError, SequenceClient
 
-from tests.conftest import SHARED, start_server
-
-WORDS = [f"w{i}" for i in range(20)]
-
-
-def pattern_text(lines: int, offset: int = 0) -> str:
-    """Line k is 6 consecutive words starting at word 3(k + offset) mod 20: fully predictable from the
-    previous word (and, after <eos>, from the previous line), so a trained model's perplexity tends to 1."""
-    return "".join(
-        " ".join(WORDS[(3 * (k + offset) + j) % 20] for j in range(6)) + "\n" for k in range(lines)
-    )
-
-
-TINY = dict(
-    embed_size=16,
-    hidden_size=32,
-    batch_size=4,
-    sequence_length=8,
-    learning_rate=0.01,
-    eval_batch_size=2,
-    log_interval=5,
-    checkpoint_interval=20,
-)
-
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    ptb = SHARED / "data" / "ptb"
-    server, _ = start_server(
+def server(module_server_factory, tmp_path_factory, ptb_dir):
+    server, _ = module_server_factory(
         "sequence",
         tmp_path_factory.mktemp("lm"),
         max_corpus_bytes=200_000,
         max_queued_jobs=2,
-        ptb_dir=ptb if ptb.is_dir() else None,
+        ptb_dir=ptb_dir,
     )
     yield server
     server.shutdown(0).wait()
@@ -54,13 +29,13 @@ def lm(server):
 
 
 @pytest.fixture(scope="module")
-def corpus(lm):
+def corpus(lm, pattern_text):
     return lm.upload_corpus(pattern_text(120), pattern_text(20, 120), pattern_text(20, 140) + "w1 zebra\n")
 
 
 @pytest.fixture(scope="module")
-def trained(lm, corpus):
-    job = lm.start_training(corpus.corpus_id, epochs=3, seed=7, **TINY)
+def trained(lm, corpus, tiny_lm):
+    job = lm.start_training(corpus.corpus_id, epochs=3, seed=7, **tiny_lm)
     events = list(lm.watch(job.job_id))
     return lm.get_job(job.job_id), events
 
@@ -71,7 +46,7 @@ def error_of(call, *args, **kwargs) -> NnprobeError:
     return info.value
 
 
-def test_upload_builds_the_vocabulary_from_train(lm, corpus):
+def test_upload_builds_the_vocabulary_from_train(lm, corpus, pattern_text):
     assert corpus.vocab_size == 22  # 20 words, <eos>, and <unk> for "zebra" in the test split
     assert corpus.tokens == {"train": 120 * 7, "valid": 20 * 7, "test": 20 * 7 + 3}
     assert corpus.unknown_tokens == {"train": 0, "valid": 0, "test": 1}
@@ -102,9 +77,9 @@ def test_watch_resumes_from_a_cursor(lm, trained):
     assert tail == events[10:]
 
 
-def test_same_seed_same_model(lm, corpus, trained):
+def test_same_seed_same_model(lm, corpus, trained, tiny_lm):
     job, events = trained
-    again = lm.start_training(corpus.corpus_id, epochs=3, seed=7, **TINY)
+    again = lm.start_training(corpus.corpus_id, epochs=3, seed=7, **tiny_lm)
     replay = list(lm.watch(again.job_id))
     assert [e.loss for e in replay if e.kind == "step"] == [e.loss for e in events if e.kind == "step"]
     a = lm.evaluate_perplexity(job.job_id, split="test")
@@ -158,9 +133,9 @@ def test_job_listing_history_and_plot(lm, trained):
     assert full.plot_png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cancel_then_resume_equals_an_uninterrupted_run(lm, corpus, trained):
+def test_cancel_then_resume_equals_an_uninterrupted_run(lm, corpus, trained, tiny_lm):
     job, events = trained
-    config = dict(TINY, checkpoint_interval=5)
+    config = dict(tiny_lm, checkpoint_interval=5)
     running = lm.start_training(corpus.corpus_id, epochs=3, seed=7, **config)
     for event in lm.watch(running.job_id):
         if event.kind == "checkpoint" and event.step >= 10:
@@ -216,17 +191,17 @@ def test_ptb_short_run_starts_near_the_vocabulary_size(lm, shared_dir):
         ({"lr_decay": 2.0}, "config.lr_decay"),
     ],
 )
-def test_bad_hyperparameters_name_the_field(lm, corpus, options, field):
-    settings = dict(TINY, **options)
+def test_bad_hyperparameters_name_the_field(lm, corpus, options, field, tiny_lm):
+    settings = dict(tiny_lm, **options)
     error = error_of(lm.start_training, corpus.corpus_id, **settings)
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT, error
     assert field in str(error)
 
 
-def test_unknown_corpus_and_job(lm):
-    error = error_of(lm.start_training, "corpus-0000000000000000", **TINY)
+def test_unknown_corpus_and_job(lm, tiny_lm):
+    error = error_of(lm.start_training, "corpus-0000000000000000", **tiny_lm)
     assert error.code == grpc.StatusCode.NOT_FOUND and "corpus_id" in str(error)
-    assert error_of(lm.start_training, "", **TINY).code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_of(lm.start_training, "", **tiny_lm).code == grpc.StatusCode.INVALID_ARGUMENT
     for call in (lm.get_job, lm.cancel_job, lm.resume_job, lm.evaluate_perplexity, lm.sample):
         error = error_of(call, "job-missing")
         assert error.code == grpc.StatusCode.NOT_FOUND and "job-missing" in str(error)
@@ -261,22 +236,22 @@ def test_bad_sampling_options(lm, trained, options, field):
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT and field in str(error)
 
 
-def test_corpus_errors(lm):
+def test_corpus_errors(lm, tiny_lm):
     assert error_of(lm.upload_corpus, "").code == grpc.StatusCode.INVALID_ARGUMENT
     error = error_of(lm.upload_corpus, "word " * 50_000)
     assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_corpus_bytes" in str(error)
     few = lm.upload_corpus("a b\n", "a\n", "b\n")
-    error = error_of(lm.start_training, few.corpus_id, **TINY)
+    error = error_of(lm.start_training, few.corpus_id, **tiny_lm)
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT and "config.batch_size" in str(error)
 
 
-def test_queue_limit_and_cancelling_a_queued_job(lm, corpus):
-    long_run = dict(TINY, hidden_size=64)
+def test_queue_limit_and_cancelling_a_queued_job(lm, corpus, tiny_lm):
+    long_run = dict(tiny_lm, hidden_size=64)
     first = lm.start_training(corpus.corpus_id, epochs=10_000, **long_run)
-    queued = [lm.start_training(corpus.corpus_id, epochs=1, **TINY) for _ in range(2)]
+    queued = [lm.start_training(corpus.corpus_id, epochs=1, **tiny_lm) for _ in range(2)]
     assert [j.state for j in queued] == ["queued", "queued"]
     assert [lm.get_job(j.job_id).queue_position for j in queued] == [0, 1]
-    error = error_of(lm.start_training, corpus.corpus_id, **TINY)
+    error = error_of(lm.start_training, corpus.corpus_id, **tiny_lm)
     assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_queued_jobs" in str(error)
     error = error_of(lm.evaluate_perplexity, queued[0].job_id)
     assert error.code == grpc.StatusCode.FAILED_PRECONDITION and "no checkpoint" in str(error)

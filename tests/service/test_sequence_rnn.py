@@ -7,12 +7,10 @@ import pytest
 import torch
 from nnprobe import NnprobeError, SequenceClient
 
-from tests.conftest import start_server
-
 
 @pytest.fixture(scope="module")
-def sequence(tmp_path_factory):
-    server, address = start_server(
+def sequence(module_server_factory, tmp_path_factory):
+    server, address = module_server_factory(
         "sequence", tmp_path_factory.mktemp("sequence"), max_tensor_elements=2_000_000
     )
     with SequenceClient(address, timeout=120) as client:
@@ -393,8 +391,8 @@ def test_decomposition_cost_is_bounded(sequence):
     )
 
 
-def test_recurrent_reply_larger_than_the_message_limit_is_refused_before_running(tmp_path):
-    server, address = start_server("sequence", tmp_path, max_message_bytes=200_000)
+def test_recurrent_reply_larger_than_the_message_limit_is_refused_before_running(server_factory, tmp_path):
+    server, address = server_factory("sequence", tmp_path, max_message_bytes=200_000)
     try:
         with SequenceClient(address) as client:
             check_error(

@@ -13,8 +13,6 @@ from nnprobe.vision import AdversarialResult, AttackProgress
 from nnprobe_services.server.metrics import metrics_for
 from PIL import Image
 
-from tests.conftest import start_server
-
 PHOTOS = [
     "n01726692_4802_snake.jpg",
     "n01674464_3490_lizard.jpg",
@@ -30,9 +28,11 @@ def photos(shared_dir):
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    first, address = start_server("vision", tmp_path_factory.mktemp("a"), weights_download_timeout=0.0)
-    second, other = start_server("vision", tmp_path_factory.mktemp("b"), max_attack_steps=50)
+def servers(module_server_factory, tmp_path_factory):
+    first, address = module_server_factory(
+        "vision", tmp_path_factory.mktemp("a"), weights_download_timeout=0.0
+    )
+    second, other = module_server_factory("vision", tmp_path_factory.mktemp("b"), max_attack_steps=50)
     yield address, other
     first.shutdown(0).wait()
     second.shutdown(0).wait()
@@ -141,9 +141,9 @@ def test_cancellation_stops_the_attack_loop(vision, photos):
     assert caught.value.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
-def test_remote_transfer_carries_the_token(tmp_path, photos):
-    secured, secured_address = start_server("vision", tmp_path / "s", auth_token="s3cret")
-    attacker, address = start_server("vision", tmp_path / "a", auth_token="s3cret")
+def test_remote_transfer_carries_the_token(server_factory, tmp_path, photos):
+    secured, secured_address = server_factory("vision", tmp_path / "s", auth_token="s3cret")
+    attacker, address = server_factory("vision", tmp_path / "a", auth_token="s3cret")
     try:
         with VisionClient(address, token="s3cret", timeout=300) as client:
             (r,) = client.attack(

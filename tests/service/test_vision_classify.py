@@ -16,8 +16,6 @@ from nnprobe import NnprobeError, VisionClient
 from nnprobe_services.server.metrics import metrics_for
 from PIL import Image
 
-from tests.conftest import start_server
-
 SEED_TOP1 = [
     ("n01726692_4802_snake.jpg", 58, "water snake"),
     ("n01674464_3490_lizard.jpg", 42, "agama"),
@@ -37,8 +35,8 @@ def seed_files(shared_dir):
 
 
 @pytest.fixture(scope="module")
-def vision(tmp_path_factory):
-    server, address = start_server(
+def vision(module_server_factory, tmp_path_factory):
+    server, address = module_server_factory(
         "vision", tmp_path_factory.mktemp("vision"), batch_max_delay_ms=300.0, weights_download_timeout=0.0
     )
     with VisionClient(address, timeout=120) as client:
@@ -105,8 +103,23 @@ def test_concurrent_calls_equal_sequential_ones(vision, seed_files):
         assert [c.probability for c in one.top] == pytest.approx([c.probability for c in many.top], abs=1e-6)
 
 
-def test_batching_off_gives_the_same_classes(tmp_path, seed_files):
-    server, address = start_server("vision", tmp_path, dynamic_batching=False)
+def test_waiting_for_a_batch_holds_no_compute_thread(server_factory):
+    """One compute thread, four concurrent calls: they still meet in one batch of four, because a call gives
+    its thread back once its image is decoded and waits for its batch on the event loop. (Were the thread
+    held while waiting, the other calls could not be decoded until the first batch had left alone.)"""
+    _, address = server_factory(
+        "vision", compute_workers=1, compute_queue=8, batch_max_size=4, batch_max_delay_ms=60_000.0
+    )
+    image = np.zeros((224, 224, 3), np.uint8)
+    with VisionClient(address, timeout=120) as client:
+        assert [r.batch_size for r in client.classify([image] * 4, top_k=1)] == [4] * 4  # loads the model
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: client.classify(image, top_k=1)[0], range(4)))
+    assert [r.batch_size for r in results] == [4] * 4
+
+
+def test_batching_off_gives_the_same_classes(server_factory, tmp_path, seed_files):
+    server, address = server_factory("vision", tmp_path, dynamic_batching=False)
     try:
         with VisionClient(address, timeout=120) as client:
             result = client.classify(seed_files[:2], top_k=1)
@@ -115,7 +128,7 @@ def test_batching_off_gives_the_same_classes(tmp_path, seed_files):
         server.shutdown(0).wait()
 
 
-def test_alexnet_from_the_hub_cache_equals_torchvision(tmp_path, monkeypatch):
+def test_alexnet_from_the_hub_cache_equals_torchvision(server_factory, tmp_path, monkeypatch):
     import torch
     import torchvision
 
@@ -126,7 +139,7 @@ def test_alexnet_from_the_hub_cache_equals_torchvision(tmp_path, monkeypatch):
     checkpoints.mkdir(parents=True)
     torch.save(reference.state_dict(), checkpoints / "alexnet-owt-7be5be79.pth")
     pixels = np.random.default_rng(0).integers(0, 256, size=(2, 224, 224, 3), dtype=np.uint8)
-    server, address = start_server("vision", tmp_path / "srv", weights_download_timeout=0.0)
+    server, address = server_factory("vision", tmp_path / "srv", weights_download_timeout=0.0)
     try:
         with VisionClient(address, timeout=120) as client:
             listed = {m.name: m for m in client.list_models()}
@@ -222,8 +235,8 @@ def test_bad_requests(vision, kwargs, code, field, message):
     assert message in caught.value.message
 
 
-def test_size_limits(tmp_path):
-    server, address = start_server("vision", tmp_path, max_image_bytes=2000, max_image_pixels=10_000)
+def test_size_limits(server_factory, tmp_path):
+    server, address = server_factory("vision", tmp_path, max_image_bytes=2000, max_image_pixels=10_000)
     try:
         with VisionClient(address, timeout=60) as client:
             with pytest.raises(NnprobeError) as caught:
@@ -249,8 +262,8 @@ def _wait_for(predicate, timeout=60.0):
         time.sleep(0.01)
 
 
-def test_queue_full_and_deadline_drops(tmp_path):
-    server, address = start_server(
+def test_queue_full_and_deadline_drops(server_factory, tmp_path):
+    server, address = server_factory(
         "vision", tmp_path, batch_max_delay_ms=1500.0, batch_queue_size=2, batch_max_size=16
     )
     model = {"model": "efficientnet_lite0"}

@@ -27,8 +27,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nnprobe import SequenceClient, VisionClient
 from nnprobe.api.vision.v1 import vision_pb2, vision_pb2_grpc
 
-from tests.system.test_processes import free_port
-
 pytestmark = pytest.mark.system
 #: Hang guard for waiting on a process; never a pass/fail threshold.
 WAIT_SECONDS = 120.0
@@ -111,7 +109,7 @@ def check_integrity(data: Path) -> dict[str, int]:
     return {"jobs": len(rows), "events": events, "checkpoints": checked, "partial_writes": len(partial)}
 
 
-def test_job_survives_two_kills_with_intact_database_and_checkpoints(tmp_path):
+def test_job_survives_two_kills_with_intact_database_and_checkpoints(tmp_path, free_port):
     port = free_port()
     address = f"127.0.0.1:{port}"
     data = tmp_path / "data"
@@ -163,7 +161,7 @@ def test_job_survives_two_kills_with_intact_database_and_checkpoints(tmp_path):
     print(f"kill -9 twice, then resumed: {final.state} at step {final.step}; integrity after each: {figures}")
 
 
-def test_sigterm_flips_health_first_refuses_new_calls_and_finishes_the_long_call(tmp_path):
+def test_sigterm_flips_health_first_refuses_new_calls_and_finishes_the_long_call(tmp_path, free_port):
     port = free_port()
     address = f"127.0.0.1:{port}"
     proc = start(tmp_path, port, "--grace-seconds", "300", "--log-level", "debug", service="vision")

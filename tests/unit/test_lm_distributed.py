@@ -12,7 +12,7 @@ import pytest
 import torch
 from nnprobe_services.errors import FailedPrecondition
 from nnprobe_services.sequence.lm.model import TrainingConfig
-from nnprobe_services.sequence.lm.service import _check_workers_fit
+from nnprobe_services.sequence.lm.requests import check_workers_fit as _check_workers_fit
 from nnprobe_services.sequence.lm.training import Event, Trainer
 from torch import nn
 

@@ -38,10 +38,12 @@ class ServerConfig:
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache/nnprobe")
     #: Largest request or response message, in bytes; larger requests get RESOURCE_EXHAUSTED undecoded.
     max_message_bytes: int = 64 * 1024 * 1024
-    #: Threads serving requests.
-    workers: int = 8
-    #: Concurrent RPCs accepted before new ones get RESOURCE_EXHAUSTED.
-    max_concurrent_rpcs: int = 64
+    #: Threads of the compute pool (CPU/GPU work); 0 picks for the device (CPU: the cores, at most 8; GPU: 4).
+    compute_workers: int = 0
+    #: Calls that may wait for a compute thread; one more gets RESOURCE_EXHAUSTED at once. -1: 4 per worker.
+    compute_queue: int = -1
+    #: Open calls (idle streams included) accepted before new ones get RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = 1024
     #: Largest tensor (in elements) any request may carry or make the server allocate.
     max_tensor_elements: int = 50_000_000
     #: Most permutations one attention check may evaluate.
@@ -124,7 +126,6 @@ class ServerConfig:
             raise ValueError(f"port must be in 0..65535, not {self.port}")
         for name in (
             "max_message_bytes",
-            "workers",
             "max_concurrent_rpcs",
             "max_tensor_elements",
             "max_permutations",
@@ -165,6 +166,12 @@ class ServerConfig:
         for name, path in self.weights_files().items():
             if not name or not path.name:
                 raise ValueError(f"model_weights entries are name=path, got {self.model_weights!r}")
+        if self.compute_workers < 0:
+            raise ValueError(
+                f"compute_workers must be >= 0 (0: pick for the device), not {self.compute_workers}"
+            )
+        if self.compute_queue < -1:
+            raise ValueError(f"compute_queue must be >= 0 (or -1: 4 per worker), not {self.compute_queue}")
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds must be >= 0, not {self.grace_seconds}")
         if self.log_level not in LOG_LEVELS:

@@ -5,8 +5,14 @@ one job per device. Its supervisor thread claims queued jobs for its free device
 renews the lease of each job it runs (the heartbeat, which also reads cancel requests sent to any
 replica), and takes over jobs whose owner's lease expired: the owner died (``kill -9``, a lost node), so
 the job continues from its last checkpoint with the same data order and finishes with the same result as
-an uninterrupted run. A replica that stops on request marks its running jobs INTERRUPTED after saving a
-checkpoint; ``resume`` queues an INTERRUPTED or CANCELLED job again.
+an uninterrupted run. A replica that shuts down (``shutdown``) stops its running jobs at a step boundary,
+checkpoints them and marks them INTERRUPTED; queued jobs stay in the shared queue. ``resume`` queues an
+INTERRUPTED or CANCELLED job again.
+
+Every event this replica records is announced to the listeners (``add_listener``), from the thread that
+recorded it, so an event loop can wake its watchers; events other replicas record are seen by polling.
+
+``JobStop`` is re-exported here for the runners.
 """
 
 from __future__ import annotations
@@ -16,20 +22,19 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from nnprobe_services.errors import FailedPrecondition, NotFound
+from nnprobe_services.files import remove_partial_writes
 from nnprobe_services.sequence.lm import checkpoints
-from nnprobe_services.sequence.lm.corpus import CorpusStore, remove_partial_writes
+from nnprobe_services.sequence.lm.corpus import CorpusStore
 from nnprobe_services.sequence.lm.model import TrainingConfig, parameter_count
-from nnprobe_services.sequence.lm.replica import Leases, RunningJob, Supervisor, default_replica_id
+from nnprobe_services.sequence.lm.replica import JobStop, Leases, RunningJob, Supervisor, default_replica_id
 from nnprobe_services.sequence.lm.store import (
-    ACTIVE,
     CANCELLED,
     FAILED,
     INTERRUPTED,
@@ -37,13 +42,12 @@ from nnprobe_services.sequence.lm.store import (
     RUNNING,
     SUCCEEDED,
     Claim,
-    EventRecord,
     JobRecord,
     JobStore,
     LeaseLost,
     redacted,
 )
-from nnprobe_services.sequence.lm.training import Event, Trainer, load_model, steps_per_epoch, total_steps
+from nnprobe_services.sequence.lm.training import Event, Trainer, steps_per_epoch, total_steps
 
 log = logging.getLogger("nnprobe.sequence.lm")
 
@@ -51,18 +55,6 @@ log = logging.getLogger("nnprobe.sequence.lm")
 CANCEL_WAIT_SECONDS = 120.0
 #: How often a watcher or waiter reads the store for events written by other replicas.
 WATCH_POLL_SECONDS = 0.5
-
-
-@dataclass
-class LoadedModel:
-    """A model read from a job's checkpoint."""
-
-    model: Any
-    vocab: list[str]
-    index: dict[str, int]
-    step: int
-    config: TrainingConfig
-    corpus_id: str
 
 
 class JobManager:
@@ -88,8 +80,7 @@ class JobManager:
         self.leases = leases or Leases(default_replica_id())
         self.replica_id = self.leases.replica_id
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._models: dict[str, tuple[tuple[int, int], LoadedModel]] = {}
+        self._listeners: list[Callable[[str], None]] = []
         self.supervisor = Supervisor(self.store, self.leases, self._run)
         log.info(
             "job store %s (schema version %d), replica %s",
@@ -114,11 +105,29 @@ class JobManager:
             for path in remove_partial_writes(folder, older_than=older_than):
                 log.warning("removed %s, the partial write of a server that stopped", path)
 
-    def close(self, timeout: float = CANCEL_WAIT_SECONDS) -> None:
-        """Stop claiming; stop the running jobs at a step boundary (each saves a checkpoint and is marked
-        INTERRUPTED), wait up to ``timeout`` seconds for them, then release the store."""
-        self.supervisor.close(timeout)
+    def shutdown(self, grace: float) -> list[str]:
+        """Stop this replica for a server shutdown, within ``grace`` seconds: claim nothing more; running
+        jobs stop at their next step boundary, write a checkpoint and become INTERRUPTED (resumable); queued
+        jobs stay queued for the other replicas. Returns the ids of jobs still running when ``grace`` ran
+        out (their threads could not be joined; their leases expire and another replica takes them over)."""
+        deadline = time.monotonic() + grace
+        return self.supervisor.close(deadline - min(1.0, grace / 4), deadline)
+
+    def close(self) -> None:
+        """``shutdown`` without a time limit beyond ``CANCEL_WAIT_SECONDS``, then release the store."""
+        self.shutdown(CANCEL_WAIT_SECONDS)
         self.store.close()
+
+    def running(self) -> list[str]:
+        """Ids of the jobs this replica runs now."""
+        with self.supervisor.lock:
+            return list(self.supervisor.running)
+
+    def add_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(job_id)`` after every event this replica records from now on (from the recording
+        thread; it must be quick and must not block)."""
+        with self._lock:
+            self._listeners.append(listener)
 
     # -- paths ---------------------------------------------------------------------------------------
     def checkpoint_path(self, job_id: str) -> Path:
@@ -163,14 +172,15 @@ class JobManager:
         self.supervisor.wake.set()
         return self.get(job.job_id)
 
-    def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a queued job at once; ask the owner of a running one (on any replica) to stop it at a
-        step boundary with a checkpoint, and wait up to ``CANCEL_WAIT_SECONDS`` for that."""
+    def request_cancel(self, job_id: str) -> bool:
+        """Cancel a queued job at once, or ask the owner of a running one (on any replica) to stop it at a
+        step boundary with a checkpoint. True when the job is running and still has to stop. Raises
+        NotFound, or FailedPrecondition when the job is neither queued nor running."""
         self.get(job_id)
         found = self.store.request_cancel(job_id)
         if found == QUEUED:
-            self._notify()
-            return self.get(job_id)
+            self._notify(job_id)
+            return False
         if found != RUNNING:
             raise FailedPrecondition(
                 f"job {job_id} is {found}; only queued or running jobs can be cancelled", field="job_id"
@@ -179,7 +189,15 @@ class JobManager:
         if running is not None:  # this replica owns it: no need to wait for the heartbeat
             running.cancel = True
             running.stop.set()
-        return self.wait(job_id, CANCEL_WAIT_SECONDS)
+        return True
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """``request_cancel``, then wait (at most ``CANCEL_WAIT_SECONDS``) for a running job to stop."""
+        if self.request_cancel(job_id):
+            deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+            while self.get(job_id).state == RUNNING and time.monotonic() < deadline:
+                time.sleep(self.leases.poll_seconds / 4)
+        return self.get(job_id)
 
     def resume(self, job_id: str) -> JobRecord:
         job = self.get(job_id)
@@ -249,12 +267,16 @@ class JobManager:
                     job_id, "state", {"state": SUCCEEDED, "message": "finished"}, state=SUCCEEDED, **release
                 )
             elif running.cancel:
-                payload = {"state": CANCELLED, "message": "cancelled"}
-                self._event(job_id, "state", payload, state=CANCELLED, **release)
+                cancelled = {"state": CANCELLED, "message": "cancelled"}
+                self._event(job_id, "state", cancelled, state=CANCELLED, **release)
             else:
-                message = f"stopped by the server (replica {self.replica_id})"
-                payload = {"state": INTERRUPTED, "message": message}
-                self._event(job_id, "state", payload, state=INTERRUPTED, error=message, **release)
+                step = self.get(job_id).checkpoint_step
+                message = (
+                    f"the server stopped (shutdown, replica {self.replica_id}); the job resumes from its "
+                    f"checkpoint at step {step}"
+                )
+                stopped = {"state": INTERRUPTED, "message": message, "step": step}
+                self._event(job_id, "state", stopped, state=INTERRUPTED, error=message, **release)
         except LeaseLost:
             log.warning("job %s: another replica owns it now; this replica stopped running it", job_id)
         except Exception as error:  # recorded on the job; the server keeps running
@@ -351,68 +373,17 @@ class JobManager:
         sequence = self.store.add_event(job_id, kind, payload, expect=expect, **changes)
         if sequence is None:
             raise LeaseLost(job_id)
-        self._notify()
+        self._notify(job_id)
         return sequence
 
-    def _notify(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
-
-    # -- watching ------------------------------------------------------------------------------------
-    def watch(self, job_id: str, after: int, is_active: Callable[[], bool]) -> Iterator[EventRecord]:
-        """The job's events after sequence ``after``, following it until it leaves QUEUED/RUNNING."""
-        self.get(job_id)
-        cursor = after
-        while is_active():
-            events = self.store.events(job_id, cursor)
-            yield from events
-            if events:
-                cursor = events[-1].sequence
-                continue
-            if self.get(job_id).state not in ACTIVE:
-                if not self.store.events(job_id, cursor, limit=1):
-                    return
-                continue
-            with self._changed:
-                self._changed.wait(WATCH_POLL_SECONDS)
-
-    def wait(self, job_id: str, timeout: float) -> JobRecord:
-        """Block until the job leaves QUEUED/RUNNING (or ``timeout`` passes); return it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            job = self.get(job_id)
-            if job.state not in ACTIVE or time.monotonic() > deadline:
-                return job
-            with self._changed:
-                self._changed.wait(WATCH_POLL_SECONDS)
-
-    # -- models --------------------------------------------------------------------------------------
-    def model(self, job_id: str, device: torch.device) -> LoadedModel:
-        """The job's last checkpointed model (cached while the file is unchanged)."""
-        self.get(job_id)
-        path = self.checkpoint_path(job_id)
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            raise FailedPrecondition(
-                f"job {job_id} has no checkpoint yet; wait for its first checkpoint or for it to finish",
-                field="job_id",
-            ) from None
-        key = (stat.st_mtime_ns, stat.st_size)
+    def _notify(self, job_id: str) -> None:
         with self._lock:
-            cached = self._models.get(job_id)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        payload = checkpoints.load(path)
-        vocab = payload["vocab"]
-        loaded = LoadedModel(
-            model=load_model(payload, device),
-            vocab=vocab,
-            index={w: i for i, w in enumerate(vocab)},
-            step=payload["step"],
-            config=TrainingConfig.from_dict(payload["config"]),
-            corpus_id=payload["corpus_id"],
-        )
-        with self._lock:
-            self._models[job_id] = (key, loaded)
-        return loaded
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(job_id)
+            except Exception:  # a listener's failure must not fail the job
+                log.exception("job listener failed")
+
+
+__all__ = ["CANCEL_WAIT_SECONDS", "JobManager", "JobStop", "Leases"]

@@ -37,13 +37,22 @@ def local_devices() -> list[str]:
     return names
 
 
+class JobStop(threading.Event):
+    """The stop flag of a running job; ``deadline`` (a ``time.monotonic()`` value, or None) is when the work
+    must have ended, for runners that have to force an end (data-parallel workers are killed then)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deadline: float | None = None
+
+
 @dataclass
 class RunningJob:
     """A job this replica runs, under the lease of claim number ``attempt``."""
 
     slot: str
     attempt: int
-    stop: threading.Event = field(default_factory=threading.Event)
+    stop: JobStop = field(default_factory=JobStop)
     thread: threading.Thread | None = None
     cancel: bool = False
     lost: bool = False
@@ -92,20 +101,22 @@ class Supervisor:
             self.running.pop(job_id, None)
         self.wake.set()
 
-    def close(self, timeout: float) -> None:
-        """Stop claiming; stop every running job and wait up to ``timeout`` seconds for them."""
+    def close(self, stop_by: float, deadline: float) -> list[str]:
+        """Stop claiming; ask every running job to stop by ``stop_by`` and wait for them until ``deadline``
+        (``time.monotonic()`` values). Returns the ids of jobs still running then."""
         self.closed.set()
         self.wake.set()
         if self.thread.is_alive():
-            self.thread.join(timeout)
+            self.thread.join(max(0.0, deadline - time.monotonic()))
         with self.lock:
-            running = list(self.running.values())
-        for job in running:
+            running = dict(self.running)
+        for job in running.values():
+            job.stop.deadline = stop_by
             job.stop.set()
-        deadline = time.monotonic() + timeout
-        for job in running:
+        for job in running.values():
             if job.thread is not None:
                 job.thread.join(max(0.0, deadline - time.monotonic()))
+        return [job_id for job_id, job in running.items() if job.thread is not None and job.thread.is_alive()]
 
     def _supervise(self) -> None:
         while not self.closed.is_set():
