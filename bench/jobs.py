@@ -109,7 +109,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder, postgres_server(durable=True) as pg:
         urls = {"sqlite": f"sqlite:///{Path(folder) / '{name}.sqlite3'}", "postgresql": None}
-        results = {}
+        figures: dict[str, list[float]] = {}
+        claims: dict[str, Counter] = {}
         for backend in ("sqlite", "postgresql"):
 
             def fresh(name: str, backend: str = backend) -> str:
@@ -120,17 +121,18 @@ def main() -> None:
             append_ms, renew_ms = step_cost(fresh("steps"), 200)
             seconds, won = drain(fresh("drain"), args.replicas, args.jobs, args.steps)
             latency = takeover(fresh("takeover"), args.lease, args.poll)
-            results[backend] = (append_ms, renew_ms, seconds, won, latency)
+            figures[backend] = [append_ms, renew_ms, seconds, latency]
+            claims[backend] = won
         for label, index, unit in (
             ("step event (fenced append), median", 0, "ms"),
             ("lease renewal, median", 1, "ms"),
             (f"drain {args.replicas} replicas x {args.jobs} jobs x {args.steps} steps", 2, "s"),
-            (f"takeover after death (lease {args.lease} s, poll {args.poll} s)", 4, "s"),
+            (f"takeover after death (lease {args.lease} s, poll {args.poll} s)", 3, "s"),
         ):
-            sqlite, postgres = results["sqlite"][index], results["postgresql"][index]
+            sqlite, postgres = figures["sqlite"][index], figures["postgresql"][index]
             rows.append([label, f"{sqlite:.3f} {unit}", f"{postgres:.3f} {unit}", f"{postgres / sqlite:.2f}"])
         for backend in ("sqlite", "postgresql"):
-            won = results[backend][3]
+            won = claims[backend]
             rows.append(
                 [f"claims per replica ({backend})", *[""] * 2, " ".join(str(won[k]) for k in sorted(won))]
             )
