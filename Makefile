@@ -6,8 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install protos check-protos postgresql lint format test test-unit test-service test-system up demo bench \
-	bench-load deploy-lint test-containers clean
+.PHONY: install protos check-protos postgresql lint format test test-unit test-service test-system up demo \
+	bench bench-load gpu-check deploy-lint test-containers clean
 
 install: $(STAMP)
 
@@ -57,6 +57,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	@for script in $(filter-out bench/load.py,$(wildcard bench/*.py)); do \
 		echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+gpu-check: $(STAMP)
+	$(BIN)/python scripts/gpu_check.py
 
 bench-load: $(STAMP)
 	$(BIN)/python bench/load.py

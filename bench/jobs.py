@@ -77,7 +77,7 @@ def drain(url: str, replicas: int, jobs: int, steps: int) -> tuple[float, Counte
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(600)
     seconds = time.perf_counter() - started
     for store in [setup, *stores]:
         store.close()

@@ -22,15 +22,13 @@ import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nnprobe import SequenceClient
 from nnprobe.api.attention.v1 import attention_pb2
 from nnprobe.api.common.v1 import common_pb2
 from nnprobe.api.sequence.v1 import sequence_pb2
 from nnprobe.api.vision.v1 import vision_pb2
-
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 #: Statuses a server may answer to a hostile request.
 DOCUMENTED = {

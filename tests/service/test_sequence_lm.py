@@ -9,10 +9,15 @@ from nnprobe import NnprobeError, SequenceClient
 
 
 @pytest.fixture(scope="module")
-def server(module_server_factory, tmp_path_factory, ptb_dir):
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("lm")
+
+
+@pytest.fixture(scope="module")
+def server(module_server_factory, data_root, ptb_dir):
     server, _ = module_server_factory(
         "sequence",
-        tmp_path_factory.mktemp("lm"),
+        data_root,
         max_corpus_bytes=200_000,
         max_queued_jobs=2,
         ptb_dir=ptb_dir,
@@ -62,7 +67,6 @@ def test_training_reaches_a_low_perplexity_and_reports_every_epoch(trained, corp
     steps = [e for e in events if e.kind == "step"]
     evaluations = [e for e in events if e.kind == "evaluation"]
     assert [e.step for e in evaluations] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
-    assert steps[0].perplexity == pytest.approx(math.exp(steps[0].loss))
     assert steps[0].perplexity > 15  # about the vocabulary size (22) at the start
     assert evaluations[-1].valid_perplexity < 2.0  # from about 22: the pattern is learnt
     assert job.valid_perplexity == evaluations[-1].valid_perplexity
@@ -87,12 +91,53 @@ def test_same_seed_same_model(lm, corpus, trained, tiny_lm):
     assert a.perplexity == b.perplexity and a.tokens == b.tokens
 
 
-def test_evaluate_perplexity_matches_the_last_evaluation(lm, trained):
+def reference_perplexity(payload: dict, text: str, streams: int, hidden_size: int) -> float:
+    """exp of the mean -log p over tokens 1..N-1 of ``text``, written out here from the checkpoint's
+    weights: the text tokenised by hand, cut into ``streams`` pieces with numpy.array_split, each piece
+    read in one go by torch.nn.LSTM from a zero state."""
+    import numpy as np
+    import torch
+
+    index = {w: i for i, w in enumerate(payload["vocab"])}
+    words = [w for line in text.splitlines() for w in [*line.split(), "<eos>"]]
+    ids = torch.tensor([index.get(w, index.get("<unk>", -1)) for w in words])
+    weights = payload["model"]
+    embed = torch.nn.Embedding.from_pretrained(weights["embed.weight"])
+    layers = []
+    for k in range(payload["config"]["num_layers"]):
+        prefix = f"layers.{k}."
+        lstm = torch.nn.LSTM(weights[prefix + "weight_ih_l0"].shape[1], hidden_size)
+        lstm.load_state_dict({n[len(prefix) :]: v for n, v in weights.items() if n.startswith(prefix)})
+        layers.append(lstm)
+    total = 0.0
+    with torch.no_grad():
+        for targets in np.array_split(np.arange(1, len(ids)), streams):
+            a, b = int(targets[0]), int(targets[-1]) + 1
+            x = embed(ids[a - 1 : b - 1])  # (T, D): nn.LSTM without a batch dimension
+            for lstm in layers:
+                x, _ = lstm(x)
+            logits = (x @ weights["linear.weight"].T + weights["linear.bias"]).double()
+            total -= float(torch.log_softmax(logits, -1)[torch.arange(b - a), ids[a:b]].sum())
+    return math.exp(total / (len(ids) - 1))
+
+
+@pytest.mark.parametrize(("split", "streams"), [("valid", 0), ("test", 1), ("test", 3)])
+def test_evaluate_perplexity_counts_every_token_against_a_reference(
+    lm, trained, data_root, pattern_text, tiny_lm, split, streams
+):
+    from nnprobe_services.sequence.lm import checkpoints
+
     job, _ = trained
-    result = lm.evaluate_perplexity(job.job_id, split="valid")
-    assert result.perplexity == pytest.approx(job.valid_perplexity, rel=1e-12)
-    assert result.tokens == (140 // 2 - 1) * 2 and result.step == job.step
-    assert result.loss == pytest.approx(math.log(result.perplexity))
+    payload = checkpoints.load(data_root / "data" / "jobs" / job.job_id / "checkpoint.pt")
+    text = pattern_text(20, 120) if split == "valid" else pattern_text(20, 140) + "w1 zebra\n"
+    result = lm.evaluate_perplexity(job.job_id, split=split, batch_size=streams)
+    tokens = len(text.split()) + text.count("\n")
+    assert result.tokens == tokens - 1 and result.step == job.step  # 139 or 142: every token but the first
+    expected = reference_perplexity(
+        payload, text, streams or tiny_lm["eval_batch_size"], tiny_lm["hidden_size"]
+    )
+    assert result.perplexity == pytest.approx(expected, rel=1e-5)
+    assert result.loss == pytest.approx(math.log(expected), rel=1e-5)
 
 
 def test_sampling_is_deterministic_and_greedy_follows_the_pattern(lm, trained):
@@ -105,6 +150,19 @@ def test_sampling_is_deterministic_and_greedy_follows_the_pattern(lm, trained):
     assert greedy.text.startswith("w5 ")
     top1 = lm.sample(job.job_id, prompt="w3 w4", num_words=5, top_k=1, seed=9)
     assert top1.words == lm.sample(job.job_id, prompt="w3 w4", num_words=5, strategy="greedy").words
+
+
+def test_temperature_zero_is_greedy_decoding(lm, trained):
+    """Regression: temperature 0 ran at temperature 1 (five seeds, five texts). It is greedy decoding."""
+    job, _ = trained
+    greedy = lm.sample(job.job_id, start_word_id=0, num_words=40, strategy="greedy")
+    texts = {
+        lm.sample(job.job_id, start_word_id=0, num_words=40, temperature=0.0, seed=s).text for s in range(5)
+    }
+    assert texts == {greedy.text}
+    assert greedy.words[:5] == ["w1", "w2", "w3", "w4", "w5"]  # the pattern: after w0 come w1, w2, ...
+    unset = {lm.sample(job.job_id, start_word_id=0, num_words=40, seed=s).text for s in range(5)}
+    assert len(unset) > 1  # unset is temperature 1, not 0
 
 
 def test_embedding_distance_and_nearest_words_agree(lm, trained):
@@ -167,7 +225,7 @@ def test_ptb_short_run_starts_near_the_vocabulary_size(lm, shared_dir):
     assert 9.0 < first.loss < 9.6  # ln 10000 = 9.21: a fresh model is close to uniform
     evaluation = next(e for e in events if e.kind == "evaluation")
     assert 2_000 < evaluation.valid_perplexity < 20_000
-    assert lm.evaluate_perplexity(job.job_id, split="valid", batch_size=40).tokens == (73_760 // 40 - 1) * 40
+    assert lm.evaluate_perplexity(job.job_id, split="valid", batch_size=40).tokens == 73_760 - 1
 
 
 # -- errors --------------------------------------------------------------------------------------------
@@ -185,7 +243,7 @@ def test_ptb_short_run_starts_near_the_vocabulary_size(lm, shared_dir):
         ({"max_steps": -1}, "config.max_steps"),
         ({"batch_size": 100, "sequence_length": 30}, "config.batch_size"),
         ({"batch_size": 840}, "config.batch_size"),
-        ({"eval_batch_size": 100}, "config.eval_batch_size"),
+        ({"eval_batch_size": 140}, "config.eval_batch_size"),  # valid: 140 tokens, 139 predicted
         ({"device": "tpu"}, "config.device"),
         ({"workers": 3}, "config.workers"),
         ({"lr_decay": 2.0}, "config.lr_decay"),
@@ -224,8 +282,12 @@ def test_unknown_words_suggest_close_spellings(lm, trained):
         ({"start_word_id": 22}, "start_word_id"),
         ({"start_word_id": -1}, "start_word_id"),
         ({"temperature": -1.0}, "temperature"),
+        ({"temperature": math.nan}, "temperature"),
+        ({"temperature": math.inf}, "temperature"),
         ({"top_k": -2}, "top_k"),
         ({"top_p": 1.5}, "top_p"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": math.nan}, "top_p"),
         ({"num_words": -3}, "num_words"),
         ({"prompt": "w1", "start_word_id": 1}, "start_word_id"),
     ],

@@ -62,7 +62,7 @@ def server(tmp_path_factory, free_port):
         client.close()
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -110,7 +110,7 @@ class Replicas:
                 proc.wait(timeout=WAIT_SECONDS)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait()
+                proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")

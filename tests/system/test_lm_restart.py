@@ -85,7 +85,7 @@ def test_killed_server_job_is_taken_over_at_restart_and_finishes_exactly(tmp_pat
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=60)
 
     proc = start(tmp_path, port)
     try:
@@ -139,4 +139,4 @@ def test_killed_server_job_is_taken_over_at_restart_and_finishes_exactly(tmp_pat
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=60)

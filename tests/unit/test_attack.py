@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from nnprobe_services.vision import attacks, models, preprocess
+from nnprobe_services.vision import attacks, preprocess, store
 
 
 @pytest.fixture(scope="module")
 def lite0():
-    return models.ModelStore(torch.device("cpu")).get("efficientnet_lite0")
+    return store.ModelStore(torch.device("cpu")).get("efficientnet_lite0")
 
 
 @pytest.fixture(scope="module")

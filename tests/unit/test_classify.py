@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from nnprobe_services.vision import classify, models, preprocess
+from nnprobe_services.vision import classify, models, preprocess, store
 from PIL import Image
 
 SEED_TOP1 = {
@@ -26,7 +26,7 @@ def _seed_files(shared_dir):
 
 @pytest.fixture(scope="module")
 def lite0():
-    return models.ModelStore(torch.device("cpu")).get("efficientnet_lite0")
+    return store.ModelStore(torch.device("cpu")).get("efficientnet_lite0")
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ class ThreadGroup:
 
     def __init__(self, world: int) -> None:
         self.world = world
-        self.barrier = threading.Barrier(world)
+        self.barrier = threading.Barrier(world, timeout=120)  # a dead rank fails, not hangs
         self.slots: list[Any] = [None] * world
 
     def exchange(self, rank: int, value: Any) -> list[Any]:

@@ -104,26 +104,33 @@ class LanguageModelMethods(BaseClient):
         start_word_id: int | None = None,
         num_words: int = 50,
         strategy: str = "multinomial",
-        temperature: float = 1.0,
+        temperature: float | None = None,
         top_k: int = 0,
-        top_p: float = 1.0,
+        top_p: float | None = None,
         seed: int = 0,
         timeout: float | _Default | None = DEFAULT,
     ) -> SampleResult:
         """Generate ``num_words`` words after ``prompt`` (or from ``start_word_id``; the notebook used
-        100), ``multinomial`` or ``greedy``. The same request gives the same words."""
+        100), ``multinomial`` or ``greedy``. The same request gives the same words.
+
+        ``temperature`` >= 0 (``None``: the server's 1; 0 is greedy decoding), ``top_k`` >= 0 (0: all
+        words), ``top_p`` in (0, 1] (``None``: 1). Values are sent as given; the server checks them and
+        answers INVALID_ARGUMENT naming the field.
+        """
         request = pb.SampleRequest(
             job_id=job_id,
             prompt=prompt,
             num_words=num_words,
             strategy=choice(_STRATEGIES, strategy, "strategy"),
-            temperature=temperature,
             top_k=top_k,
-            top_p=top_p,
             seed=seed,
         )
         if start_word_id is not None:
             request.start_word_id = start_word_id
+        if temperature is not None:
+            request.temperature = temperature
+        if top_p is not None:
+            request.top_p = top_p
         r = self._unary(self._stub.Sample, request, timeout)
         return SampleResult(
             list(r.words), list(r.word_ids), r.text, list(r.prompt_ids), r.log_probability, r.step, r

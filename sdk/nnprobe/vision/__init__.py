@@ -14,7 +14,7 @@ from nnprobe.vision.adversarial import (
 from nnprobe.vision.classify import Classification, ClassifyResult, ClassScore
 from nnprobe.vision.client import VisionClient
 from nnprobe.vision.images import ImageLike, image_message
-from nnprobe.vision.models import ModelInfo, Preprocessing
+from nnprobe.vision.models import ModelInfo, ModelVersion, Preprocessing, UploadResult
 from nnprobe.vision.receptive_field import (
     AxisField,
     EffectiveField,
@@ -41,11 +41,13 @@ __all__ = [
     "Layer",
     "LayerField",
     "ModelInfo",
+    "ModelVersion",
     "Pair",
     "Preprocessing",
     "ReceptiveFieldResult",
     "TransferResult",
     "UnitField",
+    "UploadResult",
     "Verification",
     "VisionClient",
     "image_message",

@@ -113,6 +113,7 @@ class ClassifyMethods(BaseClient):
         skip_resize: bool = False,
         return_logits: bool = False,
         names: Sequence[str] | None = None,
+        model_version: int = 0,
         timeout: float | _Default | None = DEFAULT,
     ) -> ClassifyResult:
         """ImageNet top-``top_k`` classes of one image or a list of them.
@@ -120,9 +121,11 @@ class ClassifyMethods(BaseClient):
         An image is a file path, encoded bytes (JPEG, PNG, WebP, BMP), a PIL image or an (H, W[, C]) numpy
         array (uint8, or float in [0, 1]). ``model``: a name from ``list_models`` (default: the server's
         default). ``skip_resize``: the images already have the model's input size (no resize or crop).
-        ``names`` label the images in the results (file names are used for paths).
+        ``names`` label the images in the results (file names are used for paths). ``model_version``: a
+        repository model's version (0: its default version).
         """
         request = pb.ClassifyRequest(
+            model_version=model_version,
             images=image_messages(images, names),
             model=model or "",
             top_k=top_k,

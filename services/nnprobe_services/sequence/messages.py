@@ -15,6 +15,7 @@ from nnprobe_services.sequence.lm.corpus import SPLITS, Corpus
 from nnprobe_services.sequence.lm.model import TrainingConfig
 from nnprobe_services.sequence.lm.store import EventRecord, JobRecord
 from nnprobe_services.sequence.requests import CELLS
+from nnprobe_services.server import validation as valid
 
 CELL_CODES: dict[str, Any] = {name: code for code, name in CELLS.items()}
 REGIMES = {"vanishing": pb.REGIME_VANISHING, "stable": pb.REGIME_STABLE, "exploding": pb.REGIME_EXPLODING}
@@ -151,7 +152,8 @@ def given_config(message: pb.TrainingConfig) -> dict[str, Any]:
     """The fields a client set (proto3: non-default values, and optional fields set explicitly)."""
     given = {field.name: value for field, value in message.ListFields()}
     if "optimizer" in given:
-        given["optimizer"] = OPTIMIZERS[given["optimizer"]]
+        code = valid.enum_value(given["optimizer"], pb.Optimizer, "config.optimizer", pb.OPTIMIZER_ADAM)
+        given["optimizer"] = OPTIMIZERS[code]
     return given
 
 

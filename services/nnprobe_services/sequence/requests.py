@@ -128,25 +128,7 @@ class RequestReader(WeightReader):
     def gradients(self, request: pb.AnalyzeGradientsRequest) -> GradientSweep:
         """AnalyzeGradients' cells, target radii, input sequence (T, D) and initial states on the device."""
         dtype = TORCH_DTYPES[valid.float_dtype(request.dtype, "dtype", common_pb2.DTYPE_FLOAT64)]
-        kinds = [self.cell_kind(code, f"cells[{i}]") for i, code in enumerate(request.cells)] or ["rnn_tanh"]
-        if request.weights and len(kinds) > 1:
-            raise InvalidArgument("given weights fit one cell type; give a single cell", field="cells")
-        for i, radius in enumerate(request.spectral_radii):
-            if not math.isfinite(radius) or radius <= 0:
-                raise InvalidArgument(
-                    f"must be a finite number > 0, got {radius}", field=f"spectral_radii[{i}]"
-                )
-        if not request.spectral_radii and not request.weights:
-            raise InvalidArgument(
-                "is empty: give at least one spectral radius (or give weights to analyse as they are)",
-                field="spectral_radii",
-            )
-        targets = list(request.spectral_radii) or [0.0]
-        runs = len(kinds) * len(targets)
-        if runs > MAX_RUNS:
-            raise ResourceExhausted(
-                f"asks for {runs} runs (cells x radii); the limit is {MAX_RUNS}", field="spectral_radii"
-            )
+        kinds, targets = self._gradient_runs(request)
         steps = valid.positive(request.sequence_length, "sequence_length", maximum=MAX_SEQUENCE_LENGTH)
         scale = positive_scale(request.input_scale, "input_scale")
         tolerance = valid.finite_non_negative(request.regime_tolerance, "regime_tolerance") or 0.01
@@ -199,6 +181,29 @@ class RequestReader(WeightReader):
             hidden_size=hidden,
             input_size=width,
         )
+
+    def _gradient_runs(self, request: pb.AnalyzeGradientsRequest) -> tuple[list[str], list[float]]:
+        """The cell kinds and target spectral radii (0: the weights as given) of the sweep."""
+        kinds = [self.cell_kind(code, f"cells[{i}]") for i, code in enumerate(request.cells)] or ["rnn_tanh"]
+        if request.weights and len(kinds) > 1:
+            raise InvalidArgument("given weights fit one cell type; give a single cell", field="cells")
+        for i, radius in enumerate(request.spectral_radii):
+            if not math.isfinite(radius) or radius <= 0:
+                raise InvalidArgument(
+                    f"must be a finite number > 0, got {radius}", field=f"spectral_radii[{i}]"
+                )
+        if not request.spectral_radii and not request.weights:
+            raise InvalidArgument(
+                "is empty: give at least one spectral radius (or give weights to analyse as they are)",
+                field="spectral_radii",
+            )
+        targets = list(request.spectral_radii) or [0.0]
+        runs = len(kinds) * len(targets)
+        if runs > MAX_RUNS:
+            raise ResourceExhausted(
+                f"asks for {runs} runs (cells x radii); the limit is {MAX_RUNS}", field="spectral_radii"
+            )
+        return kinds, targets
 
     def _gradient_weights(
         self, request: pb.AnalyzeGradientsRequest, kinds: list[str]

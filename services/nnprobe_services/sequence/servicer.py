@@ -153,8 +153,8 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
     async def StartTraining(self, request, context):
         if not request.corpus_id:
             raise InvalidArgument("is required: 'ptb' or an id from UploadCorpus", field="corpus_id")
-        given = messages.given_config(request.config)
         valid.enum_value(request.config.optimizer, pb.Optimizer, "config.optimizer", pb.OPTIMIZER_ADAM)
+        given = messages.given_config(request.config)
 
         def start(_stop: ShouldStop) -> pb.StartTrainingResponse:
             corpus = self.corpora.get(request.corpus_id)
@@ -228,9 +228,9 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
             start_word_id=request.start_word_id if request.HasField("start_word_id") else None,
             num_words=request.num_words,
             greedy=strategy == pb.SAMPLING_STRATEGY_GREEDY,
-            temperature=request.temperature,
+            temperature=request.temperature if request.HasField("temperature") else None,
             top_k=request.top_k,
-            top_p=request.top_p,
+            top_p=request.top_p if request.HasField("top_p") else None,
             seed=request.seed,
         )
         limit = self.config.max_sample_words

@@ -117,6 +117,17 @@ class ServerConfig:
     max_image_pixels: int = 89_478_485
     #: Most iterations one adversarial attack may run.
     max_attack_steps: int = 1000
+    #: The model repository (Triton's layout: ``<name>/config.yaml``, ``<name>/<version>/model.onnx`` or
+    #: ``model.pt2``); unset: ``<data_dir>/models``. Replicas that mount one folder share it.
+    model_repository: Path | None = None
+    #: Largest model file UploadModel accepts (and repository model with its external data), in bytes.
+    max_model_bytes: int = 1 << 30
+    #: Most graph nodes a repository model may have.
+    max_model_nodes: int = 100_000
+    #: Engine of the built-in classifiers: ``auto`` (ONNX Runtime on a CPU through an export made once and
+    #: cached under ``cache_dir``, or on a GPU its CUDA provider supports; else PyTorch), ``onnxruntime`` or
+    #: ``pytorch``.
+    builtin_backend: str = "auto"
 
     def validate(self) -> ServerConfig:
         """Return self, or raise ``ValueError`` naming the bad setting."""
@@ -137,6 +148,8 @@ class ServerConfig:
             "max_image_bytes",
             "max_image_pixels",
             "max_attack_steps",
+            "max_model_bytes",
+            "max_model_nodes",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
@@ -159,6 +172,10 @@ class ServerConfig:
             raise ValueError(f"batch_max_delay_ms must be in 0..60000, not {self.batch_max_delay_ms}")
         if self.weights_download_timeout < 0:
             raise ValueError(f"weights_download_timeout must be >= 0, not {self.weights_download_timeout}")
+        if self.builtin_backend not in ("auto", "onnxruntime", "pytorch"):
+            raise ValueError(
+                f"builtin_backend must be auto, onnxruntime or pytorch, not {self.builtin_backend!r}"
+            )
         if not self.default_model.strip():
             raise ValueError("default_model must not be empty")
         if self.weights_dir is not None and not Path(self.weights_dir).is_dir():
@@ -195,8 +212,15 @@ class ServerConfig:
         return self
 
     @property
+    def model_repository_dir(self) -> Path:
+        """The model repository folder (``model_repository``, else ``<data_dir>/models``)."""
+        return Path(self.model_repository or Path(self.data_dir) / "models").expanduser()
+
+    @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        """``host:port`` to bind, an IPv6 host in brackets (``[::1]:50051``, ``[::]:50051``)."""
+        host = self.host.strip("[]")
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     def weights_files(self) -> dict[str, Path]:
         """``model_weights`` as {model name: path}."""

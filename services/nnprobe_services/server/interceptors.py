@@ -102,10 +102,18 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
+#: Seconds before the server's deadline within which a client's cancellation counts as its deadline passing.
+#: The client's deadline fires first (the server's copy starts when the request arrives), and its
+#: cancellation reaches the server while the server's copy still has this transit time left.
+DEADLINE_MARGIN_SECONDS = 0.25
+
+
 def _ended_by_client(context: grpc.aio.ServicerContext) -> str:
-    """DEADLINE_EXCEEDED when the call's deadline has passed, else CANCELLED."""
+    """DEADLINE_EXCEEDED when the call's deadline has passed (within ``DEADLINE_MARGIN_SECONDS``), else
+    CANCELLED."""
     remaining = context.time_remaining()
-    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    passed = remaining is not None and remaining <= DEADLINE_MARGIN_SECONDS
+    return "DEADLINE_EXCEEDED" if passed else "CANCELLED"
 
 
 class _Outcome:

@@ -30,7 +30,9 @@ POSITIVES = {"learning_rate": 0.01, "momentum_decay": 1.0, "cw_c": 1.0}
 
 
 # -- request ---------------------------------------------------------------------------------------------
-def target(request: pb.GenerateAdversarialRequest, classes: int) -> int | None:
+def target(
+    request: pb.GenerateAdversarialRequest, classes: int, labels: tuple[str, ...] | None = None
+) -> int | None:
     """The goal class of a targeted attack (by index or ImageNet label), None for an untargeted one."""
     goal = valid.enum_value(request.goal, pb.AttackGoal, "goal", pb.ATTACK_GOAL_UNSPECIFIED)
     has_target = request.HasField("target") and request.target.WhichOneof("target") is not None
@@ -42,14 +44,17 @@ def target(request: pb.GenerateAdversarialRequest, classes: int) -> int | None:
         return None
     if request.target.WhichOneof("target") == "class_index":
         index = request.target.class_index
-        if not 0 <= index < classes:
+        if not 0 <= index < (classes or 2**31 - 1):  # classes 0: checked once the model is loaded
             raise InvalidArgument(f"must be in 0..{classes - 1}, got {index}", field="target.class_index")
         return index
     wanted = request.target.label.strip().lower()
-    labels = [label.lower() for label in models.imagenet_labels()]
-    if wanted not in labels:
-        raise InvalidArgument(f"no ImageNet class is called {request.target.label!r}", field="target.label")
-    return labels.index(wanted)
+    names = [label.lower() for label in (models.imagenet_labels() if labels is None else labels)]
+    if wanted not in names:
+        kind = (
+            "ImageNet class" if labels is None or labels == models.imagenet_labels() else "class of the model"
+        )
+        raise InvalidArgument(f"no {kind} is called {request.target.label!r}", field="target.label")
+    return names.index(wanted)
 
 
 def spec(r: pb.GenerateAdversarialRequest, max_steps: int) -> attacks.AttackSpec:
@@ -126,8 +131,11 @@ def score(value: ClassScore) -> pb.ClassScore:
     return pb.ClassScore(index=value.index, label=value.label, probability=value.probability)
 
 
-def progress(event: attacks.Progress) -> pb.GenerateAdversarialResponse:
-    labels = models.imagenet_labels()
+def progress(
+    event: attacks.Progress, labels: tuple[str, ...] | None = None
+) -> pb.GenerateAdversarialResponse:
+    """One progress event; ``labels``: the model's class names (default ImageNet's)."""
+    labels = models.imagenet_labels() if labels is None else labels
     return pb.GenerateAdversarialResponse(
         progress=pb.AttackProgress(
             image=event.image,
@@ -135,7 +143,9 @@ def progress(event: attacks.Progress) -> pb.GenerateAdversarialResponse:
             loss=event.loss,
             goal_probability=event.goal_probability,
             top1=pb.ClassScore(
-                index=event.top1, label=labels[event.top1], probability=event.top1_probability
+                index=event.top1,
+                label=labels[event.top1] if event.top1 < len(labels) else str(event.top1),
+                probability=event.top1_probability,
             ),
         )
     )

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from nnprobe_services.errors import Cancelled, ShouldStop
-from nnprobe_services.vision import adversarial, attacks, images, models
+from nnprobe_services.errors import Cancelled, ServiceError, ShouldStop
+from nnprobe_services.vision import adversarial, attacks, images, models, store
 from nnprobe_services.vision.adversarial import AdversarialImage, Transfer
 from nnprobe_services.vision.classify import load_model
 from nnprobe_services.vision.images import ImageInput, ImageLimits
@@ -39,7 +39,7 @@ class AttackResult:
 
 def run(
     request: AttackRequest,
-    store: models.ModelStore,
+    models_store: store.ModelStore,
     should_stop: ShouldStop,
     on_stop: Callable[[int], None] = lambda _iteration: None,
 ) -> Iterator[attacks.Progress | AttackResult]:
@@ -50,9 +50,9 @@ def run(
     When the attack stops early (``Cancelled``, or the consumer closes this generator), ``on_stop`` gets the
     last iteration completed.
     """
-    prep = models.records()[request.model].preprocessing
+    prep = models_store.describe(request.model)[0].preprocessing
     pixels = attacks.quantize(images.model_inputs(request.images, prep, request.limits, skip_resize=False))
-    model = load_model(store, request.model)
+    model = load_model(models_store, request.model)
     targeted = request.target is not None
     iteration = 0
     events = adversarial.generate(
@@ -65,7 +65,7 @@ def run(
                 yield event
                 continue
             for name in request.transfer_models:
-                event.transfers.append(_local_transfer(store, name, event, targeted))
+                event.transfers.append(_local_transfer(models_store, name, event, targeted))
             yield AttackResult(event, adversarial.png(event.original), adversarial.png(event.adversarial))
     except Cancelled as error:
         on_stop(error.done if error.done is not None else iteration)
@@ -78,10 +78,10 @@ def run(
 
 
 def _local_transfer(
-    store: models.ModelStore, name: str, result: AdversarialImage, targeted: bool
+    models_store: store.ModelStore, name: str, result: AdversarialImage, targeted: bool
 ) -> Transfer:
     try:
-        other = store.get(name)
-    except models.WeightsMissing as error:
+        other = models_store.get(name)
+    except (models.WeightsMissing, ServiceError) as error:
         return Transfer(name, "", None, False, str(error))
     return adversarial.local_transfer(other, result, targeted)

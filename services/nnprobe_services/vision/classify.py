@@ -13,7 +13,8 @@ import torch
 
 from nnprobe_services.errors import Cancelled, FailedPrecondition, ShouldStop, StopSignal
 from nnprobe_services.vision.batcher import BatcherMetrics, DynamicBatcher, Pending
-from nnprobe_services.vision.models import LoadedModel, ModelStore, WeightsMissing, imagenet_labels
+from nnprobe_services.vision.models import LoadedModel, WeightsMissing, imagenet_labels
+from nnprobe_services.vision.store import ModelStore
 
 
 @dataclass
@@ -33,31 +34,36 @@ class ImageResult:
     inference_seconds: float
 
 
-def load_model(store: ModelStore, name: str, field: str = "model") -> LoadedModel:
-    """The loaded model ``name`` (a key of ``models.records()``); loading may read or download weights.
+def load_model(store: ModelStore, name: str, version: int | None = None, field: str = "model") -> LoadedModel:
+    """The loaded model ``name`` (built in, or a repository model at ``version``, default its default
+    version); loading may read or download weights.
 
     Raises ``FailedPrecondition`` on ``field`` when its weights cannot be had (the message names the file
     and the places searched).
     """
     try:
-        return store.get(name)
+        return store.get(name, version, field)
     except WeightsMissing as error:
         raise FailedPrecondition(str(error), field=field) from None
 
 
 def logits_of(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) pixels in [0, 1] -> (N, classes) float32 logits on the CPU."""
-    with torch.inference_mode():
-        return model.module(pixels.to(model.device)).float().cpu()
+    """(N, 3, H, W) pixels in [0, 1] -> (N, classes) float32 logits on the CPU, via the model's backend."""
+    if model.max_batch and len(pixels) > model.max_batch:
+        return torch.cat([model.predict(chunk) for chunk in pixels.split(model.max_batch)])
+    return model.predict(pixels)
 
 
-def top_k(logits: np.ndarray, k: int) -> list[ClassScore]:
-    """The ``k`` most probable classes (softmax in float64), most probable first; ties by index."""
+def top_k(logits: np.ndarray, k: int, labels: tuple[str, ...] | None = None) -> list[ClassScore]:
+    """The ``k`` most probable classes (softmax in float64), most probable first; ties by index.
+
+    ``labels``: class names in index order (default: ImageNet's); classes without a name show their index.
+    """
     values = logits.astype(np.float64)
     probabilities = np.exp(values - values.max())
     probabilities /= probabilities.sum()
     order = np.lexsort((np.arange(len(values)), -probabilities))[:k]
-    labels = imagenet_labels()
+    labels = imagenet_labels() if labels is None else labels
     return [
         ClassScore(int(i), labels[i] if len(labels) == len(values) else str(i), float(probabilities[i]))
         for i in order
@@ -93,17 +99,20 @@ class Classifier:
 
     def _batcher(self, model: LoadedModel) -> DynamicBatcher:
         name = model.record.name
+        if model.repository_version:
+            name = f"{name}:{model.repository_version}"
+        key = f"{name}@{model.version}"
         with self._lock:
-            if name not in self._batchers:
-                self._batchers[name] = DynamicBatcher(
+            if key not in self._batchers:
+                self._batchers[key] = DynamicBatcher(
                     name,
                     lambda pixels: logits_of(model, pixels),
-                    max_size=self.settings.max_size,
+                    max_size=min(self.settings.max_size, model.max_batch or self.settings.max_size),
                     max_delay=self.settings.max_delay,
                     queue_size=self.settings.queue_size,
                     metrics=self.metrics,
                 )
-            return self._batchers[name]
+            return self._batchers[key]
 
     def forward(self, model: LoadedModel, pixels: torch.Tensor, should_stop: ShouldStop) -> list[ImageResult]:
         """Logits of every image of ``pixels`` (N, 3, H, W) in chunks of ``max_size``, in this thread.

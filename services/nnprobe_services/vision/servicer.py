@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import torch
@@ -23,7 +24,13 @@ from nnprobe.api.common.v1 import common_pb2
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 from nnprobe.api.vision.v1 import vision_pb2_grpc
 
-from nnprobe_services.errors import InvalidArgument, NotFound, ResourceExhausted, ShouldStop
+from nnprobe_services.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ShouldStop,
+)
 from nnprobe_services.server import validation as valid
 from nnprobe_services.server.app import Registration, Runtime
 from nnprobe_services.server.config import ServerConfig
@@ -35,12 +42,15 @@ from nnprobe_services.vision import (
     classify,
     classify_messages,
     images,
+    model_messages,
     models,
     rf_messages,
     rf_request,
+    store,
     transfer,
 )
 from nnprobe_services.vision.batcher import QueueFull, batcher_metrics
+from nnprobe_services.vision.repository import ModelRepository
 
 log = logging.getLogger("nnprobe.vision")
 
@@ -64,11 +74,15 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         self.config = config
         self.device = runtime.device
         self.compute = runtime.compute
-        self.models = models.ModelStore(
+        self.models = store.ModelStore(
             runtime.device,
             explicit=config.weights_files(),
             weights_dir=config.weights_dir,
             download_timeout=config.weights_download_timeout,
+            repository=ModelRepository(config.model_repository_dir, max_model_bytes=config.max_model_bytes),
+            builtin_backend=config.builtin_backend,
+            onnx_cache=Path(config.cache_dir) / "onnx",
+            limits=store.ModelLimits(config.max_model_bytes, config.max_model_nodes),
         )
         self.classifier = classify.Classifier(
             self.models,
@@ -80,13 +94,15 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
     # -- RPCs ----------------------------------------------------------------------------------------
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         default = self._model_name("")
-        return await asyncio.to_thread(classify_messages.list_models, self.models, default)
+        return await asyncio.to_thread(model_messages.list_models, self.models, default)
 
     async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
         start = time.monotonic()
         name = self._model_name(request.model)
         top_k = self._top_k(request.top_k, name)
         images.count_images(len(request.images), "images", self.config.batch_queue_size)
+        if request.model_version < 0:
+            raise InvalidArgument(f"must be >= 0, got {request.model_version}", field="model_version")
         job = await self.compute.run(context, lambda stop: self._prepare(request, name, stop))
         results = job.results
         if results is None:
@@ -98,7 +114,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             model=name, model_version=job.model.version, preprocess_seconds=job.ready - start
         )
         response.results.extend(
-            classify_messages.classification(image, result, top_k, request.return_logits)
+            classify_messages.classification(image, result, top_k, request.return_logits, job.model.labels)
             for image, result in zip(request.images, results, strict=True)
         )
         response.total_seconds = time.monotonic() - start
@@ -125,9 +141,10 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
                 dataclasses.replace(plan, images=self._images(request.images)), self.models, stop, on_stop
             )
 
+        labels = self.models.describe(plan.model)[1]
         async for event in self.compute.stream(context, work):
             if isinstance(event, attacks.Progress):
-                yield attack_messages.progress(event)
+                yield attack_messages.progress(event, labels)
                 continue
             remote = [
                 self._remote_transfer(a, event, targeted, token, context) for a in request.transfer_addresses
@@ -135,17 +152,50 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             event.image.transfers.extend(await asyncio.gather(*remote))
             yield attack_messages.result(event, request.images[event.image.image].name)
 
+    async def UploadModel(self, request_iterator, context) -> pb.UploadModelResponse:
+        start = time.monotonic()
+        metadata = model_messages.upload_metadata(await anext(aiter(request_iterator), None))
+        upload = self.models.begin_upload(**metadata)
+        try:
+            async for message in request_iterator:
+                if message.WhichOneof("part") != "chunk":
+                    raise InvalidArgument("only the first message carries metadata", field="metadata")
+                await asyncio.to_thread(upload.write, message.chunk)
+        except BaseException:
+            upload.discard()
+            raise
+        installed = await self.compute.run(context, lambda stop: self.models.install(upload))
+        info = await asyncio.to_thread(
+            model_messages.model_info, self.models, installed.name, self._model_name("")
+        )
+        return pb.UploadModelResponse(
+            model=info, version=installed.version, sha256=upload.sha256, seconds=time.monotonic() - start
+        )
+
+    async def DeleteModel(self, request: pb.DeleteModelRequest, context) -> pb.DeleteModelResponse:
+        if request.version < 0:
+            raise InvalidArgument(f"must be >= 0, got {request.version}", field="version")
+        name = request.name.strip()
+        if name == self.config.default_model:
+            raise FailedPrecondition(f"{name!r} is the server's default model", field="name")
+        removed = await asyncio.to_thread(self.models.delete, name, request.version or None)
+        return pb.DeleteModelResponse(removed_versions=removed)
+
     # -- request conversion --------------------------------------------------------------------------
     def _model_name(self, requested: str, field: str = "model") -> str:
         name = requested.strip() or self.config.default_model
-        if name not in models.records():
+        if self.models.is_builtin(name):
+            return name
+        try:
+            self.models.describe(name, field)
+        except (NotFound, InvalidArgument):
             raise NotFound(
-                f"no model {name!r}; the available models are {', '.join(models.records())}", field=field
-            )
+                f"no model {name!r}; the available models are {', '.join(self.models.names())}", field=field
+            ) from None
         return name
 
     def _top_k(self, requested: int, model: str) -> int:
-        classes = models.records()[model].num_classes
+        classes = self.models.describe(model)[0].num_classes or 2**31 - 1  # 0: known once loaded
         top_k = requested or 5
         if not 1 <= top_k <= classes:
             raise InvalidArgument(f"must be in 1..{classes}, got {requested}", field="top_k")
@@ -164,11 +214,11 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         return plain
 
     def _prepare(self, request: pb.ClassifyRequest, name: str, stop: ShouldStop) -> _Prepared:
-        prep = models.records()[name].preprocessing
+        prep = self.models.describe(name)[0].preprocessing
         pixels = images.model_inputs(
             self._images(request.images), prep, self.limits, skip_resize=request.skip_resize
         )
-        model = classify.load_model(self.models, name)
+        model = classify.load_model(self.models, name, request.model_version or None)
         ready = time.monotonic()
         results = None if self.classifier.batching else self.classifier.forward(model, pixels, stop)
         return _Prepared(model, pixels, ready, results)
@@ -177,7 +227,8 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         """Everything of the attack but its images, checked in the order clients know."""
         name = self._model_name(request.model)
         top_k = self._top_k(request.top_k, name)
-        target = attack_messages.target(request, models.records()[name].num_classes)
+        record, labels = self.models.describe(name)
+        target = attack_messages.target(request, record.num_classes, labels)
         spec = attack_messages.spec(request, self.config.max_attack_steps)
         others = [
             self._model_name(o or "-", field=f"transfer_models[{i}]")

@@ -7,7 +7,6 @@ Errors: ``NotFound`` (job, word), ``FailedPrecondition`` (no checkpoint yet, a s
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ import torch
 from nnprobe_services.errors import FailedPrecondition, InvalidArgument, never
 from nnprobe_services.sequence.lm import checkpoints, embeddings, sampling
 from nnprobe_services.sequence.lm.corpus import EOS, CorpusStore
-from nnprobe_services.sequence.lm.evaluation import evaluate, perplexity
+from nnprobe_services.sequence.lm.evaluation import check_streams, evaluate, perplexity
 from nnprobe_services.sequence.lm.jobs import JobManager
 from nnprobe_services.sequence.lm.model import TrainingConfig
 from nnprobe_services.sequence.lm.training import load_model
@@ -99,15 +98,13 @@ def evaluate_job(
     batch_size: int,
     should_stop: Callable[[], bool] = never,
 ) -> Evaluation:
-    """Perplexity of the job's model on ``split`` ("train", "valid" or "test") read as ``batch_size``
-    streams (0: the job's ``eval_batch_size``)."""
+    """Perplexity of the job's model over every predicted token of ``split`` ("train", "valid" or
+    "test") read as ``batch_size`` contiguous streams (0: the job's ``eval_batch_size``; see
+    ``evaluation``)."""
     loaded = models.get(job_id)
     ids = corpora.get(loaded.corpus_id).split(split)
     batch = valid.positive(batch_size, "batch_size", default=loaded.config.eval_batch_size)
-    if ids.tokens < 2 * batch:
-        raise InvalidArgument(
-            f"the {split} split has {ids.tokens} tokens, too few for {batch} streams", field="batch_size"
-        )
+    check_streams(ids.tokens, batch, "batch_size", f"the {split} split")
     started = time.perf_counter()
     loss, tokens = evaluate(
         loaded.model, ids.ids, batch, loaded.config.sequence_length, models.device, should_stop
@@ -118,16 +115,16 @@ def evaluate_job(
 @dataclass
 class SampleOptions:
     """What to generate: ``prompt`` (words) or ``start_word_id`` (None: neither, start after ``<eos>``),
-    ``num_words`` (0: 50), greedy or multinomial with ``temperature`` (0: 1), ``top_k`` (0: all),
-    ``top_p`` (0: 1) and ``seed``."""
+    ``num_words`` (0: 50), greedy or multinomial with ``temperature`` (None: 1; 0: greedy), ``top_k``
+    (0: all), ``top_p`` (None: 1) and ``seed`` (see ``sampling.sampling_options``)."""
 
     prompt: str = ""
     start_word_id: int | None = None
     num_words: int = 0
     greedy: bool = False
-    temperature: float = 0.0
+    temperature: float | None = None
     top_k: int = 0
-    top_p: float = 0.0
+    top_p: float | None = None
     seed: int = 0
 
 
@@ -149,24 +146,12 @@ def sample_job(models: ModelCache, job_id: str, options: SampleOptions, max_word
     fault, NotFound a prompt word outside the vocabulary."""
     loaded = models.get(job_id)
     num_words = valid.positive(options.num_words, "num_words", default=50, maximum=max_words)
-    temperature = options.temperature or 1.0
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise InvalidArgument(f"must be a finite number > 0, got {options.temperature}", field="temperature")
-    if options.top_k < 0:
-        raise InvalidArgument(f"must be >= 0 (0 keeps all words), got {options.top_k}", field="top_k")
-    if not 0 <= options.top_p <= 1:
-        raise InvalidArgument(f"must be in [0, 1] (0 means 1), got {options.top_p}", field="top_p")
+    decoding = sampling.sampling_options(
+        greedy=options.greedy, temperature=options.temperature, top_k=options.top_k, top_p=options.top_p
+    )
     prompt = _prompt_ids(loaded, options.prompt, options.start_word_id)
     result = sampling.sample(
-        loaded.model,
-        prompt,
-        num_words,
-        greedy=options.greedy,
-        temperature=temperature,
-        top_k=options.top_k,
-        top_p=options.top_p or 1.0,
-        seed=options.seed,
-        device=models.device,
+        loaded.model, prompt, num_words, decoding, seed=options.seed, device=models.device
     )
     words = [loaded.vocab[i] for i in result.word_ids]
     text = "".join("\n" if w == EOS else w + " " for w in words)

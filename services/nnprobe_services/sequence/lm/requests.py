@@ -16,6 +16,7 @@ import torch
 
 from nnprobe_services.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from nnprobe_services.sequence.lm.corpus import Corpus
+from nnprobe_services.sequence.lm.evaluation import check_streams
 from nnprobe_services.sequence.lm.model import TrainingConfig
 from nnprobe_services.sequence.lm.training import steps_per_epoch
 from nnprobe_services.server import validation as valid
@@ -136,11 +137,8 @@ def _check_corpus_fits(corpus: Corpus, sizes: dict[str, int], limit: int) -> Non
             field=F + "batch_size",
         )
     for name in ("valid", "test"):
-        if name in corpus.splits and corpus.splits[name].tokens < 2 * eval_batch:
-            raise InvalidArgument(
-                f"{name} has {corpus.splits[name].tokens} tokens: too few for {eval_batch} streams",
-                field=F + "eval_batch_size",
-            )
+        if name in corpus.splits:
+            check_streams(corpus.splits[name].tokens, eval_batch, F + "eval_batch_size", name)
     vocab, embed, hidden, layers = (
         corpus.vocab_size,
         sizes["embed_size"],

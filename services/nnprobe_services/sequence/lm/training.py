@@ -3,7 +3,8 @@ perplexity evaluation. Pure PyTorch; no gRPC, no database.
 
 Data order is the notebook's: the train split is cut into ``batch_size`` contiguous rows; epoch e reads
 chunks of ``sequence_length`` columns left to right, starting from a zero state; step k of an epoch
-reads columns [k L, (k + 1) L) and predicts the columns one to the right. A checkpoint holds the model,
+reads columns [k L, (k + 1) L) and predicts the columns one to the right. Validation and test perplexity
+count every predicted token of their split (``evaluation``). A checkpoint holds the model,
 the optimizer, the dropout generator's state, the position (epoch, chunk) and the carried LSTM state,
 so a resumed run repeats the uninterrupted run bit for bit (on the same device and thread count).
 
@@ -26,7 +27,7 @@ from torch import nn
 
 from nnprobe_services.errors import Cancelled
 from nnprobe_services.sequence.lm.corpus import batchify
-from nnprobe_services.sequence.lm.evaluation import evaluate, loss_sum, perplexity
+from nnprobe_services.sequence.lm.evaluation import evaluate, loss_sum, perplexity, streams_of
 from nnprobe_services.sequence.lm.model import LanguageModel, State, TrainingConfig, detach
 
 
@@ -346,11 +347,14 @@ class Trainer:
 
     def _evaluate_shared(self, ids: torch.Tensor, should_stop: Callable[[], bool]) -> float:
         """Data-parallel evaluation: rank r reads streams [r E / W, (r + 1) E / W) of the ``eval_batch_size``
-        E streams; the summed losses and counts are added over the ranks."""
+        E streams (``evaluation.streams_of``); the summed losses and counts are added over the ranks."""
         assert self.reducer is not None
         streams, world, rank = self.config.eval_batch_size, self.reducer.world_size, self.reducer.rank
-        rows = batchify(ids, streams)[rank * streams // world : (rank + 1) * streams // world]
-        total, count = loss_sum(self.model, rows, self.config.sequence_length, self.device, should_stop)
+        inputs, targets = streams_of(ids, streams)
+        mine = slice(rank * streams // world, (rank + 1) * streams // world)
+        total, count = loss_sum(
+            self.model, inputs[mine], targets[mine], self.config.sequence_length, self.device, should_stop
+        )
         summed = self.reducer.sum(
             torch.stack([total, torch.tensor(float(count), dtype=torch.float64, device=total.device)])
         )
