@@ -262,6 +262,29 @@ def vision(vision_server):
         yield client
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of the suite's own (see tests/postgres.py); fails under CI=true when the
+    server programs are missing, skips elsewhere."""
+    from tests.postgres import postgres_server, server_bin
+
+    if server_bin() is None:
+        message = "PostgreSQL's server programs are not installed (make test installs Debian's postgresql)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """A fresh, empty job database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    return request.getfixturevalue("postgres").create_database()
+
+
 # -- Triton's client, in its own environment ---------------------------------------------------------------
 @pytest.fixture(scope="session")
 def triton() -> Callable[..., dict]:

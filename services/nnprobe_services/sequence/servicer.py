@@ -29,6 +29,7 @@ from nnprobe_services.sequence.lm import queries, requests, supervisor
 from nnprobe_services.sequence.lm.corpus import CorpusStore
 from nnprobe_services.sequence.lm.jobs import CANCEL_WAIT_SECONDS, JobManager
 from nnprobe_services.sequence.lm.metrics import JobCollector
+from nnprobe_services.sequence.lm.replica import Leases, default_replica_id
 from nnprobe_services.sequence.lm.store import EventRecord, JobRecord
 from nnprobe_services.sequence.lm.watch import JobChanges, follow, until_stopped
 from nnprobe_services.sequence.requests import RequestReader
@@ -56,6 +57,13 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
             runtime.device,
             max_queued=config.max_queued_jobs,
             runner=supervisor.run_job,
+            database_url=config.database_url,
+            leases=Leases(
+                config.replica_id or default_replica_id(),
+                config.job_lease_seconds,
+                config.job_poll_seconds,
+                config.max_job_takeovers,
+            ),
         )
         self.models = queries.ModelCache(self.jobs, runtime.device)
         self.changes = JobChanges(loop)

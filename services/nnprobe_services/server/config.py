@@ -17,6 +17,7 @@ from typing import Any
 DEFAULT_PORTS = {"vision": 50051, "sequence": 50052, "attention": 50053}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+DATABASE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://", "postgresql+psycopg://")
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,24 @@ class ServerConfig:
     ptb_download_timeout: float = 10.0
     #: Largest corpus UploadCorpus accepts, in bytes of text over all splits.
     max_corpus_bytes: int = 64 * 1024 * 1024
-    #: Training jobs that may wait in the queues (over all devices) before StartTraining is refused.
+    #: Training jobs that may wait in the queue (over all devices and replicas) before StartTraining is
+    #: refused.
     max_queued_jobs: int = 16
+    #: The job database: unset keeps jobs in ``<data_dir>/jobs.sqlite3`` (one replica, or several processes
+    #: on one host); ``postgresql://user:password@host:5432/db`` lets replicas on any host share one queue
+    #: (they must share ``data_dir`` too: corpora and checkpoints). Never logged with its password.
+    database_url: str | None = field(default=None, repr=False)
+    #: This replica's name in the job database; unset: ``<host name>-<process id>``. Must be unique among
+    #: the live replicas; a replica restarting under its old name takes its dead jobs over at once.
+    replica_id: str | None = None
+    #: Seconds a replica's claim on a running job lasts without a heartbeat; after that another replica
+    #: takes the job over from its last checkpoint.
+    job_lease_seconds: float = 30.0
+    #: Seconds between a replica's rounds of claiming queued jobs and renewing its leases (a cancel sent to
+    #: another replica reaches the owner within one round).
+    job_poll_seconds: float = 1.0
+    #: Takeovers in a row after which a job is left INTERRUPTED rather than claimed again.
+    max_job_takeovers: int = 3
     #: Most words one Sample request may generate.
     max_sample_words: int = 10_000
     #: Classifier used when a vision request names none.
@@ -125,6 +142,7 @@ class ServerConfig:
             "max_permutations",
             "max_corpus_bytes",
             "max_queued_jobs",
+            "max_job_takeovers",
             "max_sample_words",
             "batch_queue_size",
             "max_image_bytes",
@@ -137,6 +155,17 @@ class ServerConfig:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
         if self.ptb_download_timeout < 0:
             raise ValueError(f"ptb_download_timeout must be >= 0, not {self.ptb_download_timeout}")
+        if not self.job_lease_seconds > 0 or not self.job_poll_seconds > 0:
+            raise ValueError("job_lease_seconds and job_poll_seconds must be positive")
+        if self.job_poll_seconds * 2 > self.job_lease_seconds:
+            raise ValueError(
+                f"job_poll_seconds ({self.job_poll_seconds}) must be at most half of job_lease_seconds "
+                f"({self.job_lease_seconds}): a lease is renewed once per round"
+            )
+        if self.database_url is not None and not self.database_url.startswith(DATABASE_SCHEMES):
+            raise ValueError(f"database_url must start with one of {DATABASE_SCHEMES}")
+        if self.replica_id is not None and not self.replica_id.strip():
+            raise ValueError("replica_id must not be empty")
         if self.batch_max_size < 0:
             raise ValueError(f"batch_max_size must be >= 0, not {self.batch_max_size}")
         if self.batch_max_delay_ms is not None and not 0 <= self.batch_max_delay_ms <= 60_000:
