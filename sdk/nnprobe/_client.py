@@ -79,7 +79,7 @@ def channel_targets(address: str) -> list[str]:
         if not part:
             continue
         host, sep, port = part.rpartition(":")
-        if not sep or not port.isdigit() or not host:
+        if not sep or not (port.isascii() and port.isdigit()) or not host:
             raise ValueError(f"address list entries must be host:port, not {part!r}")
         if ":" in host.strip("[]"):  # an IPv6 literal
             try:

@@ -165,7 +165,7 @@ def _attack_request(
     )
     if target is not None:
         request.goal = pb.ATTACK_GOAL_TARGETED if not untargeted else request.goal
-        if isinstance(target, str) and not target.strip().lstrip("-").isdigit():
+        if isinstance(target, str) and not _is_integer(target.strip().lstrip("-")):
             request.target.label = target
         else:
             request.target.class_index = int(target)
@@ -274,3 +274,8 @@ class AdversarialMethods(BaseClient):
             else:
                 results.append(event)
         return sorted(results, key=lambda r: r.image)
+
+
+def _is_integer(text: str) -> bool:
+    """ASCII decimal digits only (``str.isdigit`` also accepts superscripts and other scripts' digits)."""
+    return bool(text) and text.isascii() and text.isdigit()

@@ -245,7 +245,7 @@ class ServerConfig:
 
 def _is_cuda_index(device: str) -> bool:
     prefix, _, index = device.partition(":")
-    return prefix == "cuda" and index.isdigit()
+    return prefix == "cuda" and index.isascii() and index.isdigit()
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {

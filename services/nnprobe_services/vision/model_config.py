@@ -53,10 +53,16 @@ def check_name(name: str, field: str = "name") -> str:
     return name
 
 
+def is_version_name(text: str) -> bool:
+    """Whether ``text`` names a version folder: ASCII decimal digits without a leading zero. (``str.isdigit``
+    alone also accepts other scripts' digits and superscripts, which ``int`` reads differently or refuses.)"""
+    return text.isascii() and text.isdigit() and not text.startswith("0")
+
+
 def check_version(version: str | int, field: str = "version") -> int:
     """A model version: a positive integer (Triton's folder names ``1``, ``2``...)."""
     text = str(version)
-    if not text.isdigit() or text != str(int(text)) or not 1 <= int(text) <= MAX_VERSION:
+    if not is_version_name(text) or not 1 <= int(text) <= MAX_VERSION:
         raise InvalidArgument(
             f"{version!r} is not a version: use an integer in 1..{MAX_VERSION}", field=field
         )

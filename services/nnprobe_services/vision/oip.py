@@ -44,6 +44,7 @@ from nnprobe_services.errors import (
     Unavailable,
 )
 from nnprobe_services.vision import classify, images
+from nnprobe_services.vision.model_config import is_version_name
 from nnprobe_services.vision.models import LoadedModel
 from nnprobe_services.vision.store import ModelStore
 
@@ -197,7 +198,7 @@ class OpenInference:
             raise unknown_model(name) from None
         if not version:
             return name, entry.default_version.version
-        if not version.isdigit() or int(version) not in [v.version for v in entry.versions]:
+        if not is_version_name(version) or int(version) not in [v.version for v in entry.versions]:
             raise unknown_model(name, version)
         return name, int(version)
 

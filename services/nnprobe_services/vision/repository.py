@@ -116,7 +116,7 @@ class ModelRepository:
                 raise FailedPrecondition(f"labels of {name!r}: {error}", field=field) from None
         versions = []
         for child in folder.iterdir():
-            if child.is_dir() and child.name.isdigit() and not child.name.startswith("0"):
+            if child.is_dir() and model_config.is_version_name(child.name):
                 found = _version_file(child)
                 if found is not None:
                     versions.append(VersionEntry(name, int(child.name), found[0], found[1]))
@@ -238,7 +238,8 @@ class ModelRepository:
         target = self.root / upload.name
         if target.exists() and not (target / "config.yaml").is_file():
             raise FailedPrecondition(f"{upload.name!r} is a folder but not a model", field="metadata.name")
-        taken = [int(p.name) for p in target.iterdir() if p.name.isdigit()] if target.exists() else []
+        names = [p.name for p in target.iterdir()] if target.exists() else []
+        taken = [int(name) for name in names if name.isascii() and name.isdigit()]
         version = upload.version or max(taken, default=0) + 1
         if version in taken:
             raise FailedPrecondition(
