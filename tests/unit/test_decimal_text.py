@@ -1,7 +1,7 @@
 """Text read as a decimal number (model versions, repository folders, protocol versions, device indices,
-ports, class indices): ``str.isdigit`` also accepts superscripts and other scripts' digits, which ``int`` refuses
-("²") or reads as another number ("٣" is 3). Every reader takes ASCII digits only and answers anything else
-with its own error."""
+ports, class indices): ``str.isdigit`` also accepts superscripts and other scripts' digits, which ``int``
+refuses ("²") or reads as another number ("٣" is 3). Every reader takes ASCII digits only and answers
+anything else with its own error."""
 
 from __future__ import annotations
 
