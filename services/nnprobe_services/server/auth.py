@@ -20,6 +20,10 @@ def _token_ok(header: str | None, tokens: Sequence[bytes]) -> bool:
     return ok
 
 
+def _ignore_request(_data: bytes) -> None:
+    return None
+
+
 def _rejection(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
     async def deny(_request, context: grpc.aio.ServicerContext):
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
@@ -28,10 +32,9 @@ def _rejection(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHa
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # pragma: no cover - makes this an async generator like the handler it replaces
 
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
+    # The caller is refused whatever its request's bytes are: they are not parsed (a malformed request
+    # without a token is UNAUTHENTICATED, not INVALID_ARGUMENT).
+    kwargs = {"request_deserializer": _ignore_request, "response_serializer": handler.response_serializer}
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(deny, **kwargs)
     if handler.unary_stream:

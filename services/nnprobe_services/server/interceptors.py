@@ -9,11 +9,14 @@ server-streaming RPCs).
 - One log line per request: method, status, duration. A call whose client went away logs CANCELLED; one
   whose deadline passed logs DEADLINE_EXCEEDED.
 - At most ``max_concurrent_rpcs`` calls are handled at once; one more is RESOURCE_EXHAUSTED.
+- Bytes that do not parse as the method's request message are INVALID_ARGUMENT (for a client stream, naming
+  the message: ``requests[3]``), on every method, health and reflection included.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
 import time
@@ -190,8 +193,55 @@ class _Limiter:
         )
 
 
+class _Undecodable:
+    """What a request deserializer gives for bytes that are not a valid message of its type."""
+
+    def __init__(self, error: Exception) -> None:
+        self.reason = str(error) or type(error).__name__
+
+    def error(self, field: str | None = None) -> InvalidArgument:
+        what = "the message" if field else "the request"
+        return InvalidArgument(f"{what} could not be parsed: {self.reason}", field=field)
+
+
+def _parsing(deserialize: Callable | None) -> Callable | None:
+    """``deserialize``, answering an ``_Undecodable`` instead of raising (gRPC itself would answer UNKNOWN
+    with the exception's text, before any handler or log line)."""
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as error:  # DecodeError, invalid UTF-8 in a string field, ...
+            return _Undecodable(error)
+
+    return parse
+
+
+def _parsed(request: Any) -> Any:
+    """``request``, or INVALID_ARGUMENT when its bytes did not parse."""
+    if isinstance(request, _Undecodable):
+        raise request.error()
+    return request
+
+
+async def _parsed_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The client's messages; INVALID_ARGUMENT naming ``requests[i]`` at the first that did not parse."""
+    index = 0
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.error(f"requests[{index}]")
+        yield request
+        index += 1
+
+
+def _checked(request: Any, streaming: bool) -> Any:
+    return _parsed_stream(request) if streaming else _parsed(request)
+
+
 def _wrap_unary(
-    behavior: Callable, method: str, metrics: ServiceMetrics | None, limiter: _Limiter
+    behavior: Callable, method: str, metrics: ServiceMetrics | None, limiter: _Limiter, streaming: bool
 ) -> Callable:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         outcome = _Outcome(context, method, metrics)
@@ -199,7 +249,7 @@ def _wrap_unary(
         try:
             if not admitted:
                 raise limiter.busy()
-            return await behavior(request, context)
+            return await behavior(_checked(request, streaming), context)
         except grpc.aio.AbortError:
             code = context.code()
             outcome.status = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
@@ -219,7 +269,7 @@ def _wrap_unary(
 
 
 def _wrap_stream(
-    behavior: Callable, method: str, metrics: ServiceMetrics | None, limiter: _Limiter
+    behavior: Callable, method: str, metrics: ServiceMetrics | None, limiter: _Limiter, streaming: bool
 ) -> Callable:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         outcome = _Outcome(context, method, metrics)
@@ -227,7 +277,7 @@ def _wrap_stream(
         try:
             if not admitted:
                 raise limiter.busy()
-            async for response in behavior(request, context):
+            async for response in behavior(_checked(request, streaming), context):
                 yield response
         except grpc.aio.AbortError:
             code = context.code()
@@ -257,17 +307,57 @@ def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHand
         await context.abort(grpc.StatusCode.UNAVAILABLE, message)
         yield  # pragma: no cover - makes this an async generator like the handler it replaces
 
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
+    # The request is refused whatever its bytes are: they are not parsed.
+    return _rebuild(handler, refuse, refuse_stream, _ignore_request)
+
+
+def _ignore_request(_data: bytes) -> None:
+    return None
+
+
+def _rebuild(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable,
+    stream: Callable,
+    deserialize: Callable | None,
+) -> grpc.RpcMethodHandler:
+    """A handler of ``handler``'s shape: ``unary`` answers one response, ``stream`` a response stream."""
+    kwargs = {"request_deserializer": deserialize, "response_serializer": handler.response_serializer}
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
+        return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(refuse_stream, **kwargs)
+        return grpc.unary_stream_rpc_method_handler(stream, **kwargs)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)
-    return grpc.stream_stream_rpc_method_handler(refuse_stream, **kwargs)
+        return grpc.stream_unary_rpc_method_handler(unary, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(stream, **kwargs)
+
+
+def _behavior(handler: grpc.RpcMethodHandler) -> Callable:
+    return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+
+
+def _quiet(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """Health and reflection as they are, but unparsable bytes are INVALID_ARGUMENT (no log line)."""
+    behavior, streaming = _behavior(handler), handler.request_streaming
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            checked = _checked(request, streaming)
+            return await behavior(checked, context)
+        except InvalidArgument as error:
+            await _abort(context, error, "")
+
+    async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(_checked(request, streaming), context):
+                yield response
+        except InvalidArgument as error:
+            await _abort(context, error, "")
+
+    # A response stream is an async generator or, as health's Watch, a coroutine that writes with
+    # ``context.write``: the wrapper takes the same form.
+    streams = stream if inspect.isasyncgenfunction(behavior) else unary
+    return _rebuild(handler, unary, streams, _parsing(handler.request_deserializer))
 
 
 class StatusInterceptor(grpc.aio.ServerInterceptor):
@@ -284,32 +374,15 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(self.QUIET_PREFIXES):
+        if handler is None:
             return handler
+        if method.startswith(self.QUIET_PREFIXES):
+            return _quiet(handler)
         if self.draining:
             return _refusal(handler, "the server is shutting down; retry on another replica or after restart")
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method, self.metrics, self.limiter),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method, self.metrics, self.limiter),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary, method, self.metrics, self.limiter),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(handler.stream_stream, method, self.metrics, self.limiter),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        args = (_behavior(handler), method, self.metrics, self.limiter, handler.request_streaming)
+        return _rebuild(
+            handler, _wrap_unary(*args), _wrap_stream(*args), _parsing(handler.request_deserializer)
         )
 
 
