@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -226,15 +227,24 @@ def create_server(config: ServerConfig) -> tuple[Server, int]:
 
 
 def serve(configs: ServerConfig | Sequence[ServerConfig]) -> None:
-    """Start one server per config and block until SIGTERM/SIGINT, then shut them down gracefully."""
+    """Start one server per config and block until SIGTERM/SIGINT, then shut them down gracefully.
+
+    The grace period counts from the signal; signals after the shutdown are ignored. A computation that has
+    not reached its next stop check when the grace period ends (one long step of a core) does not hold the
+    process: its call has already been answered, so the process ends at once with status 0 (status 1 when
+    a server did not stop at all).
+    """
     configs = [configs] if isinstance(configs, ServerConfig) else list(configs)
     configure_logging(configs[0].log_level, configs[0].log_format)
     servers = [create_server(config)[0] for config in configs]
     for server in servers:
         server.start()
     stopping = threading.Event()
+    signalled: list[float] = []
 
     def on_signal(signum: int, _frame: object) -> None:
+        if not signalled:
+            signalled.append(time.monotonic())
         log.info("received %s: draining", signal.Signals(signum).name)
         stopping.set()
 
@@ -242,8 +252,32 @@ def serve(configs: ServerConfig | Sequence[ServerConfig]) -> None:
     signal.signal(signal.SIGINT, on_signal)
     while not stopping.wait(0.5):
         pass
-    done = [server.shutdown() for server in servers]
-    for server, event in zip(servers, done, strict=True):
-        if not event.wait(server.config.grace_seconds + 5.0):
+    start = signalled[0]
+    deadlines = [start + server.config.grace_seconds for server in servers]
+    done = [
+        server.shutdown(max(0.0, deadline - time.monotonic()))
+        for server, deadline in zip(servers, deadlines, strict=True)
+    ]
+    stuck, computing = [], 0
+    for server, event, deadline in zip(servers, done, deadlines, strict=True):
+        # The shutdown itself ends the calls at the deadline; a little more for its last steps.
+        if not event.wait(max(0.0, deadline - time.monotonic()) + 5.0):
             log.error("%s did not stop within its grace period", server.config.service)
+            stuck.append(server.config.service)
+            continue
+        computing += server.compute.wait_idle(max(0.0, deadline - time.monotonic()))
+    # The servers have stopped; the interpreter's exit (seconds with PyTorch loaded) restores the default
+    # handlers, so one more signal then would end the process with -SIGTERM instead of 0. Ignored handlers
+    # are kept.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if stuck or computing:
+        if computing:
+            log.warning(
+                "stopped; %d computation(s) of ended calls had not reached their next stop check: "
+                "exiting without them",
+                computing,
+            )
+        logging.shutdown()
+        os._exit(1 if stuck else 0)
     log.info("stopped")

@@ -56,7 +56,9 @@ class ComputePool:
         self.name = name
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{name}")
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._admitted = 0
+        self._running = 0
         self._signals: set[StopSignal] = set()
 
     @property
@@ -80,6 +82,24 @@ class ComputePool:
             stop = StopSignal()
             self._signals.add(stop)
             return stop
+
+    def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` counted as running until it returns (counted by the thread itself, so the count
+        stays right after the event loop has stopped)."""
+        with self._lock:
+            self._running += 1
+        try:
+            return fn(*args)
+        finally:
+            with self._lock:
+                self._running -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> int:
+        """Wait (at most ``timeout`` seconds) until no thread is computing; the number still computing."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._running == 0, timeout)
+            return self._running
 
     def _release(self, stop: StopSignal) -> None:
         with self._lock:
@@ -114,7 +134,7 @@ class ComputePool:
         loop = asyncio.get_running_loop()
         timer = _deadline_timer(loop, context, stop)
         try:
-            future = loop.run_in_executor(self._executor, fn, stop)
+            future = loop.run_in_executor(self._executor, self._in_thread, fn, stop)
         except RuntimeError:  # executor shut down
             self._release(stop)
             raise Cancelled("the server is shutting down") from None
@@ -160,7 +180,7 @@ class ComputePool:
                 put(("error", error))
 
         try:
-            future = loop.run_in_executor(self._executor, produce)
+            future = loop.run_in_executor(self._executor, self._in_thread, produce)
         except RuntimeError:
             self._release(stop)
             raise Cancelled("the server is shutting down") from None
