@@ -147,7 +147,16 @@ def test_metrics_endpoint_counts_requests(server_factory, tmp_path):
             assert call(address)
         with pytest.raises(NnprobeError), AttentionClient(address) as client:
             client.check_feed_forward_equivalence(widths=[3])
+        # The interceptor records a call just after its status reaches the client: wait (bounded) for the
+        # last one to be counted before reading the figures.
+        give_up = time.monotonic() + 60
         after = scrape(port)
+        while (
+            counter(after, method, "INVALID_ARGUMENT") == counter(before, method, "INVALID_ARGUMENT")
+            and time.monotonic() < give_up
+        ):
+            time.sleep(0.05)
+            after = scrape(port)
     finally:
         server.shutdown(0).wait()
     assert counter(after, method, "OK") - counter(before, method, "OK") == 3
