@@ -11,8 +11,14 @@ input with n units, jump j, receptive size r and first centre `start` (Dumoulin 
 Unit i of a layer is centred on start + i*j and spans [centre - r/2, centre + r/2] in input coordinates,
 where pixel m of the image is centred on origin + m (origin 0.5: pixel m spans [m, m + 1)).
 
-Branches join (addition, concatenation) only when every path gives the same size, jump and start; the
-joined field is then the largest of the paths' fields (they share a centre).
+Nearest-neighbour upsampling by an integer factor u (and depth-to-space) divides the jump: unit o copies
+unit o // u of its input, so j_out = j / u, and the field quoted is the smallest of this linear form that holds
+every unit's exact box: r_out = r + (u - 1) * j_out, start_out = start - (u - 1) / 2 * j_out.
+
+Branches join (addition, concatenation) with equal size and jump. When their starts differ too (the average
+pool shortcut of ResNet-D, a padding that shifts one path) the joined field is the union of the paths' fields,
+the exact box of input pixels that can reach a unit, and the merge is recorded as misaligned (Araujo et al.'s
+"unaligned" networks); ``strict`` refuses such merges instead, as google-research/receptive_field does.
 """
 
 from __future__ import annotations
@@ -77,6 +83,11 @@ class Window:
     pad_before: int = 0
     pad_after: int = 0
     ceil_mode: bool = False
+    #: How padded positions are filled: ``zeros`` (convolution, pooling, constant padding), ``reflect`` or
+    #: ``replicate`` (these read input pixels near the border, which ``connected_pixels`` follows).
+    pad_mode: str = "zeros"
+    #: Nearest-neighbour upsampling factor applied before the window (kernel 1, stride 1 then).
+    upsample: int = 1
 
     @property
     def extent(self) -> int:
@@ -109,6 +120,21 @@ class LayerField:
     padding: Pads = (0, 0, 0, 0)
     module: str = ""
     windows: tuple[Window, Window] | None = None  # (height, width) for conv and pooling layers
+    #: The node after which the whole input reaches this layer's units (global context); "" when none.
+    #: The field given is then the local one, through the spatial paths alone.
+    global_context: str = ""
+
+
+@dataclass(frozen=True)
+class Misalignment:
+    """A merge whose paths' fields have different centres: along ``axis`` (``height`` or ``width``) the
+    field through ``path`` starts ``offset`` input pixels after the one through ``reference``."""
+
+    node: str
+    axis: str
+    reference: str
+    path: str
+    offset: Fraction
 
 
 @dataclass(frozen=True)
@@ -165,7 +191,23 @@ def output_size(n: int, window: Window) -> int:
 
 
 def apply(axis: Axis, window: Window, *, where: str, field: str | None = None) -> Axis:
-    """The field after ``window``; raises ``InvalidSpec`` naming ``where`` when no output is left."""
+    """The field after ``window``; raises ``InvalidSpec`` naming ``where`` when no output is left, and
+    ``Unsupported`` when an upsampling would make the jump a fraction of a pixel."""
+    if window.upsample > 1:
+        u = window.upsample
+        if axis.jump % u:
+            raise Unsupported(
+                f"{where}: upsampling by {u} a map whose jump is {axis.jump} pixels gives a jump that is not "
+                f"a whole number of input pixels",
+                field="model.name",
+            )
+        jump = axis.jump // u
+        return Axis(
+            size=axis.size * u,
+            jump=jump,
+            receptive=axis.receptive + (u - 1) * jump,
+            start=axis.start - Fraction(u - 1, 2) * jump,
+        )
     n_out = output_size(axis.size, window)
     if n_out < 1:
         padded = axis.size + window.pad_before + window.pad_after
@@ -183,20 +225,32 @@ def apply(axis: Axis, window: Window, *, where: str, field: str | None = None) -
     )
 
 
-def merge(inputs: list[tuple[str, Axis]], *, where: str, axis_name: str) -> Axis:
-    """Join branches: equal size, jump and start required; the field is the largest one."""
+def merge(
+    inputs: list[tuple[str, Axis]], *, where: str, axis_name: str, strict: bool = True
+) -> tuple[Axis, list[Misalignment]]:
+    """Join branches: equal size and jump required. Equal starts give the largest field; different starts
+    give the union of the fields (the exact box reaching a unit) and one ``Misalignment`` per shifted path,
+    or ``Unsupported`` when ``strict``. ``where`` names the node (``node 'add'``)."""
     first_name, first = inputs[0]
     for name, other in inputs[1:]:
         for attribute in ("size", "jump", "start"):
             a, b = getattr(first, attribute), getattr(other, attribute)
-            if a != b:
+            if a != b and (strict or attribute != "start"):
                 raise Unsupported(
                     f"misaligned branches at {where}: along the {axis_name} the {attribute} is "
                     f"{_text(a)} through {first_name} but {_text(b)} through {name}, so the units of the "
                     f"two paths are not centred on the same input pixels",
                     field="model.name" if attribute != "size" else None,
                 )
-    return Axis(first.size, first.jump, max(a.receptive for _, a in inputs), first.start)
+    low = min(a.start - Fraction(a.receptive, 2) for _, a in inputs)
+    high = max(a.start + Fraction(a.receptive, 2) for _, a in inputs)
+    node = where.split("'")[1] if where.count("'") >= 2 else where
+    shifts = [
+        Misalignment(node, axis_name, first_name, name, other.start - first.start)
+        for name, other in inputs[1:]
+        if other.start != first.start
+    ]
+    return Axis(first.size, first.jump, int(high - low), (low + high) / 2), shifts
 
 
 def _text(value: Fraction | int) -> str:
@@ -346,8 +400,7 @@ def connected_pixels(fields: Sequence[LayerField], name: str, x: int, y: int) ->
                 source = by_name[source_name]
                 n_in = (source.height, source.width)[axis_index].size
                 if f.windows is not None:
-                    w = f.windows[axis_index]
-                    a_in, b_in = a * w.stride - w.pad_before, b * w.stride - w.pad_before + w.extent - 1
+                    a_in, b_in = _read_range(f.windows[axis_index], a, b, n_in)
                 else:
                     a_in, b_in = a, b
                 a_in, b_in = max(a_in, 0), min(b_in, n_in - 1)
@@ -357,6 +410,24 @@ def connected_pixels(fields: Sequence[LayerField], name: str, x: int, y: int) ->
                 need[source_name] = (a_in, b_in) if old is None else (min(old[0], a_in), max(old[1], b_in))
         result.append(need.get(fields[0].name, (0, -1)))
     return result[0], result[1]
+
+
+def _read_range(w: Window, a: int, b: int, n: int) -> Range:
+    """Input positions (before clamping to 0..n-1) that outputs a..b of window ``w`` read."""
+    if w.upsample > 1:
+        return a // w.upsample, b // w.upsample
+    a_in, b_in = a * w.stride - w.pad_before, b * w.stride - w.pad_before + w.extent - 1
+    if w.pad_mode == "zeros" or (a_in >= 0 and b_in <= n - 1):
+        return a_in, b_in
+    if w.pad_mode == "replicate":
+        return min(max(a_in, 0), n - 1), max(min(b_in, n - 1), 0)
+    # reflect: i -> -i before the first pixel, 2 (n - 1) - i after the last; the image of an interval is the
+    # interval between the extremes of its ends and of the borders inside it.
+    def mirror(i: int) -> int:
+        return -i if i < 0 else 2 * (n - 1) - i if i > n - 1 else i
+
+    points = [mirror(a_in), mirror(b_in)] + [p for p in (0, n - 1) if a_in <= p <= b_in]
+    return min(points), max(points)
 
 
 def unit_field(
