@@ -421,6 +421,7 @@ def _read_range(w: Window, a: int, b: int, n: int) -> Range:
         return a_in, b_in
     if w.pad_mode == "replicate":
         return min(max(a_in, 0), n - 1), max(min(b_in, n - 1), 0)
+
     # reflect: i -> -i before the first pixel, 2 (n - 1) - i after the last; the image of an interval is the
     # interval between the extremes of its ends and of the borders inside it.
     def mirror(i: int) -> int:

@@ -25,14 +25,9 @@ from nnprobe_services.vision.receptive_field import Unsupported, Window
 from nnprobe_services.vision.rf_ir import Capture, GraphNode
 
 ELEMENTWISE = set(
-    "relu relu_ relu6 silu silu_ gelu gelu_ sigmoid sigmoid_ hardsigmoid hardsigmoid_ hardswish hardswish_ "
-    "hardtanh hardtanh_ clamp clamp_ clamp_min clamp_min_ clamp_max tanh tanh_ elu elu_ leaky_relu leaky_relu_ "
-    "mish mish_ softplus selu celu prelu _prelu_kernel dropout dropout_ feature_dropout alpha_dropout "
-    "native_dropout clone contiguous _to_copy to alias detach lift_fresh_copy abs neg exp log sqrt rsqrt pow "
-    "reciprocal erf sign square add add_ sub sub_ mul mul_ div div_ where maximum minimum expand expand_as "
-    "type_as masked_fill fill_ copy_ rsub logical_not sin cos logsigmoid threshold".split()
+    ["relu", "relu_", "relu6", "silu", "silu_", "gelu", "gelu_", "sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_", "hardswish", "hardswish_", "hardtanh", "hardtanh_", "clamp", "clamp_", "clamp_min", "clamp_min_", "clamp_max", "tanh", "tanh_", "elu", "elu_", "leaky_relu", "leaky_relu_", "mish", "mish_", "softplus", "selu", "celu", "prelu", "_prelu_kernel", "dropout", "dropout_", "feature_dropout", "alpha_dropout", "native_dropout", "clone", "contiguous", "_to_copy", "to", "alias", "detach", "lift_fresh_copy", "abs", "neg", "exp", "log", "sqrt", "rsqrt", "pow", "reciprocal", "erf", "sign", "square", "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "where", "maximum", "minimum", "expand", "expand_as", "type_as", "masked_fill", "fill_", "copy_", "rsub", "logical_not", "sin", "cos", "logsigmoid", "threshold"]
 )
-RESHAPE = set("view reshape _unsafe_view flatten unflatten squeeze unsqueeze reshape_as view_as".split())
+RESHAPE = set(["view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "unsqueeze", "reshape_as", "view_as"])
 REDUCE = {"mean", "sum", "amax", "amin", "var", "std", "max", "min", "logsumexp"}
 
 
@@ -92,7 +87,9 @@ def _lower_node(node: fx.Node, shapes: dict[str, Any], tuples: dict[str, Any]) -
     if name in ("conv2d", "convolution", "_convolution"):
         weight = shapes.get(node.args[1].name) if isinstance(node.args[1], fx.Node) else None
         if weight is None or len(weight) != 4:
-            return "unsupported", {"why": f"{name} with a {len(weight or ())}-d weight (not a 2-d convolution)"}
+            return "unsupported", {
+                "why": f"{name} with a {len(weight or ())}-d weight (not a 2-d convolution)"
+            }
         if name == "conv2d":
             stride, padding, dilation, groups = (
                 _arg(node, 3, "stride", 1),
@@ -123,7 +120,11 @@ def _lower_node(node: fx.Node, shapes: dict[str, Any], tuples: dict[str, Any]) -
         return "pool", {"windows": w, "pool": "max"}
     if name == "avg_pool2d":
         w = windows(
-            node.args[1], _arg(node, 2, "stride", None), _arg(node, 3, "padding", 0), 1, _arg(node, 4, "ceil_mode")
+            node.args[1],
+            _arg(node, 2, "stride", None),
+            _arg(node, 3, "padding", 0),
+            1,
+            _arg(node, 4, "ceil_mode"),
         )
         return "pool", {"windows": w, "pool": "avg"}
     if name in ("adaptive_avg_pool2d", "_adaptive_avg_pool2d", "adaptive_max_pool2d"):
@@ -134,7 +135,10 @@ def _lower_node(node: fx.Node, shapes: dict[str, Any], tuples: dict[str, Any]) -
         mode = {"reflection_pad2d": "reflect", "replication_pad2d": "replicate"}.get(name)
         if mode is None:
             mode = _arg(node, 2, "mode", "constant") if name == "pad" else "constant"
-        return "pad", {"pads": tuple(int(p) for p in node.args[1]), "mode": "zeros" if mode == "constant" else mode}
+        return "pad", {
+            "pads": tuple(int(p) for p in node.args[1]),
+            "mode": "zeros" if mode == "constant" else mode,
+        }
     if name in ("cat", "concat"):
         tensors = node.args[0]
         first = shapes.get(tensors[0].name) if tensors else None
@@ -163,7 +167,7 @@ def _lower_node(node: fx.Node, shapes: dict[str, Any], tuples: dict[str, Any]) -
         return "permute", {"dims": dims}
     if name in RESHAPE:
         return "reshape", {}
-    if base in REDUCE and name != "max" or (name == "max" and len(node.args) > 1):
+    if (base in REDUCE and name != "max") or (name == "max" and len(node.args) > 1):
         dims = _dims(_arg(node, 1, "dim", None), rank)
         return "reduce", {"dims": dims, "keepdim": bool(_arg(node, 2, "keepdim", False)), "kind": base}
     if name in ("linear", "matmul", "mm", "addmm", "bmm"):
@@ -194,7 +198,11 @@ def _lower_node(node: fx.Node, shapes: dict[str, Any], tuples: dict[str, Any]) -
 
 
 def _leaf_type(kind: Any) -> bool:
-    text = kind if isinstance(kind, str) else f"{getattr(kind, '__module__', '')}.{getattr(kind, '__name__', '')}"
+    text = (
+        kind
+        if isinstance(kind, str)
+        else f"{getattr(kind, '__module__', '')}.{getattr(kind, '__name__', '')}"
+    )
     return text.startswith(("torch.nn.", "torch.ao.nn.")) and not text.endswith(("Sequential", "ModuleList"))
 
 
@@ -209,7 +217,9 @@ def lower(gm: fx.GraphModule, model: str, frontend: str, final_stride: int | Non
     nodes = [n for n in gm.graph.nodes]
     placeholders = [n for n in nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
-        raise Unsupported(f"model {model!r} takes {len(placeholders)} inputs, not one image", field="model.name")
+        raise Unsupported(
+            f"model {model!r} takes {len(placeholders)} inputs, not one image", field="model.name"
+        )
     data: set[str] = {placeholders[0].name}
     shapes: dict[str, Any] = {}
     for node in nodes:
@@ -252,7 +262,17 @@ def lower(gm: fx.GraphModule, model: str, frontend: str, final_stride: int | Non
             op, attrs = _getitem(node, shapes, tuple_ops)
         label = _label(node, stack)
         out.append(
-            GraphNode(name, op, inputs, shapes[node.name], attrs, label, module, tuple(p for _, p, _ in stack))
+            GraphNode(
+                name,
+                op,
+                inputs,
+                shapes[node.name],
+                attrs,
+                label,
+                module,
+                tuple(p for _, p, _ in stack),
+                node.name,
+            )
         )
     top = tuple(name for name, _ in gm.named_children() if not name.startswith("_"))
     size = shapes[placeholders[0].name]
@@ -273,7 +293,10 @@ def _getitem(node: fx.Node, shapes: dict[str, Any], tuple_ops: dict[str, tuple[s
             dim = int(_arg(producer, 1, "dim", 0)) % len(in_shape)
             return "unsupported", {"why": "unbind (a select along a dimension)"}
         pieces = [shapes[u.name][dim] for u in producer.users if shapes.get(u.name) is not None]
-        sizes = [s[dim] for s in (producer.meta["val"] if isinstance(producer.meta.get("val"), (list, tuple)) else [])]
+        sizes = [
+            s[dim]
+            for s in (producer.meta["val"] if isinstance(producer.meta.get("val"), (list, tuple)) else [])
+        ]
         sizes = [int(s) for s in sizes] if sizes else pieces
         start = sum(sizes[:index])
         return "slice", {"dim": dim, "start": start, "end": start + sizes[index], "step": 1}

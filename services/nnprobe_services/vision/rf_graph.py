@@ -161,9 +161,7 @@ def _default_end_point(capture: Capture, run: Analysis) -> str:
     end = None
     for node in capture.nodes:
         value = run.values.get(node.name)
-        if value is not None and value.field is not None and not value.pooled:
-            end = node.name
-        elif node.name in run.problems and node.shape is not None and len(node.shape) == 4:
+        if (value is not None and value.field is not None and not value.pooled) or (node.name in run.problems and node.shape is not None and len(node.shape) == 4):
             end = node.name
     if end is None:
         raise Unsupported("the model has no spatial feature map to analyse", field="model.name")

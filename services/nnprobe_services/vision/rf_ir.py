@@ -53,6 +53,8 @@ class GraphNode:
     label: str = ""
     module: str = ""
     modules: tuple[str, ...] = ()
+    #: The front-end's own name of the node (the ATen graph's node, the ONNX node's output tensor).
+    source: str = ""
 
 
 @dataclass(frozen=True)

@@ -119,11 +119,19 @@ class Analysis:
         )
         return self._checked(node, Value(x.layout, field, x.global_context, pooled=pooled or x.pooled))
 
-    def _same(self, node: GraphNode, x: Value, layout: tuple[int, int] | None = None, glob: str = "") -> Value:
+    def _same(
+        self, node: GraphNode, x: Value, layout: tuple[int, int] | None = None, glob: str = ""
+    ) -> Value:
         assert x.field is not None
         context = x.global_context or glob
         field = LayerField(
-            node.name, "other", node.label, x.field.height, x.field.width, (x.field.name,), module=node.module,
+            node.name,
+            "other",
+            node.label,
+            x.field.height,
+            x.field.width,
+            (x.field.name,),
+            module=node.module,
             global_context=context,
         )
         return self._checked(node, Value(layout or x.layout, field, context, pooled=x.pooled))
@@ -156,7 +164,9 @@ class Analysis:
         after, layout = node.shape or (), []
         for axis in x.layout or ():
             prefix = math.prod(before[:axis])
-            found = [k for k in range(len(after)) if after[k] == before[axis] and math.prod(after[:k]) == prefix]
+            found = [
+                k for k in range(len(after)) if after[k] == before[axis] and math.prod(after[:k]) == prefix
+            ]
             if not found:
                 return None
             layout.append(found[0])
@@ -260,7 +270,9 @@ class Analysis:
         wins = []
         for axis, n in zip(x.layout, (x.field.height.size, x.field.width.size), strict=True):
             if node.shape[axis] % n:
-                raise self._unmappable(node, f"resizing {n} positions to {node.shape[axis]} (not a whole factor)")
+                raise self._unmappable(
+                    node, f"resizing {n} positions to {node.shape[axis]} (not a whole factor)"
+                )
             wins.append(Window(1, upsample=node.shape[axis] // n))
         return self._windowed(node, x, (wins[0], wins[1]), "other")
 
@@ -314,14 +326,26 @@ class Analysis:
             raise self._unmappable(node, "it joins maps along an image axis or in different layouts")
         fields = [v.field for v in local if v.field is not None]
         where = f"node {node.name!r} ({node.label})"
-        height, h_shift = merge([(f.name, f.height) for f in fields], where=where, axis_name="height", strict=self.strict)
-        width, w_shift = merge([(f.name, f.width) for f in fields], where=where, axis_name="width", strict=self.strict)
+        height, h_shift = merge(
+            [(f.name, f.height) for f in fields], where=where, axis_name="height", strict=self.strict
+        )
+        width, w_shift = merge(
+            [(f.name, f.width) for f in fields], where=where, axis_name="width", strict=self.strict
+        )
         if h_shift or w_shift:
             self.misaligned[node.name] = [*h_shift, *w_shift]
-        context = next((v.global_context for v in local if v.global_context), "") or (node.name if brought else "")
+        context = next((v.global_context for v in local if v.global_context), "") or (
+            node.name if brought else ""
+        )
         kind = "merge" if len(fields) > 1 else "other"
         field = LayerField(
-            node.name, kind, node.label, height, width, tuple(f.name for f in fields), module=node.module,
+            node.name,
+            kind,
+            node.label,
+            height,
+            width,
+            tuple(f.name for f in fields),
+            module=node.module,
             global_context=context,
         )
         pooled = all(v.pooled for v in local)
