@@ -313,9 +313,15 @@ def _label(node: fx.Node, stack: list[tuple[str, str, Any]]) -> str:
 
 
 # -- capture ---------------------------------------------------------------------------------------------
+def _device(model: nn.Module) -> torch.device:
+    """Where the model's parameters are (the meta device for models built by name)."""
+    first = next(iter([*model.parameters(), *model.buffers()]), None)
+    return first.device if first is not None else torch.device("meta")
+
+
 def export_graph(model: nn.Module, size: tuple[int, int], channels: int) -> fx.GraphModule:
     """``torch.export`` at the static size, as a GraphModule of ATen ops with parameters as attributes."""
-    example = torch.empty(1, channels, *size, device="meta")
+    example = torch.empty(1, channels, *size, device=_device(model))
     program = torch.export.export(model, (example,), strict=False)
     gm = program.module()
     for node in list(gm.graph.nodes):  # export's input guards hold no data flow
@@ -330,7 +336,7 @@ def fx_graph(model: nn.Module, size: tuple[int, int], channels: int) -> fx.Graph
     from torch.fx.experimental.proxy_tensor import make_fx
 
     traced = fx.symbolic_trace(model)
-    example = torch.empty(1, channels, *size, device="meta")
+    example = torch.empty(1, channels, *size, device=_device(model))
     lowered = make_fx(traced, pre_dispatch=True)(example)
     return lowered
 

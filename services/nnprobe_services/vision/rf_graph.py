@@ -45,6 +45,27 @@ class GraphField:
     global_context: str  # the node after which the end point's units see the whole input ("": none)
     frontend: str  # torch.export, torch.fx or onnx
     final_stride: int | None  # the model's own final stride, when it declares one
+    capture: Capture  # what was analysed
+    global_context_module: str = ""  # module path of ``global_context``, when known
+
+
+def analyse(
+    name: str,
+    onnx: bytes,
+    input_size: tuple[int, int],
+    origin: Fraction,
+    end_point: str | None,
+    *,
+    strict: bool = False,
+) -> GraphField:
+    """A named model (``analyse_model``) or, when ``onnx`` holds bytes, an ONNX model read from its graph
+    (``rf_onnx.read``; ``name`` then only labels it)."""
+    if not onnx:
+        return analyse_model(name, input_size, origin, end_point, strict=strict)
+    from nnprobe_services.vision import rf_onnx
+
+    capture = rf_onnx.read(onnx, input_size, name or "onnx model")
+    return analyse_capture(capture, origin, end_point, strict=strict)
 
 
 def captured(name: str, input_size: tuple[int, int]) -> Capture:
@@ -115,9 +136,10 @@ def analyse_capture(
     if end not in run.values or run.values[end].field is None:
         problem = run.problems.get(end)
         if problem is None:
-            raise InvalidSpec(
-                f"layer {end!r} has no receptive field of its own (it carries no image axes or is uniform "
-                f"over the image); choose an earlier end_point",
+            raise Unsupported(
+                f"cannot compute the receptive field of {end!r} in {capture.model}: it has no image axes "
+                f"(it follows a global pooling or a flatten) or is uniform over the image; choose an earlier "
+                f"end_point",
                 field="end_point" if end_point else "model.name",
             )
         message = f"cannot compute the receptive field of {end!r} in {capture.model}: {problem.message}"
@@ -140,7 +162,10 @@ def analyse_capture(
 
     misaligned = [m for name in (f.name for f in fields) for m in run.misaligned.get(name, [])]
     context = run.values[end].global_context
-    return GraphField(fields, end, resolve, misaligned, context, capture.frontend, capture.final_stride)
+    module = capture.node(context).module if context else ""
+    return GraphField(
+        fields, end, resolve, misaligned, context, capture.frontend, capture.final_stride, capture, module
+    )
 
 
 def _local_ancestors(capture: Capture, run: Analysis, end: str) -> list[LayerField]:
@@ -161,7 +186,8 @@ def _default_end_point(capture: Capture, run: Analysis) -> str:
     end = None
     for node in capture.nodes:
         value = run.values.get(node.name)
-        if (value is not None and value.field is not None and not value.pooled) or (node.name in run.problems and node.shape is not None and len(node.shape) == 4):
+        mapped = value is not None and value.field is not None and not value.pooled
+        if mapped or (node.name in run.problems and _spatial_problem(capture, run, node.name)):
             end = node.name
     if end is None:
         raise Unsupported("the model has no spatial feature map to analyse", field="model.name")
@@ -169,6 +195,13 @@ def _default_end_point(capture: Capture, run: Analysis) -> str:
         problem = run.problems[end]
         raise type(problem)(problem.message, field=problem.field)
     return end
+
+
+def _spatial_problem(capture: Capture, run: Analysis, name: str) -> bool:
+    """A 4-d node without a field whose problem does not arise at the head's adaptive pooling."""
+    shape = capture.node(name).shape
+    origin = capture.node(run.origins.get(name, name))
+    return shape is not None and len(shape) == 4 and origin.op != "adaptive_pool"
 
 
 def _resolver(capture: Capture, run: Analysis) -> Callable[[str, str], str]:

@@ -315,3 +315,17 @@ def read(data: bytes, input_size: tuple[int, int] | None, label: str = "onnx mod
     if len(data) > MAX_ONNX_BYTES:
         raise InvalidSpec(f"holds {len(data)} bytes; at most {MAX_ONNX_BYTES}", field="model.onnx")
     return _Reader(data, input_size, label).read()
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """The (H, W) the ONNX model's image input declares, None when not fixed or not readable."""
+    import onnx
+
+    try:
+        model = onnx.load_from_string(data)
+    except Exception:  # reported with its reason when the model is read
+        return None
+    constants = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in constants]
+    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
+    return (dims[2], dims[3]) if len(dims) == 4 and dims[2] > 0 and dims[3] > 0 else None

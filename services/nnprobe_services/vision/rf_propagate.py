@@ -63,11 +63,15 @@ class Analysis:
         self.values: dict[str, Value] = {}
         self.problems: dict[str, FieldError] = {}
         self.misaligned: dict[str, list[Misalignment]] = {}
+        #: The node where each problem arose (a node after an unmappable one inherits its problem).
+        self.origins: dict[str, str] = {}
         for node in capture.nodes:
             try:
                 self.values[node.name] = self._value(node)
             except FieldError as error:
                 self.problems[node.name] = error
+                inherited = [self.origins[i] for i in node.inputs if i in self.origins]
+                self.origins[node.name] = inherited[0] if inherited else node.name
 
     def _value(self, node: GraphNode) -> Value:
         if node.op == "input":

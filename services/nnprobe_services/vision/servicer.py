@@ -35,6 +35,7 @@ from nnprobe_services.vision import (
     preprocess,
     rf_empirical,
     rf_graph,
+    rf_onnx,
     rf_plot,
     transfer,
 )
@@ -450,10 +451,12 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         image = self._plot_image(request)
         input_size = self._input_size(request, image)
         if has_model:
-            name = request.model.name.strip()
-            if not name:
+            name, onnx = request.model.name.strip(), request.model.onnx
+            if not name and not onnx:
                 raise InvalidArgument("must name a model", field="model.name")
-            graph = rf_graph.analyse_model(name, input_size, origin, request.end_point or None)
+            graph = rf_graph.analyse(
+                name, onnx, input_size, origin, request.end_point or None, strict=request.strict
+            )
             fields, end, resolve = graph.fields, graph.end_point, graph.resolve
         else:
             specs = [self._layer_spec(layer, i) for i, layer in enumerate(request.layers)]
@@ -482,6 +485,8 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             units=[self._unit_message(u) for u in units],
             model=request.model.name.strip() if has_model else "",
         )
+        if has_model:
+            self._model_graph_message(response, graph)
         empirical = request.verify or request.HasField("effective_field")
         if empirical and input_size[0] * input_size[1] > MAX_EMPIRICAL_PIXELS:
             raise ResourceExhausted(
@@ -491,9 +496,13 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             )
 
         def probe(layers: list[str], weights: str, seed: int = 0):
+            if has_model and graph.frontend == "onnx":
+                if weights != "transparent":
+                    raise FailedPrecondition("needs a named model, not an ONNX one", field="effective_field")
+                return rf_empirical.twin_probe(graph.capture, layers, self.device)
             if has_model:
                 return rf_empirical.model_probe(
-                    request.model.name.strip(), layers, self.device, weights=weights, seed=seed
+                    name, layers, self.device, weights=weights, seed=seed, input_size=input_size
                 )
             return rf_empirical.chain_probe(specs, input_size, self.device, weights=weights, seed=seed)
 
@@ -588,6 +597,19 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
 
     # -- conversion ----------------------------------------------------------------------------------
     @staticmethod
+    def _model_graph_message(response: pb.ComputeReceptiveFieldResponse, graph: rf_graph.GraphField) -> None:
+        response.misaligned_merges.extend(
+            pb.MisalignedMerge(
+                layer=m.node, axis=m.axis, reference=m.reference, path=m.path, offset=float(m.offset)
+            )
+            for m in graph.misaligned
+        )
+        response.global_context = graph.global_context
+        response.global_context_module = graph.global_context_module
+        response.capture = graph.frontend
+        response.model_final_stride = graph.final_stride or 0
+
+    @staticmethod
     def _origin(request: pb.ComputeReceptiveFieldRequest) -> Fraction:
         if not request.HasField("first_pixel_center"):
             return Fraction(1, 2)
@@ -626,6 +648,8 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             )
         elif image is not None:
             size = (int(image.shape[0]), int(image.shape[1]))
+        elif request.HasField("model") and request.model.onnx:
+            size = rf_onnx.declared_size(request.model.onnx) or (224, 224)
         elif request.HasField("model"):
             side = rf_graph.default_input_size(request.model.name.strip())
             size = (side, side)
@@ -707,6 +731,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             height=axis(field.height),
             width=axis(field.width),
             padding=pb.Padding(top=top, bottom=bottom, left=left, right=right),
+            global_context=field.global_context,
         )
 
     @staticmethod
