@@ -139,6 +139,13 @@ def _lower_node(node: fx.Node, shapes: dict[str, Any], tuples: dict[str, Any]) -
             "pads": tuple(int(p) for p in node.args[1]),
             "mode": "zeros" if mode == "constant" else mode,
         }
+    if name == "stack":
+        tensors = node.args[0]
+        first = shapes.get(tensors[0].name) if tensors else None
+        return "stack", {"dim": int(_arg(node, 1, "dim", 0)) % (len(first or (0,) * 4) + 1)}
+    if name == "linalg_vector_norm":
+        dims = _dims(_arg(node, 2, "dim", None), rank)
+        return "reduce", {"dims": dims, "keepdim": bool(_arg(node, 3, "keepdim", False)), "kind": name}
     if name in ("cat", "concat"):
         tensors = node.args[0]
         first = shapes.get(tensors[0].name) if tensors else None
@@ -287,17 +294,14 @@ def _getitem(node: fx.Node, shapes: dict[str, Any], tuple_ops: dict[str, tuple[s
     if kind in ("split", "split_with_sizes", "chunk", "unbind", "tensor_split"):
         x = producer.args[0]
         in_shape = shapes[x.name]  # type: ignore[union-attr]
-        default_dim = 0 if kind != "chunk" else 0
-        dim = int(_arg(producer, 2, "dim", default_dim)) % len(in_shape)
+        dim = int(_arg(producer, 2, "dim", 0)) % len(in_shape)
         if kind == "unbind":
             dim = int(_arg(producer, 1, "dim", 0)) % len(in_shape)
             return "unsupported", {"why": "unbind (a select along a dimension)"}
-        pieces = [shapes[u.name][dim] for u in producer.users if shapes.get(u.name) is not None]
-        sizes = [
-            s[dim]
-            for s in (producer.meta["val"] if isinstance(producer.meta.get("val"), (list, tuple)) else [])
-        ]
-        sizes = [int(s) for s in sizes] if sizes else pieces
+        values = producer.meta.get("val")
+        if not isinstance(values, (list, tuple)):
+            return "unsupported", {"why": f"{kind} whose pieces have no recorded shapes"}
+        sizes = [int(t.shape[dim]) for t in values]
         start = sum(sizes[:index])
         return "slice", {"dim": dim, "start": start, "end": start + sizes[index], "step": 1}
     if index == 0:
@@ -360,7 +364,15 @@ def capture(
         except Exception as error:  # capture runs arbitrary model code; any failure means "cannot capture"
             errors.append(f"{frontend}: {type(error).__name__}: {str(error).strip().splitlines()[0][:300]}")
             continue
-        return lower(gm, name, frontend, final_stride), gm
+        try:
+            return lower(gm, name, frontend, final_stride), gm
+        except Unsupported:
+            raise
+        except Exception as error:  # a graph this reader does not expect: say so, never fail inside
+            raise Unsupported(
+                f"the {frontend} graph of model {name!r} cannot be read: {type(error).__name__}: {error}",
+                field="model.name",
+            ) from None
     raise Unsupported(
         f"model {name!r} cannot be captured into a graph at {size[0]} x {size[1]} ({'; '.join(errors)})",
         field="model.name",

@@ -30,7 +30,7 @@ from nnprobe_services.vision import catalogue, rf_trace_worker
 from nnprobe_services.vision.receptive_field import LayerSpec, Unsupported, Window, output_size, windows
 from nnprobe_services.vision.rf_ir import Capture
 from nnprobe_services.vision.rf_propagate import Analysis
-from nnprobe_services.vision.rf_twin import TransparentTwin
+from nnprobe_services.vision.rf_twin import Canonical, TransparentTwin
 
 Probe = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
@@ -170,7 +170,8 @@ def twin_probe(capture: Capture, layers: Sequence[str], device: torch.device) ->
         if layer not in known:
             problem = run.problems.get(layer)
             raise Unsupported(problem.message if problem else f"layer {layer!r} has no field", field="verify")
-    twin = TransparentTwin(capture, fields, layers).to(device)
+    layouts = {name: v.layout for name, v in run.values.items() if v.layout is not None}
+    twin = TransparentTwin(capture, fields, layers, layouts).to(device)
     return twin, int(capture.nodes[0].attrs.get("channels", 3))
 
 
@@ -205,7 +206,12 @@ def model_probe(
             if key not in state:
                 raise Unsupported(f"the captured graph of {name!r} holds {key!r}, which the model has not")
             tensor.copy_(state[key])
-    return gm.to(device).eval(), int(capture.nodes[0].attrs.get("channels", 3))
+    run = Analysis(capture, Fraction(1, 2), False)
+    layouts = {layer: run.values[layer].layout for layer in layers}
+    if any(layout is None for layout in layouts.values()):
+        raise Unsupported("a requested layer has no image axes", field="effective_field.unit.layer")
+    probe = Canonical(gm, layouts)  # type: ignore[arg-type]
+    return probe.to(device).eval(), int(capture.nodes[0].attrs.get("channels", 3))
 
 
 #: Serialises the modules whose own initialisation draws from torch's global generator.

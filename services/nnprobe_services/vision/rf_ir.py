@@ -13,11 +13,13 @@ from typing import Any
 #: The vocabulary. ``attrs`` per op:
 #: input: channels · conv: windows, in_channels, out_channels, groups · pool: windows, pool (max/avg/lp)
 #: adaptive_pool: output_size, pool · pad: pads (F.pad order, last axis first), mode (zeros/reflect/replicate)
-#: elementwise: (any number of data inputs, broadcast) · cat: dim · slice: dim, start, end, step
+#: elementwise: (any number of data inputs, broadcast) · cat, stack: dim · slice: dim, start, end, step
 #: permute: dims · reshape: (the output shape) · reduce: dims, keepdim · linear: in_features, out_features
 #: norm: dims (normalised over) · softmax: dim · upsample: factor (h, w) · pixel_shuffle / pixel_unshuffle:
-#: factor · unsupported: why.
+#: factor · tuple: a split or a normalisation with several results (its ``slice`` pieces follow) ·
+#: unsupported: why.
 OPS = (
+    "tuple",
     "input",
     "conv",
     "pool",
@@ -25,6 +27,7 @@ OPS = (
     "pad",
     "elementwise",
     "cat",
+    "stack",
     "slice",
     "permute",
     "reshape",

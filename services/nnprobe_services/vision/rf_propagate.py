@@ -68,7 +68,9 @@ class Analysis:
         for node in capture.nodes:
             try:
                 self.values[node.name] = self._value(node)
-            except FieldError as error:
+            except Exception as error:  # a FieldError, or a node shaped as the analysis never expects
+                if not isinstance(error, FieldError):
+                    error = self._unmappable(node, f"{type(error).__name__}: {error}")
                 self.problems[node.name] = error
                 inherited = [self.origins[i] for i in node.inputs if i in self.origins]
                 self.origins[node.name] = inherited[0] if inherited else node.name
@@ -88,7 +90,7 @@ class Analysis:
             return Value(None, None, summary=True, pooled=True)
         if node.op == "unsupported" and node.attrs.get("why"):
             raise self._unmappable(node, node.attrs["why"])
-        if node.op in ("elementwise", "cat"):
+        if node.op in ("elementwise", "cat", "stack"):
             return self._merge(node, inputs)
         x = inputs[0]
         if x.layout is None:
@@ -167,9 +169,11 @@ class Analysis:
         before = self.capture.node(node.inputs[0]).shape or ()
         after, layout = node.shape or (), []
         for axis in x.layout or ():
-            prefix = math.prod(before[:axis])
+            prefix, lowest = math.prod(before[:axis]), layout[-1] + 1 if layout else 0
             found = [
-                k for k in range(len(after)) if after[k] == before[axis] and math.prod(after[:k]) == prefix
+                k
+                for k in range(lowest, len(after))
+                if after[k] == before[axis] and math.prod(after[:k]) == prefix
             ]
             if not found:
                 return None
@@ -240,6 +244,10 @@ class Analysis:
         ]
         return self._windowed(node, x, (wins[0], wins[1]), "other")
 
+    def _tuple(self, node: GraphNode, x: Value) -> Value:
+        """A split or a normalisation returning several results: its pieces (``slice``) say what they take."""
+        return self._same(node, x)
+
     def _permute(self, node: GraphNode, x: Value) -> Value:
         return self._same(node, x, self._layout_after(node, x))
 
@@ -305,8 +313,11 @@ class Analysis:
                     raise self._unmappable(node, f"its input {name!r} has lost the image axes")
                 brought.append(name)
                 continue
-            offset = len(shape) - len(self.capture.node(name).shape or ())
-            layout = (value.layout[0] + offset, value.layout[1] + offset)
+            if node.op == "stack":  # a new axis at ``dim``
+                layout = tuple(a + (a >= node.attrs["dim"]) for a in value.layout)  # type: ignore[assignment]
+            else:
+                offset = len(shape) - len(self.capture.node(name).shape or ())
+                layout = (value.layout[0] + offset, value.layout[1] + offset)
             sizes = (value.field.height.size, value.field.width.size)
             if shape and (shape[layout[0]], shape[layout[1]]) != sizes:
                 if sizes[0] in (1, shape[layout[0]]) and sizes[1] in (1, shape[layout[1]]):

@@ -21,13 +21,38 @@ from nnprobe_services.vision.receptive_field import LayerField, Unsupported, Win
 from nnprobe_services.vision.rf_ir import Capture, GraphNode
 
 
-class TransparentTwin(nn.Module):
-    """``twin(x)`` -> {layer: output} for the requested layers; ``x`` of shape (N, C, H, W), any float
-    dtype (float64 for deep networks, where products of small weights would underflow in float32)."""
+def canonical(x: torch.Tensor, layout: tuple[int, int]) -> torch.Tensor:
+    """``x`` as (N, C', H, W): the image axes (``layout``) last, every other axis after the batch folded into
+    channels (an NHWC map, a stack of branches), so that unit (x, y) is ``[:, :, y, x]`` for any layer."""
+    rest = [d for d in range(1, x.dim()) if d not in layout]
+    return x.permute(0, *rest, *layout).reshape(x.shape[0], -1, x.shape[layout[0]], x.shape[layout[1]])
 
-    def __init__(self, capture: Capture, fields: Sequence[LayerField], layers: Sequence[str]) -> None:
+
+class Canonical(nn.Module):
+    """Wraps a probe so that every output it returns is ``canonical``."""
+
+    def __init__(self, probe: nn.Module, layouts: dict[str, tuple[int, int]]) -> None:
         super().__init__()
-        self.capture = capture
+        self.probe, self.layouts = probe, layouts
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: canonical(y, self.layouts[name]) for name, y in self.probe(x).items()}
+
+
+class TransparentTwin(nn.Module):
+    """``twin(x)`` -> {layer: output as (N, C', H, W)} for the requested layers; ``x`` of shape (N, C, H, W),
+    any float dtype (float64 for deep networks, where products of small weights would underflow in float32).
+    ``layouts``: the positions of the image axes in each layer's output."""
+
+    def __init__(
+        self,
+        capture: Capture,
+        fields: Sequence[LayerField],
+        layers: Sequence[str],
+        layouts: dict[str, tuple[int, int]],
+    ) -> None:
+        super().__init__()
+        self.capture, self.layouts = capture, layouts
         self.fields = {f.name: f for f in fields}
         self.layers = list(layers)
         needed: set[str] = set()
@@ -43,7 +68,7 @@ class TransparentTwin(nn.Module):
         values: dict[str, torch.Tensor] = {}
         for node in self.order:
             values[node.name] = x if node.op == "input" else self._run(node, values)
-        return {name: values[name] for name in self.layers}
+        return {name: canonical(values[name], self.layouts[name]) for name in self.layers}
 
     def _run(self, node: GraphNode, values: dict[str, torch.Tensor]) -> torch.Tensor:
         field = self.fields[node.name]
@@ -84,7 +109,9 @@ class TransparentTwin(nn.Module):
             return x @ weight.to(x.device)
         if op == "reduce":
             return x.sum(dim=a["dims"], keepdim=a["keepdim"]) if a["keepdim"] else x.sum(dim=a["dims"])
-        if op == "cat":
+        if op == "tuple":  # the pieces slice the tensor itself
+            return x
+        if op in ("cat", "stack"):
             return self._cat(node, values)
         if op in ("elementwise", "norm", "softmax"):
             total = None
@@ -104,7 +131,8 @@ class TransparentTwin(nn.Module):
                 template = next(iter(values.values()))
                 piece_shape = self.capture.node(name).shape
                 pieces.append(torch.zeros(piece_shape, dtype=template.dtype, device=template.device))
-        return torch.cat(pieces, node.attrs["dim"])
+        join = torch.stack if node.op == "stack" else torch.cat
+        return join(pieces, node.attrs["dim"])
 
 
 def _slicer(rank: int, a: dict) -> tuple[slice, ...]:
