@@ -383,52 +383,52 @@ def _span(
 def connected_pixels(fields: Sequence[LayerField], name: str, x: int, y: int) -> tuple[Range, Range]:
     """Input rows and columns (first, last; first > last when none) connected to unit (x, y) of ``name``.
 
-    The unit's index range is carried back through every path to the input, clamped at each layer to
-    the positions that exist there: padding is not image, and pixels that a layer's windows never read
-    (a stride that does not divide the input) are not connected either. Exact for networks without
-    dilation or stride > kernel; with those the field has holes and this is its bounding range.
+    The unit's index set is carried back through every path to the input, one axis at a time (every
+    operation acts on the axes separately, so the projections of the connected pixels follow exactly):
+    padding is not image (reflect and replicate padding read the pixels they mirror), and positions that a
+    layer's windows skip (a stride larger than the kernel, a dilation) are not connected either. The result
+    is the bounding range of the exact set.
     """
     by_name = {f.name: f for f in fields}
     result = []
     for axis_index, index in ((0, y), (1, x)):
-        need: dict[str, Range] = {name: (index, index)}
+        need: dict[str, set[int]] = {name: {index}}
         for f in reversed(fields):
             if f.name not in need or not f.inputs:
                 continue
-            a, b = need[f.name]
+            wanted = need[f.name]
             for source_name in f.inputs:
-                source = by_name[source_name]
-                n_in = (source.height, source.width)[axis_index].size
+                n_in = (by_name[source_name].height, by_name[source_name].width)[axis_index].size
                 if f.windows is not None:
-                    a_in, b_in = _read_range(f.windows[axis_index], a, b, n_in)
+                    read = _read(f.windows[axis_index], wanted, n_in)
                 else:
-                    a_in, b_in = a, b
-                a_in, b_in = max(a_in, 0), min(b_in, n_in - 1)
-                if a_in > b_in:
-                    continue
-                old = need.get(source_name)
-                need[source_name] = (a_in, b_in) if old is None else (min(old[0], a_in), max(old[1], b_in))
-        result.append(need.get(fields[0].name, (0, -1)))
+                    read = {i for i in wanted if 0 <= i < n_in}
+                if read:
+                    need.setdefault(source_name, set()).update(read)
+        found = need.get(fields[0].name)
+        result.append((min(found), max(found)) if found else (0, -1))
+    if any(first > last for first, last in result):  # no pixel along one axis: none at all
+        return (0, -1), (0, -1)
     return result[0], result[1]
 
 
-def _read_range(w: Window, a: int, b: int, n: int) -> Range:
-    """Input positions (before clamping to 0..n-1) that outputs a..b of window ``w`` read."""
+def _read(w: Window, outputs: set[int], n: int) -> set[int]:
+    """Input positions (0..n-1) that the outputs of window ``w`` read."""
     if w.upsample > 1:
-        return a // w.upsample, b // w.upsample
-    a_in, b_in = a * w.stride - w.pad_before, b * w.stride - w.pad_before + w.extent - 1
-    if w.pad_mode == "zeros" or (a_in >= 0 and b_in <= n - 1):
-        return a_in, b_in
-    if w.pad_mode == "replicate":
-        return min(max(a_in, 0), n - 1), max(min(b_in, n - 1), 0)
-
-    # reflect: i -> -i before the first pixel, 2 (n - 1) - i after the last; the image of an interval is the
-    # interval between the extremes of its ends and of the borders inside it.
-    def mirror(i: int) -> int:
-        return -i if i < 0 else 2 * (n - 1) - i if i > n - 1 else i
-
-    points = [mirror(a_in), mirror(b_in)] + [p for p in (0, n - 1) if a_in <= p <= b_in]
-    return min(points), max(points)
+        return {o // w.upsample for o in outputs if 0 <= o // w.upsample < n}
+    read = set()
+    for o in outputs:
+        for t in range(w.kernel):
+            i = o * w.stride - w.pad_before + t * w.dilation
+            if not 0 <= i < n:
+                if w.pad_mode == "zeros":
+                    continue
+                if w.pad_mode == "replicate":
+                    i = min(max(i, 0), n - 1)
+                else:  # reflect: -i before the first pixel, 2 (n - 1) - i after the last
+                    i = -i if i < 0 else 2 * (n - 1) - i
+            read.add(i)
+    return read
 
 
 def unit_field(
