@@ -67,7 +67,19 @@ class TransparentTwin(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         values: dict[str, torch.Tensor] = {}
         for node in self.order:
-            values[node.name] = x if node.op == "input" else self._run(node, values)
+            if node.op == "input":
+                values[node.name] = x
+                continue
+            try:
+                values[node.name] = self._run(node, values)
+            except Unsupported:
+                raise
+            except Exception as error:  # an operation the twin cannot replay: say which, never fail inside
+                raise Unsupported(
+                    f"node {node.name!r} ({node.label}) cannot be replayed by the transparent twin: "
+                    f"{type(error).__name__}: {error}",
+                    field="verify",
+                ) from None
         return {name: canonical(values[name], self.layouts[name]) for name in self.layers}
 
     def _run(self, node: GraphNode, values: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -91,7 +103,10 @@ class TransparentTwin(nn.Module):
             return _average(x, field.windows, field.height.size, field.width.size)
         if op == "pad":
             mode = {"zeros": "constant"}.get(a["mode"], a["mode"])
-            return F.pad(x, list(a["pads"]), mode=mode)
+            pads = list(a["pads"])
+            while len(pads) > 2 and pads[-2:] == [0, 0]:  # leading axes unpadded (ONNX lists every axis)
+                pads = pads[:-2]
+            return F.pad(x, pads, mode=mode)
         if op == "slice":
             return x[_slicer(x.dim(), a)]
         if op == "upsample":
