@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from nnprobe_services.vision import rf_graph
-from nnprobe_services.vision.receptive_field import output_size, unit_field
-from nnprobe_services.vision.receptive_field import Window
+from nnprobe_services.vision.receptive_field import Window, output_size, unit_field
 from torch import nn
 
 HALF = Fraction(1, 2)

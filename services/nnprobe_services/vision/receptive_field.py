@@ -12,8 +12,8 @@ Unit i of a layer is centred on start + i*j and spans [centre - r/2, centre + r/
 where pixel m of the image is centred on origin + m (origin 0.5: pixel m spans [m, m + 1)).
 
 Nearest-neighbour upsampling by an integer factor u (and depth-to-space) divides the jump: unit o copies
-unit o // u of its input, so j_out = j / u, and the field quoted is the smallest of this linear form that holds
-every unit's exact box: r_out = r + (u - 1) * j_out, start_out = start - (u - 1) / 2 * j_out.
+unit o // u of its input, so j_out = j / u, and the field quoted is the smallest of this linear form that
+holds every unit's exact box: r_out = r + (u - 1) * j_out, start_out = start - (u - 1) / 2 * j_out.
 
 Branches join (addition, concatenation) with equal size and jump. When their starts differ too (the average
 pool shortcut of ResNet-D, a padding that shifts one path) the joined field is the union of the paths' fields,
@@ -423,10 +423,9 @@ def _read(w: Window, outputs: set[int], n: int) -> set[int]:
             if not 0 <= i < n:
                 if w.pad_mode == "zeros":
                     continue
-                if w.pad_mode == "replicate":
-                    i = min(max(i, 0), n - 1)
-                else:  # reflect: -i before the first pixel, 2 (n - 1) - i after the last
-                    i = -i if i < 0 else 2 * (n - 1) - i
+                # replicate: the nearest pixel; reflect: -i before the first, 2 (n - 1) - i after the last
+                reflected = -i if i < 0 else 2 * (n - 1) - i
+                i = min(max(i, 0), n - 1) if w.pad_mode == "replicate" else reflected
             read.add(i)
     return read
 

@@ -24,10 +24,30 @@ from torch import nn
 from nnprobe_services.vision.receptive_field import Unsupported, Window
 from nnprobe_services.vision.rf_ir import Capture, GraphNode
 
-ELEMENTWISE = set(
-    ["relu", "relu_", "relu6", "silu", "silu_", "gelu", "gelu_", "sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_", "hardswish", "hardswish_", "hardtanh", "hardtanh_", "clamp", "clamp_", "clamp_min", "clamp_min_", "clamp_max", "tanh", "tanh_", "elu", "elu_", "leaky_relu", "leaky_relu_", "mish", "mish_", "softplus", "selu", "celu", "prelu", "_prelu_kernel", "dropout", "dropout_", "feature_dropout", "alpha_dropout", "native_dropout", "clone", "contiguous", "_to_copy", "to", "alias", "detach", "lift_fresh_copy", "abs", "neg", "exp", "log", "sqrt", "rsqrt", "pow", "reciprocal", "erf", "sign", "square", "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "where", "maximum", "minimum", "expand", "expand_as", "type_as", "masked_fill", "fill_", "copy_", "rsub", "logical_not", "sin", "cos", "logsigmoid", "threshold"]
+ELEMENTWISE = {
+    "relu", "relu_", "relu6", "silu", "silu_", "gelu", "gelu_", "sigmoid", "sigmoid_", "hardsigmoid",
+    "hardsigmoid_", "hardswish", "hardswish_", "hardtanh", "hardtanh_", "clamp", "clamp_", "clamp_min",
+    "clamp_min_", "clamp_max", "tanh", "tanh_", "elu", "elu_", "leaky_relu", "leaky_relu_", "mish",
+    "mish_", "softplus", "selu", "celu", "prelu", "_prelu_kernel", "dropout", "dropout_",
+    "feature_dropout", "alpha_dropout", "native_dropout", "clone", "contiguous", "_to_copy", "to", "alias",
+    "detach", "lift_fresh_copy", "abs", "neg", "exp", "log", "sqrt", "rsqrt", "pow", "reciprocal", "erf",
+    "sign", "square", "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "where", "maximum",
+    "minimum", "expand", "expand_as", "type_as", "masked_fill", "fill_", "copy_", "rsub", "logical_not",
+    "sin", "cos", "logsigmoid", "threshold",
+}  # fmt: skip
+RESHAPE = set(
+    [
+        "view",
+        "reshape",
+        "_unsafe_view",
+        "flatten",
+        "unflatten",
+        "squeeze",
+        "unsqueeze",
+        "reshape_as",
+        "view_as",
+    ]
 )
-RESHAPE = set(["view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "unsqueeze", "reshape_as", "view_as"])
 REDUCE = {"mean", "sum", "amax", "amin", "var", "std", "max", "min", "logsumexp"}
 
 
@@ -80,12 +100,13 @@ def _op_name(node: fx.Node) -> str:
 
 def _lower_node(node: fx.Node, shapes: dict[str, Any], tuples: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(op, attrs) of one ATen node with at least one data input."""
+    args: Any = node.args
     name = _op_name(node)
     base = name.rstrip("_") if name not in ("relu_", "silu_") else name[:-1]
-    x = node.args[0] if node.args else None
+    x = args[0] if args else None
     rank = len(shapes[x.name]) if isinstance(x, fx.Node) and shapes.get(x.name) is not None else 4
     if name in ("conv2d", "convolution", "_convolution"):
-        weight = shapes.get(node.args[1].name) if isinstance(node.args[1], fx.Node) else None
+        weight = shapes.get(args[1].name) if isinstance(args[1], fx.Node) else None
         if weight is None or len(weight) != 4:
             return "unsupported", {
                 "why": f"{name} with a {len(weight or ())}-d weight (not a 2-d convolution)"
@@ -100,7 +121,7 @@ def _lower_node(node: fx.Node, shapes: dict[str, Any], tuples: dict[str, Any]) -
         else:
             if _arg(node, 6, "transposed", False):
                 return "unsupported", {"why": "a transposed convolution"}
-            stride, padding, dilation = node.args[3], node.args[4], node.args[5]
+            stride, padding, dilation = args[3], args[4], args[5]
             groups = _arg(node, 8, "groups", 1)
         w = windows((weight[2], weight[3]), stride, padding, dilation)
         return "conv", {
@@ -111,7 +132,7 @@ def _lower_node(node: fx.Node, shapes: dict[str, Any], tuples: dict[str, Any]) -
         }
     if name in ("max_pool2d", "max_pool2d_with_indices"):
         w = windows(
-            node.args[1],
+            args[1],
             _arg(node, 2, "stride", None),
             _arg(node, 3, "padding", 0),
             _arg(node, 4, "dilation", 1),
@@ -120,7 +141,7 @@ def _lower_node(node: fx.Node, shapes: dict[str, Any], tuples: dict[str, Any]) -
         return "pool", {"windows": w, "pool": "max"}
     if name == "avg_pool2d":
         w = windows(
-            node.args[1],
+            args[1],
             _arg(node, 2, "stride", None),
             _arg(node, 3, "padding", 0),
             1,
@@ -128,7 +149,7 @@ def _lower_node(node: fx.Node, shapes: dict[str, Any], tuples: dict[str, Any]) -
         )
         return "pool", {"windows": w, "pool": "avg"}
     if name in ("adaptive_avg_pool2d", "_adaptive_avg_pool2d", "adaptive_max_pool2d"):
-        size = node.args[1]
+        size = args[1]
         pair = (size, size) if isinstance(size, int) or size is None else (size[0], size[-1])
         return "adaptive_pool", {"output_size": pair, "pool": "max" if "max" in name else "avg"}
     if name in ("pad", "constant_pad_nd", "reflection_pad2d", "replication_pad2d", "reflection_pad1d"):
@@ -136,55 +157,55 @@ def _lower_node(node: fx.Node, shapes: dict[str, Any], tuples: dict[str, Any]) -
         if mode is None:
             mode = _arg(node, 2, "mode", "constant") if name == "pad" else "constant"
         return "pad", {
-            "pads": tuple(int(p) for p in node.args[1]),
+            "pads": tuple(int(p) for p in args[1]),
             "mode": "zeros" if mode == "constant" else mode,
         }
     if name == "stack":
-        tensors = node.args[0]
+        tensors = args[0]
         first = shapes.get(tensors[0].name) if tensors else None
         return "stack", {"dim": int(_arg(node, 1, "dim", 0)) % (len(first or (0,) * 4) + 1)}
     if name == "linalg_vector_norm":
         dims = _dims(_arg(node, 2, "dim", None), rank)
         return "reduce", {"dims": dims, "keepdim": bool(_arg(node, 3, "keepdim", False)), "kind": name}
     if name in ("cat", "concat"):
-        tensors = node.args[0]
+        tensors = args[0]
         first = shapes.get(tensors[0].name) if tensors else None
         return "cat", {"dim": int(_arg(node, 1, "dim", 0)) % len(first or (0,) * 4)}
     if name in ("split", "split_with_sizes", "chunk", "unbind", "tensor_split"):
         return "tuple", {}
     if name == "getitem":
-        return "getitem", {"index": int(node.args[1])}
+        return "getitem", {"index": int(args[1])}
     if name in ("slice", "narrow"):
         dim = int(_arg(node, 1, "dim", 0)) % rank
         n = shapes[x.name][dim]  # type: ignore[union-attr]
         if name == "narrow":
-            start, end, step = int(node.args[2]), int(node.args[2]) + int(node.args[3]), 1
+            start, end, step = int(args[2]), int(args[2]) + int(args[3]), 1
         else:
             start, end, step = _arg(node, 2, "start", 0), _arg(node, 3, "end", None), _arg(node, 4, "step", 1)
             start, end, _ = slice(start, end, step).indices(n)
         return "slice", {"dim": dim, "start": int(start), "end": int(end), "step": int(step)}
     if name in ("permute", "transpose", "t", "swapaxes"):
         if name == "permute":
-            dims = tuple(int(d) % rank for d in node.args[1])
+            dims = tuple(int(d) % rank for d in args[1])
         else:
-            a, b = (0, 1) if name == "t" else (int(node.args[1]) % rank, int(node.args[2]) % rank)
+            a, b = (0, 1) if name == "t" else (int(args[1]) % rank, int(args[2]) % rank)
             order = list(range(rank))
             order[a], order[b] = order[b], order[a]
             dims = tuple(order)
         return "permute", {"dims": dims}
     if name in RESHAPE:
         return "reshape", {}
-    if (base in REDUCE and name != "max") or (name == "max" and len(node.args) > 1):
+    if (base in REDUCE and name != "max") or (name == "max" and len(args) > 1):
         dims = _dims(_arg(node, 1, "dim", None), rank)
         return "reduce", {"dims": dims, "keepdim": bool(_arg(node, 2, "keepdim", False)), "kind": base}
     if name in ("linear", "matmul", "mm", "addmm", "bmm"):
         data_operands = [a for a in node.all_input_nodes if a.name in shapes and a.meta.get("rf_data")]
         if name == "linear" and len(data_operands) == 1:
-            weight = shapes[node.args[1].name]  # type: ignore[union-attr]
+            weight = shapes[args[1].name]  # type: ignore[union-attr]
             return "linear", {"in_features": weight[1], "out_features": weight[0]}
         return "unsupported", {"why": f"{name} of two computed tensors (attention)"}
     if name in ("layer_norm", "native_layer_norm"):
-        ndim = len(node.args[1])
+        ndim = len(args[1])
         return "norm", {"dims": tuple(range(rank - ndim, rank))}
     if name in ("group_norm", "native_group_norm", "instance_norm"):
         return "norm", {"dims": tuple(range(1, rank))}
@@ -194,11 +215,11 @@ def _lower_node(node: fx.Node, shapes: dict[str, Any], tuples: dict[str, Any]) -
             return "norm", {"dims": (0, *range(2, rank))}
         return ("tuple", {}) if name.startswith("_native") else ("elementwise", {})
     if name in ("softmax", "_softmax", "log_softmax", "_log_softmax"):
-        return "softmax", {"dim": int(node.args[1]) % rank}
+        return "softmax", {"dim": int(args[1]) % rank}
     if name in ("upsample_nearest2d", "_upsample_nearest_exact2d", "upsample_nearest2d.vec"):
         return "upsample", {}
     if name in ("pixel_shuffle", "pixel_unshuffle"):
-        return name, {"factor": int(node.args[1])}
+        return name, {"factor": int(args[1])}
     if base in ELEMENTWISE or name in ELEMENTWISE:
         return "elementwise", {}
     return "unsupported", {"why": f"the operation {name}"}
@@ -288,11 +309,13 @@ def lower(gm: fx.GraphModule, model: str, frontend: str, final_stride: int | Non
 
 def _getitem(node: fx.Node, shapes: dict[str, Any], tuple_ops: dict[str, tuple[str, fx.Node]]):
     """A piece of a split (a slice along its dimension) or the first result of a tuple-valued op."""
-    source = node.args[0]
-    index = int(node.args[1])  # type: ignore[arg-type]
+    args: Any = node.args
+    source = args[0]
+    index = int(args[1])  # type: ignore[arg-type]
     kind, producer = tuple_ops.get(source.name, ("", source))  # type: ignore[union-attr]
     if kind in ("split", "split_with_sizes", "chunk", "unbind", "tensor_split"):
-        x = producer.args[0]
+        pargs: Any = producer.args
+        x = pargs[0]
         in_shape = shapes[x.name]  # type: ignore[union-attr]
         dim = int(_arg(producer, 2, "dim", 0)) % len(in_shape)
         if kind == "unbind":

@@ -145,8 +145,9 @@ def chain_probe(
     return _Chain(specs, input_size, weights, seed).to(device), 1
 
 
-def _truncate(gm: fx.GraphModule, names: Sequence[str]) -> fx.GraphModule:
-    """A copy of ``gm`` whose output is the dict of the named nodes; everything else is dropped."""
+def _truncate(gm: fx.GraphModule, names: Sequence[tuple[str, str]]) -> fx.GraphModule:
+    """A copy of ``gm`` whose output is the dict of the nodes named by (output key, node name) pairs;
+    everything else is dropped."""
     graph = copy.deepcopy(gm.graph)
     by_name = {n.name: n for n in graph.nodes}
     output = next(n for n in graph.nodes if n.op == "output")

@@ -19,7 +19,8 @@ from nnprobe_services.vision.rf_ir import Capture, GraphNode
 MAX_ONNX_BYTES = 256 * 1024 * 1024
 
 ELEMENTWISE = {
-    "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu", "Elu", "Selu", "Celu", "PRelu",
+    "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu", "Elu", "Selu", "Celu",
+    "PRelu",
     "Softplus", "Mish", "Gelu", "Erf", "Exp", "Log", "Sqrt", "Reciprocal", "Neg", "Abs", "Pow", "Cast",
     "Identity", "Dropout", "BatchNormalization", "Add", "Sub", "Mul", "Div", "Where", "Max", "Min", "Sum",
     "Mean", "Expand", "Sign", "Floor", "Ceil", "Round", "Not", "Equal", "Less", "Greater", "ThresholdedRelu",
@@ -53,7 +54,9 @@ def _same(n: int, kernel: int, stride: int, dilation: int, lower: bool) -> tuple
     return (large, small) if lower else (small, large)
 
 
-def _windows(a: dict[str, Any], kernel: list[int], sizes: tuple[int, int], pool: bool) -> tuple[Window, Window]:
+def _windows(
+    a: dict[str, Any], kernel: list[int], sizes: tuple[int, int], pool: bool
+) -> tuple[Window, Window]:
     strides = list(a.get("strides", [1, 1]))
     dilations = list(a.get("dilations", [1, 1]))
     pads = list(a.get("pads", [0, 0, 0, 0]))
@@ -79,7 +82,9 @@ class _Reader:
         try:
             model = onnx.load_from_string(data)
         except Exception as error:  # any parse failure of client bytes
-            raise InvalidSpec(f"is not an ONNX model: {type(error).__name__}: {error}", field="model.onnx") from None
+            raise InvalidSpec(
+                f"is not an ONNX model: {type(error).__name__}: {error}", field="model.onnx"
+            ) from None
         graph = model.graph
         self.constants: dict[str, np.ndarray] = {
             t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer
@@ -116,9 +121,9 @@ class _Reader:
                 break
             produced = {o for n in model.graph.node for o in n.output}
             existing = {t.name for t in model.graph.initializer}
-            for name, value in self.constants.items():
+            for name, array in self.constants.items():
                 if name in produced and name not in existing:
-                    model.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(value), name))
+                    model.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(array), name))
             kept = [n for n in model.graph.node if not all(o in self.constants for o in n.output)]
             del model.graph.node[:]
             model.graph.node.extend(kept)
@@ -182,7 +187,9 @@ class _Reader:
     def read(self) -> Capture:
         import onnx
 
-        nodes = [GraphNode(self.input, "input", (), (1, self.channels, *self.size), {"channels": self.channels})]
+        nodes = [
+            GraphNode(self.input, "input", (), (1, self.channels, *self.size), {"channels": self.channels})
+        ]
         names = {self.input: self.input}  # tensor name -> node name
         taken = {self.input}
         for index, node in enumerate(self.graph.node):
@@ -237,13 +244,16 @@ class _Reader:
         if op in ("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"):
             return "adaptive_pool", {"output_size": (1, 1), "pool": "max" if "Max" in op else "avg"}
         if op == "Pad":
-            pads = [int(p) for p in (self.constant(node, node.input[1]) if len(node.input) > 1 else a["pads"])]
-            axes = list(range(rank))
+            pads = [
+                int(p) for p in (self.constant(node, node.input[1]) if len(node.input) > 1 else a["pads"])
+            ]
+            padded = list(range(rank))
             if len(node.input) > 3 and node.input[3]:
-                axes = [int(v) % rank for v in self.constant(node, node.input[3])]
+                padded = [int(v) % rank for v in self.constant(node, node.input[3])]
             half = len(pads) // 2
-            begin, end = dict(zip(axes, pads[:half], strict=True)), dict(zip(axes, pads[half:], strict=True))
-            flat = [p for d in reversed(range(rank)) for p in (begin.get(d, 0), end.get(d, 0))]
+            before = dict(zip(padded, pads[:half], strict=True))
+            after = dict(zip(padded, pads[half:], strict=True))
+            flat = [p for d in reversed(range(rank)) for p in (before.get(d, 0), after.get(d, 0))]
             mode = a.get("mode", b"constant")
             mode = mode.decode() if isinstance(mode, bytes) else str(mode)
             mapped = {"constant": "zeros", "reflect": "reflect", "edge": "replicate"}.get(mode, mode)
@@ -261,15 +271,17 @@ class _Reader:
             return "slice", {"dim": axis, "start": start, "end": start + outs[position][axis], "step": 1}
         if op == "Slice":
             starts, ends = self.constant(node, node.input[1]), self.constant(node, node.input[2])
-            axes = self.constant(node, node.input[3]) if len(node.input) > 3 and node.input[3] else range(rank)
+            axes_of: Any = (
+                self.constant(node, node.input[3]) if len(node.input) > 3 and node.input[3] else range(rank)
+            )
             steps = self.constant(node, node.input[4]) if len(node.input) > 4 and node.input[4] else None
             cuts = []
-            for i, axis in enumerate(axes):
-                axis = int(axis) % rank
+            for i, value in enumerate(axes_of):
+                axis = int(value) % rank
                 step = int(steps[i]) if steps is not None else 1
-                begin, stop, step = slice(int(starts[i]), int(ends[i]), step).indices(shape[axis])
-                if (begin, stop, step) != (0, shape[axis], 1):
-                    cuts.append({"dim": axis, "start": begin, "end": stop, "step": step})
+                first, stop, step = slice(int(starts[i]), int(ends[i]), step).indices(shape[axis])
+                if (first, stop, step) != (0, shape[axis], 1):
+                    cuts.append({"dim": axis, "start": first, "end": stop, "step": step})
             if len(cuts) > 1:
                 return "unsupported", {"why": "a slice along several axes at once"}
             return ("slice", cuts[0]) if cuts else ("elementwise", {})
@@ -278,7 +290,7 @@ class _Reader:
         if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
             return "reshape", {}
         if op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceLogSumExp"):
-            axes = a.get("axes")
+            axes: Any = a.get("axes")
             if axes is None and len(node.input) > 1 and node.input[1]:
                 axes = self.constant(node, node.input[1])
             dims = tuple(sorted(int(v) % rank for v in (axes if axes is not None else range(rank))))
@@ -327,5 +339,9 @@ def declared_size(data: bytes) -> tuple[int, int] | None:
         return None
     constants = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in constants]
-    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
+    dims = (
+        [d.dim_value if d.HasField("dim_value") else 0 for d in inputs[0].type.tensor_type.shape.dim]
+        if inputs
+        else []
+    )
     return (dims[2], dims[3]) if len(dims) == 4 and dims[2] > 0 and dims[3] > 0 else None

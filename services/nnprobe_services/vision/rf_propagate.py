@@ -109,7 +109,8 @@ class Analysis:
     def _unmappable(self, node: GraphNode, why: str) -> Unsupported:
         where = f" in module {node.module!r}" if node.module else ""
         return Unsupported(
-            f"{node.label or node.op} (node {node.name!r}{where}) cannot be mapped to a receptive field: {why}",
+            f"{node.label or node.op} (node {node.name!r}{where}) cannot be mapped to a receptive field: "
+            f"{why}",
             field="model.name",
         )
 
@@ -145,14 +146,11 @@ class Analysis:
     def _checked(self, node: GraphNode, value: Value) -> Value:
         shape, field, layout = node.shape, value.field, value.layout
         if self.input_size is None and shape is not None and field is not None and layout is not None:
-            if max(layout) >= len(shape) or (shape[layout[0]], shape[layout[1]]) != (
-                field.height.size,
-                field.width.size,
-            ):
+            sizes = (field.height.size, field.width.size)
+            if max(layout) >= len(shape) or (shape[layout[0]], shape[layout[1]]) != sizes:
                 raise Unsupported(
                     f"node {node.name!r} ({field.operation}) produces shape {list(shape)} but the arithmetic "
-                    f"gives {field.height.size} x {field.width.size}: its geometry is not what its parameters "
-                    f"say",
+                    f"gives {sizes[0]} x {sizes[1]}: its geometry is not what its parameters say",
                     field="model.name",
                 )
         return value
@@ -167,7 +165,7 @@ class Analysis:
 
     def _reshaped(self, node: GraphNode, x: Value) -> tuple[int, int] | None:
         before = self.capture.node(node.inputs[0]).shape or ()
-        after, layout = node.shape or (), []
+        after, layout = node.shape or (), list[int]()
         for axis in x.layout or ():
             prefix, lowest = math.prod(before[:axis]), layout[-1] + 1 if layout else 0
             found = [
@@ -194,7 +192,8 @@ class Analysis:
             out = axis.size if wanted is None else int(wanted)
             if axis.size % out:
                 raise Unsupported(
-                    f"{node.label} (node {node.name!r}) maps {axis.size} positions to {out}: its windows have "
+                    f"{node.label} (node {node.name!r}) maps {axis.size} positions to {out}: its windows "
+                    f"have "
                     f"unequal sizes, so no single receptive field describes its units",
                     field="input_size",
                 )
@@ -319,17 +318,19 @@ class Analysis:
                 offset = len(shape) - len(self.capture.node(name).shape or ())
                 layout = (value.layout[0] + offset, value.layout[1] + offset)
             sizes = (value.field.height.size, value.field.width.size)
-            if shape and (shape[layout[0]], shape[layout[1]]) != sizes:
-                if sizes[0] in (1, shape[layout[0]]) and sizes[1] in (1, shape[layout[1]]):
-                    brought.append(name)  # a smaller (pooled) map broadcast over the image
-                    if self.strict:
-                        raise Unsupported(
-                            f"node {node.name!r} ({node.label}) broadcasts the 1 x 1 map of {name!r} over the "
-                            f"image (a global context such as squeeze-and-excitation): every unit after it "
-                            f"sees the whole input, so no finite receptive field applies (strict)",
-                            field="model.name",
-                        )
-                    continue
+            broadcast = (
+                sizes[0] in (1, shape[layout[0]]) and sizes[1] in (1, shape[layout[1]]) if shape else False
+            )
+            if shape and (shape[layout[0]], shape[layout[1]]) != sizes and broadcast:
+                brought.append(name)  # a smaller (pooled) map broadcast over the image
+                if self.strict:
+                    raise Unsupported(
+                        f"node {node.name!r} ({node.label}) broadcasts the 1 x 1 map of {name!r} over the "
+                        f"image (a global context such as squeeze-and-excitation): every unit after it sees "
+                        f"the whole input, so no finite receptive field applies (strict)",
+                        field="model.name",
+                    )
+                continue
             local.append(replace(value, layout=layout))
         if not local:
             if node.op == "elementwise" and len(inputs) == 1 and inputs[0].layout is not None:

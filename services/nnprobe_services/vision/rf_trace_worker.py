@@ -9,7 +9,8 @@ captures it, and the server process caches the result per (model name, input siz
 
 The result is the receptive-field graph (``rf_ir.Capture``, plain data) and the runnable ATen graph, which
 comes back as plain data (its nodes, and the attributes they use) and is rebuilt here with
-``fx.Graph.create_node``: unpickling a ``GraphModule`` itself would re-trace its generated code in this process.
+``fx.Graph.create_node``: unpickling a ``GraphModule`` itself would re-trace its generated code in this
+process.
 Errors the worker raises (``UnknownName``, ``Unsupported``) come back as the same exceptions.
 """
 

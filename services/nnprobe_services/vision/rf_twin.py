@@ -118,7 +118,7 @@ class TransparentTwin(nn.Module):
         if op == "permute":
             return x.permute(*a["dims"])
         if op == "reshape":
-            return x.reshape(shape)
+            return x.reshape(shape or x.shape)
         if op == "linear":
             weight = torch.full((a["in_features"], a["out_features"]), 1 / a["in_features"], dtype=x.dtype)
             return x @ weight.to(x.device)
@@ -145,7 +145,8 @@ class TransparentTwin(nn.Module):
             else:  # a global input, held constant
                 template = next(iter(values.values()))
                 piece_shape = self.capture.node(name).shape
-                pieces.append(torch.zeros(piece_shape, dtype=template.dtype, device=template.device))
+                zeros = torch.zeros(piece_shape or (), dtype=template.dtype, device=template.device)
+                pieces.append(zeros)
         join = torch.stack if node.op == "stack" else torch.cat
         return join(pieces, node.attrs["dim"])
 
