@@ -116,9 +116,8 @@ def onnx_row(device: torch.device) -> tuple:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = catalogue.build("resnet18", "cpu")
-        torch.onnx.export(  # type: ignore[arg-type]  (a file object is accepted)
-            model, (torch.zeros(1, 3, 224, 224),), buffer, dynamo=False, opset_version=17
-        )
+        example = (torch.zeros(1, 3, 224, 224),)
+        torch.onnx.export(model, example, buffer, dynamo=False, opset_version=17)  # type: ignore[arg-type]
     data = buffer.getvalue()
     capture = rf_onnx.read(data, None, "resnet18.onnx")
     graph = rf_graph.analyse_capture(capture, HALF, None)
