@@ -6,8 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install protos check-protos lint format test test-unit test-service test-system up demo bench \
-	bench-load deploy-lint test-containers clean
+.PHONY: install protos check-protos postgresql lint format test test-unit test-service test-system up demo \
+	bench bench-load gpu-check deploy-lint test-containers clean
 
 install: $(STAMP)
 
@@ -36,10 +36,16 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: check-protos
+test: check-protos postgresql
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-unit test-service test-system: test-%: $(STAMP)
+# The job-store and replica tests start their own PostgreSQL server from Debian's server programs.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		{ echo "== installing Debian's postgresql"; apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+test-unit test-service test-system: test-%: $(STAMP) postgresql
 	$(BIN)/pytest tests/$* $(PYTEST_ARGS)
 
 up: $(STAMP)
@@ -51,6 +57,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	@for script in $(filter-out bench/load.py,$(wildcard bench/*.py)); do \
 		echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+gpu-check: $(STAMP)
+	$(BIN)/python scripts/gpu_check.py
 
 bench-load: $(STAMP)
 	$(BIN)/python bench/load.py

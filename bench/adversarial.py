@@ -20,7 +20,7 @@ from nnprobe import VisionClient
 from nnprobe.cli.output import print_table
 from nnprobe_services.server import ServerConfig, create_server
 from nnprobe_services.server.device import resolve_device
-from nnprobe_services.vision import attacks, models, preprocess
+from nnprobe_services.vision import attacks, models, preprocess, store
 
 SEED_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed-images"
 TARGET = 15
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
 
     device = resolve_device("auto")
     files = sorted(SEED_DIR.glob("*.jpg"))[: args.photos]
-    model = models.ModelStore(device).get(models.DEFAULT_MODEL)
+    model = store.ModelStore(device).get(models.DEFAULT_MODEL)
     pixels = attacks.quantize(
         torch.stack(
             [

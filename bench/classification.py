@@ -1,21 +1,21 @@
-"""Benchmark: ImageNet classification throughput, in-process against gRPC with and without dynamic batching.
+"""Benchmark: classification throughput of the default model over gRPC against the peer engine in-process.
 
     .venv/bin/python bench/classification.py [--images 64] [--concurrency 1 8 32]
 
-On the same encoded images (the seed photos and scikit-image's photos, cycled to --images): the in-process
-limit (decode + preprocess + one batched forward pass per 16 images of the default model) and gRPC
-``Classify`` throughput with one image per call at each concurrency, with dynamic batching on and off.
-Each row: images/s, its ratio to the limit, p50 and p99 latency per call.
+On the same encoded images (the seed photos and scikit-image's photos, cycled to --images), side by side:
+(a) onnxruntime in-process on the same ONNX file the server serves and (b) eager PyTorch in-process, each
+decode + preprocess + one forward pass per 16 images; and gRPC ``Classify`` (one image per call, dynamic
+batching, the default ``builtin_backend``) at each concurrency. Each row: images/s, its ratio to (a) and (b),
+p50 and p99 latency per call; then where the in-process time goes.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
 import io
 import statistics
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +25,7 @@ from nnprobe import VisionClient
 from nnprobe.cli.output import print_table
 from nnprobe_services.server import ServerConfig, create_server
 from nnprobe_services.server.device import resolve_device
-from nnprobe_services.vision import classify, models, preprocess
+from nnprobe_services.vision import models, preprocess, store
 from PIL import Image
 
 SEED_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed-images"
@@ -43,35 +43,47 @@ def load_images(count: int) -> list[bytes]:
     return [encoded[i % len(encoded)] for i in range(count)]
 
 
-def in_process(images: list[bytes], device: torch.device) -> float:
-    """Images/s of decode + preprocess + batched forward, the best of three warm runs, in a worker thread
-    (as the server runs it)."""
+def in_process(images: list[bytes], forward, prep) -> tuple[float, dict[str, float]]:
+    """Images/s of decode + preprocess + ``forward`` per batch of 16, the best of three warm runs, in a worker
+    thread (as the server runs it), and the seconds per image spent decoding, preprocessing and inferring."""
     with ThreadPoolExecutor(1) as pool:
-        return pool.submit(_in_process, images, device).result()
+        return pool.submit(_in_process, images, forward, prep).result()
 
 
-@functools.cache
-def _model(device: torch.device) -> models.LoadedModel:
-    return models.ModelStore(device).get(models.DEFAULT_MODEL)
-
-
-def _in_process(images: list[bytes], device: torch.device) -> float:
-    model = _model(device)
-    prep = model.record.preprocessing
-    best = 0.0
+def _in_process(images: list[bytes], forward, prep) -> tuple[float, dict[str, float]]:
+    best, parts = 0.0, {}
     for run in range(4):  # the first run warms up (kernel selection, caches) and is not counted
+        spent = {"decode": 0.0, "preprocess": 0.0, "inference": 0.0}
         start = time.perf_counter()
         for i in range(0, len(images), LIMIT_BATCH):
-            pixels = torch.stack(
-                [
-                    preprocess.model_input(preprocess.decode(d, max_bytes=1 << 26, max_pixels=1 << 27), prep)
-                    for d in images[i : i + LIMIT_BATCH]
-                ]
-            )
-            classify.logits_of(model, pixels)
-        if run:
-            best = max(best, len(images) / (time.perf_counter() - start))
-    return best
+            batch = []
+            for data in images[i : i + LIMIT_BATCH]:
+                t0 = time.perf_counter()
+                image = preprocess.decode(data, max_bytes=1 << 26, max_pixels=1 << 27)
+                t1 = time.perf_counter()
+                batch.append(preprocess.model_input(image, prep))
+                spent["decode"] += t1 - t0
+                spent["preprocess"] += time.perf_counter() - t1
+            t2 = time.perf_counter()
+            forward(torch.stack(batch))
+            spent["inference"] += time.perf_counter() - t2
+        rate = len(images) / (time.perf_counter() - start)
+        if run and rate > best:
+            best, parts = rate, {k: v / len(images) for k, v in spent.items()}
+    return best, parts
+
+
+def engines(device: torch.device, cache: Path):
+    """(ONNX file of the default model, an onnxruntime session on it, the eager PyTorch module, its prep)."""
+    import onnxruntime as ort
+
+    models_store = store.ModelStore(device, builtin_backend="onnxruntime", onnx_cache=cache)
+    loaded = models_store.get(models.DEFAULT_MODEL)
+    path = loaded.backend.path  # type: ignore[attr-defined]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return path, session, loaded.module, loaded.record.preprocessing
 
 
 def through_grpc(address: str, images: list[bytes], concurrency: int) -> tuple[float, float, float]:
@@ -101,30 +113,80 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = resolve_device("auto")
     images = load_images(args.images)
-    limit = in_process(images, device)
-    rows: list[tuple] = [("in-process, batches of 16", "-", f"{limit:.2f}", "1.00", "-", "-")]
-    base = ServerConfig(service="vision", host="127.0.0.1", port=0, workers=64, max_concurrent_rpcs=256)
-    for batching in (True, False):
-        server, port = create_server(dataclasses.replace(base, dynamic_batching=batching).validate())
+    with tempfile.TemporaryDirectory() as folder:
+        cache = Path(folder) / "cache"
+        path, session, module, prep = engines(device, cache / "onnx")
+
+        def run_ort(pixels: torch.Tensor) -> None:
+            session.run(None, {session.get_inputs()[0].name: pixels.numpy()})
+
+        def run_torch(pixels: torch.Tensor) -> None:
+            with torch.inference_mode():
+                module(pixels.to(device))
+
+        peer, peer_parts = in_process(images, run_ort, prep)
+        eager, eager_parts = in_process(images, run_torch, prep)
+        rows: list[tuple] = [
+            (
+                "(a) onnxruntime in-process, batches of 16",
+                "-",
+                f"{peer:.2f}",
+                "1.00",
+                f"{eager and peer / eager:.2f}",
+                "-",
+                "-",
+            ),
+            (
+                "(b) eager PyTorch in-process, batches of 16",
+                "-",
+                f"{eager:.2f}",
+                f"{eager / peer:.2f}",
+                "1.00",
+                "-",
+                "-",
+            ),
+        ]
+        base = ServerConfig(
+            service="vision",
+            host="127.0.0.1",
+            port=0,
+            compute_queue=64,
+            max_concurrent_rpcs=256,
+            cache_dir=cache,
+            data_dir=Path(folder) / "data",
+        )
+        server, port = create_server(base.validate())
         server.start()
         try:
             for concurrency in args.concurrency:
                 rate, p50, p99 = through_grpc(f"127.0.0.1:{port}", images, concurrency)
-                label = f"gRPC, dynamic batching {'on' if batching else 'off'}"
                 rows.append(
-                    (label, concurrency, f"{rate:.2f}", f"{rate / limit:.2f}", f"{p50:.3f}", f"{p99:.3f}")
+                    (
+                        "gRPC Classify (onnxruntime, dynamic batching)",
+                        concurrency,
+                        f"{rate:.2f}",
+                        f"{rate / peer:.2f}",
+                        f"{rate / eager:.2f}",
+                        f"{p50:.3f}",
+                        f"{p99:.3f}",
+                    )
                 )
-                print(f"{label}, concurrency {concurrency}: {rate:.2f} images/s", file=sys.stderr)
+                print(f"gRPC, concurrency {concurrency}: {rate:.2f} images/s", file=sys.stderr)
         finally:
             server.shutdown(0).wait()
-    again = in_process(images, device)  # the machine may be shared: keep the better limit
-    if again > limit:
-        rows = [(*row[:3], f"{float(row[2]) / again:.2f}", *row[4:]) for row in rows]
-        rows[0] = ("in-process, batches of 16", "-", f"{again:.2f}", "1.00", "-", "-")
     print(
-        f"{models.DEFAULT_MODEL} on {device}, {len(images)} images, {torch.get_num_threads()} torch threads"
+        f"{models.DEFAULT_MODEL} ({path.name}) on {device}, {len(images)} images, "
+        f"{torch.get_num_threads()} threads"
     )
-    print_table(rows, ["path", "concurrency", "images/s", "ratio to limit", "p50 s", "p99 s"])
+    print_table(rows, ["path", "concurrency", "images/s", "vs (a)", "vs (b)", "p50 s", "p99 s"])
+    print("\nwhere the time goes in-process (ms per image):")
+    print_table(
+        [
+            (name, *(f"{1000 * parts[k]:.2f}" for k in ("decode", "preprocess", "inference")))
+            for name, parts in (("(a) onnxruntime", peer_parts), ("(b) eager PyTorch", eager_parts))
+        ],
+        ["engine", "decode", "resize + crop", "inference"],
+    )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ def _write(path: Path, cert, key) -> tuple[Path, Path]:
 
 
 def make_pki(directory: Path) -> dict[str, Path]:
-    """ca.crt, server.crt/key (localhost, 127.0.0.1), client.crt/key; returns their paths by name."""
+    """ca.crt, server.crt/key (localhost, 127.0.0.1), name_only.crt/key (localhost), ip_only.crt/key
+    (127.0.0.1), client.crt/key; returns their paths by name."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = _key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nnprobe test CA")])
@@ -68,6 +69,13 @@ def make_pki(directory: Path) -> dict[str, Path]:
         [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
     )
     paths["server_cert"], paths["server_key"] = _write(directory / "server", *server)
+    # Certificates valid for one of the two names only: a client must check each host against its own.
+    for label, san in (
+        ("name_only", [x509.DNSName("localhost")]),
+        ("ip_only", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+    ):
+        cert = leaf(label, ExtendedKeyUsageOID.SERVER_AUTH, san)
+        paths[f"{label}_cert"], paths[f"{label}_key"] = _write(directory / label, *cert)
     client = leaf("nnprobe-client", ExtendedKeyUsageOID.CLIENT_AUTH)
     paths["client_cert"], paths["client_key"] = _write(directory / "client", *client)
     return paths

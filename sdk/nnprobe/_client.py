@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import socket
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from nnprobe._pool import ChannelPool
 from nnprobe.api.common.v1 import common_pb2
 from nnprobe.config import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, TlsConfig, default_address
 from nnprobe.errors import NnprobeError
@@ -64,43 +65,32 @@ def _service_config(full_service_name: str) -> str:
     )
 
 
-def channel_target(address: str) -> tuple[str, str | None]:
-    """The gRPC target for an address, and the TLS host name to verify when it is not the target's.
+def channel_targets(address: str) -> list[str]:
+    """The gRPC target of every entry of ``address``: one for ``host:port``, ``dns:///host:port`` or any
+    other gRPC target; one per entry of a comma-separated list ``host1:port,[::1]:port,...``, in order.
 
-    ``host:port`` and ``dns:///host:port`` pass through (DNS may return several replicas, for example a
-    headless Kubernetes Service). A comma-separated list ``host1:port,host2:port`` is resolved here into one
-    ``ipv4:``/``ipv6:`` target, and calls are spread over all of them (round robin).
+    Raises:
+        ValueError: a list entry that is not ``host:port`` (IPv6 literals in brackets), or an empty list.
     """
     if "," not in address:
-        return address, None
-    ipv4: list[str] = []
-    ipv6: list[str] = []
-    names: list[str] = []
+        return [address]
+    targets = []
     for part in (p.strip() for p in address.split(",")):
         if not part:
             continue
         host, sep, port = part.rpartition(":")
-        if not sep or not port.isdigit():
+        if not sep or not port.isdigit() or not host:
             raise ValueError(f"address list entries must be host:port, not {part!r}")
-        host = host.strip("[]")
-        try:
-            ips = [str(ipaddress.ip_address(host))]
-        except ValueError:
-            names.append(host)
+        if ":" in host.strip("[]"):  # an IPv6 literal
             try:
-                infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-            except socket.gaierror as error:
-                raise ValueError(f"cannot resolve {host!r} in the address list: {error}") from None
-            ips = sorted({str(info[4][0]) for info in infos})
-        for ip in ips:
-            if ":" in ip:
-                ipv6.append(f"[{ip}]:{port}")
-            else:
-                ipv4.append(f"{ip}:{port}")
-    if not ipv4 and not ipv6:
+                ipaddress.IPv6Address(host.strip("[]"))
+            except ValueError:
+                raise ValueError(f"{part!r}: an IPv6 address goes in brackets, [::1]:50051") from None
+            host = f"[{host.strip('[]')}]"
+        targets.append(f"{host}:{port}")
+    if not targets:
         raise ValueError(f"empty address list {address!r}")
-    target = "ipv4:" + ",".join(ipv4) if ipv4 else "ipv6:" + ",".join(ipv6)
-    return target, (names[0] if names else None)
+    return targets
 
 
 class BaseClient:
@@ -121,19 +111,20 @@ class BaseClient:
         self.address = address or default_address(self.SERVICE)
         self.timeout = timeout
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
-        target, tls_name = channel_target(self.address)
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.enable_retries", 1),
             ("grpc.service_config", _service_config(self.FULL_NAME)),
         ]
-        if tls is not None:
-            if tls_name:
-                options.append(("grpc.ssl_target_name_override", tls_name))
-            self._channel = grpc.secure_channel(target, tls.credentials(), options=options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=options)
+        # One channel per entry: gRPC resolves each (any address family) and TLS checks each host's own name.
+        self._channels = [
+            grpc.secure_channel(target, tls.credentials(), options=options)
+            if tls is not None
+            else grpc.insecure_channel(target, options=options)
+            for target in channel_targets(self.address)
+        ]
+        self._channel = self._channels[0] if len(self._channels) == 1 else ChannelPool(self._channels)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -176,9 +167,12 @@ class BaseClient:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def wait_until_ready(self, timeout: float = 30.0) -> None:
-        """Block until the channel connects, or raise ``NnprobeError(UNAVAILABLE)``."""
+        """Block until the channel (every channel of an address list) connects, or raise
+        ``NnprobeError(UNAVAILABLE)``."""
+        deadline = time.monotonic() + timeout
         try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+            for channel in self._channels:  # every address of a list
+                grpc.channel_ready_future(channel).result(timeout=max(deadline - time.monotonic(), 0))
         except grpc.FutureTimeoutError as error:
             raise NnprobeError(
                 grpc.StatusCode.UNAVAILABLE, f"no server answered at {self.address} within {timeout:g}s"

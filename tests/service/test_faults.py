@@ -25,8 +25,6 @@ from nnprobe.api.sequence.v1 import sequence_pb2, sequence_pb2_grpc
 from nnprobe.api.vision.v1 import vision_pb2, vision_pb2_grpc
 from nnprobe_services.errors import Cancelled
 
-from tests.conftest import start_server
-
 #: Hang guard for waiting on server-side evidence; never a pass/fail threshold.
 WAIT_SECONDS = 120.0
 
@@ -56,6 +54,15 @@ def wait_for(caplog, pattern: str) -> logging.LogRecord:
     raise AssertionError(f"no log line matching {pattern!r}:\n{caplog.text}")
 
 
+def wait_for_stops(stops: list[str], count: int) -> None:
+    """Wait until ``count`` work loops have stopped: a call's log line comes when its handler ends, and its
+    compute thread stops at the next check after that."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while len(stops) < count:
+        assert time.monotonic() < deadline, f"only {len(stops)} of {count} work loops stopped: {stops}"
+        time.sleep(0.02)
+
+
 def progress(message: str) -> tuple[int, int]:
     """(done, total) from a ``Cancelled`` message such as "stopped after 4 of 64 units"."""
     match = re.search(r"(\d+) (?:of|Jacobians of) (\d+)", message)
@@ -71,8 +78,10 @@ def requests_log(caplog):
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory) -> Iterator[dict[str, Any]]:
-    started = {s: start_server(s, tmp_path_factory.mktemp(s)) for s in ("vision", "sequence", "attention")}
+def servers(module_server_factory, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    started = {
+        s: module_server_factory(s, tmp_path_factory.mktemp(s)) for s in ("vision", "sequence", "attention")
+    }
     channels = {s: grpc.insecure_channel(address) for s, (_, address) in started.items()}
     channels.update({f"{s}_address": address for s, (_, address) in started.items()})
     yield channels
@@ -95,6 +104,7 @@ def test_cancelled_permutation_check_stops_the_server_loop(servers, stops, reque
     wait_for(requests_log, "CheckPermutationEquivariance started")
     future.cancel()
     wait_for(requests_log, "CheckPermutationEquivariance CANCELLED")
+    wait_for_stops(stops, 1)
     done, total = progress(stops[-1])
     assert total == 1_000_000 + 32 and done < total
     print(f"CheckPermutationEquivariance cancelled: server {stops[-1]}")
@@ -112,8 +122,8 @@ def test_deadline_stops_a_gradient_sweep_on_the_server(servers, stops, requests_
         for _ in stub.AnalyzeGradients(request, timeout=3):
             pass
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    wait_for(requests_log, "AnalyzeGradients CANCELLED")
-    assert stops, "the sweep was not stopped by its loop"
+    wait_for(requests_log, "AnalyzeGradients DEADLINE_EXCEEDED")
+    wait_for_stops(stops, 1)
     assert re.search(r"stopped (at forward step|with) \d+", stops[-1]), stops
     print(f"AnalyzeGradients deadline (64 runs of T=2000): server {stops[-1]}")
 
@@ -136,6 +146,7 @@ def test_cancelled_receptive_field_verification_and_effective_field_stop(servers
         wait_for(requests_log, "ComputeReceptiveField started")
         future.cancel()
         wait_for(requests_log, "ComputeReceptiveField CANCELLED")
+        wait_for_stops(stops, before + 1)
         assert len(stops) == before + 1, stops
         assert unit in stops[-1]
         done, total = progress(stops[-1])
@@ -221,7 +232,7 @@ def _text(lines: int, offset: int = 0) -> str:
 
 
 def test_full_disk_during_a_checkpoint_fails_the_job_and_keeps_the_previous_checkpoint(
-    tmp_path: Path, monkeypatch
+    server_factory, tmp_path: Path, monkeypatch
 ):
     from nnprobe_services.sequence.lm import checkpoints
 
@@ -236,7 +247,7 @@ def test_full_disk_during_a_checkpoint_fails_the_job_and_keeps_the_previous_chec
             written.append(target)
         real_fsync(fd)
 
-    server, address = start_server("sequence", tmp_path)
+    server, address = server_factory("sequence", tmp_path)
     data = tmp_path / "data"
     try:
         with SequenceClient(address, timeout=120) as client:
@@ -276,7 +287,7 @@ def test_full_disk_during_a_checkpoint_fails_the_job_and_keeps_the_previous_chec
     assert header == b"NNPROBE-CKPT1 " + digest.encode()
 
 
-def test_partial_writes_of_a_killed_server_are_removed_at_start(tmp_path: Path):
+def test_partial_writes_of_a_killed_server_are_removed_at_start(server_factory, tmp_path: Path):
     """Regression: a server killed between creating a checkpoint's temporary file and renaming it left
     ``.checkpoint.pt.<random>.tmp`` behind for ever. The next start removes such files; a file that a live
     writer may still be writing (newer than the start) is kept."""
@@ -292,7 +303,7 @@ def test_partial_writes_of_a_killed_server_are_removed_at_start(tmp_path: Path):
     for path in stale:
         os.utime(path, (time.time() - 60, time.time() - 60))
     os.utime(fresh, (time.time() + 3600, time.time() + 3600))
-    server, _ = start_server("sequence", tmp_path)
+    server, _ = server_factory("sequence", tmp_path)
     server.shutdown(0).wait()
     assert not any(path.exists() for path in stale)
     assert fresh.exists()

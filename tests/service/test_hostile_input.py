@@ -22,17 +22,13 @@ import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nnprobe import SequenceClient
 from nnprobe.api.attention.v1 import attention_pb2
 from nnprobe.api.common.v1 import common_pb2
 from nnprobe.api.sequence.v1 import sequence_pb2
 from nnprobe.api.vision.v1 import vision_pb2
-
-from tests.conftest import start_server
-
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 #: Statuses a server may answer to a hostile request.
 DOCUMENTED = {
@@ -62,7 +58,7 @@ LIMITS: dict[str, Any] = dict(
     batch_queue_size=4,
     weights_download_timeout=0.0,
     ptb_download_timeout=0.0,
-    workers=4,
+    compute_workers=4,
 )
 MODULES = {"vision": vision_pb2, "sequence": sequence_pb2, "attention": attention_pb2}
 
@@ -320,9 +316,10 @@ def _text(lines: int, offset: int = 0) -> str:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory) -> Iterator[dict[str, Any]]:
+def servers(module_server_factory, tmp_path_factory) -> Iterator[dict[str, Any]]:
     started = {
-        service: start_server(service, tmp_path_factory.mktemp(service), **LIMITS) for service in MODULES
+        service: module_server_factory(service, tmp_path_factory.mktemp(service), **LIMITS)
+        for service in MODULES
     }
     address = started["sequence"][1]
     with SequenceClient(address, timeout=120) as client:
@@ -580,8 +577,8 @@ def test_upload_corpus_over_the_limit_in_many_chunks_is_resource_exhausted(serve
 
 
 @pytest.mark.parametrize("service", list(MODULES))
-def test_messages_over_the_size_limit_are_refused_before_decoding(tmp_path, service, caplog):
-    server, address = start_server(service, tmp_path, max_message_bytes=4096)
+def test_messages_over_the_size_limit_are_refused_before_decoding(server_factory, tmp_path, service, caplog):
+    server, address = server_factory(service, tmp_path, max_message_bytes=4096)
     (service_descriptor,) = MODULES[service].DESCRIPTOR.services_by_name.values()
     big = common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT64, shape=[1024], data=bytes(8192))
     requests = {

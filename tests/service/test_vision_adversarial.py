@@ -8,12 +8,13 @@ import time
 import grpc
 import numpy as np
 import pytest
+import torch
 from nnprobe import NnprobeError, VisionClient
 from nnprobe.vision import AdversarialResult, AttackProgress
 from nnprobe_services.server.metrics import metrics_for
 from PIL import Image
 
-from tests.conftest import start_server
+from tests.service import vision_reference
 
 PHOTOS = [
     "n01726692_4802_snake.jpg",
@@ -30,9 +31,28 @@ def photos(shared_dir):
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    first, address = start_server("vision", tmp_path_factory.mktemp("a"), weights_download_timeout=0.0)
-    second, other = start_server("vision", tmp_path_factory.mktemp("b"), max_attack_steps=50)
+def resnet18_weights(tmp_path_factory):
+    """A resnet18 with seeded random weights under torchvision's file name: a second, different model."""
+    import torchvision
+
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(18)
+    torch.save(torchvision.models.resnet18().state_dict(), folder / "resnet18-f37072fd.pth")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def servers(module_server_factory, tmp_path_factory, resnet18_weights):
+    first, address = module_server_factory(
+        "vision", tmp_path_factory.mktemp("a"), weights_download_timeout=0.0, weights_dir=resnet18_weights
+    )
+    second, other = module_server_factory(
+        "vision",
+        tmp_path_factory.mktemp("b"),
+        max_attack_steps=50,
+        weights_dir=resnet18_weights,
+        default_model="resnet18",
+    )
     yield address, other
     first.shutdown(0).wait()
     second.shutdown(0).wait()
@@ -86,29 +106,32 @@ def test_same_request_same_bytes_and_progress_events(vision, photos):
     assert other[-1].adversarial_png != a.adversarial_png  # the random start depends on the seed
 
 
-def test_untargeted_methods_and_transfer_to_a_second_server(vision, servers, photos):
+def test_untargeted_methods_and_transfer_to_a_second_server(vision, servers, photos, resnet18_weights):
+    import torchvision
+
     progress = []
     (fgsm,) = vision.attack(
         photos[3],
         untargeted=True,
         method="fgsm",
         eps="2/255",
-        transfer_models=["efficientnet_lite0", "alexnet"],
+        transfer_models=["resnet18", "alexnet"],
         transfer_addresses=[servers[1]],
         on_progress=progress.append,
     )
     assert fgsm.goal_class == 291 and fgsm.iterations == 1 and fgsm.linf == 2 / 255
-    assert fgsm.success == (fgsm.final_top[0].index != 291) and len(progress) == 1
+    own = vision_reference.probabilities(vision_reference.lite0(), fgsm.adversarial_png)
+    assert fgsm.success == (int(own.argmax()) != 291) and len(progress) == 1
+    # The other model, run here by torchvision on the returned PNG with the same seeded weights.
+    other = torchvision.models.resnet18()
+    other.load_state_dict(torch.load(resnet18_weights / "resnet18-f37072fd.pth", weights_only=True))
+    expected = int(vision_reference.probabilities(other.eval(), fgsm.adversarial_png).argmax())
     local, missing, remote = fgsm.transfers
-    assert (local.model, local.address, local.top1.index) == (
-        "efficientnet_lite0",
-        "",
-        fgsm.final_top[0].index,
-    )
-    assert local.fooled == fgsm.success
+    assert (local.model, local.address, local.top1.index) == ("resnet18", "", expected)
+    assert local.fooled == (expected != 291)
     assert "alexnet-owt-7be5be79.pth" in missing.error and missing.top1 is None and not missing.fooled
-    assert (remote.model, remote.address, remote.error) == ("efficientnet_lite0", servers[1], "")
-    assert remote.top1.index == fgsm.final_top[0].index and remote.fooled == fgsm.success
+    assert (remote.model, remote.address, remote.error) == ("resnet18", servers[1], "")
+    assert remote.top1.index == expected and remote.fooled == (expected != 291)
     for method, extra in [
         ("bim", {}),
         ("mi_fgsm", {}),
@@ -141,9 +164,9 @@ def test_cancellation_stops_the_attack_loop(vision, photos):
     assert caught.value.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
-def test_remote_transfer_carries_the_token(tmp_path, photos):
-    secured, secured_address = start_server("vision", tmp_path / "s", auth_token="s3cret")
-    attacker, address = start_server("vision", tmp_path / "a", auth_token="s3cret")
+def test_remote_transfer_carries_the_token(server_factory, tmp_path, photos):
+    secured, secured_address = server_factory("vision", tmp_path / "s", auth_token="s3cret")
+    attacker, address = server_factory("vision", tmp_path / "a", auth_token="s3cret")
     try:
         with VisionClient(address, token="s3cret", timeout=300) as client:
             (r,) = client.attack(
@@ -228,7 +251,8 @@ def test_cli_attack_saves_pictures(vision, photos, tmp_path, capsys):
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "tiger (0.796)" in out and "robin" in out and "4/255" in out
+    tiger = vision_reference.photo_probabilities(photos[4])[292]
+    assert f"tiger ({tiger:.3f})" in out and "robin" in out and "4/255" in out
     picture = Image.open(tmp_path / "n02129604_20374_tiger-adversarial.png")
     assert picture.size == (3 * 224 + 8, 224)
     assert main([*argv[:-2], "--json", "--address", vision.address]) == 0
@@ -249,3 +273,54 @@ def test_concurrent_attacks_do_not_interfere(vision, photos):
     for t in threads:
         t.join()
     assert outcomes[5] == vision.attack(photos[2], target=5, method="fgsm", eps="4/255")[0].adversarial_png
+
+
+def _steps(result):
+    adversarial = np.asarray(Image.open(io.BytesIO(result.adversarial_png))).astype(int)
+    original = np.asarray(Image.open(io.BytesIO(result.original_png))).astype(int)
+    return adversarial - original
+
+
+def _top1(result):
+    return int(vision_reference.probabilities(vision_reference.lite0(), result.adversarial_png).argmax())
+
+
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_budgets_hold_on_the_returned_tiger(vision, photos, early_stop):
+    (fgsm,) = vision.attack(photos[4], untargeted=True, method="fgsm", eps=0.03, early_stop=early_stop)
+    assert np.abs(_steps(fgsm)).max() <= 7  # floor(0.03 * 255) = 7 levels
+    assert fgsm.success == (_top1(fgsm) != 292)
+    (pgd,) = vision.attack(photos[4], target=15, method="pgd", eps="4.5/255", steps=10, early_stop=early_stop)
+    assert np.abs(_steps(pgd)).max() <= 4 and pgd.success == (_top1(pgd) == 15)
+    for refine_steps in (0, 2):
+        (l2,) = vision.attack(
+            photos[4],
+            untargeted=True,
+            method="pgd",
+            norm="l2",
+            eps=0.5,
+            step_size=0.2,
+            steps=3,
+            refine_steps=refine_steps,
+            early_stop=early_stop,
+        )
+        assert np.sqrt((_steps(l2) ** 2).sum()) / 255 <= 0.5 and l2.l2 <= 0.5
+        assert l2.success == (_top1(l2) != 292)
+
+
+def test_a_goal_already_met_takes_no_step(vision, photos):
+    (r,) = vision.attack(photos[4], target=292, method="pgd", eps="4/255", steps=5)
+    assert (r.success, r.iterations, r.linf, r.l0) == (True, 0, 0.0, 0)
+    assert np.array_equal(_steps(r), np.zeros_like(_steps(r))) and _top1(r) == 292
+
+
+def test_a_long_thin_image_is_classified_and_attacked(vision):
+    row = np.zeros((1, 40_000, 3), dtype=np.uint8)
+    row[0, :, 1] = 200
+    buffer = io.BytesIO()
+    Image.fromarray(row).save(buffer, format="PNG")
+    (result,) = vision.classify(buffer.getvalue(), top_k=1)
+    assert result.top[0].index >= 0
+    (attacked,) = vision.attack(buffer.getvalue(), untargeted=True, method="fgsm", eps="1/255")
+    original = np.asarray(Image.open(io.BytesIO(attacked.original_png)))
+    assert original.shape == (224, 224, 3) and np.all(original == [0, 200, 0])

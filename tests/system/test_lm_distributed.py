@@ -17,8 +17,6 @@ from nnprobe import SequenceClient
 from nnprobe_services.sequence.lm import checkpoints
 from nnprobe_services.sequence.lm.distributed import MODULE
 
-from tests.system.test_lm_restart import free_port, text
-
 pytestmark = pytest.mark.system
 
 #: Float reduction order differs (2 half-batches, then all_reduce), so equality is up to rounding.
@@ -39,7 +37,7 @@ CONFIG = dict(
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, free_port):
     root = tmp_path_factory.mktemp("lm-distributed")
     port = free_port()
     env = {
@@ -64,13 +62,13 @@ def server(tmp_path_factory):
         client.close()
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
-def corpus(server):
+def corpus(server, pattern_text):
     _, client, _ = server
-    return client.upload_corpus(text(120), text(20, 120), text(20, 140))
+    return client.upload_corpus(pattern_text(120), pattern_text(20, 120), pattern_text(20, 140))
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""A sequence server process killed (SIGKILL) mid-training: after a restart the job is INTERRUPTED, and
-ResumeJob finishes it with exactly the result of an uninterrupted run. The CLI drives the end of it."""
+"""A sequence server process killed (SIGKILL) mid-training: restarted under the same replica name it
+knows the job's runner died, takes the job over at once (no lease to wait for) and finishes it with
+exactly the result of an uninterrupted run. The CLI follows the end of it."""
 
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ def start(tmp_path: Path, port: int) -> subprocess.Popen:
         "NNPROBE_CACHE_DIR": str(tmp_path / "cache"),
         "NNPROBE_HOST": "127.0.0.1",
         "NNPROBE_DEVICE": "cpu",
+        "NNPROBE_REPLICA_ID": "sequence-0",
+        # Long enough that only the restart under the same name can explain a takeover.
+        "NNPROBE_JOB_LEASE_SECONDS": "3600",
     }
     return subprocess.Popen(
         [sys.executable, "-m", "nnprobe_services.sequence", "--port", str(port)],
@@ -61,7 +65,7 @@ CONFIG = dict(
 )
 
 
-def test_killed_server_job_is_interrupted_and_resumes_exactly(tmp_path):
+def test_killed_server_job_is_taken_over_at_restart_and_finishes_exactly(tmp_path):
     port = free_port()
     address = f"127.0.0.1:{port}"
     proc = start(tmp_path, port)
@@ -81,26 +85,33 @@ def test_killed_server_job_is_interrupted_and_resumes_exactly(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=60)
 
     proc = start(tmp_path, port)
     try:
         with SequenceClient(address, timeout=60) as client:
             client.wait_until_ready(timeout=120)
-            interrupted = client.get_job(job.job_id)
-            assert interrupted.state == "interrupted"
-            assert "server stopped" in interrupted.error
-            assert 8 <= interrupted.checkpoint_step < interrupted.total_steps
             assert client.get_job(reference.job_id).state == "succeeded"
             cli = subprocess.run(
-                [str(BIN / "nnprobe"), "lm", "resume", job.job_id, "--watch", "--json", "--address", address],
+                [str(BIN / "nnprobe"), "lm", "watch", job.job_id, "--json", "--address", address],
                 capture_output=True,
                 text=True,
                 timeout=300,
             )
             assert cli.returncode == 0, cli.stderr
+            watched = json.loads(cli.stdout)
+            assert watched["job"]["state"] == "succeeded"
+            takeovers = [e for e in watched["events"] if e["message"].startswith("taken over")]
+            assert len(takeovers) == 1
+            resumed_at = takeovers[0]["step"]
+            assert resumed_at >= 8 and resumed_at % CONFIG["checkpoint_interval"] == 0
+            assert takeovers[0]["message"] == (
+                "taken over by replica sequence-0 from sequence-0, whose lease expired; "
+                f"resuming from step {resumed_at}"
+            )
             final = client.get_job(job.job_id, history=True)
             assert final.state == "succeeded"
+
             assert (final.valid_perplexity, final.test_perplexity) == (
                 reference.valid_perplexity,
                 reference.test_perplexity,
@@ -128,4 +139,4 @@ def test_killed_server_job_is_interrupted_and_resumes_exactly(tmp_path):
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout=60)

@@ -10,8 +10,6 @@ import urllib.request
 import pytest
 from nnprobe import AttentionClient
 
-from tests.system.test_processes import free_port, start, stop
-
 pytestmark = pytest.mark.system
 METHOD = "/nnprobe.attention.v1.AttentionService/CheckFeedForwardEquivalence"
 
@@ -24,11 +22,11 @@ def served(metrics_port: int) -> float:
 
 
 @pytest.mark.parametrize("form", ["ip list", "host list"])
-def test_calls_spread_over_replicas_and_survive_one_stopping(tmp_path, form):
+def test_calls_spread_over_replicas_and_survive_one_stopping(tmp_path, form, free_port, server_processes):
     ports = [free_port(), free_port()]
     metrics = [free_port(), free_port()]
     procs = [
-        start(
+        server_processes.start(
             [sys.executable, "-m", "nnprobe_services.attention", "--port", str(p), "--metrics-port", str(m)],
             tmp_path,
         )
@@ -53,4 +51,4 @@ def test_calls_spread_over_replicas_and_survive_one_stopping(tmp_path, form):
             assert served(metrics[1]) - counts[1] == 10
     finally:
         for proc in procs:
-            stop(proc)
+            server_processes.stop(proc)

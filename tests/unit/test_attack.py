@@ -2,19 +2,22 @@
 
 import pytest
 import torch
-from nnprobe_services.vision import attacks, models, preprocess
+from nnprobe_services.vision import attacks, preprocess, store
 
 
 @pytest.fixture(scope="module")
 def lite0():
-    return models.ModelStore(torch.device("cpu")).get("efficientnet_lite0")
+    return store.ModelStore(torch.device("cpu")).get("efficientnet_lite0")
 
 
 @pytest.fixture(scope="module")
 def two_photos(shared_dir, lite0):
     files = sorted((shared_dir / "data" / "seed-images").glob("*.jpg"))[3:5]  # lion, tiger
-    images = [preprocess.decode(f.read_bytes(), max_bytes=1 << 26, max_pixels=1 << 26) for f in files]
-    return torch.stack([preprocess.model_input(i, lite0.record.preprocessing) for i in images])
+    limits = preprocess.ImageLimits(1 << 26, 1 << 26)
+    prep = lite0.record.preprocessing
+    return torch.stack(
+        [preprocess.prepare(f.read_bytes(), prep, field="image", limits=limits) for f in files]
+    )
 
 
 def _ours(lite0, images, labels, targeted, spec):

@@ -7,7 +7,8 @@ import io
 import numpy as np
 import pytest
 import torch
-from nnprobe_services.vision import classify, models, preprocess
+from nnprobe_services.errors import InvalidArgument, ResourceExhausted
+from nnprobe_services.vision import classify, models, preprocess, store
 from PIL import Image
 
 SEED_TOP1 = {
@@ -18,6 +19,7 @@ SEED_TOP1 = {
     "tiger": (292, "tiger"),
 }
 LITE0 = models.records()["efficientnet_lite0"]
+LIMITS = preprocess.ImageLimits(1 << 26, 1 << 26)
 
 
 def _seed_files(shared_dir):
@@ -26,15 +28,14 @@ def _seed_files(shared_dir):
 
 @pytest.fixture(scope="module")
 def lite0():
-    return models.ModelStore(torch.device("cpu")).get("efficientnet_lite0")
+    return store.ModelStore(torch.device("cpu")).get("efficientnet_lite0")
 
 
 @pytest.fixture(scope="module")
 def seed_pixels(shared_dir):
     files = _seed_files(shared_dir)
-    images = [preprocess.decode(f.read_bytes(), max_bytes=1 << 26, max_pixels=1 << 26) for f in files]
     return [f.stem.split("_")[-1] for f in files], torch.stack(
-        [preprocess.model_input(image, LITE0.preprocessing) for image in images]
+        [preprocess.prepare(f.read_bytes(), LITE0.preprocessing, field="image", limits=LIMITS) for f in files]
     )
 
 
@@ -72,7 +73,7 @@ def test_seed_images_and_chelsea_top1(lite0, seed_pixels):
         for name, top in zip(names, (classify.top_k(r, 1) for r in logits), strict=True)
     }
     assert got == SEED_TOP1
-    cat = preprocess.model_input(preprocess.from_pixels(chelsea(), max_pixels=1 << 26), LITE0.preprocessing)
+    cat = preprocess.prepare(chelsea(), LITE0.preprocessing, field="image", limits=LIMITS)
     top3 = classify.top_k(classify.logits_of(lite0, cat[None]).numpy()[0], 3)
     assert [c.label for c in top3] == ["Egyptian cat", "tabby", "tiger cat"]
     assert all(281 <= c.index <= 285 for c in top3)
@@ -94,7 +95,7 @@ def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
 
 
 def _decode(data: bytes, max_pixels: int = 1 << 26, max_bytes: int = 1 << 26) -> Image.Image:
-    return preprocess.decode(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    return preprocess.decode(data, field="image", limits=preprocess.ImageLimits(max_bytes, max_pixels))
 
 
 def test_modes_are_converted_to_rgb():
@@ -121,7 +122,7 @@ def test_modes_are_converted_to_rgb():
     [
         (b"", {}, "is empty", "invalid"),
         (b"not an image at all", {}, "is not a readable image", "invalid"),
-        ("gif", {}, "has format GIF", "invalid"),
+        ("ppm", {}, "has format PPM", "invalid"),
         ("truncated", {}, "is corrupt or truncated", "invalid"),
         ("png", {"max_bytes": 10}, "bytes; the limit is 10", "too_large"),
         (
@@ -135,22 +136,26 @@ def test_modes_are_converted_to_rgb():
 def test_bad_bytes(data, limits, message, kind):
     sample = Image.new("RGB", (16, 16), (1, 2, 3))
     payloads = {
-        "gif": _encode(sample, "GIF"),
+        "ppm": _encode(sample, "PPM"),
         "png": _encode(sample, "PNG"),
         "truncated": _encode(Image.effect_noise((64, 64), 50).convert("RGB"), "PNG")[:200],
         "big": _encode(Image.new("L", (2000, 2000)), "PNG"),
     }
-    with pytest.raises(preprocess.ImageError, match=message) as caught:
+    error = ResourceExhausted if kind == "too_large" else InvalidArgument
+    with pytest.raises(error, match=message) as caught:
         _decode(payloads.get(data, data) if isinstance(data, str) else data, **limits)
-    assert caught.value.kind == kind
+    assert caught.value.field == "image"
+
+
+SMALL = preprocess.ImageLimits(1 << 20, 100)
 
 
 def test_raw_pixels():
     rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
-    assert np.asarray(preprocess.from_pixels(rgb, max_pixels=100)).tolist() == rgb.tolist()
-    floats = preprocess.from_pixels(np.full((2, 2, 1), 0.25), max_pixels=100)
+    assert np.asarray(preprocess.from_pixels(rgb, field="p", limits=SMALL)).tolist() == rgb.tolist()
+    floats = preprocess.from_pixels(np.full((2, 2, 1), 0.25), field="p", limits=SMALL)
     assert isinstance(floats, torch.Tensor) and floats.shape == (3, 2, 2) and float(floats.max()) == 0.25
-    rgba = preprocess.from_pixels(np.array([[[1.0, 0.0, 0.0, 0.5]]]), max_pixels=100)
+    rgba = preprocess.from_pixels(np.array([[[1.0, 0.0, 0.0, 0.5]]]), field="p", limits=SMALL)
     assert rgba[:, 0, 0].tolist() == [1.0, 0.5, 0.5]
     for bad, message in [
         (np.zeros((0, 4, 3), np.uint8), "zero size"),
@@ -159,16 +164,18 @@ def test_raw_pixels():
         (np.zeros((4, 4, 3), np.int32), "uint8 or float"),
         (np.zeros((20, 20, 3), np.uint8), "the limit is 100"),
     ]:
-        with pytest.raises(preprocess.ImageError, match=message):
-            preprocess.from_pixels(bad, max_pixels=100)
+        with pytest.raises((InvalidArgument, ResourceExhausted), match=message) as caught:
+            preprocess.from_pixels(bad, field="p", limits=SMALL)
+        assert caught.value.field == "p"
 
 
 def test_skip_resize_needs_the_input_size():
     prep = LITE0.preprocessing
-    exact = preprocess.model_input(Image.new("RGB", (224, 224), (255, 0, 0)), prep, skip_resize=True)
+    options = {"field": "image", "max_pixels": 1 << 20, "skip_resize": True}
+    exact = preprocess.model_input(Image.new("RGB", (224, 224), (255, 0, 0)), prep, **options)
     assert exact.shape == (3, 224, 224) and float(exact[0].min()) == 1.0
-    with pytest.raises(preprocess.ImageError, match="must be 224 x 224"):
-        preprocess.model_input(Image.new("RGB", (300, 224)), prep, skip_resize=True)
+    with pytest.raises(InvalidArgument, match="must be 224 x 224"):
+        preprocess.model_input(Image.new("RGB", (300, 224)), prep, **options)
 
 
 def test_weights_resolution_order(tmp_path, monkeypatch):

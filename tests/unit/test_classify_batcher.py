@@ -33,12 +33,17 @@ def _always():
     return True
 
 
+def _settled(item):
+    """True once the batcher has settled ``item`` (its future resolves to the item itself)."""
+    return item.future.result(timeout=30) is item
+
+
 def test_images_are_gathered_up_to_the_max_size_and_split_back():
     recorder = Recorder()
     batcher, registry = _batcher(recorder, max_delay=30.0)
     items = batcher.submit(torch.arange(8.0).view(8, 1), deadline=None, is_active=_always)
     for item in items:
-        assert item.done.wait(30)
+        assert _settled(item)
     assert recorder.sizes == [4, 4]  # full batches flushed without waiting for the delay
     assert [float(item.logits[0]) for item in items] == list(range(8))
     assert [item.batch_size for item in items[:4]] == [4] * 4
@@ -50,7 +55,7 @@ def test_a_partial_batch_waits_for_the_delay_only():
     recorder = Recorder()
     batcher, registry = _batcher(recorder, max_delay=0.05)
     (item,) = batcher.submit(torch.ones(1, 2), deadline=None, is_active=_always)
-    assert item.done.wait(30) and float(item.logits[0]) == 2 and recorder.sizes == [1]
+    assert _settled(item) and float(item.logits[0]) == 2 and recorder.sizes == [1]
     assert registry.get_sample_value("nnprobe_batch_size_count", {"model": "m"}) == 1
     batcher.close()
 
@@ -72,7 +77,7 @@ def test_concurrent_requests_share_a_batch():
     for t in threads:
         t.join()
     for item in pending:
-        assert item.done.wait(30)
+        assert _settled(item)
     assert recorder.sizes == [4]
     assert sorted(float(p.logits[0]) for p in pending) == [0, 1, 2, 3]
     batcher.close()
@@ -85,7 +90,7 @@ def test_expired_and_cancelled_images_are_dropped_not_computed():
     gone = batcher.submit(torch.ones(1, 1), deadline=None, is_active=lambda: False)[0]
     live = batcher.submit(torch.full((1, 1), 7.0), deadline=None, is_active=_always)[0]
     for item in (expired, gone, live):
-        assert item.done.wait(30)
+        assert _settled(item)
     assert (expired.dropped, expired.logits) == ("deadline", None)
     assert (gone.dropped, gone.logits) == ("cancelled", None)
     assert float(live.logits[0]) == 7 and recorder.sizes == [1]
@@ -109,7 +114,7 @@ def test_a_full_queue_refuses_all_or_nothing():
         batcher.submit(torch.ones(1, 1), deadline=None, is_active=_always)
     recorder.gate.set()
     for item in first + waiting:
-        assert item.done.wait(30) and item.logits is not None
+        assert _settled(item) and item.logits is not None
     batcher.close()
 
 
@@ -120,5 +125,22 @@ def test_forward_errors_reach_every_waiting_image():
     batcher, _ = _batcher(broken, max_delay=0.0)
     items = batcher.submit(torch.ones(2, 1), deadline=None, is_active=_always)
     for item in items:
-        assert item.done.wait(30) and isinstance(item.error, RuntimeError)
+        assert _settled(item) and isinstance(item.error, RuntimeError)
     batcher.close()
+
+
+def test_closing_settles_queued_images_as_dropped():
+    recorder = Recorder()
+    recorder.gate.clear()
+    batcher, registry = _batcher(recorder, max_size=1, max_delay=0.0, queue_size=4)
+    first = batcher.submit(torch.ones(1, 1), deadline=None, is_active=_always)[0]  # taken by the worker
+    while registry.get_sample_value("nnprobe_batch_queue_images", {"model": "m"}) != 0:
+        time.sleep(0.01)
+    queued = batcher.submit(torch.ones(2, 1), deadline=None, is_active=_always)
+    batcher.close()
+    for item in queued:
+        assert _settled(item) and (item.dropped, item.logits) == ("shutdown", None)
+    assert not first.future.cancel()  # running from the start: a waiter cannot cancel it
+    recorder.gate.set()
+    assert _settled(first) and float(first.logits[0]) == 1
+    assert recorder.sizes == [1]

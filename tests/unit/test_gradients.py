@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from nnprobe_services.errors import Cancelled
@@ -34,6 +35,7 @@ def test_linear_cell_jacobian_product_is_the_matrix_power():
     for got, want in zip(run.jacobian_norms, expected, strict=True):
         assert got == pytest.approx(want, rel=1e-13)
     assert run.distances == list(range(40, 0, -1))
+    assert np.abs(np.linalg.eigvals(w.numpy())).max() == pytest.approx(1.5, rel=1e-12)  # numpy, not rnn
     assert run.spectral_radius == pytest.approx(1.5, rel=1e-13)
     assert run.regime == "exploding" and run.growth_rate > 1.4
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from nnprobe_services.errors import FailedPrecondition
 from nnprobe_services.sequence.lm.model import TrainingConfig
-from nnprobe_services.sequence.lm.service import _check_workers_fit
+from nnprobe_services.sequence.lm.requests import check_workers_fit as _check_workers_fit
 from nnprobe_services.sequence.lm.training import Event, Trainer
 from torch import nn
 
@@ -35,7 +35,7 @@ class ThreadGroup:
 
     def __init__(self, world: int) -> None:
         self.world = world
-        self.barrier = threading.Barrier(world)
+        self.barrier = threading.Barrier(world, timeout=120)  # a dead rank fails, not hangs
         self.slots: list[Any] = [None] * world
 
     def exchange(self, rank: int, value: Any) -> list[Any]:

@@ -14,59 +14,26 @@ from nnprobe_services.vision.receptive_field import (
     unit_field,
 )
 
-# (name, kernel, stride, padding) of the notebook's AlexNet-style list; input 227, first pixel centre 1.
-NOTEBOOK = [
-    ("conv1", 11, 4, 0),
-    ("pool1", 3, 2, 0),
-    ("conv2", 5, 1, 2),
-    ("pool2", 3, 2, 0),
-    ("conv3", 3, 1, 1),
-    ("conv4", 3, 1, 1),
-    ("conv5", 3, 1, 1),
-    ("pool5", 3, 2, 0),
-    ("fc6-conv", 6, 1, 0),
-    ("fc7-conv", 1, 1, 0),
-]
-# n, jump, receptive size, start, exactly as the notebook printed them.
-NOTEBOOK_TABLE = [
-    ("input", 227, 1, 1, 1),
-    ("conv1", 55, 4, 11, 6.0),
-    ("pool1", 27, 8, 19, 10.0),
-    ("conv2", 27, 8, 51, 10.0),
-    ("pool2", 13, 16, 67, 18.0),
-    ("conv3", 13, 16, 99, 18.0),
-    ("conv4", 13, 16, 131, 18.0),
-    ("conv5", 13, 16, 163, 18.0),
-    ("pool5", 6, 32, 195, 34.0),
-    ("fc6-conv", 1, 32, 355, 114.0),
-    ("fc7-conv", 1, 32, 355, 114.0),
-]
-# Unit (1, 1): start, centre, end.
-NOTEBOOK_UNITS = {
-    "conv1": (4.5, 10.0, 15.5),
-    "pool1": (8.5, 18.0, 27.5),
-    "conv2": (-7.5, 18.0, 43.5),
-    "pool2": (0.5, 34.0, 67.5),
-}
 
-
-def notebook_specs():
+@pytest.fixture(scope="module")
+def notebook_specs(notebook_alexnet):
+    """The notebook's AlexNet-style list as ``LayerSpec`` objects."""
     return [
         LayerSpec(name, "pool" if name.startswith("pool") else "conv", (k, k), (s, s), padding=(p, p, p, p))
-        for name, k, s, p in NOTEBOOK
+        for name, k, s, p in notebook_alexnet.layers
     ]
 
 
-def test_notebook_table_exactly():
-    fields = analyse_layers(notebook_specs(), (227, 227), Fraction(1))
-    for field, (name, n, jump, r, start) in zip(fields, NOTEBOOK_TABLE, strict=True):
+def test_notebook_table_exactly(notebook_specs, notebook_alexnet):
+    fields = analyse_layers(notebook_specs, (227, 227), Fraction(1))
+    for field, (name, n, jump, r, start) in zip(fields, notebook_alexnet.table, strict=True):
         for axis in (field.height, field.width):
             assert (field.name, axis.size, axis.jump, axis.receptive, axis.start) == (name, n, jump, r, start)
 
 
-def test_notebook_units_exactly():
-    fields = analyse_layers(notebook_specs(), (227, 227), Fraction(1))
-    for name, (start, center, end) in NOTEBOOK_UNITS.items():
+def test_notebook_units_exactly(notebook_specs, notebook_alexnet):
+    fields = analyse_layers(notebook_specs, (227, 227), Fraction(1))
+    for name, (start, center, end) in notebook_alexnet.units.items():
         unit = unit_field(fields, name, 1, 1, (227, 227), Fraction(1))
         for span in (unit.vertical, unit.horizontal):
             assert (span.start, span.center, span.end) == (start, center, end)
@@ -79,8 +46,8 @@ def test_notebook_units_exactly():
     assert conv2.rows == conv2.columns == (0, 42)
 
 
-def test_effective_padding_is_the_sum_of_paddings_times_jumps():
-    fields = analyse_layers(notebook_specs(), (227, 227), Fraction(1))
+def test_effective_padding_is_the_sum_of_paddings_times_jumps(notebook_specs):
+    fields = analyse_layers(notebook_specs, (227, 227), Fraction(1))
     # Araujo et al.: P = sum_l p_l * prod_{i<l} s_i: conv2 2*8, conv3..5 1*16 each.
     assert [int(f.height.effective_padding(Fraction(1))) for f in fields] == [
         0,
@@ -97,8 +64,8 @@ def test_effective_padding_is_the_sum_of_paddings_times_jumps():
     ]
 
 
-def test_default_origin_shifts_start_by_half_a_pixel():
-    fields = analyse_layers(notebook_specs(), (227, 227), Fraction(1, 2))
+def test_default_origin_shifts_start_by_half_a_pixel(notebook_specs):
+    fields = analyse_layers(notebook_specs, (227, 227), Fraction(1, 2))
     assert [float(f.height.start) for f in fields][:3] == [0.5, 5.5, 9.5]
 
 
@@ -172,8 +139,8 @@ def test_invalid_layers_name_the_field(spec, field, words):
     assert error.value.field == field and words in error.value.message
 
 
-def test_unit_outside_layer_is_rejected():
-    fields = analyse_layers(notebook_specs(), (227, 227), Fraction(1))
+def test_unit_outside_layer_is_rejected(notebook_specs):
+    fields = analyse_layers(notebook_specs, (227, 227), Fraction(1))
     with pytest.raises(InvalidSpec, match="x=55 is outside layer 'conv1'"):
         unit_field(fields, "conv1", 55, 0, (227, 227), Fraction(1))
 

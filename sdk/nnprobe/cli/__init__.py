@@ -10,11 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from nnprobe.cli import attack, attention, classify, health, lm, sequence, serve, vision
+from nnprobe.cli import attack, attention, classify, extras, health, lm, models, sequence, serve, vision
 from nnprobe.cli.output import fail
 from nnprobe.errors import NnprobeError
 
-COMMAND_MODULES = [serve, health, attention, sequence, vision, classify, attack, lm]
+COMMAND_MODULES = [serve, health, attention, sequence, vision, classify, models, attack, lm]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nnprobe", description="Classic analyses of deep networks, as a service."
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.set_defaults(needs=lambda args: ())  # the extras a command's arguments need (cli.extras)
     for module in COMMAND_MODULES:
         module.add_commands(subparsers)
     return parser
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        extras.require(args.needs(args), f"nnprobe {args.command}")  # before any RPC
         return int(args.handler(args) or 0)
     except NnprobeError as error:
         return fail(str(error))

@@ -32,9 +32,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model attacked (default: the server's default)")
     p.add_argument("--transfer-model", action="append", default=[], help="another local model to check")
     p.add_argument("--transfer-address", action="append", default=[], help="another VisionService to check")
-    p.add_argument("--save-dir", type=Path, help="write original | perturbation | adversarial PNGs here")
+    p.add_argument(
+        "--save-dir",
+        type=Path,
+        help="write original | perturbation | adversarial PNGs here (needs: pip install 'nnprobe[images]')",
+    )
     add_client_options(p, "vision")
-    p.set_defaults(handler=run_attack)
+    p.set_defaults(handler=run_attack, needs=lambda args: ("images",) if args.save_dir else ())
 
 
 def run_attack(args: argparse.Namespace) -> int:

@@ -105,9 +105,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--num-words", type=int, default=50)
     p.add_argument("--strategy", choices=STRATEGIES, default="multinomial")
     p.add_argument("--greedy", action="store_true", help="same as --strategy greedy")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, help=">= 0; 0 is greedy (default 1)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most probable words (0: all)")
+    p.add_argument("--top-p", type=float, help="nucleus probability in (0, 1] (default 1: all)")
     p.add_argument("--seed", type=int, default=0)
     _finish(p, run_sample)
 
@@ -136,12 +136,28 @@ def _client(args: argparse.Namespace) -> SequenceClient:
 
 def _job_rows(jobs: list[TrainingJob]) -> list[list]:
     return [
-        [j.job_id, j.state, j.corpus_id, f"{j.step}/{j.total_steps}", j.loss, j.valid_perplexity, j.name]
+        [
+            j.job_id,
+            j.state,
+            j.corpus_id,
+            f"{j.step}/{j.total_steps}",
+            j.loss,
+            _ppl(j.valid_perplexity),
+            j.name,
+        ]
         for j in jobs
     ]
 
 
 JOB_HEADERS = ["job", "state", "corpus", "step", "loss", "valid ppl", "name"]
+
+
+def _ppl(value: float, spec: str = "") -> float | str:
+    """A perplexity for display: ``n/a`` for 0, the wire's "not evaluated" (no such split, or no
+    evaluation yet; a perplexity is always >= 1)."""
+    if value == 0:
+        return "n/a"
+    return format(value, spec) if spec else value
 
 
 def _print_job(job: TrainingJob) -> None:
@@ -164,8 +180,8 @@ def _print_job(job: TrainingJob) -> None:
             ),
             ("step", f"{job.step}/{job.total_steps} (epoch {job.epoch}, {job.steps_per_epoch} steps each)"),
             ("loss", job.loss),
-            ("valid perplexity", job.valid_perplexity),
-            ("test perplexity", job.test_perplexity),
+            ("valid perplexity", _ppl(job.valid_perplexity)),
+            ("test perplexity", _ppl(job.test_perplexity)),
             ("tokens/s", job.tokens_per_second),
             ("elapsed s", job.elapsed_seconds),
             ("checkpoint step", job.checkpoint_step),
@@ -193,8 +209,8 @@ def _follow(client: SequenceClient, job_id: str, after: int, as_json: bool) -> T
             )
         elif event.kind == "evaluation":
             print(
-                f"\nepoch {event.epoch} step {event.step}: valid perplexity {event.valid_perplexity:.2f}, "
-                f"test perplexity {event.test_perplexity:.2f}"
+                f"\nepoch {event.epoch} step {event.step}: valid perplexity "
+                f"{_ppl(event.valid_perplexity, '.2f')}, test perplexity {_ppl(event.test_perplexity, '.2f')}"
             )
         elif event.kind == "state":
             print(f"\n[{event.sequence}] {event.state}: {event.message}")
@@ -293,7 +309,15 @@ def run_job(args: argparse.Namespace) -> int:
     if job.events:
         print_table(
             [
-                [e.sequence, e.kind, e.step, e.loss, e.perplexity, e.valid_perplexity, e.state or e.message]
+                [
+                    e.sequence,
+                    e.kind,
+                    e.step,
+                    e.loss,
+                    e.perplexity,
+                    _ppl(e.valid_perplexity),
+                    e.state or e.message,
+                ]
                 for e in job.events
             ],
             ["seq", "kind", "step", "loss", "ppl", "valid ppl", "state"],

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from nnprobe_services.errors import Cancelled
+from nnprobe_services.errors import Cancelled, never
 
 #: Largest T for which all T! permutations may be checked (8! = 40,320).
 MAX_EXHAUSTIVE_T = 8
@@ -323,9 +323,13 @@ def run_stack(layers: torch.nn.ModuleList, x: torch.Tensor, activation: str) -> 
     return x
 
 
-def _median_seconds(fn: Callable[[], torch.Tensor], repeats: int, device: torch.device) -> float:
+def _median_seconds(
+    fn: Callable[[], torch.Tensor], repeats: int, device: torch.device, should_stop: Callable[[], bool]
+) -> float:
     times = []
-    for _ in range(repeats):
+    for i in range(repeats):
+        if should_stop():
+            raise Cancelled(f"stopped after {i} of {repeats} timing repeats", done=i)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
@@ -345,8 +349,12 @@ def check_feed_forward(
     seed: int,
     tolerance: float,
     repeats: int,
+    should_stop: Callable[[], bool] = never,
 ) -> FeedForwardCheck:
-    """Linear stack on (B, T, D) versus Conv1d stack on the (B, D, T) layout, same weights."""
+    """Linear stack on (B, T, D) versus Conv1d stack on the (B, D, T) layout, same weights.
+
+    ``should_stop`` is polled before each timing repeat; when it answers true, ``Cancelled`` is raised.
+    """
     convs = conv_stack(widths, seed, x.dtype).to(x.device)
     linears = linear_twin(convs)
 
@@ -363,8 +371,8 @@ def check_feed_forward(
         max_deviation=max_dev,
         linear_parameters=sum(p.numel() for p in linears.parameters()),
         conv_parameters=sum(p.numel() for p in convs.parameters()),
-        linear_forward_seconds=_median_seconds(via_linear, repeats, x.device),
-        conv_forward_seconds=_median_seconds(via_conv, repeats, x.device),
+        linear_forward_seconds=_median_seconds(via_linear, repeats, x.device, should_stop),
+        conv_forward_seconds=_median_seconds(via_conv, repeats, x.device, should_stop),
         tolerance=tolerance,
         widths=list(widths),
         output=out_linear.cpu().numpy(),

@@ -1,23 +1,22 @@
-"""AttentionService: validate the request, convert it, call ``checks``, convert back."""
+"""AttentionService: each handler converts the request to plain values, plans and runs one check of
+``plans``, and converts the result back. Decoding tensors and checking them is NumPy work, so the whole
+conversion runs in the compute pool with the check, never on the event loop."""
 
 from __future__ import annotations
 
-import itertools
-import math
 from typing import Any
 
 import grpc
-import numpy as np
-import torch
 from nnprobe import tensors
 from nnprobe.api.attention.v1 import attention_pb2 as pb
 from nnprobe.api.attention.v1 import attention_pb2_grpc
 from nnprobe.api.common.v1 import common_pb2
 
-from nnprobe_services.attention import checks
-from nnprobe_services.errors import Cancelled, InvalidArgument, ResourceExhausted
+from nnprobe_services.attention import plans
+from nnprobe_services.attention.checks import FeedForwardCheck, PermutationCheck
+from nnprobe_services.errors import StopSignal
 from nnprobe_services.server import validation as valid
-from nnprobe_services.server.config import ServerConfig
+from nnprobe_services.server.app import Registration, Runtime
 
 SOFTMAX: dict[Any, str] = {pb.SOFTMAX_MODE_ROW: "row", pb.SOFTMAX_MODE_MATRIX: "matrix"}
 POSITIONAL: dict[Any, str] = {
@@ -34,101 +33,49 @@ ACTIVATION: dict[Any, str] = {
     pb.ACTIVATION_PLACEMENT_BETWEEN: "between",
     pb.ACTIVATION_PLACEMENT_AFTER_EVERY_LAYER: "after_every_layer",
 }
-DEFAULT_SAMPLES = 1000
-TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+STRATEGY: dict[Any, str] = {
+    pb.PERMUTATION_STRATEGY_UNSPECIFIED: "auto",
+    pb.PERMUTATION_STRATEGY_EXHAUSTIVE: "exhaustive",
+    pb.PERMUTATION_STRATEGY_SAMPLED: "sampled",
+}
 
 
 class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
-    """Thin layer over ``nnprobe_services.attention.checks``."""
+    """Thin layer over ``nnprobe_services.attention.plans``."""
 
-    def __init__(self, config: ServerConfig, device: torch.device) -> None:
-        self.config = config
-        self.device = device
+    def __init__(self, runtime: Runtime) -> None:
+        self.device = runtime.device
+        self.compute = runtime.compute
+        self.limits = plans.Limits(runtime.config.max_tensor_elements, runtime.config.max_permutations)
 
-    # -- RPCs ----------------------------------------------------------------------------------------
-    def CheckPermutationEquivariance(self, request, context):
-        x, layer, perms, exhaustive, tolerance = self._prepare(request.attention, request.permutations)
-        result = self._run(
-            context, checks.check_equivariance, x, layer, perms, tolerance=tolerance, exhaustive=exhaustive
-        )
+    async def CheckPermutationEquivariance(self, request, context):
+        def check(stop: StopSignal) -> PermutationCheck:
+            plan = self._permutation_plan(request.attention, request.permutations)
+            return plans.run_equivariance(plan, self.device, should_stop=stop)
+
+        result = await self.compute.run(context, check)
         return pb.CheckPermutationEquivarianceResponse(
-            **self._common_fields(result), output=tensors.to_tensor(result.reference)
+            **_permutation_fields(result), output=tensors.to_tensor(result.reference)
         )
 
-    def CheckPoolingInvariance(self, request, context):
+    async def CheckPoolingInvariance(self, request, context):
         pooling = POOLING[valid.enum_value(request.pooling, pb.Pooling, "pooling", pb.POOLING_MEAN)]
-        x, layer, perms, exhaustive, tolerance = self._prepare(request.attention, request.permutations)
-        result = self._run(
-            context,
-            checks.check_pooling,
-            x,
-            layer,
-            perms,
-            pooling,
-            tolerance=tolerance,
-            exhaustive=exhaustive,
-        )
+
+        def check(stop: StopSignal) -> PermutationCheck:
+            plan = self._permutation_plan(request.attention, request.permutations)
+            return plans.run_pooling_invariance(plan, pooling, self.device, should_stop=stop)
+
+        result = await self.compute.run(context, check)
         return pb.CheckPoolingInvarianceResponse(
-            **self._common_fields(result), pooled=tensors.to_tensor(result.reference)
+            **_permutation_fields(result), pooled=tensors.to_tensor(result.reference)
         )
 
-    def CheckFeedForwardEquivalence(self, request, context):
-        dtype = valid.float_dtype(request.dtype, "dtype", common_pb2.DTYPE_FLOAT32)
-        limit = self.config.max_tensor_elements
-        if request.HasField("x"):
-            x_np = valid.tensor(request.x, "x", max_elements=limit, ndim=3)
-            if x_np.dtype.kind != "f":
-                raise InvalidArgument(f"must be float32 or float64, not {x_np.dtype}", field="x")
-            d = x_np.shape[2]
-        elif request.widths:
-            x_np, d = None, int(request.widths[0])
-            if request.model_dim and request.model_dim != d:
-                raise InvalidArgument(f"is {request.model_dim} but widths[0] is {d}", field="model_dim")
-        else:
-            x_np = None
-            d = valid.positive(request.model_dim, "model_dim", default=64, maximum=limit)
-        widths = [int(w) for w in request.widths] or [d, 4 * d, d]
-        if len(widths) < 2:
-            raise InvalidArgument("needs at least two entries (input and output width)", field="widths")
-        for i, w in enumerate(widths):
-            valid.positive(w, f"widths[{i}]", maximum=limit)
-        if x_np is not None and widths[0] != d:
-            raise InvalidArgument(f"widths[0]={widths[0]} but x has last dimension {d}", field="widths")
-        parameters = sum(a * b + b for a, b in itertools.pairwise(widths))
-        if parameters > limit:
-            raise ResourceExhausted(
-                f"would need {parameters} parameters; the limit is {limit}", field="widths"
-            )
-        activation = ACTIVATION[
-            valid.enum_value(
-                request.activation, pb.ActivationPlacement, "activation", pb.ACTIVATION_PLACEMENT_BETWEEN
-            )
-        ]
-        tolerance = valid.finite_non_negative(request.tolerance, "tolerance") or (
-            1e-6 if dtype == np.float32 else 1e-12
-        )
-        repeats = valid.positive(request.timing_repeats, "timing_repeats", default=5, maximum=1000)
-        torch_dtype = TORCH_DTYPES[dtype]
-        if x_np is not None:
-            x = torch.from_numpy(x_np).to(torch_dtype)
-        else:
-            b = valid.positive(request.batch_size, "batch_size", default=4, maximum=limit)
-            t = valid.positive(request.sequence_length, "sequence_length", default=16, maximum=limit)
-            if b * t * max(widths) > limit:
-                raise ResourceExhausted(
-                    f"batch_size*sequence_length*max(widths) = {b * t * max(widths)} "
-                    f"exceeds the limit {limit}",
-                    field="batch_size",
-                )
-            x = checks.random_batch(b, t, d, request.seed, torch_dtype)
-        result = checks.check_feed_forward(
-            widths,
-            x.to(self.device),
-            activation=activation,
-            seed=request.seed,
-            tolerance=tolerance,
-            repeats=repeats,
-        )
+    async def CheckFeedForwardEquivalence(self, request, context):
+        def check(stop: StopSignal) -> FeedForwardCheck:
+            plan = plans.plan_feed_forward(self._feed_forward_spec(request), self.limits)
+            return plans.run_feed_forward(plan, self.device, should_stop=stop)
+
+        result = await self.compute.run(context, check)
         return pb.CheckFeedForwardEquivalenceResponse(
             equivalent=result.equivalent,
             max_deviation=result.max_deviation,
@@ -141,51 +88,25 @@ class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
             output=tensors.to_tensor(result.output),
         )
 
-    # -- helpers -------------------------------------------------------------------------------------
-    def _run(self, context, fn, *args, **kwargs):
-        try:
-            return fn(*args, should_stop=lambda: not context.is_active(), **kwargs)
-        except Cancelled:
-            raise
+    # -- protobuf -> plain values --------------------------------------------------------------------
+    def _tensor(self, message: Any, name: str, ndim: int) -> Any:
+        return valid.tensor(message, name, max_elements=self.limits.max_tensor_elements, ndim=ndim)
 
-    @staticmethod
-    def _common_fields(result: checks.PermutationCheck) -> dict:
-        return {
-            "holds": result.holds,
-            "permutations_checked": result.permutations_checked,
-            "exhaustive": result.exhaustive,
-            "max_deviation": result.max_deviation,
-            "mean_deviation": result.mean_deviation,
-            "worst_permutation": result.worst_permutation,
-            "tolerance": result.tolerance,
-            "seconds": result.seconds,
-        }
-
-    def _prepare(self, spec: pb.SelfAttention, options: pb.PermutationOptions):
-        """Validate the attention spec and permutation options; build X, the layer and the permutations."""
+    def _permutation_plan(
+        self, spec: pb.SelfAttention, options: pb.PermutationOptions
+    ) -> plans.PermutationPlan:
         dtype = valid.float_dtype(spec.dtype, "attention.dtype", common_pb2.DTYPE_FLOAT64)
-        torch_dtype = TORCH_DTYPES[dtype]
-        limit = self.config.max_tensor_elements
-        x = self._input(spec, limit).to(torch_dtype)
-        t, d = x.shape
-        weights = self._weights(spec, d, limit, torch_dtype)
-        heads = spec.heads or 1
-        if heads < 0 or d % heads:
-            raise InvalidArgument(
-                f"must be a positive divisor of model_dim={d}, got {spec.heads}", field="attention.heads"
-            )
-        if not math.isfinite(spec.scale) or spec.scale < 0:
-            raise InvalidArgument(
-                f"must be a finite number > 0 (or 0 for sqrt(D/heads)), got {spec.scale}",
-                field="attention.scale",
-            )
-        wq, wk, wv = (w.to(self.device) for w in weights)
-        layer = checks.SelfAttention(
-            wq,
-            wk,
-            wv,
-            heads=heads,
-            scale=spec.scale or None,
+        weight_names = ("w_query", "w_key", "w_value")
+        attention = plans.AttentionSpec(
+            x=self._tensor(spec.x, "attention.x", 2) if spec.HasField("x") else None,
+            sequence_length=spec.sequence_length,
+            model_dim=spec.model_dim,
+            weights=tuple(
+                self._tensor(getattr(spec, n), f"attention.{n}", 2) if spec.HasField(n) else None  # type: ignore[arg-type]
+                for n in weight_names
+            ),
+            heads=spec.heads,
+            scale=spec.scale,
             softmax=SOFTMAX[
                 valid.enum_value(spec.softmax, pb.SoftmaxMode, "attention.softmax", pb.SOFTMAX_MODE_ROW)
             ],
@@ -198,106 +119,51 @@ class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
                 )
             ],
             causal=spec.causal_mask,
+            seed=spec.seed,
+            dtype=dtype.name,
         )
-        if heads * t * t > limit:
-            raise ResourceExhausted(
-                f"heads*T*T = {heads * t * t} attention scores exceed the limit {limit}",
-                field="attention.sequence_length",
-            )
-        perms, exhaustive = self._permutations(options, t, spec.seed)
-        tolerance = valid.finite_non_negative(options.tolerance, "permutations.tolerance") or (
-            1e-4 if dtype == np.float32 else 1e-9
-        )
-        return x.to(self.device), layer, perms, exhaustive, tolerance
-
-    def _input(self, spec: pb.SelfAttention, limit: int) -> torch.Tensor:
-        if spec.HasField("x"):
-            x = valid.tensor(spec.x, "attention.x", max_elements=limit, ndim=2)
-            if x.dtype.kind != "f":
-                raise InvalidArgument(f"must be float32 or float64, not {x.dtype}", field="attention.x")
-            t, d = x.shape
-            for name, given, actual in (
-                ("sequence_length", spec.sequence_length, t),
-                ("model_dim", spec.model_dim, d),
-            ):
-                if given and given != actual:
-                    raise InvalidArgument(
-                        f"is {given} but x has shape {list(x.shape)}", field=f"attention.{name}"
-                    )
-            if t == 0 or d == 0:
-                raise InvalidArgument(
-                    f"must have T >= 1 and D >= 1, got shape {list(x.shape)}", field="attention.x"
-                )
-            return torch.from_numpy(x)
-        t = valid.positive(spec.sequence_length, "attention.sequence_length", maximum=limit)
-        d = valid.positive(spec.model_dim, "attention.model_dim", maximum=limit)
-        if t * d > limit or d * d > limit:
-            raise ResourceExhausted(
-                f"T={t}, D={d} needs {max(t * d, d * d)} elements; the limit is {limit}",
-                field="attention.model_dim",
-            )
-        return checks.random_input(t, d, spec.seed, torch.float64)
-
-    def _weights(
-        self, spec: pb.SelfAttention, d: int, limit: int, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, ...] | list[torch.Tensor]:
-        names = ("w_query", "w_key", "w_value")
-        given = [spec.HasField(n) for n in names]  # type: ignore[arg-type]
-        if not any(given):
-            if d * d > limit:
-                raise ResourceExhausted(
-                    f"D={d} needs {d * d} weight elements; the limit is {limit}", field="attention.model_dim"
-                )
-            return checks.random_weights(d, spec.seed, dtype)
-        if not all(given):
-            missing = [n for n, g in zip(names, given, strict=True) if not g]
-            raise InvalidArgument(
-                "w_query, w_key and w_value must be given together", field=f"attention.{missing[0]}"
-            )
-        weights = []
-        for name in names:
-            w = valid.tensor(getattr(spec, name), f"attention.{name}", max_elements=limit, ndim=2)
-            if w.dtype.kind != "f":
-                raise InvalidArgument(f"must be float32 or float64, not {w.dtype}", field=f"attention.{name}")
-            if w.shape != (d, d):
-                raise InvalidArgument(
-                    f"must have shape [{d}, {d}] to match x, got {list(w.shape)}", field=f"attention.{name}"
-                )
-            weights.append(torch.from_numpy(w).to(dtype))
-        return weights
-
-    def _permutations(self, options: pb.PermutationOptions, t: int, seed: int):
         strategy = valid.enum_value(
             options.strategy,
             pb.PermutationStrategy,
             "permutations.strategy",
             pb.PERMUTATION_STRATEGY_UNSPECIFIED,
         )
-        if strategy == pb.PERMUTATION_STRATEGY_UNSPECIFIED:
-            strategy = (
-                pb.PERMUTATION_STRATEGY_EXHAUSTIVE
-                if t <= checks.MAX_EXHAUSTIVE_T
-                else pb.PERMUTATION_STRATEGY_SAMPLED
-            )
-        if strategy == pb.PERMUTATION_STRATEGY_EXHAUSTIVE:
-            if t > checks.MAX_EXHAUSTIVE_T:
-                raise InvalidArgument(
-                    f"exhaustive checking allows T <= {checks.MAX_EXHAUSTIVE_T} "
-                    f"({math.factorial(checks.MAX_EXHAUSTIVE_T):,} permutations); T={t} would need "
-                    f"{math.factorial(t):,}. Use PERMUTATION_STRATEGY_SAMPLED",
-                    field="permutations.strategy",
-                )
-            return checks.exhaustive_permutations(t), True
-        samples = valid.positive(
-            options.num_samples,
-            "permutations.num_samples",
-            default=DEFAULT_SAMPLES,
-            maximum=self.config.max_permutations,
+        chosen = plans.PermutationOptions(STRATEGY[strategy], options.num_samples, options.tolerance)
+        return plans.plan_permutation_check(attention, chosen, self.limits)
+
+    def _feed_forward_spec(self, request: pb.CheckFeedForwardEquivalenceRequest) -> plans.FeedForwardSpec:
+        dtype = valid.float_dtype(request.dtype, "dtype", common_pb2.DTYPE_FLOAT32)
+        activation = valid.enum_value(
+            request.activation, pb.ActivationPlacement, "activation", pb.ACTIVATION_PLACEMENT_BETWEEN
         )
-        return checks.sampled_permutations(t, samples, seed), False
+        return plans.FeedForwardSpec(
+            x=self._tensor(request.x, "x", 3) if request.HasField("x") else None,
+            model_dim=request.model_dim,
+            widths=tuple(request.widths),
+            activation=ACTIVATION[activation],
+            tolerance=request.tolerance,
+            timing_repeats=request.timing_repeats,
+            batch_size=request.batch_size,
+            sequence_length=request.sequence_length,
+            seed=request.seed,
+            dtype=dtype.name,
+        )
 
 
-def register(server: grpc.Server, config: ServerConfig, device: torch.device) -> list[str]:
+def _permutation_fields(result: PermutationCheck) -> dict[str, Any]:
+    return {
+        "holds": result.holds,
+        "permutations_checked": result.permutations_checked,
+        "exhaustive": result.exhaustive,
+        "max_deviation": result.max_deviation,
+        "mean_deviation": result.mean_deviation,
+        "worst_permutation": result.worst_permutation,
+        "tolerance": result.tolerance,
+        "seconds": result.seconds,
+    }
+
+
+def register(server: grpc.aio.Server, runtime: Runtime) -> Registration:
     """Add the servicer to ``server``; return the full names of the services added."""
-    attention_pb2_grpc.add_AttentionServiceServicer_to_server(AttentionServicer(config, device), server)
-    return [pb.DESCRIPTOR.services_by_name["AttentionService"].full_name]
+    attention_pb2_grpc.add_AttentionServiceServicer_to_server(AttentionServicer(runtime), server)
+    return Registration([pb.DESCRIPTOR.services_by_name["AttentionService"].full_name])

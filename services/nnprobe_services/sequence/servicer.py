@@ -1,542 +1,320 @@
-"""SequenceService: validate the request, convert it, call the core (``rnn``, ``gradients``,
-``truncation``), convert back. The language-model RPCs live under ``sequence/lm/``."""
+"""SequenceService on the event loop: each handler converts the request to plain values (``requests``,
+``messages``), runs one core function (``rnn``, ``gradients``, ``truncation``, the language model under
+``lm/``) and converts the result back.
+
+Computation (tensor decoding, PyTorch, plots, corpus tokenising, checkpoint loading) runs in the compute
+pool, which sets the call's stop signal when the client cancels or the deadline passes. Job bookkeeping
+(ListJobs, GetJob, CancelJob, WatchJob) reads the job store with ``asyncio.to_thread`` and waits for
+changes with asyncio notifications, so it answers while the pool is busy and an idle WatchJob stream holds
+no thread. On shutdown the drain hook stops the running job at a step boundary, checkpoints it and marks it
+INTERRUPTED; its watchers get that last event.
+"""
 
 from __future__ import annotations
 
-import math
+import asyncio
+import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
-import numpy as np
-import torch
-from nnprobe import tensors
-from nnprobe.api.common.v1 import common_pb2
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe.api.sequence.v1 import sequence_pb2_grpc
 
-from nnprobe_services.errors import Cancelled, InvalidArgument, ResourceExhausted
-from nnprobe_services.sequence import gradients, plots, rnn, truncation
-from nnprobe_services.sequence.lm.service import LanguageModelService
+from nnprobe_services.errors import InvalidArgument, ResourceExhausted, ShouldStop
+from nnprobe_services.sequence import gradients, messages, plots, rnn, truncation
+from nnprobe_services.sequence.lm import plots as lm_plots
+from nnprobe_services.sequence.lm import queries, requests, supervisor
+from nnprobe_services.sequence.lm.corpus import CorpusStore
+from nnprobe_services.sequence.lm.jobs import CANCEL_WAIT_SECONDS, JobManager
+from nnprobe_services.sequence.lm.metrics import JobCollector
+from nnprobe_services.sequence.lm.replica import Leases, default_replica_id
+from nnprobe_services.sequence.lm.store import EventRecord, JobRecord
+from nnprobe_services.sequence.lm.watch import JobChanges, follow, until_stopped
+from nnprobe_services.sequence.requests import RequestReader
 from nnprobe_services.server import validation as valid
-from nnprobe_services.server.config import ServerConfig
+from nnprobe_services.server.app import Registration, Runtime
+from nnprobe_services.server.metrics import metrics_for
 
-CELLS: dict[int, str] = {
-    pb.CELL_TYPE_RNN_TANH: "rnn_tanh",
-    pb.CELL_TYPE_RNN_RELU: "rnn_relu",
-    pb.CELL_TYPE_RNN_LINEAR: "rnn_linear",
-    pb.CELL_TYPE_LSTM: "lstm",
-    pb.CELL_TYPE_GRU: "gru",
-}
-CELL_CODES: dict[str, Any] = {name: code for code, name in CELLS.items()}
-INIT: dict[int, str] = {
-    pb.INIT_SCHEME_PYTORCH: "pytorch",
-    pb.INIT_SCHEME_NORMAL: "normal",
-    pb.INIT_SCHEME_ORTHOGONAL: "orthogonal",
-}
-INPUTS: dict[int, str] = {
-    pb.INPUT_DISTRIBUTION_NORMAL: "normal",
-    pb.INPUT_DISTRIBUTION_UNIFORM: "uniform",
-    pb.INPUT_DISTRIBUTION_CONSTANT: "constant",
-    pb.INPUT_DISTRIBUTION_ZERO: "zero",
-}
-REGIMES = {"vanishing": pb.REGIME_VANISHING, "stable": pb.REGIME_STABLE, "exploding": pb.REGIME_EXPLODING}
-MODES = {"truncated": pb.TRUNCATION_MODE_TRUNCATED, "full": pb.TRUNCATION_MODE_FULL}
-TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
-#: Longest sequence RunRecurrent and AnalyzeGradients accept.
-MAX_SEQUENCE_LENGTH = 10_000
-#: Most (cell, spectral radius) runs in one AnalyzeGradients request.
-MAX_RUNS = 64
-#: Largest hidden size AnalyzeGradients accepts: its eigen- and singular-value decompositions cost H^3
-#: and cannot be interrupted half-way.
-MAX_ANALYZED_HIDDEN = 1024
-#: Largest K in CompareTruncation.
-MAX_CHUNK_COUNT = 256
+log = logging.getLogger("nnprobe.sequence")
 
 
 class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
-    """Thin layer over ``rnn``, ``gradients`` and ``truncation``."""
+    """Recurrent-network analyses and the LSTM language model (corpora, training jobs, model queries)."""
 
-    def __init__(self, config: ServerConfig, device: torch.device) -> None:
-        self.config = config
-        self.device = device
-        self.lm = LanguageModelService(config, device)
+    def __init__(self, runtime: Runtime, loop: asyncio.AbstractEventLoop) -> None:
+        config = self.config = runtime.config
+        self.device = runtime.device
+        self.compute = runtime.compute
+        self.read = RequestReader(config, runtime.device)
+        self.corpora = CorpusStore(
+            config.data_dir, config.cache_dir, config.ptb_dir, config.ptb_download_timeout
+        )
+        self.jobs = JobManager(
+            config.data_dir,
+            self.corpora,
+            runtime.device,
+            max_queued=config.max_queued_jobs,
+            runner=supervisor.run_job,
+            database_url=config.database_url,
+            leases=Leases(
+                config.replica_id or default_replica_id(),
+                config.job_lease_seconds,
+                config.job_poll_seconds,
+                config.max_job_takeovers,
+            ),
+        )
+        self.models = queries.ModelCache(self.jobs, runtime.device)
+        self.changes = JobChanges(loop)
+        self.jobs.add_listener(self.changes.notify)
+        metrics_for(config.service).replace_collector("training_jobs", JobCollector(self.jobs.store))
 
-    # -- RPCs ----------------------------------------------------------------------------------------
-    def RunRecurrent(self, request: pb.RunRecurrentRequest, context: grpc.ServicerContext):
-        limit = self.config.max_tensor_elements
-        dtype = TORCH_DTYPES[valid.float_dtype(request.dtype, "dtype", common_pb2.DTYPE_FLOAT64)]
-        spec = request.cell
-        kind = self._cell_kind(spec.cell, "cell.cell")
-        if not request.HasField("inputs"):
-            raise InvalidArgument("is required: a (T, B, D) tensor", field="inputs")
-        x = self._float_tensor(request.inputs, "inputs", ndim=3)
-        steps, batch, width = x.shape
-        if steps == 0 or batch == 0 or width == 0:
-            raise InvalidArgument(f"must have T, B, D >= 1, got shape {list(x.shape)}", field="inputs")
-        if spec.input_size and spec.input_size != width:
-            raise InvalidArgument(f"is {spec.input_size} but inputs has D = {width}", field="cell.input_size")
-        weights = self._cell_weights(spec, kind, width, "cell.")
-        finite = _finite_in(dtype, weights, "cell.weights" if spec.weights else "cell.init_scale")
-        cell = rnn.Cell(kind, {k: v.to(self.device) for k, v in finite.items()})
-        x = _finite_in(dtype, {"inputs": x}, "inputs")["inputs"]
-        hidden = cell.hidden_size
-        elements = steps * batch * max(_gate_rows(kind, hidden), width, self._output_size(cell))
-        if elements > limit:
-            raise ResourceExhausted(
-                f"T*B*max(G*H, D, O) = {elements} elements exceed the limit {limit}", field="inputs"
+    # -- recurrent networks --------------------------------------------------------------------------
+    async def RunRecurrent(self, request, context):
+        def run(stop: ShouldStop) -> pb.RunRecurrentResponse:
+            args = self.read.recurrent(request)
+            trajectory = rnn.run(
+                args.cell, args.inputs, args.initial, settle_tolerance=args.settle_tolerance, should_stop=stop
             )
-        if steps > MAX_SEQUENCE_LENGTH:
-            raise ResourceExhausted(f"T = {steps} exceeds the limit {MAX_SEQUENCE_LENGTH}", field="inputs")
-        itemsize = torch.empty(0, dtype=dtype).element_size()
-        states = 2 if kind == "lstm" else 1
-        reply_bytes = steps * batch * ((states * hidden + self._output_size(cell)) * itemsize + 8)
-        if reply_bytes > self.config.max_message_bytes:
-            raise ResourceExhausted(
-                f"the states of every step would take {reply_bytes} bytes, more than the message limit "
-                f"{self.config.max_message_bytes}; send fewer steps or sequences",
-                field="inputs",
+            return messages.recurrent(trajectory, args.cell, args.settle_tolerance)
+
+        return await self.compute.run(context, run)
+
+    async def AnalyzeGradients(self, request, context):
+        def events(stop: ShouldStop) -> Iterator[pb.AnalyzeGradientsResponse]:
+            start = time.perf_counter()
+            sweep = self.read.gradients(request)
+            for event in gradients.sweep(
+                sweep.cells,
+                sweep.targets,
+                sweep.inputs,
+                sweep.initials,
+                regime_tolerance=sweep.regime_tolerance,
+                forget_bias=sweep.forget_bias,
+                should_stop=stop,
+            ):
+                if isinstance(event, gradients.Progress):
+                    yield pb.AnalyzeGradientsResponse(progress=messages.progress(event))
+                    continue
+                result = pb.GradientAnalysis(
+                    runs=[messages.gradient_run(run) for run in event.runs],
+                    sequence_length=sweep.sequence_length,
+                    hidden_size=sweep.hidden_size,
+                    input_size=sweep.input_size,
+                    regime_tolerance=sweep.regime_tolerance,
+                    plot_png=plots.gradient_flow(event.runs, sweep.sequence_length) if request.plot else b"",
+                    seconds=time.perf_counter() - start,
+                )
+                yield pb.AnalyzeGradientsResponse(result=result)
+
+        async for response in self.compute.stream(context, events):
+            yield response
+
+    async def CompareTruncation(self, request, context):
+        def events(stop: ShouldStop) -> Iterator[pb.CompareTruncationResponse]:
+            sizes = self.read.truncation(request)
+            for event in truncation.compare(**sizes, device=self.device, should_stop=stop):
+                if isinstance(event, truncation.Progress):
+                    yield pb.CompareTruncationResponse(progress=messages.progress(event))
+                    continue
+                plot = plots.truncation_memory(event) if request.plot else b""
+                result = messages.truncation_comparison(event, self.device, plot)
+                yield pb.CompareTruncationResponse(result=result)
+
+        async for response in self.compute.stream(context, events):
+            yield response
+
+    # -- corpora and training jobs -------------------------------------------------------------------
+    async def UploadCorpus(self, request_iterator, context):
+        parts: dict[str, list[str]] = {}
+        name, size = "", 0
+        index = -1
+        async for request in request_iterator:
+            index += 1
+            name = name or request.name
+            code = valid.enum_value(request.split, pb.CorpusSplit, f"requests[{index}].split", 0)
+            if code == pb.CORPUS_SPLIT_UNSPECIFIED:
+                raise InvalidArgument(
+                    "is required: CORPUS_SPLIT_TRAIN, CORPUS_SPLIT_VALID or CORPUS_SPLIT_TEST",
+                    field=f"requests[{index}].split",
+                )
+            size += len(request.text.encode("utf-8"))
+            if size > self.config.max_corpus_bytes:
+                raise ResourceExhausted(
+                    f"the corpus exceeds {self.config.max_corpus_bytes} bytes, the limit (max_corpus_bytes)",
+                    field="text",
+                )
+            parts.setdefault(messages.SPLIT_NAMES[code], []).append(request.text)
+        texts = {split: "".join(chunks) for split, chunks in parts.items()}
+        corpus = await self.compute.run(context, lambda _stop: self.corpora.save(name, texts))
+        return pb.UploadCorpusResponse(corpus=messages.corpus_info(corpus))
+
+    async def StartTraining(self, request, context):
+        if not request.corpus_id:
+            raise InvalidArgument("is required: 'ptb' or an id from UploadCorpus", field="corpus_id")
+        valid.enum_value(request.config.optimizer, pb.Optimizer, "config.optimizer", pb.OPTIMIZER_ADAM)
+        given = messages.given_config(request.config)
+
+        def start(_stop: ShouldStop) -> pb.StartTrainingResponse:
+            corpus = self.corpora.get(request.corpus_id)
+            limit = self.config.max_tensor_elements
+            config, device = requests.training_config(given, corpus, limit=limit, device=self.device)
+            return pb.StartTrainingResponse(
+                job=self._job(self.jobs.start(request.corpus_id, config, request.name, device))
             )
-        h0 = self._state(request, "initial_hidden", batch, hidden)
-        c0 = self._state(request, "initial_cell", batch, hidden)
-        if c0 is not None and kind != "lstm":
-            raise InvalidArgument("is only used by CELL_TYPE_LSTM", field="initial_cell")
-        tolerance = valid.finite_non_negative(request.settle_tolerance, "settle_tolerance") or 1e-6
-        given = _finite_in(
-            dtype, {k: v for k, v in (("initial_hidden", h0), ("initial_cell", c0)) if v is not None}
+
+        return await self.compute.run(context, start)
+
+    async def WatchJob(self, request, context):
+        if request.after_sequence < 0:
+            raise InvalidArgument(f"must be >= 0, got {request.after_sequence}", field="after_sequence")
+        async for event in follow(self.jobs, self.changes, request.job_id, request.after_sequence):
+            yield pb.WatchJobResponse(event=messages.event(event))
+
+    async def ListJobs(self, request, context):
+        states = []
+        for index, code in enumerate(request.states):
+            valid.enum_value(code, pb.JobState, f"states[{index}]", 0)
+            if code != pb.JOB_STATE_UNSPECIFIED:
+                states.append(messages.STATE_NAMES[code])
+        limit = valid.positive(request.limit, "limit", default=100, maximum=10_000)
+
+        def listing() -> pb.ListJobsResponse:
+            return pb.ListJobsResponse(jobs=[self._job(job) for job in self.jobs.store.jobs(states, limit)])
+
+        return await asyncio.to_thread(listing)
+
+    async def GetJob(self, request, context):
+        if request.plot:  # rendering is computation
+            return await self.compute.run(context, lambda _stop: self._get_job(request))
+        return await asyncio.to_thread(self._get_job, request)
+
+    async def CancelJob(self, request, context):
+        if await asyncio.to_thread(self.jobs.request_cancel, request.job_id):
+            await until_stopped(self.jobs, self.changes, request.job_id, CANCEL_WAIT_SECONDS)
+        job = await asyncio.to_thread(self.jobs.get, request.job_id)
+        return pb.CancelJobResponse(job=await asyncio.to_thread(self._job, job))
+
+    async def ResumeJob(self, request, context):  # reads the checkpoint: computation
+        job = await self.compute.run(context, lambda _stop: self.jobs.resume(request.job_id))
+        return pb.ResumeJobResponse(job=await asyncio.to_thread(self._job, job))
+
+    # -- using a trained model -----------------------------------------------------------------------
+    async def EvaluatePerplexity(self, request, context):
+        code: Any = valid.enum_value(request.split, pb.CorpusSplit, "split", pb.CORPUS_SPLIT_VALID)
+        split = messages.SPLIT_NAMES[code]
+        result = await self.compute.run(
+            context,
+            lambda stop: queries.evaluate_job(
+                self.models, self.corpora, request.job_id, split, request.batch_size, stop
+            ),
         )
-        initial = cell.initial_state(
-            None if h0 is None else given["initial_hidden"].to(self.device),
-            None if c0 is None else given["initial_cell"].to(self.device),
-            batch,
+        return pb.EvaluatePerplexityResponse(
+            perplexity=result.perplexity,
+            loss=result.loss,
+            tokens=result.tokens,
+            step=result.step,
+            split=code,
+            seconds=result.seconds,
         )
-        trajectory = self._run(context, rnn.run, cell, x.to(self.device), initial, settle_tolerance=tolerance)
-        response = pb.RunRecurrentResponse(
-            hidden_states=_wire(trajectory.hidden),
-            step_changes=_wire(trajectory.step_changes),
-            settled_at=trajectory.settled_at,
-            settle_tolerance=tolerance,
+
+    async def Sample(self, request, context):
+        strategy = valid.enum_value(
+            request.strategy, pb.SamplingStrategy, "strategy", pb.SAMPLING_STRATEGY_MULTINOMIAL
         )
-        if trajectory.cell is not None:
-            response.cell_states.CopyFrom(_wire(trajectory.cell))
-        if trajectory.outputs is not None:
-            response.outputs.CopyFrom(_wire(trajectory.outputs))
-        for name, value in cell.weights.items():
-            response.weights[name].CopyFrom(_wire(value))
+        options = queries.SampleOptions(
+            prompt=request.prompt,
+            start_word_id=request.start_word_id if request.HasField("start_word_id") else None,
+            num_words=request.num_words,
+            greedy=strategy == pb.SAMPLING_STRATEGY_GREEDY,
+            temperature=request.temperature if request.HasField("temperature") else None,
+            top_k=request.top_k,
+            top_p=request.top_p if request.HasField("top_p") else None,
+            seed=request.seed,
+        )
+        limit = self.config.max_sample_words
+        result = await self.compute.run(
+            context, lambda _stop: queries.sample_job(self.models, request.job_id, options, limit)
+        )
+        return pb.SampleResponse(
+            words=result.words,
+            word_ids=result.word_ids,
+            text=result.text,
+            prompt_ids=result.prompt_ids,
+            log_probability=result.log_probability,
+            step=result.step,
+        )
+
+    async def EmbeddingDistance(self, request, context):
+        found = await self.compute.run(
+            context,
+            lambda _stop: queries.word_distance(self.models, request.job_id, request.word_a, request.word_b),
+        )
+        d = found.distance
+        return pb.EmbeddingDistanceResponse(
+            euclidean=d.euclidean,
+            cosine_similarity=d.cosine_similarity,
+            cosine_distance=1 - d.cosine_similarity,
+            id_a=found.id_a,
+            id_b=found.id_b,
+            norm_a=d.norm_a,
+            norm_b=d.norm_b,
+            step=found.step,
+        )
+
+    async def NearestWords(self, request, context):
+        metric: Any = valid.enum_value(
+            request.metric, pb.DistanceMetric, "metric", pb.DISTANCE_METRIC_EUCLIDEAN
+        )
+        name = "cosine" if metric == pb.DISTANCE_METRIC_COSINE else "euclidean"
+        found = await self.compute.run(
+            context,
+            lambda _stop: queries.nearest_words(self.models, request.job_id, request.word, request.k, name),
+        )
+        return pb.NearestWordsResponse(
+            neighbors=[pb.Neighbor(word=w, word_id=i, distance=d) for w, i, d in found.neighbours],
+            word_id=found.word_id,
+            metric=metric,
+            step=found.step,
+        )
+
+    # -- shutdown and helpers ------------------------------------------------------------------------
+    async def drain(self, grace: float) -> None:
+        """Stop every job within ``grace`` seconds: the running one checkpoints at its next step boundary
+        and becomes INTERRUPTED (resumable); queued ones become INTERRUPTED."""
+        left = await asyncio.to_thread(self.jobs.shutdown, max(0.0, grace - 0.5))
+        if left:
+            log.warning(
+                "jobs %s did not stop within %.1f s; they resume from their last checkpoint", left, grace
+            )
+
+    def _job(self, job: JobRecord) -> pb.Job:
+        return messages.job(job, self.jobs.queue_position(job))
+
+    def _get_job(self, request: pb.GetJobRequest) -> pb.GetJobResponse:
+        job = self.jobs.get(request.job_id)
+        response = pb.GetJobResponse(job=self._job(job))
+        if request.history or request.plot:
+            history = self._history(job.job_id)
+            if request.history:
+                response.events.extend(messages.event(e) for e in history)
+            if request.plot:
+                title = f"{job.job_id} on {job.corpus_id} ({job.state}, step {job.step}/{job.total_steps})"
+                response.plot_png = lm_plots.training_curves(history, title)
         return response
 
-    def AnalyzeGradients(self, request: pb.AnalyzeGradientsRequest, context: grpc.ServicerContext):
-        dtype = TORCH_DTYPES[valid.float_dtype(request.dtype, "dtype", common_pb2.DTYPE_FLOAT64)]
-        kinds = [self._cell_kind(code, f"cells[{i}]") for i, code in enumerate(request.cells)] or ["rnn_tanh"]
-        if request.weights and len(kinds) > 1:
-            raise InvalidArgument("given weights fit one cell type; give a single cell", field="cells")
-        for i, radius in enumerate(request.spectral_radii):
-            if not math.isfinite(radius) or radius <= 0:
-                raise InvalidArgument(
-                    f"must be a finite number > 0, got {radius}", field=f"spectral_radii[{i}]"
-                )
-        if not request.spectral_radii and not request.weights:
-            raise InvalidArgument(
-                "is empty: give at least one spectral radius (or give weights to analyse as they are)",
-                field="spectral_radii",
-            )
-        targets = list(request.spectral_radii) or [0.0]
-        runs = len(kinds) * len(targets)
-        if runs > MAX_RUNS:
-            raise ResourceExhausted(
-                f"asks for {runs} runs (cells x radii); the limit is {MAX_RUNS}", field="spectral_radii"
-            )
-        steps = valid.positive(request.sequence_length, "sequence_length", maximum=MAX_SEQUENCE_LENGTH)
-        scale = _scale(request.input_scale, "input_scale")
-        tolerance = valid.finite_non_negative(request.regime_tolerance, "regime_tolerance") or 0.01
-        distribution = INPUTS[
-            valid.enum_value(
-                request.input_distribution,
-                pb.InputDistribution,
-                "input_distribution",
-                pb.INPUT_DISTRIBUTION_NORMAL,
-            )
-        ]
-        if request.weights:
-            if request.input_size < 0:
-                raise InvalidArgument(f"must be >= 0, got {request.input_size}", field="input_size")
-            weights = self._given_weights(
-                request.weights,
-                kinds[0],
-                "weights",
-                request.input_size,
-                request.hidden_size,
-                "bias_ih_l0" in request.weights,
-            )
-            base = [weights]
-            hidden, width = weights["weight_hh_l0"].shape[1], weights["weight_ih_l0"].shape[1]
-        else:
-            limit = self.config.max_tensor_elements
-            hidden = valid.positive(request.hidden_size, "hidden_size", maximum=limit)
-            width = valid.positive(request.input_size, "input_size", default=hidden, maximum=limit)
-            spec = pb.RecurrentCell(
-                hidden_size=hidden,
-                init=request.init,
-                init_scale=request.init_scale,
-                seed=request.seed,
-                forget_bias=request.forget_bias,
-            )
-            base = [self._cell_weights(spec, kind, width, "") for kind in kinds]
-        if hidden > MAX_ANALYZED_HIDDEN:
-            raise ResourceExhausted(
-                f"hidden size {hidden} exceeds the limit {MAX_ANALYZED_HIDDEN} of gradient analysis",
-                field="weights" if request.weights else "hidden_size",
-            )
-        for kind in kinds:
-            state = 2 * hidden if kind == "lstm" else hidden
-            if steps * state * state > self.config.max_tensor_elements:
-                raise ResourceExhausted(
-                    f"T * S^2 = {steps * state * state} (S = state width {state}) exceeds the limit "
-                    f"{self.config.max_tensor_elements}",
-                    field="sequence_length",
-                )
-        cells = []
-        for kind, w in zip(kinds, base, strict=True):
-            finite = _finite_in(dtype, w, "weights" if request.weights else "init_scale")
-            cells.append(rnn.Cell(kind, {k: v.to(self.device) for k, v in finite.items()}))
-        drawn = gradients.draw_inputs(steps, width, distribution, scale, request.seed, dtype)
-        inputs = _finite_in(dtype, {"input_scale": drawn}, "input_scale")["input_scale"].to(self.device)
-        initials = [
-            (
-                gradients.draw_initial_state(c.state_size, request.seed, dtype)
-                if request.random_initial_state
-                else torch.zeros(c.state_size, dtype=dtype)
-            ).to(self.device)
-            for c in cells
-        ]
-        if any(targets):
-            for cell in cells:
-                for block, radius in enumerate(rnn.block_radii(cell.weights["weight_hh_l0"])):
-                    if radius == 0 or not math.isfinite(radius):
-                        raise InvalidArgument(
-                            f"{cell.kind}: gate block {block} of weight_hh_l0 has spectral radius {radius} "
-                            "and cannot be rescaled to a target",
-                            field="weights[weight_hh_l0]" if request.weights else "spectral_radii",
-                        )
-        start = time.perf_counter()
-        events = gradients.sweep(
-            cells,
-            targets,
-            inputs,
-            initials,
-            regime_tolerance=tolerance,
-            forget_bias=request.forget_bias if not request.weights else 0.0,
-            should_stop=lambda: not context.is_active(),
-        )
-        for event in self._stream(context, events):
-            if isinstance(event, gradients.Progress):
-                yield pb.AnalyzeGradientsResponse(
-                    progress=pb.Progress(done=event.done, total=event.total, message=event.message)
-                )
-                continue
-            result = pb.GradientAnalysis(
-                runs=[_gradient_run(run) for run in event.runs],
-                sequence_length=steps,
-                hidden_size=hidden,
-                input_size=width,
-                regime_tolerance=tolerance,
-                plot_png=plots.gradient_flow(event.runs, steps) if request.plot else b"",
-                seconds=time.perf_counter() - start,
-            )
-            yield pb.AnalyzeGradientsResponse(result=result)
-
-    def CompareTruncation(self, request: pb.CompareTruncationRequest, context: grpc.ServicerContext):
-        limit = self.config.max_tensor_elements
-        vocab = valid.positive(request.vocab_size, "vocab_size", default=10_000, maximum=limit)
-        embed = valid.positive(request.embed_size, "embed_size", default=128, maximum=limit)
-        hidden = valid.positive(request.hidden_size, "hidden_size", default=1024, maximum=limit)
-        batch = valid.positive(request.batch_size, "batch_size", default=20, maximum=limit)
-        length = valid.positive(request.chunk_length, "chunk_length", default=30, maximum=limit)
-        counts = [
-            valid.positive(k, f"chunk_counts[{i}]", maximum=MAX_CHUNK_COUNT)
-            for i, k in enumerate(request.chunk_counts)
-        ] or [1, 2, 4, 8]
-        parameters = vocab * embed + 4 * hidden * (embed + hidden + 2) + vocab * (hidden + 1)
-        if parameters > limit:
-            raise ResourceExhausted(
-                f"the model would have {parameters} parameters; the limit is {limit}", field="hidden_size"
-            )
-        activations = max(counts) * length * batch * max(vocab, 4 * hidden)
-        if activations > limit:
-            raise ResourceExhausted(
-                f"max(K)*L*B*max(vocab, 4H) = {activations} activation elements exceed the limit {limit}",
-                field="chunk_counts",
-            )
-        events = truncation.compare(
-            vocab,
-            embed,
-            hidden,
-            batch,
-            length,
-            counts,
-            seed=request.seed,
-            device=self.device,
-            should_stop=lambda: not context.is_active(),
-        )
-        for event in self._stream(context, events):
-            if isinstance(event, truncation.Progress):
-                yield pb.CompareTruncationResponse(
-                    progress=pb.Progress(done=event.done, total=event.total, message=event.message)
-                )
-                continue
-            result = pb.TruncationComparison(
-                points=[
-                    pb.TruncationPoint(
-                        chunk_count=p.chunk_count,
-                        mode=MODES[p.mode],
-                        saved_bytes=p.saved_bytes,
-                        peak_device_bytes=p.peak_device_bytes,
-                        seconds=p.seconds,
-                        loss=p.loss,
-                        backward_passes=p.backward_passes,
-                    )
-                    for p in event.points
-                ],
-                truncated_slope_bytes=event.truncated_slope_bytes,
-                full_slope_bytes=event.full_slope_bytes,
-                device=str(self.device),
-                plot_png=plots.truncation_memory(event) if request.plot else b"",
-                parameters=event.parameters,
-            )
-            yield pb.CompareTruncationResponse(result=result)
-
-    # -- language model (sequence/lm/service.py) -----------------------------------------------------
-    def UploadCorpus(self, request_iterator, context: grpc.ServicerContext):
-        return self.lm.upload_corpus(request_iterator, context)
-
-    def StartTraining(self, request: pb.StartTrainingRequest, context: grpc.ServicerContext):
-        return self.lm.start_training(request, context)
-
-    def WatchJob(self, request: pb.WatchJobRequest, context: grpc.ServicerContext):
-        yield from self.lm.watch_job(request, context)
-
-    def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext):
-        return self.lm.list_jobs(request, context)
-
-    def GetJob(self, request: pb.GetJobRequest, context: grpc.ServicerContext):
-        return self.lm.get_job(request, context)
-
-    def CancelJob(self, request: pb.CancelJobRequest, context: grpc.ServicerContext):
-        return self.lm.cancel_job(request, context)
-
-    def ResumeJob(self, request: pb.ResumeJobRequest, context: grpc.ServicerContext):
-        return self.lm.resume_job(request, context)
-
-    def EvaluatePerplexity(self, request: pb.EvaluatePerplexityRequest, context: grpc.ServicerContext):
-        return self.lm.evaluate_perplexity(request, context)
-
-    def Sample(self, request: pb.SampleRequest, context: grpc.ServicerContext):
-        return self.lm.sample(request, context)
-
-    def EmbeddingDistance(self, request: pb.EmbeddingDistanceRequest, context: grpc.ServicerContext):
-        return self.lm.embedding_distance(request, context)
-
-    def NearestWords(self, request: pb.NearestWordsRequest, context: grpc.ServicerContext):
-        return self.lm.nearest_words(request, context)
-
-    # -- helpers -------------------------------------------------------------------------------------
-    def _run(self, context: grpc.ServicerContext, fn, *args, **kwargs):
-        try:
-            return fn(*args, should_stop=lambda: not context.is_active(), **kwargs)
-        except Cancelled:
-            raise
-
-    def _stream(self, context: grpc.ServicerContext, events: Iterator) -> Iterator:
-        try:
-            yield from events
-        except Cancelled:
-            raise
-
-    @staticmethod
-    def _cell_kind(code: int, field: str) -> str:
-        valid.enum_value(code, pb.CellType, field, pb.CELL_TYPE_UNSPECIFIED)
-        if code == pb.CELL_TYPE_UNSPECIFIED:
-            raise InvalidArgument(f"is required: one of {list(pb.CellType.keys())[1:]}", field=field)
-        return CELLS[code]
-
-    def _float_tensor(self, message: common_pb2.Tensor, field: str, *, ndim: int) -> torch.Tensor:
-        array = valid.tensor(message, field, max_elements=self.config.max_tensor_elements, ndim=ndim)
-        if array.dtype.kind != "f":
-            raise InvalidArgument(f"must be float32 or float64, not {array.dtype}", field=field)
-        return torch.from_numpy(array)
-
-    def _state(self, request, name: str, batch: int, hidden: int) -> torch.Tensor | None:
-        if not request.HasField(name):
-            return None
-        state = self._float_tensor(getattr(request, name), name, ndim=2)
-        if tuple(state.shape) != (batch, hidden):
-            raise InvalidArgument(
-                f"must have shape [{batch}, {hidden}] (B, H), got {list(state.shape)}", field=name
-            )
-        return state
-
-    @staticmethod
-    def _output_size(cell: rnn.Cell) -> int:
-        return cell.weights["output.weight"].shape[0] if cell.has_output else 0
-
-    def _cell_weights(self, spec: pb.RecurrentCell, kind: str, input_size: int, prefix: str):
-        """Validate the given weights of ``spec`` or draw them; float64 CPU tensors. ``prefix`` names the
-        message holding the cell's fields (``cell.``; empty when they are top-level request fields)."""
-        if spec.weights:
-            return self._given_weights(
-                spec.weights, kind, f"{prefix}weights", input_size, spec.hidden_size, not spec.no_bias
-            )
-        limit = self.config.max_tensor_elements
-        hidden = valid.positive(spec.hidden_size, f"{prefix}hidden_size", maximum=limit)
-        output_size = spec.output_size
-        if output_size < 0:
-            raise InvalidArgument(f"must be >= 0, got {output_size}", field=f"{prefix}output_size")
-        self._check_weight_budget(kind, input_size, hidden, output_size, f"{prefix}hidden_size")
-        scale = _scale(spec.init_scale, f"{prefix}init_scale")
-        if not math.isfinite(spec.forget_bias):
-            raise InvalidArgument(f"must be finite, got {spec.forget_bias}", field=f"{prefix}forget_bias")
-        scheme = INIT[valid.enum_value(spec.init, pb.InitScheme, f"{prefix}init", pb.INIT_SCHEME_PYTORCH)]
-        return rnn.init_weights(
-            kind,
-            input_size,
-            hidden,
-            seed=spec.seed,
-            scheme=scheme,
-            scale=scale,
-            bias=not spec.no_bias,
-            output_size=output_size,
-            forget_bias=spec.forget_bias,
-        )
-
-    def _check_weight_budget(self, kind: str, input_size: int, hidden: int, output: int, field: str) -> None:
-        limit = self.config.max_tensor_elements
-        count = _gate_rows(kind, hidden) * (input_size + hidden + 2) + output * (hidden + 1)
-        if count > limit:
-            raise ResourceExhausted(
-                f"the weights would have {count} elements; the limit is {limit}", field=field
-            )
-
-    def _given_weights(
-        self,
-        given: Mapping[str, common_pb2.Tensor],
-        kind: str,
-        field: str,
-        input_size: int,
-        hidden_size: int,
-        bias: bool,
-    ) -> dict[str, torch.Tensor]:
-        allowed = (*rnn.CELL_WEIGHTS, *rnn.CELL_BIASES, *rnn.OUTPUT_WEIGHTS)
-        for name in given:
-            if name not in allowed:
-                raise InvalidArgument(
-                    f"unknown weight {name!r}; expected names from {list(allowed)}", field=field
-                )
-        required = rnn.CELL_WEIGHTS + (rnn.CELL_BIASES if bias else ())
-        missing = [name for name in required if name not in given]
-        if missing:
-            raise InvalidArgument(
-                f"missing {missing}: give all of {list(required)} or none "
-                "(set no_bias for a cell without biases)",
-                field=f"{field}[{missing[0]}]",
-            )
-        if not bias and any(name in given for name in rnn.CELL_BIASES):
-            raise InvalidArgument("no_bias is set but biases were given", field=f"{field}[bias_ih_l0]")
-        weights = {}
-        for name in given:
-            ndim = 1 if "bias" in name else 2
-            weights[name] = self._float_tensor(given[name], f"{field}[{name}]", ndim=ndim).to(torch.float64)
-        w_hh = weights["weight_hh_l0"]
-        hidden = w_hh.shape[1]
-        if hidden == 0:
-            raise InvalidArgument("must have H >= 1", field=f"{field}[weight_hh_l0]")
-        if hidden_size and hidden_size != hidden:
-            raise InvalidArgument(
-                f"is {hidden_size} but weight_hh_l0 has H = {hidden}",
-                field=field.replace("weights", "hidden_size"),
-            )
-        input_size = input_size or weights["weight_ih_l0"].shape[1]
-        shapes = rnn.expected_shapes(kind, input_size, hidden)
-        for name in ("weight_hh_l0", "weight_ih_l0", *rnn.CELL_BIASES):
-            shape = shapes[name]
-            if name in weights and tuple(weights[name].shape) != shape:
-                raise InvalidArgument(
-                    f"must have shape {list(shape)} for {kind} with D={input_size}, H={hidden}, "
-                    f"got {list(weights[name].shape)}",
-                    field=f"{field}[{name}]",
-                )
-        if "output.bias" in weights and "output.weight" not in weights:
-            raise InvalidArgument("output.bias given without output.weight", field=f"{field}[output.weight]")
-        if "output.weight" in weights:
-            out = weights["output.weight"]
-            if out.shape[1] != hidden or out.shape[0] == 0:
-                raise InvalidArgument(
-                    f"must have shape [O, {hidden}] with O >= 1, got {list(out.shape)}",
-                    field=f"{field}[output.weight]",
-                )
-            if "output.bias" in weights and tuple(weights["output.bias"].shape) != (out.shape[0],):
-                raise InvalidArgument(
-                    f"must have shape [{out.shape[0]}], got {list(weights['output.bias'].shape)}",
-                    field=f"{field}[output.bias]",
-                )
-        return weights
+    def _history(self, job_id: str) -> list[EventRecord]:
+        events: list[EventRecord] = []
+        while True:
+            batch = self.jobs.store.events(job_id, events[-1].sequence if events else 0, limit=10_000)
+            events.extend(batch)
+            if len(batch) < 10_000:
+                return events
 
 
-def _gradient_run(run: gradients.GradientRun) -> pb.GradientRun:
-    return pb.GradientRun(
-        cell=CELL_CODES[run.cell],
-        target_spectral_radius=run.target_spectral_radius,
-        spectral_radius=run.spectral_radius,
-        weight_norm=run.weight_norm,
-        derivative_bound=run.derivative_bound or 0.0,
-        has_bound=run.derivative_bound is not None,
-        distances=run.distances,
-        jacobian_norms=run.jacobian_norms,
-        bounds=run.bounds,
-        state_jacobian_norms=run.state_jacobian_norms,
-        input_gradient_norms=run.input_gradient_norms,
-        growth_rate=run.growth_rate,
-        regime=REGIMES[run.regime],
-        loss=run.loss,
-        forget_bias=run.forget_bias,
-    )
-
-
-def _gate_rows(kind: str, hidden: int) -> int:
-    return rnn.GATES[kind] * hidden
-
-
-def _scale(value: float, field: str) -> float:
-    if not math.isfinite(value) or value < 0:
-        raise InvalidArgument(f"must be a finite number > 0 (or 0 for 1), got {value}", field=field)
-    return value or 1.0
-
-
-def _finite_in(
-    dtype: torch.dtype, tensors: Mapping[str, torch.Tensor], field: str | None = None
-) -> dict[str, torch.Tensor]:
-    """``tensors`` converted to ``dtype`` (on the CPU), refused when a value is not finite there: a huge
-    weight or scale that float64 holds overflows float32, and inf or NaN must not reach the linear algebra
-    (LAPACK can crash on it). ``field``: the request field to name; default: each tensor's own name."""
-    converted = {}
-    for name, value in tensors.items():
-        value = value.to(dtype)
-        if not bool(torch.isfinite(value).all()):
-            where = name if field is None or field == name else f"{name} (from {field})"
-            raise InvalidArgument(
-                f"{where} holds values that are not finite in {str(dtype).removeprefix('torch.')}; "
-                "use smaller values or DTYPE_FLOAT64",
-                field=field or name,
-            )
-        converted[name] = value
-    return converted
-
-
-def _wire(value: torch.Tensor) -> common_pb2.Tensor:
-    return tensors.to_tensor(value.detach().cpu().numpy())
-
-
-def register(server: grpc.Server, config: ServerConfig, device: torch.device) -> list[str]:
-    """Add the servicer to ``server``; return the full names of the services added."""
-    sequence_pb2_grpc.add_SequenceServiceServicer_to_server(SequenceServicer(config, device), server)
-    return [pb.DESCRIPTOR.services_by_name["SequenceService"].full_name]
+def register(server: grpc.aio.Server, runtime: Runtime) -> Registration:
+    """Add the servicer to ``server`` (called on the server's event loop); the drain hook stops training."""
+    servicer = SequenceServicer(runtime, asyncio.get_running_loop())
+    sequence_pb2_grpc.add_SequenceServiceServicer_to_server(servicer, server)
+    return Registration([pb.DESCRIPTOR.services_by_name["SequenceService"].full_name], drain=servicer.drain)

@@ -21,12 +21,12 @@ def _token_ok(header: str | None, tokens: Sequence[bytes]) -> bool:
 
 
 def _rejection(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    def deny(_request, context: grpc.ServicerContext):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    async def deny(_request, context: grpc.aio.ServicerContext):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    def deny_stream(_request, context: grpc.ServicerContext):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield  # pragma: no cover - makes this a generator like the handler it replaces
+    async def deny_stream(_request, context: grpc.aio.ServicerContext):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - makes this an async generator like the handler it replaces
 
     kwargs = {
         "request_deserializer": handler.request_deserializer,
@@ -41,7 +41,7 @@ def _rejection(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHa
     return grpc.stream_stream_rpc_method_handler(deny_stream, **kwargs)
 
 
-class TokenAuthInterceptor(grpc.ServerInterceptor):
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Rejects calls without an accepted bearer token with UNAUTHENTICATED. Tokens are never logged."""
 
     def __init__(self, tokens: Sequence[str]) -> None:
@@ -49,8 +49,8 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
             raise ValueError("at least one token is needed")
         self._tokens = [t.encode() for t in tokens]
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(OPEN_PREFIXES):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())

@@ -17,6 +17,7 @@ from typing import Any
 DEFAULT_PORTS = {"vision": 50051, "sequence": 50052, "attention": 50053}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+DATABASE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://", "postgresql+psycopg://")
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,12 @@ class ServerConfig:
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache/nnprobe")
     #: Largest request or response message, in bytes; larger requests get RESOURCE_EXHAUSTED undecoded.
     max_message_bytes: int = 64 * 1024 * 1024
-    #: Threads serving requests.
-    workers: int = 8
-    #: Concurrent RPCs accepted before new ones get RESOURCE_EXHAUSTED.
-    max_concurrent_rpcs: int = 64
+    #: Threads of the compute pool (CPU/GPU work); 0 picks for the device (CPU: the cores, at most 8; GPU: 4).
+    compute_workers: int = 0
+    #: Calls that may wait for a compute thread; one more gets RESOURCE_EXHAUSTED at once. -1: 4 per worker.
+    compute_queue: int = -1
+    #: Open calls (idle streams included) accepted before new ones get RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = 1024
     #: Largest tensor (in elements) any request may carry or make the server allocate.
     max_tensor_elements: int = 50_000_000
     #: Most permutations one attention check may evaluate.
@@ -70,8 +73,24 @@ class ServerConfig:
     ptb_download_timeout: float = 10.0
     #: Largest corpus UploadCorpus accepts, in bytes of text over all splits.
     max_corpus_bytes: int = 64 * 1024 * 1024
-    #: Training jobs that may wait in the queues (over all devices) before StartTraining is refused.
+    #: Training jobs that may wait in the queue (over all devices and replicas) before StartTraining is
+    #: refused.
     max_queued_jobs: int = 16
+    #: The job database: unset keeps jobs in ``<data_dir>/jobs.sqlite3`` (one replica, or several processes
+    #: on one host); ``postgresql://user:password@host:5432/db`` lets replicas on any host share one queue
+    #: (they must share ``data_dir`` too: corpora and checkpoints). Never logged with its password.
+    database_url: str | None = field(default=None, repr=False)
+    #: This replica's name in the job database; unset: ``<host name>-<process id>``. Must be unique among
+    #: the live replicas; a replica restarting under its old name takes its dead jobs over at once.
+    replica_id: str | None = None
+    #: Seconds a replica's claim on a running job lasts without a heartbeat; after that another replica
+    #: takes the job over from its last checkpoint.
+    job_lease_seconds: float = 30.0
+    #: Seconds between a replica's rounds of claiming queued jobs and renewing its leases (a cancel sent to
+    #: another replica reaches the owner within one round).
+    job_poll_seconds: float = 1.0
+    #: Takeovers in a row after which a job is left INTERRUPTED rather than claimed again.
+    max_job_takeovers: int = 3
     #: Most words one Sample request may generate.
     max_sample_words: int = 10_000
     #: Classifier used when a vision request names none.
@@ -98,6 +117,17 @@ class ServerConfig:
     max_image_pixels: int = 89_478_485
     #: Most iterations one adversarial attack may run.
     max_attack_steps: int = 1000
+    #: The model repository (Triton's layout: ``<name>/config.yaml``, ``<name>/<version>/model.onnx`` or
+    #: ``model.pt2``); unset: ``<data_dir>/models``. Replicas that mount one folder share it.
+    model_repository: Path | None = None
+    #: Largest model file UploadModel accepts (and repository model with its external data), in bytes.
+    max_model_bytes: int = 1 << 30
+    #: Most graph nodes a repository model may have.
+    max_model_nodes: int = 100_000
+    #: Engine of the built-in classifiers: ``auto`` (ONNX Runtime on a CPU through an export made once and
+    #: cached under ``cache_dir``, or on a GPU its CUDA provider supports; else PyTorch), ``onnxruntime`` or
+    #: ``pytorch``.
+    builtin_backend: str = "auto"
 
     def validate(self) -> ServerConfig:
         """Return self, or raise ``ValueError`` naming the bad setting."""
@@ -107,28 +137,45 @@ class ServerConfig:
             raise ValueError(f"port must be in 0..65535, not {self.port}")
         for name in (
             "max_message_bytes",
-            "workers",
             "max_concurrent_rpcs",
             "max_tensor_elements",
             "max_permutations",
             "max_corpus_bytes",
             "max_queued_jobs",
+            "max_job_takeovers",
             "max_sample_words",
             "batch_queue_size",
             "max_image_bytes",
             "max_image_pixels",
             "max_attack_steps",
+            "max_model_bytes",
+            "max_model_nodes",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
         if self.ptb_download_timeout < 0:
             raise ValueError(f"ptb_download_timeout must be >= 0, not {self.ptb_download_timeout}")
+        if not self.job_lease_seconds > 0 or not self.job_poll_seconds > 0:
+            raise ValueError("job_lease_seconds and job_poll_seconds must be positive")
+        if self.job_poll_seconds * 2 > self.job_lease_seconds:
+            raise ValueError(
+                f"job_poll_seconds ({self.job_poll_seconds}) must be at most half of job_lease_seconds "
+                f"({self.job_lease_seconds}): a lease is renewed once per round"
+            )
+        if self.database_url is not None and not self.database_url.startswith(DATABASE_SCHEMES):
+            raise ValueError(f"database_url must start with one of {DATABASE_SCHEMES}")
+        if self.replica_id is not None and not self.replica_id.strip():
+            raise ValueError("replica_id must not be empty")
         if self.batch_max_size < 0:
             raise ValueError(f"batch_max_size must be >= 0, not {self.batch_max_size}")
         if self.batch_max_delay_ms is not None and not 0 <= self.batch_max_delay_ms <= 60_000:
             raise ValueError(f"batch_max_delay_ms must be in 0..60000, not {self.batch_max_delay_ms}")
         if self.weights_download_timeout < 0:
             raise ValueError(f"weights_download_timeout must be >= 0, not {self.weights_download_timeout}")
+        if self.builtin_backend not in ("auto", "onnxruntime", "pytorch"):
+            raise ValueError(
+                f"builtin_backend must be auto, onnxruntime or pytorch, not {self.builtin_backend!r}"
+            )
         if not self.default_model.strip():
             raise ValueError("default_model must not be empty")
         if self.weights_dir is not None and not Path(self.weights_dir).is_dir():
@@ -136,6 +183,12 @@ class ServerConfig:
         for name, path in self.weights_files().items():
             if not name or not path.name:
                 raise ValueError(f"model_weights entries are name=path, got {self.model_weights!r}")
+        if self.compute_workers < 0:
+            raise ValueError(
+                f"compute_workers must be >= 0 (0: pick for the device), not {self.compute_workers}"
+            )
+        if self.compute_queue < -1:
+            raise ValueError(f"compute_queue must be >= 0 (or -1: 4 per worker), not {self.compute_queue}")
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds must be >= 0, not {self.grace_seconds}")
         if self.log_level not in LOG_LEVELS:
@@ -159,8 +212,15 @@ class ServerConfig:
         return self
 
     @property
+    def model_repository_dir(self) -> Path:
+        """The model repository folder (``model_repository``, else ``<data_dir>/models``)."""
+        return Path(self.model_repository or Path(self.data_dir) / "models").expanduser()
+
+    @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        """``host:port`` to bind, an IPv6 host in brackets (``[::1]:50051``, ``[::]:50051``)."""
+        host = self.host.strip("[]")
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
 
     def weights_files(self) -> dict[str, Path]:
         """``model_weights`` as {model name: path}."""

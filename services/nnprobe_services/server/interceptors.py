@@ -1,18 +1,23 @@
 """The one interceptor every server installs: exceptions become statuses, each request is logged.
 
-- ``ServiceError`` subclasses map to their status code; a ``field`` becomes a ``google.rpc.BadRequest``
-  detail so clients can show which field is wrong.
+The servers run on ``grpc.aio``: every wrapped handler is a coroutine (or an async generator for
+server-streaming RPCs).
+
+- ``ServiceError`` subclasses map to their status code through ``STATUS_OF``; a ``field`` becomes a
+  ``google.rpc.BadRequest`` detail so clients can show which field is wrong.
 - Anything else is INTERNAL "internal error"; the traceback is logged on the server, never sent.
-- One log line per request: method, status, duration.
+- One log line per request: method, status, duration. A call whose client went away logs CANCELLED; one
+  whose deadline passed logs DEADLINE_EXCEEDED.
 - At most ``max_concurrent_rpcs`` calls are handled at once; one more is RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -89,17 +94,34 @@ def error_status(error: ServiceError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-def _abort(context: grpc.ServicerContext, error: BaseException, method: str) -> None:
+async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
     if isinstance(error, ServiceError):
-        context.abort_with_status(error_status(error))
+        status = error_status(error)
+        await context.abort(status.code, status.details, status.trailing_metadata)
     log.error("unhandled error in %s", method, exc_info=error)
-    context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+#: Seconds before the server's deadline within which a client's cancellation counts as its deadline passing.
+#: The client's deadline fires first (the server's copy starts when the request arrives), and its
+#: cancellation reaches the server while the server's copy still has this transit time left.
+DEADLINE_MARGIN_SECONDS = 0.25
+
+
+def _ended_by_client(context: grpc.aio.ServicerContext) -> str:
+    """DEADLINE_EXCEEDED when the call's deadline has passed (within ``DEADLINE_MARGIN_SECONDS``), else
+    CANCELLED."""
+    remaining = context.time_remaining()
+    passed = remaining is not None and remaining <= DEADLINE_MARGIN_SECONDS
+    return "DEADLINE_EXCEEDED" if passed else "CANCELLED"
 
 
 class _Outcome:
     """Tracks one call from start to finish: in-flight gauge, final status, log line, metrics."""
 
-    def __init__(self, context: grpc.ServicerContext, method: str, metrics: ServiceMetrics | None) -> None:
+    def __init__(
+        self, context: grpc.aio.ServicerContext, method: str, metrics: ServiceMetrics | None
+    ) -> None:
         self.context = context
         self.method = method
         self.metrics = metrics
@@ -110,16 +132,19 @@ class _Outcome:
         log.debug("%s started", method, extra={"fields": {"method": method, "event": "started"}})
 
     def fail(self, error: BaseException) -> None:
-        if isinstance(error, ServiceError):
+        if isinstance(error, Cancelled) and not error.deadline:
+            # The core stopped because its signal was set: say why from the call's own state.
+            self.status = _ended_by_client(self.context)
+        elif isinstance(error, ServiceError):
             self.status = status_code(error).name
+        elif isinstance(error, asyncio.CancelledError):
+            self.status = _ended_by_client(self.context)
         else:
-            code = self.context.code() if hasattr(self.context, "code") else None
+            code = self.context.code()
             self.status = code.name if isinstance(code, grpc.StatusCode) else "INTERNAL"
 
     def finish(self) -> None:
         method = self.method
-        if self.status == "OK" and not self.context.is_active():
-            self.status = "CANCELLED"
         seconds = time.perf_counter() - self.start
         if self.metrics is not None:
             self.metrics.in_flight.labels(method=method).dec()
@@ -134,17 +159,11 @@ class _Outcome:
         )
 
 
-def _already_aborted(context: grpc.ServicerContext) -> bool:
-    code = context.code() if hasattr(context, "code") else None
-    return isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK
-
-
 class _Limiter:
     """Counts the calls being handled; refuses one more than ``limit`` (None: no limit).
 
-    A call counts from its handler's start to its return, not until gRPC has sent the answer (as
-    ``maximum_concurrent_rpcs`` does), so a client that calls again as soon as it has an answer never
-    holds two places: below the limit nothing is refused.
+    A call counts from its handler's start to its return. This bounds open calls (idle streams included);
+    the compute pool bounds the work separately.
     """
 
     def __init__(self, limit: int | None) -> None:
@@ -165,25 +184,30 @@ class _Limiter:
 
     def busy(self) -> ResourceExhausted:
         return ResourceExhausted(
-            f"the server is busy: {self.limit} calls are being handled, its limit; retry later"
+            f"the server is busy: {self.limit} calls are open, its limit (max_concurrent_rpcs); retry later"
         )
 
 
 def _wrap_unary(
     behavior: Callable, method: str, metrics: ServiceMetrics | None, limiter: _Limiter
 ) -> Callable:
-    def handler(request: Any, context: grpc.ServicerContext) -> Any:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         outcome = _Outcome(context, method, metrics)
         admitted = limiter.acquire()
         try:
             if not admitted:
                 raise limiter.busy()
-            return behavior(request, context)
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            code = context.code()
+            outcome.status = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+            raise
+        except asyncio.CancelledError as error:
+            outcome.fail(error)
+            raise
         except Exception as error:
             outcome.fail(error)
-            if _already_aborted(context):
-                raise
-            _abort(context, error, method)
+            await _abort(context, error, method)
         finally:
             if admitted:
                 limiter.release()
@@ -195,18 +219,24 @@ def _wrap_unary(
 def _wrap_stream(
     behavior: Callable, method: str, metrics: ServiceMetrics | None, limiter: _Limiter
 ) -> Callable:
-    def handler(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         outcome = _Outcome(context, method, metrics)
         admitted = limiter.acquire()
         try:
             if not admitted:
                 raise limiter.busy()
-            yield from behavior(request, context)
+            async for response in behavior(request, context):
+                yield response
+        except grpc.aio.AbortError:
+            code = context.code()
+            outcome.status = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+            raise
+        except (asyncio.CancelledError, GeneratorExit) as error:
+            outcome.fail(asyncio.CancelledError() if isinstance(error, GeneratorExit) else error)
+            raise
         except Exception as error:
             outcome.fail(error)
-            if _already_aborted(context):
-                raise
-            _abort(context, error, method)
+            await _abort(context, error, method)
         finally:
             if admitted:
                 limiter.release()
@@ -215,7 +245,30 @@ def _wrap_stream(
     return handler
 
 
-class StatusInterceptor(grpc.ServerInterceptor):
+def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that answers UNAVAILABLE with ``message``."""
+
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, message)
+
+    async def refuse_stream(_request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, message)
+        yield  # pragma: no cover - makes this an async generator like the handler it replaces
+
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream, **kwargs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(refuse_stream, **kwargs)
+
+
+class StatusInterceptor(grpc.aio.ServerInterceptor):
     """Exception -> status mapping and per-request logging for every RPC except health/reflection."""
 
     QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
@@ -223,12 +276,16 @@ class StatusInterceptor(grpc.ServerInterceptor):
     def __init__(self, metrics: ServiceMetrics | None = None, max_concurrent_rpcs: int | None = None) -> None:
         self.metrics = metrics
         self.limiter = _Limiter(max_concurrent_rpcs)
+        #: Set when the server starts shutting down: new calls get UNAVAILABLE (clients retry elsewhere).
+        self.draining = False
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(self.QUIET_PREFIXES):
             return handler
+        if self.draining:
+            return _refusal(handler, "the server is shutting down; retry on another replica or after restart")
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(handler.unary_unary, method, self.metrics, self.limiter),
@@ -254,4 +311,4 @@ class StatusInterceptor(grpc.ServerInterceptor):
         )
 
 
-__all__ = ["StatusInterceptor", "error_status"]
+__all__ = ["STATUS_OF", "StatusInterceptor", "error_status", "status_code"]

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from nnprobe_services.errors import InvalidArgument
 from nnprobe_services.vision import attacks
 from nnprobe_services.vision.classify import ClassScore, top_k
 from nnprobe_services.vision.models import LoadedModel
@@ -89,7 +90,10 @@ def generate(
     images = pixels.to(device)
     with torch.no_grad():
         original_logits = model.module(images).float().cpu().numpy()
-    original_tops = [top_k(row, k) for row in original_logits]
+    original_tops = [top_k(row, k, model.labels) for row in original_logits]
+    classes = original_logits.shape[1]
+    if target is not None and not 0 <= target < classes:
+        raise InvalidArgument(f"must be in 0..{classes - 1}, got {target}", field="target.class_index")
     if target is None:
         labels = torch.tensor([int(row.argmax()) for row in original_logits], device=device)
     else:
@@ -113,7 +117,7 @@ def generate(
             l2=l2,
             linf=linf,
             original_top=original_tops[index],
-            final_top=top_k(final_logits, k),
+            final_top=top_k(final_logits, k, model.labels),
             success=outcome.success,
             iterations=outcome.iterations,
             seconds=time.monotonic() - start,
@@ -133,5 +137,5 @@ def local_transfer(other: LoadedModel, result: AdversarialImage, targeted: bool)
         return Transfer(other.record.name, "", None, False, f"{other.record.name} takes another input size")
     with torch.no_grad():
         logits = other.module(pixels[None].to(other.device)).float().cpu().numpy()[0]
-    best = top_k(logits, 1)[0]
+    best = top_k(logits, 1, other.labels)[0]
     return Transfer(other.record.name, "", best, fooled(best.index, result.goal_class, targeted))

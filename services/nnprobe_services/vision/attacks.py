@@ -1,9 +1,11 @@
 """Adversarial attacks in [0, 1] pixel space on a model that normalises inside (``PixelClassifier``).
 
 Methods: ADAM (Adam on the input, cross-entropy on the logits), FGSM, BIM, PGD (L-infinity and L2, random
-start), MI-FGSM and Carlini-Wagner L2. Every image's result is judged after rounding to 8 bits: an image
-meets its goal only when its quantized version does. The formulas of FGSM, BIM, PGD and MI-FGSM follow
-Goodfellow et al. 2015, Kurakin et al. 2017, Madry et al. 2018 and Dong et al. 2018 (and torchattacks).
+start), MI-FGSM and Carlini-Wagner L2. Every image's result is the 8-bit image that is returned, inside its
+budget on the lattice (``to_lattice``: L-infinity at most floor(ε·255)/255 per channel, L2 at most ε), and
+it meets its goal only when that image does. The goal is checked on the original before the first step.
+The formulas of FGSM, BIM, PGD and MI-FGSM follow Goodfellow et al. 2015, Kurakin et al. 2017, Madry et
+al. 2018 and Dong et al. 2018 (and torchattacks).
 """
 
 from __future__ import annotations
@@ -67,6 +69,46 @@ def quantize(pixels: torch.Tensor) -> torch.Tensor:
     return torch.round(pixels.clamp(0, 1) * 255) / 255
 
 
+def lattice_levels(spec: AttackSpec) -> float:
+    """The budget in 8-bit levels: floor(ε·255) per channel (L-infinity), or the largest sum of squared
+    level steps whose root is at most ε·255 (L2); infinite for CW, which has no ε."""
+    if spec.method == "cw_l2":
+        return math.inf
+    if spec.norm == "linf":
+        return math.floor(spec.epsilon * 255 + 1e-6)
+    return math.floor((spec.epsilon * 255) ** 2 + 1e-6)
+
+
+def to_lattice(adversarial: torch.Tensor, original: torch.Tensor, spec: AttackSpec) -> torch.Tensor:
+    """The 8-bit image returned for ``adversarial`` (N, 3, H, W) around ``original`` (on the lattice).
+
+    L-infinity: round, then clip every step to floor(ε·255) levels. L2: the rounding of c·δ for the
+    largest c in [0, 1] (bisection; |round(c·x)| grows with c) whose squared steps sum to at most
+    (ε·255)², so the returned image lies in the L2 ball measured on its own 8-bit values."""
+    steps = (adversarial.clamp(0, 1) - original) * 255
+    levels = lattice_levels(spec)
+    if math.isinf(levels):
+        return quantize(adversarial)
+    if spec.norm == "linf":
+        return (original * 255 + torch.round(steps).clamp(-levels, levels)).round() / 255
+    flat = steps.flatten(1).double()
+
+    def fits(scale: torch.Tensor) -> torch.Tensor:
+        return torch.round(flat * scale[:, None]).pow(2).sum(1) <= levels
+
+    low = torch.zeros(len(flat), dtype=torch.float64, device=flat.device)
+    high = torch.ones_like(low)
+    whole = fits(high)
+    low[whole] = 1.0
+    for _ in range(40):  # the scale to 2^-40: far below one level on any image
+        middle = (low + high) / 2
+        ok = fits(middle) & ~whole
+        low = torch.where(ok, middle, low)
+        high = torch.where(ok | whole, high, middle)
+    rounded = torch.round(flat * low[:, None]).view_as(steps).to(original.dtype)
+    return (original * 255 + rounded).round() / 255
+
+
 def goal_met(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
     top1 = logits.argmax(1)
     return top1 == labels if targeted else top1 != labels
@@ -117,7 +159,16 @@ def attack(
     """
     generator = torch.Generator(device=images.device).manual_seed(spec.seed)
     images = images.detach()
+    base = quantize(images)  # budgets are measured from the 8-bit original
     active = torch.ones(len(images), dtype=torch.bool, device=images.device)
+    if spec.early_stop:  # a goal already met needs no step: the unchanged image
+        with torch.no_grad():
+            met = goal_met(model(base), labels, targeted)
+        for i in met.nonzero().flatten().tolist():
+            active[i] = False
+            yield i, Outcome(base[i], images[i], True, 0)
+        if not active.any():
+            return
     state = _State(model, images, labels, targeted, spec, generator)
     iterations = 1 if spec.method == "fgsm" else spec.steps
     # Step t's forward pass also gives the state after step t - 1 (its progress and early stop), so each
@@ -140,7 +191,7 @@ def attack(
         if spec.early_stop:
             met = goal_met(logits, labels[index], targeted)
             if met.any():
-                quantized = quantize(before[met])
+                quantized = to_lattice(before[met], base[index][met], spec)
                 with torch.no_grad():
                     kept = goal_met(model(quantized), labels[index][met], targeted)
                 for row, i in enumerate(index[met].tolist()):
@@ -151,7 +202,7 @@ def attack(
             return
     for i in active.nonzero().flatten().tolist():
         final = state.adversarial[i : i + 1]
-        quantized, success, used = refine(model, images[i : i + 1], final, labels[i : i + 1], targeted, spec)
+        quantized, success, used = refine(model, base[i : i + 1], final, labels[i : i + 1], targeted, spec)
         yield i, Outcome(quantized[0], final[0], success, iterations + used)
 
 
@@ -261,10 +312,11 @@ def refine(
     targeted: bool,
     spec: AttackSpec,
 ) -> tuple[torch.Tensor, bool, int]:
-    """Quantize; while the goal is missed, take up to ``refine_steps`` sign steps of one 8-bit level,
-    staying inside the ε-ball on the lattice. Returns (quantized image, success, refinement steps used)."""
-    limit = math.floor(spec.epsilon * 255 + 1e-6) / 255 if spec.norm == "linf" else None
-    current = _lattice_project(quantize(adversarial), original, limit)
+    """Bring ``adversarial`` onto the 8-bit lattice inside its budget around ``original`` (``to_lattice``);
+    while the goal is missed, take up to ``refine_steps`` more steps, each brought back inside the budget
+    the same way: a sign step of one 8-bit level (L-infinity, CW) or a step of ``step_size`` along the
+    normalised gradient (L2). Returns (8-bit image, success on that image, refinement steps used)."""
+    current = to_lattice(adversarial, original, spec)
     for used in range(spec.refine_steps + 1):
         x = current.clone().requires_grad_(True)
         logits = model(x)
@@ -273,11 +325,10 @@ def refine(
         if used == spec.refine_steps:
             break
         grad = torch.autograd.grad(_loss(logits, labels, targeted), x)[0]
-        current = _lattice_project(quantize(current + grad.sign() / 255), original, limit)
+        with torch.no_grad():
+            if spec.norm == "l2" and spec.method != "cw_l2":
+                moved = original + project(current + _l2_step(grad, spec.step_size) - original, spec)
+            else:
+                moved = current + grad.sign() / 255
+            current = to_lattice(moved, original, spec)
     return current.detach(), False, spec.refine_steps
-
-
-def _lattice_project(pixels: torch.Tensor, original: torch.Tensor, limit: float | None) -> torch.Tensor:
-    if limit is None:
-        return pixels
-    return quantize(original + torch.clamp(pixels - original, -limit, limit))

@@ -4,6 +4,10 @@ Requests put their images into a model's queue; one worker thread per model take
 waits up to ``max_delay`` seconds for the batch to fill to ``max_size``, drops images whose request has
 been cancelled or whose deadline has passed (they are never computed), runs one forward pass over the
 rest and hands each image its row of logits. A full queue refuses new images (``QueueFull``).
+
+Each image's ``future`` (a ``concurrent.futures.Future``) resolves to the image itself once its logits,
+error or drop reason is known, so an asyncio handler can await it (``asyncio.wrap_future``) without holding
+a thread while it waits; only the batcher's own thread runs the model.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
@@ -74,19 +79,31 @@ def batcher_metrics(registry: CollectorRegistry) -> BatcherMetrics:
 
 @dataclass(eq=False)
 class Pending:
-    """One image in flight. ``done`` is set when ``logits`` (or ``error``, or ``dropped``) is known."""
+    """One image in flight: (3, H, W) ``pixels``; ``deadline`` in ``time.monotonic()`` seconds or None.
+
+    ``future`` resolves to this object once ``logits`` ((classes,) float32), ``error`` or ``dropped``
+    (``deadline``, ``cancelled`` or ``shutdown``) is known. It is marked running from the start, so a waiter
+    that gives up cannot cancel it under the batcher's feet.
+    """
 
     pixels: torch.Tensor
     deadline: float | None
     is_active: Callable[[], bool]
     enqueued: float = field(default_factory=time.monotonic)
-    done: threading.Event = field(default_factory=threading.Event)
+    future: Future = field(default_factory=Future)
     logits: torch.Tensor | None = None
     error: BaseException | None = None
     dropped: str = ""
     batch_size: int = 0
     queue_seconds: float = 0.0
     inference_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.future.set_running_or_notify_cancel()
+
+    def settle(self) -> None:
+        """Hand the outcome to whoever waits on ``future``."""
+        self.future.set_result(self)
 
 
 class DynamicBatcher:
@@ -133,9 +150,16 @@ class DynamicBatcher:
         return items
 
     def close(self) -> None:
+        """Stop the worker; images still queued are settled as dropped (``shutdown``), never computed."""
         with self._cond:
             self._closed = True
+            left = list(self._queue)
+            self._queue.clear()
+            self.metrics.queued.labels(model=self.name).set(0)
             self._cond.notify()
+        for item in left:
+            item.dropped = "shutdown"
+            item.settle()
 
     def _take(self) -> list[Pending]:
         """Wait for the oldest image, then for a full batch or the oldest image's delay to pass."""
@@ -166,7 +190,7 @@ class DynamicBatcher:
                 live.append(item)
                 continue
             self.metrics.dropped.labels(model=self.name, reason=item.dropped).inc()
-            item.done.set()
+            item.settle()
         return live
 
     def _run(self) -> None:
@@ -185,7 +209,7 @@ class DynamicBatcher:
             except Exception as error:  # handed to each waiting request, which reports it
                 for item in batch:
                     item.error = error
-                    item.done.set()
+                    item.settle()
                 continue
             seconds = time.monotonic() - start
             self.metrics.batch_size.labels(model=self.name).observe(len(batch))
@@ -196,4 +220,4 @@ class DynamicBatcher:
                 item.queue_seconds = start - item.enqueued
                 item.inference_seconds = seconds
                 self.metrics.queue_delay.labels(model=self.name).observe(item.queue_seconds)
-                item.done.set()
+                item.settle()

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nnprobe_services.vision.backends import InferenceBackend, TorchBackend
+
 log = logging.getLogger("nnprobe.vision.models")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -56,9 +58,10 @@ class ModelRecord:
     file_name: str
     preprocessing: Preprocessing
     num_classes: int
-    build: Callable[[], nn.Module] = field(repr=False)
+    #: Builds the architecture (built-in models; ``None`` for repository models).
+    build: Callable[[], nn.Module] | None = field(default=None, repr=False)
     #: Maps the file's state dict onto ``build()``'s module.
-    convert: Callable[[nn.Module, dict], dict] = field(repr=False)
+    convert: Callable[[nn.Module, dict], dict] | None = field(default=None, repr=False)
     url: str | None = None
     #: A location that ships with an installed package (tried last).
     packaged_path: Callable[[], Path | None] | None = field(default=None, repr=False)
@@ -255,72 +258,45 @@ def sha256_of(path: Path) -> str:
 # -- loading ---------------------------------------------------------------------------------------------
 @dataclass
 class LoadedModel:
-    """A model ready to run: ``module`` maps (N, 3, H, W) pixels in [0, 1] to (N, classes) logits."""
+    """A model ready to run. ``predict`` maps (N, 3, H, W) pixels in [0, 1] to (N, classes) float32 logits on
+    the CPU through its backend; ``module`` is a differentiable PyTorch module with the same mapping (for
+    ONNX models a conversion made on first use, ``FailedPrecondition`` when the graph does not convert)."""
 
     record: ModelRecord
-    module: PixelClassifier
+    backend: InferenceBackend
     path: Path
+    #: The sha256 of the served file.
     version: str
     device: torch.device
+    #: Class names in index order; empty when the model has none (indices are shown instead).
+    labels: tuple[str, ...] = ()
+    #: The repository version served (0 for built-in models).
+    repository_version: int = 0
+    #: The largest batch the graph takes (0: any; 1: exported with a fixed batch of one).
+    max_batch: int = 0
+
+    @property
+    def module(self) -> nn.Module:
+        return self.backend.differentiable()
+
+    def predict(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.backend.predict(pixels)
 
 
-def load(record: ModelRecord, path: Path, device: torch.device) -> LoadedModel:
-    """Build the architecture, load the weights file into it and wrap it with its normalisation."""
+def load_module(record: ModelRecord, path: Path, device: torch.device) -> PixelClassifier:
+    """Build a built-in architecture, load the weights file (``weights_only``) and wrap its normalisation."""
+    assert record.build is not None and record.convert is not None, f"{record.name} is not a built-in model"
     network = record.build()
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     network.load_state_dict(record.convert(network, state))
     module = PixelClassifier(network, record.preprocessing.mean, record.preprocessing.std)
-    module.eval().requires_grad_(False).to(device)
-    return LoadedModel(record, module, path, sha256_of(path), device)
+    return module.eval().requires_grad_(False).to(device)
 
 
-class ModelStore:
-    """Loads each model once per process and device; resolves weights as configured."""
-
-    def __init__(
-        self,
-        device: torch.device,
-        *,
-        explicit: dict[str, Path] | None = None,
-        weights_dir: Path | None = None,
-        download_timeout: float = 0.0,
-    ) -> None:
-        self.device = device
-        self.explicit = dict(explicit or {})
-        self.weights_dir = weights_dir
-        self.download_timeout = download_timeout
-        self._lock = threading.Lock()
-        self._loaded: dict[str, LoadedModel] = {}
-        self._loading: dict[str, threading.Lock] = {}
-
-    def location(self, name: str) -> WeightsLocation:
-        return locate(records()[name], self.explicit.get(name), self.weights_dir)
-
-    def get(self, name: str) -> LoadedModel:
-        """The loaded model ``name`` (a key of ``records()``); ``WeightsMissing`` when it cannot be had."""
-        with self._lock:
-            if name in self._loaded:
-                return self._loaded[name]
-            lock = self._loading.setdefault(name, threading.Lock())
-        with lock:
-            with self._lock:
-                if name in self._loaded:
-                    return self._loaded[name]
-            record = records()[name]
-            where = self.location(name)
-            path = where.path
-            if path is None:
-                try:
-                    path = download(record, self.download_timeout)
-                except WeightsMissing as error:
-                    raise WeightsMissing(
-                        f"weights file {record.file_name} for model {name!r} not found; searched "
-                        f"{', '.join(where.searched)}; {error}"
-                    ) from None
-            loaded = load(record, path, self.device)
-            log.info("loaded %s from %s (sha256 %s) on %s", name, path, loaded.version[:12], self.device)
-            with self._lock:
-                self._loaded[name] = loaded
-            return loaded
+def load(record: ModelRecord, path: Path, device: torch.device) -> LoadedModel:
+    """A built-in model served by eager PyTorch."""
+    module = load_module(record, path, device)
+    labels = imagenet_labels() if record.num_classes == 1000 else ()
+    return LoadedModel(record, TorchBackend(module, device), path, sha256_of(path), device, labels)

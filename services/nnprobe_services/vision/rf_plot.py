@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from nnprobe_services.errors import Cancelled, ResourceExhausted
+from nnprobe_services.errors import Cancelled
 from nnprobe_services.vision.receptive_field import UnitField
 
 IMAGE_FIELD = "plot.image.encoded"
@@ -126,31 +126,3 @@ MAX_IMAGE_PIXELS = 50_000_000 // 3
 def _check(should_stop: Callable[[], bool] | None) -> None:
     if should_stop is not None and should_stop():
         raise Cancelled("stopped before drawing the picture")
-
-
-def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Encoded image bytes to an (H, W, 3) uint8 array; ``ValueError`` when unreadable, ``ResourceExhausted``
-    on ``plot.image.encoded`` when the header announces more than ``max_pixels`` pixels (nothing decoded)."""
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below decides
-            picture = Image.open(io.BytesIO(data))  # reads the header only
-    except Image.DecompressionBombError as error:
-        raise ResourceExhausted(f"the image is too large to draw on: {error}", field=IMAGE_FIELD) from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise ValueError(f"cannot decode the image: {error}") from None
-    with picture:
-        width, height = picture.size
-        if width * height > max_pixels:
-            raise ResourceExhausted(
-                f"the image is {width} x {height} = {width * height} pixels; the limit is {max_pixels}",
-                field=IMAGE_FIELD,
-            )
-        try:
-            return np.asarray(picture.convert("RGB"))
-        except (OSError, ValueError, SyntaxError) as error:
-            raise ValueError(f"cannot decode the image: {error}") from None

@@ -1,12 +1,11 @@
-"""Transfer checks against other VisionService servers, service to service through the SDK."""
+"""Transfer checks against other VisionService servers: which addresses are acceptable, how long one remote
+call may take, and what its answer means. The call itself is made by the servicer (on the event loop)."""
 
 from __future__ import annotations
 
 import re
 
-from nnprobe import NnprobeError, VisionClient
-
-from nnprobe_services.vision.adversarial import AdversarialImage, Transfer, fooled, png
+from nnprobe_services.vision.adversarial import Transfer, fooled
 from nnprobe_services.vision.classify import ClassScore
 
 #: Most transfer models and addresses one request may name.
@@ -32,15 +31,11 @@ def call_timeout(remaining: float | None) -> float:
     return REMOTE_TIMEOUT_SECONDS if remaining is None else min(remaining, REMOTE_TIMEOUT_SECONDS)
 
 
-def remote_transfer(
-    address: str, result: AdversarialImage, targeted: bool, *, token: str | None, timeout: float | None
+def remote_outcome(
+    address: str, model: str, best: ClassScore | None, goal_class: int, targeted: bool, error: str = ""
 ) -> Transfer:
-    """Classify the 8-bit adversarial image on the server at ``address`` (its default model, no resize)."""
-    try:
-        with VisionClient(address, timeout=timeout, token=token) as client:
-            answer = client.classify(png(result.adversarial), skip_resize=True, top_k=1)
-    except (NnprobeError, ValueError) as error:
-        return Transfer("", address, None, False, str(error))
-    best = answer[0].top[0]
-    score = ClassScore(best.index, best.label, best.probability)
-    return Transfer(answer.model, address, score, fooled(best.index, result.goal_class, targeted))
+    """The transfer result of the server at ``address``: its model's top class ``best`` (None with an
+    ``error``) fools it when it is the goal class (targeted) or differs from it (untargeted)."""
+    if best is None:
+        return Transfer("", address, None, False, error)
+    return Transfer(model, address, best, fooled(best.index, goal_class, targeted))

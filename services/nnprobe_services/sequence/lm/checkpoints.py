@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from nnprobe_services.errors import FailedPrecondition
-from nnprobe_services.sequence.lm.corpus import atomic_write
+from nnprobe_services.files import atomic_write
 
 MAGIC = b"NNPROBE-CKPT1 "
 

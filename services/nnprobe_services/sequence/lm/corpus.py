@@ -11,8 +11,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
-import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -23,6 +21,7 @@ from pathlib import Path
 import torch
 
 from nnprobe_services.errors import FailedPrecondition, InvalidArgument, NotFound
+from nnprobe_services.files import atomic_write
 
 EOS = "<eos>"
 UNK = "<unk>"
@@ -239,44 +238,6 @@ def verify_ptb_checksums(paths: dict[str, Path]) -> dict[str, bool]:
 
 
 # -- storage -------------------------------------------------------------------------------------------
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, rename, fsync dir."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def remove_partial_writes(folder: Path, older_than: float) -> list[Path]:
-    """Delete the temporary files ``atomic_write`` leaves behind when its process is killed between
-    creating and renaming one (``.<name>.<random>.tmp``), anywhere under ``folder``, when last modified
-    before ``older_than`` (a Unix time: files that a live writer is still writing are newer). Returns
-    the files removed."""
-    removed: list[Path] = []
-    if not folder.is_dir():
-        return removed
-    for path in folder.rglob(".*.tmp"):
-        try:
-            if path.is_file() and path.stat().st_mtime < older_than:
-                path.unlink()
-                removed.append(path)
-        except FileNotFoundError:
-            continue
-    return removed
-
-
 def content_id(texts: dict[str, str]) -> str:
     digest = hashlib.sha256()
     for split in SPLITS:

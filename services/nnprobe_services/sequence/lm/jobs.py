@@ -1,71 +1,64 @@
-"""Training jobs: a durable queue per device, one running job per device, checkpoints, resume.
+"""Training jobs on a queue that every replica of the sequence server shares.
 
-Lifecycle: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED. A server that stops while a job is
-queued or running finds it at its next start and marks it INTERRUPTED; ``resume`` queues an INTERRUPTED
-or CANCELLED job again and it continues from its last checkpoint with the same data order.
+Lifecycle: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED | INTERRUPTED. Each replica runs at most
+one job per device. Its supervisor thread claims queued jobs for its free devices from the job store,
+renews the lease of each job it runs (the heartbeat, which also reads cancel requests sent to any
+replica), and takes over jobs whose owner's lease expired: the owner died (``kill -9``, a lost node), so
+the job continues from its last checkpoint with the same data order and finishes with the same result as
+an uninterrupted run. A replica that shuts down (``shutdown``) stops its running jobs at a step boundary,
+checkpoints them and marks them INTERRUPTED; queued jobs stay in the shared queue. ``resume`` queues an
+INTERRUPTED or CANCELLED job again.
+
+Every event this replica records is announced to the listeners (``add_listener``), from the thread that
+recorded it, so an event loop can wake its watchers; events other replicas record are seen by polling.
+
+``JobStop`` is re-exported here for the runners.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nnprobe_services.errors import FailedPrecondition, NotFound, ResourceExhausted
+from nnprobe_services.errors import FailedPrecondition, NotFound
+from nnprobe_services.files import remove_partial_writes
 from nnprobe_services.sequence.lm import checkpoints
-from nnprobe_services.sequence.lm.corpus import CorpusStore, remove_partial_writes
+from nnprobe_services.sequence.lm.corpus import CorpusStore
 from nnprobe_services.sequence.lm.model import TrainingConfig, parameter_count
+from nnprobe_services.sequence.lm.replica import JobStop, Leases, RunningJob, Supervisor, default_replica_id
 from nnprobe_services.sequence.lm.store import (
-    ACTIVE,
     CANCELLED,
     FAILED,
     INTERRUPTED,
     QUEUED,
     RUNNING,
     SUCCEEDED,
-    EventRecord,
+    Claim,
     JobRecord,
     JobStore,
+    LeaseLost,
+    redacted,
 )
-from nnprobe_services.sequence.lm.training import Event, Trainer, load_model, steps_per_epoch, total_steps
+from nnprobe_services.sequence.lm.training import Event, Trainer, steps_per_epoch, total_steps
 
 log = logging.getLogger("nnprobe.sequence.lm")
 
 #: How long CancelJob waits for a running job to reach a step boundary and save its checkpoint.
 CANCEL_WAIT_SECONDS = 120.0
-
-
-@dataclass
-class LoadedModel:
-    """A model read from a job's checkpoint."""
-
-    model: Any
-    vocab: list[str]
-    index: dict[str, int]
-    step: int
-    config: TrainingConfig
-    corpus_id: str
-
-
-@dataclass
-class _Running:
-    device: str
-    stop: threading.Event
-    thread: threading.Thread
-    cancel: bool = False
+#: How often a watcher or waiter reads the store for events written by other replicas.
+WATCH_POLL_SECONDS = 0.5
 
 
 class JobManager:
-    """Owns the job database, the per-device queues and the runner threads."""
+    """Owns the job store, this replica's runner threads and its supervisor thread."""
 
     def __init__(
         self,
@@ -75,41 +68,66 @@ class JobManager:
         *,
         max_queued: int,
         runner: Callable[..., bool] | None = None,
+        database_url: str | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self.root = data_dir / "jobs"
-        self.store = JobStore(data_dir / "jobs.sqlite3")
+        self.store = JobStore(database_url or f"sqlite:///{data_dir / 'jobs.sqlite3'}")
         self.corpora = corpora
         self.default_device = default_device
         self.max_queued = max_queued
         self.runner = runner
+        self.leases = leases or Leases(default_replica_id())
+        self.replica_id = self.leases.replica_id
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._queues: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
-        self._running: dict[str, _Running] = {}
-        self._models: dict[str, tuple[tuple[int, int], LoadedModel]] = {}
+        self._listeners: list[Callable[[str], None]] = []
+        self.supervisor = Supervisor(self.store, self.leases, self._run)
+        log.info(
+            "job store %s (schema version %d), replica %s",
+            redacted(self.store.url),
+            self.store.schema_versions[1],
+            self.replica_id,
+        )
         self._remove_partial_writes()
-        self._mark_interrupted()
+        expired = self.store.expire_leases(self.replica_id)
+        if expired:
+            log.warning(
+                "replica %s restarted: its %d running job(s) will be taken over", self.replica_id, expired
+            )
+        self.supervisor.start()
 
-    # -- startup -------------------------------------------------------------------------------------
+    # -- startup and shutdown ------------------------------------------------------------------------
     def _remove_partial_writes(self) -> None:
-        """Delete the temporary files of checkpoint or corpus writes that a killed server left behind."""
-        started = time.time()
+        """Delete the temporary files of checkpoint or corpus writes that a killed server left behind
+        (older than one lease: another replica sharing the folder may be writing newer ones)."""
+        older_than = time.time() - self.leases.lease_seconds
         for folder in (self.root, self.corpora.root):
-            for path in remove_partial_writes(folder, older_than=started):
+            for path in remove_partial_writes(folder, older_than=older_than):
                 log.warning("removed %s, the partial write of a server that stopped", path)
 
-    def _mark_interrupted(self) -> None:
-        for job in self.store.jobs((QUEUED, RUNNING), limit=1_000_000):
-            where = f"at step {job.checkpoint_step}" if job.checkpoint_step >= 0 else "none yet"
-            message = f"the server stopped while the job was {job.state} (last checkpoint: {where})"
-            self.store.add_event(
-                job.job_id,
-                "state",
-                {"state": INTERRUPTED, "message": message, "step": job.step, "epoch": job.epoch},
-                state=INTERRUPTED,
-                error=message,
-            )
-            log.warning("job %s interrupted: %s", job.job_id, message)
+    def shutdown(self, grace: float) -> list[str]:
+        """Stop this replica for a server shutdown, within ``grace`` seconds: claim nothing more; running
+        jobs stop at their next step boundary, write a checkpoint and become INTERRUPTED (resumable); queued
+        jobs stay queued for the other replicas. Returns the ids of jobs still running when ``grace`` ran
+        out (their threads could not be joined; their leases expire and another replica takes them over)."""
+        deadline = time.monotonic() + grace
+        return self.supervisor.close(deadline - min(1.0, grace / 4), deadline)
+
+    def close(self) -> None:
+        """``shutdown`` without a time limit beyond ``CANCEL_WAIT_SECONDS``, then release the store."""
+        self.shutdown(CANCEL_WAIT_SECONDS)
+        self.store.close()
+
+    def running(self) -> list[str]:
+        """Ids of the jobs this replica runs now."""
+        with self.supervisor.lock:
+            return list(self.supervisor.running)
+
+    def add_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(job_id)`` after every event this replica records from now on (from the recording
+        thread; it must be quick and must not block)."""
+        with self._lock:
+            self._listeners.append(listener)
 
     # -- paths ---------------------------------------------------------------------------------------
     def checkpoint_path(self, job_id: str) -> Path:
@@ -122,11 +140,8 @@ class JobManager:
         return job
 
     def queue_position(self, job: JobRecord) -> int:
-        with self._lock:
-            queue = self._queues.get(job.device)
-            if job.state != QUEUED or queue is None or job.job_id not in queue:
-                return -1
-            return list(queue).index(job.job_id)
+        """Queued jobs for the same device ahead of ``job`` over all replicas; -1 unless it is queued."""
+        return self.store.queue_position(job)
 
     # -- start, cancel, resume -----------------------------------------------------------------------
     def start(self, corpus_id: str, config: TrainingConfig, name: str, device: torch.device) -> JobRecord:
@@ -150,48 +165,38 @@ class JobManager:
             steps_per_epoch=per_epoch,
             vocab_size=corpus.vocab_size,
             parameters=parameters,
+            queued_at=now,
         )
-        with self._lock:
-            self._check_queue_room()
-            self.store.insert(job)
-            self._queues[job.device].append(job.job_id)
+        self.store.insert(job, max_queued=self.max_queued)
         self._event(job.job_id, "state", {"state": QUEUED, "message": "queued"})
-        self._dispatch(job.device)
+        self.supervisor.wake.set()
         return self.get(job.job_id)
 
-    def _check_queue_room(self) -> None:
-        queued = sum(len(q) for q in self._queues.values())
-        if queued >= self.max_queued:
-            raise ResourceExhausted(
-                f"{queued} jobs are already queued; the limit is {self.max_queued} (max_queued_jobs)",
-                field="corpus_id",
+    def request_cancel(self, job_id: str) -> bool:
+        """Cancel a queued job at once, or ask the owner of a running one (on any replica) to stop it at a
+        step boundary with a checkpoint. True when the job is running and still has to stop. Raises
+        NotFound, or FailedPrecondition when the job is neither queued nor running."""
+        self.get(job_id)
+        found = self.store.request_cancel(job_id)
+        if found == QUEUED:
+            self._notify(job_id)
+            return False
+        if found != RUNNING:
+            raise FailedPrecondition(
+                f"job {job_id} is {found}; only queued or running jobs can be cancelled", field="job_id"
             )
+        running = self.supervisor.get(job_id)
+        if running is not None:  # this replica owns it: no need to wait for the heartbeat
+            running.cancel = True
+            running.stop.set()
+        return True
 
     def cancel(self, job_id: str) -> JobRecord:
-        job = self.get(job_id)
-        with self._lock:
-            running = self._running.get(job_id)
-            if job.state == QUEUED and running is None:
-                queue = self._queues.get(job.device)
-                if queue is not None and job_id in queue:
-                    queue.remove(job_id)
-                cancel_now = True
-            elif running is not None:
-                running.cancel = True
-                running.stop.set()
-                cancel_now = False
-            else:
-                raise FailedPrecondition(
-                    f"job {job_id} is {job.state}; only queued or running jobs can be cancelled",
-                    field="job_id",
-                )
-        if cancel_now:
-            self._event(
-                job_id, "state", {"state": CANCELLED, "message": "cancelled while queued"}, state=CANCELLED
-            )
-        else:
-            assert running is not None
-            running.thread.join(CANCEL_WAIT_SECONDS)
+        """``request_cancel``, then wait (at most ``CANCEL_WAIT_SECONDS``) for a running job to stop."""
+        if self.request_cancel(job_id):
+            deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+            while self.get(job_id).state == RUNNING and time.monotonic() < deadline:
+                time.sleep(self.leases.poll_seconds / 4)
         return self.get(job_id)
 
     def resume(self, job_id: str) -> JobRecord:
@@ -201,65 +206,106 @@ class JobManager:
                 f"job {job_id} is {job.state}; only interrupted or cancelled jobs can be resumed",
                 field="job_id",
             )
-        path = self.checkpoint_path(job_id)
-        with self._lock:
-            self._check_queue_room()
-            if path.is_file():
-                payload = checkpoints.load(path)
-                sequence, step = payload["sequence"], payload["step"]
-            else:
-                sequence, step = 0, 0
-            self.store.truncate_events(job_id, sequence, state=QUEUED, step=step, error="")
-            self._queues[job.device].append(job_id)
+        queued = self.store.count_by_state().get(QUEUED, 0)
+        if queued >= self.max_queued:
+            from nnprobe_services.errors import ResourceExhausted
+
+            raise ResourceExhausted(
+                f"{queued} jobs are already queued; the limit is {self.max_queued} (max_queued_jobs)",
+                field="job_id",
+            )
+        sequence, step = self._checkpoint_position(job_id)
+        resumed = self.store.supersede_events(
+            job_id,
+            sequence,
+            expect={"state": job.state, "attempt": job.attempt},
+            state=QUEUED,
+            step=step,
+            error="",
+            owner="",
+            takeovers=0,
+            cancel_requested=False,
+            queued_at=time.time(),
+        )
+        if not resumed:
+            raise FailedPrecondition(f"job {job_id} changed while being resumed; try again", field="job_id")
         self._event(job_id, "state", {"state": QUEUED, "message": f"resumed from step {step}", "step": step})
-        self._dispatch(job.device)
+        self.supervisor.wake.set()
         return self.get(job_id)
 
-    # -- running -------------------------------------------------------------------------------------
-    def _dispatch(self, device: str) -> None:
-        with self._lock:
-            if any(running.device == device for running in self._running.values()):
-                return
-            queue = self._queues.get(device)
-            if not queue:
-                return
-            job_id = queue.popleft()
-            stop = threading.Event()
-            thread = threading.Thread(target=self._run, args=(job_id, stop), name=f"lm-{job_id}", daemon=True)
-            self._running[job_id] = _Running(device, stop, thread)
-        thread.start()
+    def _checkpoint_position(self, job_id: str) -> tuple[int, int]:
+        """(event sequence, step) the job's checkpoint continues from; (0, 0) without one."""
+        path = self.checkpoint_path(job_id)
+        if not path.is_file():
+            return 0, 0
+        payload = checkpoints.load(path)
+        return payload["sequence"], payload["step"]
 
-    def _run(self, job_id: str, stop: threading.Event) -> None:
-        job = self.get(job_id)
+    # -- running -------------------------------------------------------------------------------------
+    def _run(self, claim: Claim, running: RunningJob) -> None:
+        job = claim.job
+        job_id = job.job_id
         try:
-            self._event(
-                job_id, "state", {"state": RUNNING, "message": f"running on {job.device}"}, state=RUNNING
-            )
-            finished = self._train(job, stop)
-            with self._lock:
-                cancelled = self._running[job_id].cancel
+            if claim.takeover:
+                sequence, step = self._checkpoint_position(job_id)
+                if not self.store.supersede_events(job_id, sequence, expect=self._fence(running), step=step):
+                    raise LeaseLost(job_id)
+                message = (
+                    f"taken over by replica {self.replica_id} from {claim.previous_owner}, whose lease "
+                    f"expired; resuming from step {step}"
+                )
+                self._event(job_id, "state", {"state": RUNNING, "message": message, "step": step})
+                log.warning("job %s: %s", job_id, message)
+            message = f"running on {job.device} (replica {self.replica_id})"
+            self._event(job_id, "state", {"state": RUNNING, "message": message})
+            finished = False if running.cancel else self._train(self.get(job_id), running)
+            if running.lost:
+                raise LeaseLost(job_id)
+            release = {"owner": "", "lease_expires_at": 0.0, "cancel_requested": False}
             if finished:
-                self._event(job_id, "state", {"state": SUCCEEDED, "message": "finished"}, state=SUCCEEDED)
-            elif cancelled:
-                self._event(job_id, "state", {"state": CANCELLED, "message": "cancelled"}, state=CANCELLED)
+                self._event(
+                    job_id, "state", {"state": SUCCEEDED, "message": "finished"}, state=SUCCEEDED, **release
+                )
+            elif running.cancel:
+                cancelled = {"state": CANCELLED, "message": "cancelled"}
+                self._event(job_id, "state", cancelled, state=CANCELLED, **release)
             else:
-                message = "stopped by the server"
-                self._event(job_id, "state", {"state": INTERRUPTED, "message": message}, state=INTERRUPTED)
+                step = self.get(job_id).checkpoint_step
+                message = (
+                    f"the server stopped (shutdown, replica {self.replica_id}); the job resumes from its "
+                    f"checkpoint at step {step}"
+                )
+                stopped = {"state": INTERRUPTED, "message": message, "step": step}
+                self._event(job_id, "state", stopped, state=INTERRUPTED, error=message, **release)
+        except LeaseLost:
+            log.warning("job %s: another replica owns it now; this replica stopped running it", job_id)
         except Exception as error:  # recorded on the job; the server keeps running
             log.exception("job %s failed", job_id)
             message = f"{type(error).__name__}: {error}"
-            self._event(job_id, "state", {"state": FAILED, "message": message}, state=FAILED, error=message)
+            try:
+                self._event(
+                    job_id,
+                    "state",
+                    {"state": FAILED, "message": message},
+                    state=FAILED,
+                    error=message,
+                    owner="",
+                )
+            except LeaseLost:
+                log.warning("job %s: failed after another replica took it over", job_id)
         finally:
-            with self._lock:
-                self._running.pop(job_id, None)
-            self._dispatch(job.device)
+            self.supervisor.finished(job_id)
 
-    def _train(self, job: JobRecord, stop: threading.Event) -> bool:
+    def _fence(self, running: RunningJob) -> dict[str, Any]:
+        return {"owner": self.replica_id, "attempt": running.attempt, "state": RUNNING}
+
+    def _train(self, job: JobRecord, running: RunningJob) -> bool:
         config = TrainingConfig.from_dict(job.config)
         corpus = self.corpora.get(job.corpus_id)
         path = self.checkpoint_path(job.job_id)
         payload = checkpoints.load(path) if path.is_file() else None
         splits = {name: split.ids for name, split in corpus.splits.items()}
+        stop = running.stop
         if self.runner is not None and config.workers > 1:
             return self.runner(self, job, config, splits, corpus.words, payload, stop)
         trainer = Trainer(config, corpus.words, splits, torch.device(job.device), payload)
@@ -268,7 +314,7 @@ class JobManager:
             should_stop=stop.is_set,
             on_checkpoint=lambda t: self.save_checkpoint(job.job_id, t.checkpoint()),
         )
-        if not finished and stop.is_set():
+        if not finished and stop.is_set() and not running.lost:
             self.save_checkpoint(job.job_id, trainer.checkpoint())
         return finished
 
@@ -288,8 +334,12 @@ class JobManager:
         self._event(job_id, kind, payload, **changes)
 
     def save_checkpoint(self, job_id: str, payload: dict[str, Any]) -> None:
-        """Write the checkpoint atomically, then record it (event + job row)."""
+        """Write the checkpoint atomically, then record it (event + job row). Raises ``LeaseLost`` and
+        writes nothing when another replica owns the job now."""
         job = self.get(job_id)
+        running = self.supervisor.get(job_id)
+        if running is None or running.lost or (job.owner, job.attempt) != (self.replica_id, running.attempt):
+            raise LeaseLost(job_id)
         payload["sequence"] = job.last_sequence
         payload["corpus_id"] = job.corpus_id
         try:
@@ -316,66 +366,24 @@ class JobManager:
         )
 
     def _event(self, job_id: str, kind: str, payload: dict[str, Any], **changes: Any) -> int:
-        sequence = self.store.add_event(job_id, kind, payload, **changes)
-        with self._changed:
-            self._changed.notify_all()
+        """Append an event; for a job this replica runs, only while it still holds the lease (else
+        ``LeaseLost``)."""
+        running = self.supervisor.get(job_id)
+        expect = self._fence(running) if running is not None else None
+        sequence = self.store.add_event(job_id, kind, payload, expect=expect, **changes)
+        if sequence is None:
+            raise LeaseLost(job_id)
+        self._notify(job_id)
         return sequence
 
-    # -- watching ------------------------------------------------------------------------------------
-    def watch(self, job_id: str, after: int, is_active: Callable[[], bool]) -> Iterator[EventRecord]:
-        """The job's events after sequence ``after``, following it until it leaves QUEUED/RUNNING."""
-        self.get(job_id)
-        cursor = after
-        while is_active():
-            events = self.store.events(job_id, cursor)
-            yield from events
-            if events:
-                cursor = events[-1].sequence
-                continue
-            if self.get(job_id).state not in ACTIVE:
-                if not self.store.events(job_id, cursor, limit=1):
-                    return
-                continue
-            with self._changed:
-                self._changed.wait(0.5)
-
-    def wait(self, job_id: str, timeout: float) -> JobRecord:
-        """Block until the job leaves QUEUED/RUNNING (or ``timeout`` passes); return it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            job = self.get(job_id)
-            if job.state not in ACTIVE or time.monotonic() > deadline:
-                return job
-            with self._changed:
-                self._changed.wait(0.2)
-
-    # -- models --------------------------------------------------------------------------------------
-    def model(self, job_id: str, device: torch.device) -> LoadedModel:
-        """The job's last checkpointed model (cached while the file is unchanged)."""
-        self.get(job_id)
-        path = self.checkpoint_path(job_id)
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            raise FailedPrecondition(
-                f"job {job_id} has no checkpoint yet; wait for its first checkpoint or for it to finish",
-                field="job_id",
-            ) from None
-        key = (stat.st_mtime_ns, stat.st_size)
+    def _notify(self, job_id: str) -> None:
         with self._lock:
-            cached = self._models.get(job_id)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        payload = checkpoints.load(path)
-        vocab = payload["vocab"]
-        loaded = LoadedModel(
-            model=load_model(payload, device),
-            vocab=vocab,
-            index={w: i for i, w in enumerate(vocab)},
-            step=payload["step"],
-            config=TrainingConfig.from_dict(payload["config"]),
-            corpus_id=payload["corpus_id"],
-        )
-        with self._lock:
-            self._models[job_id] = (key, loaded)
-        return loaded
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(job_id)
+            except Exception:  # a listener's failure must not fail the job
+                log.exception("job listener failed")
+
+
+__all__ = ["CANCEL_WAIT_SECONDS", "JobManager", "JobStop", "Leases"]

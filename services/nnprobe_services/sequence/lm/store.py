@@ -1,217 +1,393 @@
-"""The job database: one embedded SQLite file (WAL journal, synchronous FULL) holding jobs and their
-events. Every write is one transaction, so a crash leaves either the old or the new row, never half."""
+"""The job database: jobs, their events, and the queue that replicas share, on SQLite (the embedded
+default: one file, WAL journal, synchronous FULL) or PostgreSQL, through one SQLAlchemy 2 Core code path.
+
+Every write is one transaction, so a crash leaves either the old or the new row, never half. Replicas
+claim queued jobs with row locks (PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED``; SQLite:
+``BEGIN IMMEDIATE``, one writer at a time) and hold a running job by a lease that their heartbeat renews;
+a job whose lease expired is claimable again (takeover). Each claim increments ``attempt``, the fencing
+token of the owner's later writes: a replica that lost its lease cannot write to the job any more. Lease
+times are read from the database's clock, so the replicas' clocks need not agree.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, fields
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "interrupted",
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.engine import Connection, Engine
+
+from nnprobe_services.errors import ResourceExhausted, Unavailable
+from nnprobe_services.sequence.lm.records import (
+    ACTIVE,
+    CANCELLED,
+    COLUMNS,
+    FAILED,
+    INTERRUPTED,
+    QUEUED,
+    RUNNING,
+    STATES,
+    SUCCEEDED,
+    Claim,
+    EventRecord,
+    JobRecord,
+    LeaseLost,
 )
-STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
-ACTIVE = (QUEUED, RUNNING)
+from nnprobe_services.sequence.lm.schema import events as events_table
+from nnprobe_services.sequence.lm.schema import jobs as jobs_table
+from nnprobe_services.sequence.lm.schema import migrate
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    corpus_id TEXT NOT NULL,
-    state TEXT NOT NULL,
-    config TEXT NOT NULL,
-    device TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    step INTEGER NOT NULL DEFAULT 0,
-    total_steps INTEGER NOT NULL DEFAULT 0,
-    steps_per_epoch INTEGER NOT NULL DEFAULT 0,
-    epoch INTEGER NOT NULL DEFAULT 0,
-    loss REAL NOT NULL DEFAULT 0,
-    valid_perplexity REAL NOT NULL DEFAULT 0,
-    test_perplexity REAL NOT NULL DEFAULT 0,
-    checkpoint_step INTEGER NOT NULL DEFAULT -1,
-    checkpoint_sha256 TEXT NOT NULL DEFAULT '',
-    error TEXT NOT NULL DEFAULT '',
-    elapsed_seconds REAL NOT NULL DEFAULT 0,
-    tokens_per_second REAL NOT NULL DEFAULT 0,
-    vocab_size INTEGER NOT NULL DEFAULT 0,
-    parameters INTEGER NOT NULL DEFAULT 0,
-    last_sequence INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS events (
-    job_id TEXT NOT NULL,
-    sequence INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    time REAL NOT NULL,
-    payload TEXT NOT NULL,
-    PRIMARY KEY (job_id, sequence)
-);
-"""
+__all__ = [
+    "ACTIVE",
+    "CANCELLED",
+    "FAILED",
+    "INTERRUPTED",
+    "QUEUED",
+    "RUNNING",
+    "STATES",
+    "SUCCEEDED",
+    "Claim",
+    "EventRecord",
+    "JobRecord",
+    "JobStore",
+    "LeaseLost",
+]
 
 
-@dataclass
-class JobRecord:
-    """One row of ``jobs``; ``config`` is the TrainingConfig as a dict."""
-
-    job_id: str
-    name: str
-    corpus_id: str
-    state: str
-    config: dict[str, Any]
-    device: str
-    created_at: float
-    updated_at: float
-    step: int = 0
-    total_steps: int = 0
-    steps_per_epoch: int = 0
-    epoch: int = 0
-    loss: float = 0.0
-    valid_perplexity: float = 0.0
-    test_perplexity: float = 0.0
-    checkpoint_step: int = -1
-    checkpoint_sha256: str = ""
-    error: str = ""
-    elapsed_seconds: float = 0.0
-    tokens_per_second: float = 0.0
-    vocab_size: int = 0
-    parameters: int = 0
-    last_sequence: int = 0
+def database_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` URLs use psycopg 3; others are returned unchanged."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
 
 
-@dataclass
-class EventRecord:
-    """One row of ``events``; ``payload`` holds the event's fields."""
-
-    job_id: str
-    sequence: int
-    kind: str
-    time: float
-    payload: dict[str, Any]
+def redacted(url: str) -> str:
+    """The URL with its password hidden, for logs."""
+    return sa.make_url(url).render_as_string(hide_password=True)
 
 
-COLUMNS = [f.name for f in fields(JobRecord)]
+def _sqlite_engine(url: str) -> Engine:
+    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+    @sa_event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # transactions are begun below, not by the driver
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=60000"):
+            dbapi_connection.execute(f"PRAGMA {pragma}")
+
+    @sa_event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
 
 
 class JobStore:
-    """Thread-safe access to the database (one connection, one lock)."""
+    """Thread-safe, process-safe access to the job database at ``url``.
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+    ``url``: ``sqlite:///<path>`` or ``postgresql://user:password@host:port/db``. The schema is migrated
+    on construction (see ``schema.migrate``). Database outages raise ``Unavailable``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = database_url(url)
+        parsed = sa.make_url(self.url)
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                from pathlib import Path
+
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = _sqlite_engine(self.url)
+            self._clock: Any = (sa.func.julianday("now") - 2440587.5) * 86400.0
+        elif parsed.get_backend_name() == "postgresql":
+            self.engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=8, max_overflow=8)
+            self._clock = sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), sa.Float(precision=53))
+        else:
+            raise ValueError(f"database_url must be sqlite:///... or postgresql://..., not {redacted(url)}")
+        self.backend = parsed.get_backend_name()
+        with self._translate():
+            self.schema_versions = migrate(self.engine, time.time)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.engine.dispose()
 
-    def _job(self, row: sqlite3.Row) -> JobRecord:
-        values = dict(row)
+    # -- transactions --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except sa.exc.OperationalError as error:
+            raise Unavailable(f"the job database is unreachable: {error.orig}") from error
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._translate(), self.engine.connect() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._translate(), self.engine.connect() as conn:
+            conn.execution_options(immediate=True)
+            with conn.begin():
+                yield conn
+
+    def now(self) -> float:
+        """The database's clock, in Unix seconds (the clock leases are measured on)."""
+        with self._read() as conn:
+            return float(conn.execute(sa.select(self._clock)).scalar_one())
+
+    # -- rows ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _job(row: Any) -> JobRecord:
+        values = dict(row._mapping)
         values["config"] = json.loads(values["config"])
+        values["cancel_requested"] = bool(values["cancel_requested"])
         return JobRecord(**values)
 
-    def insert(self, job: JobRecord) -> None:
-        values = [json.dumps(job.config) if c == "config" else getattr(job, c) for c in COLUMNS]
-        with self._lock:
-            self._db.execute(
-                f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", values
-            )
-
-    def update(self, job_id: str, **changes: Any) -> None:
-        changes.setdefault("updated_at", time.time())
+    @staticmethod
+    def _values(changes: dict[str, Any]) -> dict[str, Any]:
         unknown = set(changes) - set(COLUMNS)
         if unknown:
             raise KeyError(f"unknown job columns {sorted(unknown)}")
-        assignments = ", ".join(f"{name} = ?" for name in changes)
-        values = [json.dumps(v) if k == "config" else v for k, v in changes.items()]
-        with self._lock:
-            self._db.execute(f"UPDATE jobs SET {assignments} WHERE job_id = ?", [*values, job_id])
+        return {k: json.dumps(v) if k == "config" else v for k, v in changes.items()}
+
+    def insert(self, job: JobRecord, max_queued: int | None = None) -> None:
+        """Add ``job``; with ``max_queued``, raise ``ResourceExhausted`` when that many jobs are already
+        queued (over all replicas and devices; counted and inserted in one serialized transaction)."""
+        values = self._values({c: getattr(job, c) for c in COLUMNS})
+        with self._write() as conn:
+            if self.backend == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(0x6A6F6273)))
+            if max_queued is not None:
+                queued = conn.execute(
+                    sa.select(sa.func.count()).where(jobs_table.c.state == QUEUED)
+                ).scalar_one()
+                if queued >= max_queued:
+                    raise ResourceExhausted(
+                        f"{queued} jobs are already queued; the limit is {max_queued} (max_queued_jobs)",
+                        field="corpus_id",
+                    )
+            conn.execute(jobs_table.insert().values(**values))
+
+    def update(self, job_id: str, **changes: Any) -> None:
+        changes.setdefault("updated_at", time.time())
+        with self._write() as conn:
+            conn.execute(
+                jobs_table.update().where(jobs_table.c.job_id == job_id).values(**self._values(changes))
+            )
 
     def get(self, job_id: str) -> JobRecord | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        with self._read() as conn:
+            row = conn.execute(sa.select(jobs_table).where(jobs_table.c.job_id == job_id)).first()
         return None if row is None else self._job(row)
 
     def jobs(self, states: Iterable[str] = (), limit: int = 100) -> list[JobRecord]:
+        """The newest ``limit`` jobs (in ``states`` when given), newest first."""
+        query = sa.select(jobs_table)
         states = list(states)
-        where = f"WHERE state IN ({', '.join('?' * len(states))})" if states else ""
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT * FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ?", [*states, limit]
-            ).fetchall()
-        return [self._job(row) for row in rows]
+        if states:
+            query = query.where(jobs_table.c.state.in_(states))
+        query = query.order_by(jobs_table.c.created_at.desc(), jobs_table.c.job_id.desc()).limit(limit)
+        with self._read() as conn:
+            return [self._job(row) for row in conn.execute(query)]
 
     def count_by_state(self) -> dict[str, int]:
         """Number of jobs in each state (states without jobs are absent)."""
-        with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
-        return {state: count for state, count in rows}
+        query = sa.select(jobs_table.c.state, sa.func.count()).group_by(jobs_table.c.state)
+        with self._read() as conn:
+            return {state: count for state, count in conn.execute(query)}
 
-    def add_event(self, job_id: str, kind: str, payload: dict[str, Any], **job_changes: Any) -> int:
-        """Append an event and apply ``job_changes`` in one transaction; return its sequence number."""
+    def queue_position(self, job: JobRecord) -> int:
+        """How many queued jobs for the same device come before ``job`` (-1 unless it is queued)."""
+        if job.state != QUEUED:
+            return -1
+        c = jobs_table.c
+        earlier = sa.or_(
+            c.queued_at < job.queued_at, sa.and_(c.queued_at == job.queued_at, c.job_id < job.job_id)
+        )
+        query = sa.select(sa.func.count()).where(c.state == QUEUED, c.device == job.device, earlier)
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    # -- events --------------------------------------------------------------------------------------
+    def add_event(
+        self,
+        job_id: str,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        expect: dict[str, Any] | None = None,
+        **job_changes: Any,
+    ) -> int | None:
+        """Append an event and apply ``job_changes`` in one transaction; return its sequence number, or
+        None when the job's columns do not hold the values in ``expect`` (nothing is written then)."""
+        with self._write() as conn:
+            return self._append(conn, job_id, kind, payload, expect or {}, job_changes)
+
+    def _append(
+        self,
+        conn: Connection,
+        job_id: str,
+        kind: str,
+        payload: dict[str, Any],
+        expect: dict[str, Any],
+        changes: dict[str, Any],
+    ) -> int | None:
         now = time.time()
-        job_changes["updated_at"] = now
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                (last,) = self._db.execute(
-                    "SELECT last_sequence FROM jobs WHERE job_id = ?", (job_id,)
-                ).fetchone()
-                sequence = last + 1
-                self._db.execute(
-                    "INSERT INTO events (job_id, sequence, kind, time, payload) VALUES (?, ?, ?, ?, ?)",
-                    (job_id, sequence, kind, now, json.dumps(payload)),
-                )
-                job_changes["last_sequence"] = sequence
-                assignments = ", ".join(f"{name} = ?" for name in job_changes)
-                self._db.execute(
-                    f"UPDATE jobs SET {assignments} WHERE job_id = ?", [*job_changes.values(), job_id]
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return sequence
+        c = jobs_table.c
+        sequence = conn.execute(
+            jobs_table.update()
+            .where(c.job_id == job_id, *(c[name] == value for name, value in expect.items()))
+            .values(last_sequence=c.last_sequence + 1, **self._values({"updated_at": now, **changes}))
+            .returning(c.last_sequence)
+        ).scalar()
+        if sequence is None:
+            return None
+        conn.execute(
+            events_table.insert().values(
+                job_id=job_id, sequence=sequence, kind=kind, time=now, payload=json.dumps(payload)
+            )
+        )
+        return int(sequence)
 
     def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[EventRecord]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
-                (job_id, after, limit),
-            ).fetchall()
-        return [
-            EventRecord(r["job_id"], r["sequence"], r["kind"], r["time"], json.loads(r["payload"]))
-            for r in rows
-        ]
+        """Up to ``limit`` events of the job's history with sequence > ``after``, in order."""
+        e = events_table.c
+        query = (
+            sa.select(events_table)
+            .where(e.job_id == job_id, e.sequence > after, e.superseded == sa.false())
+            .order_by(e.sequence)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [
+                EventRecord(r.job_id, r.sequence, r.kind, r.time, json.loads(r.payload))
+                for r in conn.execute(query)
+            ]
 
-    def truncate_events(self, job_id: str, after: int, **job_changes: Any) -> None:
-        """Drop the events after sequence ``after`` (those a resumed run will record again)."""
-        job_changes["last_sequence"] = after
-        job_changes["updated_at"] = time.time()
-        assignments = ", ".join(f"{name} = ?" for name in job_changes)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM events WHERE job_id = ? AND sequence > ?", (job_id, after))
-                self._db.execute(
-                    f"UPDATE jobs SET {assignments} WHERE job_id = ?", [*job_changes.values(), job_id]
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+    def supersede_events(
+        self, job_id: str, after: int, *, expect: dict[str, Any] | None = None, **job_changes: Any
+    ) -> bool:
+        """Take the events after sequence ``after`` out of the job's history (a resumed run records them
+        again, under new, higher sequence numbers) and apply ``job_changes``; False (nothing written) when
+        the job does not hold the values in ``expect``."""
+        c = jobs_table.c
+        with self._write() as conn:
+            changed = conn.execute(
+                jobs_table.update()
+                .where(c.job_id == job_id, *(c[name] == value for name, value in (expect or {}).items()))
+                .values(**self._values({"updated_at": time.time(), **job_changes}))
+            ).rowcount
+            if not changed:
+                return False
+            e = events_table.c
+            conn.execute(
+                events_table.update()
+                .where(e.job_id == job_id, e.sequence > after, e.superseded == sa.false())
+                .values(superseded=True)
+            )
+        return True
+
+    # -- the shared queue ----------------------------------------------------------------------------
+    def claim_next(
+        self, replica_id: str, devices: Sequence[str], lease_seconds: float, max_takeovers: int
+    ) -> Claim | None:
+        """Claim the oldest job for one of ``devices`` that is queued or running under an expired lease;
+        None when there is none. The claim sets state RUNNING, owner ``replica_id``, a lease of
+        ``lease_seconds`` and ``attempt + 1``. A job whose lease expired ``max_takeovers`` times in a row
+        is not claimed again but left INTERRUPTED (a job that kills every replica must not cycle)."""
+        c = jobs_table.c
+        if not devices:
+            return None
+        with self._write() as conn:
+            while True:
+                now = float(conn.execute(sa.select(self._clock)).scalar_one())
+                claimable = sa.or_(c.state == QUEUED, sa.and_(c.state == RUNNING, c.lease_expires_at < now))
+                row = conn.execute(
+                    sa.select(jobs_table)
+                    .where(c.device.in_(list(devices)), claimable)
+                    .order_by(c.queued_at, c.job_id)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                ).first()
+                if row is None:
+                    return None
+                job = self._job(row)
+                takeover = job.state == RUNNING
+                if takeover and job.takeovers >= max_takeovers:
+                    message = (
+                        f"the lease of replica {job.owner} expired and the job was taken over "
+                        f"{job.takeovers} times already (max_job_takeovers); resume it to try again"
+                    )
+                    self._append(
+                        conn,
+                        job.job_id,
+                        "state",
+                        {"state": INTERRUPTED, "message": message, "step": job.step, "epoch": job.epoch},
+                        {"attempt": job.attempt},
+                        {"state": INTERRUPTED, "error": message, "owner": "", "lease_expires_at": 0.0},
+                    )
+                    continue
+                changes = {
+                    "state": RUNNING,
+                    "owner": replica_id,
+                    "lease_expires_at": now + lease_seconds,
+                    "attempt": job.attempt + 1,
+                    "takeovers": job.takeovers + 1 if takeover else job.takeovers,
+                    "updated_at": time.time(),
+                }
+                conn.execute(jobs_table.update().where(c.job_id == job.job_id).values(**changes))
+                previous = job.owner
+                for name, value in changes.items():
+                    setattr(job, name, value)
+                return Claim(job, takeover, previous)
+
+    def renew_lease(self, job_id: str, replica_id: str, attempt: int, lease_seconds: float) -> bool | None:
+        """Extend the lease of a job this replica runs; return whether a cancel was requested, or None
+        when the lease is lost (the job was taken over, or it left RUNNING)."""
+        c = jobs_table.c
+        with self._write() as conn:
+            now = float(conn.execute(sa.select(self._clock)).scalar_one())
+            requested = conn.execute(
+                jobs_table.update()
+                .where(c.job_id == job_id, c.owner == replica_id, c.attempt == attempt, c.state == RUNNING)
+                .values(lease_expires_at=now + lease_seconds)
+                .returning(c.cancel_requested)
+            ).scalar()
+        return None if requested is None else bool(requested)
+
+    def request_cancel(self, job_id: str) -> str:
+        """Cancel a queued job at once, or flag a running one for its owner; return the state found
+        (``queued``: now cancelled; ``running``: flagged; anything else: nothing done)."""
+        c = jobs_table.c
+        with self._write() as conn:
+            payload = {"state": CANCELLED, "message": "cancelled while queued"}
+            if self._append(conn, job_id, "state", payload, {"state": QUEUED}, {"state": CANCELLED}):
+                return QUEUED
+            flagged = conn.execute(
+                jobs_table.update()
+                .where(c.job_id == job_id, c.state == RUNNING)
+                .values(cancel_requested=True, updated_at=time.time())
+            ).rowcount
+            if flagged:
+                return RUNNING
+            state = conn.execute(sa.select(c.state).where(c.job_id == job_id)).scalar()
+        return str(state or "")
+
+    def expire_leases(self, owner: str) -> int:
+        """End the leases of the running jobs ``owner`` holds (a replica restarting under the same id
+        knows their runner died); return how many."""
+        c = jobs_table.c
+        with self._write() as conn:
+            return int(
+                conn.execute(
+                    jobs_table.update()
+                    .where(c.owner == owner, c.state == RUNNING)
+                    .values(lease_expires_at=0.0)
+                ).rowcount
+            )

@@ -3,7 +3,8 @@ perplexity evaluation. Pure PyTorch; no gRPC, no database.
 
 Data order is the notebook's: the train split is cut into ``batch_size`` contiguous rows; epoch e reads
 chunks of ``sequence_length`` columns left to right, starting from a zero state; step k of an epoch
-reads columns [k L, (k + 1) L) and predicts the columns one to the right. A checkpoint holds the model,
+reads columns [k L, (k + 1) L) and predicts the columns one to the right. Validation and test perplexity
+count every predicted token of their split (``evaluation``). A checkpoint holds the model,
 the optimizer, the dropout generator's state, the position (epoch, chunk) and the carried LSTM state,
 so a resumed run repeats the uninterrupted run bit for bit (on the same device and thread count).
 
@@ -16,7 +17,6 @@ collective: every rank calls them at the same steps (see ``distributed``).
 from __future__ import annotations
 
 import functools
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ from torch import nn
 
 from nnprobe_services.errors import Cancelled
 from nnprobe_services.sequence.lm.corpus import batchify
+from nnprobe_services.sequence.lm.evaluation import evaluate, loss_sum, perplexity, streams_of
 from nnprobe_services.sequence.lm.model import LanguageModel, State, TrainingConfig, detach
 
 
@@ -84,61 +85,6 @@ def steps_per_epoch(train_tokens: int, batch_size: int, sequence_length: int) ->
 def total_steps(config: TrainingConfig, per_epoch: int) -> int:
     steps = config.epochs * per_epoch
     return min(steps, config.max_steps) if config.max_steps else steps
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else math.inf
-
-
-@torch.no_grad()
-def evaluate(
-    model: LanguageModel,
-    ids: torch.Tensor,
-    batch_size: int,
-    sequence_length: int,
-    device: torch.device,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> tuple[float, int]:
-    """Mean cross-entropy (nats) over every predicted token of ``ids`` cut into ``batch_size`` rows and
-    read in chunks of ``sequence_length`` with the state carried; returns (loss, tokens predicted)."""
-    total, count = loss_sum(model, batchify(ids, batch_size), sequence_length, device, should_stop)
-    if count == 0:
-        raise ValueError(f"the split has too few tokens ({ids.numel()}) for {batch_size} streams")
-    return total.item() / count, count
-
-
-@torch.no_grad()
-def loss_sum(
-    model: LanguageModel,
-    rows: torch.Tensor,
-    sequence_length: int,
-    device: torch.device,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy (float64) and token count over the streams ``rows`` (R, columns), read in
-    chunks with the state carried. ``should_stop`` is called once per chunk even when R is 0, so ranks
-    holding different numbers of streams call it equally often."""
-    was_training = model.training
-    model.eval()
-    data = rows.to(device)
-    columns = data.shape[1]
-    state = model.initial_state(data.shape[0], device)
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
-    try:
-        for i in range(0, columns - 1, sequence_length):
-            if should_stop():
-                raise Cancelled("evaluation stopped")
-            if data.shape[0] == 0:
-                continue
-            length = min(sequence_length, columns - 1 - i)
-            logits, state = model(data[:, i : i + length], state)
-            targets = data[:, i + 1 : i + 1 + length].reshape(-1)
-            total += nn.functional.cross_entropy(logits, targets, reduction="sum").double()
-            count += targets.numel()
-    finally:
-        model.train(was_training)
-    return total, count
 
 
 def make_optimizer(config: TrainingConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -401,11 +347,14 @@ class Trainer:
 
     def _evaluate_shared(self, ids: torch.Tensor, should_stop: Callable[[], bool]) -> float:
         """Data-parallel evaluation: rank r reads streams [r E / W, (r + 1) E / W) of the ``eval_batch_size``
-        E streams; the summed losses and counts are added over the ranks."""
+        E streams (``evaluation.streams_of``); the summed losses and counts are added over the ranks."""
         assert self.reducer is not None
         streams, world, rank = self.config.eval_batch_size, self.reducer.world_size, self.reducer.rank
-        rows = batchify(ids, streams)[rank * streams // world : (rank + 1) * streams // world]
-        total, count = loss_sum(self.model, rows, self.config.sequence_length, self.device, should_stop)
+        inputs, targets = streams_of(ids, streams)
+        mine = slice(rank * streams // world, (rank + 1) * streams // world)
+        total, count = loss_sum(
+            self.model, inputs[mine], targets[mine], self.config.sequence_length, self.device, should_stop
+        )
         summed = self.reducer.sum(
             torch.stack([total, torch.tensor(float(count), dtype=torch.float64, device=total.device)])
         )

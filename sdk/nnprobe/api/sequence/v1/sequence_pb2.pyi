@@ -1414,9 +1414,13 @@ class Job(_message.Message):
     loss: _builtins.float
     """Training loss (mean cross-entropy, nats) of the last recorded step."""
     valid_perplexity: _builtins.float
-    """Validation perplexity at the last evaluation; 0 when none yet."""
+    """Validation perplexity at the last evaluation; 0 when none yet or the corpus has no such split
+    (a perplexity is always >= 1).
+    """
     test_perplexity: _builtins.float
-    """Test perplexity at the last evaluation; 0 when none yet."""
+    """Test perplexity at the last evaluation; 0 when none yet or the corpus has no such split
+    (a perplexity is always >= 1).
+    """
     checkpoint_step: _builtins.int
     """The step of the last checkpoint; -1 when none has been written."""
     device: _builtins.str
@@ -1542,9 +1546,9 @@ class JobEvent(_message.Message):
     learning_rate: _builtins.float
     """The learning rate of the step."""
     valid_perplexity: _builtins.float
-    """Validation perplexity (EVALUATION events)."""
+    """Validation perplexity (EVALUATION events); 0 when the corpus has no such split."""
     test_perplexity: _builtins.float
-    """Test perplexity (EVALUATION events)."""
+    """Test perplexity (EVALUATION events); 0 when the corpus has no such split."""
     state: Global___JobState.ValueType
     """The new state (STATE events)."""
     message: _builtins.str
@@ -1852,7 +1856,10 @@ class EvaluatePerplexityRequest(_message.Message):
     split: Global___CorpusSplit.ValueType
     """The split of the job's corpus; unspecified means valid."""
     batch_size: _builtins.int
-    """Parallel streams; 0 means the job's eval_batch_size."""
+    """Parallel streams the split is cut into (contiguous, each read from a zero state with the state
+    carried across chunks); every predicted token is counted whatever the number. 1 reads the split as one
+    stream with full context. 0 means the job's eval_batch_size.
+    """
     def __init__(
         self,
         *,
@@ -1885,7 +1892,7 @@ class EvaluatePerplexityResponse(_message.Message):
     loss: _builtins.float
     """Mean cross-entropy, nats per token."""
     tokens: _builtins.int
-    """Tokens predicted."""
+    """Tokens predicted: every token of the split but the first (N - 1 for a split of N tokens)."""
     step: _builtins.int
     """The step of the model evaluated."""
     split: Global___CorpusSplit.ValueType
@@ -1938,11 +1945,15 @@ class SampleRequest(_message.Message):
     strategy: Global___SamplingStrategy.ValueType
     """Multinomial or greedy."""
     temperature: _builtins.float
-    """Softmax temperature (multinomial); 0 means 1. Must be > 0."""
+    """Softmax temperature (multinomial): finite and >= 0; unset means 1. 0 means greedy decoding (argmax,
+    the limit of softmax(logits / T) as T -> 0, as vLLM and llama.cpp treat it).
+    """
     top_k: _builtins.int
-    """Keep only the k most probable words (multinomial); 0 keeps all."""
+    """Keep only the k most probable words (multinomial); >= 0, 0 keeps all."""
     top_p: _builtins.float
-    """Keep the smallest set of words whose probability reaches top_p (multinomial); 0 means 1 (all)."""
+    """Keep the smallest set of words whose probability reaches top_p (multinomial, nucleus sampling of
+    Holtzman et al. 2020): in (0, 1]; unset means 1 (all words).
+    """
     seed: _builtins.int
     """Seed of the draws: same request, same words."""
     def __init__(
@@ -1953,18 +1964,27 @@ class SampleRequest(_message.Message):
         start_word_id: _builtins.int | None = ...,
         num_words: _builtins.int = ...,
         strategy: Global___SamplingStrategy.ValueType = ...,
-        temperature: _builtins.float = ...,
+        temperature: _builtins.float | None = ...,
         top_k: _builtins.int = ...,
-        top_p: _builtins.float = ...,
+        top_p: _builtins.float | None = ...,
         seed: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_start_word_id", b"_start_word_id", "start_word_id", b"start_word_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_start_word_id", b"_start_word_id", "_temperature", b"_temperature", "_top_p", b"_top_p", "start_word_id", b"start_word_id", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_start_word_id", b"_start_word_id", "job_id", b"job_id", "num_words", b"num_words", "prompt", b"prompt", "seed", b"seed", "start_word_id", b"start_word_id", "strategy", b"strategy", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_start_word_id", b"_start_word_id", "_temperature", b"_temperature", "_top_p", b"_top_p", "job_id", b"job_id", "num_words", b"num_words", "prompt", b"prompt", "seed", b"seed", "start_word_id", b"start_word_id", "strategy", b"strategy", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__start_word_id: _TypeAlias = _typing.Literal["start_word_id"]  # noqa: Y015
     _WhichOneofArgType__start_word_id: _TypeAlias = _typing.Literal["_start_word_id", b"_start_word_id"]  # noqa: Y015
+    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
+    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
+    _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__start_word_id) -> _WhichOneofReturnType__start_word_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
 
 Global___SampleRequest: _TypeAlias = SampleRequest  # noqa: Y015
 

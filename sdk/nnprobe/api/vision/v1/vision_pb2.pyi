@@ -92,6 +92,58 @@ PADDING_MODE_VALID: PaddingMode.ValueType  # 3
 """No padding."""
 Global___PaddingMode: _TypeAlias = PaddingMode  # noqa: Y015
 
+class _ModelState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ModelStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MODEL_STATE_UNSPECIFIED: _ModelState.ValueType  # 0
+    """Not known."""
+    MODEL_STATE_AVAILABLE: _ModelState.ValueType  # 1
+    """Its files are present; it is loaded on first use."""
+    MODEL_STATE_LOADED: _ModelState.ValueType  # 2
+    """Loaded in this process."""
+    MODEL_STATE_UNAVAILABLE: _ModelState.ValueType  # 3
+    """It cannot be loaded (missing weights, a broken repository folder); see `state_message`."""
+
+class ModelState(_ModelState, metaclass=_ModelStateEnumTypeWrapper):
+    """Whether a model can answer requests now."""
+
+MODEL_STATE_UNSPECIFIED: ModelState.ValueType  # 0
+"""Not known."""
+MODEL_STATE_AVAILABLE: ModelState.ValueType  # 1
+"""Its files are present; it is loaded on first use."""
+MODEL_STATE_LOADED: ModelState.ValueType  # 2
+"""Loaded in this process."""
+MODEL_STATE_UNAVAILABLE: ModelState.ValueType  # 3
+"""It cannot be loaded (missing weights, a broken repository folder); see `state_message`."""
+Global___ModelState: _TypeAlias = ModelState  # noqa: Y015
+
+class _ModelFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ModelFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MODEL_FORMAT_UNSPECIFIED: _ModelFormat.ValueType  # 0
+    """Not given."""
+    MODEL_FORMAT_ONNX: _ModelFormat.ValueType  # 1
+    """An ONNX model (`model.onnx`), served by ONNX Runtime."""
+    MODEL_FORMAT_TORCH_EXPORT: _ModelFormat.ValueType  # 2
+    """A `torch.export` archive (`model.pt2`, written by `torch.export.save`), served by PyTorch."""
+
+class ModelFormat(_ModelFormat, metaclass=_ModelFormatEnumTypeWrapper):
+    """Model file formats the repository accepts. Pickles (`torch.save` files) and TorchScript are refused."""
+
+MODEL_FORMAT_UNSPECIFIED: ModelFormat.ValueType  # 0
+"""Not given."""
+MODEL_FORMAT_ONNX: ModelFormat.ValueType  # 1
+"""An ONNX model (`model.onnx`), served by ONNX Runtime."""
+MODEL_FORMAT_TORCH_EXPORT: ModelFormat.ValueType  # 2
+"""A `torch.export` archive (`model.pt2`, written by `torch.export.save`), served by PyTorch."""
+Global___ModelFormat: _TypeAlias = ModelFormat  # noqa: Y015
+
 class _AttackGoal:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -1043,6 +1095,15 @@ class ModelInfo(_message.Message):
     PREPROCESSING_FIELD_NUMBER: _builtins.int
     NUM_CLASSES_FIELD_NUMBER: _builtins.int
     IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STATE_MESSAGE_FIELD_NUMBER: _builtins.int
+    INPUT_SPEC_FIELD_NUMBER: _builtins.int
+    NUM_LABELS_FIELD_NUMBER: _builtins.int
+    IN_REPOSITORY_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    DEFAULT_VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name to pass as `model` (for example `efficientnet_lite0`, `alexnet`, `resnet50`)."""
     architecture: _builtins.str
@@ -1061,6 +1122,20 @@ class ModelInfo(_message.Message):
     """Number of output classes."""
     is_default: _builtins.bool
     """True for the model used when a request names none."""
+    backend: _builtins.str
+    """Inference engine serving it: `onnxruntime` or `pytorch` (empty until loaded for repository models)."""
+    device: _builtins.str
+    """Device it runs on when loaded (for example `cpu`, `cuda`)."""
+    state: Global___ModelState.ValueType
+    """Whether it is loaded in this process, loadable, or unusable (see `state_message`)."""
+    state_message: _builtins.str
+    """Why the model is unusable, when `state` is MODEL_STATE_UNAVAILABLE."""
+    num_labels: _builtins.int
+    """Number of class names (labels) it has; 0 when it has none (classes are then shown by index)."""
+    in_repository: _builtins.bool
+    """True for a model of the model repository (uploaded or placed in its folder); false for built-ins."""
+    default_version: _builtins.int
+    """The version served when a request names none (0 for built-in models)."""
     @_builtins.property
     def searched(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Places searched for the file, in order."""
@@ -1068,6 +1143,14 @@ class ModelInfo(_message.Message):
     @_builtins.property
     def preprocessing(self) -> Global___Preprocessing:
         """Preprocessing the model expects."""
+
+    @_builtins.property
+    def input_spec(self) -> Global___InputSpec:
+        """The input the network takes."""
+
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersion]:
+        """The repository versions, oldest first (empty for built-in models)."""
 
     def __init__(
         self,
@@ -1083,14 +1166,265 @@ class ModelInfo(_message.Message):
         preprocessing: Global___Preprocessing | None = ...,
         num_classes: _builtins.int = ...,
         is_default: _builtins.bool = ...,
+        backend: _builtins.str = ...,
+        device: _builtins.str = ...,
+        state: Global___ModelState.ValueType = ...,
+        state_message: _builtins.str = ...,
+        input_spec: Global___InputSpec | None = ...,
+        num_labels: _builtins.int = ...,
+        in_repository: _builtins.bool = ...,
+        versions: _abc.Iterable[Global___ModelVersion] | None = ...,
+        default_version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["preprocessing", b"preprocessing"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input_spec", b"input_spec", "preprocessing", b"preprocessing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "is_default", b"is_default", "name", b"name", "num_classes", b"num_classes", "preprocessing", b"preprocessing", "searched", b"searched", "source", b"source", "version", b"version", "weights_file_name", b"weights_file_name", "weights_path", b"weights_path", "weights_present", b"weights_present"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "backend", b"backend", "default_version", b"default_version", "device", b"device", "in_repository", b"in_repository", "input_spec", b"input_spec", "is_default", b"is_default", "name", b"name", "num_classes", b"num_classes", "num_labels", b"num_labels", "preprocessing", b"preprocessing", "searched", b"searched", "source", b"source", "state", b"state", "state_message", b"state_message", "version", b"version", "versions", b"versions", "weights_file_name", b"weights_file_name", "weights_path", b"weights_path", "weights_present", b"weights_present"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class InputSpec(_message.Message):
+    """The input a classifier's network takes: (N, 3, height, width) float32, channels in `channel_order`,
+    pixel values scaled to [0, `value_max`] before the preprocessing's mean and std (which are in those units).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    CHANNEL_ORDER_FIELD_NUMBER: _builtins.int
+    VALUE_MAX_FIELD_NUMBER: _builtins.int
+    LAYOUT_FIELD_NUMBER: _builtins.int
+    height: _builtins.int
+    """Input height in pixels."""
+    width: _builtins.int
+    """Input width in pixels."""
+    channel_order: _builtins.str
+    """`rgb` or `bgr`."""
+    value_max: _builtins.float
+    """Largest pixel value fed to the network: 1 or 255."""
+    layout: _builtins.str
+    """Memory layout of the input: `nchw`."""
+    def __init__(
+        self,
+        *,
+        height: _builtins.int = ...,
+        width: _builtins.int = ...,
+        channel_order: _builtins.str = ...,
+        value_max: _builtins.float = ...,
+        layout: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_order", b"channel_order", "height", b"height", "layout", b"layout", "value_max", b"value_max", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InputSpec: _TypeAlias = InputSpec  # noqa: Y015
+
+@_typing.final
+class ModelVersion(_message.Message):
+    """One version of a repository model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The version number (the folder name under the model's folder)."""
+    format: Global___ModelFormat.ValueType
+    """The model file's format."""
+    sha256: _builtins.str
+    """sha256 of the model file (hex)."""
+    size_bytes: _builtins.int
+    """Size of the model file in bytes."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        format: Global___ModelFormat.ValueType = ...,
+        sha256: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "sha256", b"sha256", "size_bytes", b"size_bytes", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelVersion: _TypeAlias = ModelVersion  # noqa: Y015
+
+@_typing.final
+class UploadModelMetadata(_message.Message):
+    """The first message of an UploadModel stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    CONFIG_YAML_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Model name: 1 to 64 letters, digits, `_`, `.`, `-`, starting with a letter or digit. A name that
+    exists adds a version to that model; built-in names are refused.
+    """
+    version: _builtins.int
+    """Version number to create; 0 picks one more than the highest existing version (1 for a new model)."""
+    format: Global___ModelFormat.ValueType
+    """The file's format."""
+    size_bytes: _builtins.int
+    """Exact size of the file in bytes (at most the server's `max_model_bytes`)."""
+    sha256: _builtins.str
+    """sha256 of the file's bytes (64 hex digits); a mismatch refuses the upload."""
+    config_yaml: _builtins.str
+    """The model's `config.yaml` (input size, channel order, value range, preprocessing, default version).
+    Required for a new model; for a new version of an existing model leave it empty, or give the same.
+    """
+    @_builtins.property
+    def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Class names in index order; their number must equal the network's number of outputs."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        format: Global___ModelFormat.ValueType = ...,
+        size_bytes: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        config_yaml: _builtins.str = ...,
+        labels: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_yaml", b"config_yaml", "format", b"format", "labels", b"labels", "name", b"name", "sha256", b"sha256", "size_bytes", b"size_bytes", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadModelMetadata: _TypeAlias = UploadModelMetadata  # noqa: Y015
+
+@_typing.final
+class UploadModelRequest(_message.Message):
+    """One message of an UploadModel stream: the metadata first, then the file's bytes in chunks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METADATA_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next bytes of the file (any size up to the server's message limit)."""
+    @_builtins.property
+    def metadata(self) -> Global___UploadModelMetadata:
+        """The first message: what is being uploaded."""
+
+    def __init__(
+        self,
+        *,
+        metadata: Global___UploadModelMetadata | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "metadata", b"metadata", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "metadata", b"metadata", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["metadata", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___UploadModelRequest: _TypeAlias = UploadModelRequest  # noqa: Y015
+
+@_typing.final
+class UploadModelResponse(_message.Message):
+    """Response of UploadModel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The version created."""
+    sha256: _builtins.str
+    """sha256 of the stored file (hex)."""
+    seconds: _builtins.float
+    """Seconds from the first message to the answer, checks and test load included."""
+    @_builtins.property
+    def model(self) -> Global___ModelInfo:
+        """The model as ListModels now shows it."""
+
+    def __init__(
+        self,
+        *,
+        model: Global___ModelInfo | None = ...,
+        version: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "seconds", b"seconds", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadModelResponse: _TypeAlias = UploadModelResponse  # noqa: Y015
+
+@_typing.final
+class DeleteModelRequest(_message.Message):
+    """Request of DeleteModel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name of a repository model."""
+    version: _builtins.int
+    """The version to remove; 0 removes the whole model. Removing the only version removes the model."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteModelRequest: _TypeAlias = DeleteModelRequest  # noqa: Y015
+
+@_typing.final
+class DeleteModelResponse(_message.Message):
+    """Response of DeleteModel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def removed_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The versions removed."""
+
+    def __init__(
+        self,
+        *,
+        removed_versions: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed_versions", b"removed_versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteModelResponse: _TypeAlias = DeleteModelResponse  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):
@@ -1148,6 +1482,7 @@ class ClassifyRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _builtins.int
     SKIP_RESIZE_FIELD_NUMBER: _builtins.int
     RETURN_LOGITS_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name from ListModels; empty means the default model. Unknown names get NOT_FOUND."""
     top_k: _builtins.int
@@ -1158,6 +1493,8 @@ class ClassifyRequest(_message.Message):
     """
     return_logits: _builtins.bool
     """Also return the full logit vector of every image."""
+    model_version: _builtins.int
+    """Repository version of `model` to use; 0 means its default version (built-in models have none)."""
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]:
         """The images: encoded JPEG, PNG, WebP or BMP bytes, or raw (H, W, C) pixels (uint8 in [0, 255] or
@@ -1173,10 +1510,11 @@ class ClassifyRequest(_message.Message):
         top_k: _builtins.int = ...,
         skip_resize: _builtins.bool = ...,
         return_logits: _builtins.bool = ...,
+        model_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "model", b"model", "return_logits", b"return_logits", "skip_resize", b"skip_resize", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "model", b"model", "model_version", b"model_version", "return_logits", b"return_logits", "skip_resize", b"skip_resize", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1192,9 +1530,9 @@ class ClassScore(_message.Message):
     LABEL_FIELD_NUMBER: _builtins.int
     PROBABILITY_FIELD_NUMBER: _builtins.int
     index: _builtins.int
-    """ImageNet class index, 0-based."""
+    """Class index, 0-based."""
     label: _builtins.str
-    """Class name (torchvision's ImageNet category names)."""
+    """Class name: the model's label (torchvision's ImageNet names for built-ins), or the index as text."""
     probability: _builtins.float
     """Softmax probability."""
     def __init__(

@@ -55,6 +55,16 @@ class VisionServiceStub:
                 request_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.GenerateAdversarialRequest.SerializeToString,
                 response_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.GenerateAdversarialResponse.FromString,
                 _registered_method=True)
+        self.UploadModel = channel.stream_unary(
+                '/nnprobe.vision.v1.VisionService/UploadModel',
+                request_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.UploadModelRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.UploadModelResponse.FromString,
+                _registered_method=True)
+        self.DeleteModel = channel.unary_unary(
+                '/nnprobe.vision.v1.VisionService/DeleteModel',
+                request_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.DeleteModelRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.DeleteModelResponse.FromString,
+                _registered_method=True)
 
 
 class VisionServiceServicer:
@@ -72,8 +82,8 @@ class VisionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """Lists every ImageNet classifier the server can serve, with its weights' presence, version and
-        preprocessing.
+        """Lists every classifier the server can serve (the built-in ImageNet models and the model repository's),
+        with its backend, device, state, versions, input specification and preprocessing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,6 +100,22 @@ class VisionServiceServicer:
     def GenerateAdversarial(self, request, context):
         """Crafts adversarial examples for one or more images, targeted or untargeted, streaming progress
         events and then one result per image. Success is judged on the image rounded to 8 bits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadModel(self, request_iterator, context):
+        """Adds a model (or a new version of one) to the model repository: the first message carries the
+        metadata, the following ones the file's bytes in order. The file is checked (size, sha256, format,
+        safety), loaded and run once before it becomes visible; a refused upload leaves nothing behind.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModel(self, request, context):
+        """Removes a model, or one of its versions, from the model repository. Built-in models cannot be removed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,6 +143,16 @@ def add_VisionServiceServicer_to_server(servicer, server):
                     servicer.GenerateAdversarial,
                     request_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.GenerateAdversarialRequest.FromString,
                     response_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.GenerateAdversarialResponse.SerializeToString,
+            ),
+            'UploadModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadModel,
+                    request_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.UploadModelRequest.FromString,
+                    response_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.UploadModelResponse.SerializeToString,
+            ),
+            'DeleteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModel,
+                    request_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.DeleteModelRequest.FromString,
+                    response_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.DeleteModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -228,6 +264,60 @@ class VisionService:
             '/nnprobe.vision.v1.VisionService/GenerateAdversarial',
             nnprobe_dot_vision_dot_v1_dot_vision__pb2.GenerateAdversarialRequest.SerializeToString,
             nnprobe_dot_vision_dot_v1_dot_vision__pb2.GenerateAdversarialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/nnprobe.vision.v1.VisionService/UploadModel',
+            nnprobe_dot_vision_dot_v1_dot_vision__pb2.UploadModelRequest.SerializeToString,
+            nnprobe_dot_vision_dot_v1_dot_vision__pb2.UploadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.vision.v1.VisionService/DeleteModel',
+            nnprobe_dot_vision_dot_v1_dot_vision__pb2.DeleteModelRequest.SerializeToString,
+            nnprobe_dot_vision_dot_v1_dot_vision__pb2.DeleteModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,8 +40,8 @@ class VisionServiceStub:
     receptive field and renders a picture.
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_vision_pb2.ListModelsRequest, _vision_pb2.ListModelsResponse]
-    """Lists every ImageNet classifier the server can serve, with its weights' presence, version and
-    preprocessing.
+    """Lists every classifier the server can serve (the built-in ImageNet models and the model repository's),
+    with its backend, device, state, versions, input specification and preprocessing.
     """
     Classify: _grpc.UnaryUnaryMultiCallable[_vision_pb2.ClassifyRequest, _vision_pb2.ClassifyResponse]
     """Classifies a batch of images with an ImageNet classifier (the default model when none is named).
@@ -51,6 +51,13 @@ class VisionServiceStub:
     """Crafts adversarial examples for one or more images, targeted or untargeted, streaming progress
     events and then one result per image. Success is judged on the image rounded to 8 bits.
     """
+    UploadModel: _grpc.StreamUnaryMultiCallable[_vision_pb2.UploadModelRequest, _vision_pb2.UploadModelResponse]
+    """Adds a model (or a new version of one) to the model repository: the first message carries the
+    metadata, the following ones the file's bytes in order. The file is checked (size, sha256, format,
+    safety), loaded and run once before it becomes visible; a refused upload leaves nothing behind.
+    """
+    DeleteModel: _grpc.UnaryUnaryMultiCallable[_vision_pb2.DeleteModelRequest, _vision_pb2.DeleteModelResponse]
+    """Removes a model, or one of its versions, from the model repository. Built-in models cannot be removed."""
 
 @_typing.type_check_only
 class VisionServiceAsyncStub(VisionServiceStub):
@@ -64,8 +71,8 @@ class VisionServiceAsyncStub(VisionServiceStub):
     receptive field and renders a picture.
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_vision_pb2.ListModelsRequest, _vision_pb2.ListModelsResponse]  # type: ignore[assignment]
-    """Lists every ImageNet classifier the server can serve, with its weights' presence, version and
-    preprocessing.
+    """Lists every classifier the server can serve (the built-in ImageNet models and the model repository's),
+    with its backend, device, state, versions, input specification and preprocessing.
     """
     Classify: _aio.UnaryUnaryMultiCallable[_vision_pb2.ClassifyRequest, _vision_pb2.ClassifyResponse]  # type: ignore[assignment]
     """Classifies a batch of images with an ImageNet classifier (the default model when none is named).
@@ -75,6 +82,13 @@ class VisionServiceAsyncStub(VisionServiceStub):
     """Crafts adversarial examples for one or more images, targeted or untargeted, streaming progress
     events and then one result per image. Success is judged on the image rounded to 8 bits.
     """
+    UploadModel: _aio.StreamUnaryMultiCallable[_vision_pb2.UploadModelRequest, _vision_pb2.UploadModelResponse]  # type: ignore[assignment]
+    """Adds a model (or a new version of one) to the model repository: the first message carries the
+    metadata, the following ones the file's bytes in order. The file is checked (size, sha256, format,
+    safety), loaded and run once before it becomes visible; a refused upload leaves nothing behind.
+    """
+    DeleteModel: _aio.UnaryUnaryMultiCallable[_vision_pb2.DeleteModelRequest, _vision_pb2.DeleteModelResponse]  # type: ignore[assignment]
+    """Removes a model, or one of its versions, from the model repository. Built-in models cannot be removed."""
 
 class VisionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Analyses of convolutional vision models."""
@@ -97,8 +111,8 @@ class VisionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vision_pb2.ListModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vision_pb2.ListModelsResponse, _abc.Awaitable[_vision_pb2.ListModelsResponse]]:
-        """Lists every ImageNet classifier the server can serve, with its weights' presence, version and
-        preprocessing.
+        """Lists every classifier the server can serve (the built-in ImageNet models and the model repository's),
+        with its backend, device, state, versions, input specification and preprocessing.
         """
 
     @_abc_1.abstractmethod
@@ -120,5 +134,24 @@ class VisionServiceServicer(metaclass=_abc_1.ABCMeta):
         """Crafts adversarial examples for one or more images, targeted or untargeted, streaming progress
         events and then one result per image. Success is judged on the image rounded to 8 bits.
         """
+
+    @_abc_1.abstractmethod
+    def UploadModel(
+        self,
+        request_iterator: _MaybeAsyncIterator[_vision_pb2.UploadModelRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_vision_pb2.UploadModelResponse, _abc.Awaitable[_vision_pb2.UploadModelResponse]]:
+        """Adds a model (or a new version of one) to the model repository: the first message carries the
+        metadata, the following ones the file's bytes in order. The file is checked (size, sha256, format,
+        safety), loaded and run once before it becomes visible; a refused upload leaves nothing behind.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteModel(
+        self,
+        request: _vision_pb2.DeleteModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vision_pb2.DeleteModelResponse, _abc.Awaitable[_vision_pb2.DeleteModelResponse]]:
+        """Removes a model, or one of its versions, from the model repository. Built-in models cannot be removed."""
 
 def add_VisionServiceServicer_to_server(servicer: VisionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

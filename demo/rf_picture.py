@@ -1,7 +1,7 @@
 """Draws docs/images/efficientnet_b0_local_field.png: the local receptive fields of efficientnet_b0 (an SE
 network) on a seed photo, with the effective field of the centre unit.
 
-    .venv/bin/python scripts/rf_picture.py
+    .venv/bin/python demo/rf_picture.py
 """
 
 from __future__ import annotations

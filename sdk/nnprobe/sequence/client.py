@@ -1,0 +1,34 @@
+"""``SequenceClient``: one method group per feature module."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nnprobe.api.sequence.v1 import sequence_pb2_grpc
+from nnprobe.sequence.corpus import CorpusMethods
+from nnprobe.sequence.gradients import GradientMethods
+from nnprobe.sequence.jobs import JobMethods
+from nnprobe.sequence.language_model import LanguageModelMethods
+from nnprobe.sequence.rnn import RecurrentMethods
+from nnprobe.sequence.truncation import TruncationMethods
+
+
+class SequenceClient(
+    RecurrentMethods, GradientMethods, TruncationMethods, CorpusMethods, JobMethods, LanguageModelMethods
+):
+    """``SequenceClient("localhost:50052")``: recurrent networks and gradient flow (``run_recurrent``,
+    ``analyze_gradients``, ``compare_truncation``) and the LSTM language model (``upload_corpus``,
+    ``start_training``, ``watch``, ``list_jobs``, ``get_job``, ``cancel_job``, ``resume_job``,
+    ``evaluate_perplexity``, ``sample``, ``distance``, ``nearest``).
+
+    Every method takes ``timeout`` (seconds; ``None`` for no deadline) overriding the client default,
+    and raises ``nnprobe.NnprobeError`` on failure. Streamed methods take ``on_progress(done, total,
+    message)``.
+    """
+
+    SERVICE = "sequence"
+    FULL_NAME = "nnprobe.sequence.v1.SequenceService"
+
+    def __init__(self, address: str | None = None, **kwargs: Any) -> None:
+        super().__init__(address, **kwargs)
+        self._stub = sequence_pb2_grpc.SequenceServiceStub(self._channel)

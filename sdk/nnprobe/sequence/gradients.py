@@ -1,0 +1,147 @@
+"""Gradient flow through time (``analyze_gradients``): Jacobian norms, bounds and regimes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from nnprobe import tensors
+from nnprobe._client import DEFAULT, FLOAT_DTYPES, BaseClient, _Default, choice
+from nnprobe.api.sequence.v1 import sequence_pb2 as pb
+from nnprobe.sequence.cells import CELL_CODES, CELL_NAMES, INIT_CODES, INPUT_CODES
+from nnprobe.sequence.progress import ProgressCallback, final_result
+
+_REGIMES = {pb.REGIME_VANISHING: "vanishing", pb.REGIME_STABLE: "stable", pb.REGIME_EXPLODING: "exploding"}
+
+
+@dataclass
+class GradientRun:
+    """Gradient flow of one cell at one spectral radius. Lists run over k = 0..T-1 (inputs: 1..T)."""
+
+    cell: str
+    target_spectral_radius: float
+    spectral_radius: float
+    #: gamma_W = |W_hh|_2.
+    weight_norm: float
+    #: gamma_h; None for LSTM and GRU (no bound reported).
+    derivative_bound: float | None
+    #: T - k.
+    distances: np.ndarray
+    #: |dh_T/dh_k|_2.
+    jacobian_norms: np.ndarray
+    #: (gamma_W gamma_h)^(T-k), or None.
+    bounds: np.ndarray | None
+    #: |d(h_T, c_T)/d(h_k, c_k)|_2 for an LSTM, else None.
+    state_jacobian_norms: np.ndarray | None
+    #: |dL/dx_k|_2 for k = 1..T, L = |h_T|^2 / 2.
+    input_gradient_norms: np.ndarray
+    growth_rate: float
+    regime: str
+    loss: float
+    forget_bias: float
+
+
+@dataclass
+class GradientAnalysis:
+    """All runs of an ``analyze_gradients`` call."""
+
+    runs: list[GradientRun]
+    sequence_length: int
+    hidden_size: int
+    input_size: int
+    regime_tolerance: float
+    #: PNG bytes when ``plot=True``, else None.
+    plot_png: bytes | None
+    seconds: float
+    raw: Any = field(repr=False, default=None)
+
+
+def _gradient_run(run: Any) -> GradientRun:
+    has_bound = run.has_bound
+    return GradientRun(
+        cell=CELL_NAMES.get(run.cell, str(run.cell)),
+        target_spectral_radius=run.target_spectral_radius,
+        spectral_radius=run.spectral_radius,
+        weight_norm=run.weight_norm,
+        derivative_bound=run.derivative_bound if has_bound else None,
+        distances=np.array(run.distances, dtype=np.int64),
+        jacobian_norms=np.array(run.jacobian_norms, dtype=np.float64),
+        bounds=np.array(run.bounds, dtype=np.float64) if has_bound else None,
+        state_jacobian_norms=np.array(run.state_jacobian_norms) if run.state_jacobian_norms else None,
+        input_gradient_norms=np.array(run.input_gradient_norms, dtype=np.float64),
+        growth_rate=run.growth_rate,
+        regime=_REGIMES.get(run.regime, "unspecified"),
+        loss=run.loss,
+        forget_bias=run.forget_bias,
+    )
+
+
+class GradientMethods(BaseClient):
+    """The gradient-flow method of ``SequenceClient``."""
+
+    _stub: Any
+
+    def analyze_gradients(
+        self,
+        *,
+        cells: Sequence[str] = ("rnn_tanh",),
+        spectral_radii: Sequence[float] = (),
+        hidden_size: int = 0,
+        sequence_length: int = 0,
+        input_size: int = 0,
+        input_distribution: str = "normal",
+        input_scale: float = 1.0,
+        seed: int = 0,
+        weights: Mapping[str, np.ndarray] | None = None,
+        init: str = "pytorch",
+        init_scale: float = 1.0,
+        forget_bias: float = 0.0,
+        random_initial_state: bool = False,
+        dtype: str | None = None,
+        regime_tolerance: float | None = None,
+        plot: bool = False,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | _Default | None = DEFAULT,
+    ) -> GradientAnalysis:
+        """|dh_T/dh_k|_2 (exact Jacobian products), the bound (gamma_W gamma_h)^(T-k), rho(W_hh), the
+        fitted per-step rate, the regime and |dL/dx_k| for every cell of ``cells`` at every target
+        spectral radius of ``spectral_radii`` (W_hh's gate blocks rescaled to it).
+
+        Give ``weights`` (one cell; PyTorch names) to analyse them as they are (``spectral_radii`` empty)
+        or rescaled. ``input_distribution``: ``normal``, ``uniform``, ``constant``, ``zero``.
+        ``plot=True`` returns a PNG of log |dh_T/dh_k| against T - k.
+        """
+        request = pb.AnalyzeGradientsRequest(
+            cells=[choice(CELL_CODES, c, "cells") for c in cells],
+            hidden_size=hidden_size,
+            input_size=input_size,
+            sequence_length=sequence_length,
+            input_distribution=choice(INPUT_CODES, input_distribution, "input_distribution"),
+            input_scale=input_scale,
+            seed=seed,
+            spectral_radii=list(spectral_radii),
+            init=choice(INIT_CODES, init, "init"),
+            init_scale=init_scale,
+            forget_bias=forget_bias,
+            dtype=choice(FLOAT_DTYPES, dtype, "dtype"),
+            regime_tolerance=regime_tolerance or 0.0,
+            plot=plot,
+            random_initial_state=random_initial_state,
+        )
+        for name, value in (weights or {}).items():
+            request.weights[name].CopyFrom(tensors.to_tensor(value))
+        events = self._stream(self._stub.AnalyzeGradients, request, timeout)
+        r = final_result(events, on_progress)
+        return GradientAnalysis(
+            runs=[_gradient_run(run) for run in r.runs],
+            sequence_length=r.sequence_length,
+            hidden_size=r.hidden_size,
+            input_size=r.input_size,
+            regime_tolerance=r.regime_tolerance,
+            plot_png=r.plot_png or None,
+            seconds=r.seconds,
+            raw=r,
+        )

@@ -1,0 +1,290 @@
+"""Training jobs of the language model: start, watch, list, get, cancel, resume."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nnprobe._client import DEFAULT, BaseClient, _Default, choice
+from nnprobe.api.sequence.v1 import sequence_pb2 as pb
+
+_OPTIMIZERS = {"adam": pb.OPTIMIZER_ADAM, "sgd": pb.OPTIMIZER_SGD}
+_OPTIMIZER_NAMES = {code: name for name, code in _OPTIMIZERS.items()}
+_JOB_STATES = {
+    "queued": pb.JOB_STATE_QUEUED,
+    "running": pb.JOB_STATE_RUNNING,
+    "succeeded": pb.JOB_STATE_SUCCEEDED,
+    "failed": pb.JOB_STATE_FAILED,
+    "cancelled": pb.JOB_STATE_CANCELLED,
+    "interrupted": pb.JOB_STATE_INTERRUPTED,
+}
+_JOB_STATE_NAMES = {code: name for name, code in _JOB_STATES.items()}
+_EVENT_KINDS = {
+    pb.JOB_EVENT_KIND_STEP: "step",
+    pb.JOB_EVENT_KIND_EVALUATION: "evaluation",
+    pb.JOB_EVENT_KIND_STATE: "state",
+    pb.JOB_EVENT_KIND_CHECKPOINT: "checkpoint",
+}
+
+
+JOB_STATES = tuple(_JOB_STATES)
+TERMINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
+OPTIMIZERS = tuple(_OPTIMIZERS)
+
+
+@dataclass
+class JobEvent:
+    """One event of a job: ``kind`` is ``step``, ``evaluation``, ``state`` or ``checkpoint``."""
+
+    sequence: int
+    kind: str
+    step: int
+    epoch: int
+    total_steps: int
+    loss: float
+    perplexity: float
+    tokens_per_second: float
+    elapsed_seconds: float
+    learning_rate: float
+    valid_perplexity: float
+    test_perplexity: float
+    #: The new state for ``state`` events, else "".
+    state: str
+    message: str
+    time: float
+
+
+@dataclass
+class TrainingJob:
+    """A training job (its id is also its model's id)."""
+
+    job_id: str
+    name: str
+    corpus_id: str
+    state: str
+    #: The hyperparameters with every default filled in.
+    config: dict[str, Any]
+    step: int
+    total_steps: int
+    steps_per_epoch: int
+    epoch: int
+    loss: float
+    valid_perplexity: float
+    test_perplexity: float
+    checkpoint_step: int
+    device: str
+    error: str
+    created_at: float
+    updated_at: float
+    elapsed_seconds: float
+    tokens_per_second: float
+    vocab_size: int
+    parameters: int
+    queue_position: int
+    last_sequence: int
+    #: The event history (``get_job(history=True)``), else None.
+    events: list[JobEvent] | None = None
+    #: The loss/perplexity curve PNG (``get_job(plot=True)``), else None.
+    plot_png: bytes | None = None
+    raw: Any = field(repr=False, default=None)
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+def _job_event(e: Any) -> JobEvent:
+    return JobEvent(
+        sequence=e.sequence,
+        kind=_EVENT_KINDS.get(e.kind, "unspecified"),
+        step=e.step,
+        epoch=e.epoch,
+        total_steps=e.total_steps,
+        loss=e.loss,
+        perplexity=e.perplexity,
+        tokens_per_second=e.tokens_per_second,
+        elapsed_seconds=e.elapsed_seconds,
+        learning_rate=e.learning_rate,
+        valid_perplexity=e.valid_perplexity,
+        test_perplexity=e.test_perplexity,
+        state=_JOB_STATE_NAMES.get(e.state, ""),
+        message=e.message,
+        time=e.time,
+    )
+
+
+def _config_dict(c: Any) -> dict[str, Any]:
+    return {
+        "embed_size": c.embed_size,
+        "hidden_size": c.hidden_size,
+        "num_layers": c.num_layers,
+        "epochs": c.epochs,
+        "batch_size": c.batch_size,
+        "sequence_length": c.sequence_length,
+        "learning_rate": c.learning_rate,
+        "clip_norm": c.clip_norm,
+        "optimizer": _OPTIMIZER_NAMES.get(c.optimizer, "adam"),
+        "dropout": c.dropout,
+        "tie_weights": c.tie_weights,
+        "max_steps": c.max_steps,
+        "seed": c.seed,
+        "device": c.device,
+        "lr_decay": c.lr_decay,
+        "lr_decay_start_epoch": c.lr_decay_start_epoch,
+        "init_range": c.init_range,
+        "log_interval": c.log_interval,
+        "checkpoint_interval": c.checkpoint_interval,
+        "eval_batch_size": c.eval_batch_size,
+        "workers": c.workers,
+    }
+
+
+def _training_job(j: Any, events: list[JobEvent] | None = None, plot_png: bytes | None = None) -> TrainingJob:
+    return TrainingJob(
+        job_id=j.job_id,
+        name=j.name,
+        corpus_id=j.corpus_id,
+        state=_JOB_STATE_NAMES.get(j.state, "unspecified"),
+        config=_config_dict(j.config),
+        step=j.step,
+        total_steps=j.total_steps,
+        steps_per_epoch=j.steps_per_epoch,
+        epoch=j.epoch,
+        loss=j.loss,
+        valid_perplexity=j.valid_perplexity,
+        test_perplexity=j.test_perplexity,
+        checkpoint_step=j.checkpoint_step,
+        device=j.device,
+        error=j.error,
+        created_at=j.created_at,
+        updated_at=j.updated_at,
+        elapsed_seconds=j.elapsed_seconds,
+        tokens_per_second=j.tokens_per_second,
+        vocab_size=j.vocab_size,
+        parameters=j.parameters,
+        queue_position=j.queue_position,
+        last_sequence=j.last_sequence,
+        events=events,
+        plot_png=plot_png,
+        raw=j,
+    )
+
+
+class JobMethods(BaseClient):
+    """The training-job methods of ``SequenceClient``."""
+
+    _stub: Any
+
+    def start_training(
+        self,
+        corpus_id: str = "ptb",
+        *,
+        name: str = "",
+        embed_size: int = 0,
+        hidden_size: int = 0,
+        num_layers: int = 0,
+        epochs: int = 0,
+        batch_size: int = 0,
+        sequence_length: int = 0,
+        learning_rate: float | None = None,
+        clip_norm: float | None = None,
+        optimizer: str = "adam",
+        dropout: float = 0.0,
+        tie_weights: bool = False,
+        max_steps: int = 0,
+        seed: int = 0,
+        device: str = "",
+        lr_decay: float = 0.0,
+        lr_decay_start_epoch: int = 0,
+        init_range: float = 0.0,
+        log_interval: int = 0,
+        checkpoint_interval: int = 0,
+        eval_batch_size: int = 0,
+        workers: int = 0,
+        timeout: float | _Default | None = DEFAULT,
+    ) -> TrainingJob:
+        """Start training an LSTM language model on ``corpus_id`` (``ptb`` or an upload's id) as a job.
+
+        Zero/None options take the course notebook's values: embed 128, hidden 1024, 1 layer, 5 epochs,
+        batch 20, sequence 30, Adam lr 0.002 (SGD: 20), clip 0.5. See ``TrainingConfig`` in the proto.
+        """
+        config = pb.TrainingConfig(
+            embed_size=embed_size,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            epochs=epochs,
+            batch_size=batch_size,
+            sequence_length=sequence_length,
+            optimizer=choice(_OPTIMIZERS, optimizer, "optimizer"),
+            dropout=dropout,
+            tie_weights=tie_weights,
+            max_steps=max_steps,
+            seed=seed,
+            device=device,
+            lr_decay=lr_decay,
+            lr_decay_start_epoch=lr_decay_start_epoch,
+            init_range=init_range,
+            log_interval=log_interval,
+            checkpoint_interval=checkpoint_interval,
+            eval_batch_size=eval_batch_size,
+            workers=workers,
+        )
+        if learning_rate is not None:
+            config.learning_rate = learning_rate
+        if clip_norm is not None:
+            config.clip_norm = clip_norm
+        request = pb.StartTrainingRequest(corpus_id=corpus_id, config=config, name=name)
+        return _training_job(self._unary(self._stub.StartTraining, request, timeout).job)
+
+    def watch_job(
+        self, job_id: str, *, after_sequence: int = 0, timeout: float | _Default | None = None
+    ) -> Iterator[JobEvent]:
+        """Yield the job's events after ``after_sequence`` until it stops running (no deadline by
+        default). After a disconnect, watch again with the last ``event.sequence`` seen."""
+        request = pb.WatchJobRequest(job_id=job_id, after_sequence=after_sequence)
+        for response in self._stream(self._stub.WatchJob, request, timeout):
+            yield _job_event(response.event)
+
+    watch = watch_job
+
+    def list_jobs(
+        self, *, states: Sequence[str] = (), limit: int = 0, timeout: float | _Default | None = DEFAULT
+    ) -> list[TrainingJob]:
+        """Jobs, newest first; ``states`` filters (``queued``, ``running``, ``succeeded``, ...)."""
+        request = pb.ListJobsRequest(states=[choice(_JOB_STATES, s, "states") for s in states], limit=limit)
+        return [_training_job(j) for j in self._unary(self._stub.ListJobs, request, timeout).jobs]
+
+    def get_job(
+        self,
+        job_id: str,
+        *,
+        history: bool = False,
+        plot: bool = False,
+        timeout: float | _Default | None = DEFAULT,
+    ) -> TrainingJob:
+        """One job; ``history=True`` adds its events, ``plot=True`` a PNG of its training curves."""
+        r = self._unary(
+            self._stub.GetJob, pb.GetJobRequest(job_id=job_id, history=history, plot=plot), timeout
+        )
+        events = [_job_event(e) for e in r.events] if history else None
+        return _training_job(r.job, events, r.plot_png or None)
+
+    def cancel_job(self, job_id: str, *, timeout: float | _Default | None = DEFAULT) -> TrainingJob:
+        """Cancel a queued or running job (a running job saves a checkpoint first)."""
+        return _training_job(
+            self._unary(self._stub.CancelJob, pb.CancelJobRequest(job_id=job_id), timeout).job
+        )
+
+    def resume_job(self, job_id: str, *, timeout: float | _Default | None = DEFAULT) -> TrainingJob:
+        """Continue an interrupted or cancelled job from its last checkpoint."""
+        return _training_job(
+            self._unary(self._stub.ResumeJob, pb.ResumeJobRequest(job_id=job_id), timeout).job
+        )
+
+    def wait_job(self, job_id: str, *, on_event: Callable[[JobEvent], None] | None = None) -> TrainingJob:
+        """Watch until the job stops running; return it. ``on_event`` sees every event."""
+        for event in self.watch_job(job_id):
+            if on_event is not None:
+                on_event(event)
+        return self.get_job(job_id)

@@ -1,0 +1,184 @@
+"""A trained language model: perplexity, sampling and word embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from nnprobe._client import DEFAULT, BaseClient, _Default, choice
+from nnprobe.api.sequence.v1 import sequence_pb2 as pb
+from nnprobe.sequence.corpus import SPLIT_CODES, SPLIT_NAMES
+
+_STRATEGIES = {"multinomial": pb.SAMPLING_STRATEGY_MULTINOMIAL, "greedy": pb.SAMPLING_STRATEGY_GREEDY}
+_METRICS = {"euclidean": pb.DISTANCE_METRIC_EUCLIDEAN, "cosine": pb.DISTANCE_METRIC_COSINE}
+_METRIC_NAMES = {code: name for name, code in _METRICS.items()}
+
+
+STRATEGIES = tuple(_STRATEGIES)
+METRICS = tuple(_METRICS)
+
+
+@dataclass
+class Perplexity:
+    """A model's perplexity on one split."""
+
+    perplexity: float
+    loss: float
+    tokens: int
+    step: int
+    split: str
+    seconds: float
+    raw: Any = field(repr=False, default=None)
+
+
+@dataclass
+class SampleResult:
+    """Generated words."""
+
+    words: list[str]
+    word_ids: list[int]
+    #: Words joined by spaces, a line break for every ``<eos>``.
+    text: str
+    prompt_ids: list[int]
+    log_probability: float
+    step: int
+    raw: Any = field(repr=False, default=None)
+
+
+@dataclass
+class EmbeddingDistance:
+    """Distances between two words' input embeddings."""
+
+    word_a: str
+    word_b: str
+    euclidean: float
+    cosine_similarity: float
+    cosine_distance: float
+    id_a: int
+    id_b: int
+    norm_a: float
+    norm_b: float
+    step: int
+    raw: Any = field(repr=False, default=None)
+
+
+@dataclass
+class NearestWords:
+    """The k nearest words to ``word``: ``neighbors`` is a list of (word, id, distance), nearest first."""
+
+    word: str
+    word_id: int
+    metric: str
+    neighbors: list[tuple[str, int, float]]
+    step: int
+    raw: Any = field(repr=False, default=None)
+
+
+class LanguageModelMethods(BaseClient):
+    """The trained-model methods of ``SequenceClient``."""
+
+    _stub: Any
+
+    def evaluate_perplexity(
+        self,
+        job_id: str,
+        *,
+        split: str = "valid",
+        batch_size: int = 0,
+        timeout: float | _Default | None = DEFAULT,
+    ) -> Perplexity:
+        """Perplexity of the job's model (final, or last checkpoint) on ``split`` of its corpus."""
+        request = pb.EvaluatePerplexityRequest(
+            job_id=job_id, split=choice(SPLIT_CODES, split, "split"), batch_size=batch_size
+        )
+        r = self._unary(self._stub.EvaluatePerplexity, request, timeout)
+        return Perplexity(
+            r.perplexity, r.loss, r.tokens, r.step, SPLIT_NAMES.get(r.split, split), r.seconds, r
+        )
+
+    def sample(
+        self,
+        job_id: str,
+        *,
+        prompt: str = "",
+        start_word_id: int | None = None,
+        num_words: int = 50,
+        strategy: str = "multinomial",
+        temperature: float | None = None,
+        top_k: int = 0,
+        top_p: float | None = None,
+        seed: int = 0,
+        timeout: float | _Default | None = DEFAULT,
+    ) -> SampleResult:
+        """Generate ``num_words`` words after ``prompt`` (or from ``start_word_id``; the notebook used
+        100), ``multinomial`` or ``greedy``. The same request gives the same words.
+
+        ``temperature`` >= 0 (``None``: the server's 1; 0 is greedy decoding), ``top_k`` >= 0 (0: all
+        words), ``top_p`` in (0, 1] (``None``: 1). Values are sent as given; the server checks them and
+        answers INVALID_ARGUMENT naming the field.
+        """
+        request = pb.SampleRequest(
+            job_id=job_id,
+            prompt=prompt,
+            num_words=num_words,
+            strategy=choice(_STRATEGIES, strategy, "strategy"),
+            top_k=top_k,
+            seed=seed,
+        )
+        if start_word_id is not None:
+            request.start_word_id = start_word_id
+        if temperature is not None:
+            request.temperature = temperature
+        if top_p is not None:
+            request.top_p = top_p
+        r = self._unary(self._stub.Sample, request, timeout)
+        return SampleResult(
+            list(r.words), list(r.word_ids), r.text, list(r.prompt_ids), r.log_probability, r.step, r
+        )
+
+    def embedding_distance(
+        self, job_id: str, word_a: str, word_b: str, *, timeout: float | _Default | None = DEFAULT
+    ) -> EmbeddingDistance:
+        """Euclidean and cosine distance between two words' input embeddings."""
+        request = pb.EmbeddingDistanceRequest(job_id=job_id, word_a=word_a, word_b=word_b)
+        r = self._unary(self._stub.EmbeddingDistance, request, timeout)
+        return EmbeddingDistance(
+            word_a,
+            word_b,
+            r.euclidean,
+            r.cosine_similarity,
+            r.cosine_distance,
+            r.id_a,
+            r.id_b,
+            r.norm_a,
+            r.norm_b,
+            r.step,
+            r,
+        )
+
+    distance = embedding_distance
+
+    def nearest_words(
+        self,
+        job_id: str,
+        word: str,
+        *,
+        k: int = 10,
+        metric: str = "euclidean",
+        timeout: float | _Default | None = DEFAULT,
+    ) -> NearestWords:
+        """The ``k`` words whose embeddings are nearest to ``word``'s (``euclidean`` or ``cosine``)."""
+        request = pb.NearestWordsRequest(
+            job_id=job_id, word=word, k=k, metric=choice(_METRICS, metric, "metric")
+        )
+        r = self._unary(self._stub.NearestWords, request, timeout)
+        return NearestWords(
+            word,
+            r.word_id,
+            _METRIC_NAMES.get(r.metric, metric),
+            [(n.word, n.word_id, n.distance) for n in r.neighbors],
+            r.step,
+            r,
+        )
+
+    nearest = nearest_words

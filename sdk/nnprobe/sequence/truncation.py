@@ -1,0 +1,102 @@
+"""Memory and time of truncated against full back-propagation through time (``compare_truncation``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nnprobe._client import DEFAULT, BaseClient, _Default
+from nnprobe.api.sequence.v1 import sequence_pb2 as pb
+from nnprobe.sequence.progress import ProgressCallback, final_result
+
+_MODES = {pb.TRUNCATION_MODE_TRUNCATED: "truncated", pb.TRUNCATION_MODE_FULL: "full"}
+
+
+@dataclass
+class TruncationPoint:
+    """K chunks in one mode (``truncated`` or ``full``)."""
+
+    chunk_count: int
+    mode: str
+    saved_bytes: int
+    peak_device_bytes: int
+    seconds: float
+    loss: float
+    backward_passes: int
+
+
+@dataclass
+class TruncationComparison:
+    """Memory and time of truncated vs full BPTT for every K."""
+
+    points: list[TruncationPoint]
+    truncated_slope_bytes: float
+    full_slope_bytes: float
+    device: str
+    parameters: int
+    plot_png: bytes | None
+    raw: Any = field(repr=False, default=None)
+
+    def series(self, mode: str) -> list[TruncationPoint]:
+        """The points of one mode, in K order."""
+        return [p for p in self.points if p.mode == mode]
+
+
+class TruncationMethods(BaseClient):
+    """The truncation method of ``SequenceClient``."""
+
+    _stub: Any
+
+    def compare_truncation(
+        self,
+        *,
+        chunk_counts: Sequence[int] = (),
+        vocab_size: int = 0,
+        embed_size: int = 0,
+        hidden_size: int = 0,
+        batch_size: int = 0,
+        chunk_length: int = 0,
+        seed: int = 0,
+        plot: bool = False,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | _Default | None = DEFAULT,
+    ) -> TruncationComparison:
+        """Memory held for backward and time of K chunks with ``detach()`` between them (truncated) and
+        without (full), for every K of ``chunk_counts`` (default [1, 2, 4, 8]).
+
+        The model is embedding -> LSTM -> linear; sizes default to the course's language model (vocab
+        10000, embed 128, hidden 1024, batch 20, chunk length 30). ``plot=True`` returns a PNG.
+        """
+        request = pb.CompareTruncationRequest(
+            vocab_size=vocab_size,
+            embed_size=embed_size,
+            hidden_size=hidden_size,
+            batch_size=batch_size,
+            chunk_length=chunk_length,
+            chunk_counts=list(chunk_counts),
+            seed=seed,
+            plot=plot,
+        )
+        events = self._stream(self._stub.CompareTruncation, request, timeout)
+        r = final_result(events, on_progress)
+        return TruncationComparison(
+            points=[
+                TruncationPoint(
+                    chunk_count=p.chunk_count,
+                    mode=_MODES.get(p.mode, "unspecified"),
+                    saved_bytes=p.saved_bytes,
+                    peak_device_bytes=p.peak_device_bytes,
+                    seconds=p.seconds,
+                    loss=p.loss,
+                    backward_passes=p.backward_passes,
+                )
+                for p in r.points
+            ],
+            truncated_slope_bytes=r.truncated_slope_bytes,
+            full_slope_bytes=r.full_slope_bytes,
+            device=r.device,
+            parameters=r.parameters,
+            plot_png=r.plot_png or None,
+            raw=r,
+        )

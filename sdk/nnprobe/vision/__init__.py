@@ -1,0 +1,55 @@
+"""Client for VisionService: receptive fields, ImageNet classification and adversarial examples.
+
+One module per feature: ``receptive_field``, ``models``, ``classify``, ``adversarial`` (and ``images``, how
+images travel); ``VisionClient`` gathers their methods.
+"""
+
+from nnprobe.vision.adversarial import (
+    ATTACK_METHODS,
+    AdversarialResult,
+    AttackProgress,
+    TransferResult,
+    parse_epsilon,
+)
+from nnprobe.vision.classify import Classification, ClassifyResult, ClassScore
+from nnprobe.vision.client import VisionClient
+from nnprobe.vision.images import ImageLike, image_message
+from nnprobe.vision.models import ModelInfo, ModelVersion, Preprocessing, UploadResult
+from nnprobe.vision.receptive_field import (
+    AxisField,
+    EffectiveField,
+    Interval,
+    Layer,
+    LayerField,
+    Pair,
+    ReceptiveFieldResult,
+    UnitField,
+    Verification,
+)
+
+__all__ = [
+    "ATTACK_METHODS",
+    "AdversarialResult",
+    "AttackProgress",
+    "AxisField",
+    "ClassScore",
+    "Classification",
+    "ClassifyResult",
+    "EffectiveField",
+    "ImageLike",
+    "Interval",
+    "Layer",
+    "LayerField",
+    "ModelInfo",
+    "ModelVersion",
+    "Pair",
+    "Preprocessing",
+    "ReceptiveFieldResult",
+    "TransferResult",
+    "UnitField",
+    "UploadResult",
+    "Verification",
+    "VisionClient",
+    "image_message",
+    "parse_epsilon",
+]

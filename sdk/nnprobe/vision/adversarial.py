@@ -1,0 +1,276 @@
+"""Adversarial examples (``generate_adversarial``, ``attack``) and their transfer to other models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnprobe import tensors
+from nnprobe._client import DEFAULT, BaseClient, _Default
+from nnprobe.api.vision.v1 import vision_pb2 as pb
+from nnprobe.vision.classify import ClassScore, class_scores
+from nnprobe.vision.images import ImageLike, image_messages
+
+_GOALS = {
+    None: pb.ATTACK_GOAL_UNSPECIFIED,
+    "targeted": pb.ATTACK_GOAL_TARGETED,
+    "untargeted": pb.ATTACK_GOAL_UNTARGETED,
+}
+_METHODS = {
+    "adam": pb.ATTACK_METHOD_ADAM,
+    "fgsm": pb.ATTACK_METHOD_FGSM,
+    "bim": pb.ATTACK_METHOD_BIM,
+    "pgd": pb.ATTACK_METHOD_PGD,
+    "mi_fgsm": pb.ATTACK_METHOD_MI_FGSM,
+    "cw_l2": pb.ATTACK_METHOD_CW_L2,
+}
+_NORMS = {None: pb.ATTACK_NORM_UNSPECIFIED, "linf": pb.ATTACK_NORM_LINF, "l2": pb.ATTACK_NORM_L2}
+ATTACK_METHODS = tuple(_METHODS)
+
+
+@dataclass
+class AttackProgress:
+    """One image after one iteration."""
+
+    image: int
+    iteration: int
+    loss: float
+    goal_probability: float
+    top1: ClassScore
+
+
+@dataclass
+class TransferResult:
+    """How another model (local, or on the server at ``address``) classifies the adversarial image."""
+
+    model: str
+    address: str
+    top1: ClassScore | None
+    fooled: bool
+    error: str
+
+
+@dataclass
+class AdversarialResult:
+    """The outcome for one image. Pixels are the model's input size; ``perturbation`` (H, W, 3) float32."""
+
+    image: int
+    name: str
+    original_png: bytes
+    adversarial_png: bytes
+    perturbation: np.ndarray
+    l0: int
+    l2: float
+    linf: float
+    original_top: list[ClassScore]
+    final_top: list[ClassScore]
+    success: bool
+    iterations: int
+    seconds: float
+    goal_class: int
+    transfers: list[TransferResult]
+    raw: Any = field(repr=False, default=None)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the adversarial PNG to ``path``."""
+        target = Path(path)
+        target.write_bytes(self.adversarial_png)
+        return target
+
+
+def _adversarial_result(r: Any) -> AdversarialResult:
+    return AdversarialResult(
+        image=r.image,
+        name=r.name,
+        original_png=r.original_png,
+        adversarial_png=r.adversarial_png,
+        perturbation=tensors.to_numpy(r.perturbation),
+        l0=r.l0,
+        l2=r.l2,
+        linf=r.linf,
+        original_top=class_scores(r.original_top),
+        final_top=class_scores(r.final_top),
+        success=r.success,
+        iterations=r.iterations,
+        seconds=r.seconds,
+        goal_class=r.goal_class,
+        transfers=[
+            TransferResult(
+                t.model,
+                t.address,
+                ClassScore(t.top1.index, t.top1.label, t.top1.probability) if t.HasField("top1") else None,
+                t.fooled,
+                t.error,
+            )
+            for t in r.transfers
+        ],
+        raw=r,
+    )
+
+
+def parse_epsilon(value: float | str) -> float:
+    """``4/255``, ``0.0157`` or a number -> float."""
+    if isinstance(value, str):
+        numerator, sep, denominator = value.partition("/")
+        return float(numerator) / float(denominator) if sep else float(value)
+    return float(value)
+
+
+def _attack_request(
+    images: Any,
+    *,
+    target: int | str | None,
+    untargeted: bool,
+    method: str,
+    norm: str | None,
+    eps: float | str | None,
+    step_size: float | str | None,
+    steps: int,
+    seed: int,
+    random_start: bool | None,
+    early_stop: bool | None,
+    refine_steps: int,
+    learning_rate: float | None,
+    momentum_decay: float | None,
+    cw_c: float | None,
+    cw_confidence: float,
+    model: str | None,
+    top_k: int,
+    transfer_models: Sequence[str],
+    transfer_addresses: Sequence[str],
+    names: Sequence[str] | None,
+) -> pb.GenerateAdversarialRequest:
+    if method.lower() not in _METHODS:
+        raise ValueError(f"method must be one of {list(_METHODS)}, not {method!r}")
+    if norm not in _NORMS:
+        raise ValueError(f"norm must be linf or l2, not {norm!r}")
+    messages = image_messages(images, names)
+    request = pb.GenerateAdversarialRequest(
+        model=model or "",
+        images=messages,
+        goal=pb.ATTACK_GOAL_UNTARGETED if untargeted else pb.ATTACK_GOAL_UNSPECIFIED,
+        method=_METHODS[method.lower()],
+        norm=_NORMS[norm],
+        steps=steps,
+        seed=seed,
+        refine_steps=refine_steps,
+        cw_confidence=cw_confidence,
+        top_k=top_k,
+        transfer_models=list(transfer_models),
+        transfer_addresses=list(transfer_addresses),
+    )
+    if target is not None:
+        request.goal = pb.ATTACK_GOAL_TARGETED if not untargeted else request.goal
+        if isinstance(target, str) and not target.strip().lstrip("-").isdigit():
+            request.target.label = target
+        else:
+            request.target.class_index = int(target)
+    for name, value in (("epsilon", eps), ("step_size", step_size)):
+        if value is not None:
+            setattr(request, name, parse_epsilon(value))
+    for name, value in (
+        ("random_start", random_start),
+        ("early_stop", early_stop),
+        ("learning_rate", learning_rate),
+        ("momentum_decay", momentum_decay),
+        ("cw_c", cw_c),
+    ):
+        if value is not None:
+            setattr(request, name, value)
+    return request
+
+
+class AdversarialMethods(BaseClient):
+    """The adversarial-example methods of ``VisionClient``."""
+
+    _stub: Any
+
+    def generate_adversarial(
+        self,
+        images: ImageLike | Iterable[ImageLike],
+        *,
+        target: int | str | None = None,
+        untargeted: bool = False,
+        method: str = "pgd",
+        norm: str | None = None,
+        eps: float | str | None = None,
+        step_size: float | str | None = None,
+        steps: int = 0,
+        seed: int = 0,
+        random_start: bool | None = None,
+        early_stop: bool | None = None,
+        refine_steps: int = 0,
+        learning_rate: float | None = None,
+        momentum_decay: float | None = None,
+        cw_c: float | None = None,
+        cw_confidence: float = 0.0,
+        model: str | None = None,
+        top_k: int = 5,
+        transfer_models: Sequence[str] = (),
+        transfer_addresses: Sequence[str] = (),
+        names: Sequence[str] | None = None,
+        timeout: float | _Default | None = DEFAULT,
+    ) -> Iterator[AttackProgress | AdversarialResult]:
+        """Stream an attack: ``AttackProgress`` events, then one ``AdversarialResult`` per image.
+
+        ``target``: a class index or label (targeted); or ``untargeted=True``. ``method``: ``adam``,
+        ``fgsm``, ``bim``, ``pgd``, ``mi_fgsm``, ``cw_l2``. ``eps`` and ``step_size`` in [0, 1] pixel units
+        (``"4/255"`` works). ``transfer_models``/``transfer_addresses``: other local models and other
+        VisionService servers that classify the final images. Closing the iterator cancels the attack.
+        """
+        request = _attack_request(
+            images,
+            target=target,
+            untargeted=untargeted,
+            method=method,
+            norm=norm,
+            eps=eps,
+            step_size=step_size,
+            steps=steps,
+            seed=seed,
+            random_start=random_start,
+            early_stop=early_stop,
+            refine_steps=refine_steps,
+            learning_rate=learning_rate,
+            momentum_decay=momentum_decay,
+            cw_c=cw_c,
+            cw_confidence=cw_confidence,
+            model=model,
+            top_k=top_k,
+            transfer_models=transfer_models,
+            transfer_addresses=transfer_addresses,
+            names=names,
+        )
+        for event in self._stream(self._stub.GenerateAdversarial, request, timeout):
+            if event.HasField("progress"):
+                p = event.progress
+                yield AttackProgress(
+                    p.image,
+                    p.iteration,
+                    p.loss,
+                    p.goal_probability,
+                    ClassScore(p.top1.index, p.top1.label, p.top1.probability),
+                )
+            elif event.HasField("result"):
+                yield _adversarial_result(event.result)
+
+    def attack(
+        self,
+        images: ImageLike | Iterable[ImageLike],
+        *,
+        on_progress: Callable[[AttackProgress], None] | None = None,
+        **options: Any,
+    ) -> list[AdversarialResult]:
+        """``generate_adversarial`` to the end; results in image order. ``on_progress`` sees each event."""
+        results = []
+        for event in self.generate_adversarial(images, **options):
+            if isinstance(event, AttackProgress):
+                if on_progress is not None:
+                    on_progress(event)
+            else:
+                results.append(event)
+        return sorted(results, key=lambda r: r.image)

@@ -1,0 +1,366 @@
+"""Receptive fields: layer lists, unit boxes, their verification, effective fields and plots."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnprobe import tensors
+from nnprobe._client import DEFAULT, BaseClient, _Default
+from nnprobe.api.vision.v1 import vision_pb2 as pb
+from nnprobe.vision.images import image_message
+
+_KINDS = {"conv": pb.LAYER_KIND_CONV, "pool": pb.LAYER_KIND_POOL, "other": pb.LAYER_KIND_OTHER}
+_KIND_NAMES = {
+    pb.LAYER_KIND_INPUT: "input",
+    pb.LAYER_KIND_CONV: "conv",
+    pb.LAYER_KIND_POOL: "pool",
+    pb.LAYER_KIND_OTHER: "other",
+    pb.LAYER_KIND_MERGE: "merge",
+}
+
+Pair = int | Sequence[int]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of a layer list.
+
+    ``kernel``, ``stride``, ``dilation``: an int or (h, w). ``stride`` defaults to the kernel for ``pool``
+    layers (as in PyTorch) and to 1 otherwise. ``padding``: an int, (h, w), (top, bottom, left, right),
+    ``"same"`` (TensorFlow's SAME) or ``"valid"``.
+    """
+
+    name: str
+    kernel: Pair
+    stride: Pair | None = None
+    padding: Pair | str = 0
+    dilation: Pair | None = None
+    kind: str = "conv"
+    ceil_mode: bool = False
+
+
+@dataclass
+class AxisField:
+    """Geometry of a layer along one axis, in input pixels."""
+
+    size: int
+    jump: int
+    receptive_size: int
+    start: float
+    effective_padding: float
+
+
+@dataclass
+class LayerField:
+    """Receptive-field geometry of one layer."""
+
+    name: str
+    kind: str
+    operation: str
+    module: str
+    inputs: list[str]
+    height: AxisField
+    width: AxisField
+    #: Padding applied (top, bottom, left, right).
+    padding: tuple[int, int, int, int]
+
+
+@dataclass
+class Interval:
+    """[start, end] along one axis, with its centre."""
+
+    start: float
+    center: float
+    end: float
+
+
+@dataclass
+class Verification:
+    """Rows and columns (first, last) of non-zero input gradient, and whether they equal the analytic box."""
+
+    rows: tuple[int, int]
+    columns: tuple[int, int]
+    matches: bool
+
+
+@dataclass
+class UnitField:
+    """The field of one unit (x = column, y = row of its layer's output)."""
+
+    layer: str
+    x: int
+    y: int
+    vertical: Interval
+    horizontal: Interval
+    vertical_clipped: Interval
+    horizontal_clipped: Interval
+    #: Input pixel rows (first, last; 0-based, inclusive) connected to the unit.
+    rows: tuple[int, int]
+    #: Input pixel columns connected to the unit.
+    columns: tuple[int, int]
+    verification: Verification | None = None
+
+
+@dataclass
+class EffectiveField:
+    """Effective receptive field (Luo et al., 2016) of one unit."""
+
+    layer: str
+    x: int
+    y: int
+    #: Mean |dy/dx| over samples and input channels, (height, width) float64.
+    gradient_map: np.ndarray
+    num_samples: int
+    sigma_height: float
+    sigma_width: float
+    center_vertical: float
+    center_horizontal: float
+    pixels_for_95_percent: int
+    theoretical_pixels: int
+    share_for_95_percent: float
+    mass_inside_field: float
+
+
+@dataclass
+class ReceptiveFieldResult:
+    """Outcome of ``compute_receptive_field``."""
+
+    layers: list[LayerField]
+    end_point: str
+    input_size: tuple[int, int]
+    first_pixel_center: float
+    units: list[UnitField]
+    verified: bool
+    effective_field: EffectiveField | None
+    #: PNG bytes when a plot was asked for.
+    plot_png: bytes
+    model: str
+    raw: Any = field(repr=False, default=None)
+    #: The layer after which the end point's units see the whole input ("" when none): the fields are then
+    #: local ones. ``global_context_module``: its module path.
+    global_context: str = ""
+    global_context_module: str = ""
+    #: Misaligned merges as (layer, axis, reference path, shifted path, offset in pixels).
+    misaligned_merges: list[tuple[str, str, str, str, float]] = field(default_factory=list)
+    #: How the model was read (torch.export, torch.fx, onnx) and its own final stride (0: not declared).
+    capture: str = ""
+    model_final_stride: int = 0
+
+    def layer(self, name: str) -> LayerField:
+        """The layer called ``name``."""
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def save_plot(self, path: str | Path) -> Path:
+        """Write the PNG picture to ``path``."""
+        if not self.plot_png:
+            raise ValueError("the result has no picture; pass plot=True")
+        target = Path(path)
+        target.write_bytes(self.plot_png)
+        return target
+
+
+def _pair(value: Pair, name: str) -> pb.Extent:
+    if isinstance(value, (int, np.integer)):
+        return pb.Extent(height=int(value), width=int(value))
+    values = list(value)
+    if len(values) != 2:
+        raise ValueError(f"{name} must be an int or (height, width), not {value!r}")
+    return pb.Extent(height=int(values[0]), width=int(values[1]))
+
+
+def _layer_message(layer: Layer) -> pb.LayerSpec:
+    if layer.kind not in _KINDS:
+        raise ValueError(f"kind must be one of {list(_KINDS)}, not {layer.kind!r}")
+    message = pb.LayerSpec(
+        name=layer.name,
+        kind=_KINDS[layer.kind],
+        kernel=_pair(layer.kernel, "kernel"),
+        ceil_mode=layer.ceil_mode,
+    )
+    if layer.stride is not None:
+        message.stride.CopyFrom(_pair(layer.stride, "stride"))
+    if layer.dilation is not None:
+        message.dilation.CopyFrom(_pair(layer.dilation, "dilation"))
+    padding = layer.padding
+    if isinstance(padding, str):
+        modes = {"same": pb.PADDING_MODE_SAME, "valid": pb.PADDING_MODE_VALID}
+        if padding.lower() not in modes:
+            raise ValueError(f"padding must be a number, a tuple, 'same' or 'valid', not {padding!r}")
+        message.padding_mode = modes[padding.lower()]
+        return message
+    values = [int(padding)] * 4 if isinstance(padding, (int, np.integer)) else [int(p) for p in padding]
+    if len(values) == 2:
+        values = [values[0], values[0], values[1], values[1]]
+    if len(values) != 4:
+        raise ValueError(f"padding must be p, (h, w) or (top, bottom, left, right), not {padding!r}")
+    message.padding_mode = pb.PADDING_MODE_EXPLICIT
+    message.padding.CopyFrom(pb.Padding(top=values[0], bottom=values[1], left=values[2], right=values[3]))
+    return message
+
+
+def _unit_query(unit: Any) -> pb.UnitQuery:
+    if isinstance(unit, pb.UnitQuery):
+        return unit
+    layer, x, y = unit
+    return pb.UnitQuery(layer=str(layer), x=int(x), y=int(y))
+
+
+def _interval(message: pb.Interval) -> Interval:
+    return Interval(message.start, message.center, message.end)
+
+
+def _axis(message: pb.AxisField) -> AxisField:
+    return AxisField(
+        message.size, message.jump, message.receptive_size, message.start, message.effective_padding
+    )
+
+
+def _result(r: pb.ComputeReceptiveFieldResponse) -> ReceptiveFieldResult:
+    layers = [
+        LayerField(
+            name=f.name,
+            kind=_KIND_NAMES.get(f.kind, str(f.kind)),
+            operation=f.operation,
+            module=f.module,
+            inputs=list(f.inputs),
+            height=_axis(f.height),
+            width=_axis(f.width),
+            padding=(f.padding.top, f.padding.bottom, f.padding.left, f.padding.right),
+        )
+        for f in r.layers
+    ]
+    units = []
+    for u in r.units:
+        verification = None
+        if u.HasField("verification"):
+            v = u.verification
+            verification = Verification(
+                (v.rows.first, v.rows.last), (v.columns.first, v.columns.last), v.matches
+            )
+        units.append(
+            UnitField(
+                layer=u.unit.layer,
+                x=u.unit.x,
+                y=u.unit.y,
+                vertical=_interval(u.vertical),
+                horizontal=_interval(u.horizontal),
+                vertical_clipped=_interval(u.vertical_clipped),
+                horizontal_clipped=_interval(u.horizontal_clipped),
+                rows=(u.rows.first, u.rows.last),
+                columns=(u.columns.first, u.columns.last),
+                verification=verification,
+            )
+        )
+    erf = None
+    if r.HasField("effective_field"):
+        e = r.effective_field
+        erf = EffectiveField(
+            layer=e.unit.layer,
+            x=e.unit.x,
+            y=e.unit.y,
+            gradient_map=tensors.to_numpy(e.gradient_map),
+            num_samples=e.num_samples,
+            sigma_height=e.sigma_height,
+            sigma_width=e.sigma_width,
+            center_vertical=e.center_vertical,
+            center_horizontal=e.center_horizontal,
+            pixels_for_95_percent=e.pixels_for_95_percent,
+            theoretical_pixels=e.theoretical_pixels,
+            share_for_95_percent=e.share_for_95_percent,
+            mass_inside_field=e.mass_inside_field,
+        )
+    return ReceptiveFieldResult(
+        layers=layers,
+        end_point=r.end_point,
+        input_size=(r.input_size.height, r.input_size.width),
+        first_pixel_center=r.first_pixel_center,
+        units=units,
+        verified=r.verified,
+        effective_field=erf,
+        plot_png=r.plot_png,
+        model=r.model,
+        raw=r,
+        global_context=r.global_context,
+        global_context_module=r.global_context_module,
+        misaligned_merges=[(m.layer, m.axis, m.reference, m.path, m.offset) for m in r.misaligned_merges],
+        capture=r.capture,
+        model_final_stride=r.model_final_stride,
+    )
+
+
+class ReceptiveFieldMethods(BaseClient):
+    """The receptive-field method of ``VisionClient``."""
+
+    _stub: Any
+
+    def compute_receptive_field(
+        self,
+        layers: Iterable[Layer | pb.LayerSpec] | None = None,
+        *,
+        model: str | None = None,
+        end_point: str | None = None,
+        input_size: Pair | None = None,
+        first_pixel_center: float | None = None,
+        units: Iterable[tuple[str, int, int] | pb.UnitQuery] = (),
+        verify: bool = False,
+        effective_field: bool = False,
+        erf_samples: int = 0,
+        erf_seed: int = 0,
+        erf_unit: tuple[str, int, int] | None = None,
+        model_seed: int = 0,
+        plot: bool = False,
+        image: bytes | str | Path | np.ndarray | None = None,
+        strict: bool = False,
+        onnx: bytes | str | Path | None = None,
+        timeout: float | _Default | None = DEFAULT,
+    ) -> ReceptiveFieldResult:
+        """Receptive field of every layer, and of chosen units, for a layer list or a model.
+
+        Give ``layers`` (``Layer`` objects) or ``model`` (``resnet50``, ``inception_v3``, a timm name...).
+        ``units``: (layer, x, y) triples, x the column and y the row of the layer's output, 0-based.
+        ``first_pixel_center``: coordinate of the first pixel's centre (default 0.5; the classic guide
+        uses 1). ``verify``: prove each box by back-propagation. ``effective_field``: estimate the
+        effective receptive field over ``erf_samples`` random inputs. ``plot``: return a PNG, drawn on
+        ``image`` (file path, encoded bytes or an (H, W, C) array) or a blank canvas.
+        ``strict``: refuse misaligned merges and global context instead of answering with union and local
+        fields. ``onnx``: an ONNX model (bytes or a file path) to analyse instead of a named one.
+        """
+        request = pb.ComputeReceptiveFieldRequest(
+            end_point=end_point or "",
+            units=[_unit_query(u) for u in units],
+            verify=verify,
+            strict=strict,
+        )
+        if layers is not None:
+            request.layers.extend(
+                layer if isinstance(layer, pb.LayerSpec) else _layer_message(layer) for layer in layers
+            )
+        if model is not None or onnx is not None:
+            data = Path(onnx).read_bytes() if isinstance(onnx, (str, Path)) else (onnx or b"")
+            request.model.CopyFrom(pb.ModelSpec(name=model or "", seed=model_seed, onnx=data))
+        if input_size is not None:
+            request.input_size.CopyFrom(_pair(input_size, "input_size"))
+        if first_pixel_center is not None:
+            request.first_pixel_center = float(first_pixel_center)
+        if effective_field:
+            options = pb.EffectiveFieldOptions(num_samples=erf_samples, seed=erf_seed)
+            if erf_unit is not None:
+                options.unit.CopyFrom(_unit_query(erf_unit))
+            request.effective_field.CopyFrom(options)
+        if plot or image is not None:
+            request.plot.CopyFrom(pb.PlotOptions())
+            if image is not None:
+                request.plot.image.CopyFrom(image_message(image))
+        response = self._unary(self._stub.ComputeReceptiveField, request, timeout)
+        return _result(response)
+
+    #: A friendlier name for ``compute_receptive_field``.
+    receptive_field = compute_receptive_field

@@ -1,0 +1,175 @@
+"""Validation of a training request on plain values: the fields a client set (``TrainingConfig`` field
+name -> value, unset fields absent) become a complete ``TrainingConfig`` and the device to train on.
+
+Errors name the field as ``config.<name>``: ``InvalidArgument`` (out of range, inconsistent),
+``ResourceExhausted`` (over ``max_tensor_elements``), ``FailedPrecondition`` (workers this server cannot
+run).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from nnprobe_services.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from nnprobe_services.sequence.lm.corpus import Corpus
+from nnprobe_services.sequence.lm.evaluation import check_streams
+from nnprobe_services.sequence.lm.model import TrainingConfig
+from nnprobe_services.sequence.lm.training import steps_per_epoch
+from nnprobe_services.server import validation as valid
+from nnprobe_services.server.device import resolve_device
+
+DEFAULT_LR = {"adam": 0.002, "sgd": 20.0}
+#: Most data-parallel worker processes one job may use.
+MAX_WORKERS = 64
+F = "config."
+
+
+def training_config(
+    given: Mapping[str, Any],
+    corpus: Corpus,
+    *,
+    limit: int,
+    device: torch.device,
+    parallel: bool = True,
+) -> tuple[TrainingConfig, torch.device]:
+    """The full configuration for ``given`` (defaults for what is absent) and its device.
+
+    ``limit``: max_tensor_elements (parameters and activations); ``device``: the server's;
+    ``parallel``: whether this server runs data-parallel jobs (``workers`` > 1).
+    """
+    optimizer = given.get("optimizer", "adam")
+    sizes = _sizes(given, limit)
+    lr = given.get("learning_rate", DEFAULT_LR[optimizer])
+    if not math.isfinite(lr) or lr <= 0:
+        raise InvalidArgument(f"must be a finite number > 0, got {lr}", field=F + "learning_rate")
+    clip = given.get("clip_norm", 0.5)
+    if not math.isfinite(clip) or clip < 0:
+        raise InvalidArgument(
+            f"must be a finite number >= 0 (0: no clipping), got {clip}", field=F + "clip_norm"
+        )
+    _check_schedule(given, sizes)
+    workers = valid.positive(given.get("workers", 0), F + "workers", default=1, maximum=MAX_WORKERS)
+    batch = sizes["batch_size"]
+    if batch % workers:
+        raise InvalidArgument(
+            f"{workers} workers must divide batch_size {batch} (each takes batch_size / workers streams)",
+            field=F + "workers",
+        )
+    if workers > 1 and not parallel:
+        raise FailedPrecondition("this server does not run data-parallel jobs", field=F + "workers")
+    if given.get("device"):
+        try:
+            device = resolve_device(given["device"])
+        except (ValueError, RuntimeError) as error:
+            raise InvalidArgument(str(error), field=F + "device") from None
+    if workers > 1:
+        check_workers_fit(workers, device, F + "workers")
+    _check_corpus_fits(corpus, sizes, limit)
+    config = TrainingConfig(
+        **sizes,
+        learning_rate=lr,
+        clip_norm=clip,
+        optimizer=optimizer,
+        dropout=given.get("dropout", 0.0),
+        tie_weights=given.get("tie_weights", False),
+        max_steps=given.get("max_steps", 0),
+        seed=given.get("seed", 0),
+        device=str(device),
+        lr_decay=given.get("lr_decay", 0.0) or 1.0,
+        lr_decay_start_epoch=given.get("lr_decay_start_epoch", 0),
+        init_range=given.get("init_range", 0.0),
+        workers=workers,
+    )
+    return config, device
+
+
+def _sizes(given: Mapping[str, Any], limit: int) -> dict[str, int]:
+    def size(name: str, default: int, maximum: int | None = limit) -> int:
+        return valid.positive(given.get(name, 0), F + name, default=default, maximum=maximum)
+
+    return {
+        "embed_size": size("embed_size", 128),
+        "hidden_size": size("hidden_size", 1024),
+        "num_layers": size("num_layers", 1, 64),
+        "epochs": size("epochs", 5, 100_000),
+        "batch_size": size("batch_size", 20),
+        "sequence_length": size("sequence_length", 30),
+        "log_interval": size("log_interval", 10, None),
+        "checkpoint_interval": size("checkpoint_interval", 200, None),
+        "eval_batch_size": size("eval_batch_size", 10),
+    }
+
+
+def _check_schedule(given: Mapping[str, Any], sizes: dict[str, int]) -> None:
+    dropout = given.get("dropout", 0.0)
+    if not 0 <= dropout < 1:
+        raise InvalidArgument(f"must be in [0, 1), got {dropout}", field=F + "dropout")
+    if given.get("tie_weights") and sizes["embed_size"] != sizes["hidden_size"]:
+        raise InvalidArgument(
+            f"needs embed_size == hidden_size, got {sizes['embed_size']} and {sizes['hidden_size']}",
+            field=F + "tie_weights",
+        )
+    if given.get("max_steps", 0) < 0:
+        raise InvalidArgument(f"must be >= 0 (0: no limit), got {given['max_steps']}", field=F + "max_steps")
+    decay = given.get("lr_decay", 0.0)
+    if not 0 < (decay or 1.0) <= 1:
+        raise InvalidArgument(f"must be in (0, 1] (0 means 1), got {decay}", field=F + "lr_decay")
+    if given.get("lr_decay_start_epoch", 0) < 0:
+        raise InvalidArgument(
+            f"must be >= 0, got {given['lr_decay_start_epoch']}", field=F + "lr_decay_start_epoch"
+        )
+    init_range = given.get("init_range", 0.0)
+    if not math.isfinite(init_range) or init_range < 0:
+        raise InvalidArgument(f"must be a finite number >= 0, got {init_range}", field=F + "init_range")
+
+
+def _check_corpus_fits(corpus: Corpus, sizes: dict[str, int], limit: int) -> None:
+    batch, length, eval_batch = sizes["batch_size"], sizes["sequence_length"], sizes["eval_batch_size"]
+    train = corpus.splits["train"].tokens
+    if steps_per_epoch(train, batch, length) < 1:
+        raise InvalidArgument(
+            f"batch_size x (sequence_length + 1) = {batch} x {length + 1} needs more than the "
+            f"{train} tokens of corpus {corpus.corpus_id}'s train split",
+            field=F + "batch_size",
+        )
+    for name in ("valid", "test"):
+        if name in corpus.splits:
+            check_streams(corpus.splits[name].tokens, eval_batch, F + "eval_batch_size", name)
+    vocab, embed, hidden, layers = (
+        corpus.vocab_size,
+        sizes["embed_size"],
+        sizes["hidden_size"],
+        sizes["num_layers"],
+    )
+    parameters = vocab * embed + layers * 4 * hidden * (embed + hidden + 2) + vocab * (hidden + 1)
+    if parameters > limit:
+        raise ResourceExhausted(
+            f"the model would have {parameters} parameters; the limit is {limit} (max_tensor_elements)",
+            field=F + "hidden_size",
+        )
+    activations = batch * length * max(vocab, 4 * hidden)
+    if activations > limit:
+        raise ResourceExhausted(
+            f"batch x sequence x max(vocab, 4 hidden) = {activations} activation elements exceed {limit}",
+            field=F + "batch_size",
+        )
+
+
+def check_workers_fit(workers: int, device: torch.device, field: str) -> None:
+    """Data-parallel workers run on the CPU (gloo) or one GPU each (NCCL); FailedPrecondition otherwise."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        first = device.index or 0
+        if first + workers > count:
+            raise FailedPrecondition(
+                f"{workers} workers need one GPU each from {device}, and this server has {count}", field=field
+            )
+    elif device.type != "cpu":
+        raise FailedPrecondition(f"data-parallel workers run on cpu or cuda, not {device}", field=field)
+
+
+__all__ = ["DEFAULT_LR", "MAX_WORKERS", "check_workers_fit", "training_config"]

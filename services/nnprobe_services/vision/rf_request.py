@@ -1,0 +1,315 @@
+"""The receptive-field workflow with plain inputs and outputs (no gRPC): the layer fields of a layer list or
+a model, the fields of chosen units, their proof by back-propagation, the effective field, and a picture.
+
+``compute(FieldRequest, device, should_stop) -> FieldResult`` is the one entry point; the servicer only
+converts the protobuf request to a ``FieldRequest`` and the ``FieldResult`` back. Sizes are (height, width)
+in input pixels; positions are fractions of a pixel measured from the first pixel's edge (``origin`` is
+where the first pixel's centre lies, 1/2 by default). Errors are ``nnprobe_services.errors`` classes naming
+the request field at fault; ``should_stop`` is polled between units, samples and drawing steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+from nnprobe_services.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    ShouldStop,
+)
+from nnprobe_services.vision import images, rf_empirical, rf_graph, rf_onnx, rf_plot
+from nnprobe_services.vision import receptive_field as rf
+
+#: Largest input (height * width) the back-propagation checks run on.
+MAX_EMPIRICAL_PIXELS = 1024 * 1024
+#: Most random inputs one effective-field estimate may average.
+MAX_ERF_SAMPLES = 256
+DEFAULT_ERF_SAMPLES = 16
+
+#: A unit of a feature map: (layer name, x (column), y (row)), both 0-based.
+Unit = tuple[str, int, int]
+
+_ERRORS: dict[type[rf.FieldError], type[ServiceError]] = {
+    rf.InvalidSpec: InvalidArgument,
+    rf.UnknownName: NotFound,
+    rf.Unsupported: FailedPrecondition,
+}
+
+
+@dataclass(frozen=True)
+class EffectiveOptions:
+    """The effective field of ``unit`` (default: the end point's centre unit), averaged over
+    ``num_samples`` N(0, 1) inputs drawn from ``seed``, through weights drawn from ``weight_seed``."""
+
+    num_samples: int = DEFAULT_ERF_SAMPLES
+    seed: int = 0
+    weight_seed: int = 0
+    unit: Unit | None = None
+
+
+@dataclass(frozen=True)
+class FieldRequest:
+    """Exactly one of ``layers`` (a chain, in order) and ``model`` (a model name, or a label when ``onnx``
+    holds a serialised ONNX model) is given. ``strict``: refuse misaligned merges and global context.
+
+    ``input_size`` None: the plot picture's size, else the model's default (required with ``layers``).
+    ``end_point`` empty: the last layer (a list) or the last spatial feature map (a model). ``units`` empty
+    with ``verify`` or ``plot``: the end point's centre unit. ``picture``: (H, W, C) image to draw on.
+    """
+
+    origin: Fraction = Fraction(1, 2)
+    layers: list[rf.LayerSpec] | None = None
+    model: str = ""
+    input_size: tuple[int, int] | None = None
+    end_point: str = ""
+    units: list[Unit] = field(default_factory=list)
+    verify: bool = False
+    effective: EffectiveOptions | None = None
+    plot: bool = False
+    picture: images.ImageInput | None = None
+    max_elements: int = 50_000_000
+    onnx: bytes = b""
+    strict: bool = False
+
+    @property
+    def has_model(self) -> bool:
+        return bool(self.model or self.onnx)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Where the input gradient of one unit is non-zero, and whether that box equals the computed field."""
+
+    box: rf_empirical.GradientBox
+    matches: bool
+
+
+@dataclass(frozen=True)
+class EffectiveResult:
+    """The effective field of ``unit`` (whose theoretical field is ``field``): the mean |gradient| map
+    (H, W) float64 and its summary."""
+
+    unit: Unit
+    field: rf.UnitField
+    summary: rf_empirical.EffectiveField
+
+
+@dataclass
+class FieldResult:
+    """Layer fields up to ``end_point``, unit fields in request order, and the optional extras."""
+
+    fields: list[rf.LayerField]
+    end_point: str
+    input_size: tuple[int, int]
+    origin: Fraction
+    units: list[rf.UnitField]
+    model: str = ""
+    verifications: list[Verification] = field(default_factory=list)
+    verified: bool = False
+    effective: EffectiveResult | None = None
+    plot_png: bytes = b""
+    #: For models: the capture, global context and misaligned merges (``rf_graph.GraphField``).
+    graph: rf_graph.GraphField | None = None
+
+
+@contextmanager
+def _domain_errors() -> Iterator[None]:
+    """Field-engine errors as the service's domain errors (same message and field)."""
+    try:
+        yield
+    except rf.FieldError as error:
+        raise _ERRORS.get(type(error), FailedPrecondition)(error.message, field=error.field) from None
+
+
+def compute(request: FieldRequest, device: torch.device, should_stop: ShouldStop) -> FieldResult:
+    """Run the whole workflow for ``request`` on ``device``; see the module docstring."""
+    with _domain_errors():
+        return _compute(request, device, should_stop)
+
+
+def _compute(request: FieldRequest, device: torch.device, should_stop: ShouldStop) -> FieldResult:
+    picture = images.plot_picture(request.picture) if request.picture is not None else None
+    input_size = _input_size(request, picture)
+    graph, fields, end, resolve = _layer_fields(request, input_size)
+    if len(request.units) > rf.MAX_UNITS:
+        raise ResourceExhausted(
+            f"asks for {len(request.units)} units; the limit is {rf.MAX_UNITS}", field="units"
+        )
+    queries = [
+        (resolve(layer, f"units[{i}].layer"), x, y, i) for i, (layer, x, y) in enumerate(request.units)
+    ]
+    if not queries and (request.verify or request.plot):
+        x, y = rf.center_unit(next(f for f in fields if f.name == end))
+        queries = [(end, x, y, -1)]
+    origin = request.origin
+    units = [
+        rf.unit_field(fields, layer, x, y, input_size, origin, field=f"units[{i}]" if i >= 0 else "units")
+        for layer, x, y, i in queries
+    ]
+    result = FieldResult(fields, end, input_size, origin, units, model=request.model, graph=graph)
+    if (request.verify or request.effective is not None) and input_size[0] * input_size[
+        1
+    ] > MAX_EMPIRICAL_PIXELS:
+        raise ResourceExhausted(
+            f"is {input_size[0]} x {input_size[1]}; back-propagation checks allow at most "
+            f"{MAX_EMPIRICAL_PIXELS} pixels",
+            field="input_size",
+        )
+    probe = _prober(request, input_size, device, graph)
+    if request.verify:
+        result.verifications = _verify(units, probe, input_size, device, should_stop)
+        result.verified = all(v.matches for v in result.verifications)
+    if request.effective is not None:
+        result.effective = _effective_field(
+            request.effective, fields, resolve, end, probe, input_size, origin, device, should_stop
+        )
+    if request.plot:
+        result.plot_png = _plot(result, picture, should_stop)
+    return result
+
+
+def _input_size(request: FieldRequest, picture: np.ndarray | None) -> tuple[int, int]:
+    if request.input_size is not None:
+        size = request.input_size
+    elif picture is not None:
+        size = (int(picture.shape[0]), int(picture.shape[1]))
+    elif request.onnx:
+        size = rf_onnx.declared_size(request.onnx) or (224, 224)
+    elif request.model:
+        side = rf_graph.default_input_size(request.model)
+        size = (side, side)
+    else:
+        raise InvalidArgument("is required with `layers` (height and width of the input)", field="input_size")
+    limit = request.max_elements
+    if size[0] * size[1] * 3 > limit:
+        raise ResourceExhausted(
+            f"{size[0]} x {size[1]} x 3 exceeds the limit of {limit} elements", field="input_size"
+        )
+    return size
+
+
+Resolver = Callable[[str, str], str]
+
+
+def _layer_fields(
+    request: FieldRequest, input_size: tuple[int, int]
+) -> tuple[rf_graph.GraphField | None, list[rf.LayerField], str, Resolver]:
+    """The model's analysis (None for a layer list), the fields up to the end point, the end point's name,
+    and a resolver of layer names in requests."""
+    if request.has_model:
+        graph = rf_graph.analyse(
+            request.model,
+            request.onnx,
+            input_size,
+            request.origin,
+            request.end_point or None,
+            strict=request.strict,
+        )
+        return graph, graph.fields, graph.end_point, graph.resolve
+    fields = rf.analyse_layers(list(request.layers or []), input_size, request.origin)
+    names = [f.name for f in fields]
+
+    def resolve(name: str, request_field: str) -> str:
+        if name not in names:
+            raise InvalidArgument(
+                f"no layer {name!r}; the layers are {', '.join(names)}", field=request_field
+            )
+        return name
+
+    end = resolve(request.end_point, "end_point") if request.end_point else names[-1]
+    return None, fields[: names.index(end) + 1], end, resolve
+
+
+Prober = Callable[[list[str], str, int], tuple[rf_empirical.Probe, int]]
+
+
+def _prober(
+    request: FieldRequest,
+    input_size: tuple[int, int],
+    device: torch.device,
+    graph: rf_graph.GraphField | None,
+) -> Prober:
+    """A builder of networks that expose the named layers' outputs, with ``transparent`` or ``random``
+    weights (drawn from a seed). ONNX models have the transparent twin of their graph only."""
+
+    def probe(layers: list[str], weights: str, seed: int = 0) -> tuple[rf_empirical.Probe, int]:
+        if graph is not None and graph.frontend == "onnx":
+            if weights != "transparent":
+                raise FailedPrecondition("needs a named model, not an ONNX one", field="effective_field")
+            return rf_empirical.twin_probe(graph.capture, layers, device)
+        if request.model:
+            return rf_empirical.model_probe(
+                request.model, layers, device, weights=weights, seed=seed, input_size=input_size
+            )
+        specs = list(request.layers or [])
+        return rf_empirical.chain_probe(specs, input_size, device, weights=weights, seed=seed)
+
+    return probe
+
+
+def _verify(
+    units: list[rf.UnitField],
+    probe: Prober,
+    input_size: tuple[int, int],
+    device: torch.device,
+    should_stop: ShouldStop,
+) -> list[Verification]:
+    network, channels = probe(sorted({u.layer for u in units}), "transparent", 0)
+    boxes = rf_empirical.gradient_boxes(
+        network, channels, input_size, device, [(u.layer, u.x, u.y) for u in units], should_stop
+    )
+    return [
+        Verification(
+            box, (box.first_row, box.last_row, box.first_column, box.last_column) == (*u.rows, *u.columns)
+        )
+        for u, box in zip(units, boxes, strict=True)
+    ]
+
+
+def _effective_field(
+    options: EffectiveOptions,
+    fields: list[rf.LayerField],
+    resolve: Resolver,
+    end: str,
+    probe: Prober,
+    input_size: tuple[int, int],
+    origin: Fraction,
+    device: torch.device,
+    should_stop: ShouldStop,
+) -> EffectiveResult:
+    if options.unit is not None:
+        layer, x, y = options.unit
+        layer = resolve(layer, "effective_field.unit.layer")
+    else:
+        layer = end
+        x, y = rf.center_unit(next(f for f in fields if f.name == end))
+    unit = rf.unit_field(fields, layer, x, y, input_size, origin, field="effective_field.unit")
+    network, channels = probe([layer], "random", options.weight_seed)
+    grad_map = rf_empirical.gradient_map(
+        network, channels, input_size, device, (layer, x, y), options.num_samples, options.seed, should_stop
+    )
+    summary = rf_empirical.summarise(grad_map, (*unit.rows, *unit.columns), options.num_samples)
+    return EffectiveResult((layer, x, y), unit, summary)
+
+
+def _plot(result: FieldResult, picture: np.ndarray | None, should_stop: ShouldStop) -> bytes:
+    effective = result.effective
+    return rf_plot.render(
+        result.input_size,
+        float(result.origin),
+        result.units,
+        image=picture,
+        gradient_map=effective.summary.gradient_map if effective is not None else None,
+        gradient_unit=effective.field if effective is not None else None,
+        title=f"{result.model or 'layer list'}: receptive fields (dashed: unclipped)",
+        should_stop=should_stop,
+    )

@@ -1,0 +1,197 @@
+"""Training jobs against a real sequence server process: many watchers, cancelling, and SIGTERM.
+
+- 200 WatchJob streams open on a running job: health, ListJobs and CancelJob still answer, the job is
+  cancelled, and every stream then ends with OK after the CANCELLED event.
+- SIGTERM while a job trains: the process exits 0 within its grace period, a watcher's last event says the
+  job was INTERRUPTED, and after a restart the job resumes and finishes with exactly the losses and
+  perplexities of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nnprobe import SequenceClient
+from nnprobe.api.sequence.v1 import sequence_pb2 as pb
+from nnprobe.api.sequence.v1 import sequence_pb2_grpc
+
+pytestmark = pytest.mark.system
+#: Hang guard for waiting on a process or a stream; never a pass/fail threshold.
+WAIT_SECONDS = 120.0
+WATCHERS = 200
+GRACE_SECONDS = 30.0
+CONFIG = dict(
+    embed_size=16,
+    hidden_size=48,
+    batch_size=4,
+    sequence_length=8,
+    epochs=6,
+    learning_rate=0.01,
+    eval_batch_size=2,
+    log_interval=2,
+    checkpoint_interval=4,
+    seed=11,
+)
+
+
+def start(tmp_path: Path, port: int) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "NNPROBE_DATA_DIR": str(tmp_path / "data"),
+        "NNPROBE_CACHE_DIR": str(tmp_path / "cache"),
+        "NNPROBE_HOST": "127.0.0.1",
+        "NNPROBE_DEVICE": "cpu",
+    }
+    log = open(tmp_path / f"server-{port}.log", "a")  # noqa: SIM115 (closed with the process)
+    command = [sys.executable, "-m", "nnprobe_services.sequence", "--port", str(port)]
+    command += ["--grace-seconds", str(GRACE_SECONDS)]
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=WAIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def watch_many(address: str, job_id: str, opened: asyncio.Event) -> list[list[pb.JobEvent]]:
+    """Open ``WATCHERS`` WatchJob streams on one channel; set ``opened`` once each has had an event;
+    return each stream's events when all have ended (an error in any stream propagates)."""
+    first_events = 0
+
+    async def one(stub: sequence_pb2_grpc.SequenceServiceStub) -> list[pb.JobEvent]:
+        nonlocal first_events
+        events = []
+        async for response in stub.WatchJob(pb.WatchJobRequest(job_id=job_id)):
+            events.append(response.event)
+            if len(events) == 1:
+                first_events += 1
+                if first_events == WATCHERS:
+                    opened.set()
+        return events
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = sequence_pb2_grpc.SequenceServiceStub(channel)
+        return await asyncio.gather(*(one(stub) for _ in range(WATCHERS)))
+
+
+async def bookkeeping_while_watched(address: str, job_id: str) -> dict:
+    opened = asyncio.Event()
+    watchers = asyncio.create_task(watch_many(address, job_id, opened))
+    await asyncio.wait_for(opened.wait(), WAIT_SECONDS)
+    async with grpc.aio.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        stub = sequence_pb2_grpc.SequenceServiceStub(channel)
+        check = await health.Check(health_pb2.HealthCheckRequest(), timeout=WAIT_SECONDS)
+        listed = await stub.ListJobs(pb.ListJobsRequest(), timeout=WAIT_SECONDS)
+        cancelled = await stub.CancelJob(pb.CancelJobRequest(job_id=job_id), timeout=WAIT_SECONDS)
+    streams = await asyncio.wait_for(watchers, WAIT_SECONDS)
+    return {"health": check.status, "listed": listed.jobs, "cancelled": cancelled.job, "streams": streams}
+
+
+def test_two_hundred_watchers_do_not_starve_health_listing_or_cancelling(tmp_path, free_port, pattern_text):
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    proc = start(tmp_path, port)
+    try:
+        with SequenceClient(address, timeout=60) as client:
+            client.wait_until_ready(timeout=WAIT_SECONDS)
+            corpus = client.upload_corpus(pattern_text(120), pattern_text(20, 120), pattern_text(20, 140))
+            job = client.start_training(corpus.corpus_id, **dict(CONFIG, epochs=100_000, log_interval=10))
+            for event in client.watch(job.job_id):
+                if event.kind == "step":
+                    break
+            outcome = asyncio.run(bookkeeping_while_watched(address, job.job_id))
+            final = client.get_job(job.job_id)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
+    assert outcome["health"] == health_pb2.HealthCheckResponse.SERVING
+    assert [(j.job_id, j.state) for j in outcome["listed"]] == [(job.job_id, pb.JOB_STATE_RUNNING)]
+    assert outcome["cancelled"].state == pb.JOB_STATE_CANCELLED and final.state == "cancelled"
+    assert 0 < final.checkpoint_step < final.total_steps
+    streams = outcome["streams"]
+    assert len(streams) == WATCHERS
+    last_sequence = final.last_sequence
+    for events in streams:  # every stream saw every event, in order, ending with CANCELLED
+        assert [e.sequence for e in events] == list(range(1, last_sequence + 1))
+        assert events[-1].kind == pb.JOB_EVENT_KIND_STATE and events[-1].state == pb.JOB_STATE_CANCELLED
+    log = (tmp_path / f"server-{port}.log").read_text()
+    assert log.count("WatchJob OK") == WATCHERS and log.count("WatchJob CANCELLED") == 1  # the first watch
+    print(f"{WATCHERS} streams each got {last_sequence} events; cancelled at step {final.step}")
+
+
+def test_sigterm_during_training_exits_zero_and_the_job_resumes_exactly(tmp_path, free_port, pattern_text):
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    proc = start(tmp_path, port)
+    seen: list = []
+    try:
+        with SequenceClient(address, timeout=60) as client:
+            client.wait_until_ready(timeout=WAIT_SECONDS)
+            corpus = client.upload_corpus(pattern_text(120), pattern_text(20, 120), pattern_text(20, 140))
+            reference = client.wait_job(client.start_training(corpus.corpus_id, **CONFIG).job_id)
+            assert reference.state == "succeeded"
+            job = client.start_training(corpus.corpus_id, **CONFIG)
+            checkpointed = threading.Event()
+
+            def follow() -> None:
+                for event in client.watch(job.job_id):
+                    seen.append(event)
+                    if event.kind == "checkpoint" and event.step >= 8:
+                        checkpointed.set()
+
+            watcher = threading.Thread(target=follow, daemon=True)
+            watcher.start()
+            assert checkpointed.wait(WAIT_SECONDS)
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=WAIT_SECONDS)
+            stopped_after = time.monotonic() - signalled
+            watcher.join(WAIT_SECONDS)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
+    assert stopped_after < GRACE_SECONDS
+    assert not watcher.is_alive()
+    last = seen[-1]
+    assert (last.kind, last.state) == ("state", "interrupted") and "shutdown" in last.message
+
+    proc = start(tmp_path, port)
+    try:
+        with SequenceClient(address, timeout=60) as client:
+            client.wait_until_ready(timeout=WAIT_SECONDS)
+            interrupted = client.get_job(job.job_id)
+            assert interrupted.state == "interrupted" and "shutdown" in interrupted.error
+            assert 8 <= interrupted.checkpoint_step < interrupted.total_steps
+            client.resume_job(job.job_id)
+            final = client.wait_job(job.job_id)
+            history = client.get_job(job.job_id, history=True).events
+            expected = client.get_job(reference.job_id, history=True).events
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
+    assert final.state == "succeeded"
+    assert (final.valid_perplexity, final.test_perplexity) == (
+        reference.valid_perplexity,
+        reference.test_perplexity,
+    )
+    assert [e.loss for e in history if e.kind == "step"] == [e.loss for e in expected if e.kind == "step"]
+    print(
+        f"SIGTERM at checkpoint step {interrupted.checkpoint_step}: exit 0 after {stopped_after:.1f} s "
+        f"(grace {GRACE_SECONDS:.0f} s); resumed to step {final.step} with identical losses"
+    )
