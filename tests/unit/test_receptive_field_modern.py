@@ -17,7 +17,7 @@ HALF = Fraction(1, 2)
 SIZE = 64
 
 #: The families of the work list, then more: SE/ECA/SK/split-attention gates, GroupNorm-free NF nets, channel
-#: splits (MixConv, CSP, Res2Net, Ghost), upsampling (HRNet), NHWC blocks (ConvNeXt), TF "same" padding.
+#: splits (MixConv, CSP, Ghost), upsampling (HRNet), NHWC blocks (ConvNeXt), TF "same" padding.
 REQUIRED = [
     "tf_efficientnet_lite0",
     "efficientnet_b0",
@@ -28,17 +28,13 @@ REQUIRED = [
     "resnext50_32x4d",
 ]
 MORE = [
-    "densenet121",
-    "dpn68",
     "vgg11_bn",
     "mixnet_s",
     "ghostnet_100",
-    "cspdarknet53",
     "repvgg_a0",
     "mnasnet_100",
     "rexnet_100",
     "selecsls42b",
-    "res2net50_14w_8s",
     "skresnet18",
     "resnest14d",
     "regnetx_002",
@@ -53,7 +49,6 @@ MORE = [
     "ecaresnet26t",
     "hrnet_w18_small",
     "mobilenetv4_conv_small",
-    "resnetv2_50",
     "semnasnet_050",
 ]
 
