@@ -1,15 +1,18 @@
-"""Benchmark: analytic receptive fields of traced models against the empirical checks.
+"""Benchmark: analytic receptive fields of captured models against the empirical checks.
 
     .venv/bin/python bench/receptive_field.py
 
-For resnet50 (224) and inception_v3 (299): the time to build and trace the model and compute every node's
-field (cold: nothing cached; warm: the traced graph cached, as in a running server), against proving one
-unit's box by back-propagation and estimating the effective field over 8 random inputs. Ratios are to the
-cold analytic time.
+For resnet50, convnext_tiny, efficientnet_b0 (224) and inception_v3 (299): the time to build the model,
+capture it (torch.export, in the worker process) and compute every node's field (cold: nothing cached), the
+analysis alone (warm: the capture cached, as in a running server), against proving one unit's box by
+back-propagation through the transparent twin and estimating the effective field over 8 random inputs. Then
+one ONNX file (resnet18 exported by torch.onnx.export): reading its graph and analysing it, against verify.
+Ratios are to the cold analytic time.
 """
 
 from __future__ import annotations
 
+import io
 import statistics
 import time
 from collections.abc import Callable
@@ -18,10 +21,10 @@ from fractions import Fraction
 import torch
 from nnprobe.cli.output import print_table
 from nnprobe_services.server.device import resolve_device
-from nnprobe_services.vision import rf_empirical, rf_graph
+from nnprobe_services.vision import catalogue, rf_empirical, rf_graph, rf_onnx, rf_trace_worker
 from nnprobe_services.vision.receptive_field import center_unit
 
-MODELS = [("resnet50", 224), ("inception_v3", 299)]
+MODELS = [("resnet50", 224), ("convnext_tiny", 224), ("efficientnet_b0", 224), ("inception_v3", 299)]
 HALF = Fraction(1, 2)
 
 
@@ -42,7 +45,7 @@ def main() -> None:
     for name, size in MODELS:
 
         def cold(name=name, size=size):
-            rf_graph.traced_meta.cache_clear()
+            rf_trace_worker.forget(name)
             return rf_graph.analyse_model(name, (size, size), HALF, None)
 
         graph = cold()
@@ -56,13 +59,17 @@ def main() -> None:
         cold_s = seconds(cold)
 
         def verify(name=name, size=size, layer=end.name, x=x, y=y):
-            probe, channels = rf_empirical.model_probe(name, [layer], device, weights="transparent")
+            probe, channels = rf_empirical.model_probe(
+                name, [layer], device, weights="transparent", input_size=(size, size)
+            )
             return rf_empirical.gradient_boxes(
                 probe, channels, (size, size), device, [(layer, x, y)], lambda: False
             )
 
         def erf(name=name, size=size, layer=end.name, x=x, y=y):
-            probe, channels = rf_empirical.model_probe(name, [layer], device, weights="random")
+            probe, channels = rf_empirical.model_probe(
+                name, [layer], device, weights="random", input_size=(size, size)
+            )
             return rf_empirical.gradient_map(
                 probe, channels, (size, size), device, (layer, x, y), 8, 0, lambda: False
             )
@@ -82,7 +89,8 @@ def main() -> None:
                 f"{erf_s / cold_s:.1f}x",
             )
         )
-    print(f"receptive fields on {device}: analytic (trace + arithmetic) vs empirical checks")
+    rows.append(onnx_row(device))
+    print(f"receptive fields on {device}: analytic (capture + arithmetic) vs empirical checks")
     print_table(
         rows,
         [
@@ -97,6 +105,44 @@ def main() -> None:
             "verify/analytic",
             "ERF/analytic",
         ],
+    )
+
+
+def onnx_row(device: torch.device) -> tuple:
+    """resnet18 exported to ONNX at 224: read the graph and analyse it, then verify the centre unit."""
+    import warnings
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = catalogue.build("resnet18", "cpu")
+        example = (torch.zeros(1, 3, 224, 224),)
+        torch.onnx.export(model, example, buffer, dynamo=False, opset_version=17)  # type: ignore[arg-type]
+    data = buffer.getvalue()
+    capture = rf_onnx.read(data, None, "resnet18.onnx")
+    graph = rf_graph.analyse_capture(capture, HALF, None)
+    end = graph.fields[-1]
+    x, y = center_unit(end)
+    analyse_s = seconds(lambda: rf_graph.analyse_capture(rf_onnx.read(data, None, "r18"), HALF, None))
+
+    def verify():
+        probe, channels = rf_empirical.twin_probe(capture, [end.name], device)
+        return rf_empirical.gradient_boxes(
+            probe, channels, (224, 224), device, [(end.name, x, y)], lambda: False
+        )
+
+    verify_s = seconds(verify, 1)
+    return (
+        f"resnet18.onnx ({len(data) >> 20} MB)",
+        "224",
+        len(graph.fields),
+        f"{end.height.receptive}",
+        f"{analyse_s * 1e3:.0f} ms",
+        "-",
+        f"{verify_s * 1e3:.0f} ms",
+        "-",
+        f"{verify_s / analyse_s:.1f}x",
+        "-",
     )
 
 

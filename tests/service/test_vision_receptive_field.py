@@ -256,6 +256,25 @@ def test_errors_with_models(vision):
         "broadcasts the 1 x 1 map",
         model="efficientnet_b0",
         input_size=64,
+        strict=True,
+    )
+    expect(
+        vision,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "model.name",
+        "misaligned branches at node",
+        model="resnet50d",
+        input_size=64,
+        strict=True,
+    )
+    expect(vision, INVALID, "model.onnx", "is not an ONNX model", onnx=b"not a model", input_size=8)
+    expect(
+        vision,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "effective_field",
+        "needs a named model",
+        onnx=_onnx_chain(),
+        effective_field=True,
     )
     expect(vision, INVALID, "input_size", "exceeds the padded input", model="inception_v3", input_size=40)
     expect(vision, INVALID, "end_point", "no layer 'layer9'", model="resnet18", end_point="layer9")
@@ -487,3 +506,41 @@ def test_verify_follows_the_taps_of_a_dilated_kernel(vision):
     assert (unit.rows, unit.columns) == ((1, 3), (1, 3))
     assert (unit.verification.rows, unit.verification.columns) == ((1, 3), (1, 3))
     assert unit.verification.matches and result.verified
+
+
+def _onnx_chain() -> bytes:
+    """A small network exported to ONNX: conv 3x3, reflect padding, max-pool 2, depthwise conv 5x5."""
+    import torch
+    from torch import nn
+
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReflectionPad2d(1), nn.MaxPool2d(2), nn.Conv2d(4, 4, 5, padding=2, groups=4)
+    )
+    buffer = io.BytesIO()
+    torch.onnx.export(net, (torch.zeros(1, 3, 20, 20),), buffer, dynamo=False, opset_version=17)
+    return buffer.getvalue()
+
+
+def test_onnx_model_is_analysed_and_verified(vision, tmp_path):
+    path = tmp_path / "chain.onnx"
+    path.write_bytes(_onnx_chain())
+    result = vision.compute_receptive_field(onnx=path, verify=True, units=[("/3/Conv", 0, 0)])
+    assert result.capture == "onnx" and result.input_size == (20, 20) and result.verified
+    end = result.layer(result.end_point)
+    # conv 3 (18 wide, r 3), pad 1 (20), pool 2 s 2 (10, r 4, j 2), conv 5 (r 4 + 4 * 2 = 12): closed form.
+    assert (end.height.receptive_size, end.height.jump, end.height.size) == (12, 2, 10)
+    [unit] = result.units
+    assert unit.verification.rows == unit.rows
+
+
+def test_global_context_and_misaligned_merges_are_answers(vision):
+    se = vision.compute_receptive_field(model="efficientnet_b0", input_size=64, verify=True)
+    assert se.verified and se.global_context == "mul" and se.global_context_module == "blocks.0.0.se"
+    assert se.layer(se.end_point).height.receptive_size == 851 and se.model_final_stride == 32
+    assert se.raw.layers[-1].global_context == "mul" and se.capture == "torch.export"
+    shifted = vision.compute_receptive_field(model="resnet50d", input_size=64, verify=True)
+    assert shifted.verified and len(shifted.misaligned_merges) == 6
+    # Each downsampling block's shortcut pools 2 x 2 with stride 2 on a map of jump j: its centres move by
+    # (2 - 1) / 2 * j against the 3 x 3, padding 1 convolution's; j = 4, 8, 16 in layer2..layer4.
+    assert sorted(abs(m[4]) for m in shifted.misaligned_merges) == [2, 2, 4, 4, 8, 8]
+    assert {m[0] for m in shifted.misaligned_merges} <= {f.name for f in shifted.layers}

@@ -7,7 +7,6 @@ from fractions import Fraction
 
 import pytest
 import torch
-import torch.fx as fx
 from nnprobe_services.errors import Unavailable
 from nnprobe_services.vision import rf_empirical, rf_graph, rf_trace_worker
 from nnprobe_services.vision.receptive_field import InvalidSpec, UnknownName, Unsupported, unit_field
@@ -61,54 +60,65 @@ def test_unknown_model_lists_the_available_ones():
 
 
 class TwoBranches(nn.Module):
-    """x -> a(x) + b(x), optionally through an operation the tracer cannot map."""
+    """x -> a(x) + b(x), or a(x) @ b(x) (an operation without a receptive field)."""
 
-    def __init__(self, a: nn.Module, b: nn.Module, upsample: bool = False):
+    def __init__(self, a: nn.Module, b: nn.Module, product: bool = False):
         super().__init__()
-        self.a, self.b = a, b
-        self.up = nn.Upsample(scale_factor=1) if upsample else nn.Identity()
+        self.a, self.b, self.product = a, b, product
 
     def forward(self, x):
-        return self.up(self.a(x)) + self.b(x)
+        return self.a(x) @ self.b(x) if self.product else self.a(x) + self.b(x)
 
 
-def trace(module):
-    with torch.device("meta"):
-        return fx.symbolic_trace(module)
+def analyse(module, end_point=None, strict=False):
+    return rf_graph.analyse_module(module, "two", (16, 16), HALF, end_point, channels=1, strict=strict)
 
 
 def test_aligned_branches_take_the_largest_field():
-    gm = trace(TwoBranches(nn.Conv2d(1, 1, 3, padding=1), nn.Conv2d(1, 1, 5, padding=2)))
-    graph = rf_graph.analyse_graph(gm, "two", (16, 16), HALF, None)
+    graph = analyse(TwoBranches(nn.Conv2d(1, 1, 3, padding=1), nn.Conv2d(1, 1, 5, padding=2)))
     assert [(f.name, f.kind, f.height.receptive, f.inputs) for f in graph.fields] == [
         ("x", "input", 1, ()),
         ("a", "conv", 3, ("x",)),
-        ("up", "other", 3, ("a",)),
         ("b", "conv", 5, ("x",)),
-        ("add", "merge", 5, ("up", "b")),
+        ("add", "merge", 5, ("a", "b")),
     ]
+    assert graph.misaligned == [] and graph.global_context == ""
 
 
-def test_misaligned_branches_say_where():
+def test_misaligned_branches_give_the_union_or_say_where_when_strict():
     # Both give 8 x 8 from 16 x 16, but a's units are centred on start 0.5, b's on 1.0.
-    gm = trace(TwoBranches(nn.Conv2d(1, 1, 3, stride=2, padding=1), nn.Conv2d(1, 1, 2, stride=2)))
+    module = TwoBranches(nn.Conv2d(1, 1, 3, stride=2, padding=1), nn.Conv2d(1, 1, 2, stride=2))
+    graph = analyse(module)
+    end = graph.fields[-1]
+    # a: unit 0 spans [-1, 2]; b: [0, 2]; the union [-1, 2] has 3 pixels centred on 0.5.
+    assert (end.height.receptive, end.height.start, end.height.jump) == (3, HALF, 2)
+    assert [(m.node, m.axis, m.reference, m.path, m.offset) for m in graph.misaligned] == [
+        ("add", "height", "a", "b", HALF),
+        ("add", "width", "a", "b", HALF),
+    ]
     with pytest.raises(Unsupported) as error:
-        rf_graph.analyse_graph(gm, "two", (16, 16), HALF, None)
+        analyse(module, strict=True)
     assert "misaligned branches at node 'add'" in error.value.message
-    assert "the start is 0.5 through up but 1.0 through b" in error.value.message
+    assert "the start is 0.5 through a but 1.0 through b" in error.value.message
 
 
 def test_unmappable_operation_is_named():
-    gm = trace(TwoBranches(nn.Conv2d(1, 1, 3, padding=1), nn.Conv2d(1, 1, 3, padding=1), upsample=True))
-    with pytest.raises(Unsupported, match="module Upsample \\(node 'up'\\) cannot be mapped"):
-        rf_graph.analyse_graph(gm, "two", (16, 16), HALF, None)
+    module = TwoBranches(nn.Conv2d(1, 1, 3, padding=1), nn.Conv2d(1, 1, 3, padding=1), product=True)
+    with pytest.raises(Unsupported, match="matmul \\(node 'matmul'\\) cannot be mapped"):
+        analyse(module)
     # An end point before the unmappable node is fine.
-    assert rf_graph.analyse_graph(gm, "two", (16, 16), HALF, "a").end_point == "a"
+    assert analyse(module, "a").end_point == "a"
 
 
-def test_global_context_broadcast_is_refused():
-    with pytest.raises(Unsupported, match="squeeze-and-excitation"):
-        rf_graph.analyse_model("efficientnet_b0", (64, 64), HALF, None)
+def test_global_context_is_reported_beside_the_local_field():
+    graph = rf_graph.analyse_model("efficientnet_b0", (64, 64), HALF, None)
+    end = graph.fields[-1]
+    # The local field of EfficientNet-B0 (its spatial paths alone), as quoted for the family.
+    assert (end.height.jump, end.height.receptive) == (32, 851)
+    assert graph.global_context == "mul" and graph.global_context_module == "blocks.0.0.se"
+    assert end.global_context == "mul"
+    with pytest.raises(Unsupported, match="broadcasts the 1 x 1 map"):
+        rf_graph.analyse_model("efficientnet_b0", (64, 64), HALF, None, strict=True)
 
 
 def test_input_too_small_names_the_node():
@@ -125,7 +135,7 @@ def test_gradient_box_equals_connected_pixels(name, size):
     middle = graph.fields[len(graph.fields) // 3]
     units += [(middle.name, 0, middle.height.size - 1), (middle.name, middle.width.size // 2, 1)]
     probe, channels = rf_empirical.model_probe(
-        name, [u[0] for u in units], torch.device("cpu"), weights="transparent"
+        name, [u[0] for u in units], torch.device("cpu"), weights="transparent", input_size=(size, size)
     )
     boxes = rf_empirical.gradient_boxes(
         probe, channels, (size, size), torch.device("cpu"), units, lambda: False
@@ -158,20 +168,22 @@ def no_tracing_here(monkeypatch):
 
 
 def test_models_are_traced_in_a_worker_process_only(no_tracing_here):
-    gm = rf_graph.traced_meta("vgg13")
-    assert rf_graph.traced_meta("vgg13") is gm and all(p.is_meta for p in gm.parameters())
-    assert [n.name for n in gm.graph.nodes][:3] == ["x", "features_0", "features_1"]
+    capture, gm = rf_trace_worker.captured("vgg13", (64, 64))
+    assert rf_trace_worker.captured("vgg13", (64, 64))[1] is gm and all(p.is_meta for p in gm.parameters())
+    assert [n.name for n in capture.nodes][:3] == ["x", "features_0", "features_1"]
     assert rf_graph.analyse_model("vgg13", (64, 64), HALF, None).fields[-1].height.receptive == 156
-    probe, channels = rf_empirical.model_probe("vgg13", ["features_4"], CPU, weights="transparent")
-    assert channels == 3 and probe(torch.ones(1, 3, 8, 8))["features_4"].shape == (1, 64, 4, 4)
+    probe, channels = rf_empirical.model_probe(
+        "vgg13", ["features_4"], CPU, weights="random", input_size=(64, 64)
+    )
+    assert channels == 3 and probe(torch.ones(1, 3, 64, 64))["features_4"].shape == (1, 64, 32, 32)
     assert all(p.is_meta for p in gm.parameters()), "the cached graph must stay untouched"
     for _ in range(2):  # the cached error comes back as the same exception, field included
         with pytest.raises(UnknownName, match="unknown model 'resnet5000'") as error:
-            rf_graph.traced_meta("resnet5000")
+            rf_graph.captured("resnet5000", (64, 64))
         assert error.value.field == "model.name"
-    # inception_v3 calls F.max_pool2d (a closure that does not pickle): the target comes back as itself.
-    targets = {n.target for n in rf_graph.traced_meta("inception_v3").graph.nodes}
-    assert torch.nn.functional.max_pool2d in targets
+    # ATen operations (which do not pickle) come back as themselves.
+    targets = {n.target for n in rf_trace_worker.captured("inception_v3", (299, 299))[1].graph.nodes}
+    assert torch.ops.aten.max_pool2d.default in targets
 
 
 def test_concurrent_first_requests_trace_once(monkeypatch):
@@ -182,12 +194,13 @@ def test_concurrent_first_requests_trace_once(monkeypatch):
     results = [None] * 4
 
     def work(i):
-        results[i] = rf_graph.traced_meta("vgg19")
+        results[i] = rf_graph.captured("vgg19", (32, 32))
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    assert submitted == ["vgg19"] and all(r is results[0] for r in results) and results[0] is not None
+    assert submitted == [("vgg19", (32, 32))] and all(r is results[0] for r in results)
+    assert results[0] is not None
 
 
 def test_a_dead_worker_fails_one_request_and_is_replaced(monkeypatch):
@@ -216,7 +229,9 @@ def test_seeded_random_weights_ignore_other_threads():
     layer = "layer1_0_relu"
 
     def run(seed):
-        probe, channels = rf_empirical.model_probe("resnet18", [layer], CPU, weights="random", seed=seed)
+        probe, channels = rf_empirical.model_probe(
+            "resnet18", [layer], CPU, weights="random", seed=seed, input_size=(20, 20)
+        )
         weights = b"".join(p.detach().numpy().tobytes() for p in probe.parameters())
         grad = rf_empirical.gradient_map(
             probe, channels, (20, 20), CPU, (layer, 2, 2), 3, seed, lambda: False, 2

@@ -98,6 +98,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--layers", nargs="+", metavar="NAME:OPTIONS", help="a layer list (see below)")
     source.add_argument("--layers-file", metavar="JSON", help="a JSON list of layers")
     source.add_argument("--model", help="resnet50, inception_v3, vgg16, ... or a timm model name")
+    source.add_argument("--onnx", metavar="FILE.onnx", help="an ONNX model, read from its graph")
+    p.add_argument("--strict", action="store_true", help="refuse misaligned merges and global context")
     p.add_argument("--end-point", help="last layer analysed (default: last layer / last spatial feature map)")
     p.add_argument("--input-size", type=parse_size, metavar="N|HxW", help="input size (models: 224, 299)")
     p.add_argument("--origin", type=float, help="coordinate of the first pixel's centre (default 0.5)")
@@ -138,6 +140,8 @@ def run_rf(args: argparse.Namespace) -> int:
             model_seed=args.seed,
             plot=bool(args.plot),
             image=args.image,
+            strict=args.strict,
+            onnx=args.onnx,
         )
     if args.plot:
         result.save_plot(args.plot)
@@ -154,6 +158,11 @@ def _print_result(result, args: argparse.Namespace) -> None:
     h, w = result.input_size
     source = result.model or "layer list"
     print(f"{source}: input {h}x{w}, first pixel centre {format_value(result.first_pixel_center)}")
+    if result.global_context:
+        where = f" ({result.global_context_module})" if result.global_context_module else ""
+        print(f"global context after {result.global_context}{where}: the fields below are local")
+    for layer, axis, reference, path, offset in result.misaligned_merges:
+        print(f"misaligned merge at {layer}: along the {axis} {path} is {offset:g} px from {reference}")
     shown = [
         f
         for f in result.layers

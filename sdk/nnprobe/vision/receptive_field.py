@@ -141,6 +141,15 @@ class ReceptiveFieldResult:
     plot_png: bytes
     model: str
     raw: Any = field(repr=False, default=None)
+    #: The layer after which the end point's units see the whole input ("" when none): the fields are then
+    #: local ones. ``global_context_module``: its module path.
+    global_context: str = ""
+    global_context_module: str = ""
+    #: Misaligned merges as (layer, axis, reference path, shifted path, offset in pixels).
+    misaligned_merges: list[tuple[str, str, str, str, float]] = field(default_factory=list)
+    #: How the model was read (torch.export, torch.fx, onnx) and its own final stride (0: not declared).
+    capture: str = ""
+    model_final_stride: int = 0
 
     def layer(self, name: str) -> LayerField:
         """The layer called ``name``."""
@@ -279,6 +288,11 @@ def _result(r: pb.ComputeReceptiveFieldResponse) -> ReceptiveFieldResult:
         plot_png=r.plot_png,
         model=r.model,
         raw=r,
+        global_context=r.global_context,
+        global_context_module=r.global_context_module,
+        misaligned_merges=[(m.layer, m.axis, m.reference, m.path, m.offset) for m in r.misaligned_merges],
+        capture=r.capture,
+        model_final_stride=r.model_final_stride,
     )
 
 
@@ -304,6 +318,8 @@ class ReceptiveFieldMethods(BaseClient):
         model_seed: int = 0,
         plot: bool = False,
         image: bytes | str | Path | np.ndarray | None = None,
+        strict: bool = False,
+        onnx: bytes | str | Path | None = None,
         timeout: float | _Default | None = DEFAULT,
     ) -> ReceptiveFieldResult:
         """Receptive field of every layer, and of chosen units, for a layer list or a model.
@@ -314,18 +330,22 @@ class ReceptiveFieldMethods(BaseClient):
         uses 1). ``verify``: prove each box by back-propagation. ``effective_field``: estimate the
         effective receptive field over ``erf_samples`` random inputs. ``plot``: return a PNG, drawn on
         ``image`` (file path, encoded bytes or an (H, W, C) array) or a blank canvas.
+        ``strict``: refuse misaligned merges and global context instead of answering with union and local
+        fields. ``onnx``: an ONNX model (bytes or a file path) to analyse instead of a named one.
         """
         request = pb.ComputeReceptiveFieldRequest(
             end_point=end_point or "",
             units=[_unit_query(u) for u in units],
             verify=verify,
+            strict=strict,
         )
         if layers is not None:
             request.layers.extend(
                 layer if isinstance(layer, pb.LayerSpec) else _layer_message(layer) for layer in layers
             )
-        if model is not None:
-            request.model.CopyFrom(pb.ModelSpec(name=model, seed=model_seed))
+        if model is not None or onnx is not None:
+            data = Path(onnx).read_bytes() if isinstance(onnx, (str, Path)) else (onnx or b"")
+            request.model.CopyFrom(pb.ModelSpec(name=model or "", seed=model_seed, onnx=data))
         if input_size is not None:
             request.input_size.CopyFrom(_pair(input_size, "input_size"))
         if first_pixel_center is not None:

@@ -11,8 +11,14 @@ input with n units, jump j, receptive size r and first centre `start` (Dumoulin 
 Unit i of a layer is centred on start + i*j and spans [centre - r/2, centre + r/2] in input coordinates,
 where pixel m of the image is centred on origin + m (origin 0.5: pixel m spans [m, m + 1)).
 
-Branches join (addition, concatenation) only when every path gives the same size, jump and start; the
-joined field is then the largest of the paths' fields (they share a centre).
+Nearest-neighbour upsampling by an integer factor u (and depth-to-space) divides the jump: unit o copies
+unit o // u of its input, so j_out = j / u, and the field quoted is the smallest of this linear form that
+holds every unit's exact box: r_out = r + (u - 1) * j_out, start_out = start - (u - 1) / 2 * j_out.
+
+Branches join (addition, concatenation) with equal size and jump. When their starts differ too (the average
+pool shortcut of ResNet-D, a padding that shifts one path) the joined field is the union of the paths' fields,
+the exact box of input pixels that can reach a unit, and the merge is recorded as misaligned (Araujo et al.'s
+"unaligned" networks); ``strict`` refuses such merges instead, as google-research/receptive_field does.
 """
 
 from __future__ import annotations
@@ -79,6 +85,11 @@ class Window:
     pad_before: int = 0
     pad_after: int = 0
     ceil_mode: bool = False
+    #: How padded positions are filled: ``zeros`` (convolution, pooling, constant padding), ``reflect`` or
+    #: ``replicate`` (these read input pixels near the border, which ``connected_pixels`` follows).
+    pad_mode: str = "zeros"
+    #: Nearest-neighbour upsampling factor applied before the window (kernel 1, stride 1 then).
+    upsample: int = 1
 
     @property
     def extent(self) -> int:
@@ -111,6 +122,21 @@ class LayerField:
     padding: Pads = (0, 0, 0, 0)
     module: str = ""
     windows: tuple[Window, Window] | None = None  # (height, width) for conv and pooling layers
+    #: The node after which the whole input reaches this layer's units (global context); "" when none.
+    #: The field given is then the local one, through the spatial paths alone.
+    global_context: str = ""
+
+
+@dataclass(frozen=True)
+class Misalignment:
+    """A merge whose paths' fields have different centres: along ``axis`` (``height`` or ``width``) the
+    field through ``path`` starts ``offset`` input pixels after the one through ``reference``."""
+
+    node: str
+    axis: str
+    reference: str
+    path: str
+    offset: Fraction
 
 
 @dataclass(frozen=True)
@@ -167,7 +193,23 @@ def output_size(n: int, window: Window) -> int:
 
 
 def apply(axis: Axis, window: Window, *, where: str, field: str | None = None) -> Axis:
-    """The field after ``window``; raises ``InvalidSpec`` naming ``where`` when no output is left."""
+    """The field after ``window``; raises ``InvalidSpec`` naming ``where`` when no output is left, and
+    ``Unsupported`` when an upsampling would make the jump a fraction of a pixel."""
+    if window.upsample > 1:
+        u = window.upsample
+        if axis.jump % u:
+            raise Unsupported(
+                f"{where}: upsampling by {u} a map whose jump is {axis.jump} pixels gives a jump that is not "
+                f"a whole number of input pixels",
+                field="model.name",
+            )
+        jump = axis.jump // u
+        return Axis(
+            size=axis.size * u,
+            jump=jump,
+            receptive=axis.receptive + (u - 1) * jump,
+            start=axis.start - Fraction(u - 1, 2) * jump,
+        )
     n_out = output_size(axis.size, window)
     if n_out < 1:
         padded = axis.size + window.pad_before + window.pad_after
@@ -185,20 +227,32 @@ def apply(axis: Axis, window: Window, *, where: str, field: str | None = None) -
     )
 
 
-def merge(inputs: list[tuple[str, Axis]], *, where: str, axis_name: str) -> Axis:
-    """Join branches: equal size, jump and start required; the field is the largest one."""
+def merge(
+    inputs: list[tuple[str, Axis]], *, where: str, axis_name: str, strict: bool = True
+) -> tuple[Axis, list[Misalignment]]:
+    """Join branches: equal size and jump required. Equal starts give the largest field; different starts
+    give the union of the fields (the exact box reaching a unit) and one ``Misalignment`` per shifted path,
+    or ``Unsupported`` when ``strict``. ``where`` names the node (``node 'add'``)."""
     first_name, first = inputs[0]
     for name, other in inputs[1:]:
         for attribute in ("size", "jump", "start"):
             a, b = getattr(first, attribute), getattr(other, attribute)
-            if a != b:
+            if a != b and (strict or attribute != "start"):
                 raise Unsupported(
                     f"misaligned branches at {where}: along the {axis_name} the {attribute} is "
                     f"{_text(a)} through {first_name} but {_text(b)} through {name}, so the units of the "
                     f"two paths are not centred on the same input pixels",
                     field="model.name" if attribute != "size" else None,
                 )
-    return Axis(first.size, first.jump, max(a.receptive for _, a in inputs), first.start)
+    low = min(a.start - Fraction(a.receptive, 2) for _, a in inputs)
+    high = max(a.start + Fraction(a.receptive, 2) for _, a in inputs)
+    node = where.split("'")[1] if where.count("'") >= 2 else where
+    shifts = [
+        Misalignment(node, axis_name, first_name, name, other.start - first.start)
+        for name, other in inputs[1:]
+        if other.start != first.start
+    ]
+    return Axis(first.size, first.jump, int(high - low), (low + high) / 2), shifts
 
 
 def _text(value: Fraction | int) -> str:
@@ -337,6 +391,8 @@ def _taps_back(positions: _Positions, window: Window | None, n_in: int) -> _Posi
     """The input positions read by ``positions`` of a layer's output: output i reads the real taps
     i*stride - pad_before + dilation*t (t = 0..kernel-1) that lie inside the input (0..n_in-1); padding is
     not image and the holes between dilated taps are not read."""
+    if window is not None and (window.upsample > 1 or window.pad_mode != "zeros"):
+        return _mapped_taps(positions, window, n_in)
     offset, mask = positions
     if window is None:  # an operation without a window keeps positions
         lo, hi = max(offset, 0), min(offset + len(mask), n_in)
@@ -417,6 +473,31 @@ def connected_pixels(fields: Sequence[LayerField], name: str, x: int, y: int) ->
         lasts = [p[axis][0] + int(np.flatnonzero(p[axis][1])[-1]) for p in pairs]
         ranges.append((min(firsts), max(lasts)))
     return ranges[0], ranges[1]
+
+
+def _mapped_taps(positions: _Positions, w: Window, n_in: int) -> _Positions:
+    """``_taps_back`` for windows that read input pixels in place of padding (reflect, replicate) or that
+    copy units (nearest upsampling: output o reads o // upsample)."""
+    offset, mask = positions
+    index = offset + np.flatnonzero(mask)
+    if w.upsample > 1:
+        read = index // w.upsample
+    else:
+        read = (index[:, None] * w.stride - w.pad_before + w.dilation * np.arange(w.kernel)[None, :]).ravel()
+        outside = (read < 0) | (read > n_in - 1)
+        if w.pad_mode == "replicate":
+            read = np.clip(read, 0, n_in - 1)
+        elif w.pad_mode == "reflect":  # -i before the first pixel, 2 (n - 1) - i after the last
+            read = np.where(read < 0, -read, np.where(read > n_in - 1, 2 * (n_in - 1) - read, read))
+        else:
+            read = read[~outside]
+    read = read[(read >= 0) & (read < n_in)]
+    if read.size == 0:
+        return 0, mask[:0]
+    lo, hi = int(read.min()), int(read.max())
+    found = np.zeros(hi - lo + 1, dtype=bool)
+    found[read - lo] = True
+    return lo, found
 
 
 def unit_field(

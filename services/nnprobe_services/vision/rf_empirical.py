@@ -1,10 +1,11 @@
 """Empirical receptive fields: the back-propagation proof of the analytic boxes and the effective field.
 
-* Proof: a gradient-transparent copy of the network (activations and normalisation removed, max-pooling
-  replaced by average pooling of the same geometry, every convolution weight set to 1/fan_in, biases 0,
-  subtraction turned into addition) is linear with positive weights, so nothing cancels: the input gradient of
-  one unit is non-zero exactly on the pixels connected to it. Its bounding box must equal the analytic box
-  clipped to the image. It runs in float64 so that deep products of small weights do not underflow.
+* Proof: a gradient-transparent copy of the network (``rf_twin``: activations and normalisation removed,
+  max-pooling replaced by average pooling of the same geometry, every convolution weight set to 1/fan_in,
+  biases 0, merges turned into additions, global gates held constant) is linear with positive weights, so
+  nothing cancels: the input gradient of one unit is non-zero exactly on the pixels connected to it. Its
+  bounding box must equal the analytic box clipped to the image. It runs in float64 so that deep products of
+  small weights do not underflow.
 * Effective receptive field (Luo et al., NeurIPS 2016): mean over random inputs and input channels of
   |d y / d x| for one unit y (summed over its channels), with the network's own random weights.
 """
@@ -16,6 +17,7 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -24,8 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnprobe_services.errors import Cancelled, ResourceExhausted
-from nnprobe_services.vision import rf_graph
+from nnprobe_services.vision import catalogue, rf_trace_worker
 from nnprobe_services.vision.receptive_field import LayerSpec, Unsupported, Window, output_size, windows
+from nnprobe_services.vision.rf_ir import Capture
+from nnprobe_services.vision.rf_propagate import Analysis
+from nnprobe_services.vision.rf_twin import Canonical, TransparentTwin
 
 Probe = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
@@ -140,13 +145,14 @@ def chain_probe(
     return _Chain(specs, input_size, weights, seed).to(device), 1
 
 
-def _truncate(gm: fx.GraphModule, names: Sequence[str]) -> fx.GraphModule:
-    """A copy of ``gm`` whose output is the dict of the named nodes; everything else is dropped."""
+def _truncate(gm: fx.GraphModule, names: Sequence[tuple[str, str]]) -> fx.GraphModule:
+    """A copy of ``gm`` whose output is the dict of the nodes named by (output key, node name) pairs;
+    everything else is dropped."""
     graph = copy.deepcopy(gm.graph)
     by_name = {n.name: n for n in graph.nodes}
     output = next(n for n in graph.nodes if n.op == "output")
     with graph.inserting_before(output):
-        new_output = graph.output({name: by_name[name] for name in names})
+        new_output = graph.output({name: by_name[source] for name, source in names})
     graph.erase_node(output)
     del new_output
     truncated = fx.GraphModule(gm, graph)
@@ -155,79 +161,58 @@ def _truncate(gm: fx.GraphModule, names: Sequence[str]) -> fx.GraphModule:
     return truncated
 
 
-def _avg_pool_like_max(
-    x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
-):
-    if dilation not in (1, (1, 1)) or return_indices:
-        raise Unsupported(
-            "a dilated max-pooling (or one returning indices) has no transparent twin", field="verify"
-        )
-    return F.avg_pool2d(x, kernel_size, stride, padding, ceil_mode)
-
-
-def _make_transparent(gm: fx.GraphModule) -> None:
-    """Rewrite ``gm`` in place into its gradient-transparent twin (see the module docstring)."""
-    for node in list(gm.graph.nodes):
-        op = rf_graph.classify(node, gm)
-        if node.op == "call_module":
-            module = gm.get_submodule(str(node.target))
-            if isinstance(module, nn.Conv2d):
-                fan_in = module.weight[0].numel()
-                with torch.no_grad():
-                    module.weight.fill_(1.0 / fan_in)
-                    if module.bias is not None:
-                        module.bias.zero_()
-            elif isinstance(module, nn.MaxPool2d):
-                if module.dilation not in (1, (1, 1)):
-                    raise Unsupported(
-                        f"{node.name}: a dilated max-pooling has no transparent twin", field="verify"
-                    )
-                _replace(
-                    gm,
-                    str(node.target),
-                    nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode),
-                )
-            elif isinstance(module, nn.AdaptiveMaxPool2d):
-                _replace(gm, str(node.target), nn.AdaptiveAvgPool2d(module.output_size))
-            elif op.category == "pointwise":
-                _replace(gm, str(node.target), nn.Identity())
-        elif op.category == "pointwise":
-            node.replace_all_uses_with(rf_graph.data_inputs(node)[0])
-            gm.graph.erase_node(node)
-        elif node.target is F.max_pool2d:
-            node.target = _avg_pool_like_max
-        elif node.target is F.adaptive_max_pool2d:
-            node.target = F.adaptive_avg_pool2d
-        elif op.category == "merge" and op.label in ("sub", "div"):
-            node.target = torch.add if node.op == "call_function" else "add"
-    gm.recompile()
-
-
-def _replace(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
-    parent, _, name = target.rpartition(".")
-    setattr(gm.get_submodule(parent) if parent else gm, name, module)
+def twin_probe(capture: Capture, layers: Sequence[str], device: torch.device) -> tuple[Probe, int]:
+    """The gradient-transparent twin (``rf_twin``) of a capture, returning the named layers, and its input
+    channels. Raises ``Unsupported`` when a layer on the way has no field."""
+    run = Analysis(capture, Fraction(1, 2), False)
+    fields = [v.field for v in run.values.values() if v.field is not None]
+    known = {f.name for f in fields}
+    for layer in layers:
+        if layer not in known:
+            problem = run.problems.get(layer)
+            raise Unsupported(problem.message if problem else f"layer {layer!r} has no field", field="verify")
+    layouts = {name: v.layout for name, v in run.values.items() if v.layout is not None}
+    twin = TransparentTwin(capture, fields, layers, layouts).to(device)
+    return twin, int(capture.nodes[0].attrs.get("channels", 3))
 
 
 def model_probe(
-    name: str, layers: Sequence[str], device: torch.device, *, weights: str, seed: int = 0
+    name: str,
+    layers: Sequence[str],
+    device: torch.device,
+    *,
+    weights: str,
+    seed: int = 0,
+    input_size: tuple[int, int] | None = None,
 ) -> tuple[Probe, int]:
-    """A probe over model ``name`` returning the named nodes.
+    """A probe over model ``name`` (captured at ``input_size``, default the model's own) returning the
+    named layers.
 
-    ``weights``: ``transparent`` (see the module docstring) or ``random``: PyTorch's default initialisation
-    of each remaining layer drawn from a private generator seeded with ``seed`` (see ``initialise``). The
-    model is a copy of the traced graph on the meta device (never traced again here), cut at the requested
-    layers first, so the classifier never costs memory.
+    ``weights``: ``transparent`` (the twin of ``rf_twin``) or ``random``: the captured ATen graph, cut at the
+    requested layers, with PyTorch's default initialisation of the model's layers drawn from a private
+    generator seeded with ``seed`` (see ``initialise``), so the classifier never costs memory.
     """
-    gm = _truncate(copy.deepcopy(rf_graph.traced_meta(name)), layers)
-    gm = gm.to_empty(device="cpu")
-    with torch.no_grad():
-        for tensor in [*gm.parameters(), *gm.buffers()]:
-            tensor.zero_()
+    side = catalogue.default_input_size(name)
+    size = input_size or (side, side)
+    capture, graph = rf_trace_worker.captured(name, size)
     if weights == "transparent":
-        _make_transparent(gm)
-    else:
-        initialise(gm, seed)
-    return gm.to(device).eval(), rf_graph.input_channels(gm)
+        return twin_probe(capture, layers, device)
+    sources = [(layer, capture.node(layer).source) for layer in layers]
+    gm = _truncate(copy.deepcopy(graph), sources).to_empty(device="cpu")
+    model = catalogue.build(name, "cpu")
+    initialise(model, seed)
+    state = model.state_dict()
+    with torch.no_grad():
+        for key, tensor in [*gm.named_parameters(), *gm.named_buffers()]:
+            if key not in state:
+                raise Unsupported(f"the captured graph of {name!r} holds {key!r}, which the model has not")
+            tensor.copy_(state[key])
+    run = Analysis(capture, Fraction(1, 2), False)
+    layouts = {layer: run.values[layer].layout for layer in layers}
+    if any(layout is None for layout in layouts.values()):
+        raise Unsupported("a requested layer has no image axes", field="effective_field.unit.layer")
+    probe = Canonical(gm, layouts)  # type: ignore[arg-type]
+    return probe.to(device).eval(), int(capture.nodes[0].attrs.get("channels", 3))
 
 
 #: Serialises the modules whose own initialisation draws from torch's global generator.

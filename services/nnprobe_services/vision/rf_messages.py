@@ -49,7 +49,7 @@ def field_request(request: pb.ComputeReceptiveFieldRequest, max_elements: int) -
             valid.positive(request.input_size.width, "input_size.width"),
         )
     model = request.model.name.strip() if has_model else ""
-    if has_model and not model:
+    if has_model and not model and not request.model.onnx:
         raise InvalidArgument("must name a model", field="model.name")
     layers = None if has_model else [_layer_spec(layer, i) for i, layer in enumerate(request.layers)]
     effective = None
@@ -76,6 +76,8 @@ def field_request(request: pb.ComputeReceptiveFieldRequest, max_elements: int) -
         plot=request.HasField("plot"),
         picture=picture,
         max_elements=max_elements,
+        onnx=request.model.onnx if has_model else b"",
+        strict=request.strict,
     )
 
 
@@ -160,6 +162,18 @@ def field_response(result: rf_request.FieldResult) -> pb.ComputeReceptiveFieldRe
         response.verified = result.verified
     if result.effective is not None:
         response.effective_field.CopyFrom(_effective_message(result.effective, result.origin))
+    if result.graph is not None:
+        graph = result.graph
+        response.misaligned_merges.extend(
+            pb.MisalignedMerge(
+                layer=m.node, axis=m.axis, reference=m.reference, path=m.path, offset=float(m.offset)
+            )
+            for m in graph.misaligned
+        )
+        response.global_context = graph.global_context
+        response.global_context_module = graph.global_context_module
+        response.capture = graph.frontend
+        response.model_final_stride = graph.final_stride or 0
     return response
 
 
@@ -201,6 +215,7 @@ def _layer_message(field: rf.LayerField, origin: Fraction) -> pb.LayerField:
         height=axis(field.height),
         width=axis(field.width),
         padding=pb.Padding(top=top, bottom=bottom, left=left, right=right),
+        global_context=field.global_context,
     )
 
 

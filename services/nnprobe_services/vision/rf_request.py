@@ -26,7 +26,7 @@ from nnprobe_services.errors import (
     ServiceError,
     ShouldStop,
 )
-from nnprobe_services.vision import images, rf_empirical, rf_graph, rf_plot
+from nnprobe_services.vision import images, rf_empirical, rf_graph, rf_onnx, rf_plot
 from nnprobe_services.vision import receptive_field as rf
 
 #: Largest input (height * width) the back-propagation checks run on.
@@ -58,7 +58,8 @@ class EffectiveOptions:
 
 @dataclass(frozen=True)
 class FieldRequest:
-    """Exactly one of ``layers`` (a chain, in order) and ``model`` (a model name) is given.
+    """Exactly one of ``layers`` (a chain, in order) and ``model`` (a model name, or a label when ``onnx``
+    holds a serialised ONNX model) is given. ``strict``: refuse misaligned merges and global context.
 
     ``input_size`` None: the plot picture's size, else the model's default (required with ``layers``).
     ``end_point`` empty: the last layer (a list) or the last spatial feature map (a model). ``units`` empty
@@ -76,6 +77,12 @@ class FieldRequest:
     plot: bool = False
     picture: images.ImageInput | None = None
     max_elements: int = 50_000_000
+    onnx: bytes = b""
+    strict: bool = False
+
+    @property
+    def has_model(self) -> bool:
+        return bool(self.model or self.onnx)
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,8 @@ class FieldResult:
     verified: bool = False
     effective: EffectiveResult | None = None
     plot_png: bytes = b""
+    #: For models: the capture, global context and misaligned merges (``rf_graph.GraphField``).
+    graph: rf_graph.GraphField | None = None
 
 
 @contextmanager
@@ -130,7 +139,7 @@ def compute(request: FieldRequest, device: torch.device, should_stop: ShouldStop
 def _compute(request: FieldRequest, device: torch.device, should_stop: ShouldStop) -> FieldResult:
     picture = images.plot_picture(request.picture) if request.picture is not None else None
     input_size = _input_size(request, picture)
-    fields, end, resolve = _layer_fields(request, input_size)
+    graph, fields, end, resolve = _layer_fields(request, input_size)
     if len(request.units) > rf.MAX_UNITS:
         raise ResourceExhausted(
             f"asks for {len(request.units)} units; the limit is {rf.MAX_UNITS}", field="units"
@@ -146,7 +155,7 @@ def _compute(request: FieldRequest, device: torch.device, should_stop: ShouldSto
         rf.unit_field(fields, layer, x, y, input_size, origin, field=f"units[{i}]" if i >= 0 else "units")
         for layer, x, y, i in queries
     ]
-    result = FieldResult(fields, end, input_size, origin, units, model=request.model)
+    result = FieldResult(fields, end, input_size, origin, units, model=request.model, graph=graph)
     if (request.verify or request.effective is not None) and input_size[0] * input_size[
         1
     ] > MAX_EMPIRICAL_PIXELS:
@@ -155,7 +164,7 @@ def _compute(request: FieldRequest, device: torch.device, should_stop: ShouldSto
             f"{MAX_EMPIRICAL_PIXELS} pixels",
             field="input_size",
         )
-    probe = _prober(request, input_size, device)
+    probe = _prober(request, input_size, device, graph)
     if request.verify:
         result.verifications = _verify(units, probe, input_size, device, should_stop)
         result.verified = all(v.matches for v in result.verifications)
@@ -173,6 +182,8 @@ def _input_size(request: FieldRequest, picture: np.ndarray | None) -> tuple[int,
         size = request.input_size
     elif picture is not None:
         size = (int(picture.shape[0]), int(picture.shape[1]))
+    elif request.onnx:
+        size = rf_onnx.declared_size(request.onnx) or (224, 224)
     elif request.model:
         side = rf_graph.default_input_size(request.model)
         size = (side, side)
@@ -191,11 +202,19 @@ Resolver = Callable[[str, str], str]
 
 def _layer_fields(
     request: FieldRequest, input_size: tuple[int, int]
-) -> tuple[list[rf.LayerField], str, Resolver]:
-    """The fields up to the end point, the end point's name, and a resolver of layer names in requests."""
-    if request.model:
-        graph = rf_graph.analyse_model(request.model, input_size, request.origin, request.end_point or None)
-        return graph.fields, graph.end_point, graph.resolve
+) -> tuple[rf_graph.GraphField | None, list[rf.LayerField], str, Resolver]:
+    """The model's analysis (None for a layer list), the fields up to the end point, the end point's name,
+    and a resolver of layer names in requests."""
+    if request.has_model:
+        graph = rf_graph.analyse(
+            request.model,
+            request.onnx,
+            input_size,
+            request.origin,
+            request.end_point or None,
+            strict=request.strict,
+        )
+        return graph, graph.fields, graph.end_point, graph.resolve
     fields = rf.analyse_layers(list(request.layers or []), input_size, request.origin)
     names = [f.name for f in fields]
 
@@ -207,19 +226,30 @@ def _layer_fields(
         return name
 
     end = resolve(request.end_point, "end_point") if request.end_point else names[-1]
-    return fields[: names.index(end) + 1], end, resolve
+    return None, fields[: names.index(end) + 1], end, resolve
 
 
 Prober = Callable[[list[str], str, int], tuple[rf_empirical.Probe, int]]
 
 
-def _prober(request: FieldRequest, input_size: tuple[int, int], device: torch.device) -> Prober:
+def _prober(
+    request: FieldRequest,
+    input_size: tuple[int, int],
+    device: torch.device,
+    graph: rf_graph.GraphField | None,
+) -> Prober:
     """A builder of networks that expose the named layers' outputs, with ``transparent`` or ``random``
-    weights (drawn from a seed)."""
+    weights (drawn from a seed). ONNX models have the transparent twin of their graph only."""
 
     def probe(layers: list[str], weights: str, seed: int = 0) -> tuple[rf_empirical.Probe, int]:
+        if graph is not None and graph.frontend == "onnx":
+            if weights != "transparent":
+                raise FailedPrecondition("needs a named model, not an ONNX one", field="effective_field")
+            return rf_empirical.twin_probe(graph.capture, layers, device)
         if request.model:
-            return rf_empirical.model_probe(request.model, layers, device, weights=weights, seed=seed)
+            return rf_empirical.model_probe(
+                request.model, layers, device, weights=weights, seed=seed, input_size=input_size
+            )
         specs = list(request.layers or [])
         return rf_empirical.chain_probe(specs, input_size, device, weights=weights, seed=seed)
 

@@ -1,14 +1,17 @@
-"""Models traced into torch.fx graphs in a child process, never in the server process.
+"""Models captured (``rf_capture``: torch.export, torch.fx) in a child process, never in the server process.
 
-``torch.fx.symbolic_trace`` patches process-global state while it runs (``torch.nn.Module.__call__`` and
-``__getattr__``): two traces at once, or a trace next to any forward pass on another thread, break each other,
-and a trace that fails can leave the patch installed for every later forward pass of the process. So one
-spawned worker process (a ``ProcessPoolExecutor`` with a single worker, created on first use) builds each
-model on the meta device and traces it, and the server process caches the result per model name.
+Tracing patches process-global state while it runs (``torch.fx.symbolic_trace`` patches
+``torch.nn.Module.__call__`` and ``__getattr__``; export installs dispatch modes): two traces at once, or a
+trace next to any forward pass on another thread, break each other, and a trace that fails can leave a patch
+installed for every later forward pass of the process. So one spawned worker process (a
+``ProcessPoolExecutor`` with a single worker, created on first use) builds each model on the meta device and
+captures it, and the server process caches the result per (model name, input size).
 
-The graph comes back as plain data (its nodes, and the submodules and attributes they use) and is rebuilt
-here with ``fx.Graph.create_node``: unpickling a ``GraphModule`` itself would re-trace its generated code in
-this process. Errors the worker raises (``UnknownName``, ``Unsupported``) come back as the same exceptions.
+The result is the receptive-field graph (``rf_ir.Capture``, plain data) and the runnable ATen graph, which
+comes back as plain data (its nodes, and the attributes they use) and is rebuilt here with
+``fx.Graph.create_node``: unpickling a ``GraphModule`` itself would re-trace its generated code in this
+process.
+Errors the worker raises (``UnknownName``, ``Unsupported``) come back as the same exceptions.
 """
 
 from __future__ import annotations
@@ -27,13 +30,17 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.fx as fx
 
 from nnprobe_services.errors import Unavailable
 from nnprobe_services.vision.receptive_field import FieldError, Unsupported
+from nnprobe_services.vision.rf_ir import Capture
 
-#: Traced models kept per process (a graph on the meta device costs tens of kilobytes).
-CACHE_SIZE = 16
+#: Captured models kept per process (a graph on the meta device costs tens of kilobytes).
+CACHE_SIZE = 32
+#: What ``captured`` returns: the receptive-field graph and the runnable ATen graph (on the meta device).
+Captured = tuple[Capture, fx.GraphModule]
 
 
 class TracerUnavailable(Unavailable):
@@ -57,12 +64,17 @@ class _Global:
 
     @staticmethod
     def of(target: Any) -> Any:
+        if isinstance(target, torch._ops.OpOverload):  # aten.conv2d.default: found again by its names
+            packet = target.overloadpacket
+            return _Global(f"torch.ops.{target.namespace}", f"{packet.__name__}.{target._overloadname}")
         module, name = getattr(target, "__module__", None), getattr(target, "__name__", None)
         if module and name and getattr(sys.modules.get(module), name, None) is target:
             return _Global(module, name)
         return target
 
     def load(self) -> Any:
+        if self.module.startswith("torch.ops."):
+            return operator.attrgetter(f"{self.module.removeprefix('torch.ops.')}.{self.name}")(torch.ops)
         return getattr(importlib.import_module(self.module), self.name)
 
 
@@ -141,36 +153,41 @@ def rebuild(traced: TracedGraph) -> fx.GraphModule:
     return fx.GraphModule(traced.attributes, graph, class_name=traced.class_name).eval()
 
 
-def trace_in_child(name: str) -> TracedGraph:
-    """Runs in the worker process: build ``name`` on the meta device, trace it, flatten it."""
-    from nnprobe_services.vision import rf_graph
+def capture_in_child(key: tuple[str, tuple[int, int]]) -> tuple[Capture, TracedGraph]:
+    """Runs in the worker process: build model ``name`` on the meta device, capture it at ``size``."""
+    from nnprobe_services.vision import catalogue, rf_capture
 
-    traced = flatten(rf_graph.trace(rf_graph.build(name, "meta"), name))
+    name, size = key
+    model = catalogue.build(name, "meta")
+    capture, gm = rf_capture.capture(
+        model, name, size, catalogue.input_channels(model), catalogue.final_stride(model)
+    )
+    traced = flatten(gm)
     try:
         pickle.dumps(traced)
     except Exception as error:  # a model holding objects that cannot travel between processes
         raise Unsupported(
-            f"the traced graph of model {name!r} cannot be passed between processes: "
+            f"the captured graph of model {name!r} cannot be passed between processes: "
             f"{type(error).__name__}: {error}",
             field="model.name",
         ) from None
-    return traced
+    return capture, traced
 
 
 # -- the worker and the cache ---------------------------------------------------------------------------
 _lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
-_cache: OrderedDict[str, fx.GraphModule | FieldError] = OrderedDict()
-_pending: dict[str, Future] = {}
+_cache: OrderedDict[Any, Any] = OrderedDict()
+_pending: dict[Any, Future] = {}
 #: What the worker runs (replaceable in tests; it must be importable in the child).
-_task: Callable[[str], TracedGraph] = trace_in_child
+_task: Callable[[Any], Any] = capture_in_child
 
 
 def _new_pool() -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
 
 
-def _submit(name: str) -> tuple[ProcessPoolExecutor, Future]:
+def _submit(name: Any) -> tuple[ProcessPoolExecutor, Future]:
     """Hand ``name`` to the worker, starting it (again) when there is none or it has died."""
     global _pool
     with _lock:
@@ -185,7 +202,7 @@ def _submit(name: str) -> tuple[ProcessPoolExecutor, Future]:
     raise TracerUnavailable("the model tracing process cannot be started", field="model.name")
 
 
-def _trace_remote(name: str) -> fx.GraphModule:
+def _trace_remote(name: Any) -> Any:
     pool, future = _submit(name)
     try:
         traced = future.result()
@@ -200,7 +217,9 @@ def _trace_remote(name: str) -> fx.GraphModule:
             f"the next request starts a new one",
             field="model.name",
         ) from None
-    return rebuild(traced)
+    if isinstance(traced, tuple) and len(traced) == 2 and isinstance(traced[1], TracedGraph):
+        return traced[0], rebuild(traced[1])
+    return traced
 
 
 def _fresh(error: FieldError) -> FieldError:
@@ -208,10 +227,16 @@ def _fresh(error: FieldError) -> FieldError:
     return type(error)(error.message, field=error.field)
 
 
-def traced(name: str) -> fx.GraphModule:
-    """The traced graph of model ``name`` on the meta device, shared: never run it with real data, and
-    ``copy.deepcopy`` it before changing it. Raises ``UnknownName``/``Unsupported`` (cached too), or
-    ``TracerUnavailable`` when the worker died. Concurrent first requests for a name trace it once."""
+def captured(name: str, size: tuple[int, int]) -> Captured:
+    """The capture of model ``name`` at input ``size`` and its runnable graph on the meta device, shared:
+    never run the graph with real data, and ``copy.deepcopy`` it before changing it. Raises
+    ``UnknownName``/``Unsupported`` (cached too), or ``TracerUnavailable`` when the worker died. Concurrent
+    first requests for a model and size capture it once."""
+    return traced((name, (int(size[0]), int(size[1]))))
+
+
+def traced(name: Any) -> Any:
+    """What the worker returns for ``name`` (a key of ``_task``), cached; see ``captured``."""
     with _lock:
         hit = _cache.get(name)
         if hit is not None:
@@ -229,7 +254,7 @@ def traced(name: str) -> fx.GraphModule:
         except FieldError as error:
             raise _fresh(error) from None
     try:
-        result: fx.GraphModule | FieldError = _trace_remote(name)
+        result: Any = _trace_remote(name)
     except FieldError as error:
         result = error
     except BaseException as error:
@@ -259,12 +284,12 @@ def shutdown() -> None:
 
 
 def forget(name: str | None = None) -> None:
-    """Drop ``name`` (every model when None) from the cache; the next request traces it again."""
+    """Drop model ``name`` at every size (every model when None) from the cache; the next request captures
+    it again."""
     with _lock:
-        if name is None:
-            _cache.clear()
-        else:
-            _cache.pop(name, None)
+        for key in list(_cache):
+            if name is None or key == name or (isinstance(key, tuple) and key[0] == name):
+                del _cache[key]
 
 
 atexit.register(shutdown)

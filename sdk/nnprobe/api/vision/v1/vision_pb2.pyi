@@ -364,6 +364,7 @@ class ModelSpec(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    ONNX_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """torchvision name (alexnet, vgg11, vgg13, vgg16, vgg19, resnet18, resnet34, resnet50, resnet101,
     resnet152, mobilenet_v2, densenet121, googlenet, inception_v3) or a timm model name, optionally
@@ -371,15 +372,22 @@ class ModelSpec(_message.Message):
     """
     seed: _builtins.int
     """Seed of the random weights; used by the effective receptive field only."""
+    onnx: _builtins.bytes
+    """An ONNX model (a serialised ModelProto with one image input (N, C, H, W)) to analyse instead of a named
+    one; `name` then only labels it. It is read from its graph without running it; `verify` runs its
+    gradient-transparent twin in PyTorch. Its input size defaults to the one the model declares. The
+    effective field needs a named model.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         seed: _builtins.int = ...,
+        onnx: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "onnx", b"onnx", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -492,6 +500,7 @@ class ComputeReceptiveFieldRequest(_message.Message):
     VERIFY_FIELD_NUMBER: _builtins.int
     EFFECTIVE_FIELD_FIELD_NUMBER: _builtins.int
     PLOT_FIELD_NUMBER: _builtins.int
+    STRICT_FIELD_NUMBER: _builtins.int
     end_point: _builtins.str
     """The last layer analysed (a layer name as in UnitQuery.layer). Default: the last layer of a list, or
     the last spatial feature map of a model (before global pooling and the classifier).
@@ -505,6 +514,11 @@ class ComputeReceptiveFieldRequest(_message.Message):
     network (activations removed, max-pooling replaced by average pooling of the same geometry, positive
     constant weights) and returning the box of non-zero input gradient. When no units are given the end
     point's centre unit is used.
+    """
+    strict: _builtins.bool
+    """Refuse what has no single aligned field, as google-research/receptive_field does: misaligned merges
+    and global context become FAILED_PRECONDITION. Default: a field is the union over a unit's paths (the
+    misaligned merges are listed) and global context is reported beside the local field.
     """
     @_builtins.property
     def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerSpec]:
@@ -546,16 +560,57 @@ class ComputeReceptiveFieldRequest(_message.Message):
         verify: _builtins.bool = ...,
         effective_field: Global___EffectiveFieldOptions | None = ...,
         plot: Global___PlotOptions | None = ...,
+        strict: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_first_pixel_center", b"_first_pixel_center", "effective_field", b"effective_field", "first_pixel_center", b"first_pixel_center", "input_size", b"input_size", "model", b"model", "plot", b"plot"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_pixel_center", b"_first_pixel_center", "effective_field", b"effective_field", "end_point", b"end_point", "first_pixel_center", b"first_pixel_center", "input_size", b"input_size", "layers", b"layers", "model", b"model", "plot", b"plot", "units", b"units", "verify", b"verify"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_pixel_center", b"_first_pixel_center", "effective_field", b"effective_field", "end_point", b"end_point", "first_pixel_center", b"first_pixel_center", "input_size", b"input_size", "layers", b"layers", "model", b"model", "plot", b"plot", "strict", b"strict", "units", b"units", "verify", b"verify"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__first_pixel_center: _TypeAlias = _typing.Literal["first_pixel_center"]  # noqa: Y015
     _WhichOneofArgType__first_pixel_center: _TypeAlias = _typing.Literal["_first_pixel_center", b"_first_pixel_center"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__first_pixel_center) -> _WhichOneofReturnType__first_pixel_center | None: ...
 
 Global___ComputeReceptiveFieldRequest: _TypeAlias = ComputeReceptiveFieldRequest  # noqa: Y015
+
+@_typing.final
+class MisalignedMerge(_message.Message):
+    """A merge whose paths' fields are not centred on the same input pixels (the average-pool shortcut of
+    ResNet-D, a padding that shifts one path). The merged field is the union of the paths' fields.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAYER_FIELD_NUMBER: _builtins.int
+    AXIS_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    layer: _builtins.str
+    """The merging layer (a name from `layers`)."""
+    axis: _builtins.str
+    """`height` or `width`."""
+    reference: _builtins.str
+    """The path whose field the offset is measured from (the merge's first input)."""
+    path: _builtins.str
+    """The shifted path."""
+    offset: _builtins.float
+    """Centre of the shifted path's field minus the reference's, in input pixels."""
+    def __init__(
+        self,
+        *,
+        layer: _builtins.str = ...,
+        axis: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        path: _builtins.str = ...,
+        offset: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["axis", b"axis", "layer", b"layer", "offset", b"offset", "path", b"path", "reference", b"reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MisalignedMerge: _TypeAlias = MisalignedMerge  # noqa: Y015
 
 @_typing.final
 class AxisField(_message.Message):
@@ -611,6 +666,7 @@ class LayerField(_message.Message):
     HEIGHT_FIELD_NUMBER: _builtins.int
     WIDTH_FIELD_NUMBER: _builtins.int
     PADDING_FIELD_NUMBER: _builtins.int
+    GLOBAL_CONTEXT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Layer name (for traced models the graph node's name)."""
     kind: Global___LayerKind.ValueType
@@ -619,6 +675,11 @@ class LayerField(_message.Message):
     """The operation in words, for example `Conv2d k=(7, 7) s=(2, 2) p=(3, 3, 3, 3)` or `add`."""
     module: _builtins.str
     """For traced models, the module path of the node (`layer1.0.conv1`); empty for functions."""
+    global_context: _builtins.str
+    """The layer after which the whole input reaches this layer's units (a squeeze-and-excitation gate, a
+    broadcast pooled map, a normalisation over the image); empty when none. The geometry above is then
+    the local field, through the spatial paths alone.
+    """
     @_builtins.property
     def inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Names of the layers feeding this one."""
@@ -646,10 +707,11 @@ class LayerField(_message.Message):
         height: Global___AxisField | None = ...,
         width: Global___AxisField | None = ...,
         padding: Global___Padding | None = ...,
+        global_context: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "padding", b"padding", "width", b"width"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "inputs", b"inputs", "kind", b"kind", "module", b"module", "name", b"name", "operation", b"operation", "padding", b"padding", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["global_context", b"global_context", "height", b"height", "inputs", b"inputs", "kind", b"kind", "module", b"module", "name", b"name", "operation", b"operation", "padding", b"padding", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -898,6 +960,11 @@ class ComputeReceptiveFieldResponse(_message.Message):
     EFFECTIVE_FIELD_FIELD_NUMBER: _builtins.int
     PLOT_PNG_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    MISALIGNED_MERGES_FIELD_NUMBER: _builtins.int
+    GLOBAL_CONTEXT_FIELD_NUMBER: _builtins.int
+    GLOBAL_CONTEXT_MODULE_FIELD_NUMBER: _builtins.int
+    CAPTURE_FIELD_NUMBER: _builtins.int
+    MODEL_FINAL_STRIDE_FIELD_NUMBER: _builtins.int
     end_point: _builtins.str
     """Name of the end point."""
     first_pixel_center: _builtins.float
@@ -908,6 +975,16 @@ class ComputeReceptiveFieldResponse(_message.Message):
     """PNG picture, when a plot was asked for."""
     model: _builtins.str
     """The model analysed (empty for a layer list)."""
+    global_context: _builtins.str
+    """The layer after which the end point's units depend on the whole input (empty: none); the fields given
+    are then local ones, and `verify` proves them with the global paths held constant.
+    """
+    global_context_module: _builtins.str
+    """Module path of `global_context` (for example `blocks.0.0.se`), when known."""
+    capture: _builtins.str
+    """How the model was read: `torch.export`, `torch.fx` (the fallback) or `onnx`; empty for a layer list."""
+    model_final_stride: _builtins.int
+    """The model's own final stride (timm's feature_info), when it declares one: the default end point's jump."""
     @_builtins.property
     def layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerField]:
         """Every layer up to the end point, in topological order, the input first."""
@@ -924,6 +1001,10 @@ class ComputeReceptiveFieldResponse(_message.Message):
     def effective_field(self) -> Global___EffectiveField:
         """Present when the effective field was asked for."""
 
+    @_builtins.property
+    def misaligned_merges(self) -> _containers.RepeatedCompositeFieldContainer[Global___MisalignedMerge]:
+        """Misaligned merges on the way to the end point (empty when every merge is aligned)."""
+
     def __init__(
         self,
         *,
@@ -936,10 +1017,15 @@ class ComputeReceptiveFieldResponse(_message.Message):
         effective_field: Global___EffectiveField | None = ...,
         plot_png: _builtins.bytes = ...,
         model: _builtins.str = ...,
+        misaligned_merges: _abc.Iterable[Global___MisalignedMerge] | None = ...,
+        global_context: _builtins.str = ...,
+        global_context_module: _builtins.str = ...,
+        capture: _builtins.str = ...,
+        model_final_stride: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["effective_field", b"effective_field", "input_size", b"input_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_field", b"effective_field", "end_point", b"end_point", "first_pixel_center", b"first_pixel_center", "input_size", b"input_size", "layers", b"layers", "model", b"model", "plot_png", b"plot_png", "units", b"units", "verified", b"verified"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture", b"capture", "effective_field", b"effective_field", "end_point", b"end_point", "first_pixel_center", b"first_pixel_center", "global_context", b"global_context", "global_context_module", b"global_context_module", "input_size", b"input_size", "layers", b"layers", "misaligned_merges", b"misaligned_merges", "model", b"model", "model_final_stride", b"model_final_stride", "plot_png", b"plot_png", "units", b"units", "verified", b"verified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
