@@ -320,11 +320,13 @@ class ReceptiveFieldMethods(BaseClient):
         image: bytes | str | Path | np.ndarray | None = None,
         strict: bool = False,
         onnx: bytes | str | Path | None = None,
+        model_version: int = 0,
         timeout: float | _Default | None = DEFAULT,
     ) -> ReceptiveFieldResult:
         """Receptive field of every layer, and of chosen units, for a layer list or a model.
 
-        Give ``layers`` (``Layer`` objects) or ``model`` (``resnet50``, ``inception_v3``, a timm name...).
+        Give ``layers`` (``Layer`` objects) or ``model`` (``resnet50``, ``inception_v3``, a timm name, or
+        a model of the server's model repository, of version ``model_version`` (0: its default)).
         ``units``: (layer, x, y) triples, x the column and y the row of the layer's output, 0-based.
         ``first_pixel_center``: coordinate of the first pixel's centre (default 0.5; the classic guide
         uses 1). ``verify``: prove each box by back-propagation. ``effective_field``: estimate the
@@ -345,7 +347,9 @@ class ReceptiveFieldMethods(BaseClient):
             )
         if model is not None or onnx is not None:
             data = Path(onnx).read_bytes() if isinstance(onnx, (str, Path)) else (onnx or b"")
-            request.model.CopyFrom(pb.ModelSpec(name=model or "", seed=model_seed, onnx=data))
+            request.model.CopyFrom(
+                pb.ModelSpec(name=model or "", seed=model_seed, onnx=data, version=model_version)
+            )
         if input_size is not None:
             request.input_size.CopyFrom(_pair(input_size, "input_size"))
         if first_pixel_center is not None:

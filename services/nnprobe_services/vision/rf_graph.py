@@ -68,6 +68,20 @@ def analyse(
     return analyse_capture(capture, origin, end_point, strict=strict)
 
 
+def analyse_program(
+    program: rf_trace_worker.Program,
+    input_size: tuple[int, int],
+    origin: Fraction,
+    end_point: str | None,
+    *,
+    strict: bool = False,
+) -> GraphField:
+    """A ``torch.export`` archive of the model repository, captured from its program's module at
+    ``input_size`` in the worker process (cached per file and size)."""
+    capture = rf_trace_worker.captured_program(program, input_size)[0]
+    return analyse_capture(capture, origin, end_point, strict=strict)
+
+
 def captured(name: str, input_size: tuple[int, int]) -> Capture:
     """The capture of model ``name`` at ``input_size`` (cached; captured in a worker process)."""
     return rf_trace_worker.captured(name, input_size)[0]

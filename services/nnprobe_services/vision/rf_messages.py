@@ -78,7 +78,15 @@ def field_request(request: pb.ComputeReceptiveFieldRequest, max_elements: int) -
         max_elements=max_elements,
         onnx=request.model.onnx if has_model else b"",
         strict=request.strict,
+        version=_version(request.model.version) if has_model else 0,
     )
+
+
+def _version(version: int) -> int:
+    """``model.version``: 0 (the default version) or a positive version of a repository model."""
+    if version < 0:
+        raise InvalidArgument(f"must be >= 0, got {version}", field="model.version")
+    return version
 
 
 def _origin(request: pb.ComputeReceptiveFieldRequest) -> Fraction:

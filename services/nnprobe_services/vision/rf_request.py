@@ -1,8 +1,11 @@
 """The receptive-field workflow with plain inputs and outputs (no gRPC): the layer fields of a layer list or
 a model, the fields of chosen units, their proof by back-propagation, the effective field, and a picture.
 
-``compute(FieldRequest, device, should_stop) -> FieldResult`` is the one entry point; the servicer only
-converts the protobuf request to a ``FieldRequest`` and the ``FieldResult`` back. Sizes are (height, width)
+``compute(FieldRequest, device, should_stop, models) -> FieldResult`` is the one entry point; the servicer
+only converts the protobuf request to a ``FieldRequest`` and the ``FieldResult`` back. A model name that the
+model repository of ``models`` holds names that model: its ``model.onnx`` is read from its graph
+(``rf_onnx``), its ``model.pt2`` captured from its exported program (``rf_trace_worker``), at its configured
+input size by default; ``verify`` runs the transparent twin of the graph read. Sizes are (height, width)
 in input pixels; positions are fractions of a pixel measured from the first pixel's edge (``origin`` is
 where the first pixel's centre lies, 1/2 by default). Errors are ``nnprobe_services.errors`` classes naming
 the request field at fault; ``should_stop`` is polled between units, samples and drawing steps.
@@ -14,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,8 +30,17 @@ from nnprobe_services.errors import (
     ServiceError,
     ShouldStop,
 )
-from nnprobe_services.vision import images, rf_empirical, rf_graph, rf_onnx, rf_plot
+from nnprobe_services.vision import (
+    artifacts,
+    images,
+    rf_empirical,
+    rf_graph,
+    rf_onnx,
+    rf_plot,
+    rf_trace_worker,
+)
 from nnprobe_services.vision import receptive_field as rf
+from nnprobe_services.vision.store import ModelStore
 
 #: Largest input (height * width) the back-propagation checks run on.
 MAX_EMPIRICAL_PIXELS = 1024 * 1024
@@ -79,10 +92,26 @@ class FieldRequest:
     max_elements: int = 50_000_000
     onnx: bytes = b""
     strict: bool = False
+    #: A version of a model-repository ``model`` (0: its default version).
+    version: int = 0
 
     @property
     def has_model(self) -> bool:
         return bool(self.model or self.onnx)
+
+
+@dataclass(frozen=True)
+class RepositoryModel:
+    """One version of a model of the model repository: its file (``onnx`` or ``pt2``), its configured input
+    size and the repository's limits on model files."""
+
+    name: str
+    version: int
+    format: str
+    path: Path
+    input_size: tuple[int, int]
+    max_nodes: int
+    max_bytes: int
 
 
 @dataclass(frozen=True)
@@ -130,16 +159,59 @@ def _domain_errors() -> Iterator[None]:
         raise _ERRORS.get(type(error), FailedPrecondition)(error.message, field=error.field) from None
 
 
-def compute(request: FieldRequest, device: torch.device, should_stop: ShouldStop) -> FieldResult:
-    """Run the whole workflow for ``request`` on ``device``; see the module docstring."""
+def compute(
+    request: FieldRequest, device: torch.device, should_stop: ShouldStop, models: ModelStore | None = None
+) -> FieldResult:
+    """Run the whole workflow for ``request`` on ``device``; ``models``: where repository models are
+    found (None: built-in architectures only). See the module docstring."""
     with _domain_errors():
-        return _compute(request, device, should_stop)
+        return _compute(request, device, should_stop, models)
 
 
-def _compute(request: FieldRequest, device: torch.device, should_stop: ShouldStop) -> FieldResult:
+def repository_model(request: FieldRequest, models: ModelStore | None) -> RepositoryModel | None:
+    """The repository model ``request`` names, or None when it names none (a layer list, ONNX bytes, a
+    built-in architecture). ``NotFound`` for a version the model has not, or a version of a name the
+    repository does not hold."""
+    if request.onnx or not request.model:
+        if request.version:
+            raise InvalidArgument("goes with the name of a repository model", field="model.version")
+        return None
+    repository = models.repository if models is not None else None
+    if repository is None or request.model not in repository.names():
+        if request.version:
+            raise NotFound(f"no model {request.model!r} in the model repository", field="model.name")
+        return None
+    entry = repository.get(request.model, "model.name")
+    if not request.version:
+        chosen = entry.default_version
+    else:
+        found = [v for v in entry.versions if v.version == request.version]
+        if not found:
+            have = ", ".join(str(v.version) for v in entry.versions)
+            raise NotFound(
+                f"model {request.model!r} has no version {request.version}; it has {have}",
+                field="model.version",
+            )
+        chosen = found[0]
+    assert models is not None
+    return RepositoryModel(
+        entry.name,
+        chosen.version,
+        chosen.format,
+        chosen.path,
+        (entry.config.height, entry.config.width),
+        models.limits.max_nodes,
+        models.limits.max_bytes,
+    )
+
+
+def _compute(
+    request: FieldRequest, device: torch.device, should_stop: ShouldStop, models: ModelStore | None
+) -> FieldResult:
     picture = images.plot_picture(request.picture) if request.picture is not None else None
-    input_size = _input_size(request, picture)
-    graph, fields, end, resolve = _layer_fields(request, input_size)
+    user = repository_model(request, models)
+    input_size = _input_size(request, picture, user)
+    graph, fields, end, resolve = _layer_fields(request, input_size, user)
     if len(request.units) > rf.MAX_UNITS:
         raise ResourceExhausted(
             f"asks for {len(request.units)} units; the limit is {rf.MAX_UNITS}", field="units"
@@ -164,7 +236,7 @@ def _compute(request: FieldRequest, device: torch.device, should_stop: ShouldSto
             f"{MAX_EMPIRICAL_PIXELS} pixels",
             field="input_size",
         )
-    probe = _prober(request, input_size, device, graph)
+    probe = _prober(request, input_size, device, graph, user)
     if request.verify:
         result.verifications = _verify(units, probe, input_size, device, should_stop)
         result.verified = all(v.matches for v in result.verifications)
@@ -177,11 +249,15 @@ def _compute(request: FieldRequest, device: torch.device, should_stop: ShouldSto
     return result
 
 
-def _input_size(request: FieldRequest, picture: np.ndarray | None) -> tuple[int, int]:
+def _input_size(
+    request: FieldRequest, picture: np.ndarray | None, user: RepositoryModel | None
+) -> tuple[int, int]:
     if request.input_size is not None:
         size = request.input_size
     elif picture is not None:
         size = (int(picture.shape[0]), int(picture.shape[1]))
+    elif user is not None:
+        size = user.input_size
     elif request.onnx:
         size = rf_onnx.declared_size(request.onnx) or (224, 224)
     elif request.model:
@@ -201,10 +277,29 @@ Resolver = Callable[[str, str], str]
 
 
 def _layer_fields(
-    request: FieldRequest, input_size: tuple[int, int]
+    request: FieldRequest, input_size: tuple[int, int], user: RepositoryModel | None
 ) -> tuple[rf_graph.GraphField | None, list[rf.LayerField], str, Resolver]:
     """The model's analysis (None for a layer list), the fields up to the end point, the end point's name,
     and a resolver of layer names in requests."""
+    if user is not None:
+        end_point = request.end_point or None
+        if user.format == "onnx":
+            graph = rf_graph.analyse(
+                user.name, _onnx_bytes(user), input_size, request.origin, end_point, strict=request.strict
+            )
+        else:
+            stat = user.path.stat()
+            program = rf_trace_worker.Program(
+                user.name,
+                str(user.path),
+                (stat.st_ino, stat.st_size, stat.st_mtime_ns),
+                user.max_nodes,
+                user.max_bytes,
+            )
+            graph = rf_graph.analyse_program(
+                program, input_size, request.origin, end_point, strict=request.strict
+            )
+        return graph, graph.fields, graph.end_point, graph.resolve
     if request.has_model:
         graph = rf_graph.analyse(
             request.model,
@@ -229,6 +324,23 @@ def _layer_fields(
     return None, fields[: names.index(end) + 1], end, resolve
 
 
+def _onnx_bytes(user: RepositoryModel) -> bytes:
+    """The serialised ONNX model with its external data, after the repository's checks."""
+    from onnx.external_data_helper import load_external_data_for_model
+
+    field = "model.name"
+    try:
+        model = artifacts.check_onnx(
+            user.path, max_nodes=user.max_nodes, max_bytes=user.max_bytes, field=field
+        )
+    except InvalidArgument as error:
+        raise FailedPrecondition(
+            f"model {user.name!r} version {user.version}: {error.message}", field=field
+        ) from None
+    load_external_data_for_model(model, str(user.path.parent))  # inside the folder: checked above
+    return model.SerializeToString()
+
+
 Prober = Callable[[list[str], str, int], tuple[rf_empirical.Probe, int]]
 
 
@@ -237,14 +349,17 @@ def _prober(
     input_size: tuple[int, int],
     device: torch.device,
     graph: rf_graph.GraphField | None,
+    user: RepositoryModel | None,
 ) -> Prober:
     """A builder of networks that expose the named layers' outputs, with ``transparent`` or ``random``
-    weights (drawn from a seed). ONNX models have the transparent twin of their graph only."""
+    weights (drawn from a seed). ONNX and repository models have the transparent twin of their graph
+    only."""
 
     def probe(layers: list[str], weights: str, seed: int = 0) -> tuple[rf_empirical.Probe, int]:
-        if graph is not None and graph.frontend == "onnx":
+        if graph is not None and (graph.frontend == "onnx" or user is not None):
             if weights != "transparent":
-                raise FailedPrecondition("needs a named model, not an ONNX one", field="effective_field")
+                what = "a model of the model repository" if user is not None else "an ONNX one"
+                raise FailedPrecondition(f"needs a named model, not {what}", field="effective_field")
             return rf_empirical.twin_probe(graph.capture, layers, device)
         if request.model:
             return rf_empirical.model_probe(

@@ -153,15 +153,73 @@ def rebuild(traced: TracedGraph) -> fx.GraphModule:
     return fx.GraphModule(traced.attributes, graph, class_name=traced.class_name).eval()
 
 
-def capture_in_child(key: tuple[str, tuple[int, int]]) -> tuple[Capture, TracedGraph]:
-    """Runs in the worker process: build model ``name`` on the meta device, capture it at ``size``."""
+@dataclass(frozen=True)
+class Program:
+    """A ``torch.export`` archive of the model repository, as a worker key: ``stamp`` (the file's inode,
+    size and modification time) makes a replaced file a new key; ``max_nodes``/``max_bytes`` are the
+    repository's limits, checked again before it is loaded (``artifacts.load_pt2``)."""
+
+    label: str
+    path: str
+    stamp: tuple[int, int, int]
+    max_nodes: int
+    max_bytes: int
+
+
+def _program_module(program: Program, size: tuple[int, int]) -> torch.nn.Module:
+    """The module of the archive, after the repository's safety checks; ``InvalidSpec`` on ``input_size``
+    when its program was exported for other image sizes."""
+    from pathlib import Path
+
+    from nnprobe_services.errors import InvalidArgument
+    from nnprobe_services.vision import artifacts
+    from nnprobe_services.vision.receptive_field import InvalidSpec
+
+    try:
+        exported = artifacts.load_pt2(
+            Path(program.path), max_nodes=program.max_nodes, max_bytes=program.max_bytes, field="model.name"
+        )
+    except InvalidArgument as error:
+        raise Unsupported(f"model {program.label!r}: {error.message}", field="model.name") from None
+    images = [n for n in exported.graph.nodes if n.op == "placeholder" and n.name not in _state(exported)]
+    value = images[0].meta.get("val") if len(images) == 1 else None
+    shape = tuple(value.shape) if isinstance(value, torch.Tensor) and value.dim() == 4 else None
+    if shape is not None:
+        for axis, exported_side, wanted in zip(("height", "width"), shape[2:], size, strict=True):
+            if isinstance(exported_side, int) and exported_side != wanted:
+                raise InvalidSpec(
+                    f"model {program.label!r} was exported for inputs of {axis} {exported_side}, not "
+                    f"{wanted}; its program takes no other {axis}",
+                    field="input_size",
+                )
+    return exported.module()
+
+
+def _state(exported: torch.export.ExportedProgram) -> set[str]:
+    """The placeholders of ``exported`` that hold parameters, buffers and constants."""
+    signature = exported.graph_signature
+    return {
+        spec.arg.name
+        for spec in signature.input_specs
+        if spec.kind != torch.export.graph_signature.InputKind.USER_INPUT
+    }
+
+
+def capture_in_child(key: tuple[str | Program, tuple[int, int]]) -> tuple[Capture, TracedGraph]:
+    """Runs in the worker process: build model ``name`` on the meta device (or load a repository
+    ``Program``), capture it at ``size``."""
     from nnprobe_services.vision import catalogue, rf_capture
 
-    name, size = key
-    model = catalogue.build(name, "meta")
-    capture, gm = rf_capture.capture(
-        model, name, size, catalogue.input_channels(model), catalogue.final_stride(model)
-    )
+    source, size = key
+    if isinstance(source, Program):
+        name = source.label
+        capture, gm = rf_capture.capture(_program_module(source, size), name, size, 3, None)
+    else:
+        name = source
+        model = catalogue.build(name, "meta")
+        capture, gm = rf_capture.capture(
+            model, name, size, catalogue.input_channels(model), catalogue.final_stride(model)
+        )
     traced = flatten(gm)
     try:
         pickle.dumps(traced)
@@ -233,6 +291,11 @@ def captured(name: str, size: tuple[int, int]) -> Captured:
     ``UnknownName``/``Unsupported`` (cached too), or ``TracerUnavailable`` when the worker died. Concurrent
     first requests for a model and size capture it once."""
     return traced((name, (int(size[0]), int(size[1]))))
+
+
+def captured_program(program: Program, size: tuple[int, int]) -> Captured:
+    """``captured`` for a ``torch.export`` archive of the model repository."""
+    return traced((program, (int(size[0]), int(size[1]))))
 
 
 def traced(name: Any) -> Any:

@@ -125,7 +125,9 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         limit = self.config.max_tensor_elements
         result = await self.compute.run(
             context,
-            lambda stop: rf_request.compute(rf_messages.field_request(request, limit), self.device, stop),
+            lambda stop: rf_request.compute(
+                rf_messages.field_request(request, limit), self.device, stop, self.models
+            ),
         )
         return rf_messages.field_response(result)
 

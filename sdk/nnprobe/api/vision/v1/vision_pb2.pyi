@@ -365,10 +365,12 @@ class ModelSpec(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     ONNX_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """torchvision name (alexnet, vgg11, vgg13, vgg16, vgg19, resnet18, resnet34, resnet50, resnet101,
     resnet152, mobilenet_v2, densenet121, googlenet, inception_v3) or a timm model name, optionally
-    prefixed `timm/`. Unknown names get NOT_FOUND.
+    prefixed `timm/`, or the name of a model in the server's model repository (which comes first). Unknown
+    names get NOT_FOUND.
     """
     seed: _builtins.int
     """Seed of the random weights; used by the effective receptive field only."""
@@ -378,16 +380,22 @@ class ModelSpec(_message.Message):
     gradient-transparent twin in PyTorch. Its input size defaults to the one the model declares. The
     effective field needs a named model.
     """
+    version: _builtins.int
+    """Version of a model of the model repository (0: its default version). A `name` the repository holds
+    names that model: its model.onnx is read from its graph, its model.pt2 captured from its exported
+    program, at the model's configured input size unless `input_size` is given.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         seed: _builtins.int = ...,
         onnx: _builtins.bytes = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "onnx", b"onnx", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "onnx", b"onnx", "seed", b"seed", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
