@@ -8,6 +8,8 @@ own (``/layer1/layer1.0/conv1/Conv``); the module path is read from them where t
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,9 @@ ELEMENTWISE = {
     "Mean", "Expand", "Sign", "Floor", "Ceil", "Round", "Not", "Equal", "Less", "Greater", "ThresholdedRelu",
 }  # fmt: skip
 SHAPE_ONLY = {"Shape", "Size"}  # outputs that do not depend on the input's values
+#: Largest constant computed while folding shape arithmetic (elements per output); a node whose output is
+#: larger, or of a size shape inference cannot tell, is left unevaluated.
+MAX_FOLDED_ELEMENTS = 1 << 20
 
 
 def _attributes(node: Any) -> dict[str, Any]:
@@ -75,6 +80,69 @@ def _windows(
     return result[0], result[1]
 
 
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor a graph holds: initializers and tensor attributes, subgraphs' included."""
+    import onnx
+
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR:
+                yield attribute.t
+            elif attribute.type == onnx.AttributeProto.SPARSE_TENSOR:
+                yield attribute.sparse_tensor.values
+                yield attribute.sparse_tensor.indices
+            yield from attribute.tensors
+            for sparse in attribute.sparse_tensors:
+                yield sparse.values
+                yield sparse.indices
+            for subgraph in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                yield from _tensors(subgraph)
+
+
+def _check_embedded(graph: Any) -> None:
+    """A model sent as bytes must hold its tensors itself: external data would be read from the server's
+    own files."""
+    import onnx
+
+    for tensor in _tensors(graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            raise InvalidSpec(
+                f"tensor {tensor.name!r} refers to external data ({location!r}); an ONNX model sent in the "
+                f"request must hold all its tensors",
+                field="model.onnx",
+            )
+
+
+def _array(tensor: Any, what: str) -> np.ndarray:
+    """The values of an embedded ``TensorProto``; ``InvalidSpec`` when they do not match its type and
+    shape."""
+    import onnx
+
+    try:
+        return np.asarray(onnx.numpy_helper.to_array(tensor))
+    except Exception as error:  # client bytes: sizes, types or data that do not agree
+        raise InvalidSpec(
+            f"{what} {tensor.name!r} cannot be read: {type(error).__name__}: {str(error).strip()[:200]}",
+            field="model.onnx",
+        ) from None
+
+
+def _constant_value(node: Any) -> np.ndarray | None:
+    """The value of a ``Constant`` node, or None for a form that is not read (strings, sparse)."""
+    a = {attribute.name: attribute for attribute in node.attribute}
+    if "value" in a:
+        return _array(a["value"].t, f"constant node {node.name!r}")
+    for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
+        if key in a:
+            return np.asarray(_attributes(node)[key], dtype=dtype)
+    for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
+        if key in a:
+            return np.asarray(list(_attributes(node)[key]), dtype=dtype)
+    return None
+
+
 class _Reader:
     def __init__(self, data: bytes, size: tuple[int, int] | None, label: str) -> None:
         import onnx
@@ -86,9 +154,8 @@ class _Reader:
                 f"is not an ONNX model: {type(error).__name__}: {error}", field="model.onnx"
             ) from None
         graph = model.graph
-        self.constants: dict[str, np.ndarray] = {
-            t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer
-        }
+        _check_embedded(graph)
+        self.constants: dict[str, np.ndarray] = {t.name: _array(t, "initializer") for t in graph.initializer}
         inputs = [i for i in graph.input if i.name not in self.constants]
         if len(inputs) != 1:
             raise InvalidSpec(f"the ONNX model takes {len(inputs)} inputs, not one image", field="model.onnx")
@@ -114,7 +181,7 @@ class _Reader:
             known = len(self.constants)
             for node in self.graph.node:
                 if node.op_type == "Constant":
-                    self.constants[node.output[0]] = onnx.numpy_helper.to_array(_attributes(node)["value"])
+                    self._constant(node)
                 elif node.op_type in SHAPE_ONLY or not self._depends_on_input(node):
                     self._fold(node)
             if len(self.constants) == known:
@@ -162,6 +229,11 @@ class _Reader:
             )
         return self.constants[name]
 
+    def _constant(self, node: Any) -> None:
+        value = _constant_value(node)
+        if value is not None and node.output:
+            self.constants[node.output[0]] = value
+
     def _fold(self, node: Any) -> None:
         """Evaluate a node that does not depend on the image's values (shape arithmetic, such as the
         padding of TensorFlow's "same" convolutions), when its arguments are known."""
@@ -177,6 +249,9 @@ class _Reader:
             return
         if not all(not i or i in self.constants for i in node.input):
             return
+        sizes = [self.shapes.get(o) for o in node.output if o]
+        if any(size is None or math.prod(size) > MAX_FOLDED_ELEMENTS for size in sizes):
+            return  # too large to compute here, or of a size only running it would tell
         try:
             results = ReferenceEvaluator(node).run(None, {i: self.constants[i] for i in node.input if i})
         except Exception:  # an operator the reference evaluator lacks: the value stays unknown
@@ -185,7 +260,6 @@ class _Reader:
             self.constants[output] = np.asarray(value)
 
     def read(self) -> Capture:
-        import onnx
 
         nodes = [
             GraphNode(self.input, "input", (), (1, self.channels, *self.size), {"channels": self.channels})
@@ -194,7 +268,7 @@ class _Reader:
         taken = {self.input}
         for index, node in enumerate(self.graph.node):
             if node.op_type == "Constant":
-                self.constants[node.output[0]] = onnx.numpy_helper.to_array(_attributes(node)["value"])
+                self._constant(node)
                 continue
             data = [i for i in node.input if i in names]
             if not data or node.op_type in SHAPE_ONLY:

@@ -1,0 +1,117 @@
+"""ONNX bytes from a client are read from the graph alone: external data, malformed tensors and constants
+too large to compute are refused or left alone, never read from the server's files or allocated."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nnprobe_services.vision import rf_onnx
+from nnprobe_services.vision.receptive_field import InvalidSpec, Unsupported
+from onnx import TensorProto, helper, numpy_helper
+
+IMAGE = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])
+OUTPUT = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+CONV = helper.make_node("Conv", ["x", "W"], ["y"], kernel_shape=[3, 3], strides=[2, 2], name="conv")
+
+
+def model_bytes(nodes, initializers=(), outputs=(OUTPUT,)) -> bytes:
+    graph = helper.make_graph(nodes, "g", [IMAGE], list(outputs), initializer=list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def weight() -> TensorProto:
+    return numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "W")
+
+
+def external(tensor: TensorProto, location: str) -> TensorProto:
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "432")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
+def test_a_plain_convolution_reads():
+    capture = rf_onnx.read(model_bytes([CONV], [weight()]), None)
+    assert [node.name for node in capture.nodes] == ["x", "conv"]
+    assert capture.nodes[-1].shape == (1, 4, 7, 7)
+
+
+@pytest.mark.parametrize("location", ["/etc/hostname", "weights.bin", "../../weights.bin"])
+def test_external_initializers_are_refused_before_any_file_is_opened(location, tmp_path, monkeypatch):
+    (tmp_path / "weights.bin").write_bytes(np.ones(108, np.float32).tobytes())
+    monkeypatch.chdir(tmp_path)  # a relative location would resolve here
+    data = model_bytes([CONV], [external(weight(), location)])
+    with pytest.raises(InvalidSpec, match="tensor 'W' refers to external data") as error:
+        rf_onnx.read(data, None)
+    assert error.value.field == "model.onnx" and location in error.value.message
+
+
+def test_external_tensors_in_attributes_and_subgraphs_are_refused():
+    constant = helper.make_node("Constant", [], ["W"], value=external(weight(), "w.bin"))
+    with pytest.raises(InvalidSpec, match="refers to external data"):
+        rf_onnx.read(model_bytes([constant, CONV], []), None)
+    branch_out = helper.make_tensor_value_info("o", TensorProto.FLOAT, None)
+    inner = helper.make_node("Constant", [], ["o"], value=external(weight(), "w.bin"))
+    branch = helper.make_graph([inner], "b", [], [branch_out])
+    condition = numpy_helper.from_array(np.array(True), "c")
+    node = helper.make_node("If", ["c"], ["W"], then_branch=branch, else_branch=branch)
+    with pytest.raises(InvalidSpec, match="refers to external data"):
+        rf_onnx.read(model_bytes([node, CONV], [condition]), None)
+
+
+def test_a_tensor_whose_data_does_not_fit_its_shape_is_invalid():
+    broken = weight()
+    broken.dims[0] = 1000
+    with pytest.raises(InvalidSpec, match="initializer 'W' cannot be read") as error:
+        rf_onnx.read(model_bytes([CONV], [broken]), None)
+    assert error.value.field == "model.onnx"
+
+
+def test_constants_in_every_attribute_form_are_read():
+    shape = helper.make_node("Constant", [], ["s"], value_ints=[1, 4, 49])
+    reshape = helper.make_node("Reshape", ["y", "s"], ["z"], name="flat")
+    out = helper.make_tensor_value_info("z", TensorProto.FLOAT, None)
+    capture = rf_onnx.read(model_bytes([CONV, shape, reshape], [weight()], [out]), None)
+    assert capture.nodes[-1].name == "flat" and capture.nodes[-1].shape == (1, 4, 49)
+    text = helper.make_node("Constant", [], ["t"], value_strings=["a"])
+    assert rf_onnx.read(model_bytes([text, CONV], [weight()]), None).nodes[-1].name == "conv"
+
+
+def test_constants_larger_than_the_fold_limit_are_not_computed():
+    side = 2048  # 4 Mi elements: above the limit, small enough to be harmless if it were computed
+    assert side * side > rf_onnx.MAX_FOLDED_ELEMENTS
+    dims = numpy_helper.from_array(np.array([side, side], np.int64), "dims")
+    fill = helper.make_node("ConstantOfShape", ["dims"], ["big"])
+    small = numpy_helper.from_array(np.array([2, 3], np.int64), "small_dims")
+    fill_small = helper.make_node("ConstantOfShape", ["small_dims"], ["little"])
+    reader = rf_onnx._Reader(model_bytes([fill, fill_small, CONV], [weight(), dims, small]), None, "m")
+    assert "big" not in reader.constants
+    assert reader.constants["little"].shape == (2, 3)
+
+
+VALID = model_bytes([CONV], [weight()])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_corrupted_bytes_are_read_or_refused_as_the_clients_fault(data):
+    """Any change of a valid model's bytes reads, or raises the domain errors (never another exception)."""
+    blob = bytearray(VALID)
+    for _ in range(data.draw(st.integers(1, 4))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(1, len(blob)))
+    try:
+        rf_onnx.read(bytes(blob[:cut]), data.draw(st.sampled_from([None, (16, 16), (5, 9)])))
+    except (InvalidSpec, Unsupported) as error:
+        assert error.field in ("model.onnx", "input_size", "model.name")
+
+
+def test_onnx_load_of_the_refused_model_still_parses():
+    """The refusal is the reader's: the bytes are a well-formed model that names its external file."""
+    data = model_bytes([CONV], [external(weight(), "weights.bin")])
+    assert onnx.load_from_string(data).graph.initializer[0].external_data[0].value == "weights.bin"
