@@ -23,6 +23,7 @@ shorter side to ``resize``, the longer ``int(resize * long / short)``) and ``Cen
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from nnprobe_services.vision.models import Preprocessing
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+#: An object's default representation, as Pillow writes the stream it read into its messages.
+_OBJECT = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 #: What a corrupt file can make Pillow's decoders raise.
 _CORRUPT = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, TypeError, KeyError)
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -52,6 +55,12 @@ class ImageLimits:
 
     max_bytes: int
     max_pixels: int
+
+
+def _reason(error: Exception) -> str:
+    """The decoder's reason without the server's object representations (``<_io.BytesIO object at
+    0x7f...>``, which Pillow puts in its messages)."""
+    return _OBJECT.sub("the bytes", str(error)).strip() or type(error).__name__
 
 
 def decode(
@@ -74,9 +83,9 @@ def decode(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image: Image.Image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as error:
-        raise ResourceExhausted(f"{label} is too large: {error}", field=field) from None
+        raise ResourceExhausted(f"{label} is too large: {_reason(error)}", field=field) from None
     except _CORRUPT as error:
-        raise InvalidArgument(f"{label} is not a readable image ({error})", field=field) from None
+        raise InvalidArgument(f"{label} is not a readable image ({_reason(error)})", field=field) from None
     if image.format not in FORMATS:
         raise InvalidArgument(
             f"{label} has format {image.format}; supported are {', '.join(FORMATS)}", field=field
@@ -99,7 +108,7 @@ def decode(
     except (InvalidArgument, ResourceExhausted):
         raise
     except _CORRUPT as error:
-        raise InvalidArgument(f"{label} is corrupt or truncated ({error})", field=field) from None
+        raise InvalidArgument(f"{label} is corrupt or truncated ({_reason(error)})", field=field) from None
 
 
 def _draft(image: Image.Image, max_pixels: int, min_side: int) -> None:
@@ -139,7 +148,7 @@ def to_rgb(image: Image.Image, *, field: str = "image", label: str = "the image"
         return image.convert("RGB") if image.mode != "RGB" else image
     except ValueError as error:
         raise InvalidArgument(
-            f"{label} has mode {mode}, which has no RGB form ({error})", field=field
+            f"{label} has mode {mode}, which has no RGB form ({_reason(error)})", field=field
         ) from None
 
 
