@@ -340,6 +340,22 @@ class OpenInference:
         """The request's one input as ``Classify``'s image inputs, after Triton's name, datatype and shape
         checks. FP32 pixels become (H, W, 3) float arrays (skip-resize path), UINT8 (H, W, 3) arrays,
         BYTES the encoded images."""
+        self.check_inputs(signature, inputs)
+        tensor = inputs[0]
+        shape, batch = tensor.shape, tensor.shape[0]
+        field = f"inputs[0].{tensor.name}"
+        if tensor.datatype == "BYTES":
+            assert isinstance(tensor.data, list)
+            return [images.ImageInput(data, None, f"{field}[{i}]") for i, data in enumerate(tensor.data)]
+        assert isinstance(tensor.data, np.ndarray)
+        array = tensor.data.reshape(shape)
+        if tensor.name == PIXELS:
+            array = array.transpose(0, 2, 3, 1)
+        return [images.ImageInput(b"", array[i], f"{field}[{i}]") for i in range(batch)]
+
+    def check_inputs(self, signature: Signature, inputs: Sequence[InputTensor]) -> None:
+        """Triton's checks of the inputs' names, number, datatype, shape and batch size, which need no
+        contents: they come before the contents' sizes are compared with the shape."""
         model = signature.name
         specs = {spec.name: spec for spec in signature.inputs}
         for i, tensor in enumerate(inputs):
@@ -380,15 +396,6 @@ class OpenInference:
                 f"got {batch}",
                 field="inputs[0].shape",
             )
-        field = f"inputs[0].{tensor.name}"
-        if tensor.datatype == "BYTES":
-            assert isinstance(tensor.data, list)
-            return [images.ImageInput(data, None, f"{field}[{i}]") for i, data in enumerate(tensor.data)]
-        assert isinstance(tensor.data, np.ndarray)
-        array = tensor.data.reshape(shape)
-        if tensor.name == PIXELS:
-            array = array.transpose(0, 2, 3, 1)
-        return [images.ImageInput(b"", array[i], f"{field}[{i}]") for i in range(batch)]
 
     def pixels(self, signature: Signature, inputs: Sequence[InputTensor]) -> torch.Tensor:
         """(N, 3, H, W) float32 model input through ``Classify``'s decoding and preprocessing."""

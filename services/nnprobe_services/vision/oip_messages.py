@@ -55,6 +55,14 @@ def pack_bytes(items: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(item)) + item for item in items)
 
 
+def input_headers(request: pb.ModelInferRequest) -> list[oip.InputTensor]:
+    """Every input's name, datatype and shape, without its contents (for the checks that need none)."""
+    return [
+        oip.InputTensor(message.name, message.datatype, tuple(int(d) for d in message.shape), [])
+        for message in request.inputs
+    ]
+
+
 def infer_inputs(request: pb.ModelInferRequest) -> list[oip.InputTensor]:
     """Every input of ``request`` as a flat array (or list of bytes), its contents checked against its
     datatype and shape. Datatypes other than the model's are passed through for ``oip`` to reject."""

@@ -119,6 +119,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             name, served = core.resolve(request.model_name, request.model_version)
             signature = core.signature(name, served)
             core.check_outputs(signature, requested)
+            core.check_inputs(signature, oip_messages.input_headers(request))
             pixels = core.pixels(signature, oip_messages.infer_inputs(request))
             model = core.load(name, served)
             if model.record.num_classes != signature.classes:
