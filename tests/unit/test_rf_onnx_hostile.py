@@ -115,3 +115,31 @@ def test_onnx_load_of_the_refused_model_still_parses():
     """The refusal is the reader's: the bytes are a well-formed model that names its external file."""
     data = model_bytes([CONV], [external(weight(), "weights.bin")])
     assert onnx.load_from_string(data).graph.initializer[0].external_data[0].value == "weights.bin"
+
+
+def test_control_flow_with_sub_graphs_is_refused_not_dropped():
+    """An If node whose branches read the image through outer scope has no data input of its own; it must be
+    refused, never folded away (the answer would then miss the only path to the output)."""
+    from nnprobe_services.vision import rf_onnx
+    from nnprobe_services.vision.receptive_field import Unsupported
+    from onnx import TensorProto, helper
+
+    conv_w = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 3, 3], [1.0] * 9)
+    branch = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y_branch"], kernel_shape=[3, 3])],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("y_branch", TensorProto.FLOAT, [1, 1, 6, 6])],
+    )
+    cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 6, 6])],
+        initializer=[conv_w, cond],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(Unsupported, match="control flow") as error:
+        rf_onnx.read(model.SerializeToString(), None)
+    assert error.value.field == "model.onnx"

@@ -267,6 +267,14 @@ class _Reader:
         names = {self.input: self.input}  # tensor name -> node name
         taken = {self.input}
         for index, node in enumerate(self.graph.node):
+            if any(a.HasField("g") or len(a.graphs) for a in node.attribute):
+                # Control flow (If, Loop, Scan) reads outer tensors inside its sub-graphs, invisibly to
+                # ``node.input``: folding it as a constant would drop a data path without a word.
+                raise Unsupported(
+                    f"{node.op_type} (node {node.name or index!r}): control flow with sub-graphs cannot be "
+                    "mapped to a receptive field",
+                    field="model.onnx",
+                )
             if node.op_type == "Constant":
                 self._constant(node)
                 continue
