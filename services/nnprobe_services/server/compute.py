@@ -134,7 +134,7 @@ class ComputePool:
         loop = asyncio.get_running_loop()
         timer = _deadline_timer(loop, context, stop)
         try:
-            future = loop.run_in_executor(self._executor, self._in_thread, fn, stop)
+            future = loop.run_in_executor(self._executor, self._in_thread, _labelled, fn, stop)
         except RuntimeError:  # executor shut down
             self._release(stop)
             raise Cancelled("the server is shutting down") from None
@@ -176,6 +176,8 @@ class ComputePool:
                 finally:
                     generator.close()  # type: ignore[attr-defined]
                 put(("end", _END))
+            except Cancelled as error:
+                put(("error", _why(error, stop)))
             except BaseException as error:  # handed to the consumer, which re-raises it
                 put(("error", error))
 
@@ -199,6 +201,21 @@ class ComputePool:
                 stop.set("the client cancelled")
             if timer is not None:
                 timer.cancel()
+
+
+def _why(error: Cancelled, stop: StopSignal) -> Cancelled:
+    """``error`` marked as a deadline when the signal that stopped the core was the call's deadline: cores
+    raise their own ``Cancelled`` (saying how far they got) without knowing why they were asked to stop."""
+    if stop.is_set() and stop.deadline:
+        error.deadline = True
+    return error
+
+
+def _labelled(fn: Callable[[StopSignal], T], stop: StopSignal) -> T:
+    try:
+        return fn(stop)
+    except Cancelled as error:
+        raise _why(error, stop) from None
 
 
 def _deadline_timer(

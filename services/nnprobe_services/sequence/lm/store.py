@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -71,14 +72,32 @@ def redacted(url: str) -> str:
     return sa.make_url(url).render_as_string(hide_password=True)
 
 
+def _write_ahead_log(dbapi_connection: Any, wait_seconds: float = 60.0) -> None:
+    """Put the database in WAL mode (a property of the file: once is enough). Switching needs the file to
+    itself, and SQLite answers "database is locked" at once, without its busy handler, while another
+    process (a replica starting at the same moment) holds it: retry within ``wait_seconds``."""
+    give_up = time.monotonic() + wait_seconds
+    while True:
+        try:
+            (mode,) = dbapi_connection.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() != "wal":
+                dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > give_up:
+                raise
+            time.sleep(0.05)
+
+
 def _sqlite_engine(url: str) -> Engine:
     engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
 
     @sa_event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # transactions are begun below, not by the driver
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=60000"):
+        for pragma in ("busy_timeout=60000", "synchronous=FULL"):
             dbapi_connection.execute(f"PRAGMA {pragma}")
+        _write_ahead_log(dbapi_connection)
 
     @sa_event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
