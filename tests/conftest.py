@@ -32,6 +32,20 @@ TINY_LM = dict(
     checkpoint_interval=20,
 )
 
+#: The small LSTM the process-level tests train, kill and resume: checkpoints every 4 steps, 6 epochs.
+RESUMABLE_LM = dict(
+    embed_size=16,
+    hidden_size=48,
+    batch_size=4,
+    sequence_length=8,
+    epochs=6,
+    learning_rate=0.01,
+    eval_batch_size=2,
+    log_interval=2,
+    checkpoint_interval=4,
+    seed=11,
+)
+
 _WORDS = [f"w{i}" for i in range(20)]
 
 
@@ -117,6 +131,13 @@ def ptb_dir() -> Path | None:
 def tiny_lm() -> Mapping[str, Any]:
     """``start_training`` keyword arguments of the tiny LSTM (read-only: ``dict(tiny_lm, epochs=3)``)."""
     return MappingProxyType(TINY_LM)
+
+
+@pytest.fixture(scope="session")
+def resumable_lm() -> Mapping[str, Any]:
+    """``start_training`` keyword arguments of the LSTM that system tests kill, stop and resume
+    (read-only: ``dict(resumable_lm, epochs=100)``)."""
+    return MappingProxyType(RESUMABLE_LM)
 
 
 @pytest.fixture(scope="session")

@@ -30,25 +30,6 @@ from nnprobe.api.vision.v1 import vision_pb2, vision_pb2_grpc
 pytestmark = pytest.mark.system
 #: Hang guard for waiting on a process; never a pass/fail threshold.
 WAIT_SECONDS = 120.0
-CONFIG = dict(
-    embed_size=16,
-    hidden_size=48,
-    batch_size=4,
-    sequence_length=8,
-    epochs=6,
-    learning_rate=0.01,
-    eval_batch_size=2,
-    log_interval=2,
-    checkpoint_interval=4,
-    seed=11,
-)
-
-
-def text(lines: int, offset: int = 0) -> str:
-    words = [f"w{i}" for i in range(20)]
-    return "".join(
-        " ".join(words[(3 * (k + offset) + j) % 20] for j in range(6)) + "\n" for k in range(lines)
-    )
 
 
 def start(tmp_path: Path, port: int, *flags: str, service: str = "sequence") -> subprocess.Popen:
@@ -109,7 +90,9 @@ def check_integrity(data: Path) -> dict[str, int]:
     return {"jobs": len(rows), "events": events, "checkpoints": checked, "partial_writes": len(partial)}
 
 
-def test_job_survives_two_kills_with_intact_database_and_checkpoints(tmp_path, free_port):
+def test_job_survives_two_kills_with_intact_database_and_checkpoints(
+    tmp_path, free_port, resumable_lm, pattern_text
+):
     port = free_port()
     address = f"127.0.0.1:{port}"
     data = tmp_path / "data"
@@ -118,10 +101,10 @@ def test_job_survives_two_kills_with_intact_database_and_checkpoints(tmp_path, f
     try:
         with SequenceClient(address, timeout=60) as client:
             client.wait_until_ready(timeout=WAIT_SECONDS)
-            corpus = client.upload_corpus(text(120), text(20, 120), text(20, 140))
-            reference = client.wait_job(client.start_training(corpus.corpus_id, **CONFIG).job_id)
+            corpus = client.upload_corpus(pattern_text(120), pattern_text(20, 120), pattern_text(20, 140))
+            reference = client.wait_job(client.start_training(corpus.corpus_id, **resumable_lm).job_id)
             assert reference.state == "succeeded"
-            job = client.start_training(corpus.corpus_id, **CONFIG)
+            job = client.start_training(corpus.corpus_id, **resumable_lm)
             for event in client.watch_job(job.job_id):
                 if event.kind == "step" and event.step >= 6:  # between checkpoints (4 and 8)
                     break

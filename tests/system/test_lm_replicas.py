@@ -41,13 +41,6 @@ LEASE_SECONDS = 8
 RUNNING_ON = re.compile(r"running on cpu \(replica (\S+)\)")
 
 
-def text(lines: int, offset: int = 0) -> str:
-    words = [f"w{i}" for i in range(20)]
-    return "".join(
-        " ".join(words[(3 * (k + offset) + j) % 20] for j in range(6)) + "\n" for k in range(lines)
-    )
-
-
 class Replicas:
     """The server processes; ``start(i)`` (re)starts replica ``i`` on its port."""
 
@@ -127,9 +120,9 @@ def replicas(postgres, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def corpus_id(replicas) -> str:
+def corpus_id(replicas, pattern_text) -> str:
     with SequenceClient(replicas.address(0), timeout=60) as client:
-        return client.upload_corpus(text(120), text(20, 120), text(20, 140)).corpus_id
+        return client.upload_corpus(pattern_text(120), pattern_text(20, 120), pattern_text(20, 140)).corpus_id
 
 
 def owners(history) -> list[str]:

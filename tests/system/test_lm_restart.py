@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +16,6 @@ from nnprobe import SequenceClient
 
 pytestmark = pytest.mark.system
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(tmp_path: Path, port: int) -> subprocess.Popen:
@@ -44,39 +37,20 @@ def start(tmp_path: Path, port: int) -> subprocess.Popen:
     )
 
 
-def text(lines: int, offset: int = 0) -> str:
-    words = [f"w{i}" for i in range(20)]
-    return "".join(
-        " ".join(words[(3 * (k + offset) + j) % 20] for j in range(6)) + "\n" for k in range(lines)
-    )
-
-
-CONFIG = dict(
-    embed_size=16,
-    hidden_size=48,
-    batch_size=4,
-    sequence_length=8,
-    epochs=6,
-    learning_rate=0.01,
-    eval_batch_size=2,
-    log_interval=2,
-    checkpoint_interval=4,
-    seed=11,
-)
-
-
-def test_killed_server_job_is_taken_over_at_restart_and_finishes_exactly(tmp_path):
+def test_killed_server_job_is_taken_over_at_restart_and_finishes_exactly(
+    tmp_path, resumable_lm, free_port, pattern_text
+):
     port = free_port()
     address = f"127.0.0.1:{port}"
     proc = start(tmp_path, port)
     try:
         with SequenceClient(address, timeout=60) as client:
             client.wait_until_ready(timeout=120)
-            corpus = client.upload_corpus(text(120), text(20, 120), text(20, 140))
-            reference = client.start_training(corpus.corpus_id, **CONFIG)
+            corpus = client.upload_corpus(pattern_text(120), pattern_text(20, 120), pattern_text(20, 140))
+            reference = client.start_training(corpus.corpus_id, **resumable_lm)
             reference = client.wait_job(reference.job_id)
             assert reference.state == "succeeded"
-            job = client.start_training(corpus.corpus_id, **CONFIG)
+            job = client.start_training(corpus.corpus_id, **resumable_lm)
             for event in client.watch(job.job_id):
                 if event.kind == "checkpoint" and event.step >= 8:
                     break
@@ -104,7 +78,7 @@ def test_killed_server_job_is_taken_over_at_restart_and_finishes_exactly(tmp_pat
             takeovers = [e for e in watched["events"] if e["message"].startswith("taken over")]
             assert len(takeovers) == 1
             resumed_at = takeovers[0]["step"]
-            assert resumed_at >= 8 and resumed_at % CONFIG["checkpoint_interval"] == 0
+            assert resumed_at >= 8 and resumed_at % resumable_lm["checkpoint_interval"] == 0
             assert takeovers[0]["message"] == (
                 "taken over by replica sequence-0 from sequence-0, whose lease expired; "
                 f"resuming from step {resumed_at}"

@@ -30,18 +30,6 @@ pytestmark = pytest.mark.system
 WAIT_SECONDS = 120.0
 WATCHERS = 200
 GRACE_SECONDS = 30.0
-CONFIG = dict(
-    embed_size=16,
-    hidden_size=48,
-    batch_size=4,
-    sequence_length=8,
-    epochs=6,
-    learning_rate=0.01,
-    eval_batch_size=2,
-    log_interval=2,
-    checkpoint_interval=4,
-    seed=11,
-)
 
 
 def start(tmp_path: Path, port: int) -> subprocess.Popen:
@@ -103,7 +91,9 @@ async def bookkeeping_while_watched(address: str, job_id: str) -> dict:
     return {"health": check.status, "listed": listed.jobs, "cancelled": cancelled.job, "streams": streams}
 
 
-def test_two_hundred_watchers_do_not_starve_health_listing_or_cancelling(tmp_path, free_port, pattern_text):
+def test_two_hundred_watchers_do_not_starve_health_listing_or_cancelling(
+    tmp_path, free_port, pattern_text, resumable_lm
+):
     port = free_port()
     address = f"127.0.0.1:{port}"
     proc = start(tmp_path, port)
@@ -111,7 +101,9 @@ def test_two_hundred_watchers_do_not_starve_health_listing_or_cancelling(tmp_pat
         with SequenceClient(address, timeout=60) as client:
             client.wait_until_ready(timeout=WAIT_SECONDS)
             corpus = client.upload_corpus(pattern_text(120), pattern_text(20, 120), pattern_text(20, 140))
-            job = client.start_training(corpus.corpus_id, **dict(CONFIG, epochs=100_000, log_interval=10))
+            job = client.start_training(
+                corpus.corpus_id, **dict(resumable_lm, epochs=100_000, log_interval=10)
+            )
             for event in client.watch(job.job_id):
                 if event.kind == "step":
                     break
@@ -135,7 +127,9 @@ def test_two_hundred_watchers_do_not_starve_health_listing_or_cancelling(tmp_pat
     print(f"{WATCHERS} streams each got {last_sequence} events; cancelled at step {final.step}")
 
 
-def test_sigterm_during_training_exits_zero_and_the_job_resumes_exactly(tmp_path, free_port, pattern_text):
+def test_sigterm_during_training_exits_zero_and_the_job_resumes_exactly(
+    tmp_path, free_port, pattern_text, resumable_lm
+):
     port = free_port()
     address = f"127.0.0.1:{port}"
     proc = start(tmp_path, port)
@@ -144,9 +138,9 @@ def test_sigterm_during_training_exits_zero_and_the_job_resumes_exactly(tmp_path
         with SequenceClient(address, timeout=60) as client:
             client.wait_until_ready(timeout=WAIT_SECONDS)
             corpus = client.upload_corpus(pattern_text(120), pattern_text(20, 120), pattern_text(20, 140))
-            reference = client.wait_job(client.start_training(corpus.corpus_id, **CONFIG).job_id)
+            reference = client.wait_job(client.start_training(corpus.corpus_id, **resumable_lm).job_id)
             assert reference.state == "succeeded"
-            job = client.start_training(corpus.corpus_id, **CONFIG)
+            job = client.start_training(corpus.corpus_id, **resumable_lm)
             checkpointed = threading.Event()
 
             def follow() -> None:

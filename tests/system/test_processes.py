@@ -19,12 +19,6 @@ pytestmark = pytest.mark.system
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(args: list[str], tmp_path: Path) -> subprocess.Popen:
     env = {
         **os.environ,
@@ -47,7 +41,7 @@ def stop(proc: subprocess.Popen) -> str:
     return out
 
 
-def test_module_entry_point_serves_cli_and_stops_on_sigterm(tmp_path):
+def test_module_entry_point_serves_cli_and_stops_on_sigterm(tmp_path, free_port):
     port = free_port()
     proc = start(
         [sys.executable, "-m", "nnprobe_services.attention", "--port", str(port), "--log-format", "json"],
@@ -97,7 +91,7 @@ def test_module_entry_point_serves_cli_and_stops_on_sigterm(tmp_path):
     assert any("draining" in entry["message"] for entry in lines)
 
 
-def test_in_flight_call_completes_during_sigterm_and_new_calls_are_refused(tmp_path):
+def test_in_flight_call_completes_during_sigterm_and_new_calls_are_refused(tmp_path, free_port):
     port = free_port()
     proc = start(
         [
@@ -155,7 +149,7 @@ def test_in_flight_call_completes_during_sigterm_and_new_calls_are_refused(tmp_p
     assert text.index("draining") < text.index("CheckPermutationEquivariance OK")
 
 
-def test_serve_all_starts_three_servers_that_answer_health(tmp_path):
+def test_serve_all_starts_three_servers_that_answer_health(tmp_path, free_port):
     base = free_port()
     while any(not _port_free(base + i) for i in range(3)):
         base = free_port()
