@@ -151,10 +151,11 @@ def test_metrics_endpoint_counts_requests(server_factory, tmp_path):
         # last one to be counted before reading the figures.
         give_up = time.monotonic() + 60
         after = scrape(port)
+        idle = f'nnprobe_requests_in_flight{{method="{method}",protocol="nnprobe"}} 0.0'
         while (
             counter(after, method, "INVALID_ARGUMENT") == counter(before, method, "INVALID_ARGUMENT")
-            and time.monotonic() < give_up
-        ):
+            or idle not in after
+        ) and time.monotonic() < give_up:
             time.sleep(0.05)
             after = scrape(port)
     finally:
