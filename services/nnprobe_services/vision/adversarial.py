@@ -54,8 +54,10 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
 
 
 def png(pixels: np.ndarray) -> bytes:
+    """Lossless PNG at zlib level 1: on photos about 5% larger than Pillow's default level 6, in less than
+    half the time."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
@@ -89,7 +91,8 @@ def generate(
     device = model.device
     images = pixels.to(device)
     with torch.no_grad():
-        original_logits = model.module(images).float().cpu().numpy()
+        logits = model.module(images)
+    original_logits = logits.float().cpu().numpy()
     original_tops = [top_k(row, k, model.labels) for row in original_logits]
     classes = original_logits.shape[1]
     if target is not None and not 0 <= target < classes:
@@ -98,13 +101,17 @@ def generate(
         labels = torch.tensor([int(row.argmax()) for row in original_logits], device=device)
     else:
         labels = torch.full((len(images),), target, dtype=torch.long, device=device)
-    for event in attacks.attack(model.module, images, labels, target is not None, spec, should_stop):
+    # On the lattice, these are the logits the attack's check of the originals needs: no second pass.
+    known = logits if torch.equal(attacks.quantize(images), images) else None
+    for event in attacks.attack(model.module, images, labels, target is not None, spec, should_stop, known):
         if isinstance(event, attacks.Progress):
             yield event
             continue
         index, outcome = event
-        with torch.no_grad():
-            final_logits = model.module(outcome.adversarial[None]).float().cpu().numpy()[0]
+        if outcome.logits is None:
+            with torch.no_grad():
+                outcome.logits = model.module(outcome.adversarial[None])[0]
+        final_logits = outcome.logits.float().cpu().numpy()
         original = to_uint8(images[index])
         adversarial = to_uint8(outcome.adversarial)
         perturbation, l0, l2, linf = describe(original, adversarial)

@@ -56,12 +56,13 @@ class Progress:
 @dataclass
 class Outcome:
     """One image's final state. ``adversarial`` is quantized to 8 bits; ``float_adversarial`` is the attack's
-    own output before rounding."""
+    own output before rounding; ``logits`` are the model's on ``adversarial``, those success was judged on."""
 
     adversarial: torch.Tensor
     float_adversarial: torch.Tensor
     success: bool
     iterations: int
+    logits: torch.Tensor | None = None
 
 
 def quantize(pixels: torch.Tensor) -> torch.Tensor:
@@ -151,59 +152,76 @@ def attack(
     targeted: bool,
     spec: AttackSpec,
     should_stop: Callable[[], bool] = lambda: False,
+    original_logits: torch.Tensor | None = None,
 ) -> Iterator[Progress | tuple[int, Outcome]]:
     """Attack ``images`` (N, 3, H, W) in [0, 1]; ``labels``: the targets, or the original classes.
+    ``original_logits``: the model's logits on ``quantize(images)`` when the caller has them already.
 
     Yields ``Progress`` for every active image after every iteration, and ``(index, Outcome)`` once per
-    image, when it meets its goal (with early stop) or when the iterations run out. Raises ``Cancelled``.
+    image, when it meets its goal (with early stop) or when the iterations run out. Progress describes the
+    running (float) image, except after the last iteration: there it describes the 8-bit image returned.
+    Raises ``Cancelled``.
     """
     generator = torch.Generator(device=images.device).manual_seed(spec.seed)
     images = images.detach()
     base = quantize(images)  # budgets are measured from the 8-bit original
     active = torch.ones(len(images), dtype=torch.bool, device=images.device)
     if spec.early_stop:  # a goal already met needs no step: the unchanged image
-        with torch.no_grad():
-            met = goal_met(model(base), labels, targeted)
-        for i in met.nonzero().flatten().tolist():
+        if original_logits is None:
+            with torch.no_grad():
+                original_logits = model(base)
+        already = goal_met(original_logits, labels, targeted)
+        for i in already.nonzero().flatten().tolist():
             active[i] = False
-            yield i, Outcome(base[i], images[i], True, 0)
+            yield i, Outcome(base[i], images[i], True, 0, original_logits[i])
         if not active.any():
             return
     state = _State(model, images, labels, targeted, spec, generator)
     iterations = 1 if spec.method == "fgsm" else spec.steps
     # Step t's forward pass also gives the state after step t - 1 (its progress and early stop), so each
-    # iteration costs one forward and one backward pass; one more forward pass reports the last step.
-    for iteration in range(1, iterations + 2):
+    # iteration costs one forward and one backward pass. After the last step one more forward pass judges
+    # the 8-bit images of the images still running (``settle``) and reports the last iteration with them.
+    for iteration in range(1, iterations + 1):
         index = active.nonzero().flatten()
-        before = state.adversarial[index].clone()
-        if iteration <= iterations:
-            if should_stop():
-                raise Cancelled(f"stopped after iteration {iteration - 1}", done=iteration - 1)
-            logits, loss_rows = state.step(index)
-        else:
-            with torch.no_grad():
-                logits = model(before)
-                loss_rows = state.objective(index, before, logits)
+        before = state.current(index) if spec.early_stop else None  # the state early stop checks
+        if should_stop():
+            raise Cancelled(f"stopped after iteration {iteration - 1}", done=iteration - 1)
+        logits, loss_rows = state.step(index)
         if iteration == 1:
             continue
         done = iteration - 1
         yield from _report(done, index, logits, loss_rows, labels)
-        if spec.early_stop:
+        if before is not None:
             met = goal_met(logits, labels[index], targeted)
             if met.any():
                 quantized = to_lattice(before[met], base[index][met], spec)
                 with torch.no_grad():
-                    kept = goal_met(model(quantized), labels[index][met], targeted)
+                    kept_logits = model(quantized)
+                kept = goal_met(kept_logits, labels[index][met], targeted)
                 for row, i in enumerate(index[met].tolist()):
                     if kept[row]:
                         active[i] = False
-                        yield i, Outcome(quantized[row], before[met][row], True, done)
+                        yield i, Outcome(quantized[row], before[met][row], True, done, kept_logits[row])
         if not active.any():
             return
-    for i in active.nonzero().flatten().tolist():
-        final = state.adversarial[i : i + 1]
-        quantized, success, used = refine(model, base[i : i + 1], final, labels[i : i + 1], targeted, spec)
-        yield i, Outcome(quantized[0], final[0], success, iterations + used)
+    # The images still running, brought onto the lattice and judged in one batch; with early stop, those
+    # that meet their goal without refinement come first (as they would have stopped early).
+    index = active.nonzero().flatten()
+    final = state.adversarial[index]
+    quantized, success, used, final_logits = settle(model, base[index], final, labels[index], targeted, spec)
+    if iterations:
+        with torch.no_grad():
+            loss_rows = state.objective(index, quantized, final_logits)
+        yield from _report(iterations, index, final_logits, loss_rows, labels)
+    order = torch.arange(len(index), device=index.device)
+    if spec.early_stop:
+        first = success & (used == 0)
+        order = torch.cat([order[first], order[~first]])
+    for row in order.tolist():
+        outcome = Outcome(
+            quantized[row], final[row], bool(success[row]), iterations + int(used[row]), final_logits[row]
+        )
+        yield int(index[row]), outcome
 
 
 def _report(
@@ -239,6 +257,13 @@ class _State:
             self.optimizer = torch.optim.Adam([self.w], lr=spec.learning_rate)
             self.adversarial = ((torch.tanh(self.w) + 1) / 2).detach()
 
+    def current(self, index: torch.Tensor) -> torch.Tensor:
+        """The running images of the rows ``index``, left as they are by the next ``step``: a copy, or
+        (every row, a method that ``step`` replaces the images of rather than changes) the tensor itself."""
+        if len(index) == len(self.adversarial) and self.spec.method not in ("adam", "cw_l2"):
+            return self.adversarial
+        return self.adversarial[index]  # indexing with a tensor copies
+
     def objective(self, index: torch.Tensor, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Per-row loss at ``x``: cross-entropy to the goal class (CW: its own objective)."""
         if self.spec.method == "cw_l2":
@@ -259,12 +284,13 @@ class _State:
         method = self.spec.method
         if method in ("adam", "cw_l2"):
             return self._optimizer_step(index)
-        x = self.adversarial[index].clone().requires_grad_(True)
+        every = len(index) == len(self.adversarial)  # no copies then: views, and the images replaced
+        x = (self.adversarial if every else self.adversarial[index]).detach().requires_grad_(True)
         logits = self.model(x)
         cost = _loss(logits, self.labels[index], self.targeted)
         grad = torch.autograd.grad(cost, x)[0]
         rows = F.cross_entropy(logits.detach(), self.labels[index], reduction="none")
-        original = self.images[index]
+        original = self.images if every else self.images[index]
         spec = self.spec
         with torch.no_grad():
             if method == "fgsm":
@@ -277,7 +303,10 @@ class _State:
                 move = grad.sign() if spec.norm == "linf" else _l2_step(grad, spec.step_size)
                 stepped = x + (spec.step_size * move if spec.norm == "linf" else move)
                 new = torch.clamp(original + project(stepped - original, spec), 0, 1)
-            self.adversarial[index] = new.detach()
+            if every:
+                self.adversarial = new.detach()
+            else:
+                self.adversarial[index] = new.detach()
         return logits.detach(), rows
 
     def _optimizer_step(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,23 +341,61 @@ def refine(
     targeted: bool,
     spec: AttackSpec,
 ) -> tuple[torch.Tensor, bool, int]:
-    """Bring ``adversarial`` onto the 8-bit lattice inside its budget around ``original`` (``to_lattice``);
-    while the goal is missed, take up to ``refine_steps`` more steps, each brought back inside the budget
-    the same way: a sign step of one 8-bit level (L-infinity, CW) or a step of ``step_size`` along the
-    normalised gradient (L2). Returns (8-bit image, success on that image, refinement steps used)."""
+    """``settle`` for one image (1, 3, H, W): (8-bit image, success on that image, refinement steps used)."""
+    quantized, success, used, _ = settle(model, original, adversarial, labels, targeted, spec)
+    return quantized, bool(success.all()), int(used.max())
+
+
+def settle(
+    model: nn.Module,
+    original: torch.Tensor,
+    adversarial: torch.Tensor,
+    labels: torch.Tensor,
+    targeted: bool,
+    spec: AttackSpec,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bring each of ``adversarial`` (N, 3, H, W) onto the 8-bit lattice inside its budget around
+    ``original`` (``to_lattice``); while an image misses its goal, take up to ``refine_steps`` more steps on
+    it, each brought back inside the budget the same way: a sign step of one 8-bit level (L-infinity, CW) or
+    a step of ``step_size`` along the normalised gradient (L2). The images are independent (the model runs
+    in eval mode; each image's step follows its own loss).
+
+    Returns the 8-bit images, success on each (N,), the refinement steps each used (N,; ``refine_steps``
+    when it failed) and the logits of each 8-bit image (N, classes), those its success was judged on."""
     current = to_lattice(adversarial, original, spec)
-    for used in range(spec.refine_steps + 1):
-        x = current.clone().requires_grad_(True)
-        logits = model(x)
-        if bool(goal_met(logits.detach(), labels, targeted).all()):
-            return current.detach(), True, used
-        if used == spec.refine_steps:
+    count = len(current)
+    success = torch.zeros(count, dtype=torch.bool, device=current.device)
+    used = torch.zeros(count, dtype=torch.long, device=current.device)
+    judged: torch.Tensor | None = None
+    pending = torch.arange(count, device=current.device)
+    for step in range(spec.refine_steps + 1):
+        x = current[pending]
+        if step < spec.refine_steps:  # a step may follow: keep the graph
+            x.requires_grad_(True)
+            logits = model(x)
+        else:
+            with torch.no_grad():
+                logits = model(x)
+        detached = logits.detach()
+        if judged is None:
+            judged = torch.empty(count, *detached.shape[1:], dtype=detached.dtype, device=detached.device)
+        judged[pending] = detached
+        met = goal_met(detached, labels[pending], targeted)
+        success[pending] = met
+        used[pending] = step
+        missed = ~met
+        if step == spec.refine_steps or not bool(missed.any()):
             break
-        grad = torch.autograd.grad(_loss(logits, labels, targeted), x)[0]
+        # Summed per-image losses: each image's gradient is its own loss's (as one image at a time).
+        loss = F.cross_entropy(logits[missed], labels[pending][missed], reduction="sum")
+        grad = torch.autograd.grad(-loss if targeted else loss, x)[0][missed]
+        pending = pending[missed]
         with torch.no_grad():
+            here, start = current[pending], original[pending]
             if spec.norm == "l2" and spec.method != "cw_l2":
-                moved = original + project(current + _l2_step(grad, spec.step_size) - original, spec)
+                moved = start + project(here + _l2_step(grad, spec.step_size) - start, spec)
             else:
-                moved = current + grad.sign() / 255
-            current = to_lattice(moved, original, spec)
-    return current.detach(), False, spec.refine_steps
+                moved = here + grad.sign() / 255
+            current[pending] = to_lattice(moved, start, spec)
+    assert judged is not None
+    return current.detach(), success, used, judged
