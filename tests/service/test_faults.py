@@ -23,24 +23,9 @@ from nnprobe import SequenceClient
 from nnprobe.api.attention.v1 import attention_pb2, attention_pb2_grpc
 from nnprobe.api.sequence.v1 import sequence_pb2, sequence_pb2_grpc
 from nnprobe.api.vision.v1 import vision_pb2, vision_pb2_grpc
-from nnprobe_services.errors import Cancelled
 
 #: Hang guard for waiting on server-side evidence; never a pass/fail threshold.
 WAIT_SECONDS = 120.0
-
-
-@pytest.fixture
-def stops(monkeypatch) -> list[str]:
-    """Messages of every ``Cancelled`` raised by a server work loop during the test."""
-    messages: list[str] = []
-    original = Cancelled.__init__
-
-    def recording_init(self, *args, **kwargs):
-        messages.append(str(args[0]) if args else "")
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Cancelled, "__init__", recording_init)
-    return messages
 
 
 def wait_for(caplog, pattern: str) -> logging.LogRecord:

@@ -20,7 +20,6 @@ import grpc
 import pytest
 from nnprobe import AttentionClient, NnprobeError
 from nnprobe.api.attention.v1 import attention_pb2, attention_pb2_grpc
-from nnprobe_services.errors import Cancelled
 
 #: Hang guard for waits on server-side evidence; never a pass/fail threshold.
 WAIT_SECONDS = 120.0
@@ -143,20 +142,6 @@ def test_bookkeeping_answers_while_the_compute_pool_is_full(server_factory, ptb_
             assert not release.is_set() and server.compute.admitted == 1
     finally:
         release.set()
-
-
-@pytest.fixture
-def stops(monkeypatch) -> list[str]:
-    """Messages of every ``Cancelled`` raised during the test (the server's work loops raise them)."""
-    messages: list[str] = []
-    original = Cancelled.__init__
-
-    def recording_init(self, *args, **kwargs):
-        messages.append(str(args[0]) if args else "")
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Cancelled, "__init__", recording_init)
-    return messages
 
 
 def repeats_done(stops: list[str]) -> tuple[int, int] | None:
