@@ -219,7 +219,8 @@ def test_remote_transfer_calls_are_capped_within_the_request_deadline():
     from nnprobe_services.vision import transfer
 
     assert transfer.call_timeout(None) == transfer.REMOTE_TIMEOUT_SECONDS
-    assert transfer.call_timeout(3.5) == 3.5
+    assert transfer.call_timeout(3.5) == 3.5 - transfer.ANSWER_MARGIN_SECONDS  # time left to answer
+    assert transfer.call_timeout(transfer.ANSWER_MARGIN_SECONDS / 2) == 0.001  # over at once, never negative
     assert transfer.call_timeout(1e6) == transfer.REMOTE_TIMEOUT_SECONDS
     assert transfer.address_problem("vision-peer:50051") == ""
     assert transfer.address_problem("dns:///vision.nnprobe.svc:50051") == ""
