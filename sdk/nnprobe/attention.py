@@ -123,7 +123,7 @@ class AttentionClient(BaseClient):
             model_dim=model_dim,
             seed=seed,
             heads=heads,
-            scale=scale or 0.0,
+            scale=scale,
             softmax=choice(_SOFTMAX, softmax, "softmax"),
             positional_encoding=choice(_POSITIONAL, positional_encoding, "positional_encoding"),
             causal_mask=causal_mask,
@@ -143,7 +143,7 @@ class AttentionClient(BaseClient):
         return pb.PermutationOptions(
             strategy=choice(_STRATEGY, strategy, "strategy"),
             num_samples=num_samples,
-            tolerance=tolerance or 0.0,
+            tolerance=tolerance,
         )
 
     def check_permutation_equivariance(
@@ -170,6 +170,8 @@ class AttentionClient(BaseClient):
         ``weights`` = (Wq, Wk, Wv), each (D, D), or drawn from ``seed``. ``scale`` defaults to
         sqrt(D/heads). ``softmax``: ``row`` or ``matrix`` (the original notebook's). ``positional_encoding``:
         ``none`` or ``sinusoidal``. ``strategy``: ``auto`` (all T! when T <= 8), ``exhaustive``, ``sampled``.
+        ``tolerance``: relative to max(1, max |s(X)|); None for the server's default (1e-9 in float64,
+        1e-4 in float32), 0 for exact equality. A ``scale`` of 0 or below is refused (INVALID_ARGUMENT).
         """
         request = pb.CheckPermutationEquivarianceRequest(
             attention=self._spec(
@@ -253,6 +255,8 @@ class AttentionClient(BaseClient):
 
         ``widths``: input, hidden..., output (default [D, 4D, D]). ``x``: (B, T, widths[0]) or drawn from
         ``seed``. ``activation``: ``between`` (standard) or ``after_every_layer`` (the notebook's).
+        ``tolerance``: absolute; None for the server's default (1e-6 in float32, 1e-12 in float64), 0 for
+        exact equality.
         """
         request = pb.CheckFeedForwardEquivalenceRequest(
             widths=list(widths),
@@ -262,7 +266,7 @@ class AttentionClient(BaseClient):
             activation=choice(_ACTIVATION, activation, "activation"),
             seed=seed,
             dtype=choice(FLOAT_DTYPES, dtype, "dtype"),
-            tolerance=tolerance or 0.0,
+            tolerance=tolerance,
             timing_repeats=timing_repeats,
         )
         if x is not None:

@@ -30,7 +30,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--refine-steps", type=int, default=0, help="8-bit lattice steps after rounding")
     p.add_argument("--lr", type=float, help="Adam's learning rate (adam, cw_l2)")
     p.add_argument("--model", help="model attacked (default: the server's default)")
-    p.add_argument("--transfer-model", action="append", default=[], help="another local model to check")
+    p.add_argument("--model-version", type=int, default=0, help="repository version (default: the model's)")
+    p.add_argument(
+        "--transfer-model",
+        action="append",
+        default=[],
+        type=_transfer_model,
+        metavar="NAME[:VERSION]",
+        help="another local model to check (a repository version after a colon)",
+    )
     p.add_argument("--transfer-address", action="append", default=[], help="another VisionService to check")
     p.add_argument(
         "--save-dir",
@@ -39,6 +47,26 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     add_client_options(p, "vision")
     p.set_defaults(handler=run_attack, needs=lambda args: ("images",) if args.save_dir else ())
+
+
+def _transfer_model(text: str) -> tuple[str, int]:
+    """``NAME[:VERSION]`` -> (name, version); version 0 (the model's default) when none is named."""
+    name, colon, version = text.rpartition(":")
+    if not colon:
+        return text, 0
+    if not (version.isascii() and version.isdigit()) or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME or NAME:VERSION with a version number")
+    return name, int(version)
+
+
+def _transfer_models(given: list[tuple[str, int]]) -> dict[str, list]:
+    """``--transfer-model`` values as the SDK's ``transfer_models`` and ``transfer_model_versions`` (empty
+    when no version is named)."""
+    versions = [version for _, version in given]
+    return {
+        "transfer_models": [name for name, _ in given],
+        "transfer_model_versions": versions if any(versions) else [],
+    }
 
 
 def run_attack(args: argparse.Namespace) -> int:
@@ -56,7 +84,8 @@ def run_attack(args: argparse.Namespace) -> int:
         "refine_steps": args.refine_steps,
         "learning_rate": args.lr,
         "model": args.model,
-        "transfer_models": args.transfer_model,
+        "model_version": args.model_version,
+        **_transfer_models(args.transfer_model),
         "transfer_addresses": args.transfer_address,
     }
     total = args.steps or {"fgsm": 1, "cw_l2": 100}.get(args.method, 10)

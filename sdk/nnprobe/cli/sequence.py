@@ -32,11 +32,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help=".npz file of weights under PyTorch's names (weight_ih_l0, ...)")
     p.add_argument("--output-size", type=int, default=0, help="add an output layer of this width")
     p.add_argument("--init", choices=INIT_SCHEMES, default="pytorch")
-    p.add_argument("--init-scale", type=float, default=1.0)
+    p.add_argument("--init-scale", type=float, help="multiplies drawn weights (default 1; 0: all zero)")
     p.add_argument("--forget-bias", type=float, default=0.0, help="added to a drawn LSTM forget-gate bias")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
-    p.add_argument("--settle-tolerance", type=float, help="default 1e-6")
+    p.add_argument("--settle-tolerance", type=float, help="default 1e-6; 0: no change at all")
     p.add_argument("--save", help="write hidden states (and cell states, outputs) to this .npz file")
     add_client_options(p, "sequence")
     p.set_defaults(handler=run_forward)
@@ -48,10 +48,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-T", "--sequence-length", type=int, default=50)
     p.add_argument("-D", "--input-size", type=int, default=0, help="default H")
     p.add_argument("--inputs", choices=INPUT_DISTRIBUTIONS, default="normal", help="input distribution")
-    p.add_argument("--input-scale", type=float, default=1.0)
+    p.add_argument("--input-scale", type=float, help="input std or half-width (default 1; 0: zero inputs)")
     p.add_argument("--weights", help=".npz file of weights to analyse (one cell)")
     p.add_argument("--init", choices=INIT_SCHEMES, default="pytorch")
+    p.add_argument("--init-scale", type=float, help="multiplies drawn weights before rescaling (default 1)")
     p.add_argument("--forget-bias", type=float, default=0.0, help="added to the drawn LSTM forget-gate bias")
+    p.add_argument("--regime-tolerance", type=float, help="stable band around 1 (default 0.01)")
     p.add_argument("--random-initial-state", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
@@ -163,7 +165,9 @@ def run_gradients(args: argparse.Namespace) -> int:
                 input_scale=args.input_scale,
                 weights=weights,
                 init=args.init,
+                init_scale=args.init_scale,
                 forget_bias=args.forget_bias,
+                regime_tolerance=args.regime_tolerance,
                 random_initial_state=args.random_initial_state,
                 seed=args.seed,
                 dtype=args.dtype,

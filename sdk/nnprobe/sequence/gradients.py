@@ -93,11 +93,11 @@ class GradientMethods(BaseClient):
         sequence_length: int = 0,
         input_size: int = 0,
         input_distribution: str = "normal",
-        input_scale: float = 1.0,
+        input_scale: float | None = None,
         seed: int = 0,
         weights: Mapping[str, np.ndarray] | None = None,
         init: str = "pytorch",
-        init_scale: float = 1.0,
+        init_scale: float | None = None,
         forget_bias: float = 0.0,
         random_initial_state: bool = False,
         dtype: str | None = None,
@@ -112,6 +112,8 @@ class GradientMethods(BaseClient):
 
         Give ``weights`` (one cell; PyTorch names) to analyse them as they are (``spectral_radii`` empty)
         or rescaled. ``input_distribution``: ``normal``, ``uniform``, ``constant``, ``zero``.
+        ``input_scale`` (None for 1; 0 feeds zeros), ``init_scale`` (None for 1; must be > 0) and
+        ``regime_tolerance`` (None for 0.01; 0 calls only a rate of exactly 1 stable) pass through as given.
         ``plot=True`` returns a PNG of log |dh_T/dh_k| against T - k.
         """
         request = pb.AnalyzeGradientsRequest(
@@ -127,7 +129,7 @@ class GradientMethods(BaseClient):
             init_scale=init_scale,
             forget_bias=forget_bias,
             dtype=choice(FLOAT_DTYPES, dtype, "dtype"),
-            regime_tolerance=regime_tolerance or 0.0,
+            regime_tolerance=regime_tolerance,
             plot=plot,
             random_initial_state=random_initial_state,
         )

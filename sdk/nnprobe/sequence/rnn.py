@@ -52,7 +52,7 @@ class RecurrentMethods(BaseClient):
         weights: Mapping[str, np.ndarray] | None = None,
         no_bias: bool = False,
         init: str = "pytorch",
-        init_scale: float = 1.0,
+        init_scale: float | None = None,
         seed: int = 0,
         output_size: int = 0,
         forget_bias: float = 0.0,
@@ -70,6 +70,8 @@ class RecurrentMethods(BaseClient):
         ``output.weight`` (O, H) / ``output.bias`` (O); otherwise drawn with ``init`` (``pytorch``,
         ``normal``, ``orthogonal``), ``init_scale`` and ``seed`` at ``hidden_size``, with an output layer
         of ``output_size``. ``initial_hidden``/``initial_cell``: (B, H). ``dtype`` defaults to float64.
+        ``init_scale``: None for 1; 0 draws all-zero weights. ``settle_tolerance``: None for 1e-6; 0 counts
+        a sequence as settled only once its state stops changing exactly.
         """
         spec = pb.RecurrentCell(
             cell=choice(CELL_CODES, cell, "cell"),
@@ -88,7 +90,7 @@ class RecurrentMethods(BaseClient):
             cell=spec,
             inputs=tensors.to_tensor(inputs),
             dtype=choice(FLOAT_DTYPES, dtype, "dtype"),
-            settle_tolerance=settle_tolerance or 0.0,
+            settle_tolerance=settle_tolerance,
         )
         if initial_hidden is not None:
             request.initial_hidden.CopyFrom(tensors.to_tensor(initial_hidden))

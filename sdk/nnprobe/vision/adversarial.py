@@ -143,6 +143,8 @@ def _attack_request(
     transfer_models: Sequence[str],
     transfer_addresses: Sequence[str],
     names: Sequence[str] | None,
+    model_version: int = 0,
+    transfer_model_versions: Sequence[int] = (),
 ) -> pb.GenerateAdversarialRequest:
     if method.lower() not in _METHODS:
         raise ValueError(f"method must be one of {list(_METHODS)}, not {method!r}")
@@ -162,6 +164,8 @@ def _attack_request(
         top_k=top_k,
         transfer_models=list(transfer_models),
         transfer_addresses=list(transfer_addresses),
+        model_version=model_version,
+        transfer_model_versions=list(transfer_model_versions),
     )
     if target is not None:
         request.goal = pb.ATTACK_GOAL_TARGETED if not untargeted else request.goal
@@ -209,8 +213,10 @@ class AdversarialMethods(BaseClient):
         cw_c: float | None = None,
         cw_confidence: float = 0.0,
         model: str | None = None,
+        model_version: int = 0,
         top_k: int = 5,
         transfer_models: Sequence[str] = (),
+        transfer_model_versions: Sequence[int] = (),
         transfer_addresses: Sequence[str] = (),
         names: Sequence[str] | None = None,
         timeout: float | _Default | None = DEFAULT,
@@ -220,7 +226,9 @@ class AdversarialMethods(BaseClient):
         ``target``: a class index or label (targeted); or ``untargeted=True``. ``method``: ``adam``,
         ``fgsm``, ``bim``, ``pgd``, ``mi_fgsm``, ``cw_l2``. ``eps`` and ``step_size`` in [0, 1] pixel units
         (``"4/255"`` works). ``transfer_models``/``transfer_addresses``: other local models and other
-        VisionService servers that classify the final images. Closing the iterator cancels the attack.
+        VisionService servers that classify the final images. ``model_version``: the repository version of
+        ``model`` attacked (0: its default version); ``transfer_model_versions``: one repository version per
+        transfer model (0: its default), or empty for every default. Closing the iterator cancels the attack.
         """
         request = _attack_request(
             images,
@@ -244,6 +252,8 @@ class AdversarialMethods(BaseClient):
             transfer_models=transfer_models,
             transfer_addresses=transfer_addresses,
             names=names,
+            model_version=model_version,
+            transfer_model_versions=transfer_model_versions,
         )
         for event in self._stream(self._stub.GenerateAdversarial, request, timeout):
             if event.HasField("progress"):

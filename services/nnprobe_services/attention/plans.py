@@ -44,8 +44,8 @@ class AttentionSpec:
 
     ``x``: (T, D) float32/float64, or None to draw X ~ N(0, 1) of ``sequence_length`` x ``model_dim``
     from ``seed``. ``weights``: (Wq, Wk, Wv) each (D, D), or three None to draw them ~ N(0, 1/D).
-    ``heads``: 0 means 1. ``scale``: 0 means sqrt(D / heads). ``dtype``: ``float32`` or ``float64``, the
-    precision of the whole computation.
+    ``heads``: 0 means 1. ``scale``: None means sqrt(D / heads); given, a finite number > 0. ``dtype``:
+    ``float32`` or ``float64``, the precision of the whole computation.
     """
 
     x: np.ndarray | None = None
@@ -53,7 +53,7 @@ class AttentionSpec:
     model_dim: int = 0
     weights: tuple[np.ndarray | None, ...] = (None, None, None)
     heads: int = 0
-    scale: float = 0.0
+    scale: float | None = None
     softmax: str = "row"
     positional: str = "none"
     causal: bool = False
@@ -65,11 +65,12 @@ class AttentionSpec:
 class PermutationOptions:
     """Which permutations to check: ``strategy`` ``auto`` (exhaustive for T <= 8, else sampled),
     ``exhaustive`` or ``sampled`` (identity, adjacent transpositions and ``num_samples`` random ones, 0 for
-    1000); ``tolerance`` relative to max |reference| (0: 1e-4 in float32, 1e-9 in float64)."""
+    1000); ``tolerance`` relative to max |reference| (None: 1e-4 in float32, 1e-9 in float64; 0: exact
+    equality)."""
 
     strategy: str = "auto"
     num_samples: int = 0
-    tolerance: float = 0.0
+    tolerance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,28 @@ def _positive(value: int, name: str, *, default: int | None = None, maximum: int
     return value
 
 
-def _tolerance(value: float, name: str, default: float) -> float:
+def _tolerance(value: float | None, name: str, default: float) -> float:
+    """A tolerance field: None (unset) means ``default``; 0 is exact equality and is kept."""
+    if value is None:
+        return default
     if not math.isfinite(value) or value < 0:
-        raise InvalidArgument(f"must be a finite number >= 0, got {value}", field=name)
-    return value or default
+        raise InvalidArgument(
+            f"must be a finite number >= 0 (0 asks for exact equality; leave it unset for {default:g}), "
+            f"got {value}",
+            field=name,
+        )
+    return value
+
+
+def _scale(value: float | None) -> float | None:
+    """The score divisor: None (unset) stays None, for sqrt(D / heads); given, it must be finite and > 0."""
+    if value is not None and (not math.isfinite(value) or value <= 0):
+        raise InvalidArgument(
+            f"must be a finite number > 0 (scores are divided by it; leave it unset for sqrt(D/heads)), "
+            f"got {value}",
+            field="attention.scale",
+        )
+    return value
 
 
 def _float_array(array: np.ndarray, name: str) -> None:
@@ -209,10 +228,7 @@ def plan_permutation_check(
         raise InvalidArgument(
             f"must be a positive divisor of model_dim={d}, got {spec.heads}", field="attention.heads"
         )
-    if not math.isfinite(spec.scale) or spec.scale < 0:
-        raise InvalidArgument(
-            f"must be a finite number > 0 (or 0 for sqrt(D/heads)), got {spec.scale}", field="attention.scale"
-        )
+    _scale(spec.scale)
     if spec.softmax not in checks.SOFTMAX_MODES:
         raise InvalidArgument(f"must be one of {list(checks.SOFTMAX_MODES)}", field="attention.softmax")
     if spec.positional not in checks.POSITIONAL_ENCODINGS:
@@ -244,7 +260,7 @@ def _layer_and_input(
         wk,
         wv,
         heads=plan.heads,
-        scale=spec.scale or None,
+        scale=spec.scale,
         softmax=spec.softmax,
         positional=spec.positional,
         causal=spec.causal,
@@ -305,14 +321,14 @@ class FeedForwardSpec:
     ``x``: (B, T, D) float32/float64, or None to draw (``batch_size`` 0 -> 4, ``sequence_length`` 0 -> 16)
     x ``widths[0]`` from ``seed``. ``widths``: layer widths, input first (empty: [D, 4D, D] with D =
     ``model_dim``, 0 -> 64). ``activation``: ``between`` or ``after_every_layer``. ``tolerance``: absolute
-    (0: 1e-6 in float32, 1e-12 in float64). ``timing_repeats``: 0 -> 5, at most 1000.
+    (None: 1e-6 in float32, 1e-12 in float64; 0: exact equality). ``timing_repeats``: 0 -> 5, at most 1000.
     """
 
     x: np.ndarray | None = None
     model_dim: int = 0
     widths: tuple[int, ...] = ()
     activation: str = "between"
-    tolerance: float = 0.0
+    tolerance: float | None = None
     timing_repeats: int = 0
     batch_size: int = 0
     sequence_length: int = 0

@@ -106,7 +106,7 @@ class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
                 for n in weight_names
             ),
             heads=spec.heads,
-            scale=spec.scale,
+            scale=spec.scale if spec.HasField("scale") else None,
             softmax=SOFTMAX[
                 valid.enum_value(spec.softmax, pb.SoftmaxMode, "attention.softmax", pb.SOFTMAX_MODE_ROW)
             ],
@@ -128,7 +128,8 @@ class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
             "permutations.strategy",
             pb.PERMUTATION_STRATEGY_UNSPECIFIED,
         )
-        chosen = plans.PermutationOptions(STRATEGY[strategy], options.num_samples, options.tolerance)
+        tolerance = options.tolerance if options.HasField("tolerance") else None
+        chosen = plans.PermutationOptions(STRATEGY[strategy], options.num_samples, tolerance)
         return plans.plan_permutation_check(attention, chosen, self.limits)
 
     def _feed_forward_spec(self, request: pb.CheckFeedForwardEquivalenceRequest) -> plans.FeedForwardSpec:
@@ -141,7 +142,7 @@ class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
             model_dim=request.model_dim,
             widths=tuple(request.widths),
             activation=ACTIVATION[activation],
-            tolerance=request.tolerance,
+            tolerance=request.tolerance if request.HasField("tolerance") else None,
             timing_repeats=request.timing_repeats,
             batch_size=request.batch_size,
             sequence_length=request.sequence_length,

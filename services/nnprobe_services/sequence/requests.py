@@ -18,7 +18,7 @@ from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 
 from nnprobe_services.errors import InvalidArgument, ResourceExhausted
 from nnprobe_services.sequence import gradients, rnn
-from nnprobe_services.sequence.weights import WeightReader, gate_rows, positive_scale
+from nnprobe_services.sequence.weights import WeightReader, gate_rows, scale_factor
 from nnprobe_services.server import validation as valid
 
 CELLS: dict[int, str] = {
@@ -114,7 +114,7 @@ class RequestReader(WeightReader):
         c0 = self._state(request, "initial_cell", batch, hidden)
         if c0 is not None and kind != "lstm":
             raise InvalidArgument("is only used by CELL_TYPE_LSTM", field="initial_cell")
-        tolerance = valid.finite_non_negative(request.settle_tolerance, "settle_tolerance") or 1e-6
+        tolerance = valid.tolerance(valid.optional(request, "settle_tolerance"), "settle_tolerance", 1e-6)
         given = _finite_in(
             dtype, {k: v for k, v in (("initial_hidden", h0), ("initial_cell", c0)) if v is not None}
         )
@@ -130,8 +130,8 @@ class RequestReader(WeightReader):
         dtype = TORCH_DTYPES[valid.float_dtype(request.dtype, "dtype", common_pb2.DTYPE_FLOAT64)]
         kinds, targets = self._gradient_runs(request)
         steps = valid.positive(request.sequence_length, "sequence_length", maximum=MAX_SEQUENCE_LENGTH)
-        scale = positive_scale(request.input_scale, "input_scale")
-        tolerance = valid.finite_non_negative(request.regime_tolerance, "regime_tolerance") or 0.01
+        scale = scale_factor(valid.optional(request, "input_scale"), "input_scale")
+        tolerance = valid.tolerance(valid.optional(request, "regime_tolerance"), "regime_tolerance", 0.01)
         distribution = INPUTS[
             valid.enum_value(
                 request.input_distribution,
@@ -226,10 +226,12 @@ class RequestReader(WeightReader):
             limit = self.config.max_tensor_elements
             hidden = valid.positive(request.hidden_size, "hidden_size", maximum=limit)
             width = valid.positive(request.input_size, "input_size", default=hidden, maximum=limit)
+            # 0 would draw a zero W_hh, which no spectral radius can be rescaled to.
+            init_scale = scale_factor(valid.optional(request, "init_scale"), "init_scale", zero=False)
             spec = pb.RecurrentCell(
                 hidden_size=hidden,
                 init=request.init,
-                init_scale=request.init_scale,
+                init_scale=init_scale,
                 seed=request.seed,
                 forget_bias=request.forget_bias,
             )

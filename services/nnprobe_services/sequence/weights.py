@@ -50,7 +50,7 @@ class WeightReader:
         if output_size < 0:
             raise InvalidArgument(f"must be >= 0, got {output_size}", field=f"{prefix}output_size")
         self._check_weight_budget(kind, input_size, hidden, output_size, f"{prefix}hidden_size")
-        scale = positive_scale(spec.init_scale, f"{prefix}init_scale")
+        scale = scale_factor(valid.optional(spec, "init_scale"), f"{prefix}init_scale")
         if not math.isfinite(spec.forget_bias):
             raise InvalidArgument(f"must be finite, got {spec.forget_bias}", field=f"{prefix}forget_bias")
         scheme = INIT[valid.enum_value(spec.init, pb.InitScheme, f"{prefix}init", pb.INIT_SCHEME_PYTORCH)]
@@ -144,8 +144,14 @@ def gate_rows(kind: str, hidden: int) -> int:
     return rnn.GATES[kind] * hidden
 
 
-def positive_scale(value: float, field: str) -> float:
-    """A scale factor field: finite and >= 0, where 0 means 1."""
-    if not math.isfinite(value) or value < 0:
-        raise InvalidArgument(f"must be a finite number > 0 (or 0 for 1), got {value}", field=field)
-    return value or 1.0
+def scale_factor(value: float | None, field: str, *, zero: bool = True) -> float:
+    """A scale factor field: None (unset) means 1; given, it must be finite and >= 0 (> 0 when ``zero`` is
+    false, for a scale that 0 would make meaningless). Raises ``InvalidArgument`` naming ``field``."""
+    if value is None:
+        return 1.0
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        bound = ">= 0" if zero else "> 0"
+        raise InvalidArgument(
+            f"must be a finite number {bound} (leave it unset for 1), got {value}", field=field
+        )
+    return value

@@ -61,9 +61,28 @@ def positive(value: int, field: str, *, default: int | None = None, maximum: int
 
 
 def finite_non_negative(value: float, field: str) -> float:
-    """A float field that must be finite and >= 0 (0 usually means "use the default")."""
+    """A float field that must be finite and >= 0, 0 included."""
     if not math.isfinite(value) or value < 0:
         raise InvalidArgument(f"must be a finite number >= 0, got {value}", field=field)
+    return value
+
+
+def optional(message: Any, name: str) -> Any:
+    """The value of the proto3 ``optional`` field ``name`` of ``message``, or None when it is unset (so that
+    an explicit 0 stays 0 and only an absent field takes the default)."""
+    return getattr(message, name) if message.HasField(name) else None
+
+
+def tolerance(value: float | None, field: str, default: float) -> float:
+    """A tolerance field: None (unset) means ``default``; given, it must be finite and >= 0, and 0 (exact)
+    is kept. Raises ``InvalidArgument`` naming ``field``."""
+    if value is None:
+        return default
+    if not math.isfinite(value) or value < 0:
+        raise InvalidArgument(
+            f"must be a finite number >= 0 (0 is exact; leave it unset for {default:g}), got {value}",
+            field=field,
+        )
     return value
 
 

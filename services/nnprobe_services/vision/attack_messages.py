@@ -126,6 +126,22 @@ def check_transfer_targets(request: pb.GenerateAdversarialRequest) -> None:
             raise InvalidArgument(problem, field=f"transfer_addresses[{i}]")
 
 
+def transfer_versions(request: pb.GenerateAdversarialRequest) -> list[int]:
+    """One repository version per transfer model (0: its default): ``transfer_model_versions`` as given,
+    or zeros when it is empty. Raises ``InvalidArgument`` when its length is neither 0 nor that of
+    ``transfer_models``."""
+    given, models = list(request.transfer_model_versions), request.transfer_models
+    if not given:
+        return [0] * len(models)
+    if len(given) != len(models):
+        raise InvalidArgument(
+            f"has {len(given)} entries for {len(models)} transfer models: give one per transfer model "
+            "(0 for a default version) or none",
+            field="transfer_model_versions",
+        )
+    return given
+
+
 # -- responses -------------------------------------------------------------------------------------------
 def score(value: ClassScore) -> pb.ClassScore:
     return pb.ClassScore(index=value.index, label=value.label, probability=value.probability)

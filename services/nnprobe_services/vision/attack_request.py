@@ -16,8 +16,9 @@ from nnprobe_services.vision.images import ImageInput, ImageLimits
 
 @dataclass(frozen=True)
 class AttackRequest:
-    """``model`` and ``transfer_models``: keys of ``models.records()``. ``target`` None: untargeted.
-    ``top_k``: classes listed before and after the attack."""
+    """``model`` and ``transfer_models``: keys of ``models.records()`` or repository names. ``version`` and
+    ``transfer_versions`` (one per transfer model): a repository version, None for the default version.
+    ``target`` None: untargeted. ``top_k``: classes listed before and after the attack."""
 
     model: str
     images: list[ImageInput]
@@ -26,6 +27,8 @@ class AttackRequest:
     top_k: int
     limits: ImageLimits
     transfer_models: list[str] = field(default_factory=list)
+    version: int | None = None
+    transfer_versions: list[int | None] = field(default_factory=list)
 
 
 @dataclass
@@ -52,7 +55,7 @@ def run(
     """
     prep = models_store.describe(request.model)[0].preprocessing
     pixels = attacks.quantize(images.model_inputs(request.images, prep, request.limits, skip_resize=False))
-    model = load_model(models_store, request.model)
+    model = load_model(models_store, request.model, request.version)
     targeted = request.target is not None
     iteration = 0
     events = adversarial.generate(
@@ -64,8 +67,9 @@ def run(
                 iteration = event.iteration
                 yield event
                 continue
-            for name in request.transfer_models:
-                event.transfers.append(_local_transfer(models_store, name, event, targeted))
+            versions = request.transfer_versions or [None] * len(request.transfer_models)
+            for name, version in zip(request.transfer_models, versions, strict=True):
+                event.transfers.append(_local_transfer(models_store, name, version, event, targeted))
             yield AttackResult(event, adversarial.png(event.original), adversarial.png(event.adversarial))
     except Cancelled as error:
         on_stop(error.done if error.done is not None else iteration)
@@ -78,10 +82,10 @@ def run(
 
 
 def _local_transfer(
-    models_store: store.ModelStore, name: str, result: AdversarialImage, targeted: bool
+    models_store: store.ModelStore, name: str, version: int | None, result: AdversarialImage, targeted: bool
 ) -> Transfer:
     try:
-        other = models_store.get(name)
+        other = models_store.get(name, version)
     except (models.WeightsMissing, ServiceError) as error:
         return Transfer(name, "", None, False, str(error))
     return adversarial.local_transfer(other, result, targeted)

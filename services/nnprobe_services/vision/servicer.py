@@ -238,8 +238,16 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             for i, o in enumerate(request.transfer_models)
         ]
         attack_messages.check_transfer_targets(request)
+        version = self.models.version(name, request.model_version, "model_version")
+        versions = attack_messages.transfer_versions(request)
+        transfer_versions = [
+            self.models.version(other, v, f"transfer_model_versions[{i}]")
+            for i, (other, v) in enumerate(zip(others, versions, strict=True))
+        ]
         images.count_images(len(request.images), "images", self.config.batch_queue_size)
-        return attack_request.AttackRequest(name, [], target, spec, top_k, self.limits, others)
+        return attack_request.AttackRequest(
+            name, [], target, spec, top_k, self.limits, others, version, transfer_versions
+        )
 
     # -- transfer checks on other servers ------------------------------------------------------------
     async def _remote_transfer(

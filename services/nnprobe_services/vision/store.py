@@ -221,6 +221,25 @@ class ModelStore:
         return removed
 
     # -- loading ---------------------------------------------------------------------------------------
+    def version(self, name: str, version: int, field: str) -> int | None:
+        """Request field ``field`` as a repository version of model ``name``: None for 0 (its default
+        version), checked without loading anything.
+
+        Raises ``InvalidArgument`` on ``field`` for a negative version or one given for a built-in model, and
+        ``NotFound`` for a version the repository does not hold.
+        """
+        if version < 0:
+            raise InvalidArgument(f"must be >= 0, got {version}", field=field)
+        if not version:
+            return None
+        if self.is_builtin(name) or self.repository is None:
+            raise InvalidArgument(f"built-in model {name!r} has no repository versions; give 0", field=field)
+        entry = self.repository.get(name, field)
+        if all(v.version != version for v in entry.versions):
+            have = ", ".join(str(v.version) for v in entry.versions)
+            raise NotFound(f"model {name!r} has no version {version}; it has {have}", field=field)
+        return version
+
     def get(self, name: str, version: int | None = None, field: str = "model") -> LoadedModel:
         """The loaded model ``name`` (a repository ``version``, default its default version).
 

@@ -191,7 +191,9 @@ class SelfAttention(_message.Message):
     heads: _builtins.int
     """Number of heads; 0 means 1. Must divide D."""
     scale: _builtins.float
-    """Scores are divided by this. 0 means sqrt(D / heads). The original notebook used 2."""
+    """Scores are divided by this; unset means sqrt(D / heads). The original notebook used 2. When set it must
+    be a finite number > 0 (0 is refused: scores cannot be divided by it).
+    """
     softmax: Global___SoftmaxMode.ValueType
     """Row-wise (standard) or whole-matrix softmax."""
     positional_encoding: Global___PositionalEncoding.ValueType
@@ -233,17 +235,19 @@ class SelfAttention(_message.Message):
         w_key: _common_pb2.Tensor | None = ...,
         w_value: _common_pb2.Tensor | None = ...,
         heads: _builtins.int = ...,
-        scale: _builtins.float = ...,
+        scale: _builtins.float | None = ...,
         softmax: Global___SoftmaxMode.ValueType = ...,
         positional_encoding: Global___PositionalEncoding.ValueType = ...,
         causal_mask: _builtins.bool = ...,
         dtype: _common_pb2.DType.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["w_key", b"w_key", "w_query", b"w_query", "w_value", b"w_value", "x", b"x"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_scale", b"_scale", "scale", b"scale", "w_key", b"w_key", "w_query", b"w_query", "w_value", b"w_value", "x", b"x"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["causal_mask", b"causal_mask", "dtype", b"dtype", "heads", b"heads", "model_dim", b"model_dim", "positional_encoding", b"positional_encoding", "scale", b"scale", "seed", b"seed", "sequence_length", b"sequence_length", "softmax", b"softmax", "w_key", b"w_key", "w_query", b"w_query", "w_value", b"w_value", "x", b"x"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_scale", b"_scale", "causal_mask", b"causal_mask", "dtype", b"dtype", "heads", b"heads", "model_dim", b"model_dim", "positional_encoding", b"positional_encoding", "scale", b"scale", "seed", b"seed", "sequence_length", b"sequence_length", "softmax", b"softmax", "w_key", b"w_key", "w_query", b"w_query", "w_value", b"w_value", "x", b"x"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__scale: _TypeAlias = _typing.Literal["scale"]  # noqa: Y015
+    _WhichOneofArgType__scale: _TypeAlias = _typing.Literal["_scale", b"_scale"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__scale) -> _WhichOneofReturnType__scale | None: ...
 
 Global___SelfAttention: _TypeAlias = SelfAttention  # noqa: Y015
 
@@ -261,21 +265,23 @@ class PermutationOptions(_message.Message):
     num_samples: _builtins.int
     """Number of random permutations when sampling; 0 means 1000. Bounded by the server's limit."""
     tolerance: _builtins.float
-    """The check holds when every deviation is <= tolerance * max(1, max |s(X)|). 0 means 1e-9 for float64
-    and 1e-4 for float32.
+    """The check holds when every deviation is <= tolerance * max(1, max |s(X)|). Unset means 1e-9 for
+    float64 and 1e-4 for float32; 0 asks for exact equality. Finite and >= 0.
     """
     def __init__(
         self,
         *,
         strategy: Global___PermutationStrategy.ValueType = ...,
         num_samples: _builtins.int = ...,
-        tolerance: _builtins.float = ...,
+        tolerance: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tolerance", b"_tolerance", "tolerance", b"tolerance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["num_samples", b"num_samples", "strategy", b"strategy", "tolerance", b"tolerance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tolerance", b"_tolerance", "num_samples", b"num_samples", "strategy", b"strategy", "tolerance", b"tolerance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__tolerance: _TypeAlias = _typing.Literal["tolerance"]  # noqa: Y015
+    _WhichOneofArgType__tolerance: _TypeAlias = _typing.Literal["_tolerance", b"_tolerance"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tolerance) -> _WhichOneofReturnType__tolerance | None: ...
 
 Global___PermutationOptions: _TypeAlias = PermutationOptions  # noqa: Y015
 
@@ -488,7 +494,9 @@ class CheckFeedForwardEquivalenceRequest(_message.Message):
     dtype: _common_pb2.DType.ValueType
     """DTYPE_FLOAT32 or DTYPE_FLOAT64; unspecified means float32."""
     tolerance: _builtins.float
-    """Equivalent when max_deviation <= tolerance. 0 means 1e-6 for float32 and 1e-12 for float64."""
+    """Equivalent when max_deviation <= tolerance. Unset means 1e-6 for float32 and 1e-12 for float64; 0 asks
+    for exact equality. Finite and >= 0.
+    """
     timing_repeats: _builtins.int
     """Forward passes timed per implementation (the median is reported); 0 means 5."""
     @_builtins.property
@@ -512,14 +520,16 @@ class CheckFeedForwardEquivalenceRequest(_message.Message):
         activation: Global___ActivationPlacement.ValueType = ...,
         seed: _builtins.int = ...,
         dtype: _common_pb2.DType.ValueType = ...,
-        tolerance: _builtins.float = ...,
+        tolerance: _builtins.float | None = ...,
         timing_repeats: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["x", b"x"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tolerance", b"_tolerance", "tolerance", b"tolerance", "x", b"x"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation", b"activation", "batch_size", b"batch_size", "dtype", b"dtype", "model_dim", b"model_dim", "seed", b"seed", "sequence_length", b"sequence_length", "timing_repeats", b"timing_repeats", "tolerance", b"tolerance", "widths", b"widths", "x", b"x"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tolerance", b"_tolerance", "activation", b"activation", "batch_size", b"batch_size", "dtype", b"dtype", "model_dim", b"model_dim", "seed", b"seed", "sequence_length", b"sequence_length", "timing_repeats", b"timing_repeats", "tolerance", b"tolerance", "widths", b"widths", "x", b"x"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__tolerance: _TypeAlias = _typing.Literal["tolerance"]  # noqa: Y015
+    _WhichOneofArgType__tolerance: _TypeAlias = _typing.Literal["_tolerance", b"_tolerance"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tolerance) -> _WhichOneofReturnType__tolerance | None: ...
 
 Global___CheckFeedForwardEquivalenceRequest: _TypeAlias = CheckFeedForwardEquivalenceRequest  # noqa: Y015
 

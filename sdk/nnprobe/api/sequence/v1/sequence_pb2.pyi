@@ -406,7 +406,9 @@ class RecurrentCell(_message.Message):
     init: Global___InitScheme.ValueType
     """How to draw the weights when `weights` is empty."""
     init_scale: _builtins.float
-    """Multiplies the drawn weights; 0 means 1."""
+    """Multiplies the drawn weights; unset means 1. Finite and >= 0; 0 draws all-zero weights and biases
+    (before `forget_bias` is added).
+    """
     seed: _builtins.int
     """Seed for the drawn weights."""
     output_size: _builtins.int
@@ -434,16 +436,18 @@ class RecurrentCell(_message.Message):
         no_bias: _builtins.bool = ...,
         weights: _abc.Mapping[_builtins.str, _common_pb2.Tensor] | None = ...,
         init: Global___InitScheme.ValueType = ...,
-        init_scale: _builtins.float = ...,
+        init_scale: _builtins.float | None = ...,
         seed: _builtins.int = ...,
         output_size: _builtins.int = ...,
         forget_bias: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_init_scale", b"_init_scale", "init_scale", b"init_scale"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell", b"cell", "forget_bias", b"forget_bias", "hidden_size", b"hidden_size", "init", b"init", "init_scale", b"init_scale", "input_size", b"input_size", "no_bias", b"no_bias", "output_size", b"output_size", "seed", b"seed", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_init_scale", b"_init_scale", "cell", b"cell", "forget_bias", b"forget_bias", "hidden_size", b"hidden_size", "init", b"init", "init_scale", b"init_scale", "input_size", b"input_size", "no_bias", b"no_bias", "output_size", b"output_size", "seed", b"seed", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__init_scale: _TypeAlias = _typing.Literal["init_scale"]  # noqa: Y015
+    _WhichOneofArgType__init_scale: _TypeAlias = _typing.Literal["_init_scale", b"_init_scale"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__init_scale) -> _WhichOneofReturnType__init_scale | None: ...
 
 Global___RecurrentCell: _TypeAlias = RecurrentCell  # noqa: Y015
 
@@ -463,7 +467,7 @@ class RunRecurrentRequest(_message.Message):
     """DTYPE_FLOAT32 or DTYPE_FLOAT64; unspecified means float64. Given tensors are converted to it."""
     settle_tolerance: _builtins.float
     """A sequence has settled from the first step after which every change |h_t - h_(t-1)| is at most
-    this. 0 means 1e-6.
+    this. Unset means 1e-6; 0 asks for no change at all. Finite and >= 0.
     """
     @_builtins.property
     def cell(self) -> Global___RecurrentCell:
@@ -489,13 +493,15 @@ class RunRecurrentRequest(_message.Message):
         initial_hidden: _common_pb2.Tensor | None = ...,
         initial_cell: _common_pb2.Tensor | None = ...,
         dtype: _common_pb2.DType.ValueType = ...,
-        settle_tolerance: _builtins.float = ...,
+        settle_tolerance: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cell", b"cell", "initial_cell", b"initial_cell", "initial_hidden", b"initial_hidden", "inputs", b"inputs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_settle_tolerance", b"_settle_tolerance", "cell", b"cell", "initial_cell", b"initial_cell", "initial_hidden", b"initial_hidden", "inputs", b"inputs", "settle_tolerance", b"settle_tolerance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell", b"cell", "dtype", b"dtype", "initial_cell", b"initial_cell", "initial_hidden", b"initial_hidden", "inputs", b"inputs", "settle_tolerance", b"settle_tolerance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_settle_tolerance", b"_settle_tolerance", "cell", b"cell", "dtype", b"dtype", "initial_cell", b"initial_cell", "initial_hidden", b"initial_hidden", "inputs", b"inputs", "settle_tolerance", b"settle_tolerance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__settle_tolerance: _TypeAlias = _typing.Literal["settle_tolerance"]  # noqa: Y015
+    _WhichOneofArgType__settle_tolerance: _TypeAlias = _typing.Literal["_settle_tolerance", b"_settle_tolerance"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__settle_tolerance) -> _WhichOneofReturnType__settle_tolerance | None: ...
 
 Global___RunRecurrentRequest: _TypeAlias = RunRecurrentRequest  # noqa: Y015
 
@@ -632,19 +638,25 @@ class AnalyzeGradientsRequest(_message.Message):
     input_distribution: Global___InputDistribution.ValueType
     """How the inputs are drawn."""
     input_scale: _builtins.float
-    """Standard deviation (normal, constant) or half-width (uniform) of the inputs; 0 means 1."""
+    """Standard deviation (normal, constant) or half-width (uniform) of the inputs; unset means 1. Finite and
+    >= 0; 0 gives x_t = 0 at every step (as INPUT_DISTRIBUTION_ZERO).
+    """
     seed: _builtins.int
     """Seed for the weights, the inputs and the initial state."""
     init: Global___InitScheme.ValueType
     """How to draw the weights when none are given."""
     init_scale: _builtins.float
-    """Multiplies the drawn weights before the rescaling to rho; 0 means 1."""
+    """Multiplies the drawn weights before the rescaling to rho; unset means 1. When set it must be a finite
+    number > 0 (0 is refused: a zero W_hh cannot be rescaled to a spectral radius).
+    """
     forget_bias: _builtins.float
     """Added to the drawn LSTM forget-gate bias (see RecurrentCell.forget_bias)."""
     dtype: _common_pb2.DType.ValueType
     """DTYPE_FLOAT32 or DTYPE_FLOAT64; unspecified means float64."""
     regime_tolerance: _builtins.float
-    """Half-width of the band around a per-step rate of 1 called stable; 0 means 0.01."""
+    """Half-width of the band around a per-step rate of 1 called stable; unset means 0.01; 0 calls only a
+    rate of exactly 1 stable. Finite and >= 0.
+    """
     plot: _builtins.bool
     """When true, the response carries a PNG of log |dh_T/dh_k| against T - k."""
     random_initial_state: _builtins.bool
@@ -672,23 +684,34 @@ class AnalyzeGradientsRequest(_message.Message):
         input_size: _builtins.int = ...,
         sequence_length: _builtins.int = ...,
         input_distribution: Global___InputDistribution.ValueType = ...,
-        input_scale: _builtins.float = ...,
+        input_scale: _builtins.float | None = ...,
         seed: _builtins.int = ...,
         spectral_radii: _abc.Iterable[_builtins.float] | None = ...,
         weights: _abc.Mapping[_builtins.str, _common_pb2.Tensor] | None = ...,
         init: Global___InitScheme.ValueType = ...,
-        init_scale: _builtins.float = ...,
+        init_scale: _builtins.float | None = ...,
         forget_bias: _builtins.float = ...,
         dtype: _common_pb2.DType.ValueType = ...,
-        regime_tolerance: _builtins.float = ...,
+        regime_tolerance: _builtins.float | None = ...,
         plot: _builtins.bool = ...,
         random_initial_state: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_init_scale", b"_init_scale", "_input_scale", b"_input_scale", "_regime_tolerance", b"_regime_tolerance", "init_scale", b"init_scale", "input_scale", b"input_scale", "regime_tolerance", b"regime_tolerance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "dtype", b"dtype", "forget_bias", b"forget_bias", "hidden_size", b"hidden_size", "init", b"init", "init_scale", b"init_scale", "input_distribution", b"input_distribution", "input_scale", b"input_scale", "input_size", b"input_size", "plot", b"plot", "random_initial_state", b"random_initial_state", "regime_tolerance", b"regime_tolerance", "seed", b"seed", "sequence_length", b"sequence_length", "spectral_radii", b"spectral_radii", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_init_scale", b"_init_scale", "_input_scale", b"_input_scale", "_regime_tolerance", b"_regime_tolerance", "cells", b"cells", "dtype", b"dtype", "forget_bias", b"forget_bias", "hidden_size", b"hidden_size", "init", b"init", "init_scale", b"init_scale", "input_distribution", b"input_distribution", "input_scale", b"input_scale", "input_size", b"input_size", "plot", b"plot", "random_initial_state", b"random_initial_state", "regime_tolerance", b"regime_tolerance", "seed", b"seed", "sequence_length", b"sequence_length", "spectral_radii", b"spectral_radii", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__init_scale: _TypeAlias = _typing.Literal["init_scale"]  # noqa: Y015
+    _WhichOneofArgType__init_scale: _TypeAlias = _typing.Literal["_init_scale", b"_init_scale"]  # noqa: Y015
+    _WhichOneofReturnType__input_scale: _TypeAlias = _typing.Literal["input_scale"]  # noqa: Y015
+    _WhichOneofArgType__input_scale: _TypeAlias = _typing.Literal["_input_scale", b"_input_scale"]  # noqa: Y015
+    _WhichOneofReturnType__regime_tolerance: _TypeAlias = _typing.Literal["regime_tolerance"]  # noqa: Y015
+    _WhichOneofArgType__regime_tolerance: _TypeAlias = _typing.Literal["_regime_tolerance", b"_regime_tolerance"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__init_scale) -> _WhichOneofReturnType__init_scale | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__input_scale) -> _WhichOneofReturnType__input_scale | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__regime_tolerance) -> _WhichOneofReturnType__regime_tolerance | None: ...
 
 Global___AnalyzeGradientsRequest: _TypeAlias = AnalyzeGradientsRequest  # noqa: Y015
 

@@ -1698,6 +1698,8 @@ class GenerateAdversarialRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _builtins.int
     TRANSFER_MODELS_FIELD_NUMBER: _builtins.int
     TRANSFER_ADDRESSES_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    TRANSFER_MODEL_VERSIONS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model attacked; empty means the default model."""
     goal: Global___AttackGoal.ValueType
@@ -1730,6 +1732,8 @@ class GenerateAdversarialRequest(_message.Message):
     """CW_L2's confidence (kappa); default 0."""
     top_k: _builtins.int
     """Classes reported for the original and final images; 0 means 5."""
+    model_version: _builtins.int
+    """Repository version of `model` to attack; 0 means its default version (built-in models have none)."""
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]:
         """The images (as in Classify). Each is resized and centre-cropped to the model's input size and
@@ -1748,6 +1752,13 @@ class GenerateAdversarialRequest(_message.Message):
     def transfer_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Addresses of other VisionService servers to classify the final images with, through the SDK, with
         this call's deadline and bearer token.
+        """
+
+    @_builtins.property
+    def transfer_model_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Repository versions of `transfer_models`, in the same order: empty means every default version;
+        otherwise one entry per transfer model, 0 meaning that model's default version (and the only value a
+        built-in model takes).
         """
 
     def __init__(
@@ -1773,10 +1784,12 @@ class GenerateAdversarialRequest(_message.Message):
         top_k: _builtins.int = ...,
         transfer_models: _abc.Iterable[_builtins.str] | None = ...,
         transfer_addresses: _abc.Iterable[_builtins.str] | None = ...,
+        model_version: _builtins.int = ...,
+        transfer_model_versions: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cw_c", b"_cw_c", "_early_stop", b"_early_stop", "_epsilon", b"_epsilon", "_learning_rate", b"_learning_rate", "_momentum_decay", b"_momentum_decay", "_random_start", b"_random_start", "_step_size", b"_step_size", "cw_c", b"cw_c", "early_stop", b"early_stop", "epsilon", b"epsilon", "learning_rate", b"learning_rate", "momentum_decay", b"momentum_decay", "random_start", b"random_start", "step_size", b"step_size", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cw_c", b"_cw_c", "_early_stop", b"_early_stop", "_epsilon", b"_epsilon", "_learning_rate", b"_learning_rate", "_momentum_decay", b"_momentum_decay", "_random_start", b"_random_start", "_step_size", b"_step_size", "cw_c", b"cw_c", "cw_confidence", b"cw_confidence", "early_stop", b"early_stop", "epsilon", b"epsilon", "goal", b"goal", "images", b"images", "learning_rate", b"learning_rate", "method", b"method", "model", b"model", "momentum_decay", b"momentum_decay", "norm", b"norm", "random_start", b"random_start", "refine_steps", b"refine_steps", "seed", b"seed", "step_size", b"step_size", "steps", b"steps", "target", b"target", "top_k", b"top_k", "transfer_addresses", b"transfer_addresses", "transfer_models", b"transfer_models"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cw_c", b"_cw_c", "_early_stop", b"_early_stop", "_epsilon", b"_epsilon", "_learning_rate", b"_learning_rate", "_momentum_decay", b"_momentum_decay", "_random_start", b"_random_start", "_step_size", b"_step_size", "cw_c", b"cw_c", "cw_confidence", b"cw_confidence", "early_stop", b"early_stop", "epsilon", b"epsilon", "goal", b"goal", "images", b"images", "learning_rate", b"learning_rate", "method", b"method", "model", b"model", "model_version", b"model_version", "momentum_decay", b"momentum_decay", "norm", b"norm", "random_start", b"random_start", "refine_steps", b"refine_steps", "seed", b"seed", "step_size", b"step_size", "steps", b"steps", "target", b"target", "top_k", b"top_k", "transfer_addresses", b"transfer_addresses", "transfer_model_versions", b"transfer_model_versions", "transfer_models", b"transfer_models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cw_c: _TypeAlias = _typing.Literal["cw_c"]  # noqa: Y015
     _WhichOneofArgType__cw_c: _TypeAlias = _typing.Literal["_cw_c", b"_cw_c"]  # noqa: Y015
