@@ -333,3 +333,40 @@ def test_a_dependent_option_alone_is_refused(command, option, recorders, inputs,
     needed = REQUIRES[(command, option)][0]
     assert status != 0 and f"{option} goes with {needed}" in errors
     assert not first.take()  # refused before any request
+
+
+#: Options whose 0 is a value, not "the default": (command, option) -> the path of the field it sets.
+ZERO_IS_A_VALUE = {
+    ("attention equivariance", "--tolerance"): "permutations.tolerance",
+    ("attention pooling", "--tolerance"): "permutations.tolerance",
+    ("attention ffn", "--tolerance"): "tolerance",
+    ("rnn forward", "--init-scale"): "cell.init_scale",
+    ("rnn forward", "--settle-tolerance"): "settle_tolerance",
+    ("rnn gradients", "--input-scale"): "input_scale",
+    ("rnn gradients", "--regime-tolerance"): "regime_tolerance",
+    ("attention equivariance", "--scale"): "attention.scale",
+    ("rnn gradients", "--init-scale"): "init_scale",
+}
+
+
+@pytest.mark.parametrize(("command", "option"), sorted(ZERO_IS_A_VALUE))
+def test_an_explicit_zero_is_sent_as_set_and_leaving_it_out_leaves_it_unset(
+    command, option, recorders, inputs, monkeypatch
+):
+    (first, _), (address, _) = recorders
+    for variable in ("NNPROBE_VISION_ADDR", "NNPROBE_SEQUENCE_ADDR", "NNPROBE_ATTENTION_ADDR"):
+        monkeypatch.setenv(variable, address)
+    *parents, name = ZERO_IS_A_VALUE[(command, option)].split(".")
+
+    def holder(call: Call):
+        message = call.messages[0]
+        for part in parents:
+            message = getattr(message, part)
+        return message
+
+    _run(command, [*BASE[command], option, "0"], inputs)
+    (sent,) = first.take()
+    assert holder(sent).HasField(name) and getattr(holder(sent), name) == 0.0
+    _run(command, BASE[command], inputs)
+    (sent,) = first.take()
+    assert not holder(sent).HasField(name)
