@@ -9,13 +9,13 @@ own (``/layer1/layer1.0/conv1/Conv``); the module path is read from them where t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from nnprobe_services.vision.receptive_field import InvalidSpec, Unsupported, Window
 from nnprobe_services.vision.rf_ir import Capture, GraphNode
+from nnprobe_services.vision.rf_onnx_tensors import attributes, check_embedded, constant_value, tensor_array
 
 #: Largest ONNX model accepted (bytes); the request message limit applies first.
 MAX_ONNX_BYTES = 256 * 1024 * 1024
@@ -31,12 +31,6 @@ SHAPE_ONLY = {"Shape", "Size"}  # outputs that do not depend on the input's valu
 #: Largest constant computed while folding shape arithmetic (elements per output); a node whose output is
 #: larger, or of a size shape inference cannot tell, is left unevaluated.
 MAX_FOLDED_ELEMENTS = 1 << 20
-
-
-def _attributes(node: Any) -> dict[str, Any]:
-    import onnx
-
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _module(name: str) -> str:
@@ -80,69 +74,6 @@ def _windows(
     return result[0], result[1]
 
 
-def _tensors(graph: Any) -> Iterator[Any]:
-    """Every tensor a graph holds: initializers and tensor attributes, subgraphs' included."""
-    import onnx
-
-    yield from graph.initializer
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.TENSOR:
-                yield attribute.t
-            elif attribute.type == onnx.AttributeProto.SPARSE_TENSOR:
-                yield attribute.sparse_tensor.values
-                yield attribute.sparse_tensor.indices
-            yield from attribute.tensors
-            for sparse in attribute.sparse_tensors:
-                yield sparse.values
-                yield sparse.indices
-            for subgraph in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
-                yield from _tensors(subgraph)
-
-
-def _check_embedded(graph: Any) -> None:
-    """A model sent as bytes must hold its tensors itself: external data would be read from the server's
-    own files."""
-    import onnx
-
-    for tensor in _tensors(graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
-            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-            raise InvalidSpec(
-                f"tensor {tensor.name!r} refers to external data ({location!r}); an ONNX model sent in the "
-                f"request must hold all its tensors",
-                field="model.onnx",
-            )
-
-
-def _array(tensor: Any, what: str) -> np.ndarray:
-    """The values of an embedded ``TensorProto``; ``InvalidSpec`` when they do not match its type and
-    shape."""
-    import onnx
-
-    try:
-        return np.asarray(onnx.numpy_helper.to_array(tensor))
-    except Exception as error:  # client bytes: sizes, types or data that do not agree
-        raise InvalidSpec(
-            f"{what} {tensor.name!r} cannot be read: {type(error).__name__}: {str(error).strip()[:200]}",
-            field="model.onnx",
-        ) from None
-
-
-def _constant_value(node: Any) -> np.ndarray | None:
-    """The value of a ``Constant`` node, or None for a form that is not read (strings, sparse)."""
-    a = {attribute.name: attribute for attribute in node.attribute}
-    if "value" in a:
-        return _array(a["value"].t, f"constant node {node.name!r}")
-    for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
-        if key in a:
-            return np.asarray(_attributes(node)[key], dtype=dtype)
-    for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
-        if key in a:
-            return np.asarray(list(_attributes(node)[key]), dtype=dtype)
-    return None
-
-
 class _Reader:
     def __init__(self, data: bytes, size: tuple[int, int] | None, label: str) -> None:
         import onnx
@@ -154,8 +85,10 @@ class _Reader:
                 f"is not an ONNX model: {type(error).__name__}: {error}", field="model.onnx"
             ) from None
         graph = model.graph
-        _check_embedded(graph)
-        self.constants: dict[str, np.ndarray] = {t.name: _array(t, "initializer") for t in graph.initializer}
+        check_embedded(graph)
+        self.constants: dict[str, np.ndarray] = {
+            t.name: tensor_array(t, "initializer") for t in graph.initializer
+        }
         inputs = [i for i in graph.input if i.name not in self.constants]
         if len(inputs) != 1:
             raise InvalidSpec(f"the ONNX model takes {len(inputs)} inputs, not one image", field="model.onnx")
@@ -232,7 +165,7 @@ class _Reader:
         return self.constants[name]
 
     def _constant(self, node: Any) -> None:
-        value = _constant_value(node)
+        value = constant_value(node)
         if value is not None and node.output:
             self.constants[node.output[0]] = value
 
@@ -242,7 +175,7 @@ class _Reader:
         from onnx.reference import ReferenceEvaluator
 
         if node.op_type == "Shape" and node.input[0] in self.shapes:
-            a = _attributes(node)
+            a = attributes(node)
             shape = self.shapes[node.input[0]]
             self.constants[node.output[0]] = np.array(shape[a.get("start", 0) : a.get("end", len(shape))])
             return
@@ -308,7 +241,7 @@ class _Reader:
         return Capture(self.label, tuple(nodes), self.size, "onnx")
 
     def _map(self, node: Any, x: str, position: int) -> tuple[str, dict[str, Any]]:
-        a, op = _attributes(node), node.op_type
+        a, op = attributes(node), node.op_type
         shape = self.shapes.get(x, ())
         rank = len(shape)
         sizes = (shape[2], shape[3]) if rank == 4 else (0, 0)
