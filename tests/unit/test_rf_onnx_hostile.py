@@ -147,3 +147,22 @@ def test_control_flow_with_sub_graphs_is_refused_not_dropped():
     with pytest.raises(Unsupported, match="control flow") as error:
         rf_onnx.read(model.SerializeToString(), None)
     assert error.value.field == "model.onnx"
+
+
+@pytest.mark.parametrize("kind", [onnx.AttributeProto.UNDEFINED, onnx.AttributeProto.FLOAT])
+def test_an_attribute_whose_type_does_not_match_its_value_is_the_clients_fault(kind):
+    """kernel_shape holding integers but typed UNDEFINED (or FLOAT): refused naming the bytes, not a crash."""
+    node = onnx.NodeProto()
+    node.CopyFrom(CONV)
+    node.attribute[0].type = kind
+    with pytest.raises(InvalidSpec) as refused:
+        rf_onnx.read(model_bytes([node], [weight()]), None)
+    assert refused.value.field == "model.onnx" and "kernel_shape" in refused.value.message
+
+
+def test_a_name_that_is_not_utf8_is_the_clients_fault():
+    """The node name's bytes made invalid UTF-8 in the serialised model: refused naming the bytes."""
+    data = model_bytes([CONV], [weight()]).replace(b"conv", b"c\xffnv")
+    with pytest.raises(InvalidSpec) as refused:
+        rf_onnx.read(data, None)
+    assert refused.value.field == "model.onnx" and "UTF-8" in refused.value.message

@@ -15,7 +15,13 @@ import numpy as np
 
 from nnprobe_services.vision.receptive_field import InvalidSpec, Unsupported, Window
 from nnprobe_services.vision.rf_ir import Capture, GraphNode
-from nnprobe_services.vision.rf_onnx_tensors import attributes, check_embedded, constant_value, tensor_array
+from nnprobe_services.vision.rf_onnx_tensors import (
+    attributes,
+    check_embedded,
+    check_text,
+    constant_value,
+    tensor_array,
+)
 
 #: Largest ONNX model accepted (bytes); the request message limit applies first.
 MAX_ONNX_BYTES = 256 * 1024 * 1024
@@ -85,6 +91,7 @@ class _Reader:
                 f"is not an ONNX model: {type(error).__name__}: {error}", field="model.onnx"
             ) from None
         graph = model.graph
+        check_text(graph)
         check_embedded(graph)
         self.constants: dict[str, np.ndarray] = {
             t.name: tensor_array(t, "initializer") for t in graph.initializer

@@ -15,10 +15,46 @@ from nnprobe_services.vision.receptive_field import InvalidSpec
 
 
 def attributes(node: Any) -> dict[str, Any]:
-    """A node's attributes by name, as Python values."""
+    """A node's attributes by name, as Python values. Raises ``InvalidSpec`` on ``model.onnx`` for an
+    attribute without a type, or of another type than its operator's schema declares (client bytes: the
+    value read would not be what the operator means)."""
     import onnx
 
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    declared: dict[str, Any]  # the schema's attribute declarations (OpSchema.Attribute)
+    try:
+        declared = onnx.defs.get_schema(node.op_type, domain=node.domain).attributes
+    except Exception:  # an operator ONNX does not know: it maps as unsupported, its attributes unread
+        declared = {}
+    values = {}
+    for attribute in node.attribute:
+        kind = onnx.AttributeProto.AttributeType.Name(attribute.type)
+        expected: Any = declared.get(attribute.name)
+        wanted = None if expected is None else int(expected.type.value)
+        if attribute.type == onnx.AttributeProto.UNDEFINED or wanted not in (None, attribute.type):
+            wants = (
+                ""
+                if wanted is None
+                else f"; {node.op_type} takes {onnx.AttributeProto.AttributeType.Name(wanted)}"
+            )
+            raise InvalidSpec(
+                f"attribute {attribute.name!r} of node {node.name!r} is of type {kind}{wants}",
+                field="model.onnx",
+            )
+        values[attribute.name] = onnx.helper.get_attribute_value(attribute)
+    return values
+
+
+def check_text(graph: Any) -> None:
+    """Every name the graph's mapping reads must be text: ONNX's protobuf is proto2, which hands strings
+    that are not valid UTF-8 back as bytes. Raises ``InvalidSpec`` on ``model.onnx`` naming the first."""
+    named = [*graph.input, *graph.output, *graph.initializer, *graph.value_info]
+    texts = [item.name for item in named]
+    for node in graph.node:
+        texts += [node.name, node.op_type, node.domain, *node.input, *node.output]
+        texts += [attribute.name for attribute in node.attribute]
+    for text in texts:
+        if not isinstance(text, str):
+            raise InvalidSpec(f"holds a name that is not UTF-8 text: {text[:60]!r}", field="model.onnx")
 
 
 def tensors(graph: Any) -> Iterator[Any]:
