@@ -3,9 +3,11 @@ truncation analyses, training jobs and their events, corpora. Enum tables betwee
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
+from google.protobuf import json_format
 from nnprobe import tensors
 from nnprobe.api.common.v1 import common_pb2
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
@@ -155,6 +157,19 @@ def given_config(message: pb.TrainingConfig) -> dict[str, Any]:
         code = valid.enum_value(given["optimizer"], pb.Optimizer, "config.optimizer", pb.OPTIMIZER_ADAM)
         given["optimizer"] = OPTIMIZERS[code]
     return given
+
+
+def request_digest(request: pb.StartTrainingRequest) -> str:
+    """sha256 (hex) of the request without its ``request_id``, in a canonical form: the proto3 JSON of
+    the fields set (implicit-presence fields at their defaults and unset optional fields are absent, so
+    fields added to the contract later do not change it), keys sorted, no white space."""
+    copy = pb.StartTrainingRequest()
+    copy.CopyFrom(request)
+    copy.ClearField("request_id")
+    canonical = json_format.MessageToJson(
+        copy, preserving_proto_field_name=True, sort_keys=True, indent=None, ensure_ascii=True
+    )
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 def event(record: EventRecord) -> pb.JobEvent:

@@ -23,6 +23,8 @@ from nnprobe_services.server import validation as valid
 from nnprobe_services.server.device import resolve_device
 
 DEFAULT_LR = {"adam": 0.002, "sgd": 20.0}
+#: Longest idempotency key (``request_id``) StartTraining accepts, in characters.
+MAX_REQUEST_ID_LENGTH = 128
 #: Most data-parallel worker processes one job may use.
 MAX_WORKERS = 64
 F = "config."
@@ -159,6 +161,25 @@ def _check_corpus_fits(corpus: Corpus, sizes: dict[str, int], limit: int) -> Non
         )
 
 
+def request_id(value: str) -> str:
+    """StartTraining's idempotency key: '' (none) or 1 to ``MAX_REQUEST_ID_LENGTH`` printable ASCII
+    characters without spaces (``!`` to ``~``), such as a UUID. Returns it unchanged; ``InvalidArgument``
+    naming ``request_id`` otherwise."""
+    if len(value) > MAX_REQUEST_ID_LENGTH:
+        raise InvalidArgument(
+            f"must be at most {MAX_REQUEST_ID_LENGTH} characters (a UUID has 36), got {len(value)}",
+            field="request_id",
+        )
+    for index, char in enumerate(value):
+        if not "!" <= char <= "~":
+            raise InvalidArgument(
+                f"must be printable ASCII without spaces ('!' to '~'), such as a UUID; character {index} is "
+                f"{char!r}",
+                field="request_id",
+            )
+    return value
+
+
 def check_workers_fit(workers: int, device: torch.device, field: str) -> None:
     """Data-parallel workers run on the CPU (gloo) or one GPU each (NCCL); FailedPrecondition otherwise."""
     if device.type == "cuda":
@@ -172,4 +193,11 @@ def check_workers_fit(workers: int, device: torch.device, field: str) -> None:
         raise FailedPrecondition(f"data-parallel workers run on cpu or cuda, not {device}", field=field)
 
 
-__all__ = ["DEFAULT_LR", "MAX_WORKERS", "check_workers_fit", "training_config"]
+__all__ = [
+    "DEFAULT_LR",
+    "MAX_REQUEST_ID_LENGTH",
+    "MAX_WORKERS",
+    "check_workers_fit",
+    "request_id",
+    "training_config",
+]

@@ -175,23 +175,48 @@ class JobStore:
             raise KeyError(f"unknown job columns {sorted(unknown)}")
         return {k: json.dumps(v) if k == "config" else v for k, v in changes.items()}
 
-    def insert(self, job: JobRecord, max_queued: int | None = None) -> None:
-        """Add ``job``; with ``max_queued``, raise ``ResourceExhausted`` when that many jobs are already
-        queued (over all replicas and devices; counted and inserted in one serialized transaction)."""
+    def insert(self, job: JobRecord, max_queued: int | None = None) -> tuple[JobRecord, bool]:
+        """Add ``job`` and return it with True; with ``max_queued``, raise ``ResourceExhausted`` when that
+        many jobs are already queued (over all replicas and devices; counted and inserted in one serialized
+        transaction).
+
+        When ``job.request_id`` is set and a job already holds that key, nothing is added: that job is
+        returned with False, whatever the queue holds (the caller compares ``request_digest``). Inserts
+        are serialized, and the unique index on ``request_id`` backs that up: a concurrent insert of the
+        same key that loses reads the winner's job."""
         values = self._values({c: getattr(job, c) for c in COLUMNS})
-        with self._write() as conn:
-            if self.backend == "postgresql":
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(0x6A6F6273)))
-            if max_queued is not None:
-                queued = conn.execute(
-                    sa.select(sa.func.count()).where(jobs_table.c.state == QUEUED)
-                ).scalar_one()
-                if queued >= max_queued:
-                    raise ResourceExhausted(
-                        f"{queued} jobs are already queued; the limit is {max_queued} (max_queued_jobs)",
-                        field="corpus_id",
-                    )
-            conn.execute(jobs_table.insert().values(**values))
+        try:
+            with self._write() as conn:
+                if self.backend == "postgresql":
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(0x6A6F6273)))
+                if job.request_id:
+                    held = conn.execute(
+                        sa.select(jobs_table).where(jobs_table.c.request_id == job.request_id)
+                    ).first()
+                    if held is not None:
+                        return self._job(held), False
+                if max_queued is not None:
+                    queued = conn.execute(
+                        sa.select(sa.func.count()).where(jobs_table.c.state == QUEUED)
+                    ).scalar_one()
+                    if queued >= max_queued:
+                        raise ResourceExhausted(
+                            f"{queued} jobs are already queued; the limit is {max_queued} (max_queued_jobs)",
+                            field="corpus_id",
+                        )
+                conn.execute(jobs_table.insert().values(**values))
+        except sa.exc.IntegrityError:
+            winner = self.by_request_id(job.request_id) if job.request_id else None
+            if winner is None:
+                raise
+            return winner, False
+        return job, True
+
+    def by_request_id(self, request_id: str) -> JobRecord | None:
+        """The job StartTraining created under the idempotency key ``request_id``, if any."""
+        with self._read() as conn:
+            row = conn.execute(sa.select(jobs_table).where(jobs_table.c.request_id == request_id)).first()
+        return None if row is None else self._job(row)
 
     def update(self, job_id: str, **changes: Any) -> None:
         changes.setdefault("updated_at", time.time())
@@ -365,6 +390,47 @@ class JobStore:
                 for name, value in changes.items():
                     setattr(job, name, value)
                 return Claim(job, takeover, previous)
+
+    def release(
+        self,
+        job_id: str,
+        replica_id: str,
+        attempt: int,
+        after: int,
+        payload: dict[str, Any],
+        **job_changes: Any,
+    ) -> int | None:
+        """Hand a job this replica runs under claim ``attempt`` back to the queue (a graceful stop): in
+        one transaction, the job becomes QUEUED with no owner and no lease (claimable at once, keeping its
+        place in the queue), ``attempt`` advances (the old lease's writes and renewals are refused from
+        now on), the events after sequence ``after`` (those of the run past its checkpoint) leave the
+        history, ``job_changes`` are applied and the state event ``payload`` is appended. ``takeovers``
+        is unchanged: a release is not a takeover after a death. Returns the event's sequence, or None
+        (nothing written) when the lease is no longer this replica's."""
+        c = jobs_table.c
+        changes = {
+            "state": QUEUED,
+            "owner": "",
+            "lease_expires_at": 0.0,
+            "attempt": attempt + 1,
+            "updated_at": time.time(),
+            **job_changes,
+        }
+        with self._write() as conn:
+            released = conn.execute(
+                jobs_table.update()
+                .where(c.job_id == job_id, c.owner == replica_id, c.attempt == attempt, c.state == RUNNING)
+                .values(**self._values(changes))
+            ).rowcount
+            if not released:
+                return None
+            e = events_table.c
+            conn.execute(
+                events_table.update()
+                .where(e.job_id == job_id, e.sequence > after, e.superseded == sa.false())
+                .values(superseded=True)
+            )
+            return self._append(conn, job_id, "state", payload, {}, {})
 
     def renew_lease(self, job_id: str, replica_id: str, attempt: int, lease_seconds: float) -> bool | None:
         """Extend the lease of a job this replica runs; return whether a cancel was requested, or None
