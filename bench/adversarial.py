@@ -1,14 +1,17 @@
 """Benchmark: adversarial attacks through the service against torchattacks in-process, and success rates.
 
-    .venv/bin/python bench/adversarial.py [--photos 5] [--repeats 3] [--rate-steps 10] [--no-rates]
+    .venv/bin/python bench/adversarial.py [--photos 5] [--repeats 5] [--rate-steps 10] [--no-rates]
 
 1. Time per image of targeted PGD (L-inf, eps 4/255, step 1/255, random start, no early stop) at 10 and 40
-   steps on the seed photos, side by side on the same photos, model and steps: through the service
+   steps on the seed photos, side by side on the same photos, weights and steps: through the service
    (``GenerateAdversarial``, one request for all photos: decoding, the originals' top-k, the attack, the
-   8-bit results judged and encoded as PNG, gRPC) and through torchattacks in-process on the decoded pixels.
-   Each round times both, in alternating order; the table shows the medians over ``--repeats`` rounds and
-   the median of the rounds' ratios (service / torchattacks), in wall-clock time and in this process's CPU
-   time (which load from other processes disturbs less).
+   8-bit results judged and encoded as PNG, gRPC) and through torchattacks in-process on the decoded pixels,
+   (a) on the network as timm builds it (NCHW memory format: what a user hands torchattacks) and (b) on a
+   ``channels_last`` copy (the format the service keeps its CPU models in). Each round times the three in
+   rotating order; the table shows the medians over ``--repeats`` rounds and the medians of the rounds'
+   ratios (service / torchattacks) in wall-clock time and in this process's CPU time (which load from other
+   processes disturbs less). Then where the service's time goes: the fixed part per image (the 10-step
+   time less ten steps) and the cost per step, from the two step counts.
 2. Untargeted success rates (judged on the 8-bit image) of every method at eps 2/255, 4/255 and 8/255
    (CW-L2 has no budget: one row).
 """
@@ -16,6 +19,8 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -30,6 +35,7 @@ from nnprobe_services.vision import attacks, images, models, preprocess, store
 
 SEED_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed-images"
 TARGET = 15
+STEPS = (10, 40)
 
 
 def _timed(run: Callable[[], object], device: torch.device) -> tuple[float, float]:
@@ -41,12 +47,26 @@ def _timed(run: Callable[[], object], device: torch.device) -> tuple[float, floa
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def _rounds(paths: list[Callable[[], object]], repeats: int, device: torch.device) -> list[list[tuple]]:
+    """``repeats`` rounds of every path, the order rotated each round; (wall, CPU) per path and round."""
+    times: list[list[tuple]] = [[] for _ in paths]
+    for round_ in range(repeats):
+        for k in range(len(paths)):
+            which = (k + round_) % len(paths)
+            times[which].append(_timed(paths[which], device))
+    return times
+
+
+def _ratio(ours: list[tuple], theirs: list[tuple], k: int) -> float:
+    return statistics.median(o[k] / t[k] for o, t in zip(ours, theirs, strict=True))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--photos", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3, help="timing rounds per step count (medians)")
+    parser.add_argument("--repeats", type=int, default=5, help="timing rounds per step count (medians)")
     parser.add_argument("--rate-steps", type=int, default=10, help="iterations of the success-rate runs")
     parser.add_argument("--no-rates", action="store_true", help="time PGD only")
     args = parser.parse_args(argv)
@@ -54,68 +74,65 @@ def main(argv: list[str] | None = None) -> None:
 
     device = resolve_device("auto")
     files = sorted(SEED_DIR.glob("*.jpg"))[: args.photos]
-    model = store.ModelStore(device).get(models.DEFAULT_MODEL)
+    loaded = store.ModelStore(device).get(models.DEFAULT_MODEL)
+    as_built = models.load_module(loaded.record, loaded.path, device)  # NCHW, as timm builds it
+    nhwc = copy.deepcopy(as_built).to(memory_format=torch.channels_last)
     limits = preprocess.ImageLimits(1 << 26, 1 << 27)
     inputs = [images.ImageInput(f.read_bytes(), None, "image", f.name) for f in files]
     pixels = attacks.quantize(
-        images.model_inputs(inputs, model.record.preprocessing, limits, skip_resize=False)
+        images.model_inputs(inputs, loaded.record.preprocessing, limits, skip_resize=False)
     ).to(device)
     targets = torch.full((len(files),), TARGET, device=device)
     config = ServerConfig(service="vision", host="127.0.0.1", port=0, device=str(device)).validate()
     server, port = create_server(config)
     server.start()
-    rows = []
+    rows, slopes = [], {}
     try:
         with VisionClient(f"127.0.0.1:{port}", timeout=3600) as client:
-            # Warm both paths up (model loading, first backward passes) outside the timings.
-            client.attack(files, target=TARGET, eps="4/255", steps=1, early_stop=False)
-            warm = torchattacks.PGD(model.module, eps=4 / 255, alpha=1 / 255, steps=1, random_start=True)
-            warm.set_mode_targeted_by_label(quiet=True)
-            warm(pixels, targets)
-            for steps in (10, 40):
 
-                def service(steps: int = steps) -> object:
-                    return client.attack(
-                        files,
-                        target=TARGET,
-                        eps="4/255",
-                        step_size="1/255",
-                        steps=steps,
-                        early_stop=False,
-                        seed=0,
-                    )
+            def service(steps: int) -> object:
+                return client.attack(
+                    files,
+                    target=TARGET,
+                    eps="4/255",
+                    step_size="1/255",
+                    steps=steps,
+                    early_stop=False,
+                    seed=0,
+                )
 
-                def reference(steps: int = steps) -> object:
-                    attack = torchattacks.PGD(
-                        model.module, eps=4 / 255, alpha=1 / 255, steps=steps, random_start=True
-                    )
-                    attack.set_mode_targeted_by_label(quiet=True)
-                    return attack(pixels, targets)
+            def reference(module: torch.nn.Module, steps: int) -> object:
+                attack = torchattacks.PGD(module, eps=4 / 255, alpha=1 / 255, steps=steps, random_start=True)
+                attack.set_mode_targeted_by_label(quiet=True)
+                return attack(pixels, targets)
 
-                ours, theirs = [], []
-                for round_ in range(args.repeats):
-                    if round_ % 2:
-                        theirs.append(_timed(reference, device))
-                        ours.append(_timed(service, device))
-                    else:
-                        ours.append(_timed(service, device))
-                        theirs.append(_timed(reference, device))
+            # Warm every path up (model loading, first backward passes) outside the timings.
+            service(1)
+            reference(as_built, 1)
+            reference(nhwc, 1)
+            for steps in STEPS:
+                ours, built, last = _rounds(
+                    [
+                        functools.partial(service, steps),
+                        functools.partial(reference, as_built, steps),
+                        functools.partial(reference, nhwc, steps),
+                    ],
+                    args.repeats,
+                    device,
+                )
                 per_image = [
-                    statistics.median(t[k] for t in times) / len(files)
-                    for times in (ours, theirs)
-                    for k in (0, 1)
+                    statistics.median(t[0] for t in times) / len(files) for times in (ours, built, last)
                 ]
-                wall_ratio = statistics.median(o[0] / t[0] for o, t in zip(ours, theirs, strict=True))
-                cpu_ratio = statistics.median(o[1] / t[1] for o, t in zip(ours, theirs, strict=True))
+                slopes[steps] = per_image
                 rows.append(
                     (
                         f"PGD {steps} steps",
                         f"{per_image[0]:.3f}",
-                        f"{per_image[2]:.3f}",
-                        f"{wall_ratio:.2f}",
                         f"{per_image[1]:.3f}",
-                        f"{per_image[3]:.3f}",
-                        f"{cpu_ratio:.2f}",
+                        f"{_ratio(ours, built, 0):.2f}",
+                        f"{_ratio(ours, built, 1):.2f}",
+                        f"{per_image[2]:.3f}",
+                        f"{_ratio(ours, last, 0):.2f}",
                     )
                 )
             threads = torch.get_num_threads()
@@ -128,12 +145,26 @@ def main(argv: list[str] | None = None) -> None:
                 [
                     "attack",
                     "service s/image",
-                    "torchattacks s/image",
-                    "ratio",
-                    "service CPU s/image",
-                    "torchattacks CPU s/image",
-                    "CPU ratio",
+                    "(a) torchattacks s/image",
+                    "ratio (a)",
+                    "CPU ratio (a)",
+                    "(b) torchattacks channels_last",
+                    "ratio (b)",
                 ],
+            )
+            short, long = STEPS
+            step_cost = [(slopes[long][k] - slopes[short][k]) / (long - short) for k in range(3)]
+            fixed = [slopes[short][k] - short * step_cost[k] for k in range(3)]
+            print()
+            print("where the time goes (s per image; from the two step counts)")
+            print_table(
+                [
+                    (name, f"{fixed[k]:.3f}", f"{step_cost[k]:.4f}")
+                    for k, name in enumerate(
+                        ["service", "(a) torchattacks", "(b) torchattacks channels_last"]
+                    )
+                ],
+                ["path", "fixed part", "per step"],
             )
             if args.no_rates:
                 return

@@ -30,6 +30,7 @@ from PIL import Image
 
 SEED_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed-images"
 LIMIT_BATCH = 16
+LIMITS = preprocess.ImageLimits(max_bytes=1 << 26, max_pixels=1 << 27)
 
 
 def load_images(count: int) -> list[bytes]:
@@ -59,9 +60,9 @@ def _in_process(images: list[bytes], forward, prep) -> tuple[float, dict[str, fl
             batch = []
             for data in images[i : i + LIMIT_BATCH]:
                 t0 = time.perf_counter()
-                image = preprocess.decode(data, max_bytes=1 << 26, max_pixels=1 << 27)
+                image = preprocess.decode(data, field="image", limits=LIMITS, min_side=prep.resize)
                 t1 = time.perf_counter()
-                batch.append(preprocess.model_input(image, prep))
+                batch.append(preprocess.model_input(image, prep, field="image", max_pixels=LIMITS.max_pixels))
                 spent["decode"] += t1 - t0
                 spent["preprocess"] += time.perf_counter() - t1
             t2 = time.perf_counter()

@@ -59,6 +59,7 @@ LIMITS: dict[str, Any] = dict(
     weights_download_timeout=0.0,
     ptb_download_timeout=0.0,
     compute_workers=4,
+    transfer_connect_timeout=0.0,  # an address nobody serves answers at once, not after a wait
 )
 MODULES = {"vision": vision_pb2, "sequence": sequence_pb2, "attention": attention_pb2}
 

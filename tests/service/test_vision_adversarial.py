@@ -68,7 +68,7 @@ def test_targeted_pgd_succeeds_on_all_fifteen_pairs_after_quantization(vision, p
     results = {}
     for target in (5, 10, 15):
         for r in vision.attack(
-            photos, target=target, method="pgd", eps="4/255", step_size="1.5/255", steps=5
+            photos, target=target, method="pgd", eps="4/255", step_size="1.5/255", steps=8
         ):
             results[(r.name, target)] = r
     assert len(results) == 15
@@ -83,7 +83,7 @@ def test_targeted_pgd_succeeds_on_all_fifteen_pairs_after_quantization(vision, p
         assert r.original_top[0].index == {PHOTOS[0]: 58, PHOTOS[1]: 42, PHOTOS[2]: 71, PHOTOS[3]: 291}.get(
             name, 292
         )
-        assert 1 <= r.iterations <= 5 and r.goal_class == target
+        assert 1 <= r.iterations <= 8 and r.goal_class == target
     # The saved PNG itself is adversarial: classify it as a client would.
     sample = results[(PHOTOS[4], 15)]
     assert vision.classify(sample.adversarial_png, skip_resize=True, top_k=1)[0].index == 15

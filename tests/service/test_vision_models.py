@@ -110,6 +110,38 @@ def test_an_onnx_op_without_a_conversion_fails_the_attack_naming_it(client, fold
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION and "Shrink" in str(refused.value)
 
 
+def test_an_attack_reports_the_served_engines_answer_and_transfers_need_no_gradients(client, folder):
+    """Success and the final classes are those of onnxruntime (run here) on the returned 8-bit image; a
+    transfer model only classifies, so an ONNX graph that onnx2torch cannot convert still serves as one."""
+    import io
+
+    import onnxruntime as ort
+    from PIL import Image
+
+    client.upload_model(folder / "shrink.onnx", name="shrink-judge", config=CONFIG)
+    (result,) = client.attack(
+        [pixels(5, 1)[0]],
+        model="tiny-onnx",
+        method="pgd",
+        eps=64 / 255,
+        steps=10,
+        step_size=0.05,
+        top_k=tiny_cnn.CLASSES,
+        transfer_models=["shrink-judge"],
+    )
+    returned = np.asarray(Image.open(io.BytesIO(result.adversarial_png)), dtype=np.float32) / 255
+    x = torch.from_numpy(returned).permute(2, 0, 1)[None]
+    session = ort.InferenceSession(str(folder / "tiny.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"x": tiny_cnn.normalised(x).numpy()})[0][0]
+    assert [c.index for c in result.final_top] == list(np.argsort(-logits, kind="stable"))
+    assert result.success == (int(logits.argmax()) != result.goal_class)
+    (transfer,) = result.transfers
+    assert transfer.model == "shrink-judge" and not transfer.error and transfer.top1 is not None
+    shrink = ort.InferenceSession(str(folder / "shrink.onnx"), providers=["CPUExecutionProvider"])
+    expected = shrink.run(None, {shrink.get_inputs()[0].name: tiny_cnn.normalised(x).numpy()})[0][0]
+    assert transfer.top1.index == int(expected.argmax())
+
+
 def test_a_restart_keeps_the_models(client, server_factory, repository):
     _, address = server_factory("vision", weights_download_timeout=0, model_repository=repository)
     images = list(pixels(4))

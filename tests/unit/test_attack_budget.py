@@ -1,5 +1,6 @@
 """Every attack returns an 8-bit image inside its budget, and its success is that image's: the budget and
-the goal are measured here on the returned uint8 values, independently of the attack code."""
+the goal are measured here on the returned uint8 values, independently of the attack code. Success is that of
+the judge (the model as served), also when another module gives the gradients."""
 
 import math
 
@@ -17,9 +18,9 @@ def _model(seed: int) -> torch.nn.Module:
     ).eval()
 
 
-def _run(model, images, labels, targeted, spec):
+def _run(model, images, labels, targeted, spec, judge=None):
     outcomes = {}
-    for event in attacks.attack(model, images, labels, targeted, spec):
+    for event in attacks.attack(model, images, labels, targeted, spec, judge=judge):
         if isinstance(event, tuple):
             outcomes[event[0]] = event[1]
     return [outcomes[i] for i in range(len(images))]
@@ -41,9 +42,10 @@ def _uint8(pixels: torch.Tensor) -> np.ndarray:
     refine_steps=st.integers(0, 3),
     targeted=st.booleans(),
     seed=st.integers(0, 5),
+    separate_judge=st.booleans(),
 )
 def test_returned_image_respects_its_budget_and_its_success(
-    method, norm, levels, l2_epsilon, early_stop, refine_steps, targeted, seed
+    method, norm, levels, l2_epsilon, early_stop, refine_steps, targeted, seed, separate_judge
 ):
     if method == "fgsm":
         norm = "linf"
@@ -61,22 +63,35 @@ def test_returned_image_respects_its_budget_and_its_success(
         learning_rate=0.05,
     )
     model = _model(seed)
+    # The judge: the same network, or (as for a model served by ONNX Runtime with a PyTorch twin for the
+    # gradients) another one whose answers sometimes differ.
+    served = _model(seed + 100) if separate_judge else model
+    calls = []
+
+    def judge(pixels):
+        calls.append(len(pixels))
+        with torch.no_grad():
+            return served(pixels)
+
     generator = torch.Generator().manual_seed(seed)
     images = torch.round(torch.rand(3, 3, 6, 6, generator=generator) * 255) / 255
     with torch.no_grad():
-        original_top = model(images).argmax(1)
+        original_top = served(images).argmax(1)
     labels = (original_top + 1) % 5 if targeted else original_top
-    for image, outcome, label in zip(
-        images, _run(model, images, labels, targeted, spec), labels, strict=True
-    ):
+    outcomes = _run(model, images, labels, targeted, spec, judge)
+    assert calls  # every success below was judged by it
+    for image, outcome, label in zip(images, outcomes, labels, strict=True):
         steps = _uint8(outcome.adversarial) - _uint8(image)
         if norm == "linf":
             assert np.abs(steps).max() <= math.floor(levels + 1e-9)
         else:
             assert math.sqrt(float((steps**2).sum())) / 255 <= epsilon + 1e-12
         with torch.no_grad():
-            top = int(model(torch.from_numpy((_uint8(image) + steps) / 255).float()[None]).argmax(1))
+            logits = served(torch.from_numpy((_uint8(image) + steps) / 255).float()[None])
+        top = int(logits.argmax(1))
         assert outcome.success == (top == int(label) if targeted else top != int(label))
+        assert outcome.logits is not None
+        torch.testing.assert_close(outcome.logits, logits[0], atol=1e-5, rtol=1e-5)
 
 
 def test_goal_met_before_the_first_step_returns_the_unchanged_image():

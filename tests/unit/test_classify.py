@@ -49,8 +49,12 @@ def test_positional_mapping_reproduces_the_reference_logits(lite0, seed_pixels):
     ).view(1, 3, 1, 1)
     with torch.no_grad():
         expected = reference(normalised)
+        # The weights mapped onto timm's network, in the reference's NCHW memory format: bit for bit.
+        nchw = models.load_module(lite0.record, lite0.path, torch.device("cpu"))
+        assert float((nchw(pixels) - expected).abs().max()) == 0.0
+    # As served on the CPU (channels_last kernels): equal up to float rounding.
     ours = classify.logits_of(lite0, pixels)
-    assert float((ours - expected).abs().max()) == 0.0
+    assert float((ours - expected).abs().max()) < 1e-4
     assert lite0.version == models.sha256_of(lite0.path) and len(lite0.version) == 64
 
 
@@ -215,7 +219,8 @@ def test_remote_transfer_calls_are_capped_within_the_request_deadline():
     from nnprobe_services.vision import transfer
 
     assert transfer.call_timeout(None) == transfer.REMOTE_TIMEOUT_SECONDS
-    assert transfer.call_timeout(3.5) == 3.5
+    assert transfer.call_timeout(3.5) == 3.5 - transfer.ANSWER_MARGIN_SECONDS  # time left to answer
+    assert transfer.call_timeout(transfer.ANSWER_MARGIN_SECONDS / 2) == 0.001  # over at once, never negative
     assert transfer.call_timeout(1e6) == transfer.REMOTE_TIMEOUT_SECONDS
     assert transfer.address_problem("vision-peer:50051") == ""
     assert transfer.address_problem("dns:///vision.nnprobe.svc:50051") == ""

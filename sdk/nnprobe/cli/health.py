@@ -6,24 +6,35 @@ import argparse
 
 from nnprobe.attention import AttentionClient
 from nnprobe.cli.output import client_kwargs, print_json, print_table
-from nnprobe.config import DEFAULT_ADDRESSES, DEFAULT_TIMEOUT
+from nnprobe.config import DEFAULT_ADDRESSES
 from nnprobe.errors import NnprobeError
 from nnprobe.sequence import SequenceClient
 from nnprobe.vision import VisionClient
 
+#: Default deadline of one health check, in seconds: a server that is up answers at once.
+HEALTH_TIMEOUT = 5.0
 CLIENTS = {"vision": VisionClient, "sequence": SequenceClient, "attention": AttentionClient}
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("health", help="health of the servers")
     parser.add_argument("service", nargs="?", default="all", choices=[*CLIENTS, "all"])
-    parser.add_argument("--address", help="address (only with a single service)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
-    parser.add_argument("--token")
-    parser.add_argument("--tls-ca")
-    parser.add_argument("--tls-cert")
-    parser.add_argument("--tls-key")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--address",
+        help="address to ask (every service named, `all` included; default: each service's own address from "
+        "NNPROBE_<SERVICE>_ADDR or its default port)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=HEALTH_TIMEOUT,
+        help=f"deadline in seconds (default {HEALTH_TIMEOUT:g})",
+    )
+    parser.add_argument("--token", help="bearer token (env NNPROBE_TOKEN)")
+    parser.add_argument("--tls-ca", help="CA bundle (PEM) to verify the servers; enables TLS")
+    parser.add_argument("--tls-cert", help="client certificate (PEM) for mutual TLS")
+    parser.add_argument("--tls-key", help="client key (PEM) for mutual TLS")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(handler=run)
 
 
@@ -31,10 +42,9 @@ def run(args: argparse.Namespace) -> int:
     services = list(CLIENTS) if args.service == "all" else [args.service]
     rows = []
     for name in services:
-        address = args.address if args.address and len(services) == 1 else None
-        with CLIENTS[name](address, **client_kwargs(args)) as client:
+        with CLIENTS[name](args.address or None, **client_kwargs(args)) as client:
             try:
-                status = client.health(timeout=min(args.timeout, 5.0))
+                status = client.health(timeout=args.timeout)
             except NnprobeError as error:
                 status = error.code.name
             rows.append((name, client.address, status))

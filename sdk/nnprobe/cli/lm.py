@@ -14,6 +14,7 @@ from nnprobe.cli.output import (
     print_json,
     print_table,
 )
+from nnprobe.config import DEFAULT_TIMEOUT
 from nnprobe.sequence import (
     JOB_STATES,
     METRICS,
@@ -76,6 +77,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("job_id")
     p.add_argument("--after", type=int, default=0, help="only events after this sequence number")
     _finish(p, run_watch)
+    p.set_defaults(timeout=None)  # a watch follows the job until it stops, unless --timeout is given
 
     p = commands.add_parser("jobs", help="list training jobs")
     p.add_argument("--state", choices=JOB_STATES, nargs="*", default=[])
@@ -197,11 +199,14 @@ def _print_job(job: TrainingJob) -> None:
     )
 
 
-def _follow(client: SequenceClient, job_id: str, after: int, as_json: bool) -> TrainingJob:
-    """Print evaluations and state changes, a progress bar for steps; return the final job."""
+def _follow(
+    client: SequenceClient, job_id: str, after: int, as_json: bool, timeout: float | None = None
+) -> TrainingJob:
+    """Print evaluations and state changes, a progress bar for steps; return the final job. ``timeout``:
+    the watch's deadline in seconds (None: until the job stops)."""
     bar: ProgressBar | None = None
     events: list[JobEvent] = []
-    for event in client.watch(job_id, after_sequence=after):
+    for event in client.watch(job_id, after_sequence=after, timeout=timeout):
         events.append(event)
         if as_json:
             continue
@@ -285,8 +290,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_watch(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        job = _follow(client, args.job_id, args.after, args.json)
+    options = client_kwargs(args) | {"timeout": DEFAULT_TIMEOUT if args.timeout is None else args.timeout}
+    with SequenceClient(args.address, **options) as client:
+        job = _follow(client, args.job_id, args.after, args.json, timeout=args.timeout)
     if not args.json:
         _print_job(job)
     return 0

@@ -99,6 +99,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--layers-file", metavar="JSON", help="a JSON list of layers")
     source.add_argument("--model", help="resnet50, inception_v3, vgg16, ... or a timm model name")
     source.add_argument("--onnx", metavar="FILE.onnx", help="an ONNX model, read from its graph")
+    p.add_argument(
+        "--model-version",
+        type=int,
+        default=0,
+        metavar="N",
+        help="version of a model of the server's model repository (default: the model's default version)",
+    )
     p.add_argument("--strict", action="store_true", help="refuse misaligned merges and global context")
     p.add_argument("--end-point", help="last layer analysed (default: last layer / last spatial feature map)")
     p.add_argument("--input-size", type=parse_size, metavar="N|HxW", help="input size (models: 224, 299)")
@@ -107,7 +114,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--verify", action="store_true", help="prove each unit's box by back-propagation")
     p.add_argument("--erf", action="store_true", help="estimate the effective receptive field")
     p.add_argument("--erf-samples", type=int, default=0, help="random inputs for --erf (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --erf inputs and weights")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --erf inputs and weights (with --erf)")
     p.add_argument("--plot", metavar="FILE.png", help="save a picture of the units' fields")
     p.add_argument("--image", help="draw the picture on this image (its size is the input size)")
     p.add_argument("--all-layers", action="store_true", help="list point-wise layers of models too")
@@ -119,7 +126,23 @@ def _axis_text(height: float, width: float) -> str:
     return format_value(height) if height == width else f"{format_value(height)}x{format_value(width)}"
 
 
+#: Options that mean something only with another one: option -> (attribute, the option it needs).
+DEPENDENT = {
+    "--model-version": ("model", "--model"),
+    "--erf-samples": ("erf", "--erf"),
+    "--seed": ("erf", "--erf"),
+}
+
+
+def _check_dependent(args: argparse.Namespace) -> None:
+    """Refuse an option given without the option it goes with (it would be ignored in silence)."""
+    for option, (needed, needed_option) in DEPENDENT.items():
+        if getattr(args, option[2:].replace("-", "_")) and not getattr(args, needed):
+            raise ValueError(f"{option} goes with {needed_option}")
+
+
 def run_rf(args: argparse.Namespace) -> int:
+    _check_dependent(args)
     layers = None
     if args.layers:
         layers = [parse_layer(token) for token in args.layers]
@@ -142,6 +165,7 @@ def run_rf(args: argparse.Namespace) -> int:
             image=args.image,
             strict=args.strict,
             onnx=args.onnx,
+            model_version=args.model_version,
         )
     if args.plot:
         result.save_plot(args.plot)

@@ -117,6 +117,9 @@ class ServerConfig:
     max_image_pixels: int = 89_478_485
     #: Most iterations one adversarial attack may run.
     max_attack_steps: int = 1000
+    #: Longest wait, in seconds, for a transfer address's server to accept a connection (a replica that is
+    #: restarting), within what is left of the request's deadline; 0 does not wait for one that is down.
+    transfer_connect_timeout: float = 10.0
     #: The model repository (Triton's layout: ``<name>/config.yaml``, ``<name>/<version>/model.onnx`` or
     #: ``model.pt2``); unset: ``<data_dir>/models``. Replicas that mount one folder share it.
     model_repository: Path | None = None
@@ -172,6 +175,10 @@ class ServerConfig:
             raise ValueError(f"batch_max_delay_ms must be in 0..60000, not {self.batch_max_delay_ms}")
         if self.weights_download_timeout < 0:
             raise ValueError(f"weights_download_timeout must be >= 0, not {self.weights_download_timeout}")
+        if not 0 <= self.transfer_connect_timeout <= 3600:
+            raise ValueError(
+                f"transfer_connect_timeout must be in 0..3600 seconds, not {self.transfer_connect_timeout}"
+            )
         if self.builtin_backend not in ("auto", "onnxruntime", "pytorch"):
             raise ValueError(
                 f"builtin_backend must be auto, onnxruntime or pytorch, not {self.builtin_backend!r}"

@@ -89,9 +89,12 @@ def generate(
     """
     start = time.monotonic()
     device = model.device
+
+    def judge(x: torch.Tensor) -> torch.Tensor:  # the served model's logits (e.g. its ONNX Runtime session)
+        return model.predict(x).to(device)
+
     images = pixels.to(device)
-    with torch.no_grad():
-        logits = model.module(images)
+    logits = judge(images)
     original_logits = logits.float().cpu().numpy()
     original_tops = [top_k(row, k, model.labels) for row in original_logits]
     classes = original_logits.shape[1]
@@ -103,14 +106,14 @@ def generate(
         labels = torch.full((len(images),), target, dtype=torch.long, device=device)
     # On the lattice, these are the logits the attack's check of the originals needs: no second pass.
     known = logits if torch.equal(attacks.quantize(images), images) else None
-    for event in attacks.attack(model.module, images, labels, target is not None, spec, should_stop, known):
+    events = attacks.attack(model.module, images, labels, target is not None, spec, should_stop, known, judge)
+    for event in events:
         if isinstance(event, attacks.Progress):
             yield event
             continue
         index, outcome = event
         if outcome.logits is None:
-            with torch.no_grad():
-                outcome.logits = model.module(outcome.adversarial[None])[0]
+            outcome.logits = judge(outcome.adversarial[None])[0]
         final_logits = outcome.logits.float().cpu().numpy()
         original = to_uint8(images[index])
         adversarial = to_uint8(outcome.adversarial)
@@ -142,7 +145,6 @@ def local_transfer(other: LoadedModel, result: AdversarialImage, targeted: bool)
     pixels = torch.from_numpy(result.adversarial).permute(2, 0, 1).float().div(255.0)
     if tuple(pixels.shape[1:]) != other.record.preprocessing.crop:
         return Transfer(other.record.name, "", None, False, f"{other.record.name} takes another input size")
-    with torch.no_grad():
-        logits = other.module(pixels[None].to(other.device)).float().cpu().numpy()[0]
+    logits = other.predict(pixels[None]).numpy()[0]  # its serving backend: no gradients needed
     best = top_k(logits, 1, other.labels)[0]
     return Transfer(other.record.name, "", best, fooled(best.index, result.goal_class, targeted))

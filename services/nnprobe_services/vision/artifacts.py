@@ -14,7 +14,11 @@ What is checked before anything is executed or unpickled:
   call is an ATen or prims operator or ``operator.getitem`` (the serialised graph may name any attribute
   under ``torch``, such as ``torch.os.system``, so names alone are not trusted).
 
-Every refusal is ``InvalidArgument`` naming ``field`` with a message a user can act on.
+Every refusal of a file is ``InvalidArgument`` naming ``field`` with a message a user can act on.
+
+ONNX bytes sent in a request (``check_onnx_bytes``) meet the same node and byte limits as repository models,
+answered with ``ResourceExhausted`` naming the field and the limit; they may hold no external data at all (it
+would be read from the server's own files).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from nnprobe_services.errors import InvalidArgument
+from nnprobe_services.errors import InvalidArgument, ResourceExhausted
 
 FORMATS = ("onnx", "pt2")
 FILE_NAMES = {"onnx": "model.onnx", "pt2": "model.pt2"}
@@ -82,7 +86,11 @@ def detect_format(path: Path, field: str = "file") -> str:
 def _graphs(graph):
     """``graph`` and every subgraph of its nodes' attributes (If, Loop, Scan bodies), depth first."""
     yield graph
-    for node in graph.node:
+    yield from _subgraphs(graph.node)
+
+
+def _subgraphs(nodes):
+    for node in nodes:
         for attribute in node.attribute:
             if attribute.HasField("g"):
                 yield from _graphs(attribute.g)
@@ -91,13 +99,66 @@ def _graphs(graph):
 
 
 def _external_tensors(model):
-    for graph in _graphs(model.graph):
+    """Every tensor ``model`` holds: initializers (sparse ones too) and tensor attributes, in its graph, its
+    subgraphs and its local functions."""
+    graphs = [*_graphs(model.graph), *(g for f in model.functions for g in _subgraphs(f.node))]
+    node_lists = [g.node for g in graphs] + [f.node for f in model.functions]
+    for graph in graphs:
         yield from graph.initializer
-        for node in graph.node:
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+    for nodes in node_lists:
+        for node in nodes:
             for attribute in node.attribute:
                 if attribute.HasField("t"):
                     yield attribute.t
+                if attribute.HasField("sparse_tensor"):
+                    yield from (attribute.sparse_tensor.values, attribute.sparse_tensor.indices)
                 yield from attribute.tensors
+                for sparse in attribute.sparse_tensors:
+                    yield from (sparse.values, sparse.indices)
+
+
+def count_nodes(model) -> int:
+    """Nodes of ``model``'s graph, its subgraphs and its local functions (which inference expands)."""
+    graphs = [*_graphs(model.graph), *(g for f in model.functions for g in _subgraphs(f.node))]
+    return sum(len(graph.node) for graph in graphs) + sum(len(f.node) for f in model.functions)
+
+
+def check_onnx_bytes(data: bytes, *, max_nodes: int, max_bytes: int, field: str):
+    """Validate a serialised ONNX ``ModelProto`` sent in request field ``field`` and return it parsed.
+
+    Raises ``ResourceExhausted`` when ``data`` holds more than ``max_bytes`` bytes (checked before parsing)
+    or the graph more than ``max_nodes`` nodes (subgraphs and functions included), and ``InvalidArgument``
+    when the bytes are not an ONNX model or a tensor refers to external data."""
+    import onnx
+
+    if len(data) > max_bytes:
+        raise ResourceExhausted(
+            f"holds {len(data)} bytes; the limit for a model is {max_bytes} bytes (max_model_bytes)",
+            field=field,
+        )
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as error:  # any parse failure of client bytes
+        raise InvalidArgument(
+            f"is not an ONNX model: {type(error).__name__}: {str(error)[:200]}", field=field
+        ) from None
+    nodes = count_nodes(model)
+    if nodes > max_nodes:
+        raise ResourceExhausted(
+            f"has {nodes} graph nodes; the limit for a model is {max_nodes} nodes (max_model_nodes)",
+            field=field,
+        )
+    for tensor in _external_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            raise InvalidArgument(
+                f"tensor {tensor.name!r} refers to external data ({location!r}); an ONNX model sent in the "
+                "request must hold all its tensors",
+                field=field,
+            )
+    return model
 
 
 def check_onnx(path: Path, *, max_nodes: int, max_bytes: int, field: str = "file"):
@@ -112,7 +173,7 @@ def check_onnx(path: Path, *, max_nodes: int, max_bytes: int, field: str = "file
         raise InvalidArgument(f"is not a readable ONNX model ({error})", field=field) from None
     if not model.graph.node:
         raise InvalidArgument("is not an ONNX model (no graph nodes)", field=field)
-    nodes = sum(len(graph.node) for graph in _graphs(model.graph))
+    nodes = count_nodes(model)
     if nodes > max_nodes:
         raise InvalidArgument(f"has {nodes} nodes; the limit is {max_nodes}", field=field)
     folder = path.parent.resolve()

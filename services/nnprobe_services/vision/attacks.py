@@ -4,6 +4,9 @@ Methods: ADAM (Adam on the input, cross-entropy on the logits), FGSM, BIM, PGD (
 start), MI-FGSM and Carlini-Wagner L2. Every image's result is the 8-bit image that is returned, inside its
 budget on the lattice (``to_lattice``: L-infinity at most floor(ε·255)/255 per channel, L2 at most ε), and
 it meets its goal only when that image does. The goal is checked on the original before the first step.
+Every success is judged by ``judge``: the logits of the model as it is served (for a model that ONNX Runtime
+serves, its session, not the PyTorch module that gives the gradients), so the answer of a classification of
+the returned image is the one the attack reports.
 The formulas of FGSM, BIM, PGD and MI-FGSM follow Goodfellow et al. 2015, Kurakin et al. 2017, Madry et
 al. 2018 and Dong et al. 2018 (and torchattacks).
 """
@@ -110,6 +113,20 @@ def to_lattice(adversarial: torch.Tensor, original: torch.Tensor, spec: AttackSp
     return (original * 255 + rounded).round() / 255
 
 
+#: No-grad logits of (N, 3, H, W) pixels in [0, 1]: (N, classes) on the pixels' device.
+Judge = Callable[[torch.Tensor], torch.Tensor]
+
+
+def module_judge(model: nn.Module) -> Judge:
+    """The judge that runs ``model`` itself without gradients."""
+
+    def judge(pixels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(pixels)
+
+    return judge
+
+
 def goal_met(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
     top1 = logits.argmax(1)
     return top1 == labels if targeted else top1 != labels
@@ -153,23 +170,25 @@ def attack(
     spec: AttackSpec,
     should_stop: Callable[[], bool] = lambda: False,
     original_logits: torch.Tensor | None = None,
+    judge: Judge | None = None,
 ) -> Iterator[Progress | tuple[int, Outcome]]:
     """Attack ``images`` (N, 3, H, W) in [0, 1]; ``labels``: the targets, or the original classes.
-    ``original_logits``: the model's logits on ``quantize(images)`` when the caller has them already.
+    ``original_logits``: ``judge``'s logits on ``quantize(images)`` when the caller has them already.
+    ``judge``: the logits success is judged on (default: ``model`` without gradients).
 
     Yields ``Progress`` for every active image after every iteration, and ``(index, Outcome)`` once per
     image, when it meets its goal (with early stop) or when the iterations run out. Progress describes the
     running (float) image, except after the last iteration: there it describes the 8-bit image returned.
     Raises ``Cancelled``.
     """
+    judge = judge or module_judge(model)
     generator = torch.Generator(device=images.device).manual_seed(spec.seed)
     images = images.detach()
     base = quantize(images)  # budgets are measured from the 8-bit original
     active = torch.ones(len(images), dtype=torch.bool, device=images.device)
     if spec.early_stop:  # a goal already met needs no step: the unchanged image
         if original_logits is None:
-            with torch.no_grad():
-                original_logits = model(base)
+            original_logits = judge(base)
         already = goal_met(original_logits, labels, targeted)
         for i in already.nonzero().flatten().tolist():
             active[i] = False
@@ -195,8 +214,7 @@ def attack(
             met = goal_met(logits, labels[index], targeted)
             if met.any():
                 quantized = to_lattice(before[met], base[index][met], spec)
-                with torch.no_grad():
-                    kept_logits = model(quantized)
+                kept_logits = judge(quantized)
                 kept = goal_met(kept_logits, labels[index][met], targeted)
                 for row, i in enumerate(index[met].tolist()):
                     if kept[row]:
@@ -208,7 +226,9 @@ def attack(
     # that meet their goal without refinement come first (as they would have stopped early).
     index = active.nonzero().flatten()
     final = state.adversarial[index]
-    quantized, success, used, final_logits = settle(model, base[index], final, labels[index], targeted, spec)
+    quantized, success, used, final_logits = settle(
+        model, base[index], final, labels[index], targeted, spec, judge
+    )
     if iterations:
         with torch.no_grad():
             loss_rows = state.objective(index, quantized, final_logits)
@@ -340,9 +360,10 @@ def refine(
     labels: torch.Tensor,
     targeted: bool,
     spec: AttackSpec,
+    judge: Judge | None = None,
 ) -> tuple[torch.Tensor, bool, int]:
     """``settle`` for one image (1, 3, H, W): (8-bit image, success on that image, refinement steps used)."""
-    quantized, success, used, _ = settle(model, original, adversarial, labels, targeted, spec)
+    quantized, success, used, _ = settle(model, original, adversarial, labels, targeted, spec, judge)
     return quantized, bool(success.all()), int(used.max())
 
 
@@ -353,15 +374,18 @@ def settle(
     labels: torch.Tensor,
     targeted: bool,
     spec: AttackSpec,
+    judge: Judge | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bring each of ``adversarial`` (N, 3, H, W) onto the 8-bit lattice inside its budget around
     ``original`` (``to_lattice``); while an image misses its goal, take up to ``refine_steps`` more steps on
     it, each brought back inside the budget the same way: a sign step of one 8-bit level (L-infinity, CW) or
     a step of ``step_size`` along the normalised gradient (L2). The images are independent (the model runs
-    in eval mode; each image's step follows its own loss).
+    in eval mode; each image's step follows its own loss). Each 8-bit image is judged by ``judge`` (default:
+    ``model`` without gradients); the gradients of a refinement step come from ``model``.
 
     Returns the 8-bit images, success on each (N,), the refinement steps each used (N,; ``refine_steps``
     when it failed) and the logits of each 8-bit image (N, classes), those its success was judged on."""
+    judge = judge or module_judge(model)
     current = to_lattice(adversarial, original, spec)
     count = len(current)
     success = torch.zeros(count, dtype=torch.bool, device=current.device)
@@ -369,27 +393,21 @@ def settle(
     judged: torch.Tensor | None = None
     pending = torch.arange(count, device=current.device)
     for step in range(spec.refine_steps + 1):
-        x = current[pending]
-        if step < spec.refine_steps:  # a step may follow: keep the graph
-            x.requires_grad_(True)
-            logits = model(x)
-        else:
-            with torch.no_grad():
-                logits = model(x)
-        detached = logits.detach()
+        logits = judge(current[pending])
         if judged is None:
-            judged = torch.empty(count, *detached.shape[1:], dtype=detached.dtype, device=detached.device)
-        judged[pending] = detached
-        met = goal_met(detached, labels[pending], targeted)
+            judged = torch.empty(count, *logits.shape[1:], dtype=logits.dtype, device=logits.device)
+        judged[pending] = logits
+        met = goal_met(logits, labels[pending], targeted)
         success[pending] = met
         used[pending] = step
         missed = ~met
         if step == spec.refine_steps or not bool(missed.any()):
             break
-        # Summed per-image losses: each image's gradient is its own loss's (as one image at a time).
-        loss = F.cross_entropy(logits[missed], labels[pending][missed], reduction="sum")
-        grad = torch.autograd.grad(-loss if targeted else loss, x)[0][missed]
         pending = pending[missed]
+        x = current[pending].requires_grad_(True)
+        # Summed per-image losses: each image's gradient is its own loss's (as one image at a time).
+        loss = F.cross_entropy(model(x), labels[pending], reduction="sum")
+        grad = torch.autograd.grad(-loss if targeted else loss, x)[0]
         with torch.no_grad():
             here, start = current[pending], original[pending]
             if spec.norm == "l2" and spec.method != "cw_l2":

@@ -109,6 +109,10 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Idle intra-op threads sleep instead of spinning: the server's cores also run PyTorch (gradients,
+        # the other models), decoding and gRPC, and a spinning pool slows a PyTorch pass that follows a run
+        # by about a quarter on two cores (measured in bench/adversarial.py).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = onnx_providers(device)
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)

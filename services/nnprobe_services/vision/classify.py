@@ -48,9 +48,8 @@ def load_model(store: ModelStore, name: str, version: int | None = None, field: 
 
 
 def logits_of(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) pixels in [0, 1] -> (N, classes) float32 logits on the CPU, via the model's backend."""
-    if model.max_batch and len(pixels) > model.max_batch:
-        return torch.cat([model.predict(chunk) for chunk in pixels.split(model.max_batch)])
+    """(N, 3, H, W) pixels in [0, 1] -> (N, classes) float32 logits on the CPU, via the model's backend
+    (``LoadedModel.predict``)."""
     return model.predict(pixels)
 
 

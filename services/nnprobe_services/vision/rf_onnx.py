@@ -167,6 +167,8 @@ class _Reader:
                 f"needed",
                 field="model.onnx",
             )
+        #: The field an error of fit is about: the size asked for, or the model when it declared its own.
+        self.size_field = "input_size" if size is not None else "model.onnx"
         if size is None:
             if declared[2] < 1 or declared[3] < 1:
                 raise InvalidSpec("the ONNX model's input size is not fixed: give one", field="input_size")
@@ -204,7 +206,7 @@ class _Reader:
         except Exception as error:  # the model does not fit the input size, or is malformed
             raise InvalidSpec(
                 f"ONNX shape inference fails at {self.size[0]} x {self.size[1]}: {str(error).strip()[:300]}",
-                field="input_size",
+                field=self.size_field,
             ) from None
         self.graph = inferred.graph
         self.shapes: dict[str, tuple[int, ...]] = {}

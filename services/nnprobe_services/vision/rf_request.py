@@ -40,7 +40,7 @@ from nnprobe_services.vision import (
     rf_trace_worker,
 )
 from nnprobe_services.vision import receptive_field as rf
-from nnprobe_services.vision.store import ModelStore
+from nnprobe_services.vision.store import ModelLimits, ModelStore
 
 #: Largest input (height * width) the back-propagation checks run on.
 MAX_EMPIRICAL_PIXELS = 1024 * 1024
@@ -99,6 +99,11 @@ class FieldRequest:
     def has_model(self) -> bool:
         return bool(self.model or self.onnx)
 
+    @property
+    def model_field(self) -> str:
+        """The request field that carried the model: ``model.onnx`` for bytes, else ``model.name``."""
+        return "model.onnx" if self.onnx else "model.name"
+
 
 @dataclass(frozen=True)
 class RepositoryModel:
@@ -150,13 +155,24 @@ class FieldResult:
     graph: rf_graph.GraphField | None = None
 
 
+#: Fields an error about the model itself may name; each is answered as the request's ``model_field``.
+_MODEL_FIELDS = ("model.name", "model.onnx")
+
+
 @contextmanager
-def _domain_errors() -> Iterator[None]:
-    """Field-engine errors as the service's domain errors (same message and field)."""
+def _domain_errors(request: FieldRequest) -> Iterator[None]:
+    """Field-engine errors as the service's domain errors (same message), and every error about the model
+    naming the field that carried it (``FieldRequest.model_field``): the readers and the field engine serve
+    both named models and bytes."""
     try:
         yield
     except rf.FieldError as error:
-        raise _ERRORS.get(type(error), FailedPrecondition)(error.message, field=error.field) from None
+        field = request.model_field if error.field in _MODEL_FIELDS else error.field
+        raise _ERRORS.get(type(error), FailedPrecondition)(error.message, field=field) from None
+    except ServiceError as error:
+        if error.field in _MODEL_FIELDS:
+            error.field = request.model_field
+        raise
 
 
 def compute(
@@ -164,7 +180,7 @@ def compute(
 ) -> FieldResult:
     """Run the whole workflow for ``request`` on ``device``; ``models``: where repository models are
     found (None: built-in architectures only). See the module docstring."""
-    with _domain_errors():
+    with _domain_errors(request):
         return _compute(request, device, should_stop, models)
 
 
@@ -208,6 +224,14 @@ def repository_model(request: FieldRequest, models: ModelStore | None) -> Reposi
 def _compute(
     request: FieldRequest, device: torch.device, should_stop: ShouldStop, models: ModelStore | None
 ) -> FieldResult:
+    if request.onnx:
+        limits = models.limits if models is not None else ModelLimits()
+        artifacts.check_onnx_bytes(
+            request.onnx,
+            max_nodes=limits.max_nodes,
+            max_bytes=min(limits.max_bytes, rf_onnx.MAX_ONNX_BYTES),
+            field="model.onnx",
+        )
     picture = images.plot_picture(request.picture) if request.picture is not None else None
     user = repository_model(request, models)
     input_size = _input_size(request, picture, user)

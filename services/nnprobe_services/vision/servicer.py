@@ -252,13 +252,23 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             images=[common_pb2.Image(encoded=outcome.adversarial_png)], skip_resize=True, top_k=1
         )
         metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        budget = transfer.call_timeout(_remaining(context))
+        started = time.monotonic()
         try:
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with grpc.aio.insecure_channel(address, options=transfer.channel_options()) as channel:
+                wait = min(self.config.transfer_connect_timeout, budget)
+                try:  # a replica that is restarting: reconnect with gRPC's backoff until it accepts
+                    await asyncio.wait_for(channel.channel_ready(), wait)
+                except TimeoutError:
+                    if self.config.transfer_connect_timeout:
+                        error = transfer.unreachable(address, wait)
+                        return transfer.remote_outcome(address, "", None, goal, targeted, error)
+                left = max(budget - (time.monotonic() - started), 0.001)
                 answer = await vision_pb2_grpc.VisionServiceStub(channel).Classify(
-                    call, timeout=transfer.call_timeout(_remaining(context)), metadata=metadata
+                    call, timeout=left, metadata=metadata
                 )
         except grpc.RpcError as error:
-            text = f"{error.code().name}: {error.details()}"  # type: ignore[attr-defined]
+            text = f"{error.code().name}: {error.details()} (at {address})"  # type: ignore[attr-defined]
             return transfer.remote_outcome(address, "", None, goal, targeted, text)
         except ValueError as error:
             return transfer.remote_outcome(address, "", None, goal, targeted, str(error))

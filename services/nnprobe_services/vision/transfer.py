@@ -1,8 +1,17 @@
 """Transfer checks against other VisionService servers: which addresses are acceptable, how long one remote
-call may take, and what its answer means. The call itself is made by the servicer (on the event loop)."""
+call may take, how it is retried, and what its answer means. The call itself is made by the servicer (on the
+event loop).
+
+A server behind a transfer address may be restarting. The channel then waits for it (at most the configured
+``transfer_connect_timeout``), reconnecting with gRPC's own exponential backoff with jitter, bounded by
+``MAX_RECONNECT_BACKOFF_MS``; the Classify call is retried by gRPC's retry policy (service config) on
+UNAVAILABLE only, which is safe since classifying is read-only. Both stay within the call's deadline, which
+ends ``ANSWER_MARGIN_SECONDS`` before the request's own so that the transfer's failure can still be answered.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 
 from nnprobe_services.vision.adversarial import Transfer, fooled
@@ -12,6 +21,19 @@ from nnprobe_services.vision.classify import ClassScore
 MAX_TARGETS = 8
 #: Longest wait for one remote server's answer, within the request's own deadline.
 REMOTE_TIMEOUT_SECONDS = 30.0
+#: Time kept back from the request's remaining deadline to answer after a transfer fails.
+ANSWER_MARGIN_SECONDS = 1.0
+#: Reconnection backoff of a transfer channel: first wait and bound (gRPC adds jitter), in milliseconds.
+INITIAL_RECONNECT_BACKOFF_MS = 100
+MAX_RECONNECT_BACKOFF_MS = 2000
+#: gRPC's retry policy of the transfer call (attempts include the first; gRPC allows at most 5).
+RETRY_POLICY = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "2s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
 _ADDRESS = re.compile(r"[A-Za-z0-9._:/\[\]%-]+")
 
 
@@ -27,8 +49,36 @@ def address_problem(address: str) -> str:
 
 
 def call_timeout(remaining: float | None) -> float:
-    """The deadline of one remote call: what is left of the request's, at most REMOTE_TIMEOUT_SECONDS."""
-    return REMOTE_TIMEOUT_SECONDS if remaining is None else min(remaining, REMOTE_TIMEOUT_SECONDS)
+    """The deadline of one remote call, in seconds: what is left of the request's deadline (``remaining``
+    seconds; None: none) less ``ANSWER_MARGIN_SECONDS``, at most ``REMOTE_TIMEOUT_SECONDS``, at least 1 ms."""
+    if remaining is None:
+        return REMOTE_TIMEOUT_SECONDS
+    return max(min(remaining - ANSWER_MARGIN_SECONDS, REMOTE_TIMEOUT_SECONDS), 0.001)
+
+
+def channel_options() -> list[tuple[str, object]]:
+    """Options of a transfer channel: gRPC's retry policy for VisionService.Classify on UNAVAILABLE and a
+    bounded reconnection backoff."""
+    config = {
+        "methodConfig": [
+            {
+                "name": [{"service": "nnprobe.vision.v1.VisionService", "method": "Classify"}],
+                "retryPolicy": RETRY_POLICY,
+            }
+        ]
+    }
+    return [
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", json.dumps(config)),
+        ("grpc.initial_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
+        ("grpc.min_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+    ]
+
+
+def unreachable(address: str, waited: float) -> str:
+    """The transfer error of a server that did not accept a connection within ``waited`` seconds."""
+    return f"UNAVAILABLE: no server accepted a connection at {address} within {waited:.3g}s"
 
 
 def remote_outcome(
