@@ -116,7 +116,7 @@ def test_the_sdk_gives_each_call_its_own_key(pair, corpus_id, tiny_lm):
 @pytest.mark.parametrize(
     "change",
     [{"seed": 99}, {"name": "other"}, {"corpus_id": "ptb"}, {"learning_rate": 0.002}],
-    ids=["config", "name", "corpus", "explicit default"],
+    ids=["config", "name", "corpus", "learning rate"],
 )
 def test_the_same_key_with_another_request_is_invalid_argument(pair, corpus_id, tiny_lm, change):
     key = str(uuid.uuid4())
@@ -131,6 +131,22 @@ def test_the_same_key_with_another_request_is_invalid_argument(pair, corpus_id, 
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in error.field_violations] == ["request_id"]
     assert job.job_id in error.message and "different request" in error.message
+
+
+def test_the_same_key_with_the_same_training_spelled_otherwise_returns_the_job(pair, corpus_id, tiny_lm):
+    """Defaults given explicitly (the clip norm, Adam's learning rate, zero sizes) or left out (the
+    optimizer, as a raw request may) ask for the same training: the same job, through the other replica."""
+    key = str(uuid.uuid4())
+    base = {k: v for k, v in tiny_lm.items() if k != "learning_rate"} | {"epochs": 1, "max_steps": 2}
+    with SequenceClient(pair[0], timeout=WAIT_SECONDS) as a, grpc.insecure_channel(pair[1]) as channel:
+        job = a.start_training(corpus_id, name="same", request_id=key, **base)
+        spelled = {**base, "learning_rate": 0.002, "clip_norm": 0.5, "num_layers": 0}
+        config = sequence_pb2.TrainingConfig(**spelled)  # optimizer left unspecified
+        request = sequence_pb2.StartTrainingRequest(corpus_id=corpus_id, name="same", config=config)
+        request.request_id = key
+        again = sequence_pb2_grpc.SequenceServiceStub(channel).StartTraining(request, timeout=WAIT_SECONDS)
+        a.wait_job(job.job_id)
+    assert again.job.job_id == job.job_id
 
 
 @pytest.mark.parametrize(

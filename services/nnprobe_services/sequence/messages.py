@@ -4,15 +4,16 @@ truncation analyses, training jobs and their events, corpora. Enum tables betwee
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import torch
-from google.protobuf import json_format
 from nnprobe import tensors
 from nnprobe.api.common.v1 import common_pb2
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 
 from nnprobe_services.sequence import gradients, rnn, truncation
+from nnprobe_services.sequence.lm import requests as lm_requests
 from nnprobe_services.sequence.lm.corpus import SPLITS, Corpus
 from nnprobe_services.sequence.lm.model import TrainingConfig
 from nnprobe_services.sequence.lm.store import EventRecord, JobRecord
@@ -160,16 +161,16 @@ def given_config(message: pb.TrainingConfig) -> dict[str, Any]:
 
 
 def request_digest(request: pb.StartTrainingRequest) -> str:
-    """sha256 (hex) of the request without its ``request_id``, in a canonical form: the proto3 JSON of
-    the fields set (implicit-presence fields at their defaults and unset optional fields are absent, so
-    fields added to the contract later do not change it), keys sorted, no white space."""
-    copy = pb.StartTrainingRequest()
-    copy.CopyFrom(request)
-    copy.ClearField("request_id")
-    canonical = json_format.MessageToJson(
-        copy, preserving_proto_field_name=True, sort_keys=True, indent=None, ensure_ascii=True
-    )
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+    """sha256 (hex) of what the request asks for, without its ``request_id``: its corpus, its name and the
+    canonical form of its config (``requests.canonical_config``: a field given at its default or left out
+    is the same request), as JSON with sorted keys. Raises ``InvalidArgument`` for an unknown optimizer."""
+    canonical = {
+        "corpus_id": request.corpus_id,
+        "name": request.name,
+        "config": lm_requests.canonical_config(given_config(request.config)),
+    }
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def event(record: EventRecord) -> pb.JobEvent:

@@ -1352,7 +1352,8 @@ class StartTrainingRequest(_message.Message):
     """Optional idempotency key chosen by the client (e.g. a UUID): 1 to 128 printable ASCII characters
     without spaces. A StartTraining with a key that already started a job (on any replica sharing the job
     store, however many calls race) returns that job and starts nothing; the same key with a different
-    request (corpus_id, config or name) is INVALID_ARGUMENT. Keys are kept as long as their jobs.
+    request (corpus_id, config or name; a config field given at its default or left out is the same) is
+    INVALID_ARGUMENT. Keys are kept as long as their jobs.
     """
     @_builtins.property
     def config(self) -> Global___TrainingConfig:
