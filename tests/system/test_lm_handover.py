@@ -8,11 +8,9 @@ UNAVAILABLE naming its cursor; one on both addresses follows the job to its end 
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -21,6 +19,9 @@ import pytest
 from nnprobe import NnprobeError, SequenceClient
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe.api.sequence.v1 import sequence_pb2_grpc
+
+from tests import processes
+from tests.processes import serve
 
 pytestmark = pytest.mark.system
 #: Hang guard for processes, calls and streams; never a pass/fail threshold.
@@ -31,38 +32,22 @@ RUNNING_ON = re.compile(r"running on cpu \(replica (\S+)\)")
 
 
 def launch(folder: Path, port: int, database_url: str, index: int) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "NNPROBE_DATA_DIR": str(folder / "data"),
-        "NNPROBE_CACHE_DIR": str(folder / f"cache-{index}"),
-        "NNPROBE_HOST": "127.0.0.1",
-        "NNPROBE_DEVICE": "cpu",
-        "NNPROBE_DATABASE_URL": database_url,
-        "NNPROBE_JOB_LEASE_SECONDS": str(LEASE_SECONDS),
-        "NNPROBE_JOB_POLL_SECONDS": "0.25",
-        "OMP_NUM_THREADS": "1",
-    }
-    log = open(folder / f"replica-{index}.log", "a")  # noqa: SIM115 (closed with the process)
-    command = [
-        sys.executable,
-        "-m",
-        "nnprobe_services.sequence",
-        "--port",
-        str(port),
-        "--grace-seconds",
-        "60",
-    ]
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return serve(
+        "sequence",
+        port,
+        data=folder / "data",
+        cache=folder / f"cache-{index}",
+        log=folder / f"replica-{index}.log",
+        flags=["--grace-seconds", "60"],
+        NNPROBE_DATABASE_URL=database_url,
+        NNPROBE_JOB_LEASE_SECONDS=str(LEASE_SECONDS),
+        NNPROBE_JOB_POLL_SECONDS="0.25",
+        OMP_NUM_THREADS="1",
+    )
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=WAIT_SECONDS)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=60)
+    processes.stop(proc, WAIT_SECONDS)
 
 
 def owners(history) -> list[str]:

@@ -11,10 +11,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,35 +24,22 @@ from nnprobe import NnprobeError, SequenceClient
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe.api.sequence.v1 import sequence_pb2_grpc
 
+from tests.processes import WAIT_SECONDS, serve, stop
+
 pytestmark = pytest.mark.system
-#: Hang guard for waiting on a process or a stream; never a pass/fail threshold.
-WAIT_SECONDS = 120.0
 WATCHERS = 200
 GRACE_SECONDS = 30.0
 
 
 def start(tmp_path: Path, port: int) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "NNPROBE_DATA_DIR": str(tmp_path / "data"),
-        "NNPROBE_CACHE_DIR": str(tmp_path / "cache"),
-        "NNPROBE_HOST": "127.0.0.1",
-        "NNPROBE_DEVICE": "cpu",
-    }
-    log = open(tmp_path / f"server-{port}.log", "a")  # noqa: SIM115 (closed with the process)
-    command = [sys.executable, "-m", "nnprobe_services.sequence", "--port", str(port)]
-    command += ["--grace-seconds", str(GRACE_SECONDS)]
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=WAIT_SECONDS)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    return serve(
+        "sequence",
+        port,
+        data=tmp_path / "data",
+        cache=tmp_path / "cache",
+        log=tmp_path / f"server-{port}.log",
+        flags=["--grace-seconds", str(GRACE_SECONDS)],
+    )
 
 
 async def watch_many(address: str, job_id: str, opened: asyncio.Event) -> list[list[pb.JobEvent]]:
