@@ -129,6 +129,27 @@ def test_external_data_in_the_request_is_refused(vision, location):
 VALID = _model(["Relu"])
 
 
+def _with_bytes_in_a_name(data: bytes, name: bytes) -> bytes:
+    """``data`` with the node name ``name`` replaced by as many bytes that are not UTF-8."""
+    assert data.count(name) == 1
+    return data.replace(name, b"\xff" * len(name))
+
+
+def test_a_name_that_is_not_utf8_is_refused_naming_the_model(vision, tmp_path):
+    """A string field of an ONNX model with bytes that are not UTF-8 (protobuf hands them over as bytes)
+    is INVALID_ARGUMENT naming where, in the request's bytes and in an uploaded model alike."""
+    data = _with_bytes_in_a_name(_model(["Relu"]), b"relu0")
+    error = _fails(vision, onnx=data)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT and _fields(error) == ["model.onnx"]
+    assert "graph.node[1].name is not UTF-8" in error.message
+    path = tmp_path / "model.onnx"
+    path.write_bytes(_with_bytes_in_a_name(_model(["Relu"], head=True), b"relu0"))
+    with pytest.raises(NnprobeError) as upload:
+        vision.upload_model(path, name="not-utf8", config={"input": {"height": 16, "width": 16}})
+    assert upload.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "graph.node[1].name is not UTF-8" in upload.value.message
+
+
 @pytest.mark.parametrize(
     ("side", "verify", "code", "words"),
     [

@@ -147,3 +147,13 @@ def test_control_flow_with_sub_graphs_is_refused_not_dropped():
     with pytest.raises(Unsupported, match="control flow") as error:
         rf_onnx.read(model.SerializeToString(), None)
     assert error.value.field == "model.onnx"
+
+
+def test_a_name_that_is_not_utf8_is_the_models_fault():
+    """protobuf hands a proto2 string whose bytes are not UTF-8 over as bytes: the reader refuses it."""
+    data = model_bytes([CONV], [weight()])
+    name = CONV.name.encode()
+    assert data.count(name) == 1
+    with pytest.raises(InvalidSpec, match=r"graph\.node\[0\]\.name is not UTF-8") as error:
+        rf_onnx.read(data.replace(name, b"\xff" * len(name)), (16, 16))
+    assert error.value.field == "model.onnx"

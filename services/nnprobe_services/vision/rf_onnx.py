@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from nnprobe_services.vision.artifacts import non_utf8_string
 from nnprobe_services.vision.receptive_field import InvalidSpec, Unsupported, Window
 from nnprobe_services.vision.rf_ir import Capture, GraphNode
 
@@ -153,6 +154,9 @@ class _Reader:
             raise InvalidSpec(
                 f"is not an ONNX model: {type(error).__name__}: {error}", field="model.onnx"
             ) from None
+        where = non_utf8_string(model)
+        if where is not None:
+            raise InvalidSpec(f"is not a valid ONNX model: {where} is not UTF-8 text", field="model.onnx")
         graph = model.graph
         _check_embedded(graph)
         self.constants: dict[str, np.ndarray] = {t.name: _array(t, "initializer") for t in graph.initializer}
