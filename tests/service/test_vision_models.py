@@ -5,6 +5,7 @@ deleted; hostile uploads refused with clear statuses and nothing left behind."""
 from __future__ import annotations
 
 import hashlib
+import io
 
 import grpc
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from nnprobe import NnprobeError, VisionClient
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 from nnprobe.api.vision.v1 import vision_pb2_grpc
+from torch import nn
 
 from tests import tiny_cnn
 
@@ -229,3 +231,50 @@ def test_delete_removes_a_model_and_built_ins_stay(client, folder):
     with pytest.raises(NnprobeError) as built_in:
         client.delete_model("alexnet")
     assert built_in.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+class FixedBatch(nn.Module):
+    """The tiny CNN with its logits reshaped to (1, classes): a graph that only takes a batch of one."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).reshape(1, tiny_cnn.CLASSES)
+
+
+def fixed_batch_bytes(net: nn.Module, fmt: str) -> bytes:
+    one = torch.rand(1, 3, tiny_cnn.SIDE, tiny_cnn.SIDE)
+    buffer = io.BytesIO()
+    if fmt == "onnx":
+        torch.onnx.export(net, (one,), buffer, dynamo=False, opset_version=17, input_names=["x"])
+    else:
+        torch.export.save(torch.export.export(net, (one,)), buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_an_attack_on_several_images_runs_a_fixed_batch_graph_one_image_at_a_time(client, net, folder, fmt):
+    """A graph exported for a batch of one is attacked on three images at once (gradients included), and
+    each result is the 8-bit image an attack on that image alone returns, judged as onnxruntime / PyTorch
+    (run here) classify it."""
+    from PIL import Image
+
+    fixed = FixedBatch(net).eval()
+    path = tiny_cnn.write(folder / f"fixed.{fmt}", fixed_batch_bytes(fixed, fmt))
+    name = f"fixed-{fmt}"
+    client.upload_model(path, name=name, config=CONFIG, labels=tiny_cnn.LABELS)
+    images = list(pixels(7, 3))
+    options = dict(model=name, method="bim", eps=8 / 255, steps=3, step_size=2 / 255, refine_steps=4)
+    together = list(client.attack(images, top_k=tiny_cnn.CLASSES, **options))
+    alone = [client.attack([image], top_k=tiny_cnn.CLASSES, **options)[0] for image in images]
+    assert len(together) == 3
+    for many, one in zip(together, alone, strict=True):
+        assert many.adversarial_png == one.adversarial_png and many.success == one.success
+        returned = np.asarray(Image.open(io.BytesIO(many.adversarial_png)), dtype=np.float32) / 255
+        x = tiny_cnn.normalised(torch.from_numpy(returned).permute(2, 0, 1)[None])
+        with torch.no_grad():
+            logits = fixed(x)[0].numpy()
+        assert [c.index for c in many.final_top] == list(np.argsort(-logits, kind="stable"))
+        assert many.success == (int(logits.argmax()) != many.goal_class)

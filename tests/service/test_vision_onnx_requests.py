@@ -129,12 +129,50 @@ def test_external_data_in_the_request_is_refused(vision, location):
 VALID = _model(["Relu"])
 
 
+def _with_bytes_in_a_name(data: bytes, name: bytes) -> bytes:
+    """``data`` with the node name ``name`` replaced by as many bytes that are not UTF-8."""
+    assert data.count(name) == 1
+    return data.replace(name, b"\xff" * len(name))
+
+
+def test_a_name_that_is_not_utf8_is_refused_naming_the_model(vision, tmp_path):
+    """A string field of an ONNX model with bytes that are not UTF-8 (protobuf hands them over as bytes)
+    is INVALID_ARGUMENT naming where, in the request's bytes and in an uploaded model alike."""
+    data = _with_bytes_in_a_name(_model(["Relu"]), b"relu0")
+    error = _fails(vision, onnx=data)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT and _fields(error) == ["model.onnx"]
+    assert "graph.node[1].name is not UTF-8" in error.message
+    path = tmp_path / "model.onnx"
+    path.write_bytes(_with_bytes_in_a_name(_model(["Relu"], head=True), b"relu0"))
+    with pytest.raises(NnprobeError) as upload:
+        vision.upload_model(path, name="not-utf8", config={"input": {"height": 16, "width": 16}})
+    assert upload.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "graph.node[1].name is not UTF-8" in upload.value.message
+
+
+@pytest.mark.parametrize(
+    ("side", "verify", "code", "words"),
+    [
+        (10**6, False, grpc.StatusCode.RESOURCE_EXHAUSTED, "exceeds the limit of"),
+        (2048, True, grpc.StatusCode.RESOURCE_EXHAUSTED, "back-propagation checks allow at most"),
+    ],
+)
+def test_an_input_size_the_model_declares_is_answered_naming_the_model(vision, side, verify, code, words):
+    """The size a model declares is the model's: errors about it name ``model.onnx``; the same size asked
+    for in ``input_size`` names ``input_size``."""
+    error = _fails(vision, onnx=_model(["Relu"], side=side), verify=verify)
+    assert error.code == code and words in error.message and _fields(error) == ["model.onnx"]
+    assert "give a smaller input_size" in error.message or code != grpc.StatusCode.RESOURCE_EXHAUSTED
+    asked = _fails(vision, onnx=_model(["Relu"], side=side), input_size=side, verify=verify)
+    assert asked.code == code and words in asked.message and _fields(asked) == ["input_size"]
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_mutated_and_oversized_bytes_get_a_documented_status_naming_model_onnx(limited, data):
     """Flipped bytes, cut bytes, nodes past the limit and ballast past the limit: each answer is OK or a
-    documented status whose one field violation is ``model.onnx`` (or ``input_size`` where the message asks
-    for a size), never UNKNOWN or INTERNAL and never ``model.name``."""
+    documented status whose one field violation is ``model.onnx`` (the request gives no ``input_size``:
+    the size is the model's), never UNKNOWN or INTERNAL and never ``model.name``."""
     kind = data.draw(st.sampled_from(["flip", "nodes", "ballast"]))
     if kind == "nodes":
         blob = bytearray(_model(["Relu"] * data.draw(st.integers(0, 2 * MAX_NODES))))
@@ -152,10 +190,7 @@ def test_mutated_and_oversized_bytes_get_a_documented_status_naming_model_onnx(l
             vision.compute_receptive_field(onnx=bytes(blob))
         except NnprobeError as error:
             assert error.code in DOCUMENTED, error
-            fields = _fields(error)
-            assert fields in (["model.onnx"], ["input_size"]), error
-            if fields == ["input_size"]:
-                assert "input size" in error.message or "input_size" in error.message, error
+            assert _fields(error) == ["model.onnx"], error
             if len(blob) > MAX_BYTES:
                 assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED, error
             return

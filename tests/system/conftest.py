@@ -1,8 +1,8 @@
-"""Fixtures of the system suite: real server processes, each stopped (SIGTERM, then SIGKILL) at teardown."""
+"""Fixtures of the system suite: real server processes, each stopped (SIGTERM, then SIGKILL) at teardown.
+(``tests/processes.py`` starts servers whose output goes to a log file.)"""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -10,22 +10,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import environment
+
 
 class ServerProcesses:
     """``start(args, tmp_path) -> Popen`` runs a server process on the CPU with its data under ``tmp_path``
-    (output captured); ``stop(proc) -> output`` sends SIGTERM and waits (a minute at most, then kills)."""
+    (output captured in ``proc.stdout``, for tests that read it as it comes; keep such servers short-lived:
+    a full pipe blocks them); ``stop(proc) -> output`` sends SIGTERM and waits (a minute at most, then
+    kills)."""
 
     def __init__(self) -> None:
         self._started: list[subprocess.Popen] = []
 
     def start(self, args: list[str], tmp_path: Path) -> subprocess.Popen:
-        env = {
-            **os.environ,
-            "NNPROBE_DATA_DIR": str(tmp_path / "data"),
-            "NNPROBE_CACHE_DIR": str(tmp_path),
-            "NNPROBE_HOST": "127.0.0.1",
-            "NNPROBE_DEVICE": "cpu",
-        }
+        env = environment(tmp_path / "data", tmp_path)
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self._started.append(proc)
         return proc

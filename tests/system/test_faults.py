@@ -12,11 +12,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,43 +25,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nnprobe import SequenceClient, VisionClient
 from nnprobe.api.vision.v1 import vision_pb2, vision_pb2_grpc
 
+from tests.processes import WAIT_SECONDS, kill_hard, serve, stop
+
 pytestmark = pytest.mark.system
-#: Hang guard for waiting on a process; never a pass/fail threshold.
-WAIT_SECONDS = 120.0
 
 
 def start(tmp_path: Path, port: int, *flags: str, service: str = "sequence") -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "NNPROBE_DATA_DIR": str(tmp_path / "data"),
-        "NNPROBE_CACHE_DIR": str(tmp_path / "cache"),
-        "NNPROBE_HOST": "127.0.0.1",
-        "NNPROBE_DEVICE": "cpu",
-        "NNPROBE_JOB_LEASE_SECONDS": "2",
-        "NNPROBE_JOB_POLL_SECONDS": "0.5",
-    }
-    log = open(tmp_path / f"server-{port}.log", "a")  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen(
-        [sys.executable, "-m", f"nnprobe_services.{service}", "--port", str(port), *flags],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    return serve(
+        service,
+        port,
+        data=tmp_path / "data",
+        cache=tmp_path / "cache",
+        log=tmp_path / f"server-{port}.log",
+        flags=flags,
+        NNPROBE_JOB_LEASE_SECONDS="2",
+        NNPROBE_JOB_POLL_SECONDS="0.5",
     )
-
-
-def kill_hard(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=WAIT_SECONDS)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=WAIT_SECONDS)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def check_integrity(data: Path) -> dict[str, int]:

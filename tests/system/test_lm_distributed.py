@@ -5,10 +5,7 @@ worker behind."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +13,8 @@ import pytest
 from nnprobe import SequenceClient
 from nnprobe_services.sequence.lm import checkpoints
 from nnprobe_services.sequence.lm.distributed import MODULE
+
+from tests.processes import serve
 
 pytestmark = pytest.mark.system
 
@@ -40,20 +39,7 @@ CONFIG = dict(
 def server(tmp_path_factory, free_port):
     root = tmp_path_factory.mktemp("lm-distributed")
     port = free_port()
-    env = {
-        **os.environ,
-        "NNPROBE_DATA_DIR": str(root / "data"),
-        "NNPROBE_CACHE_DIR": str(root / "cache"),
-        "NNPROBE_HOST": "127.0.0.1",
-        "NNPROBE_DEVICE": "cpu",
-        "OMP_NUM_THREADS": "1",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nnprobe_services.sequence", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = serve("sequence", port, data=root / "data", cache=root / "cache", OMP_NUM_THREADS="1")
     client = SequenceClient(f"127.0.0.1:{port}", timeout=60)
     try:
         client.wait_until_ready(timeout=120)

@@ -7,11 +7,9 @@ The reference for every loss is a job with the same configuration and seed that 
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +18,7 @@ import pytest
 from nnprobe import SequenceClient
 
 from tests.postgres import free_port
+from tests.processes import kill_hard, serve
 
 pytestmark = pytest.mark.system
 #: Hang guard for processes and calls; never a pass/fail threshold.
@@ -58,25 +57,18 @@ class Replicas:
         self.wait_ready(i)
 
     def launch(self, i: int) -> None:
-        env = {
-            **os.environ,
-            "NNPROBE_DATA_DIR": str(self.folder / "data"),
-            "NNPROBE_CACHE_DIR": str(self.folder / f"cache-{i}"),
-            "NNPROBE_HOST": "127.0.0.1",
-            "NNPROBE_DEVICE": "cpu",
-            "NNPROBE_DATABASE_URL": self.database_url,
-            "NNPROBE_JOB_LEASE_SECONDS": str(LEASE_SECONDS),
-            "NNPROBE_JOB_POLL_SECONDS": "0.25",
+        self.procs[i] = serve(
+            "sequence",
+            self.ports[i],
+            data=self.folder / "data",
+            cache=self.folder / f"cache-{i}",
+            log=self.folder / f"replica-{i}.log",
+            NNPROBE_DATABASE_URL=self.database_url,
+            NNPROBE_JOB_LEASE_SECONDS=str(LEASE_SECONDS),
+            NNPROBE_JOB_POLL_SECONDS="0.25",
             # Three processes on a small machine: one compute thread each, no oversubscription.
-            "OMP_NUM_THREADS": "1",
-            "NNPROBE_MAX_QUEUED_JOBS": "64",
-        }
-        log = open(self.folder / f"replica-{i}.log", "a")  # noqa: SIM115 (closed with the process)
-        self.procs[i] = subprocess.Popen(
-            [sys.executable, "-m", "nnprobe_services.sequence", "--port", str(self.ports[i])],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            OMP_NUM_THREADS="1",
+            NNPROBE_MAX_QUEUED_JOBS="64",
         )
 
     def wait_ready(self, i: int) -> None:
@@ -89,8 +81,7 @@ class Replicas:
     def kill(self, i: int) -> None:
         proc = self.procs[i]
         assert proc is not None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=WAIT_SECONDS)
+        kill_hard(proc, WAIT_SECONDS)
 
     def stop_all(self) -> None:
         for proc in self.procs:

@@ -5,7 +5,6 @@ exactly the result of an uninterrupted run. The CLI follows the end of it."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,26 +13,21 @@ from pathlib import Path
 import pytest
 from nnprobe import SequenceClient
 
+from tests.processes import serve
+
 pytestmark = pytest.mark.system
 BIN = Path(sys.executable).parent
 
 
 def start(tmp_path: Path, port: int) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "NNPROBE_DATA_DIR": str(tmp_path / "data"),
-        "NNPROBE_CACHE_DIR": str(tmp_path / "cache"),
-        "NNPROBE_HOST": "127.0.0.1",
-        "NNPROBE_DEVICE": "cpu",
-        "NNPROBE_REPLICA_ID": "sequence-0",
+    return serve(
+        "sequence",
+        port,
+        data=tmp_path / "data",
+        cache=tmp_path / "cache",
+        NNPROBE_REPLICA_ID="sequence-0",
         # Long enough that only the restart under the same name can explain a takeover.
-        "NNPROBE_JOB_LEASE_SECONDS": "3600",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "nnprobe_services.sequence", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        NNPROBE_JOB_LEASE_SECONDS="3600",
     )
 
 

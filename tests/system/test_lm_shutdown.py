@@ -3,17 +3,16 @@
 - 200 WatchJob streams open on a running job: health, ListJobs and CancelJob still answer, the job is
   cancelled, and every stream then ends with OK after the CANCELLED event.
 - SIGTERM while a job trains: the process exits 0 within its grace period, a watcher's last event says the
-  job was INTERRUPTED, and after a restart the job resumes and finishes with exactly the losses and
-  perplexities of an uninterrupted run.
+  replica handed the job back to the queue at its checkpoint (and the stream ends UNAVAILABLE), and after a
+  restart the server claims the job again by itself (no ResumeJob) and finishes it with exactly the losses
+  and perplexities of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,39 +20,26 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from nnprobe import SequenceClient
+from nnprobe import NnprobeError, SequenceClient
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe.api.sequence.v1 import sequence_pb2_grpc
 
+from tests.processes import WAIT_SECONDS, serve, stop
+
 pytestmark = pytest.mark.system
-#: Hang guard for waiting on a process or a stream; never a pass/fail threshold.
-WAIT_SECONDS = 120.0
 WATCHERS = 200
 GRACE_SECONDS = 30.0
 
 
 def start(tmp_path: Path, port: int) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "NNPROBE_DATA_DIR": str(tmp_path / "data"),
-        "NNPROBE_CACHE_DIR": str(tmp_path / "cache"),
-        "NNPROBE_HOST": "127.0.0.1",
-        "NNPROBE_DEVICE": "cpu",
-    }
-    log = open(tmp_path / f"server-{port}.log", "a")  # noqa: SIM115 (closed with the process)
-    command = [sys.executable, "-m", "nnprobe_services.sequence", "--port", str(port)]
-    command += ["--grace-seconds", str(GRACE_SECONDS)]
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=WAIT_SECONDS)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    return serve(
+        "sequence",
+        port,
+        data=tmp_path / "data",
+        cache=tmp_path / "cache",
+        log=tmp_path / f"server-{port}.log",
+        flags=["--grace-seconds", str(GRACE_SECONDS)],
+    )
 
 
 async def watch_many(address: str, job_id: str, opened: asyncio.Event) -> list[list[pb.JobEvent]]:
@@ -127,13 +113,14 @@ def test_two_hundred_watchers_do_not_starve_health_listing_or_cancelling(
     print(f"{WATCHERS} streams each got {last_sequence} events; cancelled at step {final.step}")
 
 
-def test_sigterm_during_training_exits_zero_and_the_job_resumes_exactly(
+def test_sigterm_during_training_exits_zero_and_the_restarted_server_continues_the_job_exactly(
     tmp_path, free_port, pattern_text, resumable_lm
 ):
     port = free_port()
     address = f"127.0.0.1:{port}"
     proc = start(tmp_path, port)
     seen: list = []
+    ended: list = []
     try:
         with SequenceClient(address, timeout=60) as client:
             client.wait_until_ready(timeout=WAIT_SECONDS)
@@ -144,10 +131,13 @@ def test_sigterm_during_training_exits_zero_and_the_job_resumes_exactly(
             checkpointed = threading.Event()
 
             def follow() -> None:
-                for event in client.watch(job.job_id):
-                    seen.append(event)
-                    if event.kind == "checkpoint" and event.step >= 8:
-                        checkpointed.set()
+                try:
+                    for event in client.watch(job.job_id, reconnect_seconds=0):
+                        seen.append(event)
+                        if event.kind == "checkpoint" and event.step >= 8:
+                            checkpointed.set()
+                except NnprobeError as error:
+                    ended.append(error)
 
             watcher = threading.Thread(target=follow, daemon=True)
             watcher.start()
@@ -163,17 +153,17 @@ def test_sigterm_during_training_exits_zero_and_the_job_resumes_exactly(
     assert stopped_after < GRACE_SECONDS
     assert not watcher.is_alive()
     last = seen[-1]
-    assert (last.kind, last.state) == ("state", "interrupted") and "shutdown" in last.message
+    assert (last.kind, last.state) == ("state", "queued") and last.message.startswith(
+        "handed over by replica"
+    )
+    assert "shutdown" in last.message and last.step >= 8
+    assert [e.code for e in ended] == [grpc.StatusCode.UNAVAILABLE]
 
     proc = start(tmp_path, port)
     try:
         with SequenceClient(address, timeout=60) as client:
             client.wait_until_ready(timeout=WAIT_SECONDS)
-            interrupted = client.get_job(job.job_id)
-            assert interrupted.state == "interrupted" and "shutdown" in interrupted.error
-            assert 8 <= interrupted.checkpoint_step < interrupted.total_steps
-            client.resume_job(job.job_id)
-            final = client.wait_job(job.job_id)
+            final = client.wait_job(job.job_id)  # no ResumeJob: the restarted server claims it
             history = client.get_job(job.job_id, history=True).events
             expected = client.get_job(reference.job_id, history=True).events
     finally:
@@ -185,7 +175,9 @@ def test_sigterm_during_training_exits_zero_and_the_job_resumes_exactly(
         reference.test_perplexity,
     )
     assert [e.loss for e in history if e.kind == "step"] == [e.loss for e in expected if e.kind == "step"]
+    assert [e.message for e in history if e.message.startswith("handed over")] == [last.message]
     print(
-        f"SIGTERM at checkpoint step {interrupted.checkpoint_step}: exit 0 after {stopped_after:.1f} s "
-        f"(grace {GRACE_SECONDS:.0f} s); resumed to step {final.step} with identical losses"
+        f"SIGTERM, handed over at checkpoint step {last.step}: exit 0 after {stopped_after:.1f} s "
+        f"(grace {GRACE_SECONDS:.0f} s); the restarted server finished it at step {final.step} with "
+        "identical losses"
     )

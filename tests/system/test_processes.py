@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -19,31 +18,9 @@ pytestmark = pytest.mark.system
 BIN = Path(sys.executable).parent
 
 
-def start(args: list[str], tmp_path: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "NNPROBE_DATA_DIR": str(tmp_path / "data"),
-        "NNPROBE_CACHE_DIR": str(tmp_path),
-        "NNPROBE_HOST": "127.0.0.1",
-        "NNPROBE_DEVICE": "cpu",
-    }
-    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def stop(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out
-
-
-def test_module_entry_point_serves_cli_and_stops_on_sigterm(tmp_path, free_port):
+def test_module_entry_point_serves_cli_and_stops_on_sigterm(tmp_path, free_port, server_processes):
     port = free_port()
-    proc = start(
+    proc = server_processes.start(
         [sys.executable, "-m", "nnprobe_services.attention", "--port", str(port), "--log-format", "json"],
         tmp_path,
     )
@@ -82,7 +59,7 @@ def test_module_entry_point_serves_cli_and_stops_on_sigterm(tmp_path, free_port)
         assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "sequence_length" in bad.stderr
         assert "Traceback" not in bad.stderr
     finally:
-        out = stop(proc)
+        out = server_processes.stop(proc)
     assert proc.returncode == 0, out
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     requests = [entry for entry in lines if entry.get("method")]
@@ -91,9 +68,11 @@ def test_module_entry_point_serves_cli_and_stops_on_sigterm(tmp_path, free_port)
     assert any("draining" in entry["message"] for entry in lines)
 
 
-def test_in_flight_call_completes_during_sigterm_and_new_calls_are_refused(tmp_path, free_port):
+def test_in_flight_call_completes_during_sigterm_and_new_calls_are_refused(
+    tmp_path, free_port, server_processes
+):
     port = free_port()
-    proc = start(
+    proc = server_processes.start(
         [
             sys.executable,
             "-m",
@@ -149,11 +128,11 @@ def test_in_flight_call_completes_during_sigterm_and_new_calls_are_refused(tmp_p
     assert text.index("draining") < text.index("CheckPermutationEquivariance OK")
 
 
-def test_serve_all_starts_three_servers_that_answer_health(tmp_path, free_port):
+def test_serve_all_starts_three_servers_that_answer_health(tmp_path, free_port, server_processes):
     base = free_port()
     while any(not _port_free(base + i) for i in range(3)):
         base = free_port()
-    proc = start([str(BIN / "nnprobe"), "serve", "all", "--port", str(base)], tmp_path)
+    proc = server_processes.start([str(BIN / "nnprobe"), "serve", "all", "--port", str(base)], tmp_path)
     try:
         for offset, client_type in enumerate((VisionClient, SequenceClient, AttentionClient)):
             with client_type(f"127.0.0.1:{base + offset}") as client:
@@ -167,7 +146,7 @@ def test_serve_all_starts_three_servers_that_answer_health(tmp_path, free_port):
         )
         assert health.returncode == 0 and json.loads(health.stdout)[0]["status"] == "SERVING"
     finally:
-        out = stop(proc)
+        out = server_processes.stop(proc)
     assert proc.returncode == 0, out
 
 
@@ -180,8 +159,9 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def test_bad_configuration_exits_with_a_clear_message(tmp_path):
-    proc = start([sys.executable, "-m", "nnprobe_services.attention", "--device", "tpu"], tmp_path)
+def test_bad_configuration_exits_with_a_clear_message(tmp_path, server_processes):
+    command = [sys.executable, "-m", "nnprobe_services.attention", "--device", "tpu"]
+    proc = server_processes.start(command, tmp_path)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "device must be auto, cpu, cuda or cuda:N" in out and "Traceback" not in out

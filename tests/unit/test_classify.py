@@ -7,6 +7,8 @@ import io
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nnprobe_services.errors import InvalidArgument, ResourceExhausted
 from nnprobe_services.vision import classify, models, preprocess, store
 from PIL import Image
@@ -226,3 +228,35 @@ def test_remote_transfer_calls_are_capped_within_the_request_deadline():
     assert transfer.address_problem("dns:///vision.nnprobe.svc:50051") == ""
     assert transfer.address_problem("[::1]:50051") == ""
     assert "not a host:port" in transfer.address_problem("a b:1")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    host=st.one_of(
+        st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,10}){0,2}", fullmatch=True),
+        st.ip_addresses(v=4).map(str),
+        st.ip_addresses(v=6).map(lambda a: f"[{a}]"),
+    ),
+    port=st.integers(-5, 70_000),
+)
+def test_transfer_addresses_are_host_and_a_port_in_range(host, port):
+    """A transfer address is refused at once unless gRPC could dial it: a port in 1..65535, an IPv6 host in
+    brackets; otherwise the call would wait for a connection that can never come."""
+    from nnprobe_services.vision import transfer
+
+    address = f"{host}:{port}"
+    assert (transfer.address_problem(address) == "") == (1 <= port <= 65535 and "-" not in str(port))
+    if ":" in host.strip("[]"):  # an IPv6 literal without its brackets
+        assert transfer.address_problem(f"{host.strip('[]')}:{abs(port) or 1}") != ""
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet="ab1:[]./-", max_size=12))
+def test_an_accepted_transfer_address_ends_in_a_port(text):
+    from nnprobe_services.vision import transfer
+
+    if transfer.address_problem(text) == "" and text.split(":", 1)[0] not in ("dns", "ipv4", "ipv6", "unix"):
+        host, _, port = text.rpartition(":")
+        assert host and port.isdigit() and 1 <= int(port) <= 65535
+    for bad in ("::::", "host:", ":50051", "host:0", "host:65536", "[::1", "[zz]:1"):
+        assert transfer.address_problem(bad) != ""

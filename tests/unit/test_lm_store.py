@@ -269,3 +269,120 @@ def test_event_log_behaves_like_a_list(store, ops):
     job = store.get(job_id)
     assert job is not None and job.last_sequence == appended
     assert [(e.sequence, e.payload["v"]) for e in store.events(job_id)] == model
+
+
+def test_a_released_job_is_claimable_at_once_and_its_old_lease_is_fenced(store):
+    store.insert(new_job("job-a"))
+    first = store.claim_next("r1", ["cpu"], 600, 3)
+    assert first is not None
+    fence1 = {"owner": "r1", "attempt": first.job.attempt, "state": RUNNING}
+    for step in (1, 2, 3):  # the run's events: steps 1 and 2 are checkpointed (sequence 2), step 3 not
+        assert store.add_event("job-a", "step", {"step": step}, expect=fence1, step=step) == step
+    handed = {"state": QUEUED, "message": "handed over by r1 at step 2", "step": 2}
+    assert store.release("job-a", "r1", first.job.attempt, 2, handed, step=2) == 4
+    job = store.get("job-a")
+    assert job is not None
+    assert (job.state, job.owner, job.lease_expires_at, job.attempt, job.takeovers, job.step) == (
+        QUEUED,
+        "",
+        0.0,
+        first.job.attempt + 1,
+        0,
+        2,
+    )
+    # The old lease can no longer record steps, renew, release again or supersede.
+    assert store.add_event("job-a", "step", {"step": 4}, expect=fence1, step=4) is None
+    assert store.renew_lease("job-a", "r1", first.job.attempt, 600) is None
+    assert store.release("job-a", "r1", first.job.attempt, 0, handed) is None
+    assert not store.supersede_events("job-a", 0, expect=fence1)
+    # The history: the checkpointed steps, then the hand-over (step 3 was past the checkpoint).
+    assert [(e.sequence, e.payload.get("step")) for e in store.events("job-a")] == [(1, 1), (2, 2), (4, 2)]
+    # Claimable at once (the lease of 600 s did not have to expire), and not as a takeover.
+    second = store.claim_next("r2", ["cpu"], 600, 3)
+    assert second is not None and not second.takeover
+    assert (second.job.owner, second.job.attempt, second.job.takeovers) == ("r2", first.job.attempt + 2, 0)
+
+
+def test_a_release_keeps_a_queue_place_and_cancel_request(store):
+    store.insert(new_job("job-old", 0.0))
+    store.insert(new_job("job-new", 5.0))
+    claim = store.claim_next("r1", ["cpu"], 600, 3)
+    assert claim is not None and claim.job.job_id == "job-old"
+    assert store.request_cancel("job-old") == RUNNING
+    assert store.release("job-old", "r1", claim.job.attempt, 0, {"state": QUEUED}) is not None
+    again = store.claim_next("r2", ["cpu"], 600, 3)
+    assert again is not None and again.job.job_id == "job-old"  # still ahead of the newer job
+    assert again.job.cancel_requested  # the new owner stops it at once
+
+
+def test_releases_do_not_count_as_takeovers_and_deaths_still_interrupt(store):
+    """Deaths (expired leases) and graceful hand-overs interleaved: only the deaths count toward
+    max_takeovers, and a release does not reset the count either."""
+    store.insert(new_job("job-a"))
+    dies = [True, False, True, False, True]  # r0 dies, r1 releases, r2 dies, r3 releases, r4 dies
+    seen = []
+    for index, dying in enumerate(dies):
+        claim = store.claim_next(f"r{index}", ["cpu"], -1 if dying else 600, 2)
+        assert claim is not None
+        seen.append((claim.takeover, claim.job.takeovers))
+        if not dying:
+            assert store.release("job-a", f"r{index}", claim.job.attempt, 0, {"state": QUEUED})
+    # A claim after a death is a takeover and counts; a claim after a release is neither.
+    assert seen == [(False, 0), (True, 1), (False, 1), (True, 2), (False, 2)]
+    assert store.claim_next("r5", ["cpu"], 600, 2) is None  # the third death exceeds max_takeovers 2
+    job = store.get("job-a")
+    assert job is not None and job.state == INTERRUPTED and "taken over 2 times" in job.error
+
+
+def keyed_job(job_id: str, request_id: str, digest: str = "d1") -> JobRecord:
+    job = new_job(job_id)
+    job.request_id, job.request_digest = request_id, digest
+    return job
+
+
+def test_a_request_id_names_one_job(store):
+    created = store.insert(keyed_job("job-a", "key-1"))
+    assert created[1] and created[0].job_id == "job-a"
+    held, new = store.insert(keyed_job("job-b", "key-1", "d2"), max_queued=1)  # full queue: no matter
+    assert not new and (held.job_id, held.request_digest) == ("job-a", "d1")
+    assert store.insert(new_job("job-c"))[1] and store.insert(new_job("job-d"))[1]  # no key: no collision
+    assert sorted(j.job_id for j in store.jobs()) == ["job-a", "job-c", "job-d"]
+    found = store.by_request_id("key-1")
+    assert found is not None and found.job_id == "job-a"
+    assert store.by_request_id("key-2") is None
+
+
+def test_the_unique_index_refuses_a_second_job_with_a_key(store):
+    """The constraint itself, below the store's serialized check: a direct insert of a taken key fails."""
+    store.insert(keyed_job("job-a", "key-1"))
+    with store.engine.begin() as conn, pytest.raises(sa.exc.IntegrityError):
+        conn.execute(
+            schema.jobs.insert().values(
+                **{c: getattr(keyed_job("job-b", "key-1"), c) for c in ("job_id", "name", "corpus_id")},
+                state=QUEUED,
+                config="{}",
+                device="cpu",
+                created_at=0.0,
+                updated_at=0.0,
+                request_id="key-1",
+            )
+        )
+
+
+def test_concurrent_inserts_with_one_key_create_one_job(database_url):
+    stores = [JobStore(database_url) for _ in range(4)]
+    barrier = threading.Barrier(8)
+
+    def start(i: int) -> tuple[str, bool]:
+        barrier.wait(60)
+        job, created = stores[i % 4].insert(keyed_job(f"job-{i}", "same-key"), max_queued=100)
+        return job.job_id, created
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(start, range(8)))
+    winners = [job_id for job_id, created in outcomes if created]
+    assert len(winners) == 1
+    assert {job_id for job_id, _ in outcomes} == set(winners)  # every loser read the winner's job
+    assert [j.job_id for j in stores[0].jobs()] == winners
+    for s in stores:
+        s.close()

@@ -66,6 +66,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tie-weights", action="store_true")
     p.add_argument("--device", default="", help="cpu, cuda or cuda:N (default: the server's)")
     p.add_argument("--watch", action="store_true", help="follow the job with a progress bar until it ends")
+    p.add_argument(
+        "--request-id",
+        help="idempotency key (e.g. a UUID): running the command again with the same key and options "
+        "returns the same job instead of starting another (default: a new UUID)",
+    )
     _finish(p, run_train)
 
     p = commands.add_parser("watch", help="follow a job's events (again, from a cursor)")
@@ -271,7 +276,7 @@ def run_train(args: argparse.Namespace) -> int:
         )
     }
     with _client(args) as client:
-        job = client.start_training(args.corpus, name=args.name, **options)
+        job = client.start_training(args.corpus, name=args.name, request_id=args.request_id, **options)
         if args.watch:
             job = _follow(client, job.job_id, 0, args.json)
             if not args.json:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+
 from nnprobe._client import DEFAULT, BaseClient, _Default, choice
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
+from nnprobe.errors import NnprobeError
 
 _OPTIMIZERS = {"adam": pb.OPTIMIZER_ADAM, "sgd": pb.OPTIMIZER_SGD}
 _OPTIMIZER_NAMES = {code: name for name, code in _OPTIMIZERS.items()}
@@ -202,12 +207,18 @@ class JobMethods(BaseClient):
         checkpoint_interval: int = 0,
         eval_batch_size: int = 0,
         workers: int = 0,
+        request_id: str | None = None,
         timeout: float | _Default | None = DEFAULT,
     ) -> TrainingJob:
         """Start training an LSTM language model on ``corpus_id`` (``ptb`` or an upload's id) as a job.
 
         Zero/None options take the course notebook's values: embed 128, hidden 1024, 1 layer, 5 epochs,
         batch 20, sequence 30, Adam lr 0.002 (SGD: 20), clip 0.5. See ``TrainingConfig`` in the proto.
+
+        ``request_id`` is the call's idempotency key (1 to 128 printable ASCII characters, no spaces):
+        calling again with the same key and options returns the same job instead of starting another, on
+        any replica. None (the default): a new UUID for this call, so the client's own retries are safe;
+        "": no key. The same key with other options raises ``NnprobeError`` INVALID_ARGUMENT.
         """
         config = pb.TrainingConfig(
             embed_size=embed_size,
@@ -234,17 +245,44 @@ class JobMethods(BaseClient):
             config.learning_rate = learning_rate
         if clip_norm is not None:
             config.clip_norm = clip_norm
-        request = pb.StartTrainingRequest(corpus_id=corpus_id, config=config, name=name)
+        request = pb.StartTrainingRequest(
+            corpus_id=corpus_id,
+            config=config,
+            name=name,
+            request_id=str(uuid.uuid4()) if request_id is None else request_id,
+        )
         return _training_job(self._unary(self._stub.StartTraining, request, timeout).job)
 
     def watch_job(
-        self, job_id: str, *, after_sequence: int = 0, timeout: float | _Default | None = None
+        self,
+        job_id: str,
+        *,
+        after_sequence: int = 0,
+        timeout: float | _Default | None = None,
+        reconnect_seconds: float = 60.0,
     ) -> Iterator[JobEvent]:
         """Yield the job's events after ``after_sequence`` until it stops running (no deadline by
-        default). After a disconnect, watch again with the last ``event.sequence`` seen."""
-        request = pb.WatchJobRequest(job_id=job_id, after_sequence=after_sequence)
-        for response in self._stream(self._stub.WatchJob, request, timeout):
-            yield _job_event(response.event)
+        default). When the stream breaks with UNAVAILABLE (the replica serving it shut down and handed the
+        job over, or the server restarts), watch again from the last ``event.sequence`` seen, through any
+        address of the client, for up to ``reconnect_seconds`` without an event (0: raise at once).
+
+        Raises:
+            NnprobeError: NOT_FOUND for an unknown job; UNAVAILABLE when no server answered in time.
+        """
+        cursor = after_sequence
+        while True:
+            request = pb.WatchJobRequest(job_id=job_id, after_sequence=cursor)
+            give_up = time.monotonic() + reconnect_seconds
+            try:
+                for response in self._stream(self._stub.WatchJob, request, timeout):
+                    cursor = response.event.sequence
+                    give_up = time.monotonic() + reconnect_seconds
+                    yield _job_event(response.event)
+                return
+            except NnprobeError as error:
+                if error.code != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= give_up:
+                    raise
+            time.sleep(min(1.0, max(0.0, give_up - time.monotonic())))
 
     watch = watch_job
 

@@ -3,6 +3,8 @@ truncation analyses, training jobs and their events, corpora. Enum tables betwee
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import torch
@@ -11,6 +13,7 @@ from nnprobe.api.common.v1 import common_pb2
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 
 from nnprobe_services.sequence import gradients, rnn, truncation
+from nnprobe_services.sequence.lm import requests as lm_requests
 from nnprobe_services.sequence.lm.corpus import SPLITS, Corpus
 from nnprobe_services.sequence.lm.model import TrainingConfig
 from nnprobe_services.sequence.lm.store import EventRecord, JobRecord
@@ -155,6 +158,19 @@ def given_config(message: pb.TrainingConfig) -> dict[str, Any]:
         code = valid.enum_value(given["optimizer"], pb.Optimizer, "config.optimizer", pb.OPTIMIZER_ADAM)
         given["optimizer"] = OPTIMIZERS[code]
     return given
+
+
+def request_digest(request: pb.StartTrainingRequest) -> str:
+    """sha256 (hex) of what the request asks for, without its ``request_id``: its corpus, its name and the
+    canonical form of its config (``requests.canonical_config``: a field given at its default or left out
+    is the same request), as JSON with sorted keys. Raises ``InvalidArgument`` for an unknown optimizer."""
+    canonical = {
+        "corpus_id": request.corpus_id,
+        "name": request.name,
+        "config": lm_requests.canonical_config(given_config(request.config)),
+    }
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def event(record: EventRecord) -> pb.JobEvent:

@@ -6,8 +6,9 @@ Computation (tensor decoding, PyTorch, plots, corpus tokenising, checkpoint load
 pool, which sets the call's stop signal when the client cancels or the deadline passes. Job bookkeeping
 (ListJobs, GetJob, CancelJob, WatchJob) reads the job store with ``asyncio.to_thread`` and waits for
 changes with asyncio notifications, so it answers while the pool is busy and an idle WatchJob stream holds
-no thread. On shutdown the drain hook stops the running job at a step boundary, checkpoints it and marks it
-INTERRUPTED; its watchers get that last event.
+no thread. On shutdown the drain hook stops the running jobs at a step boundary, checkpoints them and hands
+them back to the shared queue; WatchJob streams on this replica deliver that hand-over event and then end
+with UNAVAILABLE, so their clients watch on from the same sequence through another replica.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import grpc
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe.api.sequence.v1 import sequence_pb2_grpc
 
-from nnprobe_services.errors import InvalidArgument, ResourceExhausted, ShouldStop
+from nnprobe_services.errors import InvalidArgument, ResourceExhausted, ShouldStop, Unavailable
 from nnprobe_services.sequence import gradients, messages, plots, rnn, truncation
 from nnprobe_services.sequence.lm import plots as lm_plots
 from nnprobe_services.sequence.lm import queries, requests, supervisor
@@ -30,7 +31,7 @@ from nnprobe_services.sequence.lm.corpus import CorpusStore
 from nnprobe_services.sequence.lm.jobs import CANCEL_WAIT_SECONDS, JobManager
 from nnprobe_services.sequence.lm.metrics import JobCollector
 from nnprobe_services.sequence.lm.replica import Leases, default_replica_id
-from nnprobe_services.sequence.lm.store import EventRecord, JobRecord
+from nnprobe_services.sequence.lm.store import ACTIVE, EventRecord, JobRecord
 from nnprobe_services.sequence.lm.watch import JobChanges, follow, until_stopped
 from nnprobe_services.sequence.requests import RequestReader
 from nnprobe_services.server import validation as valid
@@ -67,6 +68,8 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
         )
         self.models = queries.ModelCache(self.jobs, runtime.device)
         self.changes = JobChanges(loop)
+        #: Set once ``drain`` has handed this replica's jobs over: WatchJob streams end then.
+        self.drained = asyncio.Event()
         self.jobs.add_listener(self.changes.notify)
         metrics_for(config.service).replace_collector("training_jobs", JobCollector(self.jobs.store))
 
@@ -151,26 +154,38 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
         return pb.UploadCorpusResponse(corpus=messages.corpus_info(corpus))
 
     async def StartTraining(self, request, context):
+        key = requests.request_id(request.request_id)
         if not request.corpus_id:
             raise InvalidArgument("is required: 'ptb' or an id from UploadCorpus", field="corpus_id")
         valid.enum_value(request.config.optimizer, pb.Optimizer, "config.optimizer", pb.OPTIMIZER_ADAM)
         given = messages.given_config(request.config)
+        digest = messages.request_digest(request)
 
         def start(_stop: ShouldStop) -> pb.StartTrainingResponse:
-            corpus = self.corpora.get(request.corpus_id)
-            limit = self.config.max_tensor_elements
-            config, device = requests.training_config(given, corpus, limit=limit, device=self.device)
-            return pb.StartTrainingResponse(
-                job=self._job(self.jobs.start(request.corpus_id, config, request.name, device))
-            )
+            held = self.jobs.started(key, digest)  # a retry: its job, even if the limits changed since
+            if held is None:
+                corpus = self.corpora.get(request.corpus_id)
+                limit = self.config.max_tensor_elements
+                config, device = requests.training_config(given, corpus, limit=limit, device=self.device)
+                held = self.jobs.start(
+                    request.corpus_id, config, request.name, device, request_id=key, request_digest=digest
+                )
+            return pb.StartTrainingResponse(job=self._job(held))
 
         return await self.compute.run(context, start)
 
     async def WatchJob(self, request, context):
         if request.after_sequence < 0:
             raise InvalidArgument(f"must be >= 0, got {request.after_sequence}", field="after_sequence")
-        async for event in follow(self.jobs, self.changes, request.job_id, request.after_sequence):
+        cursor = request.after_sequence
+        async for event in follow(self.jobs, self.changes, request.job_id, cursor, until=self.drained.is_set):
+            cursor = event.sequence
             yield pb.WatchJobResponse(event=messages.event(event))
+        if self.drained.is_set() and await asyncio.to_thread(self._active, request.job_id):
+            raise Unavailable(
+                f"this replica is shutting down and job {request.job_id} goes on elsewhere; watch again "
+                f"with after_sequence={cursor}"
+            )
 
     async def ListJobs(self, request, context):
         states = []
@@ -235,7 +250,7 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
         )
         limit = self.config.max_sample_words
         result = await self.compute.run(
-            context, lambda _stop: queries.sample_job(self.models, request.job_id, options, limit)
+            context, lambda stop: queries.sample_job(self.models, request.job_id, options, limit, stop)
         )
         return pb.SampleResponse(
             words=result.words,
@@ -281,13 +296,22 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
 
     # -- shutdown and helpers ------------------------------------------------------------------------
     async def drain(self, grace: float) -> None:
-        """Stop every job within ``grace`` seconds: the running one checkpoints at its next step boundary
-        and becomes INTERRUPTED (resumable); queued ones become INTERRUPTED."""
-        left = await asyncio.to_thread(self.jobs.shutdown, max(0.0, grace - 0.5))
+        """Stop this replica's jobs within ``grace`` seconds: each running one checkpoints at its next step
+        boundary and goes back to the shared queue (another replica, or this one after a restart, continues
+        it); queued ones stay queued. Then end the WatchJob streams of jobs still queued or running
+        (UNAVAILABLE, after every event recorded so far), so that their clients follow on elsewhere."""
+        try:
+            left = await asyncio.to_thread(self.jobs.shutdown, max(0.0, grace - 0.5))
+        finally:
+            self.drained.set()
+            self.changes.wake_all()
         if left:
             log.warning(
                 "jobs %s did not stop within %.1f s; they resume from their last checkpoint", left, grace
             )
+
+    def _active(self, job_id: str) -> bool:
+        return self.jobs.get(job_id).state in ACTIVE
 
     def _job(self, job: JobRecord) -> pb.Job:
         return messages.job(job, self.jobs.queue_position(job))

@@ -119,6 +119,32 @@ def _external_tensors(model):
                     yield from (sparse.values, sparse.indices)
 
 
+def non_utf8_string(message, path: str = "") -> str | None:
+    """The path of the first string field of ``message`` (an ONNX protobuf, walked depth first) whose bytes
+    are not UTF-8 (protobuf hands such a proto2 string over as ``bytes``), or None."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    for descriptor, value in message.ListFields():
+        name = f"{path}.{descriptor.name}" if path else descriptor.name
+        items = list(enumerate(value)) if descriptor.is_repeated else [(None, value)]
+        for index, item in items:
+            where = name if index is None else f"{name}[{index}]"
+            if descriptor.type == FieldDescriptor.TYPE_STRING and not isinstance(item, str):
+                return where
+            if descriptor.type == FieldDescriptor.TYPE_MESSAGE:
+                found = non_utf8_string(item, where)
+                if found is not None:
+                    return found
+    return None
+
+
+def check_text(model, field: str) -> None:
+    """``InvalidArgument`` naming ``field`` when a name or other string of ``model`` is not UTF-8."""
+    where = non_utf8_string(model)
+    if where is not None:
+        raise InvalidArgument(f"is not a valid ONNX model: {where} is not UTF-8 text", field=field)
+
+
 def count_nodes(model) -> int:
     """Nodes of ``model``'s graph, its subgraphs and its local functions (which inference expands)."""
     graphs = [*_graphs(model.graph), *(g for f in model.functions for g in _subgraphs(f.node))]
@@ -144,6 +170,7 @@ def check_onnx_bytes(data: bytes, *, max_nodes: int, max_bytes: int, field: str)
         raise InvalidArgument(
             f"is not an ONNX model: {type(error).__name__}: {str(error)[:200]}", field=field
         ) from None
+    check_text(model, field)
     nodes = count_nodes(model)
     if nodes > max_nodes:
         raise ResourceExhausted(
@@ -171,6 +198,7 @@ def check_onnx(path: Path, *, max_nodes: int, max_bytes: int, field: str = "file
         model = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, ValueError, OSError, RuntimeError) as error:
         raise InvalidArgument(f"is not a readable ONNX model ({error})", field=field) from None
+    check_text(model, field)
     if not model.graph.node:
         raise InvalidArgument("is not an ONNX model (no graph nodes)", field=field)
     nodes = count_nodes(model)

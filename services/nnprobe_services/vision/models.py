@@ -277,7 +277,9 @@ class LoadedModel:
 
     @property
     def module(self) -> nn.Module:
-        return self.backend.differentiable()
+        """The differentiable module, run in batches of at most ``max_batch`` like ``predict``."""
+        module = self.backend.differentiable()
+        return BatchChunks(module, self.max_batch) if self.max_batch else module
 
     def predict(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float32 pixels in [0, 1] -> (N, classes) float32 logits on the CPU, from the backend
@@ -285,6 +287,21 @@ class LoadedModel:
         if self.max_batch and len(pixels) > self.max_batch:
             return torch.cat([self.backend.predict(chunk) for chunk in pixels.split(self.max_batch)])
         return self.backend.predict(pixels)
+
+
+class BatchChunks(nn.Module):
+    """``module`` run on consecutive chunks of at most ``size`` images, its outputs concatenated (autograd
+    flows through each chunk): a graph exported with a fixed batch takes any number of images."""
+
+    def __init__(self, module: nn.Module, size: int) -> None:
+        super().__init__()
+        self.inner = module
+        self.size = size
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if len(pixels) <= self.size:
+            return self.inner(pixels)
+        return torch.cat([self.inner(chunk) for chunk in pixels.split(self.size)])
 
 
 def load_module(record: ModelRecord, path: Path, device: torch.device) -> PixelClassifier:

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from nnprobe_services.vision.artifacts import non_utf8_string
 from nnprobe_services.vision.receptive_field import InvalidSpec, Unsupported, Window
 from nnprobe_services.vision.rf_ir import Capture, GraphNode
 from nnprobe_services.vision.rf_onnx_tensors import (
     attributes,
     check_embedded,
-    check_text,
     constant_value,
     tensor_array,
 )
@@ -90,8 +90,10 @@ class _Reader:
             raise InvalidSpec(
                 f"is not an ONNX model: {type(error).__name__}: {error}", field="model.onnx"
             ) from None
+        where = non_utf8_string(model)
+        if where is not None:
+            raise InvalidSpec(f"is not a valid ONNX model: {where} is not UTF-8 text", field="model.onnx")
         graph = model.graph
-        check_text(graph)
         check_embedded(graph)
         self.constants: dict[str, np.ndarray] = {
             t.name: tensor_array(t, "initializer") for t in graph.initializer

@@ -44,19 +44,6 @@ def attributes(node: Any) -> dict[str, Any]:
     return values
 
 
-def check_text(graph: Any) -> None:
-    """Every name the graph's mapping reads must be text: ONNX's protobuf is proto2, which hands strings
-    that are not valid UTF-8 back as bytes. Raises ``InvalidSpec`` on ``model.onnx`` naming the first."""
-    named = [*graph.input, *graph.output, *graph.initializer, *graph.value_info]
-    texts = [item.name for item in named]
-    for node in graph.node:
-        texts += [node.name, node.op_type, node.domain, *node.input, *node.output]
-        texts += [attribute.name for attribute in node.attribute]
-    for text in texts:
-        if not isinstance(text, str):
-            raise InvalidSpec(f"holds a name that is not UTF-8 text: {text[:60]!r}", field="model.onnx")
-
-
 def tensors(graph: Any) -> Iterator[Any]:
     """Every tensor a graph holds: initializers and tensor attributes, subgraphs' included."""
     import onnx

@@ -81,18 +81,28 @@ _MODEL_FIELDS = ("model.name", "model.onnx")
 
 @contextmanager
 def _domain_errors(request: FieldRequest) -> Iterator[None]:
-    """Field-engine errors as the service's domain errors (same message), and every error about the model
-    naming the field that carried it (``FieldRequest.model_field``): the readers and the field engine serve
-    both named models and bytes."""
+    """Field-engine errors as the service's domain errors (same message), every error about the model
+    naming the field that carried it (``FieldRequest.model_field``: the readers and the field engine serve
+    both named models and bytes), and every error about the input size naming the field that size came
+    from (``FieldRequest.size_field``: the request did not give ``input_size`` when the model or the
+    picture chose it)."""
     try:
         yield
     except rf.FieldError as error:
-        field = request.model_field if error.field in _MODEL_FIELDS else error.field
-        raise _ERRORS.get(type(error), FailedPrecondition)(error.message, field=field) from None
+        raise _ERRORS.get(type(error), FailedPrecondition)(
+            error.message, field=_answered_field(request, error.field)
+        ) from None
     except ServiceError as error:
-        if error.field in _MODEL_FIELDS:
-            error.field = request.model_field
+        error.field = _answered_field(request, error.field)
         raise
+
+
+def _answered_field(request: FieldRequest, field: str | None) -> str | None:
+    if field in _MODEL_FIELDS:
+        return request.model_field
+    if field == "input_size":
+        return request.size_field
+    return field
 
 
 def compute(
@@ -177,7 +187,7 @@ def _compute(
     ] > MAX_EMPIRICAL_PIXELS:
         raise ResourceExhausted(
             f"is {input_size[0]} x {input_size[1]}; back-propagation checks allow at most "
-            f"{MAX_EMPIRICAL_PIXELS} pixels",
+            f"{MAX_EMPIRICAL_PIXELS} pixels{_size_hint(request)}",
             field="input_size",
         )
     probe = _prober(request, input_size, device, graph, user)
@@ -212,9 +222,17 @@ def _input_size(
     limit = request.max_elements
     if size[0] * size[1] * 3 > limit:
         raise ResourceExhausted(
-            f"{size[0]} x {size[1]} x 3 exceeds the limit of {limit} elements", field="input_size"
+            f"{size[0]} x {size[1]} x 3 exceeds the limit of {limit} elements{_size_hint(request)}",
+            field="input_size",
         )
     return size
+
+
+def _size_hint(request: FieldRequest) -> str:
+    """What to do about an input size the request did not choose."""
+    if request.size_field == "input_size":
+        return ""
+    return f" (the input size of {request.size_field}; give a smaller input_size)"
 
 
 Resolver = Callable[[str, str], str]

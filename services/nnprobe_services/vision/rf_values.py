@@ -68,6 +68,14 @@ class FieldRequest:
         """The request field that carried the model: ``model.onnx`` for bytes, else ``model.name``."""
         return "model.onnx" if self.onnx else "model.name"
 
+    @property
+    def size_field(self) -> str:
+        """The request field the input size comes from: ``input_size`` when given (or required), else the
+        plot picture's field, else the model's field (the size it declares or defaults to)."""
+        if self.input_size is not None or not (self.picture is not None or self.has_model):
+            return "input_size"
+        return self.picture.field if self.picture is not None else self.model_field
+
 
 @dataclass(frozen=True)
 class RepositoryModel:

@@ -11,6 +11,7 @@ ends ``ANSWER_MARGIN_SECONDS`` before the request's own so that the transfer's f
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 
@@ -35,6 +36,8 @@ RETRY_POLICY = {
     "retryableStatusCodes": ["UNAVAILABLE"],
 }
 _ADDRESS = re.compile(r"[A-Za-z0-9._:/\[\]%-]+")
+#: gRPC target name schemes (https://grpc.github.io/grpc/core/md_doc_naming.html).
+_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock")
 
 
 def address_problem(address: str) -> str:
@@ -45,6 +48,19 @@ def address_problem(address: str) -> str:
         return f"is {len(address)} characters long; an address has at most 255"
     if not _ADDRESS.fullmatch(address):
         return f"{address[:64]!r} is not a host:port address"
+    scheme, sep, rest = address.partition(":")
+    if sep and rest and scheme in _SCHEMES:  # a gRPC target name (dns:///host:port, unix:path, ...)
+        return ""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"{address[:64]!r} is not a host:port address (a port in 1..65535 after the last ':')"
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1] if host.endswith("]") else "")
+        except ValueError:
+            return f"{address[:64]!r}: the host in brackets is not an IPv6 address"
+    elif ":" in host or "[" in host or "]" in host:
+        return f"{address[:64]!r}: an IPv6 address goes in brackets, [::1]:50051"
     return ""
 
 

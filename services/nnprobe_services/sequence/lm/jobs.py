@@ -6,8 +6,13 @@ renews the lease of each job it runs (the heartbeat, which also reads cancel req
 replica), and takes over jobs whose owner's lease expired: the owner died (``kill -9``, a lost node), so
 the job continues from its last checkpoint with the same data order and finishes with the same result as
 an uninterrupted run. A replica that shuts down (``shutdown``) stops its running jobs at a step boundary,
-checkpoints them and marks them INTERRUPTED; queued jobs stay in the shared queue. ``resume`` queues an
-INTERRUPTED or CANCELLED job again.
+checkpoints them and hands them back to the shared queue (QUEUED, claimable at once by any replica, this
+one after a restart included), where they continue from that checkpoint exactly as a takeover does;
+queued jobs stay in the queue. INTERRUPTED is left for jobs taken over too often (``max_takeovers``).
+``resume`` queues an INTERRUPTED or CANCELLED job again.
+
+``start`` is idempotent under a client's ``request_id``: a retry with the same key and the same request
+(``request_digest``) gets the job the first call created, on any replica sharing the store.
 
 Every event this replica records is announced to the listeners (``add_listener``), from the thread that
 recorded it, so an event loop can wake its watchers; events other replicas record are seen by polling.
@@ -28,7 +33,7 @@ from typing import Any
 
 import torch
 
-from nnprobe_services.errors import FailedPrecondition, NotFound
+from nnprobe_services.errors import FailedPrecondition, InvalidArgument, NotFound
 from nnprobe_services.files import remove_partial_writes
 from nnprobe_services.sequence.lm import checkpoints
 from nnprobe_services.sequence.lm.corpus import CorpusStore
@@ -107,9 +112,10 @@ class JobManager:
 
     def shutdown(self, grace: float) -> list[str]:
         """Stop this replica for a server shutdown, within ``grace`` seconds: claim nothing more; running
-        jobs stop at their next step boundary, write a checkpoint and become INTERRUPTED (resumable); queued
-        jobs stay queued for the other replicas. Returns the ids of jobs still running when ``grace`` ran
-        out (their threads could not be joined; their leases expire and another replica takes them over)."""
+        jobs stop at their next step boundary, write a checkpoint and go back to the shared queue for any
+        replica to continue (``_hand_over``); queued jobs stay queued. Returns the ids of jobs still running
+        when ``grace`` ran out (their threads could not be joined; their leases expire and another replica
+        takes them over)."""
         deadline = time.monotonic() + grace
         return self.supervisor.close(deadline - min(1.0, grace / 4), deadline)
 
@@ -144,7 +150,23 @@ class JobManager:
         return self.store.queue_position(job)
 
     # -- start, cancel, resume -----------------------------------------------------------------------
-    def start(self, corpus_id: str, config: TrainingConfig, name: str, device: torch.device) -> JobRecord:
+    def start(
+        self,
+        corpus_id: str,
+        config: TrainingConfig,
+        name: str,
+        device: torch.device,
+        *,
+        request_id: str = "",
+        request_digest: str = "",
+    ) -> JobRecord:
+        """Queue a new job; with a ``request_id`` (the client's idempotency key), return the job that key
+        already names instead when there is one. ``request_digest`` identifies the request the key stands
+        for; the same key with another digest raises ``InvalidArgument`` (field ``request_id``). Raises
+        ``NotFound`` (corpus), ``ResourceExhausted`` (queue full)."""
+        held = self.started(request_id, request_digest)
+        if held is not None:
+            return held
         corpus = self.corpora.get(corpus_id)
         per_epoch = steps_per_epoch(corpus.splits["train"].tokens, config.batch_size, config.sequence_length)
         from nnprobe_services.sequence.lm.model import LanguageModel
@@ -166,11 +188,31 @@ class JobManager:
             vocab_size=corpus.vocab_size,
             parameters=parameters,
             queued_at=now,
+            request_id=request_id,
+            request_digest=request_digest,
         )
-        self.store.insert(job, max_queued=self.max_queued)
+        held, created = self.store.insert(job, max_queued=self.max_queued)
+        if not created:  # a concurrent call with the same key won
+            return self._same_request(held, request_digest)
         self._event(job.job_id, "state", {"state": QUEUED, "message": "queued"})
         self.supervisor.wake.set()
         return self.get(job.job_id)
+
+    def started(self, request_id: str, request_digest: str) -> JobRecord | None:
+        """The job ``start`` already created under ``request_id`` ('' or unknown: None); ``InvalidArgument``
+        (field ``request_id``) when that job was started by a request with another digest."""
+        held = self.store.by_request_id(request_id) if request_id else None
+        return None if held is None else self._same_request(held, request_digest)
+
+    @staticmethod
+    def _same_request(held: JobRecord, request_digest: str) -> JobRecord:
+        if held.request_digest != request_digest:
+            raise InvalidArgument(
+                f"{held.request_id!r} already started job {held.job_id} with a different request "
+                "(corpus_id, config or name); choose a new request_id for a new job",
+                field="request_id",
+            )
+        return held
 
     def request_cancel(self, job_id: str) -> bool:
         """Cancel a queued job at once, or ask the owner of a running one (on any replica) to stop it at a
@@ -270,13 +312,7 @@ class JobManager:
                 cancelled = {"state": CANCELLED, "message": "cancelled"}
                 self._event(job_id, "state", cancelled, state=CANCELLED, **release)
             else:
-                step = self.get(job_id).checkpoint_step
-                message = (
-                    f"the server stopped (shutdown, replica {self.replica_id}); the job resumes from its "
-                    f"checkpoint at step {step}"
-                )
-                stopped = {"state": INTERRUPTED, "message": message, "step": step}
-                self._event(job_id, "state", stopped, state=INTERRUPTED, error=message, **release)
+                self._hand_over(job_id, running)
         except LeaseLost:
             log.warning("job %s: another replica owns it now; this replica stopped running it", job_id)
         except Exception as error:  # recorded on the job; the server keeps running
@@ -295,6 +331,21 @@ class JobManager:
                 log.warning("job %s: failed after another replica took it over", job_id)
         finally:
             self.supervisor.finished(job_id)
+
+    def _hand_over(self, job_id: str, running: RunningJob) -> None:
+        """Give a job this replica stopped for its shutdown back to the shared queue (``JobStore.release``)
+        from its checkpoint: the events past the checkpoint leave the history (the next run records them
+        again), and a state event says who handed it over at which step."""
+        sequence, step = self._checkpoint_position(job_id)
+        message = (
+            f"handed over by replica {self.replica_id} at step {step}: the replica stopped (shutdown); "
+            f"queued again, the job resumes from its checkpoint at step {step} on the replica that claims it"
+        )
+        payload = {"state": QUEUED, "message": message, "step": step}
+        if self.store.release(job_id, self.replica_id, running.attempt, sequence, payload, step=step) is None:
+            raise LeaseLost(job_id)
+        log.info("job %s: %s", job_id, message)
+        self._notify(job_id)
 
     def _fence(self, running: RunningJob) -> dict[str, Any]:
         return {"owner": self.replica_id, "attempt": running.attempt, "state": RUNNING}

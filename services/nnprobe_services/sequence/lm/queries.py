@@ -141,9 +141,16 @@ class Sample:
     step: int
 
 
-def sample_job(models: ModelCache, job_id: str, options: SampleOptions, max_words: int) -> Sample:
+def sample_job(
+    models: ModelCache,
+    job_id: str,
+    options: SampleOptions,
+    max_words: int,
+    should_stop: Callable[[], bool] = never,
+) -> Sample:
     """Generate words from the job's model (at most ``max_words``); InvalidArgument names the option at
-    fault, NotFound a prompt word outside the vocabulary."""
+    fault, NotFound a prompt word outside the vocabulary, Cancelled when ``should_stop`` turns true
+    (checked between generated words)."""
     loaded = models.get(job_id)
     num_words = valid.positive(options.num_words, "num_words", default=50, maximum=max_words)
     decoding = sampling.sampling_options(
@@ -151,7 +158,13 @@ def sample_job(models: ModelCache, job_id: str, options: SampleOptions, max_word
     )
     prompt = _prompt_ids(loaded, options.prompt, options.start_word_id)
     result = sampling.sample(
-        loaded.model, prompt, num_words, decoding, seed=options.seed, device=models.device
+        loaded.model,
+        prompt,
+        num_words,
+        decoding,
+        seed=options.seed,
+        device=models.device,
+        should_stop=should_stop,
     )
     words = [loaded.vocab[i] for i in result.word_ids]
     text = "".join("\n" if w == EOS else w + " " for w in words)

@@ -54,6 +54,8 @@ class JobRecord:
     takeovers: int = 0
     cancel_requested: bool = False
     queued_at: float = 0.0
+    request_id: str = ""
+    request_digest: str = ""
 
 
 @dataclass

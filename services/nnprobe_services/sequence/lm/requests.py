@@ -23,6 +23,27 @@ from nnprobe_services.server import validation as valid
 from nnprobe_services.server.device import resolve_device
 
 DEFAULT_LR = {"adam": 0.002, "sgd": 20.0}
+#: The sizes' defaults (the course notebook's), taken for an unset or zero value.
+SIZE_DEFAULTS = {
+    "embed_size": 128,
+    "hidden_size": 1024,
+    "num_layers": 1,
+    "epochs": 5,
+    "batch_size": 20,
+    "sequence_length": 30,
+    "log_interval": 10,
+    "checkpoint_interval": 200,
+    "eval_batch_size": 10,
+}
+#: The sizes' largest values (absent: ``max_tensor_elements``; None: no limit).
+_SIZE_MAXIMA: dict[str, int | None] = {
+    "num_layers": 64,
+    "epochs": 100_000,
+    "log_interval": None,
+    "checkpoint_interval": None,
+}
+#: Longest idempotency key (``request_id``) StartTraining accepts, in characters.
+MAX_REQUEST_ID_LENGTH = 128
 #: Most data-parallel worker processes one job may use.
 MAX_WORKERS = 64
 F = "config."
@@ -88,20 +109,36 @@ def training_config(
 
 
 def _sizes(given: Mapping[str, Any], limit: int) -> dict[str, int]:
-    def size(name: str, default: int, maximum: int | None = limit) -> int:
-        return valid.positive(given.get(name, 0), F + name, default=default, maximum=maximum)
-
     return {
-        "embed_size": size("embed_size", 128),
-        "hidden_size": size("hidden_size", 1024),
-        "num_layers": size("num_layers", 1, 64),
-        "epochs": size("epochs", 5, 100_000),
-        "batch_size": size("batch_size", 20),
-        "sequence_length": size("sequence_length", 30),
-        "log_interval": size("log_interval", 10, None),
-        "checkpoint_interval": size("checkpoint_interval", 200, None),
-        "eval_batch_size": size("eval_batch_size", 10),
+        name: valid.positive(
+            given.get(name, 0), F + name, default=default, maximum=_SIZE_MAXIMA.get(name, limit)
+        )
+        for name, default in SIZE_DEFAULTS.items()
     }
+
+
+def canonical_config(given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` (as ``training_config`` takes it) with every default that does not depend on the server
+    or the corpus filled in, and -0.0 as 0.0: two requests that ask for the same training have the same
+    canonical config (an optimizer, learning rate or size given at its default, or left out). Values are
+    not validated; ``device`` stays as given ('' is the server's)."""
+    optimizer = given.get("optimizer", "adam")
+    values: dict[str, Any] = {name: given.get(name, 0) or default for name, default in SIZE_DEFAULTS.items()}
+    values.update(
+        optimizer=optimizer,
+        learning_rate=given.get("learning_rate", DEFAULT_LR.get(optimizer)),
+        clip_norm=given.get("clip_norm", 0.5),
+        dropout=given.get("dropout", 0.0),
+        tie_weights=given.get("tie_weights", False),
+        max_steps=given.get("max_steps", 0),
+        seed=given.get("seed", 0),
+        device=given.get("device", ""),
+        lr_decay=given.get("lr_decay", 0.0) or 1.0,
+        lr_decay_start_epoch=given.get("lr_decay_start_epoch", 0),
+        init_range=given.get("init_range", 0.0),
+        workers=given.get("workers", 0) or 1,
+    )
+    return {k: v + 0.0 if isinstance(v, float) else v for k, v in values.items()}
 
 
 def _check_schedule(given: Mapping[str, Any], sizes: dict[str, int]) -> None:
@@ -159,6 +196,25 @@ def _check_corpus_fits(corpus: Corpus, sizes: dict[str, int], limit: int) -> Non
         )
 
 
+def request_id(value: str) -> str:
+    """StartTraining's idempotency key: '' (none) or 1 to ``MAX_REQUEST_ID_LENGTH`` printable ASCII
+    characters without spaces (``!`` to ``~``), such as a UUID. Returns it unchanged; ``InvalidArgument``
+    naming ``request_id`` otherwise."""
+    if len(value) > MAX_REQUEST_ID_LENGTH:
+        raise InvalidArgument(
+            f"must be at most {MAX_REQUEST_ID_LENGTH} characters (a UUID has 36), got {len(value)}",
+            field="request_id",
+        )
+    for index, char in enumerate(value):
+        if not "!" <= char <= "~":
+            raise InvalidArgument(
+                f"must be printable ASCII without spaces ('!' to '~'), such as a UUID; character {index} is "
+                f"{char!r}",
+                field="request_id",
+            )
+    return value
+
+
 def check_workers_fit(workers: int, device: torch.device, field: str) -> None:
     """Data-parallel workers run on the CPU (gloo) or one GPU each (NCCL); FailedPrecondition otherwise."""
     if device.type == "cuda":
@@ -172,4 +228,13 @@ def check_workers_fit(workers: int, device: torch.device, field: str) -> None:
         raise FailedPrecondition(f"data-parallel workers run on cpu or cuda, not {device}", field=field)
 
 
-__all__ = ["DEFAULT_LR", "MAX_WORKERS", "check_workers_fit", "training_config"]
+__all__ = [
+    "DEFAULT_LR",
+    "MAX_REQUEST_ID_LENGTH",
+    "MAX_WORKERS",
+    "SIZE_DEFAULTS",
+    "canonical_config",
+    "check_workers_fit",
+    "request_id",
+    "training_config",
+]

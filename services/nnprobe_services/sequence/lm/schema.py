@@ -8,7 +8,8 @@ apply each migration exactly once. A database written by a newer server (a highe
 
 Version 1 is the schema of the embedded store before replicas shared it (a database without
 ``schema_migrations`` but with ``jobs`` is at version 1); version 2 adds ownership, leases, takeovers,
-cancellation requests and superseded events.
+cancellation requests and superseded events; version 3 adds the client's idempotency key of
+StartTraining (``request_id``, unique among the jobs that have one) and the digest of that request.
 """
 
 from __future__ import annotations
@@ -79,13 +80,21 @@ LEASE_COLUMNS: list[tuple[str, sa.types.TypeEngine, str]] = [
     # Queue order: when the job was (re)queued.
     ("queued_at", Seconds, "0"),
 ]
+#: Columns version 3 adds to ``jobs``.
+REQUEST_COLUMNS: list[tuple[str, sa.types.TypeEngine, str]] = [
+    # The client's idempotency key of the StartTraining call that created the job ('' when none); unique
+    # among the jobs that have one (the partial index ``jobs_request_id``).
+    ("request_id", sa.Text(), "''"),
+    # sha256 (hex) of that request's canonical form without the key: a retry must carry the same request.
+    ("request_digest", sa.Text(), "''"),
+]
 jobs = sa.Table(
     "jobs",
     metadata,
     *_job_columns(),
     *(
         sa.Column(name, type_, nullable=False, server_default=sa.text(default))
-        for name, type_, default in LEASE_COLUMNS
+        for name, type_, default in LEASE_COLUMNS + REQUEST_COLUMNS
     ),
 )
 events = sa.Table(
@@ -127,8 +136,16 @@ def _add_leases(conn: Connection) -> None:
     conn.execute(sa.text("CREATE INDEX jobs_queue ON jobs (state, device, queued_at)"))
 
 
+def _add_request_ids(conn: Connection) -> None:
+    for name, type_, default in REQUEST_COLUMNS:
+        sql_type = type_.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type} NOT NULL DEFAULT {default}"))
+    # Partial: jobs started without a key ('') do not collide. Both SQLite and PostgreSQL enforce it.
+    conn.execute(sa.text("CREATE UNIQUE INDEX jobs_request_id ON jobs (request_id) WHERE request_id <> ''"))
+
+
 #: Migration ``i + 1`` is ``MIGRATIONS[i]``.
-MIGRATIONS: list[Callable[[Connection], None]] = [_create_version_1, _add_leases]
+MIGRATIONS: list[Callable[[Connection], None]] = [_create_version_1, _add_leases, _add_request_ids]
 VERSION = len(MIGRATIONS)
 
 

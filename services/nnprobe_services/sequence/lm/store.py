@@ -15,7 +15,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,6 +23,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
 
 from nnprobe_services.errors import ResourceExhausted, Unavailable
+from nnprobe_services.sequence.lm.queue import SharedQueue
 from nnprobe_services.sequence.lm.records import (
     ACTIVE,
     CANCELLED,
@@ -107,7 +108,7 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
-class JobStore:
+class JobStore(SharedQueue):
     """Thread-safe, process-safe access to the job database at ``url``.
 
     ``url``: ``sqlite:///<path>`` or ``postgresql://user:password@host:port/db``. The schema is migrated
@@ -175,23 +176,48 @@ class JobStore:
             raise KeyError(f"unknown job columns {sorted(unknown)}")
         return {k: json.dumps(v) if k == "config" else v for k, v in changes.items()}
 
-    def insert(self, job: JobRecord, max_queued: int | None = None) -> None:
-        """Add ``job``; with ``max_queued``, raise ``ResourceExhausted`` when that many jobs are already
-        queued (over all replicas and devices; counted and inserted in one serialized transaction)."""
+    def insert(self, job: JobRecord, max_queued: int | None = None) -> tuple[JobRecord, bool]:
+        """Add ``job`` and return it with True; with ``max_queued``, raise ``ResourceExhausted`` when that
+        many jobs are already queued (over all replicas and devices; counted and inserted in one serialized
+        transaction).
+
+        When ``job.request_id`` is set and a job already holds that key, nothing is added: that job is
+        returned with False, whatever the queue holds (the caller compares ``request_digest``). Inserts
+        are serialized, and the unique index on ``request_id`` backs that up: a concurrent insert of the
+        same key that loses reads the winner's job."""
         values = self._values({c: getattr(job, c) for c in COLUMNS})
-        with self._write() as conn:
-            if self.backend == "postgresql":
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(0x6A6F6273)))
-            if max_queued is not None:
-                queued = conn.execute(
-                    sa.select(sa.func.count()).where(jobs_table.c.state == QUEUED)
-                ).scalar_one()
-                if queued >= max_queued:
-                    raise ResourceExhausted(
-                        f"{queued} jobs are already queued; the limit is {max_queued} (max_queued_jobs)",
-                        field="corpus_id",
-                    )
-            conn.execute(jobs_table.insert().values(**values))
+        try:
+            with self._write() as conn:
+                if self.backend == "postgresql":
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(0x6A6F6273)))
+                if job.request_id:
+                    held = conn.execute(
+                        sa.select(jobs_table).where(jobs_table.c.request_id == job.request_id)
+                    ).first()
+                    if held is not None:
+                        return self._job(held), False
+                if max_queued is not None:
+                    queued = conn.execute(
+                        sa.select(sa.func.count()).where(jobs_table.c.state == QUEUED)
+                    ).scalar_one()
+                    if queued >= max_queued:
+                        raise ResourceExhausted(
+                            f"{queued} jobs are already queued; the limit is {max_queued} (max_queued_jobs)",
+                            field="corpus_id",
+                        )
+                conn.execute(jobs_table.insert().values(**values))
+        except sa.exc.IntegrityError:
+            winner = self.by_request_id(job.request_id) if job.request_id else None
+            if winner is None:
+                raise
+            return winner, False
+        return job, True
+
+    def by_request_id(self, request_id: str) -> JobRecord | None:
+        """The job StartTraining created under the idempotency key ``request_id``, if any."""
+        with self._read() as conn:
+            row = conn.execute(sa.select(jobs_table).where(jobs_table.c.request_id == request_id)).first()
+        return None if row is None else self._job(row)
 
     def update(self, job_id: str, **changes: Any) -> None:
         changes.setdefault("updated_at", time.time())
@@ -311,102 +337,3 @@ class JobStore:
                 .values(superseded=True)
             )
         return True
-
-    # -- the shared queue ----------------------------------------------------------------------------
-    def claim_next(
-        self, replica_id: str, devices: Sequence[str], lease_seconds: float, max_takeovers: int
-    ) -> Claim | None:
-        """Claim the oldest job for one of ``devices`` that is queued or running under an expired lease;
-        None when there is none. The claim sets state RUNNING, owner ``replica_id``, a lease of
-        ``lease_seconds`` and ``attempt + 1``. A job whose lease expired ``max_takeovers`` times in a row
-        is not claimed again but left INTERRUPTED (a job that kills every replica must not cycle)."""
-        c = jobs_table.c
-        if not devices:
-            return None
-        with self._write() as conn:
-            while True:
-                now = float(conn.execute(sa.select(self._clock)).scalar_one())
-                claimable = sa.or_(c.state == QUEUED, sa.and_(c.state == RUNNING, c.lease_expires_at < now))
-                row = conn.execute(
-                    sa.select(jobs_table)
-                    .where(c.device.in_(list(devices)), claimable)
-                    .order_by(c.queued_at, c.job_id)
-                    .limit(1)
-                    .with_for_update(skip_locked=True)
-                ).first()
-                if row is None:
-                    return None
-                job = self._job(row)
-                takeover = job.state == RUNNING
-                if takeover and job.takeovers >= max_takeovers:
-                    message = (
-                        f"the lease of replica {job.owner} expired and the job was taken over "
-                        f"{job.takeovers} times already (max_job_takeovers); resume it to try again"
-                    )
-                    self._append(
-                        conn,
-                        job.job_id,
-                        "state",
-                        {"state": INTERRUPTED, "message": message, "step": job.step, "epoch": job.epoch},
-                        {"attempt": job.attempt},
-                        {"state": INTERRUPTED, "error": message, "owner": "", "lease_expires_at": 0.0},
-                    )
-                    continue
-                changes = {
-                    "state": RUNNING,
-                    "owner": replica_id,
-                    "lease_expires_at": now + lease_seconds,
-                    "attempt": job.attempt + 1,
-                    "takeovers": job.takeovers + 1 if takeover else job.takeovers,
-                    "updated_at": time.time(),
-                }
-                conn.execute(jobs_table.update().where(c.job_id == job.job_id).values(**changes))
-                previous = job.owner
-                for name, value in changes.items():
-                    setattr(job, name, value)
-                return Claim(job, takeover, previous)
-
-    def renew_lease(self, job_id: str, replica_id: str, attempt: int, lease_seconds: float) -> bool | None:
-        """Extend the lease of a job this replica runs; return whether a cancel was requested, or None
-        when the lease is lost (the job was taken over, or it left RUNNING)."""
-        c = jobs_table.c
-        with self._write() as conn:
-            now = float(conn.execute(sa.select(self._clock)).scalar_one())
-            requested = conn.execute(
-                jobs_table.update()
-                .where(c.job_id == job_id, c.owner == replica_id, c.attempt == attempt, c.state == RUNNING)
-                .values(lease_expires_at=now + lease_seconds)
-                .returning(c.cancel_requested)
-            ).scalar()
-        return None if requested is None else bool(requested)
-
-    def request_cancel(self, job_id: str) -> str:
-        """Cancel a queued job at once, or flag a running one for its owner; return the state found
-        (``queued``: now cancelled; ``running``: flagged; anything else: nothing done)."""
-        c = jobs_table.c
-        with self._write() as conn:
-            payload = {"state": CANCELLED, "message": "cancelled while queued"}
-            if self._append(conn, job_id, "state", payload, {"state": QUEUED}, {"state": CANCELLED}):
-                return QUEUED
-            flagged = conn.execute(
-                jobs_table.update()
-                .where(c.job_id == job_id, c.state == RUNNING)
-                .values(cancel_requested=True, updated_at=time.time())
-            ).rowcount
-            if flagged:
-                return RUNNING
-            state = conn.execute(sa.select(c.state).where(c.job_id == job_id)).scalar()
-        return str(state or "")
-
-    def expire_leases(self, owner: str) -> int:
-        """End the leases of the running jobs ``owner`` holds (a replica restarting under the same id
-        knows their runner died); return how many."""
-        c = jobs_table.c
-        with self._write() as conn:
-            return int(
-                conn.execute(
-                    jobs_table.update()
-                    .where(c.owner == owner, c.state == RUNNING)
-                    .values(lease_expires_at=0.0)
-                ).rowcount
-            )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from nnprobe_services.sequence.lm.jobs import JobManager
 from nnprobe_services.sequence.lm.store import ACTIVE, EventRecord
@@ -40,6 +40,12 @@ class JobChanges:
         if event is not None:
             event.set()
 
+    def wake_all(self) -> None:
+        """Wake every waiting coroutine (call on the loop)."""
+        events, self._events = self._events, {}
+        for event in events.values():
+            event.set()
+
     def next_change(self, job_id: str) -> asyncio.Event:
         """An event set at the job's next change. Take it before reading the store, so a change made
         between the read and the wait is not missed."""
@@ -65,10 +71,15 @@ def _read(jobs: JobManager, job_id: str, cursor: int) -> tuple[list[EventRecord]
 
 
 async def follow(
-    jobs: JobManager, changes: JobChanges, job_id: str, after: int = 0
+    jobs: JobManager,
+    changes: JobChanges,
+    job_id: str,
+    after: int = 0,
+    until: Callable[[], bool] = lambda: False,
 ) -> AsyncIterator[EventRecord]:
     """The job's events after sequence ``after``, as they are recorded, until the job has left
-    QUEUED/RUNNING and every event is out. NotFound for an unknown job."""
+    QUEUED/RUNNING and every event is out, or, earlier, until ``until()`` is true once every event recorded
+    so far is out (call ``changes.wake_all()`` after it turns true). NotFound for an unknown job."""
     await asyncio.to_thread(jobs.get, job_id)
     cursor = after
     while True:
@@ -79,7 +90,7 @@ async def follow(
         if events:
             cursor = events[-1].sequence
             continue
-        if not more:
+        if not more or until():
             return
         await changes.wait(change)
 

@@ -253,8 +253,8 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     JOB_STATE_CANCELLED: _JobState.ValueType  # 5
     """Cancelled by CancelJob; its last checkpoint is kept and ResumeJob continues it."""
     JOB_STATE_INTERRUPTED: _JobState.ValueType  # 6
-    """The server stopped (crash or restart) while the job was queued or running; ResumeJob continues it
-    from its last checkpoint.
+    """Left stopped after its replicas died max_job_takeovers times in a row; ResumeJob continues it from
+    its last checkpoint. (A replica that stops gracefully hands its running jobs back to the queue.)
     """
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper):
@@ -273,8 +273,8 @@ JOB_STATE_FAILED: JobState.ValueType  # 4
 JOB_STATE_CANCELLED: JobState.ValueType  # 5
 """Cancelled by CancelJob; its last checkpoint is kept and ResumeJob continues it."""
 JOB_STATE_INTERRUPTED: JobState.ValueType  # 6
-"""The server stopped (crash or restart) while the job was queued or running; ResumeJob continues it
-from its last checkpoint.
+"""Left stopped after its replicas died max_job_takeovers times in a row; ResumeJob continues it from
+its last checkpoint. (A replica that stops gracefully hands its running jobs back to the queue.)
 """
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
@@ -1366,10 +1366,18 @@ class StartTrainingRequest(_message.Message):
     CORPUS_ID_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     corpus_id: _builtins.str
     """"ptb" (Penn Treebank, Mikolov's split) or an id returned by UploadCorpus."""
     name: _builtins.str
     """A label for the job; informational."""
+    request_id: _builtins.str
+    """Optional idempotency key chosen by the client (e.g. a UUID): 1 to 128 printable ASCII characters
+    without spaces. A StartTraining with a key that already started a job (on any replica sharing the job
+    store, however many calls race) returns that job and starts nothing; the same key with a different
+    request (corpus_id, config or name; a config field given at its default or left out is the same) is
+    INVALID_ARGUMENT. Keys are kept as long as their jobs.
+    """
     @_builtins.property
     def config(self) -> Global___TrainingConfig:
         """Hyperparameters; unset fields take the defaults."""
@@ -1380,10 +1388,11 @@ class StartTrainingRequest(_message.Message):
         corpus_id: _builtins.str = ...,
         config: Global___TrainingConfig | None = ...,
         name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "corpus_id", b"corpus_id", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "corpus_id", b"corpus_id", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
