@@ -203,6 +203,12 @@ def test_remote_transfer_carries_the_token(server_factory, tmp_path, photos):
             "not a host:port",
         ),
         ({"target": 5, "transfer_addresses": [""]}, "transfer_addresses[0]", "is empty"),
+        (
+            {"target": 5, "transfer_addresses": ["127.0.0.1:1", "[::1]:2", "127.0.0.1:1"]},
+            "transfer_addresses[2]",
+            "repeats transfer_addresses[0]",
+        ),
+        ({"target": 5, "transfer_addresses": ["::::"]}, "transfer_addresses[0]", "not a host:port"),
         ({"target": 5, "transfer_addresses": ["127.0.0.1:1"] * 9}, "transfer_addresses", "at most 8"),
     ],
 )

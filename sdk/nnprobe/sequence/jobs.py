@@ -262,19 +262,29 @@ class JobMethods(BaseClient):
         reconnect_seconds: float = 60.0,
     ) -> Iterator[JobEvent]:
         """Yield the job's events after ``after_sequence`` until it stops running (no deadline by
-        default). When the stream breaks with UNAVAILABLE (the replica serving it shut down and handed the
-        job over, or the server restarts), watch again from the last ``event.sequence`` seen, through any
-        address of the client, for up to ``reconnect_seconds`` without an event (0: raise at once).
+        default; ``timeout`` seconds bound the whole watch, reconnections included). When the stream
+        breaks with UNAVAILABLE (the replica serving it shut down and handed the job over, or the server
+        restarts), watch again from the last ``event.sequence`` seen, through any address of the client, for
+        up to ``reconnect_seconds`` without an event (0: raise at once).
 
         Raises:
-            NnprobeError: NOT_FOUND for an unknown job; UNAVAILABLE when no server answered in time.
+            NnprobeError: NOT_FOUND for an unknown job; UNAVAILABLE when no server answered in time;
+                DEADLINE_EXCEEDED when ``timeout`` passes.
         """
         cursor = after_sequence
+        total = self._deadline(timeout)
+        end = None if total is None else time.monotonic() + total
         while True:
             request = pb.WatchJobRequest(job_id=job_id, after_sequence=cursor)
             give_up = time.monotonic() + reconnect_seconds
+            remaining = None if end is None else end - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise NnprobeError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"watching job {job_id}: the timeout of {total:g}s passed while reconnecting",
+                )
             try:
-                for response in self._stream(self._stub.WatchJob, request, timeout):
+                for response in self._stream(self._stub.WatchJob, request, remaining):
                     cursor = response.event.sequence
                     give_up = time.monotonic() + reconnect_seconds
                     yield _job_event(response.event)
@@ -282,7 +292,10 @@ class JobMethods(BaseClient):
             except NnprobeError as error:
                 if error.code != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= give_up:
                     raise
-            time.sleep(min(1.0, max(0.0, give_up - time.monotonic())))
+            pause = min(1.0, max(0.0, give_up - time.monotonic()))
+            if end is not None:
+                pause = min(pause, max(0.0, end - time.monotonic()))
+            time.sleep(pause)
 
     watch = watch_job
 

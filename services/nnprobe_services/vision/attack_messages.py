@@ -114,7 +114,8 @@ def _method_and_norm(r: pb.GenerateAdversarialRequest) -> tuple[str, str]:
 
 
 def check_transfer_targets(request: pb.GenerateAdversarialRequest) -> None:
-    """At most ``transfer.MAX_TARGETS`` models and addresses together, each address of host:port form."""
+    """At most ``transfer.MAX_TARGETS`` models and addresses together, each address of host:port form and
+    given once."""
     if len(request.transfer_models) + len(request.transfer_addresses) > transfer.MAX_TARGETS:
         raise InvalidArgument(
             f"at most {transfer.MAX_TARGETS} transfer models and addresses together",
@@ -124,6 +125,12 @@ def check_transfer_targets(request: pb.GenerateAdversarialRequest) -> None:
         problem = transfer.address_problem(address)
         if problem:
             raise InvalidArgument(problem, field=f"transfer_addresses[{i}]")
+        if address in request.transfer_addresses[:i]:
+            first = list(request.transfer_addresses).index(address)
+            raise InvalidArgument(
+                f"repeats transfer_addresses[{first}] ({address}); give each server once",
+                field=f"transfer_addresses[{i}]",
+            )
 
 
 def transfer_versions(request: pb.GenerateAdversarialRequest) -> list[int]:

@@ -93,8 +93,12 @@ def channel_options() -> list[tuple[str, object]]:
 
 
 def unreachable(address: str, waited: float) -> str:
-    """The transfer error of a server that did not accept a connection within ``waited`` seconds."""
-    return f"UNAVAILABLE: no server accepted a connection at {address} within {waited:.3g}s"
+    """The transfer error of an address where no gRPC connection came up within ``waited`` seconds:
+    nothing listens there, or what listens does not speak gRPC (HTTP/2)."""
+    return (
+        f"UNAVAILABLE: no gRPC server answered at {address} within {waited:.3g}s (nothing listening, or "
+        "not a gRPC server)"
+    )
 
 
 def remote_outcome(
