@@ -209,6 +209,11 @@ def test_remote_transfer_carries_the_token(server_factory, tmp_path, photos):
             "repeats transfer_addresses[0]",
         ),
         ({"target": 5, "transfer_addresses": ["::::"]}, "transfer_addresses[0]", "not a host:port"),
+        (
+            {"target": 5, "transfer_models": ["efficientnet_lite0", "resnet18", "efficientnet_lite0"]},
+            "transfer_models[2]",
+            "repeats transfer_models[0]",
+        ),
         ({"target": 5, "transfer_addresses": ["127.0.0.1:1"] * 9}, "transfer_addresses", "at most 8"),
     ],
 )

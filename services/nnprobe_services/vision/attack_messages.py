@@ -149,6 +149,19 @@ def transfer_versions(request: pb.GenerateAdversarialRequest) -> list[int]:
     return given
 
 
+def check_distinct_transfer_models(names: list[str], versions: list[int | None]) -> None:
+    """Each transfer model (name and version; None: its default version) at most once: ``InvalidArgument``
+    on ``transfer_models[i]`` naming the entry it repeats."""
+    seen: dict[tuple[str, int | None], int] = {}
+    for i, key in enumerate(zip(names, versions, strict=True)):
+        if key in seen:
+            raise InvalidArgument(
+                f"repeats transfer_models[{seen[key]}] ({key[0]}); give each model once",
+                field=f"transfer_models[{i}]",
+            )
+        seen[key] = i
+
+
 # -- responses -------------------------------------------------------------------------------------------
 def score(value: ClassScore) -> pb.ClassScore:
     return pb.ClassScore(index=value.index, label=value.label, probability=value.probability)

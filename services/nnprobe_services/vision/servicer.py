@@ -244,6 +244,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             self.models.version(other, v, f"transfer_model_versions[{i}]")
             for i, (other, v) in enumerate(zip(others, versions, strict=True))
         ]
+        attack_messages.check_distinct_transfer_models(others, transfer_versions)
         images.count_images(len(request.images), "images", self.config.batch_queue_size)
         return attack_request.AttackRequest(
             name, [], target, spec, top_k, self.limits, others, version, transfer_versions
