@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from nnprobe_services.errors import Cancelled
 
@@ -19,3 +21,11 @@ def stops(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(Cancelled, "__init__", recording_init)
     return messages
+
+
+@pytest.fixture
+def requests_log(caplog):
+    """``caplog`` recording the servers' request log (one line per call, at DEBUG) and INFO elsewhere."""
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="nnprobe.requests")
+    return caplog

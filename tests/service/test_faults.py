@@ -59,13 +59,6 @@ def progress(message: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-@pytest.fixture
-def requests_log(caplog):
-    caplog.set_level(logging.INFO)
-    caplog.set_level(logging.DEBUG, logger="nnprobe.requests")
-    return caplog
-
-
 @pytest.fixture(scope="module")
 def servers(module_server_factory, tmp_path_factory) -> Iterator[dict[str, Any]]:
     started = {

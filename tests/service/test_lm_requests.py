@@ -11,7 +11,6 @@ Expected job counts come from the test's own bookkeeping (threads started, ids r
 
 from __future__ import annotations
 
-import logging
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -26,13 +25,6 @@ from tests.service.test_faults import progress, wait_for, wait_for_stops
 #: Hang guard for calls; never a pass/fail threshold.
 WAIT_SECONDS = 120.0
 SAMPLE_WORDS = 20_000_000
-
-
-@pytest.fixture
-def requests_log(caplog):
-    caplog.set_level(logging.INFO)
-    caplog.set_level(logging.DEBUG, logger="nnprobe.requests")
-    return caplog
 
 
 @pytest.fixture(scope="module")
