@@ -88,7 +88,7 @@ def test_in_flight_call_completes_during_sigterm_and_new_calls_are_refused(
     )
     address = f"127.0.0.1:{port}"
     lines: list[str] = []
-    call_started = threading.Event()
+    call_started, draining = threading.Event(), threading.Event()
 
     def read_output() -> None:
         assert proc.stdout is not None
@@ -96,6 +96,8 @@ def test_in_flight_call_completes_during_sigterm_and_new_calls_are_refused(
             lines.append(line)
             if "CheckPermutationEquivariance started" in line:
                 call_started.set()
+            if "draining" in line:
+                draining.set()
 
     reader = threading.Thread(target=read_output, daemon=True)
     reader.start()
@@ -106,15 +108,16 @@ def test_in_flight_call_completes_during_sigterm_and_new_calls_are_refused(
 
             def long_call() -> None:
                 outcome["result"] = client.check_permutation_equivariance(
-                    sequence_length=32, model_dim=64, strategy="sampled", num_samples=20_000
+                    sequence_length=32, model_dim=64, strategy="sampled", num_samples=100_000
                 )
 
             thread = threading.Thread(target=long_call)
             thread.start()
             assert call_started.wait(timeout=60), "".join(lines)
             proc.send_signal(signal.SIGTERM)
+            assert draining.wait(timeout=60), "".join(lines)  # the late call below comes after the stop
             thread.join(timeout=120)
-            assert outcome["result"].holds and outcome["result"].permutations_checked == 20_000 + 32
+            assert outcome["result"].holds and outcome["result"].permutations_checked == 100_000 + 32
         with AttentionClient(address, timeout=5) as late, pytest.raises(NnprobeError) as info:
             late.check_feed_forward_equivalence()
         assert info.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

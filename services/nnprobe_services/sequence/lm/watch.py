@@ -78,21 +78,28 @@ async def follow(
     until: Callable[[], bool] = lambda: False,
 ) -> AsyncIterator[EventRecord]:
     """The job's events after sequence ``after``, as they are recorded, until the job has left
-    QUEUED/RUNNING and every event is out, or, earlier, until ``until()`` is true once every event recorded
-    so far is out (call ``changes.wake_all()`` after it turns true). NotFound for an unknown job."""
+    QUEUED/RUNNING and every event is out, or, earlier, once ``until()`` is true: then after the events
+    recorded when it turned true (call ``changes.wake_all()`` after it does). The events another replica
+    records after that are not waited for, so a stopping replica's streams end although the job runs on
+    elsewhere. NotFound for an unknown job."""
     await asyncio.to_thread(jobs.get, job_id)
     cursor = after
     while True:
+        ending = until()  # read before the events: those recorded by now are all delivered
         change = changes.next_change(job_id)
         events, more = await asyncio.to_thread(_read, jobs, job_id, cursor)
         for event in events:
             yield event
         if events:
             cursor = events[-1].sequence
-            continue
-        if not more or until():
+        if ending and len(events) < BATCH:  # caught up with every event recorded before the stop
             return
-        await changes.wait(change)
+        if events:
+            continue
+        if not more:
+            return
+        if not until():
+            await changes.wait(change)
 
 
 async def until_stopped(jobs: JobManager, changes: JobChanges, job_id: str, timeout: float) -> bool:
