@@ -55,7 +55,7 @@ def test_positional_mapping_reproduces_the_reference_logits(lite0, seed_pixels):
         nchw = models.load_module(lite0.record, lite0.path, torch.device("cpu"))
         assert float((nchw(pixels) - expected).abs().max()) == 0.0
     # As served on the CPU (channels_last kernels): equal up to float rounding.
-    ours = classify.logits_of(lite0, pixels)
+    ours = lite0.predict(pixels)
     assert float((ours - expected).abs().max()) < 1e-4
     assert lite0.version == models.sha256_of(lite0.path) and len(lite0.version) == 64
 
@@ -73,14 +73,14 @@ def test_seed_images_and_chelsea_top1(lite0, seed_pixels):
     from skimage.data import chelsea
 
     names, pixels = seed_pixels
-    logits = classify.logits_of(lite0, pixels).numpy()
+    logits = lite0.predict(pixels).numpy()
     got = {
         name: (top[0].index, top[0].label)
         for name, top in zip(names, (classify.top_k(r, 1) for r in logits), strict=True)
     }
     assert got == SEED_TOP1
     cat = preprocess.prepare(chelsea(), LITE0.preprocessing, field="image", limits=LIMITS)
-    top3 = classify.top_k(classify.logits_of(lite0, cat[None]).numpy()[0], 3)
+    top3 = classify.top_k(lite0.predict(cat[None]).numpy()[0], 3)
     assert [c.label for c in top3] == ["Egyptian cat", "tabby", "tiger cat"]
     assert all(281 <= c.index <= 285 for c in top3)
 

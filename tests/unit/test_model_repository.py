@@ -126,12 +126,10 @@ def test_a_graph_with_a_fixed_batch_of_one_is_served_one_image_at_a_time(repo, n
     upload(repo, models, "fixed", buffer.getvalue())
     loaded = models.get("fixed")
     assert loaded.max_batch == 1
-    from nnprobe_services.vision.classify import logits_of
-
     pixels = torch.rand(3, 3, 16, 16)
     with torch.no_grad():
         np.testing.assert_allclose(
-            logits_of(loaded, pixels).numpy(), net(tiny_cnn.normalised(pixels)).numpy(), atol=1e-5
+            loaded.predict(pixels).numpy(), net(tiny_cnn.normalised(pixels)).numpy(), atol=1e-5
         )
 
 

@@ -112,8 +112,6 @@ def generate(
             yield event
             continue
         index, outcome = event
-        if outcome.logits is None:
-            outcome.logits = judge(outcome.adversarial[None])[0]
         final_logits = outcome.logits.float().cpu().numpy()
         original = to_uint8(images[index])
         adversarial = to_uint8(outcome.adversarial)

@@ -65,7 +65,7 @@ class Outcome:
     float_adversarial: torch.Tensor
     success: bool
     iterations: int
-    logits: torch.Tensor | None = None
+    logits: torch.Tensor
 
 
 def quantize(pixels: torch.Tensor) -> torch.Tensor:

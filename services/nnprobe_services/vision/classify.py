@@ -47,12 +47,6 @@ def load_model(store: ModelStore, name: str, version: int | None = None, field: 
         raise FailedPrecondition(str(error), field=field) from None
 
 
-def logits_of(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) pixels in [0, 1] -> (N, classes) float32 logits on the CPU, via the model's backend
-    (``LoadedModel.predict``)."""
-    return model.predict(pixels)
-
-
 def top_k(logits: np.ndarray, k: int, labels: tuple[str, ...] | None = None) -> list[ClassScore]:
     """The ``k`` most probable classes (softmax in float64), most probable first; ties by index.
 
@@ -105,7 +99,7 @@ class Classifier:
             if key not in self._batchers:
                 self._batchers[key] = DynamicBatcher(
                     name,
-                    lambda pixels: logits_of(model, pixels),
+                    model.predict,
                     max_size=min(self.settings.max_size, model.max_batch or self.settings.max_size),
                     max_delay=self.settings.max_delay,
                     queue_size=self.settings.queue_size,
@@ -124,7 +118,7 @@ class Classifier:
             if should_stop():
                 raise Cancelled(f"stopped after {index} of {len(chunks)} batches")
             start = time.monotonic()
-            logits = logits_of(model, chunk).numpy()
+            logits = model.predict(chunk).numpy()
             seconds = time.monotonic() - start
             results.extend(ImageResult(row, len(chunk), 0.0, seconds) for row in logits)
         return results

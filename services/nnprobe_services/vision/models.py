@@ -284,9 +284,14 @@ class LoadedModel:
     def predict(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float32 pixels in [0, 1] -> (N, classes) float32 logits on the CPU, from the backend
         that serves the model (no gradients), in batches of at most ``max_batch``."""
-        if self.max_batch and len(pixels) > self.max_batch:
-            return torch.cat([self.backend.predict(chunk) for chunk in pixels.split(self.max_batch)])
-        return self.backend.predict(pixels)
+        return in_batches(self.backend.predict, pixels, self.max_batch)
+
+
+def in_batches(run: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """``run`` on consecutive chunks of at most ``size`` images (0: all at once), outputs concatenated."""
+    if not size or len(pixels) <= size:
+        return run(pixels)
+    return torch.cat([run(chunk) for chunk in pixels.split(size)])
 
 
 class BatchChunks(nn.Module):
@@ -299,9 +304,7 @@ class BatchChunks(nn.Module):
         self.size = size
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        if len(pixels) <= self.size:
-            return self.inner(pixels)
-        return torch.cat([self.inner(chunk) for chunk in pixels.split(self.size)])
+        return in_batches(self.inner, pixels, self.size)
 
 
 def load_module(record: ModelRecord, path: Path, device: torch.device) -> PixelClassifier:
