@@ -10,34 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nnprobe.api.inference import grpc_service_pb2 as pb
 from nnprobe_services.errors import InvalidArgument
-from nnprobe_services.vision import oip, oip_messages
+from nnprobe_services.vision import oip_messages
 
-SIGNATURE = oip.Signature(
-    "m",
-    ("1",),
-    "",
-    "",
-    (
-        oip.TensorSpec("pixels", "FP32", (-1, 3, 2, 2), True),
-        oip.TensorSpec("image", "UINT8", (-1, -1, -1, 3), True),
-        oip.TensorSpec("image_bytes", "BYTES", (-1, 1), True),
-    ),
-    (oip.TensorSpec("logits", "FP32", (-1, 3)), oip.TensorSpec("probabilities", "FP32", (-1, 3))),
-    4,
-    2,
-    2,
-    3,
-    (),
-)
-
-
-class _NoStore:
-    def is_builtin(self, name):
-        return False
-
-
-def _core() -> oip.OpenInference:
-    return oip.OpenInference(_NoStore(), None, max_batch_size=4, default_model="m")  # type: ignore[arg-type]
+from tests.unit.test_open_inference import _SIGNATURE as SIGNATURE
+from tests.unit.test_open_inference import _core
 
 
 def _pixels_request(shape: list[int]) -> pb.ModelInferRequest:
