@@ -31,7 +31,11 @@ from nnprobe import VisionClient
 from nnprobe.cli.output import print_table
 from nnprobe_services.server import ServerConfig, create_server
 from nnprobe_services.server.device import resolve_device
-from nnprobe_services.vision import attacks, images, models, preprocess, store
+from nnprobe_services.vision.attacks import methods as attacks
+from nnprobe_services.vision.images import decode as images
+from nnprobe_services.vision.images import preprocess
+from nnprobe_services.vision.models import registry as models
+from nnprobe_services.vision.models import store
 
 SEED_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed-images"
 TARGET = 15

@@ -25,7 +25,9 @@ from nnprobe import VisionClient
 from nnprobe.cli.output import print_table
 from nnprobe_services.server import ServerConfig, create_server
 from nnprobe_services.server.device import resolve_device
-from nnprobe_services.vision import models, preprocess, store
+from nnprobe_services.vision.images import preprocess
+from nnprobe_services.vision.models import registry as models
+from nnprobe_services.vision.models import store
 from PIL import Image
 
 SEED_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed-images"

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nnprobe.cli.output import print_table
-from nnprobe_services.sequence.lm.store import QUEUED, JobRecord, JobStore
+from nnprobe_services.sequence.jobs.store import QUEUED, JobRecord, JobStore
 
 from tests.postgres import postgres_server
 

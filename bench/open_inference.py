@@ -28,7 +28,7 @@ from pathlib import Path
 from nnprobe import VisionClient
 from nnprobe.cli.output import print_table
 from nnprobe_services.server import ServerConfig, create_server
-from nnprobe_services.vision import models
+from nnprobe_services.vision.models import registry as models
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_DIR = ROOT.parent / "shared" / "data" / "seed-images"

@@ -21,8 +21,12 @@ from fractions import Fraction
 import torch
 from nnprobe.cli.output import print_table
 from nnprobe_services.server.device import resolve_device
-from nnprobe_services.vision import catalogue, rf_empirical, rf_graph, rf_onnx, rf_trace_worker
-from nnprobe_services.vision.receptive_field import center_unit
+from nnprobe_services.vision.receptive_fields import catalogue
+from nnprobe_services.vision.receptive_fields import empirical as rf_empirical
+from nnprobe_services.vision.receptive_fields import graph as rf_graph
+from nnprobe_services.vision.receptive_fields.arithmetic import center_unit
+from nnprobe_services.vision.receptive_fields.frontends import onnx_reader as rf_onnx
+from nnprobe_services.vision.receptive_fields.frontends import trace_worker as rf_trace_worker
 
 MODELS = [("resnet50", 224), ("convnext_tiny", 224), ("efficientnet_b0", 224), ("inception_v3", 299)]
 HALF = Fraction(1, 2)

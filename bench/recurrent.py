@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from nnprobe import SequenceClient
 from nnprobe.cli.output import print_table
-from nnprobe_services.sequence import gradients, rnn
+from nnprobe_services.sequence.recurrent import gradients, rnn
 from nnprobe_services.server import ServerConfig, create_server
 
 STEPS, HIDDEN, RHO, SEED = 100, 256, 0.9, 0

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from nnprobe_services.vision import rf_empirical, rf_graph, rf_plot
-from nnprobe_services.vision.receptive_field import unit_field
+from nnprobe_services.vision.receptive_fields import empirical as rf_empirical
+from nnprobe_services.vision.receptive_fields import graph as rf_graph
+from nnprobe_services.vision.receptive_fields import plot as rf_plot
+from nnprobe_services.vision.receptive_fields.arithmetic import unit_field
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT.parent / "shared" / "data" / "seed-images" / "n01674464_3490_lizard.jpg"

@@ -16,10 +16,9 @@ import torch
 from nnprobe_services.sequence.lm.model import LanguageModel, TrainingConfig
 from nnprobe_services.sequence.lm.training import make_optimizer
 from nnprobe_services.server.device import resolve_device
-from nnprobe_services.vision import attacks as attacks
-from nnprobe_services.vision import backends as backends
-from nnprobe_services.vision import models as models
-from nnprobe_services.vision import store as store
+from nnprobe_services.vision.attacks import methods as attacks
+from nnprobe_services.vision.models import backends, store
+from nnprobe_services.vision.models import registry as models
 
 
 def rate(count: int, run, repeats: int = 3) -> float:

@@ -2,7 +2,9 @@
 
 import pytest
 import torch
-from nnprobe_services.vision import attacks, preprocess, store
+from nnprobe_services.vision.attacks import methods as attacks
+from nnprobe_services.vision.images import preprocess
+from nnprobe_services.vision.models import store
 
 
 @pytest.fixture(scope="module")

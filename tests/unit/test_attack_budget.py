@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nnprobe_services.vision import attacks
+from nnprobe_services.vision.attacks import methods as attacks
 
 
 def _model(seed: int) -> torch.nn.Module:

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from nnprobe_services.attention import plans
+from nnprobe_services.attention import workflow as plans
 from nnprobe_services.errors import Cancelled, InvalidArgument, ResourceExhausted, StopSignal
 
 LIMITS = plans.Limits(max_tensor_elements=1_000_000, max_permutations=10_000)

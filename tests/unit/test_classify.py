@@ -10,7 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nnprobe_services.errors import InvalidArgument, ResourceExhausted
-from nnprobe_services.vision import classify, models, preprocess, store
+from nnprobe_services.vision.classification import classify
+from nnprobe_services.vision.images import preprocess
+from nnprobe_services.vision.models import registry as models
+from nnprobe_services.vision.models import store
 from PIL import Image
 
 SEED_TOP1 = {
@@ -218,7 +221,7 @@ def test_records_carry_their_own_preprocessing():
 
 
 def test_remote_transfer_calls_are_capped_within_the_request_deadline():
-    from nnprobe_services.vision import transfer
+    from nnprobe_services.vision.attacks import transfer
 
     assert transfer.call_timeout(None) == transfer.REMOTE_TIMEOUT_SECONDS
     assert transfer.call_timeout(3.5) == 3.5 - transfer.ANSWER_MARGIN_SECONDS  # time left to answer
@@ -242,7 +245,7 @@ def test_remote_transfer_calls_are_capped_within_the_request_deadline():
 def test_transfer_addresses_are_host_and_a_port_in_range(host, port):
     """A transfer address is refused at once unless gRPC could dial it: a port in 1..65535, an IPv6 host in
     brackets; otherwise the call would wait for a connection that can never come."""
-    from nnprobe_services.vision import transfer
+    from nnprobe_services.vision.attacks import transfer
 
     address = f"{host}:{port}"
     assert (transfer.address_problem(address) == "") == (1 <= port <= 65535 and "-" not in str(port))
@@ -253,7 +256,7 @@ def test_transfer_addresses_are_host_and_a_port_in_range(host, port):
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(alphabet="ab1:[]./-", max_size=12))
 def test_an_accepted_transfer_address_ends_in_a_port(text):
-    from nnprobe_services.vision import transfer
+    from nnprobe_services.vision.attacks import transfer
 
     if transfer.address_problem(text) == "" and text.split(":", 1)[0] not in ("dns", "ipv4", "ipv6", "unix"):
         host, _, port = text.rpartition(":")

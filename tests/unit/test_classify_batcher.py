@@ -5,7 +5,7 @@ import time
 
 import pytest
 import torch
-from nnprobe_services.vision.batcher import BatcherMetrics, DynamicBatcher, QueueFull
+from nnprobe_services.vision.classification.batcher import BatcherMetrics, DynamicBatcher, QueueFull
 from prometheus_client import CollectorRegistry
 
 

@@ -12,8 +12,9 @@ from nnprobe._client import channel_targets
 from nnprobe.vision.adversarial import _attack_request
 from nnprobe_services.errors import InvalidArgument, NotFound
 from nnprobe_services.server.config import ServerConfig
-from nnprobe_services.vision import model_config, oip
-from nnprobe_services.vision.repository import ModelRepository
+from nnprobe_services.vision.models import config as model_config
+from nnprobe_services.vision.models.repository import ModelRepository
+from nnprobe_services.vision.open_inference import protocol as oip
 
 #: Digits of other scripts and superscripts next to ASCII ones.
 DIGITISH = st.text(alphabet=st.sampled_from("0123456789²³¹٣۷߂੩१௮໗０"), min_size=0, max_size=4)

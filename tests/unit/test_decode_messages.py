@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nnprobe_services.errors import InvalidArgument, ResourceExhausted
-from nnprobe_services.vision import preprocess
+from nnprobe_services.vision.images import preprocess
 from PIL import Image
 
 LIMITS = preprocess.ImageLimits(1 << 20, 1 << 16)

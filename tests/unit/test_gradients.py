@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from nnprobe_services.errors import Cancelled
-from nnprobe_services.sequence import gradients, rnn
+from nnprobe_services.sequence.recurrent import gradients, rnn
 
 F64 = torch.float64
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from nnprobe_services.errors import Cancelled
-from nnprobe_services.sequence import truncation
+from nnprobe_services.sequence.recurrent import truncation
 
 CPU = torch.device("cpu")
 

@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nnprobe_services.errors import InvalidArgument, ResourceExhausted
-from nnprobe_services.vision import models, preprocess
+from nnprobe_services.vision.images import preprocess
+from nnprobe_services.vision.models import registry as models
 from PIL import Image
 
 LIMITS = preprocess.ImageLimits(1 << 24, 1 << 22)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from nnprobe_services.errors import FailedPrecondition
 from nnprobe_services.sequence.lm.model import TrainingConfig
-from nnprobe_services.sequence.lm.requests import check_workers_fit as _check_workers_fit
 from nnprobe_services.sequence.lm.training import Event, Trainer
+from nnprobe_services.sequence.lm.validation import check_workers_fit as _check_workers_fit
 from torch import nn
 
 CONFIG = TrainingConfig(

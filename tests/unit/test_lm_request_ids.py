@@ -14,9 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe_services.errors import InvalidArgument
+from nnprobe_services.sequence.lm.convert import given_config, request_digest
 from nnprobe_services.sequence.lm.corpus import Corpus, Split
-from nnprobe_services.sequence.lm.requests import request_id, training_config
-from nnprobe_services.sequence.messages import given_config, request_digest
+from nnprobe_services.sequence.lm.validation import request_id, training_config
 
 ACCEPTED = re.compile(r"[!-~]{0,128}")
 keys = st.one_of(

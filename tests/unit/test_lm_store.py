@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nnprobe_services.errors import ResourceExhausted
-from nnprobe_services.sequence.lm import schema
-from nnprobe_services.sequence.lm.store import (
+from nnprobe_services.sequence.jobs import schema
+from nnprobe_services.sequence.jobs.store import (
     CANCELLED,
     INTERRUPTED,
     QUEUED,

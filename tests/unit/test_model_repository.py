@@ -13,7 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nnprobe_services.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from nnprobe_services.vision import model_config, repository, store
+from nnprobe_services.vision.models import config as model_config
+from nnprobe_services.vision.models import repository, store
 
 from tests import tiny_cnn
 

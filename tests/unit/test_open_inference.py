@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from nnprobe.api.inference import grpc_service_pb2 as pb
 from nnprobe.api.inference import model_config_pb2
 from nnprobe_services.errors import InvalidArgument, ServiceError
-from nnprobe_services.vision import oip, oip_messages
+from nnprobe_services.vision.open_inference import convert as oip_messages
+from nnprobe_services.vision.open_inference import protocol as oip
 
 
 def _fields(proto: descriptor_pb2.FileDescriptorProto) -> dict[str, tuple]:

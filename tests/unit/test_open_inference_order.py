@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nnprobe.api.inference import grpc_service_pb2 as pb
 from nnprobe_services.errors import InvalidArgument
-from nnprobe_services.vision import oip_messages
+from nnprobe_services.vision.open_inference import convert as oip_messages
 
 from tests.unit.test_open_inference import _SIGNATURE as SIGNATURE
 from tests.unit.test_open_inference import _core

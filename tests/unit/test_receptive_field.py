@@ -3,7 +3,7 @@
 from fractions import Fraction
 
 import pytest
-from nnprobe_services.vision.receptive_field import (
+from nnprobe_services.vision.receptive_fields.arithmetic import (
     MAX_WINDOW,
     InvalidSpec,
     LayerSpec,

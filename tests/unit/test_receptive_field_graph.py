@@ -8,8 +8,15 @@ from fractions import Fraction
 import pytest
 import torch
 from nnprobe_services.errors import Unavailable
-from nnprobe_services.vision import rf_empirical, rf_graph, rf_trace_worker
-from nnprobe_services.vision.receptive_field import InvalidSpec, UnknownName, Unsupported, unit_field
+from nnprobe_services.vision.receptive_fields import empirical as rf_empirical
+from nnprobe_services.vision.receptive_fields import graph as rf_graph
+from nnprobe_services.vision.receptive_fields.arithmetic import (
+    InvalidSpec,
+    UnknownName,
+    Unsupported,
+    unit_field,
+)
+from nnprobe_services.vision.receptive_fields.frontends import trace_worker as rf_trace_worker
 from torch import nn
 from torch.fx._symbolic_trace import Tracer
 

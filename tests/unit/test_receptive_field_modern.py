@@ -8,8 +8,11 @@ from fractions import Fraction
 import pytest
 import timm
 import torch
-from nnprobe_services.vision import catalogue, rf_empirical, rf_graph, rf_onnx
-from nnprobe_services.vision.receptive_field import InvalidSpec, Unsupported, unit_field
+from nnprobe_services.vision.receptive_fields import catalogue
+from nnprobe_services.vision.receptive_fields import empirical as rf_empirical
+from nnprobe_services.vision.receptive_fields import graph as rf_graph
+from nnprobe_services.vision.receptive_fields.arithmetic import InvalidSpec, Unsupported, unit_field
+from nnprobe_services.vision.receptive_fields.frontends import onnx_reader as rf_onnx
 from torch import nn
 
 CPU = torch.device("cpu")

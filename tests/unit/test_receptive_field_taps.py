@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nnprobe_services.vision.receptive_field import (
+from nnprobe_services.vision.receptive_fields.arithmetic import (
     InvalidSpec,
     LayerSpec,
     analyse_layers,

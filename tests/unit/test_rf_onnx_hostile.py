@@ -8,8 +8,8 @@ import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nnprobe_services.vision import rf_onnx
-from nnprobe_services.vision.receptive_field import InvalidSpec, Unsupported
+from nnprobe_services.vision.receptive_fields.arithmetic import InvalidSpec, Unsupported
+from nnprobe_services.vision.receptive_fields.frontends import onnx_reader as rf_onnx
 from onnx import TensorProto, helper, numpy_helper
 
 IMAGE = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])
@@ -124,8 +124,8 @@ def test_onnx_load_of_the_refused_model_still_parses():
 def test_control_flow_with_sub_graphs_is_refused_not_dropped():
     """An If node whose branches read the image through outer scope has no data input of its own; it must be
     refused, never folded away (the answer would then miss the only path to the output)."""
-    from nnprobe_services.vision import rf_onnx
-    from nnprobe_services.vision.receptive_field import Unsupported
+    from nnprobe_services.vision.receptive_fields.arithmetic import Unsupported
+    from nnprobe_services.vision.receptive_fields.frontends import onnx_reader as rf_onnx
     from onnx import TensorProto, helper
 
     conv_w = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 3, 3], [1.0] * 9)

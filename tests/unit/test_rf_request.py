@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from nnprobe_services.errors import Cancelled, InvalidArgument, ResourceExhausted
-from nnprobe_services.vision import receptive_field as rf
-from nnprobe_services.vision import rf_request
-from nnprobe_services.vision.images import ImageInput
+from nnprobe_services.vision.images.decode import ImageInput
+from nnprobe_services.vision.receptive_fields import arithmetic as rf
+from nnprobe_services.vision.receptive_fields import workflow as rf_request
 
 CPU = torch.device("cpu")
 

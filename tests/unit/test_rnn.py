@@ -3,7 +3,7 @@
 import pytest
 import torch
 from nnprobe_services.errors import Cancelled
-from nnprobe_services.sequence import rnn
+from nnprobe_services.sequence.recurrent import rnn
 
 MODULES = {
     "rnn_tanh": lambda d, h, bias: torch.nn.RNN(d, h, nonlinearity="tanh", bias=bias),

@@ -12,7 +12,7 @@ from nnprobe.api.attention.v1 import attention_pb2 as pb
 from nnprobe.api.attention.v1 import attention_pb2_grpc
 from nnprobe.api.common.v1 import common_pb2
 
-from nnprobe_services.attention import plans
+from nnprobe_services.attention import workflow as plans
 from nnprobe_services.attention.checks import FeedForwardCheck, PermutationCheck
 from nnprobe_services.errors import StopSignal
 from nnprobe_services.server import validation as valid
@@ -41,7 +41,7 @@ STRATEGY: dict[Any, str] = {
 
 
 class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
-    """Thin layer over ``nnprobe_services.attention.plans``."""
+    """Thin layer over ``nnprobe_services.attention.workflow``."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.device = runtime.device

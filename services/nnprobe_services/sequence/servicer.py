@@ -24,16 +24,19 @@ from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe.api.sequence.v1 import sequence_pb2_grpc
 
 from nnprobe_services.errors import InvalidArgument, ResourceExhausted, ShouldStop, Unavailable
-from nnprobe_services.sequence import gradients, messages, plots, rnn, truncation
+from nnprobe_services.sequence.jobs.metrics import JobCollector
+from nnprobe_services.sequence.jobs.replica import Leases, default_replica_id
+from nnprobe_services.sequence.jobs.store import ACTIVE, EventRecord, JobRecord
+from nnprobe_services.sequence.lm import convert as messages
 from nnprobe_services.sequence.lm import plots as lm_plots
-from nnprobe_services.sequence.lm import queries, requests, supervisor
+from nnprobe_services.sequence.lm import queries, supervisor
+from nnprobe_services.sequence.lm import validation as requests
 from nnprobe_services.sequence.lm.corpus import CorpusStore
 from nnprobe_services.sequence.lm.jobs import CANCEL_WAIT_SECONDS, JobManager
-from nnprobe_services.sequence.lm.metrics import JobCollector
-from nnprobe_services.sequence.lm.replica import Leases, default_replica_id
-from nnprobe_services.sequence.lm.store import ACTIVE, EventRecord, JobRecord
 from nnprobe_services.sequence.lm.watch import JobChanges, follow, until_stopped
-from nnprobe_services.sequence.requests import RequestReader
+from nnprobe_services.sequence.recurrent import gradients, rnn, truncation
+from nnprobe_services.sequence.recurrent import plot as plots
+from nnprobe_services.sequence.recurrent.convert import RequestReader
 from nnprobe_services.server import validation as valid
 from nnprobe_services.server.app import Registration, Runtime
 from nnprobe_services.server.metrics import metrics_for

@@ -35,23 +35,21 @@ from nnprobe_services.server import validation as valid
 from nnprobe_services.server.app import Registration, Runtime
 from nnprobe_services.server.config import ServerConfig
 from nnprobe_services.server.metrics import metrics_for
-from nnprobe_services.vision import (
-    attack_messages,
-    attack_request,
-    attacks,
-    classify,
-    classify_messages,
-    images,
-    model_messages,
-    models,
-    oip_servicer,
-    rf_messages,
-    rf_request,
-    store,
-    transfer,
-)
-from nnprobe_services.vision.batcher import QueueFull, batcher_metrics
-from nnprobe_services.vision.repository import ModelRepository
+from nnprobe_services.vision.attacks import convert as attack_messages
+from nnprobe_services.vision.attacks import methods as attacks
+from nnprobe_services.vision.attacks import transfer
+from nnprobe_services.vision.attacks import workflow as attack_request
+from nnprobe_services.vision.classification import classify
+from nnprobe_services.vision.classification import convert as classify_messages
+from nnprobe_services.vision.classification.batcher import QueueFull, batcher_metrics
+from nnprobe_services.vision.images import decode as images
+from nnprobe_services.vision.models import convert as model_messages
+from nnprobe_services.vision.models import registry as models
+from nnprobe_services.vision.models import store
+from nnprobe_services.vision.models.repository import ModelRepository
+from nnprobe_services.vision.open_inference import servicer as oip_servicer
+from nnprobe_services.vision.receptive_fields import convert as rf_messages
+from nnprobe_services.vision.receptive_fields import workflow as rf_request
 
 log = logging.getLogger("nnprobe.vision")
 

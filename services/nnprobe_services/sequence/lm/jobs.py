@@ -35,11 +35,8 @@ import torch
 
 from nnprobe_services.errors import FailedPrecondition, InvalidArgument, NotFound
 from nnprobe_services.files import remove_partial_writes
-from nnprobe_services.sequence.lm import checkpoints
-from nnprobe_services.sequence.lm.corpus import CorpusStore
-from nnprobe_services.sequence.lm.model import TrainingConfig, parameter_count
-from nnprobe_services.sequence.lm.replica import JobStop, Leases, RunningJob, Supervisor, default_replica_id
-from nnprobe_services.sequence.lm.store import (
+from nnprobe_services.sequence.jobs.replica import JobStop, Leases, RunningJob, Supervisor, default_replica_id
+from nnprobe_services.sequence.jobs.store import (
     CANCELLED,
     FAILED,
     INTERRUPTED,
@@ -52,6 +49,9 @@ from nnprobe_services.sequence.lm.store import (
     LeaseLost,
     redacted,
 )
+from nnprobe_services.sequence.lm import checkpoints
+from nnprobe_services.sequence.lm.corpus import CorpusStore
+from nnprobe_services.sequence.lm.model import TrainingConfig, parameter_count
 from nnprobe_services.sequence.lm.training import Event, Trainer, steps_per_epoch, total_steps
 
 log = logging.getLogger("nnprobe.sequence.lm")

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt
 
-from nnprobe_services.sequence.lm.store import EventRecord
+from nnprobe_services.sequence.jobs.store import EventRecord
 
 
 def training_curves(events: list[EventRecord], title: str) -> bytes:

@@ -14,8 +14,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
+from nnprobe_services.sequence.jobs.store import ACTIVE, EventRecord
 from nnprobe_services.sequence.lm.jobs import JobManager
-from nnprobe_services.sequence.lm.store import ACTIVE, EventRecord
 
 #: Longest a follower waits without looking at the store.
 POLL_SECONDS = 1.0

@@ -1,0 +1,95 @@
+"""One GenerateAdversarial request with plain inputs and outputs (no gRPC): decode the images, load the
+model, run the attack, classify each result with the other local models asked for, and encode the 8-bit
+pictures. Transfers to remote servers are left to the caller (they need no compute thread)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from nnprobe_services.errors import Cancelled, ServiceError, ShouldStop
+from nnprobe_services.vision.attacks import adversarial
+from nnprobe_services.vision.attacks import methods as attacks
+from nnprobe_services.vision.attacks.adversarial import AdversarialImage, Transfer
+from nnprobe_services.vision.classification.classify import load_model
+from nnprobe_services.vision.images import decode as images
+from nnprobe_services.vision.images.decode import ImageInput, ImageLimits
+from nnprobe_services.vision.models import registry as models
+from nnprobe_services.vision.models import store
+
+
+@dataclass(frozen=True)
+class AttackRequest:
+    """``model`` and ``transfer_models``: keys of ``models.records()`` or repository names. ``version`` and
+    ``transfer_versions`` (one per transfer model): a repository version, None for the default version.
+    ``target`` None: untargeted. ``top_k``: classes listed before and after the attack."""
+
+    model: str
+    images: list[ImageInput]
+    target: int | None
+    spec: attacks.AttackSpec
+    top_k: int
+    limits: ImageLimits
+    transfer_models: list[str] = field(default_factory=list)
+    version: int | None = None
+    transfer_versions: list[int | None] = field(default_factory=list)
+
+
+@dataclass
+class AttackResult:
+    """One image's outcome with its original and adversarial pictures as PNG bytes (H, W, 3, 8 bits)."""
+
+    image: AdversarialImage
+    original_png: bytes
+    adversarial_png: bytes
+
+
+def run(
+    request: AttackRequest,
+    models_store: store.ModelStore,
+    should_stop: ShouldStop,
+    on_stop: Callable[[int], None] = lambda _iteration: None,
+) -> Iterator[attacks.Progress | AttackResult]:
+    """Yield the attack's progress events and one ``AttackResult`` per image (in completion order).
+
+    Raises ``InvalidArgument``/``ResourceExhausted`` for unusable images, ``FailedPrecondition`` when the
+    model's weights are missing, and ``Cancelled`` when ``should_stop`` turns true between iterations.
+    When the attack stops early (``Cancelled``, or the consumer closes this generator), ``on_stop`` gets the
+    last iteration completed.
+    """
+    prep = models_store.describe(request.model)[0].preprocessing
+    pixels = attacks.quantize(images.model_inputs(request.images, prep, request.limits, skip_resize=False))
+    model = load_model(models_store, request.model, request.version)
+    targeted = request.target is not None
+    iteration = 0
+    events = adversarial.generate(
+        model, pixels, request.target, request.spec, k=request.top_k, should_stop=should_stop
+    )
+    try:
+        for event in events:
+            if isinstance(event, attacks.Progress):
+                iteration = event.iteration
+                yield event
+                continue
+            versions = request.transfer_versions or [None] * len(request.transfer_models)
+            for name, version in zip(request.transfer_models, versions, strict=True):
+                event.transfers.append(_local_transfer(models_store, name, version, event, targeted))
+            yield AttackResult(event, adversarial.png(event.original), adversarial.png(event.adversarial))
+    except Cancelled as error:
+        on_stop(error.done if error.done is not None else iteration)
+        raise
+    except GeneratorExit:
+        on_stop(iteration)
+        raise
+    finally:
+        events.close()  # type: ignore[attr-defined]
+
+
+def _local_transfer(
+    models_store: store.ModelStore, name: str, version: int | None, result: AdversarialImage, targeted: bool
+) -> Transfer:
+    try:
+        other = models_store.get(name, version)
+    except (models.WeightsMissing, ServiceError) as error:
+        return Transfer(name, "", None, False, str(error))
+    return adversarial.local_transfer(other, result, targeted)

@@ -1,0 +1,139 @@
+"""ListModels, UploadModel and DeleteModel messages: the model catalogue (built-in and repository models)
+and an upload's metadata as plain values."""
+
+from __future__ import annotations
+
+from nnprobe.api.vision.v1 import vision_pb2 as pb
+
+from nnprobe_services.errors import InvalidArgument, ServiceError
+from nnprobe_services.vision.models import backends, store
+from nnprobe_services.vision.models import registry as models
+from nnprobe_services.vision.models.artifacts import FORMATS
+
+FORMAT_CODES = {"onnx": pb.MODEL_FORMAT_ONNX, "pt2": pb.MODEL_FORMAT_TORCH_EXPORT}
+FORMAT_NAMES = {code: name for name, code in FORMAT_CODES.items()}
+BACKEND_OF = {"onnx": "onnxruntime", "pt2": "pytorch"}
+
+
+def list_models(models_store: store.ModelStore, default: str) -> pb.ListModelsResponse:
+    """Every servable model, ``default`` first, then the other built-ins, then the repository's. Reads the
+    repository folder and hashes files (once per file version), so it runs in a worker thread."""
+    response = pb.ListModelsResponse(default_model=default)
+    names = sorted(models_store.names(), key=lambda n: n != default)
+    response.models.extend(model_info(models_store, name, default) for name in names)
+    return response
+
+
+def _preprocessing(prep: models.Preprocessing) -> pb.Preprocessing:
+    return pb.Preprocessing(
+        resize=prep.resize,
+        crop=pb.Extent(height=prep.crop[0], width=prep.crop[1]),
+        interpolation=prep.interpolation,
+        mean=list(prep.mean),
+        std=list(prep.std),
+    )
+
+
+def model_info(models_store: store.ModelStore, name: str, default: str) -> pb.ModelInfo:
+    """One model as ListModels shows it; a broken repository folder shows as MODEL_STATE_UNAVAILABLE."""
+    if models_store.is_builtin(name):
+        return _builtin_info(models_store, name, default)
+    info = pb.ModelInfo(name=name, is_default=name == default, in_repository=True)
+    assert models_store.repository is not None
+    try:
+        entry = models_store.repository.get(name)
+        record, labels = models_store.describe(name)
+    except ServiceError as error:
+        info.state, info.state_message = pb.MODEL_STATE_UNAVAILABLE, error.message
+        return info
+    chosen = entry.default_version
+    loaded = models_store.loaded(name, chosen.version)
+    config = entry.config
+    info.architecture, info.source = record.architecture, record.source
+    info.weights_present, info.weights_path, info.weights_file_name = True, str(chosen.path), chosen.path.name
+    info.version = models.sha256_of(chosen.path)
+    info.preprocessing.CopyFrom(_preprocessing(record.preprocessing))
+    info.num_classes, info.num_labels = record.num_classes, len(labels)
+    info.backend = loaded.backend.name if loaded else BACKEND_OF[chosen.format]
+    if loaded is not None:
+        info.device = loaded.backend.device
+    elif chosen.format == "onnx":
+        info.device = "cuda" if backends.onnx_providers(models_store.device)[0].startswith("CUDA") else "cpu"
+    else:
+        info.device = str(models_store.device)
+    info.state = pb.MODEL_STATE_LOADED if loaded else pb.MODEL_STATE_AVAILABLE
+    info.input_spec.CopyFrom(
+        pb.InputSpec(
+            height=config.height,
+            width=config.width,
+            channel_order=config.channel_order,
+            value_max=config.value_range[1],
+            layout="nchw",
+        )
+    )
+    info.default_version = chosen.version
+    for version in entry.versions:
+        info.versions.append(
+            pb.ModelVersion(
+                version=version.version,
+                format=FORMAT_CODES[version.format],
+                sha256=models.sha256_of(version.path),
+                size_bytes=version.path.stat().st_size,
+            )
+        )
+    return info
+
+
+def _builtin_info(models_store: store.ModelStore, name: str, default: str) -> pb.ModelInfo:
+    record = models.records()[name]
+    where = models_store.location(name)
+    loaded = models_store.loaded(name)
+    prep = record.preprocessing
+    if loaded is not None:
+        state, backend, device = pb.MODEL_STATE_LOADED, loaded.backend.name, loaded.backend.device
+    else:
+        state = pb.MODEL_STATE_AVAILABLE if where.path is not None else pb.MODEL_STATE_UNAVAILABLE
+        backend = "onnxruntime" if models_store.builtin_uses_onnx() else "pytorch"
+        device = str(models_store.device)
+    return pb.ModelInfo(
+        name=name,
+        architecture=record.architecture,
+        source=record.source,
+        weights_present=where.path is not None,
+        weights_path=str(where.path or ""),
+        weights_file_name=record.file_name,
+        searched=list(where.searched),
+        version=models.sha256_of(where.path) if where.path is not None else "",
+        preprocessing=_preprocessing(prep),
+        num_classes=record.num_classes,
+        is_default=name == default,
+        backend=backend,
+        device=device,
+        state=state,
+        state_message="" if where.path is not None else f"weights file {record.file_name} not found",
+        input_spec=pb.InputSpec(
+            height=prep.crop[0], width=prep.crop[1], channel_order="rgb", value_max=1.0, layout="nchw"
+        ),
+        num_labels=record.num_classes if record.num_classes == 1000 else 0,
+    )
+
+
+def upload_metadata(message: pb.UploadModelRequest | None) -> dict:
+    """The first UploadModel message as ``ModelStore.begin_upload`` keyword arguments."""
+    if message is None or message.WhichOneof("part") != "metadata":
+        raise InvalidArgument("the first message must carry the metadata", field="metadata")
+    meta = message.metadata
+    fmt = FORMAT_NAMES.get(meta.format)
+    if fmt is None:
+        raise InvalidArgument(f"must be ONNX or TORCH_EXPORT ({', '.join(FORMATS)})", field="metadata.format")
+    if meta.version < 0:
+        raise InvalidArgument(f"must be >= 0, got {meta.version}", field="metadata.version")
+    return {
+        "name": meta.name,
+        "fmt": fmt,
+        "size": meta.size_bytes,
+        "sha256": meta.sha256,
+        "config_yaml": meta.config_yaml,
+        "labels": "\n".join(meta.labels) if meta.labels else None,
+        "version": meta.version or None,
+    }

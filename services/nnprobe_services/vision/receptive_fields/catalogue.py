@@ -1,0 +1,103 @@
+"""The networks the receptive-field analysis can build by name: torchvision classifiers and every timm model.
+
+Models are built with random weights (never downloaded), by default on the ``meta`` device, where building
+costs no memory. Each model's default input size and final stride come from its own configuration (timm's
+``pretrained_cfg`` and ``feature_info``; torchvision's papers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from nnprobe_services.vision.receptive_fields.arithmetic import UnknownName
+
+#: torchvision models: constructor keyword arguments and the default input size.
+TORCHVISION: dict[str, tuple[dict[str, Any], int]] = {
+    "alexnet": ({}, 224),
+    "vgg11": ({}, 224),
+    "vgg13": ({}, 224),
+    "vgg16": ({}, 224),
+    "vgg19": ({}, 224),
+    "resnet18": ({}, 224),
+    "resnet34": ({}, 224),
+    "resnet50": ({}, 224),
+    "resnet101": ({}, 224),
+    "resnet152": ({}, 224),
+    "mobilenet_v2": ({}, 224),
+    "densenet121": ({}, 224),
+    "googlenet": ({"aux_logits": False, "init_weights": False}, 224),
+    "inception_v3": ({"aux_logits": False, "init_weights": False}, 299),
+}
+#: The stages of the ResNet paper (conv2_x ... conv5_x) by the modules that end them. Stage conv1 needs no
+#: alias: the module ``conv1`` is that stage's convolution, and the ReLU after it has the same field.
+RESNET_STAGES = {"conv2": "layer1", "conv3": "layer2", "conv4": "layer3", "conv5": "layer4"}
+
+
+def available_models() -> list[str]:
+    """The torchvision names; any timm model name (``timm.list_models()``) is accepted as well."""
+    return list(TORCHVISION)
+
+
+def timm_name(name: str) -> str | None:
+    """The timm name of ``name`` (``timm/`` prefix removed), or None when timm has no such model."""
+    try:
+        import timm
+    except ImportError:  # pragma: no cover - timm is a dependency of the services
+        return None
+    bare = name.removeprefix("timm/")
+    return bare if timm.is_model(bare) else None
+
+
+def build(name: str, device: torch.device | str = "meta") -> nn.Module:
+    """The model ``name`` with random weights on ``device``, in eval mode. Raises ``UnknownName``."""
+    with torch.device(device):
+        if name in TORCHVISION:
+            model = getattr(torchvision.models, name)(weights=None, **TORCHVISION[name][0])
+        elif (bare := timm_name(name)) is not None:
+            import timm
+
+            model = timm.create_model(bare, pretrained=False)
+        else:
+            raise UnknownName(
+                f"unknown model {name!r}; available: {', '.join(TORCHVISION)}, or any timm model by name "
+                f"(timm.list_models(), optionally prefixed 'timm/')",
+                field="model.name",
+            )
+    return model.eval()
+
+
+def default_input_size(name: str) -> int:
+    """The side of the square input the model was trained at (timm's ``pretrained_cfg``); 224 otherwise."""
+    if name in TORCHVISION:
+        return TORCHVISION[name][1]
+    bare = timm_name(name)
+    if bare is not None:
+        import timm
+
+        size = timm.get_pretrained_cfg_value(bare, "input_size")
+        if size:
+            return int(size[-1])
+    return 224
+
+
+def final_stride(model: nn.Module) -> int | None:
+    """The reduction of the last feature map as the model declares it (timm's ``feature_info``), or None."""
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, list) and info and isinstance(info[-1], dict) and "reduction" in info[-1]:
+        return int(info[-1]["reduction"])
+    reduction = getattr(info, "reduction", None)
+    if callable(reduction):
+        return int(reduction()[-1])
+    return None
+
+
+def input_channels(model: nn.Module) -> int:
+    """Channels of the first convolution (3 for RGB networks)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    return 3

@@ -1,0 +1,390 @@
+"""The receptive-field workflow with plain inputs and outputs (no gRPC): the layer fields of a layer list or
+a model, the fields of chosen units, their proof by back-propagation, the effective field, and a picture.
+
+``compute(FieldRequest, device, should_stop, models) -> FieldResult`` is the one entry point; the servicer
+only converts the protobuf request to a ``FieldRequest`` and the ``FieldResult`` back. A model name that the
+model repository of ``models`` holds names that model: its ``model.onnx`` is read from its graph
+(``rf_onnx``), its ``model.pt2`` captured from its exported program (``rf_trace_worker``), at its configured
+input size by default; ``verify`` runs the transparent twin of the graph read. Sizes are (height, width)
+in input pixels; positions are fractions of a pixel measured from the first pixel's edge (``origin`` is
+where the first pixel's centre lies, 1/2 by default). Errors are ``nnprobe_services.errors`` classes naming
+the request field at fault; ``should_stop`` is polled between units, samples and drawing steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+from nnprobe_services.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    ShouldStop,
+)
+from nnprobe_services.vision.images import decode as images
+from nnprobe_services.vision.models import artifacts
+from nnprobe_services.vision.models.store import ModelLimits, ModelStore
+from nnprobe_services.vision.receptive_fields import arithmetic as rf
+from nnprobe_services.vision.receptive_fields import empirical as rf_empirical
+from nnprobe_services.vision.receptive_fields import graph as rf_graph
+from nnprobe_services.vision.receptive_fields import plot as rf_plot
+from nnprobe_services.vision.receptive_fields.frontends import onnx_reader as rf_onnx
+from nnprobe_services.vision.receptive_fields.frontends import trace_worker as rf_trace_worker
+from nnprobe_services.vision.receptive_fields.values import (
+    DEFAULT_ERF_SAMPLES,
+    MAX_EMPIRICAL_PIXELS,
+    MAX_ERF_SAMPLES,
+    EffectiveOptions,
+    EffectiveResult,
+    FieldRequest,
+    FieldResult,
+    RepositoryModel,
+    Unit,
+    Verification,
+)
+
+#: The request and result values live in ``rf_values``; they are named here too, with the entry point.
+__all__ = [
+    "DEFAULT_ERF_SAMPLES",
+    "MAX_EMPIRICAL_PIXELS",
+    "MAX_ERF_SAMPLES",
+    "EffectiveOptions",
+    "EffectiveResult",
+    "FieldRequest",
+    "FieldResult",
+    "RepositoryModel",
+    "Unit",
+    "Verification",
+    "compute",
+    "repository_model",
+]
+
+_ERRORS: dict[type[rf.FieldError], type[ServiceError]] = {
+    rf.InvalidSpec: InvalidArgument,
+    rf.UnknownName: NotFound,
+    rf.Unsupported: FailedPrecondition,
+}
+
+
+#: Fields an error about the model itself may name; each is answered as the request's ``model_field``.
+_MODEL_FIELDS = ("model.name", "model.onnx")
+
+
+@contextmanager
+def _domain_errors(request: FieldRequest) -> Iterator[None]:
+    """Field-engine errors as the service's domain errors (same message), every error about the model
+    naming the field that carried it (``FieldRequest.model_field``: the readers and the field engine serve
+    both named models and bytes), and every error about the input size naming the field that size came
+    from (``FieldRequest.size_field``: the request did not give ``input_size`` when the model or the
+    picture chose it)."""
+    try:
+        yield
+    except rf.FieldError as error:
+        raise _ERRORS.get(type(error), FailedPrecondition)(
+            error.message, field=_answered_field(request, error.field)
+        ) from None
+    except ServiceError as error:
+        error.field = _answered_field(request, error.field)
+        raise
+
+
+def _answered_field(request: FieldRequest, field: str | None) -> str | None:
+    if field in _MODEL_FIELDS:
+        return request.model_field
+    if field == "input_size":
+        return request.size_field
+    return field
+
+
+def compute(
+    request: FieldRequest, device: torch.device, should_stop: ShouldStop, models: ModelStore | None = None
+) -> FieldResult:
+    """Run the whole workflow for ``request`` on ``device``; ``models``: where repository models are
+    found (None: built-in architectures only). See the module docstring."""
+    with _domain_errors(request):
+        return _compute(request, device, should_stop, models)
+
+
+def repository_model(request: FieldRequest, models: ModelStore | None) -> RepositoryModel | None:
+    """The repository model ``request`` names, or None when it names none (a layer list, ONNX bytes, a
+    built-in architecture). ``NotFound`` for a version the model has not, or a version of a name the
+    repository does not hold."""
+    if request.onnx or not request.model:
+        if request.version:
+            raise InvalidArgument("goes with the name of a repository model", field="model.version")
+        return None
+    repository = models.repository if models is not None else None
+    if repository is None or request.model not in repository.names():
+        if request.version:
+            raise NotFound(f"no model {request.model!r} in the model repository", field="model.name")
+        return None
+    entry = repository.get(request.model, "model.name")
+    if not request.version:
+        chosen = entry.default_version
+    else:
+        found = [v for v in entry.versions if v.version == request.version]
+        if not found:
+            have = ", ".join(str(v.version) for v in entry.versions)
+            raise NotFound(
+                f"model {request.model!r} has no version {request.version}; it has {have}",
+                field="model.version",
+            )
+        chosen = found[0]
+    assert models is not None
+    return RepositoryModel(
+        entry.name,
+        chosen.version,
+        chosen.format,
+        chosen.path,
+        (entry.config.height, entry.config.width),
+        models.limits.max_nodes,
+        models.limits.max_bytes,
+    )
+
+
+def _compute(
+    request: FieldRequest, device: torch.device, should_stop: ShouldStop, models: ModelStore | None
+) -> FieldResult:
+    if request.onnx:
+        limits = models.limits if models is not None else ModelLimits()
+        artifacts.check_onnx_bytes(
+            request.onnx,
+            max_nodes=limits.max_nodes,
+            max_bytes=min(limits.max_bytes, rf_onnx.MAX_ONNX_BYTES),
+            field="model.onnx",
+        )
+    picture = images.plot_picture(request.picture) if request.picture is not None else None
+    user = repository_model(request, models)
+    input_size = _input_size(request, picture, user)
+    graph, fields, end, resolve = _layer_fields(request, input_size, user)
+    if len(request.units) > rf.MAX_UNITS:
+        raise ResourceExhausted(
+            f"asks for {len(request.units)} units; the limit is {rf.MAX_UNITS}", field="units"
+        )
+    queries = [
+        (resolve(layer, f"units[{i}].layer"), x, y, i) for i, (layer, x, y) in enumerate(request.units)
+    ]
+    if not queries and (request.verify or request.plot):
+        x, y = rf.center_unit(next(f for f in fields if f.name == end))
+        queries = [(end, x, y, -1)]
+    origin = request.origin
+    units = [
+        rf.unit_field(fields, layer, x, y, input_size, origin, field=f"units[{i}]" if i >= 0 else "units")
+        for layer, x, y, i in queries
+    ]
+    result = FieldResult(fields, end, input_size, origin, units, model=request.model, graph=graph)
+    if (request.verify or request.effective is not None) and input_size[0] * input_size[
+        1
+    ] > MAX_EMPIRICAL_PIXELS:
+        raise ResourceExhausted(
+            f"is {input_size[0]} x {input_size[1]}; back-propagation checks allow at most "
+            f"{MAX_EMPIRICAL_PIXELS} pixels{_size_hint(request)}",
+            field="input_size",
+        )
+    probe = _prober(request, input_size, device, graph, user)
+    if request.verify:
+        result.verifications = _verify(units, probe, input_size, device, should_stop)
+        result.verified = all(v.matches for v in result.verifications)
+    if request.effective is not None:
+        result.effective = _effective_field(
+            request.effective, fields, resolve, end, probe, input_size, origin, device, should_stop
+        )
+    if request.plot:
+        result.plot_png = _plot(result, picture, should_stop)
+    return result
+
+
+def _input_size(
+    request: FieldRequest, picture: np.ndarray | None, user: RepositoryModel | None
+) -> tuple[int, int]:
+    if request.input_size is not None:
+        size = request.input_size
+    elif picture is not None:
+        size = (int(picture.shape[0]), int(picture.shape[1]))
+    elif user is not None:
+        size = user.input_size
+    elif request.onnx:
+        size = rf_onnx.declared_size(request.onnx) or (224, 224)
+    elif request.model:
+        side = rf_graph.default_input_size(request.model)
+        size = (side, side)
+    else:
+        raise InvalidArgument("is required with `layers` (height and width of the input)", field="input_size")
+    limit = request.max_elements
+    if size[0] * size[1] * 3 > limit:
+        raise ResourceExhausted(
+            f"{size[0]} x {size[1]} x 3 exceeds the limit of {limit} elements{_size_hint(request)}",
+            field="input_size",
+        )
+    return size
+
+
+def _size_hint(request: FieldRequest) -> str:
+    """What to do about an input size the request did not choose."""
+    if request.size_field == "input_size":
+        return ""
+    return f" (the input size of {request.size_field}; give a smaller input_size)"
+
+
+Resolver = Callable[[str, str], str]
+
+
+def _layer_fields(
+    request: FieldRequest, input_size: tuple[int, int], user: RepositoryModel | None
+) -> tuple[rf_graph.GraphField | None, list[rf.LayerField], str, Resolver]:
+    """The model's analysis (None for a layer list), the fields up to the end point, the end point's name,
+    and a resolver of layer names in requests."""
+    if user is not None:
+        end_point = request.end_point or None
+        if user.format == "onnx":
+            graph = rf_graph.analyse(
+                user.name, _onnx_bytes(user), input_size, request.origin, end_point, strict=request.strict
+            )
+        else:
+            stat = user.path.stat()
+            program = rf_trace_worker.Program(
+                user.name,
+                str(user.path),
+                (stat.st_ino, stat.st_size, stat.st_mtime_ns),
+                user.max_nodes,
+                user.max_bytes,
+            )
+            graph = rf_graph.analyse_program(
+                program, input_size, request.origin, end_point, strict=request.strict
+            )
+        return graph, graph.fields, graph.end_point, graph.resolve
+    if request.has_model:
+        graph = rf_graph.analyse(
+            request.model,
+            request.onnx,
+            input_size,
+            request.origin,
+            request.end_point or None,
+            strict=request.strict,
+        )
+        return graph, graph.fields, graph.end_point, graph.resolve
+    fields = rf.analyse_layers(list(request.layers or []), input_size, request.origin)
+    names = [f.name for f in fields]
+
+    def resolve(name: str, request_field: str) -> str:
+        if name not in names:
+            raise InvalidArgument(
+                f"no layer {name!r}; the layers are {', '.join(names)}", field=request_field
+            )
+        return name
+
+    end = resolve(request.end_point, "end_point") if request.end_point else names[-1]
+    return None, fields[: names.index(end) + 1], end, resolve
+
+
+def _onnx_bytes(user: RepositoryModel) -> bytes:
+    """The serialised ONNX model with its external data, after the repository's checks."""
+    from onnx.external_data_helper import load_external_data_for_model
+
+    field = "model.name"
+    try:
+        model = artifacts.check_onnx(
+            user.path, max_nodes=user.max_nodes, max_bytes=user.max_bytes, field=field
+        )
+    except InvalidArgument as error:
+        raise FailedPrecondition(
+            f"model {user.name!r} version {user.version}: {error.message}", field=field
+        ) from None
+    load_external_data_for_model(model, str(user.path.parent))  # inside the folder: checked above
+    return model.SerializeToString()
+
+
+Prober = Callable[[list[str], str, int], tuple[rf_empirical.Probe, int]]
+
+
+def _prober(
+    request: FieldRequest,
+    input_size: tuple[int, int],
+    device: torch.device,
+    graph: rf_graph.GraphField | None,
+    user: RepositoryModel | None,
+) -> Prober:
+    """A builder of networks that expose the named layers' outputs, with ``transparent`` or ``random``
+    weights (drawn from a seed). ONNX and repository models have the transparent twin of their graph
+    only."""
+
+    def probe(layers: list[str], weights: str, seed: int = 0) -> tuple[rf_empirical.Probe, int]:
+        if graph is not None and (graph.frontend == "onnx" or user is not None):
+            if weights != "transparent":
+                what = "a model of the model repository" if user is not None else "an ONNX one"
+                raise FailedPrecondition(f"needs a named model, not {what}", field="effective_field")
+            return rf_empirical.twin_probe(graph.capture, layers, device)
+        if request.model:
+            return rf_empirical.model_probe(
+                request.model, layers, device, weights=weights, seed=seed, input_size=input_size
+            )
+        specs = list(request.layers or [])
+        return rf_empirical.chain_probe(specs, input_size, device, weights=weights, seed=seed)
+
+    return probe
+
+
+def _verify(
+    units: list[rf.UnitField],
+    probe: Prober,
+    input_size: tuple[int, int],
+    device: torch.device,
+    should_stop: ShouldStop,
+) -> list[Verification]:
+    network, channels = probe(sorted({u.layer for u in units}), "transparent", 0)
+    boxes = rf_empirical.gradient_boxes(
+        network, channels, input_size, device, [(u.layer, u.x, u.y) for u in units], should_stop
+    )
+    return [
+        Verification(
+            box, (box.first_row, box.last_row, box.first_column, box.last_column) == (*u.rows, *u.columns)
+        )
+        for u, box in zip(units, boxes, strict=True)
+    ]
+
+
+def _effective_field(
+    options: EffectiveOptions,
+    fields: list[rf.LayerField],
+    resolve: Resolver,
+    end: str,
+    probe: Prober,
+    input_size: tuple[int, int],
+    origin: Fraction,
+    device: torch.device,
+    should_stop: ShouldStop,
+) -> EffectiveResult:
+    if options.unit is not None:
+        layer, x, y = options.unit
+        layer = resolve(layer, "effective_field.unit.layer")
+    else:
+        layer = end
+        x, y = rf.center_unit(next(f for f in fields if f.name == end))
+    unit = rf.unit_field(fields, layer, x, y, input_size, origin, field="effective_field.unit")
+    network, channels = probe([layer], "random", options.weight_seed)
+    grad_map = rf_empirical.gradient_map(
+        network, channels, input_size, device, (layer, x, y), options.num_samples, options.seed, should_stop
+    )
+    summary = rf_empirical.summarise(grad_map, (*unit.rows, *unit.columns), options.num_samples)
+    return EffectiveResult((layer, x, y), unit, summary)
+
+
+def _plot(result: FieldResult, picture: np.ndarray | None, should_stop: ShouldStop) -> bytes:
+    effective = result.effective
+    return rf_plot.render(
+        result.input_size,
+        float(result.origin),
+        result.units,
+        image=picture,
+        gradient_map=effective.summary.gradient_map if effective is not None else None,
+        gradient_unit=effective.field if effective is not None else None,
+        title=f"{result.model or 'layer list'}: receptive fields (dashed: unclipped)",
+        should_stop=should_stop,
+    )
