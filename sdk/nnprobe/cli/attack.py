@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from nnprobe.cli.output import ProgressBar, add_client_options, client_kwargs, print_json, print_table
-from nnprobe.vision import ATTACK_METHODS, AttackProgress, VisionClient, parse_epsilon
+from nnprobe.vision import ATTACK_METHODS, AdversarialResult, AttackProgress, VisionClient, parse_epsilon
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -70,7 +70,28 @@ def _transfer_models(given: list[tuple[str, int]]) -> dict[str, list]:
 
 
 def run_attack(args: argparse.Namespace) -> int:
-    options = {
+    results = _attack(args)
+    saved = _save_triptychs(results, args.save_dir) if args.save_dir is not None else []
+    if args.json:
+        data = [
+            {
+                k: v
+                for k, v in vars(r).items()
+                if k not in ("raw", "original_png", "adversarial_png", "perturbation")
+            }
+            for r in results
+        ]
+        print_json({"results": data, "saved": saved}, out=sys.stdout)
+        return 0
+    _print_results(results)
+    for path in saved:
+        print(f"saved {path}")
+    return 0
+
+
+def _attack_options(args: argparse.Namespace) -> dict:
+    """The command's flags as keyword arguments of ``VisionClient.attack``."""
+    return {
         "target": args.target,
         "untargeted": args.untargeted,
         "method": args.method,
@@ -88,6 +109,10 @@ def run_attack(args: argparse.Namespace) -> int:
         **_transfer_models(args.transfer_model),
         "transfer_addresses": args.transfer_address,
     }
+
+
+def _attack(args: argparse.Namespace) -> list[AdversarialResult]:
+    """Run the attack with a progress bar on stderr over every image's iterations."""
     total = args.steps or {"fgsm": 1, "cw_l2": 100}.get(args.method, 10)
     bar = ProgressBar(total * len(args.images), f"{args.method} attack", out=sys.stderr)
     done: dict[int, int] = {}
@@ -101,27 +126,24 @@ def run_attack(args: argparse.Namespace) -> int:
 
     with VisionClient(args.address, **client_kwargs(args)) as client:
         try:
-            results = client.attack(args.images, on_progress=progress, **options)
+            return client.attack(args.images, on_progress=progress, **_attack_options(args))
         finally:
             bar.close()
+
+
+def _save_triptychs(results: list[AdversarialResult], save_dir: Path) -> list[str]:
+    """Write each result's original | perturbation | adversarial picture; return the paths written."""
+    save_dir.mkdir(parents=True, exist_ok=True)
     saved = []
-    if args.save_dir is not None:
-        args.save_dir.mkdir(parents=True, exist_ok=True)
-        for result in results:
-            path = args.save_dir / f"{Path(result.name or str(result.image)).stem}-adversarial.png"
-            path.write_bytes(triptych(result.original_png, result.perturbation, result.adversarial_png))
-            saved.append(str(path))
-    if args.json:
-        data = [
-            {
-                k: v
-                for k, v in vars(r).items()
-                if k not in ("raw", "original_png", "adversarial_png", "perturbation")
-            }
-            for r in results
-        ]
-        print_json({"results": data, "saved": saved}, out=sys.stdout)
-        return 0
+    for result in results:
+        path = save_dir / f"{Path(result.name or str(result.image)).stem}-adversarial.png"
+        path.write_bytes(triptych(result.original_png, result.perturbation, result.adversarial_png))
+        saved.append(str(path))
+    return saved
+
+
+def _print_results(results: list[AdversarialResult]) -> None:
+    """One row per image, then a line per transfer check."""
     print_table(
         [
             (
@@ -146,9 +168,6 @@ def run_attack(args: argparse.Namespace) -> int:
                 t.error or f"{t.top1.label if t.top1 else '?'}: {'fooled' if t.fooled else 'not fooled'}"
             )
             print(f"transfer {r.name} -> {t.model or '?'} ({where}): {verdict}")
-    for path in saved:
-        print(f"saved {path}")
-    return 0
 
 
 def triptych(original_png: bytes, perturbation: np.ndarray, adversarial_png: bytes) -> bytes:
