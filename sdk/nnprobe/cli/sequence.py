@@ -179,59 +179,63 @@ def run_gradients(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
     else:
-        print(
-            f"gradient flow, T={result.sequence_length}, H={result.hidden_size}, D={result.input_size} "
-            f"({result.seconds:.2f}s on the server)"
-        )
+        _print_gradients(result, args.every)
+    _save_plot(result.plot_png, args.plot)
+    return 0
+
+
+def _print_gradients(result, every: int) -> None:
+    """The summary table (one row per cell and spectral radius), then each run's norms at about ten
+    distances ``T-k`` (every ``every`` steps when given)."""
+    print(
+        f"gradient flow, T={result.sequence_length}, H={result.hidden_size}, D={result.input_size} "
+        f"({result.seconds:.2f}s on the server)"
+    )
+    print_table(
+        [
+            (
+                run.cell,
+                run.target_spectral_radius or "given",
+                run.spectral_radius,
+                run.weight_norm,
+                run.derivative_bound if run.derivative_bound is not None else "none",
+                run.jacobian_norms[0],
+                run.bounds[0] if run.bounds is not None else "none",
+                run.growth_rate,
+                run.regime,
+            )
+            for run in result.runs
+        ],
+        [
+            "cell",
+            "target rho",
+            "rho(W_hh)",
+            "gamma_W",
+            "gamma_h",
+            "|dh_T/dh_0|",
+            "bound",
+            "rate",
+            "regime",
+        ],
+    )
+    steps = result.sequence_length
+    every = every or max(1, steps // 10)
+    picks = [k for k in range(steps) if (steps - k) % every == 0 or k == steps - 1]
+    for run in result.runs:
+        label = f"{run.cell}" + (f" rho={run.target_spectral_radius:g}" if run.target_spectral_radius else "")
+        print(f"\n{label}")
         print_table(
             [
                 (
-                    run.cell,
-                    run.target_spectral_radius or "given",
-                    run.spectral_radius,
-                    run.weight_norm,
-                    run.derivative_bound if run.derivative_bound is not None else "none",
-                    run.jacobian_norms[0],
-                    run.bounds[0] if run.bounds is not None else "none",
-                    run.growth_rate,
-                    run.regime,
+                    steps - k,
+                    run.jacobian_norms[k],
+                    run.bounds[k] if run.bounds is not None else "-",
+                    run.input_gradient_norms[k],
                 )
-                for run in result.runs
+                for k in sorted(picks, key=lambda k: steps - k)
             ],
-            [
-                "cell",
-                "target rho",
-                "rho(W_hh)",
-                "gamma_W",
-                "gamma_h",
-                "|dh_T/dh_0|",
-                "bound",
-                "rate",
-                "regime",
-            ],
+            ["T-k", "|dh_T/dh_k|", "bound", "|dL/dx_(k+1)|"],
         )
-        steps = result.sequence_length
-        every = args.every or max(1, steps // 10)
-        picks = [k for k in range(steps) if (steps - k) % every == 0 or k == steps - 1]
-        for run in result.runs:
-            label = f"{run.cell}" + (
-                f" rho={run.target_spectral_radius:g}" if run.target_spectral_radius else ""
-            )
-            print(f"\n{label}")
-            print_table(
-                [
-                    (
-                        steps - k,
-                        run.jacobian_norms[k],
-                        run.bounds[k] if run.bounds is not None else "-",
-                        run.input_gradient_norms[k],
-                    )
-                    for k in sorted(picks, key=lambda k: steps - k)
-                ],
-                ["T-k", "|dh_T/dh_k|", "bound", "|dL/dx_(k+1)|"],
-            )
-    _save_plot(result.plot_png, args.plot)
-    return 0
 
 
 def run_truncation(args: argparse.Namespace) -> int:

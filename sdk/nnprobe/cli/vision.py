@@ -187,10 +187,23 @@ def _print_result(result, args: argparse.Namespace) -> None:
         print(f"global context after {result.global_context}{where}: the fields below are local")
     for layer, axis, reference, path, offset in result.misaligned_merges:
         print(f"misaligned merge at {layer}: along the {axis} {path} is {offset:g} px from {reference}")
+    _print_layers(result, args.all_layers)
+    if result.units:
+        print()
+        _print_units(result.units)
+    if result.effective_field is not None:
+        print()
+        _print_effective_field(result.effective_field)
+    if args.plot:
+        print(f"picture saved to {args.plot}")
+
+
+def _print_layers(result, all_layers: bool) -> None:
+    """The layer table; for a model, point-wise layers (kind "other") only with ``all_layers``."""
     shown = [
         f
         for f in result.layers
-        if args.all_layers or not result.model or f.kind != "other" or f.name == result.end_point
+        if all_layers or not result.model or f.kind != "other" or f.name == result.end_point
     ]
     print_table(
         [
@@ -209,43 +222,43 @@ def _print_result(result, args: argparse.Namespace) -> None:
     )
     if len(shown) < len(result.layers):
         print(f"({len(result.layers) - len(shown)} point-wise layers hidden; --all-layers shows them)")
-    if result.units:
-        print()
-        rows = []
-        for u in result.units:
-            v = u.verification
-            rows.append(
-                (
-                    f"{u.layer} ({u.x},{u.y})",
-                    f"{format_value(u.vertical.start)} / {format_value(u.vertical.center)} / "
-                    f"{format_value(u.vertical.end)}",
-                    f"{format_value(u.horizontal.start)} / {format_value(u.horizontal.center)} / "
-                    f"{format_value(u.horizontal.end)}",
-                    f"{u.rows[0]}..{u.rows[1]}",
-                    f"{u.columns[0]}..{u.columns[1]}",
-                    "-" if v is None else ("yes" if v.matches else f"NO: {v.rows} {v.columns}"),
-                )
+
+
+def _print_units(units) -> None:
+    """One row per unit: its field's extent along both axes, the pixels it covers, and the proof."""
+    rows = []
+    for u in units:
+        v = u.verification
+        rows.append(
+            (
+                f"{u.layer} ({u.x},{u.y})",
+                f"{format_value(u.vertical.start)} / {format_value(u.vertical.center)} / "
+                f"{format_value(u.vertical.end)}",
+                f"{format_value(u.horizontal.start)} / {format_value(u.horizontal.center)} / "
+                f"{format_value(u.horizontal.end)}",
+                f"{u.rows[0]}..{u.rows[1]}",
+                f"{u.columns[0]}..{u.columns[1]}",
+                "-" if v is None else ("yes" if v.matches else f"NO: {v.rows} {v.columns}"),
             )
-        print_table(
-            rows,
-            [
-                "unit (x,y)",
-                "rows start/center/end",
-                "cols start/center/end",
-                "pixel rows",
-                "pixel cols",
-                "verified",
-            ],
         )
-    erf = result.effective_field
-    if erf is not None:
-        print()
-        print(
-            f"effective field of {erf.layer} ({erf.x},{erf.y}) over {erf.num_samples} inputs: "
-            f"sigma {erf.sigma_height:.2f} x {erf.sigma_width:.2f} px, centre "
-            f"({erf.center_vertical:.2f}, {erf.center_horizontal:.2f}); 95% of the gradient in "
-            f"{erf.pixels_for_95_percent} of {erf.theoretical_pixels} pixels "
-            f"({100 * erf.share_for_95_percent:.1f}% of the theoretical field)"
-        )
-    if args.plot:
-        print(f"picture saved to {args.plot}")
+    print_table(
+        rows,
+        [
+            "unit (x,y)",
+            "rows start/center/end",
+            "cols start/center/end",
+            "pixel rows",
+            "pixel cols",
+            "verified",
+        ],
+    )
+
+
+def _print_effective_field(erf) -> None:
+    print(
+        f"effective field of {erf.layer} ({erf.x},{erf.y}) over {erf.num_samples} inputs: "
+        f"sigma {erf.sigma_height:.2f} x {erf.sigma_width:.2f} px, centre "
+        f"({erf.center_vertical:.2f}, {erf.center_horizontal:.2f}); 95% of the gradient in "
+        f"{erf.pixels_for_95_percent} of {erf.theoretical_pixels} pixels "
+        f"({100 * erf.share_for_95_percent:.1f}% of the theoretical field)"
+    )

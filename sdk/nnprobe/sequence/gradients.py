@@ -79,6 +79,19 @@ def _gradient_run(run: Any) -> GradientRun:
     )
 
 
+def _gradient_analysis(r: Any) -> GradientAnalysis:
+    return GradientAnalysis(
+        runs=[_gradient_run(run) for run in r.runs],
+        sequence_length=r.sequence_length,
+        hidden_size=r.hidden_size,
+        input_size=r.input_size,
+        regime_tolerance=r.regime_tolerance,
+        plot_png=r.plot_png or None,
+        seconds=r.seconds,
+        raw=r,
+    )
+
+
 class GradientMethods(BaseClient):
     """The gradient-flow method of ``SequenceClient``."""
 
@@ -136,14 +149,4 @@ class GradientMethods(BaseClient):
         for name, value in (weights or {}).items():
             request.weights[name].CopyFrom(tensors.to_tensor(value))
         events = self._stream(self._stub.AnalyzeGradients, request, timeout)
-        r = final_result(events, on_progress)
-        return GradientAnalysis(
-            runs=[_gradient_run(run) for run in r.runs],
-            sequence_length=r.sequence_length,
-            hidden_size=r.hidden_size,
-            input_size=r.input_size,
-            regime_tolerance=r.regime_tolerance,
-            plot_png=r.plot_png or None,
-            seconds=r.seconds,
-            raw=r,
-        )
+        return _gradient_analysis(final_result(events, on_progress))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,6 +176,17 @@ def _training_job(j: Any, events: list[JobEvent] | None = None, plot_png: bytes 
     )
 
 
+def _training_config(arguments: Mapping[str, Any]) -> pb.TrainingConfig:
+    """``start_training``'s arguments as a ``TrainingConfig``: each field takes the argument of its name;
+    ``learning_rate`` and ``clip_norm`` stay unset when None (the server's default for the optimizer)."""
+    fields = {f.name: arguments[f.name] for f in pb.TrainingConfig.DESCRIPTOR.fields}
+    fields["optimizer"] = choice(_OPTIMIZERS, fields["optimizer"], "optimizer")
+    for name in ("learning_rate", "clip_norm"):
+        if fields[name] is None:
+            del fields[name]
+    return pb.TrainingConfig(**fields)
+
+
 class JobMethods(BaseClient):
     """The training-job methods of ``SequenceClient``."""
 
@@ -220,31 +231,7 @@ class JobMethods(BaseClient):
         any replica. None (the default): a new UUID for this call, so the client's own retries are safe;
         "": no key. The same key with other options raises ``NnprobeError`` INVALID_ARGUMENT.
         """
-        config = pb.TrainingConfig(
-            embed_size=embed_size,
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            epochs=epochs,
-            batch_size=batch_size,
-            sequence_length=sequence_length,
-            optimizer=choice(_OPTIMIZERS, optimizer, "optimizer"),
-            dropout=dropout,
-            tie_weights=tie_weights,
-            max_steps=max_steps,
-            seed=seed,
-            device=device,
-            lr_decay=lr_decay,
-            lr_decay_start_epoch=lr_decay_start_epoch,
-            init_range=init_range,
-            log_interval=log_interval,
-            checkpoint_interval=checkpoint_interval,
-            eval_batch_size=eval_batch_size,
-            workers=workers,
-        )
-        if learning_rate is not None:
-            config.learning_rate = learning_rate
-        if clip_norm is not None:
-            config.clip_norm = clip_norm
+        config = _training_config(locals())  # first: the call's arguments, by name
         request = pb.StartTrainingRequest(
             corpus_id=corpus_id,
             config=config,

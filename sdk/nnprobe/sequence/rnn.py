@@ -38,6 +38,19 @@ class RecurrentResult:
     raw: Any = field(repr=False, default=None)
 
 
+def _recurrent_result(r: Any) -> RecurrentResult:
+    return RecurrentResult(
+        hidden_states=tensors.to_numpy(r.hidden_states),
+        cell_states=_optional(r, "cell_states"),
+        outputs=_optional(r, "outputs"),
+        step_changes=tensors.to_numpy(r.step_changes),
+        settled_at=list(r.settled_at),
+        settle_tolerance=r.settle_tolerance,
+        weights={name: tensors.to_numpy(value) for name, value in sorted(r.weights.items())},
+        raw=r,
+    )
+
+
 class RecurrentMethods(BaseClient):
     """The forward-pass method of ``SequenceClient``."""
 
@@ -96,14 +109,4 @@ class RecurrentMethods(BaseClient):
             request.initial_hidden.CopyFrom(tensors.to_tensor(initial_hidden))
         if initial_cell is not None:
             request.initial_cell.CopyFrom(tensors.to_tensor(initial_cell))
-        r = self._unary(self._stub.RunRecurrent, request, timeout)
-        return RecurrentResult(
-            hidden_states=tensors.to_numpy(r.hidden_states),
-            cell_states=_optional(r, "cell_states"),
-            outputs=_optional(r, "outputs"),
-            step_changes=tensors.to_numpy(r.step_changes),
-            settled_at=list(r.settled_at),
-            settle_tolerance=r.settle_tolerance,
-            weights={name: tensors.to_numpy(value) for name, value in sorted(r.weights.items())},
-            raw=r,
-        )
+        return _recurrent_result(self._unary(self._stub.RunRecurrent, request, timeout))

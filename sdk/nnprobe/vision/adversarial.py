@@ -112,6 +112,16 @@ def _adversarial_result(r: Any) -> AdversarialResult:
     )
 
 
+def _attack_progress(p: Any) -> AttackProgress:
+    return AttackProgress(
+        p.image,
+        p.iteration,
+        p.loss,
+        p.goal_probability,
+        ClassScore(p.top1.index, p.top1.label, p.top1.probability),
+    )
+
+
 def parse_epsilon(value: float | str) -> float:
     """``4/255``, ``0.0157`` or a number -> float."""
     if isinstance(value, str):
@@ -150,10 +160,9 @@ def _attack_request(
         raise ValueError(f"method must be one of {list(_METHODS)}, not {method!r}")
     if norm not in _NORMS:
         raise ValueError(f"norm must be linf or l2, not {norm!r}")
-    messages = image_messages(images, names)
     request = pb.GenerateAdversarialRequest(
         model=model or "",
-        images=messages,
+        images=image_messages(images, names),
         goal=pb.ATTACK_GOAL_UNTARGETED if untargeted else pb.ATTACK_GOAL_UNSPECIFIED,
         method=_METHODS[method.lower()],
         norm=_NORMS[norm],
@@ -168,24 +177,35 @@ def _attack_request(
         transfer_model_versions=list(transfer_model_versions),
     )
     if target is not None:
-        request.goal = pb.ATTACK_GOAL_TARGETED if not untargeted else request.goal
-        if isinstance(target, str) and not _is_integer(target.strip().lstrip("-")):
-            request.target.label = target
-        else:
-            request.target.class_index = int(target)
-    for name, value in (("epsilon", eps), ("step_size", step_size)):
-        if value is not None:
-            setattr(request, name, parse_epsilon(value))
-    for name, value in (
-        ("random_start", random_start),
-        ("early_stop", early_stop),
-        ("learning_rate", learning_rate),
-        ("momentum_decay", momentum_decay),
-        ("cw_c", cw_c),
-    ):
+        _set_target(request, target, untargeted)
+    _set_given(
+        request,
+        epsilon=None if eps is None else parse_epsilon(eps),
+        step_size=None if step_size is None else parse_epsilon(step_size),
+        random_start=random_start,
+        early_stop=early_stop,
+        learning_rate=learning_rate,
+        momentum_decay=momentum_decay,
+        cw_c=cw_c,
+    )
+    return request
+
+
+def _set_target(request: pb.GenerateAdversarialRequest, target: int | str, untargeted: bool) -> None:
+    """The goal class, by label or by index (a string of digits is an index); targeted unless
+    ``untargeted``."""
+    request.goal = pb.ATTACK_GOAL_TARGETED if not untargeted else request.goal
+    if isinstance(target, str) and not _is_integer(target.strip().lstrip("-")):
+        request.target.label = target
+    else:
+        request.target.class_index = int(target)
+
+
+def _set_given(request: pb.GenerateAdversarialRequest, **optional: Any) -> None:
+    """Set the optional fields that were given (not None); the others stay unset: the server's defaults."""
+    for name, value in optional.items():
         if value is not None:
             setattr(request, name, value)
-    return request
 
 
 class AdversarialMethods(BaseClient):
@@ -230,41 +250,11 @@ class AdversarialMethods(BaseClient):
         ``model`` attacked (0: its default version); ``transfer_model_versions``: one repository version per
         transfer model (0: its default), or empty for every default. Closing the iterator cancels the attack.
         """
-        request = _attack_request(
-            images,
-            target=target,
-            untargeted=untargeted,
-            method=method,
-            norm=norm,
-            eps=eps,
-            step_size=step_size,
-            steps=steps,
-            seed=seed,
-            random_start=random_start,
-            early_stop=early_stop,
-            refine_steps=refine_steps,
-            learning_rate=learning_rate,
-            momentum_decay=momentum_decay,
-            cw_c=cw_c,
-            cw_confidence=cw_confidence,
-            model=model,
-            top_k=top_k,
-            transfer_models=transfer_models,
-            transfer_addresses=transfer_addresses,
-            names=names,
-            model_version=model_version,
-            transfer_model_versions=transfer_model_versions,
-        )
+        arguments = locals()  # first: the call's arguments, by name
+        request = _attack_request(**{k: v for k, v in arguments.items() if k not in ("self", "timeout")})
         for event in self._stream(self._stub.GenerateAdversarial, request, timeout):
             if event.HasField("progress"):
-                p = event.progress
-                yield AttackProgress(
-                    p.image,
-                    p.iteration,
-                    p.loss,
-                    p.goal_probability,
-                    ClassScore(p.top1.index, p.top1.label, p.top1.probability),
-                )
+                yield _attack_progress(event.progress)
             elif event.HasField("result"):
                 yield _adversarial_result(event.result)
 

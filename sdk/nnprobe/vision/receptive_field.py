@@ -213,6 +213,21 @@ def _unit_query(unit: Any) -> pb.UnitQuery:
     return pb.UnitQuery(layer=str(layer), x=int(x), y=int(y))
 
 
+def _model_spec(model: str | None, onnx: bytes | str | Path | None, seed: int, version: int) -> pb.ModelSpec:
+    """A named model (of the repository, or built in), or an ONNX model given as bytes or a file path."""
+    data = Path(onnx).read_bytes() if isinstance(onnx, (str, Path)) else (onnx or b"")
+    return pb.ModelSpec(name=model or "", seed=seed, onnx=data, version=version)
+
+
+def _effective_field_options(
+    samples: int, seed: int, unit: tuple[str, int, int] | None
+) -> pb.EffectiveFieldOptions:
+    options = pb.EffectiveFieldOptions(num_samples=samples, seed=seed)
+    if unit is not None:
+        options.unit.CopyFrom(_unit_query(unit))
+    return options
+
+
 def _interval(message: pb.Interval) -> Interval:
     return Interval(message.start, message.center, message.end)
 
@@ -223,68 +238,65 @@ def _axis(message: pb.AxisField) -> AxisField:
     )
 
 
+def _layer_field(f: pb.LayerField) -> LayerField:
+    return LayerField(
+        name=f.name,
+        kind=_KIND_NAMES.get(f.kind, str(f.kind)),
+        operation=f.operation,
+        module=f.module,
+        inputs=list(f.inputs),
+        height=_axis(f.height),
+        width=_axis(f.width),
+        padding=(f.padding.top, f.padding.bottom, f.padding.left, f.padding.right),
+    )
+
+
+def _unit_field(u: pb.UnitField) -> UnitField:
+    verification = None
+    if u.HasField("verification"):
+        v = u.verification
+        verification = Verification((v.rows.first, v.rows.last), (v.columns.first, v.columns.last), v.matches)
+    return UnitField(
+        layer=u.unit.layer,
+        x=u.unit.x,
+        y=u.unit.y,
+        vertical=_interval(u.vertical),
+        horizontal=_interval(u.horizontal),
+        vertical_clipped=_interval(u.vertical_clipped),
+        horizontal_clipped=_interval(u.horizontal_clipped),
+        rows=(u.rows.first, u.rows.last),
+        columns=(u.columns.first, u.columns.last),
+        verification=verification,
+    )
+
+
+def _effective_field(e: pb.EffectiveField) -> EffectiveField:
+    return EffectiveField(
+        layer=e.unit.layer,
+        x=e.unit.x,
+        y=e.unit.y,
+        gradient_map=tensors.to_numpy(e.gradient_map),
+        num_samples=e.num_samples,
+        sigma_height=e.sigma_height,
+        sigma_width=e.sigma_width,
+        center_vertical=e.center_vertical,
+        center_horizontal=e.center_horizontal,
+        pixels_for_95_percent=e.pixels_for_95_percent,
+        theoretical_pixels=e.theoretical_pixels,
+        share_for_95_percent=e.share_for_95_percent,
+        mass_inside_field=e.mass_inside_field,
+    )
+
+
 def _result(r: pb.ComputeReceptiveFieldResponse) -> ReceptiveFieldResult:
-    layers = [
-        LayerField(
-            name=f.name,
-            kind=_KIND_NAMES.get(f.kind, str(f.kind)),
-            operation=f.operation,
-            module=f.module,
-            inputs=list(f.inputs),
-            height=_axis(f.height),
-            width=_axis(f.width),
-            padding=(f.padding.top, f.padding.bottom, f.padding.left, f.padding.right),
-        )
-        for f in r.layers
-    ]
-    units = []
-    for u in r.units:
-        verification = None
-        if u.HasField("verification"):
-            v = u.verification
-            verification = Verification(
-                (v.rows.first, v.rows.last), (v.columns.first, v.columns.last), v.matches
-            )
-        units.append(
-            UnitField(
-                layer=u.unit.layer,
-                x=u.unit.x,
-                y=u.unit.y,
-                vertical=_interval(u.vertical),
-                horizontal=_interval(u.horizontal),
-                vertical_clipped=_interval(u.vertical_clipped),
-                horizontal_clipped=_interval(u.horizontal_clipped),
-                rows=(u.rows.first, u.rows.last),
-                columns=(u.columns.first, u.columns.last),
-                verification=verification,
-            )
-        )
-    erf = None
-    if r.HasField("effective_field"):
-        e = r.effective_field
-        erf = EffectiveField(
-            layer=e.unit.layer,
-            x=e.unit.x,
-            y=e.unit.y,
-            gradient_map=tensors.to_numpy(e.gradient_map),
-            num_samples=e.num_samples,
-            sigma_height=e.sigma_height,
-            sigma_width=e.sigma_width,
-            center_vertical=e.center_vertical,
-            center_horizontal=e.center_horizontal,
-            pixels_for_95_percent=e.pixels_for_95_percent,
-            theoretical_pixels=e.theoretical_pixels,
-            share_for_95_percent=e.share_for_95_percent,
-            mass_inside_field=e.mass_inside_field,
-        )
     return ReceptiveFieldResult(
-        layers=layers,
+        layers=[_layer_field(f) for f in r.layers],
         end_point=r.end_point,
         input_size=(r.input_size.height, r.input_size.width),
         first_pixel_center=r.first_pixel_center,
-        units=units,
+        units=[_unit_field(u) for u in r.units],
         verified=r.verified,
-        effective_field=erf,
+        effective_field=_effective_field(r.effective_field) if r.HasField("effective_field") else None,
         plot_png=r.plot_png,
         model=r.model,
         raw=r,
@@ -346,19 +358,13 @@ class ReceptiveFieldMethods(BaseClient):
                 layer if isinstance(layer, pb.LayerSpec) else _layer_message(layer) for layer in layers
             )
         if model is not None or onnx is not None:
-            data = Path(onnx).read_bytes() if isinstance(onnx, (str, Path)) else (onnx or b"")
-            request.model.CopyFrom(
-                pb.ModelSpec(name=model or "", seed=model_seed, onnx=data, version=model_version)
-            )
+            request.model.CopyFrom(_model_spec(model, onnx, model_seed, model_version))
         if input_size is not None:
             request.input_size.CopyFrom(_pair(input_size, "input_size"))
         if first_pixel_center is not None:
             request.first_pixel_center = float(first_pixel_center)
         if effective_field:
-            options = pb.EffectiveFieldOptions(num_samples=erf_samples, seed=erf_seed)
-            if erf_unit is not None:
-                options.unit.CopyFrom(_unit_query(erf_unit))
-            request.effective_field.CopyFrom(options)
+            request.effective_field.CopyFrom(_effective_field_options(erf_samples, erf_seed, erf_unit))
         if plot or image is not None:
             request.plot.CopyFrom(pb.PlotOptions())
             if image is not None:
