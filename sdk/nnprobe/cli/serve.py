@@ -1,54 +1,48 @@
-"""``nnprobe serve vision|sequence|attention|all``: run servers in this process (needs nnprobe-services)."""
+"""``nnprobe serve vision|sequence|attention|all``: run servers in this process.
+
+The servers are another distribution (``nnprobe-services``), which registers its command under the
+``nnprobe.serve`` entry point; this module finds it there and hands it the words after ``serve`` (its own
+``--help`` lists every setting). The SDK itself never imports the servers.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+from collections.abc import Callable, Sequence
 
-SERVICES = ("vision", "sequence", "attention")
+#: The entry point group where ``nnprobe-services`` registers ``serve``: a callable taking the words after
+#: ``nnprobe serve`` and returning an exit status.
+ENTRY_POINT_GROUP = "nnprobe.serve"
+MISSING = (
+    "nnprobe serve needs the nnprobe-services distribution: pip install nnprobe-services "
+    "(or run the containers in deploy/)"
+)
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="run a server (or all three) until SIGTERM/SIGINT",
-        description="Run nnprobe servers. Every flag also reads NNPROBE_<NAME>; with `all`, each server "
-        "listens on its own default port (vision 50051, sequence 50052, attention 50053); with `all` and "
-        "--port P they listen on P, P+1 and P+2 (and --metrics-port M gives M, M+1, M+2).",
+        usage="nnprobe serve {vision,sequence,attention,all} [--SETTING VALUE ...]",
+        description="Run nnprobe servers (needs nnprobe-services); `nnprobe serve --help` lists every "
+        "setting.",
+        prefix_chars="+",  # every word, --help included, goes to the servers' own parser
+        add_help=False,
     )
-    parser.add_argument("service", choices=[*SERVICES, "all"])
-    try:
-        from nnprobe_services.server.config import add_server_flags
-    except ImportError:  # the SDK alone: `run` explains what to install
-        pass
-    else:
-        add_server_flags(parser)
+    parser.add_argument("arguments", nargs="*", help="the service and its settings")
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        from nnprobe_services.server.app import serve
-        from nnprobe_services.server.config import load_config
-    except ImportError:
-        raise OSError(
-            "`nnprobe serve` needs the server package: pip install nnprobe-services "
-            "(or run the containers in deploy/)"
-        ) from None
-    if args.service != "all":
-        serve(load_config(args.service, flags=args))
-        return 0
-    import dataclasses
+def find_command() -> Callable[[Sequence[str]], int] | None:
+    """The ``serve`` command of the installed ``nnprobe-services``, or ``None`` when it is not installed."""
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name="serve"):
+        return entry.load()
+    return None
 
-    configs = [load_config(name, flags=args) for name in SERVICES]
-    base = getattr(args, "port", None)
-    metrics = configs[0].metrics_port
-    configs = [
-        dataclasses.replace(
-            config,
-            port=config.port if base is None else base + offset,
-            metrics_port=metrics + offset if metrics else 0,
-        )
-        for offset, config in enumerate(configs)
-    ]
-    serve(configs)
-    return 0
+
+def run(args: argparse.Namespace) -> int:
+    command = find_command()
+    if command is None:
+        raise OSError(MISSING)
+    return int(command(list(args.arguments)) or 0)

@@ -1,7 +1,7 @@
 """Shared server bootstrap: configuration, server creation, health, reflection, interceptors.
 
-``create_server`` and ``serve`` are imported lazily so that reading the configuration (the CLI's
-``nnprobe serve --help``) does not import torch.
+``create_server`` and ``serve`` are imported lazily so that reading the configuration (``nnprobe serve
+--help``) does not import torch.
 """
 
 from __future__ import annotations
