@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nnprobe_services.sequence.lm.watch import JobChanges, follow
+from nnprobe_services.sequence.jobs.watch import JobChanges, follow
 
 
 @dataclass

@@ -12,8 +12,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
-
 from nnprobe_services.sequence.jobs.store import Claim, JobStore
 
 log = logging.getLogger("nnprobe.sequence.lm")
@@ -27,14 +25,6 @@ def default_replica_id() -> str:
 def device_slot(device: str) -> str:
     """The device a job occupies: ``cuda`` is ``cuda:0``."""
     return "cuda:0" if device == "cuda" else device
-
-
-def local_devices() -> list[str]:
-    """The job device names this process can run: ``cpu`` and each visible GPU."""
-    names = ["cpu"]
-    if torch.cuda.is_available():
-        names += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
-    return names
 
 
 class JobStop(threading.Event):
@@ -74,13 +64,21 @@ class Leases:
 
 
 class Supervisor:
-    """Runs ``run(claim, job)`` in a new thread for each job it claims; ``running`` holds them."""
+    """Runs ``run(claim, job)`` in a new thread for each job it claims; ``running`` holds them. ``devices``:
+    the job device names this replica can run (``cpu``, ``cuda``, ``cuda:0``...), given by whoever knows
+    them (the queue itself knows nothing of devices)."""
 
-    def __init__(self, store: JobStore, leases: Leases, run: Callable[[Claim, RunningJob], None]) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        leases: Leases,
+        run: Callable[[Claim, RunningJob], None],
+        devices: list[str],
+    ) -> None:
         self.store = store
         self.leases = leases
         self.replica_id = leases.replica_id
-        self.devices = local_devices()
+        self.devices = list(devices)
         self.run = run
         self.lock = threading.Lock()
         self.running: dict[str, RunningJob] = {}

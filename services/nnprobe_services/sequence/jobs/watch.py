@@ -1,6 +1,6 @@
-"""Following training jobs from an event loop without holding a thread while idle.
+"""Following jobs from an event loop without holding a thread while idle.
 
-``JobChanges`` turns the job manager's listener calls (made from job threads) into asyncio notifications
+``JobChanges`` turns a job manager's listener calls (made from job threads) into asyncio notifications
 per job; ``follow`` yields a job's events as they are recorded and ends when the job leaves QUEUED/RUNNING;
 ``until_stopped`` waits for a job to leave them. Each store access is a short SQLite read run with
 ``asyncio.to_thread``; between them the coroutine awaits a notification, polling the store every
@@ -13,14 +13,28 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
-from nnprobe_services.sequence.jobs.store import ACTIVE, EventRecord
-from nnprobe_services.sequence.lm.jobs import JobManager
+from nnprobe_services.sequence.jobs.store import ACTIVE, EventRecord, JobRecord
 
 #: Longest a follower waits without looking at the store.
 POLL_SECONDS = 1.0
 #: Most events read from the store at once.
 BATCH = 1000
+
+
+class EventLog(Protocol):
+    def events(self, job_id: str, after: int = 0, limit: int = 1000) -> list[EventRecord]: ...
+
+
+class Jobs(Protocol):
+    """What following needs of a job manager: its store's event log, and ``get`` (NotFound for an unknown
+    job)."""
+
+    @property
+    def store(self) -> EventLog: ...
+
+    def get(self, job_id: str) -> JobRecord: ...
 
 
 class JobChanges:
@@ -58,7 +72,7 @@ class JobChanges:
             await asyncio.wait_for(change.wait(), timeout)
 
 
-def _read(jobs: JobManager, job_id: str, cursor: int) -> tuple[list[EventRecord], bool]:
+def _read(jobs: Jobs, job_id: str, cursor: int) -> tuple[list[EventRecord], bool]:
     """Events after ``cursor`` and whether more may come (the job is still queued or running)."""
     events = jobs.store.events(job_id, cursor, limit=BATCH)
     if events:
@@ -71,7 +85,7 @@ def _read(jobs: JobManager, job_id: str, cursor: int) -> tuple[list[EventRecord]
 
 
 async def follow(
-    jobs: JobManager,
+    jobs: Jobs,
     changes: JobChanges,
     job_id: str,
     after: int = 0,
@@ -102,7 +116,7 @@ async def follow(
             await changes.wait(change)
 
 
-async def until_stopped(jobs: JobManager, changes: JobChanges, job_id: str, timeout: float) -> bool:
+async def until_stopped(jobs: Jobs, changes: JobChanges, job_id: str, timeout: float) -> bool:
     """Wait (at most ``timeout`` seconds) for the job to leave QUEUED/RUNNING; True when it has."""
     deadline = time.monotonic() + timeout
     while True:

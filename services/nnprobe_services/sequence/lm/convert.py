@@ -1,28 +1,26 @@
-"""SequenceService replies built from the cores' plain results: recurrent trajectories, gradient and
-truncation analyses, training jobs and their events, corpora. Enum tables between wire codes and names."""
+"""SequenceService's language-model RPCs between protobuf and plain values: corpus uploads, training
+requests (with their idempotency digest), job filters and sampling options read from requests; jobs, their
+events, corpora and model-query results built into replies. Enum tables between wire codes and names.
+Errors name the request field (``InvalidArgument``, ``ResourceExhausted`` over a limit)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
-import torch
-from nnprobe import tensors
-from nnprobe.api.common.v1 import common_pb2
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 
-from nnprobe_services.sequence.jobs.store import EventRecord, JobRecord
+from nnprobe_services.errors import InvalidArgument, ResourceExhausted
+from nnprobe_services.sequence.jobs.store import EventRecord
+from nnprobe_services.sequence.lm import queries
 from nnprobe_services.sequence.lm import validation as lm_requests
 from nnprobe_services.sequence.lm.corpus import SPLITS, Corpus
 from nnprobe_services.sequence.lm.model import TrainingConfig
-from nnprobe_services.sequence.recurrent import gradients, rnn, truncation
-from nnprobe_services.sequence.recurrent.convert import CELLS
+from nnprobe_services.sequence.lm.workflow import JobDetail, JobView, TrainingRequest
 from nnprobe_services.server import validation as valid
 
-CELL_CODES: dict[str, Any] = {name: code for code, name in CELLS.items()}
-REGIMES = {"vanishing": pb.REGIME_VANISHING, "stable": pb.REGIME_STABLE, "exploding": pb.REGIME_EXPLODING}
-MODES = {"truncated": pb.TRUNCATION_MODE_TRUNCATED, "full": pb.TRUNCATION_MODE_FULL}
 SPLIT_NAMES: dict[int, str] = {
     pb.CORPUS_SPLIT_TRAIN: "train",
     pb.CORPUS_SPLIT_VALID: "valid",
@@ -48,76 +46,8 @@ OPTIMIZERS: dict[int, str] = {pb.OPTIMIZER_ADAM: "adam", pb.OPTIMIZER_SGD: "sgd"
 OPTIMIZER_CODES: dict[str, Any] = {name: code for code, name in OPTIMIZERS.items()}
 
 
-def wire(value: torch.Tensor) -> common_pb2.Tensor:
-    """A tensor on the wire (its dtype, little-endian, row-major), from any device."""
-    return tensors.to_tensor(value.detach().cpu().numpy())
-
-
-def recurrent(trajectory: rnn.Trajectory, cell: rnn.Cell, tolerance: float) -> pb.RunRecurrentResponse:
-    response = pb.RunRecurrentResponse(
-        hidden_states=wire(trajectory.hidden),
-        step_changes=wire(trajectory.step_changes),
-        settled_at=trajectory.settled_at,
-        settle_tolerance=tolerance,
-    )
-    if trajectory.cell is not None:
-        response.cell_states.CopyFrom(wire(trajectory.cell))
-    if trajectory.outputs is not None:
-        response.outputs.CopyFrom(wire(trajectory.outputs))
-    for name, value in cell.weights.items():
-        response.weights[name].CopyFrom(wire(value))
-    return response
-
-
-def progress(event: gradients.Progress | truncation.Progress) -> pb.Progress:
-    return pb.Progress(done=event.done, total=event.total, message=event.message)
-
-
-def gradient_run(run: gradients.GradientRun) -> pb.GradientRun:
-    return pb.GradientRun(
-        cell=CELL_CODES[run.cell],
-        target_spectral_radius=run.target_spectral_radius,
-        spectral_radius=run.spectral_radius,
-        weight_norm=run.weight_norm,
-        derivative_bound=run.derivative_bound or 0.0,
-        has_bound=run.derivative_bound is not None,
-        distances=run.distances,
-        jacobian_norms=run.jacobian_norms,
-        bounds=run.bounds,
-        state_jacobian_norms=run.state_jacobian_norms,
-        input_gradient_norms=run.input_gradient_norms,
-        growth_rate=run.growth_rate,
-        regime=REGIMES[run.regime],
-        loss=run.loss,
-        forget_bias=run.forget_bias,
-    )
-
-
-def truncation_comparison(
-    comparison: truncation.Comparison, device: torch.device, plot_png: bytes
-) -> pb.TruncationComparison:
-    return pb.TruncationComparison(
-        points=[
-            pb.TruncationPoint(
-                chunk_count=p.chunk_count,
-                mode=MODES[p.mode],
-                saved_bytes=p.saved_bytes,
-                peak_device_bytes=p.peak_device_bytes,
-                seconds=p.seconds,
-                loss=p.loss,
-                backward_passes=p.backward_passes,
-            )
-            for p in comparison.points
-        ],
-        truncated_slope_bytes=comparison.truncated_slope_bytes,
-        full_slope_bytes=comparison.full_slope_bytes,
-        device=str(device),
-        plot_png=plot_png,
-        parameters=comparison.parameters,
-    )
-
-
-def job(record: JobRecord, queue_position: int) -> pb.Job:
+def job(view: JobView) -> pb.Job:
+    record = view.record
     return pb.Job(
         job_id=record.job_id,
         name=record.name,
@@ -140,7 +70,7 @@ def job(record: JobRecord, queue_position: int) -> pb.Job:
         tokens_per_second=record.tokens_per_second,
         vocab_size=record.vocab_size,
         parameters=record.parameters,
-        queue_position=queue_position,
+        queue_position=view.queue_position,
         last_sequence=record.last_sequence,
     )
 
@@ -205,4 +135,163 @@ def corpus_info(corpus: Corpus) -> pb.CorpusInfo:
             if (s := corpus.splits.get(name)) is not None
         ],
         location=corpus.location,
+    )
+
+
+# -- requests --------------------------------------------------------------------------------------------
+async def corpus_upload(
+    requests: AsyncIterator[pb.UploadCorpusRequest], max_bytes: int
+) -> tuple[str, dict[str, str]]:
+    """The corpus name (from the first message that gives one) and the text of each split, joined from the
+    stream's chunks. Every message names its split; the text may total at most ``max_bytes`` (UTF-8)."""
+    parts: dict[str, list[str]] = {}
+    name, size = "", 0
+    index = -1
+    async for request in requests:
+        index += 1
+        name = name or request.name
+        code = valid.enum_value(request.split, pb.CorpusSplit, f"requests[{index}].split", 0)
+        if code == pb.CORPUS_SPLIT_UNSPECIFIED:
+            raise InvalidArgument(
+                "is required: CORPUS_SPLIT_TRAIN, CORPUS_SPLIT_VALID or CORPUS_SPLIT_TEST",
+                field=f"requests[{index}].split",
+            )
+        size += len(request.text.encode("utf-8"))
+        if size > max_bytes:
+            raise ResourceExhausted(
+                f"the corpus exceeds {max_bytes} bytes, the limit (max_corpus_bytes)", field="text"
+            )
+        parts.setdefault(SPLIT_NAMES[code], []).append(request.text)
+    return name, {split: "".join(chunks) for split, chunks in parts.items()}
+
+
+def training_request(request: pb.StartTrainingRequest) -> TrainingRequest:
+    """StartTraining's key, corpus, name, the config fields set and the request's digest."""
+    key = lm_requests.request_id(request.request_id)
+    if not request.corpus_id:
+        raise InvalidArgument("is required: 'ptb' or an id from UploadCorpus", field="corpus_id")
+    valid.enum_value(request.config.optimizer, pb.Optimizer, "config.optimizer", pb.OPTIMIZER_ADAM)
+    given = given_config(request.config)
+    return TrainingRequest(key, request.corpus_id, request.name, given, request_digest(request))
+
+
+def job_filter(request: pb.ListJobsRequest) -> tuple[list[str], int]:
+    """ListJobs' states (names; empty for all) and limit (0: 100, at most 10,000)."""
+    states = []
+    for index, code in enumerate(request.states):
+        valid.enum_value(code, pb.JobState, f"states[{index}]", 0)
+        if code != pb.JOB_STATE_UNSPECIFIED:
+            states.append(STATE_NAMES[code])
+    return states, valid.positive(request.limit, "limit", default=100, maximum=10_000)
+
+
+def watch_cursor(request: pb.WatchJobRequest) -> int:
+    """The sequence after which WatchJob starts (>= 0)."""
+    if request.after_sequence < 0:
+        raise InvalidArgument(f"must be >= 0, got {request.after_sequence}", field="after_sequence")
+    return request.after_sequence
+
+
+def evaluation_split(request: pb.EvaluatePerplexityRequest) -> tuple[Any, str]:
+    """The split's wire code (default: valid) and its name."""
+    code: Any = valid.enum_value(request.split, pb.CorpusSplit, "split", pb.CORPUS_SPLIT_VALID)
+    return code, SPLIT_NAMES[code]
+
+
+def sample_options(request: pb.SampleRequest) -> queries.SampleOptions:
+    """What Sample generates: the prompt or start word, the strategy and its settings, the seed."""
+    strategy = valid.enum_value(
+        request.strategy, pb.SamplingStrategy, "strategy", pb.SAMPLING_STRATEGY_MULTINOMIAL
+    )
+    return queries.SampleOptions(
+        prompt=request.prompt,
+        start_word_id=request.start_word_id if request.HasField("start_word_id") else None,
+        num_words=request.num_words,
+        greedy=strategy == pb.SAMPLING_STRATEGY_GREEDY,
+        temperature=request.temperature if request.HasField("temperature") else None,
+        top_k=request.top_k,
+        top_p=request.top_p if request.HasField("top_p") else None,
+        seed=request.seed,
+    )
+
+
+def nearest_metric(request: pb.NearestWordsRequest) -> tuple[Any, str]:
+    """The metric's wire code (default: euclidean) and its name."""
+    metric: Any = valid.enum_value(request.metric, pb.DistanceMetric, "metric", pb.DISTANCE_METRIC_EUCLIDEAN)
+    return metric, "cosine" if metric == pb.DISTANCE_METRIC_COSINE else "euclidean"
+
+
+# -- replies ---------------------------------------------------------------------------------------------
+def upload_reply(corpus: Corpus) -> pb.UploadCorpusResponse:
+    return pb.UploadCorpusResponse(corpus=corpus_info(corpus))
+
+
+def start_reply(view: JobView) -> pb.StartTrainingResponse:
+    return pb.StartTrainingResponse(job=job(view))
+
+
+def list_reply(views: list[JobView]) -> pb.ListJobsResponse:
+    return pb.ListJobsResponse(jobs=[job(view) for view in views])
+
+
+def get_reply(detail: JobDetail) -> pb.GetJobResponse:
+    return pb.GetJobResponse(
+        job=job(detail.view), events=[event(e) for e in detail.events], plot_png=detail.plot_png
+    )
+
+
+def cancel_reply(view: JobView) -> pb.CancelJobResponse:
+    return pb.CancelJobResponse(job=job(view))
+
+
+def resume_reply(view: JobView) -> pb.ResumeJobResponse:
+    return pb.ResumeJobResponse(job=job(view))
+
+
+def watch_reply(record: EventRecord) -> pb.WatchJobResponse:
+    return pb.WatchJobResponse(event=event(record))
+
+
+def evaluation_reply(result: queries.Evaluation, split: Any) -> pb.EvaluatePerplexityResponse:
+    return pb.EvaluatePerplexityResponse(
+        perplexity=result.perplexity,
+        loss=result.loss,
+        tokens=result.tokens,
+        step=result.step,
+        split=split,
+        seconds=result.seconds,
+    )
+
+
+def sample_reply(result: queries.Sample) -> pb.SampleResponse:
+    return pb.SampleResponse(
+        words=result.words,
+        word_ids=result.word_ids,
+        text=result.text,
+        prompt_ids=result.prompt_ids,
+        log_probability=result.log_probability,
+        step=result.step,
+    )
+
+
+def distance_reply(found: queries.WordDistance) -> pb.EmbeddingDistanceResponse:
+    d = found.distance
+    return pb.EmbeddingDistanceResponse(
+        euclidean=d.euclidean,
+        cosine_similarity=d.cosine_similarity,
+        cosine_distance=1 - d.cosine_similarity,
+        id_a=found.id_a,
+        id_b=found.id_b,
+        norm_a=d.norm_a,
+        norm_b=d.norm_b,
+        step=found.step,
+    )
+
+
+def nearest_reply(found: queries.Neighbours, metric: Any) -> pb.NearestWordsResponse:
+    return pb.NearestWordsResponse(
+        neighbors=[pb.Neighbor(word=w, word_id=i, distance=d) for w, i, d in found.neighbours],
+        word_id=found.word_id,
+        metric=metric,
+        step=found.step,
     )

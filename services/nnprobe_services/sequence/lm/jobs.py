@@ -17,7 +17,8 @@ queued jobs stay in the queue. INTERRUPTED is left for jobs taken over too often
 Every event this replica records is announced to the listeners (``add_listener``), from the thread that
 recorded it, so an event loop can wake its watchers; events other replicas record are seen by polling.
 
-``JobStop`` is re-exported here for the runners.
+Running a claimed job (takeover, training, hand-over) is in ``running``. ``JobStop`` is re-exported here
+for the runners.
 """
 
 from __future__ import annotations
@@ -38,12 +39,9 @@ from nnprobe_services.files import remove_partial_writes
 from nnprobe_services.sequence.jobs.replica import JobStop, Leases, RunningJob, Supervisor, default_replica_id
 from nnprobe_services.sequence.jobs.store import (
     CANCELLED,
-    FAILED,
     INTERRUPTED,
     QUEUED,
     RUNNING,
-    SUCCEEDED,
-    Claim,
     JobRecord,
     JobStore,
     LeaseLost,
@@ -52,7 +50,8 @@ from nnprobe_services.sequence.jobs.store import (
 from nnprobe_services.sequence.lm import checkpoints
 from nnprobe_services.sequence.lm.corpus import CorpusStore
 from nnprobe_services.sequence.lm.model import TrainingConfig, parameter_count
-from nnprobe_services.sequence.lm.training import Event, Trainer, steps_per_epoch, total_steps
+from nnprobe_services.sequence.lm.running import local_devices, run_claimed
+from nnprobe_services.sequence.lm.training import Event, steps_per_epoch, total_steps
 
 log = logging.getLogger("nnprobe.sequence.lm")
 
@@ -86,7 +85,9 @@ class JobManager:
         self.replica_id = self.leases.replica_id
         self._lock = threading.Lock()
         self._listeners: list[Callable[[str], None]] = []
-        self.supervisor = Supervisor(self.store, self.leases, self._run)
+        self.supervisor = Supervisor(
+            self.store, self.leases, lambda claim, job: run_claimed(self, claim, job), local_devices()
+        )
         log.info(
             "job store %s (schema version %d), replica %s",
             redacted(self.store.url),
@@ -194,7 +195,7 @@ class JobManager:
         held, created = self.store.insert(job, max_queued=self.max_queued)
         if not created:  # a concurrent call with the same key won
             return self._same_request(held, request_digest)
-        self._event(job.job_id, "state", {"state": QUEUED, "message": "queued"})
+        self.add_event(job.job_id, "state", {"state": QUEUED, "message": "queued"})
         self.supervisor.wake.set()
         return self.get(job.job_id)
 
@@ -221,7 +222,7 @@ class JobManager:
         self.get(job_id)
         found = self.store.request_cancel(job_id)
         if found == QUEUED:
-            self._notify(job_id)
+            self.notify(job_id)
             return False
         if found != RUNNING:
             raise FailedPrecondition(
@@ -256,7 +257,7 @@ class JobManager:
                 f"{queued} jobs are already queued; the limit is {self.max_queued} (max_queued_jobs)",
                 field="job_id",
             )
-        sequence, step = self._checkpoint_position(job_id)
+        sequence, step = self.checkpoint_position(job_id)
         resumed = self.store.supersede_events(
             job_id,
             sequence,
@@ -271,11 +272,13 @@ class JobManager:
         )
         if not resumed:
             raise FailedPrecondition(f"job {job_id} changed while being resumed; try again", field="job_id")
-        self._event(job_id, "state", {"state": QUEUED, "message": f"resumed from step {step}", "step": step})
+        self.add_event(
+            job_id, "state", {"state": QUEUED, "message": f"resumed from step {step}", "step": step}
+        )
         self.supervisor.wake.set()
         return self.get(job_id)
 
-    def _checkpoint_position(self, job_id: str) -> tuple[int, int]:
+    def checkpoint_position(self, job_id: str) -> tuple[int, int]:
         """(event sequence, step) the job's checkpoint continues from; (0, 0) without one."""
         path = self.checkpoint_path(job_id)
         if not path.is_file():
@@ -283,91 +286,10 @@ class JobManager:
         payload = checkpoints.load(path)
         return payload["sequence"], payload["step"]
 
-    # -- running -------------------------------------------------------------------------------------
-    def _run(self, claim: Claim, running: RunningJob) -> None:
-        job = claim.job
-        job_id = job.job_id
-        try:
-            if claim.takeover:
-                sequence, step = self._checkpoint_position(job_id)
-                if not self.store.supersede_events(job_id, sequence, expect=self._fence(running), step=step):
-                    raise LeaseLost(job_id)
-                message = (
-                    f"taken over by replica {self.replica_id} from {claim.previous_owner}, whose lease "
-                    f"expired; resuming from step {step}"
-                )
-                self._event(job_id, "state", {"state": RUNNING, "message": message, "step": step})
-                log.warning("job %s: %s", job_id, message)
-            message = f"running on {job.device} (replica {self.replica_id})"
-            self._event(job_id, "state", {"state": RUNNING, "message": message})
-            finished = False if running.cancel else self._train(self.get(job_id), running)
-            if running.lost:
-                raise LeaseLost(job_id)
-            release = {"owner": "", "lease_expires_at": 0.0, "cancel_requested": False}
-            if finished:
-                self._event(
-                    job_id, "state", {"state": SUCCEEDED, "message": "finished"}, state=SUCCEEDED, **release
-                )
-            elif running.cancel:
-                cancelled = {"state": CANCELLED, "message": "cancelled"}
-                self._event(job_id, "state", cancelled, state=CANCELLED, **release)
-            else:
-                self._hand_over(job_id, running)
-        except LeaseLost:
-            log.warning("job %s: another replica owns it now; this replica stopped running it", job_id)
-        except Exception as error:  # recorded on the job; the server keeps running
-            log.exception("job %s failed", job_id)
-            message = f"{type(error).__name__}: {error}"
-            try:
-                self._event(
-                    job_id,
-                    "state",
-                    {"state": FAILED, "message": message},
-                    state=FAILED,
-                    error=message,
-                    owner="",
-                )
-            except LeaseLost:
-                log.warning("job %s: failed after another replica took it over", job_id)
-        finally:
-            self.supervisor.finished(job_id)
-
-    def _hand_over(self, job_id: str, running: RunningJob) -> None:
-        """Give a job this replica stopped for its shutdown back to the shared queue (``JobStore.release``)
-        from its checkpoint: the events past the checkpoint leave the history (the next run records them
-        again), and a state event says who handed it over at which step."""
-        sequence, step = self._checkpoint_position(job_id)
-        message = (
-            f"handed over by replica {self.replica_id} at step {step}: the replica stopped (shutdown); "
-            f"queued again, the job resumes from its checkpoint at step {step} on the replica that claims it"
-        )
-        payload = {"state": QUEUED, "message": message, "step": step}
-        if self.store.release(job_id, self.replica_id, running.attempt, sequence, payload, step=step) is None:
-            raise LeaseLost(job_id)
-        log.info("job %s: %s", job_id, message)
-        self._notify(job_id)
-
-    def _fence(self, running: RunningJob) -> dict[str, Any]:
+    # -- recording ----------------------------------------------------------------------------------
+    def fence(self, running: RunningJob) -> dict[str, Any]:
+        """What the job's row must hold while ``running`` (this replica's claim) still owns it."""
         return {"owner": self.replica_id, "attempt": running.attempt, "state": RUNNING}
-
-    def _train(self, job: JobRecord, running: RunningJob) -> bool:
-        config = TrainingConfig.from_dict(job.config)
-        corpus = self.corpora.get(job.corpus_id)
-        path = self.checkpoint_path(job.job_id)
-        payload = checkpoints.load(path) if path.is_file() else None
-        splits = {name: split.ids for name, split in corpus.splits.items()}
-        stop = running.stop
-        if self.runner is not None and config.workers > 1:
-            return self.runner(self, job, config, splits, corpus.words, payload, stop)
-        trainer = Trainer(config, corpus.words, splits, torch.device(job.device), payload)
-        finished = trainer.run(
-            lambda event: self.record(job.job_id, event),
-            should_stop=stop.is_set,
-            on_checkpoint=lambda t: self.save_checkpoint(job.job_id, t.checkpoint()),
-        )
-        if not finished and stop.is_set() and not running.lost:
-            self.save_checkpoint(job.job_id, trainer.checkpoint())
-        return finished
 
     def record(self, job_id: str, event: Event) -> None:
         """Store a training event and mirror it on the job row."""
@@ -382,7 +304,7 @@ class JobManager:
             changes.update(loss=event.loss, tokens_per_second=event.tokens_per_second)
         elif kind == "evaluation":
             changes.update(valid_perplexity=event.valid_perplexity, test_perplexity=event.test_perplexity)
-        self._event(job_id, kind, payload, **changes)
+        self.add_event(job_id, kind, payload, **changes)
 
     def save_checkpoint(self, job_id: str, payload: dict[str, Any]) -> None:
         """Write the checkpoint atomically, then record it (event + job row). Raises ``LeaseLost`` and
@@ -408,7 +330,7 @@ class JobManager:
 
     def record_checkpoint(self, job_id: str, step: int, digest: str) -> None:
         """Record a checkpoint already written to ``checkpoint_path(job_id)`` (event + job row)."""
-        self._event(
+        self.add_event(
             job_id,
             "checkpoint",
             {"step": step, "epoch": self.get(job_id).epoch, "sha256": digest},
@@ -416,18 +338,18 @@ class JobManager:
             checkpoint_sha256=digest,
         )
 
-    def _event(self, job_id: str, kind: str, payload: dict[str, Any], **changes: Any) -> int:
+    def add_event(self, job_id: str, kind: str, payload: dict[str, Any], **changes: Any) -> int:
         """Append an event; for a job this replica runs, only while it still holds the lease (else
         ``LeaseLost``)."""
         running = self.supervisor.get(job_id)
-        expect = self._fence(running) if running is not None else None
+        expect = self.fence(running) if running is not None else None
         sequence = self.store.add_event(job_id, kind, payload, expect=expect, **changes)
         if sequence is None:
             raise LeaseLost(job_id)
-        self._notify(job_id)
+        self.notify(job_id)
         return sequence
 
-    def _notify(self, job_id: str) -> None:
+    def notify(self, job_id: str) -> None:
         with self._lock:
             listeners = list(self._listeners)
         for listener in listeners:

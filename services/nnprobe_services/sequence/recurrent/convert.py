@@ -1,24 +1,36 @@
-"""SequenceService's recurrent-network requests (RunRecurrent, AnalyzeGradients, CompareTruncation) read into
-plain values for the cores: tensors decoded and checked (shape, dtype, finiteness, ``max_tensor_elements``),
-cell weights given or drawn, enums mapped to names. Errors name the request field: ``InvalidArgument``, or
-``ResourceExhausted`` over a limit.
+"""SequenceService's recurrent-network RPCs (RunRecurrent, AnalyzeGradients, CompareTruncation) between
+protobuf and plain values. Requests are read into ``workflow``'s arguments: tensors decoded and checked
+(shape, dtype, finiteness, ``max_tensor_elements``), cell weights given or drawn, enums mapped to names;
+errors name the request field: ``InvalidArgument``, or ``ResourceExhausted`` over a limit. Replies are built
+from the cores' results: tensors on the wire, names mapped back to enum codes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from nnprobe import tensors
 from nnprobe.api.common.v1 import common_pb2
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 
 from nnprobe_services.errors import InvalidArgument, ResourceExhausted
-from nnprobe_services.sequence.recurrent import gradients, rnn
-from nnprobe_services.sequence.recurrent.weights import WeightReader, gate_rows, scale_factor
+from nnprobe_services.sequence.recurrent import gradients, rnn, truncation
+from nnprobe_services.sequence.recurrent.weights import (
+    WeightReader,
+    check_rescalable,
+    finite_in,
+    gate_rows,
+    scale_factor,
+)
+from nnprobe_services.sequence.recurrent.workflow import (
+    GradientAnalysis,
+    GradientSweep,
+    RecurrentRun,
+    TruncationAnalysis,
+)
 from nnprobe_services.server import validation as valid
 
 CELLS: dict[int, str] = {
@@ -35,6 +47,9 @@ INPUTS: dict[int, str] = {
     pb.INPUT_DISTRIBUTION_ZERO: "zero",
 }
 TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+CELL_CODES: dict[str, Any] = {name: code for code, name in CELLS.items()}
+REGIMES = {"vanishing": pb.REGIME_VANISHING, "stable": pb.REGIME_STABLE, "exploding": pb.REGIME_EXPLODING}
+MODES = {"truncated": pb.TRUNCATION_MODE_TRUNCATED, "full": pb.TRUNCATION_MODE_FULL}
 #: Longest sequence RunRecurrent and AnalyzeGradients accept.
 MAX_SEQUENCE_LENGTH = 10_000
 #: Most (cell, spectral radius) runs in one AnalyzeGradients request.
@@ -44,32 +59,6 @@ MAX_RUNS = 64
 MAX_ANALYZED_HIDDEN = 1024
 #: Largest K in CompareTruncation.
 MAX_CHUNK_COUNT = 256
-
-
-@dataclass
-class RecurrentRun:
-    """``rnn.run``'s arguments: the cell (weights on the device), inputs (T, B, D), the initial state and
-    the tolerance below which a step's change counts as settled."""
-
-    cell: rnn.Cell
-    inputs: torch.Tensor
-    initial: Any
-    settle_tolerance: float
-
-
-@dataclass
-class GradientSweep:
-    """``gradients.sweep``'s arguments plus the sizes the reply reports."""
-
-    cells: list[rnn.Cell]
-    targets: list[float]
-    inputs: torch.Tensor
-    initials: list[torch.Tensor]
-    regime_tolerance: float
-    forget_bias: float
-    sequence_length: int
-    hidden_size: int
-    input_size: int
 
 
 class RequestReader(WeightReader):
@@ -90,9 +79,9 @@ class RequestReader(WeightReader):
         if spec.input_size and spec.input_size != width:
             raise InvalidArgument(f"is {spec.input_size} but inputs has D = {width}", field="cell.input_size")
         weights = self._cell_weights(spec, kind, width, "cell.")
-        finite = _finite_in(dtype, weights, "cell.weights" if spec.weights else "cell.init_scale")
+        finite = finite_in(dtype, weights, "cell.weights" if spec.weights else "cell.init_scale")
         cell = rnn.Cell(kind, {k: v.to(self.device) for k, v in finite.items()})
-        x = _finite_in(dtype, {"inputs": x}, "inputs")["inputs"]
+        x = finite_in(dtype, {"inputs": x}, "inputs")["inputs"]
         hidden = cell.hidden_size
         elements = steps * batch * max(gate_rows(kind, hidden), width, self._output_size(cell))
         if elements > limit:
@@ -115,7 +104,7 @@ class RequestReader(WeightReader):
         if c0 is not None and kind != "lstm":
             raise InvalidArgument("is only used by CELL_TYPE_LSTM", field="initial_cell")
         tolerance = valid.tolerance(valid.optional(request, "settle_tolerance"), "settle_tolerance", 1e-6)
-        given = _finite_in(
+        given = finite_in(
             dtype, {k: v for k, v in (("initial_hidden", h0), ("initial_cell", c0)) if v is not None}
         )
         initial = cell.initial_state(
@@ -156,10 +145,10 @@ class RequestReader(WeightReader):
                 )
         cells = []
         for kind, w in zip(kinds, base, strict=True):
-            finite = _finite_in(dtype, w, "weights" if request.weights else "init_scale")
+            finite = finite_in(dtype, w, "weights" if request.weights else "init_scale")
             cells.append(rnn.Cell(kind, {k: v.to(self.device) for k, v in finite.items()}))
         drawn = gradients.draw_inputs(steps, width, distribution, scale, request.seed, dtype)
-        inputs = _finite_in(dtype, {"input_scale": drawn}, "input_scale")["input_scale"].to(self.device)
+        inputs = finite_in(dtype, {"input_scale": drawn}, "input_scale")["input_scale"].to(self.device)
         initials = [
             (
                 gradients.draw_initial_state(c.state_size, request.seed, dtype)
@@ -169,7 +158,7 @@ class RequestReader(WeightReader):
             for c in cells
         ]
         if any(targets):
-            _check_rescalable(cells, "weights[weight_hh_l0]" if request.weights else "spectral_radii")
+            check_rescalable(cells, "weights[weight_hh_l0]" if request.weights else "spectral_radii")
         return GradientSweep(
             cells,
             targets,
@@ -293,33 +282,94 @@ class RequestReader(WeightReader):
         return cell.weights["output.weight"].shape[0] if cell.has_output else 0
 
 
-def _finite_in(
-    dtype: torch.dtype, tensors: Mapping[str, torch.Tensor], field: str | None = None
-) -> dict[str, torch.Tensor]:
-    """``tensors`` converted to ``dtype`` (on the CPU), refused when a value is not finite there: a huge
-    weight or scale that float64 holds overflows float32, and inf or NaN must not reach the linear algebra
-    (LAPACK can crash on it). ``field``: the request field to name; default: each tensor's own name."""
-    converted = {}
-    for name, value in tensors.items():
-        value = value.to(dtype)
-        if not bool(torch.isfinite(value).all()):
-            where = name if field is None or field == name else f"{name} (from {field})"
-            raise InvalidArgument(
-                f"{where} holds values that are not finite in {str(dtype).removeprefix('torch.')}; "
-                "use smaller values or DTYPE_FLOAT64",
-                field=field or name,
+# -- replies ---------------------------------------------------------------------------------------------
+def wire(value: torch.Tensor) -> common_pb2.Tensor:
+    """A tensor on the wire (its dtype, little-endian, row-major), from any device."""
+    return tensors.to_tensor(value.detach().cpu().numpy())
+
+
+def recurrent_reply(trajectory: rnn.Trajectory, run: RecurrentRun) -> pb.RunRecurrentResponse:
+    response = pb.RunRecurrentResponse(
+        hidden_states=wire(trajectory.hidden),
+        step_changes=wire(trajectory.step_changes),
+        settled_at=trajectory.settled_at,
+        settle_tolerance=run.settle_tolerance,
+    )
+    if trajectory.cell is not None:
+        response.cell_states.CopyFrom(wire(trajectory.cell))
+    if trajectory.outputs is not None:
+        response.outputs.CopyFrom(wire(trajectory.outputs))
+    for name, value in run.cell.weights.items():
+        response.weights[name].CopyFrom(wire(value))
+    return response
+
+
+def progress(event: gradients.Progress | truncation.Progress) -> pb.Progress:
+    return pb.Progress(done=event.done, total=event.total, message=event.message)
+
+
+def gradients_reply(
+    event: gradients.Progress | GradientAnalysis, sweep: GradientSweep
+) -> pb.AnalyzeGradientsResponse:
+    """A progress event, or the result of the whole sweep."""
+    if isinstance(event, gradients.Progress):
+        return pb.AnalyzeGradientsResponse(progress=progress(event))
+    result = pb.GradientAnalysis(
+        runs=[gradient_run(run) for run in event.runs],
+        sequence_length=sweep.sequence_length,
+        hidden_size=sweep.hidden_size,
+        input_size=sweep.input_size,
+        regime_tolerance=sweep.regime_tolerance,
+        plot_png=event.plot_png,
+        seconds=event.seconds,
+    )
+    return pb.AnalyzeGradientsResponse(result=result)
+
+
+def gradient_run(run: gradients.GradientRun) -> pb.GradientRun:
+    return pb.GradientRun(
+        cell=CELL_CODES[run.cell],
+        target_spectral_radius=run.target_spectral_radius,
+        spectral_radius=run.spectral_radius,
+        weight_norm=run.weight_norm,
+        derivative_bound=run.derivative_bound or 0.0,
+        has_bound=run.derivative_bound is not None,
+        distances=run.distances,
+        jacobian_norms=run.jacobian_norms,
+        bounds=run.bounds,
+        state_jacobian_norms=run.state_jacobian_norms,
+        input_gradient_norms=run.input_gradient_norms,
+        growth_rate=run.growth_rate,
+        regime=REGIMES[run.regime],
+        loss=run.loss,
+        forget_bias=run.forget_bias,
+    )
+
+
+def truncation_reply(
+    event: truncation.Progress | TruncationAnalysis, device: torch.device
+) -> pb.CompareTruncationResponse:
+    """A progress event, or the comparison measured on ``device``."""
+    if isinstance(event, truncation.Progress):
+        return pb.CompareTruncationResponse(progress=progress(event))
+    comparison = event.comparison
+    result = pb.TruncationComparison(
+        points=[
+            pb.TruncationPoint(
+                chunk_count=p.chunk_count,
+                mode=MODES[p.mode],
+                saved_bytes=p.saved_bytes,
+                peak_device_bytes=p.peak_device_bytes,
+                seconds=p.seconds,
+                loss=p.loss,
+                backward_passes=p.backward_passes,
             )
-        converted[name] = value
-    return converted
-
-
-def _check_rescalable(cells: list[rnn.Cell], field: str) -> None:
-    """Every gate block of each cell's weight_hh_l0 must have a finite, non-zero spectral radius."""
-    for cell in cells:
-        for block, radius in enumerate(rnn.block_radii(cell.weights["weight_hh_l0"])):
-            if radius == 0 or not math.isfinite(radius):
-                raise InvalidArgument(
-                    f"{cell.kind}: gate block {block} of weight_hh_l0 has spectral radius {radius} "
-                    "and cannot be rescaled to a target",
-                    field=field,
-                )
+            for p in comparison.points
+        ],
+        truncated_slope_bytes=comparison.truncated_slope_bytes,
+        full_slope_bytes=comparison.full_slope_bytes,
+        device=str(device),
+        plot_png=event.plot_png,
+        parameters=comparison.parameters,
+    )
+    return pb.CompareTruncationResponse(result=result)

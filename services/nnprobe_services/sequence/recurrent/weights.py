@@ -1,6 +1,8 @@
 """Recurrent-cell weights in requests: given tensors checked against the cell's expected names and shapes, or
 drawn from an initialisation scheme within ``max_tensor_elements``. Errors name the request field:
-``InvalidArgument``, or ``ResourceExhausted`` over the limit. Weights come back as float64 CPU tensors.
+``InvalidArgument``, or ``ResourceExhausted`` over the limit. Weights come back as float64 CPU tensors;
+``finite_in`` converts them to the request's dtype, refusing values that do not fit it, and
+``check_rescalable`` refuses recurrent weights that no spectral radius can be rescaled to.
 """
 
 from __future__ import annotations
@@ -122,21 +124,26 @@ class WeightReader:
                     f"got {list(weights[name].shape)}",
                     field=f"{field}[{name}]",
                 )
-        if "output.bias" in weights and "output.weight" not in weights:
-            raise InvalidArgument("output.bias given without output.weight", field=f"{field}[output.weight]")
-        if "output.weight" in weights:
-            out = weights["output.weight"]
-            if out.shape[1] != hidden or out.shape[0] == 0:
-                raise InvalidArgument(
-                    f"must have shape [O, {hidden}] with O >= 1, got {list(out.shape)}",
-                    field=f"{field}[output.weight]",
-                )
-            if "output.bias" in weights and tuple(weights["output.bias"].shape) != (out.shape[0],):
-                raise InvalidArgument(
-                    f"must have shape [{out.shape[0]}], got {list(weights['output.bias'].shape)}",
-                    field=f"{field}[output.bias]",
-                )
+        _check_output_weights(weights, hidden, field)
         return weights
+
+
+def _check_output_weights(weights: Mapping[str, torch.Tensor], hidden: int, field: str) -> None:
+    """The optional output layer: ``output.weight`` (O, H) with O >= 1, ``output.bias`` (O,) only with it."""
+    if "output.bias" in weights and "output.weight" not in weights:
+        raise InvalidArgument("output.bias given without output.weight", field=f"{field}[output.weight]")
+    if "output.weight" in weights:
+        out = weights["output.weight"]
+        if out.shape[1] != hidden or out.shape[0] == 0:
+            raise InvalidArgument(
+                f"must have shape [O, {hidden}] with O >= 1, got {list(out.shape)}",
+                field=f"{field}[output.weight]",
+            )
+        if "output.bias" in weights and tuple(weights["output.bias"].shape) != (out.shape[0],):
+            raise InvalidArgument(
+                f"must have shape [{out.shape[0]}], got {list(weights['output.bias'].shape)}",
+                field=f"{field}[output.bias]",
+            )
 
 
 def gate_rows(kind: str, hidden: int) -> int:
@@ -155,3 +162,35 @@ def scale_factor(value: float | None, field: str, *, zero: bool = True) -> float
             f"must be a finite number {bound} (leave it unset for 1), got {value}", field=field
         )
     return value
+
+
+def finite_in(
+    dtype: torch.dtype, tensors: Mapping[str, torch.Tensor], field: str | None = None
+) -> dict[str, torch.Tensor]:
+    """``tensors`` converted to ``dtype`` (on the CPU), refused when a value is not finite there: a huge
+    weight or scale that float64 holds overflows float32, and inf or NaN must not reach the linear algebra
+    (LAPACK can crash on it). ``field``: the request field to name; default: each tensor's own name."""
+    converted = {}
+    for name, value in tensors.items():
+        value = value.to(dtype)
+        if not bool(torch.isfinite(value).all()):
+            where = name if field is None or field == name else f"{name} (from {field})"
+            raise InvalidArgument(
+                f"{where} holds values that are not finite in {str(dtype).removeprefix('torch.')}; "
+                "use smaller values or DTYPE_FLOAT64",
+                field=field or name,
+            )
+        converted[name] = value
+    return converted
+
+
+def check_rescalable(cells: list[rnn.Cell], field: str) -> None:
+    """Every gate block of each cell's weight_hh_l0 must have a finite, non-zero spectral radius."""
+    for cell in cells:
+        for block, radius in enumerate(rnn.block_radii(cell.weights["weight_hh_l0"])):
+            if radius == 0 or not math.isfinite(radius):
+                raise InvalidArgument(
+                    f"{cell.kind}: gate block {block} of weight_hh_l0 has spectral radius {radius} "
+                    "and cannot be rescaled to a target",
+                    field=field,
+                )
