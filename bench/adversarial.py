@@ -65,7 +65,7 @@ def _ratio(ours: list[tuple], theirs: list[tuple], k: int) -> float:
     return statistics.median(o[k] / t[k] for o, t in zip(ours, theirs, strict=True))
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -73,7 +73,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timing rounds per step count (medians)")
     parser.add_argument("--rate-steps", type=int, default=10, help="iterations of the success-rate runs")
     parser.add_argument("--no-rates", action="store_true", help="time PGD only")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _photo_pixels(files: list[Path], loaded, device: torch.device) -> torch.Tensor:
+    """The photos as the model sees them (decoded, preprocessed, on the 8-bit lattice), on ``device``."""
+    limits = preprocess.ImageLimits(1 << 26, 1 << 27)
+    inputs = [images.ImageInput(f.read_bytes(), None, "image", f.name) for f in files]
+    return attacks.quantize(
+        images.model_inputs(inputs, loaded.record.preprocessing, limits, skip_resize=False)
+    ).to(device)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
     import torchattacks
 
     device = resolve_device("auto")
@@ -81,16 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     loaded = store.ModelStore(device).get(models.DEFAULT_MODEL)
     as_built = models.load_module(loaded.record, loaded.path, device)  # NCHW, as timm builds it
     nhwc = copy.deepcopy(as_built).to(memory_format=torch.channels_last)
-    limits = preprocess.ImageLimits(1 << 26, 1 << 27)
-    inputs = [images.ImageInput(f.read_bytes(), None, "image", f.name) for f in files]
-    pixels = attacks.quantize(
-        images.model_inputs(inputs, loaded.record.preprocessing, limits, skip_resize=False)
-    ).to(device)
+    pixels = _photo_pixels(files, loaded, device)
     targets = torch.full((len(files),), TARGET, device=device)
     config = ServerConfig(service="vision", host="127.0.0.1", port=0, device=str(device)).validate()
     server, port = create_server(config)
     server.start()
-    rows, slopes = [], {}
     try:
         with VisionClient(f"127.0.0.1:{port}", timeout=3600) as client:
 
@@ -114,77 +122,92 @@ def main(argv: list[str] | None = None) -> None:
             service(1)
             reference(as_built, 1)
             reference(nhwc, 1)
-            for steps in STEPS:
-                ours, built, last = _rounds(
-                    [
-                        functools.partial(service, steps),
-                        functools.partial(reference, as_built, steps),
-                        functools.partial(reference, nhwc, steps),
-                    ],
-                    args.repeats,
-                    device,
-                )
-                per_image = [
-                    statistics.median(t[0] for t in times) / len(files) for times in (ours, built, last)
+            paths: dict[int, list[Callable[[], object]]] = {
+                steps: [
+                    functools.partial(service, steps),
+                    functools.partial(reference, as_built, steps),
+                    functools.partial(reference, nhwc, steps),
                 ]
-                slopes[steps] = per_image
-                rows.append(
-                    (
-                        f"PGD {steps} steps",
-                        f"{per_image[0]:.3f}",
-                        f"{per_image[1]:.3f}",
-                        f"{_ratio(ours, built, 0):.2f}",
-                        f"{_ratio(ours, built, 1):.2f}",
-                        f"{per_image[2]:.3f}",
-                        f"{_ratio(ours, last, 0):.2f}",
-                    )
-                )
-            threads = torch.get_num_threads()
-            print(
-                f"{models.DEFAULT_MODEL} on {device} ({threads} threads), {len(files)} photos, "
-                f"medians of {args.repeats} rounds"
-            )
-            print_table(
-                rows,
-                [
-                    "attack",
-                    "service s/image",
-                    "(a) torchattacks s/image",
-                    "ratio (a)",
-                    "CPU ratio (a)",
-                    "(b) torchattacks channels_last",
-                    "ratio (b)",
-                ],
-            )
-            short, long = STEPS
-            step_cost = [(slopes[long][k] - slopes[short][k]) / (long - short) for k in range(3)]
-            fixed = [slopes[short][k] - short * step_cost[k] for k in range(3)]
-            print()
-            print("where the time goes (s per image; from the two step counts)")
-            print_table(
-                [
-                    (name, f"{fixed[k]:.3f}", f"{step_cost[k]:.4f}")
-                    for k, name in enumerate(
-                        ["service", "(a) torchattacks", "(b) torchattacks channels_last"]
-                    )
-                ],
-                ["path", "fixed part", "per step"],
-            )
+                for steps in STEPS
+            }
+            _time_pgd(paths, len(files), args.repeats, device)
             if args.no_rates:
                 return
             print()
-            rates = []
-            for method in attacks.METHODS:
-                budgets = [None] if method == "cw_l2" else ["2/255", "4/255", "8/255"]
-                for eps in budgets:
-                    steps = 1 if method == "fgsm" else args.rate_steps
-                    results = client.attack(files, untargeted=True, method=method, eps=eps, steps=steps)
-                    wins = sum(r.success for r in results)
-                    rates.append((method, eps or "-", steps, f"{wins}/{len(results)}"))
-            print(f"untargeted success on the 8-bit images ({args.rate_steps} iterations, FGSM 1)")
-            print_table(rates, ["method", "eps", "steps", "success"])
+            _print_success_rates(client, files, args.rate_steps)
     finally:
         server.shutdown(0).wait()
+
+
+def _time_pgd(
+    paths: dict[int, list[Callable[[], object]]], photos: int, repeats: int, device: torch.device
+) -> None:
+    """Time the three paths (service, torchattacks as built, torchattacks channels_last) at each step
+    count; print the per-image medians and ratios, then the fixed part and the cost per step."""
+    rows, slopes = [], {}
+    for steps, attacks_at_steps in paths.items():
+        ours, built, last = _rounds(attacks_at_steps, repeats, device)
+        per_image = [statistics.median(t[0] for t in times) / photos for times in (ours, built, last)]
+        slopes[steps] = per_image
+        rows.append(
+            (
+                f"PGD {steps} steps",
+                f"{per_image[0]:.3f}",
+                f"{per_image[1]:.3f}",
+                f"{_ratio(ours, built, 0):.2f}",
+                f"{_ratio(ours, built, 1):.2f}",
+                f"{per_image[2]:.3f}",
+                f"{_ratio(ours, last, 0):.2f}",
+            )
+        )
+    threads = torch.get_num_threads()
+    print(
+        f"{models.DEFAULT_MODEL} on {device} ({threads} threads), {photos} photos, "
+        f"medians of {repeats} rounds"
+    )
+    print_table(
+        rows,
+        [
+            "attack",
+            "service s/image",
+            "(a) torchattacks s/image",
+            "ratio (a)",
+            "CPU ratio (a)",
+            "(b) torchattacks channels_last",
+            "ratio (b)",
+        ],
+    )
+    _print_breakdown(slopes)
+
+
+def _print_breakdown(slopes: dict[int, list[float]]) -> None:
+    """Per path: the fixed time per image and the time per step, from the two step counts."""
+    short, long = STEPS
+    step_cost = [(slopes[long][k] - slopes[short][k]) / (long - short) for k in range(3)]
+    fixed = [slopes[short][k] - short * step_cost[k] for k in range(3)]
+    print()
+    print("where the time goes (s per image; from the two step counts)")
+    print_table(
+        [
+            (name, f"{fixed[k]:.3f}", f"{step_cost[k]:.4f}")
+            for k, name in enumerate(["service", "(a) torchattacks", "(b) torchattacks channels_last"])
+        ],
+        ["path", "fixed part", "per step"],
+    )
+
+
+def _print_success_rates(client: VisionClient, files: list[Path], rate_steps: int) -> None:
+    """Untargeted success of every method at each budget (CW-L2: none), judged on the 8-bit images."""
+    rates = []
+    for method in attacks.METHODS:
+        budgets = [None] if method == "cw_l2" else ["2/255", "4/255", "8/255"]
+        for eps in budgets:
+            steps = 1 if method == "fgsm" else rate_steps
+            results = client.attack(files, untargeted=True, method=method, eps=eps, steps=steps)
+            wins = sum(r.success for r in results)
+            rates.append((method, eps or "-", steps, f"{wins}/{len(results)}"))
+    print(f"untargeted success on the 8-bit images ({rate_steps} iterations, FGSM 1)")
+    print_table(rates, ["method", "eps", "steps", "success"])
 
 
 if __name__ == "__main__":

@@ -129,54 +129,8 @@ def main(argv: list[str] | None = None) -> None:
 
         peer, peer_parts = in_process(images, run_ort, prep)
         eager, eager_parts = in_process(images, run_torch, prep)
-        rows: list[tuple] = [
-            (
-                "(a) onnxruntime in-process, batches of 16",
-                "-",
-                f"{peer:.2f}",
-                "1.00",
-                f"{eager and peer / eager:.2f}",
-                "-",
-                "-",
-            ),
-            (
-                "(b) eager PyTorch in-process, batches of 16",
-                "-",
-                f"{eager:.2f}",
-                f"{eager / peer:.2f}",
-                "1.00",
-                "-",
-                "-",
-            ),
-        ]
-        base = ServerConfig(
-            service="vision",
-            host="127.0.0.1",
-            port=0,
-            compute_queue=64,
-            max_concurrent_rpcs=256,
-            cache_dir=cache,
-            data_dir=Path(folder) / "data",
-        )
-        server, port = create_server(base.validate())
-        server.start()
-        try:
-            for concurrency in args.concurrency:
-                rate, p50, p99 = through_grpc(f"127.0.0.1:{port}", images, concurrency)
-                rows.append(
-                    (
-                        "gRPC Classify (onnxruntime, dynamic batching)",
-                        concurrency,
-                        f"{rate:.2f}",
-                        f"{rate / peer:.2f}",
-                        f"{rate / eager:.2f}",
-                        f"{p50:.3f}",
-                        f"{p99:.3f}",
-                    )
-                )
-                print(f"gRPC, concurrency {concurrency}: {rate:.2f} images/s", file=sys.stderr)
-        finally:
-            server.shutdown(0).wait()
+        rows = _in_process_rows(peer, eager)
+        rows += _grpc_rows(Path(folder), images, args.concurrency, peer, eager)
     print(
         f"{models.DEFAULT_MODEL} ({path.name}) on {device}, {len(images)} images, "
         f"{torch.get_num_threads()} threads"
@@ -190,6 +144,67 @@ def main(argv: list[str] | None = None) -> None:
         ],
         ["engine", "decode", "resize + crop", "inference"],
     )
+
+
+def _in_process_rows(peer: float, eager: float) -> list[tuple]:
+    """The rows of (a) onnxruntime and (b) eager PyTorch in-process, at ``peer`` and ``eager`` images/s."""
+    return [
+        (
+            "(a) onnxruntime in-process, batches of 16",
+            "-",
+            f"{peer:.2f}",
+            "1.00",
+            f"{eager and peer / eager:.2f}",
+            "-",
+            "-",
+        ),
+        (
+            "(b) eager PyTorch in-process, batches of 16",
+            "-",
+            f"{eager:.2f}",
+            f"{eager / peer:.2f}",
+            "1.00",
+            "-",
+            "-",
+        ),
+    ]
+
+
+def _grpc_rows(
+    folder: Path, images: list[bytes], concurrencies: list[int], peer: float, eager: float
+) -> list[tuple]:
+    """A row per concurrency of ``Classify`` calls to a server started here (its cache and data in
+    ``folder``), compared with the in-process rates."""
+    base = ServerConfig(
+        service="vision",
+        host="127.0.0.1",
+        port=0,
+        compute_queue=64,
+        max_concurrent_rpcs=256,
+        cache_dir=folder / "cache",
+        data_dir=folder / "data",
+    )
+    server, port = create_server(base.validate())
+    server.start()
+    rows: list[tuple] = []
+    try:
+        for concurrency in concurrencies:
+            rate, p50, p99 = through_grpc(f"127.0.0.1:{port}", images, concurrency)
+            rows.append(
+                (
+                    "gRPC Classify (onnxruntime, dynamic batching)",
+                    concurrency,
+                    f"{rate:.2f}",
+                    f"{rate / peer:.2f}",
+                    f"{rate / eager:.2f}",
+                    f"{p50:.3f}",
+                    f"{p99:.3f}",
+                )
+            )
+            print(f"gRPC, concurrency {concurrency}: {rate:.2f} images/s", file=sys.stderr)
+    finally:
+        server.shutdown(0).wait()
+    return rows
 
 
 if __name__ == "__main__":

@@ -45,54 +45,7 @@ def seconds(fn: Callable[[], object], repeats: int = 3) -> float:
 
 def main() -> None:
     device = resolve_device("auto")
-    rows = []
-    for name, size in MODELS:
-
-        def cold(name=name, size=size):
-            rf_trace_worker.forget(name)
-            return rf_graph.analyse_model(name, (size, size), HALF, None)
-
-        graph = cold()
-        end = graph.fields[-1]
-        x, y = center_unit(end)
-
-        def warm_run(name: str = name, size: int = size) -> object:
-            return rf_graph.analyse_model(name, (size, size), HALF, None)
-
-        warm = seconds(warm_run)
-        cold_s = seconds(cold)
-
-        def verify(name=name, size=size, layer=end.name, x=x, y=y):
-            probe, channels = rf_empirical.model_probe(
-                name, [layer], device, weights="transparent", input_size=(size, size)
-            )
-            return rf_empirical.gradient_boxes(
-                probe, channels, (size, size), device, [(layer, x, y)], lambda: False
-            )
-
-        def erf(name=name, size=size, layer=end.name, x=x, y=y):
-            probe, channels = rf_empirical.model_probe(
-                name, [layer], device, weights="random", input_size=(size, size)
-            )
-            return rf_empirical.gradient_map(
-                probe, channels, (size, size), device, (layer, x, y), 8, 0, lambda: False
-            )
-
-        verify_s, erf_s = seconds(verify, 1), seconds(erf, 1)
-        rows.append(
-            (
-                name,
-                f"{size}",
-                len(graph.fields),
-                f"{end.height.receptive}",
-                f"{cold_s * 1e3:.0f} ms",
-                f"{warm * 1e3:.0f} ms",
-                f"{verify_s * 1e3:.0f} ms",
-                f"{erf_s * 1e3:.0f} ms",
-                f"{verify_s / cold_s:.1f}x",
-                f"{erf_s / cold_s:.1f}x",
-            )
-        )
+    rows = [model_row(name, size, device) for name, size in MODELS]
     rows.append(onnx_row(device))
     print(f"receptive fields on {device}: analytic (capture + arithmetic) vs empirical checks")
     print_table(
@@ -109,6 +62,55 @@ def main() -> None:
             "verify/analytic",
             "ERF/analytic",
         ],
+    )
+
+
+def model_row(name: str, size: int, device: torch.device) -> tuple:
+    """One captured model at ``size``: the analysis cold and warm, then verifying the last node's centre
+    unit and estimating its effective field."""
+
+    def cold():
+        rf_trace_worker.forget(name)
+        return rf_graph.analyse_model(name, (size, size), HALF, None)
+
+    graph = cold()
+    end = graph.fields[-1]
+    x, y = center_unit(end)
+
+    def warm_run() -> object:
+        return rf_graph.analyse_model(name, (size, size), HALF, None)
+
+    warm = seconds(warm_run)
+    cold_s = seconds(cold)
+
+    def verify():
+        probe, channels = rf_empirical.model_probe(
+            name, [end.name], device, weights="transparent", input_size=(size, size)
+        )
+        return rf_empirical.gradient_boxes(
+            probe, channels, (size, size), device, [(end.name, x, y)], lambda: False
+        )
+
+    def erf():
+        probe, channels = rf_empirical.model_probe(
+            name, [end.name], device, weights="random", input_size=(size, size)
+        )
+        return rf_empirical.gradient_map(
+            probe, channels, (size, size), device, (end.name, x, y), 8, 0, lambda: False
+        )
+
+    verify_s, erf_s = seconds(verify, 1), seconds(erf, 1)
+    return (
+        name,
+        f"{size}",
+        len(graph.fields),
+        f"{end.height.receptive}",
+        f"{cold_s * 1e3:.0f} ms",
+        f"{warm * 1e3:.0f} ms",
+        f"{verify_s * 1e3:.0f} ms",
+        f"{erf_s * 1e3:.0f} ms",
+        f"{verify_s / cold_s:.1f}x",
+        f"{erf_s / cold_s:.1f}x",
     )
 
 

@@ -12,6 +12,7 @@ Exits 0 when every check passes; prints one line per check either way.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -148,6 +149,46 @@ CHECKS: dict[str, Callable[[str, dict[str, Any]], str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    tls = None
+    if args.tls_ca or args.tls_cert:
+        tls = TlsConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    options: dict[str, Any] = {"timeout": args.timeout, "token": args.token, "tls": tls}
+    passed = []
+    for name, check in CHECKS.items():
+        if name in args.only:
+            address = getattr(args, name)
+            passed.append(_report(f"{name:9} {address}", functools.partial(check, address, options)))
+    if args.transfer_peer:
+        passed.append(
+            _report(
+                f"transfer  {args.vision} -> {args.transfer_peer}",
+                functools.partial(check_transfer, args.vision, args.transfer_peer, options),
+            )
+        )
+    if args.sequence_replicas:
+        passed.append(
+            _report(
+                f"replicas  {args.sequence_replicas}",
+                functools.partial(check_replicas, args.sequence_replicas, options),
+            )
+        )
+    return 0 if all(passed) else 1
+
+
+def _report(label: str, check: Callable[[], str]) -> bool:
+    """Run one check and print its line: ``ok`` with its detail and time, or ``FAIL`` with the error."""
+    start = time.perf_counter()
+    try:
+        detail = check()
+    except Exception as error:  # report every check, then fail
+        print(f"FAIL {label}: {type(error).__name__}: {error}")
+        return False
+    print(f"ok   {label}: {detail} ({time.perf_counter() - start:.2f} s)")
+    return True
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name in CHECKS:
         parser.add_argument(f"--{name}", default=default_address(name), help=f"address of the {name} server")
@@ -176,45 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.only) - set(CHECKS))
     if unknown:
         parser.error(f"--only: unknown services {unknown}; choose from {sorted(CHECKS)}")
-    tls = None
-    if args.tls_ca or args.tls_cert:
-        tls = TlsConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
-    options: dict[str, Any] = {"timeout": args.timeout, "token": args.token, "tls": tls}
-    failures = 0
-    for name, check in CHECKS.items():
-        if name not in args.only:
-            continue
-        address = getattr(args, name)
-        start = time.perf_counter()
-        try:
-            detail = check(address, options)
-        except Exception as error:  # report every service, then fail
-            failures += 1
-            print(f"FAIL {name:9} {address}: {type(error).__name__}: {error}")
-        else:
-            print(f"ok   {name:9} {address}: {detail} ({time.perf_counter() - start:.2f} s)")
-    if args.transfer_peer:
-        start = time.perf_counter()
-        try:
-            detail = check_transfer(args.vision, args.transfer_peer, options)
-        except Exception as error:
-            failures += 1
-            print(f"FAIL transfer  {args.vision} -> {args.transfer_peer}: {type(error).__name__}: {error}")
-        else:
-            print(
-                f"ok   transfer  {args.vision} -> {args.transfer_peer}: {detail} "
-                f"({time.perf_counter() - start:.2f} s)"
-            )
-    if args.sequence_replicas:
-        start = time.perf_counter()
-        try:
-            detail = check_replicas(args.sequence_replicas, options)
-        except Exception as error:
-            failures += 1
-            print(f"FAIL replicas  {args.sequence_replicas}: {type(error).__name__}: {error}")
-        else:
-            print(f"ok   replicas  {args.sequence_replicas}: {detail} ({time.perf_counter() - start:.2f} s)")
-    return 1 if failures else 0
+    return args
 
 
 if __name__ == "__main__":
