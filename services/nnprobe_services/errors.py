@@ -1,5 +1,7 @@
 """Domain exceptions raised by every core and servicer. No gRPC here: the status interceptor maps each class
-to a status code through one table (``nnprobe_services.server.interceptors.STATUS_OF``).
+to a status code through one table (``nnprobe_services.server.interceptors.status.STATUS_OF``); a subclass
+takes the code of its nearest class there, so every exception that can end a request derives from one of
+the classes below (a feature's own errors, such as the batcher's ``QueueFull``, subclass them).
 
 Each error carries a human message and, when one request field is at fault, that field's path (``images[2]``,
 ``config.learning_rate``); the field becomes a ``google.rpc.BadRequest`` field violation on the wire.

@@ -1,7 +1,7 @@
 """Prometheus metrics, one registry per service so that `nnprobe serve all` keeps them apart.
 
-Request metrics are recorded by the status interceptor; services add their own (the vision batcher, training
-jobs) through ``metrics_for(service)``.
+Request metrics are recorded by the status interceptor (``interceptors.observe``); services add their own
+(the vision batcher, training jobs) through ``metrics_for(service)``.
 """
 
 from __future__ import annotations

@@ -22,12 +22,18 @@ from dataclasses import dataclass, field
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from nnprobe_services.errors import ResourceExhausted
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DELAY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
-class QueueFull(Exception):
-    """The queue cannot take the images now."""
+class QueueFull(ResourceExhausted):
+    """The queue cannot take the images now (RESOURCE_EXHAUSTED). ``field`` names the request field that
+    carried the images: ``images`` (``Classify``) unless the caller says otherwise."""
+
+    def __init__(self, message: str, *, field: str = "images") -> None:
+        super().__init__(message, field=field)
 
 
 class BatcherMetrics:
@@ -132,17 +138,24 @@ class DynamicBatcher:
         self._thread.start()
 
     def submit(
-        self, images: torch.Tensor, *, deadline: float | None, is_active: Callable[[], bool]
+        self,
+        images: torch.Tensor,
+        *,
+        deadline: float | None,
+        is_active: Callable[[], bool],
+        field: str = "images",
     ) -> list[Pending]:
-        """Queue every image of ``images`` (N, 3, H, W); all or none. ``deadline``: ``time.monotonic()``."""
+        """Queue every image of ``images`` (N, 3, H, W); all or none. ``deadline``: ``time.monotonic()``.
+        ``QueueFull`` names ``field``, the request field that carried the images."""
         items = [Pending(image, deadline, is_active) for image in images]
         with self._cond:
             if self._closed:
-                raise QueueFull("the batcher is shutting down")
+                raise QueueFull("the batcher is shutting down", field=field)
             if len(self._queue) + len(items) > self.queue_size:
                 raise QueueFull(
                     f"{len(self._queue)} images are queued for {self.name}; {len(items)} more would exceed "
-                    f"the queue size {self.queue_size}"
+                    f"the queue size {self.queue_size}",
+                    field=field,
                 )
             self._queue.extend(items)
             self.metrics.queued.labels(model=self.name).set(len(self._queue))

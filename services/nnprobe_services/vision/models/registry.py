@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nnprobe_services.errors import FailedPrecondition
 from nnprobe_services.vision.models.backends import InferenceBackend, TorchBackend
 
 log = logging.getLogger("nnprobe.vision.models")
@@ -32,8 +33,9 @@ DEFAULT_MODEL = "efficientnet_lite0"
 TORCHVISION_MODELS = ("alexnet", "vgg16", "resnet18", "resnet50")
 
 
-class WeightsMissing(Exception):
-    """The weights file is absent and could not be fetched."""
+class WeightsMissing(FailedPrecondition):
+    """The weights file is absent and could not be fetched (FAILED_PRECONDITION). It names no request
+    field: the model loader (``classify.load_model``) answers it on the field that named the model."""
 
 
 @dataclass(frozen=True)
