@@ -21,7 +21,7 @@ pytestmark = pytest.mark.system
 #: An attention server whose feed-forward check is one step without end (it ignores its stop signal).
 ENDLESS_STEP = """
 import sys, threading
-from nnprobe_services.attention import plans
+from nnprobe_services.attention import workflow as plans
 
 def endless(plan, device, should_stop):
     print("endless step started", flush=True)
