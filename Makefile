@@ -31,6 +31,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy sdk/nnprobe services/nnprobe_services scripts deploy
 	$(BIN)/mypy bench demo
+	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_sizes.py
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
