@@ -9,6 +9,7 @@ import functools
 import importlib
 import pkgutil
 import re
+from pathlib import Path
 
 import grpc
 import nnprobe_services
@@ -61,7 +62,20 @@ def _name(cls: type) -> str:
 
 
 def _domain_errors() -> list[type[ServiceError]]:
-    return [cls for cls in _exceptions() if issubclass(cls, ServiceError) and cls is not ServiceError]
+    """Every ``ServiceError`` subclass but the family bases."""
+    family = _family_bases()
+    return [cls for cls in _exceptions() if issubclass(cls, ServiceError) and cls not in family]
+
+
+def _family_bases() -> set[type[ServiceError]]:
+    """``ServiceError`` and the bases of a feature's errors that name no status of their own (each subclass
+    names one, as the receptive fields' ``FieldError``): they are never raised themselves."""
+    bases = {
+        cls
+        for cls in _exceptions()
+        if issubclass(cls, ServiceError) and cls.__subclasses__() and _documented_code(cls) is None
+    }
+    return bases | {ServiceError}
 
 
 def _documented_code(cls: type[ServiceError]) -> grpc.StatusCode | None:
@@ -115,6 +129,13 @@ def test_every_domain_error_ends_with_its_documented_status(message: str, field:
         (violation,) = _field_violations(status)
         assert violation.field == shorten(field, MAX_FIELD_BYTES)
         assert violation.description == shorten(error.message)
+
+
+def test_family_bases_are_never_raised_themselves() -> None:
+    sources = [path.read_text() for path in Path(nnprobe_services.__file__).parent.rglob("*.py")]
+    for base in _family_bases() - {ServiceError}:
+        built = re.compile(rf"(?<!class )\b{base.__name__}\(")
+        assert not any(built.search(source) for source in sources), f"{_name(base)} would end as INTERNAL"
 
 
 def test_exceptions_that_can_end_a_request_are_domain_errors() -> None:
