@@ -12,8 +12,11 @@ from nnprobe_services.errors import InvalidArgument
 from nnprobe_services.server import validation as valid
 from nnprobe_services.vision.attacks import adversarial, transfer
 from nnprobe_services.vision.attacks import methods as attacks
-from nnprobe_services.vision.attacks.workflow import AttackResult
+from nnprobe_services.vision.attacks.workflow import AttackRequest, AttackResult
 from nnprobe_services.vision.classification.classify import ClassScore
+from nnprobe_services.vision.classification.convert import image_inputs
+from nnprobe_services.vision.classification.workflow import Classification
+from nnprobe_services.vision.images import decode as images
 from nnprobe_services.vision.models import registry as models
 
 METHODS = {
@@ -32,6 +35,43 @@ POSITIVES = {"learning_rate": 0.01, "momentum_decay": 1.0, "cw_c": 1.0}
 
 
 # -- request ---------------------------------------------------------------------------------------------
+def attack_request(
+    request: pb.GenerateAdversarialRequest, classification: Classification, max_steps: int, max_elements: int
+) -> AttackRequest:
+    """The attack a request asks for, checked in the order clients know; its images are read later, in the
+    compute thread (``max_elements`` bounds each raw pixel tensor, ``max_steps`` the iterations)."""
+    store = classification.models
+    name = classification.model_name(request.model)
+    top_k = classification.top_k(request.top_k, name)
+    record, labels = store.describe(name)
+    goal = target(request, record.num_classes, labels)
+    settings = spec(request, max_steps)
+    others = [
+        classification.model_name(o or "-", field=f"transfer_models[{i}]")
+        for i, o in enumerate(request.transfer_models)
+    ]
+    check_transfer_targets(request)
+    version = store.version(name, request.model_version, "model_version")
+    versions = [
+        store.version(other, v, f"transfer_model_versions[{i}]")
+        for i, (other, v) in enumerate(zip(others, transfer_versions(request), strict=True))
+    ]
+    check_distinct_transfer_models(others, versions)
+    images.count_images(len(request.images), "images", classification.max_images)
+    return AttackRequest(
+        name,
+        lambda: image_inputs(request.images, max_elements),
+        goal,
+        settings,
+        top_k,
+        classification.limits,
+        others,
+        version,
+        versions,
+        labels,
+    )
+
+
 def target(
     request: pb.GenerateAdversarialRequest, classes: int, labels: tuple[str, ...] | None = None
 ) -> int | None:

@@ -1,5 +1,5 @@
 """Transfer checks against other VisionService servers: which addresses are acceptable, how long one remote
-call may take, how it is retried, and what its answer means. The call itself is made by the servicer (on the
+call may take, how it is retried, and what its answer means. The call itself is made by ``remote`` (on the
 event loop).
 
 A server behind a transfer address may be restarting. The channel then waits for it (at most the configured

@@ -4,16 +4,18 @@ pictures. Transfers to remote servers are left to the caller (they need no compu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from nnprobe_services.errors import Cancelled, ServiceError, ShouldStop
+from nnprobe_services.errors import Cancelled, ServiceError, StopSignal
 from nnprobe_services.vision.attacks import adversarial
 from nnprobe_services.vision.attacks import methods as attacks
 from nnprobe_services.vision.attacks.adversarial import AdversarialImage, Transfer
+from nnprobe_services.vision.attacks.metrics import AttackMetrics
 from nnprobe_services.vision.classification.classify import load_model
+from nnprobe_services.vision.classification.workflow import ImageReader
 from nnprobe_services.vision.images import decode as images
-from nnprobe_services.vision.images.decode import ImageInput, ImageLimits
+from nnprobe_services.vision.images.decode import ImageLimits
 from nnprobe_services.vision.models import registry as models
 from nnprobe_services.vision.models import store
 
@@ -22,10 +24,11 @@ from nnprobe_services.vision.models import store
 class AttackRequest:
     """``model`` and ``transfer_models``: keys of ``models.records()`` or repository names. ``version`` and
     ``transfer_versions`` (one per transfer model): a repository version, None for the default version.
-    ``target`` None: untargeted. ``top_k``: classes listed before and after the attack."""
+    ``target`` None: untargeted. ``top_k``: classes listed before and after the attack. ``images`` reads
+    the images (in the compute thread); ``labels``: the model's class names (None: ImageNet's)."""
 
     model: str
-    images: list[ImageInput]
+    images: ImageReader
     target: int | None
     spec: attacks.AttackSpec
     top_k: int
@@ -33,6 +36,7 @@ class AttackRequest:
     transfer_models: list[str] = field(default_factory=list)
     version: int | None = None
     transfer_versions: list[int | None] = field(default_factory=list)
+    labels: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -47,23 +51,24 @@ class AttackResult:
 def run(
     request: AttackRequest,
     models_store: store.ModelStore,
-    should_stop: ShouldStop,
-    on_stop: Callable[[int], None] = lambda _iteration: None,
+    stop: StopSignal,
+    metrics: AttackMetrics | None = None,
 ) -> Iterator[attacks.Progress | AttackResult]:
     """Yield the attack's progress events and one ``AttackResult`` per image (in completion order).
 
     Raises ``InvalidArgument``/``ResourceExhausted`` for unusable images, ``FailedPrecondition`` when the
-    model's weights are missing, and ``Cancelled`` when ``should_stop`` turns true between iterations.
-    When the attack stops early (``Cancelled``, or the consumer closes this generator), ``on_stop`` gets the
-    last iteration completed.
+    model's weights are missing, and ``Cancelled`` when ``stop`` is set between iterations. When the
+    attack stops early (``Cancelled``, or the consumer closes this generator), ``metrics`` records the last
+    iteration completed and why.
     """
+    plain = request.images()
     prep = models_store.describe(request.model)[0].preprocessing
-    pixels = attacks.quantize(images.model_inputs(request.images, prep, request.limits, skip_resize=False))
+    pixels = attacks.quantize(images.model_inputs(plain, prep, request.limits, skip_resize=False))
     model = load_model(models_store, request.model, request.version)
     targeted = request.target is not None
     iteration = 0
     events = adversarial.generate(
-        model, pixels, request.target, request.spec, k=request.top_k, should_stop=should_stop
+        model, pixels, request.target, request.spec, k=request.top_k, should_stop=stop
     )
     try:
         for event in events:
@@ -76,10 +81,14 @@ def run(
                 event.transfers.append(_local_transfer(models_store, name, version, event, targeted))
             yield AttackResult(event, adversarial.png(event.original), adversarial.png(event.adversarial))
     except Cancelled as error:
-        on_stop(error.done if error.done is not None else iteration)
+        if metrics is not None:
+            metrics.stopped(
+                error.done if error.done is not None else iteration, request.spec.steps, stop.reason
+            )
         raise
     except GeneratorExit:
-        on_stop(iteration)
+        if metrics is not None:
+            metrics.stopped(iteration, request.spec.steps, stop.reason)
         raise
     finally:
         events.close()  # type: ignore[attr-defined]

@@ -1,14 +1,19 @@
-"""ListModels, UploadModel and DeleteModel messages: the model catalogue (built-in and repository models)
-and an upload's metadata as plain values."""
+"""ListModels, UploadModel and DeleteModel messages: the model catalogue (built-in and repository models),
+an upload's metadata and chunks, and a deletion as plain values."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 
-from nnprobe_services.errors import InvalidArgument, ServiceError
+from nnprobe_services.errors import FailedPrecondition, InvalidArgument, ServiceError
 from nnprobe_services.vision.models import backends, store
 from nnprobe_services.vision.models import registry as models
 from nnprobe_services.vision.models.artifacts import FORMATS
+from nnprobe_services.vision.models.repository import Upload, VersionEntry
 
 FORMAT_CODES = {"onnx": pb.MODEL_FORMAT_ONNX, "pt2": pb.MODEL_FORMAT_TORCH_EXPORT}
 FORMAT_NAMES = {code: name for name, code in FORMAT_CODES.items()}
@@ -137,3 +142,41 @@ def upload_metadata(message: pb.UploadModelRequest | None) -> dict:
         "labels": "\n".join(meta.labels) if meta.labels else None,
         "version": meta.version or None,
     }
+
+
+async def receive_upload(
+    messages: AsyncIterator[pb.UploadModelRequest], models_store: store.ModelStore
+) -> Upload:
+    """An UploadModel stream written into a new upload: its metadata first, then its chunks (each written in
+    a worker thread). The upload is discarded when the stream fails."""
+    metadata = upload_metadata(await anext(aiter(messages), None))
+    upload = models_store.begin_upload(**metadata)
+    try:
+        async for message in messages:
+            if message.WhichOneof("part") != "chunk":
+                raise InvalidArgument("only the first message carries metadata", field="metadata")
+            await asyncio.to_thread(upload.write, message.chunk)
+    except BaseException:
+        upload.discard()
+        raise
+    return upload
+
+
+def upload_response(
+    info: pb.ModelInfo, installed: VersionEntry, upload: Upload, started: float
+) -> pb.UploadModelResponse:
+    """The installed version; ``started``: when the upload began (``time.monotonic()``)."""
+    return pb.UploadModelResponse(
+        model=info, version=installed.version, sha256=upload.sha256, seconds=time.monotonic() - started
+    )
+
+
+def deletion(request: pb.DeleteModelRequest, default_model: str) -> tuple[str, int | None]:
+    """The model and version (None: every version) a DeleteModel request removes; the server's default
+    model is refused."""
+    if request.version < 0:
+        raise InvalidArgument(f"must be >= 0, got {request.version}", field="version")
+    name = request.name.strip()
+    if name == default_model:
+        raise FailedPrecondition(f"{name!r} is the server's default model", field="name")
+    return name, request.version or None

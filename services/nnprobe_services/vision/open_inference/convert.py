@@ -16,6 +16,7 @@ from nnprobe.api.inference import grpc_service_pb2 as pb
 from nnprobe.api.inference import model_config_pb2 as config_pb
 
 from nnprobe_services.vision.open_inference import protocol as oip
+from nnprobe_services.vision.open_inference.workflow import InferQuery
 
 FORMATS = {oip.PIXELS: config_pb.ModelInput.FORMAT_NCHW}
 CONFIG_TYPES = {"FP32": config_pb.TYPE_FP32, "UINT8": config_pb.TYPE_UINT8, "BYTES": config_pb.TYPE_STRING}
@@ -53,6 +54,18 @@ def unpack_bytes(raw: bytes, count: int, where: str, field: str) -> list[bytes]:
 def pack_bytes(items: list[bytes]) -> bytes:
     """The raw form of a BYTES tensor: each element prefixed by its 4-byte little-endian length."""
     return b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def infer_query(request: pb.ModelInferRequest) -> InferQuery:
+    """The request as plain values; its inputs' contents are read later (``infer_inputs``)."""
+    return InferQuery(
+        model_name=request.model_name,
+        model_version=request.model_version,
+        id=request.id,
+        outputs=requested_outputs(request),
+        headers=input_headers(request),
+        inputs=lambda: infer_inputs(request),
+    )
 
 
 def input_headers(request: pb.ModelInferRequest) -> list[oip.InputTensor]:

@@ -1,7 +1,7 @@
 """``inference.GRPCInferenceService`` (the Open Inference Protocol, as Triton and KServe speak it) on the
-vision server's port: each handler converts the message (``oip_messages``), runs the ``oip`` core, and
-converts back. ModelInfer shares the vision servicer's model store, compute pool and dynamic batchers, so
-its images batch together with ``Classify``'s.
+vision server's port: each handler converts the message (``oip_messages``), runs the plain entry point
+(``workflow.Inference`` over the ``oip`` core) and converts back. ModelInfer shares the vision servicer's
+model store, compute pool and dynamic batchers, so its images batch together with ``Classify``'s.
 
 Status RPCs (live, ready, metadata, config, repository index) are bookkeeping and run in a worker thread
 outside the compute pool. Triton's optional extensions nnprobe does not offer (shared-memory regions,
@@ -12,19 +12,18 @@ truthfully that no region is registered.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-import numpy as np
 from nnprobe.api.inference import grpc_service_pb2 as pb
 from nnprobe.api.inference import grpc_service_pb2_grpc
 
-from nnprobe_services.errors import ResourceExhausted, ServiceError, Unimplemented
-from nnprobe_services.vision.classification.batcher import QueueFull
+from nnprobe_services.errors import ServiceError, Unimplemented
+from nnprobe_services.vision.classification.workflow import deadline
 from nnprobe_services.vision.open_inference import convert as oip_messages
 from nnprobe_services.vision.open_inference import protocol as oip
+from nnprobe_services.vision.open_inference.workflow import Inference
 
 #: Triton's extension names for what this server implements.
 EXTENSIONS = ("classification", "model_configuration")
@@ -38,17 +37,11 @@ def _server_version() -> str:
         return "0"
 
 
-def _deadline(context) -> float | None:
-    remaining = context.time_remaining()
-    return None if remaining is None or remaining > 1e8 else time.monotonic() + max(remaining, 0.001)
-
-
 class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
-    """Thin layer over ``oip.OpenInference``; ``vision`` is the ``VisionServicer`` whose store, compute pool
-    and classifier it shares."""
+    """Thin layer over ``Inference``; ``vision`` is the ``VisionServicer`` whose store, compute pool and
+    classification (its batchers) it shares."""
 
     def __init__(self, vision: Any) -> None:
-        self.vision = vision
         self.compute = vision.compute
         config = vision.config
         self.core = oip.OpenInference(
@@ -57,6 +50,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             max_batch_size=config.batch_queue_size,
             default_model=config.default_model,
         )
+        self.inference = Inference(self.core, vision.classification)
         settings = vision.classifier.settings
         self.batch_delay_us = round(settings.max_delay * 1e6) if settings.enabled else None
 
@@ -71,30 +65,21 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(name="nnprobe", version=_server_version(), extensions=EXTENSIONS)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
-        def ready() -> bool:
-            name, served = self.core.resolve(request.name, request.version)
-            return self.core.state(name, served)[0] == oip.READY
-
-        return pb.ModelReadyResponse(ready=await asyncio.to_thread(ready))
+        ready = await asyncio.to_thread(self.inference.model_ready, request.name, request.version)
+        return pb.ModelReadyResponse(ready=ready)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
-        signature = await asyncio.to_thread(self._signature, request.name, request.version)
+        signature = await asyncio.to_thread(self.inference.signature, request.name, request.version)
         return oip_messages.metadata_response(signature)
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:
-        signature = await asyncio.to_thread(self._signature, request.name, request.version)
+        signature = await asyncio.to_thread(self.inference.signature, request.name, request.version)
         return oip_messages.config_response(signature, self.batch_delay_us)
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context
     ) -> pb.RepositoryIndexResponse:
-        rows = await asyncio.to_thread(self.core.index)
-        if request.ready:
-            rows = [row for row in rows if row[2] == oip.READY]
-        return oip_messages.index_response(rows)
-
-    def _signature(self, name: str, version: str) -> oip.Signature:
-        return self.core.signature(*self.core.resolve(name, version))
+        return oip_messages.index_response(await asyncio.to_thread(self.inference.index, request.ready))
 
     # -- inference -----------------------------------------------------------------------------------
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
@@ -112,31 +97,10 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             yield pb.ModelStreamInferResponse(infer_response=response)
 
     async def _infer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
-        core = self.core
-        classifier = self.vision.classifier
-        requested = oip_messages.requested_outputs(request)
-
-        def prepare(stop):
-            name, served = core.resolve(request.model_name, request.model_version)
-            signature = core.signature(name, served)
-            core.check_outputs(signature, requested)
-            core.check_inputs(signature, oip_messages.input_headers(request))
-            pixels = core.pixels(signature, oip_messages.infer_inputs(request))
-            model = core.load(name, served)
-            if model.record.num_classes != signature.classes:
-                signature = core.signature(name, served)  # classes known once loaded
-            results = None if classifier.batching else classifier.forward(model, pixels, stop)
-            return signature, served, model, pixels, results
-
-        signature, served, model, pixels, results = await self.compute.run(context, prepare)
-        if results is None:
-            try:
-                results = await classifier.batched(model, pixels, deadline=_deadline(context))
-            except QueueFull as error:
-                raise ResourceExhausted(str(error), field="inputs") from None
-        logits = np.stack([result.logits for result in results])
-        outputs = core.outputs(signature, logits, requested)
-        return oip_messages.infer_response(signature, served, request.id, outputs)
+        query = oip_messages.infer_query(request)
+        inferred = await self.compute.run(context, lambda stop: self.inference.prepare(query, stop))
+        outputs = await self.inference.outputs(inferred, deadline(context.time_remaining()))
+        return oip_messages.infer_response(inferred.signature, inferred.served, query.id, outputs)
 
     # -- extensions not offered ----------------------------------------------------------------------
     async def SystemSharedMemoryStatus(self, request, context) -> pb.SystemSharedMemoryStatusResponse:
