@@ -16,7 +16,6 @@ from nnprobe_services.vision.classification.classify import load_model
 from nnprobe_services.vision.classification.workflow import ImageReader
 from nnprobe_services.vision.images import decode as images
 from nnprobe_services.vision.images.decode import ImageLimits
-from nnprobe_services.vision.models import registry as models
 from nnprobe_services.vision.models import store
 
 
@@ -99,6 +98,6 @@ def _local_transfer(
 ) -> Transfer:
     try:
         other = models_store.get(name, version)
-    except (models.WeightsMissing, ServiceError) as error:
+    except ServiceError as error:  # missing weights (``WeightsMissing``) included
         return Transfer(name, "", None, False, str(error))
     return adversarial.local_transfer(other, result, targeted)

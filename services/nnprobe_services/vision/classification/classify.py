@@ -43,8 +43,8 @@ def load_model(store: ModelStore, name: str, version: int | None = None, field: 
     """
     try:
         return store.get(name, version, field)
-    except WeightsMissing as error:
-        raise FailedPrecondition(str(error), field=field) from None
+    except WeightsMissing as error:  # a FailedPrecondition that names no field: the one given here
+        raise FailedPrecondition(error.message, field=field) from None
 
 
 def top_k(logits: np.ndarray, k: int, labels: tuple[str, ...] | None = None) -> list[ClassScore]:
@@ -124,16 +124,18 @@ class Classifier:
         return results
 
     async def batched(
-        self, model: LoadedModel, pixels: torch.Tensor, *, deadline: float | None
+        self, model: LoadedModel, pixels: torch.Tensor, *, deadline: float | None, field: str = "images"
     ) -> list[ImageResult]:
         """Logits of every image of ``pixels`` (N, 3, H, W) through the model's dynamic batcher.
 
         ``deadline`` (``time.monotonic()`` seconds) drops images still queued when it passes. Raises
-        ``QueueFull`` when the queue cannot take all of them, ``Cancelled`` (``deadline`` set) when the
-        deadline passes first; when the awaiting task is cancelled, its queued images are dropped.
+        ``QueueFull`` (naming ``field``, the request field of the images) when the queue cannot take all of
+        them, ``Cancelled`` (``deadline`` set) when the deadline passes first; when the awaiting task is
+        cancelled, its queued images are dropped.
         """
         stop = StopSignal()
-        items = self._batcher(model).submit(pixels, deadline=deadline, is_active=lambda: not stop.is_set())
+        batcher = self._batcher(model)
+        items = batcher.submit(pixels, deadline=deadline, is_active=lambda: not stop.is_set(), field=field)
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(i.future) for i in items)), timeout)

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from nnprobe_services.errors import InvalidArgument, NotFound, ResourceExhausted, StopSignal
+from nnprobe_services.errors import InvalidArgument, NotFound, StopSignal
 from nnprobe_services.server.config import ServerConfig
 from nnprobe_services.vision.classification import classify
-from nnprobe_services.vision.classification.batcher import QueueFull
 from nnprobe_services.vision.images import decode as images
 from nnprobe_services.vision.models.registry import LoadedModel
 from nnprobe_services.vision.models.store import ModelStore
@@ -123,14 +122,11 @@ class Classification:
         self, prepared: Prepared, deadline: float | None, field: str = "images"
     ) -> list[classify.ImageResult]:
         """The prepared images' results: those ``prepare`` computed, else the model's batcher's (awaited
-        until ``deadline``, ``time.monotonic()`` seconds). A full queue is ``ResourceExhausted`` on
-        ``field``."""
+        until ``deadline``, ``time.monotonic()`` seconds). A full queue is ``QueueFull`` (RESOURCE_EXHAUSTED)
+        on ``field``."""
         if prepared.results is not None:
             return prepared.results
-        try:
-            return await self.classifier.batched(prepared.model, prepared.pixels, deadline=deadline)
-        except QueueFull as error:
-            raise ResourceExhausted(str(error), field=field) from None
+        return await self.classifier.batched(prepared.model, prepared.pixels, deadline=deadline, field=field)
 
 
 def deadline(remaining: float | None) -> float | None:
