@@ -37,7 +37,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def find_command() -> Callable[[Sequence[str]], int] | None:
     """The ``serve`` command of the installed ``nnprobe-services``, or ``None`` when it is not installed."""
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name="serve"):
-        return entry.load()
+        try:
+            return entry.load()
+        except ImportError as error:
+            raise OSError(
+                f"nnprobe serve: nnprobe-services is installed but does not import ({error}); reinstall it "
+                "with its dependencies: pip install nnprobe-services"
+            ) from None
     return None
 
 

@@ -3,7 +3,8 @@
 The settings live in sections (``server/settings/``): ``config.common.port``,
 ``config.vision.batch_queue_size``. A flat name reads the setting from its section (``config.port``), and
 ``ServerConfig(port=0, device="cpu")`` sorts flat keyword arguments into their sections, so code and tests
-written against one flat record keep working. One parser serves the three servers; only the default port differs.
+written against one flat record keep working. One parser serves the three servers; only the default port
+differs.
 """
 
 from __future__ import annotations

@@ -44,7 +44,8 @@ class SequenceSettings(Section):
     replica_id: str | None = Field(
         None,
         description="This replica's name in the job database; unset: <host name>-<process id>. Must be "
-        "unique among the live replicas; a replica restarting under its old name takes its dead jobs over at once.",
+        "unique among the live replicas; a replica restarting under its old name takes its dead jobs over at "
+        "once.",
     )
     job_lease_seconds: float = Field(
         30.0,
