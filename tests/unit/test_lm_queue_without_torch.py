@@ -13,7 +13,8 @@ PROBE = """
 import importlib, sys
 for name in sys.argv[1:]:
     importlib.import_module(name)
-print(sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "nnprobe_services.sequence.lm"))))
+loaded = [m for m in sys.modules if m == "torch" or m.startswith(("torch.", "nnprobe_services.sequence.lm"))]
+print(sorted(loaded))
 """
 
 
