@@ -1,5 +1,5 @@
-"""Which modules may speak gRPC: only the servicers (``*/servicer.py``) and the server bootstrap
-(``server/``).
+"""Which modules may speak gRPC: only the servicers (``*/servicer.py``), the server bootstrap (``server/``)
+and the clients of other servers (``*/remote.py``, such as the remote transfer checks of attacks).
 
 The modules are read as source and walked as syntax trees, never imported, so a core that imports grpc
 inside a function, behind ``TYPE_CHECKING`` or through ``importlib`` is found as well.
@@ -20,7 +20,7 @@ GRPC_ROOTS = {"grpc", "grpc_health", "grpc_reflection", "grpc_status"}
 
 def allowed(path: Path) -> bool:
     relative = path.relative_to(PACKAGE)
-    return relative.name == "servicer.py" or relative.parts[0] == "server"
+    return relative.name in {"servicer.py", "remote.py"} or relative.parts[0] == "server"
 
 
 def grpc_imports(source: str, filename: str = "<source>") -> list[tuple[int, str]]:
