@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nnprobe.cli.output import print_table
 from nnprobe_services.sequence.jobs.store import QUEUED, JobRecord, JobStore
 
-from tests.postgres import postgres_server
+from tests.support.postgres import postgres_server
 
 
 def new_job(job_id: str, queued_at: float) -> JobRecord:

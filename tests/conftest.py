@@ -179,7 +179,7 @@ def scrape() -> Callable[[int], str]:
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory) -> Any:
     """A throw-away certificate authority with server and client certificates (``tests/certs.py``)."""
-    from tests.certs import make_pki
+    from tests.support.certs import make_pki
 
     return make_pki(tmp_path_factory.mktemp("pki"))
 
@@ -287,7 +287,7 @@ def vision(vision_server):
 def postgres():
     """A PostgreSQL server of the suite's own (see tests/postgres.py); fails under CI=true when the
     server programs are missing, skips elsewhere."""
-    from tests.postgres import postgres_server, server_bin
+    from tests.support.postgres import postgres_server, server_bin
 
     if server_bin() is None:
         message = "PostgreSQL's server programs are not installed (make test installs Debian's postgresql)"
@@ -309,8 +309,8 @@ def database_url(request, tmp_path) -> str:
 # -- Triton's client, in its own environment ---------------------------------------------------------------
 @pytest.fixture(scope="session")
 def triton() -> Callable[..., dict]:
-    """``triton(scenario, **arguments) -> dict``: a scenario of ``tests/triton_client.py`` run with the real
-    ``tritonclient[grpc]`` in .venv-triton (made on first use by ``scripts/triton_env.py``)."""
+    """``triton(scenario, **arguments) -> dict``: a scenario of ``tests/support/triton_client.py`` run with
+    the real ``tritonclient[grpc]`` in .venv-triton (made on first use by ``scripts/triton_env.py``)."""
     import json
     import subprocess
     import sys
@@ -328,7 +328,7 @@ def triton() -> Callable[..., dict]:
 
     def run(scenario: str, **arguments: Any) -> dict:
         done = subprocess.run(
-            [python, str(root / "tests" / "triton_client.py"), scenario],
+            [python, str(root / "tests" / "support" / "triton_client.py"), scenario],
             input=json.dumps(arguments),
             capture_output=True,
             text=True,

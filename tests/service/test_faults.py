@@ -8,9 +8,7 @@ how far it got ("stopped after 512 of 1000032 permutations"), and the request lo
 from __future__ import annotations
 
 import errno
-import logging
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -24,39 +22,7 @@ from nnprobe.api.attention.v1 import attention_pb2, attention_pb2_grpc
 from nnprobe.api.sequence.v1 import sequence_pb2, sequence_pb2_grpc
 from nnprobe.api.vision.v1 import vision_pb2, vision_pb2_grpc
 
-#: Hang guard for waiting on server-side evidence; never a pass/fail threshold.
-WAIT_SECONDS = 120.0
-
-
-def wait_for(caplog, pattern: str) -> logging.LogRecord:
-    """The first request log record matching ``pattern`` (waits for the server to write it)."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while time.monotonic() < deadline:
-        for record in list(caplog.records):
-            if record.name == "nnprobe.requests" and re.search(pattern, record.getMessage()):
-                return record
-        time.sleep(0.02)
-    raise AssertionError(f"no log line matching {pattern!r}:\n{caplog.text}")
-
-
-def wait_for_stops(stops: list[str], pattern: str) -> str:
-    """The first stop message matching ``pattern``: a call's log line comes when its handler ends, and its
-    compute thread stops at the next check after that. Work of other tests' servers that is still winding
-    down may also stop meanwhile; the pattern (the request's own sizes) tells this call's apart."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        mine = [message for message in list(stops) if re.search(pattern, message)]
-        if mine:
-            return mine[0]
-        assert time.monotonic() < deadline, f"no work loop stopped matching {pattern!r}: {stops}"
-        time.sleep(0.02)
-
-
-def progress(message: str) -> tuple[int, int]:
-    """(done, total) from a ``Cancelled`` message such as "stopped after 4 of 64 units"."""
-    match = re.search(r"(\d+) (?:of|Jacobians of) (\d+)", message)
-    assert match, message
-    return int(match.group(1)), int(match.group(2))
+from tests.support.waiting import WAIT_SECONDS, progress, wait_for, wait_for_stops
 
 
 @pytest.fixture(scope="module")

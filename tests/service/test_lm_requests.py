@@ -20,7 +20,7 @@ import pytest
 from nnprobe import NnprobeError, SequenceClient
 from nnprobe.api.sequence.v1 import sequence_pb2, sequence_pb2_grpc
 
-from tests.service.test_faults import progress, wait_for, wait_for_stops
+from tests.support.waiting import progress, wait_for, wait_for_stops
 
 #: Hang guard for calls; never a pass/fail threshold.
 WAIT_SECONDS = 120.0

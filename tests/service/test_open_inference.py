@@ -17,7 +17,7 @@ import torch
 from nnprobe import VisionClient
 from PIL import Image
 
-from tests import tiny_cnn
+from tests.support import tiny_cnn
 
 CONFIG = {
     "input": {"height": tiny_cnn.SIDE, "width": tiny_cnn.SIDE},

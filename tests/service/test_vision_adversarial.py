@@ -14,7 +14,7 @@ from nnprobe.vision import AdversarialResult, AttackProgress
 from nnprobe_services.server.metrics import metrics_for
 from PIL import Image
 
-from tests.service import vision_reference
+from tests.support import vision_reference
 
 PHOTOS = [
     "n01726692_4802_snake.jpg",

@@ -12,7 +12,7 @@ import pytest
 import torch
 from nnprobe import NnprobeError, VisionClient
 
-from tests import tiny_cnn
+from tests.support import tiny_cnn
 
 CONFIG = {
     "input": {"height": tiny_cnn.SIDE, "width": tiny_cnn.SIDE},

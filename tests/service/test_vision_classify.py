@@ -16,7 +16,7 @@ from nnprobe import NnprobeError, VisionClient
 from nnprobe_services.server.metrics import metrics_for
 from PIL import Image
 
-from tests.service import vision_reference
+from tests.support import vision_reference
 
 SEED_TOP1 = [
     ("n01726692_4802_snake.jpg", 58, "water snake"),

@@ -16,7 +16,7 @@ from nnprobe.api.vision.v1 import vision_pb2 as pb
 from nnprobe.api.vision.v1 import vision_pb2_grpc
 from torch import nn
 
-from tests import tiny_cnn
+from tests.support import tiny_cnn
 
 CONFIG = {
     "input": {"height": tiny_cnn.SIDE, "width": tiny_cnn.SIDE},

@@ -10,7 +10,7 @@ import pytest
 from nnprobe import NnprobeError, VisionClient
 from nnprobe.vision import Layer
 
-from tests import tiny_cnn
+from tests.support import tiny_cnn
 
 CONFIG = {"input": {"height": tiny_cnn.SIDE, "width": tiny_cnn.SIDE}}
 #: The layer list's names and the Sequential's module paths of the same layers.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import environment
+from tests.support.processes import environment
 
 
 class ServerProcesses:

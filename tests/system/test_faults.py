@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nnprobe import SequenceClient, VisionClient
 from nnprobe.api.vision.v1 import vision_pb2, vision_pb2_grpc
 
-from tests.processes import WAIT_SECONDS, kill_hard, serve, stop
+from tests.support.processes import WAIT_SECONDS, kill_hard, serve, stop
 
 pytestmark = pytest.mark.system
 

@@ -14,7 +14,7 @@ from nnprobe import SequenceClient
 from nnprobe_services.sequence.lm import checkpoints
 from nnprobe_services.sequence.lm.distributed import MODULE
 
-from tests.processes import serve
+from tests.support.processes import serve
 
 pytestmark = pytest.mark.system
 

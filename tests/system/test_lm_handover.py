@@ -20,8 +20,8 @@ from nnprobe import NnprobeError, SequenceClient
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe.api.sequence.v1 import sequence_pb2_grpc
 
-from tests import processes
-from tests.processes import serve
+from tests.support import processes
+from tests.support.processes import serve
 
 pytestmark = pytest.mark.system
 #: Hang guard for processes, calls and streams; never a pass/fail threshold.

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from nnprobe import SequenceClient
 
-from tests.postgres import free_port
-from tests.processes import kill_hard, serve
+from tests.support.postgres import free_port
+from tests.support.processes import kill_hard, serve
 
 pytestmark = pytest.mark.system
 #: Hang guard for processes and calls; never a pass/fail threshold.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from nnprobe import SequenceClient
 
-from tests.processes import serve
+from tests.support.processes import serve
 
 pytestmark = pytest.mark.system
 BIN = Path(sys.executable).parent

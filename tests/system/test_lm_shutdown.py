@@ -24,7 +24,7 @@ from nnprobe import NnprobeError, SequenceClient
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe.api.sequence.v1 import sequence_pb2_grpc
 
-from tests.processes import WAIT_SECONDS, serve, stop
+from tests.support.processes import WAIT_SECONDS, serve, stop
 
 pytestmark = pytest.mark.system
 WATCHERS = 200

@@ -16,7 +16,7 @@ from nnprobe_services.errors import FailedPrecondition, InvalidArgument, NotFoun
 from nnprobe_services.vision.models import config as model_config
 from nnprobe_services.vision.models import repository, store
 
-from tests import tiny_cnn
+from tests.support import tiny_cnn
 
 LIMIT = 1 << 20
 

@@ -18,6 +18,9 @@ from nnprobe_services.errors import InvalidArgument, ServiceError
 from nnprobe_services.vision.open_inference import convert as oip_messages
 from nnprobe_services.vision.open_inference import protocol as oip
 
+from tests.support.open_inference import SIGNATURE as _SIGNATURE
+from tests.support.open_inference import core as _core
+
 
 def _fields(proto: descriptor_pb2.FileDescriptorProto) -> dict[str, tuple]:
     """Every message's fields as (name, number, label, type, type name), by full message name."""
@@ -110,34 +113,6 @@ def test_malformed_inputs_are_field_named_invalid_arguments(name, datatype, shap
     assert datatype == spec.datatype and len(shape) == len(spec.shape) and 1 <= shape[0] <= 4
     assert all(want in (-1, got) for got, want in zip(shape, spec.shape, strict=True))
     assert len(plain) == shape[0]
-
-
-class _NoStore:
-    def is_builtin(self, name):
-        return False
-
-
-def _core() -> oip.OpenInference:
-    return oip.OpenInference(_NoStore(), None, max_batch_size=4, default_model="m")  # type: ignore[arg-type]
-
-
-_SIGNATURE = oip.Signature(
-    "m",
-    ("1",),
-    "",
-    "",
-    (
-        oip.TensorSpec("pixels", "FP32", (-1, 3, 2, 2), True),
-        oip.TensorSpec("image", "UINT8", (-1, -1, -1, 3), True),
-        oip.TensorSpec("image_bytes", "BYTES", (-1, 1), True),
-    ),
-    (oip.TensorSpec("logits", "FP32", (-1, 3)), oip.TensorSpec("probabilities", "FP32", (-1, 3))),
-    4,
-    2,
-    2,
-    3,
-    (),
-)
 
 
 def test_raw_numeric_contents_are_little_endian():

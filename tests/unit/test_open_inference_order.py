@@ -12,8 +12,8 @@ from nnprobe.api.inference import grpc_service_pb2 as pb
 from nnprobe_services.errors import InvalidArgument
 from nnprobe_services.vision.open_inference import convert as oip_messages
 
-from tests.unit.test_open_inference import _SIGNATURE as SIGNATURE
-from tests.unit.test_open_inference import _core
+from tests.support.open_inference import SIGNATURE
+from tests.support.open_inference import core as _core
 
 
 def _pixels_request(shape: list[int]) -> pb.ModelInferRequest:

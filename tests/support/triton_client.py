@@ -1,7 +1,7 @@
 """Scenarios run with the real ``tritonclient[grpc]`` in its own virtual environment (.venv-triton: it needs
 protobuf < 7, the project pins 7), one process per call:
 
-    .venv-triton/bin/python tests/triton_client.py SCENARIO < arguments.json
+    .venv-triton/bin/python tests/support/triton_client.py SCENARIO < arguments.json
 
 Prints one JSON document: what the client saw (arrays as nested lists, errors as
 ``{"status": "NOT_FOUND", "message": ...}``). This file imports nothing of nnprobe.
