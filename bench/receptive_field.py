@@ -24,7 +24,7 @@ from nnprobe_services.server.device import resolve_device
 from nnprobe_services.vision.receptive_fields import catalogue
 from nnprobe_services.vision.receptive_fields import empirical as rf_empirical
 from nnprobe_services.vision.receptive_fields import graph as rf_graph
-from nnprobe_services.vision.receptive_fields.arithmetic import center_unit
+from nnprobe_services.vision.receptive_fields.boxes import center_unit
 from nnprobe_services.vision.receptive_fields.frontends import onnx_reader as rf_onnx
 from nnprobe_services.vision.receptive_fields.frontends import trace_worker as rf_trace_worker
 

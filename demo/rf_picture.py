@@ -14,7 +14,7 @@ import torch
 from nnprobe_services.vision.receptive_fields import empirical as rf_empirical
 from nnprobe_services.vision.receptive_fields import graph as rf_graph
 from nnprobe_services.vision.receptive_fields import plot as rf_plot
-from nnprobe_services.vision.receptive_fields.arithmetic import unit_field
+from nnprobe_services.vision.receptive_fields.boxes import unit_field
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT.parent / "shared" / "data" / "seed-images" / "n01674464_3490_lizard.jpg"

@@ -11,8 +11,8 @@ from nnprobe_services.vision.receptive_fields.arithmetic import (
     analyse_layers,
     output_size,
     same_padding,
-    unit_field,
 )
+from nnprobe_services.vision.receptive_fields.boxes import unit_field
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from nnprobe_services.vision.receptive_fields.arithmetic import (
     InvalidSpec,
     UnknownName,
     Unsupported,
-    unit_field,
 )
+from nnprobe_services.vision.receptive_fields.boxes import unit_field
 from nnprobe_services.vision.receptive_fields.frontends import trace_worker as rf_trace_worker
 from torch import nn
 from torch.fx._symbolic_trace import Tracer

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from nnprobe_services.vision.receptive_fields import graph as rf_graph
-from nnprobe_services.vision.receptive_fields.arithmetic import Window, output_size, unit_field
+from nnprobe_services.vision.receptive_fields.arithmetic import Window, output_size
+from nnprobe_services.vision.receptive_fields.boxes import unit_field
 from torch import nn
 
 HALF = Fraction(1, 2)

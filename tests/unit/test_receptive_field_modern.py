@@ -11,7 +11,8 @@ import torch
 from nnprobe_services.vision.receptive_fields import catalogue
 from nnprobe_services.vision.receptive_fields import empirical as rf_empirical
 from nnprobe_services.vision.receptive_fields import graph as rf_graph
-from nnprobe_services.vision.receptive_fields.arithmetic import InvalidSpec, Unsupported, unit_field
+from nnprobe_services.vision.receptive_fields.arithmetic import InvalidSpec, Unsupported
+from nnprobe_services.vision.receptive_fields.boxes import unit_field
 from nnprobe_services.vision.receptive_fields.frontends import onnx_reader as rf_onnx
 from torch import nn
 

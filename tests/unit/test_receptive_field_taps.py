@@ -11,9 +11,8 @@ from nnprobe_services.vision.receptive_fields.arithmetic import (
     InvalidSpec,
     LayerSpec,
     analyse_layers,
-    connected_pixels,
-    unit_field,
 )
+from nnprobe_services.vision.receptive_fields.boxes import connected_pixels, unit_field
 
 
 def _support_box(specs, size, layer, x, y):

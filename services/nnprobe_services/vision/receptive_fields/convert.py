@@ -14,6 +14,7 @@ from nnprobe_services.errors import InvalidArgument
 from nnprobe_services.server import validation as valid
 from nnprobe_services.vision.images.decode import ImageInput
 from nnprobe_services.vision.receptive_fields import arithmetic as rf
+from nnprobe_services.vision.receptive_fields import boxes as rf_boxes
 from nnprobe_services.vision.receptive_fields import workflow as rf_request
 
 KINDS = {
@@ -227,8 +228,8 @@ def _layer_message(field: rf.LayerField, origin: Fraction) -> pb.LayerField:
     )
 
 
-def _unit_message(unit: rf.UnitField) -> pb.UnitField:
-    def interval(span: rf.Span) -> pb.Interval:
+def _unit_message(unit: rf_boxes.UnitField) -> pb.UnitField:
+    def interval(span: rf_boxes.Span) -> pb.Interval:
         return pb.Interval(start=float(span.start), center=float(span.center), end=float(span.end))
 
     return pb.UnitField(

@@ -180,7 +180,7 @@ def twin_probe(capture: Capture, layers: Sequence[str], device: torch.device) ->
             raise Unsupported(problem.message if problem else f"layer {layer!r} has no field", field="verify")
     layouts = {name: v.layout for name, v in run.values.items() if v.layout is not None}
     twin = TransparentTwin(capture, fields, layers, layouts).to(device)
-    return twin, int(capture.nodes[0].attrs.get("channels", 3))
+    return twin, capture.channels
 
 
 def model_probe(
@@ -219,7 +219,7 @@ def model_probe(
     if any(layout is None for layout in layouts.values()):
         raise Unsupported("a requested layer has no image axes", field="effective_field.unit.layer")
     probe = Canonical(gm, layouts)  # type: ignore[arg-type]
-    return probe.to(device).eval(), int(capture.nodes[0].attrs.get("channels", 3))
+    return probe.to(device).eval(), capture.channels
 
 
 #: Serialises the modules whose own initialisation draws from torch's global generator.

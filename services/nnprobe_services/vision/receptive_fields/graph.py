@@ -30,7 +30,7 @@ from nnprobe_services.vision.receptive_fields.catalogue import (  # noqa: F401  
     default_input_size,
 )
 from nnprobe_services.vision.receptive_fields.frontends import trace_worker as rf_trace_worker
-from nnprobe_services.vision.receptive_fields.ir import Capture
+from nnprobe_services.vision.receptive_fields.ir import AdaptivePool, Capture
 from nnprobe_services.vision.receptive_fields.propagate import Analysis
 
 
@@ -215,7 +215,7 @@ def _spatial_problem(capture: Capture, run: Analysis, name: str) -> bool:
     """A 4-d node without a field whose problem does not arise at the head's adaptive pooling."""
     shape = capture.node(name).shape
     origin = capture.node(run.origins.get(name, name))
-    return shape is not None and len(shape) == 4 and origin.op != "adaptive_pool"
+    return shape is not None and len(shape) == 4 and not isinstance(origin.operation, AdaptivePool)
 
 
 def _resolver(capture: Capture, run: Analysis) -> Callable[[str, str], str]:

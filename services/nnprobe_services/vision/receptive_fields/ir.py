@@ -1,45 +1,233 @@
 """The graph the receptive-field engine reads: one form for every front-end (torch.export, torch.fx, ONNX).
 
-Each node names what it does in a small vocabulary (``OPS``) with the attributes the field arithmetic and the
-back-propagation proof need, its data inputs (nodes that depend on the input image; parameters and constants
-are folded into the attributes) and the shape of its output. Plain data: it pickles between processes.
+Each node carries a typed operation (a frozen dataclass per operation family, below) with what the field
+arithmetic and the back-propagation proof need, its data inputs (nodes that depend on the input image;
+parameters and constants are folded into the operation) and the shape of its output. Plain data: it pickles
+between processes (the trace worker sends a ``Capture`` back to the server process).
+
+The front-ends lower their operators onto these classes (``frontends.torch_lowerings``,
+``frontends.onnx_lowerings``); the propagation (``propagate``) and the transparent twin (``twin``) dispatch on
+the class. ``OPS`` names the vocabulary: each class's ``kind``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
-#: The vocabulary. ``attrs`` per op:
-#: input: channels · conv: windows, in_channels, out_channels, groups · pool: windows, pool (max/avg/lp)
-#: adaptive_pool: output_size, pool · pad: pads (F.pad order, last axis first), mode (zeros/reflect/replicate)
-#: elementwise: (any number of data inputs, broadcast) · cat, stack: dim · slice: dim, start, end, step
-#: permute: dims · reshape: (the output shape) · reduce: dims, keepdim · linear: in_features, out_features
-#: norm: dims (normalised over) · softmax: dim · upsample: factor (h, w) · pixel_shuffle / pixel_unshuffle:
-#: factor · tuple: a split or a normalisation with several results (its ``slice`` pieces follow) ·
-#: unsupported: why.
-OPS = (
-    "tuple",
-    "input",
-    "conv",
-    "pool",
-    "adaptive_pool",
-    "pad",
-    "elementwise",
-    "cat",
-    "stack",
-    "slice",
-    "permute",
-    "reshape",
-    "reduce",
-    "linear",
-    "norm",
-    "softmax",
-    "upsample",
-    "pixel_shuffle",
-    "pixel_unshuffle",
-    "unsupported",
+from nnprobe_services.vision.receptive_fields.arithmetic import Window
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What a node does. ``kind``: the operation's short name (``conv``, ``pool``, ...)."""
+
+    kind: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class Input(Operation):
+    """The input image (N, C, H, W)."""
+
+    kind: ClassVar[str] = "input"
+    channels: int
+
+
+# -- windows -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Conv(Operation):
+    """A 2-d convolution: its (height, width) windows and channels."""
+
+    kind: ClassVar[str] = "conv"
+    windows: tuple[Window, Window]
+    out_channels: int
+    in_channels: int
+    groups: int
+
+
+@dataclass(frozen=True)
+class Pool(Operation):
+    """Pooling with fixed windows; ``pool``: ``max``, ``avg`` or ``lp``."""
+
+    kind: ClassVar[str] = "pool"
+    windows: tuple[Window, Window]
+    pool: str
+
+
+@dataclass(frozen=True)
+class AdaptivePool(Operation):
+    """Pooling to a fixed output size, (height, width); None keeps that axis's size."""
+
+    kind: ClassVar[str] = "adaptive_pool"
+    output_size: tuple[int | None, int | None]
+    pool: str
+
+
+@dataclass(frozen=True)
+class Pad(Operation):
+    """Padding; ``pads`` in ``F.pad`` order (last axis first, before then after); ``mode``: ``zeros``,
+    ``reflect``, ``replicate`` (or another mode, which maps to no field)."""
+
+    kind: ClassVar[str] = "pad"
+    pads: tuple[int, ...]
+    mode: str
+
+
+# -- resizing ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Upsample(Operation):
+    """Nearest-neighbour resizing (the factor is read from the shapes)."""
+
+    kind: ClassVar[str] = "upsample"
+
+
+@dataclass(frozen=True)
+class PixelShuffle(Operation):
+    """Depth to space by ``factor``."""
+
+    kind: ClassVar[str] = "pixel_shuffle"
+    factor: int
+
+
+@dataclass(frozen=True)
+class PixelUnshuffle(Operation):
+    """Space to depth by ``factor``."""
+
+    kind: ClassVar[str] = "pixel_unshuffle"
+    factor: int
+
+
+# -- merges: any number of data inputs -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Merge(Operation):
+    """An operation whose data inputs join (broadcast and combined, or concatenated)."""
+
+
+@dataclass(frozen=True)
+class Pointwise(Merge):
+    """Point-wise: activations, arithmetic between tensors (broadcast), copies, inference normalisation."""
+
+    kind: ClassVar[str] = "elementwise"
+
+
+@dataclass(frozen=True)
+class Concat(Merge):
+    """Concatenation along ``dim``."""
+
+    kind: ClassVar[str] = "cat"
+    dim: int
+
+
+@dataclass(frozen=True)
+class Stack(Merge):
+    """Stacking along a new axis ``dim``."""
+
+    kind: ClassVar[str] = "stack"
+    dim: int
+
+
+# -- layout --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Slice(Operation):
+    """``[start:end:step]`` along ``dim`` (a piece of a split too)."""
+
+    kind: ClassVar[str] = "slice"
+    dim: int
+    start: int
+    end: int
+    step: int
+
+
+@dataclass(frozen=True)
+class Split(Operation):
+    """A split or a normalisation with several results: its pieces (``Slice``) say what they take."""
+
+    kind: ClassVar[str] = "tuple"
+
+
+@dataclass(frozen=True)
+class Permute(Operation):
+    """Axis ``i`` of the output is axis ``dims[i]`` of the input."""
+
+    kind: ClassVar[str] = "permute"
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Reshape(Operation):
+    """A reshape (view, flatten, squeeze...); the output shape is the node's."""
+
+    kind: ClassVar[str] = "reshape"
+
+
+# -- over channels or the whole map --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reduce(Operation):
+    """A reduction over ``dims``; ``reduction``: the operator's own name (``mean``, ``ReduceMean``)."""
+
+    kind: ClassVar[str] = "reduce"
+    dims: tuple[int, ...]
+    keepdim: bool
+    reduction: str = ""
+
+
+@dataclass(frozen=True)
+class Linear(Operation):
+    """A linear layer over the last axis."""
+
+    kind: ClassVar[str] = "linear"
+    in_features: int
+    out_features: int
+
+
+@dataclass(frozen=True)
+class Norm(Operation):
+    """A normalisation with statistics over ``dims``."""
+
+    kind: ClassVar[str] = "norm"
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Softmax(Operation):
+    """A softmax along ``dim``."""
+
+    kind: ClassVar[str] = "softmax"
+    dim: int
+
+
+@dataclass(frozen=True)
+class Unmappable(Operation):
+    """An operation that maps to no receptive field; ``why`` says which and why."""
+
+    kind: ClassVar[str] = "unsupported"
+    why: str
+
+
+#: Every operation class, and the vocabulary: their kinds.
+OPERATIONS: tuple[type[Operation], ...] = (
+    Split,
+    Input,
+    Conv,
+    Pool,
+    AdaptivePool,
+    Pad,
+    Pointwise,
+    Concat,
+    Stack,
+    Slice,
+    Permute,
+    Reshape,
+    Reduce,
+    Linear,
+    Norm,
+    Softmax,
+    Upsample,
+    PixelShuffle,
+    PixelUnshuffle,
+    Unmappable,
 )
+OPS = tuple(cls.kind for cls in OPERATIONS)
 
 
 @dataclass(frozen=True)
@@ -49,15 +237,19 @@ class GraphNode:
     outermost first; ``shape``: the output shape (batch 1), None when not a tensor."""
 
     name: str
-    op: str
+    operation: Operation
     inputs: tuple[str, ...]
     shape: tuple[int, ...] | None
-    attrs: dict[str, Any] = field(default_factory=dict)
     label: str = ""
     module: str = ""
     modules: tuple[str, ...] = ()
     #: The front-end's own name of the node (the ATen graph's node, the ONNX node's output tensor).
     source: str = ""
+
+    @property
+    def op(self) -> str:
+        """The operation's kind (``conv``, ``elementwise``...)."""
+        return self.operation.kind
 
 
 @dataclass(frozen=True)
@@ -77,3 +269,9 @@ class Capture:
 
     def node(self, name: str) -> GraphNode:
         return next(n for n in self.nodes if n.name == name)
+
+    @property
+    def channels(self) -> int:
+        """The input image's channels (3 when the input node does not say)."""
+        first = self.nodes[0].operation
+        return first.channels if isinstance(first, Input) else 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -11,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from nnprobe_services.errors import Cancelled
-from nnprobe_services.vision.receptive_fields.arithmetic import UnitField
+from nnprobe_services.vision.receptive_fields.boxes import UnitField
 
 IMAGE_FIELD = "plot.image.encoded"
 #: Units drawn (and named in the legend); the response still lists every unit asked for.
@@ -47,8 +48,30 @@ def render(
         ax.imshow(image, extent=extent, interpolation="nearest", cmap="gray" if image.ndim == 2 else None)
     else:
         ax.add_patch(Rectangle((lo, lo), w, h, facecolor="#f0f0f0", edgecolor="black", linewidth=1))
-    bounds = [lo, lo + w, lo, lo + h]
-    for index, unit in enumerate(drawn):
+    bounds = _draw_units(ax, drawn, [lo, lo + w, lo, lo + h])
+    margin = 0.03 * max(bounds[1] - bounds[0], bounds[3] - bounds[2])
+    ax.set_xlim(bounds[0] - margin, bounds[1] + margin)
+    ax.set_ylim(bounds[3] + margin, bounds[2] - margin)
+    ax.set_aspect("equal")
+    ax.set_xlabel("x (columns)")
+    ax.set_ylabel("y (rows)")
+    ax.set_title(title or "receptive fields (dashed: unclipped)")
+    if hidden > 0:
+        ax.plot([], [], linestyle="none", label=f"... {hidden} more units, not drawn")
+    if units:
+        ax.legend(loc="upper right", fontsize=8)
+    if gradient_map is not None:
+        _draw_effective(figure, panels, gradient_map, gradient_unit, extent)
+    _check(should_stop)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _draw_units(ax: Any, units: Sequence[UnitField], bounds: list[float]) -> list[float]:
+    """Each unit's boxes and centre on ``ax``; the bounds (x0, x1, y0, y1) grown to hold them."""
+    for index, unit in enumerate(units):
         color = COLORS[index % len(COLORS)]
         v, hz = unit.vertical, unit.horizontal
         vc, hc = unit.vertical_clipped, unit.horizontal_clipped
@@ -82,40 +105,34 @@ def render(
             min(bounds[2], float(v.start)),
             max(bounds[3], float(v.end)),
         ]
-    margin = 0.03 * max(bounds[1] - bounds[0], bounds[3] - bounds[2])
-    ax.set_xlim(bounds[0] - margin, bounds[1] + margin)
-    ax.set_ylim(bounds[3] + margin, bounds[2] - margin)
-    ax.set_aspect("equal")
-    ax.set_xlabel("x (columns)")
-    ax.set_ylabel("y (rows)")
-    ax.set_title(title or "receptive fields (dashed: unclipped)")
-    if hidden > 0:
-        ax.plot([], [], linestyle="none", label=f"... {hidden} more units, not drawn")
-    if units:
-        ax.legend(loc="upper right", fontsize=8)
-    if gradient_map is not None:
-        erf = figure.add_subplot(1, panels, 2)
-        shown = erf.imshow(gradient_map, extent=extent, cmap="magma", interpolation="nearest")
-        figure.colorbar(shown, ax=erf, fraction=0.046, pad=0.04, label="mean |dy/dx|")
-        if gradient_unit is not None:
-            vc, hc = gradient_unit.vertical_clipped, gradient_unit.horizontal_clipped
-            erf.add_patch(
-                Rectangle(
-                    (float(hc.start), float(vc.start)),
-                    float(hc.end - hc.start),
-                    float(vc.end - vc.start),
-                    fill=False,
-                    edgecolor="cyan",
-                    linewidth=1.5,
-                )
+    return bounds
+
+
+def _draw_effective(
+    figure: Figure,
+    panels: int,
+    gradient_map: np.ndarray,
+    gradient_unit: UnitField | None,
+    extent: tuple[float, float, float, float],
+) -> None:
+    """The second panel: the effective field's gradient map, with the unit's theoretical box."""
+    erf = figure.add_subplot(1, panels, 2)
+    shown = erf.imshow(gradient_map, extent=extent, cmap="magma", interpolation="nearest")
+    figure.colorbar(shown, ax=erf, fraction=0.046, pad=0.04, label="mean |dy/dx|")
+    if gradient_unit is not None:
+        vc, hc = gradient_unit.vertical_clipped, gradient_unit.horizontal_clipped
+        erf.add_patch(
+            Rectangle(
+                (float(hc.start), float(vc.start)),
+                float(hc.end - hc.start),
+                float(vc.end - vc.start),
+                fill=False,
+                edgecolor="cyan",
+                linewidth=1.5,
             )
-        erf.set_title("effective receptive field (box: theoretical)")
-        erf.set_xlabel("x (columns)")
-    _check(should_stop)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata={"Software": None})
-    return buffer.getvalue()
+        )
+    erf.set_title("effective receptive field (box: theoretical)")
+    erf.set_xlabel("x (columns)")
 
 
 #: Largest image (width x height) a picture is drawn on: as many pixels as the default tensor limit allows

@@ -11,12 +11,14 @@ it through the local paths. Only the layers on the way to the requested ones run
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnprobe_services.vision.receptive_fields import ir
 from nnprobe_services.vision.receptive_fields.arithmetic import LayerField, Unsupported, Window
 from nnprobe_services.vision.receptive_fields.ir import Capture, GraphNode
 
@@ -67,7 +69,7 @@ class TransparentTwin(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         values: dict[str, torch.Tensor] = {}
         for node in self.order:
-            if node.op == "input":
+            if isinstance(node.operation, ir.Input):
                 values[node.name] = x
                 continue
             try:
@@ -83,77 +85,138 @@ class TransparentTwin(nn.Module):
         return {name: canonical(values[name], self.layouts[name]) for name in self.layers}
 
     def _run(self, node: GraphNode, values: dict[str, torch.Tensor]) -> torch.Tensor:
-        field = self.fields[node.name]
-        local = [values[name] for name in field.inputs]
-        x = local[0]
-        shape = node.shape
-        op, a = node.op, node.attrs
-        if op == "conv":
-            c_out, groups = a["out_channels"], a["groups"]
-            h, w = a["windows"]
-            weight = torch.ones(
-                c_out, x.shape[1] // groups, h.kernel, w.kernel, dtype=x.dtype, device=x.device
-            )
-            x = F.pad(x, (w.pad_before, w.pad_after, h.pad_before, h.pad_after))
-            weight /= weight[0].numel()
-            return F.conv2d(
-                x, weight, stride=(h.stride, w.stride), dilation=(h.dilation, w.dilation), groups=groups
-            )
-        if field.windows is not None and op in ("pool", "adaptive_pool", "reduce") and x.dim() == 4:
-            return _average(x, field.windows, field.height.size, field.width.size)
-        if op == "pad":
-            mode = {"zeros": "constant"}.get(a["mode"], a["mode"])
-            pads = list(a["pads"])
-            while len(pads) > 2 and pads[-2:] == [0, 0]:  # leading axes unpadded (ONNX lists every axis)
-                pads = pads[:-2]
-            return F.pad(x, pads, mode=mode)
-        if op == "slice":
-            return x[_slicer(x.dim(), a)]
-        if op == "upsample":
-            return F.interpolate(x, size=tuple(shape[2:]), mode="nearest")  # type: ignore[index]
-        if op == "pixel_shuffle":
-            return F.pixel_shuffle(x, a["factor"])
-        if op == "pixel_unshuffle":
-            return F.pixel_unshuffle(x, a["factor"])
-        if op == "permute":
-            return x.permute(*a["dims"])
-        if op == "reshape":
-            return x.reshape(shape or x.shape)
-        if op == "linear":
-            weight = torch.full((a["in_features"], a["out_features"]), 1 / a["in_features"], dtype=x.dtype)
-            return x @ weight.to(x.device)
-        if op == "reduce":
-            return x.sum(dim=a["dims"], keepdim=a["keepdim"]) if a["keepdim"] else x.sum(dim=a["dims"])
-        if op == "tuple":  # the pieces slice the tensor itself
-            return x
-        if op in ("cat", "stack"):
-            return self._cat(node, values)
-        if op in ("elementwise", "norm", "softmax"):
-            total = None
-            for value in local:
-                value = torch.broadcast_to(value, shape) if shape is not None else value
-                total = value if total is None else total + value
-            assert total is not None
-            return total
-        raise Unsupported(f"node {node.name!r} ({node.label}) has no transparent twin", field="verify")
-
-    def _cat(self, node: GraphNode, values: dict[str, torch.Tensor]) -> torch.Tensor:
-        pieces = []
-        for name in node.inputs:
-            if name in values and name in self.fields[node.name].inputs:
-                pieces.append(values[name])
-            else:  # a global input, held constant
-                template = next(iter(values.values()))
-                piece_shape = self.capture.node(name).shape
-                zeros = torch.zeros(piece_shape or (), dtype=template.dtype, device=template.device)
-                pieces.append(zeros)
-        join = torch.stack if node.op == "stack" else torch.cat
-        return join(pieces, node.attrs["dim"])
+        local = [values[name] for name in self.fields[node.name].inputs]
+        replay = next((REPLAYS[kind] for kind in type(node.operation).__mro__ if kind in REPLAYS), None)
+        result = replay(self, node, node.operation, local, values) if replay is not None else None
+        if result is None:
+            raise Unsupported(f"node {node.name!r} ({node.label}) has no transparent twin", field="verify")
+        return result
 
 
-def _slicer(rank: int, a: dict) -> tuple[slice, ...]:
+#: How each operation class runs in the twin: (twin, node, operation, the local inputs' values, every value
+#: so far) -> the node's value, or None when the twin cannot replay it. Filled by ``_replays``.
+Replay = Callable[[TransparentTwin, GraphNode, Any, list[torch.Tensor], dict[str, torch.Tensor]], Any]
+REPLAYS: dict[type[ir.Operation], Replay] = {}
+
+
+def _replays(*kinds: type[ir.Operation]) -> Callable[[Replay], Replay]:
+    def register(function: Replay) -> Replay:
+        for kind in kinds:
+            REPLAYS[kind] = function
+        return function
+
+    return register
+
+
+@_replays(ir.Conv)
+def _conv(twin: TransparentTwin, node: GraphNode, op: ir.Conv, local: list[torch.Tensor], values: Any) -> Any:
+    x = local[0]
+    h, w = op.windows
+    weight = torch.ones(
+        op.out_channels, x.shape[1] // op.groups, h.kernel, w.kernel, dtype=x.dtype, device=x.device
+    )
+    x = F.pad(x, (w.pad_before, w.pad_after, h.pad_before, h.pad_after))
+    weight /= weight[0].numel()
+    return F.conv2d(
+        x, weight, stride=(h.stride, w.stride), dilation=(h.dilation, w.dilation), groups=op.groups
+    )
+
+
+@_replays(ir.Pool, ir.AdaptivePool, ir.Reduce)
+def _pool(twin: TransparentTwin, node: GraphNode, op: Any, local: list[torch.Tensor], values: Any) -> Any:
+    """Pooling as a depthwise average; a reduction without windows sums."""
+    field, x = twin.fields[node.name], local[0]
+    if field.windows is not None and x.dim() == 4:
+        return _average(x, field.windows, field.height.size, field.width.size)
+    if isinstance(op, ir.Reduce):
+        return x.sum(dim=op.dims, keepdim=op.keepdim) if op.keepdim else x.sum(dim=op.dims)
+    return None
+
+
+@_replays(ir.Pad)
+def _pad(twin: TransparentTwin, node: GraphNode, op: ir.Pad, local: list[torch.Tensor], values: Any) -> Any:
+    mode = {"zeros": "constant"}.get(op.mode, op.mode)
+    pads = list(op.pads)
+    while len(pads) > 2 and pads[-2:] == [0, 0]:  # leading axes unpadded (ONNX lists every axis)
+        pads = pads[:-2]
+    return F.pad(local[0], pads, mode=mode)
+
+
+@_replays(ir.Slice)
+def _slice(
+    twin: TransparentTwin, node: GraphNode, op: ir.Slice, local: list[torch.Tensor], values: Any
+) -> Any:
+    return local[0][_slicer(local[0].dim(), op)]
+
+
+@_replays(ir.Upsample)
+def _upsample(twin: TransparentTwin, node: GraphNode, op: Any, local: list[torch.Tensor], values: Any) -> Any:
+    return F.interpolate(local[0], size=tuple(node.shape[2:]), mode="nearest")  # type: ignore[index]
+
+
+@_replays(ir.PixelShuffle)
+def _shuffle(twin: TransparentTwin, node: GraphNode, op: Any, local: list[torch.Tensor], values: Any) -> Any:
+    return F.pixel_shuffle(local[0], op.factor)
+
+
+@_replays(ir.PixelUnshuffle)
+def _unshuffle(
+    twin: TransparentTwin, node: GraphNode, op: Any, local: list[torch.Tensor], values: Any
+) -> Any:
+    return F.pixel_unshuffle(local[0], op.factor)
+
+
+@_replays(ir.Permute)
+def _permute(twin: TransparentTwin, node: GraphNode, op: Any, local: list[torch.Tensor], values: Any) -> Any:
+    return local[0].permute(*op.dims)
+
+
+@_replays(ir.Reshape)
+def _reshape(twin: TransparentTwin, node: GraphNode, op: Any, local: list[torch.Tensor], values: Any) -> Any:
+    return local[0].reshape(node.shape or local[0].shape)
+
+
+@_replays(ir.Linear)
+def _linear(twin: TransparentTwin, node: GraphNode, op: Any, local: list[torch.Tensor], values: Any) -> Any:
+    x = local[0]
+    weight = torch.full((op.in_features, op.out_features), 1 / op.in_features, dtype=x.dtype)
+    return x @ weight.to(x.device)
+
+
+@_replays(ir.Split)
+def _split(twin: TransparentTwin, node: GraphNode, op: Any, local: list[torch.Tensor], values: Any) -> Any:
+    return local[0]  # the pieces slice the tensor itself
+
+
+@_replays(ir.Concat, ir.Stack)
+def _join(twin: TransparentTwin, node: GraphNode, op: Any, local: list[torch.Tensor], values: Any) -> Any:
+    pieces = []
+    for name in node.inputs:
+        if name in values and name in twin.fields[node.name].inputs:
+            pieces.append(values[name])
+        else:  # a global input, held constant
+            template = next(iter(values.values()))
+            piece_shape = twin.capture.node(name).shape
+            zeros = torch.zeros(piece_shape or (), dtype=template.dtype, device=template.device)
+            pieces.append(zeros)
+    join = torch.stack if isinstance(op, ir.Stack) else torch.cat
+    return join(pieces, op.dim)
+
+
+@_replays(ir.Pointwise, ir.Norm, ir.Softmax)
+def _sum(twin: TransparentTwin, node: GraphNode, op: Any, local: list[torch.Tensor], values: Any) -> Any:
+    """Point-wise operations and normalisations: the sum of the local inputs, broadcast."""
+    total = None
+    for value in local:
+        value = torch.broadcast_to(value, node.shape) if node.shape is not None else value
+        total = value if total is None else total + value
+    assert total is not None
+    return total
+
+
+def _slicer(rank: int, a: ir.Slice) -> tuple[slice, ...]:
     index = [slice(None)] * rank
-    index[a["dim"]] = slice(a["start"], a["end"], a["step"])
+    index[a.dim] = slice(a.start, a.end, a.step)
     return tuple(index)
 
 

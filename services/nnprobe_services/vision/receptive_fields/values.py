@@ -11,6 +11,7 @@ from pathlib import Path
 
 from nnprobe_services.vision.images import decode as images
 from nnprobe_services.vision.receptive_fields import arithmetic as rf
+from nnprobe_services.vision.receptive_fields import boxes as rf_boxes
 from nnprobe_services.vision.receptive_fields import empirical as rf_empirical
 from nnprobe_services.vision.receptive_fields import graph as rf_graph
 
@@ -107,7 +108,7 @@ class EffectiveResult:
     (H, W) float64 and its summary."""
 
     unit: Unit
-    field: rf.UnitField
+    field: rf_boxes.UnitField
     summary: rf_empirical.EffectiveField
 
 
@@ -119,7 +120,7 @@ class FieldResult:
     end_point: str
     input_size: tuple[int, int]
     origin: Fraction
-    units: list[rf.UnitField]
+    units: list[rf_boxes.UnitField]
     model: str = ""
     verifications: list[Verification] = field(default_factory=list)
     verified: bool = False

@@ -32,6 +32,7 @@ from nnprobe_services.vision.images import decode as images
 from nnprobe_services.vision.models import artifacts
 from nnprobe_services.vision.models.store import ModelLimits, ModelStore
 from nnprobe_services.vision.receptive_fields import arithmetic as rf
+from nnprobe_services.vision.receptive_fields import boxes as rf_boxes
 from nnprobe_services.vision.receptive_fields import empirical as rf_empirical
 from nnprobe_services.vision.receptive_fields import graph as rf_graph
 from nnprobe_services.vision.receptive_fields import plot as rf_plot
@@ -66,31 +67,19 @@ __all__ = [
     "repository_model",
 ]
 
-_ERRORS: dict[type[rf.FieldError], type[ServiceError]] = {
-    rf.InvalidSpec: InvalidArgument,
-    rf.UnknownName: NotFound,
-    rf.Unsupported: FailedPrecondition,
-}
-
-
 #: Fields an error about the model itself may name; each is answered as the request's ``model_field``.
 _MODEL_FIELDS = ("model.name", "model.onnx")
 
 
 @contextmanager
 def _domain_errors(request: FieldRequest) -> Iterator[None]:
-    """Field-engine errors as the service's domain errors (same message), every error about the model
-    naming the field that carried it (``FieldRequest.model_field``: the readers and the field engine serve
-    both named models and bytes), and every error about the input size naming the field that size came
-    from (``FieldRequest.size_field``: the request did not give ``input_size`` when the model or the
-    picture chose it)."""
+    """Every error about the model names the field that carried it (``FieldRequest.model_field``: the
+    readers and the field engine serve both named models and bytes), and every error about the input size
+    the field that size came from (``FieldRequest.size_field``: the request did not give ``input_size``
+    when the model or the picture chose it). The field engine's errors are domain errors already."""
     try:
         yield
-    except rf.FieldError as error:
-        raise _ERRORS.get(type(error), FailedPrecondition)(
-            error.message, field=_answered_field(request, error.field)
-        ) from None
-    except ServiceError as error:
+    except ServiceError as error:  # the field engine's errors too (``rf.FieldError`` is one)
         error.field = _answered_field(request, error.field)
         raise
 
@@ -172,11 +161,13 @@ def _compute(
         (resolve(layer, f"units[{i}].layer"), x, y, i) for i, (layer, x, y) in enumerate(request.units)
     ]
     if not queries and (request.verify or request.plot):
-        x, y = rf.center_unit(next(f for f in fields if f.name == end))
+        x, y = rf_boxes.center_unit(next(f for f in fields if f.name == end))
         queries = [(end, x, y, -1)]
     origin = request.origin
     units = [
-        rf.unit_field(fields, layer, x, y, input_size, origin, field=f"units[{i}]" if i >= 0 else "units")
+        rf_boxes.unit_field(
+            fields, layer, x, y, input_size, origin, field=f"units[{i}]" if i >= 0 else "units"
+        )
         for layer, x, y, i in queries
     ]
     result = FieldResult(fields, end, input_size, origin, units, model=request.model, graph=graph)
@@ -332,7 +323,7 @@ def _prober(
 
 
 def _verify(
-    units: list[rf.UnitField],
+    units: list[rf_boxes.UnitField],
     probe: Prober,
     input_size: tuple[int, int],
     device: torch.device,
@@ -366,8 +357,8 @@ def _effective_field(
         layer = resolve(layer, "effective_field.unit.layer")
     else:
         layer = end
-        x, y = rf.center_unit(next(f for f in fields if f.name == end))
-    unit = rf.unit_field(fields, layer, x, y, input_size, origin, field="effective_field.unit")
+        x, y = rf_boxes.center_unit(next(f for f in fields if f.name == end))
+    unit = rf_boxes.unit_field(fields, layer, x, y, input_size, origin, field="effective_field.unit")
     network, channels = probe([layer], "random", options.weight_seed)
     grad_map = rf_empirical.gradient_map(
         network, channels, input_size, device, (layer, x, y), options.num_samples, options.seed, should_stop
