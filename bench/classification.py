@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from nnprobe import VisionClient
 from nnprobe.cli.output import print_table
+from nnprobe_services.device import resolve_device
 from nnprobe_services.server import ServerConfig, create_server
-from nnprobe_services.server.device import resolve_device
 from nnprobe_services.vision.images import preprocess
 from nnprobe_services.vision.models import registry as models
 from nnprobe_services.vision.models import store

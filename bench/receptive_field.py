@@ -20,7 +20,7 @@ from fractions import Fraction
 
 import torch
 from nnprobe.cli.output import print_table
-from nnprobe_services.server.device import resolve_device
+from nnprobe_services.device import resolve_device
 from nnprobe_services.vision.receptive_fields import catalogue
 from nnprobe_services.vision.receptive_fields import empirical as rf_empirical
 from nnprobe_services.vision.receptive_fields import graph as rf_graph

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import torch
+from nnprobe_services.device import resolve_device
 from nnprobe_services.sequence.lm.model import LanguageModel, TrainingConfig
 from nnprobe_services.sequence.lm.training import make_optimizer
-from nnprobe_services.server.device import resolve_device
 from nnprobe_services.vision.attacks import methods as attacks
 from nnprobe_services.vision.models import backends, store
 from nnprobe_services.vision.models import registry as models

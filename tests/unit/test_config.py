@@ -83,7 +83,7 @@ def test_bad_settings_name_the_setting(env, message):
 
 def test_cuda_requested_without_cuda_is_a_clear_error():
     import torch
-    from nnprobe_services.server.device import resolve_device
+    from nnprobe_services.device import resolve_device
 
     if torch.cuda.is_available():
         assert resolve_device("auto").type == "cuda"

@@ -12,9 +12,9 @@ from nnprobe import tensors
 from nnprobe.api.attention.v1 import attention_pb2 as pb
 from nnprobe.api.common.v1 import common_pb2
 
+from nnprobe_services import validation as valid
 from nnprobe_services.attention.checks import FeedForwardCheck, PermutationCheck
 from nnprobe_services.attention.plans import AttentionSpec, FeedForwardSpec, Limits, PermutationOptions
-from nnprobe_services.server import validation as valid
 
 SOFTMAX: dict[Any, str] = {pb.SOFTMAX_MODE_ROW: "row", pb.SOFTMAX_MODE_MATRIX: "matrix"}
 POSITIONAL: dict[Any, str] = {

@@ -28,10 +28,10 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from nnprobe_services.device import resolve_device
 from nnprobe_services.server.auth import TokenAuthInterceptor
 from nnprobe_services.server.compute import ComputePool, default_workers
 from nnprobe_services.server.config import ServerConfig
-from nnprobe_services.server.device import resolve_device
 from nnprobe_services.server.interceptors import StatusInterceptor
 from nnprobe_services.server.logs import configure_logging
 from nnprobe_services.server.metrics import metrics_for

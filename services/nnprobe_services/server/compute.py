@@ -165,24 +165,8 @@ class ComputePool:
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening any more
                 loop.call_soon_threadsafe(items.put_nowait, item)
 
-        def produce() -> None:
-            try:
-                generator = fn(stop)
-                try:
-                    for item in generator:
-                        put(("item", item))
-                        if stop.is_set():
-                            break
-                finally:
-                    generator.close()  # type: ignore[attr-defined]
-                put(("end", _END))
-            except Cancelled as error:
-                put(("error", _why(error, stop)))
-            except BaseException as error:  # handed to the consumer, which re-raises it
-                put(("error", error))
-
         try:
-            future = loop.run_in_executor(self._executor, self._in_thread, produce)
+            future = loop.run_in_executor(self._executor, self._in_thread, _produce, fn, stop, put)
         except RuntimeError:
             self._release(stop)
             raise Cancelled("the server is shutting down") from None
@@ -201,6 +185,27 @@ class ComputePool:
                 stop.set("the client cancelled")
             if timer is not None:
                 timer.cancel()
+
+
+def _produce(
+    fn: Callable[[StopSignal], Iterator[T]], stop: StopSignal, put: Callable[[tuple[str, Any]], None]
+) -> None:
+    """Run the generator ``fn(stop)`` to its end or until ``stop`` is set, handing ``("item", x)`` for each
+    item, then ``("end", _END)``, or ``("error", exception)`` for the consumer to re-raise."""
+    try:
+        generator = fn(stop)
+        try:
+            for item in generator:
+                put(("item", item))
+                if stop.is_set():
+                    break
+        finally:
+            generator.close()  # type: ignore[attr-defined]
+        put(("end", _END))
+    except Cancelled as error:
+        put(("error", _why(error, stop)))
+    except BaseException as error:  # handed to the consumer, which re-raises it
+        put(("error", error))
 
 
 def _why(error: Cancelled, stop: StopSignal) -> Cancelled:

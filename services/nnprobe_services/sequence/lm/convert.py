@@ -12,6 +12,7 @@ from typing import Any
 
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 
+from nnprobe_services import validation as valid
 from nnprobe_services.errors import InvalidArgument, ResourceExhausted
 from nnprobe_services.sequence.jobs.store import EventRecord
 from nnprobe_services.sequence.lm import queries
@@ -19,7 +20,6 @@ from nnprobe_services.sequence.lm import validation as lm_requests
 from nnprobe_services.sequence.lm.corpus import SPLITS, Corpus
 from nnprobe_services.sequence.lm.model import TrainingConfig
 from nnprobe_services.sequence.lm.workflow import JobDetail, JobView, TrainingRequest
-from nnprobe_services.server import validation as valid
 
 SPLIT_NAMES: dict[int, str] = {
     pb.CORPUS_SPLIT_TRAIN: "train",

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from nnprobe_services import validation as valid
 from nnprobe_services.errors import FailedPrecondition, InvalidArgument, never
 from nnprobe_services.sequence.lm import checkpoints, embeddings, sampling
 from nnprobe_services.sequence.lm.corpus import EOS, CorpusStore
@@ -22,7 +23,6 @@ from nnprobe_services.sequence.lm.evaluation import check_streams, evaluate, per
 from nnprobe_services.sequence.lm.jobs import JobManager
 from nnprobe_services.sequence.lm.model import TrainingConfig
 from nnprobe_services.sequence.lm.training import load_model
-from nnprobe_services.server import validation as valid
 
 
 @dataclass

@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
+from nnprobe_services import validation as valid
+from nnprobe_services.device import resolve_device
 from nnprobe_services.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from nnprobe_services.sequence.lm.corpus import Corpus
 from nnprobe_services.sequence.lm.evaluation import check_streams
 from nnprobe_services.sequence.lm.model import TrainingConfig
 from nnprobe_services.sequence.lm.training import steps_per_epoch
-from nnprobe_services.server import validation as valid
-from nnprobe_services.server.device import resolve_device
 
 DEFAULT_LR = {"adam": 0.002, "sgd": 20.0}
 #: The sizes' defaults (the course notebook's), taken for an unset or zero value.

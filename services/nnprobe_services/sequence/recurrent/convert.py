@@ -16,6 +16,7 @@ from nnprobe import tensors
 from nnprobe.api.common.v1 import common_pb2
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 
+from nnprobe_services import validation as valid
 from nnprobe_services.errors import InvalidArgument, ResourceExhausted
 from nnprobe_services.sequence.recurrent import gradients, rnn, truncation
 from nnprobe_services.sequence.recurrent.weights import (
@@ -31,7 +32,6 @@ from nnprobe_services.sequence.recurrent.workflow import (
     RecurrentRun,
     TruncationAnalysis,
 )
-from nnprobe_services.server import validation as valid
 
 CELLS: dict[int, str] = {
     pb.CELL_TYPE_RNN_TANH: "rnn_tanh",

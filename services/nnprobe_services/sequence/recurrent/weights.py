@@ -14,9 +14,9 @@ import torch
 from nnprobe.api.common.v1 import common_pb2
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 
+from nnprobe_services import validation as valid
 from nnprobe_services.errors import InvalidArgument, ResourceExhausted
 from nnprobe_services.sequence.recurrent import rnn
-from nnprobe_services.server import validation as valid
 from nnprobe_services.server.config import ServerConfig
 
 INIT: dict[int, str] = {

@@ -8,8 +8,8 @@ import math
 from nnprobe import tensors
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 
+from nnprobe_services import validation as valid
 from nnprobe_services.errors import InvalidArgument
-from nnprobe_services.server import validation as valid
 from nnprobe_services.vision.attacks import adversarial, transfer
 from nnprobe_services.vision.attacks import methods as attacks
 from nnprobe_services.vision.attacks.workflow import AttackRequest, AttackResult

@@ -10,7 +10,7 @@ from nnprobe import tensors
 from nnprobe.api.common.v1 import common_pb2
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 
-from nnprobe_services.server import validation as valid
+from nnprobe_services import validation as valid
 from nnprobe_services.vision.classification import classify
 from nnprobe_services.vision.classification.workflow import ClassifyPlan, ClassifyQuery, Prepared
 from nnprobe_services.vision.images import decode as images

@@ -16,8 +16,7 @@ import torch
 
 from nnprobe_services.errors import InvalidArgument, ResourceExhausted
 from nnprobe_services.vision.images import preprocess
-from nnprobe_services.vision.models.registry import Preprocessing
-from nnprobe_services.vision.receptive_fields import plot as rf_plot
+from nnprobe_services.vision.images.preprocess import Preprocessing
 
 
 @dataclass(frozen=True)
@@ -65,15 +64,16 @@ def model_inputs(
     return torch.stack(batch)
 
 
-def plot_picture(image: ImageInput, max_bytes: int = 32 * 1024 * 1024) -> np.ndarray:
+def plot_picture(image: ImageInput, max_pixels: int, max_bytes: int = 32 * 1024 * 1024) -> np.ndarray:
     """The picture a receptive-field plot is drawn on: (H, W, 3) uint8 from encoded bytes, or the given
-    (H, W, C) pixels with C in 1, 3, 4 of uint8 or float.
+    (H, W, C) pixels with C in 1, 3, 4 of uint8 or float. Encoded bytes may announce at most ``max_pixels``
+    pixels (width * height).
 
     Raises ``InvalidArgument`` on ``image.field`` when it cannot be used, ``ResourceExhausted`` on
     ``plot.image.encoded`` when the header announces too many pixels.
     """
     if image.encoded:  # decoded as for classification, every pixel (no draft, no resize)
-        limits = ImageLimits(max_bytes, rf_plot.MAX_IMAGE_PIXELS)
+        limits = ImageLimits(max_bytes, max_pixels)
         return preprocess.decode_array(image.encoded, field=image.field, limits=limits)
     pixels = image.pixels
     if pixels is None:

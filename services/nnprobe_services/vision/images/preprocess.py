@@ -35,7 +35,6 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from nnprobe_services.errors import InvalidArgument, ResourceExhausted
-from nnprobe_services.vision.models.registry import Preprocessing
 
 #: Encoded formats accepted (PIL's format names).
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
@@ -47,6 +46,18 @@ _OBJECT = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 _CORRUPT = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, TypeError, KeyError)
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model wants its images: shorter side resized to ``resize`` with ``interpolation``, centre crop
+    ``crop`` (height, width), pixels / 255, then (x - mean) / std per RGB channel."""
+
+    resize: int
+    crop: tuple[int, int]
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from nnprobe_services.errors import FailedPrecondition
+from nnprobe_services.vision.images.preprocess import Preprocessing
 from nnprobe_services.vision.models.backends import InferenceBackend, TorchBackend
 
 log = logging.getLogger("nnprobe.vision.models")
@@ -36,18 +37,6 @@ TORCHVISION_MODELS = ("alexnet", "vgg16", "resnet18", "resnet50")
 class WeightsMissing(FailedPrecondition):
     """The weights file is absent and could not be fetched (FAILED_PRECONDITION). It names no request
     field: the model loader (``classify.load_model``) answers it on the field that named the model."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a model wants its images: shorter side resized to ``resize`` with ``interpolation``, centre crop
-    ``crop`` (height, width), pixels / 255, then (x - mean) / std per RGB channel."""
-
-    resize: int
-    crop: tuple[int, int]
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from fractions import Fraction
 from nnprobe import tensors
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 
+from nnprobe_services import validation as valid
 from nnprobe_services.errors import InvalidArgument
-from nnprobe_services.server import validation as valid
 from nnprobe_services.vision.images.decode import ImageInput
 from nnprobe_services.vision.receptive_fields import arithmetic as rf
 from nnprobe_services.vision.receptive_fields import boxes as rf_boxes

@@ -149,7 +149,9 @@ def _compute(
             max_bytes=min(limits.max_bytes, rf_onnx.MAX_ONNX_BYTES),
             field="model.onnx",
         )
-    picture = images.plot_picture(request.picture) if request.picture is not None else None
+    picture = None
+    if request.picture is not None:
+        picture = images.plot_picture(request.picture, rf_plot.MAX_IMAGE_PIXELS)
     user = repository_model(request, models)
     input_size = _input_size(request, picture, user)
     graph, fields, end, resolve = _layer_fields(request, input_size, user)
