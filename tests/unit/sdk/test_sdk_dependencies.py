@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nnprobe.cli import extras
 
-SDK = Path(__file__).resolve().parents[2] / "sdk"
+SDK = Path(__file__).resolve().parents[3] / "sdk"
 #: Imported lazily with its own message (``nnprobe serve``): a separate distribution, not an extra.
 SERVER_PACKAGE = "nnprobe_services"
 

@@ -94,7 +94,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error():
 
 
 # -- settings in sections ----------------------------------------------------------------------------------
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ALL_FIELDS = [
     (section, name, field) for section, cls in SECTIONS.items() for name, field in cls.model_fields.items()
 ]
