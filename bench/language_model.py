@@ -102,7 +102,7 @@ def throughput(steps: int) -> None:
         server, port = create_server(config)
         server.start()
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        corpus = CorpusStore(config.data_dir, config.cache_dir, None, 0).get("ptb")
+        corpus = CorpusStore(config.common.data_dir, config.common.cache_dir, None, 0).get("ptb")
         tokens = steps * BATCH * LENGTH
         plain, walls, sums = [], [], []
         try:

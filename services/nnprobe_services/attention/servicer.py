@@ -21,7 +21,9 @@ class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.device = runtime.device
         self.compute = runtime.compute
-        self.limits = Limits(runtime.config.max_tensor_elements, runtime.config.max_permutations)
+        self.limits = Limits(
+            runtime.config.common.max_tensor_elements, runtime.config.attention.max_permutations
+        )
 
     async def CheckPermutationEquivariance(self, request, context):
         def check(stop: StopSignal) -> PermutationCheck:

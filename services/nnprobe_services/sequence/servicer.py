@@ -30,7 +30,7 @@ from nnprobe_services.sequence.lm import convert as lm_convert
 from nnprobe_services.sequence.lm import queries
 from nnprobe_services.sequence.lm import workflow as lm_workflow
 from nnprobe_services.sequence.lm.corpus import CorpusStore
-from nnprobe_services.sequence.lm.jobs import CANCEL_WAIT_SECONDS
+from nnprobe_services.sequence.lm.training_jobs import CANCEL_WAIT_SECONDS
 from nnprobe_services.sequence.recurrent import convert, workflow
 from nnprobe_services.server.app import Registration, Runtime
 from nnprobe_services.server.metrics import metrics_for
@@ -47,7 +47,10 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
         self.compute = runtime.compute
         self.read = convert.RequestReader(config, runtime.device)
         self.corpora = CorpusStore(
-            config.data_dir, config.cache_dir, config.ptb_dir, config.ptb_download_timeout
+            config.common.data_dir,
+            config.common.cache_dir,
+            config.sequence.ptb_dir,
+            config.sequence.ptb_download_timeout,
         )
         self.jobs = lm_workflow.open_jobs(config, self.corpora, runtime.device)
         self.models = queries.ModelCache(self.jobs, runtime.device)
@@ -86,13 +89,13 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
 
     # -- corpora and training jobs -------------------------------------------------------------------
     async def UploadCorpus(self, request_iterator, context):
-        name, texts = await lm_convert.corpus_upload(request_iterator, self.config.max_corpus_bytes)
+        name, texts = await lm_convert.corpus_upload(request_iterator, self.config.sequence.max_corpus_bytes)
         corpus = await self.compute.run(context, lambda _stop: self.corpora.save(name, texts))
         return lm_convert.upload_reply(corpus)
 
     async def StartTraining(self, request, context):
         training = lm_convert.training_request(request)
-        limit = self.config.max_tensor_elements
+        limit = self.config.common.max_tensor_elements
         job = await self.compute.run(
             context,
             lambda _stop: lm_workflow.start_training(self.jobs, self.corpora, training, limit, self.device),
@@ -150,7 +153,7 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
 
     async def Sample(self, request, context):
         options = lm_convert.sample_options(request)
-        limit = self.config.max_sample_words
+        limit = self.config.sequence.max_sample_words
         result = await self.compute.run(
             context, lambda stop: queries.sample_job(self.models, request.job_id, options, limit, stop)
         )

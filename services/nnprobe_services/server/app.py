@@ -77,9 +77,9 @@ class Server:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.device = resolve_device(config.device)
-        workers = config.compute_workers or default_workers(self.device.type)
-        queue = config.compute_queue if config.compute_queue >= 0 else 4 * workers
+        self.device = resolve_device(config.common.device)
+        workers = config.common.compute_workers or default_workers(self.device.type)
+        queue = config.common.compute_queue if config.common.compute_queue >= 0 else 4 * workers
         self.compute = ComputePool(workers, queue, name=f"{config.service}-compute")
         self.metrics = metrics_for(config.service)
         self.port = 0
@@ -91,7 +91,7 @@ class Server:
         self._thread.start()
         self._stopped = threading.Event()
         self._shutting_down = False
-        self.interceptor = StatusInterceptor(self.metrics, config.max_concurrent_rpcs)
+        self.interceptor = StatusInterceptor(self.metrics, config.common.max_concurrent_rpcs)
 
     # -- the loop thread -----------------------------------------------------------------------------
     def _run_loop(self) -> None:
@@ -112,10 +112,10 @@ class Server:
         self.grpc_server = grpc.aio.server(
             interceptors=interceptors,
             # The interceptor counts open calls exactly; gRPC's own bound is a guard before decoding.
-            maximum_concurrent_rpcs=2 * config.max_concurrent_rpcs,
+            maximum_concurrent_rpcs=2 * config.common.max_concurrent_rpcs,
             options=[
-                ("grpc.max_receive_message_length", config.max_message_bytes),
-                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.max_receive_message_length", config.common.max_message_bytes),
+                ("grpc.max_send_message_length", config.common.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
         )
@@ -130,11 +130,13 @@ class Server:
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.grpc_server
         )
         try:
-            if config.tls_cert is not None and config.tls_key is not None:
+            if config.common.tls_cert is not None and config.common.tls_key is not None:
                 credentials = grpc.ssl_server_credentials(
-                    [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())],
-                    root_certificates=config.tls_client_ca.read_bytes() if config.tls_client_ca else None,
-                    require_client_auth=config.tls_client_ca is not None,
+                    [(config.common.tls_key.read_bytes(), config.common.tls_cert.read_bytes())],
+                    root_certificates=config.common.tls_client_ca.read_bytes()
+                    if config.common.tls_client_ca
+                    else None,
+                    require_client_auth=config.common.tls_client_ca is not None,
                 )
                 port = self.grpc_server.add_secure_port(config.address, credentials)
             else:
@@ -149,10 +151,15 @@ class Server:
     def start(self) -> None:
         """Start serving RPCs, and metrics over HTTP when ``metrics_port`` is set."""
         self.call(self.grpc_server.start())
-        if self.config.metrics_port:
-            self.metrics_port = self.metrics.serve_http(self.config.host, self.config.metrics_port)
+        if self.config.common.metrics_port:
+            self.metrics_port = self.metrics.serve_http(
+                self.config.common.host, self.config.common.metrics_port
+            )
             log.info(
-                "%s metrics on http://%s:%d/metrics", self.config.service, self.config.host, self.metrics_port
+                "%s metrics on http://%s:%d/metrics",
+                self.config.service,
+                self.config.common.host,
+                self.metrics_port,
             )
 
     def shutdown(self, grace: float | None = None) -> threading.Event:
@@ -161,7 +168,7 @@ class Server:
         if self._shutting_down:
             return self._stopped
         self._shutting_down = True
-        grace = self.config.grace_seconds if grace is None else grace
+        grace = self.config.common.grace_seconds if grace is None else grace
         future = asyncio.run_coroutine_threadsafe(self._shutdown(grace), self.loop)
         future.add_done_callback(lambda _f: self._stopped.set())
         return self._stopped
@@ -211,11 +218,13 @@ def create_server(config: ServerConfig) -> tuple[Server, int]:
         raise
     server.port = port
     tokens = config.tokens()
-    security = ("mutual TLS" if config.tls_client_ca else "TLS") if config.tls_cert else "plain text"
+    security = (
+        ("mutual TLS" if config.common.tls_client_ca else "TLS") if config.common.tls_cert else "plain text"
+    )
     log.info(
         "%s service on %s:%d, device %s, %d compute workers + %d queued, %s, %s",
         config.service,
-        config.host,
+        config.common.host,
         port,
         server.device,
         server.compute.workers,
@@ -235,7 +244,7 @@ def serve(configs: ServerConfig | Sequence[ServerConfig]) -> None:
     a server did not stop at all).
     """
     configs = [configs] if isinstance(configs, ServerConfig) else list(configs)
-    configure_logging(configs[0].log_level, configs[0].log_format)
+    configure_logging(configs[0].common.log_level, configs[0].common.log_format)
     servers = [create_server(config)[0] for config in configs]
     for server in servers:
         server.start()
@@ -253,7 +262,7 @@ def serve(configs: ServerConfig | Sequence[ServerConfig]) -> None:
     while not stopping.wait(0.5):
         pass
     start = signalled[0]
-    deadlines = [start + server.config.grace_seconds for server in servers]
+    deadlines = [start + server.config.common.grace_seconds for server in servers]
     done = [
         server.shutdown(max(0.0, deadline - time.monotonic()))
         for server, deadline in zip(servers, deadlines, strict=True)

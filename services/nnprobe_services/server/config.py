@@ -1,10 +1,11 @@
 """Server configuration: typed defaults, overridden by ``NNPROBE_*`` variables, overridden by flags.
 
-The settings live in sections (``server/settings/``): ``config.common.port``,
-``config.vision.batch_queue_size``. A flat name reads the setting from its section (``config.port``), and
-``ServerConfig(port=0, device="cpu")`` sorts flat keyword arguments into their sections, so code and tests
-written against one flat record keep working. One parser serves the three servers; only the default port
-differs.
+The settings live in sections (``server/settings/``), and the code reads them there, typed:
+``config.common.port``, ``config.vision.batch_queue_size``. Setting names are unique across sections, so
+``ServerConfig(port=0, device="cpu")`` sorts flat keyword arguments into their sections and, at run time, a
+flat name reads the setting from its section (``config.port``, for scripts and tests); the type checker sees
+the sections only, so a misspelt or misplaced setting fails ``make lint``. One parser serves the three
+servers; only the default port differs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nnprobe_services.server.settings import (
     DATABASE_SCHEMES,
@@ -91,12 +92,14 @@ class ServerConfig:
                 self, "common", self.common.model_copy(update={"port": DEFAULT_PORTS[service]})
             )
 
-    def __getattr__(self, name: str) -> Any:
-        """A flat name (``port``) reads the setting from its section (``common``)."""
-        section = FIELD_SECTIONS.get(name)
-        if section is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return getattr(getattr(self, section), name)
+    if not TYPE_CHECKING:  # the type checker sees sections only, so code reads ``config.vision.…``
+
+        def __getattr__(self, name: str) -> Any:
+            """A flat name (``port``) reads the setting from its section (``common``)."""
+            section = FIELD_SECTIONS.get(name)
+            if section is None:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            return getattr(getattr(self, section), name)
 
     def validate(self) -> ServerConfig:
         """This configuration with every setting checked (paths expanded), or ``ValueError`` naming the bad

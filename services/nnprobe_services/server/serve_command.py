@@ -37,8 +37,8 @@ def configs_for(args: argparse.Namespace) -> list[ServerConfig]:
     first = configs[0]
     return [
         config.replace(
-            port=config.port if args.port is None else first.port + offset,
-            metrics_port=first.metrics_port + offset if first.metrics_port else 0,
+            port=config.common.port if args.port is None else (first.common.port or 0) + offset,
+            metrics_port=first.common.metrics_port + offset if first.common.metrics_port else 0,
         )
         for offset, config in enumerate(configs)
     ]

@@ -5,7 +5,7 @@ ListModels is bookkeeping (a worker thread outside the compute pool, so it answe
 Classify decodes its images in the pool; with dynamic batching its images then wait in the model's batcher,
 whose own thread runs the model, while the handler awaits their futures without holding a thread.
 GenerateAdversarial streams the attack from the pool and asks remote servers for transfer checks over
-``grpc.aio`` on the event loop (``attacks.remote``). ComputeReceptiveField runs in the pool.
+``grpc.aio`` on the event loop (``methods.remote``). ComputeReceptiveField runs in the pool.
 """
 
 from __future__ import annotations
@@ -21,23 +21,21 @@ from nnprobe.api.vision.v1 import vision_pb2_grpc
 
 from nnprobe_services.server.app import Registration, Runtime
 from nnprobe_services.server.metrics import metrics_for
-from nnprobe_services.vision.attacks import convert as attack_messages
-from nnprobe_services.vision.attacks import methods as attacks
-from nnprobe_services.vision.attacks import remote
+from nnprobe_services.vision.attacks import convert as attack_convert
+from nnprobe_services.vision.attacks import methods, remote
 from nnprobe_services.vision.attacks import workflow as attack_workflow
 from nnprobe_services.vision.attacks.metrics import attack_metrics
 from nnprobe_services.vision.classification import classify
-from nnprobe_services.vision.classification import convert as classify_messages
+from nnprobe_services.vision.classification import convert as classification_convert
 from nnprobe_services.vision.classification import workflow as classification
 from nnprobe_services.vision.classification.batcher import batcher_metrics
-from nnprobe_services.vision.images import decode as images
-from nnprobe_services.vision.models import convert as model_messages
-from nnprobe_services.vision.models import registry as models
-from nnprobe_services.vision.models import store
+from nnprobe_services.vision.images import decode
+from nnprobe_services.vision.models import convert as model_convert
+from nnprobe_services.vision.models import registry, store
 from nnprobe_services.vision.models.repository import ModelRepository
 from nnprobe_services.vision.open_inference import servicer as oip_servicer
-from nnprobe_services.vision.receptive_fields import convert as rf_messages
-from nnprobe_services.vision.receptive_fields import workflow as rf_request
+from nnprobe_services.vision.receptive_fields import convert as rf_convert
+from nnprobe_services.vision.receptive_fields import workflow as rf_workflow
 
 
 class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
@@ -51,76 +49,80 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         self.models = store.ModelStore(
             runtime.device,
             explicit=config.weights_files(),
-            weights_dir=config.weights_dir,
-            download_timeout=config.weights_download_timeout,
-            repository=ModelRepository(config.model_repository_dir, max_model_bytes=config.max_model_bytes),
-            builtin_backend=config.builtin_backend,
-            onnx_cache=Path(config.cache_dir) / "onnx",
-            limits=store.ModelLimits(config.max_model_bytes, config.max_model_nodes),
+            weights_dir=config.vision.weights_dir,
+            download_timeout=config.vision.weights_download_timeout,
+            repository=ModelRepository(
+                config.model_repository_dir, max_model_bytes=config.vision.max_model_bytes
+            ),
+            builtin_backend=config.vision.builtin_backend,
+            onnx_cache=Path(config.common.cache_dir) / "onnx",
+            limits=store.ModelLimits(config.vision.max_model_bytes, config.vision.max_model_nodes),
         )
-        registry = metrics_for("vision").registry
+        metrics = metrics_for("vision").registry
         settings = classification.batching_settings(config, runtime.device)
-        self.classifier = classify.Classifier(self.models, settings, batcher_metrics(registry))
-        self.attack_metrics = attack_metrics(registry)
-        self.limits = images.ImageLimits(config.max_image_bytes, config.max_image_pixels)
+        self.classifier = classify.Classifier(self.models, settings, batcher_metrics(metrics))
+        self.attack_metrics = attack_metrics(metrics)
+        self.limits = decode.ImageLimits(config.vision.max_image_bytes, config.vision.max_image_pixels)
         self.classification = classification.Classification(
             self.models,
             self.classifier,
             self.limits,
-            default_model=config.default_model,
-            max_images=config.batch_queue_size,
+            default_model=config.vision.default_model,
+            max_images=config.vision.batch_queue_size,
         )
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         default = self.classification.model_name("")
-        return await asyncio.to_thread(model_messages.list_models, self.models, default)
+        return await asyncio.to_thread(model_convert.list_models, self.models, default)
 
     async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
-        query = classify_messages.query(request, self.config.max_tensor_elements)
+        query = classification_convert.query(request, self.config.common.max_tensor_elements)
         plan = self.classification.plan(query)
         job = await self.compute.run(context, lambda stop: self.classification.prepare(plan, stop))
         results = await self.classification.results(job, classification.deadline(context.time_remaining()))
-        return classify_messages.response(plan, job, results)
+        return classification_convert.response(plan, job, results)
 
     async def ComputeReceptiveField(self, request: pb.ComputeReceptiveFieldRequest, context):
-        limit = self.config.max_tensor_elements  # the request is read in the pool: its tensors may be large
+        limit = (
+            self.config.common.max_tensor_elements
+        )  # the request is read in the pool: its tensors may be large
         result = await self.compute.run(
             context,
-            lambda stop: rf_request.compute(
-                rf_messages.field_request(request, limit), self.device, stop, self.models
+            lambda stop: rf_workflow.compute(
+                rf_convert.field_request(request, limit), self.device, stop, self.models
             ),
         )
-        return rf_messages.field_response(result)
+        return rf_convert.field_response(result)
 
     async def GenerateAdversarial(
         self, request: pb.GenerateAdversarialRequest, context
     ) -> AsyncIterator[pb.GenerateAdversarialResponse]:
         config = self.config
-        plan = attack_messages.attack_request(
-            request, self.classification, config.max_attack_steps, config.max_tensor_elements
+        plan = attack_convert.attack_request(
+            request, self.classification, config.vision.max_attack_steps, config.common.max_tensor_elements
         )
         work = lambda stop: attack_workflow.run(plan, self.models, stop, self.attack_metrics)  # noqa: E731
         async for event in self.compute.stream(context, work):
-            if isinstance(event, attacks.Progress):
-                yield attack_messages.progress(event, plan.labels)
+            if isinstance(event, methods.Progress):
+                yield attack_convert.progress(event, plan.labels)
                 continue
             addresses, targeted = request.transfer_addresses, plan.target is not None
             checks = await remote.transfers(
-                addresses, event, targeted, context, config.transfer_connect_timeout
+                addresses, event, targeted, context, config.vision.transfer_connect_timeout
             )
             event.image.transfers.extend(checks)
-            yield attack_messages.result(event, request.images[event.image.image].name)
+            yield attack_convert.result(event, request.images[event.image.image].name)
 
     async def UploadModel(self, request_iterator, context) -> pb.UploadModelResponse:
         started = time.monotonic()
-        upload = await model_messages.receive_upload(request_iterator, self.models)
+        upload = await model_convert.receive_upload(request_iterator, self.models)
         installed = await self.compute.run(context, lambda stop: self.models.install(upload))
         default = self.classification.model_name("")
-        info = await asyncio.to_thread(model_messages.model_info, self.models, installed.name, default)
-        return model_messages.upload_response(info, installed, upload, started)
+        info = await asyncio.to_thread(model_convert.model_info, self.models, installed.name, default)
+        return model_convert.upload_response(info, installed, upload, started)
 
     async def DeleteModel(self, request: pb.DeleteModelRequest, context) -> pb.DeleteModelResponse:
-        name, version = model_messages.deletion(request, self.config.default_model)
+        name, version = model_convert.deletion(request, self.config.vision.default_model)
         removed = await asyncio.to_thread(self.models.delete, name, version)
         return pb.DeleteModelResponse(removed_versions=removed)
 
@@ -128,7 +130,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
 def register(server: grpc.aio.Server, runtime: Runtime) -> Registration:
     """Add VisionService and ``inference.GRPCInferenceService`` to ``server``; the batchers close when the
     server stops."""
-    models.records(), models.imagenet_labels()  # built once here, never on the event loop
+    registry.records(), registry.imagenet_labels()  # built once here, never on the event loop
     servicer = VisionServicer(runtime)
     vision_pb2_grpc.add_VisionServiceServicer_to_server(servicer, server)
     inference = oip_servicer.add_to_server(servicer, server)  # the Open Inference Protocol, same port

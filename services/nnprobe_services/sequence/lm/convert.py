@@ -15,8 +15,7 @@ from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe_services import validation as valid
 from nnprobe_services.errors import InvalidArgument, ResourceExhausted
 from nnprobe_services.sequence.jobs.store import EventRecord
-from nnprobe_services.sequence.lm import queries
-from nnprobe_services.sequence.lm import validation as lm_requests
+from nnprobe_services.sequence.lm import queries, training_checks
 from nnprobe_services.sequence.lm.corpus import SPLITS, Corpus
 from nnprobe_services.sequence.lm.model import TrainingConfig
 from nnprobe_services.sequence.lm.workflow import JobDetail, JobView, TrainingRequest
@@ -97,7 +96,7 @@ def request_digest(request: pb.StartTrainingRequest) -> str:
     canonical = {
         "corpus_id": request.corpus_id,
         "name": request.name,
-        "config": lm_requests.canonical_config(given_config(request.config)),
+        "config": training_checks.canonical_config(given_config(request.config)),
     }
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
@@ -167,7 +166,7 @@ async def corpus_upload(
 
 def training_request(request: pb.StartTrainingRequest) -> TrainingRequest:
     """StartTraining's key, corpus, name, the config fields set and the request's digest."""
-    key = lm_requests.request_id(request.request_id)
+    key = training_checks.request_id(request.request_id)
     if not request.corpus_id:
         raise InvalidArgument("is required: 'ptb' or an id from UploadCorpus", field="corpus_id")
     valid.enum_value(request.config.optimizer, pb.Optimizer, "config.optimizer", pb.OPTIMIZER_ADAM)

@@ -20,9 +20,9 @@ from nnprobe_services.errors import FailedPrecondition, InvalidArgument, never
 from nnprobe_services.sequence.lm import checkpoints, embeddings, sampling
 from nnprobe_services.sequence.lm.corpus import EOS, CorpusStore
 from nnprobe_services.sequence.lm.evaluation import check_streams, evaluate, perplexity
-from nnprobe_services.sequence.lm.jobs import JobManager
 from nnprobe_services.sequence.lm.model import TrainingConfig
 from nnprobe_services.sequence.lm.training import load_model
+from nnprobe_services.sequence.lm.training_jobs import JobManager
 
 
 @dataclass

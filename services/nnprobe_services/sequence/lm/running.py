@@ -26,7 +26,7 @@ from nnprobe_services.sequence.lm.model import TrainingConfig
 from nnprobe_services.sequence.lm.training import Trainer
 
 if TYPE_CHECKING:
-    from nnprobe_services.sequence.lm.jobs import JobManager
+    from nnprobe_services.sequence.lm.training_jobs import JobManager
 
 log = logging.getLogger("nnprobe.sequence.lm")
 

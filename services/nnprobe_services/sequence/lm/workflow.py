@@ -15,9 +15,9 @@ import torch
 
 from nnprobe_services.sequence.jobs.replica import Leases, default_replica_id
 from nnprobe_services.sequence.jobs.store import ACTIVE, EventRecord, JobRecord
-from nnprobe_services.sequence.lm import plots, supervisor, validation
+from nnprobe_services.sequence.lm import plots, supervisor, training_checks
 from nnprobe_services.sequence.lm.corpus import CorpusStore
-from nnprobe_services.sequence.lm.jobs import JobManager
+from nnprobe_services.sequence.lm.training_jobs import JobManager
 from nnprobe_services.server.config import ServerConfig
 
 #: Events read from the store at once when a job's whole history is asked for.
@@ -57,17 +57,17 @@ def open_jobs(config: ServerConfig, corpora: CorpusStore, device: torch.device) 
     """This replica's job manager on the configured store, running data-parallel jobs with
     ``supervisor.run_job``; its supervisor starts claiming jobs at once."""
     return JobManager(
-        config.data_dir,
+        config.common.data_dir,
         corpora,
         device,
-        max_queued=config.max_queued_jobs,
+        max_queued=config.sequence.max_queued_jobs,
         runner=supervisor.run_job,
-        database_url=config.database_url,
+        database_url=config.sequence.database_url,
         leases=Leases(
-            config.replica_id or default_replica_id(),
-            config.job_lease_seconds,
-            config.job_poll_seconds,
-            config.max_job_takeovers,
+            config.sequence.replica_id or default_replica_id(),
+            config.sequence.job_lease_seconds,
+            config.sequence.job_poll_seconds,
+            config.sequence.max_job_takeovers,
         ),
     )
 
@@ -95,7 +95,9 @@ def start_training(
     held = jobs.started(request.request_id, request.digest)
     if held is None:
         corpus = corpora.get(request.corpus_id)
-        config, job_device = validation.training_config(request.given, corpus, limit=limit, device=device)
+        config, job_device = training_checks.training_config(
+            request.given, corpus, limit=limit, device=device
+        )
         held = jobs.start(
             request.corpus_id,
             config,

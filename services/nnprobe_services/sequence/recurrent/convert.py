@@ -66,7 +66,7 @@ class RequestReader(WeightReader):
 
     def recurrent(self, request: pb.RunRecurrentRequest) -> RecurrentRun:
         """RunRecurrent's cell, inputs (T, B, D) and initial state on the device, and settle tolerance."""
-        limit = self.config.max_tensor_elements
+        limit = self.config.common.max_tensor_elements
         dtype = TORCH_DTYPES[valid.float_dtype(request.dtype, "dtype", common_pb2.DTYPE_FLOAT64)]
         spec = request.cell
         kind = self.cell_kind(spec.cell, "cell.cell")
@@ -93,10 +93,10 @@ class RequestReader(WeightReader):
         itemsize = torch.empty(0, dtype=dtype).element_size()
         states = 2 if kind == "lstm" else 1
         reply_bytes = steps * batch * ((states * hidden + self._output_size(cell)) * itemsize + 8)
-        if reply_bytes > self.config.max_message_bytes:
+        if reply_bytes > self.config.common.max_message_bytes:
             raise ResourceExhausted(
                 f"the states of every step would take {reply_bytes} bytes, more than the message limit "
-                f"{self.config.max_message_bytes}; send fewer steps or sequences",
+                f"{self.config.common.max_message_bytes}; send fewer steps or sequences",
                 field="inputs",
             )
         h0 = self._state(request, "initial_hidden", batch, hidden)
@@ -137,10 +137,10 @@ class RequestReader(WeightReader):
             )
         for kind in kinds:
             state = 2 * hidden if kind == "lstm" else hidden
-            if steps * state * state > self.config.max_tensor_elements:
+            if steps * state * state > self.config.common.max_tensor_elements:
                 raise ResourceExhausted(
                     f"T * S^2 = {steps * state * state} (S = state width {state}) exceeds the limit "
-                    f"{self.config.max_tensor_elements}",
+                    f"{self.config.common.max_tensor_elements}",
                     field="sequence_length",
                 )
         cells = []
@@ -212,7 +212,7 @@ class RequestReader(WeightReader):
             base = [weights]
             hidden, width = weights["weight_hh_l0"].shape[1], weights["weight_ih_l0"].shape[1]
         else:
-            limit = self.config.max_tensor_elements
+            limit = self.config.common.max_tensor_elements
             hidden = valid.positive(request.hidden_size, "hidden_size", maximum=limit)
             width = valid.positive(request.input_size, "input_size", default=hidden, maximum=limit)
             # 0 would draw a zero W_hh, which no spectral radius can be rescaled to.
@@ -229,7 +229,7 @@ class RequestReader(WeightReader):
 
     def truncation(self, request: pb.CompareTruncationRequest) -> dict[str, Any]:
         """CompareTruncation's model and run sizes as ``truncation.compare`` keyword arguments."""
-        limit = self.config.max_tensor_elements
+        limit = self.config.common.max_tensor_elements
         vocab = valid.positive(request.vocab_size, "vocab_size", default=10_000, maximum=limit)
         embed = valid.positive(request.embed_size, "embed_size", default=128, maximum=limit)
         hidden = valid.positive(request.hidden_size, "hidden_size", default=1024, maximum=limit)

@@ -34,7 +34,7 @@ class WeightReader:
         self.device = device
 
     def _float_tensor(self, message: common_pb2.Tensor, field: str, *, ndim: int) -> torch.Tensor:
-        array = valid.tensor(message, field, max_elements=self.config.max_tensor_elements, ndim=ndim)
+        array = valid.tensor(message, field, max_elements=self.config.common.max_tensor_elements, ndim=ndim)
         if array.dtype.kind != "f":
             raise InvalidArgument(f"must be float32 or float64, not {array.dtype}", field=field)
         return torch.from_numpy(array)
@@ -46,7 +46,7 @@ class WeightReader:
             return self._given_weights(
                 spec.weights, kind, f"{prefix}weights", input_size, spec.hidden_size, not spec.no_bias
             )
-        limit = self.config.max_tensor_elements
+        limit = self.config.common.max_tensor_elements
         hidden = valid.positive(spec.hidden_size, f"{prefix}hidden_size", maximum=limit)
         output_size = spec.output_size
         if output_size < 0:
@@ -69,7 +69,7 @@ class WeightReader:
         )
 
     def _check_weight_budget(self, kind: str, input_size: int, hidden: int, output: int, field: str) -> None:
-        limit = self.config.max_tensor_elements
+        limit = self.config.common.max_tensor_elements
         count = gate_rows(kind, hidden) * (input_size + hidden + 2) + output * (hidden + 1)
         if count > limit:
             raise ResourceExhausted(

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from nnprobe_services.errors import InvalidArgument
-from nnprobe_services.vision.attacks import methods as attacks
+from nnprobe_services.vision.attacks import methods
 from nnprobe_services.vision.classification.classify import ClassScore, top_k
 from nnprobe_services.vision.models.registry import LoadedModel
 
@@ -78,11 +78,11 @@ def generate(
     model: LoadedModel,
     pixels: torch.Tensor,
     target: int | None,
-    spec: attacks.AttackSpec,
+    spec: methods.AttackSpec,
     *,
     k: int,
     should_stop: Callable[[], bool],
-) -> Iterator[attacks.Progress | AdversarialImage]:
+) -> Iterator[methods.Progress | AdversarialImage]:
     """Attack ``pixels`` (N, 3, H, W), already on the 8-bit lattice. ``target`` None: untargeted.
 
     Yields the attack's progress events and one ``AdversarialImage`` per image (in completion order).
@@ -105,10 +105,10 @@ def generate(
     else:
         labels = torch.full((len(images),), target, dtype=torch.long, device=device)
     # On the lattice, these are the logits the attack's check of the originals needs: no second pass.
-    known = logits if torch.equal(attacks.quantize(images), images) else None
-    events = attacks.attack(model.module, images, labels, target is not None, spec, should_stop, known, judge)
+    known = logits if torch.equal(methods.quantize(images), images) else None
+    events = methods.attack(model.module, images, labels, target is not None, spec, should_stop, known, judge)
     for event in events:
-        if isinstance(event, attacks.Progress):
+        if isinstance(event, methods.Progress):
             yield event
             continue
         index, outcome = event

@@ -10,14 +10,13 @@ from nnprobe.api.vision.v1 import vision_pb2 as pb
 
 from nnprobe_services import validation as valid
 from nnprobe_services.errors import InvalidArgument
-from nnprobe_services.vision.attacks import adversarial, transfer
-from nnprobe_services.vision.attacks import methods as attacks
+from nnprobe_services.vision.attacks import adversarial, methods, transfer
 from nnprobe_services.vision.attacks.workflow import AttackRequest, AttackResult
 from nnprobe_services.vision.classification.classify import ClassScore
 from nnprobe_services.vision.classification.convert import image_inputs
 from nnprobe_services.vision.classification.workflow import Classification
-from nnprobe_services.vision.images import decode as images
-from nnprobe_services.vision.models import registry as models
+from nnprobe_services.vision.images import decode
+from nnprobe_services.vision.models import registry
 
 METHODS = {
     pb.ATTACK_METHOD_UNSPECIFIED: "pgd",
@@ -57,7 +56,7 @@ def attack_request(
         for i, (other, v) in enumerate(zip(others, transfer_versions(request), strict=True))
     ]
     check_distinct_transfer_models(others, versions)
-    images.count_images(len(request.images), "images", classification.max_images)
+    decode.count_images(len(request.images), "images", classification.max_images)
     return AttackRequest(
         name,
         lambda: image_inputs(request.images, max_elements),
@@ -90,16 +89,18 @@ def target(
             raise InvalidArgument(f"must be in 0..{classes - 1}, got {index}", field="target.class_index")
         return index
     wanted = request.target.label.strip().lower()
-    names = [label.lower() for label in (models.imagenet_labels() if labels is None else labels)]
+    names = [label.lower() for label in (registry.imagenet_labels() if labels is None else labels)]
     if wanted not in names:
         kind = (
-            "ImageNet class" if labels is None or labels == models.imagenet_labels() else "class of the model"
+            "ImageNet class"
+            if labels is None or labels == registry.imagenet_labels()
+            else "class of the model"
         )
         raise InvalidArgument(f"no {kind} is called {request.target.label!r}", field="target.label")
     return names.index(wanted)
 
 
-def spec(r: pb.GenerateAdversarialRequest, max_steps: int) -> attacks.AttackSpec:
+def spec(r: pb.GenerateAdversarialRequest, max_steps: int) -> methods.AttackSpec:
     """The attack's settings with their defaults; ``max_steps`` bounds ``steps`` and ``refine_steps``."""
     method, norm = _method_and_norm(r)
     epsilon = r.epsilon if r.HasField("epsilon") else 8 / 255
@@ -124,7 +125,7 @@ def spec(r: pb.GenerateAdversarialRequest, max_steps: int) -> attacks.AttackSpec
             raise InvalidArgument(f"must be a positive number, got {value}", field=key)
         values[key] = value
     valid.finite_non_negative(r.cw_confidence, "cw_confidence")
-    return attacks.AttackSpec(
+    return methods.AttackSpec(
         method=method,
         norm=norm,
         epsilon=epsilon,
@@ -210,10 +211,10 @@ def score(value: ClassScore) -> pb.ClassScore:
 
 
 def progress(
-    event: attacks.Progress, labels: tuple[str, ...] | None = None
+    event: methods.Progress, labels: tuple[str, ...] | None = None
 ) -> pb.GenerateAdversarialResponse:
     """One progress event; ``labels``: the model's class names (default ImageNet's)."""
-    labels = models.imagenet_labels() if labels is None else labels
+    labels = registry.imagenet_labels() if labels is None else labels
     return pb.GenerateAdversarialResponse(
         progress=pb.AttackProgress(
             image=event.image,

@@ -8,13 +8,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from nnprobe_services.errors import Cancelled, ServiceError, StopSignal
-from nnprobe_services.vision.attacks import adversarial
-from nnprobe_services.vision.attacks import methods as attacks
+from nnprobe_services.vision.attacks import adversarial, methods
 from nnprobe_services.vision.attacks.adversarial import AdversarialImage, Transfer
 from nnprobe_services.vision.attacks.metrics import AttackMetrics
 from nnprobe_services.vision.classification.classify import load_model
 from nnprobe_services.vision.classification.workflow import ImageReader
-from nnprobe_services.vision.images import decode as images
+from nnprobe_services.vision.images import decode
 from nnprobe_services.vision.images.decode import ImageLimits
 from nnprobe_services.vision.models import store
 
@@ -29,7 +28,7 @@ class AttackRequest:
     model: str
     images: ImageReader
     target: int | None
-    spec: attacks.AttackSpec
+    spec: methods.AttackSpec
     top_k: int
     limits: ImageLimits
     transfer_models: list[str] = field(default_factory=list)
@@ -52,7 +51,7 @@ def run(
     models_store: store.ModelStore,
     stop: StopSignal,
     metrics: AttackMetrics | None = None,
-) -> Iterator[attacks.Progress | AttackResult]:
+) -> Iterator[methods.Progress | AttackResult]:
     """Yield the attack's progress events and one ``AttackResult`` per image (in completion order).
 
     Raises ``InvalidArgument``/``ResourceExhausted`` for unusable images, ``FailedPrecondition`` when the
@@ -62,7 +61,7 @@ def run(
     """
     plain = request.images()
     prep = models_store.describe(request.model)[0].preprocessing
-    pixels = attacks.quantize(images.model_inputs(plain, prep, request.limits, skip_resize=False))
+    pixels = methods.quantize(decode.model_inputs(plain, prep, request.limits, skip_resize=False))
     model = load_model(models_store, request.model, request.version)
     targeted = request.target is not None
     iteration = 0
@@ -71,7 +70,7 @@ def run(
     )
     try:
         for event in events:
-            if isinstance(event, attacks.Progress):
+            if isinstance(event, methods.Progress):
                 iteration = event.iteration
                 yield event
                 continue

@@ -13,7 +13,7 @@ from nnprobe.api.vision.v1 import vision_pb2 as pb
 from nnprobe_services import validation as valid
 from nnprobe_services.vision.classification import classify
 from nnprobe_services.vision.classification.workflow import ClassifyPlan, ClassifyQuery, Prepared
-from nnprobe_services.vision.images import decode as images
+from nnprobe_services.vision.images import decode
 
 
 def query(request: pb.ClassifyRequest, max_elements: int) -> ClassifyQuery:
@@ -34,16 +34,16 @@ def query(request: pb.ClassifyRequest, max_elements: int) -> ClassifyQuery:
 
 def image_inputs(
     messages: Sequence[common_pb2.Image], max_elements: int, field: str = "images"
-) -> list[images.ImageInput]:
+) -> list[decode.ImageInput]:
     """Plain images; raw pixel tensors are read here (in a compute thread: they may be large)."""
     plain = []
     for i, image in enumerate(messages):
         if image.encoded or not image.HasField("pixels"):
-            plain.append(images.ImageInput(image.encoded, None, f"{field}[{i}].encoded", image.name))
+            plain.append(decode.ImageInput(image.encoded, None, f"{field}[{i}].encoded", image.name))
             continue
         part = f"{field}[{i}].pixels"
         pixels = valid.tensor(image.pixels, part, max_elements=max_elements)
-        plain.append(images.ImageInput(b"", pixels, part, image.name))
+        plain.append(decode.ImageInput(b"", pixels, part, image.name))
     return plain
 
 

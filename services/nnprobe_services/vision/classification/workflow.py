@@ -15,12 +15,12 @@ import torch
 from nnprobe_services.errors import InvalidArgument, NotFound, StopSignal
 from nnprobe_services.server.config import ServerConfig
 from nnprobe_services.vision.classification import classify
-from nnprobe_services.vision.images import decode as images
+from nnprobe_services.vision.images import decode
 from nnprobe_services.vision.models.registry import LoadedModel
 from nnprobe_services.vision.models.store import ModelStore
 
 #: Reads a request's images as plain values; called in a compute thread (raw pixel tensors may be large).
-ImageReader = Callable[[], list[images.ImageInput]]
+ImageReader = Callable[[], list[decode.ImageInput]]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Classification:
         self,
         models: ModelStore,
         classifier: classify.Classifier,
-        limits: images.ImageLimits,
+        limits: decode.ImageLimits,
         *,
         default_model: str,
         max_images: int,
@@ -103,7 +103,7 @@ class Classification:
         """The checks that need no compute, in the order clients know."""
         name = self.model_name(query.model)
         top_k = self.top_k(query.top_k, name)
-        images.count_images(query.image_count, "images", self.max_images)
+        decode.count_images(query.image_count, "images", self.max_images)
         if query.model_version < 0:
             raise InvalidArgument(f"must be >= 0, got {query.model_version}", field="model_version")
         return ClassifyPlan(query, name, top_k)
@@ -112,7 +112,7 @@ class Classification:
         """Decode and preprocess the images and load the model; classify them here without batching."""
         query = plan.query
         prep = self.models.describe(plan.model)[0].preprocessing
-        pixels = images.model_inputs(query.images(), prep, self.limits, skip_resize=query.skip_resize)
+        pixels = decode.model_inputs(query.images(), prep, self.limits, skip_resize=query.skip_resize)
         model = classify.load_model(self.models, plan.model, query.model_version or None)
         ready = time.monotonic()
         results = None if self.classifier.batching else self.classifier.forward(model, pixels, stop)
@@ -138,12 +138,12 @@ def deadline(remaining: float | None) -> float | None:
 def batching_settings(config: ServerConfig, device: torch.device) -> classify.BatchingSettings:
     """The dynamic batcher's settings: configured values, else 64 images / 2 ms on a GPU, 16 / 5 ms on CPU."""
     gpu = device.type == "cuda"
-    delay_ms = config.batch_max_delay_ms
+    delay_ms = config.vision.batch_max_delay_ms
     if delay_ms is None:
         delay_ms = 2.0 if gpu else 5.0
     return classify.BatchingSettings(
-        enabled=config.dynamic_batching,
-        max_size=config.batch_max_size or (64 if gpu else 16),
+        enabled=config.vision.dynamic_batching,
+        max_size=config.vision.batch_max_size or (64 if gpu else 16),
         max_delay=delay_ms / 1000.0,
-        queue_size=config.batch_queue_size,
+        queue_size=config.vision.batch_queue_size,
     )

@@ -10,8 +10,7 @@ from collections.abc import AsyncIterator
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 
 from nnprobe_services.errors import FailedPrecondition, InvalidArgument, ServiceError
-from nnprobe_services.vision.models import backends, store
-from nnprobe_services.vision.models import registry as models
+from nnprobe_services.vision.models import backends, registry, store
 from nnprobe_services.vision.models.artifacts import FORMATS
 from nnprobe_services.vision.models.repository import Upload, VersionEntry
 
@@ -29,7 +28,7 @@ def list_models(models_store: store.ModelStore, default: str) -> pb.ListModelsRe
     return response
 
 
-def _preprocessing(prep: models.Preprocessing) -> pb.Preprocessing:
+def _preprocessing(prep: registry.Preprocessing) -> pb.Preprocessing:
     return pb.Preprocessing(
         resize=prep.resize,
         crop=pb.Extent(height=prep.crop[0], width=prep.crop[1]),
@@ -56,7 +55,7 @@ def model_info(models_store: store.ModelStore, name: str, default: str) -> pb.Mo
     config = entry.config
     info.architecture, info.source = record.architecture, record.source
     info.weights_present, info.weights_path, info.weights_file_name = True, str(chosen.path), chosen.path.name
-    info.version = models.sha256_of(chosen.path)
+    info.version = registry.sha256_of(chosen.path)
     info.preprocessing.CopyFrom(_preprocessing(record.preprocessing))
     info.num_classes, info.num_labels = record.num_classes, len(labels)
     info.backend = loaded.backend.name if loaded else BACKEND_OF[chosen.format]
@@ -82,7 +81,7 @@ def model_info(models_store: store.ModelStore, name: str, default: str) -> pb.Mo
             pb.ModelVersion(
                 version=version.version,
                 format=FORMAT_CODES[version.format],
-                sha256=models.sha256_of(version.path),
+                sha256=registry.sha256_of(version.path),
                 size_bytes=version.path.stat().st_size,
             )
         )
@@ -90,7 +89,7 @@ def model_info(models_store: store.ModelStore, name: str, default: str) -> pb.Mo
 
 
 def _builtin_info(models_store: store.ModelStore, name: str, default: str) -> pb.ModelInfo:
-    record = models.records()[name]
+    record = registry.records()[name]
     where = models_store.location(name)
     loaded = models_store.loaded(name)
     prep = record.preprocessing
@@ -108,7 +107,7 @@ def _builtin_info(models_store: store.ModelStore, name: str, default: str) -> pb
         weights_path=str(where.path or ""),
         weights_file_name=record.file_name,
         searched=list(where.searched),
-        version=models.sha256_of(where.path) if where.path is not None else "",
+        version=registry.sha256_of(where.path) if where.path is not None else "",
         preprocessing=_preprocessing(prep),
         num_classes=record.num_classes,
         is_default=name == default,

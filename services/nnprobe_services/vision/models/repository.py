@@ -2,7 +2,7 @@
 
 ::
 
-    <root>/<name>/config.yaml            the model's configuration (``model_config``)
+    <root>/<name>/config.yaml            the model's configuration (``config``)
     <root>/<name>/labels.txt             class names, one per line (the file ``config.yaml`` names)
     <root>/<name>/<version>/model.onnx   an ONNX model (external data files beside it), or
     <root>/<name>/<version>/model.pt2    a torch.export archive

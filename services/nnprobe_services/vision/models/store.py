@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from nnprobe_services.errors import FailedPrecondition, InvalidArgument, NotFound
-from nnprobe_services.vision.models import artifacts, backends
-from nnprobe_services.vision.models import registry as models
+from nnprobe_services.vision.models import artifacts, backends, registry
 from nnprobe_services.vision.models.config import ModelConfig
 from nnprobe_services.vision.models.registry import (
     LoadedModel,
@@ -83,7 +82,7 @@ def load_version(
         num_classes=classes,
     )
     return LoadedModel(
-        record, backend, entry.path, models.sha256_of(entry.path), device, labels, entry.version, max_batch
+        record, backend, entry.path, registry.sha256_of(entry.path), device, labels, entry.version, max_batch
     )
 
 
@@ -147,16 +146,16 @@ class ModelStore:
     # -- names -----------------------------------------------------------------------------------------
     def names(self) -> list[str]:
         """Built-in models first, then the repository's."""
-        builtin = list(models.records())
+        builtin = list(registry.records())
         extra = self.repository.names() if self.repository is not None else []
         return builtin + [name for name in extra if name not in builtin]
 
     @staticmethod
     def is_builtin(name: str) -> bool:
-        return name in models.records()
+        return name in registry.records()
 
-    def location(self, name: str) -> models.WeightsLocation:
-        return models.locate(models.records()[name], self.explicit.get(name), self.weights_dir)
+    def location(self, name: str) -> registry.WeightsLocation:
+        return registry.locate(registry.records()[name], self.explicit.get(name), self.weights_dir)
 
     def loaded(self, name: str, version: int = 0) -> LoadedModel | None:
         """The model if this process has it loaded (no loading)."""
@@ -175,8 +174,8 @@ class ModelStore:
         Raises ``NotFound`` for a name that is neither built in nor in the repository.
         """
         if self.is_builtin(name):
-            record = models.records()[name]
-            return record, models.imagenet_labels() if record.num_classes == 1000 else ()
+            record = registry.records()[name]
+            return record, registry.imagenet_labels() if record.num_classes == 1000 else ()
         repository = self._repository(field, missing=NotFound)
         entry = repository.get(name, field)
         loaded = self.loaded(name, entry.default_version.version)
@@ -199,7 +198,7 @@ class ModelStore:
         if self.repository is None:
             if missing is NotFound:
                 raise NotFound(
-                    f"no such model; the built-in models are {', '.join(models.records())}",
+                    f"no such model; the built-in models are {', '.join(registry.records())}",
                     field=field,
                 )
             raise FailedPrecondition("this server has no model repository", field=field)
@@ -265,7 +264,7 @@ class ModelStore:
         entry, chosen = self.repository.resolve(name, version, field)
         key = (name, chosen.version)
         current = self.loaded(*key)
-        if current is not None and current.version != models.sha256_of(chosen.path):
+        if current is not None and current.version != registry.sha256_of(chosen.path):
             self.forget(name)  # replaced by another replica (deleted and uploaded again)
 
         def load() -> LoadedModel:
@@ -304,18 +303,18 @@ class ModelStore:
         load_version(entry, config, labels, self.device, self.limits, field="chunk")
 
     def _load_builtin(self, name: str) -> LoadedModel:
-        record = models.records()[name]
+        record = registry.records()[name]
         where = self.location(name)
         path = where.path
         if path is None:
             try:
-                path = models.download(record, self.download_timeout)
+                path = registry.download(record, self.download_timeout)
             except WeightsMissing as error:
                 raise WeightsMissing(
                     f"weights file {record.file_name} for model {name!r} not found; searched "
                     f"{', '.join(where.searched)}; {error}"
                 ) from None
-        loaded = models.load(record, path, self.device)
+        loaded = registry.load(record, path, self.device)
         if self.builtin_uses_onnx():
             onnx_backend = self._onnx_builtin(loaded)
             if onnx_backend is not None:

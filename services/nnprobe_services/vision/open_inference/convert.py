@@ -1,4 +1,4 @@
-"""Open Inference Protocol messages (package ``inference``) to and from the plain values of ``oip``.
+"""Open Inference Protocol messages (package ``inference``) to and from the plain values of ``protocol``.
 
 Input contents arrive either as ``raw_input_contents`` (one little-endian byte string per input, in input
 order; BYTES elements each prefixed by their 4-byte little-endian length) or as the typed ``contents`` of the
@@ -15,10 +15,10 @@ import numpy as np
 from nnprobe.api.inference import grpc_service_pb2 as pb
 from nnprobe.api.inference import model_config_pb2 as config_pb
 
-from nnprobe_services.vision.open_inference import protocol as oip
+from nnprobe_services.vision.open_inference import protocol
 from nnprobe_services.vision.open_inference.workflow import InferQuery
 
-FORMATS = {oip.PIXELS: config_pb.ModelInput.FORMAT_NCHW}
+FORMATS = {protocol.PIXELS: config_pb.ModelInput.FORMAT_NCHW}
 CONFIG_TYPES = {"FP32": config_pb.TYPE_FP32, "UINT8": config_pb.TYPE_UINT8, "BYTES": config_pb.TYPE_STRING}
 
 
@@ -32,20 +32,20 @@ def unpack_bytes(raw: bytes, count: int, where: str, field: str) -> list[bytes]:
     offset = 0
     while offset < len(raw):
         if offset + 4 > len(raw):
-            raise oip.ProtocolInvalidArgument(
+            raise protocol.ProtocolInvalidArgument(
                 f"{where}: element {len(items)} has a truncated length prefix", field=field
             )
         (size,) = struct.unpack_from("<I", raw, offset)
         offset += 4
         if offset + size > len(raw):
-            raise oip.ProtocolInvalidArgument(
+            raise protocol.ProtocolInvalidArgument(
                 f"{where}: element {len(items)} declares {size} bytes but {len(raw) - offset} remain",
                 field=field,
             )
         items.append(raw[offset : offset + size])
         offset += size
     if len(items) != count:
-        raise oip.ProtocolInvalidArgument(
+        raise protocol.ProtocolInvalidArgument(
             f"{where}: expected {count} string elements, got {len(items)}", field=field
         )
     return items
@@ -68,21 +68,21 @@ def infer_query(request: pb.ModelInferRequest) -> InferQuery:
     )
 
 
-def input_headers(request: pb.ModelInferRequest) -> list[oip.InputTensor]:
+def input_headers(request: pb.ModelInferRequest) -> list[protocol.InputTensor]:
     """Every input's name, datatype and shape, without its contents (for the checks that need none)."""
     return [
-        oip.InputTensor(message.name, message.datatype, tuple(int(d) for d in message.shape), [])
+        protocol.InputTensor(message.name, message.datatype, tuple(int(d) for d in message.shape), [])
         for message in request.inputs
     ]
 
 
-def infer_inputs(request: pb.ModelInferRequest) -> list[oip.InputTensor]:
+def infer_inputs(request: pb.ModelInferRequest) -> list[protocol.InputTensor]:
     """Every input of ``request`` as a flat array (or list of bytes), its contents checked against its
-    datatype and shape. Datatypes other than the model's are passed through for ``oip`` to reject."""
+    datatype and shape. Datatypes other than the model's are passed through for ``protocol`` to reject."""
     model = request.model_name
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
-        raise oip.ProtocolInvalidArgument(
+        raise protocol.ProtocolInvalidArgument(
             f"expected {len(request.inputs)} raw input contents (one per input) for model '{model}', "
             f"got {len(raw)}",
             field="raw_input_contents",
@@ -95,26 +95,26 @@ def infer_inputs(request: pb.ModelInferRequest) -> list[oip.InputTensor]:
         where = f"input '{name}' for model '{model}'"
         data: np.ndarray | list[bytes]
         if raw and message.HasField("contents"):
-            raise oip.ProtocolInvalidArgument(
+            raise protocol.ProtocolInvalidArgument(
                 f"contents field must not be specified when using raw_input_contents for {where}",
                 field=f"inputs[{i}].contents",
             )
-        if count < 0 or datatype not in (*oip.DTYPES, "BYTES"):
-            data = []  # oip rejects the shape or datatype with Triton's message
+        if count < 0 or datatype not in (*protocol.DTYPES, "BYTES"):
+            data = []  # protocol rejects the shape or datatype with Triton's message
         elif raw:
             if datatype == "BYTES":
                 data = unpack_bytes(raw[i], count, where, f"raw_input_contents[{i}]")
             else:
-                expected = count * oip.ELEMENT_BYTES[datatype]
+                expected = count * protocol.ELEMENT_BYTES[datatype]
                 if len(raw[i]) != expected:
-                    raise oip.ProtocolInvalidArgument(
+                    raise protocol.ProtocolInvalidArgument(
                         f"input byte size mismatch for {where}. Expected {expected}, got {len(raw[i])}",
                         field=f"raw_input_contents[{i}]",
                     )
-                data = np.frombuffer(raw[i], dtype=oip.DTYPES[datatype])
+                data = np.frombuffer(raw[i], dtype=protocol.DTYPES[datatype])
         else:
             data = _typed(message.contents, datatype, count, where, f"inputs[{i}].contents")
-        tensors.append(oip.InputTensor(name, datatype, shape, data))
+        tensors.append(protocol.InputTensor(name, datatype, shape, data))
     return tensors
 
 
@@ -129,19 +129,19 @@ def _typed(
     else:
         wide = np.asarray(contents.uint_contents, dtype=np.uint32)
         if wide.size and int(wide.max()) > 255:
-            raise oip.ProtocolInvalidArgument(
+            raise protocol.ProtocolInvalidArgument(
                 f"{where}: UINT8 values must be in 0..255", field=f"{field}.uint_contents"
             )
         values = wide.astype(np.uint8)
     if len(values) != count:
-        raise oip.ProtocolInvalidArgument(
+        raise protocol.ProtocolInvalidArgument(
             f"unexpected number of elements for {where}: the shape holds {count}, the contents {len(values)}",
             field=field,
         )
     return values
 
 
-def requested_outputs(request: pb.ModelInferRequest) -> list[oip.RequestedOutput]:
+def requested_outputs(request: pb.ModelInferRequest) -> list[protocol.RequestedOutput]:
     """The outputs asked for, with the classification extension's ``classification`` parameter."""
     outputs = []
     for i, message in enumerate(request.outputs):
@@ -149,16 +149,16 @@ def requested_outputs(request: pb.ModelInferRequest) -> list[oip.RequestedOutput
         if "classification" in message.parameters:
             parameter = message.parameters["classification"]
             if parameter.WhichOneof("parameter_choice") != "int64_param":
-                raise oip.ProtocolInvalidArgument(
+                raise protocol.ProtocolInvalidArgument(
                     "the classification parameter must be an int64", field=f"outputs[{i}].parameters"
                 )
             count = parameter.int64_param
-        outputs.append(oip.RequestedOutput(message.name, count))
+        outputs.append(protocol.RequestedOutput(message.name, count))
     return outputs
 
 
 def infer_response(
-    signature: oip.Signature, version: int, request_id: str, outputs: list[oip.OutputTensor]
+    signature: protocol.Signature, version: int, request_id: str, outputs: list[protocol.OutputTensor]
 ) -> pb.ModelInferResponse:
     response = pb.ModelInferResponse(model_name=signature.name, model_version=str(version), id=request_id)
     for output in outputs:
@@ -171,11 +171,11 @@ def infer_response(
     return response
 
 
-def _tensor_metadata(spec: oip.TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
+def _tensor_metadata(spec: protocol.TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
     return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=spec.shape)
 
 
-def metadata_response(signature: oip.Signature) -> pb.ModelMetadataResponse:
+def metadata_response(signature: protocol.Signature) -> pb.ModelMetadataResponse:
     return pb.ModelMetadataResponse(
         name=signature.name,
         versions=list(signature.versions),
@@ -185,7 +185,7 @@ def metadata_response(signature: oip.Signature) -> pb.ModelMetadataResponse:
     )
 
 
-def config_response(signature: oip.Signature, batch_delay_us: int | None) -> pb.ModelConfigResponse:
+def config_response(signature: protocol.Signature, batch_delay_us: int | None) -> pb.ModelConfigResponse:
     """The model's configuration in Triton's schema (dims without the batch dimension, which
     ``max_batch_size`` > 0 implies); ``batch_delay_us`` None: no dynamic batching."""
     config = config_pb.ModelConfig(
@@ -202,7 +202,7 @@ def config_response(signature: oip.Signature, batch_delay_us: int | None) -> pb.
             dims=list(spec.shape[1:]),
             optional=spec.optional,
             format=config_pb.ModelInput.FORMAT_NCHW
-            if spec.name == oip.PIXELS
+            if spec.name == protocol.PIXELS
             else config_pb.ModelInput.FORMAT_NONE,
         )
     for spec in signature.outputs:

@@ -42,7 +42,7 @@ from nnprobe_services.errors import (
     ServiceError,
 )
 from nnprobe_services.vision.classification import classify
-from nnprobe_services.vision.images import decode as images
+from nnprobe_services.vision.images import decode
 from nnprobe_services.vision.models.config import is_version_name
 from nnprobe_services.vision.models.registry import LoadedModel
 from nnprobe_services.vision.models.store import ModelStore
@@ -91,7 +91,7 @@ class OpenInference:
     server's ``batch_queue_size``); ``default_model``: the model whose readiness is the server's."""
 
     def __init__(
-        self, store: ModelStore, limits: images.ImageLimits, *, max_batch_size: int, default_model: str
+        self, store: ModelStore, limits: decode.ImageLimits, *, max_batch_size: int, default_model: str
     ) -> None:
         self.store = store
         self.limits = limits
@@ -263,22 +263,22 @@ class OpenInference:
                     field=f"outputs[{i}].parameters.classification",
                 )
 
-    def image_inputs(self, signature: Signature, inputs: Sequence[InputTensor]) -> list[images.ImageInput]:
+    def image_inputs(self, signature: Signature, inputs: Sequence[InputTensor]) -> list[decode.ImageInput]:
         """The request's one input as ``Classify``'s image inputs, after Triton's name, datatype and shape
         checks. FP32 pixels become (H, W, 3) float arrays (skip-resize path), UINT8 (H, W, 3) arrays,
-        BYTES the encoded images."""
+        BYTES the encoded decode."""
         self.check_inputs(signature, inputs)
         tensor = inputs[0]
         shape, batch = tensor.shape, tensor.shape[0]
         field = f"inputs[0].{tensor.name}"
         if tensor.datatype == "BYTES":
             assert isinstance(tensor.data, list)
-            return [images.ImageInput(data, None, f"{field}[{i}]") for i, data in enumerate(tensor.data)]
+            return [decode.ImageInput(data, None, f"{field}[{i}]") for i, data in enumerate(tensor.data)]
         assert isinstance(tensor.data, np.ndarray)
         array = tensor.data.reshape(shape)
         if tensor.name == PIXELS:
             array = array.transpose(0, 2, 3, 1)
-        return [images.ImageInput(b"", array[i], f"{field}[{i}]") for i in range(batch)]
+        return [decode.ImageInput(b"", array[i], f"{field}[{i}]") for i in range(batch)]
 
     def check_inputs(self, signature: Signature, inputs: Sequence[InputTensor]) -> None:
         """Triton's checks of the inputs' names, number, datatype, shape and batch size, which need no
@@ -328,7 +328,7 @@ class OpenInference:
         """(N, 3, H, W) float32 model input through ``Classify``'s decoding and preprocessing."""
         plain = self.image_inputs(signature, inputs)
         prep = self.store.describe(signature.name)[0].preprocessing
-        return images.model_inputs(plain, prep, self.limits, skip_resize=inputs[0].name == PIXELS)
+        return decode.model_inputs(plain, prep, self.limits, skip_resize=inputs[0].name == PIXELS)
 
     def outputs(
         self, signature: Signature, logits: np.ndarray, requested: Sequence[RequestedOutput]

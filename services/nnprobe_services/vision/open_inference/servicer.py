@@ -1,6 +1,6 @@
 """``inference.GRPCInferenceService`` (the Open Inference Protocol, as Triton and KServe speak it) on the
-vision server's port: each handler converts the message (``oip_messages``), runs the plain entry point
-(``workflow.Inference`` over the ``oip`` core) and converts back. ModelInfer shares the vision servicer's
+vision server's port: each handler converts the message (``convert``), runs the plain entry point
+(``workflow.Inference`` over the ``protocol`` core) and converts back. ModelInfer shares the vision servicer's
 model store, compute pool and dynamic batchers, so its images batch together with ``Classify``'s.
 
 Status RPCs (live, ready, metadata, config, repository index) are bookkeeping and run in a worker thread
@@ -21,8 +21,7 @@ from nnprobe.api.inference import grpc_service_pb2_grpc
 
 from nnprobe_services.errors import ServiceError, Unimplemented
 from nnprobe_services.vision.classification.workflow import deadline
-from nnprobe_services.vision.open_inference import convert as oip_messages
-from nnprobe_services.vision.open_inference import protocol as oip
+from nnprobe_services.vision.open_inference import convert, protocol
 from nnprobe_services.vision.open_inference.workflow import Inference
 
 #: Triton's extension names for what this server implements.
@@ -44,7 +43,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, vision: Any) -> None:
         self.compute = vision.compute
         config = vision.config
-        self.core = oip.OpenInference(
+        self.core = protocol.OpenInference(
             vision.models,
             vision.limits,
             max_batch_size=config.batch_queue_size,
@@ -70,16 +69,16 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
         signature = await asyncio.to_thread(self.inference.signature, request.name, request.version)
-        return oip_messages.metadata_response(signature)
+        return convert.metadata_response(signature)
 
     async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:
         signature = await asyncio.to_thread(self.inference.signature, request.name, request.version)
-        return oip_messages.config_response(signature, self.batch_delay_us)
+        return convert.config_response(signature, self.batch_delay_us)
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context
     ) -> pb.RepositoryIndexResponse:
-        return oip_messages.index_response(await asyncio.to_thread(self.inference.index, request.ready))
+        return convert.index_response(await asyncio.to_thread(self.inference.index, request.ready))
 
     # -- inference -----------------------------------------------------------------------------------
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
@@ -97,10 +96,10 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             yield pb.ModelStreamInferResponse(infer_response=response)
 
     async def _infer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
-        query = oip_messages.infer_query(request)
+        query = convert.infer_query(request)
         inferred = await self.compute.run(context, lambda stop: self.inference.prepare(query, stop))
         outputs = await self.inference.outputs(inferred, deadline(context.time_remaining()))
-        return oip_messages.infer_response(inferred.signature, inferred.served, query.id, outputs)
+        return convert.infer_response(inferred.signature, inferred.served, query.id, outputs)
 
     # -- extensions not offered ----------------------------------------------------------------------
     async def SystemSharedMemoryStatus(self, request, context) -> pb.SystemSharedMemoryStatusResponse:

@@ -12,7 +12,7 @@ import numpy as np
 
 from nnprobe_services.errors import StopSignal
 from nnprobe_services.vision.classification.workflow import Classification, Prepared
-from nnprobe_services.vision.open_inference import protocol as oip
+from nnprobe_services.vision.open_inference import protocol
 from nnprobe_services.vision.open_inference.values import (
     InputTensor,
     OutputTensor,
@@ -49,7 +49,7 @@ class Inference:
     """The protocol's entry points over ``core`` and ``classification`` (whose store, batchers and limits
     ``Classify`` shares)."""
 
-    def __init__(self, core: oip.OpenInference, classification: Classification) -> None:
+    def __init__(self, core: protocol.OpenInference, classification: Classification) -> None:
         self.core = core
         self.classification = classification
 
@@ -58,11 +58,11 @@ class Inference:
 
     def model_ready(self, name: str, version: str) -> bool:
         resolved, served = self.core.resolve(name, version)
-        return self.core.state(resolved, served)[0] == oip.READY
+        return self.core.state(resolved, served)[0] == protocol.READY
 
     def index(self, ready_only: bool) -> list[tuple[str, str, str, str]]:
         rows = self.core.index()
-        return [row for row in rows if row[2] == oip.READY] if ready_only else rows
+        return [row for row in rows if row[2] == protocol.READY] if ready_only else rows
 
     def prepare(self, query: InferQuery, stop: StopSignal) -> Inferred:
         """Triton's checks in Triton's order, then the model input and the model; the results too when

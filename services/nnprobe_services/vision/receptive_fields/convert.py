@@ -1,6 +1,6 @@
 """ComputeReceptiveField messages to plain values and back: ``field_request`` builds the core's
 ``FieldRequest`` (checking what the message alone can tell), ``field_response`` turns a ``FieldResult`` into
-the response. The work itself is ``rf_request.compute``."""
+the response. The work itself is ``workflow.compute``."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from nnprobe_services import validation as valid
 from nnprobe_services.errors import InvalidArgument
 from nnprobe_services.vision.images.decode import ImageInput
 from nnprobe_services.vision.receptive_fields import arithmetic as rf
-from nnprobe_services.vision.receptive_fields import boxes as rf_boxes
-from nnprobe_services.vision.receptive_fields import workflow as rf_request
+from nnprobe_services.vision.receptive_fields import boxes, workflow
 
 KINDS = {
     pb.LAYER_KIND_UNSPECIFIED: "conv",
@@ -33,7 +32,7 @@ KIND_CODES = {
 
 
 # -- request ---------------------------------------------------------------------------------------------
-def field_request(request: pb.ComputeReceptiveFieldRequest, max_elements: int) -> rf_request.FieldRequest:
+def field_request(request: pb.ComputeReceptiveFieldRequest, max_elements: int) -> workflow.FieldRequest:
     """The plain request; raises ``InvalidArgument``/``ResourceExhausted`` naming the field at fault.
 
     Decodes a raw plot ``Tensor`` (up to ``max_elements`` values), so it belongs in a compute thread.
@@ -59,13 +58,13 @@ def field_request(request: pb.ComputeReceptiveFieldRequest, max_elements: int) -
         samples = valid.positive(
             options.num_samples,
             "effective_field.num_samples",
-            default=rf_request.DEFAULT_ERF_SAMPLES,
-            maximum=rf_request.MAX_ERF_SAMPLES,
+            default=workflow.DEFAULT_ERF_SAMPLES,
+            maximum=workflow.MAX_ERF_SAMPLES,
         )
         unit = (options.unit.layer, options.unit.x, options.unit.y) if options.HasField("unit") else None
         weight_seed = request.model.seed if has_model else options.seed
-        effective = rf_request.EffectiveOptions(samples, options.seed, weight_seed, unit)
-    return rf_request.FieldRequest(
+        effective = workflow.EffectiveOptions(samples, options.seed, weight_seed, unit)
+    return workflow.FieldRequest(
         origin=origin,
         layers=layers,
         model=model,
@@ -147,7 +146,7 @@ def _layer_spec(layer: pb.LayerSpec, index: int) -> rf.LayerSpec:
 
 
 # -- response --------------------------------------------------------------------------------------------
-def field_response(result: rf_request.FieldResult) -> pb.ComputeReceptiveFieldResponse:
+def field_response(result: workflow.FieldResult) -> pb.ComputeReceptiveFieldResponse:
     """The response message of ``result``."""
     response = pb.ComputeReceptiveFieldResponse(
         layers=[_layer_message(f, result.origin) for f in result.fields],
@@ -186,7 +185,7 @@ def field_response(result: rf_request.FieldResult) -> pb.ComputeReceptiveFieldRe
     return response
 
 
-def _effective_message(effective: rf_request.EffectiveResult, origin: Fraction) -> pb.EffectiveField:
+def _effective_message(effective: workflow.EffectiveResult, origin: Fraction) -> pb.EffectiveField:
     layer, x, y = effective.unit
     summary = effective.summary
     return pb.EffectiveField(
@@ -228,8 +227,8 @@ def _layer_message(field: rf.LayerField, origin: Fraction) -> pb.LayerField:
     )
 
 
-def _unit_message(unit: rf_boxes.UnitField) -> pb.UnitField:
-    def interval(span: rf_boxes.Span) -> pb.Interval:
+def _unit_message(unit: boxes.UnitField) -> pb.UnitField:
+    def interval(span: boxes.Span) -> pb.Interval:
         return pb.Interval(start=float(span.start), center=float(span.center), end=float(span.end))
 
     return pb.UnitField(

@@ -1,6 +1,6 @@
 """Empirical receptive fields: the back-propagation proof of the analytic boxes and the effective field.
 
-* Proof: a gradient-transparent copy of the network (``rf_twin``: activations and normalisation removed,
+* Proof: a gradient-transparent copy of the network (``twin``: activations and normalisation removed,
   max-pooling replaced by average pooling of the same geometry, every convolution weight set to 1/fan_in,
   biases 0, merges turned into additions, global gates held constant) is linear with positive weights, so
   nothing cancels: the input gradient of one unit is non-zero exactly on the pixels connected to it. Its
@@ -34,7 +34,7 @@ from nnprobe_services.vision.receptive_fields.arithmetic import (
     output_size,
     windows,
 )
-from nnprobe_services.vision.receptive_fields.frontends import trace_worker as rf_trace_worker
+from nnprobe_services.vision.receptive_fields.frontends import trace_worker
 from nnprobe_services.vision.receptive_fields.ir import Capture
 from nnprobe_services.vision.receptive_fields.propagate import Analysis
 from nnprobe_services.vision.receptive_fields.twin import Canonical, TransparentTwin
@@ -169,7 +169,7 @@ def _truncate(gm: fx.GraphModule, names: Sequence[tuple[str, str]]) -> fx.GraphM
 
 
 def twin_probe(capture: Capture, layers: Sequence[str], device: torch.device) -> tuple[Probe, int]:
-    """The gradient-transparent twin (``rf_twin``) of a capture, returning the named layers, and its input
+    """The gradient-transparent twin (``twin``) of a capture, returning the named layers, and its input
     channels. Raises ``Unsupported`` when a layer on the way has no field."""
     run = Analysis(capture, Fraction(1, 2), False)
     fields = [v.field for v in run.values.values() if v.field is not None]
@@ -195,13 +195,13 @@ def model_probe(
     """A probe over model ``name`` (captured at ``input_size``, default the model's own) returning the
     named layers.
 
-    ``weights``: ``transparent`` (the twin of ``rf_twin``) or ``random``: the captured ATen graph, cut at the
+    ``weights``: ``transparent`` (the twin of ``twin``) or ``random``: the captured ATen graph, cut at the
     requested layers, with PyTorch's default initialisation of the model's layers drawn from a private
     generator seeded with ``seed`` (see ``initialise``), so the classifier never costs memory.
     """
     side = catalogue.default_input_size(name)
     size = input_size or (side, side)
-    capture, graph = rf_trace_worker.captured(name, size)
+    capture, graph = trace_worker.captured(name, size)
     if weights == "transparent":
         return twin_probe(capture, layers, device)
     sources = [(layer, capture.node(layer).source) for layer in layers]

@@ -1,5 +1,5 @@
-"""Receptive fields of whole models: capture (``rf_trace_worker``), propagate (``rf_propagate``), then pick
-the end point and the layers on its local paths.
+"""Receptive fields of whole models: capture (``frontends.trace_worker``), propagate (``propagate``), then
+pick the end point and the layers on its local paths.
 
 The default end point is the network's last spatial feature map (global pooling and the classifier excluded);
 its jump is the model's own final stride. A unit's field is the union over its paths; misaligned merges and
@@ -29,7 +29,7 @@ from nnprobe_services.vision.receptive_fields.catalogue import (  # noqa: F401  
     build,
     default_input_size,
 )
-from nnprobe_services.vision.receptive_fields.frontends import trace_worker as rf_trace_worker
+from nnprobe_services.vision.receptive_fields.frontends import trace_worker
 from nnprobe_services.vision.receptive_fields.ir import AdaptivePool, Capture
 from nnprobe_services.vision.receptive_fields.propagate import Analysis
 
@@ -59,17 +59,17 @@ def analyse(
     strict: bool = False,
 ) -> GraphField:
     """A named model (``analyse_model``) or, when ``onnx`` holds bytes, an ONNX model read from its graph
-    (``rf_onnx.read``; ``name`` then only labels it)."""
+    (``onnx_reader.read``; ``name`` then only labels it)."""
     if not onnx:
         return analyse_model(name, input_size, origin, end_point, strict=strict)
-    from nnprobe_services.vision.receptive_fields.frontends import onnx_reader as rf_onnx
+    from nnprobe_services.vision.receptive_fields.frontends import onnx_reader
 
-    capture = rf_onnx.read(onnx, input_size, name or "onnx model")
+    capture = onnx_reader.read(onnx, input_size, name or "onnx model")
     return analyse_capture(capture, origin, end_point, strict=strict)
 
 
 def analyse_program(
-    program: rf_trace_worker.Program,
+    program: trace_worker.Program,
     input_size: tuple[int, int],
     origin: Fraction,
     end_point: str | None,
@@ -78,13 +78,13 @@ def analyse_program(
 ) -> GraphField:
     """A ``torch.export`` archive of the model repository, captured from its program's module at
     ``input_size`` in the worker process (cached per file and size)."""
-    capture = rf_trace_worker.captured_program(program, input_size)[0]
+    capture = trace_worker.captured_program(program, input_size)[0]
     return analyse_capture(capture, origin, end_point, strict=strict)
 
 
 def captured(name: str, input_size: tuple[int, int]) -> Capture:
     """The capture of model ``name`` at ``input_size`` (cached; captured in a worker process)."""
-    return rf_trace_worker.captured(name, input_size)[0]
+    return trace_worker.captured(name, input_size)[0]
 
 
 def analyse_model(
@@ -134,9 +134,9 @@ def analyse_module(
     strict: bool = False,
 ) -> GraphField:
     """Capture ``module`` in this process (tests, small modules) and analyse it."""
-    from nnprobe_services.vision.receptive_fields.frontends import torch_capture as rf_capture
+    from nnprobe_services.vision.receptive_fields.frontends import torch_capture
 
-    capture, _ = rf_capture.capture(module, name, input_size, channels, None)
+    capture, _ = torch_capture.capture(module, name, input_size, channels, None)
     return analyse_capture(capture, origin, end_point, strict=strict)
 
 

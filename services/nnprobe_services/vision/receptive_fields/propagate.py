@@ -1,4 +1,4 @@
-"""The receptive field of every node of a captured graph (``rf_ir``), whatever front-end produced it.
+"""The receptive field of every node of a captured graph (``ir``), whatever front-end produced it.
 
 Each tensor's height and width axes are followed through layout changes (NCHW <-> NHWC permutes, reshapes that
 keep both axes, linear layers over channels). Convolutions, pooling, padding, slicing along an image axis,

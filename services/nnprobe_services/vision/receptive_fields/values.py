@@ -1,4 +1,4 @@
-"""The receptive-field request and result as plain values (no gRPC): what ``rf_request.compute`` takes and
+"""The receptive-field request and result as plain values (no gRPC): what ``workflow.compute`` takes and
 answers, and the limits on its back-propagation checks. Sizes are (height, width) in input pixels; ``origin``
 is where the first pixel's centre lies, a fraction of a pixel from its edge.
 """
@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from nnprobe_services.vision.images import decode as images
+from nnprobe_services.vision.images import decode
 from nnprobe_services.vision.receptive_fields import arithmetic as rf
-from nnprobe_services.vision.receptive_fields import boxes as rf_boxes
-from nnprobe_services.vision.receptive_fields import empirical as rf_empirical
-from nnprobe_services.vision.receptive_fields import graph as rf_graph
+from nnprobe_services.vision.receptive_fields import boxes, empirical
+from nnprobe_services.vision.receptive_fields.graph import GraphField
 
 #: Largest input (height * width) the back-propagation checks run on.
 MAX_EMPIRICAL_PIXELS = 1024 * 1024
@@ -55,7 +54,7 @@ class FieldRequest:
     verify: bool = False
     effective: EffectiveOptions | None = None
     plot: bool = False
-    picture: images.ImageInput | None = None
+    picture: decode.ImageInput | None = None
     max_elements: int = 50_000_000
     onnx: bytes = b""
     strict: bool = False
@@ -98,7 +97,7 @@ class RepositoryModel:
 class Verification:
     """Where the input gradient of one unit is non-zero, and whether that box equals the computed field."""
 
-    box: rf_empirical.GradientBox
+    box: empirical.GradientBox
     matches: bool
 
 
@@ -108,8 +107,8 @@ class EffectiveResult:
     (H, W) float64 and its summary."""
 
     unit: Unit
-    field: rf_boxes.UnitField
-    summary: rf_empirical.EffectiveField
+    field: boxes.UnitField
+    summary: empirical.EffectiveField
 
 
 @dataclass
@@ -120,11 +119,11 @@ class FieldResult:
     end_point: str
     input_size: tuple[int, int]
     origin: Fraction
-    units: list[rf_boxes.UnitField]
+    units: list[boxes.UnitField]
     model: str = ""
     verifications: list[Verification] = field(default_factory=list)
     verified: bool = False
     effective: EffectiveResult | None = None
     plot_png: bytes = b""
-    #: For models: the capture, global context and misaligned merges (``rf_graph.GraphField``).
-    graph: rf_graph.GraphField | None = None
+    #: For models: the capture, global context and misaligned merges (``GraphField``).
+    graph: GraphField | None = None

@@ -1,15 +1,14 @@
-"""The receptive-field workflow with plain inputs and outputs (no gRPC): the layer fields of a layer list or
-a model, the fields of chosen units, their proof by back-propagation, the effective field, and a picture.
-
+"""The receptive-field workflow with plain inputs and outputs (no gRPC): the layer fields of a layer list or a
+model, the fields of chosen units, their proof by back-propagation, the effective field, and a picture.
 ``compute(FieldRequest, device, should_stop, models) -> FieldResult`` is the one entry point; the servicer
 only converts the protobuf request to a ``FieldRequest`` and the ``FieldResult`` back. A model name that the
 model repository of ``models`` holds names that model: its ``model.onnx`` is read from its graph
-(``rf_onnx``), its ``model.pt2`` captured from its exported program (``rf_trace_worker``), at its configured
-input size by default; ``verify`` runs the transparent twin of the graph read. Sizes are (height, width)
-in input pixels; positions are fractions of a pixel measured from the first pixel's edge (``origin`` is
-where the first pixel's centre lies, 1/2 by default). Errors are ``nnprobe_services.errors`` classes naming
-the request field at fault; ``should_stop`` is polled between units, samples and drawing steps.
-"""
+(``frontends.onnx_reader``), its ``model.pt2`` captured from its exported program
+(``frontends.trace_worker``), at its configured input size by default; ``verify`` runs the transparent twin of
+the graph read. Sizes are (height, width) in input pixels; positions are fractions of a pixel measured from
+the first pixel's edge (``origin`` is where the first pixel's centre lies, 1/2 by default). Errors are
+``nnprobe_services.errors`` classes naming the request field at fault; ``should_stop`` is polled between
+units, samples and drawing steps."""
 
 from __future__ import annotations
 
@@ -28,16 +27,12 @@ from nnprobe_services.errors import (
     ServiceError,
     ShouldStop,
 )
-from nnprobe_services.vision.images import decode as images
+from nnprobe_services.vision.images import decode
 from nnprobe_services.vision.models import artifacts
 from nnprobe_services.vision.models.store import ModelLimits, ModelStore
 from nnprobe_services.vision.receptive_fields import arithmetic as rf
-from nnprobe_services.vision.receptive_fields import boxes as rf_boxes
-from nnprobe_services.vision.receptive_fields import empirical as rf_empirical
-from nnprobe_services.vision.receptive_fields import graph as rf_graph
-from nnprobe_services.vision.receptive_fields import plot as rf_plot
-from nnprobe_services.vision.receptive_fields.frontends import onnx_reader as rf_onnx
-from nnprobe_services.vision.receptive_fields.frontends import trace_worker as rf_trace_worker
+from nnprobe_services.vision.receptive_fields import boxes, empirical, graph, plot
+from nnprobe_services.vision.receptive_fields.frontends import onnx_reader, trace_worker
 from nnprobe_services.vision.receptive_fields.values import (
     DEFAULT_ERF_SAMPLES,
     MAX_EMPIRICAL_PIXELS,
@@ -51,7 +46,7 @@ from nnprobe_services.vision.receptive_fields.values import (
     Verification,
 )
 
-#: The request and result values live in ``rf_values``; they are named here too, with the entry point.
+#: The request and result values live in ``values``; they are named here too, with the entry point.
 __all__ = [
     "DEFAULT_ERF_SAMPLES",
     "MAX_EMPIRICAL_PIXELS",
@@ -146,12 +141,12 @@ def _compute(
         artifacts.check_onnx_bytes(
             request.onnx,
             max_nodes=limits.max_nodes,
-            max_bytes=min(limits.max_bytes, rf_onnx.MAX_ONNX_BYTES),
+            max_bytes=min(limits.max_bytes, onnx_reader.MAX_ONNX_BYTES),
             field="model.onnx",
         )
     picture = None
     if request.picture is not None:
-        picture = images.plot_picture(request.picture, rf_plot.MAX_IMAGE_PIXELS)
+        picture = decode.plot_picture(request.picture, plot.MAX_IMAGE_PIXELS)
     user = repository_model(request, models)
     input_size = _input_size(request, picture, user)
     graph, fields, end, resolve = _layer_fields(request, input_size, user)
@@ -163,13 +158,11 @@ def _compute(
         (resolve(layer, f"units[{i}].layer"), x, y, i) for i, (layer, x, y) in enumerate(request.units)
     ]
     if not queries and (request.verify or request.plot):
-        x, y = rf_boxes.center_unit(next(f for f in fields if f.name == end))
+        x, y = boxes.center_unit(next(f for f in fields if f.name == end))
         queries = [(end, x, y, -1)]
     origin = request.origin
     units = [
-        rf_boxes.unit_field(
-            fields, layer, x, y, input_size, origin, field=f"units[{i}]" if i >= 0 else "units"
-        )
+        boxes.unit_field(fields, layer, x, y, input_size, origin, field=f"units[{i}]" if i >= 0 else "units")
         for layer, x, y, i in queries
     ]
     result = FieldResult(fields, end, input_size, origin, units, model=request.model, graph=graph)
@@ -204,9 +197,9 @@ def _input_size(
     elif user is not None:
         size = user.input_size
     elif request.onnx:
-        size = rf_onnx.declared_size(request.onnx) or (224, 224)
+        size = onnx_reader.declared_size(request.onnx) or (224, 224)
     elif request.model:
-        side = rf_graph.default_input_size(request.model)
+        side = graph.default_input_size(request.model)
         size = (side, side)
     else:
         raise InvalidArgument("is required with `layers` (height and width of the input)", field="input_size")
@@ -231,30 +224,30 @@ Resolver = Callable[[str, str], str]
 
 def _layer_fields(
     request: FieldRequest, input_size: tuple[int, int], user: RepositoryModel | None
-) -> tuple[rf_graph.GraphField | None, list[rf.LayerField], str, Resolver]:
+) -> tuple[graph.GraphField | None, list[rf.LayerField], str, Resolver]:
     """The model's analysis (None for a layer list), the fields up to the end point, the end point's name,
     and a resolver of layer names in requests."""
     if user is not None:
         end_point = request.end_point or None
         if user.format == "onnx":
-            graph = rf_graph.analyse(
+            analysis = graph.analyse(
                 user.name, _onnx_bytes(user), input_size, request.origin, end_point, strict=request.strict
             )
         else:
             stat = user.path.stat()
-            program = rf_trace_worker.Program(
+            program = trace_worker.Program(
                 user.name,
                 str(user.path),
                 (stat.st_ino, stat.st_size, stat.st_mtime_ns),
                 user.max_nodes,
                 user.max_bytes,
             )
-            graph = rf_graph.analyse_program(
+            analysis = graph.analyse_program(
                 program, input_size, request.origin, end_point, strict=request.strict
             )
-        return graph, graph.fields, graph.end_point, graph.resolve
+        return analysis, analysis.fields, analysis.end_point, analysis.resolve
     if request.has_model:
-        graph = rf_graph.analyse(
+        analysis = graph.analyse(
             request.model,
             request.onnx,
             input_size,
@@ -262,7 +255,7 @@ def _layer_fields(
             request.end_point or None,
             strict=request.strict,
         )
-        return graph, graph.fields, graph.end_point, graph.resolve
+        return analysis, analysis.fields, analysis.end_point, analysis.resolve
     fields = rf.analyse_layers(list(request.layers or []), input_size, request.origin)
     names = [f.name for f in fields]
 
@@ -294,52 +287,52 @@ def _onnx_bytes(user: RepositoryModel) -> bytes:
     return model.SerializeToString()
 
 
-Prober = Callable[[list[str], str, int], tuple[rf_empirical.Probe, int]]
+Prober = Callable[[list[str], str, int], tuple[empirical.Probe, int]]
 
 
 def _prober(
     request: FieldRequest,
     input_size: tuple[int, int],
     device: torch.device,
-    graph: rf_graph.GraphField | None,
+    graph: graph.GraphField | None,
     user: RepositoryModel | None,
 ) -> Prober:
     """A builder of networks that expose the named layers' outputs, with ``transparent`` or ``random``
     weights (drawn from a seed). ONNX and repository models have the transparent twin of their graph
     only."""
 
-    def probe(layers: list[str], weights: str, seed: int = 0) -> tuple[rf_empirical.Probe, int]:
+    def probe(layers: list[str], weights: str, seed: int = 0) -> tuple[empirical.Probe, int]:
         if graph is not None and (graph.frontend == "onnx" or user is not None):
             if weights != "transparent":
                 what = "a model of the model repository" if user is not None else "an ONNX one"
                 raise FailedPrecondition(f"needs a named model, not {what}", field="effective_field")
-            return rf_empirical.twin_probe(graph.capture, layers, device)
+            return empirical.twin_probe(graph.capture, layers, device)
         if request.model:
-            return rf_empirical.model_probe(
+            return empirical.model_probe(
                 request.model, layers, device, weights=weights, seed=seed, input_size=input_size
             )
         specs = list(request.layers or [])
-        return rf_empirical.chain_probe(specs, input_size, device, weights=weights, seed=seed)
+        return empirical.chain_probe(specs, input_size, device, weights=weights, seed=seed)
 
     return probe
 
 
 def _verify(
-    units: list[rf_boxes.UnitField],
+    units: list[boxes.UnitField],
     probe: Prober,
     input_size: tuple[int, int],
     device: torch.device,
     should_stop: ShouldStop,
 ) -> list[Verification]:
     network, channels = probe(sorted({u.layer for u in units}), "transparent", 0)
-    boxes = rf_empirical.gradient_boxes(
+    proven = empirical.gradient_boxes(
         network, channels, input_size, device, [(u.layer, u.x, u.y) for u in units], should_stop
     )
     return [
         Verification(
             box, (box.first_row, box.last_row, box.first_column, box.last_column) == (*u.rows, *u.columns)
         )
-        for u, box in zip(units, boxes, strict=True)
+        for u, box in zip(units, proven, strict=True)
     ]
 
 
@@ -359,19 +352,19 @@ def _effective_field(
         layer = resolve(layer, "effective_field.unit.layer")
     else:
         layer = end
-        x, y = rf_boxes.center_unit(next(f for f in fields if f.name == end))
-    unit = rf_boxes.unit_field(fields, layer, x, y, input_size, origin, field="effective_field.unit")
+        x, y = boxes.center_unit(next(f for f in fields if f.name == end))
+    unit = boxes.unit_field(fields, layer, x, y, input_size, origin, field="effective_field.unit")
     network, channels = probe([layer], "random", options.weight_seed)
-    grad_map = rf_empirical.gradient_map(
+    grad_map = empirical.gradient_map(
         network, channels, input_size, device, (layer, x, y), options.num_samples, options.seed, should_stop
     )
-    summary = rf_empirical.summarise(grad_map, (*unit.rows, *unit.columns), options.num_samples)
+    summary = empirical.summarise(grad_map, (*unit.rows, *unit.columns), options.num_samples)
     return EffectiveResult((layer, x, y), unit, summary)
 
 
 def _plot(result: FieldResult, picture: np.ndarray | None, should_stop: ShouldStop) -> bytes:
     effective = result.effective
-    return rf_plot.render(
+    return plot.render(
         result.input_size,
         float(result.origin),
         result.units,

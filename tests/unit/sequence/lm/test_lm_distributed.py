@@ -13,7 +13,7 @@ import torch
 from nnprobe_services.errors import FailedPrecondition
 from nnprobe_services.sequence.lm.model import TrainingConfig
 from nnprobe_services.sequence.lm.training import Event, Trainer
-from nnprobe_services.sequence.lm.validation import check_workers_fit as _check_workers_fit
+from nnprobe_services.sequence.lm.training_checks import check_workers_fit as _check_workers_fit
 from torch import nn
 
 CONFIG = TrainingConfig(

@@ -16,7 +16,7 @@ from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe_services.errors import InvalidArgument
 from nnprobe_services.sequence.lm.convert import given_config, request_digest
 from nnprobe_services.sequence.lm.corpus import Corpus, Split
-from nnprobe_services.sequence.lm.validation import request_id, training_config
+from nnprobe_services.sequence.lm.training_checks import request_id, training_config
 
 ACCEPTED = re.compile(r"[!-~]{0,128}")
 keys = st.one_of(

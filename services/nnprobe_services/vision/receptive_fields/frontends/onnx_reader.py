@@ -1,4 +1,4 @@
-"""ONNX models read into the receptive-field graph (``rf_ir``) from their graph alone, without running them.
+"""ONNX models read into the receptive-field graph (``ir``) from their graph alone, without running them.
 
 The image input is fixed to (1, C, H, W) at the requested size and ONNX's shape inference gives every
 tensor's shape; operators map onto the same typed operations as the PyTorch front-end (through the registry

@@ -1,7 +1,7 @@
 """The data an ONNX model sent as bytes holds, read safely: node attributes, embedded tensors as NumPy arrays
 (``InvalidSpec`` on ``model.onnx`` when they do not match their type and shape), constants, and the refusal of
-external data (which would be read from the server's own files). ``rf_onnx`` maps the graph; this module
-only decodes what the graph carries.
+external data (which would be read from the server's own files). ``frontends.onnx_reader`` maps the graph;
+this module only decodes what the graph carries.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
-"""PyTorch models captured into the receptive-field graph (``rf_ir``), at a static input size.
-
-``torch.export`` first (non-strict, at the request's input size: Python that depends only on shapes, such as
-TensorFlow-style "same" padding, is specialised away), ``torch.fx.symbolic_trace`` as the fallback (its graph
-is then lowered to ATen by ``make_fx`` on the same static shape). Both give an ATen graph, whose nodes
-``lower`` maps onto the typed operations of ``rf_ir`` through the registry of ``torch_lowerings``. Runs on
-the ``meta`` device: no memory, no compute. Call it in a worker process (``rf_trace_worker``): tracing patches
-process-global state.
+"""PyTorch models captured into the receptive-field graph (``ir``), at a static input size.  ``torch.export``
+first (non-strict, at the request's input size: Python that depends only on shapes, such as TensorFlow-style
+"same" padding, is specialised away), ``torch.fx.symbolic_trace`` as the fallback (its graph is then lowered
+to ATen by ``make_fx`` on the same static shape). Both give an ATen graph, whose nodes ``lower`` maps onto the
+typed operations of ``ir`` through the registry of ``torch_lowerings``. Runs on the ``meta`` device: no
+memory, no compute. Call it in a worker process (``frontends.trace_worker``): tracing patches process-global
+state.
 
 Node names follow torch.fx's: a node that ends a call of a ``torch.nn`` module is named by the module path
 (``layer1_0_conv1``; ``layer1_0_relu_1`` for its second call), any other by its operation and a counter
@@ -56,7 +55,7 @@ def _stack(node: fx.Node) -> list[tuple[str, str, Any]]:
 
 
 def lower(gm: fx.GraphModule, model: str, frontend: str, final_stride: int | None) -> Capture:
-    """Map an ATen graph (placeholder = the input image, parameters as get_attr) onto ``rf_ir``."""
+    """Map an ATen graph (placeholder = the input image, parameters as get_attr) onto ``ir``."""
     nodes = [n for n in gm.graph.nodes]
     placeholders = [n for n in nodes if n.op == "placeholder"]
     if len(placeholders) != 1:

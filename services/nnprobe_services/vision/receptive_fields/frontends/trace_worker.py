@@ -1,4 +1,5 @@
-"""Models captured (``rf_capture``: torch.export, torch.fx) in a child process, never in the server process.
+"""Models captured (``torch_capture``: torch.export, torch.fx) in a child process, never in the server
+process.
 
 Tracing patches process-global state while it runs (``torch.fx.symbolic_trace`` patches
 ``torch.nn.Module.__call__`` and ``__getattr__``; export installs dispatch modes): two traces at once, or a
@@ -7,7 +8,7 @@ installed for every later forward pass of the process. So one spawned worker pro
 ``ProcessPoolExecutor`` with a single worker, created on first use) builds each model on the meta device and
 captures it, and the server process caches the result per (model name, input size).
 
-The result is the receptive-field graph (``rf_ir.Capture``, plain data) and the runnable ATen graph, which
+The result is the receptive-field graph (``ir.Capture``, plain data) and the runnable ATen graph, which
 comes back as plain data (its nodes, and the attributes they use) and is rebuilt here with
 ``fx.Graph.create_node``: unpickling a ``GraphModule`` itself would re-trace its generated code in this
 process.
@@ -209,16 +210,16 @@ def capture_in_child(key: tuple[str | Program, tuple[int, int]]) -> tuple[Captur
     """Runs in the worker process: build model ``name`` on the meta device (or load a repository
     ``Program``), capture it at ``size``."""
     from nnprobe_services.vision.receptive_fields import catalogue
-    from nnprobe_services.vision.receptive_fields.frontends import torch_capture as rf_capture
+    from nnprobe_services.vision.receptive_fields.frontends import torch_capture
 
     source, size = key
     if isinstance(source, Program):
         name = source.label
-        capture, gm = rf_capture.capture(_program_module(source, size), name, size, 3, None)
+        capture, gm = torch_capture.capture(_program_module(source, size), name, size, 3, None)
     else:
         name = source
         model = catalogue.build(name, "meta")
-        capture, gm = rf_capture.capture(
+        capture, gm = torch_capture.capture(
             model, name, size, catalogue.input_channels(model), catalogue.final_stride(model)
         )
     traced = flatten(gm)
