@@ -23,14 +23,13 @@ import grpc
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe.api.sequence.v1 import sequence_pb2_grpc
 
-from nnprobe_services.errors import ShouldStop, Unavailable
+from nnprobe_services.errors import ShouldStop
 from nnprobe_services.sequence.jobs.metrics import JobCollector
-from nnprobe_services.sequence.jobs.watch import JobChanges, follow, until_stopped
+from nnprobe_services.sequence.jobs.watch import JobChanges
 from nnprobe_services.sequence.lm import convert as lm_convert
 from nnprobe_services.sequence.lm import queries
 from nnprobe_services.sequence.lm import workflow as lm_workflow
 from nnprobe_services.sequence.lm.corpus import CorpusStore
-from nnprobe_services.sequence.lm.training_jobs import CANCEL_WAIT_SECONDS
 from nnprobe_services.sequence.recurrent import convert, workflow
 from nnprobe_services.server.app import Registration, Runtime
 from nnprobe_services.server.metrics import metrics_for
@@ -104,16 +103,8 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
 
     async def WatchJob(self, request, context):
         cursor = lm_convert.watch_cursor(request)
-        async for event in follow(self.jobs, self.changes, request.job_id, cursor, until=self.drained.is_set):
-            cursor = event.sequence
+        async for event in lm_workflow.watch(self.jobs, self.changes, request.job_id, cursor, self.drained):
             yield lm_convert.watch_reply(event)
-        if self.drained.is_set() and await asyncio.to_thread(
-            lm_workflow.is_active, self.jobs, request.job_id
-        ):
-            raise Unavailable(
-                f"this replica is shutting down and job {request.job_id} goes on elsewhere; watch again "
-                f"with after_sequence={cursor}"
-            )
 
     async def ListJobs(self, request, context):
         states, limit = lm_convert.job_filter(request)
@@ -131,14 +122,11 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
         return await asyncio.to_thread(read)
 
     async def CancelJob(self, request, context):
-        if await asyncio.to_thread(self.jobs.request_cancel, request.job_id):
-            await until_stopped(self.jobs, self.changes, request.job_id, CANCEL_WAIT_SECONDS)
-        job = await asyncio.to_thread(lm_workflow.job_view, self.jobs, request.job_id)
-        return lm_convert.cancel_reply(job)
+        return lm_convert.cancel_reply(await lm_workflow.cancel(self.jobs, self.changes, request.job_id))
 
     async def ResumeJob(self, request, context):  # reads the checkpoint: computation
-        job = await self.compute.run(context, lambda _stop: self.jobs.resume(request.job_id))
-        return lm_convert.resume_reply(await asyncio.to_thread(lm_workflow.view, self.jobs, job))
+        job = await self.compute.run(context, lambda _stop: lm_workflow.resume(self.jobs, request.job_id))
+        return lm_convert.resume_reply(job)
 
     # -- using a trained model -----------------------------------------------------------------------
     async def EvaluatePerplexity(self, request, context):

@@ -8,16 +8,20 @@ they compute (reading a corpus or checkpoint, rendering a plot)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from nnprobe_services.errors import Unavailable
 from nnprobe_services.sequence.jobs.replica import Leases, default_replica_id
 from nnprobe_services.sequence.jobs.store import ACTIVE, EventRecord, JobRecord
+from nnprobe_services.sequence.jobs.watch import JobChanges, follow, until_stopped
 from nnprobe_services.sequence.lm import plots, supervisor, training_checks
 from nnprobe_services.sequence.lm.corpus import CorpusStore
-from nnprobe_services.sequence.lm.training_jobs import JobManager
+from nnprobe_services.sequence.lm.training_jobs import CANCEL_WAIT_SECONDS, JobManager
 from nnprobe_services.server.config import ServerConfig
 
 #: Events read from the store at once when a job's whole history is asked for.
@@ -136,3 +140,33 @@ def job_history(jobs: JobManager, job_id: str) -> list[EventRecord]:
         events.extend(batch)
         if len(batch) < HISTORY_BATCH:
             return events
+
+
+async def watch(
+    jobs: JobManager, changes: JobChanges, job_id: str, after: int, drained: asyncio.Event
+) -> AsyncIterator[EventRecord]:
+    """The job's events after sequence ``after``, then live ones until the job stops (no thread held while
+    idle). When this replica drains while the job goes on elsewhere, the stream ends with ``Unavailable``
+    naming the cursor to watch again with (``after_sequence``)."""
+    cursor = after
+    async for event in follow(jobs, changes, job_id, after, until=drained.is_set):
+        cursor = event.sequence
+        yield event
+    if drained.is_set() and await asyncio.to_thread(is_active, jobs, job_id):
+        raise Unavailable(
+            f"this replica is shutting down and job {job_id} goes on elsewhere; watch again "
+            f"with after_sequence={cursor}"
+        )
+
+
+async def cancel(jobs: JobManager, changes: JobChanges, job_id: str) -> JobView:
+    """Ask the job to stop and wait (at most ``CANCEL_WAIT_SECONDS``) until it has; the job as it is then."""
+    if await asyncio.to_thread(jobs.request_cancel, job_id):
+        await until_stopped(jobs, changes, job_id, CANCEL_WAIT_SECONDS)
+    return await asyncio.to_thread(job_view, jobs, job_id)
+
+
+def resume(jobs: JobManager, job_id: str) -> JobView:
+    """Queue an interrupted, failed or cancelled job again from its last checkpoint (reads the checkpoint:
+    run it in the compute pool)."""
+    return view(jobs, jobs.resume(job_id))
