@@ -2,6 +2,10 @@
 
 Each module in this package adds its sub-commands with ``add_commands(subparsers)``; a command is a
 function ``run(args) -> int`` stored as the parser's ``handler`` default.
+
+Exit status: 0 success; 1 the server refused or failed the call (or none answered); 2 the command line
+itself is wrong (an unknown option, a number out of its range, a file that does not exist), reported before
+any request; 130 interrupted. Every failure is one ``error:`` line on standard error.
 """
 
 from __future__ import annotations
@@ -11,16 +15,17 @@ import sys
 from collections.abc import Sequence
 
 from nnprobe.cli import attack, attention, classify, extras, health, lm, models, sequence, serve, vision
+from nnprobe.cli.failures import describe, missing_file
 from nnprobe.cli.output import fail
+from nnprobe.cli.parsing import CommandParser, UsageError
 from nnprobe.errors import NnprobeError
 
 COMMAND_MODULES = [serve, health, attention, sequence, vision, classify, models, attack, lm]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nnprobe", description="Classic analyses of deep networks, as a service."
-    )
+    parser = CommandParser(prog="nnprobe", description="Classic analyses of deep networks, as a service.")
+    parser.is_root = True
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parser.set_defaults(needs=lambda args: ())  # the extras a command's arguments need (cli.extras)
     for module in COMMAND_MODULES:
@@ -34,7 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         extras.require(args.needs(args), f"nnprobe {args.command}")  # before any RPC
         return int(args.handler(args) or 0)
     except NnprobeError as error:
-        return fail(str(error))
+        return fail(describe(error, args))
+    except (UsageError, FileNotFoundError) as error:
+        message = missing_file(error) if isinstance(error, FileNotFoundError) else str(error)
+        return fail(f"{args.command_parser.prog}: error: {message}", status=2)
     except (ValueError, OSError) as error:
         return fail(f"error: {error}")
     except KeyboardInterrupt:

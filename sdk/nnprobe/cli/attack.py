@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from nnprobe.cli.output import ProgressBar, add_client_options, client_kwargs, print_json, print_table
-from nnprobe.vision import ATTACK_METHODS, AdversarialResult, AttackProgress, VisionClient, parse_epsilon
+from nnprobe.cli.parsing import INT_MAX, UsageError, fraction, limit
+from nnprobe.vision import ATTACK_METHODS, AdversarialResult, AttackProgress, VisionClient
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -21,14 +22,23 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     goal.add_argument("--untargeted", action="store_true", help="move away from the original class")
     p.add_argument("--method", choices=ATTACK_METHODS, default="pgd")
     p.add_argument("--norm", choices=("linf", "l2"))
-    p.add_argument("--eps", type=parse_epsilon, help="budget in pixel units, e.g. 4/255 (default 8/255)")
-    p.add_argument("--step-size", type=parse_epsilon, help="step in pixel units (default eps/4)")
-    p.add_argument("--steps", type=int, default=0, help="iterations (default 10; FGSM 1; CW 100)")
+    p.add_argument(
+        "--eps", type=pixel_budget, help="budget in (0, 1] pixel units, e.g. 4/255 (default 8/255)"
+    )
+    p.add_argument("--step-size", type=pixel_budget, help="step in (0, 1] pixel units (default eps/4)")
+    limit(
+        p.add_argument(
+            "--steps",
+            type=int,
+            help="iterations, 1..the server's limit (1000 by default; default 10, FGSM 1, CW 100)",
+        ),
+        low=1,
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-random-start", action="store_true", help="PGD: start at the image")
     p.add_argument("--no-early-stop", action="store_true", help="run every iteration")
     p.add_argument("--refine-steps", type=int, default=0, help="8-bit lattice steps after rounding")
-    p.add_argument("--lr", type=float, help="Adam's learning rate (adam, cw_l2)")
+    limit(p.add_argument("--lr", type=float, help="Adam's learning rate (adam, cw_l2)"), low_open=True)
     p.add_argument("--model", help="model attacked (default: the server's default)")
     p.add_argument("--model-version", type=int, default=0, help="repository version (default: the model's)")
     p.add_argument(
@@ -49,12 +59,24 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_attack, needs=lambda args: ("images",) if args.save_dir else ())
 
 
+def pixel_budget(text: str) -> float:
+    """``4/255`` or ``0.0157``: a budget in (0, 1] pixel units. A whole number above 1 is almost surely
+    meant in 8-bit steps (``8`` for ``8/255``), so it is refused with that suggestion."""
+    value = fraction(text)
+    if value > 1:
+        hint = f"; did you mean {text.strip()}/255?" if "/" not in text else ""
+        raise argparse.ArgumentTypeError(f"{text} is above 1: budgets are in (0, 1] pixel units{hint}")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not above 0: budgets are in (0, 1] pixel units")
+    return value
+
+
 def _transfer_model(text: str) -> tuple[str, int]:
     """``NAME[:VERSION]`` -> (name, version); version 0 (the model's default) when none is named."""
     name, colon, version = text.rpartition(":")
     if not colon:
         return text, 0
-    if not (version.isascii() and version.isdigit()) or not name:
+    if not (version.isascii() and version.isdigit() and int(version) <= INT_MAX) or not name:
         raise argparse.ArgumentTypeError(f"{text!r}: expected NAME or NAME:VERSION with a version number")
     return name, int(version)
 
@@ -70,6 +92,9 @@ def _transfer_models(given: list[tuple[str, int]]) -> dict[str, list]:
 
 
 def run_attack(args: argparse.Namespace) -> int:
+    for image in args.images:
+        if not Path(image).is_file():
+            raise UsageError(f"image not found: {image}")
     results = _attack(args)
     saved = _save_triptychs(results, args.save_dir) if args.save_dir is not None else []
     if args.json:
@@ -98,7 +123,7 @@ def _attack_options(args: argparse.Namespace) -> dict:
         "norm": args.norm,
         "eps": args.eps,
         "step_size": args.step_size,
-        "steps": args.steps,
+        "steps": args.steps or 0,
         "seed": args.seed,
         "random_start": False if args.no_random_start else None,
         "early_stop": False if args.no_early_stop else None,

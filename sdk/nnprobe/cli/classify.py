@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from nnprobe.cli.output import add_client_options, client_kwargs, print_json, print_table
+from nnprobe.cli.parsing import UsageError, limit
 from nnprobe.vision import VisionClient
 
 
@@ -13,13 +15,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("classify", help="top-k classes of images (VisionService.Classify)")
     p.add_argument("images", nargs="+", metavar="IMG", help="image files (JPEG, PNG, WebP, BMP)")
     p.add_argument("--model", help="model name from `nnprobe models` (default: the server's default)")
-    p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    limit(p.add_argument("--top-k", type=int, default=5, help="classes per image, >= 1 (default 5)"), low=1)
     p.add_argument("--model-version", type=int, default=0, help="repository version (default: the model's)")
     add_client_options(p, "vision")
     p.set_defaults(handler=run_classify)
 
 
 def run_classify(args: argparse.Namespace) -> int:
+    for image in args.images:
+        if not Path(image).is_file():
+            raise UsageError(f"image not found: {image}")
     with VisionClient(args.address, **client_kwargs(args)) as client:
         result = client.classify(
             args.images, model=args.model, top_k=args.top_k, model_version=args.model_version

@@ -21,6 +21,7 @@ from nnprobe.cli.lm_jobs import (
 )
 from nnprobe.cli.lm_queries import run_distance, run_nearest, run_perplexity, run_sample
 from nnprobe.cli.output import add_client_options
+from nnprobe.cli.parsing import limit
 from nnprobe.sequence import JOB_STATES, METRICS, OPTIMIZERS, SPLITS, STRATEGIES
 
 
@@ -82,7 +83,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", default="ptb", help="ptb or an uploaded corpus id (default ptb)")
     p.add_argument("--name", default="")
     for flag, kind in _TRAIN_NUMBERS:
-        p.add_argument(f"--{flag}", type=kind, default=0)
+        action = p.add_argument(f"--{flag}", type=kind, default=0)
+        if flag == "dropout":
+            limit(action, high=1)
     p.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float)
     p.add_argument("--clip", "--clip-norm", dest="clip_norm", type=float)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
@@ -149,7 +152,11 @@ def _add_sample(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--greedy", action="store_true", help="same as --strategy greedy")
     p.add_argument("--temperature", type=float, help=">= 0; 0 is greedy (default 1)")
     p.add_argument("--top-k", type=int, default=0, help="keep the k most probable words (0: all)")
-    p.add_argument("--top-p", type=float, help="nucleus probability in (0, 1] (default 1: all)")
+    limit(
+        p.add_argument("--top-p", type=float, help="nucleus probability in (0, 1] (default 1: all)"),
+        high=1,
+        low_open=True,
+    )
     p.add_argument("--seed", type=int, default=0)
     _finish(p, run_sample)
 

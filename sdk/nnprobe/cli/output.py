@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from nnprobe.cli.parsing import limit
 from nnprobe.config import DEFAULT_ADDRESSES, DEFAULT_TIMEOUT, TlsConfig
 
 
@@ -20,12 +21,16 @@ def add_client_options(parser: argparse.ArgumentParser, service: str) -> None:
     env, default = DEFAULT_ADDRESSES[service]
     group = parser.add_argument_group("connection")
     group.add_argument("--address", help=f"server address (env {env}, default {default})")
-    group.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="deadline in seconds")
+    limit(
+        group.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="deadline in seconds, > 0"),
+        low_open=True,
+    )
     group.add_argument("--token", help="bearer token (env NNPROBE_TOKEN)")
     group.add_argument("--tls-ca", help="CA bundle (PEM) to verify the server; enables TLS")
     group.add_argument("--tls-cert", help="client certificate (PEM) for mutual TLS")
     group.add_argument("--tls-key", help="client key (PEM) for mutual TLS")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(client_service=service)  # names the server in "no server at ..." messages
 
 
 def client_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -135,6 +140,7 @@ class ProgressBar:
             self.out.flush()
 
 
-def fail(message: str) -> int:
+def fail(message: str, status: int = 1) -> int:
+    """Print ``message`` on standard error; return the exit ``status``."""
     print(message, file=sys.stderr)
-    return 1
+    return status

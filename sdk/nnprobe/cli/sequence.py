@@ -16,6 +16,7 @@ from nnprobe.cli.output import (
     print_json,
     print_table,
 )
+from nnprobe.cli.parsing import limit
 from nnprobe.sequence import CELLS, INIT_SCHEMES, INPUT_DISTRIBUTIONS, SequenceClient
 
 
@@ -26,14 +27,25 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = commands.add_parser("forward", help="run a recurrent cell; show the state change at every step")
     p.add_argument("--cell", choices=CELLS, default="rnn_tanh")
     p.add_argument("--inputs", help=".npy file with the inputs (T, B, D); default: ones (T, 1, D)")
-    p.add_argument("-T", "--sequence-length", type=int, default=10, help="T without --inputs (default 10)")
-    p.add_argument("-D", "--input-size", type=int, default=3, help="D without --inputs (default 3)")
+    limit(
+        p.add_argument("-T", "--sequence-length", type=int, default=10, help="T without --inputs (def. 10)"),
+        low=1,
+        high=100_000,
+    )
+    limit(
+        p.add_argument("-D", "--input-size", type=int, default=3, help="D without --inputs (default 3)"),
+        low=1,
+        high=100_000,
+    )
     p.add_argument("-H", "--hidden-size", type=int, default=3, help="H for drawn weights (default 3)")
     p.add_argument("--weights", help=".npz file of weights under PyTorch's names (weight_ih_l0, ...)")
     p.add_argument("--output-size", type=int, default=0, help="add an output layer of this width")
     p.add_argument("--init", choices=INIT_SCHEMES, default="pytorch")
     p.add_argument("--init-scale", type=float, help="multiplies drawn weights (default 1; 0: all zero)")
-    p.add_argument("--forget-bias", type=float, default=0.0, help="added to a drawn LSTM forget-gate bias")
+    limit(
+        p.add_argument("--forget-bias", type=float, default=0.0, help="added to drawn LSTM forget bias"),
+        low=None,
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     p.add_argument("--settle-tolerance", type=float, help="default 1e-6; 0: no change at all")
@@ -52,7 +64,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help=".npz file of weights to analyse (one cell)")
     p.add_argument("--init", choices=INIT_SCHEMES, default="pytorch")
     p.add_argument("--init-scale", type=float, help="multiplies drawn weights before rescaling (default 1)")
-    p.add_argument("--forget-bias", type=float, default=0.0, help="added to the drawn LSTM forget-gate bias")
+    limit(
+        p.add_argument("--forget-bias", type=float, default=0.0, help="added to drawn LSTM forget bias"),
+        low=None,
+    )
     p.add_argument("--regime-tolerance", type=float, help="stable band around 1 (default 0.01)")
     p.add_argument("--random-initial-state", action="store_true")
     p.add_argument("--seed", type=int, default=0)

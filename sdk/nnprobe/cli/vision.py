@@ -15,6 +15,7 @@ from nnprobe.cli.output import (
     print_table,
     to_jsonable,
 )
+from nnprobe.cli.parsing import UsageError, limit
 from nnprobe.vision import Layer, VisionClient
 
 LAYERS_HELP = """\
@@ -74,17 +75,21 @@ def load_layers(path: str) -> list[Layer]:
 def parse_unit(text: str) -> tuple[str, int, int]:
     """``conv5:6,6`` -> (layer, x, y)."""
     layer, _, position = text.rpartition(":")
-    match = re.fullmatch(r"(-?\d+),(-?\d+)", position)
+    match = re.fullmatch(r"(\d{1,9}),(\d{1,9})", position)
     if not layer or not match:
-        raise ValueError(f"a unit is LAYER:X,Y (x the column, y the row), not {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"a unit is LAYER:X,Y (x the column, y the row, both >= 0), not {text!r}"
+        )
     return layer, int(match.group(1)), int(match.group(2))
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    numbers = _numbers(text, text)
-    if len(numbers) not in (1, 2):
-        raise ValueError(f"an input size is N or HxW, not {text!r}")
-    return (numbers[0], numbers[0]) if len(numbers) == 1 else (numbers[0], numbers[1])
+    """``N`` or ``HxW`` -> (height, width), each 1..65535."""
+    match = re.fullmatch(r"(\d{1,5})(?:x(\d{1,5}))?", text)
+    sides = [int(v) for v in match.groups(default=match.group(1))] if match else []
+    if not sides or not all(0 < side <= 65535 for side in sides):
+        raise argparse.ArgumentTypeError(f"an input size is N or HxW (each 1..65535), not {text!r}")
+    return sides[0], sides[1]
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -109,7 +114,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", help="refuse misaligned merges and global context")
     p.add_argument("--end-point", help="last layer analysed (default: last layer / last spatial feature map)")
     p.add_argument("--input-size", type=parse_size, metavar="N|HxW", help="input size (models: 224, 299)")
-    p.add_argument("--origin", type=float, help="coordinate of the first pixel's centre (default 0.5)")
+    limit(
+        p.add_argument("--origin", type=float, help="coordinate of the first pixel's centre (default 0.5)"),
+        low=None,
+    )
     p.add_argument("--unit", action="append", type=parse_unit, default=[], metavar="LAYER:X,Y")
     p.add_argument("--verify", action="store_true", help="prove each unit's box by back-propagation")
     p.add_argument("--erf", action="store_true", help="estimate the effective receptive field")
@@ -138,14 +146,19 @@ def _check_dependent(args: argparse.Namespace) -> None:
     """Refuse an option given without the option it goes with (it would be ignored in silence)."""
     for option, (needed, needed_option) in DEPENDENT.items():
         if getattr(args, option[2:].replace("-", "_")) and not getattr(args, needed):
-            raise ValueError(f"{option} goes with {needed_option}")
+            raise UsageError(f"{option} goes with {needed_option}")
 
 
 def run_rf(args: argparse.Namespace) -> int:
     _check_dependent(args)
     layers = None
+    if args.image is not None and not Path(args.image).is_file():
+        raise UsageError(f"image not found: {args.image}")
     if args.layers:
-        layers = [parse_layer(token) for token in args.layers]
+        try:
+            layers = [parse_layer(token) for token in args.layers]
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     elif args.layers_file:
         layers = load_layers(args.layers_file)
     with VisionClient(args.address, **client_kwargs(args)) as client:
