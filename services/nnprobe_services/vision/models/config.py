@@ -9,6 +9,8 @@ Example::
                     std: [0.229, 0.224, 0.225]}
     labels: labels.txt
     default_version: 1
+    output: logits              # or probabilities: the network ends in a softmax
+    num_classes: 1000           # optional; checked against the network's output (labels' count wins)
 
 Pixels reach a model as ``(x * value_range[1] - mean) / std`` per channel, channels in ``channel_order``,
 ``x`` the [0, 1] RGB pixels after resizing the shorter side to ``resize`` and centre-cropping to
@@ -26,10 +28,15 @@ from typing import Any
 import yaml
 
 from nnprobe_services.errors import InvalidArgument
+from nnprobe_services.vision.models import yaml_loading
+from nnprobe_services.vision.models.quoting import quote
 
 TASKS = ("image_classification",)
 CHANNEL_ORDERS = ("rgb", "bgr")
 INTERPOLATIONS = ("bilinear", "bicubic")
+#: What the network returns: ``logits`` (the server applies softmax) or ``probabilities`` (a softmax's).
+OUTPUTS = ("logits", "probabilities")
+KEYS = ("task", "input", "preprocessing", "labels", "default_version", "output", "num_classes")
 VALUE_RANGES = ((0.0, 1.0), (0.0, 255.0))
 #: Model names: what Triton allows, minus anything that could leave the repository folder.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -46,7 +53,7 @@ def check_name(name: str, field: str = "name") -> str:
     dot or dash); else ``InvalidArgument`` naming ``field``."""
     if not NAME_PATTERN.fullmatch(name or "") or ".." in name:
         raise InvalidArgument(
-            f"{name!r} is not a model name: use 1 to 64 letters, digits, '_', '.', '-', starting with a "
+            f"{quote(name)} is not a model name: use 1 to 64 letters, digits, '_', '.', '-', starting with a "
             "letter or digit, without '..'",
             field=field,
         )
@@ -64,7 +71,7 @@ def check_version(version: str | int, field: str = "version") -> int:
     text = str(version)
     if not is_version_name(text) or not 1 <= int(text) <= MAX_VERSION:
         raise InvalidArgument(
-            f"{version!r} is not a version: use an integer in 1..{MAX_VERSION}", field=field
+            f"{quote(version)} is not a version: use an integer in 1..{MAX_VERSION}", field=field
         )
     return int(text)
 
@@ -84,6 +91,8 @@ class ModelConfig:
     std: tuple[float, float, float]
     labels: str | None
     default_version: int | None
+    output: str = "logits"
+    num_classes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML document this config is read from (round-trips through ``parse``)."""
@@ -106,6 +115,10 @@ class ModelConfig:
             document["labels"] = self.labels
         if self.default_version is not None:
             document["default_version"] = self.default_version
+        if self.output != "logits":
+            document["output"] = self.output
+        if self.num_classes is not None:
+            document["num_classes"] = self.num_classes
         return document
 
     def to_yaml(self) -> str:
@@ -121,42 +134,53 @@ def _mapping(value: Any, field: str) -> dict[str, Any]:
 
 
 def _unknown(document: dict[str, Any], known: tuple[str, ...], field: str) -> None:
-    extra = sorted(str(key) for key in document if key not in known)
+    extra = [quote(key, 40) for key in document if key not in known]
     if extra:
-        raise InvalidArgument(f"unknown key(s) {', '.join(extra)}; known: {', '.join(known)}", field=field)
+        listed = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise InvalidArgument(f"unknown key(s) {listed}; known: {', '.join(known)}", field=field)
 
 
 def _integer(value: Any, field: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidArgument(f"must be an integer in {low}..{high}, got {value!r}", field=field)
+        raise InvalidArgument(f"must be an integer in {low}..{high}, got {quote(value)}", field=field)
     return value
 
 
 def _choice(value: Any, choices: tuple[str, ...], field: str) -> str:
-    text = str(value).lower() if isinstance(value, str) else value
+    text = value.lower() if isinstance(value, str) else None
     if text not in choices:
-        raise InvalidArgument(f"must be one of {', '.join(choices)}, got {value!r}", field=field)
+        raise InvalidArgument(f"must be one of {', '.join(choices)}, got {quote(value)}", field=field)
     return text
 
 
+def _number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument(f"must be a number, got {quote(value)}", field=field)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise InvalidArgument(f"must be a finite number, got {quote(value)}", field=field)
+    return number
+
+
+def _numbers(value: Any, field: str, count: int, what: str) -> list[float]:
+    if not isinstance(value, list | tuple) or len(value) != count:
+        raise InvalidArgument(f"must be a list of {count} numbers ({what}), got {quote(value)}", field=field)
+    return [_number(item, f"{field}[{i}]") for i, item in enumerate(value)]
+
+
 def _triple(value: Any, field: str, *, positive: bool) -> tuple[float, float, float]:
-    if not isinstance(value, list | tuple) or len(value) != 3:
-        raise InvalidArgument(f"must be a list of 3 numbers (one per channel), got {value!r}", field=field)
-    numbers = []
-    for i, item in enumerate(value):
-        if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
-            raise InvalidArgument(f"must be a finite number, got {item!r}", field=f"{field}[{i}]")
-        if positive and item <= 0:
-            raise InvalidArgument(f"must be positive, got {item!r}", field=f"{field}[{i}]")
-        numbers.append(float(item))
+    numbers = _numbers(value, field, 3, "one per channel")
+    for i, number in enumerate(numbers):
+        if positive and number <= 0:
+            raise InvalidArgument(f"must be positive, got {quote(value[i])}", field=f"{field}[{i}]")
     return numbers[0], numbers[1], numbers[2]
 
 
-def parse(document: Any, field: str = "config") -> ModelConfig:
-    """Validate a parsed YAML document; every problem is ``InvalidArgument`` naming ``field.key.path``."""
-    root = _mapping(document, field)
-    _unknown(root, ("task", "input", "preprocessing", "labels", "default_version"), field)
-    task = _choice(root.get("task", "image_classification"), TASKS, f"{field}.task")
+def _input(root: dict[str, Any], field: str) -> tuple[int, int, str, tuple[float, float]]:
+    """(height, width, channel_order, value_range) of ``input``."""
     if "input" not in root:
         raise InvalidArgument("is required (height and width of the model's input)", field=f"{field}.input")
     spec = _mapping(root["input"], f"{field}.input")
@@ -168,11 +192,32 @@ def parse(document: Any, field: str = "config") -> ModelConfig:
     channel_order = _choice(spec.get("channel_order", "rgb"), CHANNEL_ORDERS, f"{field}.input.channel_order")
     _choice(spec.get("layout", "nchw"), ("nchw",), f"{field}.input.layout")
     raw_range = spec.get("value_range", [0, 1])
-    value_range = tuple(float(v) for v in raw_range) if isinstance(raw_range, list | tuple) else None
-    if value_range not in VALUE_RANGES:
+    low, high = _numbers(raw_range, f"{field}.input.value_range", 2, "low and high")
+    if (low, high) not in VALUE_RANGES:
         raise InvalidArgument(
-            f"must be [0, 1] or [0, 255], got {raw_range!r}", field=f"{field}.input.value_range"
+            f"must be [0, 1] or [0, 255], got {quote(raw_range)}", field=f"{field}.input.value_range"
         )
+    return height, width, channel_order, (low, high)
+
+
+def _labels_file(labels: Any, field: str) -> str | None:
+    if labels is not None and not (isinstance(labels, str) and LABELS_PATTERN.fullmatch(labels)):
+        raise InvalidArgument(
+            f"must be a file name inside the model's folder (no path), got {quote(labels)}", field=field
+        )
+    return labels
+
+
+def parse(document: Any, field: str = "config") -> ModelConfig:
+    """Validate a parsed YAML document; every problem is ``InvalidArgument`` naming ``field.key.path``."""
+    if not isinstance(document, dict | None):
+        raise InvalidArgument(
+            f"must be a YAML mapping (key: value lines), got {type(document).__name__}", field=field
+        )
+    root = _mapping(document, field)
+    _unknown(root, KEYS, field)
+    task = _choice(root.get("task", "image_classification"), TASKS, f"{field}.task")
+    height, width, channel_order, value_range = _input(root, field)
     prep = _mapping(root.get("preprocessing"), f"{field}.preprocessing")
     _unknown(prep, ("resize", "interpolation", "mean", "std"), f"{field}.preprocessing")
     resize = _integer(
@@ -183,49 +228,56 @@ def parse(document: Any, field: str = "config") -> ModelConfig:
             f"must be at least the input's larger side {max(height, width)}, got {resize}",
             field=f"{field}.preprocessing.resize",
         )
-    interpolation = _choice(
-        prep.get("interpolation", "bilinear"), INTERPOLATIONS, f"{field}.preprocessing.interpolation"
-    )
-    mean = _triple(prep.get("mean", [0, 0, 0]), f"{field}.preprocessing.mean", positive=False)
-    std = _triple(prep.get("std", [1, 1, 1]), f"{field}.preprocessing.std", positive=True)
-    labels = root.get("labels")
-    if labels is not None and not (isinstance(labels, str) and LABELS_PATTERN.fullmatch(labels)):
-        raise InvalidArgument(
-            f"must be a file name inside the model's folder (no path), got {labels!r}",
-            field=f"{field}.labels",
-        )
     default_version = root.get("default_version")
-    if default_version is not None:
-        default_version = check_version(default_version, f"{field}.default_version")
+    num_classes = root.get("num_classes")
     return ModelConfig(
         task=task,
         height=height,
         width=width,
         channel_order=channel_order,
-        value_range=(value_range[0], value_range[1]),
+        value_range=value_range,
         resize=resize,
-        interpolation=interpolation,
-        mean=mean,
-        std=std,
-        labels=labels,
-        default_version=default_version,
+        interpolation=_choice(
+            prep.get("interpolation", "bilinear"), INTERPOLATIONS, f"{field}.preprocessing.interpolation"
+        ),
+        mean=_triple(prep.get("mean", [0, 0, 0]), f"{field}.preprocessing.mean", positive=False),
+        std=_triple(prep.get("std", [1, 1, 1]), f"{field}.preprocessing.std", positive=True),
+        labels=_labels_file(root.get("labels"), f"{field}.labels"),
+        default_version=None
+        if default_version is None
+        else check_version(default_version, f"{field}.default_version"),
+        output=_choice(root.get("output", "logits"), OUTPUTS, f"{field}.output"),
+        num_classes=None
+        if num_classes is None
+        else _integer(num_classes, f"{field}.num_classes", 1, MAX_LABELS),
     )
 
 
-def parse_yaml(text: str, field: str = "config") -> ModelConfig:
-    """``parse`` of YAML text (``yaml.safe_load``: no Python objects); bad YAML is ``InvalidArgument``."""
-    if len(text.encode()) > MAX_CONFIG_BYTES:
-        raise InvalidArgument(f"is larger than {MAX_CONFIG_BYTES} bytes", field=field)
+def decode(data: str | bytes, field: str) -> str:
+    """``data`` as text: bytes must be UTF-8 (``InvalidArgument`` naming ``field`` and the first bad byte)."""
+    if isinstance(data, str):
+        return data
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise InvalidArgument(f"is not valid YAML: {error}", field=field) from None
-    return parse(document, field)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidArgument(
+            f"is not UTF-8 text (byte {error.start} is {data[error.start]:#04x}); save it as UTF-8",
+            field=field,
+        ) from None
 
 
-def parse_labels(text: str, field: str = "labels") -> tuple[str, ...]:
-    """One label per line (trailing blank lines ignored); at most ``MAX_LABELS``."""
-    lines = text.splitlines()
+def parse_yaml(text: str | bytes, field: str = "config") -> ModelConfig:
+    """``parse`` of YAML text or UTF-8 bytes (``yaml_loading.load``: plain data, no aliases, bounded depth,
+    no repeated keys); at most ``MAX_CONFIG_BYTES``. Every problem is ``InvalidArgument`` naming ``field``."""
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_CONFIG_BYTES:
+        raise InvalidArgument(f"holds {size} bytes; the limit is {MAX_CONFIG_BYTES}", field=field)
+    return parse(yaml_loading.load(decode(text, field), field), field)
+
+
+def parse_labels(text: str | bytes, field: str = "labels") -> tuple[str, ...]:
+    """One label per line of text or UTF-8 bytes (trailing blank lines ignored); at most ``MAX_LABELS``."""
+    lines = decode(text, field).splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     if len(lines) > MAX_LABELS:
