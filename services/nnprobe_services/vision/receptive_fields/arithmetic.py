@@ -91,6 +91,8 @@ class Window:
     pad_mode: str = "zeros"
     #: Nearest-neighbour upsampling factor applied before the window (kernel 1, stride 1 then).
     upsample: int = 1
+    #: A resize: the input unit each output unit copies (None: unit o copies o // upsample).
+    sources: tuple[int, ...] | None = None
 
     @property
     def extent(self) -> int:
@@ -167,21 +169,8 @@ def output_size(n: int, window: Window) -> int:
 def apply(axis: Axis, window: Window, *, where: str, field: str | None = None) -> Axis:
     """The field after ``window``; raises ``InvalidSpec`` naming ``where`` when no output is left, and
     ``Unsupported`` when an upsampling would make the jump a fraction of a pixel."""
-    if window.upsample > 1:
-        u = window.upsample
-        if axis.jump % u:
-            raise Unsupported(
-                f"{where}: upsampling by {u} a map whose jump is {axis.jump} pixels gives a jump that is not "
-                f"a whole number of input pixels",
-                field="model.name",
-            )
-        jump = axis.jump // u
-        return Axis(
-            size=axis.size * u,
-            jump=jump,
-            receptive=axis.receptive + (u - 1) * jump,
-            start=axis.start - Fraction(u - 1, 2) * jump,
-        )
+    if window.upsample > 1 or window.sources is not None:
+        return _resized(axis, window, where)
     n_out = output_size(axis.size, window)
     if n_out < 1:
         padded = axis.size + window.pad_before + window.pad_after
@@ -336,3 +325,25 @@ def _check_int64(axis: Axis, where: str, base: str) -> None:
                 f"{where}: the {what} reaches {value}, more than a 64-bit integer holds",
                 field=f"{base}.{field}",
             )
+
+
+def _resized(axis: Axis, window: Window, where: str) -> Axis:
+    """The field after nearest upsampling by ``u``: the jump divides by u, and the field quoted is the
+    smallest of the linear form (centre start + o * jump) that holds every unit's exact box, unit o copying
+    input unit m(o): its centre moves by m(o) * j - o * j / u, and the field widens by that shift's range."""
+    u = window.upsample
+    if axis.jump % u:
+        raise Unsupported(
+            f"{where}: upsampling by {u} a map whose jump is {axis.jump} pixels gives a jump that is not "
+            f"a whole number of input pixels",
+            field="model.name",
+        )
+    jump = axis.jump // u
+    sources = window.sources if window.sources is not None else tuple(o // u for o in range(axis.size * u))
+    shifts = [m * axis.jump - o * jump for o, m in enumerate(sources)]
+    return Axis(
+        size=len(sources),
+        jump=jump,
+        receptive=axis.receptive + max(shifts) - min(shifts),
+        start=axis.start + Fraction(max(shifts) + min(shifts), 2),
+    )

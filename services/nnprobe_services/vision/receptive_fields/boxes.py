@@ -70,7 +70,8 @@ def _taps_back(positions: _Positions, window: Window | None, n_in: int) -> _Posi
     """The input positions read by ``positions`` of a layer's output: output i reads the real taps
     i*stride - pad_before + dilation*t (t = 0..kernel-1) that lie inside the input (0..n_in-1); padding is
     not image and the holes between dilated taps are not read."""
-    if window is not None and (window.upsample > 1 or window.pad_mode != "zeros"):
+    mapped = window is not None and (window.sources is not None or window.pad_mode != "zeros")
+    if window is not None and (mapped or window.upsample > 1):
         return _mapped_taps(positions, window, n_in)
     offset, mask = positions
     if window is None:  # an operation without a window keeps positions
@@ -156,10 +157,12 @@ def connected_pixels(fields: Sequence[LayerField], name: str, x: int, y: int) ->
 
 def _mapped_taps(positions: _Positions, w: Window, n_in: int) -> _Positions:
     """``_taps_back`` for windows that read input pixels in place of padding (reflect, replicate) or that
-    copy units (nearest upsampling: output o reads o // upsample)."""
+    copy units (a nearest resize: output o reads ``sources[o]``, or o // upsample)."""
     offset, mask = positions
     index = offset + np.flatnonzero(mask)
-    if w.upsample > 1:
+    if w.sources is not None:
+        read = np.asarray(w.sources, dtype=np.int64)[index]
+    elif w.upsample > 1:
         read = index // w.upsample
     else:
         read = (index[:, None] * w.stride - w.pad_before + w.dilation * np.arange(w.kernel)[None, :]).ravel()

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from nnprobe_services.vision.receptive_fields import ir
 from nnprobe_services.vision.receptive_fields.arithmetic import LayerField, Unsupported, Window
 from nnprobe_services.vision.receptive_fields.ir import GraphNode, Operation
+from nnprobe_services.vision.receptive_fields.resize_index import check_modes, nearest_sources
 
 if TYPE_CHECKING:
     from nnprobe_services.vision.receptive_fields.propagate import Analysis
@@ -170,11 +172,24 @@ def _softmax(run: Analysis, node: GraphNode, operation: ir.Softmax, x: Value) ->
 @rule(ir.Upsample)
 def _upsample(run: Analysis, node: GraphNode, operation: ir.Upsample, x: Value) -> Value:
     assert x.field is not None and x.layout is not None and node.shape is not None
+    problem = check_modes(operation.coordinate_mode, operation.nearest_mode)
+    if problem:
+        raise run.unmappable(node, f"nearest resizing with {problem}")
+    sizes = (x.field.height.size, x.field.width.size)
+    outs = (node.shape[x.layout[0]], node.shape[x.layout[1]])
+    for n, n_out in zip(sizes, outs, strict=True):
+        if n_out % n:
+            raise run.unmappable(node, f"resizing {n} positions to {n_out} (not a whole factor)")
+    scales = [Fraction(o, n) for o, n in zip(outs, sizes, strict=True)]
+    if operation.scales is not None:
+        scales = [Fraction(s) for s in operation.scales]
+    modes = (operation.coordinate_mode, operation.nearest_mode)
     wins = []
-    for axis, n in zip(x.layout, (x.field.height.size, x.field.width.size), strict=True):
-        if node.shape[axis] % n:
-            raise run.unmappable(node, f"resizing {n} positions to {node.shape[axis]} (not a whole factor)")
-        wins.append(Window(1, upsample=node.shape[axis] // n))
+    for n, n_out, scale in zip(sizes, outs, scales, strict=True):
+        # ONNX Runtime copies a resize by 1 along both axes unchanged, whatever its modes say
+        same = all(s == 1 for s in scales) and outs == sizes
+        sources = tuple(range(n)) if same else nearest_sources(n, n_out, scale, *modes)
+        wins.append(Window(1, upsample=n_out // n, sources=sources))
     return run.windowed(node, x, (wins[0], wins[1]), "other")
 
 

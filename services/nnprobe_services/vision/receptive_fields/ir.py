@@ -76,9 +76,15 @@ class Pad(Operation):
 # -- resizing ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Upsample(Operation):
-    """Nearest-neighbour resizing (the factor is read from the shapes)."""
+    """Nearest-neighbour resizing (the factor is read from the shapes). Output unit o copies the input unit
+    that ``coordinate_mode`` and ``nearest_mode`` name, as ONNX ``Resize`` defines them (``resize_index``):
+    PyTorch's ``nearest`` is (``asymmetric``, ``floor``), ``nearest-exact`` (``tf_half_pixel_for_nn``,
+    ``floor``). ``scales``: the (height, width) factors the operator uses; None: output / input size."""
 
     kind: ClassVar[str] = "upsample"
+    coordinate_mode: str = "asymmetric"
+    nearest_mode: str = "floor"
+    scales: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from torch import nn
 from nnprobe_services.vision.receptive_fields import ir
 from nnprobe_services.vision.receptive_fields.arithmetic import LayerField, Unsupported, Window
 from nnprobe_services.vision.receptive_fields.ir import Capture, GraphNode
+from nnprobe_services.vision.receptive_fields.twin_resize import resize_nearest
 
 
 def canonical(x: torch.Tensor, layout: tuple[int, int]) -> torch.Tensor:
@@ -151,7 +152,7 @@ def _slice(
 
 @_replays(ir.Upsample)
 def _upsample(twin: TransparentTwin, node: GraphNode, op: Any, local: list[torch.Tensor], values: Any) -> Any:
-    return F.interpolate(local[0], size=tuple(node.shape[2:]), mode="nearest")  # type: ignore[index]
+    return resize_nearest(local[0], tuple(node.shape[2:]), op)  # type: ignore[index, arg-type]
 
 
 @_replays(ir.PixelShuffle)

@@ -35,6 +35,7 @@ from nnprobe_services.vision.receptive_fields.ir import (
     Unmappable,
     Upsample,
 )
+from nnprobe_services.vision.receptive_fields.resize_index import check_modes
 
 
 @dataclass(frozen=True)
@@ -161,10 +162,31 @@ def pad(n: OnnxNode) -> Operation:
 # -- resizing ------------------------------------------------------------------------------------------------
 @lowers_onnx("Resize", "Upsample")
 def resize(n: OnnxNode) -> Operation:
-    mode = n.attrs.get("mode", b"nearest")
-    if _text(mode) != "nearest":
+    """Nearest resizing with its coordinate transformation and rounding (``Upsample`` and ``Resize`` of
+    opset 10: ``asymmetric``, rounding down as ONNX Runtime does); the scales when the node gives them."""
+    mode = _text(n.attrs.get("mode", b"nearest"))
+    if mode != "nearest":
         return Unmappable(f"{mode!r} resizing (only nearest-neighbour maps)")
-    return Upsample()
+    legacy = n.node.op_type == "Upsample" or len(n.node.input) == 2
+    transform = n.attrs.get("coordinate_transformation_mode", b"half_pixel")
+    coordinate = "asymmetric" if legacy else _text(transform)
+    nearest = "floor" if legacy else _text(n.attrs.get("nearest_mode", b"round_prefer_floor"))
+    problem = check_modes(coordinate, nearest)
+    if problem:
+        return Unmappable(f"nearest resizing with {problem}")
+    if n.attrs.get("axes") is not None:
+        return Unmappable("resizing with an axes attribute")
+    return Upsample(coordinate, nearest, _scales(n, legacy))
+
+
+def _scales(n: OnnxNode, legacy: bool) -> tuple[float, float] | None:
+    """The (height, width) scales a nearest resize gives, None when it gives output sizes."""
+    if "scales" in n.attrs:  # Upsample of opset 7
+        values = [float(v) for v in n.attrs["scales"]]
+    else:
+        name = n.input(1 if legacy else 2)
+        values = [float(v) for v in n.constant(name).ravel()] if name else []
+    return (values[2], values[3]) if len(values) == 4 else None
 
 
 @lowers_onnx("DepthToSpace")

@@ -165,7 +165,10 @@ def pad(n: AtenNode) -> Operation:
 # -- resizing ------------------------------------------------------------------------------------------------
 @lowers("upsample_nearest2d", "_upsample_nearest_exact2d")
 def upsample(n: AtenNode) -> Operation:
-    return Upsample()
+    """``nearest`` reads input floor(o * n_in / n_out), ``nearest-exact`` floor((o + 0.5) * n_in / n_out)."""
+    if "exact" in n.name:
+        return Upsample("tf_half_pixel_for_nn", "floor")
+    return Upsample("asymmetric", "floor")
 
 
 @lowers("pixel_shuffle")
