@@ -3,7 +3,8 @@ served by PyTorch or by ONNX Runtime through an export made once and cached) and
 repository (``model.onnx`` through ONNX Runtime, ``model.pt2`` through PyTorch).
 
 A repository version is loaded and checked before it is served or installed: it must take (N, 3, H, W)
-float32 input at its configured size and return (N, classes) logits, with as many classes as it has labels.
+float32 input at its configured size and return one (N, classes) float tensor, logits or (``output:
+probabilities``) a softmax's, with as many classes as it has labels (``outputs``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from nnprobe_services.errors import FailedPrecondition, InvalidArgument, NotFound
-from nnprobe_services.vision.models import artifacts, backends, registry
+from nnprobe_services.vision.models import artifacts, backends, outputs, registry
 from nnprobe_services.vision.models.config import ModelConfig
 from nnprobe_services.vision.models.registry import (
     LoadedModel,
@@ -63,14 +64,18 @@ def load_version(
     if entry.format == "onnx":
         artifacts.check_onnx(entry.path, max_nodes=limits.max_nodes, max_bytes=limits.max_bytes, field=field)
         backend = backends.OnnxRuntimeBackend(entry.path, transform, device)
+        outputs.check_onnx_outputs(backend.session, field)
         architecture = "ONNX graph"
     else:
         program = artifacts.load_pt2(
             entry.path, max_nodes=limits.max_nodes, max_bytes=limits.max_bytes, field=field
         )
+        outputs.check_pt2_outputs(program, field)
         backend = backends.TorchBackend(nn.Sequential(transform, program.module()), device)
         architecture = "torch.export program"
     classes, max_batch = _probe(backend, config, labels, field)
+    if config.output == "probabilities":
+        backend = outputs.ProbabilityOutputs(backend)
     record = ModelRecord(
         name=entry.name,
         architecture=architecture,
@@ -99,13 +104,7 @@ def _probe(
             f"{str(error)[:300]}",
             field=field,
         ) from None
-    if logits.ndim != 2 or logits.shape[0] != 1 or logits.shape[1] < 1:
-        raise InvalidArgument(f"the model returns shape {tuple(logits.shape)}, not (N, classes)", field=field)
-    classes = int(logits.shape[1])
-    if labels and len(labels) != classes:
-        raise InvalidArgument(
-            f"the model has {classes} classes but {len(labels)} labels", field="metadata.labels"
-        )
+    classes = outputs.check_probe(logits, config, labels, field)
     try:
         batched = backend.predict(torch.zeros(2, 3, *side))
         max_batch = 0 if tuple(batched.shape) == (2, classes) else 1
@@ -273,6 +272,11 @@ class ModelStore:
             except InvalidArgument as error:
                 raise FailedPrecondition(
                     f"model {name!r} version {chosen.version}: {error.message}", field=field
+                ) from None
+            except OSError as error:  # the file went away or cannot be read
+                raise FailedPrecondition(
+                    f"model {name!r} version {chosen.version}: {chosen.path.name} cannot be read: {error}",
+                    field=field,
                 ) from None
 
         return self._once(key, load)
