@@ -47,6 +47,12 @@ class FailedPrecondition(ServiceError):
     that cannot be analysed (FAILED_PRECONDITION)."""
 
 
+class AlreadyExists(FailedPrecondition):
+    """The thing a request creates exists already, with other contents (ALREADY_EXISTS): a model name taken
+    with another config, a version number taken. A kind of ``FailedPrecondition``, so code that catches
+    that keeps working; the status table gives it its own code."""
+
+
 class ResourceExhausted(ServiceError):
     """The request asks for more than the configured limits allow, or the server is full
     (RESOURCE_EXHAUSTED)."""
@@ -116,6 +122,7 @@ def never() -> bool:
 ShouldStop = Callable[[], bool]
 
 __all__ = [
+    "AlreadyExists",
     "Cancelled",
     "FailedPrecondition",
     "InvalidArgument",

@@ -74,13 +74,17 @@ class ModelVersion:
 
 @dataclass
 class UploadResult:
-    """What UploadModel created: the model as listed, the version, the file's sha256, seconds taken."""
+    """What UploadModel created: the model as listed, the version, the file's sha256, seconds taken, and
+    whether the upload changed the version served by default (``previous_default_version``: the one served
+    before, 0 for a new model; ``model.default_version``: the one served now)."""
 
     model: ModelInfo
     version: int
     sha256: str
     seconds: float
     raw: Any = field(repr=False, default=None)
+    default_version_changed: bool = False
+    previous_default_version: int = 0
 
 
 STATES = {
@@ -213,7 +217,13 @@ class ModelMethods(BaseClient):
 
         response = self._unary(self._stub.UploadModel, messages(), timeout)
         return UploadResult(
-            _model_info(response.model), response.version, response.sha256, response.seconds, response
+            _model_info(response.model),
+            response.version,
+            response.sha256,
+            response.seconds,
+            response,
+            default_version_changed=response.default_version_changed,
+            previous_default_version=response.previous_default_version,
         )
 
     def delete_model(

@@ -43,13 +43,21 @@ def model_info(models_store: store.ModelStore, name: str, default: str) -> pb.Mo
     if models_store.is_builtin(name):
         return _builtin_info(models_store, name, default)
     info = pb.ModelInfo(name=name, is_default=name == default, in_repository=True)
-    assert models_store.repository is not None
     try:
-        entry = models_store.repository.get(name)
-        record, labels = models_store.describe(name)
-    except ServiceError as error:
-        info.state, info.state_message = pb.MODEL_STATE_UNAVAILABLE, error.message
-        return info
+        _repository_info(models_store, name, info)
+    except (ServiceError, OSError) as error:  # a broken folder, or one deleted while being read
+        unavailable = pb.ModelInfo(name=name, is_default=name == default, in_repository=True)
+        unavailable.state = pb.MODEL_STATE_UNAVAILABLE
+        unavailable.state_message = error.message if isinstance(error, ServiceError) else str(error)
+        return unavailable
+    return info
+
+
+def _repository_info(models_store: store.ModelStore, name: str, info: pb.ModelInfo) -> None:
+    """Fill ``info`` for repository model ``name``; a broken folder raises ``FailedPrecondition``."""
+    assert models_store.repository is not None
+    entry = models_store.repository.get(name)
+    record, labels = models_store.describe(name)
     chosen = entry.default_version
     loaded = models_store.loaded(name, chosen.version)
     config = entry.config
@@ -85,7 +93,6 @@ def model_info(models_store: store.ModelStore, name: str, default: str) -> pb.Mo
                 size_bytes=version.path.stat().st_size,
             )
         )
-    return info
 
 
 def _builtin_info(models_store: store.ModelStore, name: str, default: str) -> pb.ModelInfo:
@@ -164,9 +171,15 @@ async def receive_upload(
 def upload_response(
     info: pb.ModelInfo, installed: VersionEntry, upload: Upload, started: float
 ) -> pb.UploadModelResponse:
-    """The installed version; ``started``: when the upload began (``time.monotonic()``)."""
+    """The installed version and whether it changed the default version; ``started``: when the upload
+    began (``time.monotonic()``)."""
     return pb.UploadModelResponse(
-        model=info, version=installed.version, sha256=upload.sha256, seconds=time.monotonic() - started
+        model=info,
+        version=installed.version,
+        sha256=upload.sha256,
+        seconds=time.monotonic() - started,
+        default_version_changed=upload.default_version != upload.previous_default,
+        previous_default_version=upload.previous_default,
     )
 
 

@@ -25,13 +25,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnprobe_services.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from nnprobe_services.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from nnprobe_services.vision.models import config as model_config
+from nnprobe_services.vision.models import folder_checks, versions
 from nnprobe_services.vision.models.artifacts import FILE_NAMES, FORMATS
 from nnprobe_services.vision.models.config import ModelConfig
 
 STAGING = ".staging"
 TRASH = ".trash"
+VERSIONS = versions.FOLDER
 #: Staging folders older than this (seconds) are leftovers of a crashed upload and are removed.
 STALE_SECONDS = 3600.0
 
@@ -85,6 +93,7 @@ class ModelRepository:
         self.max_model_bytes = max_model_bytes
         (self.root / STAGING).mkdir(parents=True, exist_ok=True)
         (self.root / TRASH).mkdir(exist_ok=True)
+        (self.root / VERSIONS).mkdir(exist_ok=True)
         self._sweep()
 
     # -- reading ---------------------------------------------------------------------------------------
@@ -97,32 +106,43 @@ class ModelRepository:
         )
 
     def get(self, name: str, field: str = "model") -> ModelEntry:
-        """The model ``name``; ``NotFound`` when absent, ``FailedPrecondition`` when its folder is broken."""
+        """The model ``name``; ``NotFound`` when absent, ``FailedPrecondition`` naming the file when its
+        folder is broken (unreadable or non-UTF-8 text, a config that does not parse, no model file)."""
         model_config.check_name(name, field)
         folder = self.root / name
-        try:
-            text = (folder / "config.yaml").read_text()
-        except FileNotFoundError:
-            raise NotFound(f"no model {name!r} in the repository", field=field) from None
+        if not (folder / "config.yaml").is_file():
+            raise NotFound(f"no model {name!r} in the repository", field=field)
+        text = folder_checks.text(self.root, name, "config.yaml", field)
         try:
             config = model_config.parse_yaml(text, f"{name}/config.yaml")
         except InvalidArgument as error:
             raise FailedPrecondition(f"the repository's {error}", field=field) from None
+        except (ValueError, TypeError, RecursionError) as error:  # YAML the parser cannot read
+            raise FailedPrecondition(f"the repository's {name}/config.yaml: {error}", field=field) from None
         labels: tuple[str, ...] = ()
         if config.labels is not None:
             try:
-                labels = model_config.parse_labels((folder / config.labels).read_text())
-            except (OSError, InvalidArgument) as error:
+                labels = model_config.parse_labels(folder_checks.text(self.root, name, config.labels, field))
+            except InvalidArgument as error:
                 raise FailedPrecondition(f"labels of {name!r}: {error}", field=field) from None
-        versions = []
-        for child in folder.iterdir():
-            if child.is_dir() and model_config.is_version_name(child.name):
-                found = _version_file(child)
-                if found is not None:
-                    versions.append(VersionEntry(name, int(child.name), found[0], found[1]))
-        if not versions:
-            raise FailedPrecondition(f"model {name!r} has no version folder with a model file", field=field)
-        return ModelEntry(name, config, labels, tuple(sorted(versions, key=lambda v: v.version)))
+        entries = []
+        for version in self._taken(name):
+            found = _version_file(folder / str(version))
+            if found is not None:
+                entries.append(VersionEntry(name, version, found[0], found[1]))
+        if not entries:
+            raise FailedPrecondition(
+                f"model {name!r} has no version folder with a model file (model.onnx or model.pt2)",
+                field=field,
+            )
+        return ModelEntry(name, config, labels, tuple(entries))
+
+    def _taken(self, name: str) -> list[int]:
+        return versions.taken(self.root / name)
+
+    def highest_version(self, name: str) -> int:
+        """The highest version model ``name`` ever had (0: never used); see ``versions.highest``."""
+        return versions.highest(self.root, name)
 
     def resolve(
         self, name: str, version: int | None, field: str = "model"
@@ -203,19 +223,18 @@ class ModelRepository:
         return Upload(self, folder, name, fmt, size, digest, config, label_list, version)
 
     def install(self, upload: Upload, validate: Callable[[VersionEntry, ModelConfig, tuple[str, ...]], None]):
-        """Check the bytes, run ``validate`` on the staged version, then make it visible atomically."""
+        """Check the bytes, run ``validate`` on the staged version, then make it visible atomically.
+
+        The model's config and labels are compared and the version assigned under the repository's lock, so
+        of two uploads racing to create one model the second becomes a version of the first only when its
+        config and labels are the same, and is refused (``AlreadyExists``) otherwise."""
         try:
             upload.finish()
-            existing = self._existing_config(upload.name)
-            config = upload.config or existing
+            existing = self._existing(upload.name)
+            config = upload.config or (existing.config if existing is not None else None)
             assert config is not None
-            if existing is not None and upload.config is not None and upload.config != existing:
-                raise FailedPrecondition(
-                    f"model {upload.name!r} exists with another config; upload without a config to add a "
-                    "version, or delete the model first",
-                    field="metadata.config_yaml",
-                )
-            labels = upload.labels if upload.labels is not None else self._labels(upload.name, config)
+            labels = upload.labels if upload.labels is not None else existing.labels if existing else ()
+            folder_checks.same_contents(existing, config, labels)
             staged = VersionEntry(upload.name, upload.version or 0, upload.format, upload.file)
             validate(staged, config, labels)
             with self._locked():
@@ -223,33 +242,47 @@ class ModelRepository:
         finally:
             upload.discard()
 
-    def _existing_config(self, name: str) -> ModelConfig | None:
+    def _existing(self, name: str) -> ModelEntry | None:
         try:
-            return self.get(name, "metadata.name").config
+            return self.get(name, "metadata.name")
         except NotFound:
             return None
 
-    def _labels(self, name: str, config: ModelConfig) -> tuple[str, ...]:
-        if config.labels is None:
-            return ()
-        return model_config.parse_labels((self.root / name / config.labels).read_text())
+    def _next_version(self, upload: Upload) -> int:
+        """The upload's version: above every version the model ever had (versions are never reused)."""
+        highest = self.highest_version(upload.name)
+        if upload.version is None:
+            return highest + 1
+        if upload.version in self._taken(upload.name):
+            raise AlreadyExists(
+                f"model {upload.name!r} has a version {upload.version}; give 0 for the next ({highest + 1})",
+                field="metadata.version",
+            )
+        if upload.version <= highest:
+            raise FailedPrecondition(
+                f"model {upload.name!r} had versions up to {highest}, and a version number is never reused "
+                f"for other weights; give 0 or a version above {highest}",
+                field="metadata.version",
+            )
+        return upload.version
 
     def _publish(self, upload: Upload, config: ModelConfig, labels: tuple[str, ...]) -> VersionEntry:
+        """Rename the staged version into place (hold the lock): the model must still have the config and
+        labels the upload was checked with."""
         target = self.root / upload.name
         if target.exists() and not (target / "config.yaml").is_file():
             raise FailedPrecondition(f"{upload.name!r} is a folder but not a model", field="metadata.name")
-        names = [p.name for p in target.iterdir()] if target.exists() else []
-        taken = [int(name) for name in names if name.isascii() and name.isdigit()]
-        version = upload.version or max(taken, default=0) + 1
-        if version in taken:
-            raise FailedPrecondition(
-                f"model {upload.name!r} has a version {version}; delete it first or choose another",
-                field="metadata.version",
-            )
+        existing = self._existing(upload.name)
+        folder_checks.same_contents(existing, config, labels)
+        version = self._next_version(upload)
+        versions.record_highest(self.root, upload.name, version)
+        upload.previous_default = existing.default_version.version if existing is not None else 0
+        others = [v.version for v in existing.versions] if existing is not None else []
+        upload.default_version = config.default_version or max([version, *others])
         version_dir = upload.folder / "model" / str(version)
         version_dir.parent.mkdir(exist_ok=True)
         upload.file.parent.rename(version_dir)
-        if not target.exists():
+        if existing is None:
             (upload.folder / "model" / "config.yaml").write_text(config.to_yaml())
             if config.labels is not None:
                 (upload.folder / "model" / config.labels).write_text(
@@ -258,30 +291,40 @@ class ModelRepository:
             (upload.folder / "model").rename(target)
         else:
             version_dir.rename(target / str(version))
-        fmt_file = target / str(version) / FILE_NAMES[upload.format]
-        return VersionEntry(upload.name, version, upload.format, fmt_file)
+        return VersionEntry(upload.name, version, upload.format, target / str(version) / upload.file.name)
 
     def delete(self, name: str, version: int | None = None) -> list[int]:
-        """Remove a model (``version`` None) or one version; return the versions removed."""
-        entry = self.get(name, "name")
+        """Remove a model (``version`` None) or one version; return the versions removed. A broken folder
+        can be removed too. The highest version stays recorded, so later uploads continue above it."""
+        model_config.check_name(name, "name")
         with self._locked():
-            if version is None or len(entry.versions) == 1:
-                if version is not None and entry.versions[0].version != version:
-                    raise NotFound(f"model {name!r} has no version {version}", field="version")
-                doomed, removed = self.root / name, [v.version for v in entry.versions]
-            else:
-                if version not in [v.version for v in entry.versions]:
-                    raise NotFound(f"model {name!r} has no version {version}", field="version")
-                if entry.config.default_version == version:
-                    raise FailedPrecondition(
-                        f"version {version} is model {name!r}'s default_version; delete the model instead",
-                        field="version",
-                    )
+            if not (self.root / name / "config.yaml").is_file():
+                raise NotFound(f"no model {name!r} in the repository", field="name")
+            taken = self._taken(name)
+            if version is not None and version not in taken:
+                have = ", ".join(map(str, taken))
+                raise NotFound(f"model {name!r} has no version {version}; it has {have}", field="version")
+            if version is not None and len(taken) > 1 and self._pinned_default(name) == version:
+                raise FailedPrecondition(
+                    f"version {version} is model {name!r}'s default_version; delete the model instead",
+                    field="version",
+                )
+            if version is not None and len(taken) > 1:
                 doomed, removed = self.root / name / str(version), [version]
+            else:
+                doomed, removed = self.root / name, taken
+            versions.record_highest(self.root, name, self.highest_version(name))
             trash = self.root / TRASH / uuid.uuid4().hex
             doomed.rename(trash)
         shutil.rmtree(trash, ignore_errors=True)
         return removed
+
+    def _pinned_default(self, name: str) -> int | None:
+        """The ``default_version`` model ``name``'s config names (None: none, or the config is broken)."""
+        try:
+            return self.get(name, "name").config.default_version
+        except FailedPrecondition:
+            return None
 
 
 class Upload:
@@ -308,6 +351,9 @@ class Upload:
         self.config = config
         self.labels = labels
         self.version = version
+        #: Set when installed: the version served by default before (0: a new model) and from now on.
+        self.previous_default = 0
+        self.default_version = 0
         self.file = folder / "version" / FILE_NAMES[fmt]
         self.file.parent.mkdir()
         self.received = 0

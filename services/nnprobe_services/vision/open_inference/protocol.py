@@ -43,6 +43,7 @@ from nnprobe_services.errors import (
 )
 from nnprobe_services.vision.classification import classify
 from nnprobe_services.vision.images import decode
+from nnprobe_services.vision.models import versions
 from nnprobe_services.vision.models.config import is_version_name
 from nnprobe_services.vision.models.registry import LoadedModel
 from nnprobe_services.vision.models.store import ModelStore
@@ -108,8 +109,9 @@ class OpenInference:
     def resolve(self, name: str, version: str) -> tuple[str, int]:
         """(name, served version) of a request's model and version string ("" = the default version).
 
-        Built-in models have the one version "1"; repository models their folders' versions. Raises
-        Triton's ``NotFound`` for anything else."""
+        Built-in models have the one version "1"; repository models their folders' versions (also when the
+        folder is broken: such a model is not ready, and its metadata and inference are Triton's
+        ``Unavailable`` with the reason). Raises Triton's ``NotFound`` for anything else."""
         version = version.strip()
         if self.store.is_builtin(name):
             if version not in ("", "1"):
@@ -123,11 +125,24 @@ class OpenInference:
             raise unknown_model(name) from None
         except InvalidArgument:
             raise unknown_model(name) from None
+        except FailedPrecondition:  # a broken folder: known but not ready; metadata and infer say why
+            return name, self._folder_version(name, version)
         if not version:
             return name, entry.default_version.version
         if not is_version_name(version) or int(version) not in [v.version for v in entry.versions]:
             raise unknown_model(name, version)
         return name, int(version)
+
+    def _folder_version(self, name: str, version: str) -> int:
+        """The version a request names of a model whose folder is broken: one of its version folders (the
+        highest when it names none; 0 when there is none)."""
+        assert self.store.repository is not None
+        taken = versions.taken(self.store.repository.root / name)
+        if not version:
+            return taken[-1] if taken else 0
+        if not is_version_name(version) or int(version) not in taken:
+            raise unknown_model(name, version)
+        return int(version)
 
     def versions(self, name: str) -> tuple[str, ...]:
         if self.store.is_builtin(name):
@@ -138,7 +153,13 @@ class OpenInference:
     def signature(self, name: str, version: int) -> Signature:
         """The model's inputs, outputs and platform (from its loaded state when loaded, else its config)."""
         loaded = self._loaded(name, version)
-        record, labels = (loaded.record, loaded.labels) if loaded else self.store.describe(name)
+        try:
+            record, labels = (loaded.record, loaded.labels) if loaded else self.store.describe(name)
+        except FailedPrecondition as error:  # a broken repository folder
+            raise ProtocolUnavailable(
+                f"Request for unknown model: '{name}' has no available versions: {error.message}",
+                field="model_name",
+            ) from None
         height, width = record.preprocessing.crop
         classes = record.num_classes
         if self.store.is_builtin(name):

@@ -1284,7 +1284,10 @@ class UploadModelMetadata(_message.Message):
     exists adds a version to that model; built-in names are refused.
     """
     version: _builtins.int
-    """Version number to create; 0 picks one more than the highest existing version (1 for a new model)."""
+    """Version number to create; 0 picks one more than the highest version the model ever had (1 for a new
+    name). Numbers are never reused: a version above every earlier one, deleted ones included, or
+    FAILED_PRECONDITION; a version present is ALREADY_EXISTS.
+    """
     format: Global___ModelFormat.ValueType
     """The file's format."""
     size_bytes: _builtins.int
@@ -1293,7 +1296,8 @@ class UploadModelMetadata(_message.Message):
     """sha256 of the file's bytes (64 hex digits); a mismatch refuses the upload."""
     config_yaml: _builtins.str
     """The model's `config.yaml` (input size, channel order, value range, preprocessing, default version).
-    Required for a new model; for a new version of an existing model leave it empty, or give the same.
+    Required for a new model; for a new version of an existing model leave it empty, or give the same
+    (another config, or other labels, is ALREADY_EXISTS, also when another upload created the model first).
     """
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -1358,12 +1362,22 @@ class UploadModelResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
+    DEFAULT_VERSION_CHANGED_FIELD_NUMBER: _builtins.int
+    PREVIOUS_DEFAULT_VERSION_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """The version created."""
     sha256: _builtins.str
     """sha256 of the stored file (hex)."""
     seconds: _builtins.float
     """Seconds from the first message to the answer, checks and test load included."""
+    default_version_changed: _builtins.bool
+    """True when this upload changed the version served when a request names none: a new model, or a new
+    highest version of a model whose config.yaml pins no `default_version`.
+    """
+    previous_default_version: _builtins.int
+    """The version served by default before this upload (0 for a new model); `model.default_version` is the
+    one served from now on.
+    """
     @_builtins.property
     def model(self) -> Global___ModelInfo:
         """The model as ListModels now shows it."""
@@ -1375,10 +1389,12 @@ class UploadModelResponse(_message.Message):
         version: _builtins.int = ...,
         sha256: _builtins.str = ...,
         seconds: _builtins.float = ...,
+        default_version_changed: _builtins.bool = ...,
+        previous_default_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "seconds", b"seconds", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_version_changed", b"default_version_changed", "model", b"model", "previous_default_version", b"previous_default_version", "seconds", b"seconds", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
