@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nnprobe_services.vision.receptive_fields import empirical, ir
 from nnprobe_services.vision.receptive_fields.arithmetic import Unsupported
-from nnprobe_services.vision.receptive_fields.boxes import connected_pixels
+from nnprobe_services.vision.receptive_fields.boxes import connected_pixels, unit_field
 from nnprobe_services.vision.receptive_fields.frontends import onnx_reader as rf_onnx
 from nnprobe_services.vision.receptive_fields.graph import analyse_capture
 from nnprobe_services.vision.receptive_fields.resize_index import ROUNDINGS, TRANSFORMS, nearest_sources
@@ -126,6 +126,13 @@ def test_analysis_and_proof_match_onnx_runtime(n, conv, factor, coordinate, near
     analysed, proven = _analysed_and_proven(model, n, unit)
     assert analysed == truth, (coordinate, nearest, unit)
     assert proven == truth, (coordinate, nearest, unit)
+    # the layer's linear field (one receptive size and jump for every unit) holds each unit's exact box
+    capture = rf_onnx.read(model, None, "resize")
+    fields = analyse_capture(capture, Fraction(1, 2), "conv2").fields
+    box = unit_field(fields, "conv2", *unit, (n, n), Fraction(1, 2))
+    if truth[0][0] <= truth[0][1]:
+        assert box.vertical_clipped.first <= truth[0][0] and truth[0][1] <= box.vertical_clipped.last
+        assert box.horizontal_clipped.first <= truth[1][0] and truth[1][1] <= box.horizontal_clipped.last
 
 
 def _onnx_resize_of_index(
@@ -184,3 +191,30 @@ def test_tf_crop_and_resize_is_refused_by_name():
     assert type(capture.node("resize").operation) is ir.Unmappable
     with pytest.raises(Unsupported, match="tf_crop_and_resize"):
         analyse_capture(capture, Fraction(1, 2), "conv2")
+
+
+@pytest.mark.parametrize(("op", "opset"), [("Upsample", 9), ("Resize", 10)])
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_legacy_resizes_copy_the_units_onnx_runtime_copies(op, opset, factor):
+    # Upsample and the opset-10 Resize have no modes: the lowering's modes against ONNX Runtime
+    pool = helper.make_node("MaxPool", ["X"], ["P"], kernel_shape=[4, 4], strides=[4, 4])
+    node = helper.make_node(op, ["P", "scales"], ["R"], name="resize", mode="nearest")
+    scales = numpy_helper.from_array(np.array([1, 1, factor, factor], np.float32), "scales")
+    image = helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1, 20, 20])
+    out = helper.make_tensor_value_info("R", TensorProto.FLOAT, None)
+    graph = helper.make_graph([pool, node], "g", [image], [out], initializer=[scales])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    lowered = rf_onnx.read(model.SerializeToString(), None, "legacy").node("resize").operation
+    assert isinstance(lowered, ir.Upsample)
+    single = helper.make_node(op, ["X", "scales"], ["R"], mode="nearest")
+    row = helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1, 1, 5])
+    along_row = numpy_helper.from_array(np.array([1, 1, 1, factor], np.float32), "scales")
+    graph = helper.make_graph([single], "g", [row], [out], initializer=[along_row])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), _QUIET, providers=["CPUExecutionProvider"])
+    index = np.arange(5, dtype=np.float32).reshape(1, 1, 1, 5)
+    truth = [int(v) for v in session.run(None, {"X": index})[0].ravel()]
+    mapped = nearest_sources(5, 5 * factor, Fraction(factor), lowered.coordinate_mode, lowered.nearest_mode)
+    assert list(mapped) == truth
