@@ -107,19 +107,25 @@ def test_concurrent_calls_equal_sequential_ones(vision, seed_files):
         assert [c.probability for c in one.top] == pytest.approx([c.probability for c in many.top], abs=1e-6)
 
 
-def test_waiting_for_a_batch_holds_no_compute_thread(server_factory):
-    """One compute thread, four concurrent calls: they still meet in one batch of four, because a call gives
-    its thread back once its image is decoded and waits for its batch on the event loop. (Were the thread
-    held while waiting, the other calls could not be decoded until the first batch had left alone.)"""
+def test_waiting_for_a_batch_holds_no_compute_thread(server_factory, held_batches):
+    """One compute thread. A lone call runs at once; its forward pass is held while four more calls queue
+    their images, and those four then leave as one batch. The four can only be decoded, one after another on
+    the one thread, because a call gives its thread back once its image is decoded and waits for its batch
+    on the event loop."""
     _, address = server_factory(
         "vision", compute_workers=1, compute_queue=8, batch_max_size=4, batch_max_delay_ms=60_000.0
     )
     image = np.zeros((224, 224, 3), np.uint8)
-    with VisionClient(address, timeout=120) as client:
-        assert [r.batch_size for r in client.classify([image] * 4, top_k=1)] == [4] * 4  # loads the model
-        with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda _: client.classify(image, top_k=1)[0], range(4)))
-    assert [r.batch_size for r in results] == [4] * 4
+    with VisionClient(address, timeout=120) as client, ThreadPoolExecutor(5) as pool:
+        client.classify(image, top_k=1)  # loads the model
+        held_batches.hold()
+        first = pool.submit(client.classify, image, top_k=1)
+        assert held_batches.entered.wait(120)
+        later = [pool.submit(client.classify, image, top_k=1) for _ in range(4)]
+        _wait_for(lambda: _sample("nnprobe_batch_queue_images", {"model": "efficientnet_lite0"}) == 4)
+        held_batches.release()
+        assert first.result()[0].batch_size == 1
+        assert [f.result()[0].batch_size for f in later] == [4] * 4
 
 
 def test_batching_off_gives_the_same_classes(server_factory, tmp_path, seed_files):
@@ -266,38 +272,70 @@ def _wait_for(predicate, timeout=60.0):
         time.sleep(0.01)
 
 
-def test_queue_full_and_deadline_drops(server_factory, tmp_path):
+@pytest.fixture
+def held_batches(monkeypatch):
+    """``hold()``: the next forward pass of the batchers waits, once entered (``entered``), until
+    ``release()``; requests arriving meanwhile find a batch in flight, so they queue and wait for company."""
+    from nnprobe_services.vision.classification.batcher import DynamicBatcher
+
+    compute = DynamicBatcher._compute
+    control = type("HeldBatches", (), {})()
+    control.released, control.entered = threading.Event(), threading.Event()
+    control.released.set()
+    control.hold = lambda: (control.entered.clear(), control.released.clear())
+    control.release = control.released.set
+
+    def held(batcher, batch):
+        if batch and not control.released.is_set():
+            control.entered.set()
+            control.released.wait(120)
+        compute(batcher, batch)
+
+    monkeypatch.setattr(DynamicBatcher, "_compute", held)
+    yield control
+    control.release()
+
+
+def test_queue_full_and_deadline_drops(server_factory, tmp_path, held_batches):
     server, address = server_factory(
         "vision", tmp_path, batch_max_delay_ms=1500.0, batch_queue_size=2, batch_max_size=16
     )
     model = {"model": "efficientnet_lite0"}
     image = np.zeros((224, 224, 3), np.uint8)
     try:
-        with VisionClient(address, timeout=120) as client:
+        with VisionClient(address, timeout=120) as client, ThreadPoolExecutor(2) as pool:
             client.classify(image, top_k=1)  # loads the model
             computed = _sample("nnprobe_batch_images_computed_total", model)
             dropped = _sample("nnprobe_batch_images_dropped_total", {**model, "reason": "deadline"})
+            held_batches.hold()
+            lone = pool.submit(client.classify, image, top_k=1)  # runs at once; its forward pass is held
+            assert held_batches.entered.wait(120)
             # A call whose deadline passes while it waits in the queue is dropped, not computed.
             with pytest.raises(NnprobeError) as caught:
                 client.classify(image, timeout=0.3)
             assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            held_batches.release()
+            lone.result()
             _wait_for(
                 lambda: (
                     _sample("nnprobe_batch_images_dropped_total", {**model, "reason": "deadline"}) > dropped
                 )
             )
-            assert _sample("nnprobe_batch_images_computed_total", model) == computed
-            # Two images fill the queue; a third is refused at once.
-            first = threading.Thread(target=lambda: client.classify([image, image], top_k=1))
-            first.start()
+            assert _sample("nnprobe_batch_images_computed_total", model) == computed + 1
+            # Behind a batch in flight, two images fill the queue; a third is refused at once.
+            held_batches.hold()
+            lone = pool.submit(client.classify, image, top_k=1)
+            assert held_batches.entered.wait(120)
+            first = pool.submit(client.classify, [image, image], top_k=1)
             _wait_for(lambda: _sample("nnprobe_batch_queue_images", model) == 2)
             with pytest.raises(NnprobeError) as caught:
                 client.classify(image)
             assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert caught.value.field_violations[0].field == "images"
             assert "exceed the queue size 2" in caught.value.message
-            first.join()
-            assert _sample("nnprobe_batch_images_computed_total", model) == computed + 2
+            held_batches.release()
+            lone.result(), first.result()
+            assert _sample("nnprobe_batch_images_computed_total", model) == computed + 4
             with pytest.raises(NnprobeError, match="holds 3 images; the limit is 2"):
                 client.classify([image] * 3)
     finally:

@@ -1,9 +1,14 @@
 """Dynamic batching, in the manner of Triton's dynamic batcher.
 
 Requests put their images into a model's queue; one worker thread per model takes the oldest image,
-waits up to ``max_delay`` seconds for the batch to fill to ``max_size``, drops images whose request has
-been cancelled or whose deadline has passed (they are never computed), runs one forward pass over the
-rest and hands each image its row of logits. A full queue refuses new images (``QueueFull``).
+drops images whose request has been cancelled or whose deadline has passed (they are never computed), runs
+one forward pass over the rest and hands each image its row of logits. A full queue refuses new images
+(``QueueFull``).
+
+The batching delay applies only under concurrent demand. A request that finds the queue empty and no
+forward pass in flight runs at once, with whatever else is queued by then (a lone caller never waits for
+company that is not coming). A request that arrives while images are queued or a batch is computing waits
+until the batch holds ``max_size`` images or the oldest image has waited ``max_delay`` seconds.
 
 Each image's ``future`` (a ``concurrent.futures.Future``) resolves to the image itself once its logits,
 error or drop reason is known, so an asyncio handler can await it (``asyncio.wrap_future``) without holding
@@ -85,7 +90,9 @@ def batcher_metrics(registry: CollectorRegistry) -> BatcherMetrics:
 
 @dataclass(eq=False)
 class Pending:
-    """One image in flight: (3, H, W) ``pixels``; ``deadline`` in ``time.monotonic()`` seconds or None.
+    """One image in flight: (3, H, W) ``pixels``; ``deadline`` in the batcher's clock (``time.monotonic()``
+    by default) or None. ``company``: the image arrived under concurrent demand, so its batch may wait
+    ``max_delay`` for more images; otherwise it runs as soon as the worker takes it.
 
     ``future`` resolves to this object once ``logits`` ((classes,) float32), ``error`` or ``dropped``
     (``deadline``, ``cancelled`` or ``shutdown``) is known. It is marked running from the start, so a waiter
@@ -96,6 +103,7 @@ class Pending:
     deadline: float | None
     is_active: Callable[[], bool]
     enqueued: float = field(default_factory=time.monotonic)
+    company: bool = True
     future: Future = field(default_factory=Future)
     logits: torch.Tensor | None = None
     error: BaseException | None = None
@@ -113,7 +121,10 @@ class Pending:
 
 
 class DynamicBatcher:
-    """Gathers images for one model into batches; ``forward`` maps (N, 3, H, W) to (N, classes)."""
+    """Gathers images for one model into batches; ``forward`` maps (N, 3, H, W) to (N, classes).
+
+    ``clock`` (default ``time.monotonic``) measures deadlines, queue delays and inference time.
+    """
 
     def __init__(
         self,
@@ -124,8 +135,10 @@ class DynamicBatcher:
         max_delay: float,
         queue_size: int,
         metrics: BatcherMetrics,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
+        self.clock = clock
         self.forward = forward
         self.max_size = max_size
         self.max_delay = max_delay
@@ -134,6 +147,7 @@ class DynamicBatcher:
         self._queue: deque[Pending] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._in_flight = False  # a batch is being computed
         self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -145,10 +159,12 @@ class DynamicBatcher:
         is_active: Callable[[], bool],
         field: str = "images",
     ) -> list[Pending]:
-        """Queue every image of ``images`` (N, 3, H, W); all or none. ``deadline``: ``time.monotonic()``.
+        """Queue every image of ``images`` (N, 3, H, W); all or none. ``deadline``: in the batcher's clock.
         ``QueueFull`` names ``field``, the request field that carried the images."""
-        items = [Pending(image, deadline, is_active) for image in images]
         with self._cond:
+            now = self.clock()
+            company = bool(self._queue) or self._in_flight
+            items = [Pending(image, deadline, is_active, now, company=company) for image in images]
             if self._closed:
                 raise QueueFull("the batcher is shutting down", field=field)
             if len(self._queue) + len(items) > self.queue_size:
@@ -175,24 +191,33 @@ class DynamicBatcher:
             item.settle()
 
     def _take(self) -> list[Pending]:
-        """Wait for the oldest image, then for a full batch or the oldest image's delay to pass."""
+        """Wait for the oldest image; when it came with company, also for a full batch or the oldest
+        image's delay to pass. The batch taken is in flight until ``_idle``."""
         with self._cond:
             while not self._queue and not self._closed:
                 self._cond.wait()
             if self._closed:
                 return []
-            flush_at = self._queue[0].enqueued + self.max_delay
-            while len(self._queue) < self.max_size and not self._closed:
-                remaining = flush_at - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
+            if self._queue[0].company:
+                flush_at = self._queue[0].enqueued + self.max_delay
+                while len(self._queue) < self.max_size and not self._closed:
+                    remaining = flush_at - self.clock()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
             batch = [self._queue.popleft() for _ in range(min(self.max_size, len(self._queue)))]
+            self._in_flight = True
             self.metrics.queued.labels(model=self.name).set(len(self._queue))
             return batch
 
+    def _idle(self) -> None:
+        """The batch in flight is done: a request arriving from now on to an empty queue runs at once.
+        Called before its images are settled, so a caller's next request already counts as alone."""
+        with self._cond:
+            self._in_flight = False
+
     def _drop_stale(self, batch: list[Pending]) -> list[Pending]:
-        now = time.monotonic()
+        now = self.clock()
         live = []
         for item in batch:
             if item.deadline is not None and now >= item.deadline:
@@ -213,24 +238,30 @@ class DynamicBatcher:
                 if self._closed:
                     return
                 continue
-            batch = self._drop_stale(batch)
-            if not batch:
-                continue
-            start = time.monotonic()
-            try:
-                logits = self.forward(torch.stack([item.pixels for item in batch]))
-            except Exception as error:  # handed to each waiting request, which reports it
-                for item in batch:
-                    item.error = error
-                    item.settle()
-                continue
-            seconds = time.monotonic() - start
-            self.metrics.batch_size.labels(model=self.name).observe(len(batch))
-            self.metrics.computed.labels(model=self.name).inc(len(batch))
-            for row, item in zip(logits, batch, strict=True):
-                item.logits = row
-                item.batch_size = len(batch)
-                item.queue_seconds = start - item.enqueued
-                item.inference_seconds = seconds
-                self.metrics.queue_delay.labels(model=self.name).observe(item.queue_seconds)
+            self._compute(self._drop_stale(batch))
+
+    def _compute(self, batch: list[Pending]) -> None:
+        """One forward pass over ``batch`` (may be empty); each image gets its row, or the error."""
+        if not batch:
+            self._idle()
+            return
+        start = self.clock()
+        try:
+            logits = self.forward(torch.stack([item.pixels for item in batch]))
+        except Exception as error:  # handed to each waiting request, which reports it
+            self._idle()
+            for item in batch:
+                item.error = error
                 item.settle()
+            return
+        seconds = self.clock() - start
+        self.metrics.batch_size.labels(model=self.name).observe(len(batch))
+        self.metrics.computed.labels(model=self.name).inc(len(batch))
+        self._idle()
+        for row, item in zip(logits, batch, strict=True):
+            item.logits = row
+            item.batch_size = len(batch)
+            item.queue_seconds = start - item.enqueued
+            item.inference_seconds = seconds
+            self.metrics.queue_delay.labels(model=self.name).observe(item.queue_seconds)
+            item.settle()
