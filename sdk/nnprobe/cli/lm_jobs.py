@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import grpc
+
 from nnprobe.cli.output import (
     ProgressBar,
     client_kwargs,
@@ -14,6 +16,7 @@ from nnprobe.cli.output import (
     print_table,
 )
 from nnprobe.config import DEFAULT_TIMEOUT
+from nnprobe.errors import NnprobeError
 from nnprobe.sequence import JobEvent, SequenceClient, TrainingJob
 
 
@@ -169,9 +172,22 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connect(client: SequenceClient, seconds: float) -> None:
+    """Wait up to ``seconds`` for a connection to one of the client's addresses; UNAVAILABLE when none
+    is made (a watch would otherwise keep reconnecting to a server that is not there)."""
+    for channel in client._channels:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=seconds)
+            return
+        except grpc.FutureTimeoutError:
+            continue
+    raise NnprobeError(grpc.StatusCode.UNAVAILABLE, f"failed to connect to {client.address}")
+
+
 def run_watch(args: argparse.Namespace) -> int:
     options = client_kwargs(args) | {"timeout": DEFAULT_TIMEOUT if args.timeout is None else args.timeout}
     with SequenceClient(args.address, **options) as client:
+        _connect(client, min(5.0, args.timeout or 5.0))
         job = _follow(client, args.job_id, args.after, args.json, timeout=args.timeout)
     if not args.json:
         _print_job(job)
