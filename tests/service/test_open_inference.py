@@ -340,3 +340,31 @@ def test_tokens_guard_the_protocol_too(server_factory, triton):
         outputs=[{"name": "logits", "class_count": 1}],
     )
     assert "error" not in allowed and len(allowed["outputs"]["logits"]) == 1
+
+
+def test_stream_errors_carry_the_requests_id(served, onnx_file):
+    """Through a plain gRPC stub: a valid request "a" and a request "b" with an input the model does not
+    have; "b"'s error comes back in the stream with infer_response.id == "b", "a"'s logits with id "a"."""
+    import grpc
+    from nnprobe.api.inference import grpc_service_pb2 as pb
+    from nnprobe.api.inference import grpc_service_pb2_grpc as pb_grpc
+
+    images = uint8_images(5, 1)
+    expected = expected_logits(onnx_file, images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+
+    def request(request_id: str, input_name: str) -> pb.ModelInferRequest:
+        message = pb.ModelInferRequest(model_name="tiny", id=request_id)
+        message.inputs.add(name=input_name, datatype="UINT8", shape=list(images.shape))
+        message.raw_input_contents.append(images.tobytes())
+        return message
+
+    with grpc.insecure_channel(served[0]) as channel:
+        stream = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(
+            iter([request("a", "image"), request("b", "no_such_input")]), timeout=120
+        )
+        answered, failed = list(stream)
+    assert answered.error_message == "" and answered.infer_response.id == "a"
+    logits = np.frombuffer(answered.infer_response.raw_output_contents[0], "<f4").reshape(expected.shape)
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    assert "no_such_input" in failed.error_message
+    assert failed.infer_response.id == "b" and failed.infer_response.model_name == "tiny"

@@ -171,6 +171,14 @@ def infer_response(
     return response
 
 
+def error_response(request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    """The ``infer_response`` beside a streamed error: the failed request's ``id``, model name and version
+    as the request gave them (Triton's convention), so a client can match the error to its request."""
+    return pb.ModelInferResponse(
+        model_name=request.model_name, model_version=request.model_version, id=request.id
+    )
+
+
 def _tensor_metadata(spec: protocol.TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
     return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=spec.shape)
 

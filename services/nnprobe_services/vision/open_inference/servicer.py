@@ -85,13 +85,16 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return await self._infer(request, context)
 
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Each request's response in order; a failed request answers ``error_message`` and the stream
-        goes on, as Triton's does."""
+        """Each request's response in order; a failed request answers ``error_message`` with an
+        ``infer_response`` that carries the request's ``id``, model name and version (so a client can match
+        the error to its request), and the stream goes on, as Triton's does."""
         async for request in request_iterator:
             try:
                 response = await self._infer(request, context)
             except ServiceError as error:
-                yield pb.ModelStreamInferResponse(error_message=str(error.message))
+                yield pb.ModelStreamInferResponse(
+                    error_message=str(error.message), infer_response=convert.error_response(request)
+                )
                 continue
             yield pb.ModelStreamInferResponse(infer_response=response)
 
