@@ -10,7 +10,10 @@
 Changes are atomic on one filesystem: an upload is written and validated in ``<root>/.staging/``, then renamed
 into place (a new model's whole folder, or one new version folder); a delete renames the folder into
 ``<root>/.trash/`` before removing it. Installs and deletes hold an advisory ``flock`` on ``<root>/.lock`` so
-replicas on one volume do not race. Listing reads the folder each time, so every replica sees the same models.
+replicas on one volume do not race: under it an upload's config and labels are compared with the model's and
+its version assigned above every version the model ever had (``versions``: numbers are never reused).
+Listing reads the folder each time, so every replica sees the same models; a broken folder is
+``FailedPrecondition`` naming the file, for that model only.
 """
 
 from __future__ import annotations
