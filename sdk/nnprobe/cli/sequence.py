@@ -23,7 +23,12 @@ from nnprobe.sequence import CELLS, INIT_SCHEMES, INPUT_DISTRIBUTIONS, SequenceC
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("rnn", help="recurrent networks and gradient flow (SequenceService)")
     commands = group.add_subparsers(dest="rnn_command", required=True, metavar="COMMAND")
+    _add_forward(commands)
+    _add_gradients(commands)
+    _add_truncation(commands)
 
+
+def _add_forward(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("forward", help="run a recurrent cell; show the state change at every step")
     p.add_argument("--cell", choices=CELLS, default="rnn_tanh")
     p.add_argument("--inputs", help=".npy file with the inputs (T, B, D); default: ones (T, 1, D)")
@@ -53,6 +58,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     add_client_options(p, "sequence")
     p.set_defaults(handler=run_forward)
 
+
+def _add_gradients(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("gradients", help="|dh_T/dh_k| against the bound, per cell and spectral radius")
     p.add_argument("--cells", nargs="+", choices=CELLS, default=["rnn_tanh"])
     p.add_argument("--rho", type=float, nargs="+", default=[], help="target spectral radii (a sweep)")
@@ -77,6 +84,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     add_client_options(p, "sequence")
     p.set_defaults(handler=run_gradients)
 
+
+def _add_truncation(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("truncation", help="memory held for backward: detach() between chunks or not")
     p.add_argument("-K", "--chunk-counts", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--vocab-size", type=int, default=10_000)
