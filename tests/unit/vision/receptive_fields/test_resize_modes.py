@@ -218,3 +218,53 @@ def test_legacy_resizes_copy_the_units_onnx_runtime_copies(op, opset, factor):
     truth = [int(v) for v in session.run(None, {"X": index})[0].ravel()]
     mapped = nearest_sources(5, 5 * factor, Fraction(factor), lowered.coordinate_mode, lowered.nearest_mode)
     assert list(mapped) == truth
+
+
+class _TorchChain(torch.nn.Module):
+    """conv(k, s, p) -> F.interpolate(x u, nearest or nearest-exact) -> conv(3, pad 1), weights of ones."""
+
+    def __init__(self, conv: tuple[int, int, int], factor: int, mode: str) -> None:
+        super().__init__()
+        k, s, p = conv
+        self.conv1 = torch.nn.Conv2d(1, 1, k, stride=s, padding=p, bias=False)
+        self.conv2 = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+        for weight in (self.conv1.weight, self.conv2.weight):
+            torch.nn.init.ones_(weight)
+        self.factor, self.mode = factor, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(F.interpolate(self.conv1(x), scale_factor=self.factor, mode=self.mode))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(4, 13),
+    conv=st.tuples(st.integers(1, 3), st.sampled_from([2, 4]), st.integers(0, 1)),
+    factor=st.sampled_from([2, 4]),
+    mode=st.sampled_from(["nearest", "nearest-exact"]),
+    data=st.data(),
+)
+def test_torch_nearest_resizes_match_autograd_through_the_real_module(n, conv, factor, mode, data):
+    from nnprobe_services.vision.receptive_fields.frontends import torch_capture
+
+    k, s, p = conv
+    if s % factor:
+        return
+    module = _TorchChain(conv, factor, mode)
+    out = ((n + 2 * p - k) // s + 1) * factor
+    x, y = data.draw(st.integers(0, out - 1)), data.draw(st.integers(0, out - 1))
+    image = torch.ones(1, 1, n, n, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(module.double()(image)[0, 0, y, x], image)
+    reads = grad[0, 0] != 0
+    rows, columns = torch.nonzero(reads.any(1)).flatten(), torch.nonzero(reads.any(0)).flatten()
+    truth = ((0, -1), (0, -1))  # the unit reads padding alone
+    if rows.numel():
+        truth = ((int(rows[0]), int(rows[-1])), (int(columns[0]), int(columns[-1])))
+    capture, _ = torch_capture.capture(module.float(), "chain", (n, n), 1, None)
+    result = analyse_capture(capture, Fraction(1, 2), None)
+    assert connected_pixels(result.fields, result.end_point, x, y) == truth
+    device = torch.device("cpu")
+    probe, channels = empirical.twin_probe(capture, [result.end_point], device)
+    units = [(result.end_point, x, y)]
+    (box,) = empirical.gradient_boxes(probe, channels, (n, n), device, units, lambda: False)
+    assert ((box.first_row, box.last_row), (box.first_column, box.last_column)) == truth
