@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from nnprobe_services.errors import InvalidArgument, ResourceExhausted
+from nnprobe_services.vision.models.quoting import cap, quote
 
 FORMATS = ("onnx", "pt2")
 FILE_NAMES = {"onnx": "model.onnx", "pt2": "model.pt2"}
@@ -142,7 +143,7 @@ def check_text(model, field: str) -> None:
     """``InvalidArgument`` naming ``field`` when a name or other string of ``model`` is not UTF-8."""
     where = non_utf8_string(model)
     if where is not None:
-        raise InvalidArgument(f"is not a valid ONNX model: {where} is not UTF-8 text", field=field)
+        raise InvalidArgument(f"is not a valid ONNX model: {cap(where, 160)} is not UTF-8 text", field=field)
 
 
 def count_nodes(model) -> int:
@@ -181,8 +182,8 @@ def check_onnx_bytes(data: bytes, *, max_nodes: int, max_bytes: int, field: str)
         if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
             location = next((e.value for e in tensor.external_data if e.key == "location"), "")
             raise InvalidArgument(
-                f"tensor {tensor.name!r} refers to external data ({location!r}); an ONNX model sent in the "
-                "request must hold all its tensors",
+                f"tensor {quote(tensor.name)} refers to external data ({quote(location)}); an ONNX model "
+                "sent in the request must hold all its tensors",
                 field=field,
             )
     return model
@@ -197,7 +198,7 @@ def check_onnx(path: Path, *, max_nodes: int, max_bytes: int, field: str = "file
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, ValueError, OSError, RuntimeError) as error:
-        raise InvalidArgument(f"is not a readable ONNX model ({error})", field=field) from None
+        raise InvalidArgument(f"is not a readable ONNX model ({cap(str(error), 200)})", field=field) from None
     check_text(model, field)
     if not model.graph.node:
         raise InvalidArgument("is not an ONNX model (no graph nodes)", field=field)
@@ -214,19 +215,21 @@ def check_onnx(path: Path, *, max_nodes: int, max_bytes: int, field: str = "file
         target = (folder / location).resolve()
         if not location or os.path.isabs(location) or not target.is_relative_to(folder):
             raise InvalidArgument(
-                f"tensor {tensor.name!r} keeps its data at {location!r}, outside the model's folder",
+                f"tensor {quote(tensor.name)} keeps its data at {quote(location)}, "
+                "outside the model's folder",
                 field=field,
             )
         if not target.is_file():
             raise InvalidArgument(
-                f"tensor {tensor.name!r} keeps its data in {location!r}, which is not in the model's folder",
+                f"tensor {quote(tensor.name)} keeps its data in {quote(location)}, "
+                "which is not in the model's folder",
                 field=field,
             )
         size = target.stat().st_size
         offset, length = int(info.get("offset", 0) or 0), int(info.get("length", size) or 0)
         if offset < 0 or length < 0 or offset + length > size:
             raise InvalidArgument(
-                f"tensor {tensor.name!r} reads bytes {offset}..{offset + length} of {location!r} "
+                f"tensor {quote(tensor.name)} reads bytes {offset}..{offset + length} of {quote(location)} "
                 f"({size} bytes)",
                 field=field,
             )
@@ -260,7 +263,7 @@ def check_pt2_archive(path: Path, *, max_bytes: int, field: str = "file") -> Non
                 inner = info.filename.split("/", 1)[1] if "/" in info.filename else ""
                 if not _PT2_ENTRIES.match(inner):
                     raise InvalidArgument(
-                        f"holds {inner!r}, which torch.export.save does not write for a program "
+                        f"holds {quote(inner)}, which torch.export.save does not write for a program "
                         "(AOTInductor libraries, pickled or custom objects and extra programs are refused)",
                         field=field,
                     )
@@ -273,14 +276,17 @@ def check_pt2_archive(path: Path, *, max_bytes: int, field: str = "file") -> Non
                 pickled = [name for name, meta in payloads.items() if meta.get("use_pickle")]
                 if pickled:
                     raise InvalidArgument(
-                        f"stores {', '.join(pickled[:3])} as pickles; re-export with a current torch.export",
+                        f"stores {', '.join(quote(name) for name in pickled[:3])} as pickles; "
+                        "re-export with a current torch.export",
                         field=field,
                     )
             samples = archive.read(f"{root}/data/sample_inputs/model.pt")
     except InvalidArgument:
         raise
     except (zipfile.BadZipFile, KeyError, OSError, ValueError, AttributeError) as error:
-        raise InvalidArgument(f"is not a complete torch.export archive ({error})", field=field) from None
+        raise InvalidArgument(
+            f"is not a complete torch.export archive ({cap(str(error), 200)})", field=field
+        ) from None
     if samples:
         try:
             torch.load(io.BytesIO(samples), weights_only=True, map_location="cpu")
@@ -305,7 +311,7 @@ def check_pt2_graph(program: torch.export.ExportedProgram, *, max_nodes: int, fi
         )
         if not allowed:
             raise InvalidArgument(
-                f"calls {target!r} ({node.op}); only ATen and prims operators are accepted", field=field
+                f"calls {quote(target)} ({node.op}); only ATen and prims operators are accepted", field=field
             )
 
 
