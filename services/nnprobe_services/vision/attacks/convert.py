@@ -17,6 +17,7 @@ from nnprobe_services.vision.classification.convert import image_inputs
 from nnprobe_services.vision.classification.workflow import Classification
 from nnprobe_services.vision.images import decode
 from nnprobe_services.vision.models import registry
+from nnprobe_services.vision.models.quoting import quote
 
 METHODS = {
     pb.ATTACK_METHOD_UNSPECIFIED: "pgd",
@@ -96,7 +97,7 @@ def target(
             if labels is None or labels == registry.imagenet_labels()
             else "class of the model"
         )
-        raise InvalidArgument(f"no {kind} is called {request.target.label!r}", field="target.label")
+        raise InvalidArgument(f"no {kind} is called {quote(request.target.label)}", field="target.label")
     return names.index(wanted)
 
 
