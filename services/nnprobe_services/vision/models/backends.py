@@ -30,15 +30,28 @@ log = logging.getLogger("nnprobe.vision.backends")
 
 
 class PixelTransform(nn.Module):
-    """``(x * scale)[:, order] - mean) / std`` for [0, 1] RGB pixels ``x`` (N, 3, H, W)."""
+    """``(x * scale)[:, order] - mean) / std`` for [0, 1] RGB pixels ``x`` (N, 3, H, W), then permuted to
+    (N, H, W, 3) for an ``nhwc`` input and, for a ``uint8`` input, rounded to integers 0..255 (clamped) and
+    cast: the tensor the network takes (``config.yaml``'s ``input.layout`` and ``input.dtype``)."""
 
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, *, scale: float, bgr: bool, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(
+        self,
+        *,
+        scale: float,
+        bgr: bool,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        nhwc: bool = False,
+        uint8: bool = False,
+    ) -> None:
         super().__init__()
         self.scale = float(scale)
         self.bgr = bool(bgr)
+        self.nhwc = bool(nhwc)
+        self.uint8 = bool(uint8)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
@@ -46,7 +59,12 @@ class PixelTransform(nn.Module):
         x = pixels * self.scale
         if self.bgr:
             x = x.flip(1)
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        if self.nhwc:
+            x = x.permute(0, 2, 3, 1)
+        if self.uint8:  # no gradient flows through the cast (``LoadedModel.module`` refuses such models)
+            x = x.round().clamp(0, 255).to(torch.uint8)
+        return x
 
     def numpy(self, pixels: np.ndarray) -> np.ndarray:
         """The same mapping on a float32 array, without autograd (ONNX Runtime's input)."""
@@ -57,6 +75,10 @@ class PixelTransform(nn.Module):
         std = self.std.numpy()
         if not (mean == 0).all() or not (std == 1).all():
             x = (x - mean) / std
+        if self.nhwc:
+            x = x.transpose(0, 2, 3, 1)
+        if self.uint8:
+            return np.ascontiguousarray(np.clip(np.rint(x), 0, 255).astype(np.uint8))
         return np.ascontiguousarray(x, dtype=np.float32)
 
 

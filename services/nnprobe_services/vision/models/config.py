@@ -4,7 +4,7 @@ and versions (Triton's model-repository layout, simplified to image classificati
 Example::
 
     task: image_classification
-    input: {height: 224, width: 224, channel_order: rgb, value_range: [0, 1]}
+    input: {height: 224, width: 224, channel_order: rgb, value_range: [0, 1], layout: nchw, dtype: float32}
     preprocessing: {resize: 256, interpolation: bilinear, mean: [0.485, 0.456, 0.406],
                     std: [0.229, 0.224, 0.225]}
     labels: labels.txt
@@ -15,7 +15,8 @@ Example::
 Pixels reach a model as ``(x * value_range[1] - mean) / std`` per channel, channels in ``channel_order``,
 ``x`` the [0, 1] RGB pixels after resizing the shorter side to ``resize`` and centre-cropping to
 ``input.height`` x ``input.width`` (torchvision's evaluation transform). ``mean`` and ``std`` are in the units
-of ``value_range``.
+of ``value_range``. ``layout: nhwc`` feeds the tensor as (N, H, W, 3); ``dtype: uint8`` feeds the [0, 255]
+pixels rounded to integers (value range [0, 255], no mean or std: the network normalises them itself).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from nnprobe_services.vision.models.quoting import quote
 TASKS = ("image_classification",)
 CHANNEL_ORDERS = ("rgb", "bgr")
 INTERPOLATIONS = ("bilinear", "bicubic")
+#: The input tensor's layout and element type (Triton's FORMAT_NCHW/FORMAT_NHWC, TYPE_FP32/TYPE_UINT8).
+LAYOUTS = ("nchw", "nhwc")
+DTYPES = ("float32", "uint8")
 #: What the network returns: ``logits`` (the server applies softmax) or ``probabilities`` (a softmax's).
 OUTPUTS = ("logits", "probabilities")
 KEYS = ("task", "input", "preprocessing", "labels", "default_version", "output", "num_classes")
@@ -93,6 +97,8 @@ class ModelConfig:
     default_version: int | None
     output: str = "logits"
     num_classes: int | None = None
+    layout: str = "nchw"
+    dtype: str = "float32"
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML document this config is read from (round-trips through ``parse``)."""
@@ -103,6 +109,8 @@ class ModelConfig:
                 "width": self.width,
                 "channel_order": self.channel_order,
                 "value_range": list(self.value_range),
+                "layout": self.layout,
+                "dtype": self.dtype,
             },
             "preprocessing": {
                 "resize": self.resize,
@@ -179,25 +187,44 @@ def _triple(value: Any, field: str, *, positive: bool) -> tuple[float, float, fl
     return numbers[0], numbers[1], numbers[2]
 
 
-def _input(root: dict[str, Any], field: str) -> tuple[int, int, str, tuple[float, float]]:
-    """(height, width, channel_order, value_range) of ``input``."""
+def _input(root: dict[str, Any], field: str) -> tuple[int, int, str, tuple[float, float], str, str]:
+    """(height, width, channel_order, value_range, layout, dtype) of ``input``."""
     if "input" not in root:
         raise InvalidArgument("is required (height and width of the model's input)", field=f"{field}.input")
     spec = _mapping(root["input"], f"{field}.input")
-    _unknown(spec, ("height", "width", "channel_order", "value_range", "layout"), f"{field}.input")
+    _unknown(spec, ("height", "width", "channel_order", "value_range", "layout", "dtype"), f"{field}.input")
     if "height" not in spec or "width" not in spec:
         raise InvalidArgument("needs height and width", field=f"{field}.input")
     height = _integer(spec["height"], f"{field}.input.height", 1, MAX_SIDE)
     width = _integer(spec["width"], f"{field}.input.width", 1, MAX_SIDE)
     channel_order = _choice(spec.get("channel_order", "rgb"), CHANNEL_ORDERS, f"{field}.input.channel_order")
-    _choice(spec.get("layout", "nchw"), ("nchw",), f"{field}.input.layout")
-    raw_range = spec.get("value_range", [0, 1])
+    layout = _choice(spec.get("layout", "nchw"), LAYOUTS, f"{field}.input.layout")
+    dtype = _choice(spec.get("dtype", "float32"), DTYPES, f"{field}.input.dtype")
+    raw_range = spec.get("value_range", [0, 255] if dtype == "uint8" else [0, 1])
     low, high = _numbers(raw_range, f"{field}.input.value_range", 2, "low and high")
     if (low, high) not in VALUE_RANGES:
         raise InvalidArgument(
             f"must be [0, 1] or [0, 255], got {quote(raw_range)}", field=f"{field}.input.value_range"
         )
-    return height, width, channel_order, (low, high)
+    if dtype == "uint8" and high != 255:
+        raise InvalidArgument(
+            "must be [0, 255] for a uint8 input (input.dtype: uint8 takes integers 0..255)",
+            field=f"{field}.input.value_range",
+        )
+    return height, width, channel_order, (low, high), layout, dtype
+
+
+def _uint8_plain(dtype: str, mean: tuple[float, ...], std: tuple[float, ...], field: str) -> None:
+    """A uint8 input takes the pixels themselves: mean and std would be rounded away."""
+    if dtype != "uint8":
+        return
+    for key, values, neutral in (("mean", mean, 0.0), ("std", std, 1.0)):
+        if any(value != neutral for value in values):
+            raise InvalidArgument(
+                f"must be left out for a uint8 input (input.dtype: uint8 feeds the integer pixels 0..255; "
+                f"the network normalises them itself), got {list(values)}",
+                field=f"{field}.preprocessing.{key}",
+            )
 
 
 def _labels_file(labels: Any, field: str) -> str | None:
@@ -217,7 +244,7 @@ def parse(document: Any, field: str = "config") -> ModelConfig:
     root = _mapping(document, field)
     _unknown(root, KEYS, field)
     task = _choice(root.get("task", "image_classification"), TASKS, f"{field}.task")
-    height, width, channel_order, value_range = _input(root, field)
+    height, width, channel_order, value_range, layout, dtype = _input(root, field)
     prep = _mapping(root.get("preprocessing"), f"{field}.preprocessing")
     _unknown(prep, ("resize", "interpolation", "mean", "std"), f"{field}.preprocessing")
     resize = _integer(
@@ -230,6 +257,9 @@ def parse(document: Any, field: str = "config") -> ModelConfig:
         )
     default_version = root.get("default_version")
     num_classes = root.get("num_classes")
+    mean = _triple(prep.get("mean", [0, 0, 0]), f"{field}.preprocessing.mean", positive=False)
+    std = _triple(prep.get("std", [1, 1, 1]), f"{field}.preprocessing.std", positive=True)
+    _uint8_plain(dtype, mean, std, field)
     return ModelConfig(
         task=task,
         height=height,
@@ -240,8 +270,8 @@ def parse(document: Any, field: str = "config") -> ModelConfig:
         interpolation=_choice(
             prep.get("interpolation", "bilinear"), INTERPOLATIONS, f"{field}.preprocessing.interpolation"
         ),
-        mean=_triple(prep.get("mean", [0, 0, 0]), f"{field}.preprocessing.mean", positive=False),
-        std=_triple(prep.get("std", [1, 1, 1]), f"{field}.preprocessing.std", positive=True),
+        mean=mean,
+        std=std,
         labels=_labels_file(root.get("labels"), f"{field}.labels"),
         default_version=None
         if default_version is None
@@ -250,6 +280,8 @@ def parse(document: Any, field: str = "config") -> ModelConfig:
         num_classes=None
         if num_classes is None
         else _integer(num_classes, f"{field}.num_classes", 1, MAX_LABELS),
+        layout=layout,
+        dtype=dtype,
     )
 
 

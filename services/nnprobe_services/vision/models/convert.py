@@ -80,7 +80,7 @@ def _repository_info(models_store: store.ModelStore, name: str, info: pb.ModelIn
             width=config.width,
             channel_order=config.channel_order,
             value_max=config.value_range[1],
-            layout="nchw",
+            layout=config.layout,
         )
     )
     info.default_version = chosen.version

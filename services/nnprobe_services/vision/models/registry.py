@@ -265,10 +265,15 @@ class LoadedModel:
     repository_version: int = 0
     #: The largest batch the graph takes (0: any; 1: exported with a fixed batch of one).
     max_batch: int = 0
+    #: Why the model has no gradients with respect to its pixels (empty: it has them).
+    no_gradients: str = ""
 
     @property
     def module(self) -> nn.Module:
-        """The differentiable module, run in batches of at most ``max_batch`` like ``predict``."""
+        """The differentiable module, run in batches of at most ``max_batch`` like ``predict``;
+        ``FailedPrecondition`` naming the model when it has none (``no_gradients``)."""
+        if self.no_gradients:
+            raise FailedPrecondition(f"model {self.record.name!r} {self.no_gradients}", field="model")
         module = self.backend.differentiable()
         return BatchChunks(module, self.max_batch) if self.max_batch else module
 

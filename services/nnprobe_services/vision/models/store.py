@@ -2,9 +2,11 @@
 served by PyTorch or by ONNX Runtime through an export made once and cached) and the models of the model
 repository (``model.onnx`` through ONNX Runtime, ``model.pt2`` through PyTorch).
 
-A repository version is loaded and checked before it is served or installed: it must take (N, 3, H, W)
-float32 input at its configured size and return one (N, classes) float tensor, logits or (``output:
-probabilities``) a softmax's, with as many classes as it has labels (``outputs``).
+A repository version is loaded and checked before it is served or installed: its one input must be the
+tensor its config declares (``inputs``: (N, 3, H, W) or ``nhwc`` (N, H, W, 3), float32 or uint8, at its
+configured size; a mismatch is refused on the config, naming the input) and it must return one
+(N, classes) float tensor, logits or (``output: probabilities``) a softmax's, with as many classes as it
+has labels (``outputs``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from nnprobe_services.errors import FailedPrecondition, InvalidArgument, NotFound
-from nnprobe_services.vision.models import artifacts, backends, outputs, registry
+from nnprobe_services.vision.models import artifacts, backends, inputs, outputs, registry
 from nnprobe_services.vision.models.config import ModelConfig
 from nnprobe_services.vision.models.registry import (
     LoadedModel,
@@ -42,7 +44,12 @@ class ModelLimits:
 
 def transform_of(config: ModelConfig) -> backends.PixelTransform:
     return backends.PixelTransform(
-        scale=config.value_range[1], bgr=config.channel_order == "bgr", mean=config.mean, std=config.std
+        scale=config.value_range[1],
+        bgr=config.channel_order == "bgr",
+        mean=config.mean,
+        std=config.std,
+        nhwc=config.layout == "nhwc",
+        uint8=config.dtype == "uint8",
     )
 
 
@@ -54,8 +61,12 @@ def load_version(
     limits: ModelLimits,
     *,
     field: str = "file",
+    config_field: str | None = None,
 ) -> LoadedModel:
-    """Load and check one repository version; ``InvalidArgument`` (naming ``field``) when it is unusable."""
+    """Load and check one repository version; ``InvalidArgument`` (naming ``field``, or ``config_field``
+    when the graph's input is not the one the config declares or the test forward pass fails) when it is
+    unusable."""
+    config_field = config_field or field
     detected = artifacts.detect_format(entry.path, field)
     if detected != entry.format:
         raise InvalidArgument(f"holds a {detected} model, not the {entry.format} model declared", field=field)
@@ -65,15 +76,17 @@ def load_version(
         artifacts.check_onnx(entry.path, max_nodes=limits.max_nodes, max_bytes=limits.max_bytes, field=field)
         backend = backends.OnnxRuntimeBackend(entry.path, transform, device)
         outputs.check_onnx_outputs(backend.session, field)
+        inputs.check(inputs.onnx_input(backend.session), config, config_field)
         architecture = "ONNX graph"
     else:
         program = artifacts.load_pt2(
             entry.path, max_nodes=limits.max_nodes, max_bytes=limits.max_bytes, field=field
         )
         outputs.check_pt2_outputs(program, field)
+        inputs.check(inputs.pt2_input(program), config, config_field)
         backend = backends.TorchBackend(nn.Sequential(transform, program.module()), device)
         architecture = "torch.export program"
-    classes, max_batch = _probe(backend, config, labels, field)
+    classes, max_batch = _probe(backend, config, labels, field, config_field)
     if config.output == "probabilities":
         backend = outputs.ProbabilityOutputs(backend)
     record = ModelRecord(
@@ -86,24 +99,32 @@ def load_version(
         ),
         num_classes=classes,
     )
-    return LoadedModel(
+    loaded = LoadedModel(
         record, backend, entry.path, registry.sha256_of(entry.path), device, labels, entry.version, max_batch
     )
+    if config.dtype == "uint8":
+        loaded.no_gradients = (
+            "takes uint8 input (config.yaml input.dtype: uint8): the rounding and cast to integers at "
+            "its input have no gradient, so it cannot be attacked; it still classifies and serves as a "
+            "transfer model"
+        )
+    return loaded
 
 
 def _probe(
-    backend: backends.InferenceBackend, config: ModelConfig, labels: tuple[str, ...], field: str
+    backend: backends.InferenceBackend,
+    config: ModelConfig,
+    labels: tuple[str, ...],
+    field: str,
+    config_field: str,
 ) -> tuple[int, int]:
     """(classes, largest batch: 0 unlimited, 1 when the graph's batch is fixed at one)."""
     side = (config.height, config.width)
     try:
         logits = backend.predict(torch.zeros(1, 3, *side))
     except Exception as error:  # the backends' own error types for a shape or type mismatch
-        raise InvalidArgument(
-            f"the model does not run on a (1, 3, {side[0]}, {side[1]}) float32 input (config input size): "
-            f"{str(error)[:300]}",
-            field=field,
-        ) from None
+        fed = (1, *side, 3) if config.layout == "nhwc" else (1, 3, *side)
+        raise inputs.probe_failure(error, fed, config, config_field) from None
     classes = outputs.check_probe(logits, config, labels, field)
     try:
         batched = backend.predict(torch.zeros(2, 3, *side))
@@ -304,7 +325,15 @@ class ModelStore:
 
     def validate(self, entry: VersionEntry, config: ModelConfig, labels: tuple[str, ...]) -> None:
         """Load a staged upload as it would be served (``ModelRepository.install``'s check)."""
-        load_version(entry, config, labels, self.device, self.limits, field="chunk")
+        load_version(
+            entry,
+            config,
+            labels,
+            self.device,
+            self.limits,
+            field="chunk",
+            config_field="metadata.config_yaml",
+        )
 
     def _load_builtin(self, name: str) -> LoadedModel:
         record = registry.records()[name]

@@ -207,10 +207,10 @@ def test_hostile_uploads_are_refused_and_leave_nothing(repo, net, files, kind):
     models = store.ModelStore(torch.device("cpu"), repository=repo)
     config = tiny_cnn.CONFIG_YAML
     if error is None:  # a valid graph whose input is not the configured size
-        config, error, words = config.replace("height: 16", "height: 15"), InvalidArgument, "(1, 3, 15, 16)"
+        config, error, words = config.replace("height: 16", "height: 15"), InvalidArgument, "(N, 3, 15, 16)"
     with pytest.raises(error) as refused:
         upload(repo, models, "hostile", data, fmt, config=config)
-    assert words in refused.value.message and refused.value.field in ("chunk", "file")
+    assert words in refused.value.message and refused.value.field in ("chunk", "file", "metadata.config_yaml")
     nothing_left(repo, "hostile")
 
 
