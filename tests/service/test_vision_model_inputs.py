@@ -93,6 +93,12 @@ def probabilities(client, images, model: str) -> np.ndarray:
     return np.stack([[p for _, p in sorted((c.index, c.probability) for c in r.top)] for r in result])
 
 
+def test_the_model_list_shows_each_inputs_layout_and_dtype(client):
+    models = {m.name: m for m in client.list_models()}
+    shown = {n: (models[n].input_layout, models[n].input_dtype) for n in ("nchw", "nhwc", "uint8")}
+    assert shown == {"nchw": ("nchw", "float32"), "nhwc": ("nhwc", "float32"), "uint8": ("nchw", "uint8")}
+
+
 def test_an_nhwc_twin_classifies_as_the_nchw_model(client):
     images = quantized(1)
     np.testing.assert_allclose(

@@ -50,10 +50,13 @@ class ModelInfo:
     state: str = ""
     #: Why it is unavailable.
     state_message: str = ""
-    #: Input (height, width), channel order (``rgb``/``bgr``) and largest pixel value (1 or 255).
+    #: Input (height, width), channel order (``rgb``/``bgr``), largest pixel value (1 or 255), memory layout
+    #: (``nchw``/``nhwc``) and element type (``float32``/``uint8``).
     input_size: tuple[int, int] = (0, 0)
     channel_order: str = ""
     value_max: float = 0.0
+    input_layout: str = ""
+    input_dtype: str = ""
     num_labels: int = 0
     in_repository: bool = False
     #: Repository versions, oldest first.
@@ -121,6 +124,8 @@ def _model_info(m: Any) -> ModelInfo:
         input_size=(m.input_spec.height, m.input_spec.width),
         channel_order=m.input_spec.channel_order,
         value_max=m.input_spec.value_max,
+        input_layout=m.input_spec.layout,
+        input_dtype=m.input_spec.dtype,
         num_labels=m.num_labels,
         in_repository=m.in_repository,
         versions=[

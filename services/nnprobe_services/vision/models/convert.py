@@ -81,6 +81,7 @@ def _repository_info(models_store: store.ModelStore, name: str, info: pb.ModelIn
             channel_order=config.channel_order,
             value_max=config.value_range[1],
             layout=config.layout,
+            dtype=config.dtype,
         )
     )
     info.default_version = chosen.version
@@ -123,7 +124,12 @@ def _builtin_info(models_store: store.ModelStore, name: str, default: str) -> pb
         state=state,
         state_message="" if where.path is not None else f"weights file {record.file_name} not found",
         input_spec=pb.InputSpec(
-            height=prep.crop[0], width=prep.crop[1], channel_order="rgb", value_max=1.0, layout="nchw"
+            height=prep.crop[0],
+            width=prep.crop[1],
+            channel_order="rgb",
+            value_max=1.0,
+            layout="nchw",
+            dtype="float32",
         ),
         num_labels=record.num_classes if record.num_classes == 1000 else 0,
     )

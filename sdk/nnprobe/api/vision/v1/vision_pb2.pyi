@@ -1194,8 +1194,9 @@ Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
 
 @_typing.final
 class InputSpec(_message.Message):
-    """The input a classifier's network takes: (N, 3, height, width) float32, channels in `channel_order`,
-    pixel values scaled to [0, `value_max`] before the preprocessing's mean and std (which are in those units).
+    """The input a classifier's network takes: (N, 3, height, width) in `layout` (NHWC: (N, height, width, 3)) of
+    `dtype`, channels in `channel_order`, pixel values scaled to [0, `value_max`] before the preprocessing's
+    mean and std (which are in those units); uint8 inputs get the pixels rounded to 0..255.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1205,6 +1206,7 @@ class InputSpec(_message.Message):
     CHANNEL_ORDER_FIELD_NUMBER: _builtins.int
     VALUE_MAX_FIELD_NUMBER: _builtins.int
     LAYOUT_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
     height: _builtins.int
     """Input height in pixels."""
     width: _builtins.int
@@ -1214,7 +1216,9 @@ class InputSpec(_message.Message):
     value_max: _builtins.float
     """Largest pixel value fed to the network: 1 or 255."""
     layout: _builtins.str
-    """Memory layout of the input: `nchw`."""
+    """Memory layout of the input: `nchw` or `nhwc`."""
+    dtype: _builtins.str
+    """Element type of the input: `float32` or `uint8`."""
     def __init__(
         self,
         *,
@@ -1223,10 +1227,11 @@ class InputSpec(_message.Message):
         channel_order: _builtins.str = ...,
         value_max: _builtins.float = ...,
         layout: _builtins.str = ...,
+        dtype: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_order", b"channel_order", "height", b"height", "layout", b"layout", "value_max", b"value_max", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel_order", b"channel_order", "dtype", b"dtype", "height", b"height", "layout", b"layout", "value_max", b"value_max", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
