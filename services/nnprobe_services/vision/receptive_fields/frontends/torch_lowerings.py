@@ -80,7 +80,7 @@ def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
 
 def lower_node(node: fx.Node, name: str, shapes: dict[str, Any], tuples: dict[str, Any]) -> Operation:
     """The typed operation of one ATen node with at least one data input (``name``: its schema name)."""
-    base = name.rstrip("_") if name not in ("relu_", "silu_") else name[:-1]
+    base = name.rstrip("_")  # the out-of-place spelling of an in-place operator (add_ -> add)
     lowering = TORCH_LOWERINGS.get(name, base)
     if lowering is None:
         return Unmappable(f"the operation {name}")
