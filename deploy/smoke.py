@@ -82,7 +82,9 @@ def check_transfer(address: str, peer: str, options: dict[str, Any]) -> str:
         )
     (transfer,) = result.transfers
     assert transfer.address == peer and not transfer.error, transfer
-    assert transfer.top1 is not None and transfer.top1.index == result.final_top[0].index, (transfer, result)
+    # The same model on both servers: the same top-1 label, and fooled towards the target's label exactly
+    # when the attack succeeded (verdicts compare labels, never class indices).
+    assert transfer.top1 is not None and transfer.top1.label == result.final_top[0].label, (transfer, result)
     assert transfer.fooled == result.success, (transfer, result)
     verdict = "fooled" if transfer.fooled else "not fooled"
     return (

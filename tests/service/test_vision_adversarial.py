@@ -126,12 +126,15 @@ def test_untargeted_methods_and_transfer_to_a_second_server(vision, servers, pho
     other = torchvision.models.resnet18()
     other.load_state_dict(torch.load(resnet18_weights / "resnet18-f37072fd.pth", weights_only=True))
     expected = int(vision_reference.probabilities(other.eval(), fgsm.adversarial_png).argmax())
+    before = int(vision_reference.probabilities(other.eval(), fgsm.original_png).argmax())
     local, missing, remote = fgsm.transfers
     assert (local.model, local.address, local.top1.index) == ("resnet18", "", expected)
-    assert local.fooled == (expected != 291)
+    assert local.original_top1.index == before  # its own view of the original, not the attacked model's
+    assert local.fooled == (local.top1.label != local.original_top1.label)
     assert "alexnet-owt-7be5be79.pth" in missing.error and missing.top1 is None and not missing.fooled
     assert (remote.model, remote.address, remote.error) == ("resnet18", servers[1], "")
-    assert remote.top1.index == expected and remote.fooled == (expected != 291)
+    assert (remote.top1.index, remote.original_top1.index) == (expected, before)
+    assert remote.fooled == local.fooled and remote.verdict == local.verdict
     for method, extra in [
         ("bim", {}),
         ("mi_fgsm", {}),

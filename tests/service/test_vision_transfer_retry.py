@@ -49,9 +49,14 @@ def test_a_server_that_starts_after_the_first_attempt_answers_the_transfer(serve
             (remote,) = result.transfers
             assert remote.error == "" and remote.address == f"127.0.0.1:{port}"
             with VisionClient(f"127.0.0.1:{port}", timeout=120) as replica:  # the replica's own answer
-                (direct,) = replica.classify(result.adversarial_png, skip_resize=True, top_k=1)
-            assert remote.top1.index == direct.top[0].index
-            assert remote.fooled == (direct.top[0].index != result.goal_class)
+                before, after = replica.classify(
+                    [result.original_png, result.adversarial_png], skip_resize=True, top_k=1
+                )
+            assert (remote.original_top1.label, remote.top1.label) == (
+                before.top[0].label,
+                after.top[0].label,
+            )
+            assert remote.fooled == (after.top[0].label != before.top[0].label)
     finally:
         listener.close()
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from nnprobe.cli.output import ProgressBar, add_client_options, client_kwargs, print_json, print_table
 from nnprobe.cli.parsing import INT_MAX, UsageError, fraction, limit
-from nnprobe.vision import ATTACK_METHODS, AdversarialResult, AttackProgress, VisionClient
+from nnprobe.vision import ATTACK_METHODS, AdversarialResult, AttackProgress, TransferResult, VisionClient
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -188,11 +188,21 @@ def _print_results(results: list[AdversarialResult]) -> None:
     )
     for r in results:
         for t in r.transfers:
-            where = t.address or "local"
-            verdict = (
-                t.error or f"{t.top1.label if t.top1 else '?'}: {'fooled' if t.fooled else 'not fooled'}"
-            )
-            print(f"transfer {r.name} -> {t.model or '?'} ({where}): {verdict}")
+            print(f"transfer {r.name} -> {transfer_line(t)}")
+
+
+def transfer_line(t: TransferResult) -> str:
+    """One transfer check: the model, its version and where it runs, its top-1 on the original and on the
+    adversarial image, and its verdict ("not applicable" with the reason), or the error."""
+    version = f" v{t.model_version}" if t.model_version else ""
+    sha = f" sha256 {t.weights_sha256[:12]}" if t.weights_sha256 else ""
+    head = f"{t.model or '?'}{version} ({t.address or 'local'}{sha})"
+    if t.error:
+        return f"{head}: {t.error}"
+    before = t.original_top1.label if t.original_top1 else "?"
+    after = t.top1.label if t.top1 else "?"
+    verdict = t.verdict + (f" ({t.note})" if t.note else "")
+    return f"{head}: {before} -> {after}: {verdict}"
 
 
 def triptych(original_png: bytes, perturbation: np.ndarray, adversarial_png: bytes) -> bytes:

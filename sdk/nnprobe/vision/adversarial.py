@@ -43,15 +43,34 @@ class AttackProgress:
     top1: ClassScore
 
 
+#: Transfer verdicts by their protobuf values ("": no verdict, the check failed).
+TRANSFER_VERDICTS = {
+    pb.TRANSFER_VERDICT_UNSPECIFIED: "",
+    pb.TRANSFER_VERDICT_FOOLED: "fooled",
+    pb.TRANSFER_VERDICT_NOT_FOOLED: "not fooled",
+    pb.TRANSFER_VERDICT_NOT_APPLICABLE: "not applicable",
+}
+
+
 @dataclass
 class TransferResult:
-    """How another model (local, or on the server at ``address``) classifies the adversarial image."""
+    """How another model (local, or on the server at ``address``) classifies the adversarial image, judged
+    in its own labels: ``original_top1`` and ``top1`` are its top class on the original (the attacked pixels)
+    and on the adversarial image, each through its own preprocessing. ``verdict``: "fooled", "not fooled",
+    "not applicable" (targeted, and it has no class of the target's label; ``note`` says why) or "" (the
+    check failed: ``error``). ``fooled`` is ``verdict == "fooled"``. ``model_version``: its repository
+    version (0: built in or not reported); ``weights_sha256``: its weights file's sha256 (empty: unknown)."""
 
     model: str
     address: str
     top1: ClassScore | None
     fooled: bool
     error: str
+    original_top1: ClassScore | None = None
+    verdict: str = ""
+    model_version: int = 0
+    weights_sha256: str = ""
+    note: str = ""
 
 
 @dataclass
@@ -98,17 +117,26 @@ def _adversarial_result(r: Any) -> AdversarialResult:
         iterations=r.iterations,
         seconds=r.seconds,
         goal_class=r.goal_class,
-        transfers=[
-            TransferResult(
-                t.model,
-                t.address,
-                ClassScore(t.top1.index, t.top1.label, t.top1.probability) if t.HasField("top1") else None,
-                t.fooled,
-                t.error,
-            )
-            for t in r.transfers
-        ],
+        transfers=[_transfer_result(t) for t in r.transfers],
         raw=r,
+    )
+
+
+def _transfer_result(t: Any) -> TransferResult:
+    def scored(s: Any) -> ClassScore:
+        return ClassScore(s.index, s.label, s.probability)
+
+    return TransferResult(
+        t.model,
+        t.address,
+        scored(t.top1) if t.HasField("top1") else None,
+        t.fooled,
+        t.error,
+        original_top1=scored(t.original_top1) if t.HasField("original_top1") else None,
+        verdict=TRANSFER_VERDICTS.get(t.verdict, ""),
+        model_version=t.model_version,
+        weights_sha256=t.weights_sha256,
+        note=t.note,
     )
 
 

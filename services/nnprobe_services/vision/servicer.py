@@ -106,9 +106,8 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             if isinstance(event, methods.Progress):
                 yield attack_convert.progress(event, plan.labels)
                 continue
-            addresses, targeted = request.transfer_addresses, plan.target is not None
             checks = await remote.transfers(
-                addresses, event, targeted, context, config.vision.transfer_connect_timeout
+                request.transfer_addresses, event, context, config.vision.transfer_connect_timeout
             )
             event.image.transfers.extend(checks)
             yield attack_convert.result(event, request.images[event.image.image].name)

@@ -1,5 +1,6 @@
 """Adversarial examples end to end (no gRPC): classify the originals, run the attack, judge the 8-bit
-results, check transfer to other models, and describe each result (PNG, perturbation and its norms)."""
+results and describe each (PNG, perturbation and its norms). Transfer checks live in ``local``, ``remote``
+and ``verdicts``."""
 
 from __future__ import annotations
 
@@ -14,17 +15,9 @@ from PIL import Image
 
 from nnprobe_services.errors import InvalidArgument
 from nnprobe_services.vision.attacks import methods
+from nnprobe_services.vision.attacks.verdicts import Transfer
 from nnprobe_services.vision.classification.classify import ClassScore, top_k
 from nnprobe_services.vision.models.registry import LoadedModel
-
-
-@dataclass
-class Transfer:
-    model: str
-    address: str
-    top1: ClassScore | None
-    fooled: bool
-    error: str = ""
 
 
 @dataclass
@@ -132,17 +125,3 @@ def generate(
             goal_class=int(labels[index]),
             float_adversarial=outcome.float_adversarial.detach().cpu(),
         )
-
-
-def fooled(top1: int, goal_class: int, targeted: bool) -> bool:
-    return top1 == goal_class if targeted else top1 != goal_class
-
-
-def local_transfer(other: LoadedModel, result: AdversarialImage, targeted: bool) -> Transfer:
-    """Classify the 8-bit adversarial image with another local model."""
-    pixels = torch.from_numpy(result.adversarial).permute(2, 0, 1).float().div(255.0)
-    if tuple(pixels.shape[1:]) != other.record.preprocessing.crop:
-        return Transfer(other.record.name, "", None, False, f"{other.record.name} takes another input size")
-    logits = other.predict(pixels[None]).numpy()[0]  # its serving backend: no gradients needed
-    best = top_k(logits, 1, other.labels)[0]
-    return Transfer(other.record.name, "", best, fooled(best.index, result.goal_class, targeted))

@@ -10,7 +10,7 @@ from nnprobe.api.vision.v1 import vision_pb2 as pb
 
 from nnprobe_services import validation as valid
 from nnprobe_services.errors import InvalidArgument
-from nnprobe_services.vision.attacks import adversarial, methods, transfer
+from nnprobe_services.vision.attacks import methods, transfer, verdicts
 from nnprobe_services.vision.attacks.workflow import AttackRequest, AttackResult
 from nnprobe_services.vision.classification.classify import ClassScore
 from nnprobe_services.vision.classification.convert import image_inputs
@@ -255,11 +255,25 @@ def result(outcome: AttackResult, name: str) -> pb.GenerateAdversarialResponse:
     )
 
 
-def _transfer(t: adversarial.Transfer) -> pb.TransferResult:
+#: Verdicts to their protobuf values.
+VERDICTS = {
+    verdicts.Verdict.UNSPECIFIED: pb.TRANSFER_VERDICT_UNSPECIFIED,
+    verdicts.Verdict.FOOLED: pb.TRANSFER_VERDICT_FOOLED,
+    verdicts.Verdict.NOT_FOOLED: pb.TRANSFER_VERDICT_NOT_FOOLED,
+    verdicts.Verdict.NOT_APPLICABLE: pb.TRANSFER_VERDICT_NOT_APPLICABLE,
+}
+
+
+def _transfer(t: verdicts.Transfer) -> pb.TransferResult:
     return pb.TransferResult(
         model=t.model,
         address=t.address,
         top1=score(t.top1) if t.top1 is not None else None,
         fooled=t.fooled,
         error=t.error,
+        original_top1=score(t.original_top1) if t.original_top1 is not None else None,
+        verdict=VERDICTS[t.verdict],
+        model_version=t.model_version,
+        weights_sha256=t.weights_sha256,
+        note=t.note,
     )

@@ -1,12 +1,13 @@
 """Transfer checks against other VisionService servers: which addresses are acceptable, how long one remote
-call may take, how it is retried, and what its answer means. The call itself is made by ``remote`` (on the
-event loop).
+call may take and how it is retried. The calls themselves are made by ``remote`` (on the event loop); what an
+answer means is ``verdicts``'.
 
 A server behind a transfer address may be restarting. The channel then waits for it (at most the configured
 ``transfer_connect_timeout``), reconnecting with gRPC's own exponential backoff with jitter, bounded by
-``MAX_RECONNECT_BACKOFF_MS``; the Classify call is retried by gRPC's retry policy (service config) on
-UNAVAILABLE only, which is safe since classifying is read-only. Both stay within the call's deadline, which
-ends ``ANSWER_MARGIN_SECONDS`` before the request's own so that the transfer's failure can still be answered.
+``MAX_RECONNECT_BACKOFF_MS``; the ListModels and Classify calls are retried by gRPC's retry policy (service
+config) on UNAVAILABLE only, which is safe since both are read-only. All stay within the call's deadline,
+which ends ``ANSWER_MARGIN_SECONDS`` before the request's own so that the transfer's failure can still be
+answered.
 """
 
 from __future__ import annotations
@@ -14,9 +15,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-
-from nnprobe_services.vision.attacks.adversarial import Transfer, fooled
-from nnprobe_services.vision.classification.classify import ClassScore
 
 #: Most transfer models and addresses one request may name.
 MAX_TARGETS = 8
@@ -73,12 +71,13 @@ def call_timeout(remaining: float | None) -> float:
 
 
 def channel_options() -> list[tuple[str, object]]:
-    """Options of a transfer channel: gRPC's retry policy for VisionService.Classify on UNAVAILABLE and a
-    bounded reconnection backoff."""
+    """Options of a transfer channel: gRPC's retry policy for VisionService.ListModels and Classify on
+    UNAVAILABLE and a bounded reconnection backoff."""
+    service = "nnprobe.vision.v1.VisionService"
     config = {
         "methodConfig": [
             {
-                "name": [{"service": "nnprobe.vision.v1.VisionService", "method": "Classify"}],
+                "name": [{"service": service, "method": m} for m in ("ListModels", "Classify")],
                 "retryPolicy": RETRY_POLICY,
             }
         ]
@@ -99,13 +98,3 @@ def unreachable(address: str, waited: float) -> str:
         f"UNAVAILABLE: no gRPC server answered at {address} within {waited:.3g}s (nothing listening, or "
         "not a gRPC server)"
     )
-
-
-def remote_outcome(
-    address: str, model: str, best: ClassScore | None, goal_class: int, targeted: bool, error: str = ""
-) -> Transfer:
-    """The transfer result of the server at ``address``: its model's top class ``best`` (None with an
-    ``error``) fools it when it is the goal class (targeted) or differs from it (untargeted)."""
-    if best is None:
-        return Transfer("", address, None, False, error)
-    return Transfer(model, address, best, fooled(best.index, goal_class, targeted))

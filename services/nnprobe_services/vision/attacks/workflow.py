@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from nnprobe_services.errors import Cancelled, ServiceError, StopSignal
-from nnprobe_services.vision.attacks import adversarial, methods
-from nnprobe_services.vision.attacks.adversarial import AdversarialImage, Transfer
+from nnprobe_services.errors import Cancelled, StopSignal
+from nnprobe_services.vision.attacks import adversarial, local, methods, verdicts
+from nnprobe_services.vision.attacks.adversarial import AdversarialImage
 from nnprobe_services.vision.attacks.metrics import AttackMetrics
 from nnprobe_services.vision.classification.classify import load_model
 from nnprobe_services.vision.classification.workflow import ImageReader
@@ -39,11 +39,14 @@ class AttackRequest:
 
 @dataclass
 class AttackResult:
-    """One image's outcome with its original and adversarial pictures as PNG bytes (H, W, 3, 8 bits)."""
+    """One image's outcome with its original and adversarial pictures as PNG bytes (H, W, 3, 8 bits).
+    ``goal_label``: what transfer models are judged against (``verdicts.target_label``: None untargeted,
+    else the attacked model's label of the target class, "" when it has none)."""
 
     image: AdversarialImage
     original_png: bytes
     adversarial_png: bytes
+    goal_label: str | None = None
 
 
 def run(
@@ -63,7 +66,7 @@ def run(
     prep = models_store.describe(request.model)[0].preprocessing
     pixels = methods.quantize(decode.model_inputs(plain, prep, request.limits, skip_resize=False))
     model = load_model(models_store, request.model, request.version)
-    targeted = request.target is not None
+    goal_label = verdicts.target_label(model.labels, request.target)
     iteration = 0
     events = adversarial.generate(
         model, pixels, request.target, request.spec, k=request.top_k, should_stop=stop
@@ -76,8 +79,13 @@ def run(
                 continue
             versions = request.transfer_versions or [None] * len(request.transfer_models)
             for name, version in zip(request.transfer_models, versions, strict=True):
-                event.transfers.append(_local_transfer(models_store, name, version, event, targeted))
-            yield AttackResult(event, adversarial.png(event.original), adversarial.png(event.adversarial))
+                event.transfers.append(
+                    local.transfer_from_store(
+                        models_store, name, version, event, goal_label, request.limits.max_pixels
+                    )
+                )
+            pngs = adversarial.png(event.original), adversarial.png(event.adversarial)
+            yield AttackResult(event, *pngs, goal_label=goal_label)
     except Cancelled as error:
         if metrics is not None:
             metrics.stopped(
@@ -90,13 +98,3 @@ def run(
         raise
     finally:
         events.close()  # type: ignore[attr-defined]
-
-
-def _local_transfer(
-    models_store: store.ModelStore, name: str, version: int | None, result: AdversarialImage, targeted: bool
-) -> Transfer:
-    try:
-        other = models_store.get(name, version)
-    except ServiceError as error:  # missing weights (``WeightsMissing``) included
-        return Transfer(name, "", None, False, str(error))
-    return adversarial.local_transfer(other, result, targeted)

@@ -236,6 +236,44 @@ ATTACK_NORM_L2: AttackNorm.ValueType  # 2
 """Euclidean length of the whole perturbation."""
 Global___AttackNorm: _TypeAlias = AttackNorm  # noqa: Y015
 
+class _TransferVerdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TransferVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TransferVerdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRANSFER_VERDICT_UNSPECIFIED: _TransferVerdict.ValueType  # 0
+    """No verdict: the check failed (see TransferResult.error)."""
+    TRANSFER_VERDICT_FOOLED: _TransferVerdict.ValueType  # 1
+    """Untargeted: its top-1 label on the adversarial image differs from its top-1 label on the original.
+    Targeted: its top-1 label on the adversarial image is the target's label (the attacked model's name of
+    the target class).
+    """
+    TRANSFER_VERDICT_NOT_FOOLED: _TransferVerdict.ValueType  # 2
+    """Not fooled, by the same rules."""
+    TRANSFER_VERDICT_NOT_APPLICABLE: _TransferVerdict.ValueType  # 3
+    """Targeted only: the model has no class with the target's label (or the attacked model has no name for
+    the target class), so it cannot be led to it.
+    """
+
+class TransferVerdict(_TransferVerdict, metaclass=_TransferVerdictEnumTypeWrapper):
+    """Whether another model is fooled by an adversarial image, judged by class labels, never class indices."""
+
+TRANSFER_VERDICT_UNSPECIFIED: TransferVerdict.ValueType  # 0
+"""No verdict: the check failed (see TransferResult.error)."""
+TRANSFER_VERDICT_FOOLED: TransferVerdict.ValueType  # 1
+"""Untargeted: its top-1 label on the adversarial image differs from its top-1 label on the original.
+Targeted: its top-1 label on the adversarial image is the target's label (the attacked model's name of
+the target class).
+"""
+TRANSFER_VERDICT_NOT_FOOLED: TransferVerdict.ValueType  # 2
+"""Not fooled, by the same rules."""
+TRANSFER_VERDICT_NOT_APPLICABLE: TransferVerdict.ValueType  # 3
+"""Targeted only: the model has no class with the target's label (or the attacked model has no name for
+the target class), so it cannot be led to it.
+"""
+Global___TransferVerdict: _TypeAlias = TransferVerdict  # noqa: Y015
+
 @_typing.final
 class Extent(_message.Message):
     """A pair of integers along the two spatial axes."""
@@ -1771,8 +1809,8 @@ class GenerateAdversarialRequest(_message.Message):
 
     @_builtins.property
     def transfer_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Addresses of other VisionService servers to classify the final images with, through the SDK, with
-        this call's deadline and bearer token.
+        """Addresses of other VisionService servers to classify the final images with (their default model, each
+        through its own preprocessing), with this call's deadline and bearer token.
         """
 
     @_builtins.property
@@ -1896,19 +1934,38 @@ class TransferResult(_message.Message):
     TOP1_FIELD_NUMBER: _builtins.int
     FOOLED_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    ORIGINAL_TOP1_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    WEIGHTS_SHA256_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """The model (a local name, or the remote server's answering model)."""
     address: _builtins.str
     """The remote address; empty for a local model."""
     fooled: _builtins.bool
-    """True when that model is fooled too (targeted: its top-1 is the target; untargeted: its top-1 differs
-    from the attacked model's original class).
-    """
+    """True exactly when `verdict` is TRANSFER_VERDICT_FOOLED."""
     error: _builtins.str
     """Why the check failed (missing weights, an unreachable server); empty on success."""
+    verdict: Global___TransferVerdict.ValueType
+    """The verdict in that model's own labels; UNSPECIFIED when the check failed (see `error`)."""
+    model_version: _builtins.int
+    """Repository version of the model that answered; 0 for built-in models and remote answers without one."""
+    weights_sha256: _builtins.str
+    """sha256 of the answering model's weights file, as its server reports it; empty when unknown."""
+    note: _builtins.str
+    """Why the verdict is TRANSFER_VERDICT_NOT_APPLICABLE (the model has no class of the target's label);
+    empty otherwise.
+    """
     @_builtins.property
     def top1(self) -> Global___ClassScore:
-        """Its top-1 class."""
+        """Its top-1 class on the adversarial image (`adversarial_png` through that model's own preprocessing:
+        as is when it is that model's input size, resized and centre-cropped as Classify does otherwise).
+        """
+
+    @_builtins.property
+    def original_top1(self) -> Global___ClassScore:
+        """Its top-1 class on the original (`original_png`, the attacked pixels), through the same preprocessing."""
 
     def __init__(
         self,
@@ -1918,10 +1975,15 @@ class TransferResult(_message.Message):
         top1: Global___ClassScore | None = ...,
         fooled: _builtins.bool = ...,
         error: _builtins.str = ...,
+        original_top1: Global___ClassScore | None = ...,
+        verdict: Global___TransferVerdict.ValueType = ...,
+        model_version: _builtins.int = ...,
+        weights_sha256: _builtins.str = ...,
+        note: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["top1", b"top1"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["original_top1", b"original_top1", "top1", b"top1"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "error", b"error", "fooled", b"fooled", "model", b"model", "top1", b"top1"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "error", b"error", "fooled", b"fooled", "model", b"model", "model_version", b"model_version", "note", b"note", "original_top1", b"original_top1", "top1", b"top1", "verdict", b"verdict", "weights_sha256", b"weights_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
