@@ -3,7 +3,8 @@ attacked and checked against itself, against a twin that numbers its classes in 
 labels permuted alike: it must give exactly the same verdicts), against the same network at another input
 size (24 x 24, which must answer), and against a model lacking the target's label (not applicable); locally
 and on second servers whose default model is the twin or the 24 x 24 one. Top-1 labels are checked against
-onnxruntime run here on the uploaded files, and against the transfer servers' own Classify."""
+onnxruntime run here on the uploaded files, and against the transfer servers' own Classify. Last, the tiny
+CNN and the ImageNet model judge each other's pictures in their own labels."""
 
 from __future__ import annotations
 
@@ -204,3 +205,62 @@ def test_the_cli_shows_both_top1s_the_version_and_not_applicable(client, servers
     assert lines[2].startswith(
         f"transfer x.png -> wide v1 ({servers['wide']} sha256 {wide.weights_sha256[:12]})"
     )
+
+
+@pytest.fixture(scope="module")
+def imagenet(module_server_factory, tmp_path_factory, files):
+    """A server whose default is the ImageNet model, with the 5-class tiny CNN in its repository."""
+    address = _server(module_server_factory, tmp_path_factory, files, "efficientnet_lite0", ["tiny"])
+    with VisionClient(address, timeout=300) as vision:
+        yield vision
+
+
+def _imagenet_top1(png: bytes) -> str:
+    """The ImageNet model's top-1 label of a 16 x 16 PNG, preprocessed here with PIL: the shorter side to
+    256 (bilinear, antialiased), the centre 224 x 224; then torchvision's ImageNet labels."""
+    import io
+
+    from PIL import Image
+    from torchvision.models import ResNet18_Weights
+
+    from tests.support import vision_reference
+
+    picture = Image.open(io.BytesIO(png)).convert("RGB").resize((256, 256), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    picture.crop((16, 16, 240, 240)).save(buffer, format="PNG")
+    index = int(vision_reference.probabilities(vision_reference.lite0(), buffer.getvalue()).argmax())
+    return ResNet18_Weights.IMAGENET1K_V1.meta["categories"][index]
+
+
+def test_a_five_class_model_and_the_imagenet_model_judge_each_other_in_their_own_labels(
+    imagenet, shared_dir, files
+):
+    # The 5-class model attacked; the ImageNet model (224 x 224) judges the 16 x 16 pictures by its labels.
+    (small,) = imagenet.attack(
+        _images(1, 11),
+        model="tiny",
+        untargeted=True,
+        method="fgsm",
+        eps=16 / 255,
+        transfer_models=["efficientnet_lite0"],
+    )
+    (big,) = small.transfers
+    assert not big.error and big.model_version == 0 and len(big.weights_sha256) == 64
+    before, after = _imagenet_top1(small.original_png), _imagenet_top1(small.adversarial_png)
+    assert (big.original_top1.label, big.top1.label) == (before, after)
+    assert big.verdict == _expected_verdict(before, after, None, ())
+    # The ImageNet model attacked towards tiger on the lion photo: the 5-class model has no tiger.
+    lion = shared_dir / "data" / "seed-images" / "n02129165_2762_lion.jpg"
+    (r,) = imagenet.attack(lion, target="tiger", method="fgsm", eps=2 / 255, transfer_models=["tiny"])
+    (tiny,) = r.transfers
+    assert (tiny.verdict, tiny.fooled, tiny.model_version) == ("not applicable", False, 1)
+    assert "tiger" in tiny.note
+    # Untargeted, the 5-class model's verdict is its own top-1 on the original against the adversarial one.
+    (u,) = imagenet.attack(lion, untargeted=True, method="fgsm", eps=2 / 255, transfer_models=["tiny"])
+    (tiny,) = u.transfers
+    expected = [
+        transfer_models.top1(files["tiny"], png, tiny_cnn.SIDE, tiny_cnn.LABELS)
+        for png in (u.original_png, u.adversarial_png)
+    ]  # 224 x 224 pictures resized to 16 x 16
+    assert [tiny.original_top1.label, tiny.top1.label] == expected
+    assert tiny.verdict == _expected_verdict(*expected, None, tiny_cnn.LABELS)
