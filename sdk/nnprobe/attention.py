@@ -13,6 +13,7 @@ from nnprobe._client import DEFAULT, FLOAT_DTYPES, BaseClient, _Default, choice
 from nnprobe.api.attention.v1 import attention_pb2 as pb
 from nnprobe.api.attention.v1 import attention_pb2_grpc
 from nnprobe.api.common.v1 import common_pb2
+from nnprobe.display import rich_result
 
 _SOFTMAX = {"row": pb.SOFTMAX_MODE_ROW, "matrix": pb.SOFTMAX_MODE_MATRIX}
 _POSITIONAL = {
@@ -42,6 +43,7 @@ POOLINGS = tuple(_POOLING)
 ACTIVATIONS = tuple(_ACTIVATION)
 
 
+@rich_result()
 @dataclass
 class PermutationCheckResult:
     """Outcome of a permutation check (equivariance or pooling invariance)."""
@@ -74,6 +76,7 @@ class PermutationCheckResult:
         )
 
 
+@rich_result()
 @dataclass
 class FeedForwardResult:
     """Outcome of the Linear-vs-Conv1d feed-forward comparison."""

@@ -12,6 +12,8 @@ import importlib.util
 #: extra -> (the modules it provides, what it is for). Keep in step with sdk/pyproject.toml.
 EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "images": (("PIL",), "Pillow, to compose and save images"),
+    "pandas": (("pandas",), "pandas, for results as DataFrames (to_pandas)"),
+    "notebook": (("tqdm",), "tqdm, for progress bars in a terminal or a notebook"),
 }
 
 

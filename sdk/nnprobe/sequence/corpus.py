@@ -8,6 +8,7 @@ from typing import Any
 
 from nnprobe._client import DEFAULT, BaseClient, _Default
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
+from nnprobe.display import rich_result
 
 SPLIT_CODES = {"train": pb.CORPUS_SPLIT_TRAIN, "valid": pb.CORPUS_SPLIT_VALID, "test": pb.CORPUS_SPLIT_TEST}
 SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
@@ -15,6 +16,7 @@ SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
 SPLITS = tuple(SPLIT_CODES)
 
 
+@rich_result()
 @dataclass
 class CorpusInfo:
     """A corpus on the server: ``ptb`` or an upload."""

@@ -11,12 +11,14 @@ import numpy as np
 from nnprobe import tensors
 from nnprobe._client import DEFAULT, FLOAT_DTYPES, BaseClient, _Default, choice
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
+from nnprobe.display import rich_result
 from nnprobe.sequence.cells import CELL_CODES, CELL_NAMES, INIT_CODES, INPUT_CODES
 from nnprobe.sequence.progress import ProgressCallback, final_result
 
 _REGIMES = {pb.REGIME_VANISHING: "vanishing", pb.REGIME_STABLE: "stable", pb.REGIME_EXPLODING: "exploding"}
 
 
+@rich_result()
 @dataclass
 class GradientRun:
     """Gradient flow of one cell at one spectral radius. Lists run over k = 0..T-1 (inputs: 1..T)."""
@@ -44,6 +46,34 @@ class GradientRun:
     forget_bias: float
 
 
+def _norm_rows(analysis: GradientAnalysis) -> list[dict[str, Any]]:
+    """One row per run and distance T - k: |dh_T/dh_k|_2, its bound (None for gated cells) and |dL/dx_k|_2."""
+    rows = []
+    for run in analysis.runs:
+        for i, distance in enumerate(run.distances.tolist()):
+            rows.append(
+                {
+                    "cell": run.cell,
+                    "spectral_radius": run.target_spectral_radius,
+                    "distance": distance,
+                    "jacobian_norm": float(run.jacobian_norms[i]),
+                    "bound": None if run.bounds is None else float(run.bounds[i]),
+                    "input_gradient_norm": float(run.input_gradient_norms[i]),
+                }
+            )
+    return rows
+
+
+def _run_rows(analysis: GradientAnalysis) -> list[dict[str, Any]]:
+    """One row per run: cell, radii, norms, growth rate and regime."""
+    keys = ("cell", "target_spectral_radius", "spectral_radius", "weight_norm", "derivative_bound")
+    return [
+        {**{k: getattr(r, k) for k in keys}, "growth_rate": r.growth_rate, "regime": r.regime}
+        for r in analysis.runs
+    ]
+
+
+@rich_result(pictures=("plot_png",), tables={"norms": _norm_rows, "runs": _run_rows})
 @dataclass
 class GradientAnalysis:
     """All runs of an ``analyze_gradients`` call."""

@@ -12,6 +12,7 @@ import grpc
 
 from nnprobe._client import DEFAULT, BaseClient, _Default, choice
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
+from nnprobe.display import rich_result
 from nnprobe.errors import NnprobeError
 
 _OPTIMIZERS = {"adam": pb.OPTIMIZER_ADAM, "sgd": pb.OPTIMIZER_SGD}
@@ -38,6 +39,7 @@ TERMINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
 OPTIMIZERS = tuple(_OPTIMIZERS)
 
 
+@rich_result()
 @dataclass
 class JobEvent:
     """One event of a job: ``kind`` is ``step``, ``evaluation``, ``state`` or ``checkpoint``."""
@@ -60,6 +62,7 @@ class JobEvent:
     time: float
 
 
+@rich_result(pictures=("plot_png",), tables={"events": "events"})
 @dataclass
 class TrainingJob:
     """A training job (its id is also its model's id)."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from nnprobe._client import DEFAULT, BaseClient, _Default, choice
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
+from nnprobe.display import rich_result
 from nnprobe.sequence.corpus import SPLIT_CODES, SPLIT_NAMES
 
 _STRATEGIES = {"multinomial": pb.SAMPLING_STRATEGY_MULTINOMIAL, "greedy": pb.SAMPLING_STRATEGY_GREEDY}
@@ -18,6 +19,7 @@ STRATEGIES = tuple(_STRATEGIES)
 METRICS = tuple(_METRICS)
 
 
+@rich_result()
 @dataclass
 class Perplexity:
     """A model's perplexity on one split."""
@@ -31,6 +33,7 @@ class Perplexity:
     raw: Any = field(repr=False, default=None)
 
 
+@rich_result()
 @dataclass
 class SampleResult:
     """Generated words."""
@@ -45,6 +48,7 @@ class SampleResult:
     raw: Any = field(repr=False, default=None)
 
 
+@rich_result()
 @dataclass
 class EmbeddingDistance:
     """Distances between two words' input embeddings."""
@@ -62,6 +66,15 @@ class EmbeddingDistance:
     raw: Any = field(repr=False, default=None)
 
 
+def _neighbor_rows(result: NearestWords) -> list[dict[str, Any]]:
+    """One row per neighbour, nearest first: rank, word, id, distance."""
+    return [
+        {"rank": rank, "word": word, "id": word_id, "distance": distance}
+        for rank, (word, word_id, distance) in enumerate(result.neighbors, start=1)
+    ]
+
+
+@rich_result(tables={"neighbors": _neighbor_rows})
 @dataclass
 class NearestWords:
     """The k nearest words to ``word``: ``neighbors`` is a list of (word, id, distance), nearest first."""

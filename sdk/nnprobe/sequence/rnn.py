@@ -11,6 +11,7 @@ import numpy as np
 from nnprobe import tensors
 from nnprobe._client import DEFAULT, FLOAT_DTYPES, BaseClient, _Default, choice
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
+from nnprobe.display import rich_result
 from nnprobe.sequence.cells import CELL_CODES, INIT_CODES
 
 
@@ -18,6 +19,7 @@ def _optional(message: Any, name: str) -> np.ndarray | None:
     return tensors.to_numpy(getattr(message, name)) if message.HasField(name) else None
 
 
+@rich_result()
 @dataclass
 class RecurrentResult:
     """A forward pass. Arrays are sequence first: (T, B, ...)."""

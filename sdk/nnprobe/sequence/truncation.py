@@ -8,11 +8,13 @@ from typing import Any
 
 from nnprobe._client import DEFAULT, BaseClient, _Default
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
+from nnprobe.display import rich_result
 from nnprobe.sequence.progress import ProgressCallback, final_result
 
 _MODES = {pb.TRUNCATION_MODE_TRUNCATED: "truncated", pb.TRUNCATION_MODE_FULL: "full"}
 
 
+@rich_result()
 @dataclass
 class TruncationPoint:
     """K chunks in one mode (``truncated`` or ``full``)."""
@@ -26,6 +28,7 @@ class TruncationPoint:
     backward_passes: int
 
 
+@rich_result(pictures=("plot_png",), tables={"points": "points"})
 @dataclass
 class TruncationComparison:
     """Memory and time of truncated vs full BPTT for every K."""

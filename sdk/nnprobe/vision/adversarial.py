@@ -12,6 +12,8 @@ import numpy as np
 from nnprobe import tensors
 from nnprobe._client import DEFAULT, BaseClient, _Default
 from nnprobe.api.vision.v1 import vision_pb2 as pb
+from nnprobe.display import rich_result
+from nnprobe.pngs import encode_png, signed_picture
 from nnprobe.vision.classify import ClassScore, class_scores
 from nnprobe.vision.images import ImageLike, image_messages
 
@@ -32,6 +34,7 @@ _NORMS = {None: pb.ATTACK_NORM_UNSPECIFIED, "linf": pb.ATTACK_NORM_LINF, "l2": p
 ATTACK_METHODS = tuple(_METHODS)
 
 
+@rich_result()
 @dataclass
 class AttackProgress:
     """One image after one iteration."""
@@ -52,6 +55,7 @@ TRANSFER_VERDICTS = {
 }
 
 
+@rich_result()
 @dataclass
 class TransferResult:
     """How another model (local, or on the server at ``address``) classifies the adversarial image, judged
@@ -73,6 +77,29 @@ class TransferResult:
     note: str = ""
 
 
+#: An attack's pictures: the adversarial image, the original and the perturbation, at the model's input size.
+_PICTURES = ("adversarial_png", "original_png", "perturbation_png")
+
+
+def _top_rows(result: AdversarialResult) -> list[dict[str, Any]]:
+    """Rank by rank: the class before the attack beside the class after it."""
+    rows = []
+    for rank in range(max(len(result.original_top), len(result.final_top))):
+        before = result.original_top[rank] if rank < len(result.original_top) else None
+        after = result.final_top[rank] if rank < len(result.final_top) else None
+        rows.append(
+            {
+                "rank": rank + 1,
+                "original": before.label if before else "",
+                "original_probability": before.probability if before else None,
+                "adversarial": after.label if after else "",
+                "adversarial_probability": after.probability if after else None,
+            }
+        )
+    return rows
+
+
+@rich_result(pictures=_PICTURES, tables={"top": _top_rows, "transfers": "transfers"})
 @dataclass
 class AdversarialResult:
     """The outcome for one image. Pixels are the model's input size; ``perturbation`` (H, W, 3) float32."""
@@ -94,10 +121,20 @@ class AdversarialResult:
     transfers: list[TransferResult]
     raw: Any = field(repr=False, default=None)
 
-    def save(self, path: str | Path) -> Path:
-        """Write the adversarial PNG to ``path``."""
+    @property
+    def perturbation_png(self) -> bytes:
+        """The perturbation as a PNG: mid-gray is 0, the brightest and darkest are ±``linf`` (drawn here)."""
+        return encode_png(signed_picture(np.asarray(self.perturbation, dtype=np.float64)))
+
+    def save(self, path: str | Path, picture: str = "adversarial_png") -> Path:
+        """Write a PNG to ``path``: ``adversarial_png`` (default), ``original_png`` or ``perturbation_png``.
+        Raises ``ValueError`` for another name."""
+        if picture not in _PICTURES:
+            raise ValueError(
+                f"picture must be adversarial_png, original_png or perturbation_png, not {picture!r}"
+            )
         target = Path(path)
-        target.write_bytes(self.adversarial_png)
+        target.write_bytes(getattr(self, picture))
         return target
 
 

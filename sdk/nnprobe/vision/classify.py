@@ -11,9 +11,11 @@ import numpy as np
 from nnprobe import tensors
 from nnprobe._client import DEFAULT, BaseClient, _Default
 from nnprobe.api.vision.v1 import vision_pb2 as pb
+from nnprobe.display import rich_result
 from nnprobe.vision.images import ImageLike, image_messages
 
 
+@rich_result()
 @dataclass
 class ClassScore:
     """A class and its softmax probability."""
@@ -28,6 +30,7 @@ def class_scores(messages: Iterable[Any]) -> list[ClassScore]:
     return [ClassScore(c.index, c.label, c.probability) for c in messages]
 
 
+@rich_result(tables={"top": "top"})
 @dataclass
 class Classification:
     """The classification of one image: ``top`` most probable first."""
@@ -56,6 +59,16 @@ class Classification:
         return self.top[0].probability
 
 
+def _top_rows(result: ClassifyResult) -> list[dict[str, Any]]:
+    """One row per image and rank: image name, rank (1 = most probable), class index, label, probability."""
+    return [
+        {"image": c.name, "rank": rank, "index": s.index, "label": s.label, "probability": s.probability}
+        for c in result.results
+        for rank, s in enumerate(c.top, start=1)
+    ]
+
+
+@rich_result(tables={"top": _top_rows})
 @dataclass
 class ClassifyResult:
     """Outcome of ``classify``: one ``Classification`` per image, in order."""

@@ -13,8 +13,10 @@ from typing import Any
 
 from nnprobe._client import DEFAULT, BaseClient, _Default
 from nnprobe.api.vision.v1 import vision_pb2 as pb
+from nnprobe.display import rich_result
 
 
+@rich_result()
 @dataclass
 class Preprocessing:
     """A model's preprocessing: shorter side to ``resize``, centre crop ``crop`` (h, w), /255, normalise."""
@@ -26,6 +28,7 @@ class Preprocessing:
     std: tuple[float, ...]
 
 
+@rich_result(tables={"versions": "versions"})
 @dataclass
 class ModelInfo:
     """One classifier the server can serve."""
@@ -65,6 +68,7 @@ class ModelInfo:
     raw: Any = field(repr=False, default=None)
 
 
+@rich_result()
 @dataclass
 class ModelVersion:
     """One version of a repository model: number, format (``onnx``/``pt2``), sha256 (hex), size in bytes."""
@@ -75,6 +79,7 @@ class ModelVersion:
     size_bytes: int
 
 
+@rich_result()
 @dataclass
 class UploadResult:
     """What UploadModel created: the model as listed, the version, the file's sha256, seconds taken, and

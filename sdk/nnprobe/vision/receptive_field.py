@@ -12,6 +12,8 @@ import numpy as np
 from nnprobe import tensors
 from nnprobe._client import DEFAULT, BaseClient, _Default
 from nnprobe.api.vision.v1 import vision_pb2 as pb
+from nnprobe.display import rich_result
+from nnprobe.pngs import encode_png
 from nnprobe.vision.images import image_message
 
 _KINDS = {"conv": pb.LAYER_KIND_CONV, "pool": pb.LAYER_KIND_POOL, "other": pb.LAYER_KIND_OTHER}
@@ -26,6 +28,7 @@ _KIND_NAMES = {
 Pair = int | Sequence[int]
 
 
+@rich_result()
 @dataclass(frozen=True)
 class Layer:
     """One layer of a layer list.
@@ -44,6 +47,7 @@ class Layer:
     ceil_mode: bool = False
 
 
+@rich_result()
 @dataclass
 class AxisField:
     """Geometry of a layer along one axis, in input pixels."""
@@ -55,6 +59,7 @@ class AxisField:
     effective_padding: float
 
 
+@rich_result()
 @dataclass
 class LayerField:
     """Receptive-field geometry of one layer."""
@@ -70,6 +75,7 @@ class LayerField:
     padding: tuple[int, int, int, int]
 
 
+@rich_result()
 @dataclass
 class Interval:
     """[start, end] along one axis, with its centre."""
@@ -79,6 +85,7 @@ class Interval:
     end: float
 
 
+@rich_result()
 @dataclass
 class Verification:
     """Rows and columns (first, last) of non-zero input gradient, and whether they equal the analytic box."""
@@ -88,6 +95,7 @@ class Verification:
     matches: bool
 
 
+@rich_result()
 @dataclass
 class UnitField:
     """The field of one unit (x = column, y = row of its layer's output)."""
@@ -106,6 +114,7 @@ class UnitField:
     verification: Verification | None = None
 
 
+@rich_result(pictures=("gradient_map_png",))
 @dataclass
 class EffectiveField:
     """Effective receptive field (Luo et al., 2016) of one unit."""
@@ -125,7 +134,18 @@ class EffectiveField:
     share_for_95_percent: float
     mass_inside_field: float
 
+    @property
+    def gradient_map_png(self) -> bytes | None:
+        """``gradient_map`` as a gray PNG (black 0, white its maximum; drawn here), None when empty."""
+        values = np.asarray(self.gradient_map, dtype=np.float64)
+        if values.ndim != 2 or not values.size:
+            return None
+        peak = float(values.max())
+        scaled = values / peak if peak > 0 else values
+        return encode_png(np.clip(np.rint(scaled * 255.0), 0, 255).astype(np.uint8))
 
+
+@rich_result(pictures=("plot_png",), tables={"layers": "layers", "units": "units"})
 @dataclass
 class ReceptiveFieldResult:
     """Outcome of ``compute_receptive_field``."""
