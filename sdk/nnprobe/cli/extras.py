@@ -13,7 +13,7 @@ import importlib.util
 EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "images": (("PIL",), "Pillow, to compose and save images"),
     "pandas": (("pandas",), "pandas, for results as DataFrames (to_pandas)"),
-    "notebook": (("tqdm",), "tqdm, for progress bars in a terminal or a notebook"),
+    "notebook": (("tqdm", "IPython"), "tqdm and IPython, for progress bars and live curves in a notebook"),
 }
 
 

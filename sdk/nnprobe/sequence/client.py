@@ -7,6 +7,7 @@ from typing import Any
 from nnprobe.api.sequence.v1 import sequence_pb2_grpc
 from nnprobe.sequence.corpus import CorpusMethods
 from nnprobe.sequence.gradients import GradientMethods
+from nnprobe.sequence.job_handle import JobHandle
 from nnprobe.sequence.jobs import JobMethods
 from nnprobe.sequence.language_model import LanguageModelMethods
 from nnprobe.sequence.rnn import RecurrentMethods
@@ -32,3 +33,9 @@ class SequenceClient(
     def __init__(self, address: str | None = None, **kwargs: Any) -> None:
         super().__init__(address, **kwargs)
         self._stub = sequence_pb2_grpc.SequenceServiceStub(self._channel)
+
+    def job(self, job_id: str) -> JobHandle:
+        """A handle on the training job ``job_id`` (one started here, or before a kernel restart):
+        ``.watch()`` follows it with a progress bar and its curves, ``.result()`` waits for it. No RPC until
+        one of its methods is called."""
+        return JobHandle(self, job_id)
