@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install protos check-protos postgresql lint format test test-unit test-service test-system up demo \
+.PHONY: install protos check-protos postgresql chromium lint format test test-unit test-service test-system up demo \
 	bench bench-load gpu-check deploy-lint test-containers triton-env clean
 
 install: $(STAMP)
@@ -38,7 +38,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: check-protos postgresql
+test: check-protos postgresql chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The job-store and replica tests start their own PostgreSQL server from Debian's server programs.
@@ -47,7 +47,13 @@ postgresql:
 		{ echo "== installing Debian's postgresql"; apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
-test-unit test-service test-system: test-%: $(STAMP) postgresql
+# The notebook test renders an executed example to HTML and loads it in Debian's headless Chromium.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		{ echo "== installing Debian's chromium"; apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test-unit test-service test-system: test-%: $(STAMP) postgresql chromium
 	$(BIN)/pytest tests/$* $(PYTEST_ARGS)
 
 up: $(STAMP)
