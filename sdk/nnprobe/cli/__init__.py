@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from nnprobe.cli import attack, attention, classify, extras, health, lm, models, sequence, serve, vision
 from nnprobe.cli.failures import describe, missing_file
+from nnprobe.cli.option_help import describe_options
 from nnprobe.cli.output import fail
 from nnprobe.cli.parsing import CommandParser, UsageError
 from nnprobe.errors import NnprobeError
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(needs=lambda args: ())  # the extras a command's arguments need (cli.extras)
     for module in COMMAND_MODULES:
         module.add_commands(subparsers)
+    describe_options(parser)  # every option: a description and its default
     return parser
 
 
