@@ -22,7 +22,7 @@ from nnprobe.cli.lm_jobs import (
 from nnprobe.cli.lm_queries import run_distance, run_nearest, run_perplexity, run_sample
 from nnprobe.cli.output import add_client_options
 from nnprobe.cli.parsing import limit
-from nnprobe.sequence import JOB_STATES, METRICS, OPTIMIZERS, SPLITS, STRATEGIES
+from nnprobe.sequence import CHECKPOINTS, JOB_STATES, METRICS, OPTIMIZERS, SPLITS, STRATEGIES
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -70,6 +70,7 @@ _TRAIN_NUMBERS = (
     ("checkpoint-interval", int),
     ("eval-batch-size", int),
     ("workers", int),
+    ("patience", int),
     ("lr-decay-start-epoch", int),
     ("dropout", float),
     ("lr-decay", float),
@@ -134,11 +135,21 @@ def _add_cancel_and_resume(commands: argparse._SubParsersAction) -> None:
         _finish(p, handler)
 
 
+def _add_checkpoint(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        choices=CHECKPOINTS,
+        default="last",
+        help="the job's last checkpoint (default) or its best-validation one",
+    )
+
+
 def _add_perplexity(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("perplexity", help="perplexity of a job's model on a split")
     p.add_argument("job_id")
     p.add_argument("--split", choices=SPLITS, default="valid")
     p.add_argument("--batch-size", type=int, default=0)
+    _add_checkpoint(p)
     _finish(p, run_perplexity)
 
 
@@ -158,6 +169,7 @@ def _add_sample(commands: argparse._SubParsersAction) -> None:
         low_open=True,
     )
     p.add_argument("--seed", type=int, default=0)
+    _add_checkpoint(p)
     _finish(p, run_sample)
 
 
@@ -166,6 +178,7 @@ def _add_distance(commands: argparse._SubParsersAction) -> None:
     p.add_argument("word_a")
     p.add_argument("word_b")
     p.add_argument("--job", required=True, help="the job whose model to use")
+    _add_checkpoint(p)
     _finish(p, run_distance)
 
 
@@ -175,4 +188,5 @@ def _add_nearest(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--job", required=True)
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--metric", choices=METRICS, default="euclidean")
+    _add_checkpoint(p)
     _finish(p, run_nearest)

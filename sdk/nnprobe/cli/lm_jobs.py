@@ -29,7 +29,7 @@ def _job_rows(jobs: list[TrainingJob]) -> list[list]:
         [
             j.job_id,
             j.state,
-            j.corpus_id,
+            _corpus(j),
             f"{j.step}/{j.total_steps}",
             j.loss,
             _ppl(j.valid_perplexity),
@@ -40,6 +40,13 @@ def _job_rows(jobs: list[TrainingJob]) -> list[list]:
 
 
 JOB_HEADERS = ["job", "state", "corpus", "step", "loss", "valid ppl", "name"]
+
+
+def _corpus(job: TrainingJob) -> str:
+    """The corpus's name, with its id when they differ."""
+    if not job.corpus_name or job.corpus_name == job.corpus_id:
+        return job.corpus_id
+    return f"{job.corpus_name} ({job.corpus_id})"
 
 
 def _ppl(value: float, spec: str = "") -> float | str:
@@ -56,7 +63,7 @@ def _print_job(job: TrainingJob) -> None:
         [
             ("job", job.job_id),
             ("state", job.state),
-            ("corpus", job.corpus_id),
+            ("corpus", _corpus(job)),
             (
                 "model",
                 f"embed {c['embed_size']}, hidden {c['hidden_size']} x {c['num_layers']}, "
@@ -75,6 +82,12 @@ def _print_job(job: TrainingJob) -> None:
             ("tokens/s", job.tokens_per_second),
             ("elapsed s", job.elapsed_seconds),
             ("checkpoint step", job.checkpoint_step),
+            *(
+                [("best", f"step {job.best_step}, valid perplexity {job.best_valid_perplexity:.4f}")]
+                if job.best_step >= 0
+                else []
+            ),
+            *([("stopped", job.stop_reason)] if job.stop_reason else []),
             ("device", job.device),
             *([("error", job.error)] if job.error else []),
             *([("queue position", job.queue_position)] if job.queue_position >= 0 else []),
@@ -147,6 +160,7 @@ def run_train(args: argparse.Namespace) -> int:
             "checkpoint_interval",
             "eval_batch_size",
             "workers",
+            "patience",
             "lr_decay_start_epoch",
             "dropout",
             "lr_decay",

@@ -15,7 +15,9 @@ def _client(args: argparse.Namespace) -> SequenceClient:
 
 def run_perplexity(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        result = client.evaluate_perplexity(args.job_id, split=args.split, batch_size=args.batch_size)
+        result = client.evaluate_perplexity(
+            args.job_id, split=args.split, batch_size=args.batch_size, checkpoint=args.checkpoint
+        )
     if args.json:
         print_json(result)
     else:
@@ -44,6 +46,7 @@ def run_sample(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             top_p=args.top_p,
             seed=args.seed,
+            checkpoint=args.checkpoint,
         )
     if args.json:
         print_json(result)
@@ -55,7 +58,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 def run_distance(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        d = client.distance(args.job, args.word_a, args.word_b)
+        d = client.distance(args.job, args.word_a, args.word_b, checkpoint=args.checkpoint)
     if args.json:
         print_json(d)
     else:
@@ -74,7 +77,7 @@ def run_distance(args: argparse.Namespace) -> int:
 
 def run_nearest(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        result = client.nearest(args.job, args.word, k=args.k, metric=args.metric)
+        result = client.nearest(args.job, args.word, k=args.k, metric=args.metric, checkpoint=args.checkpoint)
     if args.json:
         print_json(result)
     else:

@@ -11,6 +11,7 @@ from nnprobe.sequence.corpus import SPLITS, CorpusInfo
 from nnprobe.sequence.gradients import GradientAnalysis, GradientRun
 from nnprobe.sequence.jobs import JOB_STATES, OPTIMIZERS, TERMINAL_STATES, JobEvent, TrainingJob
 from nnprobe.sequence.language_model import (
+    CHECKPOINTS,
     METRICS,
     STRATEGIES,
     EmbeddingDistance,
@@ -24,6 +25,7 @@ from nnprobe.sequence.truncation import TruncationComparison, TruncationPoint
 
 __all__ = [
     "CELLS",
+    "CHECKPOINTS",
     "INIT_SCHEMES",
     "INPUT_DISTRIBUTIONS",
     "JOB_STATES",

@@ -91,6 +91,13 @@ class TrainingJob:
     parameters: int
     queue_position: int
     last_sequence: int
+    #: The name the corpus was uploaded under (``ptb`` for the Penn Treebank).
+    corpus_name: str = ""
+    #: The step of the best-validation checkpoint (-1: no evaluation yet) and its validation perplexity.
+    best_step: int = -1
+    best_valid_perplexity: float = 0.0
+    #: Why a finished job stopped (all its steps, or early stopping's step and best); "" until it succeeds.
+    stop_reason: str = ""
     #: The event history (``get_job(history=True)``), else None.
     events: list[JobEvent] | None = None
     #: The loss/perplexity curve PNG (``get_job(plot=True)``), else None.
@@ -145,6 +152,7 @@ def _config_dict(c: Any) -> dict[str, Any]:
         "checkpoint_interval": c.checkpoint_interval,
         "eval_batch_size": c.eval_batch_size,
         "workers": c.workers,
+        "patience": c.patience,
     }
 
 
@@ -173,6 +181,10 @@ def _training_job(j: Any, events: list[JobEvent] | None = None, plot_png: bytes 
         parameters=j.parameters,
         queue_position=j.queue_position,
         last_sequence=j.last_sequence,
+        corpus_name=j.corpus_name,
+        best_step=j.best_step,
+        best_valid_perplexity=j.best_valid_perplexity,
+        stop_reason=j.stop_reason,
         events=events,
         plot_png=plot_png,
         raw=j,
@@ -221,6 +233,7 @@ class JobMethods(BaseClient):
         checkpoint_interval: int = 0,
         eval_batch_size: int = 0,
         workers: int = 0,
+        patience: int = 0,
         request_id: str | None = None,
         timeout: float | _Default | None = DEFAULT,
     ) -> TrainingJob:
@@ -228,6 +241,8 @@ class JobMethods(BaseClient):
 
         Zero/None options take the course notebook's values: embed 128, hidden 1024, 1 layer, 5 epochs,
         batch 20, sequence 30, Adam lr 0.002 (SGD: 20), clip 0.5. See ``TrainingConfig`` in the proto.
+        ``patience`` > 0 stops training once that many evaluations in a row (one per epoch) did not lower
+        the validation perplexity (the job succeeds; ``stop_reason`` says where); 0: off.
 
         ``request_id`` is the call's idempotency key (1 to 128 printable ASCII characters, no spaces):
         calling again with the same key and options returns the same job instead of starting another, on

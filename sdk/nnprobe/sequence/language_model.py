@@ -13,10 +13,13 @@ from nnprobe.sequence.corpus import SPLIT_CODES, SPLIT_NAMES
 _STRATEGIES = {"multinomial": pb.SAMPLING_STRATEGY_MULTINOMIAL, "greedy": pb.SAMPLING_STRATEGY_GREEDY}
 _METRICS = {"euclidean": pb.DISTANCE_METRIC_EUCLIDEAN, "cosine": pb.DISTANCE_METRIC_COSINE}
 _METRIC_NAMES = {code: name for name, code in _METRICS.items()}
+_CHECKPOINTS = {"last": pb.CHECKPOINT_CHOICE_LAST, "best": pb.CHECKPOINT_CHOICE_BEST}
 
 
 STRATEGIES = tuple(_STRATEGIES)
 METRICS = tuple(_METRICS)
+#: The checkpoints a model query can read: the last one written (the default) or the best-validation one.
+CHECKPOINTS = tuple(_CHECKPOINTS)
 
 
 @rich_result()
@@ -98,11 +101,17 @@ class LanguageModelMethods(BaseClient):
         *,
         split: str = "valid",
         batch_size: int = 0,
+        checkpoint: str = "last",
         timeout: float | _Default | None = DEFAULT,
     ) -> Perplexity:
-        """Perplexity of the job's model (final, or last checkpoint) on ``split`` of its corpus."""
+        """Perplexity of the job's model on ``split`` of its corpus. ``checkpoint``: ``"last"`` (the final
+        model, or the last checkpoint of a job still training) or ``"best"`` (the lowest validation
+        perplexity at an evaluation; FAILED_PRECONDITION before the first evaluation)."""
         request = pb.EvaluatePerplexityRequest(
-            job_id=job_id, split=choice(SPLIT_CODES, split, "split"), batch_size=batch_size
+            job_id=job_id,
+            split=choice(SPLIT_CODES, split, "split"),
+            batch_size=batch_size,
+            checkpoint=choice(_CHECKPOINTS, checkpoint, "checkpoint"),
         )
         r = self._unary(self._stub.EvaluatePerplexity, request, timeout)
         return Perplexity(
@@ -121,6 +130,7 @@ class LanguageModelMethods(BaseClient):
         top_k: int = 0,
         top_p: float | None = None,
         seed: int = 0,
+        checkpoint: str = "last",
         timeout: float | _Default | None = DEFAULT,
     ) -> SampleResult:
         """Generate ``num_words`` words after ``prompt`` (or from ``start_word_id``; the notebook used
@@ -128,10 +138,12 @@ class LanguageModelMethods(BaseClient):
 
         ``temperature`` >= 0 (``None``: the server's 1; 0 is greedy decoding), ``top_k`` >= 0 (0: all
         words), ``top_p`` in (0, 1] (``None``: 1). Values are sent as given; the server checks them and
-        answers INVALID_ARGUMENT naming the field.
+        answers INVALID_ARGUMENT naming the field. ``checkpoint``: ``"last"`` or ``"best"`` (as in
+        ``evaluate_perplexity``).
         """
         request = pb.SampleRequest(
             job_id=job_id,
+            checkpoint=choice(_CHECKPOINTS, checkpoint, "checkpoint"),
             prompt=prompt,
             num_words=num_words,
             strategy=choice(_STRATEGIES, strategy, "strategy"),
@@ -150,10 +162,22 @@ class LanguageModelMethods(BaseClient):
         )
 
     def embedding_distance(
-        self, job_id: str, word_a: str, word_b: str, *, timeout: float | _Default | None = DEFAULT
+        self,
+        job_id: str,
+        word_a: str,
+        word_b: str,
+        *,
+        checkpoint: str = "last",
+        timeout: float | _Default | None = DEFAULT,
     ) -> EmbeddingDistance:
-        """Euclidean and cosine distance between two words' input embeddings."""
-        request = pb.EmbeddingDistanceRequest(job_id=job_id, word_a=word_a, word_b=word_b)
+        """Euclidean and cosine distance between two words' input embeddings at ``checkpoint``
+        (``"last"`` or ``"best"``)."""
+        request = pb.EmbeddingDistanceRequest(
+            job_id=job_id,
+            word_a=word_a,
+            word_b=word_b,
+            checkpoint=choice(_CHECKPOINTS, checkpoint, "checkpoint"),
+        )
         r = self._unary(self._stub.EmbeddingDistance, request, timeout)
         return EmbeddingDistance(
             word_a,
@@ -178,11 +202,17 @@ class LanguageModelMethods(BaseClient):
         *,
         k: int = 10,
         metric: str = "euclidean",
+        checkpoint: str = "last",
         timeout: float | _Default | None = DEFAULT,
     ) -> NearestWords:
-        """The ``k`` words whose embeddings are nearest to ``word``'s (``euclidean`` or ``cosine``)."""
+        """The ``k`` words whose embeddings are nearest to ``word``'s (``euclidean`` or ``cosine``) at
+        ``checkpoint`` (``"last"`` or ``"best"``)."""
         request = pb.NearestWordsRequest(
-            job_id=job_id, word=word, k=k, metric=choice(_METRICS, metric, "metric")
+            job_id=job_id,
+            word=word,
+            k=k,
+            metric=choice(_METRICS, metric, "metric"),
+            checkpoint=choice(_CHECKPOINTS, checkpoint, "checkpoint"),
         )
         r = self._unary(self._stub.NearestWords, request, timeout)
         return NearestWords(

@@ -131,10 +131,11 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
     # -- using a trained model -----------------------------------------------------------------------
     async def EvaluatePerplexity(self, request, context):
         code, split = lm_convert.evaluation_split(request)
+        checkpoint = lm_convert.checkpoint_choice(request)
         result = await self.compute.run(
             context,
             lambda stop: queries.evaluate_job(
-                self.models, self.corpora, request.job_id, split, request.batch_size, stop
+                self.models, self.corpora, request.job_id, split, request.batch_size, stop, checkpoint
             ),
         )
         return lm_convert.evaluation_reply(result, code)
@@ -142,23 +143,31 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
     async def Sample(self, request, context):
         options = lm_convert.sample_options(request)
         limit = self.config.sequence.max_sample_words
+        checkpoint = lm_convert.checkpoint_choice(request)
         result = await self.compute.run(
-            context, lambda stop: queries.sample_job(self.models, request.job_id, options, limit, stop)
+            context,
+            lambda stop: queries.sample_job(self.models, request.job_id, options, limit, stop, checkpoint),
         )
         return lm_convert.sample_reply(result)
 
     async def EmbeddingDistance(self, request, context):
+        checkpoint = lm_convert.checkpoint_choice(request)
         found = await self.compute.run(
             context,
-            lambda _stop: queries.word_distance(self.models, request.job_id, request.word_a, request.word_b),
+            lambda _stop: queries.word_distance(
+                self.models, request.job_id, request.word_a, request.word_b, checkpoint
+            ),
         )
         return lm_convert.distance_reply(found)
 
     async def NearestWords(self, request, context):
         metric, name = lm_convert.nearest_metric(request)
+        checkpoint = lm_convert.checkpoint_choice(request)
         found = await self.compute.run(
             context,
-            lambda _stop: queries.nearest_words(self.models, request.job_id, request.word, request.k, name),
+            lambda _stop: queries.nearest_words(
+                self.models, request.job_id, request.word, request.k, name, checkpoint
+            ),
         )
         return lm_convert.nearest_reply(found, metric)
 

@@ -10,6 +10,7 @@ hand-over). Each claim and each release advances ``attempt``, the fencing token 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,29 @@ from sqlalchemy.engine import Connection
 from nnprobe_services.sequence.jobs.records import CANCELLED, INTERRUPTED, QUEUED, RUNNING, Claim, JobRecord
 from nnprobe_services.sequence.jobs.schema import events as events_table
 from nnprobe_services.sequence.jobs.schema import jobs as jobs_table
+
+
+def supersede_replayed(conn: Connection, job_id: str, after: int, step: int | None) -> None:
+    """Take out of the job's history the events after sequence ``after`` that a run continuing from the
+    checkpoint at ``step`` records again: its step, evaluation and checkpoint events past ``step`` (every
+    such event after ``after`` when ``step`` is None). State events stay, and so does the event of the
+    checkpoint the run continues from: the history keeps that the job was cancelled, handed over or taken
+    over, in order, whatever came after."""
+    e = events_table.c
+    rows = conn.execute(
+        sa.select(e.sequence, e.kind, e.payload).where(
+            e.job_id == job_id, e.sequence > after, e.superseded == sa.false()
+        )
+    ).all()
+    replayed = [
+        row.sequence
+        for row in rows
+        if row.kind != "state" and (step is None or json.loads(row.payload).get("step", step + 1) > step)
+    ]
+    if replayed:
+        conn.execute(
+            events_table.update().where(e.job_id == job_id, e.sequence.in_(replayed)).values(superseded=True)
+        )
 
 
 class SharedQueue:
@@ -111,9 +135,10 @@ class SharedQueue:
         """Hand a job this replica runs under claim ``attempt`` back to the queue (a graceful stop): in
         one transaction, the job becomes QUEUED with no owner and no lease (claimable at once, keeping its
         place in the queue), ``attempt`` advances (the old lease's writes and renewals are refused from
-        now on), the events after sequence ``after`` (those of the run past its checkpoint) leave the
-        history, ``job_changes`` are applied and the state event ``payload`` is appended. ``takeovers``
-        is unchanged: a release is not a takeover after a death. Returns the event's sequence, or None
+        now on), the events after sequence ``after`` that the next run records again leave the history
+        (``supersede_replayed``; ``step`` in ``job_changes`` is the checkpoint's), ``job_changes`` are
+        applied and the state event ``payload`` is appended. ``takeovers`` is unchanged: a release is not
+        a takeover after a death. Returns the event's sequence, or None
         (nothing written) when the lease is no longer this replica's."""
         c = jobs_table.c
         changes = {
@@ -132,12 +157,7 @@ class SharedQueue:
             ).rowcount
             if not released:
                 return None
-            e = events_table.c
-            conn.execute(
-                events_table.update()
-                .where(e.job_id == job_id, e.sequence > after, e.superseded == sa.false())
-                .values(superseded=True)
-            )
+            supersede_replayed(conn, job_id, after, job_changes.get("step"))
             return self._append(conn, job_id, "state", payload, {}, {})
 
     def renew_lease(self, job_id: str, replica_id: str, attempt: int, lease_seconds: float) -> bool | None:

@@ -56,6 +56,10 @@ class JobRecord:
     queued_at: float = 0.0
     request_id: str = ""
     request_digest: str = ""
+    corpus_name: str = ""
+    best_step: int = -1
+    best_valid_perplexity: float = 0.0
+    stop_reason: str = ""
 
 
 @dataclass

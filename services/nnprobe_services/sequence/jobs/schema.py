@@ -9,7 +9,9 @@ apply each migration exactly once. A database written by a newer server (a highe
 Version 1 is the schema of the embedded store before replicas shared it (a database without
 ``schema_migrations`` but with ``jobs`` is at version 1); version 2 adds ownership, leases, takeovers,
 cancellation requests and superseded events; version 3 adds the client's idempotency key of
-StartTraining (``request_id``, unique among the jobs that have one) and the digest of that request.
+StartTraining (``request_id``, unique among the jobs that have one) and the digest of that request;
+version 4 adds the corpus name, the best-validation checkpoint's step and perplexity, and why a finished
+job stopped.
 """
 
 from __future__ import annotations
@@ -88,13 +90,23 @@ REQUEST_COLUMNS: list[tuple[str, sa.types.TypeEngine, str]] = [
     # sha256 (hex) of that request's canonical form without the key: a retry must carry the same request.
     ("request_digest", sa.Text(), "''"),
 ]
+#: Columns version 4 adds to ``jobs``.
+OUTCOME_COLUMNS: list[tuple[str, sa.types.TypeEngine, str]] = [
+    # The corpus's name at start ('ptb', or the name given at upload).
+    ("corpus_name", sa.Text(), "''"),
+    # The step of the best-validation checkpoint (-1: none yet) and its validation perplexity.
+    ("best_step", sa.BigInteger(), "-1"),
+    ("best_valid_perplexity", Seconds, "0"),
+    # Why a finished job stopped ('' until it succeeds).
+    ("stop_reason", sa.Text(), "''"),
+]
 jobs = sa.Table(
     "jobs",
     metadata,
     *_job_columns(),
     *(
         sa.Column(name, type_, nullable=False, server_default=sa.text(default))
-        for name, type_, default in LEASE_COLUMNS + REQUEST_COLUMNS
+        for name, type_, default in LEASE_COLUMNS + REQUEST_COLUMNS + OUTCOME_COLUMNS
     ),
 )
 events = sa.Table(
@@ -144,8 +156,20 @@ def _add_request_ids(conn: Connection) -> None:
     conn.execute(sa.text("CREATE UNIQUE INDEX jobs_request_id ON jobs (request_id) WHERE request_id <> ''"))
 
 
+def _add_outcomes(conn: Connection) -> None:
+    for name, type_, default in OUTCOME_COLUMNS:
+        sql_type = type_.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE jobs ADD COLUMN {name} {sql_type} NOT NULL DEFAULT {default}"))
+    conn.execute(sa.text("UPDATE jobs SET corpus_name = corpus_id"))
+
+
 #: Migration ``i + 1`` is ``MIGRATIONS[i]``.
-MIGRATIONS: list[Callable[[Connection], None]] = [_create_version_1, _add_leases, _add_request_ids]
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _create_version_1,
+    _add_leases,
+    _add_request_ids,
+    _add_outcomes,
+]
 VERSION = len(MIGRATIONS)
 
 

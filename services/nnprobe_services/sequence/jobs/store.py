@@ -23,7 +23,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection, Engine
 
 from nnprobe_services.errors import ResourceExhausted, Unavailable
-from nnprobe_services.sequence.jobs.queue import SharedQueue
+from nnprobe_services.sequence.jobs.queue import SharedQueue, supersede_replayed
 from nnprobe_services.sequence.jobs.records import (
     ACTIVE,
     CANCELLED,
@@ -318,9 +318,10 @@ class JobStore(SharedQueue):
     def supersede_events(
         self, job_id: str, after: int, *, expect: dict[str, Any] | None = None, **job_changes: Any
     ) -> bool:
-        """Take the events after sequence ``after`` out of the job's history (a resumed run records them
-        again, under new, higher sequence numbers) and apply ``job_changes``; False (nothing written) when
-        the job does not hold the values in ``expect``."""
+        """Take the events after sequence ``after`` that a resumed run records again (under new, higher
+        sequence numbers) out of the job's history (``supersede_replayed``: state events stay; ``step`` in
+        ``job_changes`` is the checkpoint's) and apply ``job_changes``; False (nothing written) when the
+        job does not hold the values in ``expect``."""
         c = jobs_table.c
         with self._write() as conn:
             changed = conn.execute(
@@ -330,10 +331,5 @@ class JobStore(SharedQueue):
             ).rowcount
             if not changed:
                 return False
-            e = events_table.c
-            conn.execute(
-                events_table.update()
-                .where(e.job_id == job_id, e.sequence > after, e.superseded == sa.false())
-                .values(superseded=True)
-            )
+            supersede_replayed(conn, job_id, after, job_changes.get("step"))
         return True

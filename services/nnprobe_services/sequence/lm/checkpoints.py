@@ -1,4 +1,5 @@
 """Checkpoints: ``torch.save`` bytes written atomically (temp file, fsync, rename) with a sha256 header.
+A job keeps two: the last one (``checkpoint.pt``) and the best-validation one (``best.pt``, beside it).
 
 File layout: ``NNPROBE-CKPT1 <sha256 hex>\\n`` followed by the ``torch.save`` payload. A file whose payload
 does not match its checksum is refused (a torn or tampered file never loads).
@@ -39,6 +40,22 @@ def save(path: Path, payload: dict[str, Any]) -> str:
         reason = error.strerror or str(error)
         raise WriteFailed(error.errno, f"could not write checkpoint {path}: {reason}") from error
     return digest
+
+
+def best_path(path: Path) -> Path:
+    """Where the best-validation checkpoint lives beside the last checkpoint at ``path``."""
+    return path.with_name("best.pt")
+
+
+def save_last_and_best(path: Path, payload: dict[str, Any]) -> str:
+    """Write a training checkpoint to ``path`` (``save``); when its model is the best-validation one so far
+    (``payload["best"]["step"]`` is its step), write it to ``best_path(path)`` first, so the last
+    checkpoint never names a best that is not on disk. Returns the last checkpoint's sha256; raises
+    ``WriteFailed`` as ``save``."""
+    best = payload.get("best") or {}
+    if best.get("step", -1) == payload["step"]:
+        save(best_path(path), payload)
+    return save(path, payload)
 
 
 def load(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:

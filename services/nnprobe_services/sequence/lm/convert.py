@@ -43,6 +43,7 @@ KIND_CODES: dict[str, Any] = {
 }
 OPTIMIZERS: dict[int, str] = {pb.OPTIMIZER_ADAM: "adam", pb.OPTIMIZER_SGD: "sgd"}
 OPTIMIZER_CODES: dict[str, Any] = {name: code for code, name in OPTIMIZERS.items()}
+CHECKPOINT_NAMES: dict[int, str] = {pb.CHECKPOINT_CHOICE_LAST: "last", pb.CHECKPOINT_CHOICE_BEST: "best"}
 
 
 def job(view: JobView) -> pb.Job:
@@ -71,6 +72,10 @@ def job(view: JobView) -> pb.Job:
         parameters=record.parameters,
         queue_position=view.queue_position,
         last_sequence=record.last_sequence,
+        corpus_name=record.corpus_name,
+        best_step=record.best_step,
+        best_valid_perplexity=record.best_valid_perplexity,
+        stop_reason=record.stop_reason,
     )
 
 
@@ -212,6 +217,17 @@ def sample_options(request: pb.SampleRequest) -> queries.SampleOptions:
         top_p=request.top_p if request.HasField("top_p") else None,
         seed=request.seed,
     )
+
+
+def checkpoint_choice(
+    request: pb.EvaluatePerplexityRequest
+    | pb.SampleRequest
+    | pb.EmbeddingDistanceRequest
+    | pb.NearestWordsRequest,
+) -> str:
+    """Which checkpoint a model query reads: "last" (unspecified) or "best"."""
+    code = valid.enum_value(request.checkpoint, pb.CheckpointChoice, "checkpoint", pb.CHECKPOINT_CHOICE_LAST)
+    return CHECKPOINT_NAMES[code]
 
 
 def nearest_metric(request: pb.NearestWordsRequest) -> tuple[Any, str]:

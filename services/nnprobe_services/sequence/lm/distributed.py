@@ -201,7 +201,7 @@ class ServerSink(Sink):
         self.send({"type": "sequence"})
         payload["sequence"] = self.replies.get()["sequence"]
         payload["corpus_id"] = self.corpus_id
-        digest = checkpoints.save(self.checkpoint_path, payload)
+        digest = checkpoints.save_last_and_best(self.checkpoint_path, payload)
         self.send({"type": "checkpoint", "step": payload["step"], "sha256": digest})
 
     def should_stop(self) -> bool:
@@ -238,7 +238,7 @@ class DirectorySink(Sink):
     def checkpoint(self, payload: dict[str, Any]) -> None:
         payload["sequence"] = self.lines
         payload["corpus_id"] = self.corpus_id
-        checkpoints.save(self.out / "checkpoint.pt", payload)
+        checkpoints.save_last_and_best(self.out / "checkpoint.pt", payload)
 
     def should_stop(self) -> bool:
         return self.stop.is_set()

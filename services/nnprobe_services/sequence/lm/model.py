@@ -41,6 +41,7 @@ class TrainingConfig:
     checkpoint_interval: int = 200
     eval_batch_size: int = 10
     workers: int = 1
+    patience: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,7 +1,11 @@
-"""Using a trained model: the last checkpointed model of a job (cached), perplexity on a split, sampling,
-embedding distances and nearest words. Plain values in and out; no gRPC.
+"""Using a trained model: a job's last or best-validation checkpointed model (cached), perplexity on a split,
+sampling, embedding distances and nearest words. Plain values in and out; no gRPC.
 
-Errors: ``NotFound`` (job, word), ``FailedPrecondition`` (no checkpoint yet, a split the corpus lacks),
+Every query takes ``checkpoint``: ``"last"`` (the default: the last checkpoint written, the final model of
+a finished job) or ``"best"`` (the checkpoint of the lowest validation perplexity seen at an evaluation).
+
+Errors: ``NotFound`` (job, word), ``FailedPrecondition`` (no checkpoint yet, no best checkpoint before the
+first evaluation, a split the corpus lacks),
 ``InvalidArgument`` naming the request field, ``Cancelled`` when ``should_stop`` turns true.
 """
 
@@ -38,29 +42,37 @@ class LoadedModel:
     corpus_id: str
 
 
+#: The checkpoints a query can read.
+CHECKPOINTS = ("last", "best")
+
+
 class ModelCache:
-    """Each job's last checkpointed model, loaded once per checkpoint file (keyed by mtime and size)."""
+    """Each job's last and best checkpointed models, loaded once per checkpoint file (keyed by mtime and
+    size)."""
 
     def __init__(self, jobs: JobManager, device: torch.device) -> None:
         self.jobs = jobs
         self.device = device
         self._lock = threading.Lock()
-        self._models: dict[str, tuple[tuple[int, int], LoadedModel]] = {}
+        self._models: dict[tuple[str, str], tuple[tuple[int, int], LoadedModel]] = {}
 
-    def get(self, job_id: str) -> LoadedModel:
-        """The model; NotFound for an unknown job, FailedPrecondition when it has no checkpoint yet."""
-        self.jobs.get(job_id)
+    def get(self, job_id: str, checkpoint: str = "last") -> LoadedModel:
+        """The model of the job's ``checkpoint`` ("last" or "best"); NotFound for an unknown job,
+        FailedPrecondition when it has no checkpoint yet, or (best) no evaluation yet."""
+        job = self.jobs.get(job_id)
         path = self.jobs.checkpoint_path(job_id)
+        if checkpoint == "best":
+            path = checkpoints.best_path(path)
         try:
             stat = path.stat()
         except FileNotFoundError:
             raise FailedPrecondition(
-                f"job {job_id} has no checkpoint yet; wait for its first checkpoint or for it to finish",
-                field="job_id",
+                _missing(job_id, checkpoint, job.steps_per_epoch),
+                field="checkpoint" if checkpoint == "best" else "job_id",
             ) from None
         key = (stat.st_mtime_ns, stat.st_size)
         with self._lock:
-            cached = self._models.get(job_id)
+            cached = self._models.get((job_id, checkpoint))
         if cached is not None and cached[0] == key:
             return cached[1]
         payload = checkpoints.load(path)
@@ -74,8 +86,18 @@ class ModelCache:
             corpus_id=payload["corpus_id"],
         )
         with self._lock:
-            self._models[job_id] = (key, loaded)
+            self._models[(job_id, checkpoint)] = (key, loaded)
         return loaded
+
+
+def _missing(job_id: str, checkpoint: str, steps_per_epoch: int) -> str:
+    if checkpoint == "best":
+        return (
+            f"job {job_id} has no best checkpoint yet: no validation evaluation has happened (the first "
+            f"comes at the end of epoch 1, step {steps_per_epoch}, and needs a corpus with a valid split); "
+            "ask for checkpoint=last or wait"
+        )
+    return f"job {job_id} has no checkpoint yet; wait for its first checkpoint or for it to finish"
 
 
 @dataclass
@@ -97,11 +119,12 @@ def evaluate_job(
     split: str,
     batch_size: int,
     should_stop: Callable[[], bool] = never,
+    checkpoint: str = "last",
 ) -> Evaluation:
     """Perplexity of the job's model over every predicted token of ``split`` ("train", "valid" or
     "test") read as ``batch_size`` contiguous streams (0: the job's ``eval_batch_size``; see
-    ``evaluation``)."""
-    loaded = models.get(job_id)
+    ``evaluation``) at ``checkpoint``."""
+    loaded = models.get(job_id, checkpoint)
     ids = corpora.get(loaded.corpus_id).split(split)
     batch = valid.positive(batch_size, "batch_size", default=loaded.config.eval_batch_size)
     check_streams(ids.tokens, batch, "batch_size", f"the {split} split")
@@ -147,11 +170,12 @@ def sample_job(
     options: SampleOptions,
     max_words: int,
     should_stop: Callable[[], bool] = never,
+    checkpoint: str = "last",
 ) -> Sample:
     """Generate words from the job's model (at most ``max_words``); InvalidArgument names the option at
     fault, NotFound a prompt word outside the vocabulary, Cancelled when ``should_stop`` turns true
-    (checked between generated words)."""
-    loaded = models.get(job_id)
+    (checked between generated words). ``checkpoint``: "last" or "best"."""
+    loaded = models.get(job_id, checkpoint)
     num_words = valid.positive(options.num_words, "num_words", default=50, maximum=max_words)
     decoding = sampling.sampling_options(
         greedy=options.greedy, temperature=options.temperature, top_k=options.top_k, top_p=options.top_p
@@ -195,9 +219,12 @@ class WordDistance:
     step: int
 
 
-def word_distance(models: ModelCache, job_id: str, word_a: str, word_b: str) -> WordDistance:
-    """Euclidean distance and cosine similarity of two words' embeddings; NotFound names the word."""
-    loaded = models.get(job_id)
+def word_distance(
+    models: ModelCache, job_id: str, word_a: str, word_b: str, checkpoint: str = "last"
+) -> WordDistance:
+    """Euclidean distance and cosine similarity of two words' embeddings at ``checkpoint`` ("last" or
+    "best"); NotFound names the word."""
+    loaded = models.get(job_id, checkpoint)
     a = embeddings.word_id(loaded.index, word_a, "word_a")
     b = embeddings.word_id(loaded.index, word_b, "word_b")
     return WordDistance(embeddings.distance(loaded.model.embed.weight.detach(), a, b), a, b, loaded.step)
@@ -212,9 +239,12 @@ class Neighbours:
     step: int
 
 
-def nearest_words(models: ModelCache, job_id: str, word: str, k: int, metric: str) -> Neighbours:
-    """The ``k`` words (0: 10) nearest to ``word`` by ``metric`` ("euclidean" or "cosine")."""
-    loaded = models.get(job_id)
+def nearest_words(
+    models: ModelCache, job_id: str, word: str, k: int, metric: str, checkpoint: str = "last"
+) -> Neighbours:
+    """The ``k`` words (0: 10) nearest to ``word`` by ``metric`` ("euclidean" or "cosine") at
+    ``checkpoint`` ("last" or "best")."""
+    loaded = models.get(job_id, checkpoint)
     k = valid.positive(k, "k", default=10, maximum=len(loaded.vocab) - 1)
     query = embeddings.word_id(loaded.index, word, "word")
     found = embeddings.nearest(loaded.model.embed.weight.detach(), query, k, metric)
@@ -222,6 +252,7 @@ def nearest_words(models: ModelCache, job_id: str, word: str, k: int, metric: st
 
 
 __all__ = [
+    "CHECKPOINTS",
     "Evaluation",
     "LoadedModel",
     "ModelCache",

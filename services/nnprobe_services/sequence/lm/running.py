@@ -22,6 +22,7 @@ from nnprobe_services.sequence.jobs.store import (
     LeaseLost,
 )
 from nnprobe_services.sequence.lm import checkpoints
+from nnprobe_services.sequence.lm.best import stop_reason
 from nnprobe_services.sequence.lm.model import TrainingConfig
 from nnprobe_services.sequence.lm.training import Trainer
 
@@ -46,8 +47,9 @@ def run_claimed(manager: JobManager, claim: Claim, running: RunningJob) -> None:
     job_id = job.job_id
     try:
         if claim.takeover:
-            sequence, step = manager.checkpoint_position(job_id)
-            if not manager.store.supersede_events(job_id, sequence, expect=manager.fence(running), step=step):
+            sequence, rewound = manager.checkpoint_state(job_id)
+            step = rewound["step"]
+            if not manager.store.supersede_events(job_id, sequence, expect=manager.fence(running), **rewound):
                 raise LeaseLost(job_id)
             message = (
                 f"taken over by replica {manager.replica_id} from {claim.previous_owner}, whose lease "
@@ -62,9 +64,9 @@ def run_claimed(manager: JobManager, claim: Claim, running: RunningJob) -> None:
             raise LeaseLost(job_id)
         release = {"owner": "", "lease_expires_at": 0.0, "cancel_requested": False}
         if finished:
-            manager.add_event(
-                job_id, "state", {"state": SUCCEEDED, "message": "finished"}, state=SUCCEEDED, **release
-            )
+            reason = _stop_reason(manager.get(job_id))
+            succeeded = {"state": SUCCEEDED, "message": reason}
+            manager.add_event(job_id, "state", succeeded, state=SUCCEEDED, stop_reason=reason, **release)
         elif running.cancel:
             cancelled = {"state": CANCELLED, "message": "cancelled"}
             manager.add_event(job_id, "state", cancelled, state=CANCELLED, **release)
@@ -94,19 +96,26 @@ def _hand_over(manager: JobManager, job_id: str, running: RunningJob) -> None:
     """Give a job this replica stopped for its shutdown back to the shared queue (``JobStore.release``)
     from its checkpoint: the events past the checkpoint leave the history (the next run records them
     again), and a state event says who handed it over at which step."""
-    sequence, step = manager.checkpoint_position(job_id)
+    sequence, rewound = manager.checkpoint_state(job_id)
+    step = rewound["step"]
     message = (
         f"handed over by replica {manager.replica_id} at step {step}: the replica stopped (shutdown); "
         f"queued again, the job resumes from its checkpoint at step {step} on the replica that claims it"
     )
     payload = {"state": QUEUED, "message": message, "step": step}
     if (
-        manager.store.release(job_id, manager.replica_id, running.attempt, sequence, payload, step=step)
+        manager.store.release(job_id, manager.replica_id, running.attempt, sequence, payload, **rewound)
         is None
     ):
         raise LeaseLost(job_id)
     log.info("job %s: %s", job_id, message)
     manager.notify(job_id)
+
+
+def _stop_reason(job: JobRecord) -> str:
+    """Why a job that finished stopped, from its row (its step is its final checkpoint's)."""
+    patience = TrainingConfig.from_dict(job.config).patience
+    return stop_reason(job.step, job.total_steps, patience, job.best_step, job.best_valid_perplexity)
 
 
 def _train(manager: JobManager, job: JobRecord, running: RunningJob) -> bool:

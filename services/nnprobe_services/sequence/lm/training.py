@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from nnprobe_services.errors import Cancelled
+from nnprobe_services.sequence.lm.best import Best
 from nnprobe_services.sequence.lm.corpus import batchify
 from nnprobe_services.sequence.lm.evaluation import evaluate, loss_sum, perplexity, streams_of
 from nnprobe_services.sequence.lm.model import LanguageModel, State, TrainingConfig, detach
@@ -46,6 +47,8 @@ class Event:
     learning_rate: float = 0.0
     valid_perplexity: float = 0.0
     test_perplexity: float = 0.0
+    best_step: int = -1  # evaluations: the best-validation step so far (-1: none)
+    best_valid_perplexity: float = 0.0
 
 
 class Reducer(Protocol):
@@ -132,6 +135,7 @@ class Trainer:
         self.last_evaluation: tuple[float, float] | None = None
         self.finished = False
         self.pending_evaluation = False
+        self.best = Best()
         if checkpoint is not None:
             self._restore(checkpoint)
 
@@ -171,6 +175,7 @@ class Trainer:
             "window": (self.window_loss.item(), self.window_steps, self.window_seconds),
             "last_evaluation": self.last_evaluation,
             "pending_evaluation": self.pending_evaluation,
+            "best": self.best.to_dict(),
         }
 
     def _restore(self, payload: dict[str, Any]) -> None:
@@ -200,6 +205,7 @@ class Trainer:
         self.window_steps, self.window_seconds = steps, seconds
         self.last_evaluation = payload["last_evaluation"]
         self.pending_evaluation = payload["pending_evaluation"]
+        self.best = Best.from_dict(payload.get("best"))
 
     # -- the loop ------------------------------------------------------------------------------------
     def epoch_of(self, step: int) -> int:
@@ -212,7 +218,8 @@ class Trainer:
         should_stop: Callable[[], bool] = lambda: False,
         on_checkpoint: Callable[[Trainer], None] | None = None,
     ) -> bool:
-        """Train until ``total`` steps are done (True) or ``should_stop`` (False, after the current step).
+        """Train until ``total`` steps are done or early stopping ends the run (True), or ``should_stop``
+        (False, after the current step).
 
         ``on_checkpoint(trainer)`` is called every ``checkpoint_interval`` steps, at every epoch end and at
         the end; it writes ``trainer.checkpoint()`` somewhere durable. Data-parallel: every rank runs
@@ -236,7 +243,7 @@ class Trainer:
         self.model.train()
         if self.pending_evaluation:
             self._finish_epoch(on_event, should_stop, on_checkpoint)
-        while self.step < self.total:
+        while self.step < self.total and not self.finished:
             if should_stop():
                 return False
             position = self.step % self.per_epoch
@@ -284,11 +291,15 @@ class Trainer:
         should_stop: Callable[[], bool],
         on_checkpoint: Callable[[Trainer], None] | None,
     ) -> None:
-        """Validation and test perplexity after an epoch (or the last step), then a checkpoint."""
+        """Validation and test perplexity after an epoch (or the last step), the best-validation record
+        (``best``), then a checkpoint. With ``patience``, the run finishes early here once that many
+        evaluations in a row did not improve on the best."""
         epoch = self.epoch_of(self.step)
         self.last_evaluation = self._evaluate_all(should_stop)
         self.pending_evaluation = False
-        self.finished = self.step >= self.total
+        if "valid" in self.splits:
+            self.best.observe(self.step, self.last_evaluation[0])
+        self.finished = self.step >= self.total or self.best.exhausted(self.config.patience)
         on_event(
             Event(
                 "evaluation",
@@ -299,6 +310,8 @@ class Trainer:
                 learning_rate=self.config.learning_rate_at(epoch),
                 valid_perplexity=self.last_evaluation[0],
                 test_perplexity=self.last_evaluation[1],
+                best_step=self.best.step,
+                best_valid_perplexity=self.best.valid_perplexity,
             )
         )
         if on_checkpoint is not None:

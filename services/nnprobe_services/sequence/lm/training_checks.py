@@ -90,6 +90,7 @@ def training_config(
     if workers > 1:
         check_workers_fit(workers, device, F + "workers")
     _check_corpus_fits(corpus, sizes, limit)
+    patience = _patience(given, corpus)
     config = TrainingConfig(
         **sizes,
         learning_rate=lr,
@@ -104,8 +105,26 @@ def training_config(
         lr_decay_start_epoch=given.get("lr_decay_start_epoch", 0),
         init_range=given.get("init_range", 0.0),
         workers=workers,
+        patience=patience,
     )
     return config, device
+
+
+def _patience(given: Mapping[str, Any], corpus: Corpus) -> int:
+    """Early stopping's patience: >= 0 (0: off); > 0 needs a valid split to watch."""
+    patience = given.get("patience", 0)
+    if patience < 0:
+        raise InvalidArgument(
+            f"must be >= 0 (evaluations without improvement before stopping; 0: off), got {patience}",
+            field=F + "patience",
+        )
+    if patience and "valid" not in corpus.splits:
+        raise FailedPrecondition(
+            f"early stopping watches validation perplexity, and corpus {corpus.corpus_id} has no valid "
+            "split; upload one or set patience to 0",
+            field=F + "patience",
+        )
+    return int(patience)
 
 
 def _sizes(given: Mapping[str, Any], limit: int) -> dict[str, int]:
@@ -138,6 +157,8 @@ def canonical_config(given: Mapping[str, Any]) -> dict[str, Any]:
         init_range=given.get("init_range", 0.0),
         workers=given.get("workers", 0) or 1,
     )
+    if given.get("patience", 0):  # absent when off: the digests of requests from before it existed hold
+        values["patience"] = given["patience"]
     return {k: v + 0.0 if isinstance(v, float) else v for k, v in values.items()}
 
 

@@ -55,6 +55,12 @@ from nnprobe_services.sequence.lm.training import Event, steps_per_epoch, total_
 
 log = logging.getLogger("nnprobe.sequence.lm")
 
+
+def epoch_at(step: int, per_epoch: int) -> int:
+    """The 1-based epoch of the step numbered ``step`` (0 before the first step), as ``Trainer.epoch_of``."""
+    return (step - 1) // per_epoch + 1 if step > 0 and per_epoch > 0 else 0
+
+
 #: How long CancelJob waits for a running job to reach a step boundary and save its checkpoint.
 CANCEL_WAIT_SECONDS = 120.0
 #: How often a watcher or waiter reads the store for events written by other replicas.
@@ -179,6 +185,7 @@ class JobManager:
             job_id="job-" + uuid.uuid4().hex[:12],
             name=name,
             corpus_id=corpus_id,
+            corpus_name=corpus.name,
             state=QUEUED,
             config=config.to_dict(),
             device=str(device),
@@ -257,13 +264,14 @@ class JobManager:
                 f"{queued} jobs are already queued; the limit is {self.max_queued} (max_queued_jobs)",
                 field="job_id",
             )
-        sequence, step = self.checkpoint_position(job_id)
+        sequence, rewound = self.checkpoint_state(job_id)
+        step = rewound["step"]
         resumed = self.store.supersede_events(
             job_id,
             sequence,
             expect={"state": job.state, "attempt": job.attempt},
             state=QUEUED,
-            step=step,
+            **rewound,
             error="",
             owner="",
             takeovers=0,
@@ -278,13 +286,25 @@ class JobManager:
         self.supervisor.wake.set()
         return self.get(job_id)
 
-    def checkpoint_position(self, job_id: str) -> tuple[int, int]:
-        """(event sequence, step) the job's checkpoint continues from; (0, 0) without one."""
+    def checkpoint_state(self, job_id: str) -> tuple[int, dict[str, Any]]:
+        """The event sequence the job's checkpoint continues from, and the job row's progress columns as
+        they were at that checkpoint (step, epoch, time spent, last and best evaluation), so that a job
+        taken back to its checkpoint shows that checkpoint's step everywhere. (0, a fresh job's values)
+        without a checkpoint."""
         path = self.checkpoint_path(job_id)
-        if not path.is_file():
-            return 0, 0
-        payload = checkpoints.load(path)
-        return payload["sequence"], payload["step"]
+        payload = checkpoints.load(path) if path.is_file() else {}
+        step = payload.get("step", 0)
+        valid, test = payload.get("last_evaluation") or (0.0, 0.0)
+        best = payload.get("best") or {}
+        return payload.get("sequence", 0), {
+            "step": step,
+            "epoch": epoch_at(step, self.get(job_id).steps_per_epoch),
+            "elapsed_seconds": payload.get("elapsed", 0.0),
+            "valid_perplexity": valid,
+            "test_perplexity": test,
+            "best_step": best.get("step", -1),
+            "best_valid_perplexity": best.get("valid_perplexity", 0.0),
+        }
 
     # -- recording ----------------------------------------------------------------------------------
     def fence(self, running: RunningJob) -> dict[str, Any]:
@@ -303,7 +323,12 @@ class JobManager:
         if kind == "step":
             changes.update(loss=event.loss, tokens_per_second=event.tokens_per_second)
         elif kind == "evaluation":
-            changes.update(valid_perplexity=event.valid_perplexity, test_perplexity=event.test_perplexity)
+            changes.update(
+                valid_perplexity=event.valid_perplexity,
+                test_perplexity=event.test_perplexity,
+                best_step=event.best_step,
+                best_valid_perplexity=event.best_valid_perplexity,
+            )
         self.add_event(job_id, kind, payload, **changes)
 
     def save_checkpoint(self, job_id: str, payload: dict[str, Any]) -> None:
@@ -316,7 +341,7 @@ class JobManager:
         payload["sequence"] = job.last_sequence
         payload["corpus_id"] = job.corpus_id
         try:
-            digest = checkpoints.save(self.checkpoint_path(job_id), payload)
+            digest = checkpoints.save_last_and_best(self.checkpoint_path(job_id), payload)
         except checkpoints.WriteFailed as error:
             kept = (
                 f"the checkpoint of step {job.checkpoint_step} is kept"
@@ -329,18 +354,26 @@ class JobManager:
         self.record_checkpoint(job_id, payload["step"], digest)
 
     def record_checkpoint(self, job_id: str, step: int, digest: str) -> None:
-        """Record a checkpoint already written to ``checkpoint_path(job_id)`` (event + job row)."""
+        """Record a checkpoint already written to ``checkpoint_path(job_id)`` (event + job row). The
+        checkpoint's step is where training stands: the row's ``step`` and ``epoch`` become its own (a run
+        may stop between two step events)."""
+        epoch = epoch_at(step, self.get(job_id).steps_per_epoch)
         self.add_event(
             job_id,
             "checkpoint",
-            {"step": step, "epoch": self.get(job_id).epoch, "sha256": digest},
+            {"step": step, "epoch": epoch, "sha256": digest},
             checkpoint_step=step,
             checkpoint_sha256=digest,
+            step=step,
+            epoch=epoch,
         )
 
     def add_event(self, job_id: str, kind: str, payload: dict[str, Any], **changes: Any) -> int:
         """Append an event; for a job this replica runs, only while it still holds the lease (else
-        ``LeaseLost``)."""
+        ``LeaseLost``). A state event without a ``step`` gets the job's step (after ``changes``), so the
+        history's last event and the job agree on where training stands."""
+        if kind == "state" and "step" not in payload:
+            payload = {**payload, "step": changes.get("step", self.get(job_id).step)}
         running = self.supervisor.get(job_id)
         expect = self.fence(running) if running is not None else None
         sequence = self.store.add_event(job_id, kind, payload, expect=expect, **changes)

@@ -310,6 +310,34 @@ JOB_EVENT_KIND_CHECKPOINT: JobEventKind.ValueType  # 4
 """A checkpoint was written at `step`."""
 Global___JobEventKind: _TypeAlias = JobEventKind  # noqa: Y015
 
+class _CheckpointChoice:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CheckpointChoiceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CheckpointChoice.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHECKPOINT_CHOICE_UNSPECIFIED: _CheckpointChoice.ValueType  # 0
+    """Defaults to CHECKPOINT_CHOICE_LAST."""
+    CHECKPOINT_CHOICE_LAST: _CheckpointChoice.ValueType  # 1
+    """The last checkpoint written (the final model of a finished job)."""
+    CHECKPOINT_CHOICE_BEST: _CheckpointChoice.ValueType  # 2
+    """The checkpoint of the lowest validation perplexity seen at an evaluation; FAILED_PRECONDITION
+    before the job's first evaluation or when its corpus has no valid split.
+    """
+
+class CheckpointChoice(_CheckpointChoice, metaclass=_CheckpointChoiceEnumTypeWrapper):
+    """Which of a job's checkpoints a model query reads."""
+
+CHECKPOINT_CHOICE_UNSPECIFIED: CheckpointChoice.ValueType  # 0
+"""Defaults to CHECKPOINT_CHOICE_LAST."""
+CHECKPOINT_CHOICE_LAST: CheckpointChoice.ValueType  # 1
+"""The last checkpoint written (the final model of a finished job)."""
+CHECKPOINT_CHOICE_BEST: CheckpointChoice.ValueType  # 2
+"""The checkpoint of the lowest validation perplexity seen at an evaluation; FAILED_PRECONDITION
+before the job's first evaluation or when its corpus has no valid split.
+"""
+Global___CheckpointChoice: _TypeAlias = CheckpointChoice  # noqa: Y015
+
 class _SamplingStrategy:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -1263,6 +1291,7 @@ class TrainingConfig(_message.Message):
     CHECKPOINT_INTERVAL_FIELD_NUMBER: _builtins.int
     EVAL_BATCH_SIZE_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
+    PATIENCE_FIELD_NUMBER: _builtins.int
     embed_size: _builtins.int
     """Embedding width; 0 means 128."""
     hidden_size: _builtins.int
@@ -1317,6 +1346,13 @@ class TrainingConfig(_message.Message):
     chosen one is FAILED_PRECONDITION. Cancel, resume and checkpoints work as for one process; resume
     uses the same number of workers.
     """
+    patience: _builtins.int
+    """Early stopping: stop after this many evaluations in a row without a lower validation perplexity
+    than the best so far (evaluations come at every epoch end). 0 means off (train every step). Must be
+    >= 0 (INVALID_ARGUMENT otherwise) and needs a corpus with a valid split (FAILED_PRECONDITION).
+    A job stopped early ends SUCCEEDED with Job.stop_reason saying at which step, and the best step and
+    perplexity.
+    """
     def __init__(
         self,
         *,
@@ -1341,10 +1377,11 @@ class TrainingConfig(_message.Message):
         checkpoint_interval: _builtins.int = ...,
         eval_batch_size: _builtins.int = ...,
         workers: _builtins.int = ...,
+        patience: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_clip_norm", b"_clip_norm", "_learning_rate", b"_learning_rate", "clip_norm", b"clip_norm", "learning_rate", b"learning_rate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_clip_norm", b"_clip_norm", "_learning_rate", b"_learning_rate", "batch_size", b"batch_size", "checkpoint_interval", b"checkpoint_interval", "clip_norm", b"clip_norm", "device", b"device", "dropout", b"dropout", "embed_size", b"embed_size", "epochs", b"epochs", "eval_batch_size", b"eval_batch_size", "hidden_size", b"hidden_size", "init_range", b"init_range", "learning_rate", b"learning_rate", "log_interval", b"log_interval", "lr_decay", b"lr_decay", "lr_decay_start_epoch", b"lr_decay_start_epoch", "max_steps", b"max_steps", "num_layers", b"num_layers", "optimizer", b"optimizer", "seed", b"seed", "sequence_length", b"sequence_length", "tie_weights", b"tie_weights", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_clip_norm", b"_clip_norm", "_learning_rate", b"_learning_rate", "batch_size", b"batch_size", "checkpoint_interval", b"checkpoint_interval", "clip_norm", b"clip_norm", "device", b"device", "dropout", b"dropout", "embed_size", b"embed_size", "epochs", b"epochs", "eval_batch_size", b"eval_batch_size", "hidden_size", b"hidden_size", "init_range", b"init_range", "learning_rate", b"learning_rate", "log_interval", b"log_interval", "lr_decay", b"lr_decay", "lr_decay_start_epoch", b"lr_decay_start_epoch", "max_steps", b"max_steps", "num_layers", b"num_layers", "optimizer", b"optimizer", "patience", b"patience", "seed", b"seed", "sequence_length", b"sequence_length", "tie_weights", b"tie_weights", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__clip_norm: _TypeAlias = _typing.Literal["clip_norm"]  # noqa: Y015
     _WhichOneofArgType__clip_norm: _TypeAlias = _typing.Literal["_clip_norm", b"_clip_norm"]  # noqa: Y015
@@ -1427,6 +1464,10 @@ class Job(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    CORPUS_NAME_FIELD_NUMBER: _builtins.int
+    BEST_STEP_FIELD_NUMBER: _builtins.int
+    BEST_VALID_PERPLEXITY_FIELD_NUMBER: _builtins.int
+    STOP_REASON_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job id (also the id of its model)."""
     name: _builtins.str
@@ -1475,6 +1516,18 @@ class Job(_message.Message):
     """For a queued job, how many jobs wait before it on its device (0: next); -1 otherwise."""
     last_sequence: _builtins.int
     """The sequence number of the job's last event (a WatchJob cursor)."""
+    corpus_name: _builtins.str
+    """The name the corpus was uploaded under ("ptb" for the Penn Treebank)."""
+    best_step: _builtins.int
+    """The step of the best-validation checkpoint (the lowest validation perplexity at an evaluation so
+    far); -1 before the first evaluation or when the corpus has no valid split.
+    """
+    best_valid_perplexity: _builtins.float
+    """The validation perplexity of the best-validation checkpoint; 0 when best_step is -1."""
+    stop_reason: _builtins.str
+    """Why a finished job stopped ("finished all N steps", or early stopping's step, best step and
+    perplexity); "" until it succeeds.
+    """
     @_builtins.property
     def config(self) -> Global___TrainingConfig:
         """The hyperparameters with every default filled in."""
@@ -1505,10 +1558,14 @@ class Job(_message.Message):
         parameters: _builtins.int = ...,
         queue_position: _builtins.int = ...,
         last_sequence: _builtins.int = ...,
+        corpus_name: _builtins.str = ...,
+        best_step: _builtins.int = ...,
+        best_valid_perplexity: _builtins.float = ...,
+        stop_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_step", b"checkpoint_step", "config", b"config", "corpus_id", b"corpus_id", "created_at", b"created_at", "device", b"device", "elapsed_seconds", b"elapsed_seconds", "epoch", b"epoch", "error", b"error", "job_id", b"job_id", "last_sequence", b"last_sequence", "loss", b"loss", "name", b"name", "parameters", b"parameters", "queue_position", b"queue_position", "state", b"state", "step", b"step", "steps_per_epoch", b"steps_per_epoch", "test_perplexity", b"test_perplexity", "tokens_per_second", b"tokens_per_second", "total_steps", b"total_steps", "updated_at", b"updated_at", "valid_perplexity", b"valid_perplexity", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_step", b"best_step", "best_valid_perplexity", b"best_valid_perplexity", "checkpoint_step", b"checkpoint_step", "config", b"config", "corpus_id", b"corpus_id", "corpus_name", b"corpus_name", "created_at", b"created_at", "device", b"device", "elapsed_seconds", b"elapsed_seconds", "epoch", b"epoch", "error", b"error", "job_id", b"job_id", "last_sequence", b"last_sequence", "loss", b"loss", "name", b"name", "parameters", b"parameters", "queue_position", b"queue_position", "state", b"state", "step", b"step", "steps_per_epoch", b"steps_per_epoch", "stop_reason", b"stop_reason", "test_perplexity", b"test_perplexity", "tokens_per_second", b"tokens_per_second", "total_steps", b"total_steps", "updated_at", b"updated_at", "valid_perplexity", b"valid_perplexity", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1883,6 +1940,7 @@ class EvaluatePerplexityRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     SPLIT_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job whose model to evaluate (its final model, or its last checkpoint)."""
     split: Global___CorpusSplit.ValueType
@@ -1892,16 +1950,19 @@ class EvaluatePerplexityRequest(_message.Message):
     carried across chunks); every predicted token is counted whatever the number. 1 reads the split as one
     stream with full context. 0 means the job's eval_batch_size.
     """
+    checkpoint: Global___CheckpointChoice.ValueType
+    """Which checkpoint to evaluate; unspecified means the last one."""
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         split: Global___CorpusSplit.ValueType = ...,
         batch_size: _builtins.int = ...,
+        checkpoint: Global___CheckpointChoice.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "job_id", b"job_id", "split", b"split"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "checkpoint", b"checkpoint", "job_id", b"job_id", "split", b"split"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1964,6 +2025,7 @@ class SampleRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _builtins.int
     TOP_P_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job whose model to sample from."""
     prompt: _builtins.str
@@ -1988,6 +2050,8 @@ class SampleRequest(_message.Message):
     """
     seed: _builtins.int
     """Seed of the draws: same request, same words."""
+    checkpoint: Global___CheckpointChoice.ValueType
+    """Which checkpoint to sample from; unspecified means the last one."""
     def __init__(
         self,
         *,
@@ -2000,10 +2064,11 @@ class SampleRequest(_message.Message):
         top_k: _builtins.int = ...,
         top_p: _builtins.float | None = ...,
         seed: _builtins.int = ...,
+        checkpoint: Global___CheckpointChoice.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_start_word_id", b"_start_word_id", "_temperature", b"_temperature", "_top_p", b"_top_p", "start_word_id", b"start_word_id", "temperature", b"temperature", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_start_word_id", b"_start_word_id", "_temperature", b"_temperature", "_top_p", b"_top_p", "job_id", b"job_id", "num_words", b"num_words", "prompt", b"prompt", "seed", b"seed", "start_word_id", b"start_word_id", "strategy", b"strategy", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_start_word_id", b"_start_word_id", "_temperature", b"_temperature", "_top_p", b"_top_p", "checkpoint", b"checkpoint", "job_id", b"job_id", "num_words", b"num_words", "prompt", b"prompt", "seed", b"seed", "start_word_id", b"start_word_id", "strategy", b"strategy", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__start_word_id: _TypeAlias = _typing.Literal["start_word_id"]  # noqa: Y015
     _WhichOneofArgType__start_word_id: _TypeAlias = _typing.Literal["_start_word_id", b"_start_word_id"]  # noqa: Y015
@@ -2077,22 +2142,26 @@ class EmbeddingDistanceRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     WORD_A_FIELD_NUMBER: _builtins.int
     WORD_B_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job whose model's input embeddings to compare."""
     word_a: _builtins.str
     """The first word."""
     word_b: _builtins.str
     """The second word."""
+    checkpoint: Global___CheckpointChoice.ValueType
+    """Which checkpoint's embeddings; unspecified means the last one."""
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         word_a: _builtins.str = ...,
         word_b: _builtins.str = ...,
+        checkpoint: Global___CheckpointChoice.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "word_a", b"word_a", "word_b", b"word_b"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "job_id", b"job_id", "word_a", b"word_a", "word_b", b"word_b"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2158,6 +2227,7 @@ class NearestWordsRequest(_message.Message):
     WORD_FIELD_NUMBER: _builtins.int
     K_FIELD_NUMBER: _builtins.int
     METRIC_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job whose model's input embeddings to search."""
     word: _builtins.str
@@ -2166,6 +2236,8 @@ class NearestWordsRequest(_message.Message):
     """How many neighbours; 0 means 10."""
     metric: Global___DistanceMetric.ValueType
     """Euclidean or cosine."""
+    checkpoint: Global___CheckpointChoice.ValueType
+    """Which checkpoint's embeddings; unspecified means the last one."""
     def __init__(
         self,
         *,
@@ -2173,10 +2245,11 @@ class NearestWordsRequest(_message.Message):
         word: _builtins.str = ...,
         k: _builtins.int = ...,
         metric: Global___DistanceMetric.ValueType = ...,
+        checkpoint: Global___CheckpointChoice.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "k", b"k", "metric", b"metric", "word", b"word"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "job_id", b"job_id", "k", b"k", "metric", b"metric", "word", b"word"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
