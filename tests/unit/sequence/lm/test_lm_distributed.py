@@ -156,6 +156,10 @@ def test_two_ranks_follow_the_single_process_trajectory():
     assert final["workers"] == 2 and len(final["generators"]) == 2
     assert final["hidden"][0][0].shape == (1, CONFIG.batch_size, CONFIG.hidden_size)
     assert torch.allclose(final["hidden"][0][0], single.state[0][0].detach(), atol=1e-5)
+    # Every rank keeps the same best-validation record, the single process's, and checkpoints carry it.
+    valid = [(e.valid_perplexity, e.step) for e in single_events if e.kind == "evaluation"]
+    assert trainers[0].best == trainers[1].best and trainers[0].best.step == min(valid)[1] == single.best.step
+    assert final["best"] == trainers[0].best.to_dict()
 
 
 def test_a_stopped_data_parallel_run_resumes_exactly():
