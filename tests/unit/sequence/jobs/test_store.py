@@ -74,6 +74,13 @@ def test_legacy_sqlite_file_is_migrated_and_keeps_its_rows(tmp_path):
     old = store.get("job-old")
     assert old is not None
     assert (old.step, old.config, old.owner, old.attempt, old.queued_at) == (40, {"seed": 3}, "", 0, 5.0)
+    # Version 4: the corpus name defaults to the id; no best checkpoint, no stop reason recorded.
+    assert (old.corpus_name, old.best_step, old.best_valid_perplexity, old.stop_reason) == (
+        "ptb",
+        -1,
+        0.0,
+        "",
+    )
     assert [e.payload for e in store.events("job-old")] == [{"state": "succeeded"}]
     store.close()
     again = JobStore(f"sqlite:///{path}")
