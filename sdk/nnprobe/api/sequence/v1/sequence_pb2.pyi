@@ -1477,7 +1477,9 @@ class Job(_message.Message):
     state: Global___JobState.ValueType
     """The current state."""
     step: _builtins.int
-    """Optimizer steps done (for a queued or interrupted job, those of its last checkpoint)."""
+    """Optimizer steps done: where training stands, the step of the job's last event and of its latest
+    checkpoint (for a queued, cancelled or interrupted job, its checkpoint's step).
+    """
     total_steps: _builtins.int
     """Steps the job will run in all: min(epochs * steps_per_epoch, max_steps)."""
     steps_per_epoch: _builtins.int
