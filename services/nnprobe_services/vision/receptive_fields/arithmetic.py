@@ -11,9 +11,12 @@ input with n units, jump j, receptive size r and first centre `start` (Dumoulin 
 Unit i of a layer is centred on start + i*j and spans [centre - r/2, centre + r/2] in input coordinates,
 where pixel m of the image is centred on origin + m (origin 0.5: pixel m spans [m, m + 1)).
 
-Nearest-neighbour upsampling by an integer factor u (and depth-to-space) divides the jump: unit o copies
-unit o // u of its input, so j_out = j / u, and the field quoted is the smallest of this linear form that
-holds every unit's exact box: r_out = r + (u - 1) * j_out, start_out = start - (u - 1) / 2 * j_out.
+Layers whose output units read their inputs by a table of taps (resizing of every mode, transposed
+convolutions, depth-to-space) divide the jump by their ratio u (output units per input unit, a rational):
+j_out = j / u. Their units' fields may differ by position (the phase of a strided transposed convolution,
+the fractional positions of a bilinear resize), so each unit's exact box is kept (``Axis.edges``, computed
+in ``varying``) and the field quoted is the smallest linear form (start + o * jump, size r) that holds every
+unit's exact box.
 
 Branches join (addition, concatenation) with equal size and jump. When their starts differ too (the average
 pool shortcut of ResNet-D, a padding that shifts one path) the joined field is the union of the paths' fields,
@@ -62,14 +65,22 @@ class Unsupported(FieldError, FailedPrecondition):
     """A valid network whose field cannot be computed: an unmappable operation or misaligned branches."""
 
 
+#: One unit's exact box along one axis: (low edge, high edge) in input coordinates; None when no input
+#: pixel reaches the unit (an output of a transposed convolution whose stride skips it).
+Edges = tuple[Fraction, Fraction] | None
+
+
 @dataclass(frozen=True)
 class Axis:
-    """Field of a layer along one axis."""
+    """Field of a layer along one axis. ``jump`` and ``receptive`` are ints where whole, else Fractions
+    (after upsampling); ``edges``: every unit's exact box when the units' fields differ by position (None:
+    unit o's box is the linear form, centre start + o * jump, size ``receptive``)."""
 
     size: int
-    jump: int
-    receptive: int
+    jump: int | Fraction
+    receptive: int | Fraction
     start: Fraction
+    edges: tuple[Edges, ...] | None = None
 
     def effective_padding(self, origin: Fraction) -> Fraction:
         """Input pixels the first unit's field reaches before the first pixel."""
@@ -91,8 +102,12 @@ class Window:
     pad_mode: str = "zeros"
     #: Nearest-neighbour upsampling factor applied before the window (kernel 1, stride 1 then).
     upsample: int = 1
-    #: A resize: the input unit each output unit copies (None: unit o copies o // upsample).
-    sources: tuple[int, ...] | None = None
+    #: A tap table (resizing, transposed convolution): the input positions each output unit reads with a
+    #: non-zero weight; positions outside the input (0..n - 1) are padding (virtual positions). None: the
+    #: sliding window above (or o // upsample).
+    taps: tuple[tuple[int, ...], ...] | None = None
+    #: Output units per input unit of a tap table (the jump divides by it).
+    ratio: Fraction = Fraction(1)
 
     @property
     def extent(self) -> int:
@@ -169,8 +184,10 @@ def output_size(n: int, window: Window) -> int:
 def apply(axis: Axis, window: Window, *, where: str, field: str | None = None) -> Axis:
     """The field after ``window``; raises ``InvalidSpec`` naming ``where`` when no output is left, and
     ``Unsupported`` when an upsampling would make the jump a fraction of a pixel."""
-    if window.upsample > 1 or window.sources is not None:
-        return _resized(axis, window, where)
+    if window.upsample > 1 or window.taps is not None:
+        from nnprobe_services.vision.receptive_fields.varying import through_taps
+
+        return through_taps(axis, window, where)
     n_out = output_size(axis.size, window)
     if n_out < 1:
         padded = axis.size + window.pad_before + window.pad_after
@@ -180,12 +197,17 @@ def apply(axis: Axis, window: Window, *, where: str, field: str | None = None) -
             f"({axis.size} + padding {window.pad_before}+{window.pad_after}); output size would be < 1",
             field=field,
         )
-    return Axis(
+    linear = Axis(
         size=n_out,
-        jump=axis.jump * window.stride,
-        receptive=axis.receptive + (window.extent - 1) * axis.jump,
+        jump=whole(axis.jump * window.stride),
+        receptive=whole(axis.receptive + (window.extent - 1) * axis.jump),
         start=axis.start + (Fraction(window.extent - 1, 2) - window.pad_before) * axis.jump,
     )
+    if axis.edges is None:
+        return linear
+    from nnprobe_services.vision.receptive_fields.varying import through_window
+
+    return through_window(axis, window, linear)
 
 
 def merge(
@@ -213,7 +235,16 @@ def merge(
         for name, other in inputs[1:]
         if other.start != first.start
     ]
-    return Axis(first.size, first.jump, int(high - low), (low + high) / 2), shifts
+    if any(a.edges is not None for _, a in inputs):
+        from nnprobe_services.vision.receptive_fields.varying import joined
+
+        return joined([a for _, a in inputs]), shifts
+    return Axis(first.size, first.jump, whole(high - low), (low + high) / 2), shifts
+
+
+def whole(value: int | Fraction) -> int | Fraction:
+    """``value`` as an int when it is whole (jumps and sizes keep their int form), else the Fraction."""
+    return int(value) if Fraction(value).denominator == 1 else Fraction(value)
 
 
 def _text(value: Fraction | int) -> str:
@@ -325,25 +356,3 @@ def _check_int64(axis: Axis, where: str, base: str) -> None:
                 f"{where}: the {what} reaches {value}, more than a 64-bit integer holds",
                 field=f"{base}.{field}",
             )
-
-
-def _resized(axis: Axis, window: Window, where: str) -> Axis:
-    """The field after nearest upsampling by ``u``: the jump divides by u, and the field quoted is the
-    smallest of the linear form (centre start + o * jump) that holds every unit's exact box, unit o copying
-    input unit m(o): its centre moves by m(o) * j - o * j / u, and the field widens by that shift's range."""
-    u = window.upsample
-    if axis.jump % u:
-        raise Unsupported(
-            f"{where}: upsampling by {u} a map whose jump is {axis.jump} pixels gives a jump that is not "
-            f"a whole number of input pixels",
-            field="model.name",
-        )
-    jump = axis.jump // u
-    sources = window.sources if window.sources is not None else tuple(o // u for o in range(axis.size * u))
-    shifts = [m * axis.jump - o * jump for o, m in enumerate(sources)]
-    return Axis(
-        size=len(sources),
-        jump=jump,
-        receptive=axis.receptive + max(shifts) - min(shifts),
-        start=axis.start + Fraction(max(shifts) + min(shifts), 2),
-    )

@@ -5,13 +5,15 @@ do in the network). The per-layer arithmetic they start from is ``arithmetic``."
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
-from nnprobe_services.vision.receptive_fields.arithmetic import InvalidSpec, LayerField, Window
+from nnprobe_services.vision.receptive_fields.arithmetic import Edges, InvalidSpec, LayerField, Window
+from nnprobe_services.vision.receptive_fields.varying import unit_edges
 
 Range = tuple[int, int]  # first, last pixel index (0-based, inclusive); first > last when empty
 
@@ -70,7 +72,7 @@ def _taps_back(positions: _Positions, window: Window | None, n_in: int) -> _Posi
     """The input positions read by ``positions`` of a layer's output: output i reads the real taps
     i*stride - pad_before + dilation*t (t = 0..kernel-1) that lie inside the input (0..n_in-1); padding is
     not image and the holes between dilated taps are not read."""
-    mapped = window is not None and (window.sources is not None or window.pad_mode != "zeros")
+    mapped = window is not None and (window.taps is not None or window.pad_mode != "zeros")
     if window is not None and (mapped or window.upsample > 1):
         return _mapped_taps(positions, window, n_in)
     offset, mask = positions
@@ -157,11 +159,12 @@ def connected_pixels(fields: Sequence[LayerField], name: str, x: int, y: int) ->
 
 def _mapped_taps(positions: _Positions, w: Window, n_in: int) -> _Positions:
     """``_taps_back`` for windows that read input pixels in place of padding (reflect, replicate) or that
-    copy units (a nearest resize: output o reads ``sources[o]``, or o // upsample)."""
+    read a tap table (output o reads ``taps[o]``: resizing, transposed convolution; or o // upsample)."""
     offset, mask = positions
     index = offset + np.flatnonzero(mask)
-    if w.sources is not None:
-        read = np.asarray(w.sources, dtype=np.int64)[index]
+    if w.taps is not None:
+        chosen = [w.taps[i] for i in index]
+        read = np.fromiter((t for taps in chosen for t in taps), dtype=np.int64)
     elif w.upsample > 1:
         read = index // w.upsample
     else:
@@ -180,6 +183,22 @@ def _mapped_taps(positions: _Positions, w: Window, n_in: int) -> _Positions:
     found = np.zeros(hi - lo + 1, dtype=bool)
     found[read - lo] = True
     return lo, found
+
+
+def _exact_span(edges: Edges, centre: Fraction, lo: Fraction, hi: Fraction) -> tuple[Span, Span]:
+    """Unclipped and image-clipped spans of one unit's exact box (``varying``); a unit that no pixel
+    reaches gets an empty span at its linear centre. Whole pixels: those the box touches."""
+    start, end = edges if edges is not None else (centre, centre)
+    first, last = math.floor(start - lo), math.ceil(end - lo) - 1
+    if edges is None:
+        first, last = 0, -1
+    unclipped = Span(start, end, first, last)
+    c_start, c_end = max(start, lo), min(end, hi)
+    if c_start > c_end:  # the field lies wholly in the padding
+        c_start = c_end = min(max((start + end) / 2, lo), hi)
+    n = int(hi - lo)
+    clipped = Span(c_start, c_end, max(first, 0), min(last, n - 1))
+    return unclipped, clipped
 
 
 def unit_field(
@@ -205,7 +224,10 @@ def unit_field(
     spans = []
     for index, axis, size in ((y, layer.height, input_size[0]), (x, layer.width, input_size[1])):
         lo = origin - Fraction(1, 2)
-        spans.append(_span(axis.start + index * axis.jump, axis.receptive, lo, lo + size, origin))
+        if axis.edges is None:
+            spans.append(_span(axis.start + index * axis.jump, int(axis.receptive), lo, lo + size, origin))
+        else:
+            spans.append(_exact_span(unit_edges(axis, index), axis.start + index * axis.jump, lo, lo + size))
     (vertical, vertical_clipped), (horizontal, horizontal_clipped) = spans
     rows, columns = connected_pixels(fields, name, x, y)
     return UnitField(

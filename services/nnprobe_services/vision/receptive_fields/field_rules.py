@@ -5,7 +5,7 @@ own. ``Value`` is what is known of one tensor."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +13,8 @@ from nnprobe_services.vision.receptive_fields import ir
 from nnprobe_services.vision.receptive_fields.arithmetic import LayerField, Unsupported, Window
 from nnprobe_services.vision.receptive_fields.ir import GraphNode, Operation
 from nnprobe_services.vision.receptive_fields.resize_index import check_modes, nearest_sources
+from nnprobe_services.vision.receptive_fields.resize_weights import resize_taps
+from nnprobe_services.vision.receptive_fields.varying import transposed_size, transposed_taps
 
 if TYPE_CHECKING:
     from nnprobe_services.vision.receptive_fields.propagate import Analysis
@@ -171,26 +173,58 @@ def _softmax(run: Analysis, node: GraphNode, operation: ir.Softmax, x: Value) ->
 
 @rule(ir.Upsample)
 def _upsample(run: Analysis, node: GraphNode, operation: ir.Upsample, x: Value) -> Value:
+    """Resizing in every mode: each output unit reads a table of input taps (``resize_index`` for nearest,
+    ``resize_weights`` for linear, cubic and antialiased). A globally pooled 1 x 1 map resized over the image
+    (DeepLabV3's pooled ASPP branch) is global context, as a broadcast is."""
     assert x.field is not None and x.layout is not None and node.shape is not None
-    problem = check_modes(operation.coordinate_mode, operation.nearest_mode)
-    if problem:
-        raise run.unmappable(node, f"nearest resizing with {problem}")
+    if operation.mode == "nearest":
+        problem = check_modes(operation.coordinate_mode, operation.nearest_mode)
+        if problem:
+            raise run.unmappable(node, f"nearest resizing with {problem}")
     sizes = (x.field.height.size, x.field.width.size)
     outs = (node.shape[x.layout[0]], node.shape[x.layout[1]])
-    for n, n_out in zip(sizes, outs, strict=True):
-        if n_out % n:
-            raise run.unmappable(node, f"resizing {n} positions to {n_out} (not a whole factor)")
-    scales = [Fraction(o, n) for o, n in zip(outs, sizes, strict=True)]
-    if operation.scales is not None:
-        scales = [Fraction(s) for s in operation.scales]
-    modes = (operation.coordinate_mode, operation.nearest_mode)
+    if sizes == (1, 1) and outs != sizes and x.pooled:  # a pooled vector spread over the image
+        if run.strict:
+            raise run.global_context_error(node, "resizes a 1 x 1 map over the image")
+        return Value(x.layout, None, node.name, pooled=x.pooled)
     wins = []
-    for n, n_out, scale in zip(sizes, outs, scales, strict=True):
-        # ONNX Runtime copies a resize by 1 along both axes unchanged, whatever its modes say
-        same = all(s == 1 for s in scales) and outs == sizes
-        sources = tuple(range(n)) if same else nearest_sources(n, n_out, scale, *modes)
-        wins.append(Window(1, upsample=n_out // n, sources=sources))
+    for axis, (n, n_out) in enumerate(zip(sizes, outs, strict=True)):
+        scale = operation.scales[axis] if operation.scales is not None else None
+        try:
+            taps = _resize_taps(n, n_out, scale, operation, outs == sizes)
+        except Unsupported as error:
+            raise run.unmappable(node, error.message) from None
+        wins.append(Window(1, taps=taps, ratio=Fraction(n_out, n)))
     return run.windowed(node, x, (wins[0], wins[1]), "other")
+
+
+def _resize_taps(n: int, n_out: int, scale: float | None, op: ir.Upsample, same: bool) -> tuple:
+    if op.mode != "nearest" or op.formulas == "torch":
+        return resize_taps(n, n_out, scale, op)
+    factors = [1.0 if s is None else s for s in (op.scales or (None, None))]
+    # ONNX Runtime copies a resize by 1 along both axes unchanged, whatever its modes say
+    if same and all(f == 1 for f in factors):
+        return tuple((o,) for o in range(n))
+    exact = Fraction(scale) if scale is not None else Fraction(n_out, n)
+    sources = nearest_sources(n, n_out, exact, op.coordinate_mode, op.nearest_mode)
+    return tuple((m,) for m in sources)
+
+
+@rule(ir.ConvTranspose)
+def _conv_transpose(run: Analysis, node: GraphNode, operation: ir.ConvTranspose, x: Value) -> Value:
+    """Output o reads input i where o = i * stride - pad_before + dilation * t: a tap table whose units
+    differ by phase (``varying``)."""
+    assert x.field is not None
+    wins = []
+    for axis, window, extra in zip(
+        (x.field.height, x.field.width), operation.windows, operation.output_padding, strict=True
+    ):
+        n_out = transposed_size(axis.size, window, extra)
+        if n_out < 1:
+            raise run.unmappable(node, f"its output along an axis would have {n_out} units")
+        taps = transposed_taps(axis.size, n_out, window)
+        wins.append(replace(window, taps=taps, ratio=Fraction(window.stride)))
+    return run.windowed(node, x, (wins[0], wins[1]), "conv")
 
 
 @rule(ir.PixelShuffle)

@@ -46,6 +46,20 @@ class Conv(Operation):
 
 
 @dataclass(frozen=True)
+class ConvTranspose(Operation):
+    """A 2-d transposed convolution: (height, width) windows (kernel, stride, dilation, padding before and
+    after, as the operator crops its output), ``output_padding`` added after, (height, width); channels.
+    Output o reads input i where o = i * stride - pad_before + dilation * t (``varying.transposed_taps``)."""
+
+    kind: ClassVar[str] = "conv_transpose"
+    windows: tuple[Window, Window]
+    output_padding: tuple[int, int]
+    out_channels: int
+    in_channels: int
+    groups: int
+
+
+@dataclass(frozen=True)
 class Pool(Operation):
     """Pooling with fixed windows; ``pool``: ``max``, ``avg`` or ``lp``."""
 
@@ -76,15 +90,25 @@ class Pad(Operation):
 # -- resizing ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Upsample(Operation):
-    """Nearest-neighbour resizing (the factor is read from the shapes). Output unit o copies the input unit
-    that ``coordinate_mode`` and ``nearest_mode`` name, as ONNX ``Resize`` defines them (``resize_index``):
-    PyTorch's ``nearest`` is (``asymmetric``, ``floor``), ``nearest-exact`` (``tf_half_pixel_for_nn``,
-    ``floor``). ``scales``: the (height, width) factors the operator uses; None: output / input size."""
+    """Resizing (the output size is read from the shapes). ``mode``: ``nearest``, ``linear`` or ``cubic``.
+    Nearest: output unit o copies the input unit that ``coordinate_mode`` and ``nearest_mode`` name, as ONNX
+    ``Resize`` defines them (``resize_index``): PyTorch's ``nearest`` is (``asymmetric``, ``floor``),
+    ``nearest-exact`` (``tf_half_pixel_for_nn``, ``floor``). Linear and cubic read the taps of
+    ``resize_weights`` with a non-zero weight; ``formulas``: ``torch`` (PyTorch's kernels: align_corners is
+    ``coordinate_mode`` ``align_corners``, otherwise ``half_pixel`` clamped as PyTorch does) or ``onnx``
+    (ONNX ``Resize``). ``scales``: the (height, width) factors the operator uses; None: output / input
+    size. ``antialias``: a low-pass filter widened by the factor when downsampling; ``cubic_coeff_a`` and
+    ``exclude_outside`` as ONNX defines them."""
 
     kind: ClassVar[str] = "upsample"
     coordinate_mode: str = "asymmetric"
     nearest_mode: str = "floor"
     scales: tuple[float, float] | None = None
+    mode: str = "nearest"
+    formulas: str = "onnx"
+    antialias: bool = False
+    cubic_coeff_a: float = -0.75
+    exclude_outside: bool = False
 
 
 @dataclass(frozen=True)
@@ -243,6 +267,7 @@ class GraphNode:
     outermost first; ``shape``: the output shape (batch 1), None when not a tensor."""
 
     name: str
+    ConvTranspose,
     operation: Operation
     inputs: tuple[str, ...]
     shape: tuple[int, ...] | None

@@ -21,7 +21,7 @@ from torch import nn
 from nnprobe_services.vision.receptive_fields import ir
 from nnprobe_services.vision.receptive_fields.arithmetic import LayerField, Unsupported, Window
 from nnprobe_services.vision.receptive_fields.ir import Capture, GraphNode
-from nnprobe_services.vision.receptive_fields.twin_resize import resize_nearest
+from nnprobe_services.vision.receptive_fields.twin_resize import conv_transpose, resize
 
 
 def canonical(x: torch.Tensor, layout: tuple[int, int]) -> torch.Tensor:
@@ -152,7 +152,14 @@ def _slice(
 
 @_replays(ir.Upsample)
 def _upsample(twin: TransparentTwin, node: GraphNode, op: Any, local: list[torch.Tensor], values: Any) -> Any:
-    return resize_nearest(local[0], tuple(node.shape[2:]), op)  # type: ignore[index, arg-type]
+    return resize(local[0], tuple(node.shape[2:]), op)  # type: ignore[index, arg-type]
+
+
+@_replays(ir.ConvTranspose)
+def _conv_transpose(
+    twin: TransparentTwin, node: GraphNode, op: Any, local: list[torch.Tensor], values: Any
+) -> Any:
+    return conv_transpose(local[0], op, tuple(node.shape[2:]))  # type: ignore[index, arg-type]
 
 
 @_replays(ir.PixelShuffle)

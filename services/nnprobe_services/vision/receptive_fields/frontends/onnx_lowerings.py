@@ -19,6 +19,7 @@ from nnprobe_services.vision.receptive_fields.ir import (
     AdaptivePool,
     Concat,
     Conv,
+    ConvTranspose,
     Linear,
     Norm,
     Operation,
@@ -123,6 +124,36 @@ def _windows(
 
 
 # -- windows -------------------------------------------------------------------------------------------------
+@lowers_onnx("ConvTranspose")
+def conv_transpose(n: OnnxNode) -> Operation:
+    """A transposed convolution: its weight is (in, out / group, kh, kw); ``output_shape`` or ``auto_pad``
+    SAME_* set the padding as ONNX defines it (the odd pixel before, except SAME_UPPER: after)."""
+    a = n.attrs
+    weight = n.shapes.get(n.node.input[1]) or n.constant(n.node.input[1]).shape
+    kernel = [int(k) for k in a.get("kernel_shape", weight[2:])]
+    strides, dilations = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
+    extra = [int(v) for v in a.get("output_padding", [0, 0])]
+    pads, auto = list(a.get("pads", [0, 0, 0, 0])), _text(a.get("auto_pad", "NOTSET"))
+    shape = [int(v) for v in a.get("output_shape", [])][-2:]
+    result = []
+    for i in range(2):
+        window = Window(kernel[i], int(strides[i]), int(dilations[i]))
+        if shape or auto in ("SAME_UPPER", "SAME_LOWER"):
+            target = shape[i] if shape else n.sizes[i] * window.stride
+            total = window.stride * (n.sizes[i] - 1) + extra[i] + window.extent - target
+            small, large = total // 2, total - total // 2
+            before, after = (small, large) if auto == "SAME_UPPER" else (large, small)
+        elif auto == "VALID":
+            before, after = 0, 0
+        else:
+            before, after = int(pads[i]), int(pads[i + 2])
+        result.append(Window(window.kernel, window.stride, window.dilation, before, after))
+    groups = int(a.get("group", 1))
+    return ConvTranspose(
+        (result[0], result[1]), (extra[0], extra[1]), int(weight[1]) * groups, int(weight[0]), groups
+    )
+
+
 @lowers_onnx("Conv")
 def conv(n: OnnxNode) -> Operation:
     weight = n.shapes.get(n.node.input[1]) or n.constant(n.node.input[1]).shape
@@ -162,21 +193,36 @@ def pad(n: OnnxNode) -> Operation:
 # -- resizing ------------------------------------------------------------------------------------------------
 @lowers_onnx("Resize", "Upsample")
 def resize(n: OnnxNode) -> Operation:
-    """Nearest resizing with its coordinate transformation and rounding (``Upsample`` and ``Resize`` of
+    """Resizing in every mode (nearest, linear, cubic; antialiased; ``cubic_coeff_a``,
+    ``exclude_outside``) with its coordinate transformation and rounding (``Upsample`` and ``Resize`` of
     opset 10: ``asymmetric``, rounding down as ONNX Runtime does); the scales when the node gives them."""
-    mode = _text(n.attrs.get("mode", b"nearest"))
-    if mode != "nearest":
-        return Unmappable(f"{mode!r} resizing (only nearest-neighbour maps)")
+    a = n.attrs
+    mode = {"bilinear": "linear", "bicubic": "cubic"}.get(_text(a.get("mode", "nearest")), "")
+    mode = mode or _text(a.get("mode", "nearest"))
     legacy = n.node.op_type == "Upsample" or len(n.node.input) == 2
-    transform = n.attrs.get("coordinate_transformation_mode", b"half_pixel")
-    coordinate = "asymmetric" if legacy else _text(transform)
-    nearest = "floor" if legacy else _text(n.attrs.get("nearest_mode", b"round_prefer_floor"))
-    problem = check_modes(coordinate, nearest)
+    coordinate = "asymmetric" if legacy else _text(a.get("coordinate_transformation_mode", "half_pixel"))
+    nearest = "floor" if legacy else _text(a.get("nearest_mode", "round_prefer_floor"))
+    if mode not in ("nearest", "linear", "cubic"):
+        return Unmappable(f"{mode} resizing (modes: nearest, linear, cubic)")
+    problem = check_modes(coordinate, nearest if mode == "nearest" else "floor")
     if problem:
-        return Unmappable(f"nearest resizing with {problem}")
-    if n.attrs.get("axes") is not None:
+        return Unmappable(f"{mode} resizing with {problem}")
+    if a.get("axes") is not None:
         return Unmappable("resizing with an axes attribute")
-    return Upsample(coordinate, nearest, _scales(n, legacy))
+    policy = _text(a.get("keep_aspect_ratio_policy", "stretch"))
+    if policy != "stretch":
+        return Unmappable(f"resizing with keep_aspect_ratio_policy {policy} (only stretch)")
+    if coordinate == "tf_half_pixel_for_nn" and mode != "nearest":
+        return Unmappable(f"{mode} resizing with coordinate_transformation_mode {coordinate}")
+    return Upsample(
+        coordinate,
+        nearest,
+        _scales(n, legacy),
+        mode=mode,
+        antialias=bool(a.get("antialias", 0)),
+        cubic_coeff_a=float(a.get("cubic_coeff_a", -0.75)),
+        exclude_outside=bool(a.get("exclude_outside", 0)),
+    )
 
 
 def _scales(n: OnnxNode, legacy: bool) -> tuple[float, float] | None:

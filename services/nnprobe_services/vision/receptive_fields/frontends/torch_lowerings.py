@@ -19,6 +19,7 @@ from nnprobe_services.vision.receptive_fields.ir import (
     AdaptivePool,
     Concat,
     Conv,
+    ConvTranspose,
     Linear,
     Norm,
     Operation,
@@ -126,12 +127,29 @@ def convolution(n: AtenNode) -> Operation:
         stride, padding = n.arg(3, "stride", 1), n.arg(4, "padding", 0)
         dilation, groups = n.arg(5, "dilation", 1), n.arg(6, "groups", 1)
     else:
-        if n.arg(6, "transposed", False):
-            return Unmappable("a transposed convolution")
         stride, padding, dilation = args[3], args[4], args[5]
         groups = n.arg(8, "groups", 1)
+        if n.arg(6, "transposed", False):
+            return _transposed(weight, stride, padding, dilation, n.arg(7, "output_padding", 0), int(groups))
     w = windows((weight[2], weight[3]), stride, padding, dilation)
     return Conv(w, weight[0], weight[1] * int(groups), int(groups))
+
+
+@lowers("conv_transpose2d")
+def conv_transpose(n: AtenNode) -> Operation:
+    """``conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation)``."""
+    weight = n.shapes.get(n.args[1].name) if isinstance(n.args[1], fx.Node) else None
+    if weight is None or len(weight) != 4:
+        return Unmappable(f"{n.name} with a {len(weight or ())}-d weight (not a 2-d convolution)")
+    stride, padding = n.arg(3, "stride", 1), n.arg(4, "padding", 0)
+    extra, groups, dilation = n.arg(5, "output_padding", 0), n.arg(6, "groups", 1), n.arg(7, "dilation", 1)
+    return _transposed(weight, stride, padding, dilation, extra, int(groups))
+
+
+def _transposed(weight: Any, stride: Any, padding: Any, dilation: Any, extra: Any, groups: int) -> Operation:
+    """A transposed convolution: its weight is (in, out / groups, kh, kw)."""
+    w = windows((weight[2], weight[3]), stride, padding, dilation)
+    return ConvTranspose(w, _pair(extra), int(weight[1]) * groups, int(weight[0]), groups)
 
 
 @lowers("max_pool2d", "max_pool2d_with_indices")
@@ -165,10 +183,39 @@ def pad(n: AtenNode) -> Operation:
 # -- resizing ------------------------------------------------------------------------------------------------
 @lowers("upsample_nearest2d", "_upsample_nearest_exact2d")
 def upsample(n: AtenNode) -> Operation:
-    """``nearest`` reads input floor(o * n_in / n_out), ``nearest-exact`` floor((o + 0.5) * n_in / n_out)."""
+    """``nearest`` reads input floor(o * scale), ``nearest-exact`` floor((o + 0.5) * scale), scale the
+    inverse of the factor given, else n_in / n_out (PyTorch's kernels: ``resize_weights``)."""
+    scales = _resize_scales(n, 2)
     if "exact" in n.name:
-        return Upsample("tf_half_pixel_for_nn", "floor")
-    return Upsample("asymmetric", "floor")
+        return Upsample("tf_half_pixel_for_nn", "floor", scales, formulas="torch")
+    return Upsample("asymmetric", "floor", scales, formulas="torch")
+
+
+@lowers("upsample_bilinear2d", "upsample_bicubic2d", "_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa")
+def upsample_interpolating(n: AtenNode) -> Operation:
+    """Bilinear and bicubic resizing (``align_corners``; ``_aa``: antialiased), as PyTorch's kernels read
+    their input (``resize_weights``)."""
+    align = bool(n.arg(2, "align_corners", False))
+    return Upsample(
+        "align_corners" if align else "half_pixel",
+        scales=_resize_scales(n, 3),
+        mode="cubic" if "bicubic" in n.name else "linear",
+        formulas="torch",
+        antialias=n.name.endswith("_aa"),
+    )
+
+
+def _resize_scales(n: AtenNode, index: int) -> tuple[float, float] | None:
+    """The (height, width) factors a resize was given: ``scale_factors`` (the ``.vec`` overloads) or
+    ``scales_h`` and ``scales_w``; None when it was given sizes only."""
+    first = n.arg(index, "scale_factors", None)
+    if isinstance(first, (list, tuple)):
+        return (float(first[0]), float(first[-1])) if first else None
+    first = n.arg(index, "scales_h", None)
+    second = n.arg(index + 1, "scales_w", None)
+    if first is None or second is None:
+        return None
+    return float(first), float(second)
 
 
 @lowers("pixel_shuffle")

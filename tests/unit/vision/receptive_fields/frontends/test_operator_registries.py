@@ -103,6 +103,39 @@ TORCH_CASES: dict[str, tuple[Callable[[torch.Tensor], Any], type[ir.Operation], 
         (3, 1),
         True,
     ),
+    # Bilinear x2 over pooled pairs: unit o reads one or two pairs; the smallest linear form holding them.
+    "upsample_bilinear2d": (
+        lambda x: aten.upsample_bilinear2d.default(_pooled(x), [8, 8], False),
+        ir.Upsample,
+        (5, 1),
+        True,
+    ),
+    "upsample_bicubic2d": (
+        lambda x: aten.upsample_bicubic2d.default(_pooled(x), [8, 8], False),
+        ir.Upsample,
+        (9, 1),
+        True,
+    ),
+    # Antialiased halving: a triangle (cubic) filter two (four) input pixels wide on each side.
+    "_upsample_bilinear2d_aa": (
+        lambda x: aten._upsample_bilinear2d_aa.default(x, [4, 4], False),
+        ir.Upsample,
+        (4, 2),
+        True,
+    ),
+    "_upsample_bicubic2d_aa": (
+        lambda x: aten._upsample_bicubic2d_aa.default(x, [4, 4], False),
+        ir.Upsample,
+        (8, 2),
+        True,
+    ),
+    # k=3, s=2, p=1, output_padding=1: even outputs read one input, odd ones two (jump 1/2).
+    "conv_transpose2d": (
+        lambda x: aten.conv_transpose2d.input(x, _w(4, 4, 3, 3), None, [2, 2], [1, 1], [1, 1]),
+        ir.ConvTranspose,
+        (2, Fraction(1, 2)),
+        True,
+    ),
     "_upsample_nearest_exact2d": (
         lambda x: aten._upsample_nearest_exact2d.default(_pooled(x), [8, 8]),
         ir.Upsample,
@@ -343,6 +376,14 @@ ONNX_CASES: dict[str, OnnxCase] = {
         [_init("pads", [0, 0, 1, 1, 0, 0, 1, 1], np.int64)],
         ir.Pad,
         ONE,
+    ),
+    "ConvTranspose": (
+        [],
+        ["X", "W"],
+        {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]},
+        [_init("W", np.ones((4, 4, 3, 3)))],
+        ir.ConvTranspose,
+        (2, Fraction(1, 2)),
     ),
     "Resize": (
         [POOL],
