@@ -79,7 +79,7 @@ def service_run(client: SequenceClient, steps: int) -> tuple[float, float]:
     job = client.start_training("ptb", max_steps=steps, log_interval=1, checkpoint_interval=10_000)
     running_at = last_at = 0.0
     elapsed = 0.0
-    for event in client.watch(job.job_id):
+    for event in client.watch_job(job.job_id):
         if event.kind == "state" and event.state == "running":
             running_at = event.time
         if event.kind == "step":
@@ -160,7 +160,7 @@ def quality() -> None:
                     log_interval=200,
                 )
                 rows = []
-                for event in client.watch(job.job_id):
+                for event in client.watch_job(job.job_id):
                     if event.kind == "evaluation":
                         rows.append(
                             (event.epoch, event.learning_rate, event.valid_perplexity, event.test_perplexity)

@@ -36,7 +36,7 @@ def run(address: str, out_dir: Path) -> None:
         print(f"job {job.job_id}: {job.parameters} parameters, vocabulary {job.vocab_size}")
         bar = ProgressBar(job.total_steps, "training", force=True)
         rows = []
-        for event in client.watch(job.job_id):
+        for event in client.watch_job(job.job_id):
             if event.kind == "step":
                 bar.update(event.step, f"loss {event.loss:.3f}")
                 rows.append((event.step, event.loss, event.perplexity, event.tokens_per_second))
@@ -56,12 +56,12 @@ def run(address: str, out_dir: Path) -> None:
         print(f"  greedy:      {' '.join(greedy.words)}")
 
         print("\n2(c) Euclidean distance between the embeddings of 'army' and 'taxpayer'")
-        distance = client.distance(job.job_id, "army", "taxpayer")
+        distance = client.embedding_distance(job.job_id, "army", "taxpayer")
         print(
             f"  euclidean {distance.euclidean:.4f}, cosine similarity {distance.cosine_similarity:.4f} "
             f"(the notebook's fully trained 128-d model: 17.3774)"
         )
-        near = client.nearest(job.job_id, "army", k=5, metric="cosine")
+        near = client.nearest_words(job.job_id, "army", k=5, metric="cosine")
         print(f"  nearest to 'army' by cosine: {', '.join(w for w, _, _ in near.neighbors)}")
         summary = {
             "job": dataclasses.replace(job, plot_png=None),

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nnprobe._pool import ChannelPool
 from nnprobe.api.common.v1 import common_pb2
 from nnprobe.config import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, TlsConfig, default_address
-from nnprobe.errors import NnprobeError
+from nnprobe.errors import NnprobeError, Unavailable
 
 #: The float dtypes a request may ask for (``None``: the server's default).
 FLOAT_DTYPES = {
@@ -34,14 +34,20 @@ def choice(table: Mapping[Any, Any], value: Any, name: str) -> Any:
         ) from None
 
 
-class _Default:
-    """Marks "use the client's default deadline" (``None`` means no deadline at all)."""
+class UseClientDefault:
+    """The type of ``USE_CLIENT_DEFAULT``."""
 
     def __repr__(self) -> str:
-        return "DEFAULT"
+        return "USE_CLIENT_DEFAULT"
 
 
-DEFAULT = _Default()
+#: A call's ``timeout`` default: use the client's deadline (``client.timeout``). ``timeout=None`` means no
+#: deadline at all and a number is that many seconds, so the client's own default needs a value of its own.
+USE_CLIENT_DEFAULT = UseClientDefault()
+
+# The names the feature modules use.
+_Default = UseClientDefault
+DEFAULT = USE_CLIENT_DEFAULT
 
 
 def _service_config(full_service_name: str) -> str:
@@ -142,8 +148,8 @@ class BaseClient:
         return f"{type(self).__name__}({self.address!r})"
 
     # -- calls ---------------------------------------------------------------------------------------
-    def _deadline(self, timeout: float | _Default | None) -> float | None:
-        return self.timeout if isinstance(timeout, _Default) else timeout
+    def _deadline(self, timeout: float | UseClientDefault | None) -> float | None:
+        return self.timeout if isinstance(timeout, UseClientDefault) else timeout
 
     def _unary(self, method: Any, request: Any, timeout: float | _Default | None = DEFAULT) -> Any:
         try:
@@ -151,7 +157,9 @@ class BaseClient:
         except grpc.RpcError as error:
             raise NnprobeError.from_rpc_error(error) from error
 
-    def _stream(self, method: Any, request: Any, timeout: float | _Default | None = DEFAULT) -> Iterator[Any]:
+    def _stream(
+        self, method: Any, request: Any, timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT
+    ) -> Iterator[Any]:
         call = method(request, timeout=self._deadline(timeout), metadata=self._metadata)
         try:
             yield from call
@@ -168,12 +176,10 @@ class BaseClient:
 
     def wait_until_ready(self, timeout: float = 30.0) -> None:
         """Block until the channel (every channel of an address list) connects, or raise
-        ``NnprobeError(UNAVAILABLE)``."""
+        ``nnprobe.Unavailable``."""
         deadline = time.monotonic() + timeout
         try:
             for channel in self._channels:  # every address of a list
                 grpc.channel_ready_future(channel).result(timeout=max(deadline - time.monotonic(), 0))
         except grpc.FutureTimeoutError as error:
-            raise NnprobeError(
-                grpc.StatusCode.UNAVAILABLE, f"no server answered at {self.address} within {timeout:g}s"
-            ) from error
+            raise Unavailable(f"no server answered at {self.address} within {timeout:g}s") from error

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from nnprobe import tensors
-from nnprobe._client import DEFAULT, FLOAT_DTYPES, BaseClient, _Default, choice
+from nnprobe._client import FLOAT_DTYPES, USE_CLIENT_DEFAULT, BaseClient, UseClientDefault, choice
+from nnprobe._requests import request_arguments
 from nnprobe.api.attention.v1 import attention_pb2 as pb
 from nnprobe.api.attention.v1 import attention_pb2_grpc
 from nnprobe.api.common.v1 import common_pb2
@@ -93,6 +94,115 @@ class FeedForwardResult:
     raw: Any = field(repr=False, default=None)
 
 
+def attention_spec(
+    *,
+    x: np.ndarray | None,
+    sequence_length: int,
+    model_dim: int,
+    seed: int,
+    weights: Sequence[np.ndarray] | None,
+    heads: int,
+    scale: float | None,
+    softmax: str,
+    positional_encoding: str | None,
+    causal_mask: bool,
+    dtype: str | None,
+) -> pb.SelfAttention:
+    """The ``SelfAttention`` of a check (sync and asyncio clients)."""
+    spec = pb.SelfAttention(
+        sequence_length=sequence_length,
+        model_dim=model_dim,
+        seed=seed,
+        heads=heads,
+        scale=scale,
+        softmax=choice(_SOFTMAX, softmax, "softmax"),
+        positional_encoding=choice(_POSITIONAL, positional_encoding, "positional_encoding"),
+        causal_mask=causal_mask,
+        dtype=choice(FLOAT_DTYPES, dtype, "dtype"),
+    )
+    if x is not None:
+        spec.x.CopyFrom(tensors.to_tensor(x))
+    if weights is not None:
+        if len(weights) != 3:
+            raise ValueError("weights must be (w_query, w_key, w_value)")
+        for name, w in zip(("w_query", "w_key", "w_value"), weights, strict=True):
+            getattr(spec, name).CopyFrom(tensors.to_tensor(w))
+    return spec
+
+
+def permutation_options(strategy: str, num_samples: int, tolerance: float | None) -> pb.PermutationOptions:
+    """The ``PermutationOptions`` of a check."""
+    return pb.PermutationOptions(
+        strategy=choice(_STRATEGY, strategy, "strategy"),
+        num_samples=num_samples,
+        tolerance=tolerance,
+    )
+
+
+def permutation_request(**arguments: Any) -> pb.CheckPermutationEquivarianceRequest:
+    """The request of ``check_permutation_equivariance`` from its arguments by name."""
+    options = {k: arguments.pop(k) for k in ("strategy", "num_samples", "tolerance")}
+    return pb.CheckPermutationEquivarianceRequest(
+        attention=attention_spec(**arguments), permutations=permutation_options(**options)
+    )
+
+
+def pooling_request(*, pooling: str, **arguments: Any) -> pb.CheckPoolingInvarianceRequest:
+    """The request of ``check_pooling_invariance`` from its arguments by name."""
+    checked = permutation_request(**arguments)
+    return pb.CheckPoolingInvarianceRequest(
+        attention=checked.attention,
+        permutations=checked.permutations,
+        pooling=choice(_POOLING, pooling, "pooling"),
+    )
+
+
+def feed_forward_request(
+    *,
+    x: np.ndarray | None,
+    widths: Sequence[int],
+    batch_size: int,
+    sequence_length: int,
+    model_dim: int,
+    activation: str,
+    seed: int,
+    dtype: str | None,
+    tolerance: float | None,
+    timing_repeats: int,
+) -> pb.CheckFeedForwardEquivalenceRequest:
+    """The request of ``check_feed_forward_equivalence``."""
+    request = pb.CheckFeedForwardEquivalenceRequest(
+        widths=list(widths),
+        batch_size=batch_size,
+        sequence_length=sequence_length,
+        model_dim=model_dim,
+        activation=choice(_ACTIVATION, activation, "activation"),
+        seed=seed,
+        dtype=choice(FLOAT_DTYPES, dtype, "dtype"),
+        tolerance=tolerance,
+        timing_repeats=timing_repeats,
+    )
+    if x is not None:
+        request.x.CopyFrom(tensors.to_tensor(x))
+    return request
+
+
+def feed_forward_result(r: Any) -> FeedForwardResult:
+    """A ``CheckFeedForwardEquivalenceResponse`` as a ``FeedForwardResult``."""
+    return FeedForwardResult(
+        equivalent=r.equivalent,
+        max_deviation=r.max_deviation,
+        linear_parameters=r.linear_parameters,
+        conv_parameters=r.conv_parameters,
+        linear_forward_seconds=r.linear_forward_seconds,
+        conv_forward_seconds=r.conv_forward_seconds,
+        tolerance=r.tolerance,
+        widths=list(r.widths),
+        output=tensors.to_numpy(r.output),
+        raw=r,
+    )
+
+
 class AttentionClient(BaseClient):
     """``AttentionClient("localhost:50053")``; see each method for its options.
 
@@ -106,48 +216,6 @@ class AttentionClient(BaseClient):
     def __init__(self, address: str | None = None, **kwargs: Any) -> None:
         super().__init__(address, **kwargs)
         self._stub = attention_pb2_grpc.AttentionServiceStub(self._channel)
-
-    @staticmethod
-    def _spec(
-        x: np.ndarray | None,
-        sequence_length: int,
-        model_dim: int,
-        seed: int,
-        weights: Sequence[np.ndarray] | None,
-        heads: int,
-        scale: float | None,
-        softmax: str,
-        positional_encoding: str | None,
-        causal_mask: bool,
-        dtype: str | None,
-    ) -> pb.SelfAttention:
-        spec = pb.SelfAttention(
-            sequence_length=sequence_length,
-            model_dim=model_dim,
-            seed=seed,
-            heads=heads,
-            scale=scale,
-            softmax=choice(_SOFTMAX, softmax, "softmax"),
-            positional_encoding=choice(_POSITIONAL, positional_encoding, "positional_encoding"),
-            causal_mask=causal_mask,
-            dtype=choice(FLOAT_DTYPES, dtype, "dtype"),
-        )
-        if x is not None:
-            spec.x.CopyFrom(tensors.to_tensor(x))
-        if weights is not None:
-            if len(weights) != 3:
-                raise ValueError("weights must be (w_query, w_key, w_value)")
-            for name, w in zip(("w_query", "w_key", "w_value"), weights, strict=True):
-                getattr(spec, name).CopyFrom(tensors.to_tensor(w))
-        return spec
-
-    @staticmethod
-    def _options(strategy: str, num_samples: int, tolerance: float | None) -> pb.PermutationOptions:
-        return pb.PermutationOptions(
-            strategy=choice(_STRATEGY, strategy, "strategy"),
-            num_samples=num_samples,
-            tolerance=tolerance,
-        )
 
     def check_permutation_equivariance(
         self,
@@ -166,7 +234,7 @@ class AttentionClient(BaseClient):
         strategy: str = "auto",
         num_samples: int = 0,
         tolerance: float | None = None,
-        timeout: float | _Default | None = DEFAULT,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> PermutationCheckResult:
         """Is s(PX) == P s(X)? Give ``x`` (T, D) or ``sequence_length``/``model_dim`` and a ``seed``.
 
@@ -176,22 +244,7 @@ class AttentionClient(BaseClient):
         ``tolerance``: relative to max(1, max |s(X)|); None for the server's default (1e-9 in float64,
         1e-4 in float32), 0 for exact equality. A ``scale`` of 0 or below is refused (INVALID_ARGUMENT).
         """
-        request = pb.CheckPermutationEquivarianceRequest(
-            attention=self._spec(
-                x,
-                sequence_length,
-                model_dim,
-                seed,
-                weights,
-                heads,
-                scale,
-                softmax,
-                positional_encoding,
-                causal_mask,
-                dtype,
-            ),
-            permutations=self._options(strategy, num_samples, tolerance),
-        )
+        request = permutation_request(**request_arguments(locals()))
         response = self._unary(self._stub.CheckPermutationEquivariance, request, timeout)
         return PermutationCheckResult._from(response, response.output)
 
@@ -213,29 +266,13 @@ class AttentionClient(BaseClient):
         strategy: str = "auto",
         num_samples: int = 0,
         tolerance: float | None = None,
-        timeout: float | _Default | None = DEFAULT,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> PermutationCheckResult:
         """Is pool(s(PX)) == pool(s(X))? ``pooling``: ``mean``, ``sum``, ``max`` or ``first_token``.
 
         The other options are those of ``check_permutation_equivariance``.
         """
-        request = pb.CheckPoolingInvarianceRequest(
-            attention=self._spec(
-                x,
-                sequence_length,
-                model_dim,
-                seed,
-                weights,
-                heads,
-                scale,
-                softmax,
-                positional_encoding,
-                causal_mask,
-                dtype,
-            ),
-            permutations=self._options(strategy, num_samples, tolerance),
-            pooling=choice(_POOLING, pooling, "pooling"),
-        )
+        request = pooling_request(**request_arguments(locals()))
         response = self._unary(self._stub.CheckPoolingInvariance, request, timeout)
         return PermutationCheckResult._from(response, response.pooled)
 
@@ -252,7 +289,7 @@ class AttentionClient(BaseClient):
         dtype: str | None = None,
         tolerance: float | None = None,
         timing_repeats: int = 0,
-        timeout: float | _Default | None = DEFAULT,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> FeedForwardResult:
         """nn.Linear stack vs nn.Conv1d(kernel_size=1) stack with the same weights.
 
@@ -261,29 +298,5 @@ class AttentionClient(BaseClient):
         ``tolerance``: absolute; None for the server's default (1e-6 in float32, 1e-12 in float64), 0 for
         exact equality.
         """
-        request = pb.CheckFeedForwardEquivalenceRequest(
-            widths=list(widths),
-            batch_size=batch_size,
-            sequence_length=sequence_length,
-            model_dim=model_dim,
-            activation=choice(_ACTIVATION, activation, "activation"),
-            seed=seed,
-            dtype=choice(FLOAT_DTYPES, dtype, "dtype"),
-            tolerance=tolerance,
-            timing_repeats=timing_repeats,
-        )
-        if x is not None:
-            request.x.CopyFrom(tensors.to_tensor(x))
-        r = self._unary(self._stub.CheckFeedForwardEquivalence, request, timeout)
-        return FeedForwardResult(
-            equivalent=r.equivalent,
-            max_deviation=r.max_deviation,
-            linear_parameters=r.linear_parameters,
-            conv_parameters=r.conv_parameters,
-            linear_forward_seconds=r.linear_forward_seconds,
-            conv_forward_seconds=r.conv_forward_seconds,
-            tolerance=r.tolerance,
-            widths=list(r.widths),
-            output=tensors.to_numpy(r.output),
-            raw=r,
-        )
+        request = feed_forward_request(**request_arguments(locals()))
+        return feed_forward_result(self._unary(self._stub.CheckFeedForwardEquivalence, request, timeout))

@@ -41,7 +41,7 @@ def corpus(lm, pattern_text):
 @pytest.fixture(scope="module")
 def trained(lm, corpus, tiny_lm):
     job = lm.start_training(corpus.corpus_id, epochs=3, seed=7, **tiny_lm)
-    events = list(lm.watch(job.job_id))
+    events = list(lm.watch_job(job.job_id))
     return lm.get_job(job.job_id), events
 
 
@@ -77,14 +77,14 @@ def test_training_reaches_a_low_perplexity_and_reports_every_epoch(trained, corp
 
 def test_watch_resumes_from_a_cursor(lm, trained):
     job, events = trained
-    tail = list(lm.watch(job.job_id, after_sequence=events[9].sequence))
+    tail = list(lm.watch_job(job.job_id, after_sequence=events[9].sequence))
     assert tail == events[10:]
 
 
 def test_same_seed_same_model(lm, corpus, trained, tiny_lm):
     job, events = trained
     again = lm.start_training(corpus.corpus_id, epochs=3, seed=7, **tiny_lm)
-    replay = list(lm.watch(again.job_id))
+    replay = list(lm.watch_job(again.job_id))
     assert [e.loss for e in replay if e.kind == "step"] == [e.loss for e in events if e.kind == "step"]
     a = lm.evaluate_perplexity(job.job_id, split="test")
     b = lm.evaluate_perplexity(again.job_id, split="test")
@@ -167,18 +167,18 @@ def test_temperature_zero_is_greedy_decoding(lm, trained):
 
 def test_embedding_distance_and_nearest_words_agree(lm, trained):
     job, _ = trained
-    d = lm.distance(job.job_id, "w1", "w2")
+    d = lm.embedding_distance(job.job_id, "w1", "w2")
     assert d.euclidean**2 == pytest.approx(
         d.norm_a**2 + d.norm_b**2 - 2 * d.norm_a * d.norm_b * d.cosine_similarity
     )
     assert d.cosine_distance == pytest.approx(1 - d.cosine_similarity)
-    assert lm.distance(job.job_id, "w1", "w1").euclidean == 0.0
-    near = lm.nearest(job.job_id, "w1", k=21)
+    assert lm.embedding_distance(job.job_id, "w1", "w1").euclidean == 0.0
+    near = lm.nearest_words(job.job_id, "w1", k=21)
     assert len(near.neighbors) == 21 and "w1" not in [w for w, _, _ in near.neighbors]
     distances = [dist for _, _, dist in near.neighbors]
     assert distances == sorted(distances)
     assert dict((w, dist) for w, _, dist in near.neighbors)["w2"] == pytest.approx(d.euclidean)
-    cosine = lm.nearest(job.job_id, "w1", k=3, metric="cosine")
+    cosine = lm.nearest_words(job.job_id, "w1", k=3, metric="cosine")
     assert cosine.metric == "cosine" and cosine.neighbors[0][2] <= cosine.neighbors[1][2]
 
 
@@ -195,7 +195,7 @@ def test_cancel_then_resume_equals_an_uninterrupted_run(lm, corpus, trained, tin
     job, events = trained
     config = dict(tiny_lm, checkpoint_interval=5)
     running = lm.start_training(corpus.corpus_id, epochs=3, seed=7, **config)
-    for event in lm.watch(running.job_id):
+    for event in lm.watch_job(running.job_id):
         if event.kind == "checkpoint" and event.step >= 10:
             break
     cancelled = lm.cancel_job(running.job_id)
@@ -208,8 +208,8 @@ def test_cancel_then_resume_equals_an_uninterrupted_run(lm, corpus, trained, tin
     history = lm.get_job(running.job_id, history=True).events
     assert [e.loss for e in history if e.kind == "step"] == [e.loss for e in events if e.kind == "step"]
     assert final.valid_perplexity == job.valid_perplexity and final.test_perplexity == job.test_perplexity
-    a = lm.distance(job.job_id, "w1", "w7")
-    b = lm.distance(running.job_id, "w1", "w7")
+    a = lm.embedding_distance(job.job_id, "w1", "w7")
+    b = lm.embedding_distance(running.job_id, "w1", "w7")
     assert (a.euclidean, a.cosine_similarity) == (b.euclidean, b.cosine_similarity)
 
 
@@ -217,7 +217,7 @@ def test_ptb_short_run_starts_near_the_vocabulary_size(lm, shared_dir):
     job = lm.start_training(
         "ptb", embed_size=16, hidden_size=32, max_steps=3, log_interval=1, eval_batch_size=40, seed=1
     )
-    events = list(lm.watch(job.job_id))
+    events = list(lm.watch_job(job.job_id))
     final = lm.get_job(job.job_id)
     assert final.state == "succeeded", final.error
     assert final.vocab_size == 10_000 and final.steps_per_epoch == 1549
@@ -263,16 +263,16 @@ def test_unknown_corpus_and_job(lm, tiny_lm):
     for call in (lm.get_job, lm.cancel_job, lm.resume_job, lm.evaluate_perplexity, lm.sample):
         error = error_of(call, "job-missing")
         assert error.code == grpc.StatusCode.NOT_FOUND and "job-missing" in str(error)
-    assert error_of(lambda: list(lm.watch("job-missing"))).code == grpc.StatusCode.NOT_FOUND
+    assert error_of(lambda: list(lm.watch_job("job-missing"))).code == grpc.StatusCode.NOT_FOUND
 
 
 def test_unknown_words_suggest_close_spellings(lm, trained):
     job, _ = trained
-    error = error_of(lm.distance, job.job_id, "w1", "w21")
+    error = error_of(lm.embedding_distance, job.job_id, "w1", "w21")
     assert error.code == grpc.StatusCode.NOT_FOUND
     assert "word_b" in str(error) and "'w21'" in str(error) and "w2" in str(error)
-    assert error_of(lm.nearest, job.job_id, "W3").code == grpc.StatusCode.NOT_FOUND
-    assert "try 'w3'" in str(error_of(lm.nearest, job.job_id, "W3"))
+    assert error_of(lm.nearest_words, job.job_id, "W3").code == grpc.StatusCode.NOT_FOUND
+    assert "try 'w3'" in str(error_of(lm.nearest_words, job.job_id, "W3"))
     assert error_of(lm.sample, job.job_id, prompt="w1 qq").code == grpc.StatusCode.NOT_FOUND
 
 

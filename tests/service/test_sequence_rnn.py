@@ -103,9 +103,12 @@ def test_analyze_gradients_sweep_streams_progress(sequence):
         hidden_size=16,
         sequence_length=30,
         plot=True,
-        on_progress=lambda done, total, message: seen.append((done, total, message)),
+        on_progress=seen.append,
     )
-    assert seen and seen[-1][:2] == (120, 120) and all(t == 120 for _, t, _ in seen)
+    # 2 cells x 2 radii x 30 Jacobian steps, counted in one unit, the message naming the run.
+    assert seen and (seen[-1].done, seen[-1].total) == (120, 120) and all(p.total == 120 for p in seen)
+    assert {p.unit for p in seen} == {"jacobian steps"} and seen[-1].message == "rnn_linear rho=1.5"
+    assert seen[-1].fraction == 1.0 and seen[-1].detail is None
     assert [(r.cell, r.target_spectral_radius) for r in result.runs] == [
         ("rnn_tanh", 0.5),
         ("rnn_tanh", 1.5),
@@ -171,9 +174,9 @@ def test_compare_truncation(sequence):
         chunk_length=4,
         chunk_counts=[1, 2, 4],
         plot=True,
-        on_progress=lambda d, t, m: seen.append((d, t)),
+        on_progress=lambda p: seen.append((p.done, p.total, p.unit)),
     )
-    assert seen[-1] == (14, 14)
+    assert seen[-1] == (14, 14, "chunks")  # 2 modes x (1 + 2 + 4) chunks
     truncated, full = result.series("truncated"), result.series("full")
     assert len(set(p.saved_bytes for p in truncated)) == 1 and result.truncated_slope_bytes == 0.0
     assert result.full_slope_bytes / truncated[0].saved_bytes == pytest.approx(1.0, rel=0.05)

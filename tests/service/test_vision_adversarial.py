@@ -122,6 +122,10 @@ def test_untargeted_methods_and_transfer_to_a_second_server(vision, servers, pho
     assert fgsm.goal_class == 291 and fgsm.iterations == 1 and fgsm.linf == 2 / 255
     own = vision_reference.probabilities(vision_reference.lite0(), fgsm.adversarial_png)
     assert fgsm.success == (int(own.argmax()) != 291) and len(progress) == 1
+    # FGSM's one iteration of the server's default steps (total unknown to the client: 0).
+    (step,) = progress
+    assert (step.done, step.total, step.unit) == (1, 0, "iterations")
+    assert (step.detail.image, step.detail.iteration) == (0, 1) and step.message.startswith("image 0: ")
     # The other model, run here by torchvision on the returned PNG with the same seeded weights.
     other = torchvision.models.resnet18()
     other.load_state_dict(torch.load(resnet18_weights / "resnet18-f37072fd.pth", weights_only=True))

@@ -97,7 +97,7 @@ def test_model_defaults(vision):
         213.0,
     )
     assert result.units == [] and not result.verified and result.plot_png == b""
-    assert vision.receptive_field(model="inception_v3").input_size == (299, 299)
+    assert vision.compute_receptive_field(model="inception_v3").input_size == (299, 299)
 
 
 def test_effective_field_is_deterministic_and_inside_the_field(vision):

@@ -65,7 +65,7 @@ def jobs(server, corpus):
     client.wait_job(single.job_id)
     started = time.monotonic()
     job = client.start_training(corpus.corpus_id, workers=2, **CONFIG)
-    for event in client.watch(job.job_id):
+    for event in client.watch_job(job.job_id):
         if event.kind == "checkpoint":
             break
     pids = workers_of(job.job_id)
@@ -151,7 +151,7 @@ def test_two_workers_follow_the_single_process_trajectory(server, jobs):
 def test_a_killed_server_leaves_no_worker(server, corpus, jobs):
     proc, client, _ = server
     job = client.start_training(corpus.corpus_id, workers=2, **dict(CONFIG, epochs=1000))
-    for event in client.watch(job.job_id):
+    for event in client.watch_job(job.job_id):
         if event.kind == "step":
             break
     assert len(workers_of(job.job_id)) == 2

@@ -45,7 +45,7 @@ def test_killed_server_job_is_taken_over_at_restart_and_finishes_exactly(
             reference = client.wait_job(reference.job_id)
             assert reference.state == "succeeded"
             job = client.start_training(corpus.corpus_id, **resumable_lm)
-            for event in client.watch(job.job_id):
+            for event in client.watch_job(job.job_id):
                 if event.kind == "checkpoint" and event.step >= 8:
                     break
             proc.send_signal(signal.SIGKILL)
@@ -98,8 +98,8 @@ def test_killed_server_job_is_taken_over_at_restart_and_finishes_exactly(
                 job.job_id: "succeeded",
                 reference.job_id: "succeeded",
             }
-            a = client.distance(job.job_id, "w1", "w9")
-            b = client.distance(reference.job_id, "w1", "w9")
+            a = client.embedding_distance(job.job_id, "w1", "w9")
+            b = client.embedding_distance(reference.job_id, "w1", "w9")
             assert a.euclidean == b.euclidean
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -90,7 +90,7 @@ def test_two_hundred_watchers_do_not_starve_health_listing_or_cancelling(
             job = client.start_training(
                 corpus.corpus_id, **dict(resumable_lm, epochs=100_000, log_interval=10)
             )
-            for event in client.watch(job.job_id):
+            for event in client.watch_job(job.job_id):
                 if event.kind == "step":
                     break
             outcome = asyncio.run(bookkeeping_while_watched(address, job.job_id))
@@ -132,7 +132,7 @@ def test_sigterm_during_training_exits_zero_and_the_restarted_server_continues_t
 
             def follow() -> None:
                 try:
-                    for event in client.watch(job.job_id, reconnect_seconds=0):
+                    for event in client.watch_job(job.job_id, reconnect_seconds=0):
                         seen.append(event)
                         if event.kind == "checkpoint" and event.step >= 8:
                             checkpointed.set()

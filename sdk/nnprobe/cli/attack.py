@@ -11,6 +11,7 @@ import numpy as np
 
 from nnprobe.cli.output import ProgressBar, add_client_options, client_kwargs, print_json, print_table
 from nnprobe.cli.parsing import INT_MAX, UsageError, fraction, limit
+from nnprobe.progress import Progress
 from nnprobe.vision import ATTACK_METHODS, AdversarialResult, AttackProgress, TransferResult, VisionClient
 
 
@@ -142,7 +143,10 @@ def _attack(args: argparse.Namespace) -> list[AdversarialResult]:
     bar = ProgressBar(total * len(args.images), f"{args.method} attack", out=sys.stderr)
     done: dict[int, int] = {}
 
-    def progress(event: AttackProgress) -> None:
+    def progress(update: Progress) -> None:
+        event = update.detail
+        if not isinstance(event, AttackProgress):
+            return
         done[event.image] = event.iteration
         bar.update(
             sum(done.values()),

@@ -102,7 +102,7 @@ def _follow(
     the watch's deadline in seconds (None: until the job stops)."""
     bar: ProgressBar | None = None
     events: list[JobEvent] = []
-    for event in client.watch(job_id, after_sequence=after, timeout=timeout):
+    for event in client.watch_job(job_id, after_sequence=after, timeout=timeout):
         events.append(event)
         if as_json:
             continue

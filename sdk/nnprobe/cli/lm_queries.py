@@ -58,7 +58,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 def run_distance(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        d = client.distance(args.job, args.word_a, args.word_b, checkpoint=args.checkpoint)
+        d = client.embedding_distance(args.job, args.word_a, args.word_b, checkpoint=args.checkpoint)
     if args.json:
         print_json(d)
     else:
@@ -77,7 +77,9 @@ def run_distance(args: argparse.Namespace) -> int:
 
 def run_nearest(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        result = client.nearest(args.job, args.word, k=args.k, metric=args.metric, checkpoint=args.checkpoint)
+        result = client.nearest_words(
+            args.job, args.word, k=args.k, metric=args.metric, checkpoint=args.checkpoint
+        )
     if args.json:
         print_json(result)
     else:

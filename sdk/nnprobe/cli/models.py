@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from nnprobe.cli.output import ProgressBar, add_client_options, client_kwargs, print_json, print_table
+from nnprobe.progress import Progress
 from nnprobe.vision import VisionClient
 
 
@@ -71,11 +72,11 @@ def run_list(args: argparse.Namespace) -> int:
 def run_upload(args: argparse.Namespace) -> int:
     bar: ProgressBar | None = None
 
-    def progress(sent: int, total: int) -> None:
+    def progress(update: Progress) -> None:
         nonlocal bar
         if bar is None:
-            bar = ProgressBar(total, f"upload {args.name}")
-        bar.update(sent, f"{sent / 1e6:.1f} MB")
+            bar = ProgressBar(update.total, f"upload {args.name}")
+        bar.update(update.done, f"{update.done / 1e6:.1f} MB")
 
     with VisionClient(args.address, **client_kwargs(args)) as client:
         try:
@@ -86,7 +87,7 @@ def run_upload(args: argparse.Namespace) -> int:
                 labels=args.labels,
                 version=args.version,
                 format=args.format,
-                progress=progress,
+                on_progress=progress,
             )
         finally:
             if bar is not None:

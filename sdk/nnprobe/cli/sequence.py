@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from nnprobe.cli.output import (
     print_table,
 )
 from nnprobe.cli.parsing import limit
+from nnprobe.progress import Progress, ProgressCallback
 from nnprobe.sequence import CELLS, INIT_SCHEMES, INPUT_DISTRIBUTIONS, SequenceClient
 
 
@@ -99,14 +99,14 @@ def _add_truncation(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_truncation)
 
 
-def _progress(label: str) -> tuple[dict[str, ProgressBar], Callable[[int, int, str], None]]:
+def _progress(label: str) -> tuple[dict[str, ProgressBar], ProgressCallback]:
     """A progress callback that opens its bar on the first event (the total is known then)."""
     state: dict[str, ProgressBar] = {}
 
-    def update(done: int, total: int, message: str) -> None:
+    def update(progress: Progress) -> None:
         if "bar" not in state:
-            state["bar"] = ProgressBar(total, label)
-        state["bar"].update(done, message)
+            state["bar"] = ProgressBar(progress.total, label)
+        state["bar"].update(progress.done, progress.message)
 
     return state, update
 

@@ -9,11 +9,13 @@ from typing import Any
 import numpy as np
 
 from nnprobe import tensors
-from nnprobe._client import DEFAULT, FLOAT_DTYPES, BaseClient, _Default, choice
+from nnprobe._client import FLOAT_DTYPES, USE_CLIENT_DEFAULT, BaseClient, UseClientDefault, choice
+from nnprobe._requests import request_arguments
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe.display import rich_result
+from nnprobe.progress import ProgressCallback
 from nnprobe.sequence.cells import CELL_CODES, CELL_NAMES, INIT_CODES, INPUT_CODES
-from nnprobe.sequence.progress import ProgressCallback, final_result
+from nnprobe.sequence.progress import final_result
 
 _REGIMES = {pb.REGIME_VANISHING: "vanishing", pb.REGIME_STABLE: "stable", pb.REGIME_EXPLODING: "exploding"}
 
@@ -122,6 +124,52 @@ def _gradient_analysis(r: Any) -> GradientAnalysis:
     )
 
 
+#: What ``analyze_gradients`` counts in its ``Progress``.
+PROGRESS_UNIT = "jacobian steps"
+
+
+def analyze_gradients_request(
+    *,
+    cells: Sequence[str],
+    spectral_radii: Sequence[float],
+    hidden_size: int,
+    sequence_length: int,
+    input_size: int,
+    input_distribution: str,
+    input_scale: float | None,
+    seed: int,
+    weights: Mapping[str, np.ndarray] | None,
+    init: str,
+    init_scale: float | None,
+    forget_bias: float,
+    random_initial_state: bool,
+    dtype: str | None,
+    regime_tolerance: float | None,
+    plot: bool,
+) -> pb.AnalyzeGradientsRequest:
+    """The request of ``analyze_gradients`` (sync and asyncio clients)."""
+    request = pb.AnalyzeGradientsRequest(
+        cells=[choice(CELL_CODES, c, "cells") for c in cells],
+        hidden_size=hidden_size,
+        input_size=input_size,
+        sequence_length=sequence_length,
+        input_distribution=choice(INPUT_CODES, input_distribution, "input_distribution"),
+        input_scale=input_scale,
+        seed=seed,
+        spectral_radii=list(spectral_radii),
+        init=choice(INIT_CODES, init, "init"),
+        init_scale=init_scale,
+        forget_bias=forget_bias,
+        dtype=choice(FLOAT_DTYPES, dtype, "dtype"),
+        regime_tolerance=regime_tolerance,
+        plot=plot,
+        random_initial_state=random_initial_state,
+    )
+    for name, value in (weights or {}).items():
+        request.weights[name].CopyFrom(tensors.to_tensor(value))
+    return request
+
+
 class GradientMethods(BaseClient):
     """The gradient-flow method of ``SequenceClient``."""
 
@@ -147,7 +195,7 @@ class GradientMethods(BaseClient):
         regime_tolerance: float | None = None,
         plot: bool = False,
         on_progress: ProgressCallback | None = None,
-        timeout: float | _Default | None = DEFAULT,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> GradientAnalysis:
         """|dh_T/dh_k|_2 (exact Jacobian products), the bound (gamma_W gamma_h)^(T-k), rho(W_hh), the
         fitted per-step rate, the regime and |dL/dx_k| for every cell of ``cells`` at every target
@@ -157,26 +205,14 @@ class GradientMethods(BaseClient):
         or rescaled. ``input_distribution``: ``normal``, ``uniform``, ``constant``, ``zero``.
         ``input_scale`` (None for 1; 0 feeds zeros), ``init_scale`` (None for 1; must be > 0) and
         ``regime_tolerance`` (None for 0.01; 0 calls only a rate of exactly 1 stable) pass through as given.
-        ``plot=True`` returns a PNG of log |dh_T/dh_k| against T - k.
+        ``plot=True`` returns a PNG of log |dh_T/dh_k| against T - k. ``on_progress`` is called with a
+        ``nnprobe.Progress`` (unit ``jacobian steps``, ``message`` the cell and radius) as the runs go.
+        ``timeout``: seconds, ``None`` for no deadline, ``USE_CLIENT_DEFAULT`` for the client's.
+
+        Raises:
+            nnprobe.InvalidArgument: a bad option (``field_violations`` names it); ValueError for an
+                unknown cell, distribution, init or dtype name, before anything is sent.
         """
-        request = pb.AnalyzeGradientsRequest(
-            cells=[choice(CELL_CODES, c, "cells") for c in cells],
-            hidden_size=hidden_size,
-            input_size=input_size,
-            sequence_length=sequence_length,
-            input_distribution=choice(INPUT_CODES, input_distribution, "input_distribution"),
-            input_scale=input_scale,
-            seed=seed,
-            spectral_radii=list(spectral_radii),
-            init=choice(INIT_CODES, init, "init"),
-            init_scale=init_scale,
-            forget_bias=forget_bias,
-            dtype=choice(FLOAT_DTYPES, dtype, "dtype"),
-            regime_tolerance=regime_tolerance,
-            plot=plot,
-            random_initial_state=random_initial_state,
-        )
-        for name, value in (weights or {}).items():
-            request.weights[name].CopyFrom(tensors.to_tensor(value))
+        request = analyze_gradients_request(**request_arguments(locals()))
         events = self._stream(self._stub.AnalyzeGradients, request, timeout)
-        return _gradient_analysis(final_result(events, on_progress))
+        return _gradient_analysis(final_result(events, on_progress, PROGRESS_UNIT))

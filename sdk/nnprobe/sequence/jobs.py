@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-
-from nnprobe._client import DEFAULT, BaseClient, _Default, choice
+from nnprobe._client import USE_CLIENT_DEFAULT, BaseClient, UseClientDefault, choice
+from nnprobe._requests import request_arguments
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe.display import rich_result
 from nnprobe.errors import NnprobeError
+from nnprobe.progress import Progress, ProgressCallback
+from nnprobe.sequence.watching import Reconnection
 
 _OPTIMIZERS = {"adam": pb.OPTIMIZER_ADAM, "sgd": pb.OPTIMIZER_SGD}
 _OPTIMIZER_NAMES = {code: name for name, code in _OPTIMIZERS.items()}
@@ -202,6 +203,35 @@ def _training_config(arguments: Mapping[str, Any]) -> pb.TrainingConfig:
     return pb.TrainingConfig(**fields)
 
 
+def start_training_request(arguments: Mapping[str, Any]) -> pb.StartTrainingRequest:
+    """The request of ``start_training`` from its arguments by name (sync and asyncio clients); a new
+    UUID as ``request_id`` when it is None."""
+    request_id = arguments["request_id"]
+    return pb.StartTrainingRequest(
+        corpus_id=arguments["corpus_id"],
+        config=_training_config(arguments),
+        name=arguments["name"],
+        request_id=str(uuid.uuid4()) if request_id is None else request_id,
+    )
+
+
+def list_jobs_request(states: Sequence[str], limit: int) -> pb.ListJobsRequest:
+    """The request of ``list_jobs``."""
+    return pb.ListJobsRequest(states=[choice(_JOB_STATES, s, "states") for s in states], limit=limit)
+
+
+def job_result(r: Any, request: pb.GetJobRequest) -> TrainingJob:
+    """A ``GetJobResponse`` as a ``TrainingJob``, with its events when the request asked for history."""
+    events = [_job_event(e) for e in r.events] if request.history else None
+    return _training_job(r.job, events, r.plot_png or None)
+
+
+def job_progress(event: JobEvent) -> Progress:
+    """A job's event as the ``Progress`` of ``wait_job``."""
+    message = event.message or (f"{event.kind} {event.state}" if event.state else event.kind)
+    return Progress(event.step, event.total_steps, "steps", message, event)
+
+
 class JobMethods(BaseClient):
     """The training-job methods of ``SequenceClient``."""
 
@@ -235,7 +265,7 @@ class JobMethods(BaseClient):
         workers: int = 0,
         patience: int = 0,
         request_id: str | None = None,
-        timeout: float | _Default | None = DEFAULT,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> TrainingJob:
         """Start training an LSTM language model on ``corpus_id`` (``ptb`` or an upload's id) as a job.
 
@@ -249,13 +279,7 @@ class JobMethods(BaseClient):
         any replica. None (the default): a new UUID for this call, so the client's own retries are safe;
         "": no key. The same key with other options raises ``NnprobeError`` INVALID_ARGUMENT.
         """
-        config = _training_config(locals())  # first: the call's arguments, by name
-        request = pb.StartTrainingRequest(
-            corpus_id=corpus_id,
-            config=config,
-            name=name,
-            request_id=str(uuid.uuid4()) if request_id is None else request_id,
-        )
+        request = start_training_request(request_arguments(locals()))
         return _training_job(self._unary(self._stub.StartTraining, request, timeout).job)
 
     def watch_job(
@@ -263,7 +287,7 @@ class JobMethods(BaseClient):
         job_id: str,
         *,
         after_sequence: int = 0,
-        timeout: float | _Default | None = None,
+        timeout: float | UseClientDefault | None = None,
         reconnect_seconds: float = 60.0,
     ) -> Iterator[JobEvent]:
         """Yield the job's events after ``after_sequence`` until it stops running (no deadline by
@@ -276,39 +300,27 @@ class JobMethods(BaseClient):
             NnprobeError: NOT_FOUND for an unknown job; UNAVAILABLE when no server answered in time;
                 DEADLINE_EXCEEDED when ``timeout`` passes.
         """
-        cursor = after_sequence
-        total = self._deadline(timeout)
-        end = None if total is None else time.monotonic() + total
+        watch = Reconnection(job_id, after_sequence, self._deadline(timeout), reconnect_seconds)
         while True:
-            request = pb.WatchJobRequest(job_id=job_id, after_sequence=cursor)
-            give_up = time.monotonic() + reconnect_seconds
-            remaining = None if end is None else end - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise NnprobeError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"watching job {job_id}: the timeout of {total:g}s passed while reconnecting",
-                )
+            request, remaining = watch.next_request()
             try:
                 for response in self._stream(self._stub.WatchJob, request, remaining):
-                    cursor = response.event.sequence
-                    give_up = time.monotonic() + reconnect_seconds
-                    yield _job_event(response.event)
+                    yield _job_event(watch.seen(response))
                 return
             except NnprobeError as error:
-                if error.code != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= give_up:
+                if not watch.retries(error):
                     raise
-            pause = min(1.0, max(0.0, give_up - time.monotonic()))
-            if end is not None:
-                pause = min(pause, max(0.0, end - time.monotonic()))
-            time.sleep(pause)
-
-    watch = watch_job
+            time.sleep(watch.pause())
 
     def list_jobs(
-        self, *, states: Sequence[str] = (), limit: int = 0, timeout: float | _Default | None = DEFAULT
+        self,
+        *,
+        states: Sequence[str] = (),
+        limit: int = 0,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> list[TrainingJob]:
         """Jobs, newest first; ``states`` filters (``queued``, ``running``, ``succeeded``, ...)."""
-        request = pb.ListJobsRequest(states=[choice(_JOB_STATES, s, "states") for s in states], limit=limit)
+        request = list_jobs_request(states, limit)
         return [_training_job(j) for j in self._unary(self._stub.ListJobs, request, timeout).jobs]
 
     def get_job(
@@ -317,30 +329,45 @@ class JobMethods(BaseClient):
         *,
         history: bool = False,
         plot: bool = False,
-        timeout: float | _Default | None = DEFAULT,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> TrainingJob:
         """One job; ``history=True`` adds its events, ``plot=True`` a PNG of its training curves."""
-        r = self._unary(
-            self._stub.GetJob, pb.GetJobRequest(job_id=job_id, history=history, plot=plot), timeout
-        )
-        events = [_job_event(e) for e in r.events] if history else None
-        return _training_job(r.job, events, r.plot_png or None)
+        request = pb.GetJobRequest(job_id=job_id, history=history, plot=plot)
+        return job_result(self._unary(self._stub.GetJob, request, timeout), request)
 
-    def cancel_job(self, job_id: str, *, timeout: float | _Default | None = DEFAULT) -> TrainingJob:
+    def cancel_job(
+        self, job_id: str, *, timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT
+    ) -> TrainingJob:
         """Cancel a queued or running job (a running job saves a checkpoint first)."""
         return _training_job(
             self._unary(self._stub.CancelJob, pb.CancelJobRequest(job_id=job_id), timeout).job
         )
 
-    def resume_job(self, job_id: str, *, timeout: float | _Default | None = DEFAULT) -> TrainingJob:
+    def resume_job(
+        self, job_id: str, *, timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT
+    ) -> TrainingJob:
         """Continue an interrupted or cancelled job from its last checkpoint."""
         return _training_job(
             self._unary(self._stub.ResumeJob, pb.ResumeJobRequest(job_id=job_id), timeout).job
         )
 
-    def wait_job(self, job_id: str, *, on_event: Callable[[JobEvent], None] | None = None) -> TrainingJob:
-        """Watch until the job stops running; return it. ``on_event`` sees every event."""
-        for event in self.watch_job(job_id):
-            if on_event is not None:
-                on_event(event)
+    def wait_job(
+        self,
+        job_id: str,
+        *,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | UseClientDefault | None = None,
+    ) -> TrainingJob:
+        """Watch the job until it stops running (``watch_job``), then return it (``get_job``).
+
+        ``on_progress`` is called with a ``nnprobe.Progress`` per event: ``done`` the job's step of
+        ``total`` steps (unit ``steps``), ``detail`` the ``JobEvent``. ``timeout`` bounds the watch, in
+        seconds (None, the default: no deadline; ``USE_CLIENT_DEFAULT``: the client's).
+
+        Raises:
+            nnprobe.NotFound: an unknown job. nnprobe.DeadlineExceeded: ``timeout`` passed.
+        """
+        for event in self.watch_job(job_id, timeout=timeout):
+            if on_progress is not None:
+                on_progress(job_progress(event))
         return self.get_job(job_id)

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from nnprobe import tensors
-from nnprobe._client import DEFAULT, FLOAT_DTYPES, BaseClient, _Default, choice
+from nnprobe._client import FLOAT_DTYPES, USE_CLIENT_DEFAULT, BaseClient, UseClientDefault, choice
+from nnprobe._requests import request_arguments
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe.display import rich_result
 from nnprobe.sequence.cells import CELL_CODES, INIT_CODES
@@ -53,6 +54,50 @@ def _recurrent_result(r: Any) -> RecurrentResult:
     )
 
 
+def run_recurrent_request(
+    *,
+    inputs: np.ndarray,
+    cell: str,
+    hidden_size: int,
+    weights: Mapping[str, np.ndarray] | None,
+    no_bias: bool,
+    init: str,
+    init_scale: float | None,
+    seed: int,
+    output_size: int,
+    forget_bias: float,
+    initial_hidden: np.ndarray | None,
+    initial_cell: np.ndarray | None,
+    dtype: str | None,
+    settle_tolerance: float | None,
+) -> pb.RunRecurrentRequest:
+    """The request of ``run_recurrent`` (sync and asyncio clients)."""
+    spec = pb.RecurrentCell(
+        cell=choice(CELL_CODES, cell, "cell"),
+        input_size=0,
+        hidden_size=hidden_size,
+        no_bias=no_bias,
+        init=choice(INIT_CODES, init, "init"),
+        init_scale=init_scale,
+        seed=seed,
+        output_size=output_size,
+        forget_bias=forget_bias,
+    )
+    for name, value in (weights or {}).items():
+        spec.weights[name].CopyFrom(tensors.to_tensor(value))
+    request = pb.RunRecurrentRequest(
+        cell=spec,
+        inputs=tensors.to_tensor(inputs),
+        dtype=choice(FLOAT_DTYPES, dtype, "dtype"),
+        settle_tolerance=settle_tolerance,
+    )
+    if initial_hidden is not None:
+        request.initial_hidden.CopyFrom(tensors.to_tensor(initial_hidden))
+    if initial_cell is not None:
+        request.initial_cell.CopyFrom(tensors.to_tensor(initial_cell))
+    return request
+
+
 class RecurrentMethods(BaseClient):
     """The forward-pass method of ``SequenceClient``."""
 
@@ -75,7 +120,7 @@ class RecurrentMethods(BaseClient):
         initial_cell: np.ndarray | None = None,
         dtype: str | None = None,
         settle_tolerance: float | None = None,
-        timeout: float | _Default | None = DEFAULT,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> RecurrentResult:
         """Run a one-layer ``cell`` (``rnn_tanh``, ``rnn_relu``, ``rnn_linear``, ``lstm``, ``gru``) over
         ``inputs`` (T, B, D).
@@ -88,27 +133,5 @@ class RecurrentMethods(BaseClient):
         ``init_scale``: None for 1; 0 draws all-zero weights. ``settle_tolerance``: None for 1e-6; 0 counts
         a sequence as settled only once its state stops changing exactly.
         """
-        spec = pb.RecurrentCell(
-            cell=choice(CELL_CODES, cell, "cell"),
-            input_size=0,
-            hidden_size=hidden_size,
-            no_bias=no_bias,
-            init=choice(INIT_CODES, init, "init"),
-            init_scale=init_scale,
-            seed=seed,
-            output_size=output_size,
-            forget_bias=forget_bias,
-        )
-        for name, value in (weights or {}).items():
-            spec.weights[name].CopyFrom(tensors.to_tensor(value))
-        request = pb.RunRecurrentRequest(
-            cell=spec,
-            inputs=tensors.to_tensor(inputs),
-            dtype=choice(FLOAT_DTYPES, dtype, "dtype"),
-            settle_tolerance=settle_tolerance,
-        )
-        if initial_hidden is not None:
-            request.initial_hidden.CopyFrom(tensors.to_tensor(initial_hidden))
-        if initial_cell is not None:
-            request.initial_cell.CopyFrom(tensors.to_tensor(initial_cell))
+        request = run_recurrent_request(**request_arguments(locals()))
         return _recurrent_result(self._unary(self._stub.RunRecurrent, request, timeout))

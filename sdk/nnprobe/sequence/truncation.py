@@ -6,10 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nnprobe._client import DEFAULT, BaseClient, _Default
+from nnprobe._client import USE_CLIENT_DEFAULT, BaseClient, UseClientDefault
+from nnprobe._requests import request_arguments
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe.display import rich_result
-from nnprobe.sequence.progress import ProgressCallback, final_result
+from nnprobe.progress import ProgressCallback
+from nnprobe.sequence.progress import final_result
 
 _MODES = {pb.TRUNCATION_MODE_TRUNCATED: "truncated", pb.TRUNCATION_MODE_FULL: "full"}
 
@@ -46,6 +48,58 @@ class TruncationComparison:
         return [p for p in self.points if p.mode == mode]
 
 
+#: What ``compare_truncation`` counts in its ``Progress``.
+PROGRESS_UNIT = "chunks"
+
+
+def compare_truncation_request(
+    *,
+    chunk_counts: Sequence[int],
+    vocab_size: int,
+    embed_size: int,
+    hidden_size: int,
+    batch_size: int,
+    chunk_length: int,
+    seed: int,
+    plot: bool,
+) -> pb.CompareTruncationRequest:
+    """The request of ``compare_truncation`` (sync and asyncio clients)."""
+    return pb.CompareTruncationRequest(
+        vocab_size=vocab_size,
+        embed_size=embed_size,
+        hidden_size=hidden_size,
+        batch_size=batch_size,
+        chunk_length=chunk_length,
+        chunk_counts=list(chunk_counts),
+        seed=seed,
+        plot=plot,
+    )
+
+
+def truncation_comparison(r: Any) -> TruncationComparison:
+    """A ``CompareTruncationResult`` as a ``TruncationComparison``."""
+    return TruncationComparison(
+        points=[
+            TruncationPoint(
+                chunk_count=p.chunk_count,
+                mode=_MODES.get(p.mode, "unspecified"),
+                saved_bytes=p.saved_bytes,
+                peak_device_bytes=p.peak_device_bytes,
+                seconds=p.seconds,
+                loss=p.loss,
+                backward_passes=p.backward_passes,
+            )
+            for p in r.points
+        ],
+        truncated_slope_bytes=r.truncated_slope_bytes,
+        full_slope_bytes=r.full_slope_bytes,
+        device=r.device,
+        parameters=r.parameters,
+        plot_png=r.plot_png or None,
+        raw=r,
+    )
+
+
 class TruncationMethods(BaseClient):
     """The truncation method of ``SequenceClient``."""
 
@@ -63,43 +117,20 @@ class TruncationMethods(BaseClient):
         seed: int = 0,
         plot: bool = False,
         on_progress: ProgressCallback | None = None,
-        timeout: float | _Default | None = DEFAULT,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> TruncationComparison:
         """Memory held for backward and time of K chunks with ``detach()`` between them (truncated) and
         without (full), for every K of ``chunk_counts`` (default [1, 2, 4, 8]).
 
         The model is embedding -> LSTM -> linear; sizes default to the course's language model (vocab
         10000, embed 128, hidden 1024, batch 20, chunk length 30). ``plot=True`` returns a PNG.
+        ``on_progress`` is called with a ``nnprobe.Progress`` (unit ``chunks``, ``message`` like ``K=4
+        truncated``) as the runs go. ``timeout``: seconds, ``None`` for no deadline, ``USE_CLIENT_DEFAULT``
+        for the client's.
+
+        Raises:
+            nnprobe.InvalidArgument: a bad size or chunk count (``field_violations`` names it).
         """
-        request = pb.CompareTruncationRequest(
-            vocab_size=vocab_size,
-            embed_size=embed_size,
-            hidden_size=hidden_size,
-            batch_size=batch_size,
-            chunk_length=chunk_length,
-            chunk_counts=list(chunk_counts),
-            seed=seed,
-            plot=plot,
-        )
+        request = compare_truncation_request(**request_arguments(locals()))
         events = self._stream(self._stub.CompareTruncation, request, timeout)
-        r = final_result(events, on_progress)
-        return TruncationComparison(
-            points=[
-                TruncationPoint(
-                    chunk_count=p.chunk_count,
-                    mode=_MODES.get(p.mode, "unspecified"),
-                    saved_bytes=p.saved_bytes,
-                    peak_device_bytes=p.peak_device_bytes,
-                    seconds=p.seconds,
-                    loss=p.loss,
-                    backward_passes=p.backward_passes,
-                )
-                for p in r.points
-            ],
-            truncated_slope_bytes=r.truncated_slope_bytes,
-            full_slope_bytes=r.full_slope_bytes,
-            device=r.device,
-            parameters=r.parameters,
-            plot_png=r.plot_png or None,
-            raw=r,
-        )
+        return truncation_comparison(final_result(events, on_progress, PROGRESS_UNIT))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,12 +10,11 @@ from typing import Any
 import numpy as np
 
 from nnprobe import tensors
-from nnprobe._client import DEFAULT, BaseClient, _Default
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 from nnprobe.display import rich_result
 from nnprobe.pngs import encode_png, signed_picture
 from nnprobe.vision.classify import ClassScore, class_scores
-from nnprobe.vision.images import ImageLike, image_messages
+from nnprobe.vision.images import image_messages
 
 _GOALS = {
     None: pb.ATTACK_GOAL_UNSPECIFIED,
@@ -271,74 +270,6 @@ def _set_given(request: pb.GenerateAdversarialRequest, **optional: Any) -> None:
     for name, value in optional.items():
         if value is not None:
             setattr(request, name, value)
-
-
-class AdversarialMethods(BaseClient):
-    """The adversarial-example methods of ``VisionClient``."""
-
-    _stub: Any
-
-    def generate_adversarial(
-        self,
-        images: ImageLike | Iterable[ImageLike],
-        *,
-        target: int | str | None = None,
-        untargeted: bool = False,
-        method: str = "pgd",
-        norm: str | None = None,
-        eps: float | str | None = None,
-        step_size: float | str | None = None,
-        steps: int = 0,
-        seed: int = 0,
-        random_start: bool | None = None,
-        early_stop: bool | None = None,
-        refine_steps: int = 0,
-        learning_rate: float | None = None,
-        momentum_decay: float | None = None,
-        cw_c: float | None = None,
-        cw_confidence: float = 0.0,
-        model: str | None = None,
-        model_version: int = 0,
-        top_k: int = 5,
-        transfer_models: Sequence[str] = (),
-        transfer_model_versions: Sequence[int] = (),
-        transfer_addresses: Sequence[str] = (),
-        names: Sequence[str] | None = None,
-        timeout: float | _Default | None = DEFAULT,
-    ) -> Iterator[AttackProgress | AdversarialResult]:
-        """Stream an attack: ``AttackProgress`` events, then one ``AdversarialResult`` per image.
-
-        ``target``: a class index or label (targeted); or ``untargeted=True``. ``method``: ``adam``,
-        ``fgsm``, ``bim``, ``pgd``, ``mi_fgsm``, ``cw_l2``. ``eps`` and ``step_size`` in [0, 1] pixel units
-        (``"4/255"`` works). ``transfer_models``/``transfer_addresses``: other local models and other
-        VisionService servers that classify the final images. ``model_version``: the repository version of
-        ``model`` attacked (0: its default version); ``transfer_model_versions``: one repository version per
-        transfer model (0: its default), or empty for every default. Closing the iterator cancels the attack.
-        """
-        arguments = locals()  # first: the call's arguments, by name
-        request = _attack_request(**{k: v for k, v in arguments.items() if k not in ("self", "timeout")})
-        for event in self._stream(self._stub.GenerateAdversarial, request, timeout):
-            if event.HasField("progress"):
-                yield _attack_progress(event.progress)
-            elif event.HasField("result"):
-                yield _adversarial_result(event.result)
-
-    def attack(
-        self,
-        images: ImageLike | Iterable[ImageLike],
-        *,
-        on_progress: Callable[[AttackProgress], None] | None = None,
-        **options: Any,
-    ) -> list[AdversarialResult]:
-        """``generate_adversarial`` to the end; results in image order. ``on_progress`` sees each event."""
-        results = []
-        for event in self.generate_adversarial(images, **options):
-            if isinstance(event, AttackProgress):
-                if on_progress is not None:
-                    on_progress(event)
-            else:
-                results.append(event)
-        return sorted(results, key=lambda r: r.image)
 
 
 def _is_integer(text: str) -> bool:

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from nnprobe import tensors
-from nnprobe._client import DEFAULT, BaseClient, _Default
+from nnprobe._client import USE_CLIENT_DEFAULT, BaseClient, UseClientDefault
+from nnprobe._requests import request_arguments
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 from nnprobe.display import rich_result
 from nnprobe.vision.images import ImageLike, image_messages
@@ -112,6 +113,27 @@ def _classify_result(r: Any) -> ClassifyResult:
     )
 
 
+def classify_request(
+    *,
+    images: ImageLike | Iterable[ImageLike],
+    model: str | None,
+    top_k: int,
+    skip_resize: bool,
+    return_logits: bool,
+    names: Sequence[str] | None,
+    model_version: int,
+) -> pb.ClassifyRequest:
+    """The request of ``classify`` (sync and asyncio clients)."""
+    return pb.ClassifyRequest(
+        model_version=model_version,
+        images=image_messages(images, names),
+        model=model or "",
+        top_k=top_k,
+        skip_resize=skip_resize,
+        return_logits=return_logits,
+    )
+
+
 class ClassifyMethods(BaseClient):
     """The classification method of ``VisionClient``."""
 
@@ -127,7 +149,7 @@ class ClassifyMethods(BaseClient):
         return_logits: bool = False,
         names: Sequence[str] | None = None,
         model_version: int = 0,
-        timeout: float | _Default | None = DEFAULT,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> ClassifyResult:
         """ImageNet top-``top_k`` classes of one image or a list of them.
 
@@ -137,12 +159,5 @@ class ClassifyMethods(BaseClient):
         ``names`` label the images in the results (file names are used for paths). ``model_version``: a
         repository model's version (0: its default version).
         """
-        request = pb.ClassifyRequest(
-            model_version=model_version,
-            images=image_messages(images, names),
-            model=model or "",
-            top_k=top_k,
-            skip_resize=skip_resize,
-            return_logits=return_logits,
-        )
+        request = classify_request(**request_arguments(locals()))
         return _classify_result(self._unary(self._stub.Classify, request, timeout))

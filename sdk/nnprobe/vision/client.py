@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from nnprobe.api.vision.v1 import vision_pb2_grpc
-from nnprobe.vision.adversarial import AdversarialMethods
+from nnprobe.vision.attack_methods import AdversarialMethods
 from nnprobe.vision.classify import ClassifyMethods
 from nnprobe.vision.models import ModelMethods
 from nnprobe.vision.receptive_field import ReceptiveFieldMethods

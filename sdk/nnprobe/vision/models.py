@@ -6,14 +6,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnprobe._client import DEFAULT, BaseClient, _Default
+from nnprobe._client import USE_CLIENT_DEFAULT, BaseClient, UseClientDefault
+from nnprobe._requests import request_arguments
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 from nnprobe.display import rich_result
+from nnprobe.progress import Progress, ProgressCallback
 
 
 @rich_result()
@@ -166,12 +168,76 @@ def _labels(labels: Sequence[str] | os.PathLike[str] | str | None) -> list[str]:
     return list(labels)
 
 
+def upload_model_messages(
+    *,
+    path: str | os.PathLike[str],
+    name: str,
+    config: str | os.PathLike[str] | Mapping[str, Any] | None,
+    labels: Sequence[str] | os.PathLike[str] | str | None,
+    version: int,
+    format: str | None,
+    on_progress: ProgressCallback | None,
+) -> Iterator[pb.UploadModelRequest]:
+    """The request stream of ``upload_model`` (sync and asyncio clients): the metadata with the file's
+    sha256, then the file in chunks, reporting each chunk sent to ``on_progress``.
+
+    Raises ValueError for an unknown ``format``, before anything is sent.
+    """
+    source = Path(path)
+    fmt = format or ("pt2" if source.suffix == ".pt2" else "onnx")
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be onnx or pt2, not {fmt!r}")
+    size = source.stat().st_size
+    digest = hashlib.sha256()
+    with source.open("rb") as handle:
+        while block := handle.read(CHUNK_BYTES):
+            digest.update(block)
+    metadata = pb.UploadModelMetadata(
+        name=name,
+        version=version,
+        format=FORMATS[fmt],
+        size_bytes=size,
+        sha256=digest.hexdigest(),
+        config_yaml=_config_text(config),
+        labels=_labels(labels),
+    )
+    return _upload_chunks(metadata, source, on_progress)
+
+
+def _upload_chunks(
+    metadata: pb.UploadModelMetadata, source: Path, on_progress: ProgressCallback | None
+) -> Iterator[pb.UploadModelRequest]:
+    yield pb.UploadModelRequest(metadata=metadata)
+    sent, size = 0, metadata.size_bytes
+    with source.open("rb") as handle:
+        while block := handle.read(CHUNK_BYTES):
+            yield pb.UploadModelRequest(chunk=block)
+            sent += len(block)
+            if on_progress is not None:
+                on_progress(Progress(sent, size, "bytes", source.name))
+
+
+def upload_result(response: Any) -> UploadResult:
+    """An ``UploadModelResponse`` as an ``UploadResult``."""
+    return UploadResult(
+        _model_info(response.model),
+        response.version,
+        response.sha256,
+        response.seconds,
+        response,
+        default_version_changed=response.default_version_changed,
+        previous_default_version=response.previous_default_version,
+    )
+
+
 class ModelMethods(BaseClient):
     """The model-catalogue method of ``VisionClient``."""
 
     _stub: Any
 
-    def list_models(self, *, timeout: float | _Default | None = DEFAULT) -> list[ModelInfo]:
+    def list_models(
+        self, *, timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT
+    ) -> list[ModelInfo]:
         """Every classifier the server can serve, the default first."""
         response = self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout)
         return [_model_info(m) for m in response.models]
@@ -185,59 +251,23 @@ class ModelMethods(BaseClient):
         labels: Sequence[str] | os.PathLike[str] | str | None = None,
         version: int = 0,
         format: str | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        timeout: float | _Default | None = DEFAULT,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> UploadResult:
         """Upload ``model.onnx`` or a ``torch.export`` archive (``.pt2``) into the server's model repository.
 
         ``config``: the model's ``config.yaml`` as a mapping, a YAML file path or YAML text (required for a
         new model; see the README for its fields). ``labels``: class names, or a file of one per line.
         ``version``: 0 picks the next. ``format``: ``onnx`` or ``pt2`` (default: from the file's suffix).
-        ``progress(sent_bytes, total_bytes)`` is called after each chunk. The server checks the sha256,
-        refuses pickles and TorchScript, and loads the model before it becomes visible.
+        ``on_progress`` is called with a ``nnprobe.Progress`` (unit ``bytes``: sent of the file's size) after
+        each chunk. The server checks the sha256, refuses pickles and TorchScript, and loads the model
+        before it becomes visible.
         """
-        source = Path(path)
-        fmt = format or ("pt2" if source.suffix == ".pt2" else "onnx")
-        if fmt not in FORMATS:
-            raise ValueError(f"format must be onnx or pt2, not {fmt!r}")
-        size = source.stat().st_size
-        digest = hashlib.sha256()
-        with source.open("rb") as handle:
-            while block := handle.read(CHUNK_BYTES):
-                digest.update(block)
-        metadata = pb.UploadModelMetadata(
-            name=name,
-            version=version,
-            format=FORMATS[fmt],
-            size_bytes=size,
-            sha256=digest.hexdigest(),
-            config_yaml=_config_text(config),
-            labels=_labels(labels),
-        )
-
-        def messages() -> Iterator[pb.UploadModelRequest]:
-            yield pb.UploadModelRequest(metadata=metadata)
-            sent = 0
-            with source.open("rb") as handle:
-                while block := handle.read(CHUNK_BYTES):
-                    yield pb.UploadModelRequest(chunk=block)
-                    sent += len(block)
-                    if progress is not None:
-                        progress(sent, size)
-
-        response = self._unary(self._stub.UploadModel, messages(), timeout)
-        return UploadResult(
-            _model_info(response.model),
-            response.version,
-            response.sha256,
-            response.seconds,
-            response,
-            default_version_changed=response.default_version_changed,
-            previous_default_version=response.previous_default_version,
-        )
+        messages = upload_model_messages(**request_arguments(locals()), on_progress=on_progress)
+        return upload_result(self._unary(self._stub.UploadModel, messages, timeout))
 
     def delete_model(
-        self, name: str, *, version: int = 0, timeout: float | _Default | None = DEFAULT
+        self, name: str, *, version: int = 0, timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT
     ) -> list[int]:
         """Remove a repository model (``version`` 0) or one version; returns the versions removed."""
         request = pb.DeleteModelRequest(name=name, version=version)

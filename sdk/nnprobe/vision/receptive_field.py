@@ -391,6 +391,3 @@ class ReceptiveFieldMethods(BaseClient):
                 request.plot.image.CopyFrom(image_message(image))
         response = self._unary(self._stub.ComputeReceptiveField, request, timeout)
         return _result(response)
-
-    #: A friendlier name for ``compute_receptive_field``.
-    receptive_field = compute_receptive_field
