@@ -1,7 +1,7 @@
 """Receptive fields of models of the model repository, through the SDK: a small CNN made here, exported to
 ONNX and torch.export and uploaded, gives the same field at every layer as the same net given as a layer
-list, and ``verify`` proves the boxes; versions, sizes the program was not exported for and the effective
-field are answered with clear statuses."""
+list, and ``verify`` proves the boxes; versions and sizes the program was not exported for are answered
+with clear statuses, and the effective field runs through the model's own weights."""
 
 from __future__ import annotations
 
@@ -82,7 +82,5 @@ def test_versions_sizes_and_the_effective_field_are_refused_clearly(client):
     assert size.value.code == grpc.StatusCode.INVALID_ARGUMENT and "input_size" in str(size.value)
     onnx = client.compute_receptive_field(model="net-onnx", input_size=32)  # ONNX reads at any size
     assert onnx.input_size == (32, 32) and onnx.layer(onnx.end_point).height.size == 14
-    with pytest.raises(NnprobeError) as effective:
-        client.compute_receptive_field(model="net-pt2", effective_field=True)
-    assert effective.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "effective_field" in str(effective.value)
+    trained = client.compute_receptive_field(model="net-pt2", model_version=1, effective_field=True)
+    assert trained.raw.effective_field.protocol.weights == "trained"  # its own weights, never random ones

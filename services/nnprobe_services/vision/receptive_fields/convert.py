@@ -11,10 +11,10 @@ from nnprobe import tensors
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 
 from nnprobe_services import validation as valid
-from nnprobe_services.errors import InvalidArgument
+from nnprobe_services.errors import InvalidArgument, ResourceExhausted
 from nnprobe_services.vision.images.decode import ImageInput
 from nnprobe_services.vision.receptive_fields import arithmetic as rf
-from nnprobe_services.vision.receptive_fields import boxes, workflow
+from nnprobe_services.vision.receptive_fields import boxes, tiling, workflow
 
 KINDS = {
     pb.LAYER_KIND_UNSPECIFIED: "conv",
@@ -63,7 +63,14 @@ def field_request(request: pb.ComputeReceptiveFieldRequest, max_elements: int) -
         )
         unit = (options.unit.layer, options.unit.x, options.unit.y) if options.HasField("unit") else None
         weight_seed = request.model.seed if has_model else options.seed
-        effective = workflow.EffectiveOptions(samples, options.seed, weight_seed, unit)
+        effective = workflow.EffectiveOptions(
+            samples,
+            options.seed,
+            weight_seed,
+            unit,
+            _erf_weights(options.weights),
+            _erf_images(options, max_elements),
+        )
     return workflow.FieldRequest(
         origin=origin,
         layers=layers,
@@ -79,7 +86,49 @@ def field_request(request: pb.ComputeReceptiveFieldRequest, max_elements: int) -
         onnx=request.model.onnx if has_model else b"",
         strict=request.strict,
         version=_version(request.model.version) if has_model else 0,
+        tiling=_tiling(request),
+        weight_seed=request.model.seed if has_model else 0,
     )
+
+
+def _erf_weights(code: int) -> str:
+    """``effective_field.weights``: "" (the model's default), ``random`` or ``trained``."""
+    names: dict[int, str] = {pb.EFFECTIVE_WEIGHTS_RANDOM: "random", pb.EFFECTIVE_WEIGHTS_TRAINED: "trained"}
+    code = valid.enum_value(
+        code, pb.EffectiveWeights, "effective_field.weights", pb.EFFECTIVE_WEIGHTS_UNSPECIFIED
+    )
+    return names.get(code, "")
+
+
+def _erf_images(options: pb.EffectiveFieldOptions, max_elements: int) -> tuple[ImageInput, ...]:
+    """``effective_field.images``: each as encoded bytes or raw pixels (checked when decoded)."""
+    if len(options.images) > workflow.MAX_ERF_IMAGES:
+        raise ResourceExhausted(
+            f"holds {len(options.images)} images; the limit is {workflow.MAX_ERF_IMAGES}",
+            field="effective_field.images",
+        )
+    images = []
+    for index, image in enumerate(options.images):
+        field = f"effective_field.images[{index}]"
+        if image.encoded:
+            images.append(ImageInput(image.encoded, None, f"{field}.encoded", image.name))
+        elif image.HasField("pixels"):
+            pixels = valid.tensor(image.pixels, f"{field}.pixels", max_elements=max_elements, ndim=3)
+            images.append(ImageInput(b"", pixels, f"{field}.pixels", image.name))
+        else:
+            raise InvalidArgument("give `encoded` bytes or `pixels`", field=field)
+    return tuple(images)
+
+
+def _tiling(request: pb.ComputeReceptiveFieldRequest) -> workflow.TilingOptions | None:
+    """``tiling``: the tile's height and width (>= 1; their alignment is checked against the model)."""
+    if not request.HasField("tiling"):
+        return None
+    tile = (
+        valid.positive(request.tiling.tile_height, "tiling.tile_height"),
+        valid.positive(request.tiling.tile_width, "tiling.tile_width"),
+    )
+    return workflow.TilingOptions(tile, request.tiling.prove)
 
 
 def _version(version: int) -> int:
@@ -170,6 +219,8 @@ def field_response(result: workflow.FieldResult) -> pb.ComputeReceptiveFieldResp
         response.verified = result.verified
     if result.effective is not None:
         response.effective_field.CopyFrom(_effective_message(result.effective, result.origin))
+    if result.tiling is not None:
+        response.tiling.CopyFrom(_tiling_message(result.tiling))
     if result.graph is not None:
         graph = result.graph
         response.misaligned_merges.extend(
@@ -185,9 +236,44 @@ def field_response(result: workflow.FieldResult) -> pb.ComputeReceptiveFieldResp
     return response
 
 
+def _tiling_message(plan: tiling.TilingPlan) -> pb.Tiling:
+    def extent(pair: tuple[int, int]) -> pb.Extent:
+        return pb.Extent(height=pair[0], width=pair[1])
+
+    top, bottom, left, right = plan.halo
+    return pb.Tiling(
+        layer=plan.layer,
+        tile=extent(plan.tile),
+        halo=pb.Padding(top=top, bottom=bottom, left=left, right=right),
+        stride=extent(plan.stride),
+        overlap=extent(plan.overlap),
+        window=extent(plan.window),
+        alignment=extent(plan.alignment),
+        tiles=extent(plan.tiles),
+        proved=plan.proved,
+        max_abs_diff=plan.max_abs_diff,
+        weights=plan.weights,
+        dtype=plan.dtype,
+    )
+
+
+def _protocol_message(protocol: workflow.EffectiveProtocol) -> pb.EffectiveProtocol:
+    return pb.EffectiveProtocol(
+        num_samples=protocol.num_samples,
+        seed=protocol.seed,
+        inputs=protocol.inputs,
+        resolution=pb.Extent(height=protocol.resolution[0], width=protocol.resolution[1]),
+        weights=protocol.weights,
+        weight_seed=protocol.weight_seed,
+        dtype=protocol.dtype,
+        model_version=protocol.model_version,
+    )
+
+
 def _effective_message(effective: workflow.EffectiveResult, origin: Fraction) -> pb.EffectiveField:
     layer, x, y = effective.unit
     summary = effective.summary
+    protocol = _protocol_message(effective.protocol) if effective.protocol is not None else None
     return pb.EffectiveField(
         unit=pb.UnitQuery(layer=layer, x=x, y=y),
         gradient_map=tensors.to_tensor(summary.gradient_map),
@@ -200,6 +286,7 @@ def _effective_message(effective: workflow.EffectiveResult, origin: Fraction) ->
         theoretical_pixels=summary.theoretical_pixels,
         share_for_95_percent=summary.pixels_for_95_percent / summary.theoretical_pixels,
         mass_inside_field=summary.mass_inside_field,
+        protocol=protocol,
     )
 
 

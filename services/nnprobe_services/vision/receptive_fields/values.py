@@ -13,6 +13,7 @@ from nnprobe_services.vision.images import decode
 from nnprobe_services.vision.receptive_fields import arithmetic as rf
 from nnprobe_services.vision.receptive_fields import boxes, empirical
 from nnprobe_services.vision.receptive_fields.graph import GraphField
+from nnprobe_services.vision.receptive_fields.tiling import TilingPlan
 
 #: Largest input (height * width) the back-propagation checks run on.
 MAX_EMPIRICAL_PIXELS = 1024 * 1024
@@ -24,15 +25,32 @@ DEFAULT_ERF_SAMPLES = 16
 Unit = tuple[str, int, int]
 
 
+#: Most images one effective-field estimate may average.
+MAX_ERF_IMAGES = 64
+
+
 @dataclass(frozen=True)
 class EffectiveOptions:
     """The effective field of ``unit`` (default: the end point's centre unit), averaged over
-    ``num_samples`` N(0, 1) inputs drawn from ``seed``, through weights drawn from ``weight_seed``."""
+    ``num_samples`` N(0, 1) inputs drawn from ``seed`` (or over ``images``), through ``weights``:
+    ``random`` (drawn from ``weight_seed``), ``trained`` (a repository model's own) or "" (trained for a
+    repository model, random otherwise)."""
 
     num_samples: int = DEFAULT_ERF_SAMPLES
     seed: int = 0
     weight_seed: int = 0
     unit: Unit | None = None
+    weights: str = ""
+    images: tuple[decode.ImageInput, ...] = ()
+
+
+@dataclass(frozen=True)
+class TilingOptions:
+    """An overlap-tile plan for tiles of ``tile`` (height, width) input pixels; ``prove``: run the network
+    tiled and whole and report the largest difference."""
+
+    tile: tuple[int, int]
+    prove: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +78,10 @@ class FieldRequest:
     strict: bool = False
     #: A version of a model-repository ``model`` (0: its default version).
     version: int = 0
+    #: The overlap-tile plan of the end point's map, when asked for.
+    tiling: TilingOptions | None = None
+    #: Seed of random weights (``model.seed``), for the tiling proof of a named model or a layer list.
+    weight_seed: int = 0
 
     @property
     def has_model(self) -> bool:
@@ -102,13 +124,30 @@ class Verification:
 
 
 @dataclass(frozen=True)
+class EffectiveProtocol:
+    """How an effective field was measured: ``inputs`` (``normal(0, 1)`` or ``images``), their count and
+    seed, the input ``resolution`` (height, width), ``weights`` (``random``/``trained``) and their seed, the
+    computation's ``dtype`` and the repository ``model_version`` whose weights ran (0: none)."""
+
+    num_samples: int
+    seed: int
+    inputs: str
+    resolution: tuple[int, int]
+    weights: str
+    weight_seed: int
+    dtype: str
+    model_version: int = 0
+
+
+@dataclass(frozen=True)
 class EffectiveResult:
     """The effective field of ``unit`` (whose theoretical field is ``field``): the mean |gradient| map
-    (H, W) float64 and its summary."""
+    (H, W) float64, its summary and the protocol that measured it."""
 
     unit: Unit
     field: boxes.UnitField
     summary: empirical.EffectiveField
+    protocol: EffectiveProtocol | None = None
 
 
 @dataclass
@@ -127,3 +166,5 @@ class FieldResult:
     plot_png: bytes = b""
     #: For models: the capture, global context and misaligned merges (``GraphField``).
     graph: GraphField | None = None
+    #: The overlap-tile plan, when asked for.
+    tiling: TilingPlan | None = None

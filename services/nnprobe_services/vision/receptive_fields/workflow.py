@@ -14,13 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from fractions import Fraction
 
 import numpy as np
 import torch
 
 from nnprobe_services.errors import (
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -31,17 +29,28 @@ from nnprobe_services.vision.images import decode
 from nnprobe_services.vision.models import artifacts
 from nnprobe_services.vision.models.store import ModelLimits, ModelStore
 from nnprobe_services.vision.receptive_fields import arithmetic as rf
-from nnprobe_services.vision.receptive_fields import boxes, empirical, graph, plot
-from nnprobe_services.vision.receptive_fields.frontends import onnx_reader, trace_worker
+from nnprobe_services.vision.receptive_fields import (
+    boxes,
+    effective,
+    empirical,
+    graph,
+    plot,
+    probes,
+    tile_proof,
+)
+from nnprobe_services.vision.receptive_fields.frontends import onnx_reader
 from nnprobe_services.vision.receptive_fields.values import (
     DEFAULT_ERF_SAMPLES,
     MAX_EMPIRICAL_PIXELS,
+    MAX_ERF_IMAGES,
     MAX_ERF_SAMPLES,
     EffectiveOptions,
+    EffectiveProtocol,
     EffectiveResult,
     FieldRequest,
     FieldResult,
     RepositoryModel,
+    TilingOptions,
     Unit,
     Verification,
 )
@@ -50,12 +59,15 @@ from nnprobe_services.vision.receptive_fields.values import (
 __all__ = [
     "DEFAULT_ERF_SAMPLES",
     "MAX_EMPIRICAL_PIXELS",
+    "MAX_ERF_IMAGES",
     "MAX_ERF_SAMPLES",
     "EffectiveOptions",
+    "EffectiveProtocol",
     "EffectiveResult",
     "FieldRequest",
     "FieldResult",
     "RepositoryModel",
+    "TilingOptions",
     "Unit",
     "Verification",
     "compute",
@@ -174,14 +186,16 @@ def _compute(
             f"{MAX_EMPIRICAL_PIXELS} pixels{_size_hint(request)}",
             field="input_size",
         )
-    probe = _prober(request, input_size, device, graph, user)
+    probe = probes.prober(request, input_size, device, graph, user)
     if request.verify:
         result.verifications = _verify(units, probe, input_size, device, should_stop)
         result.verified = all(v.matches for v in result.verifications)
     if request.effective is not None:
-        result.effective = _effective_field(
-            request.effective, fields, resolve, end, probe, input_size, origin, device, should_stop
+        result.effective = effective.effective_field(
+            request, fields, resolve, end, probe, input_size, device, should_stop, user, models
         )
+    if request.tiling is not None:
+        result.tiling = tile_proof.tiling(request, result, probe, user, device, should_stop)
     if request.plot:
         result.plot_png = _plot(result, picture, should_stop)
     return result
@@ -231,17 +245,15 @@ def _layer_fields(
         end_point = request.end_point or None
         if user.format == "onnx":
             analysis = graph.analyse(
-                user.name, _onnx_bytes(user), input_size, request.origin, end_point, strict=request.strict
+                user.name,
+                probes.onnx_bytes(user),
+                input_size,
+                request.origin,
+                end_point,
+                strict=request.strict,
             )
         else:
-            stat = user.path.stat()
-            program = trace_worker.Program(
-                user.name,
-                str(user.path),
-                (stat.st_ino, stat.st_size, stat.st_mtime_ns),
-                user.max_nodes,
-                user.max_bytes,
-            )
+            program = probes.program_of(user)
             analysis = graph.analyse_program(
                 program, input_size, request.origin, end_point, strict=request.strict
             )
@@ -270,56 +282,9 @@ def _layer_fields(
     return None, fields[: names.index(end) + 1], end, resolve
 
 
-def _onnx_bytes(user: RepositoryModel) -> bytes:
-    """The serialised ONNX model with its external data, after the repository's checks."""
-    from onnx.external_data_helper import load_external_data_for_model
-
-    field = "model.name"
-    try:
-        model = artifacts.check_onnx(
-            user.path, max_nodes=user.max_nodes, max_bytes=user.max_bytes, field=field
-        )
-    except InvalidArgument as error:
-        raise FailedPrecondition(
-            f"model {user.name!r} version {user.version}: {error.message}", field=field
-        ) from None
-    load_external_data_for_model(model, str(user.path.parent))  # inside the folder: checked above
-    return model.SerializeToString()
-
-
-Prober = Callable[[list[str], str, int], tuple[empirical.Probe, int]]
-
-
-def _prober(
-    request: FieldRequest,
-    input_size: tuple[int, int],
-    device: torch.device,
-    graph: graph.GraphField | None,
-    user: RepositoryModel | None,
-) -> Prober:
-    """A builder of networks that expose the named layers' outputs, with ``transparent`` or ``random``
-    weights (drawn from a seed). ONNX and repository models have the transparent twin of their graph
-    only."""
-
-    def probe(layers: list[str], weights: str, seed: int = 0) -> tuple[empirical.Probe, int]:
-        if graph is not None and (graph.frontend == "onnx" or user is not None):
-            if weights != "transparent":
-                what = "a model of the model repository" if user is not None else "an ONNX one"
-                raise FailedPrecondition(f"needs a named model, not {what}", field="effective_field")
-            return empirical.twin_probe(graph.capture, layers, device)
-        if request.model:
-            return empirical.model_probe(
-                request.model, layers, device, weights=weights, seed=seed, input_size=input_size
-            )
-        specs = list(request.layers or [])
-        return empirical.chain_probe(specs, input_size, device, weights=weights, seed=seed)
-
-    return probe
-
-
 def _verify(
     units: list[boxes.UnitField],
-    probe: Prober,
+    probe: probes.Prober,
     input_size: tuple[int, int],
     device: torch.device,
     should_stop: ShouldStop,
@@ -334,32 +299,6 @@ def _verify(
         )
         for u, box in zip(units, proven, strict=True)
     ]
-
-
-def _effective_field(
-    options: EffectiveOptions,
-    fields: list[rf.LayerField],
-    resolve: Resolver,
-    end: str,
-    probe: Prober,
-    input_size: tuple[int, int],
-    origin: Fraction,
-    device: torch.device,
-    should_stop: ShouldStop,
-) -> EffectiveResult:
-    if options.unit is not None:
-        layer, x, y = options.unit
-        layer = resolve(layer, "effective_field.unit.layer")
-    else:
-        layer = end
-        x, y = boxes.center_unit(next(f for f in fields if f.name == end))
-    unit = boxes.unit_field(fields, layer, x, y, input_size, origin, field="effective_field.unit")
-    network, channels = probe([layer], "random", options.weight_seed)
-    grad_map = empirical.gradient_map(
-        network, channels, input_size, device, (layer, x, y), options.num_samples, options.seed, should_stop
-    )
-    summary = empirical.summarise(grad_map, (*unit.rows, *unit.columns), options.num_samples)
-    return EffectiveResult((layer, x, y), unit, summary)
 
 
 def _plot(result: FieldResult, picture: np.ndarray | None, should_stop: ShouldStop) -> bytes:

@@ -92,6 +92,30 @@ PADDING_MODE_VALID: PaddingMode.ValueType  # 3
 """No padding."""
 Global___PaddingMode: _TypeAlias = PaddingMode  # noqa: Y015
 
+class _EffectiveWeights:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EffectiveWeightsEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EffectiveWeights.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EFFECTIVE_WEIGHTS_UNSPECIFIED: _EffectiveWeights.ValueType  # 0
+    """Trained weights for a model of the model repository, random weights otherwise."""
+    EFFECTIVE_WEIGHTS_RANDOM: _EffectiveWeights.ValueType  # 1
+    """PyTorch's default initialisation drawn from `model.seed` (layer lists: N(0, 1 / fan_in) kernels)."""
+    EFFECTIVE_WEIGHTS_TRAINED: _EffectiveWeights.ValueType  # 2
+    """The model's own weights (models of the model repository only)."""
+
+class EffectiveWeights(_EffectiveWeights, metaclass=_EffectiveWeightsEnumTypeWrapper):
+    """The weights an effective receptive field is measured through."""
+
+EFFECTIVE_WEIGHTS_UNSPECIFIED: EffectiveWeights.ValueType  # 0
+"""Trained weights for a model of the model repository, random weights otherwise."""
+EFFECTIVE_WEIGHTS_RANDOM: EffectiveWeights.ValueType  # 1
+"""PyTorch's default initialisation drawn from `model.seed` (layer lists: N(0, 1 / fan_in) kernels)."""
+EFFECTIVE_WEIGHTS_TRAINED: EffectiveWeights.ValueType  # 2
+"""The model's own weights (models of the model repository only)."""
+Global___EffectiveWeights: _TypeAlias = EffectiveWeights  # noqa: Y015
+
 class _ModelState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -480,14 +504,28 @@ class EffectiveFieldOptions(_message.Message):
     NUM_SAMPLES_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     UNIT_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
     num_samples: _builtins.int
     """Number of random inputs, N(0, 1) per pixel and channel; 0 means 16. At most 256."""
     seed: _builtins.int
     """Seed of the random inputs."""
+    weights: Global___EffectiveWeights.ValueType
+    """Which weights the gradients flow through. UNSPECIFIED: the trained weights of a model of the model
+    repository, random ones (drawn from `model.seed`) for a built-in architecture or a layer list.
+    """
     @_builtins.property
     def unit(self) -> Global___UnitQuery:
         """The unit whose input gradient is averaged. When absent: the centre unit (row h // 2, column w // 2)
         of the end point.
+        """
+
+    @_builtins.property
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]:
+        """Your own images to average over instead of random inputs (at most 64): decoded, resized and
+        centre-cropped to the input size as Classify does, then put through the model's own input convention
+        (a repository model's config.yaml; ImageNet mean and std for built-in architectures). `num_samples`
+        is then the number of images.
         """
 
     def __init__(
@@ -496,10 +534,12 @@ class EffectiveFieldOptions(_message.Message):
         num_samples: _builtins.int = ...,
         seed: _builtins.int = ...,
         unit: Global___UnitQuery | None = ...,
+        weights: Global___EffectiveWeights.ValueType = ...,
+        images: _abc.Iterable[_common_pb2.Image] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["unit", b"unit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["num_samples", b"num_samples", "seed", b"seed", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "num_samples", b"num_samples", "seed", b"seed", "unit", b"unit", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -547,6 +587,7 @@ class ComputeReceptiveFieldRequest(_message.Message):
     EFFECTIVE_FIELD_FIELD_NUMBER: _builtins.int
     PLOT_FIELD_NUMBER: _builtins.int
     STRICT_FIELD_NUMBER: _builtins.int
+    TILING_FIELD_NUMBER: _builtins.int
     end_point: _builtins.str
     """The last layer analysed (a layer name as in UnitQuery.layer). Default: the last layer of a list, or
     the last spatial feature map of a model (before global pooling and the classifier).
@@ -594,6 +635,10 @@ class ComputeReceptiveFieldRequest(_message.Message):
         When no units are given the end point's centre unit is drawn.
         """
 
+    @_builtins.property
+    def tiling(self) -> Global___TilingOptions:
+        """When present, the overlap-tile plan for sliding-window prediction of the end point's map."""
+
     def __init__(
         self,
         *,
@@ -607,16 +652,137 @@ class ComputeReceptiveFieldRequest(_message.Message):
         effective_field: Global___EffectiveFieldOptions | None = ...,
         plot: Global___PlotOptions | None = ...,
         strict: _builtins.bool = ...,
+        tiling: Global___TilingOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_first_pixel_center", b"_first_pixel_center", "effective_field", b"effective_field", "first_pixel_center", b"first_pixel_center", "input_size", b"input_size", "model", b"model", "plot", b"plot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_first_pixel_center", b"_first_pixel_center", "effective_field", b"effective_field", "first_pixel_center", b"first_pixel_center", "input_size", b"input_size", "model", b"model", "plot", b"plot", "tiling", b"tiling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_pixel_center", b"_first_pixel_center", "effective_field", b"effective_field", "end_point", b"end_point", "first_pixel_center", b"first_pixel_center", "input_size", b"input_size", "layers", b"layers", "model", b"model", "plot", b"plot", "strict", b"strict", "units", b"units", "verify", b"verify"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_pixel_center", b"_first_pixel_center", "effective_field", b"effective_field", "end_point", b"end_point", "first_pixel_center", b"first_pixel_center", "input_size", b"input_size", "layers", b"layers", "model", b"model", "plot", b"plot", "strict", b"strict", "tiling", b"tiling", "units", b"units", "verify", b"verify"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__first_pixel_center: _TypeAlias = _typing.Literal["first_pixel_center"]  # noqa: Y015
     _WhichOneofArgType__first_pixel_center: _TypeAlias = _typing.Literal["_first_pixel_center", b"_first_pixel_center"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__first_pixel_center) -> _WhichOneofReturnType__first_pixel_center | None: ...
 
 Global___ComputeReceptiveFieldRequest: _TypeAlias = ComputeReceptiveFieldRequest  # noqa: Y015
+
+@_typing.final
+class TilingOptions(_message.Message):
+    """Options of the overlap-tile plan: each tile of the input keeps the end point's units over its own pixels,
+    and is run with a halo of context around it that is cropped away afterwards.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TILE_HEIGHT_FIELD_NUMBER: _builtins.int
+    TILE_WIDTH_FIELD_NUMBER: _builtins.int
+    PROVE_FIELD_NUMBER: _builtins.int
+    tile_height: _builtins.int
+    """Height of the part of each tile that is kept, in input pixels (>= 1; a multiple of `Tiling.alignment`)."""
+    tile_width: _builtins.int
+    """Width of the kept part of each tile, in input pixels (>= 1; a multiple of `Tiling.alignment`)."""
+    prove: _builtins.bool
+    """Prove the plan: run the network tiled and whole on one random input (float64) and report the largest
+    difference over the end point's map.
+    """
+    def __init__(
+        self,
+        *,
+        tile_height: _builtins.int = ...,
+        tile_width: _builtins.int = ...,
+        prove: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prove", b"prove", "tile_height", b"tile_height", "tile_width", b"tile_width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TilingOptions: _TypeAlias = TilingOptions  # noqa: Y015
+
+@_typing.final
+class Tiling(_message.Message):
+    """The overlap-tile plan of the end point's map (U-Net's overlap-tile strategy, Ronneberger et al. 2015)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAYER_FIELD_NUMBER: _builtins.int
+    TILE_FIELD_NUMBER: _builtins.int
+    HALO_FIELD_NUMBER: _builtins.int
+    STRIDE_FIELD_NUMBER: _builtins.int
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    ALIGNMENT_FIELD_NUMBER: _builtins.int
+    TILES_FIELD_NUMBER: _builtins.int
+    PROVED_FIELD_NUMBER: _builtins.int
+    MAX_ABS_DIFF_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    layer: _builtins.str
+    """The layer whose map is tiled (the end point)."""
+    proved: _builtins.bool
+    """True when the plan was proven (`TilingOptions.prove`)."""
+    max_abs_diff: _builtins.float
+    """Largest |tiled - whole| over the end point's map, in float64 (0 up to float rounding)."""
+    weights: _builtins.str
+    """The weights of the proof: `random` (drawn from `model.seed`) or `trained` (the model's own: a
+    repository model or an ONNX model).
+    """
+    dtype: _builtins.str
+    """Element type the proof ran in: `float64`, or `float32` for a graph that holds float32 constants."""
+    @_builtins.property
+    def tile(self) -> Global___Extent:
+        """The kept part of each tile, in input pixels."""
+
+    @_builtins.property
+    def halo(self) -> Global___Padding:
+        """Context each tile needs beyond its kept pixels on each side, in input pixels (multiples of
+        `alignment`). Tile windows are clipped to the image, where the network pads as it does on the whole.
+        """
+
+    @_builtins.property
+    def stride(self) -> Global___Extent:
+        """Distance between the starts of neighbouring tile windows (= `tile`), in input pixels."""
+
+    @_builtins.property
+    def overlap(self) -> Global___Extent:
+        """Pixels shared by neighbouring tile windows: halo before + halo after along each axis."""
+
+    @_builtins.property
+    def window(self) -> Global___Extent:
+        """The input window each interior tile runs on: tile + overlap."""
+
+    @_builtins.property
+    def alignment(self) -> Global___Extent:
+        """Tile windows start at multiples of this many pixels (the least common multiple of the jumps on the
+        way to the end point), so that every stride and pooling grid of a tile lines up with the whole image's.
+        """
+
+    @_builtins.property
+    def tiles(self) -> Global___Extent:
+        """Tiles that cover the image (rows x columns of tiles)."""
+
+    def __init__(
+        self,
+        *,
+        layer: _builtins.str = ...,
+        tile: Global___Extent | None = ...,
+        halo: Global___Padding | None = ...,
+        stride: Global___Extent | None = ...,
+        overlap: Global___Extent | None = ...,
+        window: Global___Extent | None = ...,
+        alignment: Global___Extent | None = ...,
+        tiles: Global___Extent | None = ...,
+        proved: _builtins.bool = ...,
+        max_abs_diff: _builtins.float = ...,
+        weights: _builtins.str = ...,
+        dtype: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alignment", b"alignment", "halo", b"halo", "overlap", b"overlap", "stride", b"stride", "tile", b"tile", "tiles", b"tiles", "window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alignment", b"alignment", "dtype", b"dtype", "halo", b"halo", "layer", b"layer", "max_abs_diff", b"max_abs_diff", "overlap", b"overlap", "proved", b"proved", "stride", b"stride", "tile", b"tile", "tiles", b"tiles", "weights", b"weights", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tiling: _TypeAlias = Tiling  # noqa: Y015
 
 @_typing.final
 class MisalignedMerge(_message.Message):
@@ -938,6 +1104,7 @@ class EffectiveField(_message.Message):
     THEORETICAL_PIXELS_FIELD_NUMBER: _builtins.int
     SHARE_FOR_95_PERCENT_FIELD_NUMBER: _builtins.int
     MASS_INSIDE_FIELD_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
     num_samples: _builtins.int
     """Number of random inputs averaged."""
     sigma_height: _builtins.float
@@ -968,6 +1135,10 @@ class EffectiveField(_message.Message):
         channels: a (height, width) float64 tensor over the input image.
         """
 
+    @_builtins.property
+    def protocol(self) -> Global___EffectiveProtocol:
+        """How the map was measured; the same request gives the same map (to 1e-6) on the same server."""
+
     def __init__(
         self,
         *,
@@ -982,14 +1153,69 @@ class EffectiveField(_message.Message):
         theoretical_pixels: _builtins.int = ...,
         share_for_95_percent: _builtins.float = ...,
         mass_inside_field: _builtins.float = ...,
+        protocol: Global___EffectiveProtocol | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["gradient_map", b"gradient_map", "unit", b"unit"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gradient_map", b"gradient_map", "protocol", b"protocol", "unit", b"unit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["center_horizontal", b"center_horizontal", "center_vertical", b"center_vertical", "gradient_map", b"gradient_map", "mass_inside_field", b"mass_inside_field", "num_samples", b"num_samples", "pixels_for_95_percent", b"pixels_for_95_percent", "share_for_95_percent", b"share_for_95_percent", "sigma_height", b"sigma_height", "sigma_width", b"sigma_width", "theoretical_pixels", b"theoretical_pixels", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["center_horizontal", b"center_horizontal", "center_vertical", b"center_vertical", "gradient_map", b"gradient_map", "mass_inside_field", b"mass_inside_field", "num_samples", b"num_samples", "pixels_for_95_percent", b"pixels_for_95_percent", "protocol", b"protocol", "share_for_95_percent", b"share_for_95_percent", "sigma_height", b"sigma_height", "sigma_width", b"sigma_width", "theoretical_pixels", b"theoretical_pixels", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EffectiveField: _TypeAlias = EffectiveField  # noqa: Y015
+
+@_typing.final
+class EffectiveProtocol(_message.Message):
+    """The protocol of an effective-field measurement, enough to reproduce it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUM_SAMPLES_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
+    WEIGHT_SEED_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    num_samples: _builtins.int
+    """Inputs averaged (random inputs or images)."""
+    seed: _builtins.int
+    """Seed of the random inputs (0 with images)."""
+    inputs: _builtins.str
+    """What was fed to the network: `normal(0, 1)` (one draw per value of the network's input tensor, from a
+    private torch.Generator seeded with `seed`, in batches of 4) or `images` (the request's images).
+    """
+    weights: _builtins.str
+    """`random` or `trained`."""
+    weight_seed: _builtins.int
+    """Seed of the random weights (0 with trained weights)."""
+    dtype: _builtins.str
+    """Element type of the computation (`float32` or `float64`)."""
+    model_version: _builtins.int
+    """The repository version whose weights were used (0: none)."""
+    @_builtins.property
+    def resolution(self) -> Global___Extent:
+        """Height and width of the network's input."""
+
+    def __init__(
+        self,
+        *,
+        num_samples: _builtins.int = ...,
+        seed: _builtins.int = ...,
+        inputs: _builtins.str = ...,
+        resolution: Global___Extent | None = ...,
+        weights: _builtins.str = ...,
+        weight_seed: _builtins.int = ...,
+        dtype: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resolution", b"resolution"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dtype", b"dtype", "inputs", b"inputs", "model_version", b"model_version", "num_samples", b"num_samples", "resolution", b"resolution", "seed", b"seed", "weight_seed", b"weight_seed", "weights", b"weights"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EffectiveProtocol: _TypeAlias = EffectiveProtocol  # noqa: Y015
 
 @_typing.final
 class ComputeReceptiveFieldResponse(_message.Message):
@@ -1011,6 +1237,7 @@ class ComputeReceptiveFieldResponse(_message.Message):
     GLOBAL_CONTEXT_MODULE_FIELD_NUMBER: _builtins.int
     CAPTURE_FIELD_NUMBER: _builtins.int
     MODEL_FINAL_STRIDE_FIELD_NUMBER: _builtins.int
+    TILING_FIELD_NUMBER: _builtins.int
     end_point: _builtins.str
     """Name of the end point."""
     first_pixel_center: _builtins.float
@@ -1051,6 +1278,10 @@ class ComputeReceptiveFieldResponse(_message.Message):
     def misaligned_merges(self) -> _containers.RepeatedCompositeFieldContainer[Global___MisalignedMerge]:
         """Misaligned merges on the way to the end point (empty when every merge is aligned)."""
 
+    @_builtins.property
+    def tiling(self) -> Global___Tiling:
+        """Present when tiling was asked for."""
+
     def __init__(
         self,
         *,
@@ -1068,10 +1299,11 @@ class ComputeReceptiveFieldResponse(_message.Message):
         global_context_module: _builtins.str = ...,
         capture: _builtins.str = ...,
         model_final_stride: _builtins.int = ...,
+        tiling: Global___Tiling | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_field", b"effective_field", "input_size", b"input_size"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_field", b"effective_field", "input_size", b"input_size", "tiling", b"tiling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture", b"capture", "effective_field", b"effective_field", "end_point", b"end_point", "first_pixel_center", b"first_pixel_center", "global_context", b"global_context", "global_context_module", b"global_context_module", "input_size", b"input_size", "layers", b"layers", "misaligned_merges", b"misaligned_merges", "model", b"model", "model_final_stride", b"model_final_stride", "plot_png", b"plot_png", "units", b"units", "verified", b"verified"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture", b"capture", "effective_field", b"effective_field", "end_point", b"end_point", "first_pixel_center", b"first_pixel_center", "global_context", b"global_context", "global_context_module", b"global_context_module", "input_size", b"input_size", "layers", b"layers", "misaligned_merges", b"misaligned_merges", "model", b"model", "model_final_stride", b"model_final_stride", "plot_png", b"plot_png", "tiling", b"tiling", "units", b"units", "verified", b"verified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
