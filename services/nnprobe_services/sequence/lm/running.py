@@ -57,6 +57,7 @@ def run_claimed(manager: JobManager, claim: Claim, running: RunningJob) -> None:
             )
             manager.add_event(job_id, "state", {"state": RUNNING, "message": message, "step": step})
             log.warning("job %s: %s", job_id, message)
+        manager.training_logs.open(job_id, job.config, manager.get(job_id).step)
         message = f"running on {job.device} (replica {manager.replica_id})"
         manager.add_event(job_id, "state", {"state": RUNNING, "message": message})
         finished = False if running.cancel else _train(manager, manager.get(job_id), running)
@@ -89,6 +90,7 @@ def run_claimed(manager: JobManager, claim: Claim, running: RunningJob) -> None:
         except LeaseLost:
             log.warning("job %s: failed after another replica took it over", job_id)
     finally:
+        manager.training_logs.close(job_id)
         manager.supervisor.finished(job_id)
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -29,26 +28,8 @@ from nnprobe_services.errors import Cancelled
 from nnprobe_services.sequence.lm.best import Best
 from nnprobe_services.sequence.lm.corpus import batchify
 from nnprobe_services.sequence.lm.evaluation import evaluate, loss_sum, perplexity, streams_of
+from nnprobe_services.sequence.lm.events import Event
 from nnprobe_services.sequence.lm.model import LanguageModel, State, TrainingConfig, detach
-
-
-@dataclass
-class Event:
-    """A step window, an evaluation or a checkpoint."""
-
-    kind: str  # "step", "evaluation" or "checkpoint"
-    step: int
-    epoch: int
-    total_steps: int
-    loss: float = 0.0
-    perplexity: float = 0.0
-    tokens_per_second: float = 0.0
-    elapsed_seconds: float = 0.0
-    learning_rate: float = 0.0
-    valid_perplexity: float = 0.0
-    test_perplexity: float = 0.0
-    best_step: int = -1  # evaluations: the best-validation step so far (-1: none)
-    best_valid_perplexity: float = 0.0
 
 
 class Reducer(Protocol):
@@ -130,6 +111,7 @@ class Trainer:
         self.elapsed = 0.0
         self.state: State = self.model.initial_state(rows, device)
         self.window_loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.window_grad_norm = torch.zeros((), dtype=torch.float64, device=device)
         self.window_steps = 0
         self.window_seconds = 0.0
         self.last_evaluation: tuple[float, float] | None = None
@@ -173,6 +155,7 @@ class Trainer:
             "generators": generators,
             "hidden": hidden,
             "window": (self.window_loss.item(), self.window_steps, self.window_seconds),
+            "window_grad_norm": self.window_grad_norm.item(),
             "last_evaluation": self.last_evaluation,
             "pending_evaluation": self.pending_evaluation,
             "best": self.best.to_dict(),
@@ -203,6 +186,7 @@ class Trainer:
         loss, steps, seconds = payload["window"]
         self.window_loss = torch.tensor(loss, dtype=torch.float64, device=self.device)
         self.window_steps, self.window_seconds = steps, seconds
+        self.window_grad_norm.fill_(payload.get("window_grad_norm", 0.0))
         self.last_evaluation = payload["last_evaluation"]
         self.pending_evaluation = payload["pending_evaluation"]
         self.best = Best.from_dict(payload.get("best"))
@@ -265,8 +249,7 @@ class Trainer:
             if self.reducer is not None and self.distributed:
                 self.reducer.average_gradients(self.model)
                 loss = self.reducer.average(loss.detach())
-            if config.clip_norm > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_norm)
+            self.window_grad_norm += self._clip().double()
             self.optimizer.step()
             self.window_loss += loss.detach().double()
             self.step += 1
@@ -331,11 +314,19 @@ class Trainer:
                 tokens_per_second=tokens / self.window_seconds if self.window_seconds > 0 else 0.0,
                 elapsed_seconds=self.elapsed,
                 learning_rate=learning_rate,
+                grad_norm=self.window_grad_norm.item() / max(self.window_steps, 1),
             )
         )
         self.window_loss.zero_()
+        self.window_grad_norm.zero_()
         self.window_steps = 0
         self.window_seconds = 0.0
+
+    def _clip(self) -> torch.Tensor:
+        """Clip the gradients to ``clip_norm`` (0: no clipping); their total L2 norm before clipping."""
+        if self.config.clip_norm > 0:
+            return nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+        return nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
 
     def _evaluate_all(self, should_stop: Callable[[], bool]) -> tuple[float, float]:
         results = []

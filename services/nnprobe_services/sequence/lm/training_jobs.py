@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from nnprobe_services.errors import FailedPrecondition, InvalidArgument, NotFound
+from nnprobe_services.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from nnprobe_services.files import remove_partial_writes
 from nnprobe_services.sequence.jobs.replica import JobStop, Leases, RunningJob, Supervisor, default_replica_id
 from nnprobe_services.sequence.jobs.store import (
@@ -52,6 +52,7 @@ from nnprobe_services.sequence.lm.corpus import CorpusStore
 from nnprobe_services.sequence.lm.model import TrainingConfig, parameter_count
 from nnprobe_services.sequence.lm.running import local_devices, run_claimed
 from nnprobe_services.sequence.lm.training import Event, steps_per_epoch, total_steps
+from nnprobe_services.sequence.lm.training_logs import TrainingLogs
 
 log = logging.getLogger("nnprobe.sequence.lm")
 
@@ -87,6 +88,7 @@ class JobManager:
         self.default_device = default_device
         self.max_queued = max_queued
         self.runner = runner
+        self.training_logs = TrainingLogs(self.root)  # TensorBoard, written as events are recorded
         self.leases = leases or Leases(default_replica_id())
         self.replica_id = self.leases.replica_id
         self._lock = threading.Lock()
@@ -258,8 +260,6 @@ class JobManager:
             )
         queued = self.store.count_by_state().get(QUEUED, 0)
         if queued >= self.max_queued:
-            from nnprobe_services.errors import ResourceExhausted
-
             raise ResourceExhausted(
                 f"{queued} jobs are already queued; the limit is {self.max_queued} (max_queued_jobs)",
                 field="job_id",
@@ -312,7 +312,7 @@ class JobManager:
         return {"owner": self.replica_id, "attempt": running.attempt, "state": RUNNING}
 
     def record(self, job_id: str, event: Event) -> None:
-        """Store a training event and mirror it on the job row."""
+        """Store a training event, mirror it on the job row and add it to the job's TensorBoard log."""
         payload = dataclasses.asdict(event)
         kind = payload.pop("kind")
         changes: dict[str, Any] = {
@@ -330,6 +330,7 @@ class JobManager:
                 best_valid_perplexity=event.best_valid_perplexity,
             )
         self.add_event(job_id, kind, payload, **changes)
+        self.training_logs.write(job_id, event)
 
     def save_checkpoint(self, job_id: str, payload: dict[str, Any]) -> None:
         """Write the checkpoint atomically, then record it (event + job row). Raises ``LeaseLost`` and

@@ -106,8 +106,8 @@ def test_resume_from_any_checkpoint_is_bit_identical():
         assert resumed.run(resumed_events.append)
         for name, value in full.model.state_dict().items():
             assert torch.equal(value, resumed.model.state_dict()[name]), name
-        tail = [(e.kind, e.step, e.loss, e.valid_perplexity) for e in events if e.step > step]
-        assert [(e.kind, e.step, e.loss, e.valid_perplexity) for e in resumed_events] == tail
+        tail = [(e.kind, e.step, e.loss, e.grad_norm, e.valid_perplexity) for e in events if e.step > step]
+        assert [(e.kind, e.step, e.loss, e.grad_norm, e.valid_perplexity) for e in resumed_events] == tail
 
 
 def test_learning_rate_schedule():
