@@ -43,6 +43,15 @@ def check_inputs(
     return epsilons
 
 
+def check_classes(classes: int, attacks: tuple[str, ...]) -> None:
+    """Raise ``InvalidArgument`` (field ``attacks``) when APGD-T's DLR loss lacks the 4 classes it needs."""
+    if classes < 4 and "apgd-t" in attacks:
+        raise InvalidArgument(
+            "attacks",
+            f"apgd-t's DLR loss needs at least 4 classes; the model has {classes}: leave apgd-t out",
+        )
+
+
 def check_resume(
     state: EvaluationState,
     epsilons: list[float],

@@ -53,7 +53,8 @@ class Control:
 
 
 def seeded(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator on ``device`` seeded with ``seed``."""
+    """A generator on ``device`` seeded with ``seed``. The evaluation keeps its generators on the CPU
+    whatever device the model runs on, so the same seed draws the same numbers everywhere."""
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator

@@ -18,7 +18,7 @@ import torch
 
 from nnprobe_services.errors import InvalidArgument
 from nnprobe_services.vision.robustness.bisection import smallest_epsilons
-from nnprobe_services.vision.robustness.checks import check_inputs, check_resume
+from nnprobe_services.vision.robustness.checks import check_classes, check_inputs, check_resume
 from nnprobe_services.vision.robustness.control import Control, Model, Progress, seeded
 from nnprobe_services.vision.robustness.diagnostics import (
     RobustnessWarning,
@@ -146,6 +146,7 @@ def _start(judge, x, labels, epsilons, names, norm, seed, batch_size, checkpoint
         check_resume(state, epsilons, norm, names, seed, batch_size, len(x))
         return state
     logits = _classify(judge, x, batch_size)
+    check_classes(logits.shape[1], names)
     again = _classify(judge, x[:batch_size], batch_size)
     count = len(epsilons)
     records = [

@@ -93,9 +93,11 @@ def test_square_window_schedule_halves_p_at_the_papers_marks():
 @pytest.mark.parametrize("name", ["apgd-ce", "apgd-t", "fab-t", "square"])
 def test_same_seed_same_images_and_stop_ends_the_attack(tiny, name):
     net, images, labels = tiny
+    global_state = torch.random.get_rng_state()
     first = _ours(name, net, images, labels, 8 / 255, "linf", seed=5)
     second = _ours(name, net, images, labels, 8 / 255, "linf", seed=5)
     assert torch.equal(first.adversarial, second.adversarial)
+    assert torch.equal(torch.random.get_rng_state(), global_state)  # only the attack's own generator drew
     seen: list[Progress] = []
     control = Control(seeded(0), stop=lambda: len(seen) >= 3, on_progress=seen.append)
     with pytest.raises(Cancelled) as stopped:

@@ -189,3 +189,27 @@ def test_bad_inputs_name_their_field(tiny, change, field):
     with pytest.raises(InvalidArgument) as bad:
         evaluate(net, **arguments)
     assert bad.value.field == field
+
+
+def test_l2_bisection_brackets_the_smallest_breaking_epsilon(tiny):
+    net, images, labels = tiny
+    result = evaluate(net, images[8:12], labels[8:12], [0.1, 1.0], "pgd", "l2", bisection_steps=4)
+    for record in result.records:
+        assert record.status == ["robust", "broken"]
+        steps = (record.smallest_epsilon - 0.1) / (0.9 / 16)  # four halvings of (0.1, 1.0]
+        assert 0 < steps <= 16 and steps == pytest.approx(round(steps))
+
+
+def test_apgd_t_is_refused_for_fewer_than_four_classes(tiny):
+    net, images, labels = tiny
+
+    def three_classes(x):
+        return net(x)[:, :3]
+
+    with pytest.raises(InvalidArgument, match="4 classes") as refused:
+        evaluate(three_classes, images[:2], labels[:2] % 3, [2 / 255], "standard")
+    assert refused.value.field == "attacks"
+    result = evaluate(
+        three_classes, images[:2], labels[:2] % 3, [2 / 255], ["apgd-ce", "fab-t"], settings=SMALL
+    )
+    assert result.total == 2
