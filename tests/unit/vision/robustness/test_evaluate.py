@@ -8,6 +8,7 @@ import json
 import math
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 import torchattacks
@@ -28,6 +29,7 @@ from tests.support.robustness_models import (
     frozen_tiny_cnn,
     weak_and_strong,
 )
+from tests.support.tiny_cnn import onnx_bytes
 
 #: torchattacks' AutoAttack defaults (10 APGD and FAB steps), with Square's budget cut to 200 queries.
 SMALL = AttackSettings(
@@ -213,3 +215,20 @@ def test_apgd_t_is_refused_for_fewer_than_four_classes(tiny):
         three_classes, images[:2], labels[:2] % 3, [2 / 255], ["apgd-ce", "fab-t"], settings=SMALL
     )
     assert result.total == 2
+
+
+def test_an_onnx_runtime_black_box_is_evaluated_by_square_alone(tiny):
+    net, images, labels = tiny
+    session = onnxruntime.InferenceSession(onnx_bytes(net), providers=["CPUExecutionProvider"])
+    calls = []
+
+    def served(pixels: torch.Tensor) -> torch.Tensor:  # ONNX Runtime: no gradients, numpy in and out
+        calls.append(len(pixels))
+        return torch.from_numpy(session.run(None, {"x": pixels.numpy().astype(np.float32)})[0])
+
+    result = evaluate(None, images, labels, [4 / 255], ["square"], judge=served, settings=SMALL)
+    assert result.per_epsilon[0].robust == 8 and [r.status[0] for r in result.records[:8]] == ["broken"] * 8
+    square_queries = sum(r.queries[0] for r in result.records)
+    clean_checks = len(images) + min(len(images), 64)  # the clean predictions and the repeat call
+    confirmations = 8  # each broken image re-classified once by the ensemble
+    assert sum(calls) == square_queries + clean_checks + confirmations
