@@ -29,7 +29,7 @@ def smallest_epsilons(
     running the ensemble up to ``steps`` times per image. Raises ``Cancelled``."""
     for i, record in enumerate(state.records):
         first = next((k for k, s in enumerate(record.status) if s == BROKEN), None)
-        if first is None:
+        if first is None or record.smallest_epsilon is not None:  # never broken, or done before a resume
             continue
         low = state.epsilons[first - 1] if first > 0 else 0.0
         high = state.epsilons[first]
