@@ -9,6 +9,7 @@ import numpy as np
 from nnprobe._client import USE_CLIENT_DEFAULT, UseClientDefault
 from nnprobe._requests import request_arguments
 from nnprobe.aio._base import documented_as
+from nnprobe.aio.job_handle import AsyncJobHandle
 from nnprobe.aio.language_model import LanguageModelMethods
 from nnprobe.api.sequence.v1 import sequence_pb2_grpc
 from nnprobe.progress import ProgressCallback
@@ -29,6 +30,11 @@ class SequenceClient(LanguageModelMethods):
     SERVICE = "sequence"
     FULL_NAME = "nnprobe.sequence.v1.SequenceService"
     STUB = sequence_pb2_grpc.SequenceServiceStub
+
+    def job(self, job_id: str) -> AsyncJobHandle:
+        """A handle on the training job ``job_id``: ``await handle.watch()`` follows it with a progress bar
+        and its curves, ``await handle.result()`` waits for it. No RPC until one of its methods is awaited."""
+        return AsyncJobHandle(self, job_id)
 
     async def run_recurrent(
         self,

@@ -13,6 +13,7 @@ from nnprobe.vision.adversarial import (
 )
 from nnprobe.vision.classify import Classification, ClassifyResult, ClassScore
 from nnprobe.vision.client import VisionClient
+from nnprobe.vision.field_tiling import EffectiveProtocol, Tiling
 from nnprobe.vision.images import ImageLike, image_message
 from nnprobe.vision.models import ModelInfo, ModelVersion, Preprocessing, UploadResult
 from nnprobe.vision.receptive_field import (
@@ -36,6 +37,7 @@ __all__ = [
     "Classification",
     "ClassifyResult",
     "EffectiveField",
+    "EffectiveProtocol",
     "ImageLike",
     "Interval",
     "Layer",
@@ -45,6 +47,7 @@ __all__ = [
     "Pair",
     "Preprocessing",
     "ReceptiveFieldResult",
+    "Tiling",
     "TransferResult",
     "UnitField",
     "UploadResult",
