@@ -224,8 +224,8 @@ def _print_layers(result, all_layers: bool) -> None:
                 f.name,
                 f.kind,
                 _axis_text(f.height.size, f.width.size),
-                _axis_text(f.height.jump, f.width.jump),
-                _axis_text(f.height.receptive_size, f.width.receptive_size),
+                _pair_text(_jump_text(f.height), _jump_text(f.width)),
+                _pair_text(_receptive_text(f.height), _receptive_text(f.width)),
                 _axis_text(f.height.start, f.width.start),
                 _axis_text(f.height.effective_padding, f.width.effective_padding),
             )
@@ -235,6 +235,24 @@ def _print_layers(result, all_layers: bool) -> None:
     )
     if len(shown) < len(result.layers):
         print(f"({len(result.layers) - len(shown)} point-wise layers hidden; --all-layers shows them)")
+
+
+def _jump_text(axis) -> str:
+    """The jump, as a fraction (1/2) when it is not a whole number of pixels."""
+    numerator, denominator = axis.jump_fraction
+    return f"{numerator}/{denominator}" if denominator > 1 else format_value(axis.jump)
+
+
+def _receptive_text(axis) -> str:
+    """The receptive size; where the units' fields differ, "varies min..max /period"."""
+    if not axis.varies:
+        return format_value(axis.receptive_size)
+    period = f" /{axis.period}" if axis.period else ""
+    return f"varies {axis.receptive_min}..{axis.receptive_max}{period}"
+
+
+def _pair_text(height: str, width: str) -> str:
+    return height if height == width else f"{height} x {width}"
 
 
 def _print_units(units) -> None:

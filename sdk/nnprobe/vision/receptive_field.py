@@ -57,6 +57,15 @@ class AxisField:
     receptive_size: int
     start: float
     effective_padding: float
+    #: The exact jump (numerator, denominator): (1, 2) after an upsampling by 2; ``jump`` is 0 when not whole.
+    jump_fraction: tuple[int, int] = (0, 1)
+    #: Whether the units' fields differ by position (each unit's box is then its own; see the proto).
+    varies: bool = False
+    #: The smallest and largest unit's field, in input pixels.
+    receptive_min: int = 0
+    receptive_max: int = 0
+    #: After how many units the fields repeat (1: uniform; 0: they do not repeat).
+    period: int = 1
 
 
 @rich_result()
@@ -254,8 +263,10 @@ def _interval(message: pb.Interval) -> Interval:
 
 def _axis(message: pb.AxisField) -> AxisField:
     return AxisField(
-        message.size, message.jump, message.receptive_size, message.start, message.effective_padding
-    )
+        message.size, message.jump, message.receptive_size, message.start, message.effective_padding,
+        (message.jump_numerator, message.jump_denominator or 1), message.varies,
+        message.receptive_min, message.receptive_max, message.period,
+    )  # fmt: skip
 
 
 def _layer_field(f: pb.LayerField) -> LayerField:

@@ -32,8 +32,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 from nnprobe_services.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
+
+if TYPE_CHECKING:
+    from nnprobe_services.vision.receptive_fields.varying import Variation
 
 Pads = tuple[int, int, int, int]  # top, bottom, left, right
 KINDS = ("input", "conv", "pool", "other", "merge")
@@ -84,7 +88,13 @@ class Axis:
 
     def effective_padding(self, origin: Fraction) -> Fraction:
         """Input pixels the first unit's field reaches before the first pixel."""
-        return origin + Fraction(self.receptive - 1, 2) - self.start
+        return origin + Fraction(self.receptive - 1) / 2 - self.start
+
+    def variation(self) -> Variation:
+        """Whether and how the units' fields differ along this axis (``varying.variation``)."""
+        from nnprobe_services.vision.receptive_fields.varying import variation
+
+        return variation(self)
 
 
 @dataclass(frozen=True)

@@ -47,22 +47,6 @@ class UnitField:
     columns: Range
 
 
-def _span(
-    center: Fraction, receptive: int, lo: Fraction, hi: Fraction, origin: Fraction
-) -> tuple[Span, Span]:
-    """Unclipped and image-clipped spans of a field of ``receptive`` pixels centred on ``center``."""
-    start, end = center - Fraction(receptive, 2), center + Fraction(receptive, 2)
-    first = start + Fraction(1, 2) - origin  # an integer: field edges fall on pixel edges
-    assert first.denominator == 1, (start, origin)
-    unclipped = Span(start, end, int(first), int(first) + receptive - 1)
-    c_start, c_end = max(start, lo), min(end, hi)
-    if c_start > c_end:  # the field lies wholly in the padding
-        c_start = c_end = min(max(center, lo), hi)
-    n = int(hi - lo)
-    clipped = Span(c_start, c_end, max(unclipped.first, 0), min(unclipped.last, n - 1))
-    return unclipped, clipped
-
-
 #: One axis's connected positions of a layer: (offset, mask); position ``offset + i`` is connected when
 #: ``mask[i]``. Paths through a network: pairs (rows, columns) whose product is connected.
 _Positions = tuple[int, np.ndarray]
@@ -186,8 +170,10 @@ def _mapped_taps(positions: _Positions, w: Window, n_in: int) -> _Positions:
 
 
 def _exact_span(edges: Edges, centre: Fraction, lo: Fraction, hi: Fraction) -> tuple[Span, Span]:
-    """Unclipped and image-clipped spans of one unit's exact box (``varying``); a unit that no pixel
-    reaches gets an empty span at its linear centre. Whole pixels: those the box touches."""
+    """Unclipped and image-clipped spans of one unit's box (``varying.unit_edges``: its exact box, or the
+    linear form's); a unit that no pixel reaches gets an empty span at its linear centre. Whole pixels
+    (``first``/``last``): those the box touches (a box that continues a fractional jump into the padding
+    may end inside a pixel)."""
     start, end = edges if edges is not None else (centre, centre)
     first, last = math.floor(start - lo), math.ceil(end - lo) - 1
     if edges is None:
@@ -224,10 +210,7 @@ def unit_field(
     spans = []
     for index, axis, size in ((y, layer.height, input_size[0]), (x, layer.width, input_size[1])):
         lo = origin - Fraction(1, 2)
-        if axis.edges is None:
-            spans.append(_span(axis.start + index * axis.jump, int(axis.receptive), lo, lo + size, origin))
-        else:
-            spans.append(_exact_span(unit_edges(axis, index), axis.start + index * axis.jump, lo, lo + size))
+        spans.append(_exact_span(unit_edges(axis, index), axis.start + index * axis.jump, lo, lo + size))
     (vertical, vertical_clipped), (horizontal, horizontal_clipped) = spans
     rows, columns = connected_pixels(fields, name, x, y)
     return UnitField(

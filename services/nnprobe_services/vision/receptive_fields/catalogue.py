@@ -31,10 +31,23 @@ TORCHVISION: dict[str, tuple[dict[str, Any], int]] = {
     "densenet121": ({}, 224),
     "googlenet": ({"aux_logits": False, "init_weights": False}, 224),
     "inception_v3": ({"aux_logits": False, "init_weights": False}, 299),
+    # Segmentation (torchvision.models.segmentation): no auxiliary head; the capture takes the output 'out',
+    # the logits at input resolution. 520: the evaluation size of their weights.
+    "fcn_resnet50": ({"weights_backbone": None, "aux_loss": False}, 520),
+    "deeplabv3_resnet50": ({"weights_backbone": None, "aux_loss": False}, 520),
+    "deeplabv3_mobilenet_v3_large": ({"weights_backbone": None, "aux_loss": False}, 520),
+    "lraspp_mobilenet_v3_large": ({"weights_backbone": None}, 520),
 }
 #: The stages of the ResNet paper (conv2_x ... conv5_x) by the modules that end them. Stage conv1 needs no
 #: alias: the module ``conv1`` is that stage's convolution, and the ReLU after it has the same field.
 RESNET_STAGES = {"conv2": "layer1", "conv3": "layer2", "conv4": "layer3", "conv5": "layer4"}
+
+
+def torchvision_builder(name: str) -> Any:
+    """The torchvision constructor of ``name`` (classifiers in ``torchvision.models``, segmentation models in
+    ``torchvision.models.segmentation``)."""
+    builder = getattr(torchvision.models, name, None)
+    return builder if builder is not None else getattr(torchvision.models.segmentation, name)
 
 
 def available_models() -> list[str]:
@@ -56,7 +69,7 @@ def build(name: str, device: torch.device | str = "meta") -> nn.Module:
     """The model ``name`` with random weights on ``device``, in eval mode. Raises ``UnknownName``."""
     with torch.device(device):
         if name in TORCHVISION:
-            model = getattr(torchvision.models, name)(weights=None, **TORCHVISION[name][0])
+            model = torchvision_builder(name)(weights=None, **TORCHVISION[name][0])
         elif (bare := timm_name(name)) is not None:
             import timm
 

@@ -292,12 +292,19 @@ def _effective_message(effective: workflow.EffectiveResult, origin: Fraction) ->
 
 def _layer_message(field: rf.LayerField, origin: Fraction) -> pb.LayerField:
     def axis(a: rf.Axis) -> pb.AxisField:
+        jump, spread = Fraction(a.jump), a.variation()
         return pb.AxisField(
             size=a.size,
-            jump=a.jump,
-            receptive_size=a.receptive,
+            jump=int(jump) if jump.denominator == 1 else 0,
+            receptive_size=math.ceil(a.receptive),
             start=float(a.start),
             effective_padding=float(a.effective_padding(origin)),
+            jump_numerator=jump.numerator,
+            jump_denominator=jump.denominator,
+            varies=spread.varies,
+            receptive_min=spread.receptive_min,
+            receptive_max=spread.receptive_max,
+            period=spread.period,
         )
 
     top, bottom, left, right = field.padding

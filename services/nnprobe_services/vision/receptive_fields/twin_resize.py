@@ -33,18 +33,20 @@ def resize(x: torch.Tensor, size: tuple[int, int], op: ir.Upsample) -> torch.Ten
 
 def axis_matrix(n_in: int, n_out: int, axis: int, op: ir.Upsample) -> torch.Tensor:
     """|weights| (n_out, n_in, float64) of the resize along ``axis`` (0: height, 1: width), measured by
-    running the operator on the one-hot inputs along that axis (the other axis of size 1, factor 1)."""
+    running the operator on the one-hot inputs along that axis, one per channel (the other axis of size 2,
+    kept by a factor 1: of size 1, the kernels could take the map for a channels-last one)."""
     scale = op.scales[axis] if op.scales is not None else None
     if op.formulas == "torch":
-        one_hot = torch.eye(n_in, dtype=torch.float64).reshape(1, n_in, n_in, 1)
-        out = _torch_resize(one_hot if axis == 0 else one_hot.transpose(2, 3), n_out, axis, scale, op)
+        one_hot = torch.eye(n_in, dtype=torch.float64).reshape(1, n_in, n_in, 1).expand(1, n_in, n_in, 2)
+        one_hot = (one_hot if axis == 0 else one_hot.transpose(2, 3)).contiguous()
+        out = _torch_resize(one_hot, n_out, axis, scale, op)
         out = out if axis == 0 else out.transpose(2, 3)
         return out[0, :, :, 0].T.abs()
     return torch.from_numpy(onnx_axis_matrix(n_in, n_out, scale, op)).abs()
 
 
 def _torch_resize(x: torch.Tensor, n_out: int, axis: int, scale: float | None, op: ir.Upsample) -> Any:
-    size = [n_out, 1] if axis == 0 else [1, n_out]
+    size = [n_out, 2] if axis == 0 else [2, n_out]
     scales = (None, None) if scale is None else ((scale, 1.0) if axis == 0 else (1.0, scale))
     aten = torch.ops.aten
     if op.mode == "nearest":

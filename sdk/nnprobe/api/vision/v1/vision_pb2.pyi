@@ -835,6 +835,12 @@ class AxisField(_message.Message):
     RECEPTIVE_SIZE_FIELD_NUMBER: _builtins.int
     START_FIELD_NUMBER: _builtins.int
     EFFECTIVE_PADDING_FIELD_NUMBER: _builtins.int
+    JUMP_NUMERATOR_FIELD_NUMBER: _builtins.int
+    JUMP_DENOMINATOR_FIELD_NUMBER: _builtins.int
+    VARIES_FIELD_NUMBER: _builtins.int
+    RECEPTIVE_MIN_FIELD_NUMBER: _builtins.int
+    RECEPTIVE_MAX_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
     size: _builtins.int
     """Output size n of the layer along this axis."""
     jump: _builtins.int
@@ -847,6 +853,27 @@ class AxisField(_message.Message):
     """Effective padding: how many input pixels the first unit's field reaches before the first pixel,
     first_pixel_center + (r - 1) / 2 - start.
     """
+    jump_numerator: _builtins.int
+    """The jump as an exact fraction, jump_numerator / jump_denominator (1/2 after a transposed convolution
+    with stride 2 or an upsampling by 2); `jump` holds it when it is whole (denominator 1) and is 0 otherwise.
+    """
+    jump_denominator: _builtins.int
+    """Denominator of the exact jump (>= 1)."""
+    varies: _builtins.bool
+    """True when the units' fields differ by position (the phase of a strided transposed convolution, the
+    fractional sample positions of a resize): each queried unit's box is then that unit's own (UnitField),
+    and receptive_size (rounded up to whole pixels), start and effective_padding describe the smallest
+    linear form (centre start + i * jump) that holds every unit's box.
+    """
+    receptive_min: _builtins.int
+    """The smallest unit's field along this axis, in input pixels (receptive_size when the field is uniform)."""
+    receptive_max: _builtins.int
+    """The largest unit's field along this axis, in input pixels (receptive_size when the field is uniform)."""
+    period: _builtins.int
+    """After how many units the fields repeat (shifted by period * jump), away from the borders (the middle
+    half of the map): 2 for the even and odd outputs of a stride-2 transposed convolution; 1 when uniform;
+    0 when they do not repeat there.
+    """
     def __init__(
         self,
         *,
@@ -855,10 +882,16 @@ class AxisField(_message.Message):
         receptive_size: _builtins.int = ...,
         start: _builtins.float = ...,
         effective_padding: _builtins.float = ...,
+        jump_numerator: _builtins.int = ...,
+        jump_denominator: _builtins.int = ...,
+        varies: _builtins.bool = ...,
+        receptive_min: _builtins.int = ...,
+        receptive_max: _builtins.int = ...,
+        period: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_padding", b"effective_padding", "jump", b"jump", "receptive_size", b"receptive_size", "size", b"size", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effective_padding", b"effective_padding", "jump", b"jump", "jump_denominator", b"jump_denominator", "jump_numerator", b"jump_numerator", "period", b"period", "receptive_max", b"receptive_max", "receptive_min", b"receptive_min", "receptive_size", b"receptive_size", "size", b"size", "start", b"start", "varies", b"varies"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
