@@ -1,6 +1,6 @@
 """The asyncio clients (``nnprobe.aio``) against in-process servers: unary calls, server streams (an async
-iterator, and progress through ``on_progress``), and errors raised as their status's subclass. Expected
-values come from numpy run here, or from closed forms."""
+iterator, and progress through ``on_progress``), a training job waited for, and errors raised as their
+status's subclass. Expected values come from numpy run here, or from closed forms."""
 
 from __future__ import annotations
 
@@ -105,3 +105,24 @@ def test_a_sync_not_found_is_caught_by_its_subclass(sequence_server):
             caught = error
     assert caught.code.name == "NOT_FOUND" and isinstance(caught.__cause__, Exception)
     assert type(caught.__cause__).__module__.startswith("grpc")
+
+
+def test_a_training_job_waited_for_through_asyncio(sequence_server, pattern_text, tiny_lm):
+    seen = []
+
+    async def main():
+        async with nnprobe.aio.SequenceClient(sequence_server, timeout=120) as client:
+            corpus = await client.upload_corpus(pattern_text(60), pattern_text(10, 60), pattern_text(10, 70))
+            job = await client.start_training(corpus.corpus_id, epochs=1, seed=3, **tiny_lm)
+            finished = await client.wait_job(job.job_id, on_progress=seen.append)
+            handled = await client.job(job.job_id).result()
+            return job, finished, handled
+
+    job, finished, handled = asyncio.run(main())
+    assert finished.state == "succeeded" and handled.job_id == job.job_id and handled.events
+    # One Progress per event, in steps of the job's total, the event itself as the detail.
+    assert [p.detail.sequence for p in seen] == [e.sequence for e in handled.events]
+    steps = [p for p in seen if p.detail.kind == "step"]
+    assert {p.unit for p in seen} == {"steps"} and all(p.total == finished.total_steps for p in steps)
+    assert steps[-1].done == finished.total_steps and steps[-1].fraction == 1.0
+    assert [p.done for p in steps] == sorted(p.done for p in steps)
