@@ -178,7 +178,7 @@ def twin_probe(capture: Capture, layers: Sequence[str], device: torch.device) ->
         if layer not in known:
             problem = run.problems.get(layer)
             raise Unsupported(problem.message if problem else f"layer {layer!r} has no field", field="verify")
-    layouts = {name: v.layout for name, v in run.values.items() if v.layout is not None}
+    layouts = {name: v.where for name, v in run.values.items() if v.where is not None}
     twin = TransparentTwin(capture, fields, layers, layouts).to(device)
     return twin, capture.channels
 
@@ -215,7 +215,7 @@ def model_probe(
                 raise Unsupported(f"the captured graph of {name!r} holds {key!r}, which the model has not")
             tensor.copy_(state[key])
     run = Analysis(capture, Fraction(1, 2), False)
-    layouts = {layer: run.values[layer].layout for layer in layers}
+    layouts = {layer: run.values[layer].where for layer in layers}
     if any(layout is None for layout in layouts.values()):
         raise Unsupported("a requested layer has no image axes", field="effective_field.unit.layer")
     probe = Canonical(gm, layouts)  # type: ignore[arg-type]

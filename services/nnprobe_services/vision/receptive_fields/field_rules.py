@@ -14,6 +14,7 @@ from nnprobe_services.vision.receptive_fields.arithmetic import LayerField, Unsu
 from nnprobe_services.vision.receptive_fields.ir import GraphNode, Operation
 from nnprobe_services.vision.receptive_fields.resize_index import check_modes, nearest_sources
 from nnprobe_services.vision.receptive_fields.resize_weights import resize_taps
+from nnprobe_services.vision.receptive_fields.tokens import Tokens
 from nnprobe_services.vision.receptive_fields.varying import transposed_size, transposed_taps
 
 if TYPE_CHECKING:
@@ -40,13 +41,20 @@ class Value:
     """What the analysis knows of one tensor. ``layout``: the positions of the height and width axes in its
     shape (None: it has none); ``field``: its local field (None: no spatial path reaches it);
     ``global_context``: the node after which the whole input reaches it; ``summary``: a tensor without image
-    axes that summarises whole maps (a pooled vector); ``pooled``: it only follows a global pooling."""
+    axes that summarises whole maps (a pooled vector); ``pooled``: it only follows a global pooling;
+    ``tokens``: the token axis that holds the image's patches (``layout`` is then None; ``token_rules``)."""
 
     layout: tuple[int, int] | None
     field: LayerField | None
     global_context: str = ""
     summary: bool = False
     pooled: bool = False
+    tokens: Tokens | None = None
+
+    @property
+    def where(self) -> tuple[int, int] | Tokens | None:
+        """Where the image positions lie: the (height, width) axes, the token axis, or None."""
+        return self.layout if self.layout is not None else self.tokens
 
 
 # -- operations ------------------------------------------------------------------------------------------

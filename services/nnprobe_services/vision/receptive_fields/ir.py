@@ -146,6 +146,9 @@ class Concat(Merge):
 
     kind: ClassVar[str] = "cat"
     dim: int
+    #: Where each data input starts along ``dim`` when constants are joined too (a class token before the
+    #: patch tokens); empty: the data inputs alone, in order.
+    starts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,15 @@ class Split(Operation):
     """A split or a normalisation with several results: its pieces (``Slice``) say what they take."""
 
     kind: ClassVar[str] = "tuple"
+
+
+@dataclass(frozen=True)
+class Select(Operation):
+    """Index ``index`` along ``dim``, which the output drops (``x[:, 0]``, a piece of ``unbind``)."""
+
+    kind: ClassVar[str] = "select"
+    dim: int
+    index: int
 
 
 @dataclass(frozen=True)
@@ -227,6 +239,22 @@ class Softmax(Operation):
 
 
 @dataclass(frozen=True)
+class MatMul(Operation):
+    """A product of two computed tensors, ``a @ b``: over ``a``'s last axis and ``b``'s second-to-last
+    (attention scores and their use, global-context pooling)."""
+
+    kind: ClassVar[str] = "matmul"
+
+
+@dataclass(frozen=True)
+class Attention(Operation):
+    """Scaled dot-product attention of computed queries, keys and values (``(..., tokens, features)``):
+    every query mixes the values at every key position."""
+
+    kind: ClassVar[str] = "attention"
+
+
+@dataclass(frozen=True)
 class Unmappable(Operation):
     """An operation that maps to no receptive field; ``why`` says which and why."""
 
@@ -239,6 +267,7 @@ OPERATIONS: tuple[type[Operation], ...] = (
     Split,
     Input,
     Conv,
+    ConvTranspose,
     Pool,
     AdaptivePool,
     Pad,
@@ -246,12 +275,15 @@ OPERATIONS: tuple[type[Operation], ...] = (
     Concat,
     Stack,
     Slice,
+    Select,
     Permute,
     Reshape,
     Reduce,
     Linear,
     Norm,
     Softmax,
+    MatMul,
+    Attention,
     Upsample,
     PixelShuffle,
     PixelUnshuffle,
@@ -267,7 +299,6 @@ class GraphNode:
     outermost first; ``shape``: the output shape (batch 1), None when not a tensor."""
 
     name: str
-    ConvTranspose,
     operation: Operation
     inputs: tuple[str, ...]
     shape: tuple[int, ...] | None

@@ -24,7 +24,7 @@ import math
 from dataclasses import replace
 from fractions import Fraction
 
-from nnprobe_services.vision.receptive_fields import ir
+from nnprobe_services.vision.receptive_fields import ir, token_rules
 from nnprobe_services.vision.receptive_fields.arithmetic import (
     FieldError,
     LayerField,
@@ -78,9 +78,12 @@ class Analysis:
                 raise type(problem)(problem.message, field=problem.field)
             inputs.append(self.values[name])
         if all(v.layout is None and v.summary for v in inputs):  # computed from pooled vectors only
-            return Value(None, None, summary=True, pooled=True)
+            return token_rules.summary(node, inputs)
         if isinstance(operation, ir.Unmappable) and operation.why:
             raise self.unmappable(node, operation.why)
+        tokened = token_rules.token_value(self, node, operation, inputs)
+        if tokened is not None:  # a sequence of tokens, attention, a patch embedding
+            return tokened
         if isinstance(operation, ir.Merge):
             return self._merge(node, operation, inputs)
         x = inputs[0]
@@ -199,7 +202,8 @@ class Analysis:
         )
         if h_shift or w_shift:
             self.misaligned[node.name] = [*h_shift, *w_shift]
-        context = next((v.global_context for v in local if v.global_context), "") or (
+        global_inputs = [v for n, v in zip(node.inputs, inputs, strict=True) if n in brought]
+        context = next((v.global_context for v in local + global_inputs if v.global_context), "") or (
             node.name if brought else ""
         )
         kind = "merge" if len(fields) > 1 else "other"

@@ -21,12 +21,18 @@ from torch import nn
 from nnprobe_services.vision.receptive_fields import ir
 from nnprobe_services.vision.receptive_fields.arithmetic import LayerField, Unsupported, Window
 from nnprobe_services.vision.receptive_fields.ir import Capture, GraphNode
+from nnprobe_services.vision.receptive_fields.tokens import Tokens
 from nnprobe_services.vision.receptive_fields.twin_resize import conv_transpose, resize
 
 
-def canonical(x: torch.Tensor, layout: tuple[int, int]) -> torch.Tensor:
+def canonical(x: torch.Tensor, layout: tuple[int, int] | Tokens) -> torch.Tensor:
     """``x`` as (N, C', H, W): the image axes (``layout``) last, every other axis after the batch folded into
-    channels (an NHWC map, a stack of branches), so that unit (x, y) is ``[:, :, y, x]`` for any layer."""
+    channels (an NHWC map, a stack of branches), so that unit (x, y) is ``[:, :, y, x]`` for any layer. A
+    sequence of tokens (``Tokens``) gives its patch grid, the tokens without a position left out."""
+    if isinstance(layout, Tokens):
+        grid = x.movedim(layout.axis, -1)[..., layout.offset : layout.offset + layout.grid]
+        grid = grid.reshape(x.shape[0], -1, layout.grid)
+        return grid.reshape(x.shape[0], -1, layout.rows, layout.columns)
     rest = [d for d in range(1, x.dim()) if d not in layout]
     return x.permute(0, *rest, *layout).reshape(x.shape[0], -1, x.shape[layout[0]], x.shape[layout[1]])
 
@@ -34,7 +40,7 @@ def canonical(x: torch.Tensor, layout: tuple[int, int]) -> torch.Tensor:
 class Canonical(nn.Module):
     """Wraps a probe so that every output it returns is ``canonical``."""
 
-    def __init__(self, probe: nn.Module, layouts: dict[str, tuple[int, int]]) -> None:
+    def __init__(self, probe: nn.Module, layouts: dict[str, tuple[int, int] | Tokens]) -> None:
         super().__init__()
         self.probe, self.layouts = probe, layouts
 
@@ -52,7 +58,7 @@ class TransparentTwin(nn.Module):
         capture: Capture,
         fields: Sequence[LayerField],
         layers: Sequence[str],
-        layouts: dict[str, tuple[int, int]],
+        layouts: dict[str, tuple[int, int] | Tokens],
     ) -> None:
         super().__init__()
         self.capture, self.layouts = capture, layouts
@@ -150,6 +156,11 @@ def _slice(
     return local[0][_slicer(local[0].dim(), op)]
 
 
+@_replays(ir.Select)
+def _select(twin: TransparentTwin, node: GraphNode, op: Any, local: list[torch.Tensor], values: Any) -> Any:
+    return local[0].select(op.dim, op.index)
+
+
 @_replays(ir.Upsample)
 def _upsample(twin: TransparentTwin, node: GraphNode, op: Any, local: list[torch.Tensor], values: Any) -> Any:
     return resize(local[0], tuple(node.shape[2:]), op)  # type: ignore[index, arg-type]
@@ -207,6 +218,13 @@ def _join(twin: TransparentTwin, node: GraphNode, op: Any, local: list[torch.Ten
             piece_shape = twin.capture.node(name).shape
             zeros = torch.zeros(piece_shape or (), dtype=template.dtype, device=template.device)
             pieces.append(zeros)
+    if isinstance(op, ir.Concat) and op.starts:  # constants joined too (a class token): zeros there
+        out = pieces[0].new_zeros(node.shape or ())
+        index = [slice(None)] * out.dim()
+        for start, piece in zip(op.starts, pieces, strict=True):
+            index[op.dim] = slice(start, start + piece.shape[op.dim])
+            out[tuple(index)] = piece
+        return out
     join = torch.stack if isinstance(op, ir.Stack) else torch.cat
     return join(pieces, op.dim)
 

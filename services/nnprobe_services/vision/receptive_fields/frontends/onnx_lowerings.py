@@ -21,6 +21,7 @@ from nnprobe_services.vision.receptive_fields.ir import (
     Conv,
     ConvTranspose,
     Linear,
+    MatMul,
     Norm,
     Operation,
     Pad,
@@ -248,7 +249,14 @@ def space_to_depth(n: OnnxNode) -> Operation:
 # -- merges and pieces ---------------------------------------------------------------------------------------
 @lowers_onnx("Concat")
 def concat(n: OnnxNode) -> Operation:
-    return Concat(int(n.attrs["axis"]) % n.rank)
+    axis = int(n.attrs["axis"]) % n.rank
+    starts, position = [], 0
+    for name in n.node.input:  # where each computed input lands when constants (a class token) join it
+        if name not in n.constants:
+            starts.append(position)
+        shape = n.constants[name].shape if name in n.constants else n.shapes.get(name, ())
+        position += int(shape[axis]) if len(shape) > axis else 0
+    return Concat(axis, tuple(starts) if len(starts) < len(n.node.input) else ())
 
 
 @lowers_onnx("Split")
@@ -310,7 +318,7 @@ def matmul(n: OnnxNode) -> Operation:
         transposed = op == "Gemm" and n.attrs.get("transB", 0)
         n_in, n_out = (weight[1], weight[0]) if transposed else (weight[0], weight[1])
         return Linear(int(n_in), int(n_out))
-    return Unmappable(f"{op} of two computed tensors (attention)")
+    return MatMul()  # of two computed tensors: attention
 
 
 @lowers_onnx("LayerNormalization")

@@ -17,10 +17,12 @@ from nnprobe_services.vision.receptive_fields.arithmetic import Window
 from nnprobe_services.vision.receptive_fields.frontends.registry import Registry
 from nnprobe_services.vision.receptive_fields.ir import (
     AdaptivePool,
+    Attention,
     Concat,
     Conv,
     ConvTranspose,
     Linear,
+    MatMul,
     Norm,
     Operation,
     Pad,
@@ -31,6 +33,7 @@ from nnprobe_services.vision.receptive_fields.ir import (
     Pool,
     Reduce,
     Reshape,
+    Select,
     Slice,
     Softmax,
     Split,
@@ -233,7 +236,14 @@ def pixel_unshuffle(n: AtenNode) -> Operation:
 def concat(n: AtenNode) -> Operation:
     tensors = n.args[0]
     first = n.shapes.get(tensors[0].name) if tensors else None
-    return Concat(int(n.arg(1, "dim", 0)) % len(first or (0,) * 4))
+    dim = int(n.arg(1, "dim", 0)) % len(first or (0,) * 4)
+    starts, position = [], 0
+    for tensor in tensors:  # where each data input lands when constants (a class token) join it
+        if isinstance(tensor, fx.Node) and tensor.meta.get("rf_data"):
+            starts.append(position)
+        shape = n.shapes.get(tensor.name) if isinstance(tensor, fx.Node) else None
+        position += int(shape[dim]) if shape is not None and len(shape) > dim else 0
+    return Concat(dim, tuple(starts))
 
 
 @lowers("stack")
@@ -257,7 +267,7 @@ def getitem(n: AtenNode) -> Operation:
         in_shape = n.shapes[producer.args[0].name]
         dim = int(arg(producer, 2, "dim", 0)) % len(in_shape)
         if kind == "unbind":
-            return Unmappable("unbind (a select along a dimension)")
+            return Select(dim, index)
         values = producer.meta.get("val")
         if not isinstance(values, (list, tuple)):
             return Unmappable(f"{kind} whose pieces have no recorded shapes")
@@ -280,6 +290,12 @@ def slice_(n: AtenNode) -> Operation:
         start, end, step = n.arg(2, "start", 0), n.arg(3, "end", None), n.arg(4, "step", 1)
         start, end, _ = slice(start, end, step).indices(size)
     return Slice(dim, int(start), int(end), int(step))
+
+
+@lowers("select")
+def select(n: AtenNode) -> Operation:
+    dim = int(n.arg(1, "dim", 0)) % n.rank
+    return Select(dim, int(n.arg(2, "index", 0)) % int(n.shapes[n.args[0].name][dim]))
 
 
 # -- layout --------------------------------------------------------------------------------------------------
@@ -322,7 +338,14 @@ def linear(n: AtenNode) -> Operation:
     if n.name == "linear" and len(data) == 1:
         weight = n.shapes[n.args[1].name]
         return Linear(weight[1], weight[0])
-    return Unmappable(f"{n.name} of two computed tensors (attention)")
+    if n.name in ("matmul", "bmm") and len(data) == 2:
+        return MatMul()
+    return Unmappable(f"{n.name} of a computed tensor and a constant")
+
+
+@lowers("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu")
+def attention(n: AtenNode) -> Operation:
+    return Attention()
 
 
 @lowers("layer_norm", "native_layer_norm")
@@ -359,7 +382,7 @@ POINTWISE = (
     "detach", "lift_fresh_copy", "abs", "neg", "exp", "log", "sqrt", "rsqrt", "pow", "reciprocal", "erf",
     "sign", "square", "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "where", "maximum",
     "minimum", "expand", "expand_as", "type_as", "masked_fill", "fill_", "copy_", "rsub", "logical_not",
-    "sin", "cos", "threshold",
+    "sin", "cos", "threshold", "addcmul", "addcdiv",
 )  # fmt: skip
 
 

@@ -44,6 +44,16 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return aten.permute.default(x, [0, 2, 3, 1])
 
 
+def _heads(x: torch.Tensor) -> torch.Tensor:
+    """``_tokens`` as one attention head, (1, 1, 64, 4)."""
+    return aten.unsqueeze.default(_tokens(x), 1)
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """The (8, 8) map as 64 tokens of 4 features, (1, 64, 4), as a patch embedding makes them."""
+    return aten.transpose.int(aten.view.default(x, [1, 4, 64]), 1, 2)
+
+
 MASK = torch.ones(1, 4, 8, 8, dtype=torch.bool)
 CONV_ARGS = ([1, 1], [0, 0], [1, 1], False, [0, 0], 1)
 #: operator -> (the computation on x of shape (1, 4, 8, 8), the operation class, the field, brute force?)
@@ -179,18 +189,41 @@ TORCH_CASES: dict[str, tuple[Callable[[torch.Tensor], Any], type[ir.Operation], 
     "logsumexp": (lambda x: aten.logsumexp.default(x, [1], True), ir.Reduce, ONE, False),
     "linalg_vector_norm": (lambda x: aten.linalg_vector_norm.default(x, 2, [1], True), ir.Reduce, ONE, False),
     "linear": (lambda x: aten.linear.default(_nhwc(x), _w(5, 4)), ir.Linear, ONE, False),
-    "matmul": (lambda x: aten.matmul.default(x, _w(8, 8)), ir.Unmappable, "two computed tensors", False),
-    "mm": (lambda x: aten.mm.default(aten.view.default(x, [32, 8]), _w(8, 8)), ir.Unmappable, "two", False),
+    "matmul": (
+        lambda x: aten.matmul.default(x, _w(8, 8)),
+        ir.Unmappable,
+        "a computed tensor and a constant",
+        False,
+    ),
+    "mm": (
+        lambda x: aten.mm.default(aten.view.default(x, [32, 8]), _w(8, 8)),
+        ir.Unmappable,
+        "a constant",
+        False,
+    ),
     "addmm": (
         lambda x: aten.addmm.default(_w(8), aten.view.default(x, [32, 8]), _w(8, 8)),
         ir.Unmappable,
-        "two computed tensors",
+        "a computed tensor and a constant",
         False,
     ),
     "bmm": (
-        lambda x: aten.bmm.default(aten.view.default(x, [4, 8, 8]), _w(4, 8, 8)),
-        ir.Unmappable,
-        "two",
+        lambda x: aten.bmm.default(_tokens(x), aten.transpose.int(_tokens(x), 1, 2)),
+        ir.MatMul,
+        NO_AXES,
+        False,
+    ),
+    "select": (lambda x: aten.select.int(x, 1, 2), ir.Select, ONE, False),
+    "scaled_dot_product_attention": (
+        lambda x: aten.scaled_dot_product_attention.default(_tokens(x), _tokens(x), _tokens(x)),
+        ir.Attention,
+        NO_AXES,
+        False,
+    ),
+    "_scaled_dot_product_flash_attention_for_cpu": (
+        lambda x: aten._scaled_dot_product_flash_attention_for_cpu.default(_heads(x), _heads(x), _heads(x)),
+        ir.Attention,
+        NO_AXES,
         False,
     ),
     "layer_norm": (lambda x: aten.layer_norm.default(_nhwc(x), [4]), ir.Norm, ONE, False),
@@ -270,6 +303,8 @@ POINTWISE_CALLS: dict[str, Callable[[torch.Tensor], Any]] = {
     "rsub": lambda x: aten.rsub.Scalar(x, 1.0),
     "threshold": lambda x: aten.threshold.default(x, 0.1, 0.0),
     **{name: _binary(name) for name in ("add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_")},
+    "addcmul": lambda x: aten.addcmul.default(x, x, x),
+    "addcdiv": lambda x: aten.addcdiv.default(x, x, x),
 }
 
 
