@@ -30,6 +30,7 @@ COMMANDS = {
     "nnprobe.sequence.v1.SequenceService.GetJob": "lm job",
     "nnprobe.sequence.v1.SequenceService.CancelJob": "lm cancel",
     "nnprobe.sequence.v1.SequenceService.ResumeJob": "lm resume",
+    "nnprobe.sequence.v1.SequenceService.GetTrainingLogs": "lm tensorboard",
     "nnprobe.sequence.v1.SequenceService.EvaluatePerplexity": "lm perplexity",
     "nnprobe.sequence.v1.SequenceService.Sample": "lm sample",
     "nnprobe.sequence.v1.SequenceService.EmbeddingDistance": "lm distance",

@@ -1,4 +1,4 @@
-"""``nnprobe lm upload|train|watch|jobs|job|cancel|resume|perplexity|sample|distance|nearest``
+"""``nnprobe lm upload|train|watch|jobs|job|cancel|resume|tensorboard|perplexity|sample|distance|nearest``
 (SequenceService's LSTM language model).
 
 This module builds the parsers; the commands live in :mod:`nnprobe.cli.lm_jobs` (corpora and training
@@ -20,6 +20,7 @@ from nnprobe.cli.lm_jobs import (
     run_watch,
 )
 from nnprobe.cli.lm_queries import run_distance, run_nearest, run_perplexity, run_sample
+from nnprobe.cli.lm_tensorboard import add_tensorboard, run_tensorboard
 from nnprobe.cli.output import add_client_options
 from nnprobe.cli.parsing import limit
 from nnprobe.sequence import CHECKPOINTS, JOB_STATES, METRICS, OPTIMIZERS, SPLITS, STRATEGIES
@@ -35,6 +36,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         _add_jobs,
         _add_job,
         _add_cancel_and_resume,
+        lambda commands: _finish(add_tensorboard(commands), run_tensorboard),
         _add_perplexity,
         _add_sample,
         _add_distance,

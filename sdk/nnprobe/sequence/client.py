@@ -11,16 +11,24 @@ from nnprobe.sequence.job_handle import JobHandle
 from nnprobe.sequence.jobs import JobMethods
 from nnprobe.sequence.language_model import LanguageModelMethods
 from nnprobe.sequence.rnn import RecurrentMethods
+from nnprobe.sequence.training_logs import TrainingLogMethods
 from nnprobe.sequence.truncation import TruncationMethods
 
 
 class SequenceClient(
-    RecurrentMethods, GradientMethods, TruncationMethods, CorpusMethods, JobMethods, LanguageModelMethods
+    RecurrentMethods,
+    GradientMethods,
+    TruncationMethods,
+    CorpusMethods,
+    JobMethods,
+    TrainingLogMethods,
+    LanguageModelMethods,
 ):
     """``SequenceClient("localhost:50052")``: recurrent networks and gradient flow (``run_recurrent``,
     ``analyze_gradients``, ``compare_truncation``) and the LSTM language model (``upload_corpus``,
     ``start_training``, ``watch``, ``list_jobs``, ``get_job``, ``cancel_job``, ``resume_job``,
-    ``evaluate_perplexity``, ``sample``, ``distance``, ``nearest``).
+    ``get_training_logs``, ``download_tensorboard``, ``evaluate_perplexity``, ``sample``, ``distance``,
+    ``nearest``).
 
     Every method takes ``timeout`` (seconds; ``None`` for no deadline) overriding the client default,
     and raises ``nnprobe.NnprobeError`` on failure. Streamed methods take ``on_progress(done, total,

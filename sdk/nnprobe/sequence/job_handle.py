@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import html
 import importlib.util
+import os
 import time
 from typing import Any
 
 from nnprobe.progress_bar import ProgressBar
 from nnprobe.sequence.jobs import TERMINAL_STATES, TrainingJob
+from nnprobe.sequence.training_logs import TensorBoardLogs
 
 #: Seconds between two redraws of the curves while watching (each is a GetJob with a plot).
 CURVE_INTERVAL = 5.0
@@ -87,6 +89,11 @@ class JobHandle:
     def resume(self) -> TrainingJob:
         """Resume an interrupted or cancelled job (``resume_job``)."""
         return self.client.resume_job(self.job_id)
+
+    def tensorboard(self, out_dir: str | os.PathLike[str]) -> TensorBoardLogs:
+        """Save the job's TensorBoard event files into ``out_dir`` for ``tensorboard --logdir out_dir``
+        (``download_tensorboard``). Raises ``NnprobeError``: NOT_FOUND for an unknown id."""
+        return self.client.download_tensorboard(self.job_id, out_dir)
 
     def __repr__(self) -> str:
         return f"JobHandle(job_id={self.job_id!r})"

@@ -4,12 +4,12 @@ and converts the result back.
 
 Computation (tensor decoding, PyTorch, plots, corpus tokenising, checkpoint loading) runs in the compute
 pool, which sets the call's stop signal when the client cancels or the deadline passes; replies made of
-tensors are built there too. Job bookkeeping (ListJobs, GetJob, CancelJob, WatchJob) reads the job store
-with ``asyncio.to_thread`` and waits for changes with asyncio notifications, so it answers while the pool is
-busy and an idle WatchJob stream holds no thread. On shutdown the drain hook stops the running jobs at a
-step boundary, checkpoints them and hands them back to the shared queue; WatchJob streams on this replica
-deliver that hand-over event and then end with UNAVAILABLE, so their clients watch on from the same
-sequence through another replica.
+tensors are built there too. Job bookkeeping (ListJobs, GetJob, CancelJob, WatchJob, GetTrainingLogs)
+reads the job store (and TensorBoard files) with ``asyncio.to_thread`` and waits for changes with asyncio
+notifications, so it answers while the pool is busy and an idle WatchJob stream holds no thread. On
+shutdown the drain hook stops the running jobs at a step boundary, checkpoints them and hands them back to
+the shared queue; WatchJob streams on this replica deliver that hand-over event and then end with
+UNAVAILABLE, so their clients watch on from the same sequence through another replica.
 """
 
 from __future__ import annotations
@@ -127,6 +127,11 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
     async def ResumeJob(self, request, context):  # reads the checkpoint: computation
         job = await self.compute.run(context, lambda _stop: lm_workflow.resume(self.jobs, request.job_id))
         return lm_convert.resume_reply(job)
+
+    async def GetTrainingLogs(self, request, context):  # reads files: a thread, not the compute pool
+        limit = self.config.common.max_message_bytes
+        files = await asyncio.to_thread(lm_workflow.training_log_files, self.jobs, request.job_id, limit)
+        return lm_convert.training_logs_reply(files)
 
     # -- using a trained model -----------------------------------------------------------------------
     async def EvaluatePerplexity(self, request, context):

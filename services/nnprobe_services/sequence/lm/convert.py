@@ -263,6 +263,13 @@ def resume_reply(view: JobView) -> pb.ResumeJobResponse:
     return pb.ResumeJobResponse(job=job(view))
 
 
+def training_logs_reply(files: list[tuple[str, bytes]]) -> pb.GetTrainingLogsResponse:
+    return pb.GetTrainingLogsResponse(
+        files=[pb.TrainingLogFile(name=name, data=data) for name, data in files],
+        total_bytes=sum(len(data) for _, data in files),
+    )
+
+
 def watch_reply(record: EventRecord) -> pb.WatchJobResponse:
     return pb.WatchJobResponse(event=event(record))
 

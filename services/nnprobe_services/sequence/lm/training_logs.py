@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nnprobe_services.errors import ResourceExhausted
 from nnprobe_services.sequence.lm.events import Event
 
 log = logging.getLogger("nnprobe.sequence.lm")
@@ -48,6 +49,21 @@ FOLDER = "tensorboard"
 def event_files(folder: Path) -> list[Path]:
     """The TensorBoard event files of ``folder``, in the order TensorBoard reads them (by name)."""
     return sorted(p for p in folder.glob("events.out.tfevents.*") if p.is_file()) if folder.is_dir() else []
+
+
+def read_files(folder: Path, limit: int) -> list[tuple[str, bytes]]:
+    """(base name, bytes) of each event file of ``folder``, in reading order ([] without a folder).
+    Raises ``ResourceExhausted`` (field ``job_id``) when they hold more than ``limit`` bytes together."""
+    files = event_files(folder)
+    total = sum(p.stat().st_size for p in files)
+    if total > limit:
+        raise ResourceExhausted(
+            f"the job's TensorBoard files hold {total} bytes, over the {limit} bytes one reply carries "
+            f"(max_message_bytes, NNPROBE_MAX_MESSAGE_BYTES, less 64 KiB); raise it on server and client, "
+            f"or copy the folder {folder} from the server",
+            field="job_id",
+        )
+    return [(p.name, p.read_bytes()) for p in files]
 
 
 def _wait_past(files: list[Path]) -> None:

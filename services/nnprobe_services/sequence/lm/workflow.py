@@ -19,7 +19,7 @@ from nnprobe_services.errors import Unavailable
 from nnprobe_services.sequence.jobs.replica import Leases, default_replica_id
 from nnprobe_services.sequence.jobs.store import ACTIVE, EventRecord, JobRecord
 from nnprobe_services.sequence.jobs.watch import JobChanges, follow, until_stopped
-from nnprobe_services.sequence.lm import plots, supervisor, training_checks
+from nnprobe_services.sequence.lm import plots, supervisor, training_checks, training_logs
 from nnprobe_services.sequence.lm.corpus import CorpusStore
 from nnprobe_services.sequence.lm.training_jobs import CANCEL_WAIT_SECONDS, JobManager
 from nnprobe_services.server.config import ServerConfig
@@ -130,6 +130,14 @@ def get_job(jobs: JobManager, job_id: str, history: bool, plot: bool) -> JobDeta
         title = f"{job.job_id} on {job.corpus_id} ({job.state}, step {job.step}/{job.total_steps})"
         picture = plots.training_curves(events, title)
     return JobDetail(found, events if history else [], picture)
+
+
+def training_log_files(jobs: JobManager, job_id: str, max_message_bytes: int) -> list[tuple[str, bytes]]:
+    """The job's TensorBoard event files (base name, bytes), in reading order. Raises ``NotFound`` (field
+    ``job_id``) for an unknown job, ``ResourceExhausted`` when they exceed ``max_message_bytes`` less 64 KiB
+    (the reply's framing)."""
+    job = jobs.get(job_id)
+    return training_logs.read_files(jobs.training_logs.folder(job.job_id), max_message_bytes - 65_536)
 
 
 def job_history(jobs: JobManager, job_id: str) -> list[EventRecord]:

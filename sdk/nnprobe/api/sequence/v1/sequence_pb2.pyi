@@ -1934,6 +1934,84 @@ class ResumeJobResponse(_message.Message):
 Global___ResumeJobResponse: _TypeAlias = ResumeJobResponse  # noqa: Y015
 
 @_typing.final
+class GetTrainingLogsRequest(_message.Message):
+    """Request of GetTrainingLogs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrainingLogsRequest: _TypeAlias = GetTrainingLogsRequest  # noqa: Y015
+
+@_typing.final
+class TrainingLogFile(_message.Message):
+    """One TensorBoard event file of a job."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The file's base name (no folders), "events.out.tfevents.<second>.<host>.<pid>.<n>"."""
+    data: _builtins.bytes
+    """The file's bytes as the server wrote them (TFRecord-framed TensorBoard events)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingLogFile: _TypeAlias = TrainingLogFile  # noqa: Y015
+
+@_typing.final
+class GetTrainingLogsResponse(_message.Message):
+    """Response of GetTrainingLogs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILES_FIELD_NUMBER: _builtins.int
+    TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    total_bytes: _builtins.int
+    """The sum of the files' sizes, in bytes."""
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrainingLogFile]:
+        """Every event file of the job's run, in the order TensorBoard reads them (by name); empty before the
+        job first ran.
+        """
+
+    def __init__(
+        self,
+        *,
+        files: _abc.Iterable[Global___TrainingLogFile] | None = ...,
+        total_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "total_bytes", b"total_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrainingLogsResponse: _TypeAlias = GetTrainingLogsResponse  # noqa: Y015
+
+@_typing.final
 class EvaluatePerplexityRequest(_message.Message):
     """Request of EvaluatePerplexity."""
 

@@ -85,6 +85,11 @@ class SequenceServiceStub:
                 request_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.ResumeJobRequest.SerializeToString,
                 response_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.ResumeJobResponse.FromString,
                 _registered_method=True)
+        self.GetTrainingLogs = channel.unary_unary(
+                '/nnprobe.sequence.v1.SequenceService/GetTrainingLogs',
+                request_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.GetTrainingLogsRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.GetTrainingLogsResponse.FromString,
+                _registered_method=True)
         self.EvaluatePerplexity = channel.unary_unary(
                 '/nnprobe.sequence.v1.SequenceService/EvaluatePerplexity',
                 request_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.EvaluatePerplexityRequest.SerializeToString,
@@ -192,6 +197,15 @@ class SequenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTrainingLogs(self, request, context):
+        """Returns the TensorBoard event files of a job (one run: training loss, learning rate, gradient norm,
+        validation and test perplexity, hyper-parameters), to save in a folder for `tensorboard --logdir`.
+        RESOURCE_EXHAUSTED when they exceed the server's message size limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EvaluatePerplexity(self, request, context):
         """Computes the perplexity of a job's model (final or last checkpoint) on a split of its corpus.
         """
@@ -272,6 +286,11 @@ def add_SequenceServiceServicer_to_server(servicer, server):
                     servicer.ResumeJob,
                     request_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.ResumeJobRequest.FromString,
                     response_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.ResumeJobResponse.SerializeToString,
+            ),
+            'GetTrainingLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrainingLogs,
+                    request_deserializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.GetTrainingLogsRequest.FromString,
+                    response_serializer=nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.GetTrainingLogsResponse.SerializeToString,
             ),
             'EvaluatePerplexity': grpc.unary_unary_rpc_method_handler(
                     servicer.EvaluatePerplexity,
@@ -565,6 +584,33 @@ class SequenceService:
             '/nnprobe.sequence.v1.SequenceService/ResumeJob',
             nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.ResumeJobRequest.SerializeToString,
             nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.ResumeJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrainingLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.sequence.v1.SequenceService/GetTrainingLogs',
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.GetTrainingLogsRequest.SerializeToString,
+            nnprobe_dot_sequence_dot_v1_dot_sequence__pb2.GetTrainingLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

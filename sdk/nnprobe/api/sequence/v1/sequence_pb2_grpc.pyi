@@ -70,6 +70,11 @@ class SequenceServiceStub:
     """Continues an interrupted or cancelled job from its last checkpoint, with the same data order, reaching
     the same result as an uninterrupted run.
     """
+    GetTrainingLogs: _grpc.UnaryUnaryMultiCallable[_sequence_pb2.GetTrainingLogsRequest, _sequence_pb2.GetTrainingLogsResponse]
+    """Returns the TensorBoard event files of a job (one run: training loss, learning rate, gradient norm,
+    validation and test perplexity, hyper-parameters), to save in a folder for `tensorboard --logdir`.
+    RESOURCE_EXHAUSTED when they exceed the server's message size limit.
+    """
     EvaluatePerplexity: _grpc.UnaryUnaryMultiCallable[_sequence_pb2.EvaluatePerplexityRequest, _sequence_pb2.EvaluatePerplexityResponse]
     """Computes the perplexity of a job's model (final or last checkpoint) on a split of its corpus."""
     Sample: _grpc.UnaryUnaryMultiCallable[_sequence_pb2.SampleRequest, _sequence_pb2.SampleResponse]
@@ -120,6 +125,11 @@ class SequenceServiceAsyncStub(SequenceServiceStub):
     ResumeJob: _aio.UnaryUnaryMultiCallable[_sequence_pb2.ResumeJobRequest, _sequence_pb2.ResumeJobResponse]  # type: ignore[assignment]
     """Continues an interrupted or cancelled job from its last checkpoint, with the same data order, reaching
     the same result as an uninterrupted run.
+    """
+    GetTrainingLogs: _aio.UnaryUnaryMultiCallable[_sequence_pb2.GetTrainingLogsRequest, _sequence_pb2.GetTrainingLogsResponse]  # type: ignore[assignment]
+    """Returns the TensorBoard event files of a job (one run: training loss, learning rate, gradient norm,
+    validation and test perplexity, hyper-parameters), to save in a folder for `tensorboard --logdir`.
+    RESOURCE_EXHAUSTED when they exceed the server's message size limit.
     """
     EvaluatePerplexity: _aio.UnaryUnaryMultiCallable[_sequence_pb2.EvaluatePerplexityRequest, _sequence_pb2.EvaluatePerplexityResponse]  # type: ignore[assignment]
     """Computes the perplexity of a job's model (final or last checkpoint) on a split of its corpus."""
@@ -228,6 +238,17 @@ class SequenceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_sequence_pb2.ResumeJobResponse, _abc.Awaitable[_sequence_pb2.ResumeJobResponse]]:
         """Continues an interrupted or cancelled job from its last checkpoint, with the same data order, reaching
         the same result as an uninterrupted run.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTrainingLogs(
+        self,
+        request: _sequence_pb2.GetTrainingLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sequence_pb2.GetTrainingLogsResponse, _abc.Awaitable[_sequence_pb2.GetTrainingLogsResponse]]:
+        """Returns the TensorBoard event files of a job (one run: training loss, learning rate, gradient norm,
+        validation and test perplexity, hyper-parameters), to save in a folder for `tensorboard --logdir`.
+        RESOURCE_EXHAUSTED when they exceed the server's message size limit.
         """
 
     @_abc_1.abstractmethod
