@@ -87,3 +87,21 @@ def test_segmentation_models_by_name(vision, name, end, context):
     for unit, (rows, columns) in zip(result.units, truth, strict=True):
         assert (unit.rows, unit.columns) == (rows, columns), (name, unit.x, unit.y)
         assert unit.verification.matches
+
+
+def test_the_cli_table_says_where_a_field_varies(vision, tmp_path, capsys):
+    from nnprobe.cli import main
+
+    path = tmp_path / "up.onnx"
+    path.write_bytes(_onnx(nn.Sequential(nn.ConvTranspose2d(3, 2, 3, 2, 1, 1)), 12))
+    assert main(["rf", "--address", vision.address, "--onnx", str(path)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("/0/ConvTranspose"))
+    # jump 1/2; even outputs read one input pixel, odd ones two: the field varies from 1 to 2, period 2
+    assert "1/2" in row and "varies 1..2 /2" in row, out
+    result = vision.compute_receptive_field(onnx=path, units=[("/0/ConvTranspose", 4, 5)], verify=True)
+    layer = result.layer("/0/ConvTranspose")
+    assert (layer.height.jump, layer.height.jump_fraction, layer.height.receptive_size) == (0, (1, 2), 2)
+    assert (layer.height.receptive_min, layer.height.receptive_max, layer.height.period) == (1, 2, 2)
+    [unit] = result.units
+    assert (unit.rows, unit.columns, unit.verification.matches) == ((2, 3), (2, 2), True)
