@@ -158,3 +158,23 @@ def test_a_log_that_cannot_be_written_leaves_the_job_unharmed(lm, corpus, option
     assert records[0] == records[1] and records[0]
     assert lm.download_tensorboard(broken.job_id, tmp_path / "broken").files == []
     assert len(lm.download_tensorboard(twin.job_id, tmp_path / "twin").files) == 1
+
+
+def test_files_over_the_message_limit_are_resource_exhausted(
+    module_server_factory, tmp_path, pattern_text, options
+):
+    """max_message_bytes 70,000: files over 70,000 - 65,536 = 4,464 bytes are refused, naming the sizes."""
+    server, address = module_server_factory("sequence", tmp_path / "small", max_message_bytes=70_000)
+    with SequenceClient(address, timeout=120) as client:
+        corpus = client.upload_corpus(pattern_text(60), pattern_text(20, 60), name="p")
+        job = client.start_training(corpus.corpus_id, **dict(options, log_interval=1))
+        client.wait_job(job.job_id)
+        folder = tmp_path / "small" / "data" / "jobs" / job.job_id / "tensorboard"
+        size = sum(p.stat().st_size for p in folder.iterdir())
+        assert size > 4_464
+        with pytest.raises(NnprobeError) as info:
+            client.download_tensorboard(job.job_id, tmp_path / "out")
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"{size} bytes, over the 4464 bytes" in info.value.message
+    assert not (tmp_path / "out").exists()
+    server.shutdown(0).wait()
