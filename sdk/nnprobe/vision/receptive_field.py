@@ -14,6 +14,7 @@ from nnprobe._client import DEFAULT, BaseClient, _Default
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 from nnprobe.display import rich_result
 from nnprobe.pngs import encode_png
+from nnprobe.vision.field_axes import AxisField, axis_field
 from nnprobe.vision.images import image_message
 
 _KINDS = {"conv": pb.LAYER_KIND_CONV, "pool": pb.LAYER_KIND_POOL, "other": pb.LAYER_KIND_OTHER}
@@ -45,27 +46,6 @@ class Layer:
     dilation: Pair | None = None
     kind: str = "conv"
     ceil_mode: bool = False
-
-
-@rich_result()
-@dataclass
-class AxisField:
-    """Geometry of a layer along one axis, in input pixels."""
-
-    size: int
-    jump: int
-    receptive_size: int
-    start: float
-    effective_padding: float
-    #: The exact jump (numerator, denominator): (1, 2) after an upsampling by 2; ``jump`` is 0 when not whole.
-    jump_fraction: tuple[int, int] = (0, 1)
-    #: Whether the units' fields differ by position (each unit's box is then its own; see the proto).
-    varies: bool = False
-    #: The smallest and largest unit's field, in input pixels.
-    receptive_min: int = 0
-    receptive_max: int = 0
-    #: After how many units the fields repeat (1: uniform; 0: they do not repeat).
-    period: int = 1
 
 
 @rich_result()
@@ -261,14 +241,6 @@ def _interval(message: pb.Interval) -> Interval:
     return Interval(message.start, message.center, message.end)
 
 
-def _axis(message: pb.AxisField) -> AxisField:
-    return AxisField(
-        message.size, message.jump, message.receptive_size, message.start, message.effective_padding,
-        (message.jump_numerator, message.jump_denominator or 1), message.varies,
-        message.receptive_min, message.receptive_max, message.period,
-    )  # fmt: skip
-
-
 def _layer_field(f: pb.LayerField) -> LayerField:
     return LayerField(
         name=f.name,
@@ -276,8 +248,8 @@ def _layer_field(f: pb.LayerField) -> LayerField:
         operation=f.operation,
         module=f.module,
         inputs=list(f.inputs),
-        height=_axis(f.height),
-        width=_axis(f.width),
+        height=axis_field(f.height),
+        width=axis_field(f.width),
         padding=(f.padding.top, f.padding.bottom, f.padding.left, f.padding.right),
     )
 
