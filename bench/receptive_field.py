@@ -8,6 +8,11 @@ analysis alone (warm: the capture cached, as in a running server), against provi
 back-propagation through the transparent twin and estimating the effective field over 8 random inputs. Then
 one ONNX file (resnet18 exported by torch.onnx.export): reading its graph and analysing it, against verify.
 Ratios are to the cold analytic time.
+
+    .venv/bin/python bench/receptive_field.py --upload
+
+fcn_resnet50 (126 MB as ONNX) sent through the SDK whole and as its graph without the weights' values: bytes
+sent and request time side by side.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import statistics
 import time
 from collections.abc import Callable
 from fractions import Fraction
+from typing import Any
 
 import torch
 from nnprobe.cli.output import print_table
@@ -152,5 +158,78 @@ def onnx_row(device: torch.device) -> tuple:
     )
 
 
+def fcn_resnet50_onnx(side: int = 64) -> bytes:
+    """torchvision's fcn_resnet50 with random weights, exported to ONNX at ``side`` x ``side`` (~126 MB)."""
+    import warnings
+
+    import torchvision
+
+    model = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        example = (torch.zeros(1, 3, side, side),)
+        torch.onnx.export(model, example, buffer, dynamo=False, opset_version=17)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def upload_rows() -> list[tuple]:
+    """fcn_resnet50 as ONNX through the SDK to an in-process server (limits raised to take the full model):
+    the whole file against its graph without the weights' values (``nnprobe.vision.onnx_graph``), each the
+    median of 3 requests (stripping included in the weightless time)."""
+    import tempfile
+    from pathlib import Path
+
+    from nnprobe import VisionClient
+    from nnprobe.vision import onnx_graph
+    from nnprobe_services.server import ServerConfig, create_server
+
+    data = fcn_resnet50_onnx()
+    light, withheld = onnx_graph.weightless(data)
+    limit = 512 << 20
+    with tempfile.TemporaryDirectory() as root:
+        config = ServerConfig(
+            service="vision", host="127.0.0.1", port=0, device="cpu", data_dir=Path(root) / "d",
+            cache_dir=Path(root) / "c", max_message_bytes=limit, max_model_bytes=limit,
+        ).validate()  # fmt: skip
+        server, port = create_server(config)
+        server.start()
+        try:
+            with VisionClient(f"127.0.0.1:{port}", max_message_bytes=limit, timeout=600) as client:
+                answers: dict[bool, Any] = {}
+                times: dict[bool, float] = {}
+                for weights in (True, False):
+
+                    def request(weights: bool = weights) -> object:
+                        answers[weights] = client.compute_receptive_field(onnx=data, send_weights=weights)
+                        return answers[weights]
+
+                    times[weights] = seconds(request)
+        finally:
+            server.stop(0)
+    same = [(f.height, f.width) for f in answers[True].layers] == [
+        (f.height, f.width) for f in answers[False].layers
+    ]
+    full_s, light_s = times[True], times[False]
+    strip_s = seconds(lambda: onnx_graph.weightless(data))
+    return [
+        ("full model", f"{len(data) / 1e6:.1f} MB", f"{full_s * 1e3:.0f} ms", "1.0x", "1.0x", "-"),
+        (
+            f"weightless ({withheld} tensors withheld)",
+            f"{len(light) / 1e3:.1f} kB",
+            f"{light_s * 1e3:.0f} ms (strip {strip_s * 1e3:.0f} ms)",
+            f"{len(data) / len(light):.0f}x smaller",
+            f"{full_s / light_s:.1f}x faster",
+            "same fields" if same else "FIELDS DIFFER",
+        ),
+    ]
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--upload" in sys.argv:
+        print("fcn_resnet50 (64 x 64) as ONNX through the SDK: the whole file vs its graph without weights")
+        print_table(upload_rows(), ["sent", "bytes", "request", "size ratio", "time ratio", "answer"])
+    else:
+        main()

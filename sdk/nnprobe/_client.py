@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from nnprobe import message_limits
 from nnprobe._pool import ChannelPool
 from nnprobe.api.common.v1 import common_pb2
 from nnprobe.config import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, TlsConfig, default_address
@@ -116,6 +117,8 @@ class BaseClient:
     ) -> None:
         self.address = address or default_address(self.SERVICE)
         self.timeout = timeout
+        #: The largest message sent or received, in bytes (the channel's limits, both ways).
+        self.max_message_bytes = max_message_bytes
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", max_message_bytes),
@@ -151,20 +154,28 @@ class BaseClient:
     def _deadline(self, timeout: float | UseClientDefault | None) -> float | None:
         return self.timeout if isinstance(timeout, UseClientDefault) else timeout
 
-    def _unary(self, method: Any, request: Any, timeout: float | _Default | None = DEFAULT) -> Any:
+    def _unary(
+        self, method: Any, request: Any, timeout: float | UseClientDefault | None = DEFAULT, *, hint: str = ""
+    ) -> Any:
+        """Call ``method``; a request over ``max_message_bytes`` is refused before it is sent, and every
+        refusal of a message too large says what to do (``hint``: the method's own remedy)."""
+        if hasattr(request, "ByteSize"):
+            message_limits.check_request(request, self.max_message_bytes, hint)
         try:
             return method(request, timeout=self._deadline(timeout), metadata=self._metadata)
         except grpc.RpcError as error:
-            raise NnprobeError.from_rpc_error(error) from error
+            raise message_limits.explain(NnprobeError.from_rpc_error(error), hint) from error
 
     def _stream(
         self, method: Any, request: Any, timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT
     ) -> Iterator[Any]:
+        if hasattr(request, "ByteSize"):
+            message_limits.check_request(request, self.max_message_bytes)
         call = method(request, timeout=self._deadline(timeout), metadata=self._metadata)
         try:
             yield from call
         except grpc.RpcError as error:
-            raise NnprobeError.from_rpc_error(error) from error
+            raise message_limits.explain(NnprobeError.from_rpc_error(error)) from error
         finally:
             call.cancel()
 

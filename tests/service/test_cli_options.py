@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import onnx
 import pytest
 from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2
@@ -87,12 +88,15 @@ VALUES = {
     "--format": ["pt2"],
     "--widths": ["4", "8", "4"],
     "--timeout": ["2"],
+    "--model-option": ["num_classes=10"],
 }
 #: Options that mean something only with another: (command, option) -> the other's arguments. Without
 #: them the command refuses the option (test_a_dependent_option_alone_is_refused).
 REQUIRES = {
     ("rf", "--model-version"): ["--model", "resnet18"],
     ("rf", "--erf-samples"): ["--erf"],
+    ("rf", "--model-option"): ["--model", "resnet18"],
+    ("rf", "--send-weights"): ["--onnx", "{tmp}/weights.onnx"],
     ("rf", "--seed"): ["--erf"],
 }
 FILE_VALUES = {
@@ -186,6 +190,9 @@ def inputs(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("cli-inputs")
     _png(folder / "a.png")
     (folder / "model.onnx").write_bytes(b"\x08\x07")  # sent as bytes; the recorder does not read them
+    weights = onnx.numpy_helper.from_array(np.ones(4096, np.float32), "W")  # 16 KiB: sent only on request
+    graph = onnx.helper.make_graph([], "g", [], [], initializer=[weights])
+    (folder / "weights.onnx").write_bytes(onnx.helper.make_model(graph).SerializeToString())
     (folder / "layers.json").write_text('[{"name": "e", "kernel": 7}]')
     (folder / "config.yaml").write_text("input: {height: 4, width: 4}\n")
     (folder / "labels.txt").write_text("a\nb\n")
@@ -312,6 +319,16 @@ def test_each_option_changes_what_is_sent(command, option, recorders, inputs, mo
     changed = [*_without_group_of(parser, option, base), option, *_value(command, action)]
     _run(command, changed, inputs)
     after = first.take()
+    if option == "--max-message-bytes":  # a request over the client's limit is refused before sending
+        status, errors = _run(command, [*base, option, "10"], inputs)
+        sent = first.take()
+        if max(m.ByteSize() for c in before for m in c.messages) <= 10:  # it fits, and goes
+            assert [c.method for c in sent] == [c.method for c in before]
+            return
+        delivered = [m for c in sent for m in c.messages]
+        assert not delivered, f"`nnprobe {command} --max-message-bytes 10` sent a message over 10 bytes"
+        assert status == 1 and "over the message limit of 10 bytes" in errors, errors
+        return
     assert after, f"`nnprobe {command} {option}` sent nothing"
     if option == "--timeout":
         assert all(c.deadline_s is not None and c.deadline_s < 3 for c in after)  # 2 s, and slack

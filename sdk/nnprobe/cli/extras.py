@@ -12,6 +12,7 @@ import importlib.util
 #: extra -> (the modules it provides, what it is for). Keep in step with sdk/pyproject.toml.
 EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
     "images": (("PIL",), "Pillow, to compose and save images"),
+    "onnx": (("onnx",), "the onnx package, to send an ONNX model's graph without its weights' values"),
     "pandas": (("pandas",), "pandas, for results as DataFrames (to_pandas)"),
     "notebook": (("tqdm", "IPython"), "tqdm and IPython, for progress bars and live curves in a notebook"),
 }

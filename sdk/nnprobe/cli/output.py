@@ -13,7 +13,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from nnprobe.cli.parsing import limit
-from nnprobe.config import DEFAULT_ADDRESSES, DEFAULT_TIMEOUT, TlsConfig
+from nnprobe.config import DEFAULT_ADDRESSES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, TlsConfig
 
 
 def add_client_options(parser: argparse.ArgumentParser, service: str) -> None:
@@ -29,6 +29,16 @@ def add_client_options(parser: argparse.ArgumentParser, service: str) -> None:
     group.add_argument("--tls-ca", help="CA bundle (PEM) to verify the server; enables TLS")
     group.add_argument("--tls-cert", help="client certificate (PEM) for mutual TLS")
     group.add_argument("--tls-key", help="client key (PEM) for mutual TLS")
+    limit(
+        group.add_argument(
+            "--max-message-bytes",
+            type=int,
+            default=DEFAULT_MAX_MESSAGE_BYTES,
+            metavar="N",
+            help="largest message sent or received, in bytes (the server has its own --max-message-bytes)",
+        ),
+        low=1,
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(client_service=service)  # names the server in "no server at ..." messages
 
@@ -40,7 +50,12 @@ def client_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     tls = None
     if args.tls_ca or args.tls_cert or args.tls_key:
         tls = TlsConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
-    return {"timeout": args.timeout, "token": args.token or os.environ.get("NNPROBE_TOKEN"), "tls": tls}
+    return {
+        "timeout": args.timeout,
+        "token": args.token or os.environ.get("NNPROBE_TOKEN"),
+        "tls": tls,
+        "max_message_bytes": getattr(args, "max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES),
+    }
 
 
 def to_jsonable(value: Any) -> Any:

@@ -92,6 +92,19 @@ def parse_size(text: str) -> tuple[int, int]:
     return sides[0], sides[1]
 
 
+def parse_model_option(text: str) -> tuple[str, object]:
+    """``output_stride=8`` -> ("output_stride", 8); the value as JSON (numbers, true/false, lists), else
+    as the text itself."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"a model option is KEY=VALUE, not {text!r}")
+    try:
+        parsed: object = json.loads(value)
+    except ValueError:
+        parsed = value
+    return key.strip(), parsed
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "rf",
@@ -110,6 +123,21 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         metavar="N",
         help="version of a model of the server's model repository (default: the model's default version)",
+    )
+    p.add_argument(
+        "--model-option",
+        action="append",
+        type=parse_model_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="constructor option of a torchvision or timm --model (repeatable): output_stride=8, "
+        "features_only=true, out_indices=[1,2], img_size=384; VALUE is read as JSON, else as text",
+    )
+    p.add_argument(
+        "--send-weights",
+        action="store_true",
+        help="send the --onnx model with its weights' values (by default only its graph goes, which is all "
+        "the analysis reads, unless --erf needs the weights)",
     )
     p.add_argument("--strict", action="store_true", help="refuse misaligned merges and global context")
     p.add_argument("--end-point", help="last layer analysed (default: last layer / last spatial feature map)")
@@ -137,6 +165,8 @@ def _axis_text(height: float, width: float) -> str:
 #: Options that mean something only with another one: option -> (attribute, the option it needs).
 DEPENDENT = {
     "--model-version": ("model", "--model"),
+    "--model-option": ("model", "--model"),
+    "--send-weights": ("onnx", "--onnx"),
     "--erf-samples": ("erf", "--erf"),
     "--seed": ("erf", "--erf"),
 }
@@ -179,6 +209,8 @@ def run_rf(args: argparse.Namespace) -> int:
             strict=args.strict,
             onnx=args.onnx,
             model_version=args.model_version,
+            model_options=dict(args.model_option),
+            send_weights=True if args.send_weights else None,
         )
     if args.plot:
         result.save_plot(args.plot)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,8 @@ from nnprobe.display import rich_result
 from nnprobe.pngs import encode_png
 from nnprobe.vision.field_axes import AxisField, axis_field
 from nnprobe.vision.images import image_message
+from nnprobe.vision.model_spec import hint as size_hint
+from nnprobe.vision.model_spec import model_spec
 
 _KINDS = {"conv": pb.LAYER_KIND_CONV, "pool": pb.LAYER_KIND_POOL, "other": pb.LAYER_KIND_OTHER}
 _KIND_NAMES = {
@@ -222,12 +224,6 @@ def _unit_query(unit: Any) -> pb.UnitQuery:
     return pb.UnitQuery(layer=str(layer), x=int(x), y=int(y))
 
 
-def _model_spec(model: str | None, onnx: bytes | str | Path | None, seed: int, version: int) -> pb.ModelSpec:
-    """A named model (of the repository, or built in), or an ONNX model given as bytes or a file path."""
-    data = Path(onnx).read_bytes() if isinstance(onnx, (str, Path)) else (onnx or b"")
-    return pb.ModelSpec(name=model or "", seed=seed, onnx=data, version=version)
-
-
 def _effective_field_options(
     samples: int, seed: int, unit: tuple[str, int, int] | None
 ) -> pb.EffectiveFieldOptions:
@@ -336,6 +332,8 @@ class ReceptiveFieldMethods(BaseClient):
         strict: bool = False,
         onnx: bytes | str | Path | None = None,
         model_version: int = 0,
+        model_options: Mapping[str, Any] | None = None,
+        send_weights: bool | None = None,
         timeout: float | _Default | None = DEFAULT,
     ) -> ReceptiveFieldResult:
         """Receptive field of every layer, and of chosen units, for a layer list or a model.
@@ -346,22 +344,20 @@ class ReceptiveFieldMethods(BaseClient):
         ``first_pixel_center``: coordinate of the first pixel's centre (default 0.5; the classic guide
         uses 1). ``verify``: prove each box by back-propagation. ``effective_field``: estimate the
         effective receptive field over ``erf_samples`` random inputs. ``plot``: return a PNG, drawn on
-        ``image`` (file path, encoded bytes or an (H, W, C) array) or a blank canvas.
-        ``strict``: refuse misaligned merges and global context instead of answering with union and local
-        fields. ``onnx``: an ONNX model (bytes or a file path) to analyse instead of a named one.
+        ``image`` (file path, encoded bytes or an (H, W, C) array) or a blank canvas. ``strict``: refuse
+        misaligned merges and global context instead of answering with union and local fields. ``onnx``:
+        an ONNX model (bytes or a file path) to analyse instead of a named one, its weights' values sent
+        only with ``send_weights``; ``model_options``: constructor options (``nnprobe.vision.model_spec``).
         """
-        request = pb.ComputeReceptiveFieldRequest(
-            end_point=end_point or "",
-            units=[_unit_query(u) for u in units],
-            verify=verify,
-            strict=strict,
-        )
+        request = pb.ComputeReceptiveFieldRequest(end_point=end_point or "", verify=verify, strict=strict)
+        request.units.extend(_unit_query(u) for u in units)
         if layers is not None:
             request.layers.extend(
                 layer if isinstance(layer, pb.LayerSpec) else _layer_message(layer) for layer in layers
             )
         if model is not None or onnx is not None:
-            request.model.CopyFrom(_model_spec(model, onnx, model_seed, model_version))
+            spec = (model, onnx, model_seed, model_version, model_options, send_weights, effective_field)
+            request.model.CopyFrom(model_spec(*spec))
         if input_size is not None:
             request.input_size.CopyFrom(_pair(input_size, "input_size"))
         if first_pixel_center is not None:
@@ -372,5 +368,5 @@ class ReceptiveFieldMethods(BaseClient):
             request.plot.CopyFrom(pb.PlotOptions())
             if image is not None:
                 request.plot.image.CopyFrom(image_message(image))
-        response = self._unary(self._stub.ComputeReceptiveField, request, timeout)
+        response = self._unary(self._stub.ComputeReceptiveField, request, timeout, hint=size_hint(request))
         return _result(response)

@@ -7,13 +7,17 @@ costs no memory. Each model's default input size and final stride come from its 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
-from nnprobe_services.vision.receptive_fields.arithmetic import UnknownName
+from nnprobe_services.vision.receptive_fields import model_options
+from nnprobe_services.vision.receptive_fields.arithmetic import InvalidSpec, UnknownName
+from nnprobe_services.vision.receptive_fields.model_options import ModelOptions
 
 #: torchvision models: constructor keyword arguments and the default input size.
 TORCHVISION: dict[str, tuple[dict[str, Any], int]] = {
@@ -65,15 +69,23 @@ def timm_name(name: str) -> str | None:
     return bare if timm.is_model(bare) else None
 
 
-def build(name: str, device: torch.device | str = "meta") -> nn.Module:
-    """The model ``name`` with random weights on ``device``, in eval mode. Raises ``UnknownName``."""
+def build(name: str, device: torch.device | str = "meta", options: ModelOptions = ()) -> nn.Module:
+    """The model ``name`` with random weights on ``device``, in eval mode, built with the constructor
+    ``options`` (``model_options``). Raises ``UnknownName``, or ``InvalidSpec`` on ``model.options[...]``
+    for options its constructor does not take or refuses."""
     with torch.device(device):
         if name in TORCHVISION:
-            model = torchvision_builder(name)(weights=None, **TORCHVISION[name][0])
+            kwargs = option_arguments(name, options)
+            model = _construct(
+                name,
+                options,
+                lambda: torchvision_builder(name)(weights=None, **{**TORCHVISION[name][0], **kwargs}),
+            )
         elif (bare := timm_name(name)) is not None:
             import timm
 
-            model = timm.create_model(bare, pretrained=False)
+            kwargs = option_arguments(name, options)
+            model = _construct(name, options, lambda: timm.create_model(bare, pretrained=False, **kwargs))
         else:
             raise UnknownName(
                 f"unknown model {name!r}; available: {', '.join(TORCHVISION)}, or any timm model by name "
@@ -81,6 +93,47 @@ def build(name: str, device: torch.device | str = "meta") -> nn.Module:
                 field="model.name",
             )
     return model.eval()
+
+
+def _construct(name: str, options: ModelOptions, constructor: Callable[[], nn.Module]) -> nn.Module:
+    """``constructor()``; with ``options``, the constructor's refusal of them is ``InvalidSpec``."""
+    if not options:
+        return constructor()
+    try:
+        return constructor()
+    except (TypeError, ValueError, AssertionError, KeyError, IndexError, RuntimeError) as error:
+        names = ", ".join(key for key, _ in options)
+        reason = f": {str(error).strip()[:200]}" if str(error).strip() else " (it gives no reason)"
+        raise InvalidSpec(
+            f"{name} cannot be built with the options {names}: {type(error).__name__}{reason}",
+            field="model.options",
+        ) from None
+
+
+def option_arguments(name: str, options: ModelOptions) -> dict[str, Any]:
+    """``options`` as keyword arguments of model ``name``'s constructor, checked against its signature
+    (``model_options.keyword_arguments``); ``{}`` without options."""
+    if not options:
+        return {}
+    if name in TORCHVISION:
+        builder = torchvision_builder(name)
+        known = model_options.accepted(builder, _model_class(name), {})
+        if timm_name(name) is not None:
+            hint = f" (timm's {name}, with its own options, is named timm/{name})"
+            return model_options.keyword_arguments(name, options, known, hint)
+    else:
+        from timm.models import model_entrypoint
+
+        bare = timm_name(name) or name
+        extra = model_options.TIMM_BUILD_OPTIONS
+        known = model_options.accepted(model_entrypoint(bare), _model_class(name), extra)
+    return model_options.keyword_arguments(name, options, known)
+
+
+@functools.lru_cache(maxsize=64)
+def _model_class(name: str) -> type:
+    """The class of model ``name`` as built without options (on the meta device: no memory)."""
+    return type(build(name, "meta"))
 
 
 def default_input_size(name: str) -> int:
@@ -95,6 +148,16 @@ def default_input_size(name: str) -> int:
         if size:
             return int(size[-1])
     return 224
+
+
+def default_size(name: str, options: ModelOptions = ()) -> tuple[int, int]:
+    """The (height, width) model ``name`` built with ``options`` takes by default: its ``img_size`` option
+    when given, else the square of ``default_input_size``."""
+    size = model_options.input_side(options)
+    if size is not None:
+        return size
+    side = default_input_size(name)
+    return side, side
 
 
 def final_stride(model: nn.Module) -> int | None:

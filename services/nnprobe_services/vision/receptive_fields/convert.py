@@ -14,7 +14,7 @@ from nnprobe_services import validation as valid
 from nnprobe_services.errors import InvalidArgument, ResourceExhausted
 from nnprobe_services.vision.images.decode import ImageInput
 from nnprobe_services.vision.receptive_fields import arithmetic as rf
-from nnprobe_services.vision.receptive_fields import boxes, tiling, workflow
+from nnprobe_services.vision.receptive_fields import boxes, model_options, tiling, workflow
 
 KINDS = {
     pb.LAYER_KIND_UNSPECIFIED: "conv",
@@ -86,6 +86,7 @@ def field_request(request: pb.ComputeReceptiveFieldRequest, max_elements: int) -
         onnx=request.model.onnx if has_model else b"",
         strict=request.strict,
         version=_version(request.model.version) if has_model else 0,
+        model_options=model_options.canonical(request.model.options) if has_model else (),
         tiling=_tiling(request),
         weight_seed=request.model.seed if has_model else 0,
     )

@@ -191,22 +191,22 @@ def model_probe(
     weights: str,
     seed: int = 0,
     input_size: tuple[int, int] | None = None,
+    options: tuple[tuple[str, str], ...] = (),
 ) -> tuple[Probe, int]:
-    """A probe over model ``name`` (captured at ``input_size``, default the model's own) returning the
-    named layers.
+    """A probe over model ``name`` built with constructor ``options`` (captured at ``input_size``, default
+    the model's own) returning the named layers.
 
     ``weights``: ``transparent`` (the twin of ``twin``) or ``random``: the captured ATen graph, cut at the
     requested layers, with PyTorch's default initialisation of the model's layers drawn from a private
     generator seeded with ``seed`` (see ``initialise``), so the classifier never costs memory.
     """
-    side = catalogue.default_input_size(name)
-    size = input_size or (side, side)
-    capture, graph = trace_worker.captured(name, size)
+    size = input_size or catalogue.default_size(name, options)
+    capture, graph = trace_worker.captured(name, size, options)
     if weights == "transparent":
         return twin_probe(capture, layers, device)
     sources = [(layer, capture.node(layer).source) for layer in layers]
     gm = _truncate(copy.deepcopy(graph), sources).to_empty(device="cpu")
-    model = catalogue.build(name, "cpu")
+    model = catalogue.build(name, "cpu", options)
     initialise(model, seed)
     state = model.state_dict()
     with torch.no_grad():

@@ -28,9 +28,11 @@ from nnprobe_services.vision.receptive_fields.catalogue import (  # noqa: F401  
     available_models,
     build,
     default_input_size,
+    default_size,
 )
 from nnprobe_services.vision.receptive_fields.frontends import trace_worker
 from nnprobe_services.vision.receptive_fields.ir import AdaptivePool, Capture
+from nnprobe_services.vision.receptive_fields.model_options import ModelOptions
 from nnprobe_services.vision.receptive_fields.propagate import Analysis
 
 
@@ -57,11 +59,12 @@ def analyse(
     end_point: str | None,
     *,
     strict: bool = False,
+    options: ModelOptions = (),
 ) -> GraphField:
-    """A named model (``analyse_model``) or, when ``onnx`` holds bytes, an ONNX model read from its graph
-    (``onnx_reader.read``; ``name`` then only labels it)."""
+    """A named model built with constructor ``options`` (``analyse_model``) or, when ``onnx`` holds bytes,
+    an ONNX model read from its graph (``onnx_reader.read``; ``name`` then only labels it)."""
     if not onnx:
-        return analyse_model(name, input_size, origin, end_point, strict=strict)
+        return analyse_model(name, input_size, origin, end_point, strict=strict, options=options)
     from nnprobe_services.vision.receptive_fields.frontends import onnx_reader
 
     capture = onnx_reader.read(onnx, input_size, name or "onnx model")
@@ -82,9 +85,10 @@ def analyse_program(
     return analyse_capture(capture, origin, end_point, strict=strict)
 
 
-def captured(name: str, input_size: tuple[int, int]) -> Capture:
-    """The capture of model ``name`` at ``input_size`` (cached; captured in a worker process)."""
-    return trace_worker.captured(name, input_size)[0]
+def captured(name: str, input_size: tuple[int, int], options: ModelOptions = ()) -> Capture:
+    """The capture of model ``name`` built with ``options`` at ``input_size`` (cached; captured in a
+    worker process)."""
+    return trace_worker.captured(name, input_size, options)[0]
 
 
 def analyse_model(
@@ -94,27 +98,32 @@ def analyse_model(
     end_point: str | None,
     *,
     strict: bool = False,
+    options: ModelOptions = (),
 ) -> GraphField:
-    """Fields of every layer of model ``name`` on the way to ``end_point`` (default: last feature map).
+    """Fields of every layer of model ``name`` (built with constructor ``options``) on the way to
+    ``end_point`` (default: last feature map).
 
-    Raises ``UnknownName`` (no such model), ``InvalidSpec`` (the input is too small, an unknown layer) or
-    ``Unsupported`` naming the operation and the node that cannot be mapped."""
+    Raises ``UnknownName`` (no such model), ``InvalidSpec`` (the input is too small, an unknown layer, an
+    option the model does not take) or ``Unsupported`` naming the operation and the node that cannot be
+    mapped."""
     try:
-        capture = captured(name, input_size)
+        capture = captured(name, input_size, options)
     except Unsupported as error:
-        _explain_size(name, input_size, origin)
+        _explain_size(name, input_size, origin, options)
         raise error
     return analyse_capture(capture, origin, end_point, strict=strict)
 
 
-def _explain_size(name: str, input_size: tuple[int, int], origin: Fraction) -> None:
+def _explain_size(
+    name: str, input_size: tuple[int, int], origin: Fraction, options: ModelOptions = ()
+) -> None:
     """When the capture failed at ``input_size``: the arithmetic on the default size's graph says whether
     the input is too small, naming the node (``InvalidSpec`` on ``input_size``)."""
-    side = default_input_size(name)
-    if input_size == (side, side):
+    size = default_size(name, options)
+    if input_size == size:
         return
     try:
-        reference = captured(name, (side, side))
+        reference = captured(name, size, options)
     except FieldError:
         return
     run = Analysis(reference, origin, False, input_size)
@@ -156,7 +165,10 @@ def analyse_capture(
                 f"end_point",
                 field="end_point" if end_point else "model.name",
             )
-        message = f"cannot compute the receptive field of {end!r} in {capture.model}: {problem.message}"
+        message = (
+            f"cannot compute the receptive field of {end!r} in {capture.model}: "
+            f"{_with_last_answerable(problem.message, capture, run, end)}"
+        )
         field = problem.field
         if end_point and field == "model.name":  # the end point asked for lies beyond what maps
             field, message = "end_point", message + "; choose an earlier end_point"
@@ -207,8 +219,32 @@ def _default_end_point(capture: Capture, run: Analysis) -> str:
         raise Unsupported("the model has no spatial feature map to analyse", field="model.name")
     if end in run.problems:
         problem = run.problems[end]
-        raise type(problem)(problem.message, field=problem.field)
+        raise type(problem)(_with_last_answerable(problem.message, capture, run, end), field=problem.field)
     return end
+
+
+#: How a refusal names the last end point that can be answered.
+LAST_ANSWERABLE = "the last end point that can be answered is"
+
+
+def _with_last_answerable(message: str, capture: Capture, run: Analysis, name: str) -> str:
+    """``message`` (a refusal at node ``name``) ending with the last end point before the node where the
+    refusal arose whose field can be answered, unless it names one already."""
+    if LAST_ANSWERABLE in message:
+        return message
+    stack, seen = list(capture.node(run.origins.get(name, name)).inputs), set()
+    while stack:  # breadth first: the nearest mapped node on the way back to the image
+        node = stack.pop(0)
+        if node in seen:
+            continue
+        seen.add(node)
+        value = run.values.get(node)
+        if value is not None and value.field is not None and not value.pooled:
+            module = capture.node(node).module
+            where = f" (module {module!r})" if module else ""
+            return f"{message}; {LAST_ANSWERABLE} {node!r}{where}: give it as end_point"
+        stack.extend(capture.node(node).inputs)
+    return f"{message}; no layer before it can be answered"
 
 
 def _spatial_problem(capture: Capture, run: Analysis, name: str) -> bool:

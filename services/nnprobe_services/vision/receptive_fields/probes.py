@@ -111,6 +111,7 @@ def prober(
                 weights=weights,
                 seed=seed,
                 input_size=at,
+                options=request.model_options,
             )
         specs = list(request.layers or [])
         return empirical.chain_probe(specs, at, device, weights=weights, seed=seed)

@@ -78,6 +78,8 @@ class FieldRequest:
     strict: bool = False
     #: A version of a model-repository ``model`` (0: its default version).
     version: int = 0
+    #: Constructor options of a built-in ``model`` (``model_options.ModelOptions``), sorted by name.
+    model_options: tuple[tuple[str, str], ...] = ()
     #: The overlap-tile plan of the end point's map, when asked for.
     tiling: TilingOptions | None = None
     #: Seed of random weights (``model.seed``), for the tiling proof of a named model or a layer list.

@@ -38,7 +38,7 @@ from nnprobe_services.vision.receptive_fields import (
     probes,
     tile_proof,
 )
-from nnprobe_services.vision.receptive_fields.frontends import onnx_reader
+from nnprobe_services.vision.receptive_fields.frontends import onnx_reader, onnx_weightless
 from nnprobe_services.vision.receptive_fields.values import (
     DEFAULT_ERF_SAMPLES,
     MAX_EMPIRICAL_PIXELS,
@@ -156,10 +156,16 @@ def _compute(
             max_bytes=min(limits.max_bytes, onnx_reader.MAX_ONNX_BYTES),
             field="model.onnx",
         )
+        if request.effective is not None or (request.tiling is not None and request.tiling.prove):
+            onnx_weightless.refuse_withheld(
+                request.onnx, "effective_field" if request.effective else "tiling"
+            )
     picture = None
     if request.picture is not None:
         picture = decode.plot_picture(request.picture, plot.MAX_IMAGE_PIXELS)
     user = repository_model(request, models)
+    if request.model_options and (user is not None or request.onnx):
+        raise InvalidArgument("go with built-in torchvision and timm models only", field="model.options")
     input_size = _input_size(request, picture, user)
     graph, fields, end, resolve = _layer_fields(request, input_size, user)
     if len(request.units) > rf.MAX_UNITS:
@@ -213,8 +219,7 @@ def _input_size(
     elif request.onnx:
         size = onnx_reader.declared_size(request.onnx) or (224, 224)
     elif request.model:
-        side = graph.default_input_size(request.model)
-        size = (side, side)
+        size = graph.default_size(request.model, request.model_options)
     else:
         raise InvalidArgument("is required with `layers` (height and width of the input)", field="input_size")
     limit = request.max_elements
@@ -266,6 +271,7 @@ def _layer_fields(
             request.origin,
             request.end_point or None,
             strict=request.strict,
+            options=request.model_options,
         )
         return analysis, analysis.fields, analysis.end_point, analysis.resolve
     fields = rf.analyse_layers(list(request.layers or []), input_size, request.origin)

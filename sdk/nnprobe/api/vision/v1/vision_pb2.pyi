@@ -424,10 +424,31 @@ class ModelSpec(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class OptionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     ONNX_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """torchvision name (alexnet, vgg11, vgg13, vgg16, vgg19, resnet18, resnet34, resnet50, resnet101,
     resnet152, mobilenet_v2, densenet121, googlenet, inception_v3) or a timm model name, optionally
@@ -440,13 +461,24 @@ class ModelSpec(_message.Message):
     """An ONNX model (a serialised ModelProto with one image input (N, C, H, W)) to analyse instead of a named
     one; `name` then only labels it. It is read from its graph without running it; `verify` runs its
     gradient-transparent twin in PyTorch. Its input size defaults to the one the model declares. The
-    effective field needs a named model.
+    effective field needs a named model. A tensor that declares dimensions but holds no values at all is a
+    withheld weight (a weightless graph: the SDK sends models so by default): only its shape is read, and
+    a request that needs its values gets FAILED_PRECONDITION.
     """
     version: _builtins.int
     """Version of a model of the model repository (0: its default version). A `name` the repository holds
     names that model: its model.onnx is read from its graph, its model.pt2 captured from its exported
     program, at the model's configured input size unless `input_size` is given.
     """
+    @_builtins.property
+    def options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Constructor options of a built-in torchvision or timm model that change its geometry, each value a JSON
+        text: {"output_stride": "8"}, {"features_only": "true", "out_indices": "[1, 2]"}, {"img_size": "384"},
+        {"num_classes": "3", "aux_loss": "true"}. Checked against the model's constructor: an unknown option
+        or a value of the wrong type gets INVALID_ARGUMENT naming `model.options[<key>]` and listing the
+        accepted ones. `img_size` sets the default input size too. Not for repository or ONNX models.
+        """
+
     def __init__(
         self,
         *,
@@ -454,10 +486,11 @@ class ModelSpec(_message.Message):
         seed: _builtins.int = ...,
         onnx: _builtins.bytes = ...,
         version: _builtins.int = ...,
+        options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "onnx", b"onnx", "seed", b"seed", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "onnx", b"onnx", "options", b"options", "seed", b"seed", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from nnprobe_services.vision.receptive_fields.arithmetic import Unsupported, Window
+from nnprobe_services.vision.receptive_fields.frontends.onnx_weightless import require_values
 from nnprobe_services.vision.receptive_fields.frontends.registry import Registry
 from nnprobe_services.vision.receptive_fields.ir import (
     AdaptivePool,
@@ -78,7 +79,9 @@ class OnnxNode:
                 f"constant arguments can be read without running the model",
                 field="model.onnx",
             )
-        return self.constants[name]
+        return require_values(
+            self.constants[name], f"{self.node.op_type} (node {self.node.name!r}) reads {name!r}"
+        )
 
 
 ONNX_LOWERINGS: Registry[OnnxNode] = Registry("onnx")

@@ -23,6 +23,12 @@ from nnprobe_services.vision.receptive_fields.frontends.onnx_tensors import (
     constant_value,
     tensor_array,
 )
+from nnprobe_services.vision.receptive_fields.frontends.onnx_weightless import (
+    WithheldArray,
+    placeholder,
+    withheld_tensor,
+    withheld_value_needed,
+)
 from nnprobe_services.vision.receptive_fields.ir import Capture, GraphNode, Input
 
 #: Largest ONNX model accepted (bytes); the request message limit applies first.
@@ -120,7 +126,11 @@ class _Reader:
         existing = {t.name for t in model.graph.initializer}
         for name, array in self.constants.items():
             if name in produced and name not in existing:
-                model.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(array), name))
+                model.graph.initializer.append(
+                    withheld_tensor(name, array)
+                    if isinstance(array, WithheldArray)
+                    else onnx.numpy_helper.from_array(np.asarray(array), name)
+                )
         kept = [n for n in model.graph.node if not all(o in self.constants for o in n.output)]
         del model.graph.node[:]
         model.graph.node.extend(kept)
@@ -133,8 +143,10 @@ class _Reader:
         try:
             inferred = onnx.shape_inference.infer_shapes(self.model, strict_mode=True, data_prop=True)
         except Exception as error:  # the model does not fit the input size, or is malformed
+            text = str(error).strip()
+            withheld_value_needed(text, self.constants)
             raise InvalidSpec(
-                f"ONNX shape inference fails at {self.size[0]} x {self.size[1]}: {str(error).strip()[:300]}",
+                f"ONNX shape inference fails at {self.size[0]} x {self.size[1]}: {text[:300]}",
                 field=self.size_field,
             ) from None
         self.graph = inferred.graph
@@ -143,6 +155,9 @@ class _Reader:
             shape = info.type.tensor_type.shape
             if all(d.HasField("dim_value") for d in shape.dim):
                 self.shapes[info.name] = tuple(int(d.dim_value) for d in shape.dim)
+        for name, value in self.constants.items():  # a withheld weight's shape is all that is read of it
+            if isinstance(value, WithheldArray):
+                self.shapes.setdefault(name, value.shape)
         self._data = {self.input}
         for node in self.graph.node:
             if node.op_type not in SHAPE_ONLY and any(i in self._data for i in node.input):
@@ -170,6 +185,10 @@ class _Reader:
             self.constants[node.output[0]] = np.array(int(np.prod(self.shapes[node.input[0]])))
             return
         if not all(not i or i in self.constants for i in node.input):
+            return
+        if any(isinstance(self.constants[i], WithheldArray) for i in node.input if i):
+            for output in (o for o in node.output if o and o in self.shapes):  # withheld too
+                self.constants[output] = placeholder(self.shapes[output])
             return
         sizes = [self.shapes.get(o) for o in node.output if o]
         if any(size is None or math.prod(size) > MAX_FOLDED_ELEMENTS for size in sizes):

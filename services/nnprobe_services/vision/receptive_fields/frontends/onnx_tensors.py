@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from nnprobe_services.vision.receptive_fields.arithmetic import InvalidSpec
+from nnprobe_services.vision.receptive_fields.frontends import onnx_weightless
 
 
 def attributes(node: Any) -> dict[str, Any]:
@@ -81,9 +82,11 @@ def check_embedded(graph: Any) -> None:
 
 def tensor_array(tensor: Any, what: str) -> np.ndarray:
     """The values of an embedded ``TensorProto``; ``InvalidSpec`` when they do not match its type and
-    shape."""
+    shape. A withheld tensor (``onnx_weightless``: no values at all) reads as its stand-in."""
     import onnx
 
+    if onnx_weightless.is_withheld(tensor):
+        return onnx_weightless.stand_in(tensor)
     try:
         return np.asarray(onnx.numpy_helper.to_array(tensor))
     except Exception as error:  # client bytes: sizes, types or data that do not agree

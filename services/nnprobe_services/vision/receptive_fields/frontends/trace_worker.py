@@ -206,19 +206,19 @@ def _state(exported: torch.export.ExportedProgram) -> set[str]:
     }
 
 
-def capture_in_child(key: tuple[str | Program, tuple[int, int]]) -> tuple[Capture, TracedGraph]:
-    """Runs in the worker process: build model ``name`` on the meta device (or load a repository
-    ``Program``), capture it at ``size``."""
+def capture_in_child(key: tuple[Any, ...]) -> tuple[Capture, TracedGraph]:
+    """Runs in the worker process: build model ``name`` on the meta device with its constructor options
+    (the key's third item, when there is one), or load a repository ``Program``; capture it at ``size``."""
     from nnprobe_services.vision.receptive_fields import catalogue
     from nnprobe_services.vision.receptive_fields.frontends import torch_capture
 
-    source, size = key
+    source, size, *rest = key
     if isinstance(source, Program):
         name = source.label
         capture, gm = torch_capture.capture(_program_module(source, size), name, size, 3, None)
     else:
         name = source
-        model = catalogue.build(name, "meta")
+        model = catalogue.build(name, "meta", rest[0] if rest else ())
         capture, gm = torch_capture.capture(
             model, name, size, catalogue.input_channels(model), catalogue.final_stride(model)
         )
@@ -273,7 +273,7 @@ def _trace_remote(name: Any) -> Any:
                 _pool = None
         pool.shutdown(wait=False, cancel_futures=True)
         raise TracerUnavailable(
-            f"the model tracing process stopped unexpectedly while tracing {name!r}; "
+            f"the model tracing process stopped unexpectedly while tracing {_label(name)}; "
             f"the next request starts a new one",
             field="model.name",
         ) from None
@@ -282,17 +282,28 @@ def _trace_remote(name: Any) -> Any:
     return traced
 
 
+def _label(key: Any) -> str:
+    """The model a worker key names, as messages quote it: ``'resnet50' at 224 x 224``."""
+    if not isinstance(key, tuple) or len(key) < 2:
+        return "a model"
+    source, size = key[0], key[1]
+    name = source.label if isinstance(source, Program) else str(source)
+    return f"'{name[:80]}' at {size[0]} x {size[1]}"
+
+
 def _fresh(error: FieldError) -> FieldError:
     """A new exception like ``error``, so that concurrent callers never share one traceback."""
     return type(error)(error.message, field=error.field)
 
 
-def captured(name: str, size: tuple[int, int]) -> Captured:
-    """The capture of model ``name`` at input ``size`` and its runnable graph on the meta device, shared:
-    never run the graph with real data, and ``copy.deepcopy`` it before changing it. Raises
-    ``UnknownName``/``Unsupported`` (cached too), or ``TracerUnavailable`` when the worker died. Concurrent
-    first requests for a model and size capture it once."""
-    return traced((name, (int(size[0]), int(size[1]))))
+def captured(name: str, size: tuple[int, int], options: tuple[tuple[str, str], ...] = ()) -> Captured:
+    """The capture of model ``name`` built with constructor ``options`` (``model_options.ModelOptions``,
+    part of the cache key) at input ``size`` and its runnable graph on the meta device, shared: never run
+    the graph with real data, and ``copy.deepcopy`` it before changing it. Raises
+    ``UnknownName``/``InvalidSpec``/``Unsupported`` (cached too), or ``TracerUnavailable`` when the worker
+    died. Concurrent first requests for a model, options and size capture it once."""
+    at = (int(size[0]), int(size[1]))
+    return traced((name, at, tuple(options)) if options else (name, at))
 
 
 def captured_program(program: Program, size: tuple[int, int]) -> Captured:
