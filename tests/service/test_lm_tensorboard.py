@@ -7,6 +7,8 @@ import grpc
 import numpy as np
 import pytest
 from nnprobe import NnprobeError, SequenceClient
+from nnprobe.api.sequence.v1 import sequence_pb2 as pb
+from nnprobe.api.sequence.v1 import sequence_pb2_grpc
 from nnprobe.cli import main
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -73,7 +75,9 @@ def from_history(job):
     }
 
 
-def test_the_downloaded_run_is_the_jobs_history_with_its_hyperparameters(lm, trained, options, tmp_path):
+def test_the_downloaded_run_is_the_jobs_history_with_its_hyperparameters(
+    lm, address, trained, options, tmp_path
+):
     logs = lm.download_tensorboard(trained.job_id, tmp_path / "tb")
     assert [p.parent for p in logs.files] == [tmp_path / "tb"] and len(logs.files) == 1
     assert logs.total_bytes == sum(p.stat().st_size for p in logs.files) > 0
@@ -82,9 +86,11 @@ def test_the_downloaded_run_is_the_jobs_history_with_its_hyperparameters(lm, tra
     assert len(expected["train/loss"]) >= 4 and len(expected["valid/perplexity"]) == 2
     for tag, rows in expected.items():
         assert scalars[tag] == rows, tag
-    steps = [e.step for e in trained.events if e.kind == "step"]
-    assert [s for s, _ in scalars["train/grad_norm"]] == steps
-    assert all(value > 0 for _, value in scalars["train/grad_norm"])
+    with grpc.insecure_channel(address) as channel:  # grad_norm, as the wire's history carries it
+        request = pb.GetJobRequest(job_id=trained.job_id, history=True)
+        raw = sequence_pb2_grpc.SequenceServiceStub(channel).GetJob(request, timeout=60).events
+    norms = [(e.step, float(np.float32(e.grad_norm))) for e in raw if e.kind == pb.JOB_EVENT_KIND_STEP]
+    assert scalars["train/grad_norm"] == norms and all(value > 0 for _, value in norms)
     assert not [p for p in (tmp_path / "tb").iterdir() if p.is_dir()]  # hparams are not a sub-run
     start = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
     values = start.session_start_info.hparams

@@ -125,6 +125,7 @@ def event(record: EventRecord) -> pb.JobEvent:
         message=p.get("message", ""),
         total_steps=p.get("total_steps", 0),
         time=record.time,
+        grad_norm=p.get("grad_norm", 0.0),
     )
 
 

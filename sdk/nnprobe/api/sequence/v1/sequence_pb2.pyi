@@ -1618,6 +1618,7 @@ class JobEvent(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     TOTAL_STEPS_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    GRAD_NORM_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in the job's history, from 1; a WatchJob cursor."""
     kind: Global___JobEventKind.ValueType
@@ -1648,6 +1649,10 @@ class JobEvent(_message.Message):
     """Steps the job will run in all."""
     time: _builtins.float
     """Seconds since the Unix epoch when the event was recorded."""
+    grad_norm: _builtins.float
+    """STEP events: the mean over the steps since the previous step event of the total L2 norm of all
+    gradients before clipping (data-parallel: of the averaged gradients); 0 in older histories.
+    """
     def __init__(
         self,
         *,
@@ -1666,10 +1671,11 @@ class JobEvent(_message.Message):
         message: _builtins.str = ...,
         total_steps: _builtins.int = ...,
         time: _builtins.float = ...,
+        grad_norm: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed_seconds", b"elapsed_seconds", "epoch", b"epoch", "kind", b"kind", "learning_rate", b"learning_rate", "loss", b"loss", "message", b"message", "perplexity", b"perplexity", "sequence", b"sequence", "state", b"state", "step", b"step", "test_perplexity", b"test_perplexity", "time", b"time", "tokens_per_second", b"tokens_per_second", "total_steps", b"total_steps", "valid_perplexity", b"valid_perplexity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed_seconds", b"elapsed_seconds", "epoch", b"epoch", "grad_norm", b"grad_norm", "kind", b"kind", "learning_rate", b"learning_rate", "loss", b"loss", "message", b"message", "perplexity", b"perplexity", "sequence", b"sequence", "state", b"state", "step", b"step", "test_perplexity", b"test_perplexity", "time", b"time", "tokens_per_second", b"tokens_per_second", "total_steps", b"total_steps", "valid_perplexity", b"valid_perplexity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
