@@ -120,16 +120,40 @@ def _from_image(run: Analysis, node: GraphNode, x: Value) -> Value | None:
     if where is not None:
         return same(run, node, x, where)
     window = tokens.window_split(before, after, x.layout)
-    if window is not None:
-        where_ = f" in module {node.module!r}" if node.module else ""
+    if window is None:
+        return None
+    where_ = f" in module {node.module!r}" if node.module else ""
+    last = _last_answerable(run, node)
+    if _into_batch(run, node):
         raise Unsupported(
             f"windowed attention (Swin) at node {node.name!r}{where_}: {node.label or node.op} partitions "
             f"the image into windows of {window} positions, and a unit's field then depends on where it "
             f"lies in its window, which no single receptive field describes; the last end point that can "
-            f"be answered is {_last_answerable(run, node)}",
+            f"be answered is {last}",
             field="model.name",
         )
-    return None
+    raise Unsupported(
+        f"{node.label or node.op} (node {node.name!r}{where_}) splits an image axis into blocks of {window} "
+        f"(a space-to-depth written as reshapes; nn.PixelUnshuffle maps exactly); the last end point that "
+        f"can be answered is {last}",
+        field="model.name",
+    )
+
+
+def _into_batch(run: Analysis, node: GraphNode) -> bool:
+    """Whether the blocks a reshape splits off end up in the batch axis (windows attended one by one, as
+    Swin's ``window_partition`` does), following the permutes, reshapes and copies after it."""
+    frontier, seen = {node.name}, set()
+    for later in run.capture.nodes:
+        if later.name in seen or not frontier & set(later.inputs):
+            continue
+        if not isinstance(later.operation, (ir.Permute, ir.Reshape, ir.Pointwise)) or len(later.inputs) > 1:
+            continue
+        seen.add(later.name)
+        frontier.add(later.name)
+        if later.shape and later.shape[0] > 1:
+            return True
+    return False
 
 
 def _mixing(run: Analysis, node: GraphNode, inputs: list[Value]) -> Value:

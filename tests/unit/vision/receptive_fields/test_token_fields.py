@@ -224,10 +224,11 @@ def detach_input(module, args):
     return tuple(a.detach() for a in args)
 
 
-@pytest.mark.parametrize(
-    ("name", "prefix"), [("vit_tiny_patch16_224", 1), ("deit_tiny_distilled_patch16_224", 2)]
-)
-def test_timm_vits_patch_tokens_have_their_patch_as_local_field(name, prefix):
+def test_timm_vit_patch_tokens_have_their_patch_as_local_field():
+    name, prefix = (
+        "vit_tiny_patch16_224",
+        1,
+    )  # one class token (the tiny ViT above has a distillation token too)
     graph = rf_graph.analyse_model(name, (224, 224), HALF, None)
     assert graph.global_context_module == "blocks.0.attn"
     end = graph.fields[-1]
@@ -328,3 +329,65 @@ def test_the_onnx_export_of_a_tiny_vit_gives_the_pytorch_token_fields():
     assert ends[0].height == ends[1].height and ends[0].width == ends[1].width
     for x, y in [(0, 0), (3, 2)]:  # the class and distillation tokens come first in both
         assert analytic(from_onnx, ends[0].name, x, y, 16) == (4 * y, 4 * y + 3, 4 * x, 4 * x + 3)
+
+
+# -- depth to space and space to depth: exact maps ---------------------------------------------------------
+class Shuffled(nn.Module):
+    """conv -> pixel_shuffle(r) or pixel_unshuffle(r) -> conv, positive weights."""
+
+    def __init__(self, k1: int, s1: int, r: int, k2: int, unshuffle: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, r * r, k1, stride=s1, bias=False)
+        self.shuffle = nn.PixelUnshuffle(r) if unshuffle else nn.PixelShuffle(r)
+        self.conv2 = nn.Conv2d(r**4 if unshuffle else 1, 1, k2, padding=k2 // 2, bias=False)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.uniform_(0.5, 1.0)
+
+    def forward(self, x):
+        return self.conv2(self.shuffle(self.conv1(x)))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    k1=st.integers(1, 3),
+    s1=st.integers(1, 2),
+    r=st.integers(2, 3),
+    k2=st.sampled_from([1, 3]),
+    unshuffle=st.booleans(),
+    data=st.data(),
+)
+def test_pixel_shuffle_and_unshuffle_map_exactly(k1, s1, r, k2, unshuffle, data):
+    side = r * data.draw(st.integers(2, 4))  # the first convolution's output, a multiple of r
+    size = (side - 1) * s1 + k1
+    net = Shuffled(k1, s1, r, k2, unshuffle).double()
+    graph = rf_graph.analyse_module(
+        copy.deepcopy(net).float(), "shuffle", (size, size), HALF, None, channels=1
+    )
+    end = graph.fields[-1]
+    x = data.draw(st.integers(0, end.width.size - 1))
+    y = data.draw(st.integers(0, end.height.size - 1))
+    real = gradient_box(net, size, 1, lambda out: out[0, :, y, x].sum())
+    assert analytic(graph, end.name, x, y, size) == real
+
+
+def test_onnx_depth_to_space_maps_exactly_and_a_space_to_depth_of_reshapes_is_named():
+    net = Shuffled(3, 1, 2, 3, unshuffle=False)
+    buffer = io.BytesIO()
+    torch.onnx.export(net.float(), (torch.zeros(1, 1, 10, 10),), buffer, dynamo=False, opset_version=17)
+    capture = rf_onnx.read(buffer.getvalue(), (10, 10), "shuffle")
+    assert "DepthToSpace" in {n.label for n in capture.nodes}
+    graph = rf_graph.analyse_capture(capture, HALF, None)
+    end = graph.fields[-1]
+    for x, y in [(0, 0), (end.width.size - 1, 1), (2, end.height.size - 1)]:
+        real = gradient_box(net.double(), 10, 1, lambda out, x=x, y=y: out[0, :, y, x].sum())
+        assert analytic(graph, end.name, x, y, 10) == real
+    # PyTorch exports pixel_unshuffle as Reshape, Transpose, Reshape: named as such, not as attention
+    buffer = io.BytesIO()
+    unshuffle = Shuffled(2, 2, 2, 1, unshuffle=True).float()
+    torch.onnx.export(unshuffle, (torch.zeros(1, 1, 8, 8),), buffer, dynamo=False, opset_version=17)
+    with pytest.raises(Unsupported) as refused:
+        rf_graph.analyse_capture(rf_onnx.read(buffer.getvalue(), (8, 8), "unshuffle"), HALF, None)
+    message = refused.value.message
+    assert "splits an image axis into blocks of 2 (a space-to-depth written as reshapes" in message
+    assert "the last end point that can be answered is node '/conv1/Conv'" in message
