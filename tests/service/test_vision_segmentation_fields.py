@@ -105,3 +105,13 @@ def test_the_cli_table_says_where_a_field_varies(vision, tmp_path, capsys):
     assert (layer.height.receptive_min, layer.height.receptive_max, layer.height.period) == (1, 2, 2)
     [unit] = result.units
     assert (unit.rows, unit.columns, unit.verification.matches) == ((2, 3), (2, 2), True)
+
+
+def test_deeplabv3_resnet50_is_built_by_name_without_downloads():
+    from nnprobe_services.vision.receptive_fields import catalogue
+
+    name = "deeplabv3_resnet50"  # the other segmentation names are analysed above
+    model = catalogue.build(name)  # the meta device: no weights are downloaded or allocated
+    assert name in catalogue.available_models() and catalogue.default_input_size(name) == 520
+    out = model(torch.zeros(1, 3, 32, 32, device="meta"))
+    assert set(out) == {"out"} and tuple(out["out"].shape[-2:]) == (32, 32)
