@@ -9,6 +9,11 @@ back-propagation through the transparent twin and estimating the effective field
 one ONNX file (resnet18 exported by torch.onnx.export): reading its graph and analysing it, against verify.
 Ratios are to the cold analytic time.
 
+    .venv/bin/python bench/receptive_field.py --tiling
+
+A small U-Net-like net (two poolings, 256 x 256, tiles of 64): planning the overlap tiles, one whole-image
+pass, and the tiling proof (the whole pass plus one pass per tile window, float64), with the ratio.
+
     .venv/bin/python bench/receptive_field.py --upload
 
 fcn_resnet50 (126 MB as ONNX) sent through the SDK whole and as its graph without the weights' values: bytes
@@ -225,11 +230,90 @@ def upload_rows() -> list[tuple]:
     ]
 
 
+class UNetLike(torch.nn.Module):
+    """Two 2 x 2 poolings down, nearest upsampling back, skip concatenations: logits at input resolution."""
+
+    def __init__(self, width: int = 16, classes: int = 4) -> None:
+        super().__init__()
+        nn = torch.nn
+
+        def block(cin: int, cout: int) -> torch.nn.Module:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1)
+            )
+
+        self.enc1, self.enc2, self.mid = block(3, width), block(width, 2 * width), block(2 * width, 2 * width)
+        self.dec2, self.dec1 = block(4 * width, width), block(2 * width, width)
+        self.pool, self.up = nn.MaxPool2d(2), nn.Upsample(scale_factor=2)
+        self.head = nn.Conv2d(width, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.enc1(x)
+        b = self.enc2(self.pool(a))
+        c = self.mid(self.pool(b))
+        d = self.dec2(torch.cat([self.up(c), b], dim=1))
+        return self.head(self.dec1(torch.cat([self.up(d), a], dim=1)))
+
+
+def tiling_row(side: int = 256, tile: int = 64) -> tuple:
+    """The overlap-tile plan of a small U-Net's logits (``tiling.plan``) and its proof (``tiling.prove``, one
+    float64 forward pass per tile) against one float64 whole-image pass."""
+    from nnprobe_services.vision.receptive_fields import tiling
+
+    torch.manual_seed(0)
+    net = UNetLike().eval()
+    size = (side, side)
+    start = time.perf_counter()
+    analysis = rf_graph.analyse_module(net, "unet", size, HALF, None)
+    plan = tiling.plan(analysis.fields, analysis.end_point, size, (tile, tile))
+    plan_s = time.perf_counter() - start
+    net = net.double()
+    x = torch.randn(1, 3, *size, dtype=torch.float64)
+    with torch.no_grad():
+        whole_s = seconds(lambda: net(x))
+    device = torch.device("cpu")
+
+    def prove() -> tiling.TilingPlan:
+        return tiling.prove(plan, lambda _: net, 3, size, torch.float64, device, 0, lambda: False)
+
+    prove_s = seconds(prove)
+    proven = prove()
+    return (
+        f"U-Net-like {side}x{side}",
+        f"{tile}x{tile}",
+        "/".join(str(h) for h in proven.halo),
+        f"{proven.tiles[0]}x{proven.tiles[1]}",
+        f"{plan_s * 1e3:.0f} ms",
+        f"{whole_s * 1e3:.0f} ms",
+        f"{prove_s * 1e3:.0f} ms",
+        f"{prove_s / whole_s:.1f}x",
+        f"{proven.max_abs_diff:.1e}",
+    )
+
+
+TILING_HEADERS = [
+    "net",
+    "tile",
+    "halo t/b/l/r",
+    "tiles",
+    "plan",
+    "whole pass",
+    "tiled proof",
+    "ratio",
+    "max |diff|",
+]
+
+
 if __name__ == "__main__":
     import sys
 
     if "--upload" in sys.argv:
         print("fcn_resnet50 (64 x 64) as ONNX through the SDK: the whole file vs its graph without weights")
         print_table(upload_rows(), ["sent", "bytes", "request", "size ratio", "time ratio", "answer"])
+    elif "--tiling" in sys.argv:
+        print(
+            "overlap-tile proof (whole + tiles, float64) vs one whole-image pass; ratio: proof / whole pass"
+        )
+        print_table([tiling_row()], TILING_HEADERS)
     else:
         main()

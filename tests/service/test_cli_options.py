@@ -89,6 +89,9 @@ VALUES = {
     "--widths": ["4", "8", "4"],
     "--timeout": ["2"],
     "--model-option": ["num_classes=10"],
+    "--tile": ["4x2"],
+    "--erf-weights": ["random"],
+    "--erf-image": ["{tmp}/a.png"],
 }
 #: Options that mean something only with another: (command, option) -> the other's arguments. Without
 #: them the command refuses the option (test_a_dependent_option_alone_is_refused).
@@ -98,6 +101,9 @@ REQUIRES = {
     ("rf", "--model-option"): ["--model", "resnet18"],
     ("rf", "--send-weights"): ["--onnx", "{tmp}/weights.onnx"],
     ("rf", "--seed"): ["--erf"],
+    ("rf", "--prove-tiling"): ["--tile", "8"],
+    ("rf", "--erf-weights"): ["--erf"],
+    ("rf", "--erf-image"): ["--erf"],
 }
 FILE_VALUES = {
     ("rnn forward", "--inputs"): ["{tmp}/inputs.npy"],

@@ -268,6 +268,15 @@ def test_errors_with_models(vision):
         strict=True,
     )
     expect(vision, INVALID, "model.onnx", "is not an ONNX model", onnx=b"not a model", input_size=8)
+    expect(
+        vision,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "effective_field.weights",
+        "random weights need a named architecture",
+        onnx=_onnx_chain(),
+        effective_field=True,
+        erf_weights="random",
+    )
     expect(vision, INVALID, "input_size", "exceeds the padded input", model="inception_v3", input_size=40)
     expect(vision, INVALID, "end_point", "no layer 'layer9'", model="resnet18", end_point="layer9")
     expect(

@@ -1,7 +1,7 @@
 """Receptive fields of models of the model repository, through the SDK: a small CNN made here, exported to
 ONNX and torch.export and uploaded, gives the same field at every layer as the same net given as a layer
-list, and ``verify`` proves the boxes; versions and sizes the program was not exported for are answered
-with clear statuses, and the effective field runs through the model's own weights."""
+list, and ``verify`` proves the boxes; versions, sizes the program was not exported for and random weights
+for the effective field are answered with clear statuses."""
 
 from __future__ import annotations
 
@@ -82,5 +82,7 @@ def test_versions_sizes_and_the_effective_field_are_refused_clearly(client):
     assert size.value.code == grpc.StatusCode.INVALID_ARGUMENT and "input_size" in str(size.value)
     onnx = client.compute_receptive_field(model="net-onnx", input_size=32)  # ONNX reads at any size
     assert onnx.input_size == (32, 32) and onnx.layer(onnx.end_point).height.size == 14
-    trained = client.compute_receptive_field(model="net-pt2", model_version=1, effective_field=True)
-    assert trained.raw.effective_field.protocol.weights == "trained"  # its own weights, never random ones
+    with pytest.raises(NnprobeError) as effective:  # a repository model has its own weights only
+        client.compute_receptive_field(model="net-pt2", effective_field=True, erf_weights="random")
+    assert effective.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "effective_field.weights" in str(effective.value)

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+from nnprobe.cli import rf_dense
 from nnprobe.cli.output import (
     add_client_options,
     client_kwargs,
@@ -154,6 +155,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", metavar="FILE.png", help="save a picture of the units' fields")
     p.add_argument("--image", help="draw the picture on this image (its size is the input size)")
     p.add_argument("--all-layers", action="store_true", help="list point-wise layers of models too")
+    rf_dense.add_options(p, parse_size)
     add_client_options(p, "vision")
     p.set_defaults(handler=run_rf)
 
@@ -191,6 +193,7 @@ def run_rf(args: argparse.Namespace) -> int:
             raise UsageError(str(error)) from None
     elif args.layers_file:
         layers = load_layers(args.layers_file)
+    dense = rf_dense.request_kwargs(args)
     with VisionClient(args.address, **client_kwargs(args)) as client:
         result = client.compute_receptive_field(
             layers,
@@ -209,6 +212,7 @@ def run_rf(args: argparse.Namespace) -> int:
             strict=args.strict,
             onnx=args.onnx,
             model_version=args.model_version,
+            **dense,
             model_options=dict(args.model_option),
             send_weights=True if args.send_weights else None,
         )
@@ -239,6 +243,11 @@ def _print_result(result, args: argparse.Namespace) -> None:
     if result.effective_field is not None:
         print()
         _print_effective_field(result.effective_field)
+        if result.effective_field.protocol is not None:
+            rf_dense.print_protocol(result.effective_field.protocol)
+    if result.tiling is not None:
+        print()
+        rf_dense.print_tiling(result.tiling)
     if args.plot:
         print(f"picture saved to {args.plot}")
 

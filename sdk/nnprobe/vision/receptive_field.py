@@ -14,6 +14,7 @@ from nnprobe._client import DEFAULT, BaseClient, _Default
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 from nnprobe.display import rich_result
 from nnprobe.pngs import encode_png
+from nnprobe.vision import field_tiling as dense
 from nnprobe.vision.field_axes import AxisField, axis_field
 from nnprobe.vision.images import image_message
 from nnprobe.vision.model_spec import hint as size_hint
@@ -124,6 +125,8 @@ class EffectiveField:
     theoretical_pixels: int
     share_for_95_percent: float
     mass_inside_field: float
+    #: How the map was measured (inputs, seeds, resolution, weights).
+    protocol: dense.EffectiveProtocol | None = None
 
     @property
     def gradient_map_png(self) -> bytes | None:
@@ -161,6 +164,8 @@ class ReceptiveFieldResult:
     #: How the model was read (torch.export, torch.fx, onnx) and its own final stride (0: not declared).
     capture: str = ""
     model_final_stride: int = 0
+    #: The overlap-tile plan, when ``tiling`` was given.
+    tiling: dense.Tiling | None = None
 
     def layer(self, name: str) -> LayerField:
         """The layer called ``name``."""
@@ -225,12 +230,30 @@ def _unit_query(unit: Any) -> pb.UnitQuery:
 
 
 def _effective_field_options(
-    samples: int, seed: int, unit: tuple[str, int, int] | None
+    samples: int, seed: int, unit: tuple[str, int, int] | None, weights: str | None, images: Iterable[Any]
 ) -> pb.EffectiveFieldOptions:
     options = pb.EffectiveFieldOptions(num_samples=samples, seed=seed)
     if unit is not None:
         options.unit.CopyFrom(_unit_query(unit))
-    return options
+    return dense.add_effective_options(options, weights, images)
+
+
+def _size_and_plot(
+    request: pb.ComputeReceptiveFieldRequest,
+    input_size: Pair | None,
+    first_pixel_center: float | None,
+    plot: bool,
+    image: bytes | str | Path | np.ndarray | None,
+) -> None:
+    """The input size, the origin and the picture's options of ``request``, when given."""
+    if input_size is not None:
+        request.input_size.CopyFrom(_pair(input_size, "input_size"))
+    if first_pixel_center is not None:
+        request.first_pixel_center = float(first_pixel_center)
+    if plot or image is not None:
+        request.plot.CopyFrom(pb.PlotOptions())
+        if image is not None:
+            request.plot.image.CopyFrom(image_message(image))
 
 
 def _interval(message: pb.Interval) -> Interval:
@@ -284,6 +307,7 @@ def _effective_field(e: pb.EffectiveField) -> EffectiveField:
         theoretical_pixels=e.theoretical_pixels,
         share_for_95_percent=e.share_for_95_percent,
         mass_inside_field=e.mass_inside_field,
+        protocol=dense.protocol_result(e.protocol) if e.HasField("protocol") else None,
     )
 
 
@@ -304,6 +328,7 @@ def _result(r: pb.ComputeReceptiveFieldResponse) -> ReceptiveFieldResult:
         misaligned_merges=[(m.layer, m.axis, m.reference, m.path, m.offset) for m in r.misaligned_merges],
         capture=r.capture,
         model_final_stride=r.model_final_stride,
+        tiling=dense.tiling_result(r.tiling) if r.HasField("tiling") else None,
     )
 
 
@@ -334,6 +359,10 @@ class ReceptiveFieldMethods(BaseClient):
         model_version: int = 0,
         model_options: Mapping[str, Any] | None = None,
         send_weights: bool | None = None,
+        tiling: Pair | None = None,
+        prove_tiling: bool = False,
+        erf_weights: str | None = None,
+        erf_images: Iterable[Any] = (),
         timeout: float | _Default | None = DEFAULT,
     ) -> ReceptiveFieldResult:
         """Receptive field of every layer, and of chosen units, for a layer list or a model.
@@ -348,6 +377,7 @@ class ReceptiveFieldMethods(BaseClient):
         misaligned merges and global context instead of answering with union and local fields. ``onnx``:
         an ONNX model (bytes or a file path) to analyse instead of a named one, its weights' values sent
         only with ``send_weights``; ``model_options``: constructor options (``nnprobe.vision.model_spec``).
+        ``tiling`` (h, w), ``prove_tiling``: overlap tiles, proven; ``erf_weights``, ``erf_images``: see docs.
         """
         request = pb.ComputeReceptiveFieldRequest(end_point=end_point or "", verify=verify, strict=strict)
         request.units.extend(_unit_query(u) for u in units)
@@ -356,17 +386,14 @@ class ReceptiveFieldMethods(BaseClient):
                 layer if isinstance(layer, pb.LayerSpec) else _layer_message(layer) for layer in layers
             )
         if model is not None or onnx is not None:
-            spec = (model, onnx, model_seed, model_version, model_options, send_weights, effective_field)
+            needs_weights = effective_field or prove_tiling
+            spec = (model, onnx, model_seed, model_version, model_options, send_weights, needs_weights)
             request.model.CopyFrom(model_spec(*spec))
-        if input_size is not None:
-            request.input_size.CopyFrom(_pair(input_size, "input_size"))
-        if first_pixel_center is not None:
-            request.first_pixel_center = float(first_pixel_center)
+        _size_and_plot(request, input_size, first_pixel_center, plot, image)
         if effective_field:
-            request.effective_field.CopyFrom(_effective_field_options(erf_samples, erf_seed, erf_unit))
-        if plot or image is not None:
-            request.plot.CopyFrom(pb.PlotOptions())
-            if image is not None:
-                request.plot.image.CopyFrom(image_message(image))
+            options = _effective_field_options(erf_samples, erf_seed, erf_unit, erf_weights, erf_images)
+            request.effective_field.CopyFrom(options)
+        if tiling is not None:
+            request.tiling.CopyFrom(dense.tiling_options(tiling, prove_tiling))
         response = self._unary(self._stub.ComputeReceptiveField, request, timeout, hint=size_hint(request))
         return _result(response)
