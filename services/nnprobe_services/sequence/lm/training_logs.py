@@ -101,7 +101,7 @@ class TrainingLog:
 
         values = {k: v for k, v in config.items() if isinstance(v, (bool, int, float, str))}
         metrics = {tag: 0.0 for tag in (*STEP_SCALARS, *EVALUATION_SCALARS)}
-        file_writer = self.writer._get_file_writer()
+        file_writer = self.writer.file_writer  # the run's own file: no sub-run
         for summary in hparams(values, metrics):
             file_writer.add_summary(summary)
 
