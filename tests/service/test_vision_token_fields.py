@@ -23,7 +23,7 @@ def test_swin_is_refused_as_a_failed_precondition_naming_the_last_end_point(visi
     error = caught.value
     assert error.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "windowed attention (Swin) at node 'view' in module 'layers.0.blocks.0'" in error.message
-    assert "the last end point that can be answered is node '" in error.message
+    assert "the last end point that can be answered is 'pad' (module 'layers.0.blocks.0')" in error.message
     assert "b'" not in error.message and "<" not in error.message
     patch = vision.compute_receptive_field(model="swin_tiny_patch4_window7_224", end_point="patch_embed")
     assert patch.layer(patch.end_point).height.receptive_size == 4

@@ -94,7 +94,8 @@ def _checked(node: GraphNode, value: Value) -> Value:
 
 
 def _last_answerable(run: Analysis, node: GraphNode) -> str:
-    """The nearest node before ``node`` (on its inputs) whose field can be answered, as a phrase."""
+    """The nearest node before ``node`` (on its inputs) whose field can be answered, as ``graph`` names
+    one in a refusal."""
     stack, seen = list(node.inputs), set()
     while stack:
         name = stack.pop(0)
@@ -102,9 +103,9 @@ def _last_answerable(run: Analysis, node: GraphNode) -> str:
             continue
         seen.add(name)
         value = run.values.get(name)
-        if value is not None and value.field is not None:
+        if value is not None and value.field is not None and not value.pooled:
             module = run.capture.node(name).module
-            return f"node {name!r}" + (f" (module {module!r})" if module else "")
+            return f"{name!r}" + (f" (module {module!r})" if module else "") + ": give it as end_point"
         stack.extend(run.capture.node(name).inputs)
     return "none"
 
@@ -159,10 +160,10 @@ def _into_batch(run: Analysis, node: GraphNode) -> bool:
 def _mixing(run: Analysis, node: GraphNode, inputs: list[Value]) -> Value:
     """Attention, or a product of two computed tensors: every result sees the whole input. A product of
     image maps (rows of one with columns of the other) is refused."""
-    if isinstance(node.operation, ir.MatMul) and len(inputs) < 2:
-        raise run.unmappable(node, "a product of a computed tensor and a constant")
     if any(v.layout is not None and v.field is not None for v in inputs):
-        raise run.unmappable(node, "a product of two computed maps over their image axes")
+        raise run.unmappable(node, "a product of computed maps over their image axes")
+    if isinstance(node.operation, ir.MatMul) and len(inputs) < 2:
+        raise run.unmappable(node, "a product of one computed tensor with a constant or with itself")
     if run.strict and any(v.field is not None for v in inputs):
         raise run.global_context_error(node, "mixes every position (attention)")
     return summary(node, inputs, node.name)

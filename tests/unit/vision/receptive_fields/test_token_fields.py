@@ -6,6 +6,7 @@ engine's own twin."""
 
 import copy
 import io
+from collections.abc import Callable
 from fractions import Fraction
 
 import pytest
@@ -32,7 +33,7 @@ def box_of(grad: torch.Tensor) -> tuple[int, int, int, int]:
     return (rows[0], rows[-1], cols[0], cols[-1]) if rows else (0, -1, 0, -1)
 
 
-def gradient_box(module: nn.Module, size: int, channels: int, pick) -> tuple[int, int, int, int]:
+def gradient_box(module: Callable, size: int, channels: int, pick) -> tuple[int, int, int, int]:
     """The input-gradient box of ``pick(output)`` (a scalar) through ``module`` in float64."""
     x = torch.rand(1, channels, size, size, dtype=torch.float64, requires_grad=True)
     (grad,) = torch.autograd.grad(pick(module(x)), x)
@@ -307,7 +308,7 @@ def test_swin_is_refused_by_name_at_its_first_window_partition_and_earlier_end_p
     message = refused.value.message
     assert message.startswith("windowed attention (Swin) at node 'view' in module 'layers.0.blocks.0'")
     assert "b'" not in message and "<" not in message
-    last = message.split("the last end point that can be answered is node '")[1].split("'")[0]
+    last = message.split("the last end point that can be answered is '")[1].split("'")[0]
     answered = rf_graph.analyse_model(name, (224, 224), HALF, last)
     assert answered.fields[-1].height.jump == 4 and answered.global_context == ""
     patch = rf_graph.analyse_model(name, (224, 224), HALF, "patch_embed")
@@ -390,4 +391,25 @@ def test_onnx_depth_to_space_maps_exactly_and_a_space_to_depth_of_reshapes_is_na
         rf_graph.analyse_capture(rf_onnx.read(buffer.getvalue(), (8, 8), "unshuffle"), HALF, None)
     message = refused.value.message
     assert "splits an image axis into blocks of 2 (a space-to-depth written as reshapes" in message
-    assert "the last end point that can be answered is node '/conv1/Conv'" in message
+    assert "the last end point that can be answered is '/conv1/Conv'" in message
+
+
+class MapProduct(nn.Module):
+    """conv -> y @ y over the image axes (rows of one map with columns of the other)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y @ y.transpose(2, 3)
+
+
+def test_a_product_of_image_maps_is_refused_by_node_with_the_last_end_point():
+    with pytest.raises(Unsupported) as refused:
+        rf_graph.analyse_module(MapProduct(), "product", (10, 10), HALF, None)
+    message = refused.value.message
+    assert "matmul (node 'matmul') cannot be mapped" in message
+    assert "a product of computed maps over their image axes" in message
+    assert "the last end point that can be answered is 'conv' (module 'conv')" in message
