@@ -141,9 +141,10 @@ def plan(
         if count.denominator != 1:  # the alignment is a multiple of every integer jump
             raise InvalidArgument(f"must hold a whole number of units of {end!r} (jump {jump})", field=field)
         per_tile.append(int(count))
-        before, after = _reach(fields, layer, axis, input_size, int(Fraction(step) / jump) or 1)
-        reach += [_round_up(before, step), _round_up(after, step)]
         tiles.append(-(-units // int(count)))
+        period = int(Fraction(step) / jump) or 1
+        before, after = _reach(fields, layer, axis, input_size, period, (int(count), tiles[-1]))
+        reach += [_round_up(before, step), _round_up(after, step)]
     return TilingPlan(
         end,
         (int(tile[0]), int(tile[1])),
@@ -161,10 +162,17 @@ def _round_up(value: int, step: int) -> int:
 
 
 def _reach(
-    fields: Sequence[LayerField], layer: LayerField, axis: int, input_size: tuple[int, int], period: int
+    fields: Sequence[LayerField],
+    layer: LayerField,
+    axis: int,
+    input_size: tuple[int, int],
+    period: int,
+    tiling: tuple[int, int],
 ) -> tuple[int, int]:
     """The most input pixels a unit's connected pixels reach before and after its own pixels along
-    ``axis``, over the units at both borders and one interior period (the other coordinate: the centre)."""
+    ``axis``, over the units at both borders and one interior period (the other coordinate: the centre).
+    ``tiling``: (units per tile, tiles). The first tile's window starts at the image's first pixel, so its
+    units' reach before needs no halo; so does the last tile's reach after when its tile reaches the end."""
     along = (layer.height, layer.width)[axis]
     n, jump = along.size, Fraction(along.jump)
     span = min(period, MAX_TRACED_UNITS // 3)
@@ -182,7 +190,11 @@ def _reach(
             continue
         own_first = math.floor(unit * jump)
         own_last = min(math.ceil((unit + 1) * jump) - 1, input_size[axis] - 1)
-        before, after = max(before, own_first - first), max(after, last - own_last)
+        if unit >= tiling[0]:
+            before = max(before, own_first - first)
+        last_tile = unit >= (tiling[1] - 1) * tiling[0]
+        if not last_tile or math.ceil(tiling[1] * tiling[0] * jump) < input_size[axis]:
+            after = max(after, last - own_last)
     return before, after
 
 

@@ -186,3 +186,53 @@ def test_every_plan_of_a_chain_is_exact_and_tight(kernels, dilations, tile, extr
         short = [reach] * 4
         short[side_index] -= 1
         assert max_difference(net, x, plan.tile, tuple(short), plan.units_per_tile) > 1e-9
+
+
+class TransposedUNet(nn.Module):
+    """One pooling down, a 2 x 2 stride-2 transposed convolution back up, a skip concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc1 = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh())
+        self.enc2 = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1), nn.Tanh())
+        self.up = nn.ConvTranspose2d(6, 4, 2, stride=2)
+        self.dec = nn.Sequential(nn.Conv2d(8, 4, 3, padding=1), nn.Tanh())
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.enc1(x)
+        return self.head(self.dec(torch.cat([self.up(self.enc2(a)), a], dim=1)))
+
+
+class BilinearHead(nn.Module):
+    """A stride-4 backbone whose logits are resized bilinearly back to the input size (an FCN head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 4, 3, stride=2, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(4, 4, 3, stride=2, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(4, 2, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.body(x)
+        return nn.functional.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize(("net", "alignment"), [(TransposedUNet, (2, 2)), (BilinearHead, (4, 4))])
+def test_maps_brought_back_by_transposed_convolutions_and_bilinear_resizing_tile_exactly(net, alignment):
+    torch.manual_seed(2)
+    module = net().double().eval()
+    size = (32, 40)
+    plan = _plan(module, size, (8, 8))
+    assert plan.alignment == alignment and plan.output_size == size
+    x = torch.randn(1, 3, *size, dtype=torch.float64)
+    assert max_difference(module, x, plan.tile, plan.halo, plan.units_per_tile) < 1e-12
+    if net is BilinearHead:  # one alignment step less before a tile reads zero padding instead of the image
+        for side in (0, 2):
+            short = list(plan.halo)
+            short[side] -= alignment[0]
+            assert max_difference(module, x, plan.tile, tuple(short), plan.units_per_tile) > 1e-9
