@@ -456,12 +456,15 @@ class ModelSpec(_message.Message):
     names get NOT_FOUND.
     """
     seed: _builtins.int
-    """Seed of the random weights; used by the effective receptive field only."""
+    """Seed of the random weights of a built-in architecture; used by the effective receptive field and the
+    tiling proof only.
+    """
     onnx: _builtins.bytes
     """An ONNX model (a serialised ModelProto with one image input (N, C, H, W)) to analyse instead of a named
     one; `name` then only labels it. It is read from its graph without running it; `verify` runs its
     gradient-transparent twin in PyTorch. Its input size defaults to the one the model declares. The
-    effective field needs a named model. A tensor that declares dimensions but holds no values at all is a
+    effective field and the tiling proof run it with its own weights (converted to PyTorch by onnx2torch).
+    A tensor that declares dimensions but holds no values at all is a
     withheld weight (a weightless graph: the SDK sends models so by default): only its shape is read, and
     a request that needs its values gets FAILED_PRECONDITION.
     """
