@@ -413,3 +413,16 @@ def test_a_product_of_image_maps_is_refused_by_node_with_the_last_end_point():
     assert "matmul (node 'matmul') cannot be mapped" in message
     assert "a product of computed maps over their image axes" in message
     assert "the last end point that can be answered is 'conv' (module 'conv')" in message
+
+
+@pytest.mark.parametrize(("axis", "context"), [(1, ""), (3, "n"), (-1, "n")])
+def test_onnx_lp_normalization_is_global_context_only_over_an_image_axis(axis, context):
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])
+    node = helper.make_node("LpNormalization", ["x"], ["y"], name="n", axis=axis, p=2)
+    graph = helper.make_graph([node], "g", [image], [out])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    analysed = rf_graph.analyse_capture(rf_onnx.read(data, (8, 8), "lp"), HALF, None)
+    assert analysed.global_context == context and analysed.fields[-1].height.receptive == 1

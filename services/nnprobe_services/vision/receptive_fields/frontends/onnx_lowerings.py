@@ -329,9 +329,15 @@ def layer_norm(n: OnnxNode) -> Operation:
     return Norm(tuple(range(int(n.attrs.get("axis", -1)) % n.rank, n.rank)))
 
 
-@lowers_onnx("GroupNormalization", "InstanceNormalization", "LpNormalization")
+@lowers_onnx("GroupNormalization", "InstanceNormalization")
 def group_norm(n: OnnxNode) -> Operation:
     return Norm(tuple(range(1, n.rank)))
+
+
+@lowers_onnx("LpNormalization")
+def lp_norm(n: OnnxNode) -> Operation:
+    """The norm along ``axis`` alone (the channels, or the tokens for channel attention)."""
+    return Norm((int(n.attrs.get("axis", -1)) % n.rank,))
 
 
 @lowers_onnx("Softmax", "LogSoftmax")
