@@ -1,6 +1,6 @@
-"""The asyncio clients (``nnprobe.aio``) against in-process servers: unary calls, server streams (an async
-iterator, and progress through ``on_progress``), a training job waited for, and errors raised as their
-status's subclass. Expected values come from numpy run here, or from closed forms."""
+"""The asyncio clients (``nnprobe.aio``) against in-process servers: unary calls, a client stream with
+progress, server streams (an async iterator, and progress through ``on_progress``), and errors raised as
+their status's subclass. Expected values come from numpy and torch run here, or from closed forms."""
 
 from __future__ import annotations
 
@@ -10,6 +10,10 @@ import nnprobe
 import nnprobe.aio
 import numpy as np
 import pytest
+import torch
+from nnprobe.vision import Layer
+
+from tests.support import tiny_cnn
 
 
 def softmax_attention(x: np.ndarray, wq: np.ndarray, wk: np.ndarray, wv: np.ndarray) -> np.ndarray:
@@ -46,6 +50,56 @@ def test_attention_calls_run_concurrently_and_errors_are_subclasses(attention_se
     assert feed_forward.linear_parameters == feed_forward.conv_parameters == 4 * 8 + 8 + 8 * 4 + 4
     assert isinstance(error, nnprobe.NnprobeError) and error.code.name == "INVALID_ARGUMENT"
     assert [v.field for v in error.field_violations] == ["attention.scale"]
+
+
+def test_vision_upload_classify_attack_and_not_found(vision_server, tmp_path):
+    net = tiny_cnn.network()
+    path = tiny_cnn.write(tmp_path / "tiny.onnx", tiny_cnn.onnx_bytes(net))
+    images = np.random.default_rng(5).integers(0, 256, (2, tiny_cnn.SIDE, tiny_cnn.SIDE, 3), dtype=np.uint8)
+    uploaded, attacked = [], []
+
+    async def main():
+        async with nnprobe.aio.VisionClient(vision_server, timeout=120) as client:
+            upload = await client.upload_model(
+                path,
+                name="aio-tiny",
+                config=tiny_cnn.CONFIG_YAML,
+                labels=tiny_cnn.LABELS,
+                on_progress=uploaded.append,
+            )
+            classified = await client.classify(
+                list(images), model="aio-tiny", skip_resize=True, return_logits=True
+            )
+            field = await client.compute_receptive_field(
+                [Layer(name, k, stride=s, padding=p) for name, k, s, p in tiny_cnn.LAYERS], input_size=16
+            )
+            options = dict(
+                model="aio-tiny", target="bee", method="pgd", steps=3, early_stop=False, eps="8/255"
+            )
+            stream = [event async for event in client.generate_adversarial(images[0], **options)]
+            results = await client.attack(list(images), on_progress=attacked.append, **options)
+            with pytest.raises(nnprobe.NotFound) as caught:
+                await client.delete_model("aio-no-such-model")
+            return upload, classified, field, stream, results, caught.value
+
+    upload, classified, field, stream, results, missing = asyncio.run(main())
+    size = path.stat().st_size
+    assert upload.version == 1 and uploaded[-1].done == uploaded[-1].total == size
+    assert {p.unit for p in uploaded} == {"bytes"} and [p.done for p in uploaded] == sorted(
+        p.done for p in uploaded
+    )
+    with torch.no_grad():
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        expected = net(tiny_cnn.normalised(pixels)).numpy()
+    np.testing.assert_allclose(np.stack([c.logits for c in classified]), expected, atol=1e-4)
+    # conv 3 (pad 1), pool 2 (stride 2), conv 3: fields 3, 4 and 4 + 2 * 2 = 8, jumps 1, 2, 2.
+    assert [(f.height.receptive_size, f.height.jump) for f in field.layers[1:]] == [(3, 1), (4, 2), (8, 2)]
+    progress = [e for e in stream if isinstance(e, nnprobe.AttackProgress)]
+    assert [p.iteration for p in progress] == [1, 2, 3] and isinstance(stream[-1], nnprobe.AdversarialResult)
+    assert [r.image for r in results] == [0, 1] and all(r.iterations == 3 for r in results)
+    assert sorted((p.detail.image, p.done) for p in attacked) == [(i, k) for i in (0, 1) for k in (1, 2, 3)]
+    assert {(p.total, p.unit) for p in attacked} == {(3, "iterations")}
+    assert missing.code.name == "NOT_FOUND" and "aio-no-such-model" in missing.message
 
 
 def rnn_tanh(x: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:

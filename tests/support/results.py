@@ -11,6 +11,7 @@ import dataclasses
 import io
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,8 @@ def _value(hint: Any, name: str) -> Any:
         return np.abs(np.random.default_rng(1).normal(size=shape)).astype(np.float32) + 1e-3
     if hint is bytes:
         return png_bytes()
+    if hint is Path:
+        return Path(f"/tmp/{name} {HOSTILE}")
     if hint is str:
         return f"{name} {HOSTILE} " + "x" * 200
     if hint is bool:

@@ -13,6 +13,7 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from nnprobe import message_limits
 from nnprobe._client import USE_CLIENT_DEFAULT, UseClientDefault, _service_config, channel_targets
 from nnprobe.config import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, TlsConfig, default_address
 from nnprobe.errors import NnprobeError, Unavailable
@@ -96,22 +97,33 @@ class AsyncBaseClient:
         return self.timeout if isinstance(timeout, UseClientDefault) else timeout
 
     async def _unary(
-        self, method: Any, request: Any, timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT
+        self,
+        method: Any,
+        request: Any,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
+        *,
+        hint: str = "",
     ) -> Any:
+        """Await ``method``; a request over ``max_message_bytes`` is refused before it is sent and a refusal
+        of a message too large says what to do (``hint``), as the sync clients do."""
+        if hasattr(request, "ByteSize"):
+            message_limits.check_request(request, self.max_message_bytes, hint)
         try:
             return await method(request, timeout=self._deadline(timeout), metadata=self._metadata)
         except grpc.RpcError as error:
-            raise NnprobeError.from_rpc_error(error) from error
+            raise message_limits.explain(NnprobeError.from_rpc_error(error), hint) from error
 
     async def _stream(
         self, method: Any, request: Any, timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT
     ) -> AsyncIterator[Any]:
+        if hasattr(request, "ByteSize"):
+            message_limits.check_request(request, self.max_message_bytes)
         call = method(request, timeout=self._deadline(timeout), metadata=self._metadata)
         try:
             async for response in call:
                 yield response
         except grpc.RpcError as error:
-            raise NnprobeError.from_rpc_error(error) from error
+            raise message_limits.explain(NnprobeError.from_rpc_error(error)) from error
         finally:
             call.cancel()
 

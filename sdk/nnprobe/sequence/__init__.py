@@ -21,6 +21,7 @@ from nnprobe.sequence.language_model import (
 )
 from nnprobe.sequence.progress import ProgressCallback
 from nnprobe.sequence.rnn import RecurrentResult
+from nnprobe.sequence.training_logs import TensorBoardLogs, TrainingLogs
 from nnprobe.sequence.truncation import TruncationComparison, TruncationPoint
 
 __all__ = [
@@ -45,7 +46,9 @@ __all__ = [
     "RecurrentResult",
     "SampleResult",
     "SequenceClient",
+    "TensorBoardLogs",
     "TrainingJob",
+    "TrainingLogs",
     "TruncationComparison",
     "TruncationPoint",
 ]

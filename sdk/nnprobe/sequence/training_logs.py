@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -11,12 +10,14 @@ from typing import Any
 
 from nnprobe._client import USE_CLIENT_DEFAULT, BaseClient, UseClientDefault
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
+from nnprobe.display import rich_result
 from nnprobe.errors import DataLoss
 
 #: How every event file's name starts (TensorBoard reads only such files).
 EVENT_FILE_PREFIX = "events.out.tfevents."
 
 
+@rich_result()
 @dataclass
 class TensorBoardLogs:
     """The files ``download_tensorboard`` wrote: ``out_dir`` (run ``tensorboard --logdir out_dir``),
@@ -28,15 +29,6 @@ class TensorBoardLogs:
     total_bytes: int = 0
     raw: Any = field(default=None, repr=False)
 
-    def __repr__(self) -> str:
-        return (
-            f"TensorBoardLogs(job_id={self.job_id!r}, out_dir={str(self.out_dir)!r}, "
-            f"files={len(self.files)}, total_bytes={self.total_bytes})"
-        )
-
-    def _repr_html_(self) -> str:
-        return f"<code>{html.escape(repr(self))}</code>"
-
 
 def safe_name(name: str) -> str:
     """``name`` when it is a plain event-file base name; ``DataLoss`` otherwise (a name with a folder, a
@@ -47,6 +39,7 @@ def safe_name(name: str) -> str:
     return name
 
 
+@rich_result()
 @dataclass
 class TrainingLogs:
     """A job's TensorBoard event files (``get_training_logs``): ``names`` (checked base names, in the order
@@ -58,14 +51,6 @@ class TrainingLogs:
     data: list[bytes] = field(default_factory=list, repr=False)
     total_bytes: int = 0
     raw: Any = field(default=None, repr=False)
-
-    def __repr__(self) -> str:
-        return (
-            f"TrainingLogs(job_id={self.job_id!r}, files={len(self.names)}, total_bytes={self.total_bytes})"
-        )
-
-    def _repr_html_(self) -> str:
-        return f"<code>{html.escape(repr(self))}</code>"
 
     def save(self, out_dir: str | os.PathLike[str]) -> TensorBoardLogs:
         """Write each file into ``out_dir`` (created if missing) under its base name, atomically (a

@@ -7,8 +7,8 @@ from typing import Any
 from nnprobe.api.vision.v1 import vision_pb2_grpc
 from nnprobe.vision.attack_methods import AdversarialMethods
 from nnprobe.vision.classify import ClassifyMethods
+from nnprobe.vision.field_methods import ReceptiveFieldMethods
 from nnprobe.vision.models import ModelMethods
-from nnprobe.vision.receptive_field import ReceptiveFieldMethods
 
 
 class VisionClient(ReceptiveFieldMethods, ModelMethods, ClassifyMethods, AdversarialMethods):
