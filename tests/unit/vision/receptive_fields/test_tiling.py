@@ -236,3 +236,18 @@ def test_maps_brought_back_by_transposed_convolutions_and_bilinear_resizing_tile
             short = list(plan.halo)
             short[side] -= alignment[0]
             assert max_difference(module, x, plan.tile, tuple(short), plan.units_per_tile) > 1e-9
+
+
+def test_torchvision_segmentation_models_are_planned_or_refused_by_their_global_context():
+    """fcn_resnet50's logits (bilinear from a dilated stride-8 map) need the whole 96 x 96 image around
+    every tile (its field is larger than the image, so the halo is as wide as the image); deeplabv3's ASPP
+    pooling branch is global context, refused by name."""
+    fcn = graph.analyse("fcn_resnet50", b"", (96, 96), HALF, None)
+    plan = tiling.plan(fcn.fields, fcn.end_point, (96, 96), (32, 32), global_context=fcn.global_context)
+    assert plan.alignment == (8, 8) and plan.tiles == (3, 3) and plan.halo == (96, 96, 96, 96)
+    deeplab = graph.analyse("deeplabv3_resnet50", b"", (96, 96), HALF, None)
+    with pytest.raises(FailedPrecondition) as refused:
+        tiling.plan(
+            deeplab.fields, deeplab.end_point, (96, 96), (32, 32), global_context=deeplab.global_context
+        )
+    assert refused.value.field == "tiling" and repr(deeplab.global_context) in refused.value.message
