@@ -46,10 +46,6 @@ class UseClientDefault:
 #: deadline at all and a number is that many seconds, so the client's own default needs a value of its own.
 USE_CLIENT_DEFAULT = UseClientDefault()
 
-# The names the feature modules use.
-_Default = UseClientDefault
-DEFAULT = USE_CLIENT_DEFAULT
-
 
 def _service_config(full_service_name: str) -> str:
     """Retry only on UNAVAILABLE (the server not reachable yet, or restarting)."""
@@ -155,7 +151,12 @@ class BaseClient:
         return self.timeout if isinstance(timeout, UseClientDefault) else timeout
 
     def _unary(
-        self, method: Any, request: Any, timeout: float | UseClientDefault | None = DEFAULT, *, hint: str = ""
+        self,
+        method: Any,
+        request: Any,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
+        *,
+        hint: str = "",
     ) -> Any:
         """Call ``method``; a request over ``max_message_bytes`` is refused before it is sent, and every
         refusal of a message too large says what to do (``hint``: the method's own remedy)."""
