@@ -48,6 +48,13 @@ BASE = {
     "attention equivariance": [],
     "attention pooling": [],
     "attention ffn": [],
+    "robustness": ["m", "d", "--eps", "1/255"],
+    "dataset upload": ["d", "--server-folder", "x"],
+    "robustness-job show": ["rob-1"],
+    "robustness-job watch": ["rob-1"],
+    "robustness-job cancel": ["rob-1"],
+    "robustness-job resume": ["rob-1"],
+    "robustness-jobs": [],
 }
 QUICK = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -37,6 +37,9 @@ OUTPUT_ONLY = {
     "--every": "which rows of the answer are printed",
     "--history": "prints the events of the answer",
     "--watch": "follows the job after the answer (the first RPC already failed here)",
+    "--no-wait": "returns after the answer instead of following the job (the first RPC already failed here)",
+    "--save-plot": "a picture file written from the answer",
+    "--save-csv": "a file written from the answer",
 }
 #: Options that need a TLS server to reach one (tests/service/test_security.py covers them).
 TLS = {"--tls-ca", "--tls-cert", "--tls-key"}
@@ -66,6 +69,13 @@ BASE = {
     "attention equivariance": [],
     "attention pooling": [],
     "attention ffn": [],
+    "robustness": ["m", "d", "--eps", "1/255"],
+    "dataset upload": ["d", "--server-folder", "x"],
+    "robustness-job show": ["rob-1"],
+    "robustness-job watch": ["rob-1"],
+    "robustness-job cancel": ["rob-1"],
+    "robustness-job resume": ["rob-1"],
+    "robustness-jobs": [],
 }
 #: Values for options whose type a generic value does not fit (``None``: another file of the same kind).
 VALUES = {

@@ -14,14 +14,26 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from nnprobe.cli import attack, attention, classify, extras, health, lm, models, sequence, serve, vision
+from nnprobe.cli import (
+    attack,
+    attention,
+    classify,
+    extras,
+    health,
+    lm,
+    models,
+    robustness,
+    sequence,
+    serve,
+    vision,
+)
 from nnprobe.cli.failures import describe, missing_file
 from nnprobe.cli.option_help import describe_options
 from nnprobe.cli.output import fail
 from nnprobe.cli.parsing import CommandParser, UsageError
 from nnprobe.errors import NnprobeError
 
-COMMAND_MODULES = [serve, health, attention, sequence, vision, classify, models, attack, lm]
+COMMAND_MODULES = [serve, health, attention, sequence, vision, classify, models, attack, robustness, lm]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """Client for VisionService: receptive fields, ImageNet classification and adversarial examples.
 
-One module per feature: ``receptive_field``, ``models``, ``classify``, ``adversarial`` (and ``images``, how
-images travel); ``VisionClient`` gathers their methods.
+One module per feature: ``receptive_field``, ``models``, ``classify``, ``adversarial``, ``robustness`` and
+``robustness_jobs`` (and ``images``, how images travel); ``VisionClient`` gathers their methods.
 """
 
 from nnprobe.vision.adversarial import (
@@ -27,6 +27,16 @@ from nnprobe.vision.receptive_field import (
     UnitField,
     Verification,
 )
+from nnprobe.vision.robustness import (
+    DatasetInfo,
+    EpsilonAccuracy,
+    ImageRobustness,
+    RobustnessEvent,
+    RobustnessJob,
+    RobustnessResult,
+    RobustnessWarning,
+)
+from nnprobe.vision.robustness_jobs import RobustnessJobHandle
 
 __all__ = [
     "ATTACK_METHODS",
@@ -36,9 +46,12 @@ __all__ = [
     "ClassScore",
     "Classification",
     "ClassifyResult",
+    "DatasetInfo",
     "EffectiveField",
     "EffectiveProtocol",
+    "EpsilonAccuracy",
     "ImageLike",
+    "ImageRobustness",
     "Interval",
     "Layer",
     "LayerField",
@@ -47,6 +60,11 @@ __all__ = [
     "Pair",
     "Preprocessing",
     "ReceptiveFieldResult",
+    "RobustnessEvent",
+    "RobustnessJob",
+    "RobustnessJobHandle",
+    "RobustnessResult",
+    "RobustnessWarning",
     "Tiling",
     "TransferResult",
     "UnitField",

@@ -9,12 +9,16 @@ from nnprobe.vision.attack_methods import AdversarialMethods
 from nnprobe.vision.classify import ClassifyMethods
 from nnprobe.vision.field_methods import ReceptiveFieldMethods
 from nnprobe.vision.models import ModelMethods
+from nnprobe.vision.robustness_jobs import RobustnessMethods
 
 
-class VisionClient(ReceptiveFieldMethods, ModelMethods, ClassifyMethods, AdversarialMethods):
+class VisionClient(
+    ReceptiveFieldMethods, ModelMethods, ClassifyMethods, AdversarialMethods, RobustnessMethods
+):
     """``VisionClient("localhost:50051")``: receptive fields (``compute_receptive_field``), the model
     catalogue (``list_models``), ImageNet classification (``classify``) and adversarial examples
-    (``generate_adversarial``, ``attack``); see each method for its options.
+    (``generate_adversarial``, ``attack``) and robustness evaluation (``upload_dataset``,
+    ``evaluate_robustness``); see each method for its options.
 
     Every method takes ``timeout`` (seconds; ``None`` for no deadline) overriding the client default,
     and raises ``nnprobe.NnprobeError`` on failure.

@@ -6,6 +6,9 @@ Classify decodes its images in the pool; with dynamic batching its images then w
 whose own thread runs the model, while the handler awaits their futures without holding a thread.
 GenerateAdversarial streams the attack from the pool and asks remote servers for transfer checks over
 ``grpc.aio`` on the event loop (``methods.remote``). ComputeReceptiveField runs in the pool.
+EvaluateRobustness checks its request in the pool and queues a durable job (``robustness.jobs``) that this
+replica's supervisor thread, or another replica's, runs; the job RPCs read the job store in worker threads;
+WatchRobustnessJob waits for changes without holding a thread.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+from nnprobe.api.vision.v1 import robustness_pb2 as rpb
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 from nnprobe.api.vision.v1 import vision_pb2_grpc
 
+from nnprobe_services.sequence.jobs.watch import JobChanges
 from nnprobe_services.server.app import Registration, Runtime
 from nnprobe_services.server.metrics import metrics_for
 from nnprobe_services.vision.attacks import convert as attack_convert
@@ -36,12 +41,15 @@ from nnprobe_services.vision.models.repository import ModelRepository
 from nnprobe_services.vision.open_inference import servicer as oip_servicer
 from nnprobe_services.vision.receptive_fields import convert as rf_convert
 from nnprobe_services.vision.receptive_fields import workflow as rf_workflow
+from nnprobe_services.vision.robustness import convert as rob_convert
+from nnprobe_services.vision.robustness import workflow as rob_workflow
+from nnprobe_services.vision.robustness.datasets import DatasetLimits, DatasetStore
 
 
 class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
     """Thin layer over the feature workflows: classification, attacks, models, receptive fields."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, loop: asyncio.AbstractEventLoop) -> None:
         config = runtime.config
         self.config = config
         self.device = runtime.device
@@ -70,6 +78,16 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
             default_model=config.vision.default_model,
             max_images=config.vision.batch_queue_size,
         )
+        datasets = DatasetStore(
+            Path(config.common.data_dir) / "vision" / "datasets",
+            DatasetLimits(config.vision.max_dataset_images, config.vision.max_dataset_bytes),
+            config.vision.datasets_root,
+        )
+        self.robustness = rob_workflow.open_jobs(config, self.models, datasets, self.limits)
+        self.changes = JobChanges(loop)
+        self.robustness.jobs.add_listener(self.changes.notify)
+        #: Set once ``drain`` has handed this replica's robustness jobs over: watch streams end then.
+        self.drained = asyncio.Event()
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         default = self.classification.model_name("")
@@ -125,15 +143,67 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         removed = await asyncio.to_thread(self.models.delete, name, version)
         return pb.DeleteModelResponse(removed_versions=removed)
 
+    # -- robustness evaluation -------------------------------------------------------------------------
+    async def UploadDataset(self, request_iterator, context) -> rpb.UploadDatasetResponse:
+        datasets = self.robustness.datasets
+        return rob_convert.dataset_response(await rob_convert.receive_dataset(request_iterator, datasets))
+
+    async def EvaluateRobustness(self, request, context) -> rpb.EvaluateRobustnessResponse:
+        plan = rob_convert.evaluation(request)
+        job = await self.compute.run(context, lambda _stop: rob_workflow.start(self.robustness, plan))
+        return rpb.EvaluateRobustnessResponse(job=rob_convert.job(job))
+
+    async def GetRobustnessJob(self, request, context) -> rpb.GetRobustnessJobResponse:
+        def read() -> rpb.GetRobustnessJobResponse:
+            job = self.robustness.jobs.get(request.job_id)
+            found = rob_workflow.result(self.robustness, job)
+            reply = rpb.GetRobustnessJobResponse(job=rob_convert.job(job))
+            if found is not None:
+                reply.result.CopyFrom(rob_convert.result(found))
+            return reply
+
+        return await asyncio.to_thread(read)
+
+    async def ListRobustnessJobs(self, request, context) -> rpb.ListRobustnessJobsResponse:
+        states, limit = rob_convert.states(request), rob_convert.limit(request)
+        found = await asyncio.to_thread(rob_workflow.list_jobs, self.robustness, states, limit)
+        return rpb.ListRobustnessJobsResponse(jobs=[rob_convert.job(job) for job in found])
+
+    async def WatchRobustnessJob(self, request, context) -> AsyncIterator[rpb.WatchRobustnessJobResponse]:
+        job_id = request.job_id
+        events = rob_workflow.watch(
+            self.robustness, self.changes, job_id, request.after_sequence, self.drained
+        )
+        async for event in events:
+            yield await asyncio.to_thread(rob_convert.event_reply, self.robustness, event)
+
+    async def CancelRobustnessJob(self, request, context) -> rpb.CancelRobustnessJobResponse:
+        job = await rob_workflow.cancel(self.robustness, self.changes, request.job_id)
+        return rpb.CancelRobustnessJobResponse(job=rob_convert.job(job))
+
+    async def ResumeRobustnessJob(self, request, context) -> rpb.ResumeRobustnessJobResponse:
+        job = await asyncio.to_thread(self.robustness.jobs.resume, request.job_id)
+        return rpb.ResumeRobustnessJobResponse(job=rob_convert.job(job))
+
+    async def drain(self, grace: float) -> None:
+        """Hand this replica's running robustness jobs back to the shared queue (each stops at its next
+        iteration and continues elsewhere from its last checkpoint), then end the watch streams."""
+        try:
+            await asyncio.to_thread(self.robustness.jobs.shutdown, max(0.0, grace - 0.5))
+        finally:
+            self.drained.set()
+            self.changes.wake_all()
+
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> Registration:
     """Add VisionService and ``inference.GRPCInferenceService`` to ``server``; the batchers close when the
     server stops."""
     registry.records(), registry.imagenet_labels()  # built once here, never on the event loop
-    servicer = VisionServicer(runtime)
+    servicer = VisionServicer(runtime, asyncio.get_running_loop())
     vision_pb2_grpc.add_VisionServiceServicer_to_server(servicer, server)
     inference = oip_servicer.add_to_server(servicer, server)  # the Open Inference Protocol, same port
     return Registration(
         [pb.DESCRIPTOR.services_by_name["VisionService"].full_name, oip_servicer.SERVICE_NAME],
-        closers=[servicer.classifier.close, inference.close],
+        drain=servicer.drain,
+        closers=[servicer.classifier.close, inference.close, servicer.robustness.jobs.close],
     )

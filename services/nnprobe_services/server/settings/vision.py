@@ -85,6 +85,23 @@ class VisionSettings(Section):
         "or pytorch.",
     )
 
+    datasets_root: ExistingFolder | None = Field(
+        None,
+        description="Folder whose ImageFolder-layout subfolders (<class>/<image>) UploadDataset may import "
+        "by a relative name; unset: server folders cannot be imported.",
+    )
+    max_dataset_images: int = Field(10_000, gt=0, description="Most images one data set may hold.")
+    max_dataset_bytes: int = Field(
+        512 << 20, gt=0, description="Most encoded image bytes one data set may hold."
+    )
+    robustness_database_url: str | None = Field(
+        None,
+        repr=False,
+        description="The robustness job database: unset keeps jobs in <data_dir>/robustness.sqlite3; a "
+        "postgresql:// URL lets vision replicas (sharing data_dir) share one queue. Replica id, lease and "
+        "poll seconds are the sequence section's.",
+    )
+
     @field_validator("default_model")
     @classmethod
     def _model_named(cls, name: str) -> str:

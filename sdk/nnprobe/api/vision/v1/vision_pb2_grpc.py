@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from nnprobe.api.vision.v1 import robustness_pb2 as nnprobe_dot_vision_dot_v1_dot_robustness__pb2
 from nnprobe.api.vision.v1 import vision_pb2 as nnprobe_dot_vision_dot_v1_dot_vision__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -65,6 +66,41 @@ class VisionServiceStub:
                 request_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.DeleteModelRequest.SerializeToString,
                 response_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.DeleteModelResponse.FromString,
                 _registered_method=True)
+        self.UploadDataset = channel.stream_unary(
+                '/nnprobe.vision.v1.VisionService/UploadDataset',
+                request_serializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.UploadDatasetRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.UploadDatasetResponse.FromString,
+                _registered_method=True)
+        self.EvaluateRobustness = channel.unary_unary(
+                '/nnprobe.vision.v1.VisionService/EvaluateRobustness',
+                request_serializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.EvaluateRobustnessRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.EvaluateRobustnessResponse.FromString,
+                _registered_method=True)
+        self.GetRobustnessJob = channel.unary_unary(
+                '/nnprobe.vision.v1.VisionService/GetRobustnessJob',
+                request_serializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.GetRobustnessJobRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.GetRobustnessJobResponse.FromString,
+                _registered_method=True)
+        self.ListRobustnessJobs = channel.unary_unary(
+                '/nnprobe.vision.v1.VisionService/ListRobustnessJobs',
+                request_serializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.ListRobustnessJobsRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.ListRobustnessJobsResponse.FromString,
+                _registered_method=True)
+        self.WatchRobustnessJob = channel.unary_stream(
+                '/nnprobe.vision.v1.VisionService/WatchRobustnessJob',
+                request_serializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.WatchRobustnessJobRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.WatchRobustnessJobResponse.FromString,
+                _registered_method=True)
+        self.CancelRobustnessJob = channel.unary_unary(
+                '/nnprobe.vision.v1.VisionService/CancelRobustnessJob',
+                request_serializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.CancelRobustnessJobRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.CancelRobustnessJobResponse.FromString,
+                _registered_method=True)
+        self.ResumeRobustnessJob = channel.unary_unary(
+                '/nnprobe.vision.v1.VisionService/ResumeRobustnessJob',
+                request_serializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.ResumeRobustnessJobRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.ResumeRobustnessJobResponse.FromString,
+                _registered_method=True)
 
 
 class VisionServiceServicer:
@@ -121,6 +157,57 @@ class VisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadDataset(self, request_iterator, context):
+        """Stores a labelled image data set for robustness evaluation: streamed images with labels, or a server
+        folder in ImageFolder layout under the configured datasets root. Stored atomically.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluateRobustness(self, request, context):
+        """Starts a robustness evaluation (robust accuracy at each ε under an attack ensemble) as a durable job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRobustnessJob(self, request, context):
+        """Returns one robustness job, with its result once it succeeded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRobustnessJobs(self, request, context):
+        """Lists robustness jobs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRobustnessJob(self, request, context):
+        """Streams a robustness job's events from a cursor: progress per unit of work, state changes, then the
+        result. Ends when the job succeeds, fails, is cancelled or interrupted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRobustnessJob(self, request, context):
+        """Cancels a queued or running robustness job; its checkpoint is kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRobustnessJob(self, request, context):
+        """Continues a cancelled or interrupted robustness job from its checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +240,41 @@ def add_VisionServiceServicer_to_server(servicer, server):
                     servicer.DeleteModel,
                     request_deserializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.DeleteModelRequest.FromString,
                     response_serializer=nnprobe_dot_vision_dot_v1_dot_vision__pb2.DeleteModelResponse.SerializeToString,
+            ),
+            'UploadDataset': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadDataset,
+                    request_deserializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.UploadDatasetRequest.FromString,
+                    response_serializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.UploadDatasetResponse.SerializeToString,
+            ),
+            'EvaluateRobustness': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateRobustness,
+                    request_deserializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.EvaluateRobustnessRequest.FromString,
+                    response_serializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.EvaluateRobustnessResponse.SerializeToString,
+            ),
+            'GetRobustnessJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRobustnessJob,
+                    request_deserializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.GetRobustnessJobRequest.FromString,
+                    response_serializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.GetRobustnessJobResponse.SerializeToString,
+            ),
+            'ListRobustnessJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRobustnessJobs,
+                    request_deserializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.ListRobustnessJobsRequest.FromString,
+                    response_serializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.ListRobustnessJobsResponse.SerializeToString,
+            ),
+            'WatchRobustnessJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRobustnessJob,
+                    request_deserializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.WatchRobustnessJobRequest.FromString,
+                    response_serializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.WatchRobustnessJobResponse.SerializeToString,
+            ),
+            'CancelRobustnessJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRobustnessJob,
+                    request_deserializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.CancelRobustnessJobRequest.FromString,
+                    response_serializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.CancelRobustnessJobResponse.SerializeToString,
+            ),
+            'ResumeRobustnessJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRobustnessJob,
+                    request_deserializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.ResumeRobustnessJobRequest.FromString,
+                    response_serializer=nnprobe_dot_vision_dot_v1_dot_robustness__pb2.ResumeRobustnessJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -318,6 +440,195 @@ class VisionService:
             '/nnprobe.vision.v1.VisionService/DeleteModel',
             nnprobe_dot_vision_dot_v1_dot_vision__pb2.DeleteModelRequest.SerializeToString,
             nnprobe_dot_vision_dot_v1_dot_vision__pb2.DeleteModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadDataset(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/nnprobe.vision.v1.VisionService/UploadDataset',
+            nnprobe_dot_vision_dot_v1_dot_robustness__pb2.UploadDatasetRequest.SerializeToString,
+            nnprobe_dot_vision_dot_v1_dot_robustness__pb2.UploadDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateRobustness(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.vision.v1.VisionService/EvaluateRobustness',
+            nnprobe_dot_vision_dot_v1_dot_robustness__pb2.EvaluateRobustnessRequest.SerializeToString,
+            nnprobe_dot_vision_dot_v1_dot_robustness__pb2.EvaluateRobustnessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRobustnessJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.vision.v1.VisionService/GetRobustnessJob',
+            nnprobe_dot_vision_dot_v1_dot_robustness__pb2.GetRobustnessJobRequest.SerializeToString,
+            nnprobe_dot_vision_dot_v1_dot_robustness__pb2.GetRobustnessJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRobustnessJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.vision.v1.VisionService/ListRobustnessJobs',
+            nnprobe_dot_vision_dot_v1_dot_robustness__pb2.ListRobustnessJobsRequest.SerializeToString,
+            nnprobe_dot_vision_dot_v1_dot_robustness__pb2.ListRobustnessJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRobustnessJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nnprobe.vision.v1.VisionService/WatchRobustnessJob',
+            nnprobe_dot_vision_dot_v1_dot_robustness__pb2.WatchRobustnessJobRequest.SerializeToString,
+            nnprobe_dot_vision_dot_v1_dot_robustness__pb2.WatchRobustnessJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRobustnessJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.vision.v1.VisionService/CancelRobustnessJob',
+            nnprobe_dot_vision_dot_v1_dot_robustness__pb2.CancelRobustnessJobRequest.SerializeToString,
+            nnprobe_dot_vision_dot_v1_dot_robustness__pb2.CancelRobustnessJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRobustnessJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.vision.v1.VisionService/ResumeRobustnessJob',
+            nnprobe_dot_vision_dot_v1_dot_robustness__pb2.ResumeRobustnessJobRequest.SerializeToString,
+            nnprobe_dot_vision_dot_v1_dot_robustness__pb2.ResumeRobustnessJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ VisionService: receptive fields, ImageNet classification and adversarial example
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from nnprobe.api.vision.v1 import robustness_pb2 as _robustness_pb2
 from nnprobe.api.vision.v1 import vision_pb2 as _vision_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -58,6 +59,24 @@ class VisionServiceStub:
     """
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_vision_pb2.DeleteModelRequest, _vision_pb2.DeleteModelResponse]
     """Removes a model, or one of its versions, from the model repository. Built-in models cannot be removed."""
+    UploadDataset: _grpc.StreamUnaryMultiCallable[_robustness_pb2.UploadDatasetRequest, _robustness_pb2.UploadDatasetResponse]
+    """Stores a labelled image data set for robustness evaluation: streamed images with labels, or a server
+    folder in ImageFolder layout under the configured datasets root. Stored atomically.
+    """
+    EvaluateRobustness: _grpc.UnaryUnaryMultiCallable[_robustness_pb2.EvaluateRobustnessRequest, _robustness_pb2.EvaluateRobustnessResponse]
+    """Starts a robustness evaluation (robust accuracy at each ε under an attack ensemble) as a durable job."""
+    GetRobustnessJob: _grpc.UnaryUnaryMultiCallable[_robustness_pb2.GetRobustnessJobRequest, _robustness_pb2.GetRobustnessJobResponse]
+    """Returns one robustness job, with its result once it succeeded."""
+    ListRobustnessJobs: _grpc.UnaryUnaryMultiCallable[_robustness_pb2.ListRobustnessJobsRequest, _robustness_pb2.ListRobustnessJobsResponse]
+    """Lists robustness jobs, newest first."""
+    WatchRobustnessJob: _grpc.UnaryStreamMultiCallable[_robustness_pb2.WatchRobustnessJobRequest, _robustness_pb2.WatchRobustnessJobResponse]
+    """Streams a robustness job's events from a cursor: progress per unit of work, state changes, then the
+    result. Ends when the job succeeds, fails, is cancelled or interrupted.
+    """
+    CancelRobustnessJob: _grpc.UnaryUnaryMultiCallable[_robustness_pb2.CancelRobustnessJobRequest, _robustness_pb2.CancelRobustnessJobResponse]
+    """Cancels a queued or running robustness job; its checkpoint is kept."""
+    ResumeRobustnessJob: _grpc.UnaryUnaryMultiCallable[_robustness_pb2.ResumeRobustnessJobRequest, _robustness_pb2.ResumeRobustnessJobResponse]
+    """Continues a cancelled or interrupted robustness job from its checkpoint."""
 
 @_typing.type_check_only
 class VisionServiceAsyncStub(VisionServiceStub):
@@ -89,6 +108,24 @@ class VisionServiceAsyncStub(VisionServiceStub):
     """
     DeleteModel: _aio.UnaryUnaryMultiCallable[_vision_pb2.DeleteModelRequest, _vision_pb2.DeleteModelResponse]  # type: ignore[assignment]
     """Removes a model, or one of its versions, from the model repository. Built-in models cannot be removed."""
+    UploadDataset: _aio.StreamUnaryMultiCallable[_robustness_pb2.UploadDatasetRequest, _robustness_pb2.UploadDatasetResponse]  # type: ignore[assignment]
+    """Stores a labelled image data set for robustness evaluation: streamed images with labels, or a server
+    folder in ImageFolder layout under the configured datasets root. Stored atomically.
+    """
+    EvaluateRobustness: _aio.UnaryUnaryMultiCallable[_robustness_pb2.EvaluateRobustnessRequest, _robustness_pb2.EvaluateRobustnessResponse]  # type: ignore[assignment]
+    """Starts a robustness evaluation (robust accuracy at each ε under an attack ensemble) as a durable job."""
+    GetRobustnessJob: _aio.UnaryUnaryMultiCallable[_robustness_pb2.GetRobustnessJobRequest, _robustness_pb2.GetRobustnessJobResponse]  # type: ignore[assignment]
+    """Returns one robustness job, with its result once it succeeded."""
+    ListRobustnessJobs: _aio.UnaryUnaryMultiCallable[_robustness_pb2.ListRobustnessJobsRequest, _robustness_pb2.ListRobustnessJobsResponse]  # type: ignore[assignment]
+    """Lists robustness jobs, newest first."""
+    WatchRobustnessJob: _aio.UnaryStreamMultiCallable[_robustness_pb2.WatchRobustnessJobRequest, _robustness_pb2.WatchRobustnessJobResponse]  # type: ignore[assignment]
+    """Streams a robustness job's events from a cursor: progress per unit of work, state changes, then the
+    result. Ends when the job succeeds, fails, is cancelled or interrupted.
+    """
+    CancelRobustnessJob: _aio.UnaryUnaryMultiCallable[_robustness_pb2.CancelRobustnessJobRequest, _robustness_pb2.CancelRobustnessJobResponse]  # type: ignore[assignment]
+    """Cancels a queued or running robustness job; its checkpoint is kept."""
+    ResumeRobustnessJob: _aio.UnaryUnaryMultiCallable[_robustness_pb2.ResumeRobustnessJobRequest, _robustness_pb2.ResumeRobustnessJobResponse]  # type: ignore[assignment]
+    """Continues a cancelled or interrupted robustness job from its checkpoint."""
 
 class VisionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Analyses of convolutional vision models."""
@@ -153,5 +190,65 @@ class VisionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_vision_pb2.DeleteModelResponse, _abc.Awaitable[_vision_pb2.DeleteModelResponse]]:
         """Removes a model, or one of its versions, from the model repository. Built-in models cannot be removed."""
+
+    @_abc_1.abstractmethod
+    def UploadDataset(
+        self,
+        request_iterator: _MaybeAsyncIterator[_robustness_pb2.UploadDatasetRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_robustness_pb2.UploadDatasetResponse, _abc.Awaitable[_robustness_pb2.UploadDatasetResponse]]:
+        """Stores a labelled image data set for robustness evaluation: streamed images with labels, or a server
+        folder in ImageFolder layout under the configured datasets root. Stored atomically.
+        """
+
+    @_abc_1.abstractmethod
+    def EvaluateRobustness(
+        self,
+        request: _robustness_pb2.EvaluateRobustnessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_robustness_pb2.EvaluateRobustnessResponse, _abc.Awaitable[_robustness_pb2.EvaluateRobustnessResponse]]:
+        """Starts a robustness evaluation (robust accuracy at each ε under an attack ensemble) as a durable job."""
+
+    @_abc_1.abstractmethod
+    def GetRobustnessJob(
+        self,
+        request: _robustness_pb2.GetRobustnessJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_robustness_pb2.GetRobustnessJobResponse, _abc.Awaitable[_robustness_pb2.GetRobustnessJobResponse]]:
+        """Returns one robustness job, with its result once it succeeded."""
+
+    @_abc_1.abstractmethod
+    def ListRobustnessJobs(
+        self,
+        request: _robustness_pb2.ListRobustnessJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_robustness_pb2.ListRobustnessJobsResponse, _abc.Awaitable[_robustness_pb2.ListRobustnessJobsResponse]]:
+        """Lists robustness jobs, newest first."""
+
+    @_abc_1.abstractmethod
+    def WatchRobustnessJob(
+        self,
+        request: _robustness_pb2.WatchRobustnessJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_robustness_pb2.WatchRobustnessJobResponse], _abc.AsyncIterator[_robustness_pb2.WatchRobustnessJobResponse]]:
+        """Streams a robustness job's events from a cursor: progress per unit of work, state changes, then the
+        result. Ends when the job succeeds, fails, is cancelled or interrupted.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelRobustnessJob(
+        self,
+        request: _robustness_pb2.CancelRobustnessJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_robustness_pb2.CancelRobustnessJobResponse, _abc.Awaitable[_robustness_pb2.CancelRobustnessJobResponse]]:
+        """Cancels a queued or running robustness job; its checkpoint is kept."""
+
+    @_abc_1.abstractmethod
+    def ResumeRobustnessJob(
+        self,
+        request: _robustness_pb2.ResumeRobustnessJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_robustness_pb2.ResumeRobustnessJobResponse, _abc.Awaitable[_robustness_pb2.ResumeRobustnessJobResponse]]:
+        """Continues a cancelled or interrupted robustness job from its checkpoint."""
 
 def add_VisionServiceServicer_to_server(servicer: VisionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

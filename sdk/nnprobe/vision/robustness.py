@@ -1,0 +1,289 @@
+"""Robustness evaluation results: robust accuracy per ε with Wilson intervals, every image's outcome (with
+its 8-bit adversarial PNGs), warnings and the accuracy-vs-ε picture; jobs and their watch events; the
+request messages of ``upload_dataset`` and ``evaluate_robustness``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnprobe.api.vision.v1 import robustness_pb2 as pb
+from nnprobe.display import rich_result
+from nnprobe.pngs import encode_png
+from nnprobe.vision.adversarial import parse_epsilon
+
+NORMS = {"linf": pb.ROBUSTNESS_NORM_LINF, "l2": pb.ROBUSTNESS_NORM_L2}
+NORM_NAMES = {value: name for name, value in NORMS.items()}
+STATES = {
+    pb.ROBUSTNESS_JOB_STATE_QUEUED: "queued",
+    pb.ROBUSTNESS_JOB_STATE_RUNNING: "running",
+    pb.ROBUSTNESS_JOB_STATE_SUCCEEDED: "succeeded",
+    pb.ROBUSTNESS_JOB_STATE_FAILED: "failed",
+    pb.ROBUSTNESS_JOB_STATE_CANCELLED: "cancelled",
+    pb.ROBUSTNESS_JOB_STATE_INTERRUPTED: "interrupted",
+}
+STATE_VALUES = {name: value for value, name in STATES.items()}
+TERMINAL = ("succeeded", "failed", "cancelled", "interrupted")
+#: Images sent per UploadDataset message.
+IMAGES_PER_MESSAGE = 64
+
+
+@rich_result()
+@dataclass
+class EpsilonAccuracy:
+    """Robust accuracy at ``epsilon`` (pixel units): ``robust`` images, ``accuracy`` in [0, 1] and its 95%
+    Wilson interval [``low``, ``high``]."""
+
+    epsilon: float
+    robust: int
+    accuracy: float
+    low: float
+    high: float
+
+
+@rich_result()
+@dataclass
+class ImageRobustness:
+    """One image: its ``label`` and clean ``prediction``; per ε its ``status`` (misclassified, robust,
+    broken), the attack that broke it (``broken_by``, "" if none), Square's ``queries`` and the adversarial
+    8-bit image as PNG bytes (``adversarial``: None where not broken); ``smallest_epsilon`` from bisection
+    (0: not asked or never broken)."""
+
+    index: int
+    label: str
+    prediction: str
+    status: list[str]
+    broken_by: list[str]
+    queries: list[int]
+    adversarial: list[bytes | None] = field(repr=False)
+    smallest_epsilon: float
+
+
+@rich_result()
+@dataclass
+class RobustnessWarning:
+    """A reason not to trust the evaluation: ``kind`` (gradient_masking, randomised, probabilities), what
+    to do (``message``) and the images concerned."""
+
+    kind: str
+    message: str
+    images: list[int]
+
+
+@rich_result(pictures=("plot",), tables={"per_epsilon": "per_epsilon", "images": "images"})
+@dataclass
+class RobustnessResult:
+    """Clean accuracy (``clean_correct`` of ``total``), robust accuracy per ε (``per_epsilon``), every
+    image's outcome, ``warnings`` and ``plot`` (PNG of robust accuracy against ε)."""
+
+    clean_correct: int
+    total: int
+    clean_accuracy: float
+    per_epsilon: list[EpsilonAccuracy]
+    images: list[ImageRobustness]
+    warnings: list[RobustnessWarning]
+    plot: bytes | None
+    raw: Any = field(default=None, repr=False)
+
+    def to_json(self) -> str:
+        """The result without its pictures as JSON text."""
+        body = {k: v for k, v in asdict(self).items() if k not in ("raw", "plot")}
+        for image in body["images"]:
+            image.pop("adversarial")
+        return json.dumps(body, indent=2)
+
+    def to_csv(self) -> str:
+        """One row per image and ε: index, label, prediction, epsilon, status, broken_by, queries."""
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["index", "label", "prediction", "epsilon", "status", "broken_by", "queries"])
+        for image in self.images:
+            for k, item in enumerate(self.per_epsilon):
+                row = [image.index, image.label, image.prediction, item.epsilon, image.status[k]]
+                writer.writerow([*row, image.broken_by[k], image.queries[k]])
+        return out.getvalue()
+
+
+@rich_result()
+@dataclass
+class RobustnessJob:
+    """A robustness job: ``state`` (queued, running, succeeded, failed, cancelled, interrupted), units of
+    work done of ``units_total`` (one per ε and batch), its request, and its ``result`` once it succeeded."""
+
+    job_id: str
+    name: str
+    state: str
+    model: str
+    dataset: str
+    units_done: int
+    units_total: int
+    epsilons: list[float]
+    norm: str
+    attacks: list[str]
+    images: int
+    error: str
+    created_at: float
+    updated_at: float
+    result: RobustnessResult | None = None
+    raw: Any = field(default=None, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
+
+
+@rich_result()
+@dataclass
+class RobustnessEvent:
+    """One event of a watched job: its ``sequence`` (watch again after it), the job then, progress (units
+    done of total, the ε of the last unit), a state ``message``, and the ``result`` on the last event."""
+
+    sequence: int
+    job: RobustnessJob
+    units_done: int
+    units_total: int
+    epsilon: float
+    message: str
+    result: RobustnessResult | None = None
+
+
+@rich_result()
+@dataclass
+class DatasetInfo:
+    """A stored data set: ``name``, ``images``, its distinct ``labels`` and encoded ``bytes``."""
+
+    name: str
+    images: int
+    labels: list[str]
+    bytes: int
+
+
+def _result(message: pb.RobustnessResult) -> RobustnessResult:
+    images = [
+        ImageRobustness(
+            int(i.index),
+            i.label,
+            i.prediction,
+            list(i.status),
+            list(i.broken_by),
+            [int(q) for q in i.queries],
+            [bytes(a) or None for a in i.adversarial_png],
+            i.smallest_epsilon,
+        )
+        for i in message.images
+    ]
+    return RobustnessResult(
+        int(message.clean_correct),
+        int(message.total),
+        message.clean_accuracy,
+        [EpsilonAccuracy(e.epsilon, int(e.robust), e.accuracy, e.low, e.high) for e in message.per_epsilon],
+        images,
+        [RobustnessWarning(w.kind, w.message, [int(i) for i in w.images]) for w in message.warnings],
+        bytes(message.plot_png) or None,
+        message,
+    )
+
+
+def _job(message: pb.RobustnessJob, result: pb.RobustnessResult | None = None) -> RobustnessJob:
+    return RobustnessJob(
+        message.job_id,
+        message.name,
+        STATES.get(message.state, "unspecified"),
+        message.model,
+        message.dataset,
+        int(message.units_done),
+        int(message.units_total),
+        list(message.epsilons),
+        NORM_NAMES.get(message.norm, "linf"),
+        list(message.attacks),
+        int(message.images),
+        message.error,
+        message.created_at,
+        message.updated_at,
+        _result(result) if result is not None and result.total else None,
+        message,
+    )
+
+
+def _event(message: pb.WatchRobustnessJobResponse) -> RobustnessEvent:
+    result = _result(message.result) if message.HasField("result") else None
+    progress = message.progress
+    return RobustnessEvent(
+        int(message.sequence),
+        _job(message.job),
+        int(progress.units_done),
+        int(progress.units_total),
+        progress.epsilon,
+        message.message,
+        result,
+    )
+
+
+def _encoded(image: Any) -> bytes:
+    """PNG/JPEG bytes, a path to such a file, or an (H, W, 3) uint8 array (sent as PNG)."""
+    if isinstance(image, bytes | bytearray):
+        return bytes(image)
+    if isinstance(image, str | os.PathLike):
+        return Path(image).read_bytes()
+    return encode_png(np.asarray(image))
+
+
+def dataset_messages(
+    name: str, images: Iterable[Any], labels: Sequence[str], server_folder: str
+) -> Iterator[pb.UploadDatasetRequest]:
+    """The UploadDataset stream: the name (and ``server_folder``), then images in batches."""
+    if server_folder:
+        yield pb.UploadDatasetRequest(name=name, server_folder=server_folder)
+        return
+    batch: list[pb.LabeledImage] = []
+    first = True
+    for image, label in zip(images, labels, strict=True):
+        batch.append(pb.LabeledImage(data=_encoded(image), label=str(label)))
+        if len(batch) == IMAGES_PER_MESSAGE:
+            yield pb.UploadDatasetRequest(name=name if first else "", images=batch)
+            batch, first = [], False
+    if batch or first:
+        yield pb.UploadDatasetRequest(name=name if first else "", images=batch)
+
+
+def evaluation_request(
+    model: str,
+    dataset: str,
+    *,
+    eps: Sequence[float | str],
+    norm: str,
+    attacks: str | Sequence[str],
+    seed: int,
+    max_queries: int,
+    bisection: bool,
+    steps: int,
+    batch_size: int,
+    model_version: int,
+    name: str,
+) -> pb.EvaluateRobustnessRequest:
+    """The EvaluateRobustness request; ``eps`` entries may be fractions as text (``"4/255"``). Raises
+    ``ValueError`` for an unknown ``norm``."""
+    if norm.lower() not in NORMS:
+        raise ValueError(f"norm must be linf or l2, not {norm!r}")
+    return pb.EvaluateRobustnessRequest(
+        model=model,
+        model_version=model_version,
+        dataset=dataset,
+        epsilons=[parse_epsilon(e) for e in eps],
+        norm=NORMS[norm.lower()],
+        attacks=[attacks] if isinstance(attacks, str) else list(attacks),
+        seed=seed,
+        max_queries=max_queries,
+        bisection=bisection,
+        steps=steps,
+        batch_size=batch_size,
+        name=name,
+    )

@@ -1,0 +1,98 @@
+"""A robustness job's request as plain values: checked once when the job is created, stored with the job
+(``to_dict``) and read back by the replica that runs it (``from_dict``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from nnprobe_services.errors import InvalidArgument
+from nnprobe_services.vision.robustness.apgd import ApgdSettings
+from nnprobe_services.vision.robustness.datasets import check_name
+from nnprobe_services.vision.robustness.ensemble import AttackSettings, resolve
+from nnprobe_services.vision.robustness.fab import FabSettings
+from nnprobe_services.vision.robustness.pgd import PgdSettings
+from nnprobe_services.vision.robustness.square import SquareSettings
+
+#: Bisection steps per broken image when a request asks for bisection.
+BISECTION_STEPS = 8
+NORMS = ("linf", "l2")
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """``model`` (name) at repository ``version`` (None: its default) on data set ``dataset``; ``epsilons``
+    (pixel units, increasing) in ``norm``; ``attacks`` (names, in order); ``max_queries``/``steps`` 0 keep
+    each attack's default; ``batch_size`` images per unit of work."""
+
+    model: str
+    dataset: str
+    epsilons: tuple[float, ...]
+    norm: str = "linf"
+    attacks: tuple[str, ...] = ("apgd-ce", "apgd-t", "fab-t", "square")
+    seed: int = 0
+    max_queries: int = 0
+    bisection: bool = False
+    steps: int = 0
+    batch_size: int = 64
+    version: int | None = None
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "epsilons": list(self.epsilons), "attacks": list(self.attacks)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvaluationRequest:
+        """The request of ``to_dict`` (other keys a job stores beside it are left out)."""
+        known = {f.name for f in fields(cls)}
+        plain = {k: v for k, v in data.items() if k in known}
+        return cls(**{**plain, "epsilons": tuple(data["epsilons"]), "attacks": tuple(data["attacks"])})
+
+    def settings(self) -> AttackSettings:
+        """The attacks' settings: defaults, with ``steps`` and ``max_queries`` where given."""
+        apgd, fab, pgd, square = ApgdSettings(), FabSettings(), PgdSettings(), SquareSettings()
+        if self.steps:
+            apgd, fab, pgd = (
+                replace(apgd, steps=self.steps),
+                replace(fab, steps=self.steps),
+                PgdSettings(self.steps),
+            )
+        if self.max_queries:
+            square = replace(square, queries=self.max_queries)
+        return AttackSettings(apgd=apgd, fab=fab, square=square, pgd=pgd)
+
+    @property
+    def bisection_steps(self) -> int:
+        return BISECTION_STEPS if self.bisection else 0
+
+
+def checked(request: EvaluationRequest, max_steps: int) -> EvaluationRequest:
+    """``request`` with its attacks resolved to names, after checking every field (``InvalidArgument``
+    naming it). ``max_steps``: the most iterations (``steps``) one attack may run."""
+    if not request.model.strip():
+        raise InvalidArgument("name a model (ListModels lists them)", field="model")
+    check_name(request.dataset, "dataset")
+    eps = request.epsilons
+    if not eps:
+        raise InvalidArgument("give at least one ε (pixel units, e.g. 4/255 = 0.0157)", field="epsilons")
+    for i, value in enumerate(eps):
+        if not math.isfinite(value) or value <= 0:
+            raise InvalidArgument(f"must be a positive number, got {value}", field=f"epsilons[{i}]")
+        if i and value <= eps[i - 1]:
+            raise InvalidArgument("give the ε in strictly increasing order", field=f"epsilons[{i}]")
+    if request.norm == "linf" and eps[-1] > 1:
+        raise InvalidArgument(f"an L-infinity ε is at most 1 (pixel units), got {eps[-1]}", field="epsilons")
+    if request.norm not in NORMS:
+        raise InvalidArgument(f"choose one of {', '.join(NORMS)}", field="norm")
+    try:
+        attacks = resolve(list(request.attacks) if len(request.attacks) != 1 else request.attacks[0])
+    except ValueError as error:
+        raise InvalidArgument(str(error), field="attacks") from None
+    if request.max_queries < 0:
+        raise InvalidArgument(f"must be >= 0, got {request.max_queries}", field="max_queries")
+    if not 0 <= request.steps <= max_steps:
+        raise InvalidArgument(f"must be in 0..{max_steps} (vision.max_attack_steps)", field="steps")
+    if not 1 <= request.batch_size <= 1024:
+        raise InvalidArgument(f"must be in 1..1024 (0: 64), got {request.batch_size}", field="batch_size")
+    return replace(request, attacks=attacks)

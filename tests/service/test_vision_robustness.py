@@ -1,0 +1,202 @@
+"""EvaluateRobustness through the SDK: a small data set uploaded, jobs with "pgd" and "standard" (few steps
+and queries) giving the per-image results of the core ``evaluate`` called here on the same network, images and
+seed; adversarial PNGs within budget; cancel then resume equal to an uninterrupted run; validation errors."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from nnprobe import NnprobeError, VisionClient
+from nnprobe_services.vision.robustness.apgd import ApgdSettings
+from nnprobe_services.vision.robustness.ensemble import AttackSettings
+from nnprobe_services.vision.robustness.evaluate import evaluate
+from nnprobe_services.vision.robustness.fab import FabSettings
+from nnprobe_services.vision.robustness.pgd import PgdSettings
+from nnprobe_services.vision.robustness.square import SquareSettings
+from PIL import Image
+
+from tests.support import tiny_cnn
+
+CONFIG = {
+    "input": {"height": tiny_cnn.SIDE, "width": tiny_cnn.SIDE},
+    "preprocessing": {"mean": [0.5, 0.25, 0.125], "std": [0.5, 0.5, 0.25]},
+}
+COUNT = 8
+
+
+def _net() -> torch.nn.Module:
+    net = tiny_cnn.network(0)
+    for parameter in net.parameters():
+        parameter.requires_grad_(False)
+    return net
+
+
+def _model(x: torch.Tensor) -> torch.Tensor:
+    return NET(tiny_cnn.normalised(x))
+
+
+NET = _net()
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def data():
+    """8 random 8-bit images (H, W, 3) and labels: the network's prediction, except images 0 and 1."""
+    pixels = np.random.default_rng(5).integers(
+        0, 256, (COUNT, tiny_cnn.SIDE, tiny_cnn.SIDE, 3), dtype=np.uint8
+    )
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        labels = _model(x).argmax(1)
+    labels[:2] = (labels[:2] + 1) % tiny_cnn.CLASSES
+    return pixels, x, labels
+
+
+@pytest.fixture(scope="module")
+def client(module_server_factory, tmp_path_factory, data):
+    root = tmp_path_factory.mktemp("datasets")
+    for i, image in enumerate(data[0][:3]):
+        tiny_cnn.write(root / "folder" / tiny_cnn.LABELS[i] / f"{i}.png", _png(image))
+    model = tiny_cnn.write(tmp_path_factory.mktemp("model") / "tiny.pt2", tiny_cnn.pt2_bytes(NET))
+    _, address = module_server_factory(
+        "vision",
+        weights_download_timeout=0,
+        model_repository=tmp_path_factory.mktemp("repository"),
+        datasets_root=root,
+        max_dataset_images=20,
+        job_poll_seconds=0.2,
+    )
+    with VisionClient(address, timeout=120) as vision:
+        vision.upload_model(model, name="tiny", config=CONFIG, labels=tiny_cnn.LABELS)
+        names = [tiny_cnn.LABELS[i] for i in data[2].tolist()]
+        info = vision.upload_dataset("eight", list(data[0]), names)
+        assert (info.name, info.images) == ("eight", COUNT)
+        yield vision
+
+
+def _reference(data, eps, attacks, seed, settings, batch_size):
+    return evaluate(
+        _model, data[1], data[2], eps, attacks, "linf", seed, settings=settings, batch_size=batch_size
+    )
+
+
+def _same_images(result, expected, eps) -> None:
+    for image, record in zip(result.images, expected.records, strict=True):
+        assert image.status == record.status
+        assert image.broken_by == [b or "" for b in record.broken_by]
+        assert image.queries == record.queries
+        assert image.prediction == tiny_cnn.LABELS[record.prediction]
+        for k, png in enumerate(image.adversarial):
+            assert (png is None) == (record.adversarial[k] is None)
+            if png is not None:
+                pixels = np.asarray(Image.open(io.BytesIO(png))).transpose(2, 0, 1)
+                assert np.array_equal(pixels, record.adversarial[k])
+    for summary, item in zip(expected.per_epsilon, result.per_epsilon, strict=True):
+        assert (item.robust, item.accuracy) == (summary.robust, pytest.approx(summary.accuracy))
+        assert (item.low, item.high) == (pytest.approx(summary.low), pytest.approx(summary.high))
+
+
+def test_pgd_job_matches_the_core_and_stays_within_budget(client, data):
+    eps = [2 / 255, 8 / 255]
+    job = client.evaluate_robustness(
+        "tiny", "eight", eps=["2/255", "8/255"], attacks="pgd", steps=5, seed=3, batch_size=4
+    )
+    events = []
+    job.watch(progress=False, on_progress=events.append)
+    result = job.result(timeout=120)
+    expected = _reference(data, eps, "pgd", 3, AttackSettings(pgd=PgdSettings(5)), 4)
+    _same_images(result, expected, eps)
+    assert result.clean_correct == COUNT - 2 and result.images[0].status == ["misclassified"] * 2
+    assert max(e.done for e in events) == 4 and result.plot.startswith(b"\x89PNG")
+    broken = 0
+    for image, original in zip(result.images, data[0], strict=True):
+        for k, png in enumerate(image.adversarial):
+            if png is not None:
+                broken += 1
+                steps = np.asarray(Image.open(io.BytesIO(png))).astype(int) - original.astype(int)
+                assert np.abs(steps).max() <= int(255 * eps[k] + 1e-9)
+    assert broken > 0
+
+
+def test_standard_job_matches_the_core(client, data):
+    settings = AttackSettings(
+        apgd=ApgdSettings(steps=3),
+        fab=FabSettings(steps=3),
+        square=SquareSettings(queries=20),
+        pgd=PgdSettings(3),
+    )
+    job = client.evaluate_robustness(
+        "tiny", "eight", eps=[4 / 255], steps=3, max_queries=20, seed=1, batch_size=8
+    )
+    result = job.result(timeout=300)
+    expected = _reference(data, [4 / 255], "standard", 1, settings, 8)
+    _same_images(result, expected, [4 / 255])
+    assert "index,label" in result.to_csv() and '"clean_correct"' in result.to_json()
+
+
+def test_cancel_then_resume_gives_the_uninterrupted_results(client, data):
+    eps = [1 / 255, 2 / 255, 4 / 255, 8 / 255]
+    job = client.evaluate_robustness("tiny", "eight", eps=eps, attacks="pgd", steps=40, seed=9, batch_size=1)
+    for event in client.watch_robustness_job(job.job_id, timeout=120):
+        if event.units_done >= 2:
+            break
+    cancelled = job.cancel()
+    assert cancelled.state == "cancelled" and 2 <= cancelled.units_done < cancelled.units_total
+    assert job.resume().state in ("queued", "running")
+    result = job.result(timeout=300)
+    _same_images(result, _reference(data, eps, "pgd", 9, AttackSettings(pgd=PgdSettings(40)), 1), eps)
+    assert any(j.job_id == job.job_id for j in client.list_robustness_jobs(states=["succeeded"]))
+
+
+def test_a_server_folder_is_imported_in_imagefolder_layout(client, data):
+    info = client.upload_dataset("folder", server_folder="folder")
+    assert (info.images, info.labels) == (3, sorted(tiny_cnn.LABELS[:3]))
+
+
+@pytest.mark.parametrize(
+    ("call", "code", "field"),
+    [
+        (dict(model="nope", dataset="eight", eps=[0.01]), "NOT_FOUND", "model"),
+        (dict(model="tiny", dataset="none", eps=[0.01]), "NOT_FOUND", "dataset"),
+        (dict(model="tiny", dataset="eight", eps=[]), "INVALID_ARGUMENT", "epsilons"),
+        (dict(model="tiny", dataset="eight", eps=[0.02, 0.01]), "INVALID_ARGUMENT", "epsilons[1]"),
+        (dict(model="tiny", dataset="eight", eps=[0.01], attacks="cw"), "INVALID_ARGUMENT", "attacks"),
+        (dict(model="tiny", dataset="eight", eps=[2.0]), "INVALID_ARGUMENT", "epsilons"),
+        (dict(model="tiny", dataset="../x", eps=[0.01]), "INVALID_ARGUMENT", "dataset"),
+    ],
+)
+def test_bad_requests_are_refused_naming_the_field(client, call, code, field):
+    with pytest.raises(NnprobeError) as caught:
+        client.evaluate_robustness(**call)
+    assert caught.value.code.name == code
+    assert [v.field for v in caught.value.field_violations] == [field]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code", "field"),
+    [
+        (dict(images=[b"not an image"], labels=["ant"]), "INVALID_ARGUMENT", "images[0].data"),
+        (dict(images=[b"\x89PNG..."] * 21, labels=["ant"] * 21), "RESOURCE_EXHAUSTED", "images"),
+        (dict(server_folder="../etc"), "INVALID_ARGUMENT", "server_folder"),
+        (dict(server_folder="missing"), "NOT_FOUND", "server_folder"),
+    ],
+)
+def test_bad_uploads_are_refused_naming_the_field(client, kwargs, code, field):
+    with pytest.raises(NnprobeError) as caught:
+        client.upload_dataset("bad", **kwargs)
+    assert caught.value.code.name == code
+    assert [v.field for v in caught.value.field_violations] == [field]
+
+
+def test_unknown_jobs_are_not_found(client):
+    with pytest.raises(NnprobeError) as caught:
+        client.get_robustness_job("rob-none")
+    assert caught.value.code.name == "NOT_FOUND"
