@@ -74,7 +74,7 @@ def effective_field(
     if options.images:
         inputs = _image_inputs(options, input_size, channels, user, models)
         grad_map = image_gradient_map(network, inputs.to(device), (layer, x, y), should_stop)
-        count, kind, input_seed = int(inputs.shape[0]), "images", 0
+        count, kind, input_seed, dtype = int(inputs.shape[0]), "images", 0, inputs.dtype
     else:
         grad_map = empirical.gradient_map(
             network,
@@ -87,6 +87,7 @@ def effective_field(
             should_stop,
         )
         count, kind, input_seed = options.num_samples, "normal(0, 1)", options.seed
+        dtype = torch.get_default_dtype()  # the dtype of empirical.gradient_map's draws
     summary = empirical.summarise(grad_map, (*unit.rows, *unit.columns), count)
     protocol = EffectiveProtocol(
         count,
@@ -95,17 +96,10 @@ def effective_field(
         input_size,
         weights,
         seed,
-        _dtype(network),
+        str(dtype).removeprefix("torch."),
         user.version if user is not None and weights == "trained" else 0,
     )
     return EffectiveResult((layer, x, y), unit, summary, protocol)
-
-
-def _dtype(network: empirical.Probe) -> str:
-    if isinstance(network, torch.nn.Module):
-        for tensor in network.parameters():
-            return str(tensor.dtype).removeprefix("torch.")
-    return "float32"
 
 
 def _image_inputs(
