@@ -77,8 +77,9 @@ def _torch_source(n_in: int, n_out: int, scale: float | None, align: bool, cubic
 
 
 def _guard(source: np.ndarray, n_in: int) -> tuple[np.ndarray, np.ndarray]:
-    """``guard_index_and_lambda``: the index below the sample and the fraction past it."""
-    index = np.minimum(np.floor(source).astype(np.int64), n_in - 1)
+    """``guard_index_and_lambda``: the index below the sample (``floorf``: the sample rounded to float32
+    first) and the fraction past it."""
+    index = np.minimum(np.floor(source.astype(np.float32)).astype(np.int64), n_in - 1)
     return index, np.clip(source - index, 0.0, 1.0)
 
 
@@ -119,6 +120,8 @@ def cubic_coefficients(t: np.ndarray, a: float) -> np.ndarray:
 
 
 def _torch_cubic(n_in: int, n_out: int, scale: float | None, align: bool) -> Taps:
+    if n_in == n_out:  # the kernels copy an axis whose size does not change
+        return tuple((o,) for o in range(n_out))
     index, t = _guard(_torch_source(n_in, n_out, scale, align, True), n_in)
     indices = index[:, None] + np.arange(-1, 3)[None, :]
     return _read(indices, cubic_coefficients(t, -0.75), n_in)
@@ -136,7 +139,9 @@ def _aa_filter(x: np.ndarray, cubic: bool) -> np.ndarray:
 
 def _torch_antialiased(n_in: int, n_out: int, scale: float | None, op: ir.Upsample) -> Taps:
     """``_compute_weights_aa``: a triangle (bilinear) or Keys cubic (a = -0.5) filter, stretched by the
-    factor when downsampling, centred on scale * (o + 0.5)."""
+    factor when downsampling, centred on scale * (o + 0.5). Known limit: downsampling with the cubic filter,
+    a tap that falls on a zero of the stretched filter (distance 1 or 2) weighs 0 here, while PyTorch's own
+    rounding may give it about 1e-16 (or the reverse), so such a unit's taps may differ by that tap."""
     cubic = op.mode == "cubic"
     ratio = _torch_scale(n_in, n_out, scale, op.coordinate_mode == "align_corners")
     interp = 4.0 if cubic else 2.0
@@ -148,7 +153,8 @@ def _torch_antialiased(n_in: int, n_out: int, scale: float | None, op: ir.Upsamp
         first = max(int(center - support + 0.5), 0)  # C++ truncation toward zero
         size = min(int(center + support + 0.5), n_in) - first
         j = np.arange(max(size, 0), dtype=np.float64)
-        weight = _aa_filter((j + first - center + 0.5) * invscale, cubic)
+        x = (j + first - center + 0.5) * invscale
+        weight = _aa_filter(x, cubic)
         taps.append(tuple(int(first + k) for k in np.flatnonzero(weight != 0)))
     return tuple(taps)
 
