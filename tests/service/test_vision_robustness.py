@@ -4,8 +4,10 @@ seed; adversarial PNGs within budget; cancel then resume equal to an uninterrupt
 
 from __future__ import annotations
 
+import asyncio
 import io
 
+import nnprobe.aio
 import numpy as np
 import pytest
 import torch
@@ -200,3 +202,15 @@ def test_unknown_jobs_are_not_found(client):
     with pytest.raises(NnprobeError) as caught:
         client.get_robustness_job("rob-none")
     assert caught.value.code.name == "NOT_FOUND"
+
+
+def test_the_asyncio_client_runs_the_same_job(client, data):
+    async def run():
+        async with nnprobe.aio.VisionClient(client.address, timeout=120) as vision:
+            job = await vision.evaluate_robustness(
+                "tiny", "eight", eps=[8 / 255], attacks="pgd", steps=5, seed=3, batch_size=4
+            )
+            return await job.result(timeout=120)
+
+    expected = _reference(data, [8 / 255], "pgd", 3, AttackSettings(pgd=PgdSettings(5)), 4)
+    _same_images(asyncio.run(run()), expected, [8 / 255])

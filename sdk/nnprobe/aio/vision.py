@@ -12,6 +12,7 @@ import numpy as np
 from nnprobe._client import USE_CLIENT_DEFAULT, UseClientDefault
 from nnprobe._requests import request_arguments
 from nnprobe.aio._base import AsyncBaseClient, documented_as
+from nnprobe.aio.robustness import AsyncRobustnessMethods
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 from nnprobe.api.vision.v1 import vision_pb2_grpc
 from nnprobe.progress import ProgressCallback
@@ -27,7 +28,7 @@ from nnprobe.vision.receptive_field import Layer, Pair, ReceptiveFieldResult
 
 
 @documented_as(SyncVisionClient)
-class VisionClient(AsyncBaseClient):
+class VisionClient(AsyncRobustnessMethods, AsyncBaseClient):
     """``nnprobe.aio.VisionClient("localhost:50051")``: ``await`` each method of ``nnprobe.VisionClient``
     (``async for`` over ``generate_adversarial``); ``async with`` closes the channel."""
 
