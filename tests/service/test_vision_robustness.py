@@ -1,6 +1,8 @@
 """EvaluateRobustness through the SDK: a small data set uploaded, jobs with "pgd" and "standard" (few steps
 and queries) giving the per-image results of the core ``evaluate`` called here on the same network, images and
-seed; adversarial PNGs within budget; cancel then resume equal to an uninterrupted run; validation errors."""
+seed; adversarial PNGs within budget; cancel then resume, a hand-over by a stopping replica and a takeover
+after an expired lease (two servers sharing one data folder and job store) all equal to an uninterrupted
+run; validation errors."""
 
 from __future__ import annotations
 
@@ -214,3 +216,60 @@ def test_the_asyncio_client_runs_the_same_job(client, data):
 
     expected = _reference(data, [8 / 255], "pgd", 3, AttackSettings(pgd=PgdSettings(5)), 4)
     _same_images(asyncio.run(run()), expected, [8 / 255])
+
+
+def test_a_job_handed_over_by_a_stopping_replica_finishes_on_the_next_with_the_same_results(
+    server_factory, tmp_path, data
+):
+    eps = [1 / 255, 2 / 255, 4 / 255, 8 / 255]
+    model = tiny_cnn.write(tmp_path / "tiny.pt2", tiny_cnn.pt2_bytes(NET))
+    shared = dict(model_repository=tmp_path / "repository", job_poll_seconds=0.2, weights_download_timeout=0)
+    first, address = server_factory("vision", tmp_path, replica_id="first", **shared)
+    with VisionClient(address, timeout=120) as vision:
+        vision.upload_model(model, name="tiny", config=CONFIG, labels=tiny_cnn.LABELS)
+        vision.upload_dataset("eight", list(data[0]), [tiny_cnn.LABELS[i] for i in data[2].tolist()])
+        job = vision.evaluate_robustness(
+            "tiny", "eight", eps=eps, attacks="pgd", steps=40, seed=4, batch_size=1
+        )
+        for event in vision.watch_robustness_job(job.job_id, timeout=120):
+            if event.units_done >= 2:
+                break
+    assert first.shutdown(10).wait(60)
+    _, address = server_factory("vision", tmp_path, replica_id="second", **shared)
+    with VisionClient(address, timeout=120) as vision:
+        handed = vision.get_robustness_job(job.job_id)
+        assert handed.state in ("queued", "running") and 2 <= handed.units_done < handed.units_total
+        result = vision.robustness_job(job.job_id).result(timeout=300)
+        messages = [e.message for e in vision.watch_robustness_job(job.job_id, timeout=60)]
+    assert any("handed over by replica first" in m for m in messages)
+    assert any("running (replica second)" in m for m in messages)
+    _same_images(result, _reference(data, eps, "pgd", 4, AttackSettings(pgd=PgdSettings(40)), 1), eps)
+
+
+def test_a_job_whose_lease_expired_is_taken_over_with_the_same_results(server_factory, tmp_path, data):
+    eps = [1 / 255, 2 / 255, 4 / 255, 8 / 255]
+    model = tiny_cnn.write(tmp_path / "tiny.pt2", tiny_cnn.pt2_bytes(NET))
+    shared = dict(
+        model_repository=tmp_path / "repository",
+        job_poll_seconds=0.2,
+        job_lease_seconds=1.0,
+        weights_download_timeout=0,
+    )
+    first, address = server_factory("vision", tmp_path, replica_id="first", **shared)
+    with VisionClient(address, timeout=120) as vision:
+        vision.upload_model(model, name="tiny", config=CONFIG, labels=tiny_cnn.LABELS)
+        vision.upload_dataset("eight", list(data[0]), [tiny_cnn.LABELS[i] for i in data[2].tolist()])
+        job = vision.evaluate_robustness(
+            "tiny", "eight", eps=eps, attacks="pgd", steps=150, seed=6, batch_size=1
+        )
+        for event in vision.watch_robustness_job(job.job_id, timeout=120):
+            if event.units_done >= 1:
+                break
+    # The first replica stalls: it stops renewing its lease (as a replica frozen or cut off would).
+    first.registration.drain.__self__.robustness.jobs.supervisor._heartbeat = lambda: None
+    _, address = server_factory("vision", tmp_path, replica_id="second", **shared)
+    with VisionClient(address, timeout=120) as vision:
+        result = vision.robustness_job(job.job_id).result(timeout=300)
+        messages = [e.message for e in vision.watch_robustness_job(job.job_id, timeout=60)]
+    assert any("taken over by replica second from first" in m for m in messages)
+    _same_images(result, _reference(data, eps, "pgd", 6, AttackSettings(pgd=PgdSettings(150)), 1), eps)
