@@ -74,7 +74,7 @@ def client(module_server_factory, tmp_path_factory, data):
         "vision",
         weights_download_timeout=0,
         model_repository=tmp_path_factory.mktemp("repository"),
-        datasets_root=root,
+        datasets_dir=root,
         max_dataset_images=20,
         job_poll_seconds=0.2,
     )

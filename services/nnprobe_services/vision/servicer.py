@@ -81,7 +81,7 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
         datasets = DatasetStore(
             Path(config.common.data_dir) / "vision" / "datasets",
             DatasetLimits(config.vision.max_dataset_images, config.vision.max_dataset_bytes),
-            config.vision.datasets_root,
+            config.vision.datasets_dir,
         )
         self.robustness = rob_workflow.open_jobs(config, self.models, datasets, self.limits)
         self.changes = JobChanges(loop)

@@ -85,7 +85,7 @@ class VisionSettings(Section):
         "or pytorch.",
     )
 
-    datasets_root: ExistingFolder | None = Field(
+    datasets_dir: ExistingFolder | None = Field(
         None,
         description="Folder whose ImageFolder-layout subfolders (<class>/<image>) UploadDataset may import "
         "by a relative name; unset: server folders cannot be imported.",

@@ -114,7 +114,7 @@ class DatasetStore:
         ``NotFound`` for a missing folder."""
         if self.import_root is None:
             raise FailedPrecondition(
-                "this server has no datasets root (vision.datasets_root); upload the images instead",
+                "this server has no datasets root (vision.datasets_dir); upload the images instead",
                 field="server_folder",
             )
         root = self.import_root.resolve()

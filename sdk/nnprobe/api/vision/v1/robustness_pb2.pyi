@@ -123,7 +123,7 @@ class UploadDatasetRequest(_message.Message):
     message. A data set of the same name is replaced, atomically.
     """
     server_folder: _builtins.str
-    """Instead of images: a folder under the server's datasets root (vision.datasets_root) in ImageFolder
+    """Instead of images: a folder under the server's datasets root (vision.datasets_dir) in ImageFolder
     layout (`<class>/<image file>`), relative to that root. Only in the first message; never with images.
     """
     @_builtins.property
