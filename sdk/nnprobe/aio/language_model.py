@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Sequence
 
 from nnprobe._client import USE_CLIENT_DEFAULT, UseClientDefault
@@ -15,6 +16,7 @@ from nnprobe.sequence import jobs
 from nnprobe.sequence import language_model as lm
 from nnprobe.sequence.jobs import JobEvent, TrainingJob
 from nnprobe.sequence.language_model import EmbeddingDistance, NearestWords, Perplexity, SampleResult
+from nnprobe.sequence.training_logs import TensorBoardLogs, TrainingLogs, training_logs
 from nnprobe.sequence.watching import Reconnection
 
 
@@ -107,6 +109,22 @@ class LanguageModelMethods(AsyncBaseClient):
     ) -> TrainingJob:
         request = pb.ResumeJobRequest(job_id=job_id)
         return jobs._training_job((await self._unary(self._stub.ResumeJob, request, timeout)).job)
+
+    async def get_training_logs(
+        self, job_id: str, *, timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT
+    ) -> TrainingLogs:
+        request = pb.GetTrainingLogsRequest(job_id=job_id)
+        return training_logs(await self._unary(self._stub.GetTrainingLogs, request, timeout), job_id)
+
+    async def download_tensorboard(
+        self,
+        job_id: str,
+        out_dir: str | os.PathLike[str],
+        *,
+        timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
+    ) -> TensorBoardLogs:
+        found = await self.get_training_logs(job_id, timeout=timeout)
+        return await asyncio.to_thread(found.save, out_dir)
 
     async def wait_job(
         self,
