@@ -11,6 +11,7 @@ import io
 
 import nnprobe.aio
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 from nnprobe import NnprobeError, VisionClient
@@ -273,3 +274,30 @@ def test_a_job_whose_lease_expired_is_taken_over_with_the_same_results(server_fa
         messages = [e.message for e in vision.watch_robustness_job(job.job_id, timeout=60)]
     assert any("taken over by replica second from first" in m for m in messages)
     _same_images(result, _reference(data, eps, "pgd", 6, AttackSettings(pgd=PgdSettings(150)), 1), eps)
+
+
+def test_a_model_without_gradients_takes_square_alone_as_a_black_box(client, data, tmp_path):
+    graph = tiny_cnn.onnx_graph(op="Shrink")  # no PyTorch conversion: no gradients
+    model = tiny_cnn.write(tmp_path / "shrink.onnx", graph)
+    client.upload_model(model, name="shrink", config=CONFIG, labels=tiny_cnn.LABELS)
+    session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
+
+    def judge(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"x": tiny_cnn.normalised(x).numpy()})[0])
+
+    labels = judge(data[1]).argmax(1)  # the graph's own predictions: every image starts correct
+    client.upload_dataset("shrink-eight", list(data[0]), [tiny_cnn.LABELS[i] for i in labels.tolist()])
+    with pytest.raises(NnprobeError) as caught:
+        client.evaluate_robustness("shrink", "shrink-eight", eps=[4 / 255], attacks="standard")
+    assert caught.value.code.name == "FAILED_PRECONDITION" and 'attacks=["square"]' in str(caught.value)
+    assert [v.field for v in caught.value.field_violations] == ["attacks"]
+    eps = [4 / 255, 16 / 255]
+    job = client.evaluate_robustness(
+        "shrink", "shrink-eight", eps=eps, attacks=["square"], max_queries=15, seed=2
+    )
+    result = job.result(timeout=120)
+    settings = AttackSettings(square=SquareSettings(queries=15))
+    expected = evaluate(None, data[1], labels, eps, ["square"], "linf", 2, judge=judge, settings=settings)
+    assert [image.status for image in result.images] == [r.status for r in expected.records]
+    assert [image.queries for image in result.images] == [r.queries for r in expected.records]
+    assert result.clean_correct == COUNT and all(q > 0 for image in result.images for q in image.queries)

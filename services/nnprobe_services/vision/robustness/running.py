@@ -24,6 +24,7 @@ from nnprobe_services.vision.classification.classify import load_model
 from nnprobe_services.vision.images import decode
 from nnprobe_services.vision.models.registry import LoadedModel
 from nnprobe_services.vision.models.store import ModelStore
+from nnprobe_services.vision.robustness.control import Model
 from nnprobe_services.vision.robustness.datasets import DatasetStore
 from nnprobe_services.vision.robustness.ensemble import WHITE_BOX
 from nnprobe_services.vision.robustness.evaluate import evaluate
@@ -66,13 +67,7 @@ def inputs(
     gradients and a white-box attack is asked for)."""
     record = models.describe(request.model)[0]
     model = load_model(models, request.model, request.version)
-    white_box = [name for name in request.attacks if name in WHITE_BOX]
-    if model.no_gradients and white_box:
-        raise FailedPrecondition(
-            f"model {request.model!r} {model.no_gradients}: white-box attacks ({', '.join(white_box)}) need "
-            'gradients; the black-box attack works: attacks=["square"]',
-            field="attacks",
-        )
+    gradient_model(model, request.attacks)
     data = datasets.load(request.dataset)
     images = [
         decode.ImageInput(image, None, f"dataset[{i}]", label)
@@ -86,6 +81,23 @@ def inputs(
     classes = int(model.predict(pixels[:1]).shape[1])
     labels = [class_index(name, classes, model.labels, "dataset") for name in data.labels]
     return Inputs(model, pixels, torch.tensor(labels, dtype=torch.long, device=model.device), data.labels)
+
+
+def gradient_model(model: LoadedModel, attacks: tuple[str, ...]) -> Model | None:
+    """The differentiable model the white-box ``attacks`` need, None when they are all black-box (Square
+    queries the served engine only). ``FailedPrecondition`` on ``attacks`` when the model has no gradients
+    (an ONNX graph without a PyTorch conversion), saying that the black-box attack works."""
+    white_box = [name for name in attacks if name in WHITE_BOX]
+    if not white_box:
+        return None
+    try:
+        return model.module
+    except FailedPrecondition as error:
+        raise FailedPrecondition(
+            f"{error.message}; white-box attacks ({', '.join(white_box)}) need gradients, the black-box "
+            'attack works: attacks=["square"]',
+            field="attacks",
+        ) from None
 
 
 def units(images: int, epsilons: int, batch_size: int) -> int:
@@ -161,7 +173,7 @@ def _evaluate(jobs: RobustnessJobs, models, datasets, limits, claim: Claim, runn
     request = EvaluationRequest.from_dict(claim.job.config)
     data = inputs(models, datasets, limits, request)
     model = data.model
-    model_fn = None if model.no_gradients else model.module
+    model_fn = gradient_model(model, request.attacks)
 
     def judge(x: torch.Tensor) -> torch.Tensor:
         return model.predict(x).to(model.device)
