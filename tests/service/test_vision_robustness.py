@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 
 import nnprobe.aio
 import numpy as np
@@ -15,6 +16,7 @@ import onnxruntime
 import pytest
 import torch
 from nnprobe import NnprobeError, VisionClient
+from nnprobe.cli import main
 from nnprobe_services.vision.robustness.apgd import ApgdSettings
 from nnprobe_services.vision.robustness.ensemble import AttackSettings
 from nnprobe_services.vision.robustness.evaluate import evaluate
@@ -301,3 +303,15 @@ def test_a_model_without_gradients_takes_square_alone_as_a_black_box(client, dat
     assert [image.status for image in result.images] == [r.status for r in expected.records]
     assert [image.queries for image in result.images] == [r.queries for r in expected.records]
     assert result.clean_correct == COUNT and all(q > 0 for image in result.images for q in image.queries)
+
+
+def test_the_command_line_runs_a_job_and_prints_the_sdk_result(client, tmp_path, capsys):
+    argv = ["robustness", "tiny", "eight", "--eps", "2/255", "8/255", "--attacks", "pgd", "--steps", "5"]
+    argv += ["--seed", "3", "--batch-size", "4", "--address", client.address, "--json"]
+    argv += ["--save-csv", str(tmp_path / "out.csv")]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    job = client.get_robustness_job(printed["job_id"])
+    assert printed["state"] == "succeeded" and printed["result"] == json.loads(job.result.to_json())
+    assert (tmp_path / "out.csv").read_bytes() == job.result.to_csv().encode()
+    assert [e["epsilon"] for e in printed["result"]["per_epsilon"]] == [2 / 255, 8 / 255]
