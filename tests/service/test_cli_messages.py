@@ -45,6 +45,7 @@ BASE = {
     "lm sample": ["job-1"],
     "lm distance": ["a", "b", "--job", "job-1"],
     "lm nearest": ["a", "--job", "job-1"],
+    "lm tensorboard": ["job-1", "--out", "{tmp}/tensorboard"],
     "attention equivariance": [],
     "attention pooling": [],
     "attention ffn": [],
@@ -89,6 +90,13 @@ TYPED = [
     if action.option_strings and (range_of(action) is not None or _is_value_parser(action.type))
 ]
 CALLING = [c for c, p in COMMANDS.items() if p.get_default("client_service")]
+#: (command, option) for every option that takes a value, whatever its type.
+VALUED = [
+    (command, action.option_strings[-1])
+    for command, parser in COMMANDS.items()
+    for action in parser._actions
+    if action.option_strings and action.nargs != 0
+]
 
 
 def _png(path: Path) -> None:
@@ -189,6 +197,24 @@ def test_a_bad_value_is_one_error_line_and_exit_2(command, option, inputs, nowhe
         assert f"argument {'/'.join(action.option_strings)}:" in line or "expected one argument" in line
         if _is_value_parser(action.type):
             assert action.type.__name__ not in err and "invalid" not in line
+
+    check()
+
+
+@pytest.mark.parametrize(("command", "option"), VALUED, ids=[f"{c}:{o}" for c, o in VALUED])
+def test_a_double_dash_as_an_options_value_is_a_missing_value(command, option, inputs, nowhere):
+    """Every option that takes a value, given ``--`` as that value (``--seed=--``, ``-K=--``), under any of
+    its spellings: one ``error:`` line naming the option, status 2, before any request (argparse alone
+    drops the ``--`` and hands the request an empty list)."""
+    action = next(a for a in COMMANDS[command]._actions if option in a.option_strings)
+
+    @settings(QUICK, max_examples=4)
+    @given(spelling=st.sampled_from(action.option_strings))
+    def check(spelling: str) -> None:
+        status, _, err = _run([*command.split(), *BASE[command], f"{spelling}=--"], inputs)
+        assert status == 2, err
+        line = _one_error_line(command, err)
+        assert f"argument {'/'.join(action.option_strings)}: expected " in line
 
     check()
 

@@ -5,6 +5,7 @@ their ranges, and value parsers speak in the user's words.
 - Every ``int`` and ``float`` option has a range (by default: integers 0..2147483647, finite numbers >= 0;
   ``limit()`` sets another); a value outside it, ``nan`` or ``inf`` is refused before any request, in one
   ``error:`` line, with exit status 2.
+- An option given ``--`` as its value (``--seed=--``) is refused as a missing value, for every option type.
 - A value parser raises ``argparse.ArgumentTypeError`` with a message a user can act on (argparse would
   otherwise print the parser function's name).
 """
@@ -113,6 +114,13 @@ class CommandParser(argparse.ArgumentParser):
         if getattr(namespace, "command_parser", None) is None:
             namespace.command_parser = self  # the innermost command: its parse ends first
         return namespace, extras
+
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> Any:
+        # argparse drops a "--" given as an option's own value (``--seed=--``, ``-K=--``), which leaves the
+        # option an empty list whatever its type: refuse it as the missing value it is.
+        if action.option_strings and arg_strings == ["--"]:
+            self.error(f"argument {'/'.join(action.option_strings)}: expected one argument, not '--'")
+        return super()._get_values(action, arg_strings)  # type: ignore[misc]
 
 
 def finite(text: str) -> float:
