@@ -194,6 +194,8 @@ def test_bad_requests_are_refused_naming_the_field(client, call, code, field):
         (dict(images=[b"\x89PNG..."] * 21, labels=["ant"] * 21), "RESOURCE_EXHAUSTED", "images"),
         (dict(server_folder="../etc"), "INVALID_ARGUMENT", "server_folder"),
         (dict(server_folder="missing"), "NOT_FOUND", "server_folder"),
+        (dict(server_folder="a\x00b"), "INVALID_ARGUMENT", "server_folder"),
+        (dict(server_folder="a" * 5000), "INVALID_ARGUMENT", "server_folder"),
     ],
 )
 def test_bad_uploads_are_refused_naming_the_field(client, kwargs, code, field):

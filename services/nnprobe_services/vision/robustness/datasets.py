@@ -123,10 +123,17 @@ class DatasetStore:
             raise InvalidArgument(
                 "give a folder relative to the datasets root, without '..'", field="server_folder"
             )
-        source = (root / relative).resolve()
-        if not source.is_relative_to(root) or (source == root and folder not in ("", ".")):
-            raise InvalidArgument("the folder lies outside the datasets root", field="server_folder")
-        if not source.is_dir():
+        try:
+            source = (root / relative).resolve()
+            if not source.is_relative_to(root) or (source == root and folder not in ("", ".")):
+                raise InvalidArgument("the folder lies outside the datasets root", field="server_folder")
+            found = source.is_dir()
+        except (ValueError, OSError) as error:  # a NUL byte, a name longer than the file system allows
+            raise InvalidArgument(
+                f"{folder[:80]!r} is not a usable folder path ({error.__class__.__name__}: {error})",
+                field="server_folder",
+            ) from None
+        if not found:
             raise NotFound(f"no folder {folder!r} under the datasets root", field="server_folder")
         collector = DatasetCollector(self.limits)
         for class_dir in sorted(p for p in source.iterdir() if p.is_dir() and not p.is_symlink()):

@@ -65,3 +65,24 @@ def test_no_folder_outside_the_root_is_ever_read(store, parts):
         return
     assert inside and not folder.startswith("/")
     assert "dog" not in dataset.labels
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.one_of(
+        st.text(min_size=1, max_size=40).map(lambda t: f"inside/{t}"),
+        st.integers(256, 5000).map(lambda n: "a" * n),
+        st.text(min_size=1, max_size=10).map(lambda t: f"{t}\x00{t}"),
+    )
+)
+def test_any_folder_text_is_refused_or_read_naming_the_field(store, folder):
+    """Whatever the text (NUL bytes, names longer than the file system allows), the import answers a
+    data set or InvalidArgument / NotFound on ``server_folder``; never an operating-system error."""
+    try:
+        dataset = store.import_folder("x", folder)
+    except (InvalidArgument, NotFound) as error:
+        assert error.field == "server_folder"
+        if "\x00" in folder or len(folder) > 255:
+            assert isinstance(error, InvalidArgument) and "not a usable folder path" in str(error)
+        return
+    assert dataset.labels == ["cat"]
