@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 #: The parameters of a client method that are not request fields.
-CALL_ONLY = frozenset({"self", "timeout", "on_progress"})
+CALL_ONLY = frozenset({"self", "timeout", "on_progress", "progress"})
 
 
 def request_arguments(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,8 @@ installed and its text bar otherwise (no JavaScript needed).
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 #: Seconds between two redraws: a bar in a saved notebook stays a few lines long.
@@ -101,3 +102,13 @@ class ProgressBar:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextmanager
+def reporting(
+    progress: bool, on_progress: Callable[[Any], None] | None, description: str, unit: str
+) -> Iterator[Callable[[Any], None]]:
+    """The callback a long call reports its ``Progress`` events to: a bar (when ``progress`` and tqdm is
+    installed) that then hands each event to ``on_progress``; the bar is closed when the call ends."""
+    with ProgressBar(progress, description=description, unit=unit) as bar:
+        yield bar.wrap(on_progress)

@@ -409,3 +409,18 @@ def test_recurrent_reply_larger_than_the_message_limit_is_refused_before_running
             )
     finally:
         server.shutdown(0).wait()
+
+
+def test_a_long_call_draws_a_bar_unless_asked_not_to(sequence, capsys):
+    seen = []
+    sequence.analyze_gradients(
+        spectral_radii=[0.9], hidden_size=8, sequence_length=12, on_progress=seen.append
+    )
+    drawn = capsys.readouterr().err
+    # tqdm's own bar on stderr, ending at the run's 12 Jacobian steps; the callback still sees each event.
+    assert "gradients" in drawn and "12/12" in drawn and "jacobian steps" in drawn
+    assert seen and seen[-1].done == 12
+    sequence.analyze_gradients(
+        spectral_radii=[0.9], hidden_size=8, sequence_length=12, progress=False, on_progress=seen.append
+    )
+    assert capsys.readouterr().err == ""

@@ -12,6 +12,7 @@ from nnprobe.aio._base import AsyncBaseClient
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe.errors import NnprobeError
 from nnprobe.progress import ProgressCallback
+from nnprobe.progress_bar import reporting
 from nnprobe.sequence import jobs
 from nnprobe.sequence import language_model as lm
 from nnprobe.sequence.jobs import JobEvent, TrainingJob
@@ -131,11 +132,12 @@ class LanguageModelMethods(AsyncBaseClient):
         job_id: str,
         *,
         on_progress: ProgressCallback | None = None,
+        progress: bool = True,
         timeout: float | UseClientDefault | None = None,
     ) -> TrainingJob:
-        async for event in self.watch_job(job_id, timeout=timeout):
-            if on_progress is not None:
-                on_progress(jobs.job_progress(event))
+        with reporting(progress, on_progress, f"job {job_id}", "steps") as report:
+            async for event in self.watch_job(job_id, timeout=timeout):
+                report(jobs.job_progress(event))
         return await self.get_job(job_id)
 
     async def evaluate_perplexity(

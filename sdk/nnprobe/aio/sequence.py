@@ -13,6 +13,7 @@ from nnprobe.aio.job_handle import AsyncJobHandle
 from nnprobe.aio.language_model import LanguageModelMethods
 from nnprobe.api.sequence.v1 import sequence_pb2_grpc
 from nnprobe.progress import ProgressCallback
+from nnprobe.progress_bar import reporting
 from nnprobe.sequence import corpus, gradients, rnn, truncation
 from nnprobe.sequence.client import SequenceClient as SyncSequenceClient
 from nnprobe.sequence.corpus import CorpusInfo
@@ -78,11 +79,13 @@ class SequenceClient(LanguageModelMethods):
         regime_tolerance: float | None = None,
         plot: bool = False,
         on_progress: ProgressCallback | None = None,
+        progress: bool = True,
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> GradientAnalysis:
         request = gradients.analyze_gradients_request(**request_arguments(locals()))
         events = self._stream(self._stub.AnalyzeGradients, request, timeout)
-        result = await final_result_async(events, on_progress, gradients.PROGRESS_UNIT)
+        with reporting(progress, on_progress, "gradients", gradients.PROGRESS_UNIT) as report:
+            result = await final_result_async(events, report, gradients.PROGRESS_UNIT)
         return gradients._gradient_analysis(result)
 
     async def compare_truncation(
@@ -97,11 +100,13 @@ class SequenceClient(LanguageModelMethods):
         seed: int = 0,
         plot: bool = False,
         on_progress: ProgressCallback | None = None,
+        progress: bool = True,
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> TruncationComparison:
         request = truncation.compare_truncation_request(**request_arguments(locals()))
         events = self._stream(self._stub.CompareTruncation, request, timeout)
-        result = await final_result_async(events, on_progress, truncation.PROGRESS_UNIT)
+        with reporting(progress, on_progress, "truncation", truncation.PROGRESS_UNIT) as report:
+            result = await final_result_async(events, report, truncation.PROGRESS_UNIT)
         return truncation.truncation_comparison(result)
 
     async def upload_corpus(

@@ -16,6 +16,7 @@ from nnprobe.aio.robustness import AsyncRobustnessMethods
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 from nnprobe.api.vision.v1 import vision_pb2_grpc
 from nnprobe.progress import ProgressCallback
+from nnprobe.progress_bar import reporting
 from nnprobe.vision import classify, field_methods, models, receptive_field
 from nnprobe.vision.adversarial import AdversarialResult, AttackProgress, _attack_request
 from nnprobe.vision.attack_methods import attack_event, collect
@@ -85,10 +86,13 @@ class VisionClient(AsyncRobustnessMethods, AsyncBaseClient):
         version: int = 0,
         format: str | None = None,
         on_progress: ProgressCallback | None = None,
+        progress: bool = True,
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> UploadResult:
-        messages = models.upload_model_messages(**request_arguments(locals()), on_progress=on_progress)
-        return models.upload_result(await self._unary(self._stub.UploadModel, messages, timeout))
+        arguments = request_arguments(locals())
+        with reporting(progress, on_progress, f"upload {name}", "B") as report:
+            messages = models.upload_model_messages(**arguments, on_progress=report)
+            return models.upload_result(await self._unary(self._stub.UploadModel, messages, timeout))
 
     async def delete_model(
         self, name: str, *, version: int = 0, timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT
@@ -172,10 +176,12 @@ class VisionClient(AsyncRobustnessMethods, AsyncBaseClient):
         transfer_addresses: Sequence[str] = (),
         names: Sequence[str] | None = None,
         on_progress: ProgressCallback | None = None,
+        progress: bool = True,
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> list[AdversarialResult]:
         request = _attack_request(**request_arguments(locals()))
         results: list[AdversarialResult] = []
-        async for event in self._stream(self._stub.GenerateAdversarial, request, timeout):
-            collect(attack_event(event), request, results, on_progress)
+        with reporting(progress, on_progress, "attack", "iterations") as report:
+            async for event in self._stream(self._stub.GenerateAdversarial, request, timeout):
+                collect(attack_event(event), request, results, report)
         return sorted(results, key=lambda r: r.image)

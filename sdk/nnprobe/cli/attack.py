@@ -155,7 +155,7 @@ def _attack(args: argparse.Namespace) -> list[AdversarialResult]:
 
     with VisionClient(args.address, **client_kwargs(args)) as client:
         try:
-            return client.attack(args.images, on_progress=progress, **_attack_options(args))
+            return client.attack(args.images, on_progress=progress, progress=False, **_attack_options(args))
         finally:
             bar.close()
 

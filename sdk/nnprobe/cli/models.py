@@ -88,6 +88,7 @@ def run_upload(args: argparse.Namespace) -> int:
                 version=args.version,
                 format=args.format,
                 on_progress=progress,
+                progress=False,
             )
         finally:
             if bar is not None:

@@ -180,6 +180,7 @@ def run_gradients(args: argparse.Namespace) -> int:
     with SequenceClient(args.address, **client_kwargs(args)) as client:
         try:
             result = client.analyze_gradients(
+                progress=False,
                 cells=args.cells,
                 spectral_radii=args.rho,
                 hidden_size=0 if weights else args.hidden_size,
@@ -267,6 +268,7 @@ def run_truncation(args: argparse.Namespace) -> int:
     with SequenceClient(args.address, **client_kwargs(args)) as client:
         try:
             result = client.compare_truncation(
+                progress=False,
                 chunk_counts=args.chunk_counts,
                 vocab_size=args.vocab_size,
                 embed_size=args.embed_size,

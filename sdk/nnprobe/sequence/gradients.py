@@ -14,6 +14,7 @@ from nnprobe._requests import request_arguments
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe.display import rich_result
 from nnprobe.progress import ProgressCallback
+from nnprobe.progress_bar import reporting
 from nnprobe.sequence.cells import CELL_CODES, CELL_NAMES, INIT_CODES, INPUT_CODES
 from nnprobe.sequence.progress import final_result
 
@@ -195,6 +196,7 @@ class GradientMethods(BaseClient):
         regime_tolerance: float | None = None,
         plot: bool = False,
         on_progress: ProgressCallback | None = None,
+        progress: bool = True,
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> GradientAnalysis:
         """|dh_T/dh_k|_2 (exact Jacobian products), the bound (gamma_W gamma_h)^(T-k), rho(W_hh), the
@@ -215,4 +217,5 @@ class GradientMethods(BaseClient):
         """
         request = analyze_gradients_request(**request_arguments(locals()))
         events = self._stream(self._stub.AnalyzeGradients, request, timeout)
-        return _gradient_analysis(final_result(events, on_progress, PROGRESS_UNIT))
+        with reporting(progress, on_progress, "gradients", PROGRESS_UNIT) as report:
+            return _gradient_analysis(final_result(events, report, PROGRESS_UNIT))

@@ -14,6 +14,7 @@ from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe.display import rich_result
 from nnprobe.errors import NnprobeError
 from nnprobe.progress import Progress, ProgressCallback
+from nnprobe.progress_bar import reporting
 from nnprobe.sequence.watching import Reconnection
 
 _OPTIMIZERS = {"adam": pb.OPTIMIZER_ADAM, "sgd": pb.OPTIMIZER_SGD}
@@ -356,6 +357,7 @@ class JobMethods(BaseClient):
         job_id: str,
         *,
         on_progress: ProgressCallback | None = None,
+        progress: bool = True,
         timeout: float | UseClientDefault | None = None,
     ) -> TrainingJob:
         """Watch the job until it stops running (``watch_job``), then return it (``get_job``).
@@ -367,7 +369,7 @@ class JobMethods(BaseClient):
         Raises:
             nnprobe.NotFound: an unknown job. nnprobe.DeadlineExceeded: ``timeout`` passed.
         """
-        for event in self.watch_job(job_id, timeout=timeout):
-            if on_progress is not None:
-                on_progress(job_progress(event))
+        with reporting(progress, on_progress, f"job {job_id}", "steps") as report:
+            for event in self.watch_job(job_id, timeout=timeout):
+                report(job_progress(event))
         return self.get_job(job_id)

@@ -11,6 +11,7 @@ from nnprobe._requests import request_arguments
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
 from nnprobe.display import rich_result
 from nnprobe.progress import ProgressCallback
+from nnprobe.progress_bar import reporting
 from nnprobe.sequence.progress import final_result
 
 _MODES = {pb.TRUNCATION_MODE_TRUNCATED: "truncated", pb.TRUNCATION_MODE_FULL: "full"}
@@ -117,6 +118,7 @@ class TruncationMethods(BaseClient):
         seed: int = 0,
         plot: bool = False,
         on_progress: ProgressCallback | None = None,
+        progress: bool = True,
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> TruncationComparison:
         """Memory held for backward and time of K chunks with ``detach()`` between them (truncated) and
@@ -133,4 +135,5 @@ class TruncationMethods(BaseClient):
         """
         request = compare_truncation_request(**request_arguments(locals()))
         events = self._stream(self._stub.CompareTruncation, request, timeout)
-        return truncation_comparison(final_result(events, on_progress, PROGRESS_UNIT))
+        with reporting(progress, on_progress, "truncation", PROGRESS_UNIT) as report:
+            return truncation_comparison(final_result(events, report, PROGRESS_UNIT))

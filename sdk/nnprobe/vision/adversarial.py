@@ -98,7 +98,10 @@ def _top_rows(result: AdversarialResult) -> list[dict[str, Any]]:
     return rows
 
 
-@rich_result(pictures=_PICTURES, tables={"top": _top_rows, "transfers": "transfers"})
+@rich_result(
+    pictures=_PICTURES,
+    tables={"top": _top_rows, "transfers": "transfers"},
+)
 @dataclass
 class AdversarialResult:
     """The outcome for one image. Pixels are the model's input size; ``perturbation`` (H, W, 3) float32."""

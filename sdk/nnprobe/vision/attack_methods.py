@@ -11,6 +11,7 @@ from nnprobe._client import USE_CLIENT_DEFAULT, BaseClient, UseClientDefault
 from nnprobe._requests import request_arguments
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 from nnprobe.progress import Progress, ProgressCallback
+from nnprobe.progress_bar import reporting
 from nnprobe.vision.adversarial import (
     AdversarialResult,
     AttackProgress,
@@ -173,6 +174,7 @@ class AdversarialMethods(BaseClient):
         transfer_addresses: Sequence[str] = (),
         names: Sequence[str] | None = None,
         on_progress: ProgressCallback | None = None,
+        progress: bool = True,
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> list[AdversarialResult]:
         """Attack each image and return one ``AdversarialResult`` per image, in image order (the
@@ -180,6 +182,7 @@ class AdversarialMethods(BaseClient):
         """
         request = _attack_request(**request_arguments(locals()))
         results: list[AdversarialResult] = []
-        for event in self._stream(self._stub.GenerateAdversarial, request, timeout):
-            collect(attack_event(event), request, results, on_progress)
+        with reporting(progress, on_progress, "attack", "iterations") as report:
+            for event in self._stream(self._stub.GenerateAdversarial, request, timeout):
+                collect(attack_event(event), request, results, report)
         return sorted(results, key=lambda r: r.image)

@@ -16,6 +16,7 @@ from nnprobe._requests import request_arguments
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 from nnprobe.display import rich_result
 from nnprobe.progress import Progress, ProgressCallback
+from nnprobe.progress_bar import reporting
 
 
 @rich_result()
@@ -252,6 +253,7 @@ class ModelMethods(BaseClient):
         version: int = 0,
         format: str | None = None,
         on_progress: ProgressCallback | None = None,
+        progress: bool = True,
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> UploadResult:
         """Upload ``model.onnx`` or a ``torch.export`` archive (``.pt2``) into the server's model repository.
@@ -263,8 +265,10 @@ class ModelMethods(BaseClient):
         each chunk. The server checks the sha256, refuses pickles and TorchScript, and loads the model
         before it becomes visible.
         """
-        messages = upload_model_messages(**request_arguments(locals()), on_progress=on_progress)
-        return upload_result(self._unary(self._stub.UploadModel, messages, timeout))
+        arguments = request_arguments(locals())
+        with reporting(progress, on_progress, f"upload {name}", "B") as report:
+            messages = upload_model_messages(**arguments, on_progress=report)
+            return upload_result(self._unary(self._stub.UploadModel, messages, timeout))
 
     def delete_model(
         self, name: str, *, version: int = 0, timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT
