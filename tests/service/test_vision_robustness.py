@@ -191,7 +191,12 @@ def test_bad_requests_are_refused_naming_the_field(client, call, code, field):
     ("kwargs", "code", "field"),
     [
         (dict(images=[b"not an image"], labels=["ant"]), "INVALID_ARGUMENT", "images[0].data"),
-        (dict(images=[b"\x89PNG..."] * 21, labels=["ant"] * 21), "RESOURCE_EXHAUSTED", "images"),
+        (
+            dict(images=[np.zeros((2, 2, 3), np.uint8)] * 21, labels=["ant"] * 21),
+            "RESOURCE_EXHAUSTED",
+            "images",
+        ),
+        (dict(images=[b"\x89PNG\r\n\x1a\nxxxx"], labels=["ant"]), "INVALID_ARGUMENT", "images[0].data"),
         (dict(server_folder="../etc"), "INVALID_ARGUMENT", "server_folder"),
         (dict(server_folder="missing"), "NOT_FOUND", "server_folder"),
         (dict(server_folder="a\x00b"), "INVALID_ARGUMENT", "server_folder"),

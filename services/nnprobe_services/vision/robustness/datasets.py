@@ -6,10 +6,14 @@ ImageFolder layout (``<class>/<image file>``) under the configured datasets root
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from PIL import Image
 
 from nnprobe_services.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from nnprobe_services.files import atomic_write
@@ -50,6 +54,20 @@ def check_name(name: str, field: str = "name") -> str:
     return name
 
 
+def _check_readable(data: bytes, field: str) -> None:
+    """``InvalidArgument`` on ``field`` when Pillow cannot read the image's structure (its header, and for
+    a PNG every chunk's checksum); no pixels are decoded here."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.verify()
+    except Exception as error:  # Pillow raises many kinds for damaged files
+        raise InvalidArgument(
+            f"the image is not a readable PNG or JPEG ({error.__class__.__name__}: {error})", field=field
+        ) from None
+
+
 class DatasetCollector:
     """Gathers an upload's images while checking the limits as they arrive."""
 
@@ -67,6 +85,7 @@ class DatasetCollector:
             raise InvalidArgument("the image holds no bytes", field=f"{field}.data")
         if not data.startswith((b"\x89PNG", b"\xff\xd8")):
             raise InvalidArgument("give PNG or JPEG bytes", field=f"{field}.data")
+        _check_readable(data, f"{field}.data")
         if not label.strip():
             raise InvalidArgument("every image needs a label", field=f"{field}.label")
         if len(self.images) >= self.limits.max_images:
