@@ -178,6 +178,16 @@ def test_a_server_folder_is_imported_in_imagefolder_layout(client, data):
         (dict(model="tiny", dataset="eight", eps=[0.01], attacks="cw"), "INVALID_ARGUMENT", "attacks"),
         (dict(model="tiny", dataset="eight", eps=[2.0]), "INVALID_ARGUMENT", "epsilons"),
         (dict(model="tiny", dataset="../x", eps=[0.01]), "INVALID_ARGUMENT", "dataset"),
+        (
+            dict(model="tiny", dataset="eight", eps=[k / 1000 for k in range(1, 66)]),
+            "RESOURCE_EXHAUSTED",
+            "epsilons",
+        ),
+        (
+            dict(model="tiny", dataset="eight", eps=[0.01], max_queries=2**31 - 1),
+            "INVALID_ARGUMENT",
+            "max_queries",
+        ),
     ],
 )
 def test_bad_requests_are_refused_naming_the_field(client, call, code, field):

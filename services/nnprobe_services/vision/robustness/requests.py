@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from nnprobe_services.errors import InvalidArgument
+from nnprobe_services.errors import InvalidArgument, ResourceExhausted
 from nnprobe_services.vision.robustness.apgd import ApgdSettings
 from nnprobe_services.vision.robustness.datasets import check_name
 from nnprobe_services.vision.robustness.ensemble import AttackSettings, resolve
@@ -18,6 +18,10 @@ from nnprobe_services.vision.robustness.square import SquareSettings
 #: Bisection steps per broken image when a request asks for bisection.
 BISECTION_STEPS = 8
 NORMS = ("linf", "l2")
+#: Most ε one job evaluates (each is a full pass over the data set).
+MAX_EPSILONS = 64
+#: Most Square queries per image and restart (AutoAttack's standard is 5000, the Square paper's 10,000).
+MAX_QUERIES = 100_000
 
 
 @dataclass(frozen=True)
@@ -69,30 +73,42 @@ class EvaluationRequest:
 
 def checked(request: EvaluationRequest, max_steps: int) -> EvaluationRequest:
     """``request`` with its attacks resolved to names, after checking every field (``InvalidArgument``
-    naming it). ``max_steps``: the most iterations (``steps``) one attack may run."""
+    naming it; ``ResourceExhausted`` on ``epsilons`` for more than ``MAX_EPSILONS``). ``max_steps``: the
+    most iterations (``steps``) one attack may run."""
     if not request.model.strip():
         raise InvalidArgument("name a model (ListModels lists them)", field="model")
     check_name(request.dataset, "dataset")
-    eps = request.epsilons
-    if not eps:
-        raise InvalidArgument("give at least one ε (pixel units, e.g. 4/255 = 0.0157)", field="epsilons")
-    for i, value in enumerate(eps):
-        if not math.isfinite(value) or value <= 0:
-            raise InvalidArgument(f"must be a positive number, got {value}", field=f"epsilons[{i}]")
-        if i and value <= eps[i - 1]:
-            raise InvalidArgument("give the ε in strictly increasing order", field=f"epsilons[{i}]")
-    if request.norm == "linf" and eps[-1] > 1:
-        raise InvalidArgument(f"an L-infinity ε is at most 1 (pixel units), got {eps[-1]}", field="epsilons")
+    _check_epsilons(request.epsilons, request.norm)
     if request.norm not in NORMS:
         raise InvalidArgument(f"choose one of {', '.join(NORMS)}", field="norm")
     try:
         attacks = resolve(list(request.attacks) if len(request.attacks) != 1 else request.attacks[0])
     except ValueError as error:
         raise InvalidArgument(str(error), field="attacks") from None
-    if request.max_queries < 0:
-        raise InvalidArgument(f"must be >= 0, got {request.max_queries}", field="max_queries")
+    if not 0 <= request.max_queries <= MAX_QUERIES:
+        raise InvalidArgument(
+            f"must be in 0..{MAX_QUERIES} (0: 5000), got {request.max_queries}", field="max_queries"
+        )
     if not 0 <= request.steps <= max_steps:
         raise InvalidArgument(f"must be in 0..{max_steps} (vision.max_attack_steps)", field="steps")
     if not 1 <= request.batch_size <= 1024:
         raise InvalidArgument(f"must be in 1..1024 (0: 64), got {request.batch_size}", field="batch_size")
     return replace(request, attacks=attacks)
+
+
+def _check_epsilons(eps: tuple[float, ...], norm: str) -> None:
+    """``InvalidArgument`` naming ``epsilons`` or ``epsilons[i]``, ``ResourceExhausted`` for too many."""
+    if not eps:
+        raise InvalidArgument("give at least one ε (pixel units, e.g. 4/255 = 0.0157)", field="epsilons")
+    if len(eps) > MAX_EPSILONS:
+        raise ResourceExhausted(
+            f"{len(eps)} ε given; at most {MAX_EPSILONS} per job (split the list over several jobs)",
+            field="epsilons",
+        )
+    for i, value in enumerate(eps):
+        if not math.isfinite(value) or value <= 0:
+            raise InvalidArgument(f"must be a positive number, got {value}", field=f"epsilons[{i}]")
+        if i and value <= eps[i - 1]:
+            raise InvalidArgument("give the ε in strictly increasing order", field=f"epsilons[{i}]")
+    if norm == "linf" and eps[-1] > 1:
+        raise InvalidArgument(f"an L-infinity ε is at most 1 (pixel units), got {eps[-1]}", field="epsilons")

@@ -8,7 +8,7 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nnprobe_services.errors import InvalidArgument
+from nnprobe_services.errors import InvalidArgument, ResourceExhausted
 from nnprobe_services.vision.robustness.requests import EvaluationRequest, checked
 
 EPS = st.one_of(
@@ -51,6 +51,8 @@ def test_an_epsilon_list_is_refused_exactly_when_the_oracle_refuses_it(eps, norm
         (dict(norm="l1"), "norm"),
         (dict(attacks=("pgd", "cw")), "attacks"),
         (dict(max_queries=-1), "max_queries"),
+        (dict(max_queries=100_001), "max_queries"),
+        (dict(max_queries=2**31 - 1), "max_queries"),
         (dict(steps=1001), "steps"),
         (dict(batch_size=0), "batch_size"),
     ],
@@ -73,3 +75,18 @@ def test_the_standard_ensemble_resolves_to_its_four_attacks_and_settings_follow_
         33,
     )
     assert EvaluationRequest.from_dict({**request.to_dict(), "extra": 1}) == request
+
+
+@settings(max_examples=60, deadline=None)
+@given(count=st.integers(1, 300), norm=st.sampled_from(["linf", "l2"]))
+def test_an_epsilon_list_longer_than_64_is_refused_as_too_much_work(count, norm):
+    """``count`` valid, increasing ε (k/1000): accepted up to 64, RESOURCE_EXHAUSTED on ``epsilons``
+    beyond."""
+    eps = tuple(k / 1000 for k in range(1, count + 1))
+    request = EvaluationRequest("tiny", "data", eps, norm=norm, attacks=("pgd",))
+    if count <= 64:
+        assert checked(request, 1000).epsilons == eps
+        return
+    with pytest.raises(ResourceExhausted) as caught:
+        checked(request, 1000)
+    assert caught.value.field == "epsilons" and f"{count} ε given; at most 64" in str(caught.value)
