@@ -40,6 +40,7 @@ OUTPUT_ONLY = {
     "--no-wait": "returns after the answer instead of following the job (the first RPC already failed here)",
     "--save-plot": "a picture file written from the answer",
     "--save-csv": "a file written from the answer",
+    "--out": "a folder written from the answer",
 }
 #: Options that need a TLS server to reach one (tests/service/test_security.py covers them).
 TLS = {"--tls-ca", "--tls-cert", "--tls-key"}
@@ -62,6 +63,7 @@ BASE = {
     "lm job": ["job-1"],
     "lm cancel": ["job-1"],
     "lm resume": ["job-1"],
+    "lm tensorboard": ["job-1", "--out", "{tmp}/runs"],
     "lm perplexity": ["job-1"],
     "lm sample": ["job-1"],
     "lm distance": ["a", "b", "--job", "job-1"],
