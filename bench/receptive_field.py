@@ -18,6 +18,13 @@ pass, and the tiling proof (the whole pass plus one pass per tile window, float6
 
 fcn_resnet50 (126 MB as ONNX) sent through the SDK whole and as its graph without the weights' values: bytes
 sent and request time side by side.
+
+    .venv/bin/python bench/receptive_field.py --dense [SIDE]
+
+Segmentation nets by name (fcn_resnet50, deeplabv3_mobilenet_v3_large at SIDE x SIDE, default 96) and
+vision transformers (vit_base_patch16_224, swin_tiny_patch4_window7_224 at 224): capture + analysis cold,
+the analysis warm, and verifying the end point's centre unit. Swin is refused by name (windowed attention):
+its row times the refusal.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ from nnprobe_services.vision.receptive_fields.frontends import onnx_reader as rf
 from nnprobe_services.vision.receptive_fields.frontends import trace_worker as rf_trace_worker
 
 MODELS = [("resnet50", 224), ("convnext_tiny", 224), ("efficientnet_b0", 224), ("inception_v3", 299)]
+DENSE_MODELS = ["fcn_resnet50", "deeplabv3_mobilenet_v3_large"]
+TOKEN_MODELS = ["vit_base_patch16_224", "swin_tiny_patch4_window7_224"]
+DENSE_HEADERS = ["model", "input", "nodes", "r", "analytic cold", "analytic warm", "verify 1 unit", "answer"]
 HALF = Fraction(1, 2)
 
 
@@ -230,6 +240,56 @@ def upload_rows() -> list[tuple]:
     ]
 
 
+def dense_row(name: str, size: int, device: torch.device) -> tuple:
+    """One model by name at ``size``: capture + analysis cold (the worker's cache forgotten), the
+    analysis warm, and verifying the end point's centre unit; a refusal (Swin's windowed attention) is
+    timed instead."""
+    from nnprobe_services.vision.receptive_fields.arithmetic import Unsupported
+
+    def cold() -> rf_graph.GraphField:
+        rf_trace_worker.forget(name)
+        return rf_graph.analyse_model(name, (size, size), HALF, None)
+
+    start = time.perf_counter()
+    try:
+        graph = cold()
+    except Unsupported as error:
+        refused_s = time.perf_counter() - start
+        reason = "refused: windowed attention" if "windowed attention" in str(error) else f"refused: {error}"
+        return (name, f"{size}", "-", "-", f"{refused_s * 1e3:.0f} ms", "-", "-", reason)
+    cold_s = time.perf_counter() - start
+    end = graph.fields[-1]
+    x, y = center_unit(end)
+    warm_s = seconds(lambda: rf_graph.analyse_model(name, (size, size), HALF, None))
+
+    def verify() -> object:
+        probe, channels = rf_empirical.model_probe(
+            name, [end.name], device, weights="transparent", input_size=(size, size)
+        )
+        return rf_empirical.gradient_boxes(
+            probe, channels, (size, size), device, [(end.name, x, y)], lambda: False
+        )
+
+    verify_s = seconds(verify, 1)
+    return (
+        name,
+        f"{size}",
+        len(graph.fields),
+        f"{end.height.receptive}",
+        f"{cold_s * 1e3:.0f} ms",
+        f"{warm_s * 1e3:.0f} ms",
+        f"{verify_s * 1e3:.0f} ms",
+        f"end point {end.name}",
+    )
+
+
+def dense_rows(side: int) -> list[tuple]:
+    """The segmentation nets at ``side`` x ``side`` and the vision transformers at 224."""
+    device = resolve_device("auto")
+    sized = [(name, side) for name in DENSE_MODELS] + [(name, 224) for name in TOKEN_MODELS]
+    return [dense_row(name, size, device) for name, size in sized]
+
+
 class UNetLike(torch.nn.Module):
     """Two 2 x 2 poolings down, nearest upsampling back, skip concatenations: logits at input resolution."""
 
@@ -310,6 +370,11 @@ if __name__ == "__main__":
     if "--upload" in sys.argv:
         print("fcn_resnet50 (64 x 64) as ONNX through the SDK: the whole file vs its graph without weights")
         print_table(upload_rows(), ["sent", "bytes", "request", "size ratio", "time ratio", "answer"])
+    elif "--dense" in sys.argv:
+        rest = sys.argv[sys.argv.index("--dense") + 1 :]
+        side = int(rest[0]) if rest else 96
+        print("segmentation nets and vision transformers by name: capture + analysis vs verify")
+        print_table(dense_rows(side), DENSE_HEADERS)
     elif "--tiling" in sys.argv:
         print(
             "overlap-tile proof (whole + tiles, float64) vs one whole-image pass; ratio: proof / whole pass"
