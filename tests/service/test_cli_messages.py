@@ -40,7 +40,6 @@ BASE = {
     "lm jobs": [],
     "lm job": ["job-1"],
     "lm cancel": ["job-1"],
-    "lm tensorboard": ["job-1", "--out", "{tmp}/runs"],
     "lm resume": ["job-1"],
     "lm perplexity": ["job-1"],
     "lm sample": ["job-1"],
