@@ -180,6 +180,22 @@ def test_options_are_checked_against_the_models_signature(vision, options, field
     assert "b'" not in error.message and "{" not in error.message
 
 
+def test_an_option_the_constructor_divides_by_is_refused_in_one_error_line(vision, vision_server, capsys):
+    """A patch of 0 pixels makes timm's vision transformer divide by zero while it is built: the SDK gets
+    INVALID_ARGUMENT on model.options naming the option, the command line one error line."""
+    model = "timm/vit_tiny_patch16_224"
+    with pytest.raises(NnprobeError) as caught:
+        vision.compute_receptive_field(model=model, model_options={"patch_size": 0})
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in caught.value.field_violations] == ["model.options"]
+    assert "patch_size: ZeroDivisionError" in caught.value.message
+    capsys.readouterr()
+    status = main(["rf", "--model", model, "--model-option", "patch_size=0", "--address", vision_server])
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err
+    assert err.splitlines()[0].startswith("error: INVALID_ARGUMENT: model.options: ")
+
+
 def test_options_go_with_built_in_models_only(vision):
     with pytest.raises(NnprobeError) as caught:
         vision.compute_receptive_field(onnx=LARGE, model_options={"output_stride": 8})

@@ -143,3 +143,22 @@ def test_a_value_of_another_type_than_the_default_is_invalid(name, kind, data):
         model_options.keyword_arguments("timm/resnet18", options, KNOWN)
     assert error.value.field == f"model.options[{name}]" and "must be" in error.value.message
     assert "b'" not in error.value.message and "<class" not in error.value.message
+
+
+@settings(max_examples=30, deadline=None)
+@given(name=st.sampled_from(["patch_size", "img_size", "num_heads", "mlp_ratio"]), value=st.integers(-3, 2))
+def test_a_geometry_value_the_constructor_cannot_use_is_invalid_naming_the_options(name, value):
+    """A vision transformer built with a small or non-positive geometry value (a patch of 0 pixels divides
+    by zero inside timm): it builds, or answers InvalidSpec on ``model.options`` naming the option, whatever
+    exception the constructor raised (an oracle: timm's own constructor called here with the same value)."""
+    try:
+        timm.create_model("vit_tiny_patch16_224", pretrained=False, **{name: value}, device="meta")
+        builds = True
+    except Exception:
+        builds = False
+    if builds:
+        assert catalogue.build("timm/vit_tiny_patch16_224", "meta", _options(**{name: value})) is not None
+        return
+    with pytest.raises(InvalidSpec) as error:
+        catalogue.build("timm/vit_tiny_patch16_224", "meta", _options(**{name: value}))
+    assert error.value.field == "model.options" and name in error.value.message
