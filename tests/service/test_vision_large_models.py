@@ -196,6 +196,22 @@ def test_an_option_the_constructor_divides_by_is_refused_in_one_error_line(visio
     assert err.splitlines()[0].startswith("error: INVALID_ARGUMENT: model.options: ")
 
 
+def test_options_too_big_to_build_in_time_are_stopped_naming_the_options(vision, monkeypatch):
+    """A vision transformer of 100,000 blocks: its capture is stopped at the tracing limit (3 s here) with
+    RESOURCE_EXHAUSTED on model.options, and the server answers the next model request."""
+    from nnprobe_services.vision.receptive_fields.frontends import trace_worker
+
+    monkeypatch.setattr(trace_worker, "CAPTURE_SECONDS", 3.0)
+    with pytest.raises(NnprobeError) as caught:
+        vision.compute_receptive_field(model="timm/vit_tiny_patch16_224", model_options={"depth": 100_000})
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert [v.field for v in caught.value.field_violations] == ["model.options"]
+    assert "took more than 3 s and was stopped; choose smaller model options" in caught.value.message
+    monkeypatch.setattr(trace_worker, "CAPTURE_SECONDS", 120.0)
+    result = vision.compute_receptive_field(model="timm/vit_tiny_patch16_224", model_options={"depth": 2})
+    assert result.model_final_stride == 16  # the patch size
+
+
 def test_options_go_with_built_in_models_only(vision):
     with pytest.raises(NnprobeError) as caught:
         vision.compute_receptive_field(onnx=LARGE, model_options={"output_stride": 8})

@@ -2,12 +2,16 @@
 
 import copy
 import os
+import subprocess
 import threading
+import time
 from fractions import Fraction
 
 import pytest
 import torch
-from nnprobe_services.errors import Unavailable
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nnprobe_services.errors import ResourceExhausted, Unavailable
 from nnprobe_services.vision.receptive_fields import empirical as rf_empirical
 from nnprobe_services.vision.receptive_fields import graph as rf_graph
 from nnprobe_services.vision.receptive_fields.arithmetic import (
@@ -227,6 +231,48 @@ def test_a_dead_worker_fails_one_request_and_is_replaced(monkeypatch):
         assert future.result(timeout=60) == 4 and rf_trace_worker._pool is pool
     finally:
         rf_trace_worker.shutdown()
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seconds=st.sampled_from([0, 30]), options=st.booleans())
+def test_a_capture_over_the_time_limit_stops_the_worker_and_names_the_field(monkeypatch, seconds, options):
+    """A task of its own worker that sleeps ``seconds`` (0, or far over a 1.5 s limit): the short one
+    answers; the long one is stopped at the limit with RESOURCE_EXHAUSTED on ``model.options`` (a key with
+    options) or ``model.name``, a request queued behind it is UNAVAILABLE, and the next request gets a new
+    worker."""
+    monkeypatch.setattr(rf_trace_worker, "_pool", None)
+    monkeypatch.setattr(rf_trace_worker, "_task", subprocess.call)
+    monkeypatch.setattr(rf_trace_worker, "CAPTURE_SECONDS", 1.5)
+    # a key is (model, size[, options]); here it is a command line: sleep adds up its arguments
+    key = ("sleep", str(seconds), "0") if options else ("sleep", str(seconds))
+    try:
+        rf_trace_worker._submit(["true"])[1].result(timeout=60)  # the worker is up: the limit times the task
+        if seconds == 0:
+            assert rf_trace_worker._trace_remote(key) == 0
+            return
+        queued: list[BaseException] = []
+        behind = threading.Thread(
+            target=lambda: _catch(queued, lambda: rf_trace_worker._trace_remote(["true"]))
+        )
+        started = time.monotonic()
+        with pytest.raises(ResourceExhausted, match=r"took more than 1\.5 s and was stopped") as error:
+            threading.Timer(0.3, behind.start).start()
+            rf_trace_worker._trace_remote(key)
+        assert time.monotonic() - started < 10
+        assert error.value.field == ("model.options" if options else "model.name")
+        behind.join(60)
+        assert [type(e) for e in queued] == [rf_trace_worker.TracerUnavailable], [repr(e) for e in queued]
+        assert rf_trace_worker._pool is None
+        assert rf_trace_worker._submit(["false"])[1].result(timeout=60) == 1
+    finally:
+        rf_trace_worker.shutdown()
+
+
+def _catch(caught: list[BaseException], call) -> None:
+    try:
+        call()
+    except BaseException as error:
+        caught.append(error)
 
 
 # -- seeded random weights --------------------------------------------------------------------------

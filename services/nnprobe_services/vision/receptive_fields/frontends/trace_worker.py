@@ -26,7 +26,7 @@ import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
@@ -34,12 +34,14 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from nnprobe_services.errors import Unavailable
+from nnprobe_services.errors import ResourceExhausted, Unavailable
 from nnprobe_services.vision.receptive_fields.arithmetic import FieldError, Unsupported
 from nnprobe_services.vision.receptive_fields.ir import Capture
 
 #: Captured models kept per process (a graph on the meta device costs tens of kilobytes).
 CACHE_SIZE = 32
+#: Most seconds one capture may take; a longer one (options such as ``depth=100000``) stops the worker.
+CAPTURE_SECONDS = 120.0
 #: What ``captured`` returns: the receptive-field graph and the runnable ATen graph (on the meta device).
 Captured = tuple[Capture, fx.GraphModule]
 
@@ -262,16 +264,31 @@ def _submit(name: Any) -> tuple[ProcessPoolExecutor, Future]:
     raise TracerUnavailable("the model tracing process cannot be started", field="model.name")
 
 
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Forget ``pool`` and end its worker now (the next request starts a new one)."""
+    global _pool
+    with _lock:
+        if _pool is pool:
+            _pool = None
+    for process in list((getattr(pool, "_processes", None) or {}).values()):  # None once shut down
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _trace_remote(name: Any) -> Any:
     pool, future = _submit(name)
     try:
-        traced = future.result()
-    except BrokenProcessPool:
-        global _pool
-        with _lock:
-            if _pool is pool:
-                _pool = None
-        pool.shutdown(wait=False, cancel_futures=True)
+        traced = future.result(timeout=CAPTURE_SECONDS)
+    except TimeoutError:
+        _stop(pool)
+        options = isinstance(name, tuple) and len(name) > 2
+        raise ResourceExhausted(
+            f"capturing {_label(name)} took more than {CAPTURE_SECONDS:g} s and was stopped; "
+            + ("choose smaller model options" if options else "choose a smaller input size or model"),
+            field="model.options" if options else "model.name",
+        ) from None
+    except (BrokenProcessPool, CancelledError):  # it died, or was stopped while this one waited
+        _stop(pool)
         raise TracerUnavailable(
             f"the model tracing process stopped unexpectedly while tracing {_label(name)}; "
             f"the next request starts a new one",
