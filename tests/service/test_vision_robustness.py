@@ -15,6 +15,8 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nnprobe import NnprobeError, VisionClient
 from nnprobe.cli import main
 from nnprobe_services.vision.robustness.apgd import ApgdSettings
@@ -218,6 +220,29 @@ def test_bad_uploads_are_refused_naming_the_field(client, kwargs, code, field):
         client.upload_dataset("bad", **kwargs)
     assert caught.value.code.name == code
     assert [v.field for v in caught.value.field_violations] == [field]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(label=st.one_of(st.text(max_size=6), st.binary(max_size=6)))
+def test_any_label_is_stored_as_its_text_or_refused_naming_it(client, data, label):
+    """Text and bytes labels, lone surrogates and undecodable bytes included: the label's UTF-8 text is
+    stored (stripped; blank is INVALID_ARGUMENT on images[0].label), and a label without a UTF-8 form is a
+    ``ValueError`` naming ``labels[0]`` before anything is sent (not UNKNOWN from the request stream)."""
+    try:
+        text = label.decode() if isinstance(label, bytes) else label
+        text.encode()
+    except UnicodeError:
+        text = None
+    image = data[0][0]
+    if text is None:
+        with pytest.raises(ValueError, match=r"^labels\[0\]: .* is not UTF-8 text"):
+            client.upload_dataset("labels", [image], [label])
+    elif not text.strip():
+        with pytest.raises(NnprobeError) as caught:
+            client.upload_dataset("labels", [image], [label])
+        assert [v.field for v in caught.value.field_violations] == ["images[0].label"]
+    else:
+        assert client.upload_dataset("labels", [image], [label]).labels == [text.strip()]
 
 
 def test_unknown_jobs_are_not_found(client):

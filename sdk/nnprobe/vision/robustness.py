@@ -236,17 +236,36 @@ def _encoded(image: Any) -> bytes:
     return encode_png(np.asarray(image))
 
 
+def _label_text(label: Any, index: int) -> str:
+    """``label`` as the UTF-8 text a request carries (bytes are decoded); ``ValueError`` naming
+    ``labels[index]`` when it has no UTF-8 form (undecodable bytes, a lone surrogate from a file name)."""
+    try:
+        text = label.decode() if isinstance(label, bytes | bytearray) else str(label)
+        text.encode()
+    except UnicodeError:
+        raise ValueError(f"labels[{index}]: {label!r} is not UTF-8 text; give class names as text") from None
+    return text
+
+
 def dataset_messages(
     name: str, images: Iterable[Any], labels: Sequence[str], server_folder: str
 ) -> Iterator[pb.UploadDatasetRequest]:
-    """The UploadDataset stream: the name (and ``server_folder``), then images in batches."""
+    """The UploadDataset stream: the name (and ``server_folder``), then images in batches. The labels are
+    checked here, before the stream starts (``ValueError`` naming ``labels[i]``)."""
+    texts = [_label_text(label, i) for i, label in enumerate(labels)]
+    return _dataset_stream(name, images, texts, server_folder)
+
+
+def _dataset_stream(
+    name: str, images: Iterable[Any], labels: Sequence[str], server_folder: str
+) -> Iterator[pb.UploadDatasetRequest]:
     if server_folder:
         yield pb.UploadDatasetRequest(name=name, server_folder=server_folder)
         return
     batch: list[pb.LabeledImage] = []
     first = True
     for image, label in zip(images, labels, strict=True):
-        batch.append(pb.LabeledImage(data=_encoded(image), label=str(label)))
+        batch.append(pb.LabeledImage(data=_encoded(image), label=label))
         if len(batch) == IMAGES_PER_MESSAGE:
             yield pb.UploadDatasetRequest(name=name if first else "", images=batch)
             batch, first = [], False
