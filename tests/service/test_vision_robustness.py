@@ -245,6 +245,47 @@ def test_any_label_is_stored_as_its_text_or_refused_naming_it(client, data, labe
         assert client.upload_dataset("labels", [image], [label]).labels == [text.strip()]
 
 
+def _fraction_oracle(text: str) -> float | None:
+    """``text`` as a number or ``a/b`` fraction, written here independently; None when it is neither."""
+    parts = text.split("/")
+    try:
+        numbers = [float(part) for part in parts]
+    except ValueError:
+        return None
+    if len(numbers) == 1:
+        return numbers[0]
+    if len(numbers) != 2 or numbers[1] == 0:
+        return None
+    return numbers[0] / numbers[1]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    text=st.one_of(
+        st.text(max_size=8),
+        st.tuples(st.integers(-9, 9), st.integers(-2, 2)).map(lambda p: f"{p[0]}/{p[1]}"),
+    )
+)
+def test_an_eps_text_that_is_no_number_is_a_value_error_naming_it(client, text):
+    """Any text as the second ε: a number or fraction is sent (the server judges it), anything else (``8/0``
+    included) is a ``ValueError`` naming ``eps[1]`` before the request."""
+    if _fraction_oracle(text) is not None:
+        return  # sent; the server's checks are tested above
+    with pytest.raises(ValueError, match=r"^eps\[1\]: .* is not a number or a fraction like 4/255"):
+        client.evaluate_robustness("tiny", "eight", eps=[0.001, text])
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(state=st.text(max_size=10))
+def test_an_unknown_job_state_is_a_value_error_naming_states(client, state):
+    known = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+    if state in known:
+        assert all(job.state == state for job in client.list_robustness_jobs(states=[state]))
+        return
+    with pytest.raises(ValueError, match=r"^states: unknown job state .*; choose from queued, running"):
+        client.list_robustness_jobs(states=["running", state])
+
+
 def test_unknown_jobs_are_not_found(client):
     with pytest.raises(NnprobeError) as caught:
         client.get_robustness_job("rob-none")

@@ -12,7 +12,6 @@ from nnprobe.api.vision.v1 import robustness_pb2 as pb
 from nnprobe.progress import Progress, ProgressCallback
 from nnprobe.progress_bar import ProgressBar
 from nnprobe.vision.robustness import (
-    STATE_VALUES,
     TERMINAL,
     DatasetInfo,
     RobustnessEvent,
@@ -22,6 +21,7 @@ from nnprobe.vision.robustness import (
     _job,
     dataset_messages,
     evaluation_request,
+    state_values,
 )
 from nnprobe.vision.robustness_jobs import Timeout
 
@@ -137,7 +137,7 @@ class AsyncRobustnessMethods:
     async def list_robustness_jobs(
         self, *, states: Sequence[str] = (), limit: int = 0, timeout: Timeout = USE_CLIENT_DEFAULT
     ) -> list[RobustnessJob]:
-        request = pb.ListRobustnessJobsRequest(states=[STATE_VALUES[s] for s in states], limit=limit)
+        request = pb.ListRobustnessJobsRequest(states=state_values(states), limit=limit)
         return [
             _job(job) for job in (await self._unary(self._stub.ListRobustnessJobs, request, timeout)).jobs
         ]

@@ -31,6 +31,19 @@ STATES = {
     pb.ROBUSTNESS_JOB_STATE_INTERRUPTED: "interrupted",
 }
 STATE_VALUES = {name: value for value, name in STATES.items()}
+
+
+def state_values(states: Iterable[str]) -> list[pb.RobustnessJobState.ValueType]:
+    """The job states ``states`` (names such as ``"running"``) as request values; ``ValueError`` naming
+    the unknown one and the known names."""
+    values = []
+    for state in states:
+        if state not in STATE_VALUES:
+            raise ValueError(f"states: unknown job state {state!r}; choose from {', '.join(STATE_VALUES)}")
+        values.append(STATE_VALUES[state])
+    return values
+
+
 TERMINAL = ("succeeded", "failed", "cancelled", "interrupted")
 #: Images sent per UploadDataset message.
 IMAGES_PER_MESSAGE = 64
@@ -273,6 +286,18 @@ def _dataset_stream(
         yield pb.UploadDatasetRequest(name=name if first else "", images=batch)
 
 
+def _epsilons(eps: Sequence[float | str]) -> list[float]:
+    """``eps`` as numbers (``"4/255"`` read as a fraction); ``ValueError`` naming ``eps[i]`` for text that
+    is not a number or a fraction, or divides by zero."""
+    values = []
+    for i, value in enumerate(eps):
+        try:
+            values.append(parse_epsilon(value))
+        except (ValueError, TypeError, ZeroDivisionError):
+            raise ValueError(f"eps[{i}]: {value!r} is not a number or a fraction like 4/255") from None
+    return values
+
+
 def evaluation_request(
     model: str,
     dataset: str,
@@ -289,14 +314,14 @@ def evaluation_request(
     name: str,
 ) -> pb.EvaluateRobustnessRequest:
     """The EvaluateRobustness request; ``eps`` entries may be fractions as text (``"4/255"``). Raises
-    ``ValueError`` for an unknown ``norm``."""
+    ``ValueError`` for an unknown ``norm`` or an ``eps`` entry that is not a number."""
     if norm.lower() not in NORMS:
         raise ValueError(f"norm must be linf or l2, not {norm!r}")
     return pb.EvaluateRobustnessRequest(
         model=model,
         model_version=model_version,
         dataset=dataset,
-        epsilons=[parse_epsilon(e) for e in eps],
+        epsilons=_epsilons(eps),
         norm=NORMS[norm.lower()],
         attacks=[attacks] if isinstance(attacks, str) else list(attacks),
         seed=seed,

@@ -12,7 +12,6 @@ from nnprobe.api.vision.v1 import robustness_pb2 as pb
 from nnprobe.progress import Progress, ProgressCallback
 from nnprobe.progress_bar import ProgressBar
 from nnprobe.vision.robustness import (
-    STATE_VALUES,
     TERMINAL,
     DatasetInfo,
     RobustnessEvent,
@@ -22,6 +21,7 @@ from nnprobe.vision.robustness import (
     _job,
     dataset_messages,
     evaluation_request,
+    state_values,
 )
 
 Timeout = float | UseClientDefault | None
@@ -155,7 +155,7 @@ class RobustnessMethods:
         self, *, states: Sequence[str] = (), limit: int = 0, timeout: Timeout = USE_CLIENT_DEFAULT
     ) -> list[RobustnessJob]:
         """Jobs, newest first (``states``: only those; ``limit`` 0: 100)."""
-        request = pb.ListRobustnessJobsRequest(states=[STATE_VALUES[s] for s in states], limit=limit)
+        request = pb.ListRobustnessJobsRequest(states=state_values(states), limit=limit)
         return [_job(job) for job in self._unary(self._stub.ListRobustnessJobs, request, timeout).jobs]
 
     def watch_robustness_job(
