@@ -114,6 +114,8 @@ def callback_parameters(method: Callable) -> dict[str, object]:
         annotation = parameter.annotation
         if isinstance(annotation, str) and ("Callable" in annotation or "Callback" in annotation):
             found[name] = eval(annotation, inspect.unwrap(method).__globals__)
+        elif name == "progress" and annotation in ("bool", bool):
+            continue  # the switch of the progress bar, not a callback
         elif name.startswith("on_") or name in ("progress", "callback"):
             found[name] = annotation
     return found
@@ -128,6 +130,9 @@ def test_every_streamed_call_takes_one_callback_named_and_typed_the_same(client)
         if callbacks:
             assert callbacks["on_progress"] == ProgressCallback | None
             assert inspect.signature(method).parameters["on_progress"].default is None
+            # ... and the switch of its progress bar, on by default
+            switch = inspect.signature(method).parameters["progress"]
+            assert switch.annotation in ("bool", bool) and switch.default is True, f"{client.__name__}.{name}"
             with_callback.add(name)
     expected = {
         "VisionClient": {"attack", "upload_model"},
