@@ -189,12 +189,20 @@ def _attack_progress(p: Any) -> AttackProgress:
     )
 
 
-def parse_epsilon(value: float | str) -> float:
-    """``4/255``, ``0.0157`` or a number -> float."""
-    if isinstance(value, str):
-        numerator, sep, denominator = value.partition("/")
-        return float(numerator) / float(denominator) if sep else float(value)
-    return float(value)
+def parse_epsilon(value: float | str, name: str = "eps") -> float:
+    """``4/255``, ``0.0157`` or a number -> float, in pixel units.
+
+    Raises:
+        ValueError: naming ``name``, for text that is not a number or a fraction, or a zero denominator.
+    """
+    try:
+        if isinstance(value, str):
+            numerator, sep, denominator = value.partition("/")
+            return float(numerator) / float(denominator) if sep else float(value)
+        return float(value)
+    except (ValueError, TypeError, ZeroDivisionError):
+        shown = str(value)[:40]
+        raise ValueError(f"{name}: {shown!r} is not a number or a fraction like 4/255") from None
 
 
 def _attack_request(
@@ -248,7 +256,7 @@ def _attack_request(
     _set_given(
         request,
         epsilon=None if eps is None else parse_epsilon(eps),
-        step_size=None if step_size is None else parse_epsilon(step_size),
+        step_size=None if step_size is None else parse_epsilon(step_size, "step_size"),
         random_start=random_start,
         early_stop=early_stop,
         learning_rate=learning_rate,
