@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -97,6 +98,13 @@ class CommandParser(argparse.ArgumentParser):
     themselves, with their own usage."""
 
     is_root = False
+    #: What argparse reads as a negative number (a value, not an option): its own integers and decimals,
+    #: plus fractions and exponents (``--eps -1/255`` reaches the option's own check, which names it).
+    NEGATIVE_NUMBER = re.compile(r"^-(\d+/\d+|\d*\.?\d+([eE][+-]?\d+)?)$")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = self.NEGATIVE_NUMBER
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
