@@ -17,13 +17,15 @@ normalisation inside), on the decoded, 8-bit pixels the service attacks. Both ru
 gradient attack, ``--queries`` Square queries per image, 9 target classes for APGD-T and FAB-T (AutoAttack's
 standard; torchattacks' own default is every other class) and one restart. Each row: the seconds of each, the
 ratio service / torchattacks (median over ``--repeats`` rounds, the order alternated), the robust accuracy of
-each (the service judges the saved 8-bit image, torchattacks its floating-point one) and Square's queries
-per image it attacked (from the service's result). Both sides warm up (model load, first passes) first.
+each (the service judges the saved 8-bit image, torchattacks its floating-point one), how many images each
+attack of the service broke and Square's queries per image it attacked (from the service's result). Both
+sides warm up (model load, first passes) first.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import io
 import statistics
 import tempfile
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             "ratio",
             "service robust",
             "torchattacks robust",
+            "service broken by",
             "Square queries/image",
         ],
     )
@@ -165,6 +168,7 @@ def _compare(client: VisionClient, module, pixels, labels, epsilons: list[float]
                 else:
                     their_robust = outcome
         queries = [image.queries[0] for image in result.images if image.queries[0]]
+        broken_by = collections.Counter(image.broken_by[0] for image in result.images if image.broken_by[0])
         rows.append(
             (
                 f"{eps * 255:g}/255",
@@ -173,6 +177,7 @@ def _compare(client: VisionClient, module, pixels, labels, epsilons: list[float]
                 f"{statistics.median(o / t for o, t in zip(ours, theirs, strict=True)):.2f}",
                 f"{result.per_epsilon[0].robust}/{result.total}",
                 f"{their_robust}/{len(labels)}",
+                ", ".join(f"{name} {count}" for name, count in broken_by.items()) or "-",
                 f"{statistics.mean(queries):.0f} ({len(queries)} images)" if queries else "- (none left)",
             )
         )
