@@ -18,6 +18,7 @@ import numpy as np
 
 from nnprobe_services.vision.receptive_fields import ir
 from nnprobe_services.vision.receptive_fields.arithmetic import Unsupported
+from nnprobe_services.vision.receptive_fields.resize_antialias import onnx_antialiased
 
 Taps = tuple[tuple[int, ...], ...]
 
@@ -37,9 +38,9 @@ def resize_taps(n_in: int, n_out: int, scale: float | None, op: ir.Upsample) -> 
         if op.mode == "linear":
             return _torch_linear(n_in, n_out, scale, op.coordinate_mode == "align_corners")
         return _torch_cubic(n_in, n_out, scale, op.coordinate_mode == "align_corners")
-    if op.antialias:
-        raise Unsupported("ONNX antialiased resizing", field="model.onnx")
     x = onnx_coordinates(n_in, n_out, scale, op.coordinate_mode)
+    if op.antialias:
+        return onnx_antialiased(n_in, n_out, x, scale, op)
     if op.mode == "linear":
         return _onnx_linear(n_in, x)
     return _onnx_cubic(n_in, x, op)

@@ -132,9 +132,7 @@ def test_zero_weights_are_not_read():
     assert resize_taps(4, 7, None, cubic)[2] == (1,)
 
 
-def test_onnx_antialias_and_unknown_modes_are_refused_with_plain_text():
-    with pytest.raises(Unsupported, match="ONNX antialiased resizing"):
-        resize_taps(8, 4, None, ir.Upsample("half_pixel", mode="linear", antialias=True))
+def test_unknown_coordinate_modes_are_refused_with_plain_text():
     with pytest.raises(Unsupported) as error:
         resize_taps(8, 4, None, ir.Upsample("tf_crop_and_resize", mode="linear"))
     assert "b'" not in error.value.message
