@@ -14,6 +14,7 @@ from nnprobe.progress_bar import ProgressBar
 from nnprobe.vision.robustness import (
     TERMINAL,
     DatasetInfo,
+    Endpoint,
     RobustnessEvent,
     RobustnessJob,
     RobustnessResult,
@@ -105,7 +106,7 @@ class AsyncRobustnessMethods:
 
     async def evaluate_robustness(
         self,
-        model: str,
+        model: str | None,
         dataset: str,
         *,
         eps: Sequence[float | str],
@@ -118,6 +119,7 @@ class AsyncRobustnessMethods:
         batch_size: int = 0,
         model_version: int = 0,
         name: str = "",
+        endpoint: Endpoint | None = None,
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> AsyncRobustnessJobHandle:
         arguments = {k: v for k, v in locals().items() if k not in ("self", "timeout")}

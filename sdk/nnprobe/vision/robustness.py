@@ -298,8 +298,26 @@ def _epsilons(eps: Sequence[float | str]) -> list[float]:
     return values
 
 
+#: A remote Open Inference model: "HOST:PORT/MODEL[/VERSION]", (address, model) or (address, model, version).
+Endpoint = str | tuple[str, str] | tuple[str, str, str]
+
+
+def remote_model(endpoint: Endpoint) -> pb.RemoteModel:
+    """The RemoteModel of ``endpoint``; ``ValueError`` for text without ``/MODEL`` after ``HOST:PORT`` or a
+    tuple of another length."""
+    if isinstance(endpoint, str):
+        slash = endpoint.find("/", endpoint.rfind(":") + 1)
+        if slash < 0 or not endpoint[slash + 1 :]:
+            raise ValueError(f"endpoint: {endpoint!r} is not HOST:PORT/MODEL[/VERSION]")
+        model, _, version = endpoint[slash + 1 :].partition("/")
+        return pb.RemoteModel(address=endpoint[:slash], model_name=model, model_version=version)
+    if not isinstance(endpoint, (tuple, list)) or len(endpoint) not in (2, 3):
+        raise ValueError("endpoint: give (address, model) or (address, model, version)")
+    return pb.RemoteModel(address=endpoint[0], model_name=endpoint[1], model_version=str(*endpoint[2:3]))
+
+
 def evaluation_request(
-    model: str,
+    model: str | None,
     dataset: str,
     *,
     eps: Sequence[float | str],
@@ -312,13 +330,16 @@ def evaluation_request(
     batch_size: int,
     model_version: int,
     name: str,
+    endpoint: Endpoint | None = None,
 ) -> pb.EvaluateRobustnessRequest:
     """The EvaluateRobustness request; ``eps`` entries may be fractions as text (``"4/255"``). Raises
-    ``ValueError`` for an unknown ``norm`` or an ``eps`` entry that is not a number."""
+    ``ValueError`` for an unknown ``norm``, an ``eps`` entry that is not a number or a malformed
+    ``endpoint``."""
     if norm.lower() not in NORMS:
         raise ValueError(f"norm must be linf or l2, not {norm!r}")
     return pb.EvaluateRobustnessRequest(
-        model=model,
+        model=model or "",
+        remote=remote_model(endpoint) if endpoint is not None else None,
         model_version=model_version,
         dataset=dataset,
         epsilons=_epsilons(eps),

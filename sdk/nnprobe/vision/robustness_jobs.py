@@ -14,6 +14,7 @@ from nnprobe.progress_bar import ProgressBar
 from nnprobe.vision.robustness import (
     TERMINAL,
     DatasetInfo,
+    Endpoint,
     RobustnessEvent,
     RobustnessJob,
     RobustnessResult,
@@ -115,7 +116,7 @@ class RobustnessMethods:
 
     def evaluate_robustness(
         self,
-        model: str,
+        model: str | None,
         dataset: str,
         *,
         eps: Sequence[float | str],
@@ -128,6 +129,7 @@ class RobustnessMethods:
         batch_size: int = 0,
         model_version: int = 0,
         name: str = "",
+        endpoint: Endpoint | None = None,
         timeout: Timeout = USE_CLIENT_DEFAULT,
     ) -> RobustnessJobHandle:
         """Start a robustness evaluation of ``model`` on the uploaded ``dataset`` as a durable job: robust
@@ -137,7 +139,10 @@ class RobustnessMethods:
         (0: defaults); ``bisection``: each broken image's smallest breaking ε. Returns a handle
         (``watch()``, ``result()``, ``cancel()``, ``resume()``). Raises ``NnprobeError``: INVALID_ARGUMENT
         naming the field, NOT_FOUND (model, dataset), FAILED_PRECONDITION (white-box attacks on a model
-        without gradients: use ``attacks=["square"]``)."""
+        without gradients: use ``attacks=["square"]``). ``endpoint`` (with ``model`` None): a model on a
+        remote Open Inference Protocol server instead, ``"HOST:PORT/MODEL[/VERSION]"`` or ``(address,
+        model[, version])``, evaluated with Square only; labels must be class indices. ``ValueError`` for
+        a malformed ``endpoint``."""
         arguments = {k: v for k, v in locals().items() if k not in ("self", "timeout")}
         reply = self._unary(self._stub.EvaluateRobustness, evaluation_request(**arguments), timeout)
         return RobustnessJobHandle(self, reply.job.job_id)

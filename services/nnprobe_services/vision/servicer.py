@@ -150,7 +150,10 @@ class VisionServicer(vision_pb2_grpc.VisionServiceServicer):
 
     async def EvaluateRobustness(self, request, context) -> rpb.EvaluateRobustnessResponse:
         plan = rob_convert.evaluation(request)
-        job = await self.compute.run(context, lambda _stop: rob_workflow.start(self.robustness, plan))
+        remaining = context.time_remaining()
+        job = await self.compute.run(
+            context, lambda _stop: rob_workflow.start(self.robustness, plan, remaining)
+        )
         return rpb.EvaluateRobustnessResponse(job=rob_convert.job(job))
 
     async def GetRobustnessJob(self, request, context) -> rpb.GetRobustnessJobResponse:

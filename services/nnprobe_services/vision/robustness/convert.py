@@ -91,6 +91,9 @@ def evaluation(request: pb.EvaluateRobustnessRequest) -> EvaluationRequest:
         batch_size=request.batch_size or 64,
         version=request.model_version or None,
         name=request.name,
+        remote_address=request.remote.address.strip(),
+        remote_model=request.remote.model_name.strip(),
+        remote_version=request.remote.model_version.strip(),
     )
 
 

@@ -7,9 +7,10 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from nnprobe_services.errors import InvalidArgument, ResourceExhausted
+from nnprobe_services.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from nnprobe_services.vision.robustness.apgd import ApgdSettings
 from nnprobe_services.vision.robustness.datasets import check_name
+from nnprobe_services.vision.robustness.endpoint import address_problem
 from nnprobe_services.vision.robustness.ensemble import AttackSettings, resolve
 from nnprobe_services.vision.robustness.fab import FabSettings
 from nnprobe_services.vision.robustness.pgd import PgdSettings
@@ -28,7 +29,9 @@ MAX_QUERIES = 100_000
 class EvaluationRequest:
     """``model`` (name) at repository ``version`` (None: its default) on data set ``dataset``; ``epsilons``
     (pixel units, increasing) in ``norm``; ``attacks`` (names, in order); ``max_queries``/``steps`` 0 keep
-    each attack's default; ``batch_size`` images per unit of work."""
+    each attack's default; ``batch_size`` images per unit of work. ``remote_address`` (host:port, empty:
+    a local model), ``remote_model`` and ``remote_version`` name a model on an Open Inference Protocol
+    endpoint instead of ``model`` (which is then empty)."""
 
     model: str
     dataset: str
@@ -42,6 +45,13 @@ class EvaluationRequest:
     batch_size: int = 64
     version: int | None = None
     name: str = ""
+    remote_address: str = ""
+    remote_model: str = ""
+    remote_version: str = ""
+
+    @property
+    def is_remote(self) -> bool:
+        return bool(self.remote_address or self.remote_model or self.remote_version)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "epsilons": list(self.epsilons), "attacks": list(self.attacks)}
@@ -75,7 +85,9 @@ def checked(request: EvaluationRequest, max_steps: int) -> EvaluationRequest:
     """``request`` with its attacks resolved to names, after checking every field (``InvalidArgument``
     naming it; ``ResourceExhausted`` on ``epsilons`` for more than ``MAX_EPSILONS``). ``max_steps``: the
     most iterations (``steps``) one attack may run."""
-    if not request.model.strip():
+    if request.is_remote:
+        _check_remote(request)
+    elif not request.model.strip():
         raise InvalidArgument("name a model (ListModels lists them)", field="model")
     check_name(request.dataset, "dataset")
     _check_epsilons(request.epsilons, request.norm)
@@ -85,6 +97,13 @@ def checked(request: EvaluationRequest, max_steps: int) -> EvaluationRequest:
         attacks = resolve(list(request.attacks) if len(request.attacks) != 1 else request.attacks[0])
     except ValueError as error:
         raise InvalidArgument(str(error), field="attacks") from None
+    if request.is_remote and attacks != ("square",):
+        others = ", ".join(a for a in attacks if a != "square")
+        raise FailedPrecondition(
+            f"a remote model is a black box: {others} need gradients; the black-box attack works: "
+            'attacks=["square"]',
+            field="attacks",
+        )
     if not 0 <= request.max_queries <= MAX_QUERIES:
         raise InvalidArgument(
             f"must be in 0..{MAX_QUERIES} (0: 5000), got {request.max_queries}", field="max_queries"
@@ -112,3 +131,17 @@ def _check_epsilons(eps: tuple[float, ...], norm: str) -> None:
             raise InvalidArgument("give the ε in strictly increasing order", field=f"epsilons[{i}]")
     if norm == "linf" and eps[-1] > 1:
         raise InvalidArgument(f"an L-infinity ε is at most 1 (pixel units), got {eps[-1]}", field="epsilons")
+
+
+def _check_remote(request: EvaluationRequest) -> None:
+    """``InvalidArgument`` naming ``model`` (given beside a remote model), ``remote.address`` (not a
+    host:port address, as transfer addresses are checked) or ``remote.model_name`` (empty)."""
+    if request.model.strip():
+        raise InvalidArgument("give either model or remote, not both", field="model")
+    problem = address_problem(request.remote_address)
+    if problem:
+        raise InvalidArgument(f"{problem} (the endpoint's host:port)", field="remote.address")
+    if not request.remote_model.strip():
+        raise InvalidArgument("name the model on the endpoint", field="remote.model_name")
+    if len(request.remote_model) > 255 or len(request.remote_version) > 64:
+        raise InvalidArgument("at most 255 characters (version: 64)", field="remote.model_name")

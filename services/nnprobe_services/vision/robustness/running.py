@@ -24,6 +24,7 @@ from nnprobe_services.vision.classification.classify import load_model
 from nnprobe_services.vision.images import decode
 from nnprobe_services.vision.models.registry import LoadedModel
 from nnprobe_services.vision.models.store import ModelStore
+from nnprobe_services.vision.robustness import remote
 from nnprobe_services.vision.robustness.control import Model
 from nnprobe_services.vision.robustness.datasets import DatasetStore
 from nnprobe_services.vision.robustness.ensemble import WHITE_BOX
@@ -168,21 +169,31 @@ def run_claimed(
 
 def _evaluate(jobs: RobustnessJobs, models, datasets, limits, claim: Claim, running: RunningJob) -> bool:
     """Evaluate from the checkpoint; True when finished (the final state, bisection included, saved),
-    False when stopped."""
-    job_id = claim.job.job_id
+    False when stopped. A remote model is queried through its endpoint (Square only)."""
     request = EvaluationRequest.from_dict(claim.job.config)
-    data = inputs(models, datasets, limits, request)
-    model = data.model
-    model_fn = gradient_model(model, request.attacks)
+    if request.is_remote:
+        data = remote.inputs(datasets, limits, request)
+        try:
+            return _run(jobs, claim, running, request, None, data.pixels, data.labels, data.model.predict)
+        finally:
+            data.model.close()
+    local = inputs(models, datasets, limits, request)
+    model = local.model
 
     def judge(x: torch.Tensor) -> torch.Tensor:
         return model.predict(x).to(model.device)
 
+    model_fn = gradient_model(model, request.attacks)
+    return _run(jobs, claim, running, request, model_fn, local.pixels, local.labels, judge)
+
+
+def _run(jobs, claim: Claim, running: RunningJob, request, model_fn, pixels, labels, judge) -> bool:
+    job_id = claim.job.job_id
     try:
         result = evaluate(
             model_fn,
-            data.pixels,
-            data.labels,
+            pixels,
+            labels,
             request.epsilons,
             request.attacks,
             request.norm,

@@ -15,7 +15,7 @@ from nnprobe_services.sequence.jobs.replica import Leases, default_replica_id
 from nnprobe_services.sequence.jobs.watch import JobChanges, follow, until_stopped
 from nnprobe_services.vision.images import decode
 from nnprobe_services.vision.models.store import ModelStore
-from nnprobe_services.vision.robustness import running
+from nnprobe_services.vision.robustness import remote, running
 from nnprobe_services.vision.robustness.datasets import DatasetStore
 from nnprobe_services.vision.robustness.evaluate import masking_warnings
 from nnprobe_services.vision.robustness.jobs import CANCEL_WAIT_SECONDS, RobustnessJobs
@@ -58,14 +58,21 @@ def open_jobs(config, models: ModelStore, datasets: DatasetStore, limits: decode
     return Robustness(jobs, models, datasets, limits, config.vision.max_attack_steps)
 
 
-def start(robustness: Robustness, request: EvaluationRequest) -> JobRecord:
+def start(robustness: Robustness, request: EvaluationRequest, deadline: float | None = None) -> JobRecord:
     """Check the request (fields, model, data set, labels, gradients) and queue its job; run in the compute
-    pool (loads the model and decodes the data set)."""
+    pool (loads the model and decodes the data set). A remote model's metadata is read within ``deadline``
+    seconds (the request's remaining deadline; None: ``transfer.REMOTE_TIMEOUT_SECONDS``); an unreachable
+    endpoint still gets its job, which fails with the UNAVAILABLE message if it stays unreachable."""
     request = checked(request, robustness.max_steps)
-    data = running.inputs(robustness.models, robustness.datasets, robustness.limits, request)
-    count = len(data.labels)
+    if request.is_remote:
+        count = remote.check(robustness.datasets, robustness.limits, request, deadline)
+        class_names: list[str] = []
+        shown = f"{request.remote_model}@{request.remote_address}"
+    else:
+        data = running.inputs(robustness.models, robustness.datasets, robustness.limits, request)
+        count, class_names, shown = len(data.labels), list(data.model.labels), request.model
     units = running.units(count, len(request.epsilons), request.batch_size)
-    config = {**request.to_dict(), "class_names": list(data.model.labels)}
+    config = {**request.to_dict(), "model": shown, "class_names": class_names}
     return robustness.jobs.start(config, request.name, request.dataset, count, units)
 
 

@@ -199,6 +199,7 @@ class EvaluateRobustnessRequest(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    REMOTE_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name from ListModels (built in or in the model repository); unknown names get NOT_FOUND."""
     model_version: _builtins.int
@@ -229,6 +230,12 @@ class EvaluateRobustnessRequest(_message.Message):
         pgd) run in the order given. Empty means "standard". ONNX-only models (no gradients) take ["square"].
         """
 
+    @_builtins.property
+    def remote(self) -> Global___RemoteModel:
+        """Instead of `model` (leave it empty): a model served elsewhere over the Open Inference Protocol (KServe
+        v2 / Triton gRPC), evaluated as a black box. Only the attack "square" may run on it.
+        """
+
     def __init__(
         self,
         *,
@@ -244,14 +251,48 @@ class EvaluateRobustnessRequest(_message.Message):
         steps: _builtins.int = ...,
         name: _builtins.str = ...,
         batch_size: _builtins.int = ...,
+        remote: Global___RemoteModel | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["remote", b"remote"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attacks", b"attacks", "batch_size", b"batch_size", "bisection", b"bisection", "dataset", b"dataset", "epsilons", b"epsilons", "max_queries", b"max_queries", "model", b"model", "model_version", b"model_version", "name", b"name", "norm", b"norm", "seed", b"seed", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attacks", b"attacks", "batch_size", b"batch_size", "bisection", b"bisection", "dataset", b"dataset", "epsilons", b"epsilons", "max_queries", b"max_queries", "model", b"model", "model_version", b"model_version", "name", b"name", "norm", b"norm", "remote", b"remote", "seed", b"seed", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EvaluateRobustnessRequest: _TypeAlias = EvaluateRobustnessRequest  # noqa: Y015
+
+@_typing.final
+class RemoteModel(_message.Message):
+    """A model on a remote Open Inference Protocol endpoint. The server reads its ModelMetadata (the FP32 input
+    of shape [N, 3, H, W] and the FP32 output of shape [N, classes]) and sends ModelInfer requests with the
+    images as [0, 1] pixels in NCHW (raw_input_contents); the endpoint applies its own normalisation.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    """The endpoint's gRPC address, host:port (IPv6 hosts in brackets); INVALID_ARGUMENT names remote.address."""
+    model_name: _builtins.str
+    """The model's name on the endpoint; required."""
+    model_version: _builtins.str
+    """The model's version on the endpoint; empty means the endpoint's default version."""
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        model_name: _builtins.str = ...,
+        model_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "model_name", b"model_name", "model_version", b"model_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoteModel: _TypeAlias = RemoteModel  # noqa: Y015
 
 @_typing.final
 class RobustnessJob(_message.Message):
