@@ -1,7 +1,7 @@
 """A feature pyramid (torchvision's ``FeaturePyramidNetwork`` on a small ResNet body, from ONNX) and DeiT by
 name through the SDK. The boxes of the pyramid's finest output equal back-propagation through the real network
 made transparent in the test; DeiT's patch tokens equal autograd through the real timm model with every
-attention's result held constant."""
+attention's result held constant. An antialiased ONNX downsampling (opset 18) answers per unit, proved."""
 
 from __future__ import annotations
 
@@ -93,3 +93,29 @@ def test_deit_tiny_patch_tokens_by_name_equal_autograd_with_attention_held(visio
         truth = (int(rows[0]), int(rows[-1])), (int(columns[0]), int(columns[-1]))
         assert (unit.rows, unit.columns) == truth == ((16 * y, 16 * y + 15), (16 * x, 16 * x + 15))
         assert unit.verification.matches
+
+
+def test_an_antialiased_onnx_downsampling_answers_per_unit_and_is_proved(vision):
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    ones = numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "W")
+    scales = numpy_helper.from_array(np.array([1, 1, 0.4, 0.4], np.float32), "scales")
+    nodes = [
+        helper.make_node("Conv", ["X", "W"], ["C"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Resize", ["C", "", "scales"], ["Y"], name="down", mode="linear", antialias=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1, 20, 20])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], initializer=[ones, scales],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    result = vision.compute_receptive_field(
+        onnx=model.SerializeToString(), verify=True, units=[("down", 3, 0)]
+    )
+    assert result.verified and result.layer("down").height.jump_fraction == (5, 2)
+    # unit 3 sits at 3.5 / 0.4 - 0.5 = 8.25 in the conv map; a triangle of half-width 2.5 there reads conv
+    # units 6..10, i.e. pixels 5..11; unit 0 sits at 0.75 and reads conv units 0..3, i.e. pixels 0..4
+    [unit] = result.units
+    assert (unit.columns, unit.rows, unit.verification.matches) == ((5, 11), (0, 4), True)
