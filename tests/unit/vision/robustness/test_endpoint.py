@@ -1,14 +1,21 @@
 """Reading a remote endpoint's ModelMetadata: the FP32 NCHW image input and the logits output are found;
-other input forms are refused naming every input, whatever its datatype and shape."""
+other input forms are refused naming every input, whatever its datatype and shape; UNAVAILABLE answers are
+retried, at most five attempts in all, then reported."""
 
 from __future__ import annotations
 
+from concurrent import futures
+
+import grpc
+import numpy as np
 import pytest
-from hypothesis import given
+import torch
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from nnprobe.api.inference import grpc_service_pb2 as oip
-from nnprobe_services.errors import FailedPrecondition
-from nnprobe_services.vision.robustness.endpoint import _signature
+from nnprobe.api.inference import grpc_service_pb2_grpc as oip_grpc
+from nnprobe_services.errors import FailedPrecondition, Unavailable
+from nnprobe_services.vision.robustness.endpoint import RemoteModel, _signature
 
 Tensor = oip.ModelMetadataResponse.TensorMetadata
 
@@ -63,3 +70,46 @@ def test_inputs_other_than_fp32_nchw_are_refused_naming_them(inputs):
     assert caught.value.field == "remote"
     for name, datatype, shape in inputs:
         assert f"{name} {datatype} {shape}" in caught.value.message
+
+
+class _Flaky(oip_grpc.GRPCInferenceServiceServicer):
+    """An endpoint whose ModelInfer answers UNAVAILABLE ``failures`` times, then the logits x.sum(1, 2, 3)
+    times (1, 2, ..., 5) per image (written here, for the client to read back)."""
+
+    def __init__(self, failures: int):
+        self.failures, self.calls = failures, 0
+
+    def ModelMetadata(self, request, context):
+        return _meta([Tensor(name="pixels", datatype="FP32", shape=[-1, 3, 2, 2])])
+
+    def ModelInfer(self, request, context):
+        self.calls += 1
+        if self.calls <= self.failures:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        x = np.frombuffer(request.raw_input_contents[0], dtype="<f4").reshape(request.inputs[0].shape)
+        logits = x.sum((1, 2, 3))[:, None] * np.arange(1, 6, dtype=np.float32)
+        return oip.ModelInferResponse(raw_output_contents=[logits.astype("<f4").tobytes()])
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 6))
+def test_unavailable_is_retried_at_most_five_times(failures):
+    servicer = _Flaky(failures)
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        model = RemoteModel(f"127.0.0.1:{port}", "m")
+        pixels = torch.rand(3, 3, 2, 2)
+        if failures < 5:
+            logits = model.predict(pixels)
+            expected = pixels.sum((1, 2, 3))[:, None] * torch.arange(1, 6)
+            assert torch.allclose(logits, expected) and model.queries == 3
+        else:
+            with pytest.raises(Unavailable, match="ModelInfer failed with UNAVAILABLE: warming up"):
+                model.predict(pixels)
+        assert servicer.calls == min(failures + 1, 5)
+        model.close()
+    finally:
+        server.stop(None)
