@@ -227,3 +227,12 @@ def test_a_model_beside_a_remote_one_and_an_empty_remote_name_are_refused(server
                 client.evaluate_robustness(model, "six", endpoint=remote, eps=[0.01], attacks="square")
             assert caught.value.code.name == "INVALID_ARGUMENT"
             assert [v.field for v in caught.value.field_violations] == [field]
+
+
+def test_an_unknown_remote_model_is_not_found_naming_the_field(servers):
+    address, endpoint = servers
+    with VisionClient(address, timeout=60) as client, pytest.raises(NnprobeError) as caught:
+        client.evaluate_robustness(None, "six", endpoint=(endpoint, "nope"), eps=[0.01], attacks="square")
+    assert caught.value.code.name == "NOT_FOUND"
+    assert [v.field for v in caught.value.field_violations] == ["remote.model_name"]
+    assert f"remote model at {endpoint}: ModelMetadata failed with NOT_FOUND" in caught.value.message
