@@ -167,7 +167,18 @@ def test_remote_square_through_the_asyncio_client_and_the_cli(servers, reference
             return await job.result(timeout=300)
 
     _check(asyncio.run(run()), reference)
-    argv = ["robustness", "six", "--endpoint", f"{endpoint}/tiny", "--eps", "4/255", "16/255"]
+    argv = [
+        "robustness",
+        "tiny",
+        "six",
+        "--endpoint",
+        endpoint,
+        "--model-version",
+        "1",
+        "--eps",
+        "4/255",
+        "16/255",
+    ]
     argv += ["--max-queries", str(QUERIES), "--seed", str(SEED), "--batch-size", str(BATCH)]
     assert main([*argv, "--address", address, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)

@@ -18,12 +18,12 @@ SUFFIXES = (".png", ".jpg", ".jpeg")
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("robustness", help="robust accuracy per ε (VisionService.EvaluateRobustness)")
-    p.add_argument("model", help="model name (nnprobe models list); with --endpoint, only the data set")
-    p.add_argument("dataset", nargs="?", help="data set stored with nnprobe dataset upload")
+    p.add_argument("model", help="model name (nnprobe models list; with --endpoint: the endpoint's)")
+    p.add_argument("dataset", help="data set stored with nnprobe dataset upload")
     p.add_argument(
         "--endpoint",
-        metavar="HOST:PORT/MODEL[/VERSION]",
-        help="evaluate a model on a remote Open Inference server instead (Square only; labels: indices)",
+        metavar="HOST:PORT",
+        help="MODEL is served by this Open Inference Protocol server (Square only; labels: class indices)",
     )
     p.add_argument(
         "--eps", nargs="+", type=pixel_budget, required=True, help="budgets, e.g. 1/255 2/255 4/255"
@@ -70,20 +70,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def run_robustness(args: argparse.Namespace) -> int:
     attacks = args.attacks[0] if len(args.attacks) == 1 else args.attacks
-    model, dataset = args.model, args.dataset
-    if args.endpoint is not None:
-        if dataset is not None:
-            raise UsageError("with --endpoint give only the data set (the endpoint names the model)")
-        model, dataset = None, args.model
+    model, version, endpoint = args.model, args.model_version, None
+    if args.endpoint is not None:  # MODEL (and --model-version) name the model on the endpoint
+        endpoint = (args.endpoint, args.model, str(version) if version else "")
+        model, version = None, 0
         if args.attacks == ["standard"]:
             attacks = "square"
-    elif dataset is None:
-        raise UsageError("give a model and a data set (or --endpoint HOST:PORT/MODEL and a data set)")
     with VisionClient(args.address, **client_kwargs(args)) as client:
         job = client.evaluate_robustness(
             model,
-            dataset,
-            endpoint=args.endpoint,
+            args.dataset,
+            endpoint=endpoint,
             eps=args.eps,
             norm=args.norm,
             attacks=attacks,
@@ -92,7 +89,7 @@ def run_robustness(args: argparse.Namespace) -> int:
             steps=args.steps,
             batch_size=args.batch_size,
             bisection=args.bisection,
-            model_version=args.model_version,
+            model_version=version,
             name=args.name,
         )
         if args.no_wait:
