@@ -202,25 +202,30 @@ def test_kill_9_of_the_owner_hands_the_job_over_and_a_restart_duplicates_nothing
 
 def test_watch_and_cancel_through_replicas_that_do_not_own_the_job(replicas, corpus_id, reference):
     expected = step_losses(reference[2][0])
-    with SequenceClient(replicas.address(0), timeout=60) as client:
-        job = client.start_training(corpus_id, **CONFIG)
-        for event in client.watch_job(job.job_id):
-            if event.kind == "step" and event.step >= 6:
+    # Every replica's channel is open before the job starts, and the owner is read from the watched events,
+    # so the cancel follows the sixth step by one call: a loaded machine cannot let the job finish first.
+    clients = [SequenceClient(replicas.address(i), timeout=WAIT_SECONDS) for i in range(3)]
+    try:
+        for client in clients:
+            client.list_jobs()  # connected
+        job = clients[0].start_training(corpus_id, **CONFIG)
+        seen = []
+        for event in clients[0].watch_job(job.job_id):
+            seen.append(event)
+            if event.kind == "step" and event.step >= 6 and owners(seen):
                 break
-        owner = owners(client.get_job(job.job_id, history=True).events)[0]
-    owner_index = replicas.replica_of(int(owner.rsplit("-", 1)[1]))
-    others = [i for i in range(3) if i != owner_index]
-    with (
-        SequenceClient(replicas.address(others[0]), timeout=WAIT_SECONDS) as canceller,
-        SequenceClient(replicas.address(others[1]), timeout=60) as watcher,
-    ):
+        owner_index = replicas.replica_of(int(owners(seen)[0].rsplit("-", 1)[1]))
+        canceller, watcher = (clients[i] for i in range(3) if i != owner_index)
         cancelled = canceller.cancel_job(job.job_id)
         assert cancelled.state == "cancelled"
         assert 4 <= cancelled.checkpoint_step < cancelled.total_steps
         watched = list(watcher.watch_job(job.job_id))
         assert watched[-1].kind == "state" and watched[-1].state == "cancelled"
         watcher.resume_job(job.job_id)
-        final = canceller.wait_job(job.job_id)
+        final = canceller.wait_job(job.job_id, progress=False)
         history = watcher.get_job(job.job_id, history=True).events
+    finally:
+        for client in clients:
+            client.close()
     assert final.state == "succeeded"
     assert step_losses(history) == expected
