@@ -10,10 +10,10 @@ from typing import Any
 from nnprobe_services.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from nnprobe_services.vision.robustness.apgd import ApgdSettings
 from nnprobe_services.vision.robustness.datasets import check_name
-from nnprobe_services.vision.robustness.endpoint import address_problem
 from nnprobe_services.vision.robustness.ensemble import AttackSettings, resolve
 from nnprobe_services.vision.robustness.fab import FabSettings
 from nnprobe_services.vision.robustness.pgd import PgdSettings
+from nnprobe_services.vision.robustness.remote import address_problem
 from nnprobe_services.vision.robustness.square import SquareSettings
 
 #: Bisection steps per broken image when a request asks for bisection.

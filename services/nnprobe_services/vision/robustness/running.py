@@ -24,7 +24,7 @@ from nnprobe_services.vision.classification.classify import load_model
 from nnprobe_services.vision.images import decode
 from nnprobe_services.vision.models.registry import LoadedModel
 from nnprobe_services.vision.models.store import ModelStore
-from nnprobe_services.vision.robustness import remote
+from nnprobe_services.vision.robustness import remote_inputs
 from nnprobe_services.vision.robustness.control import Model
 from nnprobe_services.vision.robustness.datasets import DatasetStore
 from nnprobe_services.vision.robustness.ensemble import WHITE_BOX
@@ -172,7 +172,7 @@ def _evaluate(jobs: RobustnessJobs, models, datasets, limits, claim: Claim, runn
     False when stopped. A remote model is queried through its endpoint (Square only)."""
     request = EvaluationRequest.from_dict(claim.job.config)
     if request.is_remote:
-        data = remote.inputs(datasets, limits, request)
+        data = remote_inputs.inputs(datasets, limits, request)
         try:
             return _run(jobs, claim, running, request, None, data.pixels, data.labels, data.model.predict)
         finally:

@@ -15,7 +15,7 @@ from nnprobe_services.sequence.jobs.replica import Leases, default_replica_id
 from nnprobe_services.sequence.jobs.watch import JobChanges, follow, until_stopped
 from nnprobe_services.vision.images import decode
 from nnprobe_services.vision.models.store import ModelStore
-from nnprobe_services.vision.robustness import remote, running
+from nnprobe_services.vision.robustness import remote_inputs, running
 from nnprobe_services.vision.robustness.datasets import DatasetStore
 from nnprobe_services.vision.robustness.evaluate import masking_warnings
 from nnprobe_services.vision.robustness.jobs import CANCEL_WAIT_SECONDS, RobustnessJobs
@@ -65,7 +65,7 @@ def start(robustness: Robustness, request: EvaluationRequest, deadline: float | 
     endpoint still gets its job, which fails with the UNAVAILABLE message if it stays unreachable."""
     request = checked(request, robustness.max_steps)
     if request.is_remote:
-        count = remote.check(robustness.datasets, robustness.limits, request, deadline)
+        count = remote_inputs.check(robustness.datasets, robustness.limits, request, deadline)
         class_names: list[str] = []
         shown = f"{request.remote_model}@{request.remote_address}"
     else:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from nnprobe.api.inference import grpc_service_pb2 as oip
 from nnprobe.api.inference import grpc_service_pb2_grpc as oip_grpc
 from nnprobe_services.errors import FailedPrecondition, Unavailable
-from nnprobe_services.vision.robustness.endpoint import RemoteModel, _signature
+from nnprobe_services.vision.robustness.remote import RemoteModel, _signature
 
 Tensor = oip.ModelMetadataResponse.TensorMetadata
 
