@@ -78,6 +78,7 @@ def test_sigterm_hands_the_running_job_to_the_other_replica(
         database_url = request.getfixturevalue("postgres").create_database()
     else:
         database_url = f"sqlite:///{tmp_path / 'data' / 'jobs.sqlite3'}"
+    config = dict(resumable_lm, epochs=16)  # 416 steps, far more than a signal takes to land
     ports = [free_port(), free_port()]
     addresses = [f"127.0.0.1:{port}" for port in ports]
     procs = [launch(tmp_path, port, database_url, i) for i, port in enumerate(ports)]
@@ -87,13 +88,15 @@ def test_sigterm_hands_the_running_job_to_the_other_replica(
                 with SequenceClient(address) as other:
                     other.wait_until_ready(timeout=WAIT_SECONDS)
             corpus = client.upload_corpus(pattern_text(120), pattern_text(20, 120), pattern_text(20, 140))
-            reference = client.wait_job(client.start_training(corpus.corpus_id, **resumable_lm).job_id)
+            reference = client.wait_job(client.start_training(corpus.corpus_id, **config).job_id)
             expected = client.get_job(reference.job_id, history=True).events
-            job = client.start_training(corpus.corpus_id, **resumable_lm)
-            for event in client.watch_job(job.job_id):
-                if event.kind == "checkpoint" and event.step >= 8:
+            job = client.start_training(corpus.corpus_id, **config)
+            seen: list = []
+            for event in client.watch_job(job.job_id):  # the owner, from the job's first events
+                seen.append(event)
+                if owners(seen):
                     break
-            owner = owners(client.get_job(job.job_id, history=True).events)[-1]
+            owner = owners(seen)[-1]
         victim = next(i for i, p in enumerate(procs) if owner.endswith(f"-{p.pid}"))
         survivor = 1 - victim
         raw_seen: list = []
@@ -109,9 +112,11 @@ def test_sigterm_hands_the_running_job_to_the_other_replica(
         follower = threading.Thread(target=follow)
         raw.start()
         follower.start()
-        while len(raw_seen) < 3 or len(followed) < 3:  # both streams are open
+        # Both streams are open and the job has checkpointed step 8: the signal follows the event that
+        # shows it with no call in between, and the job has hundreds of steps left when it lands.
+        while len(raw_seen) < 3 or not any(e.kind == "checkpoint" and e.step >= 8 for e in followed):
             assert raw.is_alive() and follower.is_alive()
-            threading.Event().wait(0.05)
+            threading.Event().wait(0.02)
         procs[victim].send_signal(signal.SIGTERM)
         procs[victim].wait(timeout=WAIT_SECONDS)
         raw.join(WAIT_SECONDS)

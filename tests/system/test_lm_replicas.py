@@ -168,13 +168,16 @@ def test_kill_9_of_the_owner_hands_the_job_over_and_a_restart_duplicates_nothing
     with SequenceClient(replicas.address(0), timeout=60) as client:
         jobs = [client.start_training(corpus_id, **CONFIG) for _ in range(4)]
         victim_job = jobs[0]
+        seen: list = []
         for event in client.watch_job(victim_job.job_id):
+            seen.append(event)
             if event.kind == "checkpoint" and event.step >= 8:
                 break
-        owner = owners(client.get_job(victim_job.job_id, history=True).events)[0]
-    victim = replicas.replica_of(int(owner.rsplit("-", 1)[1]))
-    killed_at = time.monotonic()
-    replicas.kill(victim)
+        # The owner is read from the watched events: the kill follows the checkpoint with no call between.
+        owner = owners(seen)[0]
+        victim = replicas.replica_of(int(owner.rsplit("-", 1)[1]))
+        killed_at = time.monotonic()
+        replicas.kill(victim)
     survivor = (victim + 1) % 3
     with SequenceClient(replicas.address(survivor), timeout=60) as client:
         for event in client.watch_job(victim_job.job_id, after_sequence=0):
