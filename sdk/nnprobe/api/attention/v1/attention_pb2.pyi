@@ -293,6 +293,22 @@ class CheckPermutationEquivarianceRequest(_message.Message):
 
     ATTENTION_FIELD_NUMBER: _builtins.int
     PERMUTATIONS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    NOISE_RATIO_THRESHOLD_FIELD_NUMBER: _builtins.int
+    X_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Name of a token model in the repository (UploadModel, task `token_model`): when set, the check
+    certifies that model instead of a built `attention` layer (which must then be absent). Its input is
+    (B, T, D) with tokens on axis 1; unknown names get NOT_FOUND.
+    """
+    model_version: _builtins.int
+    """Repository version of `model`; 0 means its latest version."""
+    seed: _builtins.int
+    """With `model`: seed of the drawn input (B, T, D) ~ N(0, 1) and of sampled permutations."""
+    noise_ratio_threshold: _builtins.float
+    """With `model`: the check holds when deviation / noise <= this ratio. Unset means 10; finite and >= 1."""
     @_builtins.property
     def attention(self) -> Global___SelfAttention:
         """The attention layer and its input."""
@@ -301,17 +317,30 @@ class CheckPermutationEquivarianceRequest(_message.Message):
     def permutations(self) -> Global___PermutationOptions:
         """The permutations to check."""
 
+    @_builtins.property
+    def x(self) -> _common_pb2.Tensor:
+        """With `model`: the input, a (B, T, D) float tensor of the model's input shape; absent means drawn
+        from N(0, 1) with `seed` at the shape in the model's configuration.
+        """
+
     def __init__(
         self,
         *,
         attention: Global___SelfAttention | None = ...,
         permutations: Global___PermutationOptions | None = ...,
+        model: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        seed: _builtins.int = ...,
+        noise_ratio_threshold: _builtins.float | None = ...,
+        x: _common_pb2.Tensor | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attention", b"attention", "permutations", b"permutations"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_noise_ratio_threshold", b"_noise_ratio_threshold", "attention", b"attention", "noise_ratio_threshold", b"noise_ratio_threshold", "permutations", b"permutations", "x", b"x"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attention", b"attention", "permutations", b"permutations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_noise_ratio_threshold", b"_noise_ratio_threshold", "attention", b"attention", "model", b"model", "model_version", b"model_version", "noise_ratio_threshold", b"noise_ratio_threshold", "permutations", b"permutations", "seed", b"seed", "x", b"x"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__noise_ratio_threshold: _TypeAlias = _typing.Literal["noise_ratio_threshold"]  # noqa: Y015
+    _WhichOneofArgType__noise_ratio_threshold: _TypeAlias = _typing.Literal["_noise_ratio_threshold", b"_noise_ratio_threshold"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__noise_ratio_threshold) -> _WhichOneofReturnType__noise_ratio_threshold | None: ...
 
 Global___CheckPermutationEquivarianceRequest: _TypeAlias = CheckPermutationEquivarianceRequest  # noqa: Y015
 
@@ -330,6 +359,7 @@ class CheckPermutationEquivarianceResponse(_message.Message):
     TOLERANCE_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
     holds: _builtins.bool
     """True when max_deviation is within the tolerance for every permutation checked."""
     permutations_checked: _builtins.int
@@ -350,7 +380,15 @@ class CheckPermutationEquivarianceResponse(_message.Message):
 
     @_builtins.property
     def output(self) -> _common_pb2.Tensor:
-        """s(X) for the unpermuted input, a (T, D) tensor in the request's dtype."""
+        """s(X) for the unpermuted input, a (T, D) tensor in the request's dtype. With `model`: f(X) in float32,
+        the served precision, of the model's output shape.
+        """
+
+    @_builtins.property
+    def certificate(self) -> Global___SymmetryCertificate:
+        """With `model`: the certificate, the deviation judged against the model's own floating-point noise.
+        max_deviation and worst_permutation then are those of the float32 evaluation.
+        """
 
     def __init__(
         self,
@@ -364,10 +402,11 @@ class CheckPermutationEquivarianceResponse(_message.Message):
         tolerance: _builtins.float = ...,
         output: _common_pb2.Tensor | None = ...,
         seconds: _builtins.float = ...,
+        certificate: Global___SymmetryCertificate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["output", b"output"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "output", b"output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exhaustive", b"exhaustive", "holds", b"holds", "max_deviation", b"max_deviation", "mean_deviation", b"mean_deviation", "output", b"output", "permutations_checked", b"permutations_checked", "seconds", b"seconds", "tolerance", b"tolerance", "worst_permutation", b"worst_permutation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "exhaustive", b"exhaustive", "holds", b"holds", "max_deviation", b"max_deviation", "mean_deviation", b"mean_deviation", "output", b"output", "permutations_checked", b"permutations_checked", "seconds", b"seconds", "tolerance", b"tolerance", "worst_permutation", b"worst_permutation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -382,8 +421,24 @@ class CheckPoolingInvarianceRequest(_message.Message):
     ATTENTION_FIELD_NUMBER: _builtins.int
     PERMUTATIONS_FIELD_NUMBER: _builtins.int
     POOLING_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    NOISE_RATIO_THRESHOLD_FIELD_NUMBER: _builtins.int
+    X_FIELD_NUMBER: _builtins.int
     pooling: Global___Pooling.ValueType
-    """How the T outputs are pooled."""
+    """How the T outputs are pooled (built `attention` layers only; a `model` pools inside itself)."""
+    model: _builtins.str
+    """Name of a token model in the repository (UploadModel, task `token_model`): when set, the check
+    certifies that model instead of a built `attention` layer (which must then be absent). Its input is
+    (B, T, D) with tokens on axis 1 and its output any pooled tensor such as (B, D); unknown names get NOT_FOUND.
+    """
+    model_version: _builtins.int
+    """Repository version of `model`; 0 means its latest version."""
+    seed: _builtins.int
+    """With `model`: seed of the drawn input (B, T, D) ~ N(0, 1) and of sampled permutations."""
+    noise_ratio_threshold: _builtins.float
+    """With `model`: the check holds when deviation / noise <= this ratio. Unset means 10; finite and >= 1."""
     @_builtins.property
     def attention(self) -> Global___SelfAttention:
         """The attention layer and its input."""
@@ -392,18 +447,31 @@ class CheckPoolingInvarianceRequest(_message.Message):
     def permutations(self) -> Global___PermutationOptions:
         """The permutations to check."""
 
+    @_builtins.property
+    def x(self) -> _common_pb2.Tensor:
+        """With `model`: the input, a (B, T, D) float tensor of the model's input shape; absent means drawn
+        from N(0, 1) with `seed` at the shape in the model's configuration.
+        """
+
     def __init__(
         self,
         *,
         attention: Global___SelfAttention | None = ...,
         permutations: Global___PermutationOptions | None = ...,
         pooling: Global___Pooling.ValueType = ...,
+        model: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        seed: _builtins.int = ...,
+        noise_ratio_threshold: _builtins.float | None = ...,
+        x: _common_pb2.Tensor | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attention", b"attention", "permutations", b"permutations"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_noise_ratio_threshold", b"_noise_ratio_threshold", "attention", b"attention", "noise_ratio_threshold", b"noise_ratio_threshold", "permutations", b"permutations", "x", b"x"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attention", b"attention", "permutations", b"permutations", "pooling", b"pooling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_noise_ratio_threshold", b"_noise_ratio_threshold", "attention", b"attention", "model", b"model", "model_version", b"model_version", "noise_ratio_threshold", b"noise_ratio_threshold", "permutations", b"permutations", "pooling", b"pooling", "seed", b"seed", "x", b"x"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__noise_ratio_threshold: _TypeAlias = _typing.Literal["noise_ratio_threshold"]  # noqa: Y015
+    _WhichOneofArgType__noise_ratio_threshold: _TypeAlias = _typing.Literal["_noise_ratio_threshold", b"_noise_ratio_threshold"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__noise_ratio_threshold) -> _WhichOneofReturnType__noise_ratio_threshold | None: ...
 
 Global___CheckPoolingInvarianceRequest: _TypeAlias = CheckPoolingInvarianceRequest  # noqa: Y015
 
@@ -422,6 +490,7 @@ class CheckPoolingInvarianceResponse(_message.Message):
     TOLERANCE_FIELD_NUMBER: _builtins.int
     POOLED_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
     holds: _builtins.bool
     """True when the pooled output is unchanged (within tolerance) under every permutation checked."""
     permutations_checked: _builtins.int
@@ -442,7 +511,13 @@ class CheckPoolingInvarianceResponse(_message.Message):
 
     @_builtins.property
     def pooled(self) -> _common_pb2.Tensor:
-        """pool(s(X)) for the unpermuted input, a (D,) tensor."""
+        """pool(s(X)) for the unpermuted input, a (D,) tensor. With `model`: f(X) in float32, the model's
+        pooled output.
+        """
+
+    @_builtins.property
+    def certificate(self) -> Global___SymmetryCertificate:
+        """With `model`: the certificate, the deviation judged against the model's own floating-point noise."""
 
     def __init__(
         self,
@@ -456,14 +531,134 @@ class CheckPoolingInvarianceResponse(_message.Message):
         tolerance: _builtins.float = ...,
         pooled: _common_pb2.Tensor | None = ...,
         seconds: _builtins.float = ...,
+        certificate: Global___SymmetryCertificate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["pooled", b"pooled"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "pooled", b"pooled"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exhaustive", b"exhaustive", "holds", b"holds", "max_deviation", b"max_deviation", "mean_deviation", b"mean_deviation", "permutations_checked", b"permutations_checked", "pooled", b"pooled", "seconds", b"seconds", "tolerance", b"tolerance", "worst_permutation", b"worst_permutation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "exhaustive", b"exhaustive", "holds", b"holds", "max_deviation", b"max_deviation", "mean_deviation", b"mean_deviation", "permutations_checked", b"permutations_checked", "pooled", b"pooled", "seconds", b"seconds", "tolerance", b"tolerance", "worst_permutation", b"worst_permutation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckPoolingInvarianceResponse: _TypeAlias = CheckPoolingInvarianceResponse  # noqa: Y015
+
+@_typing.final
+class SymmetryCertificate(_message.Message):
+    """A symmetry certificate of a repository model f: the declared action is a permutation P of the token
+    axis (axis 1 of the (B, T, D) input); equivariance compares f(PX) with P f(X), invariance f(PX) with
+    f(X). The same input is evaluated with the model loaded in float64 and in float32 (the served
+    precision); their difference is the model's own rounding noise, the scale the deviation is judged on.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    INPUT_SHAPE_FIELD_NUMBER: _builtins.int
+    NOISE_FIELD_NUMBER: _builtins.int
+    NOISE_FLOOR_FIELD_NUMBER: _builtins.int
+    DEVIATION_FIELD_NUMBER: _builtins.int
+    DEVIATION_FLOAT64_FIELD_NUMBER: _builtins.int
+    RATIO_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    FIRST_BREAKING_NODE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model's name in the repository."""
+    model_version: _builtins.int
+    """The model's version that was checked."""
+    noise: _builtins.float
+    """max over output elements of |f32(X) - f64(X)|, the measured noise (max norm)."""
+    noise_floor: _builtins.float
+    """The smallest noise used: float32 machine epsilon (2^-23) * max |f64(X)|, for models whose float32 and
+    float64 outputs agree exactly.
+    """
+    deviation: _builtins.float
+    """max over permutations and output elements of the float32 symmetry error, |f32(PX) - P f32(X)|
+    (equivariance) or |f32(PX) - f32(X)| (invariance).
+    """
+    deviation_float64: _builtins.float
+    """The same maximum in float64; about 1e-15 * max |f(X)| for an exactly symmetric model."""
+    ratio: _builtins.float
+    """deviation / max(noise, noise_floor)."""
+    threshold: _builtins.float
+    """The check holds when ratio <= threshold."""
+    @_builtins.property
+    def input_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The input shape [B, T, D]."""
+
+    @_builtins.property
+    def first_breaking_node(self) -> Global___BreakingNode:
+        """When the check fails: the first node in graph order whose float64 output stops commuting with the
+        worst permutation while all its inputs commute. Absent when the check holds or no node breaks in
+        float64 (an asymmetry of float32 arithmetic alone).
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        input_shape: _abc.Iterable[_builtins.int] | None = ...,
+        noise: _builtins.float = ...,
+        noise_floor: _builtins.float = ...,
+        deviation: _builtins.float = ...,
+        deviation_float64: _builtins.float = ...,
+        ratio: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        first_breaking_node: Global___BreakingNode | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_breaking_node", b"first_breaking_node"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deviation", b"deviation", "deviation_float64", b"deviation_float64", "first_breaking_node", b"first_breaking_node", "input_shape", b"input_shape", "model", b"model", "model_version", b"model_version", "noise", b"noise", "noise_floor", b"noise_floor", "ratio", b"ratio", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SymmetryCertificate: _TypeAlias = SymmetryCertificate  # noqa: Y015
+
+@_typing.final
+class BreakingNode(_message.Message):
+    """A node of the model's graph (torch.fx) at which the symmetry breaks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OP_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    DEVIATION_FIELD_NUMBER: _builtins.int
+    TOLERANCE_FIELD_NUMBER: _builtins.int
+    SHAPE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The node's name in the graph, e.g. "add"."""
+    op: _builtins.str
+    """The node's kind: call_function, call_module, call_method, get_attr or placeholder."""
+    target: _builtins.str
+    """What it computes: the operator (e.g. "aten.add.Tensor", "getitem") or the module's class and path."""
+    deviation: _builtins.float
+    """Distance of its output under PX from the nearest commuting answer (unchanged, or permuted along
+    its token axes), max norm, float64.
+    """
+    tolerance: _builtins.float
+    """The tolerance it exceeded: 1e-9 * max(1, max |output|) for float64 outputs."""
+    @_builtins.property
+    def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The shape of its output (of the first tensor when it returns several)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        op: _builtins.str = ...,
+        target: _builtins.str = ...,
+        deviation: _builtins.float = ...,
+        tolerance: _builtins.float = ...,
+        shape: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deviation", b"deviation", "name", b"name", "op", b"op", "shape", b"shape", "target", b"target", "tolerance", b"tolerance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreakingNode: _TypeAlias = BreakingNode  # noqa: Y015
 
 @_typing.final
 class CheckFeedForwardEquivalenceRequest(_message.Message):
