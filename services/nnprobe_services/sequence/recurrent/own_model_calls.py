@@ -1,0 +1,128 @@
+"""Calling the user's own recurrent model: the conventions a loaded module is run under, the seeded inputs,
+and the translation of the model's own failures into ``FailedPrecondition`` naming ``model``.
+
+Conventions (one sequence, run as a batch of one):
+
+- a recurrent cell takes x_t of shape (1, I) and its state(s), each (1, N_i): ``cell(x, h)`` for one
+  state, ``cell(x, h, c)`` or ``cell(x, (h, c))`` for two (the form ``nn.LSTMCell`` is exported with); it
+  returns the new state, or the new states (h, c) as a tuple;
+- a sequence model takes x of shape (1, T, I) and returns y of shape (1, T, H), or a tuple whose first
+  element is y (as ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` with ``batch_first=True`` return).
+
+A model exported with a fixed batch other than 1 (or a fixed T other than the request's) cannot run under
+these conventions; that failure is reported as ``FailedPrecondition`` on ``model`` with the model's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import torch
+
+from nnprobe_services.errors import Cancelled, FailedPrecondition, ServiceError
+
+Result = TypeVar("Result")
+
+#: Offset between the request's seed and the initial state's generator (the inputs use the seed itself).
+STATE_SEED_OFFSET = 0x2545F4914F6CDD1D
+
+
+def never() -> bool:
+    """The stop signal of a call nobody stops."""
+    return False
+
+
+def random_inputs(steps: int, size: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
+    """x_1..x_T as a (T, I) tensor of ``dtype`` from N(0, 1): ``torch.randn((T, I), generator=g,
+    dtype=torch.float64)`` with ``g = torch.Generator().manual_seed(seed)``, then cast."""
+    generator = torch.Generator().manual_seed(seed % 2**64)
+    return torch.randn(steps, size, generator=generator, dtype=torch.float64).to(dtype)
+
+
+def random_states(sizes: Sequence[int], seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Initial states (N_i,) from N(0, 1), drawn one after another from one generator seeded with
+    ``seed + STATE_SEED_OFFSET`` (mod 2^64)."""
+    generator = torch.Generator().manual_seed((seed + STATE_SEED_OFFSET) % 2**64)
+    return tuple(torch.randn(n, generator=generator, dtype=torch.float64).to(dtype) for n in sizes)
+
+
+def guarded(what: str, call: Callable[[], Result]) -> Result:
+    """``call()``; any failure of the model itself becomes ``FailedPrecondition`` on ``model`` saying
+    ``what`` was attempted (domain errors and cancellations pass through)."""
+    try:
+        return call()
+    except (ServiceError, Cancelled):
+        raise
+    except Exception as error:  # the user's graph may fail in any way; report it, do not crash
+        raise FailedPrecondition(f"{what} failed: {type(error).__name__}: {error}", field="model") from error
+
+
+class CellCaller:
+    """Runs a cell on flat states: ``step(x (I,), states (N_i,)...) -> new states (N_i,)...``.
+
+    The first call decides between ``cell(x, *states)`` and ``cell(x, tuple(states))`` (only for two
+    states, when the flat form is refused) and checks that the outputs are states of the declared sizes.
+    """
+
+    def __init__(self, module: torch.nn.Module, sizes: Sequence[int]) -> None:
+        self.module = module
+        self.sizes = tuple(sizes)
+        self.nested: bool | None = None
+
+    def step(self, x: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        batch = [s.reshape(1, -1) for s in states]
+        if self.nested is None:
+            return self._first(x.reshape(1, -1), batch)
+        args = (x.reshape(1, -1), tuple(batch)) if self.nested else (x.reshape(1, -1), *batch)
+        return self._outputs(self.module(*args))
+
+    def _first(self, x: torch.Tensor, states: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        try:
+            out = self.module(x, *states)
+            self.nested = False
+        except Exception:
+            if len(states) == 1:
+                raise
+            out = self.module(x, tuple(states))
+            self.nested = True
+        return self._outputs(out)
+
+    def _outputs(self, out: object) -> tuple[torch.Tensor, ...]:
+        values = tuple(out) if isinstance(out, tuple | list) else (out,)
+        if len(values) != len(self.sizes) or not all(isinstance(v, torch.Tensor) for v in values):
+            raise FailedPrecondition(
+                f"a cell with {len(self.sizes)} state(s) must return {len(self.sizes)} tensor(s), "
+                f"got {_describe(out)}",
+                field="model",
+            )
+        flat = []
+        for i, (value, size) in enumerate(zip(values, self.sizes, strict=True)):
+            if value.numel() != size:
+                raise FailedPrecondition(
+                    f"state {i} of the cell's output has shape {list(value.shape)}; expected (1, {size})",
+                    field="model",
+                )
+            flat.append(value.reshape(-1))
+        return tuple(flat)
+
+
+def sequence_output(out: object, steps: int) -> torch.Tensor:
+    """y (1, T, H) from a sequence model's output (a tensor, or a tuple whose first element is y)."""
+    value = out[0] if isinstance(out, tuple | list) and out else out
+    if not isinstance(value, torch.Tensor) or value.dim() != 3 or tuple(value.shape[:2]) != (1, steps):
+        shape = list(value.shape) if isinstance(value, torch.Tensor) else _describe(out)
+        raise FailedPrecondition(
+            f"a sequence model must return y of shape (1, T={steps}, H) for x of shape (1, T, I), "
+            f"got {shape}",
+            field="model",
+        )
+    return value
+
+
+def _describe(out: object) -> str:
+    if isinstance(out, torch.Tensor):
+        return f"a tensor of shape {list(out.shape)}"
+    if isinstance(out, tuple | list):
+        return f"a {type(out).__name__} of {len(out)}"
+    return type(out).__name__
