@@ -182,6 +182,34 @@ TRUNCATION_MODE_FULL: TruncationMode.ValueType  # 2
 """The graph spans all chunks; one backward runs after the last chunk."""
 Global___TruncationMode: _TypeAlias = TruncationMode  # noqa: Y015
 
+class _MeasuredGradient:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MeasuredGradientEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MeasuredGradient.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEASURED_GRADIENT_UNSPECIFIED: _MeasuredGradient.ValueType  # 0
+    """Not set."""
+    MEASURED_GRADIENT_STATE: _MeasuredGradient.ValueType  # 1
+    """A recurrent cell: dh_T/dh_k (and dc_T/dc_k) for k = 0..T-1, from products of per-step Jacobians."""
+    MEASURED_GRADIENT_INPUTS: _MeasuredGradient.ValueType  # 2
+    """A sequence model fed `inputs`: dy_T/dx_k for k = 1..T, and dL/dx_k with L = sum(y_T)."""
+    MEASURED_GRADIENT_EMBEDDING: _MeasuredGradient.ValueType  # 3
+    """A sequence model fed `token_ids`: dy_T/de_k at the first embedding's output e_k, and dL/de_k."""
+
+class MeasuredGradient(_MeasuredGradient, metaclass=_MeasuredGradientEnumTypeWrapper):
+    """Which gradient a ModelGradientFlow measured."""
+
+MEASURED_GRADIENT_UNSPECIFIED: MeasuredGradient.ValueType  # 0
+"""Not set."""
+MEASURED_GRADIENT_STATE: MeasuredGradient.ValueType  # 1
+"""A recurrent cell: dh_T/dh_k (and dc_T/dc_k) for k = 0..T-1, from products of per-step Jacobians."""
+MEASURED_GRADIENT_INPUTS: MeasuredGradient.ValueType  # 2
+"""A sequence model fed `inputs`: dy_T/dx_k for k = 1..T, and dL/dx_k with L = sum(y_T)."""
+MEASURED_GRADIENT_EMBEDDING: MeasuredGradient.ValueType  # 3
+"""A sequence model fed `token_ids`: dy_T/de_k at the first embedding's output e_k, and dL/de_k."""
+Global___MeasuredGradient: _TypeAlias = MeasuredGradient  # noqa: Y015
+
 class _CorpusSplit:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -657,6 +685,10 @@ class AnalyzeGradientsRequest(_message.Message):
     REGIME_TOLERANCE_FIELD_NUMBER: _builtins.int
     PLOT_FIELD_NUMBER: _builtins.int
     RANDOM_INITIAL_STATE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    TOKEN_IDS_FIELD_NUMBER: _builtins.int
     hidden_size: _builtins.int
     """H, the hidden width. 0 means: taken from `weights`."""
     input_size: _builtins.int
@@ -689,6 +721,14 @@ class AnalyzeGradientsRequest(_message.Message):
     """When true, the response carries a PNG of log |dh_T/dh_k| against T - k."""
     random_initial_state: _builtins.bool
     """When true the initial state h_0 (and c_0) is drawn from N(0, 1) with the seed; otherwise zeros."""
+    model: _builtins.str
+    """Name of a model in this service's repository (UploadModel; task `recurrent_cell` or `sequence_model`):
+    when set, the user's own model is analysed (result in GradientAnalysis.model_flow) instead of built
+    cells, and `cells`, `spectral_radii`, `weights`, `hidden_size`, `input_size`, `init`, `init_scale`,
+    `forget_bias` and `plot` must be unset. Unknown names get NOT_FOUND; other tasks FAILED_PRECONDITION.
+    """
+    model_version: _builtins.int
+    """Repository version of `model`; 0 means its latest version."""
     @_builtins.property
     def cells(self) -> _containers.RepeatedScalarFieldContainer[Global___CellType.ValueType]:
         """The cells to compare; empty means [CELL_TYPE_RNN_TANH]."""
@@ -703,6 +743,18 @@ class AnalyzeGradientsRequest(_message.Message):
     @_builtins.property
     def weights(self) -> _containers.MessageMap[_builtins.str, _common_pb2.Tensor]:
         """Given weights under PyTorch's names (see RecurrentCell.weights); only with a single cell."""
+
+    @_builtins.property
+    def inputs(self) -> _common_pb2.Tensor:
+        """With `model`: the input sequence x_1..x_T, a (T, I) float tensor (I the model's input width); absent
+        means x ~ N(0, 1) drawn with torch.Generator().manual_seed(seed), T = sequence_length.
+        """
+
+    @_builtins.property
+    def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """With a `sequence_model` whose first operation is an embedding: the T token ids fed instead of
+        `inputs` (each in 0..vocabulary-1); the gradients are then taken at the embedding's output.
+        """
 
     def __init__(
         self,
@@ -723,10 +775,14 @@ class AnalyzeGradientsRequest(_message.Message):
         regime_tolerance: _builtins.float | None = ...,
         plot: _builtins.bool = ...,
         random_initial_state: _builtins.bool = ...,
+        model: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        inputs: _common_pb2.Tensor | None = ...,
+        token_ids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_init_scale", b"_init_scale", "_input_scale", b"_input_scale", "_regime_tolerance", b"_regime_tolerance", "init_scale", b"init_scale", "input_scale", b"input_scale", "regime_tolerance", b"regime_tolerance"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_init_scale", b"_init_scale", "_input_scale", b"_input_scale", "_regime_tolerance", b"_regime_tolerance", "init_scale", b"init_scale", "input_scale", b"input_scale", "inputs", b"inputs", "regime_tolerance", b"regime_tolerance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_init_scale", b"_init_scale", "_input_scale", b"_input_scale", "_regime_tolerance", b"_regime_tolerance", "cells", b"cells", "dtype", b"dtype", "forget_bias", b"forget_bias", "hidden_size", b"hidden_size", "init", b"init", "init_scale", b"init_scale", "input_distribution", b"input_distribution", "input_scale", b"input_scale", "input_size", b"input_size", "plot", b"plot", "random_initial_state", b"random_initial_state", "regime_tolerance", b"regime_tolerance", "seed", b"seed", "sequence_length", b"sequence_length", "spectral_radii", b"spectral_radii", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_init_scale", b"_init_scale", "_input_scale", b"_input_scale", "_regime_tolerance", b"_regime_tolerance", "cells", b"cells", "dtype", b"dtype", "forget_bias", b"forget_bias", "hidden_size", b"hidden_size", "init", b"init", "init_scale", b"init_scale", "input_distribution", b"input_distribution", "input_scale", b"input_scale", "input_size", b"input_size", "inputs", b"inputs", "model", b"model", "model_version", b"model_version", "plot", b"plot", "random_initial_state", b"random_initial_state", "regime_tolerance", b"regime_tolerance", "seed", b"seed", "sequence_length", b"sequence_length", "spectral_radii", b"spectral_radii", "token_ids", b"token_ids", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__init_scale: _TypeAlias = _typing.Literal["init_scale"]  # noqa: Y015
     _WhichOneofArgType__init_scale: _TypeAlias = _typing.Literal["_init_scale", b"_init_scale"]  # noqa: Y015
@@ -885,6 +941,7 @@ class GradientAnalysis(_message.Message):
     REGIME_TOLERANCE_FIELD_NUMBER: _builtins.int
     PLOT_PNG_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
+    MODEL_FLOW_FIELD_NUMBER: _builtins.int
     sequence_length: _builtins.int
     """T."""
     hidden_size: _builtins.int
@@ -901,6 +958,10 @@ class GradientAnalysis(_message.Message):
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___GradientRun]:
         """One run per (cell, spectral radius), cells outer."""
 
+    @_builtins.property
+    def model_flow(self) -> Global___ModelGradientFlow:
+        """With AnalyzeGradientsRequest.model: the gradient flow of that model (`runs` is then empty)."""
+
     def __init__(
         self,
         *,
@@ -911,14 +972,112 @@ class GradientAnalysis(_message.Message):
         regime_tolerance: _builtins.float = ...,
         plot_png: _builtins.bytes = ...,
         seconds: _builtins.float = ...,
+        model_flow: Global___ModelGradientFlow | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model_flow", b"model_flow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hidden_size", b"hidden_size", "input_size", b"input_size", "plot_png", b"plot_png", "regime_tolerance", b"regime_tolerance", "runs", b"runs", "seconds", b"seconds", "sequence_length", b"sequence_length"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hidden_size", b"hidden_size", "input_size", b"input_size", "model_flow", b"model_flow", "plot_png", b"plot_png", "regime_tolerance", b"regime_tolerance", "runs", b"runs", "seconds", b"seconds", "sequence_length", b"sequence_length"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GradientAnalysis: _TypeAlias = GradientAnalysis  # noqa: Y015
+
+@_typing.final
+class ModelGradientFlow(_message.Message):
+    """The gradient flow of a repository model (Pascanu, Mikolov, Bengio 2013). All norms are exact (autograd
+    on the model's own graph); spectral norms are the largest singular value.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    MEASURED_FIELD_NUMBER: _builtins.int
+    DISTANCES_FIELD_NUMBER: _builtins.int
+    JACOBIAN_NORMS_FIELD_NUMBER: _builtins.int
+    CELL_STATE_NORMS_FIELD_NUMBER: _builtins.int
+    STEP_NORMS_FIELD_NUMBER: _builtins.int
+    LOSS_GRADIENT_NORMS_FIELD_NUMBER: _builtins.int
+    LOSS_FIELD_NUMBER: _builtins.int
+    GROWTH_RATE_FIELD_NUMBER: _builtins.int
+    REGIME_FIELD_NUMBER: _builtins.int
+    CELL_GROWTH_RATE_FIELD_NUMBER: _builtins.int
+    CELL_REGIME_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model analysed."""
+    model_version: _builtins.int
+    """Its repository version."""
+    task: _builtins.str
+    """Its task: `recurrent_cell` or `sequence_model`."""
+    measured: Global___MeasuredGradient.ValueType
+    """What the norms below are gradients of and with respect to."""
+    loss: _builtins.float
+    """Sequence model: L = sum(y_T); 0 for a cell."""
+    growth_rate: _builtins.float
+    """exp(slope) of the least-squares line through log(jacobian_norms) against the distance (finite,
+    positive norms only): the per-step growth (> 1) or decay (< 1) factor.
+    """
+    regime: Global___Regime.ValueType
+    """Vanishing, stable or exploding, from growth_rate and GradientAnalysis.regime_tolerance."""
+    cell_growth_rate: _builtins.float
+    """Two-state cell: the same fit over cell_state_norms; 0 otherwise."""
+    cell_regime: Global___Regime.ValueType
+    """Two-state cell: the regime of cell_growth_rate; unspecified otherwise."""
+    @_builtins.property
+    def distances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The distance of each entry: T - k (cell: k = 0..T-1, that is T..1; sequence model: k = 1..T,
+        that is T-1..0).
+        """
+
+    @_builtins.property
+    def jacobian_norms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Cell: |dh_T/dh_k|_2 (c_k held fixed for a two-state cell), the spectral norm of the product of the
+        per-step Jacobians. Sequence model: |dy_T/dx_k|_2 (or dy_T/de_k), the spectral norm of the H x I
+        block of the last output's Jacobian.
+        """
+
+    @_builtins.property
+    def cell_state_norms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Two-state (LSTM-like) cell: |dc_T/dc_k|_2 (h_k held fixed); empty otherwise."""
+
+    @_builtins.property
+    def step_norms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Cell: |ds_(k+1)/ds_k|_2 for k = 0..T-1, the norm of one step's Jacobian over the joint state
+        s = (h) or (h, c); empty for a sequence model.
+        """
+
+    @_builtins.property
+    def loss_gradient_norms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Sequence model: |dL/dx_k|_2 (or dL/de_k) for k = 1..T with L = sum(y_T), by one backward pass;
+        empty for a cell.
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        task: _builtins.str = ...,
+        measured: Global___MeasuredGradient.ValueType = ...,
+        distances: _abc.Iterable[_builtins.int] | None = ...,
+        jacobian_norms: _abc.Iterable[_builtins.float] | None = ...,
+        cell_state_norms: _abc.Iterable[_builtins.float] | None = ...,
+        step_norms: _abc.Iterable[_builtins.float] | None = ...,
+        loss_gradient_norms: _abc.Iterable[_builtins.float] | None = ...,
+        loss: _builtins.float = ...,
+        growth_rate: _builtins.float = ...,
+        regime: Global___Regime.ValueType = ...,
+        cell_growth_rate: _builtins.float = ...,
+        cell_regime: Global___Regime.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell_growth_rate", b"cell_growth_rate", "cell_regime", b"cell_regime", "cell_state_norms", b"cell_state_norms", "distances", b"distances", "growth_rate", b"growth_rate", "jacobian_norms", b"jacobian_norms", "loss", b"loss", "loss_gradient_norms", b"loss_gradient_norms", "measured", b"measured", "model", b"model", "model_version", b"model_version", "regime", b"regime", "step_norms", b"step_norms", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelGradientFlow: _TypeAlias = ModelGradientFlow  # noqa: Y015
 
 @_typing.final
 class AnalyzeGradientsResponse(_message.Message):
