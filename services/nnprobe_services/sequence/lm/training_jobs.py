@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -36,7 +35,8 @@ import torch
 
 from nnprobe_services.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from nnprobe_services.files import remove_partial_writes
-from nnprobe_services.sequence.jobs.replica import JobStop, Leases, RunningJob, Supervisor, default_replica_id
+from nnprobe_services.sequence.jobs.replica import JobStop, Leases, default_replica_id
+from nnprobe_services.sequence.jobs.replica_jobs import ReplicaJobs
 from nnprobe_services.sequence.jobs.store import (
     CANCELLED,
     INTERRUPTED,
@@ -68,8 +68,11 @@ CANCEL_WAIT_SECONDS = 120.0
 WATCH_POLL_SECONDS = 0.5
 
 
-class JobManager:
-    """Owns the job store, this replica's runner threads and its supervisor thread."""
+class JobManager(ReplicaJobs):
+    """Language-model training jobs on the shared queue: the corpora, checkpoints, TensorBoard logs, and
+    (from ``ReplicaJobs``) the store, this replica's supervisor and runner threads, fenced events."""
+
+    close_wait_seconds = CANCEL_WAIT_SECONDS
 
     def __init__(
         self,
@@ -83,18 +86,16 @@ class JobManager:
         leases: Leases | None = None,
     ) -> None:
         self.root = data_dir / "jobs"
-        self.store = JobStore(database_url or f"sqlite:///{data_dir / 'jobs.sqlite3'}")
         self.corpora = corpora
         self.default_device = default_device
         self.max_queued = max_queued
         self.runner = runner
         self.training_logs = TrainingLogs(self.root)  # TensorBoard, written as events are recorded
-        self.leases = leases or Leases(default_replica_id())
-        self.replica_id = self.leases.replica_id
-        self._lock = threading.Lock()
-        self._listeners: list[Callable[[str], None]] = []
-        self.supervisor = Supervisor(
-            self.store, self.leases, lambda claim, job: run_claimed(self, claim, job), local_devices()
+        super().__init__(
+            JobStore(database_url or f"sqlite:///{data_dir / 'jobs.sqlite3'}"),
+            leases or Leases(default_replica_id()),
+            lambda claim, job: run_claimed(self, claim, job),
+            local_devices(),
         )
         log.info(
             "job store %s (schema version %d), replica %s",
@@ -103,12 +104,11 @@ class JobManager:
             self.replica_id,
         )
         self._remove_partial_writes()
-        expired = self.store.expire_leases(self.replica_id)
+        expired = self.begin_claiming()
         if expired:
             log.warning(
                 "replica %s restarted: its %d running job(s) will be taken over", self.replica_id, expired
             )
-        self.supervisor.start()
 
     # -- startup and shutdown ------------------------------------------------------------------------
     def _remove_partial_writes(self) -> None:
@@ -119,30 +119,10 @@ class JobManager:
             for path in remove_partial_writes(folder, older_than=older_than):
                 log.warning("removed %s, the partial write of a server that stopped", path)
 
-    def shutdown(self, grace: float) -> list[str]:
-        """Stop this replica for a server shutdown, within ``grace`` seconds: claim nothing more; running
-        jobs stop at their next step boundary, write a checkpoint and go back to the shared queue for any
-        replica to continue (``_hand_over``); queued jobs stay queued. Returns the ids of jobs still running
-        when ``grace`` ran out (their threads could not be joined; their leases expire and another replica
-        takes them over)."""
-        deadline = time.monotonic() + grace
-        return self.supervisor.close(deadline - min(1.0, grace / 4), deadline)
-
-    def close(self) -> None:
-        """``shutdown`` without a time limit beyond ``CANCEL_WAIT_SECONDS``, then release the store."""
-        self.shutdown(CANCEL_WAIT_SECONDS)
-        self.store.close()
-
     def running(self) -> list[str]:
         """Ids of the jobs this replica runs now."""
         with self.supervisor.lock:
             return list(self.supervisor.running)
-
-    def add_listener(self, listener: Callable[[str], None]) -> None:
-        """Call ``listener(job_id)`` after every event this replica records from now on (from the recording
-        thread; it must be quick and must not block)."""
-        with self._lock:
-            self._listeners.append(listener)
 
     # -- paths ---------------------------------------------------------------------------------------
     def checkpoint_path(self, job_id: str) -> Path:
@@ -307,10 +287,6 @@ class JobManager:
         }
 
     # -- recording ----------------------------------------------------------------------------------
-    def fence(self, running: RunningJob) -> dict[str, Any]:
-        """What the job's row must hold while ``running`` (this replica's claim) still owns it."""
-        return {"owner": self.replica_id, "attempt": running.attempt, "state": RUNNING}
-
     def record(self, job_id: str, event: Event) -> None:
         """Store a training event, mirror it on the job row and add it to the job's TensorBoard log."""
         payload = dataclasses.asdict(event)
@@ -375,22 +351,7 @@ class JobManager:
         history's last event and the job agree on where training stands."""
         if kind == "state" and "step" not in payload:
             payload = {**payload, "step": changes.get("step", self.get(job_id).step)}
-        running = self.supervisor.get(job_id)
-        expect = self.fence(running) if running is not None else None
-        sequence = self.store.add_event(job_id, kind, payload, expect=expect, **changes)
-        if sequence is None:
-            raise LeaseLost(job_id)
-        self.notify(job_id)
-        return sequence
-
-    def notify(self, job_id: str) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            try:
-                listener(job_id)
-            except Exception:  # a listener's failure must not fail the job
-                log.exception("job listener failed")
+        return super().add_event(job_id, kind, payload, **changes)
 
 
 __all__ = ["CANCEL_WAIT_SECONDS", "JobManager", "JobStop", "Leases"]

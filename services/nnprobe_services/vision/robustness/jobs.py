@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -30,7 +29,8 @@ from nnprobe_services.sequence.jobs.records import (
     JobRecord,
     LeaseLost,
 )
-from nnprobe_services.sequence.jobs.replica import Leases, RunningJob, Supervisor
+from nnprobe_services.sequence.jobs.replica import Leases, RunningJob
+from nnprobe_services.sequence.jobs.replica_jobs import ReplicaJobs
 from nnprobe_services.sequence.jobs.store import JobStore
 
 log = logging.getLogger("nnprobe.vision.robustness")
@@ -41,7 +41,7 @@ DEVICE = "robustness"
 CANCEL_WAIT_SECONDS = 60.0
 
 
-class RobustnessJobs:
+class RobustnessJobs(ReplicaJobs):
     """The job store, this replica's supervisor thread and its runner threads. ``run(jobs, claim,
     running)`` evaluates a claimed job (``running.run_claimed``)."""
 
@@ -55,32 +55,16 @@ class RobustnessJobs:
         max_queued: int = 16,
     ) -> None:
         self.root = data_dir / "robustness"
-        self.store = JobStore(database_url or f"sqlite:///{data_dir / 'robustness.sqlite3'}")
         self.max_queued = max_queued
-        self.leases = leases
-        self.replica_id = leases.replica_id
-        self._lock = threading.Lock()
-        self._listeners: list[Callable[[str], None]] = []
-        self.supervisor = Supervisor(self.store, leases, lambda claim, job: run(self, claim, job), [DEVICE])
+        super().__init__(
+            JobStore(database_url or f"sqlite:///{data_dir / 'robustness.sqlite3'}"),
+            leases,
+            lambda claim, job: run(self, claim, job),
+            [DEVICE],
+        )
         remove_partial_writes(self.root, older_than=time.time() - leases.lease_seconds)
-        if self.store.expire_leases(self.replica_id):
+        if self.begin_claiming():
             log.warning("replica %s restarted: its robustness jobs will be taken over", self.replica_id)
-        self.supervisor.start()
-
-    def shutdown(self, grace: float) -> list[str]:
-        """Stop claiming; running jobs stop at their next iteration and go back to the queue from their
-        last checkpoint. Returns the ids still running when ``grace`` ran out."""
-        deadline = time.monotonic() + grace
-        return self.supervisor.close(deadline - min(1.0, grace / 4), deadline)
-
-    def close(self) -> None:
-        self.shutdown(CANCEL_WAIT_SECONDS)
-        self.store.close()
-
-    def add_listener(self, listener: Callable[[str], None]) -> None:
-        """Call ``listener(job_id)`` after every event this replica records (quick, never blocking)."""
-        with self._lock:
-            self._listeners.append(listener)
 
     def checkpoint_path(self, job_id: str) -> Path:
         return self.root / job_id / "state.json"
@@ -183,28 +167,6 @@ class RobustnessJobs:
         payload = {"units_done": done, "units_total": job.total_steps, "epsilon": epsilon}
         self.add_event(job_id, "progress", payload, step=done)
         return done
-
-    def add_event(self, job_id: str, kind: str, payload: dict[str, Any], **changes: Any) -> int:
-        """Append an event; for a job this replica runs only while it holds the lease (else
-        ``LeaseLost``)."""
-        running = self.supervisor.get(job_id)
-        expect = None
-        if running is not None:
-            expect = {"owner": self.replica_id, "attempt": running.attempt, "state": RUNNING}
-        sequence = self.store.add_event(job_id, kind, payload, expect=expect, **changes)
-        if sequence is None:
-            raise LeaseLost(job_id)
-        self.notify(job_id)
-        return sequence
-
-    def notify(self, job_id: str) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            try:
-                listener(job_id)
-            except Exception:  # a listener's failure must not fail the job
-                log.exception("job listener failed")
 
 
 def units_done(state: dict[str, Any]) -> int:
