@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from nnprobe_services.sequence.jobs.records import RUNNING, LeaseLost
+from nnprobe_services.sequence.jobs.records import FAILED, RUNNING, LeaseLost
 from nnprobe_services.sequence.jobs.replica import Leases, RunningJob, Supervisor
 from nnprobe_services.sequence.jobs.store import Claim, JobStore
 
@@ -79,6 +79,18 @@ class ReplicaJobs:
             raise LeaseLost(job_id)
         self.notify(job_id)
         return sequence
+
+    def record_failure(self, job_id: str, error: Exception) -> None:
+        """Record that ``job_id`` failed with ``error`` (logged with its traceback; the server keeps running):
+        a ``failed`` state event naming the error's type and text, unless another replica owns it now."""
+        log.exception("job %s failed", job_id, exc_info=error)
+        message = f"{type(error).__name__}: {error}"
+        try:
+            self.add_event(
+                job_id, "state", {"state": FAILED, "message": message}, state=FAILED, error=message, owner=""
+            )
+        except LeaseLost:
+            log.warning("job %s: failed after another replica took it over", job_id)
 
     def notify(self, job_id: str) -> None:
         """Tell every listener that ``job_id`` has a new event; a failing listener never fails the job."""

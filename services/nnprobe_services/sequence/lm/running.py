@@ -13,7 +13,6 @@ import torch
 from nnprobe_services.sequence.jobs.replica import RunningJob
 from nnprobe_services.sequence.jobs.store import (
     CANCELLED,
-    FAILED,
     QUEUED,
     RUNNING,
     SUCCEEDED,
@@ -76,19 +75,7 @@ def run_claimed(manager: JobManager, claim: Claim, running: RunningJob) -> None:
     except LeaseLost:
         log.warning("job %s: another replica owns it now; this replica stopped running it", job_id)
     except Exception as error:  # recorded on the job; the server keeps running
-        log.exception("job %s failed", job_id)
-        message = f"{type(error).__name__}: {error}"
-        try:
-            manager.add_event(
-                job_id,
-                "state",
-                {"state": FAILED, "message": message},
-                state=FAILED,
-                error=message,
-                owner="",
-            )
-        except LeaseLost:
-            log.warning("job %s: failed after another replica took it over", job_id)
+        manager.record_failure(job_id, error)
     finally:
         manager.training_logs.close(job_id)
         manager.supervisor.finished(job_id)

@@ -12,7 +12,6 @@ import torch
 from nnprobe_services.errors import Cancelled, FailedPrecondition, InvalidArgument
 from nnprobe_services.sequence.jobs.records import (
     CANCELLED,
-    FAILED,
     QUEUED,
     RUNNING,
     SUCCEEDED,
@@ -155,14 +154,7 @@ def run_claimed(
     except LeaseLost:
         log.warning("job %s: another replica owns it now; this replica stopped running it", job_id)
     except Exception as error:  # recorded on the job; the server keeps running
-        log.exception("robustness job %s failed", job_id)
-        message = f"{type(error).__name__}: {error}"
-        try:
-            jobs.add_event(
-                job_id, "state", {"state": FAILED, "message": message}, state=FAILED, error=message, owner=""
-            )
-        except LeaseLost:
-            log.warning("job %s: failed after another replica took it over", job_id)
+        jobs.record_failure(job_id, error)
     finally:
         jobs.supervisor.finished(job_id)
 
