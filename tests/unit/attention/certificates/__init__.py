@@ -1,0 +1,1 @@
+"""Symmetry certificates of token models against brute force."""
