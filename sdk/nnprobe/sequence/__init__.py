@@ -19,6 +19,7 @@ from nnprobe.sequence.language_model import (
     Perplexity,
     SampleResult,
 )
+from nnprobe.sequence.model_gradients import ModelGradientFlow
 from nnprobe.sequence.progress import ProgressCallback
 from nnprobe.sequence.rnn import RecurrentResult
 from nnprobe.sequence.training_logs import TensorBoardLogs, TrainingLogs
@@ -40,6 +41,7 @@ __all__ = [
     "GradientAnalysis",
     "GradientRun",
     "JobEvent",
+    "ModelGradientFlow",
     "NearestWords",
     "Perplexity",
     "ProgressCallback",

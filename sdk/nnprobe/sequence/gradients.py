@@ -16,6 +16,7 @@ from nnprobe.display import rich_result
 from nnprobe.progress import ProgressCallback
 from nnprobe.progress_bar import reporting
 from nnprobe.sequence.cells import CELL_CODES, CELL_NAMES, INIT_CODES, INPUT_CODES
+from nnprobe.sequence.model_gradients import ModelGradientFlow, model_flow, model_request
 from nnprobe.sequence.progress import final_result
 
 _REGIMES = {pb.REGIME_VANISHING: "vanishing", pb.REGIME_STABLE: "stable", pb.REGIME_EXPLODING: "exploding"}
@@ -89,6 +90,8 @@ class GradientAnalysis:
     #: PNG bytes when ``plot=True``, else None.
     plot_png: bytes | None
     seconds: float
+    #: With ``model=``: that model's gradient flow (``runs`` is then empty); else None.
+    model_flow: ModelGradientFlow | None = None
     raw: Any = field(repr=False, default=None)
 
 
@@ -121,6 +124,7 @@ def _gradient_analysis(r: Any) -> GradientAnalysis:
         regime_tolerance=r.regime_tolerance,
         plot_png=r.plot_png or None,
         seconds=r.seconds,
+        model_flow=model_flow(r.model_flow) if r.HasField("model_flow") else None,
         raw=r,
     )
 
@@ -131,7 +135,7 @@ PROGRESS_UNIT = "jacobian steps"
 
 def analyze_gradients_request(
     *,
-    cells: Sequence[str],
+    cells: Sequence[str] | None,
     spectral_radii: Sequence[float],
     hidden_size: int,
     sequence_length: int,
@@ -147,10 +151,23 @@ def analyze_gradients_request(
     dtype: str | None,
     regime_tolerance: float | None,
     plot: bool,
+    model: str = "",
+    model_version: int = 0,
+    inputs: np.ndarray | None = None,
+    token_ids: Sequence[int] | None = None,
 ) -> pb.AnalyzeGradientsRequest:
-    """The request of ``analyze_gradients`` (sync and asyncio clients)."""
+    """The request of ``analyze_gradients`` (sync and asyncio clients): built cells, or with ``model`` a
+    repository model (``model_gradients.model_request``)."""
+    if model:
+        request = model_request(
+            locals(), model=model, model_version=model_version, inputs=inputs, token_ids=token_ids
+        )
+        request.dtype = choice(FLOAT_DTYPES, dtype, "dtype")
+        return request
+    if model_version or inputs is not None or token_ids is not None:
+        raise ValueError("model_version, inputs, token_ids: only with model=")
     request = pb.AnalyzeGradientsRequest(
-        cells=[choice(CELL_CODES, c, "cells") for c in cells],
+        cells=[choice(CELL_CODES, c, "cells") for c in cells or ()],
         hidden_size=hidden_size,
         input_size=input_size,
         sequence_length=sequence_length,
@@ -179,7 +196,7 @@ class GradientMethods(BaseClient):
     def analyze_gradients(
         self,
         *,
-        cells: Sequence[str] = ("rnn_tanh",),
+        cells: Sequence[str] | None = None,
         spectral_radii: Sequence[float] = (),
         hidden_size: int = 0,
         sequence_length: int = 0,
@@ -195,6 +212,10 @@ class GradientMethods(BaseClient):
         dtype: str | None = None,
         regime_tolerance: float | None = None,
         plot: bool = False,
+        model: str = "",
+        model_version: int = 0,
+        inputs: np.ndarray | None = None,
+        token_ids: Sequence[int] | None = None,
         on_progress: ProgressCallback | None = None,
         progress: bool = True,
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
@@ -210,10 +231,22 @@ class GradientMethods(BaseClient):
         ``plot=True`` returns a PNG of log |dh_T/dh_k| against T - k. ``on_progress`` is called with a
         ``nnprobe.Progress`` (unit ``jacobian steps``, ``message`` the cell and radius) as the runs go.
         ``timeout``: seconds, ``None`` for no deadline, ``USE_CLIENT_DEFAULT`` for the client's.
+        ``cells`` None means ``["rnn_tanh"]``.
+
+        Your own model: ``model`` names a repository model (``upload_model``, task ``recurrent_cell`` or
+        ``sequence_model``; ``model_version`` 0 for its latest) and the result's ``model_flow`` holds its
+        gradient flow (a cell: |dh_T/dh_k|_2 and |dc_T/dc_k|_2 from products of its per-step Jacobians; a
+        sequence model: |dy_T/dx_k|_2 and |dL/dx_k|_2 with L = sum(y_T)). It is fed ``inputs`` (T, I) or
+        ``token_ids`` (T ids, for a model that starts with an embedding: gradients at the embedding's
+        output), or x ~ N(0, 1) drawn with ``seed`` (T = ``sequence_length``). Only ``sequence_length``,
+        ``seed``, ``random_initial_state`` (cells), ``dtype`` and ``regime_tolerance`` go with it.
 
         Raises:
             nnprobe.InvalidArgument: a bad option (``field_violations`` names it); ValueError for an
-                unknown cell, distribution, init or dtype name, before anything is sent.
+                unknown cell, distribution, init or dtype name, or a built-cell option given with
+                ``model``, before anything is sent.
+            nnprobe.NotFound: no such model or version; nnprobe.FailedPrecondition: a model of another
+                task, or one that cannot run as a cell / sequence model (the message says why).
         """
         request = analyze_gradients_request(**request_arguments(locals()))
         events = self._stream(self._stub.AnalyzeGradients, request, timeout)

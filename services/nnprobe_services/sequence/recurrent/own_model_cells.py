@@ -96,9 +96,10 @@ def analyze_cell(
     *,
     regime_tolerance: float = 0.01,
     should_stop: Callable[[], bool] = never,
-) -> Generator[int, None, CellGradients]:
+) -> Generator[gradients.Progress, None, CellGradients]:
     """Analyse ``cell`` over ``inputs`` (T, I) from ``initial`` (one (N_i,) tensor per state, same dtype
-    and device). Yields the number of Jacobian steps done (1..T); returns the ``CellGradients``.
+    and device). Yields ``Progress`` after each Jacobian step (done 1..T of T); returns the
+    ``CellGradients``.
 
     Raises ``FailedPrecondition`` (field ``model``) when the cell cannot run on a batch of one or returns
     something other than its states, and ``Cancelled`` when ``should_stop`` turns true.
@@ -125,7 +126,7 @@ def analyze_cell(
             log_h[k] = gradients._log_norm(product[:h, :h], exponent)
             if len(sizes) == 2:
                 log_c[k] = gradients._log_norm(product[h:, h:], exponent)
-        yield steps - k
+        yield gradients.Progress(steps - k, steps, "jacobian steps")
     return _result(steps, log_h, log_c if len(sizes) == 2 else [], log_step, regime_tolerance)
 
 

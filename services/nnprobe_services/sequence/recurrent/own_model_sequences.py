@@ -73,12 +73,15 @@ def analyze_inputs(
     inputs: torch.Tensor,
     *,
     regime_tolerance: float = 0.01,
+    max_elements: int = 1 << 28,
     should_stop: Callable[[], bool] = never,
-) -> Generator[int, None, SequenceGradients]:
-    """Analyse ``module`` on the float sequence ``inputs`` (T, I), run as x of shape (1, T, I). Yields the
-    number of output units differentiated (1..H); returns the ``SequenceGradients`` (measured: inputs).
+) -> Generator[gradients.Progress, None, SequenceGradients]:
+    """Analyse ``module`` on the float sequence ``inputs`` (T, I), run as x of shape (1, T, I). Yields
+    ``Progress`` after each output unit differentiated (done 1..H of H); returns the ``SequenceGradients``
+    (measured: inputs). ``max_elements`` bounds the Jacobian's H * T * I entries.
 
-    Raises ``FailedPrecondition`` on ``model`` when the model cannot run on x or returns no (1, T, H) y."""
+    Raises ``FailedPrecondition`` on ``model`` when the model cannot run on x or returns no (1, T, H) y;
+    ``ResourceExhausted`` on ``model`` when H or the Jacobian exceeds its limit."""
     steps = inputs.shape[0]
     check_steps(steps, "inputs")
 
@@ -88,7 +91,7 @@ def analyze_inputs(
             return x, sequence_output(module(x), steps)
 
     leaf, y = guarded("running the model on x of shape (1, T, I)", forward)
-    return (yield from _flow(leaf, y, "inputs", regime_tolerance, should_stop))
+    return (yield from _flow(leaf, y, "inputs", regime_tolerance, max_elements, should_stop))
 
 
 def analyze_tokens(
@@ -96,8 +99,9 @@ def analyze_tokens(
     tokens: torch.Tensor,
     *,
     regime_tolerance: float = 0.01,
+    max_elements: int = 1 << 28,
     should_stop: Callable[[], bool] = never,
-) -> Generator[int, None, SequenceGradients]:
+) -> Generator[gradients.Progress, None, SequenceGradients]:
     """Analyse ``module`` on token ids ``tokens`` (T,) int64, run as (1, T), with respect to its first
     embedding's output e (1, T, D). Yields as ``analyze_inputs``; returns measured: embedding.
 
@@ -116,12 +120,17 @@ def analyze_tokens(
         "running the model on token ids of shape (1, T)", lambda: tap.run(tokens.reshape(1, -1))
     )
     y = sequence_output(out, steps)
-    return (yield from _flow(leaf, y, "embedding", regime_tolerance, should_stop))
+    return (yield from _flow(leaf, y, "embedding", regime_tolerance, max_elements, should_stop))
 
 
 def _flow(
-    leaf: torch.Tensor, y: torch.Tensor, measured: str, tolerance: float, should_stop: Callable[[], bool]
-) -> Generator[int, None, SequenceGradients]:
+    leaf: torch.Tensor,
+    y: torch.Tensor,
+    measured: str,
+    tolerance: float,
+    max_elements: int,
+    should_stop: Callable[[], bool],
+) -> Generator[gradients.Progress, None, SequenceGradients]:
     """The Jacobian blocks of y_T (H,) w.r.t. each step of ``leaf`` (1, T, D), row by row, then dL/dleaf."""
     last = y[0, -1]
     width, steps = last.shape[0], leaf.shape[1]
@@ -130,12 +139,18 @@ def _flow(
             f"the output width H = {width} exceeds the limit {MAX_OUTPUT_WIDTH} of gradient analysis",
             field="model",
         )
+    if width * leaf.numel() > max_elements:
+        raise ResourceExhausted(
+            f"the Jacobian of y_T has H * T * I = {width * leaf.numel()} entries, more than the limit "
+            f"{max_elements}; send a shorter sequence",
+            field="model",
+        )
     rows = torch.zeros(width, steps, leaf.shape[2], dtype=leaf.dtype, device=leaf.device)
     for i in range(width):
         if should_stop():
             raise Cancelled(f"stopped after {i} of {width} Jacobian rows", done=i)
         rows[i] = _gradient(last[i], leaf, retain=True)[0]
-        yield i + 1
+        yield gradients.Progress(i + 1, width, "jacobian rows")
     loss = last.sum()
     grad = _gradient(loss, leaf, retain=False)[0]
     log_norms = [gradients._log_norm(block, 0) for block in rows.permute(1, 0, 2)]

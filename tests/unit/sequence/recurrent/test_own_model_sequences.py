@@ -37,7 +37,7 @@ def test_exported_sequence_model_norms_equal_direct_autograd(kind, inputs, hidde
     loaded = exported(module, (torch.zeros(1, steps, inputs, dtype=F64),))
     x = torch.randn(steps, inputs, generator=torch.Generator().manual_seed(5), dtype=F64)
     events, run = finish(sequences.analyze_inputs(loaded, x))
-    assert events == list(range(1, hidden + 1))
+    assert [(e.done, e.total) for e in events] == [(i, hidden) for i in range(1, hidden + 1)]
     blocks, loss_grads, loss = direct_sequence_norms(lambda v: module(v)[0], x.reshape(1, steps, inputs))
     assert run.distances == list(range(steps - 1, -1, -1))
     np.testing.assert_allclose(run.output_norms, blocks, rtol=REL, atol=0)
@@ -115,6 +115,10 @@ def test_limits_and_the_stop_signal():
     wide = torch.nn.Linear(1, sequences.MAX_OUTPUT_WIDTH + 1).to(F64)
     with pytest.raises(ResourceExhausted) as exhausted:
         finish(sequences.analyze_inputs(wide, torch.zeros(2, 1, dtype=F64)))
+    assert exhausted.value.field == "model"
+    small = recurrent("rnn", 2, 3)
+    with pytest.raises(ResourceExhausted, match=r"H \* T \* I = 24") as exhausted:
+        finish(sequences.analyze_inputs(small, torch.zeros(4, 2, dtype=F64), max_elements=23))
     assert exhausted.value.field == "model"
     module = recurrent("lstm", 2, 6)
     calls = iter(range(100))
