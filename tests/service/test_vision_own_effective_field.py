@@ -28,13 +28,35 @@ def client(module_server_factory, tmp_path_factory):
     net = tiny_cnn.network(seed=SEED)
     tiny_cnn.write(folder / "net.onnx", tiny_cnn.onnx_bytes(net))
     tiny_cnn.write(folder / "net.pt2", tiny_cnn.pt2_bytes(net))
+    tiny_cnn.write(folder / "tokens.onnx", tiny_cnn.onnx_bytes(PatchTokens()))
+    tiny_cnn.write(folder / "tokens.pt2", tiny_cnn.pt2_bytes(PatchTokens()))
     _, address = module_server_factory(
         "vision", weights_download_timeout=0, model_repository=tmp_path_factory.mktemp("repository")
     )
     with VisionClient(address, timeout=120) as vision:
         for fmt in ("onnx", "pt2"):
             vision.upload_model(folder / f"net.{fmt}", name=f"own-{fmt}", config=CONFIG)
+            vision.upload_model(folder / f"tokens.{fmt}", name=f"tokens-{fmt}", config=CONFIG)
         yield vision
+
+
+class PatchTokens(torch.nn.Module):
+    """A vision transformer's token path in small: 4 x 4 patches embedded (conv 4, stride 4) as a sequence
+    (N, 16, 8) in row-major patch order, a per-token linear layer and ReLU, then mean pooling and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(SEED)
+        self.patch = torch.nn.Conv2d(3, 8, 4, stride=4)
+        self.mix = torch.nn.Linear(8, 8)
+        self.head = torch.nn.Linear(8, tiny_cnn.CLASSES)
+        self.eval()
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.mix(self.patch(x).flatten(2).transpose(1, 2)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tokens(x).mean(1))
 
 
 def features() -> torch.nn.Module:
@@ -78,6 +100,34 @@ def test_the_effective_field_of_trained_weights_is_autograd_through_the_model_an
     assert (protocol.inputs, protocol.num_samples, protocol.seed) == ("normal(0, 1)", 6, 11)
     assert (protocol.weights, protocol.weight_seed, protocol.model_version) == ("trained", 0, 1)
     assert protocol.resolution == (tiny_cnn.SIDE, tiny_cnn.SIDE) and protocol.dtype == "float32"
+
+
+@pytest.mark.parametrize("model", ["tokens-pt2", "tokens-onnx"])
+def test_the_effective_field_of_a_trained_token_layer_is_autograd_through_its_patch_token(client, model):
+    result = client.compute_receptive_field(model=model, effective_field=True, erf_samples=6, erf_seed=11)
+    assert result.end_point in ("relu", "/Relu")  # the last layer with positions: mean pooling drops them
+    erf = result.effective_field
+    assert (erf.x, erf.y) == (2, 2)  # the centre of the 4 x 4 patch grid: token 2 * 4 + 2
+    net, total = PatchTokens(), torch.zeros(tiny_cnn.SIDE, tiny_cnn.SIDE, dtype=torch.float64)
+    for batch in random_batches(11, 6):
+        x = batch.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(net.tokens(x)[:, 2 * 4 + 2, :].sum(), x)
+        total += grad.abs().double().sum(dim=(0, 1))
+    expected = (total / (6 * 3)).numpy()
+    np.testing.assert_allclose(erf.gradient_map, expected, rtol=1e-5, atol=1e-7)
+    assert np.count_nonzero(expected) == 16 and expected[8:12, 8:12].all()  # its own 4 x 4 patch only
+
+
+def test_an_unknown_end_point_of_a_graph_without_modules_names_only_what_it_has(client):
+    with pytest.raises(NnprobeError) as caught:
+        client.compute_receptive_field(model="tokens-onnx", end_point="relu")
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.message.endswith(
+        "no layer 'relu' in tokens-onnx: use a node name from the response's layers"
+    )
+    with pytest.raises(NnprobeError) as modules:
+        client.compute_receptive_field(model="tokens-pt2", end_point="nothing")
+    assert "a module path, or a top-level module (patch, mix, head)" in modules.value.message
 
 
 def test_the_effective_field_over_your_images_goes_through_the_models_preprocessing(client):

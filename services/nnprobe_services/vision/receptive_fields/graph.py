@@ -270,9 +270,10 @@ def _resolver(capture: Capture, run: Analysis) -> Callable[[str, str], str]:
             if candidates:
                 return candidates[-1].name
         hint = "; the stages conv1..conv5 are also accepted" if resnet else ""
+        tops = f", or a top-level module ({', '.join(capture.top_modules)})" if capture.top_modules else ""
         raise InvalidSpec(
-            f"no layer {name!r} in {capture.model}: use a node name from the response's layers, a module "
-            f"path, or a top-level module ({', '.join(capture.top_modules)}){hint}",
+            f"no layer {name!r} in {capture.model}: use a node name from the response's layers"
+            f"{', a module path' if capture.top_modules else ''}{tops}{hint}",
             field=request_field,
         )
 

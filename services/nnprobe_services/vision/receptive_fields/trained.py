@@ -2,9 +2,10 @@
 model repository (its captured ATen graph, which holds the program's trained parameters, cut at the layers)
 and an ONNX model (its graph with the layers' tensors as outputs, converted to PyTorch by onnx2torch as the
 attacks convert ONNX models, ``models.backends``). Every output is (N, C', H, W) with the image axes last
-(``twin.canonical``); the input is the network's own input tensor (N, C, H, W), after any normalisation.
+(``twin.canonical``; a sequence of patch tokens gives its patch grid, the tokens without a position left
+out); the input is the network's own input tensor (N, C, H, W), after any normalisation.
 Errors: ``FailedPrecondition`` on ``model.name`` (onnx2torch cannot convert the graph), ``Unsupported`` (a
-layer without image axes)."""
+layer with neither image axes nor patch tokens)."""
 
 from __future__ import annotations
 
@@ -22,17 +23,21 @@ from nnprobe_services.vision.receptive_fields.arithmetic import Unsupported
 from nnprobe_services.vision.receptive_fields.frontends import onnx_reader, trace_worker
 from nnprobe_services.vision.receptive_fields.ir import Capture
 from nnprobe_services.vision.receptive_fields.propagate import Analysis
+from nnprobe_services.vision.receptive_fields.tokens import Tokens
 from nnprobe_services.vision.receptive_fields.twin import Canonical, canonical
 
 
-def _layouts(capture: Capture, layers: Sequence[str], field: str) -> dict[str, tuple[int, int]]:
+def _layouts(capture: Capture, layers: Sequence[str], field: str) -> dict[str, tuple[int, int] | Tokens]:
+    """Where each layer keeps its positions: the image axes of a map, or the patch grid of a token
+    sequence (``tokens.Tokens``), as the built-in networks' probes read them."""
     run = Analysis(capture, Fraction(1, 2), False)
-    layouts = {}
+    layouts: dict[str, tuple[int, int] | Tokens] = {}
     for layer in layers:
         value = run.values.get(layer)
-        if value is None or value.layout is None:
-            raise Unsupported(f"layer {layer!r} has no image axes", field=field)
-        layouts[layer] = value.layout
+        where = None if value is None else value.where
+        if where is None:
+            raise Unsupported(f"layer {layer!r} has neither image axes nor patch tokens", field=field)
+        layouts[layer] = where
     return layouts
 
 
@@ -53,7 +58,7 @@ def program_probe(
 class _OnnxLayers(nn.Module):
     """An onnx2torch network whose outputs are the layers' tensors, as a dict of canonical maps."""
 
-    def __init__(self, network: nn.Module, layouts: dict[str, tuple[int, int]]) -> None:
+    def __init__(self, network: nn.Module, layouts: dict[str, tuple[int, int] | Tokens]) -> None:
         super().__init__()
         self.network, self.layouts = network, layouts
 
