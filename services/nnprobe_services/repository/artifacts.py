@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from nnprobe_services.errors import InvalidArgument, ResourceExhausted
-from nnprobe_services.vision.models.quoting import cap, quote
+from nnprobe_services.repository.quoting import cap, quote
 
 FORMATS = ("onnx", "pt2")
 FILE_NAMES = {"onnx": "model.onnx", "pt2": "model.pt2"}

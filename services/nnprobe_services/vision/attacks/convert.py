@@ -10,6 +10,7 @@ from nnprobe.api.vision.v1 import vision_pb2 as pb
 
 from nnprobe_services import validation as valid
 from nnprobe_services.errors import InvalidArgument
+from nnprobe_services.repository.quoting import quote
 from nnprobe_services.vision.attacks import methods, transfer, verdicts
 from nnprobe_services.vision.attacks.workflow import AttackRequest, AttackResult
 from nnprobe_services.vision.classification.classify import ClassScore
@@ -17,7 +18,6 @@ from nnprobe_services.vision.classification.convert import image_inputs
 from nnprobe_services.vision.classification.workflow import Classification
 from nnprobe_services.vision.images import decode
 from nnprobe_services.vision.models import registry
-from nnprobe_services.vision.models.quoting import quote
 
 METHODS = {
     pb.ATTACK_METHOD_UNSPECIFIED: "pgd",

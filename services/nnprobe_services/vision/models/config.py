@@ -29,8 +29,8 @@ from typing import Any
 import yaml
 
 from nnprobe_services.errors import InvalidArgument
+from nnprobe_services.repository.quoting import quote
 from nnprobe_services.vision.models import yaml_loading
-from nnprobe_services.vision.models.quoting import quote
 
 TASKS = ("image_classification",)
 CHANNEL_ORDERS = ("rgb", "bgr")

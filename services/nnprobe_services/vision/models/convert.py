@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from nnprobe.api.vision.v1 import vision_pb2 as pb
 
 from nnprobe_services.errors import FailedPrecondition, InvalidArgument, ServiceError
+from nnprobe_services.repository.artifacts import FORMATS
 from nnprobe_services.vision.models import backends, registry, store
-from nnprobe_services.vision.models.artifacts import FORMATS
 from nnprobe_services.vision.models.repository import Upload, VersionEntry
 
 FORMAT_CODES = {"onnx": pb.MODEL_FORMAT_ONNX, "pt2": pb.MODEL_FORMAT_TORCH_EXPORT}

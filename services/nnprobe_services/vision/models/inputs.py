@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from nnprobe_services.errors import InvalidArgument
+from nnprobe_services.repository.quoting import cap, quote
 from nnprobe_services.vision.models.config import ModelConfig
-from nnprobe_services.vision.models.quoting import cap, quote
 
 #: ONNX Runtime's type names and torch's dtypes as config.yaml's ``input.dtype`` names.
 ONNX_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8"}

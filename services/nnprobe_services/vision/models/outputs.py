@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from nnprobe_services.errors import InvalidArgument
+from nnprobe_services.repository.quoting import quote
 from nnprobe_services.vision.models.config import ModelConfig
-from nnprobe_services.vision.models.quoting import quote
 
 ONNX_FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)")
 #: How far a probabilities model's rows may sum from 1.

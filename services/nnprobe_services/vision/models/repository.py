@@ -35,9 +35,9 @@ from nnprobe_services.errors import (
     NotFound,
     ResourceExhausted,
 )
+from nnprobe_services.repository.artifacts import FILE_NAMES, FORMATS
 from nnprobe_services.vision.models import config as model_config
 from nnprobe_services.vision.models import folder_checks, versions
-from nnprobe_services.vision.models.artifacts import FILE_NAMES, FORMATS
 from nnprobe_services.vision.models.config import ModelConfig
 
 STAGING = ".staging"

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from nnprobe_services.errors import FailedPrecondition, InvalidArgument, NotFound
-from nnprobe_services.vision.models import artifacts, backends, inputs, outputs, registry
+from nnprobe_services.repository import artifacts
+from nnprobe_services.vision.models import backends, inputs, outputs, registry
 from nnprobe_services.vision.models.config import ModelConfig
 from nnprobe_services.vision.models.registry import (
     LoadedModel,

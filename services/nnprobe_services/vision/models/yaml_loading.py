@@ -17,7 +17,7 @@ from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 
 from nnprobe_services.errors import InvalidArgument
-from nnprobe_services.vision.models.quoting import cap, quote
+from nnprobe_services.repository.quoting import cap, quote
 
 #: The deepest nesting of lists and mappings accepted (the config's own schema needs 3).
 MAX_DEPTH = 16

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 from nnprobe_services.errors import FailedPrecondition, InvalidArgument
-from nnprobe_services.vision.models import artifacts
+from nnprobe_services.repository import artifacts
 from nnprobe_services.vision.receptive_fields import empirical, trained
 from nnprobe_services.vision.receptive_fields.frontends import trace_worker
 from nnprobe_services.vision.receptive_fields.graph import GraphField

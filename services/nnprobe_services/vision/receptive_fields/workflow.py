@@ -25,8 +25,8 @@ from nnprobe_services.errors import (
     ServiceError,
     ShouldStop,
 )
+from nnprobe_services.repository import artifacts
 from nnprobe_services.vision.images import decode
-from nnprobe_services.vision.models import artifacts
 from nnprobe_services.vision.models.store import ModelLimits, ModelStore
 from nnprobe_services.vision.receptive_fields import arithmetic as rf
 from nnprobe_services.vision.receptive_fields import (

@@ -8,8 +8,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nnprobe_services.errors import InvalidArgument
+from nnprobe_services.repository.quoting import MAX_QUOTE, quote
 from nnprobe_services.vision.models import config
-from nnprobe_services.vision.models.quoting import MAX_QUOTE, quote
 
 FIELD = "metadata.config_yaml"
 #: The longest message a refusal may carry: the field, fixed wording and a few quotes of user data.

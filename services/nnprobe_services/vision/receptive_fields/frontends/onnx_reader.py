@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from nnprobe_services.vision.models.artifacts import non_utf8_string
+from nnprobe_services.repository.artifacts import non_utf8_string
 from nnprobe_services.vision.receptive_fields.arithmetic import InvalidSpec, Unsupported
 from nnprobe_services.vision.receptive_fields.frontends.onnx_lowerings import OnnxNode, lower_node
 from nnprobe_services.vision.receptive_fields.frontends.onnx_tensors import (

@@ -175,7 +175,7 @@ def _program_module(program: Program, size: tuple[int, int]) -> torch.nn.Module:
     from pathlib import Path
 
     from nnprobe_services.errors import InvalidArgument
-    from nnprobe_services.vision.models import artifacts
+    from nnprobe_services.repository import artifacts
     from nnprobe_services.vision.receptive_fields.arithmetic import InvalidSpec
 
     try:
