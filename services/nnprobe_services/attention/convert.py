@@ -1,7 +1,9 @@
 """AttentionService between protobuf and plain values: the ``SelfAttention``, ``PermutationOptions`` and
 feed-forward request fields read into ``plans``' specs (tensors decoded and checked against
 ``max_tensor_elements``, enums mapped to names; errors name the request field), and the checks' results
-built into replies. Decoding tensors is NumPy work: a servicer reads requests in its compute pool."""
+built into replies; a request naming a repository ``model`` is read into a ``ModelCheckSpec`` and its
+certificate built into the reply. Decoding tensors is NumPy work: a servicer reads requests in its compute
+pool."""
 
 from __future__ import annotations
 
@@ -13,8 +15,11 @@ from nnprobe.api.attention.v1 import attention_pb2 as pb
 from nnprobe.api.common.v1 import common_pb2
 
 from nnprobe_services import validation as valid
+from nnprobe_services.attention.certificates.certify import Certificate
+from nnprobe_services.attention.certificates.plans import ModelCheckSpec
 from nnprobe_services.attention.checks import FeedForwardCheck, PermutationCheck
 from nnprobe_services.attention.plans import AttentionSpec, FeedForwardSpec, Limits, PermutationOptions
+from nnprobe_services.errors import InvalidArgument
 
 SOFTMAX: dict[Any, str] = {pb.SOFTMAX_MODE_ROW: "row", pb.SOFTMAX_MODE_MATRIX: "matrix"}
 POSITIONAL: dict[Any, str] = {
@@ -153,3 +158,97 @@ def feed_forward_reply(result: FeedForwardCheck) -> pb.CheckFeedForwardEquivalen
         widths=result.widths,
         output=tensors.to_tensor(result.output),
     )
+
+
+# -- a repository token model ------------------------------------------------------------------------
+MODEL_FIELDS = ("model_version", "noise_ratio_threshold", "x")
+
+
+def refuse_model_fields(request: Any) -> None:
+    """A check of a built layer: the fields that go with ``model`` must be unset (``InvalidArgument``)."""
+    for name in MODEL_FIELDS:
+        if request.HasField(name) if name != "model_version" else request.model_version:
+            raise InvalidArgument(
+                "goes with `model`; a built attention layer is described by `attention`", field=name
+            )
+    if request.seed:
+        raise InvalidArgument("goes with `model`; a built layer's seed is attention.seed", field="seed")
+
+
+def model_check(request: Any, action: str, limits: Limits) -> ModelCheckSpec:
+    """A Check* request naming a ``model`` as a ``ModelCheckSpec`` (``action``: ``equivariance`` or
+    ``invariance``). Raises ``InvalidArgument`` on ``attention`` or ``pooling`` when they are set too,
+    and on ``x`` / ``permutations.strategy`` when malformed."""
+    if request.HasField("attention"):
+        raise InvalidArgument(
+            "describes a built layer; leave it unset when `model` is given", field="attention"
+        )
+    if action == "invariance" and request.pooling != pb.POOLING_UNSPECIFIED:
+        raise InvalidArgument(
+            "a model pools inside itself; leave it unset when `model` is given", field="pooling"
+        )
+    options = permutation_options(request.permutations)
+    return ModelCheckSpec(
+        model=request.model,
+        action=action,
+        model_version=request.model_version,
+        x=_tensor(request.x, "x", 3, limits) if request.HasField("x") else None,
+        seed=request.seed,
+        strategy=options.strategy,
+        num_samples=options.num_samples,
+        threshold=(request.noise_ratio_threshold if request.HasField("noise_ratio_threshold") else None),
+        tolerance=options.tolerance,
+    )
+
+
+def _certificate(result: Certificate) -> pb.SymmetryCertificate:
+    certificate = pb.SymmetryCertificate(
+        model=result.model,
+        model_version=result.model_version,
+        input_shape=result.input_shape,
+        noise=result.noise,
+        noise_floor=result.noise_floor,
+        deviation=result.deviation,
+        deviation_float64=result.deviation_float64,
+        ratio=result.ratio,
+        threshold=result.threshold,
+    )
+    node = result.breaking
+    if node is not None:
+        certificate.first_breaking_node.CopyFrom(
+            pb.BreakingNode(
+                name=node.name,
+                op=node.op,
+                target=node.target,
+                deviation=node.deviation,
+                tolerance=node.tolerance,
+                shape=node.shape,
+            )
+        )
+    return certificate
+
+
+def _model_fields(result: Certificate) -> dict[str, Any]:
+    return {
+        "holds": result.holds,
+        "permutations_checked": result.permutations_checked,
+        "exhaustive": result.exhaustive,
+        "max_deviation": result.deviation,
+        "mean_deviation": result.mean_deviation,
+        "worst_permutation": result.worst_permutation,
+        "tolerance": result.threshold * max(result.noise, result.noise_floor),
+        "seconds": result.seconds,
+        "certificate": _certificate(result),
+    }
+
+
+def model_equivariance_reply(result: Certificate) -> pb.CheckPermutationEquivarianceResponse:
+    """The reply of a model's equivariance certificate; ``output`` is f32(X)."""
+    return pb.CheckPermutationEquivarianceResponse(
+        **_model_fields(result), output=tensors.to_tensor(result.output)
+    )
+
+
+def model_pooling_reply(result: Certificate) -> pb.CheckPoolingInvarianceResponse:
+    """The reply of a model's invariance certificate; ``pooled`` is f32(X)."""
+    return pb.CheckPoolingInvarianceResponse(**_model_fields(result), pooled=tensors.to_tensor(result.output))

@@ -1,15 +1,21 @@
 """The AttentionService checks as plain calls: validate the request's plain values into a plan (``plans``),
 then run it. ``run_*`` builds the tensors of a plan on the device and runs its check in ``checks``
 (PyTorch), polling ``should_stop``; a servicer calls the entry points (``equivariance``,
-``pooling_invariance``, ``feed_forward``) in its compute pool.
+``pooling_invariance``, ``feed_forward``, and ``model_certificate`` for a repository token model) in
+its compute pool.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from nnprobe_services.attention import checks
+from nnprobe_services.attention.certificates import certify, noise
+from nnprobe_services.attention.certificates.certify import Certificate
+from nnprobe_services.attention.certificates.plans import ModelCheckSpec, Resolve, plan_model_check
 from nnprobe_services.attention.plans import (
     AttentionSpec,
     FeedForwardPlan,
@@ -143,3 +149,44 @@ def run_feed_forward(
         repeats=plan.repeats,
         should_stop=should_stop,
     )
+
+
+# -- a repository token model --------------------------------------------------------------------------
+def model_certificate(
+    spec: ModelCheckSpec, resolve: Resolve, limits: Limits, device: torch.device, stop: ShouldStop
+) -> Certificate:
+    """Certify a repository token model (``certificates``): resolve it in float64 and in float32 (the same
+    version), plan the check against its configured input shape and ``limits``, and run it on ``device``.
+
+    The input is ``spec.x`` rounded to float32 (so both precisions see the same numbers) or drawn from
+    ``spec.seed``. Raises what ``resolve`` and ``plan_model_check`` raise (``NotFound``, ``InvalidArgument``,
+    ``FailedPrecondition``, ``ResourceExhausted`` naming the field), ``Cancelled`` when ``stop`` answers
+    true between permutations.
+    """
+    exact = resolve(spec.model, spec.model_version, torch.float64)
+    plan = plan_model_check(
+        spec,
+        exact.input_shape,
+        max_tensor_elements=limits.max_tensor_elements,
+        max_permutations=limits.max_permutations,
+    )
+    served = resolve(spec.model, exact.version, torch.float32)
+    if spec.x is not None:
+        x = torch.from_numpy(np.ascontiguousarray(spec.x)).to(torch.float32).to(torch.float64)
+    else:
+        x = noise.draw_input(plan.shape, spec.seed)
+    perms = certify.permutations(
+        plan.shape[1], exhaustive=plan.exhaustive, samples=plan.samples, seed=spec.seed
+    )
+    result = certify.certify(
+        exact.graph.to(device),
+        served.graph.to(device),
+        x.to(device),
+        perms,
+        action=spec.action,
+        exhaustive=plan.exhaustive,
+        threshold=plan.threshold,
+        tolerance=plan.tolerance,
+        should_stop=stop,
+    )
+    return replace(result, model=exact.name, model_version=exact.version)

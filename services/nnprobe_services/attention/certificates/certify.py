@@ -67,6 +67,9 @@ class Certificate:
     output: np.ndarray
     breaking: BreakingNode | None
     seconds: float
+    #: The repository model's name and version, when it came from the repository.
+    model: str = ""
+    model_version: int = 0
 
 
 def permutations(t: int, *, exhaustive: bool, samples: int, seed: int) -> torch.Tensor:

@@ -1,0 +1,172 @@
+"""A certificate request as a validated plan: the input's shape, which permutations, the threshold.
+
+``plan_model_check`` takes plain values (numpy arrays, ints, strings) and raises ``InvalidArgument`` /
+``ResourceExhausted`` / ``FailedPrecondition`` naming the request field (``x``, ``noise_ratio_threshold``,
+``permutations.strategy``); field names are those of the ``nnprobe.attention.v1`` Check* requests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.fx
+
+from nnprobe_services.attention import checks
+from nnprobe_services.attention.certificates.certify import DEFAULT_EXHAUSTIVE_T, DEFAULT_SAMPLES
+from nnprobe_services.attention.certificates.localize import ACTIONS, FLOAT64_TOLERANCE
+from nnprobe_services.attention.certificates.noise import DEFAULT_THRESHOLD
+from nnprobe_services.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+
+STRATEGIES = ("auto", "exhaustive", "sampled")
+
+
+@dataclass(frozen=True)
+class TokenModel:
+    """A repository token model loaded in one precision: its name, version, the graph (float64 or
+    float32, on the device) and the input shape (B, T, D) its configuration declares (None: none)."""
+
+    name: str
+    version: int
+    graph: torch.fx.GraphModule
+    input_shape: tuple[int, ...] | None
+
+
+#: (name, version (0: latest), dtype) -> the model loaded in ``dtype``; raises ``NotFound`` on ``model`` /
+#: ``model_version`` for an unknown name or version and ``FailedPrecondition`` on ``model`` for a model of
+#: another task.
+Resolve = Callable[[str, int, torch.dtype], TokenModel]
+
+
+@dataclass(frozen=True)
+class ModelCheckSpec:
+    """A certificate request as plain values.
+
+    ``model``/``model_version``: the repository model (version 0: latest). ``action``: ``equivariance`` or
+    ``invariance``. ``x``: the input (B, T, D) float32/float64, or None to draw one of the configured shape
+    with ``seed``. ``strategy``: ``auto`` (exhaustive for T <= 6), ``exhaustive`` (T <= 8) or ``sampled``
+    (``num_samples``, 0 for 100, besides the identity and adjacent transpositions). ``threshold``: None for
+    10, else finite and >= 1. ``tolerance``: relative float64 tolerance of the localisation, None for 1e-9.
+    """
+
+    model: str
+    action: str
+    model_version: int = 0
+    x: np.ndarray | None = None
+    seed: int = 0
+    strategy: str = "auto"
+    num_samples: int = 0
+    threshold: float | None = None
+    tolerance: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """A validated certificate: the input's (B, T, D), which permutations, threshold and tolerance."""
+
+    spec: ModelCheckSpec
+    shape: tuple[int, int, int]
+    exhaustive: bool
+    samples: int
+    threshold: float
+    tolerance: float
+
+
+def _shape(spec: ModelCheckSpec, configured: tuple[int, ...] | None, limit: int) -> tuple[int, int, int]:
+    if spec.x is None:
+        if configured is None:
+            raise FailedPrecondition(
+                f"model {spec.model!r} declares no input shape in its configuration; give x, a (B, T, D) "
+                "tensor of the shape it takes",
+                field="x",
+            )
+        shape = tuple(int(n) for n in configured)
+    else:
+        if spec.x.dtype.kind != "f":
+            raise InvalidArgument(f"must be float32 or float64, not {spec.x.dtype}", field="x")
+        shape = tuple(int(n) for n in spec.x.shape)
+        if configured is not None and shape != tuple(configured):
+            raise InvalidArgument(
+                f"has shape {list(shape)}; model {spec.model!r} takes {list(configured)}", field="x"
+            )
+        if not np.isfinite(spec.x).all():
+            raise InvalidArgument("must be finite (no NaN or infinity)", field="x")
+    if len(shape) != 3 or min(shape) < 1:
+        raise InvalidArgument(
+            f"a token model's input is (B, T, D) with each >= 1, got {list(shape)}", field="x"
+        )
+    if math.prod(shape) > limit:
+        raise ResourceExhausted(
+            f"{list(shape)} has {math.prod(shape)} elements; the limit is {limit}", field="x"
+        )
+    b, t, d = shape
+    return b, t, d
+
+
+def _permutations(spec: ModelCheckSpec, t: int, max_permutations: int) -> tuple[bool, int]:
+    if spec.strategy not in STRATEGIES:
+        raise InvalidArgument(f"must be one of {list(STRATEGIES)}", field="permutations.strategy")
+    exhaustive = t <= DEFAULT_EXHAUSTIVE_T if spec.strategy == "auto" else spec.strategy == "exhaustive"
+    if exhaustive:
+        if t > checks.MAX_EXHAUSTIVE_T or math.factorial(t) > max_permutations:
+            raise InvalidArgument(
+                f"exhaustive checking of a model allows T <= {checks.MAX_EXHAUSTIVE_T} and T! <= "
+                f"{max_permutations}; T={t} would need {math.factorial(t):,} permutations. Use "
+                "PERMUTATION_STRATEGY_SAMPLED",
+                field="permutations.strategy",
+            )
+        return True, 0
+    samples = spec.num_samples or DEFAULT_SAMPLES
+    if samples < 0:
+        raise InvalidArgument(f"must be positive, got {samples}", field="permutations.num_samples")
+    if samples > max_permutations:
+        raise ResourceExhausted(
+            f"is {samples}; the limit is {max_permutations}", field="permutations.num_samples"
+        )
+    return False, samples
+
+
+def _positive_finite(value: float | None, default: float, name: str, minimum: float, why: str) -> float:
+    if value is None:
+        return default
+    if not math.isfinite(value) or value < minimum:
+        raise InvalidArgument(f"must be a finite number >= {minimum:g} ({why}), got {value}", field=name)
+    return value
+
+
+def plan_model_check(
+    spec: ModelCheckSpec,
+    configured_shape: tuple[int, ...] | None,
+    *,
+    max_tensor_elements: int,
+    max_permutations: int,
+) -> ModelPlan:
+    """Validate ``spec`` for a model whose configuration declares ``configured_shape`` (B, T, D) (None:
+    none, then ``x`` is required).
+
+    Raises ``InvalidArgument`` for malformed fields (``model_version``, ``x``, ``permutations.*``,
+    ``noise_ratio_threshold``), ``FailedPrecondition`` (``x``) when no shape is known and
+    ``ResourceExhausted`` when the input or the permutations exceed the limits.
+    """
+    if spec.action not in ACTIONS:
+        raise ValueError(f"action must be one of {ACTIONS}, not {spec.action!r}")
+    if spec.model_version < 0:
+        raise InvalidArgument(
+            f"must be >= 0 (0 is the latest), got {spec.model_version}", field="model_version"
+        )
+    shape = _shape(spec, configured_shape, max_tensor_elements)
+    exhaustive, samples = _permutations(spec, shape[1], max_permutations)
+    threshold = _positive_finite(
+        spec.threshold,
+        DEFAULT_THRESHOLD,
+        "noise_ratio_threshold",
+        1.0,
+        "a ratio below 1 fails a symmetric model",
+    )
+    tolerance = _positive_finite(
+        spec.tolerance, FLOAT64_TOLERANCE, "permutations.tolerance", 0.0, "relative, for float64 node outputs"
+    )
+    return ModelPlan(spec, shape, exhaustive, samples, threshold, tolerance)
