@@ -212,6 +212,46 @@ NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
             "\nattack",
         ),
     ],
+    "6_robustness.ipynb": [
+        (
+            "md",
+            "# 6 Robustness evaluation\n\nRobust accuracy of the default classifier on the seed photos at "
+            "two budgets ε, under the standard AutoAttack ensemble (APGD-CE, APGD-T, FAB-T, Square; tiny "
+            "budgets here, for speed). The evaluation is a durable job: `vision.robustness_job(job_id)` "
+            "finds it after a kernel restart, and a server replica killed mid-run (`kill -9`) leaves it to "
+            "another replica, which finishes it with the same per-image results.",
+        ),
+        ("code", "from nnprobe import VisionClient\n\nvision = VisionClient(timeout=600)"),
+        ("code", SEED_PHOTOS),
+        (
+            "md",
+            "Each photo is labelled with the model's own top-1 class, so every photo starts correctly "
+            "classified; the labelled photos are uploaded as a data set.",
+        ),
+        (
+            "code",
+            "model = next(m for m in vision.list_models() if m.is_default).name\n"
+            "clean = vision.classify(photos, model=model, top_k=1)\n"
+            "labels = [c.top[0].label for c in clean.results]\n"
+            'dataset = vision.upload_dataset("seed", photos, labels)\ndataset',
+        ),
+        (
+            "code",
+            'job = vision.evaluate_robustness(\n    model, "seed", eps=["1/255", "4/255"], '
+            'attacks="standard", steps=2, max_queries=20, seed=0\n)\n'
+            "job_id = job.job_id  # keep it: vision.robustness_job(job_id) finds the job after a restart\n"
+            "finished = job.watch()  # a progress bar of units of work (one per ε and batch of images)",
+        ),
+        ("code", "result = job.result()\nresult  # the accuracy table and the curve of robust accuracy"),
+        ("md", "Robust accuracy per ε with its 95% Wilson interval, then each photo's verdicts."),
+        ("code", "result.to_pandas()"),
+        ("code", 'result.to_pandas("images")[["label", "prediction", "status", "broken_by"]]'),
+        (
+            "code",
+            "from IPython.display import Image\n\n"
+            'result.save("robustness.png")\nImage(result.plot)  # the curve alone',
+        ),
+    ],
 }
 
 

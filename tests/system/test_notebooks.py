@@ -68,9 +68,9 @@ def executed(kernel_env, tmp_path_factory):
     return results
 
 
-def test_the_examples_cover_the_course_and_your_own_model():
+def test_the_examples_cover_the_course_your_own_model_and_robustness():
     names = [p.stem for p in example_notebooks()]
-    for part in ("1a", "1b", "1c", "2", "3", "4", "own_model"):
+    for part in ("1a", "1b", "1c", "2", "3", "4", "own_model", "robustness"):
         assert any(part in n for n in names), f"no example notebook for {part}: {names}"
 
 
