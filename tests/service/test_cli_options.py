@@ -116,11 +116,14 @@ REQUIRES = {
     ("rf", "--prove-tiling"): ["--tile", "8"],
     ("rf", "--erf-weights"): ["--erf"],
     ("rf", "--erf-image"): ["--erf"],
+    ("rnn gradients", "--input-file"): ["--model", "cell"],
+    ("rnn gradients", "--token-ids"): ["--model", "cell"],
 }
 FILE_VALUES = {
     ("rnn forward", "--inputs"): ["{tmp}/inputs.npy"],
     ("rnn forward", "--weights"): ["{tmp}/rnn.npz"],
     ("rnn gradients", "--weights"): ["{tmp}/rnn.npz"],
+    ("rnn gradients", "--input-file"): ["{tmp}/x.npy"],
     ("attention equivariance", "--weights"): ["{tmp}/w.npy"] * 3,
     ("attention pooling", "--weights"): ["{tmp}/w.npy"] * 3,
 }

@@ -16,6 +16,12 @@ from nnprobe.cli.output import (
     print_table,
 )
 from nnprobe.cli.parsing import limit
+from nnprobe.cli.rnn_model_gradients import (
+    add_model_options,
+    check_model_options,
+    print_model_flow,
+    run_model_gradients,
+)
 from nnprobe.progress import Progress, ProgressCallback
 from nnprobe.sequence import CELLS, INIT_SCHEMES, INPUT_DISTRIBUTIONS, SequenceClient
 
@@ -81,6 +87,7 @@ def _add_gradients(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     p.add_argument("--every", type=int, default=0, help="print every N-th distance (default: about 10 rows)")
     p.add_argument("--plot", help="save the PNG of log |dh_T/dh_k| against T - k here")
+    add_model_options(p)
     add_client_options(p, "sequence")
     p.set_defaults(handler=run_gradients)
 
@@ -175,7 +182,15 @@ def run_forward(args: argparse.Namespace) -> int:
 
 
 def run_gradients(args: argparse.Namespace) -> int:
+    check_model_options(args)
     state, update = _progress("gradients")
+    if args.model:
+        try:
+            result = run_model_gradients(args, update)
+        finally:
+            _close(state)
+        print_model_flow(result, args.every, args.json)
+        return 0
     weights = _load_weights(args.weights)
     with SequenceClient(args.address, **client_kwargs(args)) as client:
         try:
