@@ -29,8 +29,22 @@ from typing import Any
 import yaml
 
 from nnprobe_services.errors import InvalidArgument
+from nnprobe_services.repository.names import (
+    MAX_LABELS,
+    MAX_VERSION,
+    NAME_PATTERN,
+    check_name,
+    check_version,
+    decode,
+    is_version_name,
+    parse_labels,
+)
 from nnprobe_services.repository.quoting import quote
-from nnprobe_services.vision.models import yaml_loading
+from nnprobe_services.repository.schema import MAX_CONFIG_BYTES, load_document
+from nnprobe_services.repository.schema import choice as _choice
+from nnprobe_services.repository.schema import integer as _integer
+from nnprobe_services.repository.schema import mapping as _mapping
+from nnprobe_services.repository.schema import unknown_keys as _unknown
 
 TASKS = ("image_classification",)
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -42,42 +56,24 @@ DTYPES = ("float32", "uint8")
 OUTPUTS = ("logits", "probabilities")
 KEYS = ("task", "input", "preprocessing", "labels", "default_version", "output", "num_classes")
 VALUE_RANGES = ((0.0, 1.0), (0.0, 255.0))
-#: Model names: what Triton allows, minus anything that could leave the repository folder.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Names shared with every repository (``repository.names``), read here by their older import path too.
+__all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_LABELS",
+    "MAX_VERSION",
+    "NAME_PATTERN",
+    "ModelConfig",
+    "check_name",
+    "check_version",
+    "decode",
+    "is_version_name",
+    "parse",
+    "parse_labels",
+    "parse_yaml",
+]
 #: Labels files: a plain file name inside the model's folder.
 LABELS_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_SIDE = 4096
-MAX_LABELS = 100_000
-MAX_CONFIG_BYTES = 64 * 1024
-MAX_VERSION = 10**9
-
-
-def check_name(name: str, field: str = "name") -> str:
-    """``name`` if it is a valid model name (letters, digits, ``_ . -``, at most 64, not starting with a
-    dot or dash); else ``InvalidArgument`` naming ``field``."""
-    if not NAME_PATTERN.fullmatch(name or "") or ".." in name:
-        raise InvalidArgument(
-            f"{quote(name)} is not a model name: use 1 to 64 letters, digits, '_', '.', '-', starting with a "
-            "letter or digit, without '..'",
-            field=field,
-        )
-    return name
-
-
-def is_version_name(text: str) -> bool:
-    """Whether ``text`` names a version folder: ASCII decimal digits without a leading zero. (``str.isdigit``
-    alone also accepts other scripts' digits and superscripts, which ``int`` reads differently or refuses.)"""
-    return text.isascii() and text.isdigit() and not text.startswith("0")
-
-
-def check_version(version: str | int, field: str = "version") -> int:
-    """A model version: a positive integer (Triton's folder names ``1``, ``2``...)."""
-    text = str(version)
-    if not is_version_name(text) or not 1 <= int(text) <= MAX_VERSION:
-        raise InvalidArgument(
-            f"{quote(version)} is not a version: use an integer in 1..{MAX_VERSION}", field=field
-        )
-    return int(text)
 
 
 @dataclass(frozen=True)
@@ -131,34 +127,6 @@ class ModelConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-def _mapping(value: Any, field: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidArgument(f"must be a mapping, got {type(value).__name__}", field=field)
-    return value
-
-
-def _unknown(document: dict[str, Any], known: tuple[str, ...], field: str) -> None:
-    extra = [quote(key, 40) for key in document if key not in known]
-    if extra:
-        listed = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
-        raise InvalidArgument(f"unknown key(s) {listed}; known: {', '.join(known)}", field=field)
-
-
-def _integer(value: Any, field: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidArgument(f"must be an integer in {low}..{high}, got {quote(value)}", field=field)
-    return value
-
-
-def _choice(value: Any, choices: tuple[str, ...], field: str) -> str:
-    text = value.lower() if isinstance(value, str) else None
-    if text not in choices:
-        raise InvalidArgument(f"must be one of {', '.join(choices)}, got {quote(value)}", field=field)
-    return text
 
 
 def _number(value: Any, field: str) -> float:
@@ -285,33 +253,8 @@ def parse(document: Any, field: str = "config") -> ModelConfig:
     )
 
 
-def decode(data: str | bytes, field: str) -> str:
-    """``data`` as text: bytes must be UTF-8 (``InvalidArgument`` naming ``field`` and the first bad byte)."""
-    if isinstance(data, str):
-        return data
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise InvalidArgument(
-            f"is not UTF-8 text (byte {error.start} is {data[error.start]:#04x}); save it as UTF-8",
-            field=field,
-        ) from None
-
-
 def parse_yaml(text: str | bytes, field: str = "config") -> ModelConfig:
-    """``parse`` of YAML text or UTF-8 bytes (``yaml_loading.load``: plain data, no aliases, bounded depth,
-    no repeated keys); at most ``MAX_CONFIG_BYTES``. Every problem is ``InvalidArgument`` naming ``field``."""
-    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
-    if size > MAX_CONFIG_BYTES:
-        raise InvalidArgument(f"holds {size} bytes; the limit is {MAX_CONFIG_BYTES}", field=field)
-    return parse(yaml_loading.load(decode(text, field), field), field)
-
-
-def parse_labels(text: str | bytes, field: str = "labels") -> tuple[str, ...]:
-    """One label per line of text or UTF-8 bytes (trailing blank lines ignored); at most ``MAX_LABELS``."""
-    lines = decode(text, field).splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if len(lines) > MAX_LABELS:
-        raise InvalidArgument(f"has {len(lines)} lines; the limit is {MAX_LABELS}", field=field)
-    return tuple(line.strip() for line in lines)
+    """``parse`` of YAML text or UTF-8 bytes (``schema.load_document``: plain data, no aliases, bounded
+    depth, no repeated keys); at most ``MAX_CONFIG_BYTES``. Every problem is ``InvalidArgument`` naming
+    ``field``."""
+    return parse(load_document(text, field), field)

@@ -41,10 +41,10 @@ from nnprobe_services.errors import (
     NotFound,
     ServiceError,
 )
+from nnprobe_services.repository import versions
+from nnprobe_services.repository.names import is_version_name
 from nnprobe_services.vision.classification import classify
 from nnprobe_services.vision.images import decode
-from nnprobe_services.vision.models import versions
-from nnprobe_services.vision.models.config import is_version_name
 from nnprobe_services.vision.models.registry import LoadedModel
 from nnprobe_services.vision.models.store import ModelStore
 from nnprobe_services.vision.open_inference.values import (

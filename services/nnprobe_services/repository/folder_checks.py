@@ -4,13 +4,9 @@ they cannot be, and whether an upload's config and labels are the model's."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from nnprobe_services.errors import AlreadyExists, FailedPrecondition
-from nnprobe_services.vision.models.config import ModelConfig
-
-if TYPE_CHECKING:
-    from nnprobe_services.vision.models.repository import ModelEntry
+from nnprobe_services.repository.entries import ModelEntry, RepositoryConfig
 
 
 def text(root: Path, name: str, relative: str, field: str) -> str:
@@ -28,7 +24,7 @@ def text(root: Path, name: str, relative: str, field: str) -> str:
         ) from None
 
 
-def same_contents(existing: ModelEntry | None, config: ModelConfig, labels: tuple[str, ...]) -> None:
+def same_contents(existing: ModelEntry | None, config: RepositoryConfig, labels: tuple[str, ...]) -> None:
     """``AlreadyExists`` when model ``existing`` has another config or other labels than an upload's."""
     if existing is None:
         return

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 from nnprobe_services.errors import FailedPrecondition
-from nnprobe_services.vision.models import config as model_config
+from nnprobe_services.repository import names
 
 FOLDER = ".versions"
 
@@ -20,7 +20,7 @@ def taken(folder: Path) -> list[int]:
         children = [p.name for p in folder.iterdir()]
     except OSError:
         return []
-    return sorted(int(child) for child in children if model_config.is_version_name(child))
+    return sorted(int(child) for child in children if names.is_version_name(child))
 
 
 def highest(root: Path, name: str) -> int:
