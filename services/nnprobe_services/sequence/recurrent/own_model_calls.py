@@ -21,6 +21,7 @@ from typing import TypeVar
 import torch
 
 from nnprobe_services.errors import Cancelled, FailedPrecondition, ServiceError
+from nnprobe_services.repository import calling
 
 Result = TypeVar("Result")
 
@@ -61,30 +62,35 @@ def guarded(what: str, call: Callable[[], Result]) -> Result:
 class CellCaller:
     """Runs a cell on flat states: ``step(x (I,), states (N_i,)...) -> new states (N_i,)...``.
 
-    The first call decides between ``cell(x, *states)`` and ``cell(x, tuple(states))`` (only for two
-    states, when the flat form is refused) and checks that the outputs are states of the declared sizes.
+    A loaded model (a graph with an exported input structure, or onnx2torch's flat inputs) is called with
+    ``repository.calling.call_flat(module, [x, *states])``, which rebuilds ``(x, (h, c))`` where the program
+    was exported so. Any other module is called ``cell(x, *states)`` or, when it refuses two flat states,
+    ``cell(x, (h, c))`` (decided on the first call). The outputs must be states of the declared sizes.
     """
 
     def __init__(self, module: torch.nn.Module, sizes: Sequence[int]) -> None:
         self.module = module
         self.sizes = tuple(sizes)
+        self.graph = calling.input_count(module) is not None
         self.nested: bool | None = None
 
     def step(self, x: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        batch = [s.reshape(1, -1) for s in states]
+        batch = [x.reshape(1, -1), *(s.reshape(1, -1) for s in states)]
+        if self.graph:
+            return self._outputs(calling.call_flat(self.module, batch))
         if self.nested is None:
-            return self._first(x.reshape(1, -1), batch)
-        args = (x.reshape(1, -1), tuple(batch)) if self.nested else (x.reshape(1, -1), *batch)
+            return self._first(batch)
+        args = (batch[0], tuple(batch[1:])) if self.nested else tuple(batch)
         return self._outputs(self.module(*args))
 
-    def _first(self, x: torch.Tensor, states: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def _first(self, batch: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         try:
-            out = self.module(x, *states)
+            out = self.module(*batch)
             self.nested = False
         except Exception:
-            if len(states) == 1:
+            if len(batch) == 2:
                 raise
-            out = self.module(x, tuple(states))
+            out = self.module(batch[0], tuple(batch[1:]))
             self.nested = True
         return self._outputs(out)
 
