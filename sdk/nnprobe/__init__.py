@@ -12,6 +12,7 @@ the exceptions (``NnprobeError`` and one subclass per gRPC status) are importabl
 
 from nnprobe._client import USE_CLIENT_DEFAULT, UseClientDefault
 from nnprobe.attention import AttentionClient, FeedForwardResult, PermutationCheckResult
+from nnprobe.attention_certificates import BreakingNode, SymmetryCertificate
 from nnprobe.config import TlsConfig
 from nnprobe.errors import (
     Aborted,
@@ -94,6 +95,7 @@ __all__ = [
     "AttackProgress",
     "AttentionClient",
     "AxisField",
+    "BreakingNode",
     "Cancelled",
     "ClassScore",
     "Classification",
@@ -141,6 +143,7 @@ __all__ = [
     "RobustnessWarning",
     "SampleResult",
     "SequenceClient",
+    "SymmetryCertificate",
     "TensorBoardLogs",
     "Tiling",
     "TlsConfig",

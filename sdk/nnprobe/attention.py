@@ -14,6 +14,7 @@ from nnprobe._requests import request_arguments
 from nnprobe.api.attention.v1 import attention_pb2 as pb
 from nnprobe.api.attention.v1 import attention_pb2_grpc
 from nnprobe.api.common.v1 import common_pb2
+from nnprobe.attention_certificates import SymmetryCertificate, certificate, model_fields
 from nnprobe.display import rich_result
 
 _SOFTMAX = {"row": pb.SOFTMAX_MODE_ROW, "matrix": pb.SOFTMAX_MODE_MATRIX}
@@ -56,9 +57,11 @@ class PermutationCheckResult:
     mean_deviation: float
     worst_permutation: list[int]
     tolerance: float
-    #: s(X) for the equivariance check, pool(s(X)) for the pooling check.
+    #: s(X) for the equivariance check, pool(s(X)) for the pooling check; f32(X) for a model.
     output: np.ndarray
     seconds: float
+    #: For a repository model (``model=``): the deviation judged against the model's own noise.
+    certificate: SymmetryCertificate | None = None
     raw: Any = field(repr=False, default=None)
 
     @classmethod
@@ -73,6 +76,7 @@ class PermutationCheckResult:
             tolerance=response.tolerance,
             output=tensors.to_numpy(output),
             seconds=response.seconds,
+            certificate=certificate(response),
             raw=response,
         )
 
@@ -142,6 +146,9 @@ def permutation_options(strategy: str, num_samples: int, tolerance: float | None
 def permutation_request(**arguments: Any) -> pb.CheckPermutationEquivarianceRequest:
     """The request of ``check_permutation_equivariance`` from its arguments by name."""
     options = {k: arguments.pop(k) for k in ("strategy", "num_samples", "tolerance")}
+    own = model_fields(arguments)
+    if own is not None:
+        return pb.CheckPermutationEquivarianceRequest(permutations=permutation_options(**options), **own)
     return pb.CheckPermutationEquivarianceRequest(
         attention=attention_spec(**arguments), permutations=permutation_options(**options)
     )
@@ -150,6 +157,19 @@ def permutation_request(**arguments: Any) -> pb.CheckPermutationEquivarianceRequ
 def pooling_request(*, pooling: str, **arguments: Any) -> pb.CheckPoolingInvarianceRequest:
     """The request of ``check_pooling_invariance`` from its arguments by name."""
     checked = permutation_request(**arguments)
+    if checked.model:  # the model pools inside itself
+        if pooling != "mean":
+            raise ValueError("pooling applies to a built attention layer; a model pools inside itself")
+        return pb.CheckPoolingInvarianceRequest(
+            permutations=checked.permutations,
+            model=checked.model,
+            model_version=checked.model_version,
+            seed=checked.seed,
+            noise_ratio_threshold=(
+                checked.noise_ratio_threshold if checked.HasField("noise_ratio_threshold") else None
+            ),
+            x=checked.x if checked.HasField("x") else None,
+        )
     return pb.CheckPoolingInvarianceRequest(
         attention=checked.attention,
         permutations=checked.permutations,
@@ -234,6 +254,9 @@ class AttentionClient(BaseClient):
         strategy: str = "auto",
         num_samples: int = 0,
         tolerance: float | None = None,
+        model: str | None = None,
+        model_version: int = 0,
+        noise_ratio_threshold: float | None = None,
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> PermutationCheckResult:
         """Is s(PX) == P s(X)? Give ``x`` (T, D) or ``sequence_length``/``model_dim`` and a ``seed``.
@@ -243,6 +266,13 @@ class AttentionClient(BaseClient):
         ``none`` or ``sinusoidal``. ``strategy``: ``auto`` (all T! when T <= 8), ``exhaustive``, ``sampled``.
         ``tolerance``: relative to max(1, max |s(X)|); None for the server's default (1e-9 in float64,
         1e-4 in float32), 0 for exact equality. A ``scale`` of 0 or below is refused (INVALID_ARGUMENT).
+
+        Your own model: ``model`` names a ``token_model`` of the repository (``model_version``: 0 for the
+        latest), taking X (B, T, D) with tokens on axis 1. ``x`` is then (B, T, D), or drawn from ``seed`` at
+        the configured shape; the layer arguments are left out. The result's ``certificate`` judges the
+        float32 deviation against the model's own float32-vs-float64 noise: it holds when the ratio is <=
+        ``noise_ratio_threshold`` (default 10). ``strategy`` ``auto`` checks all T! permutations when T <= 6;
+        ``tolerance`` is then the relative float64 tolerance of locating the first breaking node (1e-9).
         """
         request = permutation_request(**request_arguments(locals()))
         response = self._unary(self._stub.CheckPermutationEquivariance, request, timeout)
@@ -266,11 +296,15 @@ class AttentionClient(BaseClient):
         strategy: str = "auto",
         num_samples: int = 0,
         tolerance: float | None = None,
+        model: str | None = None,
+        model_version: int = 0,
+        noise_ratio_threshold: float | None = None,
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> PermutationCheckResult:
         """Is pool(s(PX)) == pool(s(X))? ``pooling``: ``mean``, ``sum``, ``max`` or ``first_token``.
 
-        The other options are those of ``check_permutation_equivariance``.
+        The other options are those of ``check_permutation_equivariance``. With ``model``: is f(PX) == f(X)
+        for the repository model's own (pooled) output? ``pooling`` is then left at its default.
         """
         request = pooling_request(**request_arguments(locals()))
         response = self._unary(self._stub.CheckPoolingInvariance, request, timeout)

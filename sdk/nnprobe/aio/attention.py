@@ -40,6 +40,9 @@ class AttentionClient(AsyncBaseClient):
         strategy: str = "auto",
         num_samples: int = 0,
         tolerance: float | None = None,
+        model: str | None = None,
+        model_version: int = 0,
+        noise_ratio_threshold: float | None = None,
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> PermutationCheckResult:
         request = attention.permutation_request(**request_arguments(locals()))
@@ -64,6 +67,9 @@ class AttentionClient(AsyncBaseClient):
         strategy: str = "auto",
         num_samples: int = 0,
         tolerance: float | None = None,
+        model: str | None = None,
+        model_version: int = 0,
+        noise_ratio_threshold: float | None = None,
         timeout: float | UseClientDefault | None = USE_CLIENT_DEFAULT,
     ) -> PermutationCheckResult:
         request = attention.pooling_request(**request_arguments(locals()))

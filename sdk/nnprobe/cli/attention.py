@@ -7,6 +7,7 @@ import argparse
 import numpy as np
 
 from nnprobe.attention import ACTIVATIONS, POOLINGS, SOFTMAX_MODES, STRATEGIES, AttentionClient
+from nnprobe.cli.attention_certificate import add_model_options, model_kwargs, print_certificate
 from nnprobe.cli.output import add_client_options, client_kwargs, print_fields, print_json
 
 
@@ -30,10 +31,13 @@ def _attention_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", choices=STRATEGIES, default="auto")
     parser.add_argument("--samples", type=int, default=0, help="random permutations when sampling")
     parser.add_argument("--tolerance", type=float, help="relative (default 1e-9, 1e-4 in float32; 0: exact)")
+    add_model_options(parser)
 
 
 def _attention_kwargs(args: argparse.Namespace) -> dict:
     x = _load_array(args.x)
+    if args.model is not None:
+        return model_kwargs(args, x)
     return {
         "x": x,
         "sequence_length": 0 if x is not None else args.sequence_length,
@@ -84,6 +88,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 def _print_check(result, args: argparse.Namespace, title: str) -> int:
     if args.json:
         print_json(result)
+    elif result.certificate is not None:
+        print_certificate(result, f"{result.certificate.model}, {title}")
     else:
         print(title)
         print_fields(
@@ -106,11 +112,15 @@ def _print_check(result, args: argparse.Namespace, title: str) -> int:
 def run_equivariance(args: argparse.Namespace) -> int:
     with AttentionClient(args.address, **client_kwargs(args)) as client:
         result = client.check_permutation_equivariance(**_attention_kwargs(args))
-    return _print_check(result, args, "self-attention permutation equivariance: s(PX) == P s(X)")
+    title = "permutation equivariance: " + ("f(PX) == P f(X)" if args.model else "s(PX) == P s(X)")
+    return _print_check(result, args, ("self-attention " if args.model is None else "") + title)
 
 
 def run_pooling(args: argparse.Namespace) -> int:
     with AttentionClient(args.address, **client_kwargs(args)) as client:
+        if args.model is not None:
+            result = client.check_pooling_invariance(**_attention_kwargs(args))
+            return _print_check(result, args, "pooling invariance: f(PX) == f(X)")
         result = client.check_pooling_invariance(pooling=args.pooling, **_attention_kwargs(args))
     return _print_check(result, args, f"{args.pooling} pooling invariance: pool(s(PX)) == pool(s(X))")
 
