@@ -48,6 +48,25 @@ def random_states(sizes: Sequence[int], seed: int, dtype: torch.dtype) -> tuple[
     return tuple(torch.randn(n, generator=generator, dtype=torch.float64).to(dtype) for n in sizes)
 
 
+def on_device(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``module`` (changed in place) on ``device``: its parameters and buffers, and for a graph every node
+    that names a device (``torch.export`` records ``aten.zeros(..., device=cpu)`` for the initial state of
+    ``nn.LSTM`` / ``nn.GRU``), so a model exported on one device runs on the server's."""
+    module.to(device)
+    graph = getattr(module, "graph", None)
+    if graph is None:
+        return module
+    changed = False
+    for node in graph.nodes:
+        named = node.kwargs.get("device")
+        if isinstance(named, torch.device | str) and torch.device(named) != device:
+            node.kwargs = {**node.kwargs, "device": device}
+            changed = True
+    if changed:
+        module.recompile()  # type: ignore[operator]
+    return module
+
+
 def guarded(what: str, call: Callable[[], Result]) -> Result:
     """``call()``; any failure of the model itself becomes ``FailedPrecondition`` on ``model`` saying
     ``what`` was attempted (domain errors and cancellations pass through)."""

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nnprobe_services.errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted
 from nnprobe_services.sequence.recurrent import own_model_sequences as sequences
+from nnprobe_services.sequence.recurrent.own_model_calls import on_device
 
 from tests.support.recurrent_models import F64, EmbeddedGRU, direct_sequence_norms, exported, fitted_rate
 
@@ -164,3 +165,17 @@ def test_property_sequence_blocks_equal_direct_autograd(kind, inputs, hidden, st
     blocks, loss_grads, _ = direct_sequence_norms(lambda v: module(v)[0], x.reshape(1, steps, inputs))
     np.testing.assert_allclose(run.output_norms, blocks, rtol=REL, atol=1e-300)
     np.testing.assert_allclose(run.loss_gradient_norms, loss_grads, rtol=REL, atol=1e-300)
+
+
+def test_on_device_moves_the_devices_a_graph_names():
+    """An exported nn.LSTM creates its initial state with aten.zeros(..., device=cpu); on another device
+    those nodes name that device (checked on the meta device, which every machine has)."""
+    loaded = exported(recurrent("lstm", 2, 3), (torch.zeros(1, 4, 2, dtype=F64),))
+    named = [n for n in loaded.graph.nodes if "device" in n.kwargs]
+    assert named and all(n.kwargs["device"] == torch.device("cpu") for n in named)
+    meta = torch.device("meta")
+    on_device(loaded, meta)
+    assert all(n.kwargs["device"] == meta for n in named)
+    assert all(p.device == meta for p in loaded.parameters())
+    y = loaded(torch.zeros(1, 4, 2, dtype=F64, device=meta))
+    assert y[0].device == meta and tuple(y[0].shape) == (1, 4, 3)
