@@ -27,6 +27,8 @@ from typing import Any
 import torch
 import torch.fx
 
+from nnprobe_services.attention.certificates.noise import guarded
+
 #: Relative tolerance of a float64 node output.
 FLOAT64_TOLERANCE = 1e-9
 #: Relative tolerance of a float32 node output (a cast inside the graph).
@@ -158,7 +160,7 @@ class _Recorder(torch.fx.Interpreter):
 def _values(graph: torch.fx.GraphModule, x: torch.Tensor) -> dict[torch.fx.Node, Any]:
     recorder = _Recorder(graph)
     with torch.inference_mode():
-        recorder.run(x)
+        guarded(lambda: recorder.run(x))
     return recorder.env
 
 

@@ -32,12 +32,14 @@ arithmetic itself does.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 from nnprobe_services.attention.checks import generator
-from nnprobe_services.errors import FailedPrecondition, InvalidArgument
+from nnprobe_services.errors import FailedPrecondition, InvalidArgument, ServiceError
 
 #: The check holds when deviation / noise is at most this (see the module docstring for why 10).
 DEFAULT_THRESHOLD = 10.0
@@ -85,10 +87,28 @@ def single_output(value: object) -> torch.Tensor:
     return value
 
 
+Result = TypeVar("Result")
+
+
+def guarded(call: Callable[[], Result]) -> Result:
+    """``call()``; a failure of the model itself (a shape it cannot take, an operator that fails) becomes
+    ``FailedPrecondition`` on ``model``; domain errors and cancellations pass through."""
+    try:
+        return call()
+    except ServiceError:
+        raise
+    except Exception as error:  # the user's graph raised
+        message = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        raise FailedPrecondition(
+            f"the model failed on its input: {type(error).__name__}: {message}", field="model"
+        ) from None
+
+
 @torch.inference_mode()
 def evaluate(graph: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """graph(x) as one tensor (``single_output``), in the graph's own precision."""
-    return single_output(graph(x))
+    """graph(x) as one tensor (``single_output``), in the graph's own precision. Raises
+    ``FailedPrecondition`` (field ``model``) when the model fails on ``x``."""
+    return single_output(guarded(lambda: graph(x)))
 
 
 def measure_noise(graph64: torch.nn.Module, graph32: torch.nn.Module, x: torch.Tensor) -> NoiseScale:

@@ -169,3 +169,19 @@ def test_the_stop_signal_ends_the_scan():
             exhaustive=True,
             should_stop=lambda: True,
         )
+
+
+def test_a_model_that_fails_on_its_input_is_a_failed_precondition():
+    data = export_bytes(EncoderModel(T, D), (B, T, D))
+    graph64, graph32 = load_exported(data, torch.float64), load_exported(data, torch.float32)
+    x = noise.draw_input((B, T + 1, D), 0)  # the export fixed T
+    with pytest.raises(FailedPrecondition) as error:
+        certify.certify(
+            graph64,
+            graph32,
+            x,
+            certify.permutations(T + 1, exhaustive=True, samples=0, seed=0),
+            action="equivariance",
+            exhaustive=True,
+        )
+    assert error.value.field == "model" and "the model failed on its input" in error.value.message
