@@ -1,0 +1,92 @@
+"""The upload check of a recurrent or token model: run it once on probe inputs of the shapes its config
+declares and compare what it returns with what its task must return, so a model that would fail every later
+analysis is refused at upload, naming the config and the shapes expected and got.
+
+What each task takes and returns (B and T from ``TaskConfig.batch``/``length``; inputs given flat, see
+``calling``):
+
+* ``recurrent_cell``: ``x_t`` (B, I) (token ids (B,) with ``vocabulary``) and ``states`` tensors (B, H) ->
+  ``states`` tensors (B, H) (h, or h and c);
+* ``sequence_model``: (B, T, I) (token ids (B, T)) -> (B, T, H) as its first output;
+* ``token_model``: (B, T, D) (token ids (B, T)) -> (B, T, D), or (B, D) when ``pooled``, as its first output.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nnprobe_services.errors import InvalidArgument
+from nnprobe_services.repository.calling import call_flat
+from nnprobe_services.repository.quoting import cap
+from nnprobe_services.repository.tasks import CELL, SEQUENCE, TaskConfig
+
+
+def _shape(shape: tuple[int, ...] | torch.Size) -> str:
+    return "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def probe_inputs(config: TaskConfig, dtype: torch.dtype = torch.float32, seed: int = 0) -> list[torch.Tensor]:
+    """Inputs of the declared shapes, drawn from N(0, 1) (token ids uniform in the vocabulary) with
+    ``seed``; the cell's states follow its ``x_t``."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, length = config.batch, config.length
+    lead = (batch,) if config.task == CELL else (batch, length)
+    if config.vocabulary is not None:
+        first = torch.randint(config.vocabulary, lead, generator=generator)
+    else:
+        width = config.input_size if config.input_size is not None else config.hidden_size
+        first = torch.randn(*lead, width, generator=generator, dtype=dtype)
+    states = [torch.randn(batch, n, generator=generator, dtype=dtype) for n in config.state_sizes]
+    return [first, *states]
+
+
+def expected(config: TaskConfig) -> str:
+    """What a model of ``config`` must return, in words with B and T symbolic."""
+    h = config.hidden_size
+    if config.task == CELL:
+        return (
+            f"a recurrent_cell with hidden_size {h} and states 1 must return h (B, {h})"
+            if config.states == 1
+            else f"a recurrent_cell with hidden_size {h} and states 2 must return h and c, each (B, {h})"
+        )
+    if config.task == SEQUENCE:
+        return f"a sequence_model with hidden_size {h} must return (B, T, {h})"
+    if config.pooled:
+        return f"a pooled token_model with d_model {h} must return (B, {h})"
+    return f"a token_model with d_model {h} must return (B, T, {h}) or pooled (B, {h})"
+
+
+def _matches(config: TaskConfig, outputs: tuple[torch.Tensor, ...]) -> bool:
+    b, t, h = config.batch, config.length, config.hidden_size
+    if config.task == CELL:
+        return len(outputs) == config.states and all(tuple(o.shape) == (b, h) for o in outputs)
+    if not outputs:
+        return False
+    if config.task == SEQUENCE:
+        return tuple(outputs[0].shape) == (b, t, h)
+    return tuple(outputs[0].shape) == ((b, h) if config.pooled else (b, t, h))
+
+
+def check(module: torch.nn.Module, config: TaskConfig, field: str = "metadata.config_yaml") -> None:
+    """Run ``module`` once on ``probe_inputs(config)``; ``InvalidArgument`` naming ``field`` when it fails
+    on them or returns other shapes than its task must (the message gives the shapes expected and got)."""
+    inputs = probe_inputs(config, next((p.dtype for p in module.parameters()), torch.float32))
+    given = ", ".join(_shape(x.shape) for x in inputs)
+    try:
+        with torch.no_grad():
+            outputs = call_flat(module, inputs)
+    except Exception as error:  # whatever the user's graph raises for these shapes
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise InvalidArgument(
+            f"declares a {config.task} taking {given}, but the model fails on inputs of those shapes "
+            f"({type(error).__name__}: {cap(first_line, 160)}); "
+            "declare the batch_size/sequence_length it was exported with, or export with dynamic dimensions",
+            field=field,
+        ) from None
+    if not _matches(config, outputs):
+        got = ", ".join(_shape(o.shape) for o in outputs) or "nothing"
+        raise InvalidArgument(
+            f"model returned {got} for inputs {given}, but {expected(config)} "
+            f"(B = {config.batch}, T = {config.length})",
+            field=field,
+        )
