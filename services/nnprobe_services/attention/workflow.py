@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+import torch.fx
 
 from nnprobe_services.attention import checks
 from nnprobe_services.attention.certificates import certify, noise
@@ -179,8 +180,8 @@ def model_certificate(
         plan.shape[1], exhaustive=plan.exhaustive, samples=plan.samples, seed=spec.seed
     )
     result = certify.certify(
-        exact.graph.to(device),
-        served.graph.to(device),
+        _on_device(exact.graph, device),
+        _on_device(served.graph, device),
         x.to(device),
         perms,
         action=spec.action,
@@ -190,3 +191,19 @@ def model_certificate(
         should_stop=stop,
     )
     return replace(result, model=exact.name, model_version=exact.version)
+
+
+def _on_device(graph: torch.fx.GraphModule, device: torch.device) -> torch.fx.GraphModule:
+    """``graph`` (changed in place) on ``device``: its parameters and buffers, and every node that names a
+    device (``torch.export`` records ``device=cpu`` on the tensors a model creates), so a model exported on
+    one device runs on the server's."""
+    graph.to(device)
+    changed = False
+    for node in graph.graph.nodes:
+        named = node.kwargs.get("device")
+        if isinstance(named, torch.device | str) and torch.device(named) != device:
+            node.kwargs = {**node.kwargs, "device": device}
+            changed = True
+    if changed:
+        graph.recompile()
+    return graph

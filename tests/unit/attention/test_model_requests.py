@@ -128,3 +128,16 @@ def test_model_fields_without_a_model_are_refused(fields, field):
     with pytest.raises(InvalidArgument) as error:
         convert.refuse_model_fields(pb.CheckPoolingInvarianceRequest(**fields))
     assert error.value.field == field
+
+
+class MakesZeros(torch.nn.Module):
+    def forward(self, x):
+        return x + torch.zeros(x.shape, dtype=x.dtype, device="cpu")
+
+
+def test_nodes_that_name_a_device_move_with_the_graph():
+    graph = torch.export.export(MakesZeros(), (torch.randn(2, 3, 4),)).module()
+    moved = workflow._on_device(graph, torch.device("meta"))
+    named = [n.kwargs["device"] for n in moved.graph.nodes if "device" in n.kwargs]
+    assert named == [torch.device("meta")]
+    assert moved(torch.randn(2, 3, 4, device="meta")).device.type == "meta"
