@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from nnprobe.api.attention.v1 import attention_pb2 as nnprobe_dot_attention_dot_v1_dot_attention__pb2
+from nnprobe.api.attention.v1 import models_pb2 as nnprobe_dot_attention_dot_v1_dot_models__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -50,6 +51,21 @@ class AttentionServiceStub:
                 request_serializer=nnprobe_dot_attention_dot_v1_dot_attention__pb2.CheckFeedForwardEquivalenceRequest.SerializeToString,
                 response_deserializer=nnprobe_dot_attention_dot_v1_dot_attention__pb2.CheckFeedForwardEquivalenceResponse.FromString,
                 _registered_method=True)
+        self.UploadModel = channel.stream_unary(
+                '/nnprobe.attention.v1.AttentionService/UploadModel',
+                request_serializer=nnprobe_dot_attention_dot_v1_dot_models__pb2.UploadModelRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_attention_dot_v1_dot_models__pb2.UploadModelResponse.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/nnprobe.attention.v1.AttentionService/ListModels',
+                request_serializer=nnprobe_dot_attention_dot_v1_dot_models__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_attention_dot_v1_dot_models__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.DeleteModel = channel.unary_unary(
+                '/nnprobe.attention.v1.AttentionService/DeleteModel',
+                request_serializer=nnprobe_dot_attention_dot_v1_dot_models__pb2.DeleteModelRequest.SerializeToString,
+                response_deserializer=nnprobe_dot_attention_dot_v1_dot_models__pb2.DeleteModelResponse.FromString,
+                _registered_method=True)
 
 
 class AttentionServiceServicer:
@@ -79,6 +95,28 @@ class AttentionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadModel(self, request_iterator, context):
+        """Stores a model of the repository from a stream: metadata first, then the file's bytes. The model is run
+        once on inputs of the shapes its config.yaml declares before it is installed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Lists the repository's models with their versions and declared shapes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModel(self, request, context):
+        """Removes a repository model or one of its versions (version numbers are never reused).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AttentionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +134,21 @@ def add_AttentionServiceServicer_to_server(servicer, server):
                     servicer.CheckFeedForwardEquivalence,
                     request_deserializer=nnprobe_dot_attention_dot_v1_dot_attention__pb2.CheckFeedForwardEquivalenceRequest.FromString,
                     response_serializer=nnprobe_dot_attention_dot_v1_dot_attention__pb2.CheckFeedForwardEquivalenceResponse.SerializeToString,
+            ),
+            'UploadModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadModel,
+                    request_deserializer=nnprobe_dot_attention_dot_v1_dot_models__pb2.UploadModelRequest.FromString,
+                    response_serializer=nnprobe_dot_attention_dot_v1_dot_models__pb2.UploadModelResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=nnprobe_dot_attention_dot_v1_dot_models__pb2.ListModelsRequest.FromString,
+                    response_serializer=nnprobe_dot_attention_dot_v1_dot_models__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'DeleteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModel,
+                    request_deserializer=nnprobe_dot_attention_dot_v1_dot_models__pb2.DeleteModelRequest.FromString,
+                    response_serializer=nnprobe_dot_attention_dot_v1_dot_models__pb2.DeleteModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +233,87 @@ class AttentionService:
             '/nnprobe.attention.v1.AttentionService/CheckFeedForwardEquivalence',
             nnprobe_dot_attention_dot_v1_dot_attention__pb2.CheckFeedForwardEquivalenceRequest.SerializeToString,
             nnprobe_dot_attention_dot_v1_dot_attention__pb2.CheckFeedForwardEquivalenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/nnprobe.attention.v1.AttentionService/UploadModel',
+            nnprobe_dot_attention_dot_v1_dot_models__pb2.UploadModelRequest.SerializeToString,
+            nnprobe_dot_attention_dot_v1_dot_models__pb2.UploadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.attention.v1.AttentionService/ListModels',
+            nnprobe_dot_attention_dot_v1_dot_models__pb2.ListModelsRequest.SerializeToString,
+            nnprobe_dot_attention_dot_v1_dot_models__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nnprobe.attention.v1.AttentionService/DeleteModel',
+            nnprobe_dot_attention_dot_v1_dot_models__pb2.DeleteModelRequest.SerializeToString,
+            nnprobe_dot_attention_dot_v1_dot_models__pb2.DeleteModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ AttentionService: numerical checks of self-attention and of the position-wise fe
 from collections import abc as _abc
 from grpc import aio as _aio
 from nnprobe.api.attention.v1 import attention_pb2 as _attention_pb2
+from nnprobe.api.attention.v1 import models_pb2 as _models_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -43,6 +44,14 @@ class AttentionServiceStub:
     """Checks that a position-wise feed-forward stack built from nn.Linear equals the same stack built from
     nn.Conv1d(kernel_size=1) with the same weights.
     """
+    UploadModel: _grpc.StreamUnaryMultiCallable[_models_pb2.UploadModelRequest, _models_pb2.UploadModelResponse]
+    """Stores a model of the repository from a stream: metadata first, then the file's bytes. The model is run
+    once on inputs of the shapes its config.yaml declares before it is installed.
+    """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_models_pb2.ListModelsRequest, _models_pb2.ListModelsResponse]
+    """Lists the repository's models with their versions and declared shapes."""
+    DeleteModel: _grpc.UnaryUnaryMultiCallable[_models_pb2.DeleteModelRequest, _models_pb2.DeleteModelResponse]
+    """Removes a repository model or one of its versions (version numbers are never reused)."""
 
 @_typing.type_check_only
 class AttentionServiceAsyncStub(AttentionServiceStub):
@@ -59,6 +68,14 @@ class AttentionServiceAsyncStub(AttentionServiceStub):
     """Checks that a position-wise feed-forward stack built from nn.Linear equals the same stack built from
     nn.Conv1d(kernel_size=1) with the same weights.
     """
+    UploadModel: _aio.StreamUnaryMultiCallable[_models_pb2.UploadModelRequest, _models_pb2.UploadModelResponse]  # type: ignore[assignment]
+    """Stores a model of the repository from a stream: metadata first, then the file's bytes. The model is run
+    once on inputs of the shapes its config.yaml declares before it is installed.
+    """
+    ListModels: _aio.UnaryUnaryMultiCallable[_models_pb2.ListModelsRequest, _models_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """Lists the repository's models with their versions and declared shapes."""
+    DeleteModel: _aio.UnaryUnaryMultiCallable[_models_pb2.DeleteModelRequest, _models_pb2.DeleteModelResponse]  # type: ignore[assignment]
+    """Removes a repository model or one of its versions (version numbers are never reused)."""
 
 class AttentionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Numerical checks of the symmetry properties of self-attention."""
@@ -90,5 +107,31 @@ class AttentionServiceServicer(metaclass=_abc_1.ABCMeta):
         """Checks that a position-wise feed-forward stack built from nn.Linear equals the same stack built from
         nn.Conv1d(kernel_size=1) with the same weights.
         """
+
+    @_abc_1.abstractmethod
+    def UploadModel(
+        self,
+        request_iterator: _MaybeAsyncIterator[_models_pb2.UploadModelRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_models_pb2.UploadModelResponse, _abc.Awaitable[_models_pb2.UploadModelResponse]]:
+        """Stores a model of the repository from a stream: metadata first, then the file's bytes. The model is run
+        once on inputs of the shapes its config.yaml declares before it is installed.
+        """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _models_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_models_pb2.ListModelsResponse, _abc.Awaitable[_models_pb2.ListModelsResponse]]:
+        """Lists the repository's models with their versions and declared shapes."""
+
+    @_abc_1.abstractmethod
+    def DeleteModel(
+        self,
+        request: _models_pb2.DeleteModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_models_pb2.DeleteModelResponse, _abc.Awaitable[_models_pb2.DeleteModelResponse]]:
+        """Removes a repository model or one of its versions (version numbers are never reused)."""
 
 def add_AttentionServiceServicer_to_server(servicer: AttentionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

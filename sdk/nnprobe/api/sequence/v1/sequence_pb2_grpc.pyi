@@ -5,6 +5,7 @@ SequenceService: recurrent networks, gradient flow and an LSTM language model.""
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from nnprobe.api.sequence.v1 import models_pb2 as _models_pb2
 from nnprobe.api.sequence.v1 import sequence_pb2 as _sequence_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -83,6 +84,14 @@ class SequenceServiceStub:
     """Euclidean and cosine distance between the input embeddings of two words."""
     NearestWords: _grpc.UnaryUnaryMultiCallable[_sequence_pb2.NearestWordsRequest, _sequence_pb2.NearestWordsResponse]
     """The k vocabulary words whose embeddings are nearest to a word's."""
+    UploadModel: _grpc.StreamUnaryMultiCallable[_models_pb2.UploadModelRequest, _models_pb2.UploadModelResponse]
+    """Stores a model of the repository from a stream: metadata first, then the file's bytes. The model is run
+    once on inputs of the shapes its config.yaml declares before it is installed.
+    """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_models_pb2.ListModelsRequest, _models_pb2.ListModelsResponse]
+    """Lists the repository's models with their versions and declared shapes."""
+    DeleteModel: _grpc.UnaryUnaryMultiCallable[_models_pb2.DeleteModelRequest, _models_pb2.DeleteModelResponse]
+    """Removes a repository model or one of its versions (version numbers are never reused)."""
 
 @_typing.type_check_only
 class SequenceServiceAsyncStub(SequenceServiceStub):
@@ -139,6 +148,14 @@ class SequenceServiceAsyncStub(SequenceServiceStub):
     """Euclidean and cosine distance between the input embeddings of two words."""
     NearestWords: _aio.UnaryUnaryMultiCallable[_sequence_pb2.NearestWordsRequest, _sequence_pb2.NearestWordsResponse]  # type: ignore[assignment]
     """The k vocabulary words whose embeddings are nearest to a word's."""
+    UploadModel: _aio.StreamUnaryMultiCallable[_models_pb2.UploadModelRequest, _models_pb2.UploadModelResponse]  # type: ignore[assignment]
+    """Stores a model of the repository from a stream: metadata first, then the file's bytes. The model is run
+    once on inputs of the shapes its config.yaml declares before it is installed.
+    """
+    ListModels: _aio.UnaryUnaryMultiCallable[_models_pb2.ListModelsRequest, _models_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """Lists the repository's models with their versions and declared shapes."""
+    DeleteModel: _aio.UnaryUnaryMultiCallable[_models_pb2.DeleteModelRequest, _models_pb2.DeleteModelResponse]  # type: ignore[assignment]
+    """Removes a repository model or one of its versions (version numbers are never reused)."""
 
 class SequenceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Analyses of recurrent sequence models."""
@@ -282,5 +299,31 @@ class SequenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sequence_pb2.NearestWordsResponse, _abc.Awaitable[_sequence_pb2.NearestWordsResponse]]:
         """The k vocabulary words whose embeddings are nearest to a word's."""
+
+    @_abc_1.abstractmethod
+    def UploadModel(
+        self,
+        request_iterator: _MaybeAsyncIterator[_models_pb2.UploadModelRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_models_pb2.UploadModelResponse, _abc.Awaitable[_models_pb2.UploadModelResponse]]:
+        """Stores a model of the repository from a stream: metadata first, then the file's bytes. The model is run
+        once on inputs of the shapes its config.yaml declares before it is installed.
+        """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _models_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_models_pb2.ListModelsResponse, _abc.Awaitable[_models_pb2.ListModelsResponse]]:
+        """Lists the repository's models with their versions and declared shapes."""
+
+    @_abc_1.abstractmethod
+    def DeleteModel(
+        self,
+        request: _models_pb2.DeleteModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_models_pb2.DeleteModelResponse, _abc.Awaitable[_models_pb2.DeleteModelResponse]]:
+        """Removes a repository model or one of its versions (version numbers are never reused)."""
 
 def add_SequenceServiceServicer_to_server(servicer: SequenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
