@@ -16,7 +16,12 @@ import torch.fx
 from nnprobe_services.attention import checks
 from nnprobe_services.attention.certificates import certify, noise
 from nnprobe_services.attention.certificates.certify import Certificate
-from nnprobe_services.attention.certificates.plans import ModelCheckSpec, Resolve, plan_model_check
+from nnprobe_services.attention.certificates.plans import (
+    ModelCheckSpec,
+    Resolve,
+    TokenModel,
+    plan_model_check,
+)
 from nnprobe_services.attention.plans import (
     AttentionSpec,
     FeedForwardPlan,
@@ -27,7 +32,8 @@ from nnprobe_services.attention.plans import (
     plan_feed_forward,
     plan_permutation_check,
 )
-from nnprobe_services.errors import InvalidArgument, ShouldStop, never
+from nnprobe_services.errors import FailedPrecondition, InvalidArgument, ShouldStop, never
+from nnprobe_services.repository.task_models import TaskModels
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -207,3 +213,27 @@ def _on_device(graph: torch.fx.GraphModule, device: torch.device) -> torch.fx.Gr
     if changed:
         graph.recompile()
     return graph
+
+
+def token_model_resolver(models: TaskModels) -> Resolve:
+    """The ``Resolve`` of ``model_certificate`` over a repository of token models: a version loaded in the
+    precision asked for, with the input shape (B, T, D) of its configuration (``batch_size`` and
+    ``sequence_length`` when declared, else the B = 2 and T = 5 it was probed with, and ``d_model``).
+
+    Raises ``NotFound`` on ``model`` / ``model_version`` for an unknown name or version, and
+    ``FailedPrecondition`` on ``model`` for a model that takes token ids (``vocabulary``): the certificate
+    permutes float inputs (B, T, D)."""
+
+    def resolve(name: str, version: int, dtype: torch.dtype) -> TokenModel:
+        loaded = models.load(name, version, dtype)
+        config = loaded.config
+        if config.vocabulary is not None:
+            raise FailedPrecondition(
+                f"{name!r} takes token ids (vocabulary {config.vocabulary}); the certificate permutes float "
+                "inputs (B, T, D): upload the model from its embedding's output on",
+                field="model",
+            )
+        shape = (config.batch, config.length, config.hidden_size)
+        return TokenModel(loaded.name, loaded.version, loaded.module, shape)
+
+    return resolve
