@@ -83,7 +83,7 @@ class _PermutationStrategy:
 class _PermutationStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PermutationStrategy.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     PERMUTATION_STRATEGY_UNSPECIFIED: _PermutationStrategy.ValueType  # 0
-    """Exhaustive when T <= 8, sampled otherwise."""
+    """Exhaustive when T <= 8 (T <= 6 for a repository `model`), sampled otherwise."""
     PERMUTATION_STRATEGY_EXHAUSTIVE: _PermutationStrategy.ValueType  # 1
     """All T! permutations; allowed only for T <= 8."""
     PERMUTATION_STRATEGY_SAMPLED: _PermutationStrategy.ValueType  # 2
@@ -95,7 +95,7 @@ class PermutationStrategy(_PermutationStrategy, metaclass=_PermutationStrategyEn
     """Which permutations of the T positions are checked."""
 
 PERMUTATION_STRATEGY_UNSPECIFIED: PermutationStrategy.ValueType  # 0
-"""Exhaustive when T <= 8, sampled otherwise."""
+"""Exhaustive when T <= 8 (T <= 6 for a repository `model`), sampled otherwise."""
 PERMUTATION_STRATEGY_EXHAUSTIVE: PermutationStrategy.ValueType  # 1
 """All T! permutations; allowed only for T <= 8."""
 PERMUTATION_STRATEGY_SAMPLED: PermutationStrategy.ValueType  # 2
@@ -263,10 +263,14 @@ class PermutationOptions(_message.Message):
     strategy: Global___PermutationStrategy.ValueType
     """Exhaustive, sampled, or automatic (exhaustive when T <= 8)."""
     num_samples: _builtins.int
-    """Number of random permutations when sampling; 0 means 1000. Bounded by the server's limit."""
+    """Number of random permutations when sampling; 0 means 1000 (100 for a repository `model`). Bounded by
+    the server's limit.
+    """
     tolerance: _builtins.float
     """The check holds when every deviation is <= tolerance * max(1, max |s(X)|). Unset means 1e-9 for
-    float64 and 1e-4 for float32; 0 asks for exact equality. Finite and >= 0.
+    float64 and 1e-4 for float32; 0 asks for exact equality. Finite and >= 0. For a repository `model` it
+    is the relative float64 tolerance of locating the first breaking node (unset: 1e-9); the verdict is
+    the noise ratio's.
     """
     def __init__(
         self,
