@@ -20,6 +20,14 @@ ratio service / torchattacks (median over ``--repeats`` rounds, the order altern
 each (the service judges the saved 8-bit image, torchattacks its floating-point one), how many images each
 attack of the service broke and Square's queries per image it attacked (from the service's result). Both
 sides warm up (model load, first passes) first.
+
+A second table runs Square alone (black-box, no gradients) at one ε (``--square-eps``, default the last of
+``--eps``) with ``--queries`` queries and one restart: an ``EvaluateRobustness`` job with
+``attacks=["square"]`` against ``torchattacks.Square`` (margin loss, p_init 0.8, seed 0) on the same module
+and pixels. Besides times and robust accuracies it gives the queries per image, mean and median over the
+images: the service's from each image's ``queries`` in the result, torchattacks' from the per-image counts
+its ``attack_single_run`` returns (``forward`` drops them). Both count the initial point as one query, so
+torchattacks gets ``queries - 1`` iterations: the same budget of ``--queries`` model calls per image.
 """
 
 from __future__ import annotations
@@ -71,6 +79,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="gradient attack iterations (standard: 100)")
     parser.add_argument("--queries", type=int, default=1000, help="Square queries per image (standard: 5000)")
     parser.add_argument("--repeats", type=int, default=1, help="timing rounds per eps (medians)")
+    parser.add_argument(
+        "--square-eps", default=None, help="L-inf budget of Square alone (default: last --eps)"
+    )
     return parser.parse_args(argv)
 
 
@@ -116,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
             with VisionClient(f"127.0.0.1:{port}", timeout=3600) as client:
                 client.upload_dataset("bench", encoded, [str(label) for label in labels.tolist()])
                 rows = _compare(client, module, pixels, labels, epsilons, args)
+                square_eps = parse_epsilon(args.square_eps or args.eps[-1])
+                square_row = _square_alone(client, module, pixels, labels, square_eps, args.queries)
         finally:
             server.shutdown(0).wait()
     print(
@@ -133,6 +146,20 @@ def main(argv: list[str] | None = None) -> None:
             "torchattacks robust",
             "service broken by",
             "Square queries/image",
+        ],
+    )
+    print(f"\nSquare alone (black-box), {args.queries} queries per image, one restart, one round")
+    print_table(
+        [square_row],
+        [
+            "eps",
+            "service s",
+            "torchattacks s",
+            "ratio",
+            "service robust",
+            "torchattacks robust",
+            "service queries/image (mean, median)",
+            "torchattacks queries/image (mean, median)",
         ],
     )
 
@@ -182,6 +209,46 @@ def _compare(client: VisionClient, module, pixels, labels, epsilons: list[float]
             )
         )
     return rows
+
+
+def _square_alone(client: VisionClient, module, pixels, labels, eps: float, queries: int) -> tuple:
+    """Square alone at ``eps`` through the service and in torchattacks (timed once each); one table row with
+    the robust accuracies and the queries per image of each."""
+    import torchattacks
+
+    start = time.perf_counter()
+    job = client.evaluate_robustness(
+        models.DEFAULT_MODEL, "bench", eps=[eps], attacks=["square"], max_queries=queries, seed=0
+    )
+    result = job.result()
+    ours = time.perf_counter() - start
+    service_queries = [image.queries[0] for image in result.images if image.queries[0]]
+
+    start = time.perf_counter()
+    # torchattacks' n_queries counts iterations after the initial point: queries - 1 gives the same budget.
+    square = torchattacks.Square(module, norm="Linf", eps=eps, n_queries=queries - 1, n_restarts=1, seed=0)
+    square.init_hyperparam(pixels)
+    torch.random.manual_seed(square.seed)
+    counts, adversarial = square.attack_single_run(pixels, labels)  # every image starts correct
+    with torch.no_grad():
+        their_robust = int((module(adversarial).argmax(1) == labels).sum())
+    theirs = time.perf_counter() - start
+    return (
+        f"{eps * 255:g}/255",
+        f"{ours:.1f}",
+        f"{theirs:.1f}",
+        f"{ours / theirs:.2f}",
+        f"{result.per_epsilon[0].robust}/{result.total}",
+        f"{their_robust}/{len(labels)}",
+        _mean_median(service_queries),
+        _mean_median([int(count) for count in counts.tolist()]),
+    )
+
+
+def _mean_median(counts: list[int]) -> str:
+    if not counts:
+        return "- (none attacked)"
+    return f"{statistics.mean(counts):.1f}, {statistics.median(counts):g} ({len(counts)} images)"
 
 
 if __name__ == "__main__":
