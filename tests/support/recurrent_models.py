@@ -124,3 +124,10 @@ def spectral(matrix: torch.Tensor) -> float:
 def fitted_rate(distances: list[int], norms: list[float]) -> float:
     """exp of the least-squares slope of log(norm) against distance, by ``numpy.polyfit``."""
     return float(np.exp(np.polyfit(np.array(distances, float), np.log(np.array(norms)), 1)[0]))
+
+
+def pt2_with_fixed_batch(cell: nn.Module, batch: int) -> bytes:
+    """The ``.pt2`` bytes of a one-state cell ``(x (B, I), h (B, H)) -> h`` exported for B = ``batch`` only."""
+    x = torch.zeros(batch, cell.input_size)  # type: ignore[arg-type]
+    h = torch.zeros(batch, cell.hidden_size)  # type: ignore[arg-type]
+    return archive(cell, (x, h))

@@ -3,9 +3,9 @@ and the translation of the model's own failures into ``FailedPrecondition`` nami
 
 Conventions (one sequence, run as a batch of one):
 
-- a recurrent cell takes x_t of shape (1, I) and its state(s), each (1, N_i): ``cell(x, h)`` for one
-  state, ``cell(x, h, c)`` or ``cell(x, (h, c))`` for two (the form ``nn.LSTMCell`` is exported with); it
-  returns the new state, or the new states (h, c) as a tuple;
+- a recurrent cell takes x_t of shape (1, I) (or one token id per step, shape (1,)) and its state(s), each
+  (1, N_i): ``cell(x, h)`` for one state, ``cell(x, h, c)`` or ``cell(x, (h, c))`` for two (the form
+  ``nn.LSTMCell`` is exported with); it returns the new state, or the new states (h, c) as a tuple;
 - a sequence model takes x of shape (1, T, I) and returns y of shape (1, T, H), or a tuple whose first
   element is y (as ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` with ``batch_first=True`` return).
 
@@ -94,7 +94,7 @@ class CellCaller:
         self.nested: bool | None = None
 
     def step(self, x: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        batch = [x.reshape(1, -1), *(s.reshape(1, -1) for s in states)]
+        batch = [x.reshape(1, *x.shape), *(s.reshape(1, -1) for s in states)]
         if self.graph:
             return self._outputs(calling.call_flat(self.module, batch))
         if self.nested is None:

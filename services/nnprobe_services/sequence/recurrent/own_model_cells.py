@@ -45,7 +45,8 @@ MAX_STEPS = 10_000
 @dataclass
 class OwnCell:
     """A user's cell (a ``torch.nn.Module``, float64 or float32, on the device the inputs are on), its
-    input width I and the widths N_i of its one or two state tensors (h, or h and c)."""
+    input width I (0: it takes one token id per step) and the widths N_i of its one or two state tensors
+    (h, or h and c)."""
 
     module: torch.nn.Module
     input_size: int
@@ -73,9 +74,9 @@ class CellGradients:
 def check_cell(cell: OwnCell, steps: int, steps_field: str) -> None:
     """Refuse a cell or sequence length the analysis does not take (``InvalidArgument`` /
     ``ResourceExhausted`` naming ``model`` or ``steps_field``)."""
-    if len(cell.state_sizes) not in (1, 2) or min(cell.state_sizes) < 1 or cell.input_size < 1:
+    if len(cell.state_sizes) not in (1, 2) or min(cell.state_sizes) < 1 or cell.input_size < 0:
         raise InvalidArgument(
-            f"a recurrent cell needs an input size >= 1 and one or two states of size >= 1, got input "
+            f"a recurrent cell needs an input size >= 0 and one or two states of size >= 1, got input "
             f"{cell.input_size} and states {list(cell.state_sizes)}",
             field="model",
         )
@@ -97,8 +98,8 @@ def analyze_cell(
     regime_tolerance: float = 0.01,
     should_stop: Callable[[], bool] = never,
 ) -> Generator[gradients.Progress, None, CellGradients]:
-    """Analyse ``cell`` over ``inputs`` (T, I) from ``initial`` (one (N_i,) tensor per state, same dtype
-    and device). Yields ``Progress`` after each Jacobian step (done 1..T of T); returns the
+    """Analyse ``cell`` over ``inputs`` (T, I), or token ids (T,), from ``initial`` (one (N_i,) tensor per
+    state, same dtype and device). Yields ``Progress`` after each Jacobian step (done 1..T of T); returns the
     ``CellGradients``.
 
     Raises ``FailedPrecondition`` (field ``model``) when the cell cannot run on a batch of one or returns
@@ -112,7 +113,7 @@ def analyze_cell(
     jacobian = _jacobian_of(step, states[0], inputs[0])
     steps = inputs.shape[0]
     log_h, log_c, log_step = [0.0] * steps, [0.0] * steps, [0.0] * steps
-    product = torch.eye(sum(sizes), dtype=inputs.dtype, device=inputs.device)
+    product = torch.eye(sum(sizes), dtype=initial[0].dtype, device=initial[0].device)
     exponent = 0  # the true product is product * 2**exponent
     h = sizes[0]
     for k in range(steps - 1, -1, -1):

@@ -47,7 +47,8 @@ MEASURED = {
 @dataclass
 class ResolvedModel:
     """A repository model loaded for analysis: its name, version, task, the module (in the requested
-    dtype, on the device), its input width I and, for a cell, the widths of its states (h, or h and c)."""
+    dtype, on the device), its input width I (0 when it takes token ids) and, for a cell, the widths of its
+    states (h, or h and c)."""
 
     name: str
     version: int
@@ -55,6 +56,10 @@ class ResolvedModel:
     module: torch.nn.Module
     input_size: int
     state_sizes: tuple[int, ...] = ()
+    #: The vocabulary V of a model that takes token ids (then ``input_size`` is 0).
+    vocabulary: int | None = None
+    #: T of a sequence model exported for one length; None when any T goes.
+    sequence_length: int | None = None
 
 
 #: (name, version (0: latest), dtype) -> the loaded model; raises ``NotFound`` on ``model`` /
@@ -126,31 +131,38 @@ def _sequence(
     request: pb.AnalyzeGradientsRequest, model: ResolvedModel, dtype: torch.dtype, max_elements: int
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, str]:
     """(inputs (T, I) or None, token ids (T,) or None, the field T comes from)."""
-    given = request.HasField("inputs")
+    if request.token_ids and request.HasField("inputs"):
+        raise InvalidArgument("give `inputs` or `token_ids`, not both", field="token_ids")
     if request.token_ids:
-        if given:
-            raise InvalidArgument("give `inputs` or `token_ids`, not both", field="token_ids")
-        if model.task == CELL_TASK:
-            raise InvalidArgument("are for a sequence model that starts with an embedding", field="token_ids")
-        _check_length(request, len(request.token_ids), "token_ids")
-        return None, torch.tensor(list(request.token_ids), dtype=torch.int64), "token_ids"
-    if given:
-        array = valid.tensor(request.inputs, "inputs", max_elements=max_elements, ndim=2)
-        if array.dtype.kind != "f":
-            raise InvalidArgument(f"must be float32 or float64, not {array.dtype}", field="inputs")
-        if array.shape[1] != model.input_size:
+        if model.vocabulary is None:
             raise InvalidArgument(
-                f"must have shape (T, {model.input_size}) (I, the model's input width), "
-                f"got {list(array.shape)}",
+                f"model {model.name!r} takes float inputs (T, {model.input_size}); send them in `inputs`",
+                field="token_ids",
+            )
+        tokens = torch.tensor(list(request.token_ids), dtype=torch.int64)
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= model.vocabulary:
+            raise InvalidArgument(
+                f"ids must lie in 0..{model.vocabulary - 1} (the model's vocabulary), got {low}..{high}",
+                field="token_ids",
+            )
+        _check_length(request, model, tokens.shape[0], "token_ids")
+        return None, tokens, "token_ids"
+    if request.HasField("inputs"):
+        if model.vocabulary is not None:
+            raise InvalidArgument(
+                f"model {model.name!r} takes token ids (vocabulary {model.vocabulary}); send `token_ids`",
                 field="inputs",
             )
-        x = torch.from_numpy(array).to(dtype)
-        if not bool(torch.isfinite(x).all()):
-            raise InvalidArgument(f"must be finite in {dtype}", field="inputs")
-        _check_length(request, x.shape[0], "inputs")
+        x = _float_inputs(request, model, dtype, max_elements)
+        _check_length(request, model, x.shape[0], "inputs")
         return x, None, "inputs"
-    limit = own_model_cells.MAX_STEPS
-    steps = valid.positive(request.sequence_length, "sequence_length", maximum=limit)
+    steps = request.sequence_length or model.sequence_length or 0
+    steps = valid.positive(steps, "sequence_length", maximum=own_model_cells.MAX_STEPS)
+    _check_length(request, model, steps, "sequence_length")
+    generator = torch.Generator().manual_seed(request.seed % 2**64)
+    if model.vocabulary is not None:
+        return None, torch.randint(model.vocabulary, (steps,), generator=generator), "sequence_length"
     if steps * model.input_size > max_elements:
         raise ResourceExhausted(
             f"T * I = {steps * model.input_size} input elements exceed the limit {max_elements}",
@@ -159,12 +171,36 @@ def _sequence(
     return random_inputs(steps, model.input_size, request.seed, dtype), None, "sequence_length"
 
 
-def _check_length(request: pb.AnalyzeGradientsRequest, steps: int, field: str) -> None:
+def _float_inputs(
+    request: pb.AnalyzeGradientsRequest, model: ResolvedModel, dtype: torch.dtype, max_elements: int
+) -> torch.Tensor:
+    """``inputs`` as a finite (T, I) tensor of ``dtype``."""
+    array = valid.tensor(request.inputs, "inputs", max_elements=max_elements, ndim=2)
+    if array.dtype.kind != "f":
+        raise InvalidArgument(f"must be float32 or float64, not {array.dtype}", field="inputs")
+    if array.shape[1] != model.input_size:
+        raise InvalidArgument(
+            f"must have shape (T, {model.input_size}) (I, the model's input width), got {list(array.shape)}",
+            field="inputs",
+        )
+    x = torch.from_numpy(array).to(dtype)
+    if not bool(torch.isfinite(x).all()):
+        raise InvalidArgument(f"must be finite in {dtype}", field="inputs")
+    return x
+
+
+def _check_length(request: pb.AnalyzeGradientsRequest, model: ResolvedModel, steps: int, field: str) -> None:
     if steps == 0:
         raise InvalidArgument("is empty: give at least one step", field=field)
-    if request.sequence_length and request.sequence_length != steps:
+    if field != "sequence_length" and request.sequence_length and request.sequence_length != steps:
         raise InvalidArgument(
             f"is {request.sequence_length} but `{field}` has T = {steps}; leave it 0", field="sequence_length"
+        )
+    if model.sequence_length is not None and steps != model.sequence_length:
+        raise InvalidArgument(
+            f"has T = {steps}, but model {model.name!r} was exported for T = {model.sequence_length} "
+            "(its config's sequence_length)",
+            field=field,
         )
 
 

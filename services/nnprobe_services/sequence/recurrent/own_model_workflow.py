@@ -24,7 +24,8 @@ Flow = own_model_cells.CellGradients | own_model_sequences.SequenceGradients
 @dataclass
 class ModelGradientRun:
     """One repository model and what to feed it: ``inputs`` (T, I) floats or ``tokens`` (T,) int64 (one of
-    them), and for a cell the widths of its states and their initial values (N_i,), all on the device."""
+    them; a cell fed token ids takes one id per step), and for a cell the widths of its states and their
+    initial values (N_i,), all on the device."""
 
     name: str
     version: int
@@ -67,10 +68,11 @@ def analyze_model_gradients(
 def _analysis(run: ModelGradientRun, should_stop: ShouldStop) -> Generator[gradients.Progress, None, Flow]:
     tolerance = run.regime_tolerance
     if run.task == CELL_TASK:
-        assert run.inputs is not None
+        sequence = run.inputs if run.inputs is not None else run.tokens
+        assert sequence is not None
         cell = own_model_cells.OwnCell(run.module, run.input_size, run.state_sizes)
         return own_model_cells.analyze_cell(
-            cell, run.inputs, run.initial, regime_tolerance=tolerance, should_stop=should_stop
+            cell, sequence, run.initial, regime_tolerance=tolerance, should_stop=should_stop
         )
     if run.tokens is not None:
         return own_model_sequences.analyze_tokens(

@@ -37,7 +37,7 @@ def models():
     return {
         "lstm": (lstm, convert.ResolvedModel("lstm", 2, "recurrent_cell", lstm, 3, (4, 4))),
         "gru": (gru, convert.ResolvedModel("gru", 1, "sequence_model", gru, 2)),
-        "tokens": (tokens, convert.ResolvedModel("tokens", 1, "sequence_model", tokens, 1)),
+        "tokens": (tokens, convert.ResolvedModel("tokens", 1, "sequence_model", tokens, 0, vocabulary=9)),
         "mixer": (None, convert.ResolvedModel("mixer", 1, "token_model", torch.nn.Identity(), 4)),
     }
 
@@ -164,3 +164,70 @@ def test_an_exported_cell_runs_through_the_workflow():
     assert run.inputs is not None
     want = direct_cell_norms(module, run.inputs, [torch.zeros(3, dtype=F64)])
     np.testing.assert_allclose(result.model_flow.jacobian_norms, want["h"], rtol=1e-10, atol=0)
+
+
+class _TokenCell(torch.nn.Module):
+    """A cell fed one token id per step: h' = tanh(E[id] + W h), ids (B,)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(6, 3)
+        self.w = torch.nn.Linear(3, 3)
+
+    def forward(self, ids, h):
+        return torch.tanh(self.embed(ids) + self.w(h))
+
+
+def test_token_models_draw_and_check_their_ids():
+    torch.manual_seed(5)
+    cell = _TokenCell().to(F64)
+    model = convert.ResolvedModel("tc", 1, "recurrent_cell", cell, 0, (3,), vocabulary=6)
+    run = convert.read_model_gradients(
+        pb.AnalyzeGradientsRequest(model="tc", sequence_length=7, seed=9), lambda *_: model, CPU, LIMIT
+    )
+    ids = torch.randint(6, (7,), generator=torch.Generator().manual_seed(9))
+    assert run.inputs is None and run.tokens is not None and torch.equal(run.tokens, ids)
+    _, result = run_all(run)
+    h = [torch.zeros(3, dtype=F64)]
+    with torch.no_grad():
+        for t in range(7):
+            h.append(cell(ids[t : t + 1], h[-1].reshape(1, 3)).reshape(3))
+    for k in range(7):  # |dh_T/dh_k| directly: the unrolled map h_k -> h_T
+
+        def unroll(v, k=k):
+            for t in range(k, 7):
+                v = cell(ids[t : t + 1], v.reshape(1, 3)).reshape(3)
+            return v
+
+        want = np.linalg.norm(torch.autograd.functional.jacobian(unroll, h[k]).numpy(), 2)
+        assert result.model_flow.jacobian_norms[k] == pytest.approx(want, rel=1e-10)
+    for fields, field in (
+        ({"token_ids": [0, 6]}, "token_ids"),
+        ({"inputs": tensors.to_tensor(np.zeros((2, 1)))}, "inputs"),
+    ):
+        with pytest.raises(InvalidArgument) as error:
+            convert.read_model_gradients(
+                pb.AnalyzeGradientsRequest(model="tc", **fields), lambda *_: model, CPU, LIMIT
+            )
+        assert error.value.field == field
+    with pytest.raises(InvalidArgument, match="float inputs") as error:
+        read(model="gru", token_ids=[1, 2])
+    assert error.value.field == "token_ids"
+
+
+def test_a_model_exported_for_one_length_takes_that_length():
+    gru = MODELS["gru"][0]
+    model = convert.ResolvedModel("fixed", 1, "sequence_model", gru, 2, sequence_length=4)
+    fixed = convert.read_model_gradients(
+        pb.AnalyzeGradientsRequest(model="fixed"), lambda *_: model, CPU, LIMIT
+    )
+    assert fixed.inputs is not None and tuple(fixed.inputs.shape) == (4, 2)
+    for fields, field in (
+        ({"sequence_length": 5}, "sequence_length"),
+        ({"inputs": tensors.to_tensor(np.zeros((3, 2)))}, "inputs"),
+    ):
+        with pytest.raises(InvalidArgument, match="exported for T = 4") as error:
+            convert.read_model_gradients(
+                pb.AnalyzeGradientsRequest(model="fixed", **fields), lambda *_: model, CPU, LIMIT
+            )
+        assert error.value.field == field
