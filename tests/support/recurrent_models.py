@@ -127,7 +127,7 @@ def fitted_rate(distances: list[int], norms: list[float]) -> float:
 
 
 def pt2_with_fixed_batch(cell: nn.Module, batch: int) -> bytes:
-    """The ``.pt2`` bytes of a one-state cell ``(x (B, I), h (B, H)) -> h`` exported for B = ``batch`` only."""
+    """The ``.pt2`` bytes of a one-state cell ``(x (B, I), h (B, H)) -> h`` exported for B = ``batch``."""
     x = torch.zeros(batch, cell.input_size)  # type: ignore[arg-type]
     h = torch.zeros(batch, cell.hidden_size)  # type: ignore[arg-type]
     return archive(cell, (x, h))
