@@ -35,6 +35,7 @@ from nnprobe.errors import (
     Unknown,
 )
 from nnprobe.progress import Progress, ProgressCallback
+from nnprobe.repository_models import RepositoryModel, RepositoryModelVersion, RepositoryUpload
 from nnprobe.sequence import (
     CorpusInfo,
     EmbeddingDistance,
@@ -135,6 +136,9 @@ __all__ = [
     "ProgressCallback",
     "ReceptiveFieldResult",
     "RecurrentResult",
+    "RepositoryModel",
+    "RepositoryModelVersion",
+    "RepositoryUpload",
     "ResourceExhausted",
     "RobustnessEvent",
     "RobustnessJob",

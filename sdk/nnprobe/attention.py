@@ -9,13 +9,14 @@ from typing import Any
 import numpy as np
 
 from nnprobe import tensors
-from nnprobe._client import FLOAT_DTYPES, USE_CLIENT_DEFAULT, BaseClient, UseClientDefault, choice
+from nnprobe._client import FLOAT_DTYPES, USE_CLIENT_DEFAULT, UseClientDefault, choice
 from nnprobe._requests import request_arguments
 from nnprobe.api.attention.v1 import attention_pb2 as pb
-from nnprobe.api.attention.v1 import attention_pb2_grpc
+from nnprobe.api.attention.v1 import attention_pb2_grpc, models_pb2
 from nnprobe.api.common.v1 import common_pb2
 from nnprobe.attention_certificates import SymmetryCertificate, certificate, model_fields
 from nnprobe.display import rich_result
+from nnprobe.repository_models import RepositoryModelMethods
 
 _SOFTMAX = {"row": pb.SOFTMAX_MODE_ROW, "matrix": pb.SOFTMAX_MODE_MATRIX}
 _POSITIONAL = {
@@ -223,8 +224,9 @@ def feed_forward_result(r: Any) -> FeedForwardResult:
     )
 
 
-class AttentionClient(BaseClient):
-    """``AttentionClient("localhost:50053")``; see each method for its options.
+class AttentionClient(RepositoryModelMethods):
+    """``AttentionClient("localhost:50053")``; see each method for its options. ``upload_model``,
+    ``list_models`` and ``delete_model`` manage the repository of the user's own token models.
 
     Every method takes ``timeout`` (seconds; ``None`` for no deadline) overriding the client default,
     and raises ``nnprobe.NnprobeError`` on failure.
@@ -232,6 +234,7 @@ class AttentionClient(BaseClient):
 
     SERVICE = "attention"
     FULL_NAME = "nnprobe.attention.v1.AttentionService"
+    _MODELS_PB = models_pb2
 
     def __init__(self, address: str | None = None, **kwargs: Any) -> None:
         super().__init__(address, **kwargs)

@@ -9,19 +9,21 @@ import numpy as np
 from nnprobe import attention
 from nnprobe._client import USE_CLIENT_DEFAULT, UseClientDefault
 from nnprobe._requests import request_arguments
-from nnprobe.aio._base import AsyncBaseClient, documented_as
-from nnprobe.api.attention.v1 import attention_pb2_grpc
+from nnprobe.aio._base import documented_as
+from nnprobe.aio.repository_models import RepositoryModelMethods
+from nnprobe.api.attention.v1 import attention_pb2_grpc, models_pb2
 from nnprobe.attention import FeedForwardResult, PermutationCheckResult
 
 
 @documented_as(attention.AttentionClient)
-class AttentionClient(AsyncBaseClient):
+class AttentionClient(RepositoryModelMethods):
     """``nnprobe.aio.AttentionClient("localhost:50053")``: ``await`` each method of
     ``nnprobe.AttentionClient``; ``async with`` closes the channel."""
 
     SERVICE = "attention"
     FULL_NAME = "nnprobe.attention.v1.AttentionService"
     STUB = attention_pb2_grpc.AttentionServiceStub
+    _MODELS_PB = models_pb2
 
     async def check_permutation_equivariance(
         self,

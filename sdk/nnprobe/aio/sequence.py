@@ -11,7 +11,8 @@ from nnprobe._requests import request_arguments
 from nnprobe.aio._base import documented_as
 from nnprobe.aio.job_handle import AsyncJobHandle
 from nnprobe.aio.language_model import LanguageModelMethods
-from nnprobe.api.sequence.v1 import sequence_pb2_grpc
+from nnprobe.aio.repository_models import RepositoryModelMethods
+from nnprobe.api.sequence.v1 import models_pb2, sequence_pb2_grpc
 from nnprobe.progress import ProgressCallback
 from nnprobe.progress_bar import reporting
 from nnprobe.sequence import corpus, gradients, rnn, truncation
@@ -24,13 +25,14 @@ from nnprobe.sequence.truncation import TruncationComparison
 
 
 @documented_as(SyncSequenceClient)
-class SequenceClient(LanguageModelMethods):
+class SequenceClient(LanguageModelMethods, RepositoryModelMethods):
     """``nnprobe.aio.SequenceClient("localhost:50052")``: ``await`` each method of
     ``nnprobe.SequenceClient`` (``async for`` over ``watch_job``); ``async with`` closes the channel."""
 
     SERVICE = "sequence"
     FULL_NAME = "nnprobe.sequence.v1.SequenceService"
     STUB = sequence_pb2_grpc.SequenceServiceStub
+    _MODELS_PB = models_pb2
 
     def job(self, job_id: str) -> AsyncJobHandle:
         """A handle on the training job ``job_id``: ``await handle.watch()`` follows it with a progress bar

@@ -9,6 +9,7 @@ import numpy as np
 from nnprobe.attention import ACTIVATIONS, POOLINGS, SOFTMAX_MODES, STRATEGIES, AttentionClient
 from nnprobe.cli.attention_certificate import add_model_options, model_kwargs, print_certificate
 from nnprobe.cli.output import add_client_options, client_kwargs, print_fields, print_json
+from nnprobe.cli.repository_models import add_model_commands
 
 
 def _load_array(path: str | None) -> np.ndarray | None:
@@ -59,6 +60,7 @@ def _attention_kwargs(args: argparse.Namespace) -> dict:
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("attention", help="self-attention checks (AttentionService)")
     commands = group.add_subparsers(dest="attention_command", required=True, metavar="CHECK")
+    add_model_commands(commands, "attention", AttentionClient, "token_model")
 
     p = commands.add_parser("equivariance", help="is s(PX) == P s(X) for every permutation P?")
     _attention_options(p)

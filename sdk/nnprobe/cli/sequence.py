@@ -16,6 +16,7 @@ from nnprobe.cli.output import (
     print_table,
 )
 from nnprobe.cli.parsing import limit
+from nnprobe.cli.repository_models import add_model_commands
 from nnprobe.cli.rnn_model_gradients import (
     add_model_options,
     check_model_options,
@@ -32,6 +33,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     _add_forward(commands)
     _add_gradients(commands)
     _add_truncation(commands)
+    add_model_commands(commands, "sequence", SequenceClient, "recurrent_cell and sequence_model")
 
 
 def _add_forward(commands: argparse._SubParsersAction) -> None:

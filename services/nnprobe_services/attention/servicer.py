@@ -4,14 +4,19 @@ reading the request runs in the compute pool with the check, never on the event 
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import grpc
 from nnprobe.api.attention.v1 import attention_pb2 as pb
-from nnprobe.api.attention.v1 import attention_pb2_grpc
+from nnprobe.api.attention.v1 import attention_pb2_grpc, models_pb2
 
 from nnprobe_services.attention import convert, workflow
 from nnprobe_services.attention.checks import PermutationCheck
 from nnprobe_services.attention.plans import Limits
 from nnprobe_services.errors import StopSignal
+from nnprobe_services.repository import convert as model_convert
+from nnprobe_services.repository.task_models import TaskModels
 from nnprobe_services.server.app import Registration, Runtime
 
 
@@ -23,6 +28,13 @@ class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
         self.compute = runtime.compute
         self.limits = Limits(
             runtime.config.common.max_tensor_elements, runtime.config.attention.max_permutations
+        )
+        #: The user's token models (token_model): UploadModel/ListModels/DeleteModel.
+        self.repository = TaskModels(
+            runtime.config.attention_model_repository_dir,
+            accepted=("token_model",),
+            max_model_bytes=runtime.config.vision.max_model_bytes,
+            max_model_nodes=runtime.config.vision.max_model_nodes,
         )
 
     async def CheckPermutationEquivariance(self, request, context):
@@ -49,6 +61,21 @@ class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
             ),
         )
         return convert.feed_forward_reply(result)
+
+    # -- the model repository ------------------------------------------------------------------------
+    async def UploadModel(self, request_iterator, context) -> models_pb2.UploadModelResponse:
+        started = time.monotonic()
+        upload = await model_convert.receive_upload(request_iterator, self.repository)
+        installed = await self.compute.run(context, lambda _stop: self.repository.install(upload))
+        return model_convert.upload_response(models_pb2, installed, started)
+
+    async def ListModels(self, request, context) -> models_pb2.ListModelsResponse:
+        return await asyncio.to_thread(model_convert.list_models, models_pb2, self.repository)
+
+    async def DeleteModel(self, request, context) -> models_pb2.DeleteModelResponse:
+        name, version = model_convert.deletion(request)
+        removed = await asyncio.to_thread(self.repository.delete, name, version)
+        return models_pb2.DeleteModelResponse(removed_versions=removed)
 
 
 def register(server: grpc.aio.Server, runtime: Runtime) -> Registration:

@@ -12,7 +12,8 @@ What is checked before anything is executed or unpickled:
   libraries, no pickled weights or constants, no custom or opaque objects), its uncompressed size is within
   the limit and the sample inputs load with ``torch.load(weights_only=True)``; after loading, every graph
   call is an ATen or prims operator or ``operator.getitem`` (the serialised graph may name any attribute
-  under ``torch``, such as ``torch.os.system``, so names alone are not trusted).
+  under ``torch``, such as ``torch.os.system``, so names alone are not trusted), besides the integer
+  arithmetic on symbolic sizes that dynamic dimensions record (``operator.mul``...).
 
 Every refusal of a file is ``InvalidArgument`` naming ``field`` with a message a user can act on.
 
@@ -50,7 +51,30 @@ _PT2_ENTRIES = re.compile(
     r"|extra/[A-Za-z0-9_.-]+)$"
 )
 _PT2_NAMESPACES = ("aten", "prims")
-_PT2_FUNCTIONS = (operator.getitem,)
+#: Python functions a program may call besides ATen/prims operators: tuple indexing, and the integer
+#: arithmetic and comparisons ``torch.export`` records on symbolic sizes of dynamic dimensions.
+_PT2_FUNCTIONS = (
+    operator.getitem,
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.floordiv,
+    operator.truediv,
+    operator.mod,
+    operator.neg,
+    operator.pow,
+    operator.eq,
+    operator.ne,
+    operator.lt,
+    operator.le,
+    operator.gt,
+    operator.ge,
+    torch.sym_float,
+    torch.sym_int,
+    torch.sym_max,
+    torch.sym_min,
+    torch.sym_not,
+)
 
 
 def _zip_names(path: Path) -> list[str] | None:
@@ -297,7 +321,8 @@ def check_pt2_archive(path: Path, *, max_bytes: int, field: str = "file") -> Non
 
 
 def check_pt2_graph(program: torch.export.ExportedProgram, *, max_nodes: int, field: str = "file") -> None:
-    """Every call in the loaded program is an ATen/prims operator or ``operator.getitem``."""
+    """Every call in the loaded program is an ATen/prims operator, ``operator.getitem`` or arithmetic on
+    symbolic sizes (``_PT2_FUNCTIONS``)."""
     nodes = list(program.graph.nodes)
     if len(nodes) > max_nodes:
         raise InvalidArgument(f"has {len(nodes)} graph nodes; the limit is {max_nodes}", field=field)

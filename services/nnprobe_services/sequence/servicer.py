@@ -20,10 +20,12 @@ import time
 from collections.abc import Iterator
 
 import grpc
+from nnprobe.api.sequence.v1 import models_pb2, sequence_pb2_grpc
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
-from nnprobe.api.sequence.v1 import sequence_pb2_grpc
 
 from nnprobe_services.errors import ShouldStop
+from nnprobe_services.repository import convert as model_convert
+from nnprobe_services.repository.task_models import TaskModels
 from nnprobe_services.sequence.jobs.metrics import JobCollector
 from nnprobe_services.sequence.jobs.watch import JobChanges
 from nnprobe_services.sequence.lm import convert as lm_convert
@@ -53,6 +55,13 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
         )
         self.jobs = lm_workflow.open_jobs(config, self.corpora, runtime.device)
         self.models = queries.ModelCache(self.jobs, runtime.device)
+        #: The user's recurrent models (recurrent_cell, sequence_model): UploadModel/ListModels/DeleteModel.
+        self.repository = TaskModels(
+            config.sequence_model_repository_dir,
+            accepted=("recurrent_cell", "sequence_model"),
+            max_model_bytes=config.vision.max_model_bytes,
+            max_model_nodes=config.vision.max_model_nodes,
+        )
         self.changes = JobChanges(loop)
         #: Set once ``drain`` has handed this replica's jobs over: WatchJob streams end then.
         self.drained = asyncio.Event()
@@ -175,6 +184,21 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
             ),
         )
         return lm_convert.nearest_reply(found, metric)
+
+    # -- the model repository ------------------------------------------------------------------------
+    async def UploadModel(self, request_iterator, context) -> models_pb2.UploadModelResponse:
+        started = time.monotonic()
+        upload = await model_convert.receive_upload(request_iterator, self.repository)
+        installed = await self.compute.run(context, lambda _stop: self.repository.install(upload))
+        return model_convert.upload_response(models_pb2, installed, started)
+
+    async def ListModels(self, request, context) -> models_pb2.ListModelsResponse:
+        return await asyncio.to_thread(model_convert.list_models, models_pb2, self.repository)
+
+    async def DeleteModel(self, request, context) -> models_pb2.DeleteModelResponse:
+        name, version = model_convert.deletion(request)
+        removed = await asyncio.to_thread(self.repository.delete, name, version)
+        return models_pb2.DeleteModelResponse(removed_versions=removed)
 
     # -- shutdown ------------------------------------------------------------------------------------
     async def drain(self, grace: float) -> None:

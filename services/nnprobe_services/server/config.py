@@ -125,6 +125,20 @@ class ServerConfig:
         return Path(self.vision.model_repository or Path(self.common.data_dir) / "models").expanduser()
 
     @property
+    def sequence_model_repository_dir(self) -> Path:
+        """SequenceService's model repository (``sequence_model_repository``, else
+        ``<data_dir>/sequence/models``)."""
+        folder = self.sequence.sequence_model_repository
+        return Path(folder or Path(self.common.data_dir) / "sequence" / "models").expanduser()
+
+    @property
+    def attention_model_repository_dir(self) -> Path:
+        """AttentionService's model repository (``attention_model_repository``, else
+        ``<data_dir>/attention/models``)."""
+        folder = self.attention.attention_model_repository
+        return Path(folder or Path(self.common.data_dir) / "attention" / "models").expanduser()
+
+    @property
     def address(self) -> str:
         """``host:port`` to bind, an IPv6 host in brackets (``[::1]:50051``, ``[::]:50051``)."""
         return self.common.address

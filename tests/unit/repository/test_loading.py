@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import operator
 import pickle
 
 import pytest
@@ -132,3 +133,16 @@ def test_loaded_cells_match_the_original_for_any_weights(tmp_path, seed, hidden,
     h = torch.randn(batch, hidden, dtype=torch.float64, generator=generator)
     (got,) = call_flat(module, [x, h])
     assert torch.allclose(got, cell.double()(x, h), rtol=0, atol=TOLERANCE)
+
+
+def test_a_dynamic_batch_attention_block_with_size_arithmetic_loads(tmp_path):
+    torch.manual_seed(8)
+    block = sequence_models.TokenMixer(8, pooled=True)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    data = sequence_models.pt2_bytes(block, (torch.randn(2, 5, 8),), ({0: batch},))
+    module = load_graph(written(tmp_path, "model.pt2", data), dtype=torch.float64)
+    # the export records the batch size arithmetic as operator.mul on symbolic sizes
+    assert any(node.target is operator.mul for node in module.graph.nodes)
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    (got,) = call_flat(module, [x])
+    assert torch.allclose(got, block.double()(x), rtol=0, atol=TOLERANCE)

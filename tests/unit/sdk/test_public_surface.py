@@ -136,8 +136,8 @@ def test_every_streamed_call_takes_one_callback_named_and_typed_the_same(client)
             with_callback.add(name)
     expected = {
         "VisionClient": {"attack", "upload_model"},
-        "SequenceClient": {"analyze_gradients", "compare_truncation", "wait_job"},
-        "AttentionClient": set(),
+        "SequenceClient": {"analyze_gradients", "compare_truncation", "upload_model", "wait_job"},
+        "AttentionClient": {"upload_model"},
     }
     assert with_callback == expected[client.__name__]
     assert ProgressCallback == Callable[[Progress], None]

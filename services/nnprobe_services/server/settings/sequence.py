@@ -17,6 +17,12 @@ class SequenceSettings(Section):
         description="Folder holding ptb.{train,valid,test}.txt.gz, searched before <data_dir>/ptb, "
         "<cache_dir>/ptb and the repository's sibling shared/data/ptb.",
     )
+    sequence_model_repository: UserPath | None = Field(
+        None,
+        description="The sequence model repository (recurrent_cell and sequence_model models: "
+        "<name>/config.yaml, <name>/<version>/model.onnx or model.pt2); unset: <data_dir>/sequence/models. "
+        "Replicas that mount one folder share it; files are limited by max_model_bytes and max_model_nodes.",
+    )
     ptb_download_timeout: float = Field(
         10.0,
         ge=0,
