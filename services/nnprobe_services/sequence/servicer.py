@@ -32,7 +32,13 @@ from nnprobe_services.sequence.lm import convert as lm_convert
 from nnprobe_services.sequence.lm import queries
 from nnprobe_services.sequence.lm import workflow as lm_workflow
 from nnprobe_services.sequence.lm.corpus import CorpusStore
-from nnprobe_services.sequence.recurrent import convert, workflow
+from nnprobe_services.sequence.recurrent import (
+    convert,
+    own_model_convert,
+    own_model_repository,
+    own_model_workflow,
+    workflow,
+)
 from nnprobe_services.server.app import Registration, Runtime
 from nnprobe_services.server.metrics import metrics_for
 
@@ -62,6 +68,8 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
             max_model_bytes=config.vision.max_model_bytes,
             max_model_nodes=config.vision.max_model_nodes,
         )
+        #: AnalyzeGradients' resolver of those models (loaded in the requested dtype on the device).
+        self.resolve_model = own_model_repository.resolver(self.repository, runtime.device)
         self.changes = JobChanges(loop)
         #: Set once ``drain`` has handed this replica's jobs over: WatchJob streams end then.
         self.drained = asyncio.Event()
@@ -79,6 +87,12 @@ class SequenceServicer(sequence_pb2_grpc.SequenceServiceServicer):
     async def AnalyzeGradients(self, request, context):
         def events(stop: ShouldStop) -> Iterator[pb.AnalyzeGradientsResponse]:
             start = time.perf_counter()
+            if request.model:  # the user's own model from the repository
+                limit = self.config.common.max_tensor_elements
+                run = own_model_convert.read_model_gradients(request, self.resolve_model, self.device, limit)
+                for own in own_model_workflow.analyze_model_gradients(run, start, stop):
+                    yield own_model_convert.model_gradients_reply(own)
+                return
             sweep = self.read.gradients(request)
             for event in workflow.analyze_gradients(sweep, request.plot, start, stop):
                 yield convert.gradients_reply(event, sweep)
