@@ -106,6 +106,7 @@ def test_an_uploaded_lstm_cell_streams_the_autograd_norms(served, originals):
         "state",
     )
     assert flow.distances.tolist() == [8, 7, 6, 5, 4, 3, 2, 1] and flow.loss_gradient_norms is None
+    assert flow.loss is None
     assert flow.regime in ("vanishing", "stable", "exploding") and flow.cell_regime is not None
     assert (result.sequence_length, result.hidden_size, result.input_size, result.runs) == (8, 4, 3, [])
     assert events and (events[-1].done, events[-1].total) == (8, 8)

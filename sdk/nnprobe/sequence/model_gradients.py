@@ -73,7 +73,8 @@ class ModelGradientFlow:
     step_norms: np.ndarray | None
     #: |dL/dx_k|_2 with L = sum(y_T), or None (cells).
     loss_gradient_norms: np.ndarray | None
-    loss: float
+    #: L = sum(y_T), or None (cells).
+    loss: float | None
     #: exp(slope) of log(jacobian_norms) against the distance: the per-step growth or decay factor.
     growth_rate: float
     regime: str
@@ -100,7 +101,7 @@ def model_flow(m: Any) -> ModelGradientFlow:
         cell_state_norms=optional(m.cell_state_norms),
         step_norms=optional(m.step_norms),
         loss_gradient_norms=optional(m.loss_gradient_norms),
-        loss=m.loss,
+        loss=None if m.measured == pb.MEASURED_GRADIENT_STATE else m.loss,
         growth_rate=m.growth_rate,
         regime=_REGIMES.get(m.regime, "unspecified"),
         cell_growth_rate=m.cell_growth_rate if two_states else None,
