@@ -21,6 +21,7 @@ from nnprobe.api.sequence.v1 import sequence_pb2_grpc
 from nnprobe.cli import main
 from nnprobe.errors import field_violations
 
+from tests.support import sequence_models
 from tests.support.recurrent_models import (
     F64,
     EmbeddedGRU,
@@ -41,7 +42,8 @@ def originals():
     lstm = torch.nn.LSTMCell(3, 4).to(F64)
     gru = torch.nn.GRU(2, 3, batch_first=True).to(F64)
     tokens = EmbeddedGRU(12, 3, 4).to(F64)
-    return {"lstm": lstm, "gru": gru, "tokens": tokens}
+    onnx = torch.nn.GRUCell(3, 4)  # float32: ONNX files are float32; the server widens the weights exactly
+    return {"lstm": lstm, "gru": gru, "tokens": tokens, "onnx": onnx}
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +62,22 @@ def served(module_server_factory, tmp_path_factory, originals):
         _export(tokens, (torch.zeros(2, 5, dtype=torch.int64),), ({0: batch},))
     )
     (files / "fixed.pt2").write_bytes(pt2_with_fixed_batch(torch.nn.GRUCell(3, 4), 2))
+    onnx_cell = originals["onnx"]
+    (files / "onnx.onnx").write_bytes(
+        sequence_models.onnx_bytes(onnx_cell, (torch.randn(2, 3), torch.randn(2, 4)), ["x", "h"])
+    )
     configs = {
         "lstm": {"task": "recurrent_cell", "input_size": 3, "hidden_size": 4, "states": 2},
         # torch.export specializes the length of nn.GRU: the configs declare it
         "gru": {"task": "sequence_model", "input_size": 2, "hidden_size": 3, "sequence_length": 6},
         "tokens": {"task": "sequence_model", "vocabulary": 12, "hidden_size": 4, "sequence_length": 5},
         "fixed": {"task": "recurrent_cell", "input_size": 3, "hidden_size": 4, "batch_size": 2},
+        "onnx": {"task": "recurrent_cell", "input_size": 3, "hidden_size": 4},
     }
     with SequenceClient(address, timeout=120) as client:
         for name, config in configs.items():
-            client.upload_model(files / f"{name}.pt2", name=name, config=config, progress=False)
+            path = files / (f"{name}.onnx" if name == "onnx" else f"{name}.pt2")
+            client.upload_model(path, name=name, config=config, progress=False)
         yield client, address, repository
 
 
@@ -130,6 +138,22 @@ def test_a_sequence_model_on_given_inputs_and_an_embedding_on_token_ids(served, 
     np.testing.assert_allclose(flow.jacobian_norms, blocks, rtol=REL, atol=0)
     np.testing.assert_allclose(flow.loss_gradient_norms, grads, rtol=REL, atol=0)
     assert flow.measured == "embedding" and flow.distances.tolist() == [4, 3, 2, 1, 0]
+
+
+def test_an_onnx_cell_in_float64_and_float32(served, originals):
+    """onnx2torch's graph of a GRUCell: float64 equals autograd on the original widened to float64; the
+    float32 analysis agrees to float32 precision."""
+    client, _, _ = served
+    exact = client.analyze_gradients(model="onnx", sequence_length=6, seed=5, progress=False).model_flow
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(5), dtype=F64)
+    want = direct_cell_norms(originals["onnx"].to(F64), x, [torch.zeros(4, dtype=F64)])
+    np.testing.assert_allclose(exact.jacobian_norms, want["h"], rtol=REL, atol=0)
+    np.testing.assert_allclose(exact.step_norms, want["step"], rtol=REL, atol=0)
+    served32 = client.analyze_gradients(
+        model="onnx", sequence_length=6, seed=5, dtype="float32", progress=False
+    ).model_flow
+    np.testing.assert_allclose(served32.jacobian_norms, want["h"], rtol=1e-4, atol=0)
+    assert served32.regime == exact.regime
 
 
 def test_the_asyncio_client_and_the_cli_agree_with_the_sync_client(served):

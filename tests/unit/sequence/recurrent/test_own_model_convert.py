@@ -4,6 +4,8 @@ recipe, the streamed result equals torch.autograd on the original module, and ev
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nnprobe import tensors
 from nnprobe.api.common.v1 import common_pb2
 from nnprobe.api.sequence.v1 import sequence_pb2 as pb
@@ -231,3 +233,20 @@ def test_a_model_exported_for_one_length_takes_that_length():
                 pb.AnalyzeGradientsRequest(model="fixed", **fields), lambda *_: model, CPU, LIMIT
             )
         assert error.value.field == field
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    steps=st.integers(1, 6),
+    width=st.integers(1, 6).filter(lambda w: w != 3),
+    ids=st.lists(st.integers(-(2**40), 2**40), min_size=1, max_size=6).filter(
+        lambda v: min(v) < 0 or max(v) >= 9
+    ),
+)
+def test_property_inputs_of_another_width_and_ids_outside_the_vocabulary_are_named(steps, width, ids):
+    with pytest.raises(InvalidArgument, match=r"\(T, 3\)") as wrong:
+        read(model="lstm", inputs=tensors.to_tensor(np.zeros((steps, width))))
+    assert wrong.value.field == "inputs"
+    with pytest.raises(InvalidArgument, match=r"0\.\.8") as outside:
+        read(model="tokens", token_ids=ids)
+    assert outside.value.field == "token_ids"
