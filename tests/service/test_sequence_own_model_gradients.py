@@ -30,6 +30,7 @@ from tests.support.recurrent_models import (
     direct_sequence_norms,
     pt2_with_fixed_batch,
 )
+from tests.support.waiting import wait_for_stops
 
 REL = 1e-10
 #: The initial state's generator offset from the seed, as docs/recurrent.md states it.
@@ -243,3 +244,13 @@ def test_a_model_of_another_task_is_a_failed_precondition_on_model(served):
         client.analyze_gradients(model="mixer", sequence_length=3, progress=False)
     assert error.value.code.name == "FAILED_PRECONDITION"
     assert [v.field for v in error.value.field_violations] == ["model"]
+
+
+def test_a_deadline_stops_the_products_between_steps(served, stops):
+    client, _, _ = served
+    with pytest.raises(NnprobeError) as caught:
+        client.analyze_gradients(model="lstm", sequence_length=10_000, timeout=0.5, progress=False)
+    assert caught.value.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+    wait_for_stops(stops, r"Jacobians of 10000 left|forward step \d+ of 10000")  # the server's loop ended
+    again = client.analyze_gradients(model="lstm", sequence_length=3, progress=False).model_flow
+    assert len(again.jacobian_norms) == 3
