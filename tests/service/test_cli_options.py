@@ -118,6 +118,8 @@ REQUIRES = {
     ("rf", "--erf-image"): ["--erf"],
     ("rnn gradients", "--input-file"): ["--model", "cell"],
     ("rnn gradients", "--token-ids"): ["--model", "cell"],
+    ("attention equivariance", "--noise-ratio-threshold"): ["--model", "encoder"],
+    ("attention pooling", "--noise-ratio-threshold"): ["--model", "encoder"],
 }
 FILE_VALUES = {
     ("rnn forward", "--inputs"): ["{tmp}/inputs.npy"],

@@ -7,7 +7,12 @@ import argparse
 import numpy as np
 
 from nnprobe.attention import ACTIVATIONS, POOLINGS, SOFTMAX_MODES, STRATEGIES, AttentionClient
-from nnprobe.cli.attention_certificate import add_model_options, model_kwargs, print_certificate
+from nnprobe.cli.attention_certificate import (
+    add_model_options,
+    check_model_options,
+    model_kwargs,
+    print_certificate,
+)
 from nnprobe.cli.output import add_client_options, client_kwargs, print_fields, print_json
 from nnprobe.cli.repository_models import add_model_commands
 
@@ -36,6 +41,7 @@ def _attention_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _attention_kwargs(args: argparse.Namespace) -> dict:
+    check_model_options(args)
     x = _load_array(args.x)
     if args.model is not None:
         return model_kwargs(args, x)

@@ -7,8 +7,22 @@ import argparse
 from typing import Any
 
 from nnprobe.cli.output import print_fields
+from nnprobe.cli.parsing import UsageError
 
 INT64_MAX = 2**63 - 1
+#: Options of a built attention layer (argparse dest -> flag, default): refused with --model.
+LAYER_OPTIONS = {
+    "sequence_length": ("-T", 5),
+    "model_dim": ("-D", 8),
+    "weights": ("--weights", None),
+    "heads": ("--heads", 1),
+    "scale": ("--scale", None),
+    "softmax": ("--softmax", "row"),
+    "positional_encoding": ("--positional-encoding", "none"),
+    "causal": ("--causal", False),
+    "dtype": ("--dtype", "float64"),
+    "pooling": ("--pooling", "mean"),
+}
 
 
 def model_reference(text: str) -> tuple[str, int]:
@@ -37,8 +51,20 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_model_options(args: argparse.Namespace) -> None:
+    """Refuse ``--noise-ratio-threshold`` without ``--model``, and a built layer's options with it (either
+    would be ignored in silence)."""
+    if args.model is None:
+        if args.noise_ratio_threshold is not None:
+            raise UsageError("--noise-ratio-threshold goes with --model")
+        return
+    for dest, (flag, default) in LAYER_OPTIONS.items():
+        if getattr(args, dest, default) != default:
+            raise UsageError(f"{flag} describes a built attention layer; leave it out with --model")
+
+
 def model_kwargs(args: argparse.Namespace, x: Any) -> dict[str, Any]:
-    """The SDK arguments of a ``--model`` check."""
+    """The SDK arguments of a ``--model`` check (after ``check_model_options``)."""
     name, version = args.model
     return {
         "model": name,

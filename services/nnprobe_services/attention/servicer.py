@@ -1,17 +1,20 @@
 """AttentionService: each handler converts the request to plain values (``convert``), plans and runs one
-check (``workflow``), and converts the result back. Decoding tensors and checking them is NumPy work, so
+check (``workflow``; a repository token model's symmetry certificate when the request names a ``model``),
+and converts the result back. Decoding tensors and checking them is NumPy work, so
 reading the request runs in the compute pool with the check, never on the event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import grpc
 from nnprobe.api.attention.v1 import attention_pb2 as pb
 from nnprobe.api.attention.v1 import attention_pb2_grpc, models_pb2
 
 from nnprobe_services.attention import convert, workflow
+from nnprobe_services.attention.certificates.certify import Certificate
 from nnprobe_services.attention.checks import PermutationCheck
 from nnprobe_services.attention.plans import Limits
 from nnprobe_services.errors import StopSignal
@@ -38,20 +41,40 @@ class AttentionServicer(attention_pb2_grpc.AttentionServiceServicer):
         )
 
     async def CheckPermutationEquivariance(self, request, context):
+        if request.model:
+            result = await self.compute.run(context, self._certify(request, "equivariance"))
+            return convert.model_equivariance_reply(result)
+
         def check(stop: StopSignal) -> PermutationCheck:
+            convert.refuse_model_fields(request)
             spec, options = convert.permutation_check(request.attention, request.permutations, self.limits)
             return workflow.equivariance(spec, options, self.limits, self.device, stop)
 
         return convert.equivariance_reply(await self.compute.run(context, check))
 
     async def CheckPoolingInvariance(self, request, context):
+        if request.model:
+            result = await self.compute.run(context, self._certify(request, "invariance"))
+            return convert.model_pooling_reply(result)
         pooling = convert.pooling(request)
 
         def check(stop: StopSignal) -> PermutationCheck:
+            convert.refuse_model_fields(request)
             spec, options = convert.permutation_check(request.attention, request.permutations, self.limits)
             return workflow.pooling_invariance(spec, options, pooling, self.limits, self.device, stop)
 
         return convert.pooling_reply(await self.compute.run(context, check))
+
+    def _certify(self, request, action: str) -> Callable[[StopSignal], Certificate]:
+        """The certificate of the repository token model a Check* request names (``action``:
+        ``equivariance`` or ``invariance``), as a function for the compute pool."""
+        resolve = workflow.token_model_resolver(self.repository)
+
+        def run(stop: StopSignal) -> Certificate:
+            spec = convert.model_check(request, action, self.limits)
+            return workflow.model_certificate(spec, resolve, self.limits, self.device, stop)
+
+        return run
 
     async def CheckFeedForwardEquivalence(self, request, context):
         result = await self.compute.run(
