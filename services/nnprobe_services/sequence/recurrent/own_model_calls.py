@@ -51,8 +51,13 @@ def random_states(sizes: Sequence[int], seed: int, dtype: torch.dtype) -> tuple[
 def on_device(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``module`` (changed in place) on ``device``: its parameters and buffers, and for a graph every node
     that names a device (``torch.export`` records ``aten.zeros(..., device=cpu)`` for the initial state of
-    ``nn.LSTM`` / ``nn.GRU``), so a model exported on one device runs on the server's."""
+    ``nn.LSTM`` / ``nn.GRU``) and the tensor constants it holds as plain attributes, so a model exported on
+    one device runs on the server's."""
     module.to(device)
+    for sub in module.modules():
+        for name, value in list(vars(sub).items()):
+            if isinstance(value, torch.Tensor) and value.device != device:
+                setattr(sub, name, value.to(device))
     graph = getattr(module, "graph", None)
     if graph is None:
         return module

@@ -179,3 +179,23 @@ def test_on_device_moves_the_devices_a_graph_names():
     assert all(p.device == meta for p in loaded.parameters())
     y = loaded(torch.zeros(1, 4, 2, dtype=F64, device=meta))
     assert y[0].device == meta and tuple(y[0].shape) == (1, 4, 3)
+
+
+class _Shifted(torch.nn.Module):
+    """y = x + c with c a plain tensor attribute (torch.export keeps it as one, not as a buffer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = torch.tensor([1.0, 2.0], dtype=F64)
+
+    def forward(self, x):
+        return x + self.c
+
+
+def test_on_device_moves_tensor_constants_held_as_plain_attributes():
+    loaded = exported(_Shifted(), (torch.zeros(1, 3, 2, dtype=F64),))
+    meta = torch.device("meta")
+    on_device(loaded, meta)
+    held = [v for sub in loaded.modules() for v in vars(sub).values() if isinstance(v, torch.Tensor)]
+    assert held and all(v.device == meta for v in held)
+    assert loaded(torch.zeros(1, 3, 2, dtype=F64, device=meta)).device == meta
