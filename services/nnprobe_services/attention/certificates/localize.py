@@ -1,12 +1,18 @@
 """Where a symmetry breaks: the first node of the graph whose output stops commuting with the permutation.
 
-The float64 graph is run node by node (``torch.fx.Interpreter``) on X and on PX. A node's output
-*commutes* with P when its value under PX equals, within the tolerance, its value under X
+The float64 graph is run node by node (``torch.fx.Interpreter``) on X and on PX. Nodes that do not depend
+on the input (weights, a positional-embedding parameter, constants) are the same in both runs and are
+skipped. The output of a node that depends on the input *commutes* with P when its value under PX equals,
+within the tolerance, its value under X
 
-- unchanged (an invariant value: weights, a positional-embedding parameter, a pooled vector), or
 - permuted along its token axes: every axis of length T (the input's axis 1, or the same axis moved by a
   transpose; one axis, or two for a T x T score matrix), or an axis of length k*T that merges the token axis
-  with another one ((B*T, D) or (T*B, D) in either order).
+  with another one ((B*T, D) or (T*B, D) in either order); or
+- unchanged (an invariant value: a pooled vector, a shape), except for a value laid out with tokens:
+  three or more dimensions with T on axis 1, on axis 0 (sequence-first, when T != B) or on the last two
+  axes (scores). Such a value must move with the tokens: so ``x + positions`` breaks at the ``add`` even
+  when the tokens of ``x`` happen to coincide (after attention has averaged them), while a pooled (B, D)
+  or (B, 1, D) with D = T or B = T is not mistaken for a token axis.
 
 Walking the nodes in graph order, the first node that does not commute while every tensor it reads does is
 reported (a node downstream of a broken one is not first). The node that produces the model's output is
@@ -131,8 +137,20 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     return []
 
 
+def _laid_out_with_tokens(shape: torch.Size, b: int, t: int) -> bool:
+    """Whether a value of ``shape`` holds tokens (see the module docstring), batch size ``b``."""
+    if len(shape) < 3:
+        return False
+    return shape[1] == t or (shape[0] == t != b) or (len(shape) >= 4 and shape[-1] == shape[-2] == t)
+
+
 def _off(
-    plain: torch.Tensor, permuted: torch.Tensor, perm: torch.Tensor, declared: str | None, tol: float
+    plain: torch.Tensor,
+    permuted: torch.Tensor,
+    perm: torch.Tensor,
+    declared: str | None,
+    tol: float,
+    batch: int,
 ) -> float:
     """The distance of ``permuted`` from the nearest commuting answer (the first one within ``tol``)."""
     if plain.shape != permuted.shape:
@@ -141,12 +159,14 @@ def _off(
         if plain.ndim < 2 or plain.shape[1] != len(perm):
             return float("inf")
         return _distance(permuted, plain.index_select(1, perm))
-    best = _distance(permuted, plain)
-    if declared is None:
-        for candidate in _candidates(plain.shape, perm):
-            if best <= tol:
-                break
-            best = min(best, _distance(permuted, candidate(plain)))
+    if declared == "invariance":
+        return _distance(permuted, plain)
+    tokens_must_move = _laid_out_with_tokens(plain.shape, batch, len(perm))
+    best = float("inf") if tokens_must_move else _distance(permuted, plain)
+    for candidate in _candidates(plain.shape, perm):
+        if best <= tol:
+            break
+        best = min(best, _distance(permuted, candidate(plain)))
     return best
 
 
@@ -191,13 +211,16 @@ def first_breaking_node(
     permuted = _values(graph, x.index_select(1, index))
     producers = _output_producers(graph)
     broken: set[torch.fx.Node] = set()
+    depends: set[torch.fx.Node] = set()
     for node in graph.graph.nodes:
-        if node.op == "output":
+        if node.op == "placeholder" or any(source in depends for source in node.all_input_nodes):
+            depends.add(node)
+        if node.op == "output" or node not in depends:
             continue
         a, b = _tensors(plain.get(node)), _tensors(permuted.get(node))
         declared = action if node in producers else None
         tols = [_tolerance(u, tolerance) for u in a]
-        offs = [_off(u, v, index, declared, tol) for u, v, tol in zip(a, b, tols, strict=True)]
+        offs = [_off(u, v, index, declared, tol, x.shape[0]) for u, v, tol in zip(a, b, tols, strict=True)]
         failing = [(off, tol, u) for off, tol, u in zip(offs, tols, a, strict=True) if off > tol]
         if not failing:
             continue

@@ -31,9 +31,8 @@ def test_the_add_is_first_and_what_follows_it_is_not():
     pos = model.positions.detach()
     with torch.no_grad():
         h = model.linear(x)
-    # (h[:, p] + pos) against the nearest commuting answer: (h + pos)[:, p] or (h + pos).
-    expected = min(float((pos - pos[:, PERM]).abs().max()), float((h[:, PERM] - h).abs().max()))
-    assert node.deviation == pytest.approx(expected, rel=1e-12)
+    # (h[:, p] + pos) against (h + pos)[:, p]: a (B, T, D) value must move with the tokens.
+    assert node.deviation == pytest.approx(float((pos - pos[:, PERM]).abs().max()), rel=1e-12)
     assert node.tolerance == pytest.approx(1e-9 * max(1.0, float((h + pos).abs().max())), rel=1e-12)
 
 
@@ -93,3 +92,47 @@ def test_an_equivariant_output_asked_to_be_invariant_breaks_at_the_last_node():
 def test_an_unknown_action_is_a_value_error():
     with pytest.raises(ValueError, match="action"):
         first_breaking_node(torch.fx.symbolic_trace(Equivariant()), x64(), PERM, action="rotation")
+
+
+class CoincidingTokens(torch.nn.Module):
+    """Every token of ``y`` equal (a broadcast mean), then a position term: the add is where it breaks."""
+
+    def __init__(self, t, d):
+        super().__init__()
+        self.positions = torch.nn.Parameter(torch.randn(1, t, d, dtype=torch.float64))
+
+    def forward(self, x):
+        y = x.mean(dim=1, keepdim=True).expand_as(x) * 2
+        return torch.tanh(y + self.positions)
+
+
+def test_a_position_term_on_coinciding_tokens_breaks_at_the_add():
+    graph = torch.fx.symbolic_trace(CoincidingTokens(T, D))
+    node = first_breaking_node(graph, x64(4), PERM, action="equivariance")
+    assert node is not None and node.name == "add"  # y[:, p] + pos == y + pos: unchanged, yet not moved
+
+
+class DeepSetsLayer(torch.nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.linear = torch.nn.Linear(d, d, dtype=torch.float64)
+
+    def forward(self, x):
+        pooled = self.linear(x.mean(dim=1, keepdim=True))  # (B, 1, D)
+        return x + pooled, x.mean(dim=1)  # (B, T, D) and (B, D)
+
+
+def test_pooled_values_are_not_taken_for_tokens_when_b_t_and_d_coincide():
+    n = 3
+    graph = torch.fx.symbolic_trace(DeepSetsLayer(n))
+    x = torch.randn(n, n, n, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    perm = [1, 2, 0]
+    with torch.no_grad():
+        (a, pooled), (a_moved, pooled_moved) = graph(x), graph(x[:, perm])
+    assert torch.allclose(a_moved, a[:, perm], rtol=0, atol=1e-12)
+    assert torch.allclose(pooled_moved, pooled, rtol=0, atol=1e-12)
+    for node in graph.graph.nodes:
+        if node.op == "output":
+            node.args = (node.args[0][0],)  # hold the (B, T, D) output to equivariance
+    graph.recompile()
+    assert first_breaking_node(graph, x, perm, action="equivariance") is None

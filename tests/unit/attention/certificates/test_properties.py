@@ -74,7 +74,9 @@ def adding_node(graph):
 
 @st.composite
 def stacks(draw):
-    t, d = draw(st.integers(2, 5)), draw(st.integers(2, 6))
+    # D >= 3: LayerNorm over D = 2 maps every token to ±(1, -1), so tokens coincide and a position term
+    # can vanish from the output (the model is then symmetric on that input).
+    t, d = draw(st.integers(2, 5)), draw(st.integers(3, 6))
     names = draw(st.lists(st.sampled_from(PIECES), min_size=1, max_size=4))
     position_at = draw(st.none() | st.integers(0, len(names)))
     return t, d, names, position_at, draw(st.integers(0, 2**16))
