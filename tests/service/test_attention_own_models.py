@@ -129,3 +129,12 @@ def test_the_cli_prints_the_certificate(attention_server, uploaded, capsys):
         ["attention", "pooling", "--model", "encoder", "--heads", "2", "--address", attention_server]
     )
     assert status == 2 and "--heads describes a built attention layer" in capsys.readouterr().err
+
+
+def test_a_deadline_stops_a_long_certificate(attention, uploaded):
+    with pytest.raises(NnprobeError) as error:
+        attention.check_permutation_equivariance(
+            model="encoder", strategy="sampled", num_samples=200_000, timeout=1.0
+        )
+    assert error.value.code.name == "DEADLINE_EXCEEDED"
+    assert attention.check_permutation_equivariance(model="encoder").holds  # the server is free again

@@ -184,3 +184,12 @@ def test_a_model_that_fails_on_its_input_is_a_failed_precondition():
             exhaustive=True,
         )
     assert error.value.field == "model" and "the model failed on its input" in error.value.message
+
+
+def test_all_720_permutations_of_six_tokens():
+    torch.manual_seed(7)
+    result, _, graph32, x = run(EncoderModel(6, D), "equivariance", t=6)
+    assert result.holds and result.exhaustive and result.permutations_checked == 720  # 6!
+    errors32 = brute_force_errors(graph32, x.float(), invariant=False, t=6)
+    assert len(errors32) == 720 and result.deviation == max(errors32.values())
+    assert result.ratio <= 3.0
