@@ -637,8 +637,8 @@ class BreakingNode(_message.Message):
     target: _builtins.str
     """What it computes: the operator (e.g. "aten.add.Tensor", "getitem") or the module's class and path."""
     deviation: _builtins.float
-    """Distance of its output under PX from the nearest commuting answer (unchanged, or permuted along
-    its token axes), max norm, float64.
+    """Distance of its output under PX from the nearest commuting answer (permuted along its token axes;
+    or unchanged, for a value not laid out with tokens such as a pooled vector), max norm, float64.
     """
     tolerance: _builtins.float
     """The tolerance it exceeded: 1e-9 * max(1, max |output|) for float64 outputs."""
