@@ -271,11 +271,12 @@ class AttentionClient(RepositoryModelMethods):
         1e-4 in float32), 0 for exact equality. A ``scale`` of 0 or below is refused (INVALID_ARGUMENT).
 
         Your own model: ``model`` names a ``token_model`` of the repository (``model_version``: 0 for the
-        latest), taking X (B, T, D) with tokens on axis 1. ``x`` is then (B, T, D), or drawn from ``seed`` at
-        the configured shape; the layer arguments are left out. The result's ``certificate`` judges the
-        float32 deviation against the model's own float32-vs-float64 noise: it holds when the ratio is <=
-        ``noise_ratio_threshold`` (default 10). ``strategy`` ``auto`` checks all T! permutations when T <= 6;
-        ``tolerance`` is then the relative float64 tolerance of locating the first breaking node (1e-9).
+        latest), taking X (B, T, D) with tokens on axis 1. ``x`` is then (B, T, D) (token ids (B, T) for
+        a model with a vocabulary), or drawn from ``seed`` at the configured shape; the layer arguments are
+        left out. The result's ``certificate`` judges the float32 deviation against the model's own
+        float32-vs-float64 noise: it holds when the ratio is <= ``noise_ratio_threshold`` (default 10).
+        ``strategy`` ``auto`` checks all T! permutations when T <= 6; ``tolerance`` is then the relative
+        float64 tolerance of locating the first breaking node (1e-9).
         """
         request = permutation_request(**request_arguments(locals()))
         response = self._unary(self._stub.CheckPermutationEquivariance, request, timeout)

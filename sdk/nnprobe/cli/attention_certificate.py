@@ -42,7 +42,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         type=model_reference,
         metavar="NAME[:VERSION]",
         help="certify a repository token model (X (B, T, D), tokens on axis 1) instead of a built layer; "
-        "--x is then a (B, T, D) .npy file, and -T/-D and the layer options are not used",
+        "--x is then a (B, T, D) .npy file (token ids (B, T) for a model with a vocabulary), and -T/-D and "
+        "the layer options are not used",
     )
     parser.add_argument(
         "--noise-ratio-threshold",

@@ -192,7 +192,9 @@ def model_check(request: Any, action: str, limits: Limits) -> ModelCheckSpec:
         model=request.model,
         action=action,
         model_version=request.model_version,
-        x=_tensor(request.x, "x", 3, limits) if request.HasField("x") else None,
+        x=valid.tensor(request.x, "x", max_elements=limits.max_tensor_elements)
+        if request.HasField("x")
+        else None,
         seed=request.seed,
         strategy=options.strategy,
         num_samples=options.num_samples,

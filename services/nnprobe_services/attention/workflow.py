@@ -32,7 +32,7 @@ from nnprobe_services.attention.plans import (
     plan_feed_forward,
     plan_permutation_check,
 )
-from nnprobe_services.errors import FailedPrecondition, InvalidArgument, ShouldStop, never
+from nnprobe_services.errors import InvalidArgument, ShouldStop, never
 from nnprobe_services.repository.task_models import TaskModels
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -165,10 +165,10 @@ def model_certificate(
     """Certify a repository token model (``certificates``): resolve it in float64 and in float32 (the same
     version), plan the check against its configured input shape and ``limits``, and run it on ``device``.
 
-    The input is ``spec.x`` rounded to float32 (so both precisions see the same numbers) or drawn from
-    ``spec.seed``. Raises what ``resolve`` and ``plan_model_check`` raise (``NotFound``, ``InvalidArgument``,
-    ``FailedPrecondition``, ``ResourceExhausted`` naming the field), ``Cancelled`` when ``stop`` answers
-    true between permutations.
+    The input is ``spec.x`` rounded to float32 (so both precisions see the same numbers; token ids as they
+    are, for a model with a vocabulary) or drawn from ``spec.seed``. Raises what ``resolve`` and
+    ``plan_model_check`` raise (``NotFound``, ``InvalidArgument``, ``FailedPrecondition``,
+    ``ResourceExhausted`` naming the field), ``Cancelled`` when ``stop`` answers true between permutations.
     """
     exact = resolve(spec.model, spec.model_version, torch.float64)
     plan = plan_model_check(
@@ -176,12 +176,15 @@ def model_certificate(
         exact.input_shape,
         max_tensor_elements=limits.max_tensor_elements,
         max_permutations=limits.max_permutations,
+        vocabulary=exact.vocabulary,
     )
     served = resolve(spec.model, exact.version, torch.float32)
-    if spec.x is not None:
-        x = torch.from_numpy(np.ascontiguousarray(spec.x)).to(torch.float32).to(torch.float64)
+    if spec.x is None:
+        x = noise.draw_input(plan.shape, spec.seed, exact.vocabulary)
+    elif exact.vocabulary is not None:
+        x = torch.from_numpy(np.ascontiguousarray(spec.x)).to(torch.int64)
     else:
-        x = noise.draw_input(plan.shape, spec.seed)
+        x = torch.from_numpy(np.ascontiguousarray(spec.x)).to(torch.float32).to(torch.float64)
     perms = certify.permutations(
         plan.shape[1], exhaustive=plan.exhaustive, samples=plan.samples, seed=spec.seed
     )
@@ -218,22 +221,18 @@ def _on_device(graph: torch.fx.GraphModule, device: torch.device) -> torch.fx.Gr
 def token_model_resolver(models: TaskModels) -> Resolve:
     """The ``Resolve`` of ``model_certificate`` over a repository of token models: a version loaded in the
     precision asked for, with the input shape (B, T, D) of its configuration (``batch_size`` and
-    ``sequence_length`` when declared, else the B = 2 and T = 5 it was probed with, and ``d_model``).
+    ``sequence_length`` when declared, else the B = 2 and T = 5 it was probed with, and ``d_model``; a
+    model with a ``vocabulary`` takes token ids (B, T)).
 
-    Raises ``NotFound`` on ``model`` / ``model_version`` for an unknown name or version, and
-    ``FailedPrecondition`` on ``model`` for a model that takes token ids (``vocabulary``): the certificate
-    permutes float inputs (B, T, D)."""
+    Raises ``NotFound`` on ``model`` / ``model_version`` for an unknown name or version."""
 
     def resolve(name: str, version: int, dtype: torch.dtype) -> TokenModel:
         loaded = models.load(name, version, dtype)
         config = loaded.config
         if config.vocabulary is not None:
-            raise FailedPrecondition(
-                f"{name!r} takes token ids (vocabulary {config.vocabulary}); the certificate permutes float "
-                "inputs (B, T, D): upload the model from its embedding's output on",
-                field="model",
-            )
-        shape = (config.batch, config.length, config.hidden_size)
-        return TokenModel(loaded.name, loaded.version, loaded.module, shape)
+            shape: tuple[int, ...] = (config.batch, config.length)
+        else:
+            shape = (config.batch, config.length, config.hidden_size)
+        return TokenModel(loaded.name, loaded.version, loaded.module, shape, config.vocabulary)
 
     return resolve

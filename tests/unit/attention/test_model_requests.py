@@ -6,6 +6,7 @@ import pytest
 import torch
 from nnprobe import tensors
 from nnprobe.api.attention.v1 import attention_pb2 as pb
+from nnprobe.api.common.v1 import common_pb2
 from nnprobe_services.attention import convert, workflow
 from nnprobe_services.attention.certificates.plans import TokenModel
 from nnprobe_services.attention.plans import Limits
@@ -97,7 +98,9 @@ def test_pooling_needs_x_when_no_shape_is_configured_and_names_the_select(resolv
             "permutations.strategy",
         ),
         (
-            pb.CheckPermutationEquivarianceRequest(model="m", x=tensors.to_tensor(np.zeros((2, 3)))),
+            pb.CheckPermutationEquivarianceRequest(
+                model="m", x=common_pb2.Tensor(dtype=common_pb2.DTYPE_FLOAT64, shape=[2, 3], data=bytes(8))
+            ),
             "equivariance",
             "x",
         ),

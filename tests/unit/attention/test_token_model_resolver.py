@@ -1,17 +1,19 @@
-"""workflow.token_model_resolver over a real repository of token models: uploaded exports certified by name,
-the configured shape used, unknown names and token-id models refused naming the field."""
+"""workflow.token_model_resolver over a real repository of token models: uploaded exports certified by name at
+the configured shape, models of token ids certified by permuting the ids, unknown names refused."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 
+import numpy as np
 import pytest
 import torch
 from nnprobe_services.attention import workflow
+from nnprobe_services.attention.certificates import noise
 from nnprobe_services.attention.certificates.plans import ModelCheckSpec
 from nnprobe_services.attention.plans import Limits
-from nnprobe_services.errors import FailedPrecondition, NotFound, never
+from nnprobe_services.errors import InvalidArgument, NotFound, never
 from nnprobe_services.repository.task_models import TaskModels
 
 from tests.support.token_models import EncoderModel, brute_force_errors, export_bytes
@@ -73,19 +75,42 @@ def test_an_unknown_model_is_not_found(models):
 
 
 class Embedded(torch.nn.Module):
-    def __init__(self):
+    """Token ids -> an embedding -> an encoder layer, optionally with learned position embeddings."""
+
+    def __init__(self, positions: bool):
         super().__init__()
         self.embedding = torch.nn.Embedding(10, D)
+        self.positions = torch.nn.Embedding(T, D) if positions else None
+        self.layer = torch.nn.TransformerEncoderLayer(D, 2, 2 * D, dropout=0.0, batch_first=True)
 
     def forward(self, ids):
-        return self.embedding(ids).tanh()
+        h = self.embedding(ids)
+        if self.positions is not None:
+            h = h + self.positions(torch.arange(ids.shape[1]))
+        return self.layer(h)
 
 
-def test_a_model_of_token_ids_is_a_failed_precondition(models):
-    ids = torch.zeros(2, 5, dtype=torch.long)
+@pytest.mark.parametrize("positions", [False, True])
+def test_a_model_of_token_ids_permutes_the_ids(models, positions):
+    torch.manual_seed(11)
+    model = Embedded(positions).eval()
     buffer = io.BytesIO()
-    torch.export.save(torch.export.export(Embedded(), (ids,)), buffer)
-    upload(models, "ids", buffer.getvalue(), f"task: token_model\nd_model: {D}\nvocabulary: 10\n")
-    with pytest.raises(FailedPrecondition) as error:
-        workflow.token_model_resolver(models)("ids", 0, torch.float64)
-    assert error.value.field == "model" and "token ids" in error.value.message
+    torch.export.save(torch.export.export(model, (torch.zeros(B, T, dtype=torch.long),)), buffer)
+    config = f"task: token_model\nd_model: {D}\nvocabulary: 10\nbatch_size: {B}\nsequence_length: {T}\n"
+    upload(models, "ids", buffer.getvalue(), config)
+    resolve = workflow.token_model_resolver(models)
+    spec = ModelCheckSpec("ids", "equivariance", seed=5)
+    result = workflow.model_certificate(spec, resolve, LIMITS, torch.device("cpu"), never)
+    assert result.input_shape == [B, T] and result.permutations_checked == 24
+    ids = noise.draw_input((B, T), 5, vocabulary=10)
+    assert ids.dtype == torch.int64 and int(ids.min()) >= 0 and int(ids.max()) < 10
+    errors = brute_force_errors(model.double(), ids, invariant=False, t=T)
+    assert result.deviation_float64 == pytest.approx(max(errors.values()), rel=1e-9, abs=1e-14)
+    if not positions:
+        assert result.holds and result.ratio <= 3
+        return
+    assert not result.holds and result.breaking.name == "add" and result.breaking.shape == [B, T, D]
+    with pytest.raises(InvalidArgument) as error:
+        bad = ModelCheckSpec("ids", "equivariance", x=np.full((B, T), 10))
+        workflow.model_certificate(bad, resolve, LIMITS, torch.device("cpu"), never)
+    assert error.value.field == "x" and "vocabulary is [0, 10)" in error.value.message

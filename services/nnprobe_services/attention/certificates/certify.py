@@ -110,7 +110,7 @@ def _scan(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-permutation float32 and float64 max errors."""
     graph64, graph32 = graphs
-    x32 = x.to(torch.float32)
+    x32 = noise_scale.served_input(x)
     errors32, errors64 = np.zeros(len(perms)), np.zeros(len(perms))
     for i, perm in enumerate(perms):
         if i % POLL_EVERY == 0 and should_stop():
@@ -137,7 +137,8 @@ def certify(
     """Certify that the model commutes with every permutation in ``perms`` (N, T) (long).
 
     ``graph64``/``graph32``: the model loaded in float64 and in float32; ``x``: the input (B, T, D), float64
-    holding float32-representable numbers (``noise.draw_input``); ``action``: ``equivariance`` or
+    holding float32-representable numbers (``noise.draw_input``), or token ids (B, T) int64 for a model
+    that starts with an embedding; ``action``: ``equivariance`` or
     ``invariance``; ``threshold``: the largest ratio that holds; ``tolerance``: the relative float64
     tolerance of ``localize``. Raises ``InvalidArgument`` (field ``model``) when the model's output cannot
     carry the action, ``FailedPrecondition`` for a non-finite output, ``Cancelled`` when ``should_stop``

@@ -66,11 +66,19 @@ class NoiseScale:
         return max(self.noise, self.floor)
 
 
-def draw_input(shape: tuple[int, int, int], seed: int) -> torch.Tensor:
+def draw_input(shape: tuple[int, ...], seed: int, vocabulary: int | None = None) -> torch.Tensor:
     """X ~ N(0, 1) of ``shape`` (B, T, D), float64 holding float32-representable numbers (drawn in float64
-    and rounded through float32), so that ``X.float()`` is exact."""
+    and rounded through float32), so that ``X.float()`` is exact; with ``vocabulary``, token ids (B, T)
+    int64 drawn uniformly from [0, vocabulary)."""
+    if vocabulary is not None:
+        return torch.randint(vocabulary, shape, generator=generator(seed, 5), dtype=torch.int64)
     x = torch.randn(*shape, generator=generator(seed, 5), dtype=torch.float64)
     return x.to(torch.float32).to(torch.float64)
+
+
+def served_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the float32 load takes it: float inputs in float32, token ids unchanged."""
+    return x.to(torch.float32) if x.is_floating_point() else x
 
 
 def single_output(value: object) -> torch.Tensor:
@@ -118,7 +126,7 @@ def measure_noise(graph64: torch.nn.Module, graph32: torch.nn.Module, x: torch.T
     and ``InvalidArgument`` (field ``model``) when the two loads give different shapes.
     """
     reference = evaluate(graph64, x).to(torch.float64)
-    served = evaluate(graph32, x.to(torch.float32))
+    served = evaluate(graph32, served_input(x))
     if reference.shape != served.shape:
         raise InvalidArgument(
             f"the float64 and float32 loads give shapes {list(reference.shape)} and {list(served.shape)}",

@@ -27,12 +27,14 @@ STRATEGIES = ("auto", "exhaustive", "sampled")
 @dataclass(frozen=True)
 class TokenModel:
     """A repository token model loaded in one precision: its name, version, the graph (float64 or
-    float32, on the device) and the input shape (B, T, D) its configuration declares (None: none)."""
+    float32, on the device), the input shape its configuration declares ((B, T, D), or (B, T) token ids
+    with a ``vocabulary``; None: none) and its vocabulary size (None: it takes float inputs)."""
 
     name: str
     version: int
     graph: torch.fx.GraphModule
     input_shape: tuple[int, ...] | None
+    vocabulary: int | None = None
 
 
 #: (name, version (0: latest), dtype) -> the model loaded in ``dtype``; raises ``NotFound`` on ``model`` /
@@ -45,11 +47,12 @@ Resolve = Callable[[str, int, torch.dtype], TokenModel]
 class ModelCheckSpec:
     """A certificate request as plain values.
 
-    ``model``/``model_version``: the repository model (version 0: latest). ``action``: ``equivariance`` or
-    ``invariance``. ``x``: the input (B, T, D) float32/float64, or None to draw one of the configured shape
-    with ``seed``. ``strategy``: ``auto`` (exhaustive for T <= 6), ``exhaustive`` (T <= 8) or ``sampled``
-    (``num_samples``, 0 for 100, besides the identity and adjacent transpositions). ``threshold``: None for
-    10, else finite and >= 1. ``tolerance``: relative float64 tolerance of the localisation, None for 1e-9.
+    ``model``/``model_version``: the repository model (version 0: latest). ``action``: ``equivariance``
+    or ``invariance``. ``x``: the input (B, T, D) float32/float64 (token ids (B, T) for a model with a
+    vocabulary), or None to draw one of the configured shape with ``seed``. ``strategy``: ``auto``
+    (exhaustive for T <= 6), ``exhaustive`` (T <= 8) or ``sampled`` (``num_samples``, 0 for 100, besides
+    the identity and adjacent transpositions). ``threshold``: None for 10, else finite and >= 1.
+    ``tolerance``: relative float64 tolerance of the localisation, None for 1e-9.
     """
 
     model: str
@@ -65,45 +68,63 @@ class ModelCheckSpec:
 
 @dataclass(frozen=True)
 class ModelPlan:
-    """A validated certificate: the input's (B, T, D), which permutations, threshold and tolerance."""
+    """A validated certificate: the input's (B, T, D) or (B, T), which permutations, threshold and
+    tolerance."""
 
     spec: ModelCheckSpec
-    shape: tuple[int, int, int]
+    shape: tuple[int, ...]
     exhaustive: bool
     samples: int
     threshold: float
     tolerance: float
 
 
-def _shape(spec: ModelCheckSpec, configured: tuple[int, ...] | None, limit: int) -> tuple[int, int, int]:
+def _check_given(x: np.ndarray, vocabulary: int | None) -> None:
+    if vocabulary is None:
+        if x.dtype.kind != "f":
+            raise InvalidArgument(f"must be float32 or float64, not {x.dtype}", field="x")
+        if not np.isfinite(x).all():
+            raise InvalidArgument("must be finite (no NaN or infinity)", field="x")
+        return
+    if x.dtype.kind not in "iu":
+        raise InvalidArgument(
+            f"must be token ids (integers) for a model with a vocabulary, not {x.dtype}", field="x"
+        )
+    if x.size and (int(x.min()) < 0 or int(x.max()) >= vocabulary):
+        raise InvalidArgument(
+            f"holds ids in [{int(x.min())}, {int(x.max())}]; the model's vocabulary is [0, {vocabulary})",
+            field="x",
+        )
+
+
+def _shape(
+    spec: ModelCheckSpec, configured: tuple[int, ...] | None, limit: int, vocabulary: int | None
+) -> tuple[int, ...]:
+    layout = "(B, T) of token ids" if vocabulary is not None else "(B, T, D)"
     if spec.x is None:
         if configured is None:
             raise FailedPrecondition(
-                f"model {spec.model!r} declares no input shape in its configuration; give x, a (B, T, D) "
+                f"model {spec.model!r} declares no input shape in its configuration; give x, a {layout} "
                 "tensor of the shape it takes",
                 field="x",
             )
         shape = tuple(int(n) for n in configured)
     else:
-        if spec.x.dtype.kind != "f":
-            raise InvalidArgument(f"must be float32 or float64, not {spec.x.dtype}", field="x")
+        _check_given(spec.x, vocabulary)
         shape = tuple(int(n) for n in spec.x.shape)
         if configured is not None and shape != tuple(configured):
             raise InvalidArgument(
                 f"has shape {list(shape)}; model {spec.model!r} takes {list(configured)}", field="x"
             )
-        if not np.isfinite(spec.x).all():
-            raise InvalidArgument("must be finite (no NaN or infinity)", field="x")
-    if len(shape) != 3 or min(shape) < 1:
+    if len(shape) != (2 if vocabulary is not None else 3) or min(shape) < 1:
         raise InvalidArgument(
-            f"a token model's input is (B, T, D) with each >= 1, got {list(shape)}", field="x"
+            f"a token model's input is {layout} with each >= 1, got {list(shape)}", field="x"
         )
     if math.prod(shape) > limit:
         raise ResourceExhausted(
             f"{list(shape)} has {math.prod(shape)} elements; the limit is {limit}", field="x"
         )
-    b, t, d = shape
-    return b, t, d
+    return shape
 
 
 def _permutations(spec: ModelCheckSpec, t: int, max_permutations: int) -> tuple[bool, int]:
@@ -143,9 +164,10 @@ def plan_model_check(
     *,
     max_tensor_elements: int,
     max_permutations: int,
+    vocabulary: int | None = None,
 ) -> ModelPlan:
     """Validate ``spec`` for a model whose configuration declares ``configured_shape`` (B, T, D) (None:
-    none, then ``x`` is required).
+    none, then ``x`` is required); with ``vocabulary`` the model takes token ids (B, T) in [0, vocabulary).
 
     Raises ``InvalidArgument`` for malformed fields (``model_version``, ``x``, ``permutations.*``,
     ``noise_ratio_threshold``), ``FailedPrecondition`` (``x``) when no shape is known and
@@ -157,7 +179,7 @@ def plan_model_check(
         raise InvalidArgument(
             f"must be >= 0 (0 is the latest), got {spec.model_version}", field="model_version"
         )
-    shape = _shape(spec, configured_shape, max_tensor_elements)
+    shape = _shape(spec, configured_shape, max_tensor_elements, vocabulary)
     exhaustive, samples = _permutations(spec, shape[1], max_permutations)
     threshold = _positive_finite(
         spec.threshold,

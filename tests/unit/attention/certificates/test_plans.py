@@ -51,3 +51,23 @@ def test_exhaustive_needs_t_factorial_within_the_permutation_limit():
     with pytest.raises(InvalidArgument) as raised:
         plan((1, 6, 2), perms=100)  # 6! = 720
     assert raised.value.field == "permutations.strategy" and "720" in raised.value.message
+
+
+def test_a_model_of_token_ids_takes_integer_ids_within_its_vocabulary():
+    def ids_plan(x=None, configured=(2, 4)):
+        spec = ModelCheckSpec(model="enc", action="equivariance", x=x)
+        return plan_model_check(
+            spec, configured, max_tensor_elements=100, max_permutations=1000, vocabulary=10
+        )
+
+    assert ids_plan().shape == (2, 4)
+    assert ids_plan(np.arange(8).reshape(2, 4)).shape == (2, 4)
+    for bad, words in [
+        (np.arange(8.0).reshape(2, 4), "token ids"),
+        (np.full((2, 4), 10), "vocabulary is [0, 10)"),
+        (np.full((2, 4), -1), "vocabulary is [0, 10)"),
+        (np.zeros((2, 4, 3), np.int64), "has shape [2, 4, 3]"),
+    ]:
+        with pytest.raises(InvalidArgument) as raised:
+            ids_plan(bad)
+        assert raised.value.field == "x" and words in raised.value.message

@@ -323,8 +323,9 @@ class CheckPermutationEquivarianceRequest(_message.Message):
 
     @_builtins.property
     def x(self) -> _common_pb2.Tensor:
-        """With `model`: the input, a (B, T, D) float tensor of the model's input shape; absent means drawn
-        from N(0, 1) with `seed` at the shape in the model's configuration.
+        """With `model`: the input, a (B, T, D) float tensor of the model's input shape (token ids (B, T), int64,
+        for a model with a `vocabulary`); absent means drawn from N(0, 1) (ids: uniform over the vocabulary)
+        with `seed` at the shape in the model's configuration.
         """
 
     def __init__(
@@ -453,8 +454,9 @@ class CheckPoolingInvarianceRequest(_message.Message):
 
     @_builtins.property
     def x(self) -> _common_pb2.Tensor:
-        """With `model`: the input, a (B, T, D) float tensor of the model's input shape; absent means drawn
-        from N(0, 1) with `seed` at the shape in the model's configuration.
+        """With `model`: the input, a (B, T, D) float tensor of the model's input shape (token ids (B, T), int64,
+        for a model with a `vocabulary`); absent means drawn from N(0, 1) (ids: uniform over the vocabulary)
+        with `seed` at the shape in the model's configuration.
         """
 
     def __init__(
