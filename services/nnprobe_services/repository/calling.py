@@ -23,6 +23,23 @@ def input_count(module: torch.nn.Module) -> int | None:
     return sum(1 for node in graph.nodes if node.op == "placeholder")
 
 
+def exported_shapes(module: torch.nn.Module) -> list[tuple[int | None, ...]] | None:
+    """The shape each flat input of an exported program was exported for (None for a dynamic dimension), or
+    None when the module does not record them (onnx2torch modules, plain modules)."""
+    graph = getattr(module, "graph", None)
+    if graph is None:
+        return None
+    shapes: list[tuple[int | None, ...]] = []
+    for node in graph.nodes:
+        if node.op != "placeholder":
+            continue
+        value = node.meta.get("val")
+        if not isinstance(value, torch.Tensor):
+            return None
+        shapes.append(tuple(d if isinstance(d, int) else None for d in value.shape))
+    return shapes
+
+
 def _in_spec(module: torch.nn.Module) -> pytree.TreeSpec | None:
     codegen = getattr(getattr(module, "graph", None), "_codegen", None)
     info = getattr(codegen, "pytree_info", None)

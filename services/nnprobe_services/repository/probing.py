@@ -16,13 +16,21 @@ from __future__ import annotations
 import torch
 
 from nnprobe_services.errors import InvalidArgument
-from nnprobe_services.repository.calling import call_flat
+from nnprobe_services.repository.calling import call_flat, exported_shapes
 from nnprobe_services.repository.quoting import cap
 from nnprobe_services.repository.tasks import CELL, SEQUENCE, TaskConfig
 
 
-def _shape(shape: tuple[int, ...] | torch.Size) -> str:
-    return "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
+def _shape(shape: tuple[int | None, ...] | torch.Size) -> str:
+    """``(2, 5)``; a dynamic dimension (None) is ``any``."""
+    text = ", ".join("any" if n is None else str(n) for n in shape)
+    return f"({text}{',' if len(shape) == 1 else ''})"
+
+
+def _exported(module: torch.nn.Module) -> str:
+    """``; the archive was exported for (any, 3), (any, 5)`` when the module records it, else ""."""
+    shapes = exported_shapes(module)
+    return f"; the archive was exported for {', '.join(_shape(s) for s in shapes)}" if shapes else ""
 
 
 def probe_inputs(config: TaskConfig, dtype: torch.dtype = torch.float32, seed: int = 0) -> list[torch.Tensor]:
@@ -79,8 +87,8 @@ def check(module: torch.nn.Module, config: TaskConfig, field: str = "metadata.co
         first_line = (str(error).strip().splitlines() or [""])[0]
         raise InvalidArgument(
             f"declares a {config.task} taking {given}, but the model fails on inputs of those shapes "
-            f"({type(error).__name__}: {cap(first_line, 160)}); "
-            "declare the batch_size/sequence_length it was exported with, or export with dynamic dimensions",
+            f"({type(error).__name__}: {cap(first_line, 160)}){_exported(module)}; declare the "
+            "sizes it takes (and any fixed batch_size/sequence_length), or export with dynamic dimensions",
             field=field,
         ) from None
     if not _matches(config, outputs):

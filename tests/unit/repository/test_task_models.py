@@ -7,6 +7,8 @@ import hashlib
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nnprobe_services.errors import InvalidArgument, NotFound
 from nnprobe_services.repository.task_models import TaskModels
 
@@ -63,6 +65,7 @@ def test_a_mismatched_config_is_refused_and_leaves_nothing(tmp_path):
     assert raised.value.field == "metadata.config_yaml"
     assert "taking (2, 3), (2, 6)" in raised.value.message  # what the config declares
     assert "hx.size()[1] == 5" in raised.value.message  # what the exported program checks
+    assert "the archive was exported for (any, 3), (any, 5)" in raised.value.message  # read from the graph
     assert repository.models() == []
     assert list((tmp_path / "models" / ".staging").iterdir()) == []
     with pytest.raises(NotFound):
@@ -73,3 +76,28 @@ def test_a_token_model_is_not_accepted_by_a_sequence_repository(tmp_path):
     with pytest.raises(InvalidArgument) as raised:
         upload(models(tmp_path), "mixer", b"x", "task: token_model\nd_model: 8\n")
     assert raised.value.field == "metadata.config_yaml.task"
+
+
+CELL_BYTES = sequence_models.cell_pt2(sequence_models.gru_cell(3, 5), 3, 5, states=1)
+GRU_YAML = "task: recurrent_cell\ninput_size: 3\nhidden_size: 5\n"
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    operations=st.lists(st.sampled_from(["upload", "delete-version", "delete-model"]), min_size=1, max_size=6)
+)
+def test_a_version_number_is_never_given_twice(tmp_path_factory, operations):
+    repository = models(tmp_path_factory.mktemp("repository"))
+    given_out: list[int] = []
+    for operation in operations:
+        present = [v.version for m in repository.models() for v in m.versions]
+        if operation == "upload":
+            version = upload(repository, "gru", CELL_BYTES, GRU_YAML).version
+            assert version not in given_out and version > max(given_out, default=0)
+            given_out.append(version)
+        elif present and operation == "delete-version":
+            assert repository.delete("gru", present[-1]) == [present[-1]]
+        elif present:
+            assert repository.delete("gru", None) == present
+    remaining = [v.version for m in repository.models() for v in m.versions]
+    assert set(remaining) <= set(given_out)
