@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nnprobe_services.errors import InvalidArgument, NotFound
+from nnprobe_services.errors import FailedPrecondition, InvalidArgument, NotFound
 from nnprobe_services.repository.task_models import TaskModels
 
 from tests.support import sequence_models
@@ -101,3 +101,16 @@ def test_a_version_number_is_never_given_twice(tmp_path_factory, operations):
             assert repository.delete("gru", None) == present
     remaining = [v.version for m in repository.models() for v in m.versions]
     assert set(remaining) <= set(given_out)
+
+
+def test_a_broken_folder_is_listed_with_its_problem_and_can_be_deleted(tmp_path):
+    repository = models(tmp_path)
+    upload(repository, "gru", CELL_BYTES, GRU_YAML)
+    (tmp_path / "models" / "gru" / "config.yaml").write_text("task: token_model\nd_model: 8\n")
+    (listed,) = repository.models()
+    assert (listed.name, listed.config, listed.versions) == ("gru", None, ())
+    assert "recurrent_cell, sequence_model" in listed.problem and "gru/config.yaml" in listed.problem
+    with pytest.raises(FailedPrecondition):
+        repository.load("gru", None, torch.float64)
+    assert repository.delete("gru", None) == [1]
+    assert upload(repository, "gru", CELL_BYTES, GRU_YAML).version == 2
