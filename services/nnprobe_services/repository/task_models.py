@@ -9,6 +9,7 @@ the folder see the same models; versions are never reused, so a name and version
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,12 +67,26 @@ class LoadedModel:
     module: torch.fx.GraphModule
 
 
+#: sha256 of files already read, by (path, size, modification time): ListModels does not reread them.
+_hashes: dict[tuple[str, int, int], str] = {}
+_hash_lock = threading.Lock()
+
+
 def _sha256(path: Path) -> str:
+    """The file's sha256 (hex), computed once per (path, size, mtime)."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    with _hash_lock:
+        known = _hashes.get(key)
+    if known is not None:
+        return known
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+    with _hash_lock:
+        _hashes[key] = digest.hexdigest()
+    return _hashes[key]
 
 
 def _summary(entry: ModelEntry[TaskConfig]) -> ModelSummary:
