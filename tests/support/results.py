@@ -25,6 +25,9 @@ ARRAY_SHAPES = {
     "bounds": (200,),
     "state_jacobian_norms": (200,),
     "input_gradient_norms": (200,),
+    "cell_state_norms": (200,),
+    "step_norms": (200,),
+    "loss_gradient_norms": (200,),
     "gradient_map": (224, 224),
 }
 HOSTILE = "<script>alert('x')</script> & \"quoted\""
