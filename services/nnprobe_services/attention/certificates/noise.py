@@ -45,6 +45,10 @@ from nnprobe_services.errors import FailedPrecondition, InvalidArgument, Service
 DEFAULT_THRESHOLD = 10.0
 #: float32 machine epsilon, 2^-23.
 EPS32 = float(torch.finfo(torch.float32).eps)
+#: Two float64 evaluations of the same input may differ by at most this, relative to max(1, max |f|):
+#: a deterministic model repeats itself to rounding (exactly on a CPU), a random one (dropout in training
+#: mode, sampling) does not, and its noise would hide any asymmetry.
+REPEAT_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -123,9 +127,11 @@ def measure_noise(graph64: torch.nn.Module, graph32: torch.nn.Module, x: torch.T
     """Evaluate ``x`` (float64, float32-representable) on both loads of the model.
 
     Raises ``FailedPrecondition`` (field ``model``) when an output is not finite (no scale can be measured)
-    and ``InvalidArgument`` (field ``model``) when the two loads give different shapes.
+    or the float64 load does not repeat itself on ``x`` (``check_deterministic``), and ``InvalidArgument``
+    (field ``model``) when the two loads give different shapes.
     """
     reference = evaluate(graph64, x).to(torch.float64)
+    check_deterministic(reference, evaluate(graph64, x).to(torch.float64))
     served = evaluate(graph32, served_input(x))
     if reference.shape != served.shape:
         raise InvalidArgument(
@@ -137,6 +143,32 @@ def measure_noise(graph64: torch.nn.Module, graph32: torch.nn.Module, x: torch.T
     noise = float((served.to(torch.float64) - reference).abs().max()) if reference.numel() else 0.0
     floor = EPS32 * (float(reference.abs().max()) if reference.numel() else 0.0)
     return NoiseScale(reference, served, noise, floor)
+
+
+def check_deterministic(first: torch.Tensor, second: torch.Tensor) -> None:
+    """Raise ``FailedPrecondition`` (field ``model``) when two float64 evaluations of the same input differ
+    by more than ``REPEAT_TOLERANCE * max(1, max |first|)``, or in shape: a model with random outputs
+    (dropout left in training mode) would measure its randomness as noise and pass any asymmetry."""
+    if first.shape != second.shape:
+        raise FailedPrecondition(
+            f"the model is not deterministic: two evaluations of the same input return shapes "
+            f"{list(first.shape)} and {list(second.shape)}",
+            field="model",
+        )
+    if not first.numel():
+        return
+    both_finite = bool(torch.isfinite(first).all() and torch.isfinite(second).all())
+    if not both_finite:
+        return  # reported as a non-finite output by measure_noise
+    difference = float((first - second).abs().max())
+    scale = max(1.0, float(first.abs().max()))
+    if difference > REPEAT_TOLERANCE * scale:
+        raise FailedPrecondition(
+            f"the model is not deterministic: two evaluations of the same input differ by {difference:.3g} "
+            f"(max |f| {scale:.3g}), so no permutation's effect can be told from its randomness; export it "
+            "in eval mode (model.eval(): dropout off) and without random operators",
+            field="model",
+        )
 
 
 def ratio(deviation: float, scale: NoiseScale) -> float:
