@@ -32,11 +32,16 @@ def size_text(count: int) -> str:
 
 
 def number_text(value: Any) -> str:
-    """Four significant digits (``0.0157``, ``1.235e+06``); integers as they are."""
+    """Four significant digits (``0.0157``, ``1.235e+06``); integers as they are up to 16 digits, longer
+    ones as their first four digits and exponent (``-1.000e+23``, exact digits, any size)."""
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
     if isinstance(value, (int, np.integer)):
-        return str(int(value))
+        digits = str(abs(int(value)))
+        if len(digits) <= 16:
+            return str(int(value))
+        sign = "-" if value < 0 else ""
+        return f"{sign}{digits[0]}.{digits[1:4]}e+{len(digits) - 1:02d}"
     text = f"{float(value):.4g}"
     return text if any(c in text for c in ".enai") else text + ".0"
 

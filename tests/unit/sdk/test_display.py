@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pandas
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from nnprobe.display import REPR_LIMIT
 from nnprobe.frames import table_rows
@@ -202,6 +202,8 @@ def test_save_without_a_picture_says_how_to_ask_for_one(tmp_path):
     ),
     st.integers(min_value=8, max_value=120),
 )
+@example(value=-(10**23), width=8).via("a 24-digit integer was shown whole")
+@example(value=10**400, width=8)
 def test_a_summary_never_exceeds_its_width_nor_shows_bytes(value, width):
     text = summarize(value, width)
     assert len(text) <= max(width, 24)
