@@ -91,6 +91,8 @@ def test_the_downloaded_run_is_the_jobs_history_with_its_hyperparameters(
         raw = sequence_pb2_grpc.SequenceServiceStub(channel).GetJob(request, timeout=60).events
     norms = [(e.step, float(np.float32(e.grad_norm))) for e in raw if e.kind == pb.JOB_EVENT_KIND_STEP]
     assert scalars["train/grad_norm"] == norms and all(value > 0 for _, value in norms)
+    sdk_norms = [(e.step, float(np.float32(e.grad_norm))) for e in trained.events if e.kind == "step"]
+    assert sdk_norms == norms  # the SDK's events carry it too
     assert not [p for p in (tmp_path / "tb").iterdir() if p.is_dir()]  # hparams are not a sub-run
     start = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
     values = start.session_start_info.hparams

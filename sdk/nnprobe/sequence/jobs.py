@@ -62,6 +62,10 @@ class JobEvent:
     state: str
     message: str
     time: float
+    #: ``step`` events: the mean total L2 norm of all gradients before clipping over the steps since the
+    #: previous step event (``torch.nn.utils.clip_grad_norm_``'s return value); 0 for other kinds and in
+    #: histories recorded before it was kept.
+    grad_norm: float = 0.0
 
 
 @rich_result(pictures=("plot_png",), tables={"events": "events"})
@@ -128,6 +132,7 @@ def _job_event(e: Any) -> JobEvent:
         state=_JOB_STATE_NAMES.get(e.state, ""),
         message=e.message,
         time=e.time,
+        grad_norm=e.grad_norm,
     )
 
 
