@@ -83,6 +83,30 @@ def guarded(what: str, call: Callable[[], Result]) -> Result:
         raise FailedPrecondition(f"{what} failed: {type(error).__name__}: {error}", field="model") from error
 
 
+def check_finite(values: Sequence[torch.Tensor], what: str) -> None:
+    """Refuse (``FailedPrecondition`` on ``model``) a model whose ``what`` holds NaN or Inf: its gradient
+    flow has no meaning there, and the inputs it was given are finite."""
+    if not all(bool(torch.isfinite(v).all()) for v in values):
+        raise FailedPrecondition(
+            f"{what} holds NaN or Inf although the inputs are finite; check the model (a log, division or "
+            "overflow in its graph) or analyse it in float64",
+            field="model",
+        )
+
+
+def check_repeatable(first: Sequence[torch.Tensor], again: Sequence[torch.Tensor], what: str) -> None:
+    """Refuse (``FailedPrecondition`` on ``model``) a model that answered the same call with different
+    values: dropout or other randomness left in its graph (an export made in training mode)."""
+    if not all(
+        torch.allclose(a, b, rtol=1e-6, atol=1e-12, equal_nan=True) for a, b in zip(first, again, strict=True)
+    ):
+        raise FailedPrecondition(
+            f"{what} gave different outputs for the same input (dropout or other randomness in its graph); "
+            "call model.eval() before torch.export.export and upload it again",
+            field="model",
+        )
+
+
 class CellCaller:
     """Runs a cell on flat states: ``step(x (I,), states (N_i,)...) -> new states (N_i,)...``.
 

@@ -32,7 +32,13 @@ import torch
 
 from nnprobe_services.errors import Cancelled, InvalidArgument, ResourceExhausted
 from nnprobe_services.sequence.recurrent import gradients
-from nnprobe_services.sequence.recurrent.own_model_calls import CellCaller, guarded, never
+from nnprobe_services.sequence.recurrent.own_model_calls import (
+    CellCaller,
+    check_finite,
+    check_repeatable,
+    guarded,
+    never,
+)
 
 #: Largest joint state width S a cell may have: each step costs an S x S Jacobian and an S^3 product.
 MAX_STATE_WIDTH = 2048
@@ -120,6 +126,7 @@ def analyze_cell(
         if should_stop():
             raise Cancelled(f"stopped with {k + 1} Jacobians of {steps} left", done=steps - k - 1)
         factor = guarded("the cell's Jacobian", partial(jacobian, states[k], inputs[k]))
+        check_finite([factor], f"the cell's Jacobian at step {k + 1}")
         with torch.no_grad():
             log_step[k] = gradients._log_norm(factor, 0)
             product = product @ factor
@@ -167,14 +174,16 @@ def _forward(
         )
     state = initial
     joint = [torch.cat(state)]
-    with torch.no_grad():
+    with torch.no_grad():  # the first step runs twice: it decides the calling convention, then repeats
+        first = guarded(RUNNING, partial(caller.step, inputs[0], *state))
+        check_finite(first, "the cell's state after step 1")
+        check_repeatable(first, guarded(RUNNING, partial(caller.step, inputs[0], *state)), "the cell")
         for t in range(inputs.shape[0] - 1):
             if should_stop():
                 raise Cancelled(f"stopped at forward step {t} of {inputs.shape[0]}", done=0)
-            state = guarded(RUNNING, partial(caller.step, inputs[t], *state))
+            state = first if t == 0 else guarded(RUNNING, partial(caller.step, inputs[t], *state))
+            check_finite(state, f"the cell's state after step {t + 1}")
             joint.append(torch.cat(state))
-    if inputs.shape[0] == 1:  # the calling convention is still undecided: decide it now
-        guarded(RUNNING, partial(caller.step, inputs[0], *state))
     return joint
 
 

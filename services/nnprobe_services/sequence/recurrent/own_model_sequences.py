@@ -22,6 +22,7 @@ training recurrent neural networks", ICML 2013 (section 2: dL/dx_k through the p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
@@ -30,7 +31,13 @@ from torch import fx
 
 from nnprobe_services.errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted
 from nnprobe_services.sequence.recurrent import gradients
-from nnprobe_services.sequence.recurrent.own_model_calls import guarded, never, sequence_output
+from nnprobe_services.sequence.recurrent.own_model_calls import (
+    check_finite,
+    check_repeatable,
+    guarded,
+    never,
+    sequence_output,
+)
 
 #: Largest output width H: the Jacobian takes one backward pass per output unit.
 MAX_OUTPUT_WIDTH = 1024
@@ -91,6 +98,7 @@ def analyze_inputs(
             return x, sequence_output(module(x), steps)
 
     leaf, y = guarded("running the model on x of shape (1, T, I)", forward)
+    _check_output(y, guarded("running the model again", forward)[1])
     return (yield from _flow(leaf, y, "inputs", regime_tolerance, max_elements, should_stop))
 
 
@@ -120,6 +128,8 @@ def analyze_tokens(
         "running the model on token ids of shape (1, T)", lambda: tap.run(tokens.reshape(1, -1))
     )
     y = sequence_output(out, steps)
+    again = guarded("running the model again", lambda: tap.run(tokens.reshape(1, -1)))[1]
+    _check_output(y, sequence_output(again, steps))
     return (yield from _flow(leaf, y, "embedding", regime_tolerance, max_elements, should_stop))
 
 
@@ -153,9 +163,10 @@ def _flow(
         yield gradients.Progress(i + 1, width, "jacobian rows")
     loss = last.sum()
     grad = _gradient(loss, leaf, retain=False)[0]
+    check_finite([rows, grad], "the Jacobian of y_T")
     log_norms = [gradients._log_norm(block, 0) for block in rows.permute(1, 0, 2)]
     distances = [steps - k for k in range(1, steps + 1)]
-    rate = gradients.growth_rate(distances, log_norms)
+    rate = _growth_rate(distances, log_norms)
     return SequenceGradients(
         distances=distances,
         output_norms=[gradients._exp(v) for v in log_norms],
@@ -166,6 +177,20 @@ def _flow(
         measured=measured,
         output_size=width,
     )
+
+
+def _check_output(y: torch.Tensor, again: torch.Tensor) -> None:
+    """Refuse y with NaN or Inf, or a second run on the same input that differs (dropout left on)."""
+    check_finite([y.detach()], "the model's output y")
+    check_repeatable([y.detach()], [again.detach()], "the model")
+
+
+def _growth_rate(distances: list[int], log_norms: list[float]) -> float:
+    """``gradients.growth_rate`` of the norms; 0 when no earlier step reaches y_T (every norm at a distance
+    > 0 is exactly zero: a model without recurrence), where only distance 0 is left to fit."""
+    if not any(math.isfinite(v) for d, v in zip(distances, log_norms, strict=True) if d > 0):
+        return 0.0
+    return gradients.growth_rate(distances, log_norms)
 
 
 def _gradient(output: torch.Tensor, leaf: torch.Tensor, *, retain: bool) -> torch.Tensor:
