@@ -157,7 +157,9 @@ def analyze_gradients_request(
     token_ids: Sequence[int] | None = None,
 ) -> pb.AnalyzeGradientsRequest:
     """The request of ``analyze_gradients`` (sync and asyncio clients): built cells, or with ``model`` a
-    repository model (``model_gradients.model_request``)."""
+    repository model (``model_gradients.model_request``). Raises ValueError naming an integer argument
+    outside its wire type (``seed`` uint64; ``sequence_length``, ``model_version``, ``token_ids`` int64)."""
+    _check_wire_ranges(seed, sequence_length, model_version, token_ids)
     if model:
         request = model_request(
             locals(), model=model, model_version=model_version, inputs=inputs, token_ids=token_ids
@@ -186,6 +188,24 @@ def analyze_gradients_request(
     for name, value in (weights or {}).items():
         request.weights[name].CopyFrom(tensors.to_tensor(value))
     return request
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _check_wire_ranges(
+    seed: int, sequence_length: int, model_version: int, token_ids: Sequence[int] | None
+) -> None:
+    """ValueError naming the first integer argument its protobuf field cannot hold."""
+    ranges = {"seed": (0, 2**64 - 1), "sequence_length": _INT64, "model_version": _INT64}
+    values = {"seed": seed, "sequence_length": sequence_length, "model_version": model_version}
+    for name, value in values.items():
+        low, high = ranges[name]
+        if not low <= int(value) <= high:
+            raise ValueError(f"{name}: must lie in {low}..{high} (its wire type), got {value}")
+    outside = [int(t) for t in token_ids or () if not _INT64[0] <= int(t) <= _INT64[1]]
+    if outside:
+        raise ValueError(f"token_ids: ids must be int64 values, got {outside[0]}")
 
 
 class GradientMethods(BaseClient):
