@@ -177,6 +177,7 @@ def model_certificate(
         max_tensor_elements=limits.max_tensor_elements,
         max_permutations=limits.max_permutations,
         vocabulary=exact.vocabulary,
+        fixed_axes=exact.fixed_axes,
     )
     served = resolve(spec.model, exact.version, torch.float32)
     if spec.x is None:
@@ -222,17 +223,17 @@ def token_model_resolver(models: TaskModels) -> Resolve:
     """The ``Resolve`` of ``model_certificate`` over a repository of token models: a version loaded in the
     precision asked for, with the input shape (B, T, D) of its configuration (``batch_size`` and
     ``sequence_length`` when declared, else the B = 2 and T = 5 it was probed with, and ``d_model``; a
-    model with a ``vocabulary`` takes token ids (B, T)).
+    model with a ``vocabulary`` takes token ids (B, T)); B and T are fixed for a given x only when declared.
 
     Raises ``NotFound`` on ``model`` / ``model_version`` for an unknown name or version."""
 
     def resolve(name: str, version: int, dtype: torch.dtype) -> TokenModel:
         loaded = models.load(name, version, dtype)
         config = loaded.config
-        if config.vocabulary is not None:
-            shape: tuple[int, ...] = (config.batch, config.length)
-        else:
-            shape = (config.batch, config.length, config.hidden_size)
-        return TokenModel(loaded.name, loaded.version, loaded.module, shape, config.vocabulary)
+        shape: tuple[int, ...] = (config.batch, config.length)
+        fixed: tuple[bool, ...] = (config.batch_size is not None, config.sequence_length is not None)
+        if config.vocabulary is None:
+            shape, fixed = (*shape, config.hidden_size), (*fixed, True)
+        return TokenModel(loaded.name, loaded.version, loaded.module, shape, config.vocabulary, fixed)
 
     return resolve

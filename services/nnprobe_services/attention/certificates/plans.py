@@ -35,6 +35,9 @@ class TokenModel:
     graph: torch.fx.GraphModule
     input_shape: tuple[int, ...] | None
     vocabulary: int | None = None
+    #: Per axis of ``input_shape``, whether the configuration fixes its size (``batch_size``,
+    #: ``sequence_length``, ``d_model``); a given x may take any size on the other axes. None: all fixed.
+    fixed_axes: tuple[bool, ...] | None = None
 
 
 #: (name, version (0: latest), dtype) -> the model loaded in ``dtype``; raises ``NotFound`` on ``model`` /
@@ -97,8 +100,31 @@ def _check_given(x: np.ndarray, vocabulary: int | None) -> None:
         )
 
 
+def _mismatch(shape: tuple[int, ...], configured: tuple[int, ...], fixed: tuple[bool, ...] | None) -> bool:
+    if len(shape) != len(configured):
+        return True
+    fixed = fixed or (True,) * len(configured)
+    return any(is_fixed and n != m for n, m, is_fixed in zip(shape, configured, fixed, strict=False))
+
+
+def _takes(configured: tuple[int, ...], fixed: tuple[bool, ...] | None) -> str:
+    fixed = fixed or (True,) * len(configured)
+    names = ("B", "T", "D")
+    return (
+        "["
+        + ", ".join(
+            str(n) if f else names[i] for i, (n, f) in enumerate(zip(configured, fixed, strict=False))
+        )
+        + "]"
+    )
+
+
 def _shape(
-    spec: ModelCheckSpec, configured: tuple[int, ...] | None, limit: int, vocabulary: int | None
+    spec: ModelCheckSpec,
+    configured: tuple[int, ...] | None,
+    limit: int,
+    vocabulary: int | None,
+    fixed: tuple[bool, ...] | None = None,
 ) -> tuple[int, ...]:
     layout = "(B, T) of token ids" if vocabulary is not None else "(B, T, D)"
     if spec.x is None:
@@ -112,9 +138,11 @@ def _shape(
     else:
         _check_given(spec.x, vocabulary)
         shape = tuple(int(n) for n in spec.x.shape)
-        if configured is not None and shape != tuple(configured):
+        if configured is not None and _mismatch(shape, tuple(configured), fixed):
             raise InvalidArgument(
-                f"has shape {list(shape)}; model {spec.model!r} takes {list(configured)}", field="x"
+                f"has shape {list(shape)}; model {spec.model!r} takes {_takes(tuple(configured), fixed)}"
+                " (its configuration's batch_size, sequence_length and d_model)",
+                field="x",
             )
     if len(shape) != (2 if vocabulary is not None else 3) or min(shape) < 1:
         raise InvalidArgument(
@@ -127,7 +155,7 @@ def _shape(
     return shape
 
 
-def _permutations(spec: ModelCheckSpec, t: int, max_permutations: int) -> tuple[bool, int]:
+def _permutations(spec: ModelCheckSpec, t: int, max_permutations: int, max_elements: int) -> tuple[bool, int]:
     if spec.strategy not in STRATEGIES:
         raise InvalidArgument(f"must be one of {list(STRATEGIES)}", field="permutations.strategy")
     exhaustive = t <= DEFAULT_EXHAUSTIVE_T if spec.strategy == "auto" else spec.strategy == "exhaustive"
@@ -147,7 +175,25 @@ def _permutations(spec: ModelCheckSpec, t: int, max_permutations: int) -> tuple[
         raise ResourceExhausted(
             f"is {samples}; the limit is {max_permutations}", field="permutations.num_samples"
         )
+    _check_sampled_size(t, samples, max_permutations, max_elements)
     return False, samples
+
+
+def _check_sampled_size(t: int, samples: int, max_permutations: int, max_elements: int) -> None:
+    """The sampled table is the identity, the t - 1 adjacent transpositions and ``samples`` draws: (t +
+    samples) permutations of t tokens, each two forward passes. Raises ``ResourceExhausted`` on ``x`` when
+    T alone exceeds the limits, else on ``permutations.num_samples``."""
+    count = t + samples
+    field = "x" if t * t > max_elements or t > max_permutations else "permutations.num_samples"
+    if count > max_permutations or count * t > max_elements:
+        longest = min(math.isqrt(max_elements), max_permutations) - 1
+        raise ResourceExhausted(
+            f"sampled checking of T={t} tokens evaluates the identity, {t - 1} adjacent transpositions and "
+            f"{samples} drawn permutations: {count:,} permutations of {t} tokens ({count * t:,} elements); "
+            f"the limits are {max_permutations:,} permutations and {max_elements:,} elements "
+            f"(max_tensor_elements): give a shorter x (T < {longest:,}) or fewer num_samples",
+            field=field,
+        )
 
 
 def _positive_finite(value: float | None, default: float, name: str, minimum: float, why: str) -> float:
@@ -165,13 +211,17 @@ def plan_model_check(
     max_tensor_elements: int,
     max_permutations: int,
     vocabulary: int | None = None,
+    fixed_axes: tuple[bool, ...] | None = None,
 ) -> ModelPlan:
     """Validate ``spec`` for a model whose configuration declares ``configured_shape`` (B, T, D) (None:
     none, then ``x`` is required); with ``vocabulary`` the model takes token ids (B, T) in [0, vocabulary).
+    A given ``x`` must match ``configured_shape`` on the axes ``fixed_axes`` marks (None: all of them);
+    the others take any size >= 1 (a model exported with dynamic dimensions).
 
     Raises ``InvalidArgument`` for malformed fields (``model_version``, ``x``, ``permutations.*``,
     ``noise_ratio_threshold``), ``FailedPrecondition`` (``x``) when no shape is known and
-    ``ResourceExhausted`` when the input or the permutations exceed the limits.
+    ``ResourceExhausted`` when the input or the permutations exceed the limits (sampled: T + num_samples
+    permutations, their (T + num_samples) x T table within ``max_tensor_elements``).
     """
     if spec.action not in ACTIONS:
         raise ValueError(f"action must be one of {ACTIONS}, not {spec.action!r}")
@@ -179,8 +229,8 @@ def plan_model_check(
         raise InvalidArgument(
             f"must be >= 0 (0 is the latest), got {spec.model_version}", field="model_version"
         )
-    shape = _shape(spec, configured_shape, max_tensor_elements, vocabulary)
-    exhaustive, samples = _permutations(spec, shape[1], max_permutations)
+    shape = _shape(spec, configured_shape, max_tensor_elements, vocabulary, fixed_axes)
+    exhaustive, samples = _permutations(spec, shape[1], max_permutations, max_tensor_elements)
     threshold = _positive_finite(
         spec.threshold,
         DEFAULT_THRESHOLD,

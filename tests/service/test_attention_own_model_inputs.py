@@ -1,0 +1,91 @@
+"""The SDK against an in-process AttentionService on the inputs a newcomer gives an uploaded token model: a
+model exported with dynamic B and T and a configuration that fixes neither takes any x of its d_model; a
+model with dropout left in training mode is refused; a sequence too long to sample is refused before any
+allocation; none of them is INTERNAL."""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from nnprobe import NnprobeError
+from torch import nn
+
+D = 8
+
+
+def _archive(model: nn.Module, folder, name: str, dynamic_tokens: bool):
+    batch = torch.export.Dim("batch", min=1, max=64)
+    shapes = {0: batch, 1: torch.export.Dim("tokens", min=1, max=4096)} if dynamic_tokens else {0: batch}
+    program = torch.export.export(model, (torch.randn(2, 5, D),), dynamic_shapes=(shapes,))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    path = folder / f"{name}.pt2"
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+class TrainingDropout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(self.linear(x), 0.5, training=True)
+
+
+@pytest.fixture(scope="module")
+def models(attention, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("own_inputs")
+    torch.manual_seed(4)
+    layer = nn.TransformerEncoderLayer(D, 2, dim_feedforward=16, dropout=0.0, batch_first=True).eval()
+    config = {"task": "token_model", "d_model": D}
+    for name, model, dynamic in (("dynamic", layer, True), ("dropout", TrainingDropout(), False)):
+        attention.upload_model(
+            _archive(model, folder, name, dynamic), name=name, config=config, progress=False
+        )
+    return layer.double()
+
+
+def test_a_dynamic_model_takes_any_b_and_t_when_its_configuration_fixes_neither(attention, models):
+    x = np.random.default_rng(0).standard_normal((3, 3, D)).astype(np.float32)
+    result = attention.check_permutation_equivariance(x, model="dynamic")
+    assert result.holds and result.permutations_checked == 6 and result.certificate.input_shape == [3, 3, D]
+    # The float32 output against the layer itself in float64, evaluated here.
+    with torch.no_grad():
+        expected = models(torch.from_numpy(x).double()).numpy()
+        errors = [
+            np.abs(models(torch.from_numpy(x[:, list(p)]).double()).numpy() - expected[:, list(p)]).max()
+            for p in itertools.permutations(range(3))
+        ]
+    assert np.abs(result.output - expected).max() < 1e-5
+    assert result.certificate.deviation_float64 == pytest.approx(max(errors), abs=1e-14)
+    one = attention.check_permutation_equivariance(x[:1, :1], model="dynamic")
+    assert one.holds and one.permutations_checked == 1
+
+
+def test_d_model_stays_fixed(attention, models):
+    with pytest.raises(NnprobeError) as raised:
+        attention.check_permutation_equivariance(np.zeros((2, 5, 6), np.float32), model="dynamic")
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.message.startswith("x: ") and "[B, T, 8]" in raised.value.message
+
+
+def test_dropout_in_training_mode_is_refused_not_certified(attention, models):
+    for check in (attention.check_permutation_equivariance, attention.check_pooling_invariance):
+        with pytest.raises(NnprobeError) as raised:
+            check(model="dropout")
+        assert raised.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert raised.value.message.startswith("model: the model is not deterministic")
+
+
+def test_a_hundred_thousand_tokens_are_refused_on_x(attention, models):
+    with pytest.raises(NnprobeError) as raised:
+        attention.check_permutation_equivariance(np.zeros((1, 100_000, D), np.float32), model="dynamic")
+    assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert raised.value.message.startswith("x: sampled checking of T=100000 tokens")
+    assert attention.check_permutation_equivariance(model="dynamic").holds  # the server still answers
