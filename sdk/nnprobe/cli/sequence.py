@@ -15,7 +15,7 @@ from nnprobe.cli.output import (
     print_json,
     print_table,
 )
-from nnprobe.cli.parsing import limit
+from nnprobe.cli.parsing import UsageError, limit
 from nnprobe.cli.repository_models import add_model_commands
 from nnprobe.cli.rnn_model_gradients import (
     add_model_options,
@@ -184,6 +184,8 @@ def run_forward(args: argparse.Namespace) -> int:
 
 
 def run_gradients(args: argparse.Namespace) -> int:
+    if args.model is not None and not args.model[0]:  # --model '' would analyse built cells in silence
+        raise UsageError("--model: give a repository model name, NAME or NAME:VERSION")
     check_model_options(args)
     state, update = _progress("gradients")
     if args.model:
