@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -89,3 +90,31 @@ def test_a_hundred_thousand_tokens_are_refused_on_x(attention, models):
     assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert raised.value.message.startswith("x: sampled checking of T=100000 tokens")
     assert attention.check_permutation_equivariance(model="dynamic").holds  # the server still answers
+
+
+def test_concurrent_certificates_each_load_their_model(attention, models):
+    """Two compute threads load torch.export archives at once; each call gets its own verdict."""
+    rng = np.random.default_rng(5)
+    inputs = [rng.standard_normal((1, 3, D)).astype(np.float32) for _ in range(6)]
+
+    def certify(x):
+        try:
+            return attention.check_permutation_equivariance(x, model="dynamic").holds
+        except NnprobeError as error:
+            return error.code, error.message
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(certify, inputs))
+    refused = [a for a in answers if a is not True]
+    # The compute queue may refuse a call when full (RESOURCE_EXHAUSTED); no call may fail to load.
+    assert all(code == grpc.StatusCode.RESOURCE_EXHAUSTED for code, _ in refused), refused
+    assert len(refused) < len(answers)
+
+
+def test_a_call_past_its_deadline_leaves_the_next_one_loading(attention, models):
+    x = np.zeros((1, 8, D), np.float32)
+    with pytest.raises(NnprobeError) as raised:
+        attention.check_permutation_equivariance(x, model="dynamic", strategy="exhaustive", timeout=0.05)
+    assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    for _ in range(3):  # while the abandoned call may still be loading in its compute thread
+        assert attention.check_permutation_equivariance(model="dynamic").holds
