@@ -1,7 +1,7 @@
 """AnalyzeGradients on uploaded models that misbehave, through the SDK against an in-process server: calls on
-one model at once from many threads all load it and agree with a lone call; a cell exported with dropout in
-training mode and a cell that answers NaN are FAILED_PRECONDITION on ``model`` (never INTERNAL); a sequence
-model without recurrence is analysed (rate 0)."""
+one model at once from many threads all load it and agree with a lone call; a cell exported in training mode
+(dropout, batch norm) and a cell that answers NaN are FAILED_PRECONDITION on ``model`` (never INTERNAL); a
+sequence model without recurrence is analysed (rate 0)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,15 @@ class DroppedCell(torch.nn.Module):
 
     def forward(self, x, h):
         return self.drop(self.cell(x, h))
+
+
+class NormalisedCell(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell, self.norm = torch.nn.RNNCell(3, 4), torch.nn.BatchNorm1d(4)
+
+    def forward(self, x, h):
+        return self.norm(self.cell(x, h))
 
 
 class LogCell(torch.nn.Module):
@@ -54,6 +63,7 @@ def served(module_server_factory, tmp_path_factory):
         ),
         "dropout": _archive(DroppedCell().to(F64).train(), (x, h), cell_shapes),
         "log": _archive(LogCell().to(F64), (x, h), cell_shapes),
+        "batchnorm": _archive(NormalisedCell().to(F64).train(), (x + 1, h), cell_shapes),
         "positionwise": _archive(
             torch.nn.Linear(3, 4).to(F64), (torch.zeros(2, 5, 3, dtype=F64),), ({0: batch},)
         ),
@@ -63,6 +73,7 @@ def served(module_server_factory, tmp_path_factory):
         "lstm": {**cell, "states": 2},
         "dropout": cell,
         "log": cell,
+        "batchnorm": cell,
         "positionwise": {"task": "sequence_model", "input_size": 3, "hidden_size": 4, "sequence_length": 5},
     }
     with SequenceClient(address, timeout=120) as client:
@@ -87,7 +98,12 @@ def test_concurrent_calls_on_one_model_all_load_it_and_agree_with_a_lone_call(se
 
 
 @pytest.mark.parametrize(
-    ("name", "words"), [("dropout", "model.eval()"), ("log", "state after step 1 holds NaN or Inf")]
+    ("name", "words"),
+    [
+        ("dropout", "dropout.default with training=True"),
+        ("batchnorm", "batch_norm.default with training=True"),
+        ("log", "state after step 1 holds NaN or Inf"),
+    ],
 )
 def test_a_misbehaving_cell_is_a_failed_precondition_on_model(served, name, words):
     with SequenceClient(served, timeout=60) as client, pytest.raises(NnprobeError) as refused:

@@ -94,6 +94,27 @@ def check_finite(values: Sequence[torch.Tensor], what: str) -> None:
         )
 
 
+#: Graph calls that behave differently in training mode, and the position of their ``training`` argument.
+TRAINING_ARGUMENTS = {"batch_norm": 5, "dropout": 2}
+
+
+def check_inference_graph(module: torch.nn.Module) -> None:
+    """Refuse (``FailedPrecondition`` on ``model``) a graph exported in training mode: a batch norm that
+    normalises over the batch (here one sequence, so its output is zero) or a dropout that is on. Modules
+    without a graph pass."""
+    graph = getattr(module, "graph", None)
+    for node in graph.nodes if graph is not None else ():
+        name = str(getattr(node.target, "__name__", node.target))
+        for call, position in TRAINING_ARGUMENTS.items():
+            if call in name and len(node.args) > position and node.args[position] is True:
+                raise FailedPrecondition(
+                    f"was exported in training mode ({name} with training=True: it would normalise over or "
+                    "drop units of the one sequence analysed); call model.eval() before torch.export.export "
+                    "and upload it again",
+                    field="model",
+                )
+
+
 def check_repeatable(first: Sequence[torch.Tensor], again: Sequence[torch.Tensor], what: str) -> None:
     """Refuse (``FailedPrecondition`` on ``model``) a model that answered the same call with different
     values: dropout or other randomness left in its graph (an export made in training mode)."""

@@ -10,7 +10,7 @@ import torch
 
 from nnprobe_services.errors import FailedPrecondition
 from nnprobe_services.repository.task_models import TaskModels
-from nnprobe_services.sequence.recurrent.own_model_calls import on_device
+from nnprobe_services.sequence.recurrent.own_model_calls import check_inference_graph, on_device
 from nnprobe_services.sequence.recurrent.own_model_convert import Resolve, ResolvedModel
 
 #: ``torch.export.load`` keeps its deserializer in a global and fails when two threads load at once
@@ -28,6 +28,7 @@ def resolver(models: TaskModels, device: torch.device) -> Resolve:
         with _LOADING:
             loaded = models.load(name, version or None, dtype, field="model")
         config = loaded.config
+        check_inference_graph(loaded.module)
         if config.batch_size not in (None, 1):
             raise FailedPrecondition(
                 f"model {name!r} was exported for batch_size {config.batch_size}; the gradient analysis runs "

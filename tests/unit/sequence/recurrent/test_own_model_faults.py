@@ -1,7 +1,8 @@
 """Faults of a user's own model met by the gradient analyses: a graph that answers NaN or Inf, a graph with
-dropout left in training mode, and a sequence model without recurrence (no earlier step reaches y_T), each
-exported with torch.export and loaded back. The first two are ``FailedPrecondition`` on ``model``; the last
-is analysed, its norms checked against torch.autograd on the original module."""
+dropout left in training mode, a sequence model without recurrence (no earlier step reaches y_T) and a graph
+exported in training mode (batch norm, dropout), each exported with torch.export and loaded back.
+All but the model without recurrence are ``FailedPrecondition`` on ``model``; it, and a batch-norm cell in
+eval mode, are analysed, their norms checked against torch.autograd on the original module."""
 
 import functools
 import math
@@ -11,10 +12,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nnprobe_services.errors import FailedPrecondition
+from nnprobe_services.sequence.recurrent import own_model_calls as calls
 from nnprobe_services.sequence.recurrent import own_model_cells as cells
 from nnprobe_services.sequence.recurrent import own_model_sequences as sequences
 
-from tests.support.recurrent_models import F64, direct_sequence_norms, exported
+from tests.support.recurrent_models import F64, direct_cell_norms, direct_sequence_norms, exported
 
 SLOW = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -171,3 +173,42 @@ def test_token_ids_into_a_model_without_recurrence_have_rate_zero():
     loaded = exported(module, (torch.zeros(1, 5, dtype=torch.int64),))
     flow = finish(sequences.analyze_tokens(loaded, torch.tensor([1, 2, 3, 4, 5])))
     assert flow.growth_rate == 0.0 and flow.output_norms[:-1] == [0.0] * 4 and flow.output_norms[-1] > 0
+
+
+class NormalisedCell(torch.nn.Module):
+    """An RNN cell followed by a batch norm and a dropout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = torch.nn.RNNCell(3, 4)
+        self.norm = torch.nn.BatchNorm1d(4)
+        self.drop = torch.nn.Dropout(0.1)
+
+    def forward(self, x, h):
+        return self.drop(self.norm(self.cell(x, h)))
+
+
+@pytest.mark.parametrize(("train_norm", "train_drop"), [(True, False), (False, True), (True, True)])
+def test_a_graph_exported_in_training_mode_is_a_failed_precondition_naming_the_call(train_norm, train_drop):
+    module = NormalisedCell().to(F64).eval()
+    module.norm.train(train_norm)
+    module.drop.train(train_drop)
+    loaded = exported(module, (torch.randn(2, 3, dtype=F64), torch.randn(2, 4, dtype=F64)))
+    with pytest.raises(FailedPrecondition) as refused:
+        calls.check_inference_graph(loaded)
+    assert refused.value.field == "model" and "model.eval()" in str(refused.value)
+    assert ("batch_norm" if train_norm else "dropout") in str(refused.value)
+
+
+def test_a_graph_exported_in_eval_mode_passes_and_a_batch_norm_cell_is_analysed_as_autograd_says():
+    torch.manual_seed(0)
+    module = NormalisedCell().to(F64)
+    module.norm.running_mean.normal_()
+    module.norm.running_var.uniform_(0.5, 2.0)
+    module.eval()
+    loaded = exported(module, (torch.randn(1, 3, dtype=F64), torch.randn(1, 4, dtype=F64)))
+    calls.check_inference_graph(loaded)
+    x = torch.randn(5, 3, dtype=F64, generator=torch.Generator().manual_seed(1))
+    flow = finish(cells.analyze_cell(cells.OwnCell(loaded, 3, (4,)), x, (torch.zeros(4, dtype=F64),)))
+    expected = direct_cell_norms(module, x, [torch.zeros(4, dtype=F64)])["h"]
+    assert flow.hidden_norms == pytest.approx(expected, rel=1e-10)
