@@ -6,7 +6,9 @@ P of the T tokens (axis 1 of X (B, T, D)), both loads evaluate PX, one permutati
 exported graph has a fixed batch size, so permutations cannot be stacked into the batch):
 
 - equivariance: err_p = max |f(PX) - P f(X)| over the output elements (the output is (B, T, ...));
-- invariance:   err_p = max |f(PX) - f(X)| (the output, such as (B, D), must not change).
+- invariance:   err_p = max |f(PX) - f(X)| (the output, such as (B, D), must not change);
+
+err_p is infinite when f(PX) is not finite (f(X) is, or no noise could be measured): the check fails there.
 
 The float32 maximum over permutations is the deviation, judged as ``ratio = deviation / noise`` (``noise``)
 against ``threshold`` (10 unless given); the float64 maximum is reported beside it.
@@ -14,6 +16,7 @@ against ``threshold`` (10 unless given); the float64 maximum is reported beside 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -97,7 +100,11 @@ def _error(action: str, out: torch.Tensor, reference: torch.Tensor, perm: torch.
             f"{list(target.shape)}",
             field="model",
         )
-    return float((out.to(torch.float64) - target.to(torch.float64)).abs().max()) if out.numel() else 0.0
+    if not out.numel():
+        return 0.0
+    if not bool(torch.isfinite(out).all()):
+        return math.inf  # f(X) is finite (measure_noise), f(PX) is not: as far from it as can be
+    return float((out.to(torch.float64) - target.to(torch.float64)).abs().max())
 
 
 def _scan(
