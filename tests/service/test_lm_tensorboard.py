@@ -1,7 +1,8 @@
 """The SDK and CLI against an in-process SequenceService: a training job's TensorBoard run, downloaded with
 ``download_tensorboard``, ``job(...).tensorboard`` and ``nnprobe lm tensorboard``, reads back (TensorBoard's
-own reader) as exactly the job's history; hyper-parameters in the same run; a cancelled and resumed job has
-each step once; an unknown job is NOT_FOUND; a log that cannot be written leaves the job unharmed."""
+own reader) as exactly the job's history; hyper-parameters in the same run; each evaluation's text sample
+equals the Sample RPC's draw from that step's checkpoint; a cancelled and resumed job has each step and
+sample once; an unknown job is NOT_FOUND; a log that cannot be written leaves the job unharmed."""
 
 import grpc
 import numpy as np
@@ -12,6 +13,8 @@ from nnprobe.api.sequence.v1 import sequence_pb2_grpc
 from nnprobe.cli import main
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
+
+from tests.support.tensorboard_runs import texts
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +103,25 @@ def test_the_downloaded_run_is_the_jobs_history_with_its_hyperparameters(
     assert values["epochs"].number_value == 2 and values["optimizer"].string_value == "adam"
 
 
+def rpc_sample(lm, job, step, checkpoint="last"):
+    """The Sample RPC's default draw (after <eos>, temperature 1) of 30 words from a checkpoint of ``job``
+    with the documented evaluation seed, (job seed * 1_000_003 + step) mod 2**63."""
+    seed = (job.config["seed"] * 1_000_003 + step) % 2**63
+    drawn = lm.sample(job.job_id, num_words=30, seed=seed, checkpoint=checkpoint)
+    assert drawn.step == step
+    return drawn.text
+
+
+def test_each_evaluation_has_the_sample_the_rpc_draws_from_its_checkpoint(lm, trained, tmp_path):
+    lm.download_tensorboard(trained.job_id, tmp_path)
+    read = texts(tmp_path)
+    steps = [e.step for e in trained.events if e.kind == "evaluation"]
+    assert [step for step, _ in read] == steps and len(steps) == 2
+    assert read[-1][1] == rpc_sample(lm, trained, steps[-1])  # the last checkpoint is the last step's
+    best = trained.best_step  # the best checkpoint: an evaluation's step too
+    assert dict(read)[best] == rpc_sample(lm, trained, best, "best")
+
+
 def test_the_job_handle_and_the_cli_write_the_same_files(lm, address, trained, tmp_path, capsys):
     by_sdk = lm.download_tensorboard(trained.job_id, tmp_path / "sdk")
     by_handle = lm.job(trained.job_id).tensorboard(tmp_path / "handle")
@@ -142,6 +164,9 @@ def test_a_cancelled_and_resumed_job_has_each_step_once(lm, corpus, options, tmp
     assert steps == list(range(1, final.total_steps + 1))  # log_interval 1: every step, once
     for tag, rows in from_history(final).items():
         assert scalars[tag] == rows, tag
+    read = texts(tmp_path)  # one sample per evaluation, the last from the resumed run's final model
+    assert [step for step, _ in read] == [e.step for e in final.events if e.kind == "evaluation"]
+    assert read[-1][1] == rpc_sample(lm, final, final.total_steps)
 
 
 def test_a_log_that_cannot_be_written_leaves_the_job_unharmed(lm, corpus, options, data_dir, tmp_path):

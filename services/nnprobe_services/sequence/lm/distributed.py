@@ -113,6 +113,7 @@ class Spec:
     device: str
     corpus_id: str
     checkpoint: dict[str, Any] | None
+    samples: bool = False  # rank 0 draws each evaluation's text sample (the server writes a log)
 
 
 class Sink:
@@ -139,8 +140,9 @@ def train(spec: Spec, sink: Sink) -> bool:
         if spec.config.batch_size % reducer.world_size:
             raise ValueError(f"{reducer.world_size} workers must divide batch_size {spec.config.batch_size}")
         config = dataclasses.replace(spec.config, workers=reducer.world_size, device=str(device))
-        trainer = Trainer(config, spec.vocab, spec.splits, device, spec.checkpoint, reducer)
         leader = reducer.rank == 0
+        samples = (lambda: True) if leader and spec.samples else None
+        trainer = Trainer(config, spec.vocab, spec.splits, device, spec.checkpoint, reducer, samples)
 
         def on_checkpoint(t: Trainer) -> None:
             payload = t.checkpoint()  # a collective: every rank gathers, rank 0 writes
@@ -322,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             raw["device"],
             raw["corpus_id"],
             payload,
+            raw.get("samples", False),
         )
         server.corpus_id = spec.corpus_id
     else:

@@ -14,7 +14,9 @@ class Event:
     A step window averages its steps: ``loss`` (mean cross-entropy, nats per token), ``perplexity``
     (exp of it), ``grad_norm`` (mean over the window's steps of the total L2 norm of all gradients before
     clipping, as ``torch.nn.utils.clip_grad_norm_`` returns it; data-parallel: of the averaged gradients).
-    ``learning_rate`` is the rate the window's steps used."""
+    ``learning_rate`` is the rate the window's steps used. ``sample``: an evaluation's text sample
+    (``training_samples``), drawn only for a job whose TensorBoard log is open ("" otherwise); the job's
+    history stores it only when not empty."""
 
     kind: str  # "step", "evaluation" or "checkpoint"
     step: int
@@ -30,3 +32,4 @@ class Event:
     best_step: int = -1  # evaluations: the best-validation step so far (-1: none)
     best_valid_perplexity: float = 0.0
     grad_norm: float = 0.0
+    sample: str = ""

@@ -5,6 +5,7 @@ stops. ``local_devices`` names the devices this process can run jobs on."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -118,7 +119,8 @@ def _train(manager: JobManager, job: JobRecord, running: RunningJob) -> bool:
     stop = running.stop
     if manager.runner is not None and config.workers > 1:
         return manager.runner(manager, job, config, splits, corpus.words, payload, stop)
-    trainer = Trainer(config, corpus.words, splits, torch.device(job.device), payload)
+    samples = functools.partial(manager.training_logs.writing, job.job_id)  # no log, no sample
+    trainer = Trainer(config, corpus.words, splits, torch.device(job.device), payload, samples=samples)
     finished = trainer.run(
         lambda event: manager.record(job.job_id, event),
         should_stop=stop.is_set,

@@ -181,6 +181,7 @@ def run_job(
         "device": job.device,
         "corpus_id": job.corpus_id,
         "resume": payload is not None,
+        "samples": manager.training_logs.writing(job.job_id),  # rank 0 draws text samples for the log
     }
     torch.save(spec, spec_path)
     store = dist.TCPStore("127.0.0.1", 0, config.workers, is_master=True, wait_for_workers=False)

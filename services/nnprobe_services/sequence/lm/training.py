@@ -30,6 +30,7 @@ from nnprobe_services.sequence.lm.corpus import batchify
 from nnprobe_services.sequence.lm.evaluation import evaluate, loss_sum, perplexity, streams_of
 from nnprobe_services.sequence.lm.events import Event
 from nnprobe_services.sequence.lm.model import LanguageModel, State, TrainingConfig, detach
+from nnprobe_services.sequence.lm.training_samples import evaluation_sample
 
 
 class Reducer(Protocol):
@@ -88,7 +89,11 @@ class Trainer:
         device: torch.device,
         checkpoint: dict[str, Any] | None = None,
         reducer: Reducer | None = None,
+        samples: Callable[[], bool] | None = None,
     ) -> None:
+        """``samples``: asked at each evaluation; true: the evaluation's event carries a text sample
+        (``training_samples``; no training randomness is used). None: never."""
+        self.samples = samples
         self.config = config
         self.vocab = vocab
         self.splits = splits
@@ -295,10 +300,16 @@ class Trainer:
                 test_perplexity=self.last_evaluation[1],
                 best_step=self.best.step,
                 best_valid_perplexity=self.best.valid_perplexity,
+                sample=self._sample(),
             )
         )
         if on_checkpoint is not None:
             on_checkpoint(self)
+
+    def _sample(self) -> str:
+        if self.samples is None or not self.samples():
+            return ""
+        return evaluation_sample(self.model, self.vocab, self.config.seed, self.step, self.device)
 
     def _emit_window(self, on_event: Callable[[Event], None], epoch: int, learning_rate: float) -> None:
         loss = self.window_loss.item() / max(self.window_steps, 1)

@@ -288,9 +288,12 @@ class JobManager(ReplicaJobs):
 
     # -- recording ----------------------------------------------------------------------------------
     def record(self, job_id: str, event: Event) -> None:
-        """Store a training event, mirror it on the job row and add it to the job's TensorBoard log."""
+        """Store a training event, mirror it on the job row and add it to the job's TensorBoard log (an
+        evaluation's text sample, when it has one, is kept in the stored event's payload as ``sample``)."""
         payload = dataclasses.asdict(event)
         kind = payload.pop("kind")
+        if not payload["sample"]:
+            del payload["sample"]  # only an evaluation with a text sample stores one
         changes: dict[str, Any] = {
             "step": event.step,
             "epoch": event.epoch,

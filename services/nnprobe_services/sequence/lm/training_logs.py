@@ -5,13 +5,17 @@ events, so ``tensorboard --logdir`` on the folder (or on a download of it, ``Get
 - ``train/loss``, ``train/perplexity``, ``train/learning_rate``, ``train/grad_norm`` and
   ``train/tokens_per_second`` at each step window's last step (the window's values, as in the job's history);
 - ``valid/perplexity`` and ``test/perplexity`` at each evaluation's step (when the corpus has that split);
+- ``samples/text`` (TensorBoard's text plugin; its reader's tag is ``samples/text/text_summary``) at each
+  evaluation's step: the evaluation's text sample (``training_samples``), carried by its ``Event``;
 - the hyper-parameters (the job's ``TrainingConfig``) in the same run, through the hparams plugin's summaries
   written to the run's own event file (not ``SummaryWriter.add_hparams``, which makes a sub-run).
 
 Every run of a job (a resume, a takeover, a hand-over) opens a new event file in the same folder with
-``purge_step`` = its checkpoint's step + 1: TensorBoard then drops what earlier files hold past the
-checkpoint, so no step appears twice. Event files are read in name order and their names start with the
-creation second, so a new file waits for the second after the newest one's.
+``purge_step`` = its checkpoint's step + 1 (the first run: 0, a START that purges nothing, so that
+TensorBoard's server, which ignores the first START it reads, purges on the later ones): TensorBoard then
+drops what earlier files hold past the checkpoint, so no step appears twice. Event files are read in name
+order and their names start with the creation second, so a new file waits for the second after the newest
+one's.
 
 Only the process that records the job's events writes (data-parallel jobs: the server, from rank 0's
 events). A write that fails (disk full, folder gone) never fails the job: the log is closed for the rest of
@@ -43,6 +47,8 @@ STEP_SCALARS = {
 }
 #: The scalars of an evaluation (written when positive: a split the corpus lacks reads 0).
 EVALUATION_SCALARS = {"valid/perplexity": "valid_perplexity", "test/perplexity": "test_perplexity"}
+#: The tag of an evaluation's text sample.
+SAMPLE_TAG = "samples/text"
 FOLDER = "tensorboard"
 
 
@@ -88,7 +94,9 @@ class TrainingLog:
 
             earlier = event_files(folder)
             _wait_past(earlier)
-            purge = checkpoint_step + 1 if earlier else None
+            # The first file's SessionLog START (step 0) purges nothing; TensorBoard's server (its plugin
+            # accumulator) takes the first START it reads for the session's start and purges on later ones.
+            purge = checkpoint_step + 1 if earlier else 0
             self.writer = SummaryWriter(str(folder), purge_step=purge, flush_secs=3600)
             if not earlier:
                 self._write_hparams(config)
@@ -106,7 +114,8 @@ class TrainingLog:
             file_writer.add_summary(summary)
 
     def write(self, event: Event) -> None:
-        """Add the scalars of a step window or an evaluation at ``event.step``, then flush."""
+        """Add the scalars of a step window or an evaluation, and an evaluation's text sample (when not
+        empty), at ``event.step``, then flush."""
         if self.writer is None:
             return
         if event.kind == "step":
@@ -116,8 +125,11 @@ class TrainingLog:
         else:
             return
         try:
+            now = time.time()
             for tag, value in scalars.items():
-                self.writer.add_scalar(tag, value, event.step, walltime=time.time())
+                self.writer.add_scalar(tag, value, event.step, walltime=now)
+            if event.kind == "evaluation" and event.sample:
+                self.writer.add_text(SAMPLE_TAG, event.sample, event.step, walltime=now)
             self.writer.flush()
         except Exception as error:
             self._give_up(error)
@@ -163,6 +175,12 @@ class TrainingLogs:
             self._open[job_id] = opened
         if previous is not None:
             previous.close()
+
+    def writing(self, job_id: str) -> bool:
+        """True while the job's log of this run is open and has not failed (a sample is worth drawing)."""
+        with self._lock:
+            found = self._open.get(job_id)
+        return found is not None and found.writer is not None
 
     def write(self, job_id: str, event: Event) -> None:
         with self._lock:

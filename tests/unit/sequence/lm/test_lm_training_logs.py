@@ -1,5 +1,6 @@
-"""TensorBoard logs of training runs (``training_logs``) read back with TensorBoard's own reader, and the
-gradient norm the training loop reports, against torch.autograd."""
+"""TensorBoard logs of training runs (``training_logs``) read back with TensorBoard's own reader (scalars,
+hyper-parameters, evaluation text samples), and the gradient norm the training loop reports, against
+torch.autograd."""
 
 import math
 import shutil
@@ -13,9 +14,12 @@ from nnprobe_services.sequence.lm.corpus import batchify
 from nnprobe_services.sequence.lm.events import Event
 from nnprobe_services.sequence.lm.model import LanguageModel, TrainingConfig
 from nnprobe_services.sequence.lm.training import Trainer
-from nnprobe_services.sequence.lm.training_logs import TrainingLog, event_files
+from nnprobe_services.sequence.lm.training_logs import TrainingLog, TrainingLogs, event_files
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
+
+from tests.support.tensorboard_runs import SAMPLE_TAG, server_view, texts
+from tests.support.tensorboard_runs import scalars as server_scalars
 
 VOCAB = [str(i) for i in range(17)]
 CONFIG = TrainingConfig(
@@ -120,10 +124,11 @@ def test_a_resumed_run_has_no_duplicated_steps(tmp_path):
         second.write(step(n, 100.0 + n))
     second.close()
     assert len(event_files(tmp_path)) == 2
-    read = scalars(tmp_path)["train/loss"]
-    assert read == [(n, float(np.float32(1.0 + n))) for n in (1, 2, 3)] + [
+    expected = [(n, float(np.float32(1.0 + n))) for n in (1, 2, 3)] + [
         (n, float(np.float32(100.0 + n))) for n in range(4, 9)
     ]
+    assert scalars(tmp_path)["train/loss"] == expected
+    assert server_scalars(tmp_path, "train/loss") == expected  # what TensorBoard's server shows too
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
@@ -148,3 +153,36 @@ def test_a_failing_disk_never_raises_and_keeps_what_was_written(tmp_path_factory
     reopened = TrainingLog(folder, {}, 0)  # the folder cannot be created: the log is off, no exception
     reopened.write(step(1, 1.0))
     assert reopened.failed
+
+
+def test_each_evaluation_writes_its_text_sample_at_its_step(tmp_path):
+    config = TrainingConfig(**{**CONFIG.to_dict(), "max_steps": 0, "epochs": 3})
+    events: list[Event] = []
+    logs = TrainingLogs(tmp_path)
+    logs.open("job", config.to_dict(), 0)
+    trainer = Trainer(config, VOCAB, splits(), torch.device("cpu"), samples=lambda: logs.writing("job"))
+    trainer.run(lambda e: (events.append(e), logs.write("job", e)))
+    logs.close("job")
+    assert not logs.writing("job")  # closed: no more samples
+    evaluations = [(e.step, e.sample) for e in events if e.kind == "evaluation"]
+    assert [s for s, _ in evaluations] == [trainer.per_epoch * k for k in (1, 2, 3)]
+    assert all(len(text.split()) == 30 for _, text in evaluations)  # no <eos> in this vocabulary
+    folder = tmp_path / "job" / "tensorboard"
+    assert texts(folder) == evaluations
+    assert list(server_view(folder).PluginTagToContent("text")) == [SAMPLE_TAG]  # the only text tag
+
+
+def test_a_resumed_log_keeps_one_sample_per_evaluation(tmp_path):
+    def evaluation(n: int, text: str) -> Event:
+        return Event("evaluation", n, n // 3, 9, valid_perplexity=2.0, sample=text)
+
+    first = TrainingLog(tmp_path, {}, 0)
+    for n in (3, 6):
+        first.write(evaluation(n, f"first {n}"))
+    first.close()
+    second = TrainingLog(tmp_path, {}, 3)  # the checkpoint of step 3: step 6 is logged again
+    for n in (6, 9):
+        second.write(evaluation(n, f"second {n}"))
+    second.write(evaluation(10, ""))  # no sample drawn: nothing written
+    second.close()
+    assert texts(tmp_path) == [(3, "first 3"), (6, "second 6"), (9, "second 9")]
