@@ -1,7 +1,8 @@
 """A sequence server killed (SIGKILL) mid-training after its job logged steps past its last checkpoint:
 restarted, it takes the job over from that checkpoint, and the job's TensorBoard run, downloaded through the
 SDK and read with TensorBoard's own reader, shows every step once with the final history's values (the
-restarted run's file purges what the killed run logged past the checkpoint)."""
+restarted run's file purges what the killed run logged past the checkpoint), and each evaluation's text sample
+once, the last the Sample RPC's draw from the final checkpoint."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from nnprobe import SequenceClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.support.processes import serve, stop
+from tests.support.tensorboard_runs import scalars, texts
 
 pytestmark = pytest.mark.system
 
@@ -65,6 +67,8 @@ def test_a_taken_over_job_logs_each_step_once(tmp_path, resumable_lm, free_port,
             client.wait_job(job.job_id, timeout=300)
             final = client.get_job(job.job_id, history=True)
             logs = client.download_tensorboard(job.job_id, tmp_path / "download")
+            seed = (final.config["seed"] * 1_000_003 + final.total_steps) % 2**63  # the documented seed
+            redrawn = client.sample(job.job_id, num_words=30, seed=seed)
     finally:
         stop(proc)
     assert final.state == "succeeded"
@@ -77,3 +81,7 @@ def test_a_taken_over_job_logs_each_step_once(tmp_path, resumable_lm, free_port,
     steps = [e for e in final.events if e.kind == "step"]
     assert [s for s, _ in read] == list(range(1, final.total_steps + 1)), (logged_before, resumed_at)
     assert read == [(e.step, float(np.float32(e.loss))) for e in steps]
+    assert scalars(tmp_path / "download", "train/loss") == read  # TensorBoard's server purges as well
+    samples = texts(tmp_path / "download")
+    assert [step for step, _ in samples] == [e.step for e in final.events if e.kind == "evaluation"]
+    assert len(samples) == 3 and samples[-1] == (final.total_steps, redrawn.text)

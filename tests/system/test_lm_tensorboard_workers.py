@@ -1,6 +1,7 @@
 """A data-parallel job (2 worker processes, CPU, gloo) on a real sequence server: its TensorBoard run is one
 event file, written by the server from rank 0's events (no worker writes one), equal to the job's history;
-its gradient norms (of the averaged gradients) match the single-process job's with the same global batch."""
+its gradient norms (of the averaged gradients) match the single-process job's with the same global batch;
+its evaluation's text sample, drawn by rank 0, is the Sample RPC's draw from the job's final checkpoint."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from nnprobe.api.sequence.v1 import sequence_pb2_grpc
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.support.processes import serve, stop
+from tests.support.tensorboard_runs import texts
 
 pytestmark = pytest.mark.system
 
@@ -56,6 +58,8 @@ def test_a_data_parallel_job_has_one_run_written_from_rank_0(tmp_path, free_port
             history = client.get_job(double.job_id, history=True)
             logs = client.download_tensorboard(double.job_id, tmp_path / "download")
             norms = {job.job_id: step_norms(address, job.job_id) for job in (single, double)}
+            seed = (CONFIG["seed"] * 1_000_003 + history.total_steps) % 2**63  # the documented sample seed
+            redrawn = client.sample(double.job_id, num_words=30, seed=seed)
     finally:
         stop(proc)
     job_folder = tmp_path / "data" / "jobs" / double.job_id
@@ -71,3 +75,6 @@ def test_a_data_parallel_job_has_one_run_written_from_rank_0(tmp_path, free_port
     assert [s for s, _ in a] == [s for s, _ in b] and len(a) >= 10
     for (_, one), (_, two) in zip(a, b, strict=True):
         assert math.isclose(one, two, rel_tol=1e-4), (one, two)
+    evaluations = [e.step for e in history.events if e.kind == "evaluation"]
+    assert evaluations == [history.total_steps] and redrawn.step == history.total_steps
+    assert texts(tmp_path / "download") == [(history.total_steps, redrawn.text)]
