@@ -29,6 +29,7 @@ import json
 import operator
 import os
 import re
+import threading
 import zipfile
 from pathlib import Path
 
@@ -340,13 +341,20 @@ def check_pt2_graph(program: torch.export.ExportedProgram, *, max_nodes: int, fi
             )
 
 
+#: ``torch.export.load`` keeps its deserializer in a process-wide global and fails when two threads load
+#: at once ("_CURRENT_DESERIALIZER is already set"): every load in the process takes this lock.
+_EXPORT_LOAD = threading.Lock()
+
+
 def load_pt2(
     path: Path, *, max_nodes: int, max_bytes: int, field: str = "file"
 ) -> torch.export.ExportedProgram:
-    """``torch.export.load`` after ``check_pt2_archive``, then ``check_pt2_graph``."""
+    """``torch.export.load`` after ``check_pt2_archive``, then ``check_pt2_graph``. Safe from any number of
+    threads (loads take turns, ``_EXPORT_LOAD``)."""
     check_pt2_archive(path, max_bytes=max_bytes, field=field)
     try:
-        program = torch.export.load(str(path))
+        with _EXPORT_LOAD:
+            program = torch.export.load(str(path))
     except Exception as error:  # deserialisation failures of every kind mean the same to the caller
         raise InvalidArgument(
             f"is not a loadable torch.export archive ({type(error).__name__}: {str(error)[:200]})",

@@ -4,18 +4,12 @@ name and version resolved, the file loaded in the requested precision, moved to 
 
 from __future__ import annotations
 
-import threading
-
 import torch
 
 from nnprobe_services.errors import FailedPrecondition
 from nnprobe_services.repository.task_models import TaskModels
 from nnprobe_services.sequence.recurrent.own_model_calls import check_inference_graph, on_device
 from nnprobe_services.sequence.recurrent.own_model_convert import Resolve, ResolvedModel
-
-#: ``torch.export.load`` keeps its deserializer in a global and fails when two threads load at once
-#: ("_CURRENT_DESERIALIZER is already set"): the compute threads load one model at a time.
-_LOADING = threading.Lock()
 
 
 def resolver(models: TaskModels, device: torch.device) -> Resolve:
@@ -25,8 +19,7 @@ def resolver(models: TaskModels, device: torch.device) -> Resolve:
     of one)."""
 
     def resolve(name: str, version: int, dtype: torch.dtype) -> ResolvedModel:
-        with _LOADING:
-            loaded = models.load(name, version or None, dtype, field="model")
+        loaded = models.load(name, version or None, dtype, field="model")  # loads take turns (load_pt2)
         config = loaded.config
         check_inference_graph(loaded.module)
         if config.batch_size not in (None, 1):
