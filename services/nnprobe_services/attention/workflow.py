@@ -210,10 +210,16 @@ def model_certificate(
 def _on_device(graph: torch.fx.GraphModule, device: torch.device) -> torch.fx.GraphModule:
     """``graph`` (changed in place) on ``device``: its parameters and buffers, and every node that names a
     device (``torch.export`` records ``device=cpu`` on the tensors a model creates), so a model exported on
-    one device runs on the server's."""
+    one device runs on the server's. The ``aten._assert_tensor_metadata`` checks ``torch.export`` puts
+    before a cast (``x.float()``, ``.to(torch.bfloat16)``) are removed: they assert the dtype the model was
+    exported in, which the float64 load changes on purpose."""
     graph.to(device)
     changed = False
-    for node in graph.graph.nodes:
+    for node in list(graph.graph.nodes):
+        if node.target is torch.ops.aten._assert_tensor_metadata.default and not node.users:
+            graph.graph.erase_node(node)
+            changed = True
+            continue
         named = node.kwargs.get("device")
         if isinstance(named, torch.device | str) and torch.device(named) != device:
             node.kwargs = {**node.kwargs, "device": device}
