@@ -7,6 +7,7 @@ import argparse
 import numpy as np
 
 from nnprobe.attention import ACTIVATIONS, POOLINGS, SOFTMAX_MODES, STRATEGIES, AttentionClient
+from nnprobe.cli.arrays import load_array
 from nnprobe.cli.attention_certificate import (
     add_model_options,
     check_model_options,
@@ -17,9 +18,9 @@ from nnprobe.cli.output import add_client_options, client_kwargs, print_fields, 
 from nnprobe.cli.repository_models import add_model_commands
 
 
-def _load_array(path: str | None) -> np.ndarray | None:
+def _load_array(path: str | None, option: str) -> np.ndarray | None:
     """A .npy file, or None."""
-    return None if path is None else np.load(path, allow_pickle=False)
+    return None if path is None else load_array(path, option)
 
 
 def _attention_options(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +43,7 @@ def _attention_options(parser: argparse.ArgumentParser) -> None:
 
 def _attention_kwargs(args: argparse.Namespace) -> dict:
     check_model_options(args)
-    x = _load_array(args.x)
+    x = _load_array(args.x, "--x")
     if args.model is not None:
         return model_kwargs(args, x)
     return {
@@ -50,7 +51,7 @@ def _attention_kwargs(args: argparse.Namespace) -> dict:
         "sequence_length": 0 if x is not None else args.sequence_length,
         "model_dim": 0 if x is not None else args.model_dim,
         "seed": args.seed,
-        "weights": [np.load(p, allow_pickle=False) for p in args.weights] if args.weights else None,
+        "weights": [load_array(p, "--weights") for p in args.weights] if args.weights else None,
         "heads": args.heads,
         "scale": args.scale,
         "softmax": args.softmax,

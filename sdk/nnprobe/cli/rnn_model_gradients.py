@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
+from nnprobe.cli.arrays import load_array
 from nnprobe.cli.output import client_kwargs, print_json, print_table
 from nnprobe.cli.parsing import UsageError
 from nnprobe.progress import ProgressCallback
@@ -77,7 +76,7 @@ def run_model_gradients(args: argparse.Namespace, update: ProgressCallback) -> o
     """The analysis ``args`` ask for with ``--model``: -T is sent only when neither --input-file nor
     --token-ids gives the sequence."""
     name, version = args.model
-    inputs = np.load(args.input_file, allow_pickle=False) if args.input_file else None
+    inputs = load_array(args.input_file, "--input-file") if args.input_file else None
     given = inputs is not None or args.token_ids is not None
     with SequenceClient(args.address, **client_kwargs(args)) as client:
         return client.analyze_gradients(

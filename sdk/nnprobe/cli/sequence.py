@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnprobe.cli.arrays import load_archive, load_array
 from nnprobe.cli.output import (
     ProgressBar,
     add_client_options,
@@ -134,13 +135,12 @@ def _save_plot(png: bytes | None, path: str | None) -> None:
 def _load_weights(path: str | None) -> dict[str, np.ndarray] | None:
     if path is None:
         return None
-    with np.load(path, allow_pickle=False) as archive:
-        return {name: archive[name] for name in archive.files}
+    return load_archive(path, "--weights")
 
 
 def run_forward(args: argparse.Namespace) -> int:
     if args.inputs:
-        inputs = np.load(args.inputs, allow_pickle=False)
+        inputs = load_array(args.inputs, "--inputs")
     else:
         inputs = np.ones((args.sequence_length, 1, args.input_size))
     weights = _load_weights(args.weights)
