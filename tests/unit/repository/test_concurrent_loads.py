@@ -10,9 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from nnprobe_services.repository import artifacts
+from torch import nn
 
 
 def _archive(folder: Path, seed: int) -> Path:
