@@ -13,6 +13,8 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nnprobe import NnprobeError
 from torch import nn
 
@@ -118,3 +120,33 @@ def test_a_call_past_its_deadline_leaves_the_next_one_loading(attention, models)
     assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     for _ in range(3):  # while the abandoned call may still be loading in its compute thread
         assert attention.check_permutation_equivariance(model="dynamic").holds
+
+
+@pytest.fixture(scope="module")
+def fixed_length(attention, tmp_path_factory):
+    """A layer exported with a dynamic batch and a fixed T = 5 its configuration does not declare."""
+    torch.manual_seed(6)
+    layer = nn.TransformerEncoderLayer(D, 2, dim_feedforward=16, dropout=0.0, batch_first=True).eval()
+    path = _archive(layer, tmp_path_factory.mktemp("fixed"), "fixed-length", dynamic_tokens=False)
+    attention.upload_model(
+        path, name="fixed-length", config={"task": "token_model", "d_model": D}, progress=False
+    )
+    return layer
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(t=st.integers(1, 9).filter(lambda t: t != 5), b=st.integers(1, 3))
+def test_a_length_the_export_fixed_is_refused_on_x(attention, fixed_length, t, b):
+    with pytest.raises(NnprobeError) as raised:
+        attention.check_permutation_equivariance(np.zeros((b, t, D), np.float32), model="fixed-length")
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.message.startswith("x: the model does not take an input of this shape")
+    assert "torch.export.Dim" in raised.value.message
+
+
+def test_the_fixed_length_with_any_batch_holds(attention, fixed_length):
+    x = np.random.default_rng(1).standard_normal((3, 5, D)).astype(np.float32)
+    result = attention.check_permutation_equivariance(x, model="fixed-length")
+    with torch.no_grad():
+        expected = fixed_length(torch.from_numpy(x)).numpy()
+    assert result.holds and np.abs(result.output - expected).max() < 1e-6

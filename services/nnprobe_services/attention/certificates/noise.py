@@ -100,17 +100,27 @@ def single_output(value: object) -> torch.Tensor:
 
 
 Result = TypeVar("Result")
+#: How a ``torch.export`` module refuses an input whose shape its export fixed (the guard of each version).
+SHAPE_GUARDS = ("Guard failed:", "Expected input at ")
 
 
 def guarded(call: Callable[[], Result]) -> Result:
-    """``call()``; a failure of the model itself (a shape it cannot take, an operator that fails) becomes
-    ``FailedPrecondition`` on ``model``; domain errors and cancellations pass through."""
+    """``call()``; an input shape the export's guards refuse becomes ``InvalidArgument`` on ``x``, any
+    other failure of the model itself (an operator that fails) ``FailedPrecondition`` on ``model``; domain
+    errors and cancellations pass through."""
     try:
         return call()
     except ServiceError:
         raise
     except Exception as error:  # the user's graph raised
         message = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        if any(marker in message for marker in SHAPE_GUARDS):
+            raise InvalidArgument(
+                f"the model does not take an input of this shape ({message}): it was exported with fixed "
+                "sizes; give x of the sizes it was exported for, or export it with dynamic dimensions "
+                "(torch.export.Dim)",
+                field="x",
+            ) from None
         raise FailedPrecondition(
             f"the model failed on its input: {type(error).__name__}: {message}", field="model"
         ) from None

@@ -141,7 +141,7 @@ def _shape(
         if configured is not None and _mismatch(shape, tuple(configured), fixed):
             raise InvalidArgument(
                 f"has shape {list(shape)}; model {spec.model!r} takes {_takes(tuple(configured), fixed)}"
-                " (its configuration's batch_size, sequence_length and d_model)",
+                " (the sizes its configuration fixes)",
                 field="x",
             )
     if len(shape) != (2 if vocabulary is not None else 3) or min(shape) < 1:

@@ -170,16 +170,39 @@ def test_the_stop_signal_ends_the_scan():
         )
 
 
-def test_a_model_that_fails_on_its_input_is_a_failed_precondition():
+def test_a_shape_the_export_fixed_is_invalid_on_x():
     data = export_bytes(EncoderModel(T, D), (B, T, D))
     graph64, graph32 = load_exported(data, torch.float64), load_exported(data, torch.float32)
     x = noise.draw_input((B, T + 1, D), 0)  # the export fixed T
-    with pytest.raises(FailedPrecondition) as error:
+    with pytest.raises(InvalidArgument) as error:
         certify.certify(
             graph64,
             graph32,
             x,
             certify.permutations(T + 1, exhaustive=True, samples=0, seed=0),
+            action="equivariance",
+            exhaustive=True,
+        )
+    assert error.value.field == "x" and "exported with fixed sizes" in error.value.message
+
+
+class NegativeCholesky(torch.nn.Module):
+    """Cholesky of -(X Xᵀ + I), never positive definite: the operator itself fails."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gram = x @ x.transpose(1, 2) + torch.eye(x.shape[1], dtype=x.dtype)
+        return torch.linalg.cholesky(-gram)
+
+
+def test_a_model_that_fails_on_its_input_is_a_failed_precondition():
+    graph = NegativeCholesky()
+    x = noise.draw_input((B, T, D), 0)
+    with pytest.raises(FailedPrecondition) as error:
+        certify.certify(
+            graph,
+            graph,
+            x,
+            certify.permutations(T, exhaustive=True, samples=0, seed=0),
             action="equivariance",
             exhaustive=True,
         )
