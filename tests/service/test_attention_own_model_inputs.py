@@ -150,3 +150,12 @@ def test_the_fixed_length_with_any_batch_holds(attention, fixed_length):
     with torch.no_grad():
         expected = fixed_length(torch.from_numpy(x)).numpy()
     assert result.holds and np.abs(result.output - expected).max() < 1e-6
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(version=st.integers(-(2**31), -1))
+def test_a_negative_version_is_invalid_not_missing(attention, models, version):
+    with pytest.raises(NnprobeError) as raised:
+        attention.check_permutation_equivariance(model="dynamic", model_version=version)
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.message.startswith("model_version: must be >= 0")

@@ -174,6 +174,10 @@ def model_certificate(
     ``plan_model_check`` raise (``NotFound``, ``InvalidArgument``, ``FailedPrecondition``,
     ``ResourceExhausted`` naming the field), ``Cancelled`` when ``stop`` answers true between permutations.
     """
+    if spec.model_version < 0:  # before resolve, which would answer NOT_FOUND for it
+        raise InvalidArgument(
+            f"must be >= 0 (0 is the latest), got {spec.model_version}", field="model_version"
+        )
     exact = resolve(spec.model, spec.model_version, torch.float64)
     plan = plan_model_check(
         spec,

@@ -116,9 +116,9 @@ def guarded(call: Callable[[], Result]) -> Result:
         message = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
         if any(marker in message for marker in SHAPE_GUARDS):
             raise InvalidArgument(
-                f"the model does not take an input of this shape ({message}): it was exported with fixed "
-                "sizes; give x of the sizes it was exported for, or export it with dynamic dimensions "
-                "(torch.export.Dim)",
+                f"the model does not take an input of this shape ({message}): it was exported with "
+                "fixed or bounded sizes; give x of the sizes it was exported for, or export it with "
+                "dynamic dimensions (torch.export.Dim)",
                 field="x",
             ) from None
         raise FailedPrecondition(
