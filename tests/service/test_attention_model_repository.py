@@ -64,7 +64,7 @@ def test_a_model_of_other_width_is_refused_with_the_shapes(served, files):
     assert [v.field for v in refused.value.field_violations] == ["metadata.config_yaml"]
     assert (
         "model returned (2, 5, 7) for inputs (2, 5, 8), but a token_model with d_model 8 must return "
-        "(B, T, 8) or pooled (B, 8)" in str(refused.value)
+        "one tensor (B, T, 8) or pooled (B, 8)" in str(refused.value)
     )
     assert not (repository / "narrow").exists()
     with pytest.raises(NnprobeError) as cell:

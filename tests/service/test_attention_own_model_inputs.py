@@ -1,6 +1,7 @@
 """The SDK against an in-process AttentionService on the inputs a newcomer gives an uploaded token model: a
 model exported with dynamic B and T and a configuration that fixes neither takes any x of its d_model; a
-model with dropout left in training mode is refused; a sequence too long to sample is refused before any
+model exported in training mode is refused at upload, and one that draws random numbers is refused, not
+certified; a sequence too long to sample is refused before any
 allocation; none of them is INTERNAL."""
 
 from __future__ import annotations
@@ -41,13 +42,24 @@ class TrainingDropout(nn.Module):
         return nn.functional.dropout(self.linear(x), 0.5, training=True)
 
 
+class Noisy(nn.Module):
+    """Randomness the graph does not mark as training: noise drawn on every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(D, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + 0.1 * torch.rand_like(x)
+
+
 @pytest.fixture(scope="module")
 def models(attention, tmp_path_factory):
     folder = tmp_path_factory.mktemp("own_inputs")
     torch.manual_seed(4)
     layer = nn.TransformerEncoderLayer(D, 2, dim_feedforward=16, dropout=0.0, batch_first=True).eval()
     config = {"task": "token_model", "d_model": D}
-    for name, model, dynamic in (("dynamic", layer, True), ("dropout", TrainingDropout(), False)):
+    for name, model, dynamic in (("dynamic", layer, True), ("noisy", Noisy(), False)):
         attention.upload_model(
             _archive(model, folder, name, dynamic), name=name, config=config, progress=False
         )
@@ -78,10 +90,22 @@ def test_d_model_stays_fixed(attention, models):
     assert raised.value.message.startswith("x: ") and "[B, T, 8]" in raised.value.message
 
 
-def test_dropout_in_training_mode_is_refused_not_certified(attention, models):
+def test_an_export_in_training_mode_is_refused_at_upload_on_file(attention, tmp_path):
+    torch.manual_seed(4)
+    path = _archive(TrainingDropout(), tmp_path, "dropout", False)
+    with pytest.raises(NnprobeError) as raised:
+        attention.upload_model(
+            path, name="dropout", config={"task": "token_model", "d_model": D}, progress=False
+        )
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.message.startswith("file: was exported in training mode (dropout")
+    assert "dropout" not in [m.name for m in attention.list_models()]
+
+
+def test_a_model_drawing_random_numbers_is_refused_not_certified(attention, models):
     for check in (attention.check_permutation_equivariance, attention.check_pooling_invariance):
         with pytest.raises(NnprobeError) as raised:
-            check(model="dropout")
+            check(model="noisy")
         assert raised.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert raised.value.message.startswith("model: the model is not deterministic")
 

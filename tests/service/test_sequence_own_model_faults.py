@@ -1,7 +1,7 @@
 """AnalyzeGradients on uploaded models that misbehave, through the SDK against an in-process server: calls on
 one model at once from many threads all load it and agree with a lone call; a cell exported in training mode
-(dropout, batch norm) and a cell that answers NaN are FAILED_PRECONDITION on ``model`` (never INTERNAL); a
-sequence model without recurrence is analysed (rate 0)."""
+(dropout, batch norm) is refused at upload on ``file``; a cell that answers NaN is FAILED_PRECONDITION on
+``model`` (never INTERNAL); a sequence model without recurrence is analysed (rate 0)."""
 
 from __future__ import annotations
 
@@ -61,9 +61,7 @@ def served(module_server_factory, tmp_path_factory):
         "lstm": _archive(
             torch.nn.LSTMCell(3, 4).to(F64), (x, (h, h)), ({0: batch}, ({0: batch}, {0: batch}))
         ),
-        "dropout": _archive(DroppedCell().to(F64).train(), (x, h), cell_shapes),
         "log": _archive(LogCell().to(F64), (x, h), cell_shapes),
-        "batchnorm": _archive(NormalisedCell().to(F64).train(), (x + 1, h), cell_shapes),
         "positionwise": _archive(
             torch.nn.Linear(3, 4).to(F64), (torch.zeros(2, 5, 3, dtype=F64),), ({0: batch},)
         ),
@@ -71,9 +69,7 @@ def served(module_server_factory, tmp_path_factory):
     cell = {"task": "recurrent_cell", "input_size": 3, "hidden_size": 4}
     configs = {
         "lstm": {**cell, "states": 2},
-        "dropout": cell,
         "log": cell,
-        "batchnorm": cell,
         "positionwise": {"task": "sequence_model", "input_size": 3, "hidden_size": 4, "sequence_length": 5},
     }
     with SequenceClient(address, timeout=120) as client:
@@ -100,8 +96,6 @@ def test_concurrent_calls_on_one_model_all_load_it_and_agree_with_a_lone_call(se
 @pytest.mark.parametrize(
     ("name", "words"),
     [
-        ("dropout", "dropout.default with training=True"),
-        ("batchnorm", "batch_norm.default with training=True"),
         ("log", "state after step 1 holds NaN or Inf"),
     ],
 )
@@ -111,6 +105,19 @@ def test_a_misbehaving_cell_is_a_failed_precondition_on_model(served, name, word
     assert refused.value.code.name == "FAILED_PRECONDITION"
     assert str(refused.value).startswith("FAILED_PRECONDITION: model: ")
     assert words in str(refused.value) and "Traceback" not in str(refused.value)
+
+
+@pytest.mark.parametrize(("cell", "words"), [(DroppedCell, "dropout"), (NormalisedCell, "batch_norm")])
+def test_a_cell_exported_in_training_mode_is_refused_at_upload_on_file(served, tmp_path, cell, words):
+    batch = torch.export.Dim("batch", min=1, max=64)
+    x, h = torch.ones(2, 3, dtype=F64), torch.zeros(2, 4, dtype=F64)
+    path = tmp_path / "cell.pt2"
+    path.write_bytes(_archive(cell().to(F64).train(), (x, h), ({0: batch}, {0: batch})))
+    config = {"task": "recurrent_cell", "input_size": 3, "hidden_size": 4}
+    with SequenceClient(served, timeout=60) as client, pytest.raises(NnprobeError) as refused:
+        client.upload_model(path, name="trained-mode", config=config)
+    assert refused.value.code.name == "INVALID_ARGUMENT"
+    assert str(refused.value).startswith(f"INVALID_ARGUMENT: file: was exported in training mode ({words}")
 
 
 def test_a_sequence_model_without_recurrence_is_analysed_with_rate_zero(served):

@@ -7,7 +7,6 @@ its compute pool.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import replace
 
 import numpy as np
@@ -37,9 +36,6 @@ from nnprobe_services.errors import InvalidArgument, ShouldStop, never
 from nnprobe_services.repository.task_models import TaskModels
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-#: ``torch.export.load`` keeps its deserializer in a global and fails when two threads load at once
-#: ("_CURRENT_DESERIALIZER is already set"): the compute threads load one repository model at a time.
-_LOADING = threading.Lock()
 
 
 def equivariance(
@@ -239,12 +235,11 @@ def token_model_resolver(models: TaskModels) -> Resolve:
     ``sequence_length`` when declared, else the B = 2 and T = 5 it was probed with, and ``d_model``; a
     model with a ``vocabulary`` takes token ids (B, T)); B and T are fixed for a given x only when declared.
 
-    Concurrent calls load one model at a time (``_LOADING``). Raises ``NotFound`` on ``model`` /
-    ``model_version`` for an unknown name or version."""
+    Concurrent calls may load at once (``repository.artifacts.load_pt2`` serialises ``torch.export.load``).
+    Raises ``NotFound`` on ``model`` / ``model_version`` for an unknown name or version."""
 
     def resolve(name: str, version: int, dtype: torch.dtype) -> TokenModel:
-        with _LOADING:
-            loaded = models.load(name, version, dtype)
+        loaded = models.load(name, version, dtype)
         config = loaded.config
         shape: tuple[int, ...] = (config.batch, config.length)
         fixed: tuple[bool, ...] = (config.batch_size is not None, config.sequence_length is not None)

@@ -60,8 +60,8 @@ def expected(config: TaskConfig) -> str:
     if config.task == SEQUENCE:
         return f"a sequence_model with hidden_size {h} must return (B, T, {h})"
     if config.pooled:
-        return f"a pooled token_model with d_model {h} must return (B, {h})"
-    return f"a token_model with d_model {h} must return (B, T, {h}) or pooled (B, {h})"
+        return f"a pooled token_model with d_model {h} must return one tensor (B, {h})"
+    return f"a token_model with d_model {h} must return one tensor (B, T, {h}) or pooled (B, {h})"
 
 
 def _matches(config: TaskConfig, outputs: tuple[torch.Tensor, ...]) -> bool:
@@ -72,12 +72,37 @@ def _matches(config: TaskConfig, outputs: tuple[torch.Tensor, ...]) -> bool:
         return False
     if config.task == SEQUENCE:
         return tuple(outputs[0].shape) == (b, t, h)
-    return tuple(outputs[0].shape) == ((b, h) if config.pooled else (b, t, h))
+    return len(outputs) == 1 and tuple(outputs[0].shape) == ((b, h) if config.pooled else (b, t, h))
+
+
+#: Where ATen's training-sensitive operators take their ``training`` flag (positional argument index).
+TRAINING_ARGUMENTS = {"batch_norm": 5, "dropout": 2}
+
+
+def training_mode_call(module: torch.nn.Module) -> str | None:
+    """The first operator of ``module``'s graph called with ``training=True`` (a batch norm that normalises
+    over the batch, a dropout that is on): the mark of an export made without ``model.eval()``; None when
+    there is none or the module has no graph."""
+    graph = getattr(module, "graph", None)
+    for node in graph.nodes if graph is not None else ():
+        name = str(getattr(node.target, "__name__", node.target))
+        for call, position in TRAINING_ARGUMENTS.items():
+            if call in name and len(node.args) > position and node.args[position] is True:
+                return name
+    return None
 
 
 def check(module: torch.nn.Module, config: TaskConfig, field: str = "metadata.config_yaml") -> None:
     """Run ``module`` once on ``probe_inputs(config)``; ``InvalidArgument`` naming ``field`` when it fails
-    on them or returns other shapes than its task must (the message gives the shapes expected and got)."""
+    on them or returns other shapes than its task must (the message gives the shapes expected and got), and
+    on ``file`` when its graph was exported in training mode (``training_mode_call``)."""
+    training = training_mode_call(module)
+    if training is not None:
+        raise InvalidArgument(
+            f"was exported in training mode ({training} with training=True: its answers would depend on the "
+            "batch or on chance); call model.eval() before torch.export.export and upload it again",
+            field="file",
+        )
     inputs = probe_inputs(config, next((p.dtype for p in module.parameters()), torch.float32))
     given = ", ".join(_shape(x.shape) for x in inputs)
     try:

@@ -47,7 +47,10 @@ def test_a_token_model_with_the_wrong_width_names_expected_and_got():
     with pytest.raises(InvalidArgument) as raised:
         probing.check(model, config(task="token_model", d_model=8))
     assert "model returned (2, 5, 7)" in raised.value.message
-    assert "a token_model with d_model 8 must return (B, T, 8) or pooled (B, 8)" in raised.value.message
+    assert (
+        "a token_model with d_model 8 must return one tensor (B, T, 8) or pooled (B, 8)"
+        in raised.value.message
+    )
 
 
 def test_a_pooled_token_model_passes_and_unpooled_is_refused():
@@ -84,3 +87,40 @@ def test_a_cell_passes_exactly_when_it_returns_its_declared_states(hidden, retur
     else:
         with pytest.raises(InvalidArgument, match=f"returned \\(2, {returned}\\)"):
             probing.check(Cell(), declared)
+
+
+class _TwoOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.linear(x), x
+
+
+def test_a_token_model_returning_two_tensors_is_refused():
+    with pytest.raises(InvalidArgument) as raised:
+        probing.check(_TwoOutputs(), config(task="token_model", d_model=8))
+    assert "model returned (2, 5, 8), (2, 5, 8)" in raised.value.message
+    assert "must return one tensor" in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("layer", "operator"),
+    [(nn.Dropout(0.5), "dropout"), (nn.BatchNorm1d(5), "batch_norm")],
+    ids=["dropout", "batch_norm"],
+)
+@pytest.mark.parametrize("training", [True, False])
+def test_a_graph_exported_in_training_mode_is_refused_on_file(layer, operator, training):
+    module = nn.Sequential(nn.Linear(8, 8), layer).train(training)
+    program = torch.export.export(module, (torch.randn(2, 5, 8),))
+    graph = program.module()
+    calls = [str(getattr(n.target, "__name__", n.target)) for n in graph.graph.nodes]
+    if not training:
+        probing.check(graph, config(task="token_model", d_model=8))  # eval mode passes
+        return
+    assert any(operator in call for call in calls)  # what the export recorded, read here independently
+    with pytest.raises(InvalidArgument) as raised:
+        probing.check(graph, config(task="token_model", d_model=8))
+    assert raised.value.field == "file"
+    assert "exported in training mode" in raised.value.message and "model.eval()" in raised.value.message

@@ -22,6 +22,7 @@ import torch
 
 from nnprobe_services.errors import Cancelled, FailedPrecondition, ServiceError
 from nnprobe_services.repository import calling
+from nnprobe_services.repository.probing import training_mode_call
 
 Result = TypeVar("Result")
 
@@ -94,25 +95,18 @@ def check_finite(values: Sequence[torch.Tensor], what: str) -> None:
         )
 
 
-#: Graph calls that behave differently in training mode, and the position of their ``training`` argument.
-TRAINING_ARGUMENTS = {"batch_norm": 5, "dropout": 2}
-
-
 def check_inference_graph(module: torch.nn.Module) -> None:
     """Refuse (``FailedPrecondition`` on ``model``) a graph exported in training mode: a batch norm that
     normalises over the batch (here one sequence, so its output is zero) or a dropout that is on. Modules
     without a graph pass."""
-    graph = getattr(module, "graph", None)
-    for node in graph.nodes if graph is not None else ():
-        name = str(getattr(node.target, "__name__", node.target))
-        for call, position in TRAINING_ARGUMENTS.items():
-            if call in name and len(node.args) > position and node.args[position] is True:
-                raise FailedPrecondition(
-                    f"was exported in training mode ({name} with training=True: it would normalise over or "
-                    "drop units of the one sequence analysed); call model.eval() before torch.export.export "
-                    "and upload it again",
-                    field="model",
-                )
+    name = training_mode_call(module)  # refused at upload too; this guards folders placed by hand
+    if name is not None:
+        raise FailedPrecondition(
+            f"was exported in training mode ({name} with training=True: it would normalise over or "
+            "drop units of the one sequence analysed); call model.eval() before torch.export.export "
+            "and upload it again",
+            field="model",
+        )
 
 
 def check_repeatable(first: Sequence[torch.Tensor], again: Sequence[torch.Tensor], what: str) -> None:
