@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnprobe.cli.output import ProgressBar, add_client_options, client_kwargs, print_json, print_table
-from nnprobe.progress import Progress
+from nnprobe.cli.output import add_client_options, client_kwargs, print_json, print_table
+from nnprobe.cli.repository_models import upload_with_progress
 from nnprobe.vision import VisionClient
 
 
@@ -70,29 +70,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_upload(args: argparse.Namespace) -> int:
-    bar: ProgressBar | None = None
-
-    def progress(update: Progress) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = ProgressBar(update.total, f"upload {args.name}")
-        bar.update(update.done, f"{update.done / 1e6:.1f} MB")
-
     with VisionClient(args.address, **client_kwargs(args)) as client:
-        try:
-            result = client.upload_model(
-                args.file,
-                name=args.name,
-                config=args.config,
-                labels=args.labels,
-                version=args.version,
-                format=args.format,
-                on_progress=progress,
-                progress=False,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
+        result = upload_with_progress(client, args, labels=args.labels)
     if args.json:
         print_json(result, out=sys.stdout)
         return 0

@@ -69,7 +69,9 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_upload(args: argparse.Namespace) -> int:
+def upload_with_progress(client: Any, args: argparse.Namespace, **fields: Any) -> Any:
+    """``client.upload_model(args.file, name=args.name, config=args.config, version=args.version,
+    format=args.format, **fields)`` with a progress bar of the bytes sent (any service's client)."""
     bar: ProgressBar | None = None
 
     def progress(update: Progress) -> None:
@@ -78,20 +80,25 @@ def run_upload(args: argparse.Namespace) -> int:
             bar = ProgressBar(update.total, f"upload {args.name}")
         bar.update(update.done, f"{update.done / 1e6:.1f} MB")
 
+    try:
+        return client.upload_model(
+            args.file,
+            name=args.name,
+            config=args.config,
+            version=args.version,
+            format=args.format,
+            on_progress=progress,
+            progress=False,
+            **fields,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def run_upload(args: argparse.Namespace) -> int:
     with args.client(args.address, **client_kwargs(args)) as client:
-        try:
-            result = client.upload_model(
-                args.file,
-                name=args.name,
-                config=args.config,
-                version=args.version,
-                format=args.format,
-                on_progress=progress,
-                progress=False,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
+        result = upload_with_progress(client, args)
     if args.json:
         print_json(result, out=sys.stdout)
         return 0
