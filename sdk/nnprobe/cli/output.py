@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -14,6 +13,7 @@ import numpy as np
 
 from nnprobe.cli.parsing import limit
 from nnprobe.config import DEFAULT_ADDRESSES, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TIMEOUT, TlsConfig
+from nnprobe.json_text import json_text
 
 
 def add_client_options(parser: argparse.ArgumentParser, service: str) -> None:
@@ -77,8 +77,7 @@ def to_jsonable(value: Any) -> Any:
 
 def print_json(value: Any, out: TextIO | None = None) -> None:
     out = out or sys.stdout  # looked up at call time: the stream may have been replaced
-    json.dump(to_jsonable(value), out, indent=2)
-    out.write("\n")
+    out.write(json_text(to_jsonable(value)) + "\n")  # strict JSON: "inf" and "nan" as text
 
 
 def format_value(value: Any) -> str:

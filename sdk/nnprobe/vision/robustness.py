@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,6 +16,7 @@ import numpy as np
 
 from nnprobe.api.vision.v1 import robustness_pb2 as pb
 from nnprobe.display import rich_result
+from nnprobe.json_text import json_text
 from nnprobe.pngs import encode_png
 from nnprobe.vision.adversarial import parse_epsilon
 
@@ -107,11 +107,11 @@ class RobustnessResult:
     raw: Any = field(default=None, repr=False)
 
     def to_json(self) -> str:
-        """The result without its pictures as JSON text."""
+        """The result without its pictures as strict JSON text (non-finite numbers as "inf" or "nan")."""
         body = {k: v for k, v in asdict(self).items() if k not in ("raw", "plot")}
         for image in body["images"]:
             image.pop("adversarial")
-        return json.dumps(body, indent=2)
+        return json_text(body)
 
     def to_csv(self) -> str:
         """One row per image and ε: index, label, prediction, epsilon, status, broken_by, queries."""
